@@ -1,0 +1,1 @@
+"""Analyses: named families of plans and reads from the paper, each producing records."""

@@ -1,0 +1,184 @@
+"""``Cut`` and ``Plan`` (interventions as frozen, serialisable data), layer windows, mask
+compilation and edge counting.
+
+"Block ``src`` -> ``dst`` in layers ``L``" means: in every decoder layer of ``L``, queries at
+``dst`` positions may not attend to keys at ``src`` positions (all heads), on top of the
+causal mask.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import PlanError
+from .layout import TokenLayout
+
+WINDOW_STYLES = ("center", "inverse", "top_down", "bottom_up")
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Queries in group ``dst`` may not attend keys in group ``src`` in ``layers``."""
+
+    src: str
+    dst: str
+    layers: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(sorted({int(x) for x in self.layers})))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"src": self.src, "dst": self.dst, "layers": list(self.layers)}
+
+    @classmethod
+    def parse(cls, text: str, layers: tuple[int, ...]) -> Cut:
+        """``"video->last"`` -> ``Cut("video", "last", layers)``."""
+        if "->" not in text:
+            raise PlanError(f"cut {text!r} must read SRC->DST, e.g. video->last")
+        src, dst = (x.strip() for x in text.split("->", 1))
+        if not src or not dst:
+            raise PlanError(f"cut {text!r} must read SRC->DST, e.g. video->last")
+        return cls(src, dst, layers)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A set of cuts: one experimental condition. An empty plan is the baseline."""
+
+    name: str
+    cuts: tuple[Cut, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "cuts": [c.to_dict() for c in self.cuts]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
+        return cls(d["name"], tuple(Cut(c["src"], c["dst"], tuple(c["layers"])) for c in d["cuts"]))
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(sorted({layer for c in self.cuts for layer in c.layers}))
+
+
+def window_layers(layer: int, num_layers: int, window: int = 9, style: str = "center") -> tuple[int, ...]:
+    """Layers a sweep blocks when it stands at ``layer`` (0-based).
+
+    ``center``: the ``window`` layers centred on ``layer``, clipped at the ends (the paper's
+    default: window 9 gives ``[l-4, l+5)``); ``inverse``: every layer outside that window;
+    ``top_down``: ``layer..L-1``; ``bottom_up``: ``0..layer``.
+    """
+    if not 0 <= layer < num_layers:
+        raise PlanError(f"layer {layer} is outside 0..{num_layers - 1}")
+    if window < 1:
+        raise PlanError(f"window must be >= 1, got {window}")
+    lo, hi = max(0, layer - window // 2), min(num_layers, layer - window // 2 + window)
+    if style == "center":
+        return tuple(range(lo, hi))
+    if style == "inverse":
+        return tuple(i for i in range(num_layers) if not lo <= i < hi)
+    if style == "top_down":
+        return tuple(range(layer, num_layers))
+    if style == "bottom_up":
+        return tuple(range(0, layer + 1))
+    raise PlanError(f"unknown window style {style!r}; choose from {', '.join(WINDOW_STYLES)}")
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledPlan:
+    """A plan resolved against one layout.
+
+    ``blocked[l]`` is a boolean ``(N, N)`` matrix (query, key) of the causal edges cut in
+    layer ``l``; layers with the same cuts share one matrix. ``first_query`` is the first
+    position whose attention changes and ``first_layer`` the first layer with a cut: every
+    position before ``first_query`` and every layer before ``first_layer`` keeps its
+    baseline state, which the engine exploits.
+    """
+
+    plan: Plan
+    length: int
+    num_layers: int
+    blocked: dict[int, np.ndarray]
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.blocked
+
+    @property
+    def first_layer(self) -> int:
+        return min(self.blocked) if self.blocked else self.num_layers
+
+    @property
+    def first_query(self) -> int:
+        if not self.blocked:
+            return self.length
+        rows = [int(np.flatnonzero(m.any(axis=1))[0]) for m in _distinct(self.blocked)]
+        return min(rows)
+
+    def suppressed_edges(self) -> int:
+        """Causal attention edges cut, summed over layers."""
+        counts = {id(m): int(m.sum()) for m in _distinct(self.blocked)}
+        return sum(counts[id(m)] for m in self.blocked.values())
+
+    def total_edges(self) -> int:
+        """All causal attention edges of the input, summed over layers."""
+        return self.num_layers * self.length * (self.length + 1) // 2
+
+    def suppressed_fraction(self) -> float:
+        return self.suppressed_edges() / self.total_edges()
+
+
+def _distinct(blocked: dict[int, np.ndarray]) -> list[np.ndarray]:
+    seen: dict[int, np.ndarray] = {}
+    for m in blocked.values():
+        seen.setdefault(id(m), m)
+    return list(seen.values())
+
+
+def compile_plan(plan: Plan, layout: TokenLayout, num_layers: int) -> CompiledPlan:
+    """Resolve ``plan``'s groups on ``layout`` into per-layer boolean cut matrices.
+
+    Raises ``PlanError`` for an empty group, a layer out of range, or a cut that leaves a
+    query with no key to attend to (softmax over nothing is undefined).
+    """
+    n = layout.length
+    causal = causal_mask(n)
+    per_layer: dict[int, list[Cut]] = {}
+    for cut in plan.cuts:
+        for layer in cut.layers:
+            if not 0 <= layer < num_layers:
+                raise PlanError(f"plan {plan.name!r}: layer {layer} is outside 0..{num_layers - 1}")
+            per_layer.setdefault(layer, []).append(cut)
+    cache: dict[tuple[tuple[str, str], ...], np.ndarray] = {}
+    blocked: dict[int, np.ndarray] = {}
+    for layer, cuts in sorted(per_layer.items()):
+        key = tuple(sorted({(c.src, c.dst) for c in cuts}))
+        if key not in cache:
+            m = np.zeros((n, n), dtype=bool)
+            for src, dst in key:
+                q = layout.resolve(dst)
+                k = layout.resolve(src)
+                m[np.ix_(q, k)] = True
+            m &= causal
+            dead = np.flatnonzero((causal & ~m).sum(axis=1) == 0)
+            if dead.size:
+                raise PlanError(
+                    f"plan {plan.name!r} leaves query position {int(dead[0])} with no key to "
+                    "attend to; keep at least one key (e.g. do not cut a token from itself "
+                    "and everything before it)"
+                )
+            cache[key] = m
+        if cache[key].any():
+            blocked[layer] = cache[key]
+    return CompiledPlan(plan=plan, length=n, num_layers=num_layers, blocked=blocked)
+
+
+def causal_mask(n: int) -> np.ndarray:
+    """Boolean ``(n, n)`` lower-triangular mask, True where attention is allowed."""
+    return np.tril(np.ones((n, n), dtype=bool))

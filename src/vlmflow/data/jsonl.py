@@ -1,0 +1,120 @@
+"""The generic JSONL format (``jsonl:/path/qa.jsonl``): one VideoQA item per line.
+
+Fields of a line::
+
+    {"id": "q1", "video": "clips/a.mp4", "question": "...", "options": ["x", "y"],
+     "answer": 1, "task": "counting", "start": 2.0, "end": 6.5}
+
+``id`` defaults to the line number, ``task`` to ``"default"``; ``video`` is a video file or
+a frame folder, relative paths resolved against the JSONL's folder; ``answer`` is an index
+into ``options`` or the text of one option. Without ``options`` the item is open-ended and
+``answer`` is its reference text. ``start``/``end`` (seconds) bound the sampled window.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+from ..sample import Sample
+from .registry import DATASETS
+
+
+@DATASETS.register("jsonl", help="generic JSONL: one {video, question, options, answer} per line")
+def load_jsonl(arg: str) -> list[Sample]:
+    """Generic JSONL: one {video, question, options, answer} object per line."""
+    if not arg:
+        raise DataError("the jsonl dataset needs a path: jsonl:/path/to/file.jsonl")
+    path = Path(arg).expanduser()
+    if not path.is_file():
+        raise DataError(f"JSONL file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+    out: list[Sample] = []
+    seen: set[str] = set()
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not valid JSON ({e.msg})") from e
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        sample = _parse(obj, where, lineno, path.parent)
+        if sample.id in seen:
+            raise DataError(f"{where}: duplicate id {sample.id!r}")
+        seen.add(sample.id)
+        out.append(sample)
+    return out
+
+
+def _parse(obj: dict[str, Any], where: str, lineno: int, base: Path) -> Sample:
+    for key in ("video", "question", "answer"):
+        if key not in obj or obj[key] is None or obj[key] == "":
+            raise DataError(f"{where}: missing field {key!r}")
+    video = Path(str(obj["video"])).expanduser()
+    if not video.is_absolute():
+        video = base / video
+    question = str(obj["question"])
+    options = obj.get("options")
+    answer = obj["answer"]
+    answer_index: int | None = None
+    answer_text: str | None = None
+    if options is None or options == []:
+        answer_text = str(answer)
+        opts: tuple[str, ...] = ()
+    else:
+        if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
+            raise DataError(f"{where}: field 'options' must be a list of strings")
+        opts = tuple(options)
+        if isinstance(answer, bool):
+            raise DataError(f"{where}: field 'answer' must be an index or an option text")
+        if isinstance(answer, int):
+            if not 0 <= answer < len(opts):
+                raise DataError(f"{where}: answer index {answer} outside 0..{len(opts) - 1}")
+            answer_index = answer
+        elif isinstance(answer, str):
+            answer_index = _option_index(answer, opts)
+            if answer_index is None:
+                raise DataError(f"{where}: answer {answer!r} is not among options {list(opts)}")
+        else:
+            raise DataError(f"{where}: field 'answer' must be an index or an option text")
+    bound = None
+    if obj.get("start") is not None or obj.get("end") is not None:
+        try:
+            start = float(obj["start"]) if obj.get("start") is not None else 0.0
+            end = float(obj["end"]) if obj.get("end") is not None else 1e5
+        except (TypeError, ValueError) as e:
+            raise DataError(f"{where}: 'start'/'end' must be numbers of seconds") from e
+        bound = (start, end)
+    meta = {k: v for k, v in obj.items() if k not in _KNOWN}
+    meta["line"] = lineno
+    return Sample(
+        id=str(obj.get("id", lineno)),
+        question=question,
+        options=opts,
+        answer=answer_index,
+        task=str(obj.get("task") or "default"),
+        source="jsonl",
+        video=str(video),
+        bound=bound,
+        answer_text=answer_text,
+        meta=meta,
+    )
+
+
+_KNOWN = {"id", "video", "question", "options", "answer", "task", "start", "end"}
+
+
+def _option_index(text: str, options: tuple[str, ...]) -> int | None:
+    """Index of the option equal to ``text`` (exactly, else ignoring surrounding space)."""
+    if text in options:
+        return options.index(text)
+    stripped = [o.strip() for o in options]
+    return stripped.index(text.strip()) if text.strip() in stripped else None

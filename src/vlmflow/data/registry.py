@@ -1,0 +1,76 @@
+"""The dataset registry and :func:`load_dataset`, the one entry point from a spec to Samples.
+
+A loader is registered under a name with ``@DATASETS.register("name")`` and called with the
+part of the spec after the first ``:`` (a path for benchmarks on disk, ``"N"`` for
+``synthetic:N``). It returns every Sample of the dataset; task selection and seeded
+subsampling happen here, once, the same way for every dataset.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from ..errors import DataError
+from ..registry import Registry
+from ..sample import Sample
+
+Loader = Callable[[str], list[Sample]]
+
+DATASETS: Registry[Loader] = Registry("dataset")
+
+
+def load_dataset(
+    spec: str,
+    *,
+    tasks: list[str] | None = None,
+    samples: int | None = None,
+    seed: int = 0,
+) -> list[Sample]:
+    """Samples of the dataset ``spec`` (``NAME:PATH``, ``synthetic`` or ``synthetic:N``).
+
+    ``tasks`` keeps only those tasks, named or given by the paper's task id (a string of
+    digits: the index in the alphabetical order of the dataset's task names). ``samples``
+    keeps at most that many per task, drawn with ``random.Random(seed).sample`` and
+    returned in their original order. An unknown dataset raises ``VlmflowError``; an
+    unknown task or an empty selection raises :class:`DataError`.
+    """
+    name, _, arg = spec.partition(":")
+    loader = DATASETS.get(name.strip())
+    items = loader(arg)
+    by_task: dict[str, list[Sample]] = {}
+    for s in items:
+        by_task.setdefault(s.task, []).append(s)
+    if not by_task:
+        raise DataError(f"dataset {spec!r} has no samples")
+
+    keep = list(by_task) if tasks is None else _resolve_tasks(spec, tasks, sorted(by_task))
+    chosen: set[int] = set()
+    for task in keep:
+        group = by_task.get(task, [])
+        if samples is not None and samples < len(group):
+            picked = random.Random(seed).sample(range(len(group)), max(samples, 0))
+            group = [group[i] for i in sorted(picked)]
+        if not group:
+            raise DataError(f"dataset {spec!r}: task {task!r} has no samples selected")
+        chosen.update(id(s) for s in group)
+    return [s for s in items if id(s) in chosen]
+
+
+def _resolve_tasks(spec: str, wanted: list[str], names: list[str]) -> list[str]:
+    """Task names for ``wanted`` entries: exact names first, then alphabetical task ids."""
+    out: list[str] = []
+    for w in wanted:
+        w = str(w).strip()
+        if w in names:
+            task = w
+        elif w.isdigit() and int(w) < len(names):
+            task = names[int(w)]
+        else:
+            listing = ", ".join(f"{i} {n}" for i, n in enumerate(names))
+            raise DataError(f"dataset {spec!r} has no task {w!r}; its tasks: {listing}")
+        if task not in out:
+            out.append(task)
+    if not out:
+        raise DataError(f"dataset {spec!r}: the task selection is empty")
+    return out

@@ -1,0 +1,501 @@
+"""Frame sampling and video decoding: the one place vlmflow turns a video into pixels.
+
+Decoding uses PyAV (imported lazily, inside functions, so importing vlmflow stays cheap).
+Only the sampled frames are wanted, so :func:`load_frames` *seeks* to the keyframe before
+each target and decodes forward from there instead of decoding the whole file; it falls
+back to one sequential pass when the container cannot seek or its timestamps are
+unreliable. Decoded frames are cached on disk as ``.npy`` keyed by the file's identity
+(path, size, mtime) and the sampling settings, so a second run costs a file read.
+
+Arrays returned here are ``(T, H, W, 3)`` uint8 RGB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import DataError, VlmflowError
+
+if TYPE_CHECKING:
+    from ..sample import Sample
+
+POLICIES = ("segment_middle", "linspace")
+"""Frame-sampling policies: PLLaVA segment midpoints, or VideoLLaMA3 linspace with ends."""
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".gif", ".m4v", ".mpg", ".mpeg")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+FOLDER_FPS = 3.0
+"""Frame rate assumed for frame folders (MVBench's ``frames_fps3`` folders)."""
+
+_NO_BOUND = (-1e5, 1e5)
+_NO_SEEK_FORMATS = {"gif", "apng", "webp_pipe", "image2", "image2pipe"}
+# A declared frame count may overshoot the decodable frames by this much before we call
+# the file truncated (container metadata is often off by a frame or two).
+_COUNT_SLACK_FRAMES = 2
+_COUNT_SLACK_FRACTION = 0.05
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def sample_indices(
+    num_total: int,
+    num_frames: int,
+    policy: str = "segment_middle",
+    fps: float | None = None,
+    bound: tuple[float, float] | None = None,
+) -> list[int]:
+    """Indices of the ``num_frames`` frames to take from a video of ``num_total`` frames.
+
+    ``segment_middle`` is PLLaVA's ``get_index`` (the paper's LLaVA/InternVL path): the
+    window ``bound`` (seconds; the whole video when ``None``) is cut into ``num_frames``
+    equal segments and the middle of each is taken. ``linspace`` is VideoLLaMA3's
+    ``np.linspace(start, end, n, dtype=int)``, which includes the first and last frame.
+    ``fps`` is only needed to turn a ``bound`` into frame indices. When the video has
+    fewer frames than asked for, indices repeat; the result always has ``num_frames``
+    entries in ``[0, num_total)``.
+    """
+    if policy not in POLICIES:
+        raise VlmflowError(f"unknown frame sampling policy {policy!r}; known: {', '.join(POLICIES)}")
+    if num_total <= 0:
+        raise DataError(f"cannot sample frames from a video with {num_total} frames")
+    if num_frames <= 0:
+        raise VlmflowError(f"num_frames must be positive, got {num_frames}")
+    if bound is not None and fps is None:
+        raise VlmflowError("sample_indices needs fps to apply a (start, end) bound in seconds")
+    max_frame = num_total - 1
+    start, end = bound if bound is not None else _NO_BOUND
+    rate = float(fps) if fps is not None else 1.0
+    # Python's round (half to even), as the reference code does.
+    start_idx = max(0, round(start * rate))
+    end_idx = min(round(end * rate), max_frame)
+    start_idx = min(start_idx, end_idx)  # a window past the end collapses onto the last frame
+    if policy == "segment_middle":
+        seg = (end_idx - start_idx) / num_frames
+        idx = [int(start_idx + seg / 2 + np.round(seg * i)) for i in range(num_frames)]
+    else:
+        idx = np.linspace(start_idx, end_idx, num_frames, dtype=int).tolist()
+    return [min(max(int(i), 0), max_frame) for i in idx]
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def cache_dir() -> Path:
+    """Folder of the decoded-frame cache: ``$VLMFLOW_CACHE`` or ``~/.cache/vlmflow/frames``."""
+    env = os.environ.get("VLMFLOW_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "vlmflow" / "frames"
+
+
+def _identity(path: Path) -> list:
+    """What makes a decoded result stale: the file's size and mtime (for a folder, its files)."""
+    st = path.stat()
+    if path.is_dir():
+        files = _folder_images(path)
+        latest = max((f.stat().st_mtime_ns for f in files), default=0)
+        return [len(files), st.st_mtime_ns, latest]
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _cache_path(path: Path, num_frames: int, policy: str, bound, folder_fps: float) -> Path:
+    key = [
+        str(path.resolve()),
+        _identity(path),
+        policy,
+        num_frames,
+        None if bound is None else [float(bound[0]), float(bound[1])],
+        folder_fps if path.is_dir() else None,
+    ]
+    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:40]
+    return cache_dir() / f"{digest}.npy"
+
+
+def _cache_read(file: Path) -> np.ndarray | None:
+    try:
+        arr = np.load(file, allow_pickle=False)
+    except (OSError, ValueError):
+        return None  # absent or damaged: decode again
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+        return None
+    return arr
+
+
+def _cache_write(file: Path, frames: np.ndarray) -> None:
+    """Write atomically; a cache that cannot be written is not an error, just a miss."""
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f"{file.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, frames, allow_pickle=False)
+        os.replace(tmp, file)
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class DecodeInfo:
+    """How a video was read (for tests and diagnostics)."""
+
+    method: str  # "seek", "sequential" or "folder"
+    num_total: int  # frame count the indices were computed from
+    fps: float
+    indices: list[int]
+    decoded: int  # frames the decoder produced
+
+
+def load_frames(
+    path: str | os.PathLike,
+    num_frames: int = 8,
+    policy: str = "segment_middle",
+    bound: tuple[float, float] | None = None,
+    cache: bool = True,
+    *,
+    folder_fps: float = FOLDER_FPS,
+) -> np.ndarray:
+    """Decode ``num_frames`` frames of a video file or frame folder: ``(T, H, W, 3)`` uint8 RGB.
+
+    ``path`` is a video (mp4, mkv, webm, avi, mov, gif, ...) or a folder of ``.jpg``/``.png``
+    frames sorted by name, played at ``folder_fps``. ``bound`` is an optional
+    ``(start_s, end_s)`` window. A missing, unreadable, truncated or empty file raises
+    :class:`DataError` naming the path. ``cache=False`` skips the on-disk frame cache.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"video not found: {p}")
+    file = _cache_path(p, num_frames, policy, bound, folder_fps) if cache else None
+    if file is not None:
+        hit = _cache_read(file)
+        if hit is not None and hit.shape[0] == num_frames:
+            return hit
+    frames, _ = read_video(p, num_frames, policy, bound, folder_fps=folder_fps)
+    if file is not None:
+        _cache_write(file, frames)
+    return frames
+
+
+def load_sample_frames(
+    sample: Sample, num_frames: int = 8, policy: str = "segment_middle", cache: bool = True
+) -> np.ndarray:
+    """The frames of ``sample``: its own ``frames`` if set, else its ``video`` decoded.
+
+    The sample's ``bound`` is applied. Failures raise :class:`DataError` naming the sample.
+    """
+    if sample.frames is not None:
+        return sample.frames
+    if not sample.video:
+        raise DataError(f"sample {sample.id!r} has neither frames nor a video path")
+    try:
+        return load_frames(sample.video, num_frames, policy, sample.bound, cache)
+    except DataError as e:
+        raise DataError(f"sample {sample.id!r}: {e}") from e
+
+
+def read_video(
+    path: str | os.PathLike,
+    num_frames: int = 8,
+    policy: str = "segment_middle",
+    bound: tuple[float, float] | None = None,
+    *,
+    folder_fps: float = FOLDER_FPS,
+    allow_seek: bool = True,
+) -> tuple[np.ndarray, DecodeInfo]:
+    """Uncached decode returning the frames and a :class:`DecodeInfo` saying how."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"video not found: {p}")
+    if p.is_dir():
+        return _read_folder(p, num_frames, policy, bound, folder_fps)
+    import av
+
+    try:
+        return _read_container(p, num_frames, policy, bound, allow_seek)
+    except DataError:
+        raise
+    except av.error.EOFError as e:
+        raise DataError(f"video {p} is empty: it ends before its first frame ({e})") from e
+    except (av.error.FFmpegError, OSError, ValueError, StopIteration, RuntimeError) as e:
+        raise DataError(f"cannot decode video {p}: {e}") from e
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _read_folder(folder, num_frames, policy, bound, fps) -> tuple[np.ndarray, DecodeInfo]:
+    from PIL import Image
+
+    files = _folder_images(folder)
+    if not files:
+        raise DataError(f"frame folder {folder} holds no .jpg/.png images")
+    indices = sample_indices(len(files), num_frames, policy, fps, bound)
+    loaded: dict[int, np.ndarray] = {}
+    for i in sorted(set(indices)):
+        try:
+            with Image.open(files[i]) as im:
+                loaded[i] = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        except OSError as e:
+            raise DataError(f"cannot read frame image {files[i]}: {e}") from e
+    shapes = {a.shape for a in loaded.values()}
+    if len(shapes) > 1:
+        raise DataError(f"frame folder {folder} mixes image sizes {sorted(shapes)}")
+    frames = np.stack([loaded[i] for i in indices])
+    return frames, DecodeInfo("folder", len(files), fps, indices, len(loaded))
+
+
+class _SeekFailed(Exception):
+    """The seeking reader cannot be trusted for this file; read sequentially instead."""
+
+
+def _read_container(path, num_frames, policy, bound, allow_seek):
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise DataError(f"no video stream in {path}")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+        total, declared = _frame_count(container, stream, fps)
+        # Animated images have per-frame delays, not a frame rate: count frames in order.
+        seekable = container.format.name not in _NO_SEEK_FORMATS
+        if total is not None and allow_seek and seekable and stream.time_base and fps > 0:
+            indices = sample_indices(total, num_frames, policy, fps, bound)
+            try:
+                got, decoded = _seek_decode(container, stream, indices, Fraction(rate))
+            except (_SeekFailed, av.error.FFmpegError):
+                got = None
+            if got is not None:
+                frames = np.stack([got[i] for i in indices])
+                return frames, DecodeInfo("seek", total, fps, indices, decoded)
+    return _sequential(path, num_frames, policy, bound, total, declared, fps)
+
+
+def _frame_count(container, stream, fps: float) -> tuple[int | None, bool]:
+    """``(count, declared)``: the stream's frame count, else an estimate from its duration.
+
+    ``None`` when neither is known (the caller then counts by decoding).
+    """
+    if stream.frames and stream.frames > 0:
+        return int(stream.frames), True
+    if fps > 0:
+        if stream.duration and stream.time_base:
+            seconds = float(stream.duration * stream.time_base)
+        elif container.duration:
+            seconds = container.duration / 1_000_000  # AV_TIME_BASE
+        else:
+            seconds = 0.0
+        if seconds > 0:
+            return max(1, round(seconds * fps)), True
+    return None, False
+
+
+def _seek_decode(container, stream, indices, rate: Fraction):
+    """Decode the frames at ``indices`` by seeking to the keyframe before each target.
+
+    Returns ``({index: frame}, decoded)`` or ``(None, decoded)`` when the stream ends
+    before a target (the sequential reader then decides between a short and a truncated
+    file). Raises :class:`_SeekFailed` when timestamps are missing or a seek overshoots.
+    """
+    tb = Fraction(stream.time_base)
+    start = stream.start_time or 0
+
+    def pts_of(i: int) -> int:
+        return start + int(Fraction(i) / rate / tb)
+
+    def index_of(frame) -> int:
+        if frame.pts is None:
+            raise _SeekFailed("frame without timestamp")
+        return round((frame.pts - start) * tb * rate)
+
+    keyframes = _keyframe_indices(stream, index_of_pts=lambda p: round((p - start) * tb * rate))
+    targets = sorted(set(indices))
+    got: dict[int, np.ndarray] = {}
+    frames = None
+    pos = -1  # index of the last decoded frame
+    decoded = 0
+    # Without an index, seek only past this distance; grown when a seek lands behind `pos`.
+    gap = 8
+    for t in targets:
+        if t in got:
+            continue
+        if keyframes is not None:
+            before = [k for k in keyframes if k <= t]
+            key = before[-1] if before else 0
+            need_seek = frames is None and key > 0 or frames is not None and key > pos
+        else:
+            need_seek = (frames is None and t > gap) or (frames is not None and t - pos > gap)
+        just_seeked = False
+        if need_seek:
+            container.seek(pts_of(t), stream=stream, backward=True, any_frame=False)
+            frames = container.decode(stream)
+            just_seeked = True
+        elif frames is None:
+            frames = container.decode(stream)
+        while True:
+            frame = next(frames, None)
+            if frame is None:
+                return None, decoded
+            decoded += 1
+            idx = index_of(frame)
+            if just_seeked:
+                just_seeked = False
+                if idx > t:
+                    raise _SeekFailed(f"seek for frame {t} landed on {idx}")
+                if idx <= pos:
+                    gap = max(gap, t - idx)
+            pos = idx
+            if idx >= t:
+                arr = frame.to_ndarray(format="rgb24")
+                for u in targets:
+                    if u >= t and u <= idx and u not in got:
+                        got[u] = arr
+                break
+    return got, decoded
+
+
+def _keyframe_indices(stream, index_of_pts) -> list[int] | None:
+    """Frame indices of the keyframes the container's index lists, or ``None`` if it has none."""
+    entries = list(getattr(stream, "index_entries", None) or ())
+    try:
+        keys = sorted(index_of_pts(e.timestamp) for e in entries if e.is_keyframe)
+    except (AttributeError, TypeError):
+        return None
+    # Matroska loads its cues lazily, so an index with one keyframe may just be incomplete;
+    # trust it only when it has several keyframes or one entry per frame (mp4).
+    complete = stream.frames and len(entries) >= stream.frames
+    return keys if keys and (len(keys) > 1 or complete) else None
+
+
+def _sequential(path, num_frames, policy, bound, total, declared, fps):
+    """One pass from the start, keeping only the sampled frames (two when the count is unknown)."""
+    import av
+
+    if total is None:
+        total = _count_by_decoding(path)
+        declared = False
+        if total == 0:
+            raise DataError(f"video {path} has no decodable frames")
+    if bound is not None and fps <= 0:
+        raise DataError(f"video {path} has no frame rate, so a time bound cannot be applied")
+    indices = sample_indices(total, num_frames, policy, fps if fps > 0 else None, bound)
+    wanted = set(indices)
+    last_needed = max(indices)
+    got: dict[int, np.ndarray] = {}
+    n = 0
+    last = None
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            if n in wanted:
+                got[n] = frame.to_ndarray(format="rgb24")
+            last = frame
+            n += 1
+            if n > last_needed:
+                break
+    if n == 0:
+        raise DataError(f"video {path} has no decodable frames")
+    if n <= last_needed:
+        slack = max(_COUNT_SLACK_FRAMES, int(_COUNT_SLACK_FRACTION * total))
+        if declared and n < total - slack:
+            raise DataError(f"video {path} is truncated: it declares {total} frames but only {n} decode")
+        tail = last.to_ndarray(format="rgb24")
+        for i in indices:
+            got.setdefault(i, tail)
+    frames = np.stack([got[i] for i in indices])
+    return frames, DecodeInfo("sequential", total, fps, indices, n)
+
+
+def _count_by_decoding(path) -> int:
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        return sum(1 for _ in container.decode(stream))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _pick_codec(suffix: str) -> str:
+    import av
+
+    prefs = {
+        ".webm": ("libvpx-vp9", "libvpx", "vp9", "vp8"),
+        ".avi": ("mpeg4", "mjpeg"),
+        ".gif": ("gif",),
+    }.get(suffix, ("libx264", "h264", "mpeg4"))
+    for name in prefs:
+        try:
+            av.codec.Codec(name, "w")
+            return name
+        except Exception:  # noqa: BLE001 - PyAV raises several types for "no such encoder"
+            continue
+    raise DataError(f"no encoder available for {suffix} (tried {', '.join(prefs)})")
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames: np.ndarray,
+    fps: float = 8,
+    codec: str | None = None,
+    *,
+    gop_size: int | None = None,
+) -> Path:
+    """Encode ``frames`` ``(T, H, W, 3)`` uint8 RGB into a video file with PyAV.
+
+    The codec follows the extension unless given: mp4/mkv/mov -> h264 (or mpeg4), webm ->
+    vp9 (or vp8), avi -> mpeg4, gif -> gif. Frames are stored as yuv420p at high quality;
+    odd heights/widths are padded by one edge pixel because yuv420p needs even sizes.
+    ``gop_size`` sets the keyframe interval (small values make seeking cheap).
+    """
+    import av
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+        raise DataError(f"write_video needs (T, H, W, 3) frames with T > 0, got {frames.shape}")
+    frames = frames.astype(np.uint8, copy=False)
+    _, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    suffix = p.suffix.lower()
+    name = codec or _pick_codec(suffix)
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(str(p), mode="w") as out:
+        stream = out.add_stream(name, rate=rate)
+        stream.height, stream.width = frames.shape[1], frames.shape[2]
+        if name == "gif":
+            stream.pix_fmt = "rgb8"
+        else:
+            stream.pix_fmt = "yuv420p"
+            if name in ("libx264", "h264"):
+                stream.options = {"crf": "10", "preset": "veryfast"}
+            elif name in ("mpeg4", "mjpeg"):
+                stream.codec_context.qscale = True  # fixed quantiser instead of bitrate
+                stream.codec_context.global_quality = 2 * 118  # FF_QP2LAMBDA * q
+            elif name.startswith("libvpx") or name in ("vp8", "vp9"):
+                stream.options = {"crf": "4", "b": "0", "deadline": "realtime", "cpu-used": "8"}
+                stream.bit_rate = 0 if name != "libvpx" else 8_000_000
+        if gop_size:
+            stream.codec_context.gop_size = int(gop_size)
+        for arr in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return p

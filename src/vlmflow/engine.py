@@ -1,0 +1,301 @@
+"""The engine: one baseline pass per prepared input, then exact evaluation of many plans.
+
+Why it is exact and fast. Under a causal mask, a position's state depends only on earlier
+positions. A plan whose first blocked query is ``q0`` and first cut layer ``l0`` therefore
+leaves every position ``< q0`` (in every layer) and every layer ``< l0`` exactly as in
+the baseline. The engine keeps the baseline's per-layer hidden states and keys/values and
+recomputes only positions ``q0..N-1`` from layer ``l0`` on, reusing the baseline keys and
+values of the prefix. A cut into the last token costs one token per layer.
+
+Plans that share ``q0`` are evaluated together: their recomputed suffixes are packed as
+segments of one sequence (each segment attends to the shared prefix and to itself only),
+so the prefix keys/values are never copied per plan. A plan joins the pack at its own
+first cut layer, so no plan recomputes layers it cannot change.
+
+The decoder layers are the model's own modules, called with the arguments the model
+itself passed them in the baseline pass (rotary embeddings sliced to the recomputed
+positions), so normalisation, rotary variants (M-RoPE included) and MLPs are the model's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .cuts import CompiledPlan, Plan, compile_plan
+from .errors import UnsupportedModelError
+from .hooks import layer_hooks
+from .layout import TokenLayout
+
+MASKABLE_ATTENTION = ("eager", "sdpa")
+
+
+@dataclass
+class LanguageModel:
+    """What the engine needs from a model; adapters build it.
+
+    ``forward(**inputs)`` runs the whole model (vision included) and must accept
+    ``use_cache`` and ``logits_to_keep``; ``layers`` are the language model's decoder
+    layers in order; ``norm`` and ``lm_head`` map a final hidden state to logits.
+    ``extra_layer_kwargs`` names further per-position tensor arguments of the layers that
+    must be sliced like positions (rare; e.g. ``cache_position``).
+    """
+
+    forward: Callable[..., Any]
+    layers: Sequence[nn.Module]
+    norm: nn.Module
+    lm_head: nn.Module
+    embed_tokens: nn.Module
+    attn_implementation: Callable[[], str]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+
+class _PrefixCache:
+    """A stand-in for a transformers ``Cache`` that prepends fixed prefix keys/values.
+
+    ``update`` returns ``(prefix ++ new)`` along the sequence axis and stores nothing, so a
+    layer attends to the baseline prefix plus the recomputed positions.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.keys, self.values = keys, values  # (1, kv_heads, q0, head_dim)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        if self.keys.shape[2] == 0:
+            return key_states, value_states
+        return (
+            torch.cat([self.keys, key_states], dim=2),
+            torch.cat([self.values, value_states], dim=2),
+        )
+
+    def get_seq_length(self, *args: Any, **kwargs: Any) -> int:
+        return int(self.keys.shape[2])
+
+
+def _take_positions(kwargs: dict[str, Any], pos: torch.Tensor) -> dict[str, Any]:
+    """Slice the per-position layer arguments to ``pos`` ``(q,)``."""
+    out = dict(kwargs)
+    pe = out.get("position_embeddings")
+    if isinstance(pe, (tuple, list)):
+        out["position_embeddings"] = tuple(t.index_select(-2, pos) for t in pe)
+    pid = out.get("position_ids")
+    if isinstance(pid, torch.Tensor):
+        out["position_ids"] = pid.index_select(-1, pos)
+    cp = out.get("cache_position")
+    if isinstance(cp, torch.Tensor):
+        out["cache_position"] = cp.index_select(0, pos)
+    return out
+
+
+def to_attention_mask(allowed: torch.Tensor, implementation: str, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean ``(b, 1, q, k)`` "may attend" mask -> the form the attention kernel takes."""
+    if implementation == "sdpa":
+        return allowed
+    if implementation == "eager":
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        )
+    raise UnsupportedModelError(f"cannot build a mask for attention {implementation!r}")
+
+
+class Engine:
+    """Baseline pass of one prepared input, then reads and plan evaluations against it.
+
+    ``inputs`` are the keyword arguments of ``lm.forward`` for one input (batch 1) of
+    ``layout.length`` tokens. ``max_batch_tokens`` bounds how many recomputed positions
+    are packed into one pass (default: the input length, so activation memory stays that
+    of one baseline forward).
+    """
+
+    def __init__(
+        self,
+        lm: LanguageModel,
+        inputs: dict[str, Any],
+        layout: TokenLayout,
+        *,
+        max_batch_tokens: int | None = None,
+    ) -> None:
+        self.lm = lm
+        self.inputs = inputs
+        self.layout = layout
+        self.length = layout.length
+        self.max_batch_tokens = max_batch_tokens or max(self.length, 64)
+        self._ran = False
+
+    # ------------------------------------------------------------------ baseline
+    @torch.inference_mode()
+    def run_baseline(self) -> None:
+        """Run the model once, keeping every layer's input hidden states, keys/values and
+        call arguments, and the last position's logits."""
+        impl = self.lm.attn_implementation()
+        if impl not in MASKABLE_ATTENTION:
+            raise UnsupportedModelError(
+                f"attention implementation {impl!r} ignores custom masks; knockout needs one "
+                f"of {MASKABLE_ATTENTION} (load the model with attn_implementation='sdpa')"
+            )
+        n_layers = self.lm.num_layers
+        hidden: list[torch.Tensor | None] = [None] * (n_layers + 1)
+        kwargs_per_layer: list[dict[str, Any]] = [{} for _ in range(n_layers)]
+
+        def pre(i: int, args: tuple, kwargs: dict) -> None:
+            hidden[i] = args[0] if args else kwargs["hidden_states"]
+            kwargs_per_layer[i] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+
+        def post(i: int, args: tuple, kwargs: dict, out: Any) -> None:
+            if i == n_layers - 1:
+                hidden[n_layers] = out[0] if isinstance(out, tuple) else out
+
+        with layer_hooks(self.lm.layers, pre=pre, post=post):
+            out = self.lm.forward(**self.inputs, use_cache=True, logits_to_keep=1)
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        if any(h is None for h in hidden):
+            raise UnsupportedModelError("the language model did not run all of its decoder layers")
+        n = hidden[0].shape[1]
+        if n != self.length:
+            raise UnsupportedModelError(f"the model saw {n} tokens but the layout describes {self.length}")
+        self.cache_key = self._find_cache_key(kwargs_per_layer[0])
+        cache = kwargs_per_layer[0][self.cache_key]
+        self.keys = [layer_cache.keys for layer_cache in cache.layers]
+        self.values = [layer_cache.values for layer_cache in cache.layers]
+        self.hidden = hidden  # type: ignore[assignment]  # L+1 tensors (1, N, d)
+        self.layer_kwargs = kwargs_per_layer
+        self.logits = logits[0, -1].float()
+        self.dtype = hidden[0].dtype
+        self.device = hidden[0].device
+        self._ran = True
+
+    @staticmethod
+    def _find_cache_key(kwargs: dict[str, Any]) -> str:
+        from transformers.cache_utils import Cache
+
+        for key, value in kwargs.items():
+            if isinstance(value, Cache):
+                return key
+        raise UnsupportedModelError(
+            "the decoder layers received no key/value cache; the engine needs one to reuse "
+            "the baseline's keys and values"
+        )
+
+    def _check(self) -> None:
+        if not self._ran:
+            self.run_baseline()
+
+    @property
+    def hidden_states(self) -> list[torch.Tensor]:
+        """Baseline residual stream: ``[embeddings, out_0, ..., out_{L-1}]``, each ``(1, N, d)``.
+
+        Entry ``l`` is the input of decoder layer ``l``; the last entry is the output of the
+        last layer before the final norm.
+        """
+        self._check()
+        return self.hidden  # type: ignore[return-value]
+
+    def baseline_logits(self) -> torch.Tensor:
+        """Last-position logits of the baseline, ``(vocab,)`` float32."""
+        self._check()
+        return self.logits
+
+    # ------------------------------------------------------------------ plans
+    def compile(self, plan: Plan) -> CompiledPlan:
+        return compile_plan(plan, self.layout, self.lm.num_layers)
+
+    @torch.inference_mode()
+    def evaluate(self, plans: Sequence[Plan | CompiledPlan]) -> torch.Tensor:
+        """Last-position logits under each plan, ``(len(plans), vocab)`` float32."""
+        self._check()
+        compiled = [p if isinstance(p, CompiledPlan) else self.compile(p) for p in plans]
+        out: list[torch.Tensor | None] = [None] * len(compiled)
+        groups: dict[int, list[int]] = {}
+        for i, cp in enumerate(compiled):
+            if cp.is_empty:
+                out[i] = self.logits
+            else:
+                groups.setdefault(cp.first_query, []).append(i)
+        for q0, idx in sorted(groups.items()):
+            idx.sort(key=lambda i: compiled[i].first_layer)
+            size = max(1, self.max_batch_tokens // (self.length - q0))
+            for a in range(0, len(idx), size):
+                chunk = idx[a : a + size]
+                logits = self._run_pack([compiled[i] for i in chunk], q0)
+                for j, i in enumerate(chunk):
+                    out[i] = logits[j]
+        return torch.stack(out)  # type: ignore[arg-type]
+
+    def _run_pack(self, plans: list[CompiledPlan], q0: int) -> torch.Tensor:
+        """Recompute positions ``q0..N-1`` for ``plans`` (sorted by first layer), packed."""
+        n, s = self.length, self.length - q0
+        impl = self.lm.attn_implementation()
+        suffix_pos = torch.arange(q0, n, device=self.device)
+        causal_ss = torch.ones(s, s, dtype=torch.bool, device=self.device).tril()
+        parts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def allowed_parts(m: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            if m is None:
+                return (torch.ones(s, q0, dtype=torch.bool, device=self.device), causal_ss)
+            if id(m) not in parts:
+                t = torch.from_numpy(~m[q0:]).to(self.device)
+                parts[id(m)] = (t[:, :q0], t[:, q0:] & causal_ss)
+            return parts[id(m)]
+
+        h: torch.Tensor | None = None
+        active: list[CompiledPlan] = []
+        pending = list(plans)
+        for layer_idx in range(plans[0].first_layer, self.lm.num_layers):
+            joining = [p for p in pending if p.first_layer == layer_idx]
+            if joining:
+                pending = [p for p in pending if p.first_layer != layer_idx]
+                new = self.hidden[layer_idx][:, q0:].repeat(1, len(joining), 1)
+                h = new if h is None else torch.cat([h, new], dim=1)
+                active += joining
+            blocks = [allowed_parts(p.blocked.get(layer_idx)) for p in active]
+            allowed = torch.cat(
+                [torch.cat([b[0] for b in blocks], dim=0), torch.block_diag(*[b[1] for b in blocks])],
+                dim=1,
+            )[None, None]
+            kwargs = _take_positions(self.layer_kwargs[layer_idx], suffix_pos.repeat(len(active)))
+            kwargs["attention_mask"] = to_attention_mask(allowed, impl, self.dtype)
+            kwargs[self.cache_key] = _PrefixCache(
+                self.keys[layer_idx][:, :, :q0], self.values[layer_idx][:, :, :q0]
+            )
+            out = self.lm.layers[layer_idx](h, **kwargs)
+            h = out[0] if isinstance(out, tuple) else out
+        assert h is not None
+        rows = torch.arange(len(active), device=self.device) * s + (s - 1)
+        return self.lm.lm_head(self.lm.norm(h[0, rows])).float()
+
+
+@torch.inference_mode()
+def full_forward_logits(lm: LanguageModel, inputs: dict[str, Any], compiled: CompiledPlan) -> torch.Tensor:
+    """The plain approach: one full forward of the whole model with the plan's masks.
+
+    Every cut layer gets the full ``(1, 1, N, N)`` mask; other layers keep the model's own
+    causal attention. Only the last position's logits are computed. This is the
+    reference the engine is tested against and the baseline the benchmark times.
+    """
+    impl = lm.attn_implementation()
+    n = compiled.length
+    masks: dict[int, torch.Tensor] = {}
+
+    def pre(i: int, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        m = compiled.blocked.get(i)
+        if m is None:
+            return None
+        if id(m) not in masks:
+            h = args[0] if args else kwargs["hidden_states"]
+            allowed = torch.ones(n, n, dtype=torch.bool).tril() & ~torch.from_numpy(m)
+            masks[id(m)] = to_attention_mask(allowed[None, None].to(h.device), impl, h.dtype)
+        kwargs = dict(kwargs)
+        kwargs["attention_mask"] = masks[id(m)]
+        return args, kwargs
+
+    with layer_hooks(lm.layers, pre=pre):
+        out = lm.forward(**inputs, use_cache=False, logits_to_keep=1)
+    logits = out.logits if hasattr(out, "logits") else out[0]
+    return logits[0, -1].float()

@@ -1,0 +1,53 @@
+"""Model adapters (one per family), their registry, and ``load_model``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import UnsupportedModelError
+from . import llava_next_video  # noqa: F401  (registers the adapter)
+from .base import MODELS, Adapter, Prepared
+
+__all__ = ["MODELS", "Adapter", "Prepared", "load_model", "adapter_for", "DEMO_MODEL_DIR"]
+
+DEMO_MODEL_DIR = Path(__file__).parent / "demo_model"
+
+
+def adapter_for(model_type: str) -> type[Adapter]:
+    """The adapter class registered for a transformers ``model_type``."""
+    for name in MODELS:
+        cls = MODELS.get(name)
+        if model_type in cls.model_types:
+            return cls
+    supported = ", ".join(t for n in MODELS for t in MODELS.get(n).model_types)
+    raise UnsupportedModelError(
+        f"no adapter for model type {model_type!r}; supported: {supported} (see `vlmflow list models`)"
+    )
+
+
+def load_model(
+    spec: str,
+    *,
+    device: str = "cpu",
+    dtype: str | None = None,
+    attn_implementation: str = "sdpa",
+    **adapter_kwargs: Any,
+) -> Adapter:
+    """Load a checkpoint by local path, hub id or ``demo`` (the embedded model)."""
+    from transformers import AutoConfig
+
+    path = str(DEMO_MODEL_DIR) if spec == "demo" else spec
+    if spec == "demo" and not (DEMO_MODEL_DIR / "config.json").exists():
+        raise UnsupportedModelError(
+            f"the embedded demo model is missing from {DEMO_MODEL_DIR}; reinstall vlmflow or "
+            "train it with `python scripts/train_demo_model.py`"
+        )
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise UnsupportedModelError(f"cannot read a model config from {spec!r}: {exc}") from exc
+    cls = adapter_for(config.model_type)
+    return cls.load(
+        path, device=device, dtype=dtype, attn_implementation=attn_implementation, **adapter_kwargs
+    )

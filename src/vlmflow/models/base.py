@@ -1,0 +1,312 @@
+"""The adapter contract: the only model-family-specific code in vlmflow.
+
+An adapter loads a checkpoint with its real processor, prepares a ``Sample`` into model
+inputs plus a ``TokenLayout``, and names the language model's decoder layers, final norm,
+output head and embeddings. Everything family-neutral (prompt text, character-to-token
+mapping through the tokenizer's offsets, answer-letter ids) lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..engine import MASKABLE_ATTENTION, LanguageModel
+from ..errors import PromptError, UnsupportedModelError
+from ..layout import Span, TokenLayout
+from ..prompt import (
+    ANSWER_PROMPT,
+    POST_PROMPT,
+    PROMPT_STYLES,
+    SYSTEM_MVBENCH,
+    PromptText,
+    locate_prompt,
+    paper_prompt,
+    question_block,
+)
+from ..registry import Registry
+from ..sample import Sample
+
+log = logging.getLogger(__name__)
+
+MODELS: Registry[type[Adapter]] = Registry("model family")
+
+
+@dataclass
+class Prepared:
+    """One sample ready for the engine.
+
+    ``inputs``: keyword arguments of the model's forward (batch 1, on the model's device);
+    ``option_ids``: the token id of each option letter as the next token after the prompt.
+    """
+
+    sample: Sample
+    inputs: dict[str, Any]
+    layout: TokenLayout
+    prompt: str
+    option_ids: tuple[int, ...]
+
+    @property
+    def answer_id(self) -> int | None:
+        a = self.sample.answer
+        return None if a is None else self.option_ids[a]
+
+
+@dataclass(frozen=True)
+class VideoTokens:
+    """Where the processor put the visual tokens: the whole run, each frame group and its grid."""
+
+    video: Span
+    frames: tuple[Span, ...]
+    grids: tuple[tuple[int, int], ...]
+    frames_per_group: int = 1
+    grid_offsets: tuple[int, ...] = ()
+
+
+class Adapter:
+    """Base class of model-family adapters; subclasses fill the family hooks below."""
+
+    family: ClassVar[str] = ""
+    model_types: ClassVar[tuple[str, ...]] = ()
+    supports: ClassVar[str] = "multiple-choice knockout, answer probability, logit lens"
+    default_frame_policy: ClassVar[str] = "segment_middle"
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        model_id: str = "",
+        prompt_style: str = "paper",
+        num_frames: int = 8,
+        frame_policy: str | None = None,
+        system_prompt: str = SYSTEM_MVBENCH,
+    ) -> None:
+        if prompt_style not in PROMPT_STYLES:
+            raise PromptError(f"unknown prompt style {prompt_style!r}; choose from {PROMPT_STYLES}")
+        self.model = model.eval()
+        self.processor = processor
+        self.model_id = model_id
+        self.prompt_style = prompt_style
+        self.num_frames = num_frames
+        self.frame_policy = frame_policy or self.default_frame_policy
+        self.system_prompt = system_prompt
+
+    # ------------------------------------------------------------------ family hooks
+    @classmethod
+    def load_model(cls, path: str, **kwargs: Any) -> tuple[Any, Any]:
+        """Load ``(model, processor)`` from a local folder or hub id."""
+        raise NotImplementedError
+
+    @property
+    def video_placeholder(self) -> str:
+        raise NotImplementedError
+
+    def process(self, text: str, frames: np.ndarray) -> dict[str, Any]:
+        """Run the real processor on one prompt and one video ``(T, H, W, 3)`` uint8."""
+        return dict(self.processor(text=text, videos=[list(frames)], return_tensors="pt"))
+
+    def expand_placeholder(self, prompt: PromptText, input_ids: torch.Tensor) -> tuple[str, int]:
+        """The prompt text as the tokenizer saw it (placeholder expanded) and the character
+        shift that the expansion adds to everything after the placeholder."""
+        raise NotImplementedError
+
+    def video_tokens(self, input_ids: torch.Tensor, inputs: dict[str, Any]) -> VideoTokens:
+        raise NotImplementedError
+
+    def decoder(self) -> tuple[Any, Any, Any, Any]:
+        """``(layers, final_norm, lm_head, embed_tokens)`` of the language model."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        path: str,
+        *,
+        device: str = "cpu",
+        dtype: str | torch.dtype | None = None,
+        attn_implementation: str = "sdpa",
+        **kwargs: Any,
+    ) -> Adapter:
+        torch_dtype = _dtype(dtype)
+        model, processor = cls.load_model(path, dtype=torch_dtype, attn_implementation=attn_implementation)
+        return cls(model.to(device), processor, model_id=str(path), **kwargs)
+
+    # ------------------------------------------------------------------ handles
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.decoder()[0])
+
+    def attn_implementation(self) -> str:
+        return self.decoder()[0][0].self_attn.config._attn_implementation
+
+    def ensure_maskable(self) -> None:
+        """Knockout needs eager or sdpa attention: switch (with a warning) if the model
+        was loaded with an attention kernel that ignores masks (flash, flex)."""
+        impl = self.attn_implementation()
+        if impl in MASKABLE_ATTENTION:
+            return
+        log.warning("attention %r ignores knockout masks; switching the model to 'sdpa'", impl)
+        self.model.set_attn_implementation("sdpa")
+        if self.attn_implementation() not in MASKABLE_ATTENTION:
+            raise UnsupportedModelError(
+                f"{self.model_id}: could not switch attention from {impl!r} to sdpa; load it "
+                "with attn_implementation='sdpa' or 'eager' for knockout"
+            )
+
+    def language_model(self) -> LanguageModel:
+        layers, norm, lm_head, embed = self.decoder()
+        return LanguageModel(
+            forward=self.model,
+            layers=layers,
+            norm=norm,
+            lm_head=lm_head,
+            embed_tokens=embed,
+            attn_implementation=self.attn_implementation,
+        )
+
+    # ------------------------------------------------------------------ preparation
+    def frames_of(self, sample: Sample) -> np.ndarray:
+        if sample.frames is not None:
+            return sample.frames
+        from ..data.video import load_sample_frames
+
+        return load_sample_frames(sample, self.num_frames, self.frame_policy)
+
+    def build_prompt(self, sample: Sample) -> PromptText:
+        if self.prompt_style == "paper":
+            return paper_prompt(sample, self.video_placeholder, self.system_prompt)
+        template = getattr(self.processor, "chat_template", None)
+        if not template:
+            raise PromptError(
+                f"{self.model_id or self.family}: the processor has no chat template; use the "
+                "paper prompt (--prompt paper)"
+            )
+        block, _, _ = question_block(sample)
+        conversation = [
+            {"role": "system", "content": [{"type": "text", "text": self.system_prompt.strip()}]},
+            {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": block + POST_PROMPT}]},
+        ]
+        text = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        return locate_prompt(sample, text + ANSWER_PROMPT, self.video_placeholder, self.system_prompt.strip())
+
+    @torch.inference_mode()
+    def prepare(self, sample: Sample) -> Prepared:
+        """Prompt, real processor, layout from the tokenizer's offsets, option-letter ids."""
+        prompt = self.build_prompt(sample)
+        frames = self.frames_of(sample)
+        inputs = self.process(prompt.text, frames)
+        input_ids = inputs["input_ids"]
+        if input_ids.shape[0] != 1:
+            raise PromptError(f"sample {sample.id!r}: expected one sequence, got {input_ids.shape[0]}")
+        ids = input_ids[0].tolist()
+        expanded, shift = self.expand_placeholder(prompt, input_ids)
+        enc = self.tokenizer(expanded, return_offsets_mapping=True)
+        if list(enc["input_ids"]) != ids:
+            raise PromptError(
+                f"sample {sample.id!r}: re-tokenising the expanded prompt does not reproduce the "
+                "processor's input ids; token offsets cannot be trusted"
+            )
+        offsets = [tuple(o) for o in enc["offset_mapping"]]
+
+        def moved(r: tuple[int, int]) -> tuple[int, int]:
+            return (r[0] + shift, r[1] + shift) if r[0] > prompt.placeholder_at else r
+
+        def tokens(r: tuple[int, int], what: str) -> Span:
+            span = _char_to_token_span(offsets, moved(r))
+            if span is None:
+                raise PromptError(f"sample {sample.id!r}: {what} text not found among the prompt tokens")
+            return span
+
+        vt = self.video_tokens(input_ids, inputs)
+        options = tuple(tokens(r, f"option {chr(65 + i)}") for i, r in enumerate(prompt.options))
+        sys_span = (
+            tokens(prompt.system, "system prompt") if prompt.system[1] > prompt.system[0] else Span(0, 0)
+        )
+        if sys_span.end and ids and offsets[0] == (0, 0):
+            sys_span = Span(0, sys_span.end)
+        layout = TokenLayout(
+            length=len(ids),
+            system=sys_span,
+            video=vt.video,
+            frames=vt.frames,
+            frame_grids=vt.grids,
+            question=tokens(prompt.question, "question"),
+            question_no_options=tokens(prompt.question_no_options, "question"),
+            options=options,
+            answer=sample.answer,
+            frames_per_group=vt.frames_per_group,
+            frame_token_offsets=vt.grid_offsets,
+        )
+        option_ids = self._option_ids(sample, expanded, ids)
+        dtype = next(self.model.parameters()).dtype
+        moved_inputs = {
+            k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device))
+            if isinstance(v, torch.Tensor)
+            else v
+            for k, v in inputs.items()
+        }
+        return Prepared(sample, moved_inputs, layout, prompt.text, option_ids)
+
+    def _option_ids(self, sample: Sample, expanded: str, ids: list[int]) -> tuple[int, ...]:
+        out = []
+        for letter in sample.letters:
+            full = self.tokenizer(expanded + letter)["input_ids"]
+            if len(full) != len(ids) + 1 or list(full[: len(ids)]) != ids:
+                raise PromptError(
+                    f"sample {sample.id!r}: option letter {letter!r} does not tokenise as one token "
+                    "after the answer prompt, so its probability cannot be read"
+                )
+            out.append(int(full[-1]))
+        if len(set(out)) != len(out):
+            raise PromptError(f"sample {sample.id!r}: two option letters share a token id")
+        return tuple(out)
+
+
+def _char_to_token_span(offsets: list[tuple[int, int]], r: tuple[int, int]) -> Span | None:
+    """Tokens whose character range overlaps ``r`` (special tokens without text excluded)."""
+    c0, c1 = r
+    hits = [i for i, (a, b) in enumerate(offsets) if b > a and b > c0 and a < c1]
+    if not hits:
+        return None
+    return Span(hits[0], hits[-1] + 1)
+
+
+def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
+    if dtype not in names:
+        raise UnsupportedModelError(f"unknown dtype {dtype!r}; choose from {sorted(names)}")
+    return names[dtype]
+
+
+def contiguous_run(input_ids: torch.Tensor, token_id: int, what: str) -> Span:
+    """The single contiguous run of ``token_id`` in ``input_ids`` ``(1, N)``."""
+    pos = torch.nonzero(input_ids[0] == token_id).flatten()
+    if pos.numel() == 0:
+        raise PromptError(f"no {what} tokens in the input")
+    start, end = int(pos[0]), int(pos[-1]) + 1
+    if end - start != pos.numel():
+        raise PromptError(f"the {what} tokens are not one contiguous run")
+    return Span(start, end)

@@ -1,0 +1,61 @@
+"""Adapter for Hugging Face ``LlavaNextVideoForConditionalGeneration``.
+
+The processor expands one ``<video>`` placeholder into ``T * h * w`` video tokens, one
+contiguous run with frame ``t`` at ``[s + t*n, s + (t+1)*n)``; ``h x w`` is the CLIP patch
+grid after the model's spatial pooling (stride ``spatial_pool_stride``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import PromptError
+from ..layout import Span
+from ..prompt import PromptText
+from .base import MODELS, Adapter, VideoTokens, contiguous_run
+
+
+@MODELS.register("llava_next_video", "LLaVA-NeXT-Video (HF LlavaNextVideoForConditionalGeneration)")
+class LlavaNextVideoAdapter(Adapter):
+    family = "llava_next_video"
+    model_types = ("llava_next_video",)
+
+    @classmethod
+    def load_model(cls, path: str, **kwargs: Any) -> tuple[Any, Any]:
+        from transformers import LlavaNextVideoForConditionalGeneration, LlavaNextVideoProcessor
+
+        model = LlavaNextVideoForConditionalGeneration.from_pretrained(path, **kwargs)
+        processor = LlavaNextVideoProcessor.from_pretrained(path)
+        return model, processor
+
+    @property
+    def video_placeholder(self) -> str:
+        return self.processor.video_token
+
+    def expand_placeholder(self, prompt: PromptText, input_ids: torch.Tensor) -> tuple[str, int]:
+        n = int((input_ids[0] == self.model.config.video_token_id).sum())
+        tok = prompt.placeholder
+        at = prompt.placeholder_at
+        return prompt.text[:at] + tok * n + prompt.text[at + len(tok) :], (n - 1) * len(tok)
+
+    def video_tokens(self, input_ids: torch.Tensor, inputs: dict[str, Any]) -> VideoTokens:
+        cfg = self.model.config
+        video = contiguous_run(input_ids, cfg.video_token_id, "video")
+        pixels = inputs["pixel_values_videos"]  # (1, T, C, H, W)
+        t, (height, width) = pixels.shape[1], pixels.shape[-2:]
+        patch, stride = cfg.vision_config.patch_size, cfg.spatial_pool_stride
+        h, w = (height // patch) // stride, (width // patch) // stride
+        n = h * w
+        if len(video) != t * n:
+            raise PromptError(
+                f"{len(video)} video tokens for {t} frames of {h}x{w}; the processor and the "
+                "model disagree on tokens per frame"
+            )
+        frames = tuple(Span(video.start + i * n, video.start + (i + 1) * n) for i in range(t))
+        return VideoTokens(video, frames, ((h, w),) * t)
+
+    def decoder(self) -> tuple[Any, Any, Any, Any]:
+        lm = self.model.model.language_model
+        return lm.layers, lm.norm, self.model.lm_head, lm.embed_tokens

@@ -1,0 +1,98 @@
+"""Prompt text for multiple-choice VideoQA, with the character ranges of every group.
+
+Two styles: ``paper`` reproduces the paper's LLaVA template exactly (REFERENCE_NOTES §2.4)
+with the model's own video placeholder; ``chat`` renders the model's chat template. Both
+end with the answer prompt ``Best option:(`` so the next token is the option letter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import PromptError
+from .sample import Sample
+
+SYSTEM_MVBENCH = (
+    "Carefully watch the video and pay attention to the cause and sequence of events, the "
+    "detail and movement of objects, and the action and pose of persons. Based on your "
+    "observations, select the best option that accurately addresses the question.\n"
+)
+POST_PROMPT = "\nOnly give the best option."
+ANSWER_PROMPT = "Best option:("
+PROMPT_STYLES = ("paper", "chat")
+
+CharRange = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class PromptText:
+    """A prompt with one video placeholder and the character ranges of its groups."""
+
+    text: str
+    placeholder: str
+    placeholder_at: int
+    system: CharRange
+    question: CharRange
+    question_no_options: CharRange
+    options: tuple[CharRange, ...] = field(default=())
+
+
+def question_block(sample: Sample) -> tuple[str, CharRange, list[CharRange]]:
+    """``Question: {q}\\nOptions:\\n(A) ...`` (rstripped), the raw question's range and each
+    option's ``(X) text`` range, relative to the block."""
+    if not sample.options:
+        raise PromptError(f"sample {sample.id!r} has no options for a multiple-choice prompt")
+    head = "Question: "
+    text = head + sample.question + "\nOptions:\n"
+    q_range = (len(head), len(head) + len(sample.question))
+    opts = []
+    for letter, option in zip(sample.letters, sample.options, strict=True):
+        line = f"({letter}) {option}"
+        opts.append((len(text), len(text) + len(line)))
+        text += line + "\n"
+    return text.rstrip(), q_range, opts
+
+
+def paper_prompt(sample: Sample, placeholder: str, system: str = SYSTEM_MVBENCH) -> PromptText:
+    """The paper's ``eval_mvbench`` conversation (REFERENCE_NOTES §2.1-2.4)."""
+    block, q_range, opts = question_block(sample)
+    before = system + " USER: "
+    mid = placeholder + "\n USER: "
+    text = before + mid + block + " " + POST_PROMPT + " ASSISTANT:" + ANSWER_PROMPT
+    at = len(before) + len(mid)
+    return PromptText(
+        text=text,
+        placeholder=placeholder,
+        placeholder_at=len(before),
+        system=(0, len(system.rstrip())),
+        question=(at, at + len(block)),
+        question_no_options=(at + q_range[0], at + q_range[1]),
+        options=tuple((at + a, at + b) for a, b in opts),
+    )
+
+
+def locate_prompt(sample: Sample, text: str, placeholder: str, system: str = "") -> PromptText:
+    """Find the groups of ``sample`` in a prompt rendered elsewhere (a chat template).
+
+    The question block must appear verbatim after the video placeholder.
+    """
+    at_video = text.find(placeholder)
+    if at_video < 0:
+        raise PromptError(f"sample {sample.id!r}: the prompt has no video placeholder {placeholder!r}")
+    block, q_range, opts = question_block(sample)
+    at = text.find(block, at_video)
+    if at < 0:
+        raise PromptError(
+            f"sample {sample.id!r}: the question and option text was not found in the prompt "
+            "after the video; the chat template rewrote it"
+        )
+    sys_at = text.find(system) if system else -1
+    return PromptText(
+        text=text,
+        placeholder=placeholder,
+        placeholder_at=at_video,
+        system=(sys_at, sys_at + len(system.rstrip())) if sys_at >= 0 else (0, 0),
+        question=(at, at + len(block)),
+        question_no_options=(at + q_range[0], at + q_range[1]),
+        options=tuple((at + a, at + b) for a, b in opts),
+    )

@@ -1,0 +1,56 @@
+"""``Sample``: one VideoQA item as every loader produces and every adapter consumes."""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+LETTERS = string.ascii_uppercase
+
+
+@dataclass(frozen=True, eq=False)
+class Sample:
+    """One VideoQA item.
+
+    Either ``frames`` (decoded, ``(T, H, W, 3)`` uint8 RGB) or ``video`` (a path to a video
+    file or a folder of frame images) is set; loaders leave decoding to
+    :func:`vlmflow.data.video.load_frames` so it happens once, lazily, and cached.
+
+    ``options`` are the candidate texts without letters; ``answer`` indexes them. An
+    open-ended item has no options and keeps its reference text in ``answer_text``.
+    ``bound`` is an optional ``(start_s, end_s)`` window of the video to sample from.
+    """
+
+    id: str
+    question: str
+    options: tuple[str, ...] = ()
+    answer: int | None = None
+    task: str = "default"
+    source: str = ""
+    video: str | None = None
+    frames: np.ndarray | None = None
+    bound: tuple[float, float] | None = None
+    answer_text: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_multiple_choice(self) -> bool:
+        return len(self.options) > 0
+
+    @property
+    def letters(self) -> tuple[str, ...]:
+        """Option letters ``("A", "B", ...)``, one per option."""
+        return tuple(LETTERS[i] for i in range(len(self.options)))
+
+    @property
+    def answer_letter(self) -> str | None:
+        return None if self.answer is None else LETTERS[self.answer]
+
+    def with_frames(self, frames: np.ndarray) -> Sample:
+        """A copy of this sample holding decoded ``frames`` ``(T, H, W, 3)`` uint8."""
+        from dataclasses import replace
+
+        return replace(self, frames=frames)

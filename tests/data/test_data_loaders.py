@@ -1,0 +1,191 @@
+"""The JSONL and TVBench loaders and ``load_dataset`` (spec parsing, task selection, sampling)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vlmflow.data import DATASETS, load_dataset
+from vlmflow.errors import DataError, VlmflowError
+
+
+def _write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_jsonl_fields(tmp_path):
+    file = _write_jsonl(
+        tmp_path / "qa.jsonl",
+        [
+            {
+                "id": "q1",
+                "video": "clips/a.mp4",
+                "question": "What?",
+                "options": ["x", "y"],
+                "answer": 1,
+                "task": "count",
+                "start": 1.5,
+                "end": 4,
+            },
+            "",
+            {
+                "video": "/abs/b.mp4",
+                "question": "Which?",
+                "options": ["x", "y", "z"],
+                "answer": "z",
+                "extra": 3,
+            },
+            {"video": "frames/c", "question": "Describe it.", "answer": "a red ball rolls"},
+        ],
+    )
+    a, b, c = load_dataset(f"jsonl:{file}")
+    assert (a.id, a.task, a.options, a.answer, a.answer_letter) == (
+        "q1",
+        "count",
+        ("x", "y"),
+        1,
+        "B",
+    )
+    assert a.video == str(tmp_path / "clips" / "a.mp4") and a.bound == (1.5, 4.0)
+    assert a.source == "jsonl" and a.frames is None
+    assert (b.id, b.task, b.answer, b.video, b.bound) == ("3", "default", 2, "/abs/b.mp4", None)
+    assert b.meta["extra"] == 3
+    assert not c.is_multiple_choice and c.answer is None
+    assert c.answer_text == "a red ball rolls"
+
+
+@pytest.mark.parametrize(
+    ("row", "match"),
+    [
+        ({"question": "q", "options": ["a"], "answer": 0}, "missing field 'video'"),
+        ({"video": "v.mp4", "options": ["a"], "answer": 0}, "missing field 'question'"),
+        ({"video": "v.mp4", "question": "q", "options": ["a", "b"]}, "missing field 'answer'"),
+        (
+            {"video": "v.mp4", "question": "q", "options": ["a", "b"], "answer": "c"},
+            "answer 'c' is not among options",
+        ),
+        ({"video": "v.mp4", "question": "q", "options": ["a", "b"], "answer": 5}, "outside"),
+        ("{not json", "not valid JSON"),
+    ],
+)
+def test_jsonl_malformed_line_names_file_and_line(tmp_path, row, match):
+    good = {"video": "v.mp4", "question": "q", "options": ["a", "b"], "answer": 0}
+    file = _write_jsonl(tmp_path / "qa.jsonl", [good, row])
+    with pytest.raises(DataError, match=match) as info:
+        load_dataset(f"jsonl:{file}")
+    assert f"{file}:2" in str(info.value)
+
+
+def test_jsonl_missing_file(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_dataset(f"jsonl:{tmp_path / 'nope.jsonl'}")
+
+
+# ----------------------------------------------------------------------------- TVBench
+
+
+def _tvbench(root: Path, files: dict[str, list]) -> Path:
+    (root / "json").mkdir(parents=True)
+    for stem, items in files.items():
+        (root / "json" / f"{stem}.json").write_text(json.dumps(items))
+    return root
+
+
+def _item(video="v.mp4", q="q?", cands=("left", "right"), answer="right", **kw):
+    return {"video": video, "question": q, "candidates": list(cands), "answer": answer, **kw}
+
+
+def test_tvbench_layout(tmp_path):
+    root = _tvbench(
+        tmp_path / "TVBench",
+        {
+            "action_sequence": [_item("s.mp4", answer="left", start=2.0, end=6.5)],
+            "moving_direction": [_item("m1.mp4", start=1, end=2), _item("m2.mp4", answer="left")],
+            "my_extra": [_item("e.mp4", start=0.5, end=1.5)],
+        },
+    )
+    samples = load_dataset(f"tvbench:{root}")
+    by_task = {}
+    for s in samples:
+        by_task.setdefault(s.task, []).append(s)
+    assert list(by_task) == ["Action Sequence", "Moving Direction", "my_extra"]
+    seq = by_task["Action Sequence"][0]
+    assert seq.video == str(root / "video" / "action_sequence" / "s.mp4")
+    assert (seq.options, seq.answer, seq.bound) == (("left", "right"), 0, (2.0, 6.5))
+    m1, m2 = by_task["Moving Direction"]
+    assert m1.bound is None, "Moving Direction is not a bounded task"
+    assert (m1.answer, m2.answer, m1.id, m2.id) == (
+        1,
+        0,
+        "moving_direction-00000",
+        "moving_direction-00001",
+    )
+    extra = by_task["my_extra"][0]
+    assert extra.video == str(root / "video" / "my_extra" / "e.mp4")
+    assert extra.bound == (0.5, 1.5) and extra.source == "tvbench"
+    # the paper's task ids: alphabetical order of the task names present
+    assert {s.task for s in load_dataset(f"tvbench:{root}", tasks=["1"])} == {"Moving Direction"}
+
+
+def test_tvbench_errors(tmp_path):
+    with pytest.raises(DataError, match="no json/ folder"):
+        load_dataset(f"tvbench:{tmp_path}")
+    root = _tvbench(tmp_path / "tv", {"object_count": [_item(), _item(answer="up")]})
+    with pytest.raises(DataError, match="object_count.json item 1: answer 'up' is not among"):
+        load_dataset(f"tvbench:{root}")
+    root = _tvbench(tmp_path / "tv2", {"object_count": [{"video": "a.mp4", "question": "q"}]})
+    with pytest.raises(DataError, match="object_count.json item 0: missing field 'candidates'"):
+        load_dataset(f"tvbench:{root}")
+
+
+def test_tvbench_empty_task_is_an_error_when_selected(tmp_path):
+    root = _tvbench(tmp_path / "tv", {"object_count": [_item()], "scene_transition": []})
+    assert len(load_dataset(f"tvbench:{root}")) == 1
+    with pytest.raises(DataError, match="no task 'Scene Transition'"):
+        load_dataset(f"tvbench:{root}", tasks=["Scene Transition"])
+
+
+# ----------------------------------------------------------------------------- load_dataset
+
+
+def test_registry_lists_builtin_datasets():
+    assert {"jsonl", "tvbench", "synthetic"} <= set(DATASETS)
+    with pytest.raises(VlmflowError, match="unknown dataset 'nope'; known: jsonl, synthetic"):
+        load_dataset("nope:/x")
+
+
+def test_task_selection_and_seeded_subsampling():
+    full = load_dataset("synthetic:8")
+    assert len(full) == 8 * 6
+    by_name = load_dataset("synthetic:8", tasks=["object_count"])
+    by_id = load_dataset("synthetic:8", tasks=["3"])  # alphabetical id 3 = object_count
+    assert (
+        [s.id for s in by_name]
+        == [s.id for s in by_id]
+        == [f"object_count-{i:05d}" for i in range(8)]
+    )
+
+    a = load_dataset("synthetic:8", tasks=["object_count", "static_attribute"], samples=3, seed=1)
+    b = load_dataset("synthetic:8", tasks=["object_count", "static_attribute"], samples=3, seed=1)
+    c = load_dataset("synthetic:8", tasks=["object_count", "static_attribute"], samples=3, seed=2)
+    assert [s.id for s in a] == [s.id for s in b] != [s.id for s in c]
+    assert [s.task for s in a] == ["object_count"] * 3 + ["static_attribute"] * 3
+    ids = [s.id for s in a]
+    assert ids == sorted(ids), "subsampling keeps the original order"
+    assert len(load_dataset("synthetic:2", samples=5)) == 12
+
+
+def test_unknown_or_empty_selection():
+    with pytest.raises(DataError, match="no task 'juggling'"):
+        load_dataset("synthetic:4", tasks=["juggling"])
+    with pytest.raises(DataError, match="no task '9'"):
+        load_dataset("synthetic:4", tasks=["9"])
+    with pytest.raises(DataError, match="no samples"):
+        load_dataset("synthetic:4", tasks=["object_count"], samples=0)
+    with pytest.raises(DataError, match="no samples"):
+        load_dataset("synthetic:0")
+    with pytest.raises(DataError, match="expects a number"):
+        load_dataset("synthetic:many")

@@ -1,0 +1,218 @@
+"""Decoding real container files written with PyAV, seeking, frame folders, errors, cache."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlmflow.data import load_frames, load_sample_frames, sample_indices, write_video
+from vlmflow.data import video as video_mod
+from vlmflow.errors import DataError
+from vlmflow.sample import Sample
+
+av = pytest.importorskip("av")
+
+
+def palette(n: int) -> np.ndarray:
+    """``n`` flat colours, far enough apart (40 levels) to tell apart after lossy coding."""
+    i = np.arange(n)
+    return np.stack([(i % 7) * 40, (i // 7 % 7) * 40, (i // 49 % 7) * 40], axis=1).astype(np.uint8)
+
+
+def flat_frames(n: int, h: int = 48, w: int = 64) -> np.ndarray:
+    """``(n, h, w, 3)`` frames, frame i one flat colour ``palette(n)[i]``."""
+    return np.ascontiguousarray(np.broadcast_to(palette(n)[:, None, None, :], (n, h, w, 3)))
+
+
+def which_frames(frames: np.ndarray, n: int) -> tuple[list[int], float]:
+    """For decoded frames, the index of the nearest palette colour and the worst error."""
+    means = frames.reshape(len(frames), -1, 3).astype(float).mean(axis=1)
+    pal = palette(n).astype(float)
+    idx = [int(np.argmin(((pal - m) ** 2).sum(axis=1))) for m in means]
+    err = max(float(np.abs(frames[k].astype(float) - pal[j]).max()) for k, j in enumerate(idx))
+    return idx, err
+
+
+def _has_encoder(*names: str) -> bool:
+    for name in names:
+        try:
+            av.codec.Codec(name, "w")
+            return True
+        except Exception:  # noqa: BLE001 - PyAV raises several types for a missing encoder
+            continue
+    return False
+
+
+# extension, encoders the writer may pick, frames, fps, per-pixel tolerance
+CONTAINERS = [
+    ("mp4", ("libx264", "h264", "mpeg4"), 60, 30, 12),
+    ("mkv", ("libx264", "h264", "mpeg4"), 60, 30, 12),
+    ("mov", ("libx264", "h264", "mpeg4"), 60, 30, 12),
+    ("webm", ("libvpx-vp9", "libvpx", "vp9", "vp8"), 60, 30, 12),
+    ("avi", ("mpeg4", "mjpeg"), 60, 30, 12),
+    # gif stores 3-3-2 bit colour (with dithering), so only the mean colour is close.
+    ("gif", ("gif",), 20, 10, None),
+]
+
+
+@pytest.mark.parametrize(("ext", "encoders", "n", "fps", "tol"), CONTAINERS, ids=lambda v: v)
+def test_decode_container_picks_the_right_frames(tmp_path, ext, encoders, n, fps, tol):
+    if not _has_encoder(*encoders):
+        pytest.skip(f"PyAV has no {ext} encoder ({', '.join(encoders)})")
+    path = write_video(tmp_path / f"clip.{ext}", flat_frames(n), fps=fps, gop_size=6)
+    frames = load_frames(path, num_frames=8, cache=False)
+    assert frames.shape == (8, 48, 64, 3) and frames.dtype == np.uint8
+    got, err = which_frames(frames, n)
+    assert got == sample_indices(n, 8), f"{ext}: decoded frames {got}"
+    if tol is not None:
+        assert err <= tol, f"{ext}: a pixel is {err} levels off its frame's colour"
+
+
+def test_linspace_and_bound_pick_frames(tmp_path):
+    path = write_video(tmp_path / "clip.mp4", flat_frames(90), fps=30, gop_size=10)
+    got, _ = which_frames(load_frames(path, 5, policy="linspace", cache=False), 90)
+    assert got == [0, 22, 44, 66, 89]
+    bounded = load_frames(path, 4, bound=(1.0, 2.0), cache=False)
+    got, _ = which_frames(bounded, 90)
+    assert got == sample_indices(90, 4, fps=30, bound=(1.0, 2.0)) == [33, 41, 48, 55]
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_seeking_decodes_few_frames(tmp_path, ext):
+    """8 frames of a 300-frame file: seek to keyframes, not a decode of the whole file."""
+    path = write_video(tmp_path / f"long.{ext}", flat_frames(300, 32, 32), fps=30, gop_size=10)
+    frames, info = video_mod.read_video(path, 8)
+    assert info.method == "seek"
+    assert info.decoded < 100, f"decoded {info.decoded} of 300 frames to get 8"
+    assert which_frames(frames, 300)[0] == [18, 55, 93, 130, 168, 205, 242, 280]
+    sequential, seq_info = video_mod.read_video(path, 8, allow_seek=False)
+    assert seq_info.method == "sequential" and seq_info.decoded == 281
+    np.testing.assert_array_equal(frames, sequential)
+
+
+def test_short_video_repeats_frames(tmp_path):
+    path = write_video(tmp_path / "short.mp4", flat_frames(3), fps=8)
+    got, _ = which_frames(load_frames(path, 8, cache=False), 3)
+    assert got == [0, 0, 0, 1, 1, 1, 2, 2]
+
+
+def test_frame_folder(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    pal = palette(12)
+    for i in range(12):  # names sort in frame order; MVBench's folders start at 00001
+        Image.fromarray(np.full((20, 30, 3), pal[i], np.uint8)).save(folder / f"{i + 1:05d}.png")
+    (folder / "notes.txt").write_text("not a frame")
+    frames = load_frames(folder, 4, cache=False)
+    assert frames.shape == (4, 20, 30, 3)
+    assert which_frames(frames, 12) == (sample_indices(12, 4), 0.0)
+    # a bound is read at 3 fps unless told otherwise
+    got, _ = which_frames(load_frames(folder, 2, bound=(1.0, 3.0), cache=False), 12)
+    assert got == sample_indices(12, 2, fps=3, bound=(1.0, 3.0))
+    got, _ = which_frames(load_frames(folder, 2, bound=(0.5, 1.0), folder_fps=6, cache=False), 12)
+    assert got == sample_indices(12, 2, fps=6, bound=(0.5, 1.0))
+
+
+def test_write_video_pads_odd_sizes(tmp_path):
+    path = write_video(tmp_path / "odd.mp4", flat_frames(4, 15, 21), fps=4)
+    assert load_frames(path, 2, cache=False).shape == (2, 16, 22, 3)
+
+
+# ----------------------------------------------------------------------------- broken files
+
+
+def _raises_naming(path, match: str):
+    with pytest.raises(DataError, match=match) as info:
+        load_frames(path, 8, cache=False)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    _raises_naming(tmp_path / "nope.mp4", "not found")
+
+
+def test_corrupt_file(tmp_path):
+    path = tmp_path / "noise.mp4"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes())
+    _raises_naming(path, "cannot decode")
+
+
+def test_truncated_mp4(tmp_path):
+    data = write_video(tmp_path / "full.mp4", flat_frames(60), fps=30).read_bytes()
+    path = tmp_path / "half.mp4"
+    path.write_bytes(data[: len(data) // 2])
+    _raises_naming(path, "cannot decode")
+
+
+def test_truncated_mkv(tmp_path):
+    """Matroska opens without its end; the missing frames must still be noticed."""
+    data = write_video(tmp_path / "full.mkv", flat_frames(120, 32, 32), fps=30).read_bytes()
+    path = tmp_path / "half.mkv"
+    path.write_bytes(data[: len(data) // 2])
+    _raises_naming(path, "truncated")
+
+
+def test_zero_frame_video(tmp_path):
+    path = tmp_path / "empty.mkv"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        out.start_encoding()
+    _raises_naming(path, "empty|no decodable frames")
+
+
+def test_empty_frame_folder(tmp_path):
+    (tmp_path / "frames").mkdir()
+    _raises_naming(tmp_path / "frames", "no .jpg/.png")
+
+
+def test_sample_errors_name_the_sample(tmp_path):
+    sample = Sample(id="clip-7", question="?", video=str(tmp_path / "gone.mp4"))
+    with pytest.raises(DataError, match="clip-7.*not found"):
+        load_sample_frames(sample)
+    with pytest.raises(DataError, match="clip-7"):
+        load_sample_frames(Sample(id="clip-7", question="?"))
+
+
+def test_sample_frames_and_bound(tmp_path):
+    own = np.zeros((2, 4, 4, 3), np.uint8)
+    assert load_sample_frames(Sample(id="a", question="?", frames=own)) is own
+    path = write_video(tmp_path / "clip.mp4", flat_frames(90), fps=30, gop_size=10)
+    sample = Sample(id="b", question="?", video=str(path), bound=(1.0, 2.0))
+    got, _ = which_frames(load_sample_frames(sample, 4, cache=False), 90)
+    assert got == [33, 41, 48, 55]
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def test_cache_hits_and_is_invalidated_by_mtime(tmp_path, monkeypatch):
+    path = write_video(tmp_path / "clip.mp4", flat_frames(30), fps=30)
+    first = load_frames(path, 4)
+    cached = list(video_mod.cache_dir().glob("*.npy"))
+    assert len(cached) == 1 and cached[0].parent == tmp_path / "frame-cache"
+
+    calls = []
+    real = video_mod.read_video
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(video_mod, "read_video", spy)
+    np.testing.assert_array_equal(load_frames(path, 4), first)
+    assert calls == [], "the second call should be served from the cache"
+
+    load_frames(path, 4, policy="linspace")  # other settings: another entry
+    assert len(calls) == 1
+
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    np.testing.assert_array_equal(load_frames(path, 4), first)
+    assert len(calls) == 2, "a changed mtime must invalidate the cached frames"
+
+    load_frames(path, 4, cache=False)
+    assert len(calls) == 3

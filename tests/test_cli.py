@@ -1,0 +1,174 @@
+"""The command line end to end on the tiny model and a JSONL benchmark of real mp4 files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from vlmflow.cli import app
+from vlmflow.data import write_video
+from vlmflow.store import read_records
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bench")
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(3):
+        write_video(root / f"v{i}.mp4", rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8), fps=4)
+        lines.append(
+            {
+                "id": f"q{i}",
+                "video": f"v{i}.mp4",
+                "question": "Which way does it move?",
+                "options": ["left", "right", "up", "down"],
+                "answer": i % 4,
+                "task": "dir" if i < 2 else "count",
+            }
+        )
+    lines.append(
+        {
+            "id": "broken",
+            "video": "missing.mp4",
+            "question": "Which way?",
+            "options": ["left", "right"],
+            "answer": 0,
+            "task": "dir",
+        }
+    )
+    (root / "qa.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return root / "qa.jsonl"
+
+
+def flow_args(model: Path, bench: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "flow",
+        "--model",
+        str(model),
+        "--data",
+        f"jsonl:{bench}",
+        "--num-frames",
+        "4",
+        "--window",
+        "3",
+        "--sample-mode",
+        "all",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
+
+
+def test_help_explains_itself() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "knockout" in result.output
+    result = runner.invoke(app, ["flow", "--help"])
+    assert "--target" in result.output and "--window-style" in result.output
+
+
+def test_flow_end_to_end_then_resume_and_refuse_other_config(tiny_llava_path, bench, tmp_path) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app, flow_args(tiny_llava_path, bench, out, "-t", "cross-frame", "-t", "vql-to-ql")
+    )
+    assert result.exit_code == 0, result.output
+    assert "1 failed" in result.output and "missing.mp4" in result.output
+
+    df = read_records(out)
+    flow = df[df["analysis"] == "flow"]
+    ok = flow[flow["error"].isna()]
+    # 3 good samples x (1 + 4 curves) x 4 layers
+    assert len(ok) == 3 * 5 * 4
+    assert set(ok["condition"]) == {
+        "cross-frame",
+        "video->question",
+        "video->last",
+        "question->last",
+        "last->last",
+    }
+    row = ok.iloc[0]
+    expected = (row["p_pred_new"] - row["p_pred_base"]) / row["p_pred_base"] * 100
+    assert row["rel_pred"] == pytest.approx(expected)
+    failed = df[df["error"].notna()]
+    assert set(failed["sample_id"]) == {"broken"} and "missing.mp4" in failed["error"].iloc[0]
+
+    assert (out / "figures" / "flow-cross-frame.png").stat().st_size > 1000
+    assert (out / "report.html").exists()
+    summary = pd.read_csv(out / "summary" / "flow.csv")
+    assert {"rel_pred_mean", "rel_pred_ci95", "acc_new"} <= set(summary.columns)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["analyses"]["flow"]["window"] == 3
+    assert manifest["samples"]["failed"] == 1 and "torch" in manifest["versions"]
+
+    again = runner.invoke(app, flow_args(tiny_llava_path, bench, out, "-t", "cross-frame", "-t", "vql-to-ql"))
+    assert again.exit_code == 0 and "4 already done" in again.output
+    assert len(read_records(out)) == len(df)
+
+    other = runner.invoke(app, flow_args(tiny_llava_path, bench, out, "-t", "cross-frame"))
+    assert other.exit_code == 2 and "another configuration" in other.output
+
+
+def test_custom_cut_and_layer_subset(tiny_llava_path, bench, tmp_path) -> None:
+    out = tmp_path / "custom"
+    result = runner.invoke(
+        app,
+        flow_args(
+            tiny_llava_path,
+            bench,
+            out,
+            "--cut",
+            "frame:0->last,video->question",
+            "--layers",
+            "1-2",
+            "--task",
+            "dir",
+        ),
+    )
+    assert result.exit_code == 0, result.output
+    ok = read_records(out).query("analysis == 'flow' and error.isna()", engine="python")
+    assert set(ok["layer"]) == {1, 2} and set(ok["target"]) == {"custom"}
+    assert set(ok["task"]) == {"dir"}
+
+
+def test_bad_options_are_clear_errors(tiny_llava_path, bench, tmp_path) -> None:
+    result = runner.invoke(app, flow_args(tiny_llava_path, bench, tmp_path / "x", "-t", "sideways"))
+    assert result.exit_code == 2 and "unknown target 'sideways'" in result.output
+    result = runner.invoke(
+        app, ["flow", "--model", str(tmp_path), "--data", f"jsonl:{bench}", "--out", str(tmp_path / "y")]
+    )
+    assert result.exit_code == 2 and "cannot read a model config" in result.output
+
+
+def test_eval_and_list_and_report(tiny_llava_path, bench, tmp_path) -> None:
+    out = tmp_path / "eval"
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            str(tiny_llava_path),
+            "--data",
+            f"jsonl:{bench}",
+            "--num-frames",
+            "4",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.output
+    assert runner.invoke(app, ["report", str(out)]).exit_code == 0
+    listed = runner.invoke(app, ["list", "targets"]).output
+    assert "cross-frame" in listed and "vq-to-true-opt" in listed
+    assert "llava_next_video" in runner.invoke(app, ["list", "models"]).output
+    assert "jsonl" in runner.invoke(app, ["list", "datasets"]).output

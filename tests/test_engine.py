@@ -1,0 +1,130 @@
+"""The engine against the plain approach: a full forward of the whole model with the mask."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vlmflow.analyses.targets import PAPER_TARGETS, sweep, target_curves
+from vlmflow.cuts import WINDOW_STYLES, Cut, Plan
+from vlmflow.engine import Engine, LanguageModel, full_forward_logits
+from vlmflow.errors import PlanError, UnsupportedModelError
+from vlmflow.models import load_model
+
+TOL = 1e-5  # fp32; suffix recompute and packing reorder float sums (~1e-7 seen)
+
+
+def engine_for(adapter, sample, **kw) -> tuple[Engine, object]:
+    prepared = adapter.prepare(sample)
+    engine = Engine(adapter.language_model(), prepared.inputs, prepared.layout, **kw)
+    engine.run_baseline()
+    return engine, prepared
+
+
+def assert_matches_plain(adapter, engine: Engine, prepared, plans: list[Plan]) -> None:
+    got = engine.evaluate(plans).softmax(-1)
+    lm = adapter.language_model()
+    want = torch.stack([full_forward_logits(lm, prepared.inputs, engine.compile(p)) for p in plans]).softmax(
+        -1
+    )
+    diff = (got - want).abs().max().item()
+    assert diff < TOL, f"engine differs from the plain masked forward by {diff:.2e} (tolerance {TOL})"
+
+
+def test_baseline_equals_the_model_output(tiny_llava, sample) -> None:
+    engine, prepared = engine_for(tiny_llava, sample)
+    with torch.inference_mode():
+        ref = tiny_llava.model(**prepared.inputs).logits[0, -1].float()
+    assert (engine.baseline_logits().softmax(-1) - ref.softmax(-1)).abs().max() < TOL
+
+
+def test_a_plan_that_cuts_nothing_equals_the_baseline(tiny_llava, sample) -> None:
+    engine, _ = engine_for(tiny_llava, sample)
+    anticausal = Plan("anticausal", (Cut("last", "video", (0, 1, 2, 3)),))  # cuts no causal edge
+    out = engine.evaluate([Plan("empty"), anticausal])
+    assert torch.equal(out[0], engine.baseline_logits())
+    assert torch.equal(out[1], engine.baseline_logits())
+
+
+@pytest.mark.parametrize("style", WINDOW_STYLES)
+def test_engine_equals_plain_forward_for_every_target(tiny_llava, sample, style: str) -> None:
+    engine, prepared = engine_for(tiny_llava, sample)
+    n = engine.lm.num_layers
+    plans = []
+    for _target, name, edges in target_curves(PAPER_TARGETS, prepared.layout):
+        plans += [p.plan for p in sweep([(name, edges)], n, window=3, style=style)]
+    assert_matches_plain(tiny_llava, engine, prepared, plans)
+    # and the cuts change the answer distribution, or the test would prove nothing
+    assert (engine.evaluate(plans).softmax(-1) - engine.baseline_logits().softmax(-1)).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_engine_equals_plain_forward_for_random_cuts(tiny_llava, sample, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    engine, prepared = engine_for(tiny_llava, sample, max_batch_tokens=int(rng.integers(1, 200)))
+    groups = [
+        "system",
+        "video",
+        "frame:0",
+        "frame:2",
+        "frames:<3",
+        "question",
+        "question_no_options",
+        "true_option",
+        "false_options",
+        "last",
+        "template",
+        "options",
+    ]
+    plans = []
+    for i in range(12):
+        cuts = tuple(
+            Cut(
+                str(rng.choice(groups)),
+                str(rng.choice(groups)),
+                tuple(int(x) for x in rng.choice(4, int(rng.integers(1, 5)), replace=False)),
+            )
+            for _ in range(int(rng.integers(1, 4)))
+        )
+        plan = Plan(f"r{i}", cuts)
+        try:
+            engine.compile(plan)
+        except PlanError:
+            continue
+        plans.append(plan)
+    assert plans
+    assert_matches_plain(tiny_llava, engine, prepared, plans)
+
+
+def test_engine_equals_plain_forward_under_eager_attention(tiny_llava_path, sample) -> None:
+    adapter = load_model(str(tiny_llava_path), attn_implementation="eager")
+    assert adapter.attn_implementation() == "eager"
+    engine, prepared = engine_for(adapter, sample)
+    plans = [
+        p.plan
+        for _t, name, e in target_curves(PAPER_TARGETS, prepared.layout)
+        for p in sweep([(name, e)], engine.lm.num_layers, window=3)
+    ]
+    assert_matches_plain(adapter, engine, prepared, plans)
+
+
+def test_packing_budget_does_not_change_results(tiny_llava, sample) -> None:
+    big, prepared = engine_for(tiny_llava, sample)
+    small, _ = engine_for(tiny_llava, sample, max_batch_tokens=1)
+    plans = [
+        p.plan
+        for _t, name, e in target_curves(["vql-to-ql"], prepared.layout)
+        for p in sweep([(name, e)], big.lm.num_layers, window=1)
+    ]
+    assert (big.evaluate(plans) - small.evaluate(plans)).abs().max() < 1e-4
+
+
+def test_engine_refuses_attention_that_ignores_masks(tiny_llava, sample) -> None:
+    prepared = tiny_llava.prepare(sample)
+    lm = tiny_llava.language_model()
+    flash = LanguageModel(
+        lm.forward, lm.layers, lm.norm, lm.lm_head, lm.embed_tokens, lambda: "flash_attention_2"
+    )
+    with pytest.raises(UnsupportedModelError, match="ignores custom masks"):
+        Engine(flash, prepared.inputs, prepared.layout).run_baseline()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -10,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from conformance import check_engine_matches_plain, check_golden, check_layout_truth
 from tiny import make_sample
-from vlmflow.engine import Engine
 from vlmflow.errors import PromptError
 from vlmflow.models import load_model
 from vlmflow.sample import Sample
@@ -20,24 +19,12 @@ GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("VLMFLOW_UPDATE_GOLDEN") == "1"
 
 
-def embeddings(adapter, sample: Sample) -> torch.Tensor:
-    prepared = adapter.prepare(sample)
-    engine = Engine(adapter.language_model(), prepared.inputs, prepared.layout)
-    return engine.hidden_states[0][0], prepared.layout
+def test_changing_frame_t_changes_exactly_its_span(tiny_llava) -> None:
+    check_layout_truth(tiny_llava, make_sample(seed=1))
 
 
-@pytest.mark.parametrize("t", range(4))
-def test_changing_frame_t_changes_exactly_its_span(tiny_llava, t: int) -> None:
-    sample = make_sample(seed=1)
-    base, layout = embeddings(tiny_llava, sample)
-    frames = sample.frames.copy()
-    frames[t] = 255 - frames[t]
-    changed, _ = embeddings(tiny_llava, sample.with_frames(frames))
-    rows = torch.nonzero((changed - base).abs().amax(-1) > 0).flatten().tolist()
-    span = layout.frames[t]
-    assert rows and set(rows) == set(range(span.start, span.end)), (
-        f"frame {t}: changed rows {rows[:3]}..{rows[-3:]} but its span is {span}"
-    )
+def test_engine_matches_plain_forward(tiny_llava) -> None:
+    check_engine_matches_plain(tiny_llava, make_sample(seed=3))
 
 
 def test_groups_hold_the_expected_text(tiny_llava) -> None:
@@ -79,18 +66,7 @@ def test_chat_template_that_rewrites_options_is_a_clear_error(tiny_llava_path) -
 
 
 def test_golden_prompt_and_layout(tiny_llava) -> None:
-    """Snapshot of the prompt and layout; regenerate only on purpose with
-    VLMFLOW_UPDATE_GOLDEN=1."""
-    prepared = tiny_llava.prepare(make_sample())
-    got = {
-        "prompt": prepared.prompt,
-        "layout": prepared.layout.to_dict(),
-        "option_ids": list(prepared.option_ids),
-    }
-    path = GOLDEN / "llava_next_video.json"
-    if UPDATE or not path.exists():
-        path.write_text(json.dumps(got, indent=1) + "\n")
-    assert json.loads(path.read_text()) == json.loads(json.dumps(got))
+    check_golden(tiny_llava, make_sample(), "llava_next_video")
 
 
 def test_flash_or_flex_attention_is_switched_to_sdpa_for_knockout(tiny_llava_path, caplog) -> None:

@@ -15,6 +15,8 @@ first cut layer, so no plan recomputes layers it cannot change.
 The decoder layers are the model's own modules, called with the arguments the model
 itself passed them in the baseline pass (rotary embeddings sliced to the recomputed
 positions), so normalisation, rotary variants (M-RoPE included) and MLPs are the model's.
+Anything the model adds to the residual stream between layers outside the layer modules
+(Qwen3-VL's deepstack visual features) is recorded in the baseline and replayed.
 """
 
 from __future__ import annotations
@@ -144,13 +146,22 @@ class Engine:
         hidden: list[torch.Tensor | None] = [None] * (n_layers + 1)
         kwargs_per_layer: list[dict[str, Any]] = [{} for _ in range(n_layers)]
 
+        outputs: list[torch.Tensor | None] = [None] * n_layers
+        deltas: dict[int, torch.Tensor] = {}
+
         def pre(i: int, args: tuple, kwargs: dict) -> None:
             hidden[i] = args[0] if args else kwargs["hidden_states"]
             kwargs_per_layer[i] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            prev = outputs[i - 1] if i > 0 else None
+            if prev is not None and prev is not hidden[i]:
+                delta = hidden[i] - prev
+                if bool((delta != 0).any()):
+                    deltas[i - 1] = delta
 
         def post(i: int, args: tuple, kwargs: dict, out: Any) -> None:
+            outputs[i] = out[0] if isinstance(out, tuple) else out
             if i == n_layers - 1:
-                hidden[n_layers] = out[0] if isinstance(out, tuple) else out
+                hidden[n_layers] = outputs[i]
 
         with layer_hooks(self.lm.layers, pre=pre, post=post):
             out = self.lm.forward(**self.inputs, use_cache=True, logits_to_keep=1)
@@ -166,6 +177,9 @@ class Engine:
         self.values = [layer_cache.values for layer_cache in cache.layers]
         self.hidden = hidden  # type: ignore[assignment]  # L+1 tensors (1, N, d)
         self.layer_kwargs = kwargs_per_layer
+        # what the model adds to the residual stream between layers outside the layer
+        # modules (e.g. Qwen3-VL's deepstack visual features); replayed in recomputes
+        self.deltas = deltas
         self.logits = logits[0, -1].float()
         self.dtype = hidden[0].dtype
         self.device = hidden[0].device
@@ -259,13 +273,16 @@ class Engine:
                 [torch.cat([b[0] for b in blocks], dim=0), torch.block_diag(*[b[1] for b in blocks])],
                 dim=1,
             )[None, None]
-            kwargs = _take_positions(self.layer_kwargs[layer_idx], suffix_pos.repeat(len(active)))
+            kwargs_pos = suffix_pos.repeat(len(active))
+            kwargs = _take_positions(self.layer_kwargs[layer_idx], kwargs_pos)
             kwargs["attention_mask"] = to_attention_mask(allowed, impl, self.dtype)
             kwargs[self.cache_key] = _PrefixCache(
                 self.keys[layer_idx][:, :, :q0], self.values[layer_idx][:, :, :q0]
             )
             out = self.lm.layers[layer_idx](h, **kwargs)
             h = out[0] if isinstance(out, tuple) else out
+            if layer_idx in self.deltas:
+                h = h + self.deltas[layer_idx].index_select(1, kwargs_pos)
         assert h is not None
         rows = torch.arange(len(active), device=self.device) * s + (s - 1)
         return self.lm.lm_head(self.lm.norm(h[0, rows])).float()

@@ -144,8 +144,12 @@ def build_demo_processor(tokenizer: Any | None = None) -> Any:
 def build_demo_model(seed: int = 0, **text_overrides: Any) -> tuple[Any, Any]:
     """An untrained demo ``(model, processor)``: tiny CLIP tower + small Llama, float32."""
     import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextVideoConfig
-    from transformers import LlavaNextVideoForConditionalGeneration
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextVideoConfig,
+        LlavaNextVideoForConditionalGeneration,
+    )
 
     processor = build_demo_processor()
     tok = processor.tokenizer

@@ -1,0 +1,79 @@
+"""Options and helpers shared by the command modules."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import VlmflowError
+
+Model = Annotated[str, typer.Option("--model", "-m", help="checkpoint path, hub id, or 'demo'")]
+Data = Annotated[str, typer.Option("--data", "-d", help="NAME:PATH or 'synthetic'")]
+Tasks = Annotated[list[str] | None, typer.Option("--task", help="task name or paper task id (repeatable)")]
+Samples = Annotated[int | None, typer.Option("--samples", "-n", help="at most N samples per task")]
+Seed = Annotated[int, typer.Option(help="seed for subsampling and synthetic data")]
+Out = Annotated[Path | None, typer.Option("--out", "-o", help="run folder (resumed if it exists)")]
+Device = Annotated[str, typer.Option(help="torch device, e.g. cpu, cuda, cuda:1")]
+Dtype = Annotated[str | None, typer.Option(help="float32, bfloat16 or float16 (default: checkpoint's)")]
+Prompt = Annotated[
+    str, typer.Option(help="'paper' (the paper's template) or 'chat' (the model's chat template)")
+]
+Frames = Annotated[int, typer.Option("--num-frames", help="frames sampled per video")]
+Attn = Annotated[
+    str, typer.Option(help="attention implementation: sdpa or eager (flash is switched to sdpa for knockout)")
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+
+
+def options(model, data, task, samples, seed, device, dtype, prompt, num_frames, attn, quiet, **extra):
+    from ..api import Options
+
+    return Options(
+        model=model,
+        data=data,
+        tasks=tuple(task or ()),
+        samples=samples,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        prompt=prompt,
+        num_frames=num_frames,
+        attn=attn,
+        progress=not quiet,
+        extra=extra,
+    )
+
+
+def parse_layers(text: str | None) -> tuple[int, ...] | None:
+    """``"0-3,7"`` -> ``(0, 1, 2, 3, 7)`` (0-based)."""
+    if not text:
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m:
+            raise typer.BadParameter(f"layers must look like 0-3,7; got {text!r}")
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        out += range(a, b + 1)
+    return tuple(sorted(set(out)))
+
+
+def fail(exc: VlmflowError) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def print_result(result) -> None:
+    s = result.summary
+    typer.echo(
+        f"done: {s.done} samples, {len(s.failed)} failed, {s.skipped} already done "
+        f"({s.seconds:.1f}s) -> {result.out}"
+    )
+    acc = result.report.get("accuracy")
+    if acc is not None and not acc.empty:
+        typer.echo(acc.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    if "report" in result.report:
+        typer.echo(f"report: {result.report['report']}")

@@ -13,6 +13,18 @@ from tiny import build_llava_next_video, make_sample  # noqa: E402
 from vlmflow.sample import Sample  # noqa: E402,F401
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """Tiny models are dominated by per-op overhead; one thread per test process avoids
+    oversubscribing the cores when tests start subprocesses (distributed runs)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_llava_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_llava_next_video(tmp_path_factory.mktemp("models") / "llava_next_video")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,28 +48,106 @@ class RunResult:
     report: dict[str, Any]
 
 
-def run(options: Options, analyses: list[Any], out: str | Path, *, adapter: Any = None) -> RunResult:
-    """Load the model and data of ``options``, analyse into ``out``, write the report."""
+def run(
+    options: Options,
+    analyses: list[Any],
+    out: str | Path,
+    *,
+    adapter: Any = None,
+    sample_ids: Sequence[str] | None = None,
+) -> RunResult:
+    """Load the model and data of ``options``, analyse into ``out``, write the report.
+
+    ``sample_ids`` restricts the run to those samples of the dataset (a held-out split).
+
+    Under ``torchrun`` / ``accelerate launch`` every process calls this: each analyses its
+    round-robin share of the samples into its own record shard; rank 0 alone writes the
+    manifest and, after all ranks are done, merges the shards into the summaries and the
+    report (its result's ``report``; other ranks get ``{}``). Every rank's ``summary`` is
+    the whole group's. A single process is a group of one (see :mod:`vlmflow.distributed`).
+    """
+    from . import distributed
     from .data import load_dataset
     from .models import load_model
+    from .provenance import data_fingerprint, model_fingerprint
     from .report import finalize
 
     out = Path(out)
-    config = {**options.manifest(), "analyses": {a.name: a.config() for a in analyses}}
-    open_run(out, config)
-    if adapter is None:
-        adapter = load_model(
-            options.model,
-            device=options.device,
-            dtype=options.dtype,
-            attn_implementation=options.attn,
-            prompt_style=options.prompt,
-            num_frames=options.num_frames,
+    ctx = distributed.init()
+    try:
+        config = {**options.manifest(), "analyses": {a.name: a.config() for a in analyses}}
+        samples = load_dataset(
+            options.data, tasks=list(options.tasks) or None, samples=options.samples, seed=options.seed
         )
-    samples = load_dataset(
-        options.data, tasks=list(options.tasks) or None, samples=options.samples, seed=options.seed
-    )
-    summary = run_samples(adapter, samples, analyses, out, progress=options.progress)
-    close_run(out, summary, {"num_samples": len(samples)})
-    report = finalize(out)
-    return RunResult(out, summary, report)
+        if sample_ids is not None:
+            keep = set(sample_ids)
+            samples = [s for s in samples if s.id in keep]
+            config["sample_ids"] = sorted(keep)
+        ctx.on_main(
+            lambda: open_run(
+                out,
+                config,
+                {
+                    "model": model_fingerprint(options.model),
+                    "data": data_fingerprint(options.data, samples, options.seed),
+                },
+            )
+        )
+        if adapter is None:
+            adapter = load_model(
+                options.model,
+                device=ctx.device(options.device),
+                dtype=options.dtype,
+                attn_implementation=options.attn,
+                prompt_style=options.prompt,
+                num_frames=options.num_frames,
+            )
+        mine = run_samples(
+            adapter,
+            ctx.shard(samples),
+            analyses,
+            out,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            progress=options.progress,
+        )
+        ranks = ctx.gather(mine)  # every rank is done after this: rank 0 may merge the shards
+        summary = RunSummary.combine(ranks)
+        report: dict[str, Any] = {}
+        if ctx.is_main:
+            revision = getattr(getattr(adapter.model, "config", None), "_commit_hash", None)
+            model = {"id": adapter.model_id, "revision": revision, "class": type(adapter.model).__name__}
+            close_run(out, summary, {"num_samples": len(samples), "model": model}, ranks=ranks)
+            report = finalize(out)
+        return RunResult(out, summary, report)
+    finally:
+        ctx.close()
+
+
+def merge(run_dir: str | Path) -> dict[str, Any]:
+    """Merge the record shards of a run into its manifest counts, summaries and report.
+
+    A multi-process run merges by itself at the end (rank 0, after every rank is done); this
+    is for one whose ranks ended separately, or whose rank 0 stopped before merging: the
+    manifest's sample counts are recomputed from every shard, the shards' finished units
+    recorded, and ``records.parquet``, ``summary/``, ``figures/`` and ``report.html``
+    rewritten. Returns ``finalize``'s result plus ``shards`` and ``samples``.
+    """
+    import json
+
+    from .errors import RunError
+    from .report import finalize
+    from .run import now, sample_counts
+    from .store import shard_status
+
+    run_dir = Path(run_dir)
+    manifest_path = run_dir / "manifest.json"
+    if not (run_dir / "records").is_dir() or not manifest_path.exists():
+        raise RunError(f"{run_dir} is not a run folder (it needs manifest.json and records/)")
+    manifest = json.loads(manifest_path.read_text())
+    shards = shard_status(run_dir)
+    manifest["samples"] = sample_counts(run_dir, manifest.get("num_samples"))
+    manifest["merged_at"] = now()
+    manifest["shards"] = shards
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    return {**finalize(run_dir), "shards": shards, "samples": manifest["samples"]}

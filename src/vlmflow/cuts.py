@@ -46,11 +46,35 @@ class Cut:
 
 
 @dataclass(frozen=True)
+class RandomCut:
+    """Block a random ``fraction`` of all causal edges in each of ``layers``.
+
+    The paper's random baseline for effective pathways: per layer, ``int(N(N+1)/2 *
+    fraction)`` (query, key) pairs are drawn without replacement among the causal pairs whose
+    query and key both lie at or after the first position of group ``start``; each layer
+    draws its own pairs from a generator seeded by ``(seed, layer)``.
+    """
+
+    fraction: float
+    seed: int
+    layers: tuple[int, ...]
+    start: str = "video"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(sorted({int(x) for x in self.layers})))
+        if not 0.0 <= self.fraction <= 1.0:
+            raise PlanError(f"random cut fraction must be in [0, 1], got {self.fraction}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"random": self.fraction, "seed": self.seed, "layers": list(self.layers), "start": self.start}
+
+
+@dataclass(frozen=True)
 class Plan:
     """A set of cuts: one experimental condition. An empty plan is the baseline."""
 
     name: str
-    cuts: tuple[Cut, ...] = field(default=())
+    cuts: tuple[Cut | RandomCut, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "cuts": [c.to_dict() for c in self.cuts]}
@@ -60,7 +84,12 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Plan:
-        return cls(d["name"], tuple(Cut(c["src"], c["dst"], tuple(c["layers"])) for c in d["cuts"]))
+        def cut(c: dict[str, Any]) -> Cut | RandomCut:
+            if "random" in c:
+                return RandomCut(c["random"], c["seed"], tuple(c["layers"]), c.get("start", "video"))
+            return Cut(c["src"], c["dst"], tuple(c["layers"]))
+
+        return cls(d["name"], tuple(cut(c) for c in d["cuts"]))
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -149,7 +178,7 @@ def compile_plan(plan: Plan, layout: TokenLayout, num_layers: int) -> CompiledPl
     """
     n = layout.length
     causal = causal_mask(n)
-    per_layer: dict[int, list[Cut]] = {}
+    per_layer: dict[int, list[Cut | RandomCut]] = {}
     for cut in plan.cuts:
         for layer in cut.layers:
             if not 0 <= layer < num_layers:
@@ -158,25 +187,44 @@ def compile_plan(plan: Plan, layout: TokenLayout, num_layers: int) -> CompiledPl
     cache: dict[tuple[tuple[str, str], ...], np.ndarray] = {}
     blocked: dict[int, np.ndarray] = {}
     for layer, cuts in sorted(per_layer.items()):
-        key = tuple(sorted({(c.src, c.dst) for c in cuts}))
+        key = tuple(sorted({(c.src, c.dst) for c in cuts if isinstance(c, Cut)}))
         if key not in cache:
             m = np.zeros((n, n), dtype=bool)
             for src, dst in key:
-                q = layout.resolve(dst)
-                k = layout.resolve(src)
-                m[np.ix_(q, k)] = True
-            m &= causal
-            dead = np.flatnonzero((causal & ~m).sum(axis=1) == 0)
-            if dead.size:
-                raise PlanError(
-                    f"plan {plan.name!r} leaves query position {int(dead[0])} with no key to "
-                    "attend to; keep at least one key (e.g. do not cut a token from itself "
-                    "and everything before it)"
-                )
-            cache[key] = m
-        if cache[key].any():
-            blocked[layer] = cache[key]
+                m[np.ix_(layout.resolve(dst), layout.resolve(src))] = True
+            cache[key] = m & causal
+        m = cache[key]
+        randoms = [c for c in cuts if isinstance(c, RandomCut)]
+        if randoms:
+            m = m.copy()
+            for rc in randoms:
+                m |= _random_edges(rc, layout, layer)
+        if m.any():
+            blocked[layer] = m
+    for m in _distinct(blocked):
+        dead = np.flatnonzero((causal & ~m).sum(axis=1) == 0)
+        if dead.size:
+            raise PlanError(
+                f"plan {plan.name!r} leaves query position {int(dead[0])} with no key to attend to; "
+                "keep at least one key (e.g. do not cut a token from itself and everything before it)"
+            )
     return CompiledPlan(plan=plan, length=n, num_layers=num_layers, blocked=blocked)
+
+
+def _random_edges(cut: RandomCut, layout: TokenLayout, layer: int) -> np.ndarray:
+    n = layout.length
+    start = int(layout.resolve(cut.start)[0])
+    rows, cols = np.tril_indices(n - start)
+    count = int(n * (n + 1) // 2 * cut.fraction)
+    if count > rows.size:
+        raise PlanError(
+            f"cannot block {cut.fraction:.1%} of all causal edges at random after {cut.start!r}: "
+            f"only {rows.size / (n * (n + 1) // 2):.1%} of them lie there"
+        )
+    pick = np.random.default_rng([cut.seed, layer]).choice(rows.size, size=count, replace=False)
+    m = np.zeros((n, n), dtype=bool)
+    m[rows[pick] + start, cols[pick] + start] = True
+    return m
 
 
 def causal_mask(n: int) -> np.ndarray:

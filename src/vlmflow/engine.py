@@ -30,10 +30,43 @@ from torch import nn
 
 from .cuts import CompiledPlan, Plan, compile_plan
 from .errors import UnsupportedModelError
-from .hooks import layer_hooks
+from .hooks import attention_implementation, eager_attention, layer_hooks
 from .layout import TokenLayout
 
 MASKABLE_ATTENTION = ("eager", "sdpa")
+SUFFIX_SDPA = "vlmflow_sdpa"
+
+
+def _suffix_sdpa(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """sdpa for recomputed suffixes: a ``None`` mask means *lower-right* causal (the ``q``
+    queries are the last ``q`` of the ``k`` key positions), which transformers' sdpa would
+    read as top-left. Long suffixes are padded with dummy queries so the fused causal
+    kernel runs (much faster than a masked one on CPU); short ones get an explicit mask."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    q, k = query.shape[2], key.shape[2]
+    if attention_mask is not None or q == k:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if 3 * q >= k:
+        pad = query.new_zeros(query.shape[0], query.shape[1], k - q, query.shape[3])
+        out, _ = sdpa_attention_forward(module, torch.cat([pad, query], dim=2), key, value, None, **kwargs)
+        return out[:, k - q :], None
+    mask = torch.ones(q, k, dtype=torch.bool, device=query.device).tril(k - q)[None, None]
+    return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
+
+
+def _register_suffix_sdpa() -> None:
+    from transformers import AttentionInterface
+
+    if SUFFIX_SDPA not in AttentionInterface._global_mapping:
+        AttentionInterface.register(SUFFIX_SDPA, _suffix_sdpa)
 
 
 @dataclass
@@ -258,24 +291,41 @@ class Engine:
                 parts[id(m)] = (t[:, :q0], t[:, q0:] & causal_ss)
             return parts[id(m)]
 
+        layers = range(plans[0].first_layer, self.lm.num_layers)
+        if impl == "sdpa":
+            _register_suffix_sdpa()
+            with attention_implementation([self.lm.layers[i] for i in layers], SUFFIX_SDPA):
+                return self._run_layers(plans, q0, layers, impl, allowed_parts, suffix_pos)
+        return self._run_layers(plans, q0, layers, impl, allowed_parts, suffix_pos)
+
+    def _run_layers(self, plans, q0, layers, impl, allowed_parts, suffix_pos) -> torch.Tensor:
+        s = self.length - q0
         h: torch.Tensor | None = None
         active: list[CompiledPlan] = []
         pending = list(plans)
-        for layer_idx in range(plans[0].first_layer, self.lm.num_layers):
+        for layer_idx in layers:
             joining = [p for p in pending if p.first_layer == layer_idx]
             if joining:
                 pending = [p for p in pending if p.first_layer != layer_idx]
                 new = self.hidden[layer_idx][:, q0:].repeat(1, len(joining), 1)
                 h = new if h is None else torch.cat([h, new], dim=1)
                 active += joining
-            blocks = [allowed_parts(p.blocked.get(layer_idx)) for p in active]
-            allowed = torch.cat(
-                [torch.cat([b[0] for b in blocks], dim=0), torch.block_diag(*[b[1] for b in blocks])],
-                dim=1,
-            )[None, None]
+            cut = [p.blocked.get(layer_idx) for p in active]
             kwargs_pos = suffix_pos.repeat(len(active))
             kwargs = _take_positions(self.layer_kwargs[layer_idx], kwargs_pos)
-            kwargs["attention_mask"] = to_attention_mask(allowed, impl, self.dtype)
+            if impl == "sdpa" and len(active) == 1 and cut[0] is None:
+                kwargs["attention_mask"] = None  # lower-right causal, see _suffix_sdpa
+            elif len(active) == 1:
+                prefix, suffix = allowed_parts(cut[0])
+                allowed = torch.cat([prefix, suffix], dim=1)[None, None]
+                kwargs["attention_mask"] = to_attention_mask(allowed, impl, self.dtype)
+            else:
+                blocks = [allowed_parts(m) for m in cut]
+                allowed = torch.cat(
+                    [torch.cat([b[0] for b in blocks], dim=0), torch.block_diag(*[b[1] for b in blocks])],
+                    dim=1,
+                )[None, None]
+                kwargs["attention_mask"] = to_attention_mask(allowed, impl, self.dtype)
             kwargs[self.cache_key] = _PrefixCache(
                 self.keys[layer_idx][:, :, :q0], self.values[layer_idx][:, :, :q0]
             )
@@ -288,31 +338,73 @@ class Engine:
         return self.lm.lm_head(self.lm.norm(h[0, rows])).float()
 
 
+def _layer_impl(layer: nn.Module, default: str) -> str:
+    cfg = getattr(getattr(layer, "self_attn", None), "config", None)
+    return getattr(cfg, "_attn_implementation", None) or default
+
+
 @torch.inference_mode()
-def full_forward_logits(lm: LanguageModel, inputs: dict[str, Any], compiled: CompiledPlan) -> torch.Tensor:
+def masked_forward(
+    lm: LanguageModel,
+    inputs: dict[str, Any],
+    compiled: CompiledPlan | None,
+    *,
+    read_attention: Sequence[int] = (),
+    queries: dict[str, Any] | None = None,
+) -> tuple[torch.Tensor, dict[int, dict[str, torch.Tensor]]]:
     """The plain approach: one full forward of the whole model with the plan's masks.
 
     Every cut layer gets the full ``(1, 1, N, N)`` mask; other layers keep the model's own
-    causal attention. Only the last position's logits are computed. This is the
-    reference the engine is tested against and the baseline the benchmark times.
+    causal attention. Only the last position's logits are computed. This is the reference
+    the engine is tested against and the baseline the benchmark times.
+
+    ``read_attention`` layers compute attention weights (only those layers run eager
+    attention for this pass); for each ``queries`` group (name -> positions) the weights
+    averaged over heads and query positions are returned as ``{layer: {group: (N,)}}``.
     """
-    impl = lm.attn_implementation()
-    n = compiled.length
-    masks: dict[int, torch.Tensor] = {}
+    default = lm.attn_implementation()
+    masks: dict[tuple[int, str], torch.Tensor] = {}
+    reads: dict[int, dict[str, torch.Tensor]] = {}
+    read = set(read_attention)
 
     def pre(i: int, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        m = compiled.blocked.get(i)
-        if m is None:
+        m = compiled.blocked.get(i) if compiled is not None else None
+        if m is None and i not in read:
             return None
-        if id(m) not in masks:
-            h = args[0] if args else kwargs["hidden_states"]
-            allowed = torch.ones(n, n, dtype=torch.bool).tril() & ~torch.from_numpy(m)
-            masks[id(m)] = to_attention_mask(allowed[None, None].to(h.device), impl, h.dtype)
+        h = args[0] if args else kwargs["hidden_states"]
+        size = h.shape[1]
+        impl = _layer_impl(lm.layers[i], default)
+        key = (id(m), impl)
+        if key not in masks:
+            allowed = torch.ones(size, size, dtype=torch.bool).tril()
+            if m is not None:
+                allowed &= ~torch.from_numpy(m)
+            masks[key] = to_attention_mask(allowed[None, None].to(h.device), impl, h.dtype)
         kwargs = dict(kwargs)
-        kwargs["attention_mask"] = masks[id(m)]
+        kwargs["attention_mask"] = masks[key]
         return args, kwargs
 
-    with layer_hooks(lm.layers, pre=pre):
-        out = lm.forward(**inputs, use_cache=False, logits_to_keep=1)
+    def capture(i: int) -> Any:
+        def hook(module: nn.Module, args: tuple, out: Any) -> None:
+            weights = out[1]  # (1, heads, N, N) under eager attention
+            reads[i] = {
+                g: weights[0][:, torch.as_tensor(pos, device=weights.device)].float().mean(dim=(0, 1)).cpu()
+                for g, pos in (queries or {}).items()
+            }
+
+        return hook
+
+    handles = [lm.layers[i].self_attn.register_forward_hook(capture(i)) for i in read]
+    try:
+        with eager_attention([lm.layers[i] for i in read]), layer_hooks(lm.layers, pre=pre):
+            out = lm.forward(**inputs, use_cache=False, logits_to_keep=1)
+    finally:
+        for handle in handles:
+            handle.remove()
     logits = out.logits if hasattr(out, "logits") else out[0]
-    return logits[0, -1].float()
+    return logits[0, -1].float(), reads
+
+
+def full_forward_logits(lm: LanguageModel, inputs: dict[str, Any], compiled: CompiledPlan) -> torch.Tensor:
+    """Last-position logits ``(vocab,)`` of one full forward with ``compiled``'s masks."""
+    return masked_forward(lm, inputs, compiled)[0]

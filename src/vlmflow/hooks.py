@@ -35,3 +35,29 @@ def layer_hooks(
     finally:
         for h in handles:
             h.remove()
+
+
+@contextmanager
+def attention_implementation(layers: Sequence[nn.Module], name: str) -> Iterator[None]:
+    """Run ``layers``' attention with the registered implementation ``name`` and leave every
+    other layer as it is. Each layer gets its own shallow copy of its attention config,
+    restored afterwards."""
+    import copy
+
+    saved = []
+    try:
+        for layer in layers:
+            attn = layer.self_attn
+            saved.append((attn, attn.config))
+            cfg = copy.copy(attn.config)
+            cfg._attn_implementation = name
+            attn.config = cfg
+        yield
+    finally:
+        for attn, cfg in saved:
+            attn.config = cfg
+
+
+def eager_attention(layers: Sequence[nn.Module]) -> Any:
+    """Run ``layers``' attention eagerly, so that it returns its weights."""
+    return attention_implementation(layers, "eager")

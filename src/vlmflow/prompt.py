@@ -71,6 +71,25 @@ def paper_prompt(sample: Sample, placeholder: str, system: str = SYSTEM_MVBENCH)
     )
 
 
+SYSTEM_OPEN_ENDED = (
+    "You are Video-ChatGPT, a large vision-language assistant. You are able to understand the "
+    "video content that the user provides, and assist the user with a variety of tasks using "
+    "natural language.Follow the instructions carefully and explain your answers in detail "
+    "based on the provided video."
+)
+
+
+def open_ended_prompt(sample: Sample, placeholder: str, system: str = SYSTEM_OPEN_ENDED) -> PromptText:
+    """The paper's ``eval_vcgbench`` conversation: the raw question, no options, no answer
+    prompt (``<system> USER: <video>\\n USER: {Q} ASSISTANT:``)."""
+    before = system + " USER: "
+    mid = placeholder + "\n USER: "
+    at = len(before) + len(mid)
+    text = before + mid + sample.question + " ASSISTANT:"
+    q = (at, at + len(sample.question))
+    return PromptText(text, placeholder, len(before), (0, len(system)), q, q, ())
+
+
 def locate_prompt(sample: Sample, text: str, placeholder: str, system: str = "") -> PromptText:
     """Find the groups of ``sample`` in a prompt rendered elsewhere (a chat template).
 
@@ -79,7 +98,10 @@ def locate_prompt(sample: Sample, text: str, placeholder: str, system: str = "")
     at_video = text.find(placeholder)
     if at_video < 0:
         raise PromptError(f"sample {sample.id!r}: the prompt has no video placeholder {placeholder!r}")
-    block, q_range, opts = question_block(sample)
+    if sample.options:
+        block, q_range, opts = question_block(sample)
+    else:
+        block, q_range, opts = sample.question, (0, len(sample.question)), []
     at = text.find(block, at_video)
     if at < 0:
         raise PromptError(

@@ -2,8 +2,11 @@
 
 A run folder holds ``manifest.json`` (the configuration and provenance), ``records/``
 (the store) and, once finished, ``summary/``, ``figures/`` and ``report.html``. Running
-the same command into the same folder resumes it; a different configuration is refused.
-A sample that fails is recorded with its error and the run goes on.
+the same command into the same folder resumes it; a different configuration, or other
+model weights or annotations (see :mod:`vlmflow.provenance`), is refused. A sample that
+fails is recorded with its error and the run goes on. With several processes each rank
+runs :func:`run_samples` on its share of the samples into its own record shard, and rank 0
+alone opens and closes the run (see :mod:`vlmflow.distributed`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import sys
 import time
 import traceback
 from collections.abc import Sequence
@@ -23,7 +27,7 @@ from .engine import Engine
 from .errors import RunError, VlmflowError
 from .models.base import Adapter
 from .sample import Sample
-from .store import RecordStore
+from .store import RecordStore, read_records
 
 log = logging.getLogger(__name__)
 EVAL = "eval"
@@ -31,12 +35,32 @@ EVAL = "eval"
 
 @dataclass
 class RunSummary:
-    """Counts of one run (this process's shard)."""
+    """Counts of one session of a run: of one rank's shard, or of all ranks (:meth:`combine`)."""
 
     done: int = 0
     skipped: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    rank: int = 0
+
+    @property
+    def rate(self) -> float:
+        """Samples analysed (done or failed) per second of the sample loop."""
+        n = self.done + len(self.failed)
+        return n / self.seconds if self.seconds > 0 else 0.0
+
+    @classmethod
+    def combine(cls, parts: Sequence[RunSummary]) -> RunSummary:
+        """The whole group's counts: sums, all failures, and the slowest rank's seconds."""
+        failed: dict[str, str] = {}
+        for p in parts:
+            failed.update(p.failed)
+        return cls(
+            done=sum(p.done for p in parts),
+            skipped=sum(p.skipped for p in parts),
+            failed=failed,
+            seconds=max((p.seconds for p in parts), default=0.0),
+        )
 
 
 def versions() -> dict[str, str]:
@@ -53,8 +77,15 @@ def versions() -> dict[str, str]:
     }
 
 
-def open_run(out: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """Create or resume the run folder ``out``; refuse a different configuration."""
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def open_run(out: Path, config: dict[str, Any], provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Create or resume the run folder ``out``; refuse a different configuration or, when
+    both manifests have them, different model weights or dataset fingerprints."""
+    from .provenance import mismatches
+
     out.mkdir(parents=True, exist_ok=True)
     path = out / "manifest.json"
     canonical = json.loads(json.dumps(config, default=str))
@@ -70,29 +101,81 @@ def open_run(out: Path, config: dict[str, Any]) -> dict[str, Any]:
                 f"{out} holds a run with another configuration (differs in: {', '.join(diff)}); "
                 "use a new --out folder or the same options to resume"
             )
-        manifest["resumed_at"] = manifest.get("resumed_at", []) + [time.strftime("%Y-%m-%dT%H:%M:%S")]
+        changed = mismatches(manifest.get("provenance", {}), provenance or {})
+        if changed:
+            raise RunError(
+                f"{out} holds a run of other model weights or data (changed: {', '.join(changed)}); "
+                "use a new --out folder"
+            )
+        manifest["resumed_at"] = manifest.get("resumed_at", []) + [now()]
+        manifest["versions_at_resume"] = versions()
     else:
         manifest = {
             "config": canonical,
+            "provenance": json.loads(json.dumps(provenance or {}, default=str)),
             "versions": versions(),
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "seeds": {"subsample": config.get("seed")},
+            "started_at": now(),
         }
     path.write_text(json.dumps(manifest, indent=2))
     return manifest
 
 
-def close_run(out: Path, summary: RunSummary, extra: dict[str, Any] | None = None) -> None:
+def close_run(
+    out: Path,
+    summary: RunSummary,
+    extra: dict[str, Any] | None = None,
+    *,
+    ranks: Sequence[RunSummary] = (),
+) -> None:
+    """Record the end of a session in the manifest: the run's sample counts read from the
+    store (all shards and sessions), this session's counts (``summary``, the group's total)
+    and each rank's (``ranks``), and ``extra`` keys."""
     path = out / "manifest.json"
     manifest = json.loads(path.read_text())
-    manifest["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    manifest["samples"] = {
+    manifest["finished_at"] = now()
+    manifest.update(extra or {})
+    session = {
+        "started_at": (manifest.get("resumed_at") or [manifest.get("started_at")])[-1],
+        "finished_at": manifest["finished_at"],
+        "world_size": max(1, len(ranks)),
         "done": summary.done,
         "skipped_already_done": summary.skipped,
         "failed": len(summary.failed),
-        "failures": summary.failed,
+        "seconds": round(summary.seconds, 3),
+        "ranks": [
+            {
+                "rank": r.rank,
+                "done": r.done,
+                "skipped": r.skipped,
+                "failed": len(r.failed),
+                "seconds": round(r.seconds, 3),
+            }
+            for r in ranks
+        ],
     }
-    manifest.update(extra or {})
+    manifest["sessions"] = manifest.get("sessions", []) + [session]
+    manifest["samples"] = sample_counts(out, manifest.get("num_samples"))
     path.write_text(json.dumps(manifest, indent=2))
+
+
+def sample_counts(out: Path, total: int | None = None) -> dict[str, Any]:
+    """The run's samples by state, from its records (every shard): ``done`` (analysed without
+    error), ``failed`` with each one's first error in ``failures``, and ``missing`` (not yet
+    analysed, of ``total`` selected) - what a resume would still do."""
+    records = read_records(out)
+    failures: dict[str, str] = {}
+    done = 0
+    if not records.empty:
+        errors = records[records["error"].notna()] if "error" in records else records.iloc[:0]
+        for sid, err in zip(errors["sample_id"], errors["error"], strict=True):
+            failures.setdefault(str(sid), str(err))
+        ev = records[records["analysis"] == EVAL]
+        done = len(set(ev["sample_id"].astype(str)) - set(failures))
+    counts: dict[str, Any] = {"total": total, "done": done, "failed": len(failures), "failures": failures}
+    if total is not None:
+        counts["missing"] = max(0, total - done - len(failures))
+    return counts
 
 
 def run_samples(
@@ -102,25 +185,32 @@ def run_samples(
     out: Path,
     *,
     rank: int = 0,
+    world_size: int = 1,
     progress: bool = True,
     max_batch_tokens: int | None = None,
 ) -> RunSummary:
-    """Analyse ``samples`` into the store at ``out``, skipping finished units."""
+    """Analyse ``samples`` (this rank's share) into shard ``rank`` of the store at ``out``,
+    skipping (sample, analysis) units finished in any shard. The progress bar (on stderr,
+    one line per rank) counts only the samples left to do, so its rate and ETA are honest
+    on a resumed run; a last line gives this rank's counts and samples/s."""
     from tqdm.auto import tqdm
 
     store = RecordStore(out, rank)
     done = store.done_units()
     names = [EVAL] + [a.name for a in analyses]
-    summary = RunSummary()
+    summary = RunSummary(rank=rank)
     if any(getattr(a, "needs_knockout", True) for a in analyses):
         adapter.ensure_maskable()
+    for analysis in analyses:  # where analyses that draw per-sample figures put them
+        if hasattr(analysis, "bind"):
+            analysis.bind(out)
+    pending = [s for s in samples if any((s.id, n) not in done for n in names)]
+    summary.skipped = len(samples) - len(pending)
+    label = f"rank {rank}/{world_size}" if world_size > 1 else "samples"
     start = time.perf_counter()
-    bar = tqdm(samples, desc=f"rank {rank}" if rank else "samples", unit="sample", disable=not progress)
+    bar = tqdm(pending, desc=label, unit="sample", position=rank, disable=not progress, dynamic_ncols=True)
     for sample in bar:
         todo = [n for n in names if (sample.id, n) not in done]
-        if not todo:
-            summary.skipped += 1
-            continue
         try:
             prepared = adapter.prepare(sample)
             engine = Engine(
@@ -153,5 +243,13 @@ def run_samples(
         for name in todo:
             store.write_unit(sample.id, name, rows_by_unit.get(name, []))
         summary.done += 1
+    bar.close()
     summary.seconds = time.perf_counter() - start
+    if progress:
+        print(
+            f"{label}: {summary.done} done, {len(summary.failed)} failed, {summary.skipped} already done "
+            f"in {summary.seconds:.1f}s ({summary.rate:.2f} samples/s)",
+            file=sys.stderr,
+            flush=True,
+        )
     return summary

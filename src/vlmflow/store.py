@@ -6,12 +6,18 @@ one line naming the unit and attempt is appended to ``records/shard-RRRRR.done.j
 Reading keeps only rows whose (unit, attempt) is marked done, so a process killed in the
 middle of a unit loses that unit only, and a resumed run that recomputes it never yields
 duplicates.
+
+Test hook: with ``VLMFLOW_TEST_SLEEP_AFTER_ROWS=SECONDS`` (or ``SECONDS:SAMPLE_ID`` to pause
+on that sample's units only) a unit's rows are written, then the process sleeps before
+writing its done marker, so a test can kill it exactly there (tests/test_store.py). It is
+read at each write and does nothing when unset.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -50,11 +56,22 @@ class RecordStore:
             row = {**row, "sample_id": sample_id, "analysis": analysis, "_attempt": attempt}
             lines.append(json.dumps(row, default=_json_default))
         _append(self.rows_path, lines)
+        _test_pause(sample_id)
         marker = {"sample_id": sample_id, "analysis": analysis, "_attempt": attempt, "rows": len(lines)}
         _append(self.done_path, [json.dumps(marker)])
 
     def read(self) -> pd.DataFrame:
         return read_records(self.root)
+
+
+def _test_pause(sample_id: str) -> None:
+    """The ``VLMFLOW_TEST_SLEEP_AFTER_ROWS`` hook (see the module docstring)."""
+    hook = os.environ.get("VLMFLOW_TEST_SLEEP_AFTER_ROWS")
+    if not hook:
+        return
+    seconds, _, only = hook.partition(":")
+    if not only or only == sample_id:
+        time.sleep(float(seconds))
 
 
 def _append(path: Path, lines: list[str]) -> None:
@@ -85,6 +102,15 @@ def _read_markers(records_dir: Path) -> list[dict[str, Any]]:
     for path in sorted(records_dir.glob("shard-*.done.jsonl")):
         markers += _read_jsonl(path)
     return markers
+
+
+def shard_status(run_dir: str | Path) -> dict[str, int]:
+    """Finished units per shard file of a run (``{"shard-00000": 24, ...}``)."""
+    records_dir = Path(run_dir) / "records"
+    return {
+        path.name.removesuffix(".done.jsonl"): len(_read_jsonl(path))
+        for path in sorted(records_dir.glob("shard-*.done.jsonl"))
+    }
 
 
 def read_records(run_dir: str | Path) -> pd.DataFrame:

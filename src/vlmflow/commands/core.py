@@ -53,13 +53,15 @@ def eval_(
 
 
 def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")]) -> None:
-    """(Re)write the summaries, figures and HTML report of a run from its records."""
+    """(Re)write the summaries, figures and the interactive, self-contained HTML report of
+    a run from its records (all shards)."""
     from ..report import finalize
 
     if not (run_dir / "records").is_dir():
         fail(VlmflowError(f"{run_dir} is not a run folder (no records/)"))
     result = finalize(run_dir)
-    typer.echo(f"{result['records']} records -> {result.get('report', run_dir)}")
+    sections = ", ".join(s.key for s in result.get("sections", [])) or "accuracy only"
+    typer.echo(f"{result['records']} records ({sections}) -> {result.get('report', run_dir)}")
 
 
 def list_(what: Annotated[str, typer.Argument(help="models, datasets, analyses or targets")]) -> None:
@@ -74,8 +76,10 @@ def list_(what: Annotated[str, typer.Argument(help="models, datasets, analyses o
     if what == "datasets":
         from ..data import DATASETS as registry
     elif what == "analyses":
-        from ..analyses import information_flow  # noqa: F401
+        from ..analyses import load_all
         from ..analyses.base import ANALYSES as registry
+
+        load_all()
     elif what == "targets":
         from ..analyses.targets import TARGETS as registry
     else:

@@ -78,6 +78,10 @@ _Q_STATIC = "What colour is the object?"
 _O_OBJECT = "the {colour} {shape}"
 _O_SCENE = "From {a} to {b}"
 _O_ACTION = "It {action}"
+# The canonical options of option_order="fixed": each task's four classes.
+FIXED_COLOURS = ("red", "green", "blue", "yellow")
+FIXED_OBJECTS = (("red", "square"), ("green", "circle"), ("blue", "triangle"), ("yellow", "square"))
+FIXED_SCENES = (("red", "blue"), ("blue", "red"), ("green", "yellow"), ("yellow", "green"))
 _OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -92,8 +96,15 @@ def generate(
     tasks: list[str] | None = None,
     num_frames: int = 8,
     size: int = 64,
+    option_order: str = "shuffled",
 ) -> list[Sample]:
     """``num_per_task`` rendered items for each of ``tasks`` (default: all of :data:`TASKS`).
+
+    ``option_order="shuffled"`` places the answer at a balanced letter among shuffled
+    distractors. ``"fixed"`` lists every task's four options in one canonical order (the
+    four classes of the task), so the letter follows from the answer alone and is balanced
+    because the classes are; a model then needs the video but not to bind option texts to
+    letters (the embedded demo model is trained this way).
 
     Samples carry ``frames`` ``(num_frames, size, size, 3)`` uint8, ``source="synthetic"``,
     ids like ``moving_direction-00012`` and ``meta`` with the scene and generating
@@ -109,6 +120,9 @@ def generate(
         raise VlmflowError(f"the synthetic benchmark needs frames of at least 16 px, got {size}")
     if num_per_task < 0:
         raise VlmflowError(f"num_per_task must be >= 0, got {num_per_task}")
+    if option_order not in ("shuffled", "fixed"):
+        raise VlmflowError(f"option_order must be 'shuffled' or 'fixed', got {option_order!r}")
+    fixed = option_order == "fixed"
     out: list[Sample] = []
     for task in names:
         rng = np.random.default_rng([seed, zlib.crc32(task.encode())])
@@ -116,10 +130,15 @@ def generate(
         classes = rng.permutation(np.resize(np.arange(4), num_per_task))
         make = _MAKERS[task]
         for i in range(num_per_task):
-            scene, question, answer, distractors, params = make(rng, num_frames, int(classes[i]))
+            scene, question, answer, distractors, params = make(rng, num_frames, int(classes[i]), fixed)
             if answer_of(task, scene) != answer:  # the oracle and the generator must agree
                 raise AssertionError(f"synthetic {task} item {i}: scene does not match answer")
-            options = _place(answer, distractors, int(positions[i]), rng)
+            if fixed:
+                options = FIXED_OPTIONS[task]
+                if answer not in options or set(distractors) - set(options):
+                    raise AssertionError(f"synthetic {task} item {i}: options outside the fixed set")
+            else:
+                options = _place(answer, distractors, int(positions[i]), rng)
             out.append(
                 Sample(
                     id=f"{task}-{i:05d}",
@@ -136,6 +155,7 @@ def generate(
                         "size": size,
                         "params": params,
                         "scene": scene,
+                        "option_order": option_order,
                     },
                 )
             )
@@ -258,13 +278,15 @@ def write_tvbench(samples: list[Sample], root: str | Path, fps: float = 8) -> Pa
 
 @DATASETS.register("synthetic", help="built-in synthetic temporal VideoQA (synthetic:N per task)")
 def load_synthetic(arg: str) -> list[Sample]:
-    """Built-in synthetic temporal VideoQA; ``synthetic:N`` gives N items per task (seed 0)."""
+    """Built-in synthetic temporal VideoQA; ``synthetic:N`` gives N items per task (seed 0),
+    ``synthetic:N:fixed`` lists each task's options in one canonical order."""
     arg = arg.strip()
-    if not arg:
-        return generate(DEFAULT_PER_TASK)
-    if not arg.isdigit():
-        raise DataError(f"synthetic:N expects a number of items per task, got {arg!r}")
-    return generate(int(arg))
+    count, _, order = arg.partition(":")
+    if count and not count.isdigit():
+        raise DataError(f"synthetic:N[:fixed] expects a number of items per task, got {arg!r}")
+    if order not in ("", "fixed", "shuffled"):
+        raise DataError(f"synthetic:N:ORDER expects fixed or shuffled, got {order!r}")
+    return generate(int(count) if count else DEFAULT_PER_TASK, option_order=order or "shuffled")
 
 
 def _safe(name: str) -> str:
@@ -322,7 +344,7 @@ def _spot(rng, r: float) -> tuple[float, float]:
 # Each maker returns (scene, question, answer text, 3 distractor texts, params).
 
 
-def _moving_direction(rng, num_frames: int, cls: int):
+def _moving_direction(rng, num_frames: int, cls: int, fixed: bool = False):
     direction = DIRECTIONS[cls]
     colour, shape = _colours(rng, 1)[0], _shape(rng)
     r = float(rng.uniform(0.07, 0.10))
@@ -345,9 +367,14 @@ def _moving_direction(rng, num_frames: int, cls: int):
     return scene, question, direction, [d for d in DIRECTIONS if d != direction], params
 
 
-def _action_sequence(rng, num_frames: int, cls: int):
-    colours = _colours(rng, 4)  # distinct colours make the four descriptions distinct
-    shapes = [_shape(rng) for _ in colours]
+def _action_sequence(rng, num_frames: int, cls: int, fixed: bool = False):
+    if fixed:  # the first object is class cls, the second another of the fixed four
+        order = [cls, *(int(j) for j in rng.permutation([j for j in range(4) if j != cls]))]
+        colours = [FIXED_OBJECTS[j][0] for j in order]
+        shapes = [FIXED_OBJECTS[j][1] for j in order]
+    else:
+        colours = _colours(rng, 4)  # distinct colours make the four descriptions distinct
+        shapes = [_shape(rng) for _ in colours]
     texts = [_O_OBJECT.format(colour=c, shape=s) for c, s in zip(colours, shapes, strict=True)]
     # First object somewhere in [0, cut), second in [cut, T): never in the same frame.
     cut = int(rng.integers(1, num_frames))
@@ -366,7 +393,7 @@ def _action_sequence(rng, num_frames: int, cls: int):
     return scene, _Q_SEQUENCE, texts[0], texts[1:], params
 
 
-def _object_count(rng, num_frames: int, cls: int):
+def _object_count(rng, num_frames: int, cls: int, fixed: bool = False):
     k = cls + 1
     colours = _colours(rng, k)
     durations = [int(d) for d in rng.integers(1, 3, size=k)]  # 1 or 2 frames each
@@ -389,8 +416,10 @@ def _object_count(rng, num_frames: int, cls: int):
     return scene, _Q_COUNT, answer, [c for c in COUNTS if c != answer], params
 
 
-def _scene_transition(rng, num_frames: int, cls: int):
+def _scene_transition(rng, num_frames: int, cls: int, fixed: bool = False):
     a, b, z1, z2 = _colours(rng, 4)
+    if fixed:
+        a, b = FIXED_SCENES[cls]
     quarter = max(1, num_frames // 4)
     change = int(rng.integers(quarter, num_frames - quarter + 1))
     change = min(max(change, 1), num_frames - 1)
@@ -402,11 +431,13 @@ def _scene_transition(rng, num_frames: int, cls: int):
         _O_SCENE.format(a=a, b=z1),
         _O_SCENE.format(a=z2, b=b),
     ]
+    if fixed:  # the reverse (the reversed video's answer) is among the fixed options
+        distractors = [_O_SCENE.format(a=x, b=y) for x, y in FIXED_SCENES if (x, y) != (a, b)]
     params = {"from": a, "to": b, "change_frame": change}
     return scene, _Q_SCENE, answer, distractors, params
 
 
-def _action_antonym(rng, num_frames: int, cls: int):
+def _action_antonym(rng, num_frames: int, cls: int, fixed: bool = False):
     action = ACTIONS[cls]
     colour, shape = _colours(rng, 1)[0], _shape(rng)
     small, large = float(rng.uniform(0.05, 0.08)), float(rng.uniform(0.16, 0.22))
@@ -432,8 +463,10 @@ def _action_antonym(rng, num_frames: int, cls: int):
     return scene, _Q_ANTONYM.format(obj=obj), answer, distractors, params
 
 
-def _static_attribute(rng, num_frames: int, cls: int):
+def _static_attribute(rng, num_frames: int, cls: int, fixed: bool = False):
     colour, *others = _colours(rng, 4)
+    if fixed:
+        colour, others = FIXED_COLOURS[cls], [c for c in FIXED_COLOURS if c != FIXED_COLOURS[cls]]
     shape = _shape(rng)
     r = float(rng.uniform(0.08, 0.14))
     x, y = _spot(rng, r + 0.03)
@@ -444,6 +477,15 @@ def _static_attribute(rng, num_frames: int, cls: int):
     params = {"colour": colour, "shape": shape}
     return scene, _Q_STATIC, colour, others, params
 
+
+FIXED_OPTIONS: dict[str, tuple[str, ...]] = {
+    "action_antonym": tuple(_O_ACTION.format(action=a) for a in ACTIONS),
+    "action_sequence": tuple(_O_OBJECT.format(colour=c, shape=sh) for c, sh in FIXED_OBJECTS),
+    "moving_direction": DIRECTIONS,
+    "object_count": COUNTS,
+    "scene_transition": tuple(_O_SCENE.format(a=a, b=b) for a, b in FIXED_SCENES),
+    "static_attribute": FIXED_COLOURS,
+}
 
 _MAKERS = {
     "action_antonym": _action_antonym,

@@ -27,8 +27,9 @@ from ..errors import DataError, VlmflowError
 if TYPE_CHECKING:
     from ..sample import Sample
 
-POLICIES = ("segment_middle", "linspace")
-"""Frame-sampling policies: PLLaVA segment midpoints, or VideoLLaMA3 linspace with ends."""
+POLICIES = ("segment_middle", "linspace", "lvb")
+"""Frame-sampling policies: PLLaVA segment midpoints, VideoLLaMA3 linspace with ends, or
+LongVideoBench's start-aligned rule."""
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".gif", ".m4v", ".mpg", ".mpeg")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -59,6 +60,12 @@ def sample_indices(
     window ``bound`` (seconds; the whole video when ``None``) is cut into ``num_frames``
     equal segments and the middle of each is taken. ``linspace`` is VideoLLaMA3's
     ``np.linspace(start, end, n, dtype=int)``, which includes the first and last frame.
+    ``lvb`` is LongVideoBench's ``load_video(duration, max_num_frames)``: take
+    ``k = min(num_frames, int(seconds))`` frames at ``int(total / k) * i`` from the window's
+    start, where ``total = int(seconds * fps)`` frames (``seconds`` = ``end - start`` of the
+    ``bound``, or the whole video's ``num_total / fps``), then repeat the last index up to
+    ``num_frames``; it never takes the last frame and needs ``fps``. The LongVideoBench loader
+    passes ``bound=(0, duration)`` with the annotation's duration, as the reference does.
     ``fps`` is only needed to turn a ``bound`` into frame indices. When the video has
     fewer frames than asked for, indices repeat; the result always has ``num_frames``
     entries in ``[0, num_total)``.
@@ -71,6 +78,8 @@ def sample_indices(
         raise VlmflowError(f"num_frames must be positive, got {num_frames}")
     if bound is not None and fps is None:
         raise VlmflowError("sample_indices needs fps to apply a (start, end) bound in seconds")
+    if policy == "lvb" and fps is None:
+        raise VlmflowError("the lvb sampling policy needs fps (it counts whole seconds)")
     max_frame = num_total - 1
     start, end = bound if bound is not None else _NO_BOUND
     rate = float(fps) if fps is not None else 1.0
@@ -81,9 +90,27 @@ def sample_indices(
     if policy == "segment_middle":
         seg = (end_idx - start_idx) / num_frames
         idx = [int(start_idx + seg / 2 + np.round(seg * i)) for i in range(num_frames)]
+    elif policy == "lvb":
+        idx = _lvb_indices(num_total, num_frames, rate, bound, start_idx)
     else:
         idx = np.linspace(start_idx, end_idx, num_frames, dtype=int).tolist()
     return [min(max(int(i), 0), max_frame) for i in idx]
+
+
+def _lvb_indices(
+    num_total: int, num_frames: int, fps: float, bound: tuple[float, float] | None, start_idx: int
+) -> list[int]:
+    """LongVideoBench's start-aligned indices (see :func:`sample_indices`), unclamped."""
+    if bound is None:
+        seconds, total = num_total / fps, num_total
+    else:
+        seconds = max(float(bound[1]) - max(float(bound[0]), 0.0), 0.0)
+        total = int(seconds * fps)
+    # The reference divides by int(seconds), which is 0 for a clip under a second: take one frame.
+    count = max(1, min(num_frames, int(seconds)))
+    step = int(total / count)
+    idx = [start_idx + step * i for i in range(count)]
+    return idx + [idx[-1]] * (num_frames - count)
 
 
 # --------------------------------------------------------------------------- cache

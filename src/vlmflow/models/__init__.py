@@ -6,7 +6,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UnsupportedModelError
-from . import llava_next_video  # noqa: F401  (registers the adapter)
+from . import (
+    internvl,  # noqa: F401  (registers the adapter)
+    llava_image_baseline,  # noqa: F401  (registers the adapter)
+    llava_next_video,  # noqa: F401  (registers the adapter)
+    llava_onevision,  # noqa: F401  (registers the adapter)
+    mini_internvl,  # noqa: F401  (registers the adapter)
+    pllava,  # noqa: F401  (registers the adapter)
+    qwen_vl,  # noqa: F401
+    video_llava,  # noqa: F401  (registers the adapter)
+    videollama3,  # noqa: F401  (registers the adapter)
+)
 from .base import MODELS, Adapter, Prepared
 
 __all__ = ["MODELS", "Adapter", "Prepared", "load_model", "adapter_for", "DEMO_MODEL_DIR"]
@@ -26,6 +36,17 @@ def adapter_for(model_type: str) -> type[Adapter]:
     )
 
 
+def claimed_by(path: str) -> type[Adapter] | None:
+    """The adapter whose ``matches`` claims the raw ``config.json`` at ``path``, if any."""
+    from transformers import PretrainedConfig
+
+    try:
+        raw, _ = PretrainedConfig.get_config_dict(path)
+    except (OSError, ValueError):
+        return None  # reported by the model_type lookup below
+    return next((MODELS.get(n) for n in MODELS if MODELS.get(n).matches(raw)), None)
+
+
 def load_model(
     spec: str,
     *,
@@ -43,11 +64,13 @@ def load_model(
             f"the embedded demo model is missing from {DEMO_MODEL_DIR}; reinstall vlmflow or "
             "train it with `python scripts/train_demo_model.py`"
         )
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise UnsupportedModelError(f"cannot read a model config from {spec!r}: {exc}") from exc
-    cls = adapter_for(config.model_type)
+    cls = claimed_by(path)
+    if cls is None:
+        try:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=False)  # never prompt
+        except (OSError, ValueError) as exc:
+            raise UnsupportedModelError(f"cannot read a model config from {spec!r}: {exc}") from exc
+        cls = adapter_for(config.model_type)
     return cls.load(
         path, device=device, dtype=dtype, attn_implementation=attn_implementation, **adapter_kwargs
     )

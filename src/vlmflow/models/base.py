@@ -25,6 +25,7 @@ from ..prompt import (
     SYSTEM_MVBENCH,
     PromptText,
     locate_prompt,
+    open_ended_prompt,
     paper_prompt,
     question_block,
 )
@@ -72,7 +73,7 @@ class Adapter:
 
     family: ClassVar[str] = ""
     model_types: ClassVar[tuple[str, ...]] = ()
-    supports: ClassVar[str] = "multiple-choice knockout, answer probability, logit lens"
+    supports: ClassVar[str] = "all analyses (flow, answer-prob, logit-lens, attention, pathways, open-ended)"
     default_frame_policy: ClassVar[str] = "segment_middle"
 
     def __init__(
@@ -97,6 +98,13 @@ class Adapter:
         self.system_prompt = system_prompt
 
     # ------------------------------------------------------------------ family hooks
+    @classmethod
+    def matches(cls, config: dict[str, Any]) -> bool:
+        """Claim a checkpoint from its raw ``config.json`` before the ``model_type`` lookup:
+        for families whose checkpoints reuse another family's ``model_type`` (PLLaVA's say
+        ``llava``) or one transformers does not know."""
+        return False
+
     @classmethod
     def load_model(cls, path: str, **kwargs: Any) -> tuple[Any, Any]:
         """Load ``(model, processor)`` from a local folder or hub id."""
@@ -180,14 +188,19 @@ class Adapter:
 
     # ------------------------------------------------------------------ preparation
     def frames_of(self, sample: Sample) -> np.ndarray:
+        """Decoded frames ``(T, H, W, 3)``: the sample's own, or sampled from its video with
+        the benchmark's policy where the loader set one (LongVideoBench), else the adapter's."""
         if sample.frames is not None:
             return sample.frames
         from ..data.video import load_sample_frames
 
-        return load_sample_frames(sample, self.num_frames, self.frame_policy)
+        policy = sample.meta.get("frame_policy", self.frame_policy)
+        return load_sample_frames(sample, self.num_frames, policy)
 
     def build_prompt(self, sample: Sample) -> PromptText:
         if self.prompt_style == "paper":
+            if not sample.is_multiple_choice:
+                return open_ended_prompt(sample, self.video_placeholder)
             return paper_prompt(sample, self.video_placeholder, self.system_prompt)
         template = getattr(self.processor, "chat_template", None)
         if not template:
@@ -195,13 +208,16 @@ class Adapter:
                 f"{self.model_id or self.family}: the processor has no chat template; use the "
                 "paper prompt (--prompt paper)"
             )
-        block, _, _ = question_block(sample)
+        if sample.is_multiple_choice:
+            user, answer_prompt = question_block(sample)[0] + POST_PROMPT, ANSWER_PROMPT
+        else:
+            user, answer_prompt = sample.question, ""
         conversation = [
             {"role": "system", "content": [{"type": "text", "text": self.system_prompt.strip()}]},
-            {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": block + POST_PROMPT}]},
+            {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": user}]},
         ]
         text = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
-        return locate_prompt(sample, text + ANSWER_PROMPT, self.video_placeholder, self.system_prompt.strip())
+        return locate_prompt(sample, text + answer_prompt, self.video_placeholder, self.system_prompt.strip())
 
     @torch.inference_mode()
     def prepare(self, sample: Sample) -> Prepared:

@@ -101,7 +101,8 @@ def build_demo_tokenizer() -> Any:
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for piece in demo_vocabulary():
+    # a text that starts with a newline pre-tokenises it as "▁\n" (kept last: ids stay stable)
+    for piece in [*demo_vocabulary(), SPACE + "\n"]:
         vocab.setdefault(piece, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = _pre_tokenizer()
@@ -141,8 +142,12 @@ def build_demo_processor(tokenizer: Any | None = None) -> Any:
     )
 
 
-def build_demo_model(seed: int = 0, **text_overrides: Any) -> tuple[Any, Any]:
-    """An untrained demo ``(model, processor)``: tiny CLIP tower + small Llama, float32."""
+def build_demo_model(seed: int = 0, *, tie: bool = True, **text_overrides: Any) -> tuple[Any, Any]:
+    """An untrained demo ``(model, processor)``: tiny CLIP tower + small Llama, float32.
+
+    ``tie`` ties the output head to the input embeddings; ``text_overrides`` change the
+    Llama config (``hidden_size``, ``num_hidden_layers``, ...).
+    """
     import torch
     from transformers import (
         CLIPVisionConfig,
@@ -163,7 +168,7 @@ def build_demo_model(seed: int = 0, **text_overrides: Any) -> tuple[Any, Any]:
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie,
     )
     config = LlavaNextVideoConfig(
         vision_config=vision,
@@ -175,7 +180,7 @@ def build_demo_model(seed: int = 0, **text_overrides: Any) -> tuple[Any, Any]:
         vision_feature_select_strategy="default",
         spatial_pool_stride=POOL_STRIDE,
         spatial_pool_mode="average",
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie,
     )
     torch.manual_seed(seed)
     model = LlavaNextVideoForConditionalGeneration(config)

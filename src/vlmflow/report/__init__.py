@@ -1,15 +1,142 @@
-"""Summaries, figures and the HTML report of a run; everything here only reads records."""
+"""Summaries, figures and the HTML report of a run; everything here only reads records.
+
+:func:`finalize` reads every record of a run (all shards of all ranks, so it is also the
+merge of a multi-process run) and writes ``records.parquet``, ``summary/*.csv``,
+``figures/*.png`` and ``report.html``. The report has a fixed frame (the run at a glance,
+accuracy, failed samples, the manifest) and one :class:`Section` per analysis found in the
+records.
+
+How an analysis contributes its section: register a function under the analysis's name,
+in the analysis's own module (``finalize`` imports every module of
+:mod:`vlmflow.analyses`, so the registration runs; a registration there replaces the
+built-in section of :mod:`vlmflow.report.sections` of the same name)::
+
+    from vlmflow.report import Chart, Section, report_section
+
+    @report_section("answer-prob", "true vs false option probability per layer")
+    def _answer_prob_section(records: pd.DataFrame, figures_dir: Path) -> Section:
+        summary = ...  # e.g. per task x option x layer: n, p_mean, p_ci95
+        return Section(
+            "Answer probability by layer",
+            summaries={"answer-prob": summary},                    # -> summary/answer-prob.csv
+            charts=[Chart("p(option)", summary, {"p": ("p_mean", "p_ci95")}, series=("option",))],
+        )
+
+``records`` are the analysis's rows without failed samples' rows. ``charts`` may also hold
+:class:`Bars` (grouped bars, for summaries without layers). The function may instead
+return a DataFrame or a dict of DataFrames (saved as summaries and charted by the rules of
+:func:`charts_for`), or ``None`` to show nothing. An analysis with no registered
+function still gets a section: :func:`summarize_layers` (mean and 95% CI of its numeric
+columns per task, condition and layer) charted the same generic way. A section function
+that raises is reported inside its section (with the generic view) instead of losing the
+report of a long run.
+"""
 
 from __future__ import annotations
 
+import importlib
+import logging
+import math
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from ..registry import Registry
 from ..store import read_records
 
-__all__ = ["finalize", "accuracy_table"]
+__all__ = [
+    "Bars",
+    "Chart",
+    "SECTIONS",
+    "Section",
+    "accuracy_table",
+    "charts_for",
+    "finalize",
+    "report_section",
+    "summarize_layers",
+]
+
+log = logging.getLogger(__name__)
+
+# Analyses shown first, in this order; any other follows alphabetically.
+ORDER = ("flow", "answer-prob", "logit-lens", "attention", "pathways")
+# Record columns that are bookkeeping, never a condition or a value to summarise.
+BOOKKEEPING = {"sample_id", "analysis", "model", "error", "plan", "_attempt", "task", "layer"}
+
+
+@dataclass
+class Chart:
+    """An interactive chart of curves over layers, for the HTML report.
+
+    ``data`` has one row per point (long form). Each distinct combination of the
+    ``series`` columns is one curve (toggled together in every panel), drawn in one small
+    panel per value of ``panel`` (``None``: a single panel). x is the ``x`` column plus
+    ``x_offset`` (layers are 0-based in records and shown 1-based, like the paper).
+    ``values`` maps a label to ``(value column, band column or None)``: the band is the
+    half-width drawn around the curve (a 95% CI); the report shows one value at a time
+    with a selector. ``hover`` columns, when present, are added to the tooltip.
+    ``limits`` bounds the y axis and clips bands, e.g. ``(0, 1)`` for probabilities (a
+    normal 95% band may otherwise reach below 0).
+    """
+
+    title: str
+    data: pd.DataFrame
+    values: dict[str, tuple[str, str | None]]
+    series: tuple[str, ...] = ()
+    panel: str | None = "task"
+    x: str = "layer"
+    x_offset: int = 1
+    xlabel: str = "layer"
+    hover: tuple[str, ...] = ("n",)
+    zero_line: bool = True
+    limits: tuple[float | None, float | None] | None = None
+    note: str = ""
+
+
+@dataclass
+class Bars:
+    """A grouped bar chart for the HTML report (drawn as static SVG, values on hover).
+
+    One group of bars per row of ``data`` (named by its ``label`` column); one bar per
+    ``values`` entry: label -> (value column, error-bar half-width column or None).
+    ``limits``: the value axis, e.g. ``(0, 1)`` for accuracies; ``None`` fits the data.
+    """
+
+    title: str
+    data: pd.DataFrame
+    label: str
+    values: dict[str, tuple[str, str | None]]
+    limits: tuple[float, float] | None = (0.0, 1.0)
+    note: str = ""
+
+
+@dataclass
+class Section:
+    """One analysis's part of the report.
+
+    ``summaries``: name -> table, each written to ``summary/<name>.csv`` and shown
+    (collapsed) under the charts; ``charts``: interactive charts; ``figures``: title ->
+    PNG path (also inlined in the report); ``notes``: a paragraph of plain text.
+    """
+
+    title: str
+    summaries: dict[str, pd.DataFrame] = field(default_factory=dict)
+    charts: list[Chart | Bars] = field(default_factory=list)
+    figures: dict[str, Path] = field(default_factory=dict)
+    notes: str = ""
+    key: str = ""
+
+
+SectionFn = Callable[[pd.DataFrame, Path], Any]
+SECTIONS: Registry[SectionFn] = Registry("report section")
+report_section = SECTIONS.register
+# vlmflow's own sections (report/sections.py), used when an analysis registers none.
+BUILTIN_SECTIONS: Registry[SectionFn] = Registry("built-in report section")
 
 
 def accuracy_table(records: pd.DataFrame) -> pd.DataFrame:
@@ -20,37 +147,50 @@ def accuracy_table(records: pd.DataFrame) -> pd.DataFrame:
     ok = ev[ev["error"].isna()]
     out = ev.groupby("task").agg(n=("sample_id", "size"))
     out["failed"] = ev.groupby("task")["error"].apply(lambda s: int(s.notna().sum()))
-    out["accuracy"] = ok.groupby("task")["correct"].apply(lambda s: float(pd.Series(s, dtype="float").mean()))
+    if "correct" in ok:
+        out["accuracy"] = ok.groupby("task")["correct"].apply(
+            lambda s: float(pd.Series(s, dtype="float").mean())
+        )
+    else:
+        out["accuracy"] = float("nan")
     return out.reset_index()
 
 
 def finalize(run_dir: str | Path, *, html: bool = True) -> dict[str, Any]:
-    """Write ``summary/*.csv``, ``figures/*.png``, ``records.parquet`` and ``report.html``."""
-    from ..analyses.information_flow import summarize_flow
-    from .figures import flow_by_task_figure, flow_figure
+    """Write ``summary/*.csv``, ``figures/*.png``, ``records.parquet`` and ``report.html``.
 
+    Returns ``records`` (the row count), ``accuracy``, ``flow`` (the knockout summary, empty
+    without flow records), ``figures`` (title -> PNG), ``sections`` and ``report`` (path).
+    """
     run_dir = Path(run_dir)
     records = read_records(run_dir)
     if records.empty:
         return {"records": 0}
     (run_dir / "summary").mkdir(exist_ok=True)
     (run_dir / "figures").mkdir(exist_ok=True)
-    records.to_parquet(run_dir / "records.parquet", index=False)
+    write_parquet(records, run_dir / "records.parquet")
     acc = accuracy_table(records)
     acc.to_csv(run_dir / "summary" / "accuracy.csv", index=False)
-    figures: dict[str, Path] = {}
-    flow = summarize_flow(records)
-    if not flow.empty:
-        flow.to_csv(run_dir / "summary" / "flow.csv", index=False)
-        for target in sorted(flow["target"].unique()):
-            path = run_dir / "figures" / f"flow-{target}.png"
-            _save(flow_figure(flow, target), path)
-            figures[f"Knockout: {target}"] = path
-        if "cross-frame" in set(flow["condition"]):
-            path = run_dir / "figures" / "cross-frame-by-task.png"
-            _save(flow_by_task_figure(flow, "cross-frame"), path)
-            figures["Cross-frame knockout per task"] = path
-    result = {"records": len(records), "accuracy": acc, "flow": flow, "figures": figures}
+    ok = records[records["error"].isna()] if "error" in records else records
+    names = [a for a in ORDER if a in set(ok["analysis"])]
+    names += sorted(set(ok["analysis"]) - set(names) - {"eval"})
+    sections = []
+    for name in names:
+        rows = ok[ok["analysis"] == name]
+        rows = rows[[c for c in rows.columns if c in BOOKKEEPING or rows[c].notna().any()]]
+        section = build_section(name, rows, run_dir / "figures")
+        for key, table in section.summaries.items():
+            table.to_csv(run_dir / "summary" / f"{_safe(key)}.csv", index=False)
+        sections.append(section)
+    flow = next((s.summaries.get("flow") for s in sections if s.key == "flow"), None)
+    result: dict[str, Any] = {
+        "records": len(records),
+        "accuracy": acc,
+        "flow": flow if flow is not None else pd.DataFrame(),
+        "figures": {title: path for s in sections for title, path in s.figures.items()},
+        "sections": sections,
+        "summaries": {key: table for s in sections for key, table in s.summaries.items()},
+    }
     if html:
         from .html import write_report
 
@@ -58,8 +198,185 @@ def finalize(run_dir: str | Path, *, html: bool = True) -> dict[str, Any]:
     return result
 
 
-def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
+def build_section(name: str, rows: pd.DataFrame, figures_dir: Path) -> Section:
+    """The section of analysis ``name`` from its error-free ``rows`` (see the module doc)."""
+    _load_contributions()
+    registry = SECTIONS if name in SECTIONS else BUILTIN_SECTIONS
+    if name in registry:
+        try:
+            return _as_section(name, registry.get(name)(rows, figures_dir))
+        except Exception as exc:  # a broken summary must not cost the report of a long run
+            log.warning("the report section of %r failed; showing the generic view", name, exc_info=True)
+            section = _as_section(name, summarize_layers(rows))
+            section.notes = f"The {name!r} section failed ({type(exc).__name__}: {exc}); generic view shown."
+            return section
+    return _as_section(name, summarize_layers(rows))
 
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+def _as_section(name: str, out: Any) -> Section:
+    if isinstance(out, Section):
+        section = out
+    elif isinstance(out, pd.DataFrame):
+        section = Section(name, summaries={name: out} if not out.empty else {})
+    elif isinstance(out, dict):
+        section = Section(name, summaries={k: v for k, v in out.items() if not v.empty})
+    else:
+        section = Section(name)
+    section.key = section.key or name
+    if not section.charts:
+        for key, table in section.summaries.items():
+            section.charts += charts_for(table, key if len(section.summaries) > 1 else section.title)
+    return section
+
+
+def charts_for(table: pd.DataFrame, title: str) -> list[Chart]:
+    """Generic charts of a per-layer summary table, by its columns' names and types.
+
+    Needs a ``layer`` column. Values: every ``<v>_mean`` column with ``<v>_ci95`` as its
+    band, else every float column. Dimensions: the text columns; ``task`` gives the panels;
+    with two or more others, the first splits the table into one chart per value and the
+    rest name the curves.
+    """
+    if table.empty or "layer" not in table:
+        return []
+    means = [c for c in table.columns if c.endswith("_mean")]
+    if means:
+        values = {c[: -len("_mean")]: (c, f"{c[: -len('_mean')]}_ci95") for c in means}
+        values = {k: (m, b if b in table else None) for k, (m, b) in values.items()}
+    else:
+        skip = {"layer", "n"} | {c for c in table.columns if c.endswith("_ci95")}
+        values = {
+            c: (c, None) for c in table.columns if c not in skip and pd.api.types.is_float_dtype(table[c])
+        }
+    if not values:
+        return []
+    dims = [
+        c
+        for c in table.columns
+        if c not in ("layer", "task") and not pd.api.types.is_numeric_dtype(table[c]) and c not in values
+    ]
+    panel = "task" if "task" in table else None
+    if len(dims) >= 2:
+        split, series = dims[0], tuple(dims[1:])
+        return [
+            Chart(f"{title}: {v}", table[table[split] == v], values, series=series, panel=panel)
+            for v in sorted(table[split].dropna().unique(), key=str)
+        ]
+    return [Chart(title, table, values, series=tuple(dims), panel=panel)]
+
+
+def summarize_layers(rows: pd.DataFrame) -> pd.DataFrame:
+    """Generic summary of an analysis's records: per task x condition x layer, ``n`` and the
+    mean and 95% CI (``<v>_mean``, ``<v>_ci95``) of every float or boolean column.
+
+    The condition columns are found from the data: the fewest text columns (few distinct
+    values) that, with the sample and the layer, identify a row. Without a ``layer``
+    column the summary is per task x condition.
+    """
+    if rows.empty:
+        return pd.DataFrame()
+    at = ["layer"] if "layer" in rows else []
+    values = [c for c in rows.columns if c not in BOOKKEEPING and _is_value(rows[c])]
+    if not values:
+        return pd.DataFrame()
+    texts = [c for c in rows.columns if c not in BOOKKEEPING and c not in values and _is_label(rows[c])]
+    dims: list[str] = []
+    key = ["sample_id", *at]
+    while texts and rows.duplicated(key + dims).any():
+        best = max(texts, key=lambda c: (len(rows.drop_duplicates(key + dims + [c])), -rows[c].nunique()))
+        if len(rows.drop_duplicates(key + dims + [best])) == len(rows.drop_duplicates(key + dims)):
+            break
+        dims.append(best)
+        texts.remove(best)
+    keys = [c for c in ["task", *dims, *at] if c in rows]
+    data = rows[keys + values].copy()
+    for c in values:
+        data[c] = pd.to_numeric(data[c].astype("float64"), errors="coerce")
+    g = data.groupby(keys, dropna=False)
+    out = g.size().rename("n").to_frame()
+    for c in values:
+        out[f"{c}_mean"] = g[c].mean()
+        out[f"{c}_ci95"] = g[c].apply(ci95)
+    return out.reset_index()
+
+
+def ci95(x: pd.Series) -> float:
+    """Half-width of the normal 95% confidence interval of the mean (0 for one value)."""
+    x = x.dropna()
+    return float(1.96 * x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
+
+
+def write_parquet(records: pd.DataFrame, path: Path) -> None:
+    """``records.to_parquet``, made to succeed for any records: when Arrow cannot store a
+    column as it is (dict-valued fields, e.g. ``{}`` has no Parquet type, or one field
+    holding numbers in some rows and text in others), such columns are stored as JSON
+    text, and if that is not enough every non-text object column is."""
+    import json
+
+    try:
+        records.to_parquet(path, index=False)
+        return
+    except Exception as first:  # pyarrow's errors (ArrowInvalid, ArrowNotImplementedError, ...)
+        log.debug("records.parquet: storing awkward columns as JSON text (%s)", first)
+
+    def as_json(col: pd.Series) -> list[Any]:
+        return [
+            None if v is None or _isnan(v) else v if isinstance(v, str) else json.dumps(v, default=str)
+            for v in col
+        ]
+
+    fixed = records.copy()
+    for c in fixed.columns:
+        if fixed[c].dtype == object:
+            kinds = {type(v) for v in fixed[c] if v is not None and not _isnan(v)}
+            if len(kinds) > 1 or dict in kinds:
+                fixed[c] = as_json(fixed[c])
+    try:
+        fixed.to_parquet(path, index=False)
+    except Exception:  # last resort: every object column that is not plain text
+        for c in fixed.columns:
+            if fixed[c].dtype == object:
+                fixed[c] = as_json(fixed[c])
+        fixed.to_parquet(path, index=False)
+
+
+_LOADED = False
+
+
+def _load_contributions() -> None:
+    """Import the built-in sections and every analysis module, so that their
+    ``@report_section`` registrations run."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    from .. import analyses
+    from . import sections  # noqa: F401  (registers the built-in sections)
+
+    for info in pkgutil.iter_modules(analyses.__path__):
+        try:
+            importlib.import_module(f"{analyses.__name__}.{info.name}")
+        except Exception:  # one broken module must not cost the others' sections
+            log.warning("cannot import vlmflow.analyses.%s for its report section", info.name, exc_info=True)
+
+
+def _is_value(s: pd.Series) -> bool:
+    if pd.api.types.is_bool_dtype(s) or pd.api.types.is_float_dtype(s):
+        return True
+    if s.dtype == object:
+        v = s.dropna()
+        return len(v) > 0 and all(isinstance(x, bool) for x in v)
+    return False
+
+
+def _is_label(s: pd.Series) -> bool:
+    v = s.dropna()
+    return len(v) > 0 and all(isinstance(x, str) for x in v) and v.nunique() <= 24
+
+
+def _isnan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)

@@ -1,0 +1,258 @@
+"""`vlmflow answer-prob`, `logit-lens`, `attention` and `open-ended`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import VlmflowError
+from .common import (
+    Attn,
+    Data,
+    Device,
+    Dtype,
+    Frames,
+    Model,
+    Out,
+    Prompt,
+    Quiet,
+    Samples,
+    Seed,
+    Tasks,
+    fail,
+    options,
+    parse_layers,
+    print_result,
+)
+
+SampleMode = Annotated[str, typer.Option(help="analyse the samples the model gets correct, wrong, or all")]
+
+
+def _run(
+    analysis, name: str, model, data, task, samples, seed, out, device, dtype, prompt, num_frames, attn, quiet
+):
+    from ..api import run
+
+    try:
+        opts = options(model, data, task, samples, seed, device, dtype, prompt, num_frames, attn, quiet)
+        result = run(opts, [analysis()], out or Path("vlmflow-out") / name)
+    except VlmflowError as exc:
+        fail(exc)
+    print_result(result)
+    return result
+
+
+def answer_prob(
+    model: Model,
+    data: Data,
+    no_norm: Annotated[
+        bool,
+        typer.Option("--no-norm", help="skip the final norm for intermediate layers (paper's LLaVA code)"),
+    ] = False,
+    sample_mode: SampleMode = "all",
+    task: Tasks = None,
+    samples: Samples = None,
+    seed: Seed = 0,
+    out: Out = None,
+    device: Device = "cpu",
+    dtype: Dtype = None,
+    prompt: Prompt = "paper",
+    num_frames: Frames = 8,
+    attn: Attn = "sdpa",
+    quiet: Quiet = False,
+) -> None:
+    """Probability of the true and the false option letters read from every layer."""
+    from ..analyses.answer_probability import AnswerProbability
+
+    _run(
+        lambda: AnswerProbability(norm=not no_norm, sample_mode=sample_mode),
+        "answer-prob",
+        model,
+        data,
+        task,
+        samples,
+        seed,
+        out,
+        device,
+        dtype,
+        prompt,
+        num_frames,
+        attn,
+        quiet,
+    )
+
+
+def logit_lens(
+    model: Model,
+    data: Data,
+    projection: Annotated[
+        str, typer.Option(help="unembed (final norm + output head) or embed (input embeddings, as the paper)")
+    ] = "unembed",
+    topk: Annotated[int, typer.Option(help="tokens kept per video token and layer")] = 5,
+    words: Annotated[
+        str, typer.Option(help="keyword preset: synthetic or paper-action-sequence")
+    ] = "synthetic",
+    spatial: Annotated[
+        str | None, typer.Option(help="comma-separated spatial words (overrides the preset)")
+    ] = None,
+    temporal: Annotated[
+        str | None, typer.Option(help="comma-separated temporal words (overrides the preset)")
+    ] = None,
+    overlays: Annotated[int, typer.Option(help="samples drawn with their top words over the frames")] = 2,
+    sample_mode: SampleMode = "correct",
+    task: Tasks = None,
+    samples: Samples = None,
+    seed: Seed = 0,
+    out: Out = None,
+    device: Device = "cpu",
+    dtype: Dtype = None,
+    prompt: Prompt = "paper",
+    num_frames: Frames = 8,
+    attn: Attn = "sdpa",
+    quiet: Quiet = False,
+) -> None:
+    """Logit lens on the video tokens: top vocabulary tokens per layer, keyword frequency."""
+    from ..analyses.logit_lens import LogitLens
+
+    split = lambda s: tuple(w.strip() for w in s.split(",") if w.strip()) if s else ()  # noqa: E731
+    _run(
+        lambda: LogitLens(
+            projection=projection,
+            topk=topk,
+            words=words,
+            spatial=split(spatial),
+            temporal=split(temporal),
+            sample_mode=sample_mode,
+            overlays=overlays,
+        ),
+        "logit-lens",
+        model,
+        data,
+        task,
+        samples,
+        seed,
+        out,
+        device,
+        dtype,
+        prompt,
+        num_frames,
+        attn,
+        quiet,
+    )
+
+
+def attention(
+    model: Model,
+    data: Data,
+    layers: Annotated[
+        str | None, typer.Option(help="layers to read, 0-based, e.g. 0-7 (default all)")
+    ] = None,
+    compare: Annotated[
+        str | None,
+        typer.Option(
+            help="plan drawn beside the baseline: a target or SRC->DST[,..]; 'none' for baseline only"
+        ),
+    ] = "cross-frame",
+    compare_layers: Annotated[
+        str | None, typer.Option(help="layers the comparison plan blocks (default all)")
+    ] = None,
+    overlays: Annotated[int, typer.Option(help="samples drawn as heatmaps over their frames")] = 2,
+    sample_mode: SampleMode = "correct",
+    task: Tasks = None,
+    samples: Samples = None,
+    seed: Seed = 0,
+    out: Out = None,
+    device: Device = "cpu",
+    dtype: Dtype = None,
+    prompt: Prompt = "paper",
+    num_frames: Frames = 8,
+    attn: Attn = "sdpa",
+    quiet: Quiet = False,
+) -> None:
+    """Attention from the last and question tokens to each frame, baseline vs a plan."""
+    from ..analyses.attention_maps import AttentionMaps
+
+    _run(
+        lambda: AttentionMaps(
+            layers=parse_layers(layers),
+            compare=None if compare == "none" else compare,
+            compare_layers=parse_layers(compare_layers),
+            sample_mode=sample_mode,
+            overlays=overlays,
+        ),
+        "attention",
+        model,
+        data,
+        task,
+        samples,
+        seed,
+        out,
+        device,
+        dtype,
+        prompt,
+        num_frames,
+        attn,
+        quiet,
+    )
+
+
+def open_ended(
+    model: Model,
+    data: Data,
+    target: Annotated[
+        list[str] | None, typer.Option("--target", "-t", help="knockout targets (default vql-to-ql)")
+    ] = None,
+    cut: Annotated[
+        list[str] | None, typer.Option("--cut", help="custom curve SRC->DST[,SRC->DST] (repeatable)")
+    ] = None,
+    window: Annotated[int, typer.Option(help="layers blocked around each sweep layer")] = 9,
+    window_style: Annotated[str, typer.Option(help="center, inverse, top_down or bottom_up")] = "center",
+    layers: Annotated[str | None, typer.Option(help="sweep only these layers, 0-based")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="tokens generated per plan")] = 16,
+    task: Tasks = None,
+    samples: Samples = None,
+    seed: Seed = 0,
+    out: Out = None,
+    device: Device = "cpu",
+    dtype: Dtype = None,
+    prompt: Prompt = "paper",
+    num_frames: Frames = 8,
+    attn: Attn = "sdpa",
+    quiet: Quiet = False,
+) -> None:
+    """Open-ended knockout: generate under each plan; trace the first token, keep the text."""
+    from ..analyses.open_ended import OpenEnded
+
+    targets = tuple(target) if target else (() if cut else ("vql-to-ql",))
+    _run(
+        lambda: OpenEnded(
+            targets=targets,
+            custom=tuple(cut or ()),
+            window=window,
+            window_style=window_style,
+            layers=parse_layers(layers),
+            max_new_tokens=max_new_tokens,
+        ),
+        "open-ended",
+        model,
+        data,
+        task,
+        samples,
+        seed,
+        out,
+        device,
+        dtype,
+        prompt,
+        num_frames,
+        attn,
+        quiet,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("answer-prob")(answer_prob)
+    app.command("logit-lens")(logit_lens)
+    app.command("attention")(attention)
+    app.command("open-ended")(open_ended)

@@ -1,0 +1,206 @@
+"""One process or many: the plumbing that lets a run shard its samples over a process group.
+
+A run launched with ``torchrun`` or ``accelerate launch`` finds ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK`` (and ``MASTER_ADDR``/``MASTER_PORT``) in its environment; :func:`init` then
+joins the process group and returns a :class:`Context` for this rank. Without those
+variables it returns the context of a group of one, whose collectives are no-ops, so the
+run loop has a single code path for one process and for many (DESIGN.md, principle 6).
+
+What the group is used for, and why it is small:
+
+* rank 0 alone writes the run's ``manifest.json`` (:meth:`Context.on_main`); the other
+  ranks wait for it and fail with rank 0's error if it refused the folder;
+* samples go to ranks round-robin by their index in the loaded dataset
+  (:meth:`Context.shard`), which every rank loads identically, so the assignment is
+  deterministic and needs no communication; each rank writes its own record shard;
+* at the end every rank's counts are gathered (:meth:`Context.gather`, which is also the
+  barrier after which rank 0 merges the shards into the summaries and the report).
+
+Only small Python objects cross the group, never tensors, so the backend is ``gloo`` on
+CPU and on GPU machines alike (no NCCL set-up, and the same behaviour in tests). The
+timeout of the group bounds how long rank 0 waits for the slowest rank at the end; it is
+long (``VLMFLOW_DIST_TIMEOUT_S``, default 12 hours) because ranks legitimately finish
+far apart on big runs. A rank that crashes makes the launcher stop the others; its
+finished units stay in its shard, and re-running the command resumes them (or
+``vlmflow merge RUN_DIR`` writes the report from whatever the shards hold).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .errors import RunError, VlmflowError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT_S = 12 * 3600
+
+
+@dataclass
+class Context:
+    """This process's place in the group: ``rank`` of ``world_size`` (``local_rank`` on its node).
+
+    ``owns_group`` is true when :func:`init` created the process group (and :meth:`close`
+    destroys it); a group the caller created is used and left alone.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        """Whether there is more than one process (collectives do something)."""
+        return self.world_size > 1
+
+    def shard(self, items: Sequence[T]) -> list[T]:
+        """This rank's share of ``items``: round-robin by index (``items[rank::world_size]``).
+
+        Deterministic given the same ``items`` on every rank, balanced within one item,
+        and it interleaves tasks, so every rank sees a similar mix of sample costs.
+        """
+        return list(items[self.rank :: self.world_size])
+
+    def device(self, requested: str) -> str:
+        """The torch device for this rank: ``cuda`` becomes ``cuda:<local_rank>``."""
+        import torch
+
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        device = device_for(requested, self.local_rank, available)
+        if device.startswith("cuda:") and available:
+            torch.cuda.set_device(int(device.split(":", 1)[1]))
+        return device
+
+    def barrier(self) -> None:
+        if self.active:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def on_main(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on rank 0 only; every rank returns its result or raises its error.
+
+        The other ranks wait until rank 0 is done (this is the start barrier of a run), then
+        get rank 0's (picklable) result, or a :class:`RunError` carrying rank 0's message,
+        so a folder that rank 0 refuses stops every rank instead of leaving them waiting.
+        """
+        result: Any = None
+        error: BaseException | None = None
+        if self.is_main:
+            try:
+                result = fn()
+            except Exception as exc:  # re-raised below, after the others have been told
+                error = exc
+        if self.active:
+            import torch.distributed as dist
+
+            message = None if error is None else _message(error)
+            box: list[Any] = [(result if error is None else None, message)]
+            dist.broadcast_object_list(box, src=0)
+            result, message = box[0]
+            if not self.is_main and message is not None:
+                raise RunError(f"rank 0 stopped the run: {message}")
+        if error is not None:
+            raise error
+        return result
+
+    def gather(self, obj: T) -> list[T]:
+        """``obj`` of every rank, in rank order, on every rank (a barrier too)."""
+        if not self.active:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        """Leave the process group if :func:`init` created it."""
+        if self.owns_group:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            self.owns_group = False
+
+
+def device_for(requested: str, local_rank: int, cuda_devices: int) -> str:
+    """Pure mapping behind :meth:`Context.device`.
+
+    A bare ``cuda`` becomes ``cuda:<local_rank mod cuda_devices>`` (one GPU per process on a
+    node; processes share GPUs round-robin when there are more processes than GPUs). An
+    explicit ``cuda:N``, ``cpu`` or any other device is kept as given.
+    """
+    if requested == "cuda" and cuda_devices > 0:
+        return f"cuda:{local_rank % cuda_devices}"
+    return requested
+
+
+def env_ranks(env: dict[str, str] | None = None) -> tuple[int, int, int] | None:
+    """``(rank, world_size, local_rank)`` from launcher variables, or ``None`` without them."""
+    env = os.environ if env is None else env
+    if "RANK" not in env or "WORLD_SIZE" not in env:
+        return None
+    try:
+        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+        local = int(env.get("LOCAL_RANK", rank))
+    except ValueError as exc:
+        raise RunError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers: {exc}") from exc
+    if not 0 <= rank < world:
+        raise RunError(f"RANK={rank} is outside WORLD_SIZE={world}")
+    return rank, world, local
+
+
+def init() -> Context:
+    """The context of this process; joins the launcher's process group when there is one.
+
+    Uses an already initialised ``torch.distributed`` group as it is. Otherwise reads
+    ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set by ``torchrun`` or ``accelerate launch``;
+    with a world size above one it initialises a ``gloo`` group from the environment
+    (``MASTER_ADDR``/``MASTER_PORT``). Without those variables: a group of one.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        return Context(rank, world, local, owns_group=False)
+    ranks = env_ranks()
+    if ranks is None:
+        return Context()
+    rank, world, local = ranks
+    if world == 1:
+        return Context(rank, world, local)
+    if not dist.is_available():
+        raise RunError("this torch build has no torch.distributed; run a single process instead")
+    if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+        raise RunError(
+            f"RANK={rank} WORLD_SIZE={world} is set but MASTER_ADDR/MASTER_PORT are not; launch "
+            "with torchrun or accelerate launch, which set them"
+        )
+    timeout = float(os.environ.get("VLMFLOW_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S))
+    dist.init_process_group(
+        backend="gloo",
+        init_method="env://",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=timeout),
+    )
+    log.debug("rank %d of %d joined the process group (local rank %d)", rank, world, local)
+    return Context(rank, world, local, owns_group=True)
+
+
+def _message(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, VlmflowError) else f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,239 @@
+"""Adapters for Hugging Face ``Qwen2VLForConditionalGeneration``,
+``Qwen2_5_VLForConditionalGeneration`` and ``Qwen3VLForConditionalGeneration``.
+
+How these families see a video. The vision tower cuts the clip into *temporal patches* of
+``temporal_patch_size`` (2) consecutive frames and fuses each pair into one set of
+``(H / patch / merge) x (W / patch / merge)`` visual tokens (``video_grid_thw`` holds
+``(t, H / patch, W / patch)``). Two fused frames cannot be told apart inside the model, so
+a vlmflow *frame group* here is one temporal patch (``frames_per_group = 2``): ``frame:T``
+means input frames ``2T`` and ``2T + 1``. An odd frame count is padded by the processor
+with a copy of the last frame, so the last group then holds one real frame.
+
+Where the tokens are. The prompt carries the placeholder
+``<|vision_start|><|video_pad|><|vision_end|>`` (what the Qwen chat templates write for a
+video); the processor expands the inner ``<|video_pad|>``:
+
+- Qwen2-VL / Qwen2.5-VL: into ``t * h * w`` video tokens, one contiguous run, temporal
+  patch ``T`` at ``[s + T*n, s + (T+1)*n)``.
+- Qwen3-VL: into, per temporal patch, a timestamp text ``<1.2 seconds>`` followed by
+  ``<|vision_start|>`` + ``n`` video tokens + ``<|vision_end|>``.
+
+Layout decision: ``video`` is exactly the processor's expansion of ``<|video_pad|>`` (its
+own replacement text, taken from the processor), so for Qwen2/2.5-VL the visual tokens
+only, and for Qwen3-VL the timestamps and per-patch start/end markers too: in Qwen3-VL the
+timestamps are how time is encoded, and each patch's ``<|vision_end|>`` is the first token
+that has read that patch. The outer ``<|vision_start|>``/``<|vision_end|>`` written by the
+prompt belong to the template. Frame groups partition ``video``: for Qwen3-VL a group is
+``timestamp + <|vision_start|> + grid + <|vision_end|>`` with ``frame_token_offsets``
+pointing at its grid. Counts come from ``video_grid_thw`` and the merge size, and each run
+is checked against the token ids, never split evenly.
+
+Positions (M-RoPE) are never recomputed here: the model computes them from ``input_ids``,
+``mm_token_type_ids`` and ``video_grid_thw`` (all passed, so no stale ``rope_deltas`` can be
+reused), and the engine replays the rotary embeddings the layers received. Qwen3-VL's
+deepstack features, added to the residual stream after the first decoder layers outside
+the layer modules, are replayed by the engine as between-layer additions.
+
+Frame times. vlmflow's loaders return frames without decode times, so the adapter tells
+the processor they are evenly spaced at ``frames_per_second`` (default: the video
+processor's own sampling rate, 2 fps for the released checkpoints). This sets Qwen3-VL's
+timestamp text and Qwen2.5-VL's temporal position step (``second_per_grid_ts``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..errors import PromptError, UnsupportedModelError
+from ..layout import Span
+from ..prompt import PromptText
+from .base import MODELS, Adapter, VideoTokens
+
+_DEFAULT_FPS = 2.0
+
+
+class QwenVLAdapter(Adapter):
+    """What Qwen2-VL, Qwen2.5-VL and Qwen3-VL share; subclasses name their classes and say
+    how a temporal patch's tokens are framed."""
+
+    model_class: ClassVar[str] = ""
+    processor_class: ClassVar[str] = ""
+    supports = "multiple-choice knockout, answer probability, logit lens (frame group = temporal patch)"
+
+    def __init__(self, model: Any, processor: Any, *, frames_per_second: float | None = None, **kwargs: Any):
+        super().__init__(model, processor, **kwargs)
+        fps = frames_per_second or getattr(processor.video_processor, "fps", None) or _DEFAULT_FPS
+        self.frames_per_second = float(fps)
+        # the processor's expansion of the video token for the input being prepared:
+        # ``((start, end) of the token in the prompt, replacement text)``; set by ``process``
+        self._expansion: tuple[tuple[int, int], str] | None = None
+        text_cfg = model.config.text_config
+        if "sliding_attention" in (getattr(text_cfg, "layer_types", None) or ()):
+            raise UnsupportedModelError(
+                f"{self.model_id or self.family}: sliding-window decoder layers do not keep every "
+                "key/value, so exact knockout is not supported; load it with use_sliding_window=False"
+            )
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load_model(cls, path: str, **kwargs: Any) -> tuple[Any, Any]:
+        import transformers
+
+        model = getattr(transformers, cls.model_class).from_pretrained(path, **kwargs)
+        processor = getattr(transformers, cls.processor_class).from_pretrained(path)
+        return model, processor
+
+    # ------------------------------------------------------------------ prompt
+    @property
+    def video_placeholder(self) -> str:
+        """``<|vision_start|><|video_pad|><|vision_end|>``, as the Qwen chat templates write it."""
+        cfg = self.model.config
+        start, end = self.tokenizer.convert_ids_to_tokens(
+            [cfg.vision_start_token_id, cfg.vision_end_token_id]
+        )
+        return start + self.processor.video_token + end
+
+    def process(self, text: str, frames: np.ndarray) -> dict[str, Any]:
+        """Real processor on one prompt and one video ``(T, H, W, 3)`` uint8.
+
+        The frames are already sampled by vlmflow (``do_sample_frames=False``); their times
+        are declared evenly spaced at ``frames_per_second``. The processor's own placeholder
+        expansion is kept for :meth:`expand_placeholder` and :meth:`video_tokens`.
+        """
+        from transformers.video_utils import VideoMetadata
+
+        n = len(frames)
+        meta = VideoMetadata(total_num_frames=n, fps=self.frames_per_second, frames_indices=list(range(n)))
+        out = dict(
+            self.processor(
+                text=text,
+                videos=[list(frames)],
+                video_metadata=[meta],
+                do_sample_frames=False,
+                return_text_replacement_offsets=True,
+                return_tensors="pt",
+            )
+        )
+        replaced = [r for r in out.pop("text_replacement_offsets")[0] if r["type"] == "video"]
+        if len(replaced) != 1:
+            raise PromptError(
+                f"expected one video placeholder in the prompt, the processor found {len(replaced)}"
+            )
+        self._expansion = (tuple(replaced[0]["span"]), replaced[0]["replacement"])
+        if "second_per_grid_ts" in out:
+            # seconds per temporal patch (Qwen2.5-VL): kept as Python floats so that casting
+            # the inputs to the model dtype (bf16) cannot round the temporal positions
+            out["second_per_grid_ts"] = [float(x) for x in out["second_per_grid_ts"]]
+        return out
+
+    def _replacement(self) -> tuple[tuple[int, int], str]:
+        if self._expansion is None:
+            raise PromptError("expand_placeholder/video_tokens called before process()")
+        return self._expansion
+
+    def expand_placeholder(self, prompt: PromptText, input_ids: torch.Tensor) -> tuple[str, int]:
+        (start, end), replacement = self._replacement()
+        at, width = prompt.placeholder_at, len(prompt.placeholder)
+        if not at <= start < end <= at + width:
+            raise PromptError(
+                f"the processor expanded {prompt.text[start:end]!r} at character {start}, outside the "
+                f"video placeholder {prompt.placeholder!r} at {at}"
+            )
+        return prompt.text[:start] + replacement + prompt.text[end:], len(replacement) - (end - start)
+
+    # ------------------------------------------------------------------ layout
+    def video_tokens(self, input_ids: torch.Tensor, inputs: dict[str, Any]) -> VideoTokens:
+        """One frame group per temporal patch; the grid of each from ``video_grid_thw``."""
+        cfg = self.model.config
+        grid_thw = inputs["video_grid_thw"]
+        if grid_thw.shape[0] != 1:
+            raise PromptError(f"expected one video, the processor made {grid_thw.shape[0]}")
+        t, grid_h, grid_w = (int(x) for x in grid_thw[0])
+        merge = cfg.vision_config.spatial_merge_size
+        h, w = grid_h // merge, grid_w // merge
+        n = h * w
+        pos = torch.nonzero(input_ids[0] == cfg.video_token_id).flatten()
+        if pos.numel() != t * n:
+            raise PromptError(
+                f"{pos.numel()} video tokens for {t} temporal patches of {h}x{w}; the processor and "
+                "the model disagree on tokens per patch"
+            )
+        runs = []
+        for i in range(t):
+            a, b = int(pos[i * n]), int(pos[(i + 1) * n - 1]) + 1
+            if b - a != n:
+                raise PromptError(f"the video tokens of temporal patch {i} are not one contiguous run")
+            runs.append(Span(a, b))
+        frames = self._frame_spans(input_ids[0].tolist(), runs)
+        video = Span(frames[0].start, frames[-1].end)
+        offsets = tuple(r.start - f.start for r, f in zip(runs, frames, strict=True))
+        return VideoTokens(
+            video=video,
+            frames=frames,
+            grids=((h, w),) * t,
+            frames_per_group=int(self.processor.video_processor.temporal_patch_size),
+            grid_offsets=offsets if any(offsets) else (),
+        )
+
+    def _frame_spans(self, ids: list[int], runs: list[Span]) -> tuple[Span, ...]:
+        """Each temporal patch's span from its run of video tokens (Qwen2/2.5-VL: the run)."""
+        for prev, nxt in zip(runs, runs[1:], strict=False):
+            if prev.end != nxt.start:
+                raise PromptError("the video tokens are not one contiguous run")
+        return tuple(runs)
+
+    # ------------------------------------------------------------------ handles
+    def decoder(self) -> tuple[Any, Any, Any, Any]:
+        lm = self.model.model.language_model
+        return lm.layers, lm.norm, self.model.lm_head, lm.embed_tokens
+
+
+@MODELS.register("qwen2_vl", "Qwen2-VL (HF Qwen2VLForConditionalGeneration)")
+class Qwen2VLAdapter(QwenVLAdapter):
+    family = "qwen2_vl"
+    model_types = ("qwen2_vl",)
+    model_class = "Qwen2VLForConditionalGeneration"
+    processor_class = "Qwen2VLProcessor"
+
+
+@MODELS.register("qwen2_5_vl", "Qwen2.5-VL (HF Qwen2_5_VLForConditionalGeneration)")
+class Qwen2_5_VLAdapter(QwenVLAdapter):
+    family = "qwen2_5_vl"
+    model_types = ("qwen2_5_vl",)
+    model_class = "Qwen2_5_VLForConditionalGeneration"
+    processor_class = "Qwen2_5_VLProcessor"
+
+
+@MODELS.register("qwen3_vl", "Qwen3-VL (HF Qwen3VLForConditionalGeneration), timestamps + deepstack")
+class Qwen3VLAdapter(QwenVLAdapter):
+    family = "qwen3_vl"
+    model_types = ("qwen3_vl",)
+    model_class = "Qwen3VLForConditionalGeneration"
+    processor_class = "Qwen3VLProcessor"
+
+    def _frame_spans(self, ids: list[int], runs: list[Span]) -> tuple[Span, ...]:
+        """``timestamp <|vision_start|> grid <|vision_end|>`` per temporal patch.
+
+        A patch's span runs from the end of the previous one; the first starts where the
+        processor's first timestamp text does (its tokens, checked against the ids).
+        """
+        cfg = self.model.config
+        vs, ve = cfg.vision_start_token_id, cfg.vision_end_token_id
+        for i, r in enumerate(runs):
+            if ids[r.start - 1] != vs or r.end >= len(ids) or ids[r.end] != ve:
+                raise PromptError(
+                    f"temporal patch {i}: its video tokens are not wrapped in "
+                    "<|vision_start|> .. <|vision_end|>"
+                )
+        _, replacement = self._replacement()
+        start_token = self.tokenizer.convert_ids_to_tokens(vs)
+        stamp = self.tokenizer(replacement[: replacement.find(start_token)], add_special_tokens=False)
+        stamp_ids = list(stamp["input_ids"])
+        first = runs[0].start - 1 - len(stamp_ids)
+        if not stamp_ids or first < 0 or ids[first : runs[0].start - 1] != stamp_ids:
+            raise PromptError("the first temporal patch's timestamp text was not found before its tokens")
+        starts = [first] + [r.end + 1 for r in runs[:-1]]
+        return tuple(Span(s, r.end + 1) for s, r in zip(starts, runs, strict=True))

@@ -1,0 +1,156 @@
+"""One process or many: a 2-process torchrun run on CPU (gloo) equals a 1-process run,
+each rank writes its own shard, rank 0 merges, and ``vlmflow merge`` rebuilds the merge."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from vlmflow.cli import app
+from vlmflow.data import load_dataset
+from vlmflow.distributed import Context, device_for, env_ranks
+from vlmflow.errors import RunError
+from vlmflow.store import read_records
+
+DATA = ["--data", "synthetic:2", "--task", "moving_direction", "--task", "object_count"]
+KEYS = ["sample_id", "analysis", "condition", "layer"]
+PROBS = ["p_pred", "p_gt", "p_pred_base", "p_pred_new", "p_gt_base", "p_gt_new"]
+
+
+def flow_args(model: Path, out: Path, *targets: str) -> list[str]:
+    targets = targets or ("cross-frame", "vql-to-ql")
+    return [
+        "flow",
+        "--model",
+        str(model),
+        *DATA,
+        "--num-frames",
+        "4",
+        "--window",
+        "3",
+        "--sample-mode",
+        "all",
+        *[a for t in targets for a in ("-t", t)],
+        "--out",
+        str(out),
+    ]
+
+
+def launch(args: list[str], nproc: int) -> subprocess.CompletedProcess:
+    """The CLI under ``torchrun --standalone --nproc_per_node NPROC`` (one thread per worker)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    return subprocess.run(
+        cmd + ["-m", "vlmflow.cli", *args], env=env, capture_output=True, text=True, timeout=420
+    )
+
+
+def sorted_records(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    df["condition"] = df["condition"].fillna("")
+    df["layer"] = df["layer"].fillna(-1)
+    return df.sort_values(KEYS).reset_index(drop=True)
+
+
+def test_shards_are_round_robin_and_devices_follow_local_rank() -> None:
+    items = list(range(7))
+    shards = [Context(rank=r, world_size=3).shard(items) for r in range(3)]
+    assert shards == [[0, 3, 6], [1, 4], [2, 5]]
+    assert sorted(x for s in shards for x in s) == items  # every sample exactly once
+    assert Context().shard(items) == items  # a single process is a group of one
+    assert device_for("cuda", local_rank=3, cuda_devices=2) == "cuda:1"
+    assert device_for("cuda:0", local_rank=1, cuda_devices=2) == "cuda:0"  # explicit wins
+    assert device_for("cuda", local_rank=1, cuda_devices=0) == "cuda"
+    assert device_for("cpu", local_rank=1, cuda_devices=2) == "cpu"
+
+
+def test_ranks_from_launcher_environment() -> None:
+    assert env_ranks({}) is None
+    assert env_ranks({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == (1, 2, 1)
+    assert env_ranks({"RANK": "0", "WORLD_SIZE": "1"}) == (0, 1, 0)
+    with pytest.raises(RunError, match="outside WORLD_SIZE"):
+        env_ranks({"RANK": "2", "WORLD_SIZE": "2"})
+    ctx = Context()
+    assert ctx.on_main(lambda: 41 + 1) == 42 and ctx.gather("x") == ["x"]
+
+
+def run_here(args: list[str]) -> None:
+    """The CLI in this process, on one thread like each torchrun worker (OMP_NUM_THREADS=1)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = CliRunner().invoke(app, args)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+
+
+def test_two_processes_equal_one_and_merge(tiny_llava_path: Path, tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_here(flow_args(tiny_llava_path, one) + ["--quiet"])
+    multi = launch(flow_args(tiny_llava_path, two), nproc=2)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+
+    # each rank's progress bar and summary line, labelled by rank
+    for rank in (0, 1):
+        assert f"rank {rank}/2: 2 done, 0 failed, 0 already done" in multi.stderr
+    assert "samples/s" in multi.stderr
+
+    # one shard per rank, samples dealt round-robin in dataset order
+    ids = [s.id for s in load_dataset("synthetic:2", tasks=["moving_direction", "object_count"])]
+    for rank in (0, 1):
+        rows = [json.loads(line) for line in (two / "records" / f"shard-{rank:05d}.jsonl").open()]
+        assert sorted({r["sample_id"] for r in rows}) == sorted(ids[rank::2])
+
+    # rank 0 merged: the consolidated records equal the single process's
+    a = sorted_records(pd.read_parquet(one / "records.parquet"))
+    b = sorted_records(pd.read_parquet(two / "records.parquet"))
+    assert len(a) == len(b) == 4 * (1 + 5 * 4)  # eval + 5 curves x 4 sweep layers per sample
+    assert a[KEYS].equals(b[KEYS])
+    for col in PROBS:
+        diff = np.nanmax(np.abs(a[col].astype(float) - b[col].astype(float)))
+        assert diff <= 1e-6, f"{col} differs by {diff} between 1 and 2 processes"
+    assert a["pred"].fillna("-").equals(b["pred"].fillna("-"))  # the same answers
+
+    manifest = json.loads((two / "manifest.json").read_text())
+    assert manifest["sessions"][-1]["world_size"] == 2
+    assert [r["done"] for r in manifest["sessions"][-1]["ranks"]] == [2, 2]
+    assert manifest["samples"]["done"] == 4 and manifest["samples"]["missing"] == 0
+    assert (two / "report.html").exists() and (two / "figures" / "flow-cross-frame.png").exists()
+
+    # ranks that ended separately: `vlmflow merge` rebuilds everything from the shards
+    for name in ("records.parquet", "report.html", "summary/flow.csv"):
+        (two / name).unlink()
+    merged = CliRunner().invoke(app, ["merge", str(two)])
+    assert merged.exit_code == 0, merged.output
+    assert "merged 2 shard(s)" in merged.output and "4 done, 0 failed" in merged.output
+    again = sorted_records(pd.read_parquet(two / "records.parquet"))
+    pd.testing.assert_frame_equal(again, b)
+    assert len(read_records(two)) == len(b)
+    assert (two / "report.html").exists() and (two / "summary" / "flow.csv").exists()
+
+
+def test_rank0_refusal_stops_every_rank(tiny_llava_path: Path, tmp_path: Path) -> None:
+    """A folder rank 0 refuses (another configuration) must stop all ranks, not hang them."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"config": {"model": "another-model"}}))
+    other = launch(flow_args(tiny_llava_path, out, "vql-to-ql") + ["--quiet"], nproc=2)
+    assert other.returncode != 0
+    assert "another configuration" in other.stderr
+    assert "rank 0 stopped the run" in other.stderr  # rank 1 got rank 0's reason
+
+
+def test_merge_refuses_a_folder_that_is_no_run(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["merge", str(tmp_path)])
+    assert result.exit_code == 2 and "not a run folder" in result.output

@@ -53,14 +53,50 @@ def build_tokenizer():
     return fast
 
 
+def clip_and_llama(layers: int, tok, image_size: int = 32, patch_size: int = 8) -> tuple:
+    """The tiny CLIP vision config and Llama text config the Llama-based test models share."""
+    from transformers import CLIPVisionConfig, LlamaConfig
+
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=32,
+    )
+    text = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tok),
+        max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    return vision, text
+
+
+def save_scaled(model, processor, path: Path) -> Path:
+    """Save a random model whose output head is scaled up: random init gives near-uniform
+    answers, and a larger head makes probabilities move visibly under a knockout."""
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
 def build_llava_next_video(path: Path, *, layers: int = 4, seed: int = 0, image_size: int = 32) -> Path:
     """Save a tiny LlavaNextVideo checkpoint + processor to ``path`` and return it.
 
     Vision: CLIP, 32 px frames, 8 px patches (4x4 grid) pooled by 2 -> 2x2 = 4 tokens/frame.
     """
     from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
         LlavaNextImageProcessor,
         LlavaNextVideoConfig,
         LlavaNextVideoForConditionalGeneration,
@@ -81,27 +117,7 @@ def build_llava_next_video(path: Path, *, layers: int = 4, seed: int = 0, image_
         vision_feature_select_strategy="default",
         chat_template=CHAT_TEMPLATE,
     )
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=8,
-        projection_dim=32,
-    )
-    text = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tok),
-        max_position_embeddings=1024,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
+    vision, text = clip_and_llama(layers, tok, image_size)
     config = LlavaNextVideoConfig(
         vision_config=vision,
         text_config=text,
@@ -111,13 +127,7 @@ def build_llava_next_video(path: Path, *, layers: int = 4, seed: int = 0, image_
         vision_feature_layer=-1,
     )
     torch.manual_seed(seed)
-    model = LlavaNextVideoForConditionalGeneration(config)
-    # random init gives near-uniform answers; scale the head so probabilities move visibly
-    with torch.no_grad():
-        model.lm_head.weight.mul_(20.0)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return save_scaled(LlavaNextVideoForConditionalGeneration(config), processor, path)
 
 
 def make_sample(seed: int = 0, frames: int = 4, answer: int = 2, sid: str = "s0") -> Sample:

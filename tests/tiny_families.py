@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from tiny import CHAT_TEMPLATE, CORPUS, build_tokenizer
+from tiny import CHAT_TEMPLATE, CORPUS, build_tokenizer, clip_and_llama, save_scaled
 
 # Qwen2's pre-tokenisation rule: the Qwen-based families (OneVision, InternVL3, VideoLLaMA3)
 # tokenise like this, which decides how "(A", ":(" and "\n" split.
@@ -83,15 +83,6 @@ def _qwen2(tok: Any, layers: int):
     )
 
 
-def _save(model: Any, processor: Any, path: Path) -> Path:
-    # random init gives near-uniform answers; scale the head so probabilities move visibly
-    with torch.no_grad():
-        model.lm_head.weight.mul_(20.0)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
-
-
 def build_llava_onevision(path: Path, *, layers: int = 3, seed: int = 0) -> Path:
     """LlavaOnevision: SigLIP 32 px / 8 px patches (4x4) pooled to ceil(4/2)^2 = 4 tokens a frame,
     plus the one trailing newline token per video."""
@@ -131,7 +122,7 @@ def build_llava_onevision(path: Path, *, layers: int = 3, seed: int = 0) -> Path
         vision_feature_layer=-1,
     )
     torch.manual_seed(seed)
-    return _save(LlavaOnevisionForConditionalGeneration(config), processor, path)
+    return save_scaled(LlavaOnevisionForConditionalGeneration(config), processor, path)
 
 
 def build_internvl(path: Path, *, layers: int = 3, seed: int = 0) -> Path:
@@ -179,7 +170,7 @@ def build_internvl(path: Path, *, layers: int = 3, seed: int = 0) -> Path:
         tie_word_embeddings=False,  # the head is scaled below; keep the embeddings as initialised
     )
     torch.manual_seed(seed)
-    return _save(InternVLForConditionalGeneration(config), processor, path)
+    return save_scaled(InternVLForConditionalGeneration(config), processor, path)
 
 
 def build_videollama3(path: Path, *, layers: int = 3, seed: int = 0) -> Path:
@@ -219,15 +210,13 @@ def build_videollama3(path: Path, *, layers: int = 3, seed: int = 0) -> Path:
         video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
     )
     torch.manual_seed(seed)
-    return _save(VideoLlama3ForConditionalGeneration(config), processor, path)
+    return save_scaled(VideoLlama3ForConditionalGeneration(config), processor, path)
 
 
 def build_video_llava(path: Path, *, layers: int = 3, seed: int = 0) -> Path:
     """Video-LLaVA: CLIP 32 px / 8 px patches; each frame is its CLS token plus a 4x4 = 16 patch
     grid (the video path keeps CLS), Llama decoder with a SentencePiece-style tokenizer."""
     from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
         VideoLlavaConfig,
         VideoLlavaForConditionalGeneration,
         VideoLlavaImageProcessor,
@@ -247,27 +236,7 @@ def build_video_llava(path: Path, *, layers: int = 3, seed: int = 0) -> Path:
         num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE,
     )
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-        projection_dim=32,
-    )
-    text = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tok),
-        max_position_embeddings=1024,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
+    vision, text = clip_and_llama(layers, tok)
     config = VideoLlavaConfig(
         vision_config=vision,
         text_config=text,
@@ -278,4 +247,4 @@ def build_video_llava(path: Path, *, layers: int = 3, seed: int = 0) -> Path:
         video_seq_length=4 * 17,
     )
     torch.manual_seed(seed)
-    return _save(VideoLlavaForConditionalGeneration(config), processor, path)
+    return save_scaled(VideoLlavaForConditionalGeneration(config), processor, path)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny import build_tokenizer
+from tiny import build_tokenizer, clip_and_llama
 
 IMAGE = 32  # px; 8 px patches -> a 4x4 patch grid per frame
 
@@ -29,33 +29,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def _vision_and_text(layers: int, vocab: int, tok, image_size: int = IMAGE, patch_size: int = 8) -> tuple:
-    from transformers import CLIPVisionConfig, LlamaConfig
-
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=patch_size,
-        projection_dim=32,
-    )
-    text = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=vocab,
-        max_position_embeddings=1024,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    return vision, text
 
 
 def pllava_key(name: str) -> str:
@@ -88,7 +61,7 @@ def build_pllava(
     from vlmflow.models.pllava import model_class
 
     tok = build_tokenizer()
-    vision, text = _vision_and_text(layers, len(tok), tok, image_size, patch_size)
+    vision, text = clip_and_llama(layers, tok, image_size, patch_size)
     image_token = tok.convert_tokens_to_ids("<image>")
     fields = dict(pooling_shape=list(pooling_shape), num_frames=num_frames)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token, **fields)
@@ -138,7 +111,7 @@ def build_llava_next(path: Path, *, layers: int = 4, seed: int = 0) -> Path:
     )
 
     tok = build_tokenizer()
-    vision, text = _vision_and_text(layers, len(tok), tok)
+    vision, text = clip_and_llama(layers, tok, IMAGE)
     config = LlavaNextConfig(
         vision_config=vision,
         text_config=text,

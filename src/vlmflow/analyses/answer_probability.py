@@ -98,6 +98,6 @@ def overtake_layers(summary: pd.DataFrame) -> dict[str, int | None]:
         for i in range(len(above) - 1, -1, -1):
             if not above[i]:
                 break
-            first = layers[i]
+            first = int(layers[i])
         out[str(task)] = first
     return out

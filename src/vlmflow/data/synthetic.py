@@ -16,7 +16,8 @@ Design rules:
   decides its answer: reversing the frames of a moving-direction, action-sequence,
   scene-transition or action-antonym video gives a video of the same kind whose answer
   is another of its options, while the set of single frames is unchanged; an
-  object-count video shows at most one object per frame whatever the count.
+  object-count video shows at most one object per frame whatever the count (and, with 7
+  or more frames, an empty frame between consecutive objects).
   ``static_attribute`` is the control: its answer is visible in every frame.
 
 Each Sample's ``meta["scene"]`` describes what is drawn in every frame (background colour,
@@ -348,7 +349,7 @@ def _moving_direction(rng, num_frames: int, cls: int, fixed: bool = False):
     direction = DIRECTIONS[cls]
     colour, shape = _colours(rng, 1)[0], _shape(rng)
     r = float(rng.uniform(0.07, 0.10))
-    length = float(rng.uniform(0.35, 0.5))
+    length = float(rng.uniform(0.5, 0.65))  # 2-2.6 cells of a 4 x 4 pooled grid
     # The start is uniform over the positions that keep the whole path inside the frame,
     # so the object's position in any one frame is equally likely under either direction.
     lo = r + 0.02
@@ -397,9 +398,13 @@ def _object_count(rng, num_frames: int, cls: int, fixed: bool = False):
     k = cls + 1
     colours = _colours(rng, k)
     durations = [int(d) for d in rng.integers(1, 3, size=k)]  # 1 or 2 frames each
-    while sum(durations) > num_frames:
+    # Consecutive objects are separated by at least one empty frame where the video is
+    # long enough, so the count is the number of appearances rather than a colour change.
+    sep = 1 if 2 * k - 1 <= num_frames else 0
+    while sum(durations) + sep * (k - 1) > num_frames and 2 in durations:
         durations[durations.index(2)] = 1
-    gaps = rng.multinomial(num_frames - sum(durations), np.full(k + 1, 1 / (k + 1)))
+    gaps = rng.multinomial(num_frames - sum(durations) - sep * (k - 1), np.full(k + 1, 1 / (k + 1)))
+    gaps[1:k] += sep
     scene = _scene(num_frames)
     t = int(gaps[0])
     spans = []

@@ -111,6 +111,7 @@ def accuracy(model, processor, data: Features) -> dict[str, float]:
 
 def vlmflow_accuracy(path: Path, samples) -> dict[str, float]:
     """Accuracy read exactly as vlmflow reads answers, from the saved checkpoint."""
+    from vlmflow.analyses.base import read_answer
     from vlmflow.engine import Engine
     from vlmflow.models import load_model
 
@@ -119,7 +120,7 @@ def vlmflow_accuracy(path: Path, samples) -> dict[str, float]:
     for s in samples:
         p = adapter.prepare(s)
         logits = Engine(adapter.language_model(), p.inputs, p.layout).baseline_logits()
-        hits.setdefault(s.task, []).append(int(logits.argmax()) == p.answer_id)
+        hits.setdefault(s.task, []).append(bool(read_answer(adapter, p, logits).correct))
     return {t: float(np.mean(v)) for t, v in sorted(hits.items())}
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny import build_tokenizer, clip_and_llama
+from tiny import build_tokenizer, clip_and_llama, save_scaled
 
 IMAGE = 32  # px; 8 px patches -> a 4x4 patch grid per frame
 
@@ -120,16 +120,12 @@ def build_llava_next(path: Path, *, layers: int = 4, seed: int = 0) -> Path:
         vision_feature_layer=-2,
     )
     torch.manual_seed(seed)
-    model = LlavaNextForConditionalGeneration(config)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(20.0)
-    model.save_pretrained(path)
     size = {"shortest_edge": IMAGE}
     image_processor = LlavaNextImageProcessor(
         size=size, crop_size={"height": IMAGE, "width": IMAGE}, image_grid_pinpoints=[[IMAGE, IMAGE]]
     )
-    LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=8).save_pretrained(path)
-    return path
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=8)
+    return save_scaled(LlavaNextForConditionalGeneration(config), processor, path)
 
 
 MINI_INTERNVL_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>", "<|user|>", "<|assistant|>", "<|end|>"]

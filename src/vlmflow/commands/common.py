@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -45,6 +46,21 @@ def options(model, data, task, samples, seed, device, dtype, prompt, num_frames,
         progress=not quiet,
         extra=extra,
     )
+
+
+def run_and_report(analyses: Callable[[], list], out: Path, *shared: Any) -> Any:
+    """Build ``analyses()``, run them into ``out`` with the shared options (``shared``: the
+    positional arguments of :func:`options`) and print the result. A ``VlmflowError``, from
+    the arguments or from the run, exits with its message."""
+    from ..api import run
+
+    try:
+        opts = options(*shared)
+        result = run(opts, analyses(), out)
+    except VlmflowError as exc:
+        fail(exc)
+    print_result(result)
+    return result
 
 
 def parse_layers(text: str | None) -> tuple[int, ...] | None:

@@ -22,8 +22,7 @@ from .common import (
     Seed,
     Tasks,
     fail,
-    options,
-    print_result,
+    run_and_report,
 )
 
 
@@ -42,14 +41,21 @@ def eval_(
     quiet: Quiet = False,
 ) -> None:
     """Accuracy only: the model's answer letter for every sample, per task."""
-    from ..api import run
-
-    try:
-        opts = options(model, data, task, samples, seed, device, dtype, prompt, num_frames, attn, quiet)
-        result = run(opts, [], out or Path("vlmflow-out") / "eval")
-    except VlmflowError as exc:
-        fail(exc)
-    print_result(result)
+    run_and_report(
+        list,
+        out or Path("vlmflow-out") / "eval",
+        model,
+        data,
+        task,
+        samples,
+        seed,
+        device,
+        dtype,
+        prompt,
+        num_frames,
+        attn,
+        quiet,
+    )
 
 
 def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")]) -> None:

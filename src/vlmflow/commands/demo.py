@@ -7,13 +7,10 @@ from typing import Annotated
 
 import typer
 
-from ..errors import VlmflowError
 from .common import (
     Device,
     Quiet,
-    fail,
-    options,
-    print_result,
+    run_and_report,
 )
 
 
@@ -32,23 +29,28 @@ def demo(
     from ..analyses.logit_lens import LogitLens
     from ..analyses.pathways import PRESETS, Pathways
     from ..analyses.targets import PAPER_TARGETS
-    from ..api import run
 
-    try:
-        analyses = [
+    result = run_and_report(
+        lambda: [
             InformationFlow(targets=PAPER_TARGETS, window=window, sample_mode="correct"),
             AnswerProbability(sample_mode="all"),
             LogitLens(words="synthetic", topk=3, sample_mode="correct", overlays=2),
             AttentionMaps(compare="cross-frame", sample_mode="correct", overlays=2),
             Pathways(spec=PRESETS["llava-next-7b-video-ft"], seeds=(0, 1, 2)),
-        ]
-        opts = options(
-            "demo", f"synthetic:{samples}:fixed", None, None, 0, device, None, "paper", 8, "sdpa", quiet
-        )
-        result = run(opts, analyses, out)
-    except VlmflowError as exc:
-        fail(exc)
-    print_result(result)
+        ],
+        out,
+        "demo",
+        f"synthetic:{samples}:fixed",
+        None,
+        None,
+        0,
+        device,
+        None,
+        "paper",
+        8,
+        "sdpa",
+        quiet,
+    )
     summarize_demo(result.report)
 
 

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from ..errors import VlmflowError
 from .common import (
     Attn,
     Data,
@@ -21,10 +20,8 @@ from .common import (
     Samples,
     Seed,
     Tasks,
-    fail,
-    options,
     parse_layers,
-    print_result,
+    run_and_report,
 )
 
 
@@ -65,23 +62,32 @@ def flow(
     measure the change in the answer's probability."""
     from ..analyses.information_flow import InformationFlow
     from ..analyses.targets import PAPER_TARGETS
-    from ..api import run
 
-    try:
-        targets = tuple(target) if target else (() if cut else PAPER_TARGETS)
-        analysis = InformationFlow(
-            targets=targets,
-            custom=tuple(cut or ()),
-            window=window,
-            window_style=window_style,
-            layers=parse_layers(layers),
-            sample_mode=sample_mode,
-        )
-        opts = options(model, data, task, samples, seed, device, dtype, prompt, num_frames, attn, quiet)
-        result = run(opts, [analysis], out or Path("vlmflow-out") / "flow")
-    except VlmflowError as exc:
-        fail(exc)
-    print_result(result)
+    targets = tuple(target) if target else (() if cut else PAPER_TARGETS)
+    run_and_report(
+        lambda: [
+            InformationFlow(
+                targets=targets,
+                custom=tuple(cut or ()),
+                window=window,
+                window_style=window_style,
+                layers=parse_layers(layers),
+                sample_mode=sample_mode,
+            )
+        ],
+        out or Path("vlmflow-out") / "flow",
+        model,
+        data,
+        task,
+        samples,
+        seed,
+        device,
+        dtype,
+        prompt,
+        num_frames,
+        attn,
+        quiet,
+    )
 
 
 def register(app: typer.Typer) -> None:

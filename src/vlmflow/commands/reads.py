@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from ..errors import VlmflowError
 from .common import (
     Attn,
     Data,
@@ -21,27 +20,11 @@ from .common import (
     Samples,
     Seed,
     Tasks,
-    fail,
-    options,
     parse_layers,
-    print_result,
+    run_and_report,
 )
 
 SampleMode = Annotated[str, typer.Option(help="analyse the samples the model gets correct, wrong, or all")]
-
-
-def _run(
-    analysis, name: str, model, data, task, samples, seed, out, device, dtype, prompt, num_frames, attn, quiet
-):
-    from ..api import run
-
-    try:
-        opts = options(model, data, task, samples, seed, device, dtype, prompt, num_frames, attn, quiet)
-        result = run(opts, [analysis()], out or Path("vlmflow-out") / name)
-    except VlmflowError as exc:
-        fail(exc)
-    print_result(result)
-    return result
 
 
 def answer_prob(
@@ -66,15 +49,14 @@ def answer_prob(
     """Probability of the true and the false option letters read from every layer."""
     from ..analyses.answer_probability import AnswerProbability
 
-    _run(
-        lambda: AnswerProbability(norm=not no_norm, sample_mode=sample_mode),
-        "answer-prob",
+    run_and_report(
+        lambda: [AnswerProbability(norm=not no_norm, sample_mode=sample_mode)],
+        out or Path("vlmflow-out") / "answer-prob",
         model,
         data,
         task,
         samples,
         seed,
-        out,
         device,
         dtype,
         prompt,
@@ -117,23 +99,24 @@ def logit_lens(
     from ..analyses.logit_lens import LogitLens
 
     split = lambda s: tuple(w.strip() for w in s.split(",") if w.strip()) if s else ()  # noqa: E731
-    _run(
-        lambda: LogitLens(
-            projection=projection,
-            topk=topk,
-            words=words,
-            spatial=split(spatial),
-            temporal=split(temporal),
-            sample_mode=sample_mode,
-            overlays=overlays,
-        ),
-        "logit-lens",
+    run_and_report(
+        lambda: [
+            LogitLens(
+                projection=projection,
+                topk=topk,
+                words=words,
+                spatial=split(spatial),
+                temporal=split(temporal),
+                sample_mode=sample_mode,
+                overlays=overlays,
+            )
+        ],
+        out or Path("vlmflow-out") / "logit-lens",
         model,
         data,
         task,
         samples,
         seed,
-        out,
         device,
         dtype,
         prompt,
@@ -174,21 +157,22 @@ def attention(
     """Attention from the last and question tokens to each frame, baseline vs a plan."""
     from ..analyses.attention_maps import AttentionMaps
 
-    _run(
-        lambda: AttentionMaps(
-            layers=parse_layers(layers),
-            compare=None if compare == "none" else compare,
-            compare_layers=parse_layers(compare_layers),
-            sample_mode=sample_mode,
-            overlays=overlays,
-        ),
-        "attention",
+    run_and_report(
+        lambda: [
+            AttentionMaps(
+                layers=parse_layers(layers),
+                compare=None if compare == "none" else compare,
+                compare_layers=parse_layers(compare_layers),
+                sample_mode=sample_mode,
+                overlays=overlays,
+            )
+        ],
+        out or Path("vlmflow-out") / "attention",
         model,
         data,
         task,
         samples,
         seed,
-        out,
         device,
         dtype,
         prompt,
@@ -226,22 +210,23 @@ def open_ended(
     from ..analyses.open_ended import OpenEnded
 
     targets = tuple(target) if target else (() if cut else ("vql-to-ql",))
-    _run(
-        lambda: OpenEnded(
-            targets=targets,
-            custom=tuple(cut or ()),
-            window=window,
-            window_style=window_style,
-            layers=parse_layers(layers),
-            max_new_tokens=max_new_tokens,
-        ),
-        "open-ended",
+    run_and_report(
+        lambda: [
+            OpenEnded(
+                targets=targets,
+                custom=tuple(cut or ()),
+                window=window,
+                window_style=window_style,
+                layers=parse_layers(layers),
+                max_new_tokens=max_new_tokens,
+            )
+        ],
+        out or Path("vlmflow-out") / "open-ended",
         model,
         data,
         task,
         samples,
         seed,
-        out,
         device,
         dtype,
         prompt,

@@ -2,7 +2,7 @@
 
     python scripts/train_demo_model.py            # ~65 min on a busy 2-core CPU
 
-The shipped weights took three runs of it (see docs/demo_model.md).
+The shipped weights took four runs of it (see docs/demo_model.md).
 
 The model is a real ``LlavaNextVideoForConditionalGeneration`` (tiny CLIP tower, 8-layer
 Llama, word-level tokenizer; see ``vlmflow.models.demo``). The vision tower stays at its

@@ -16,7 +16,7 @@ from vlmflow.models.demo import DEMO_DIR, build_demo_model, build_demo_tokenizer
 from vlmflow.prompt import ANSWER_PROMPT, POST_PROMPT, SYSTEM_MVBENCH, paper_prompt
 
 MAX_FOLDER_MB = 25
-MIN_TASK_ACCURACY = 0.75  # chance is 0.25; object counting (0.825) is below the 0.9 aimed for
+MIN_TASK_ACCURACY = 0.9  # the bar the demo model is held to on every task; chance is 0.25
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_layout_of_a_demo_prompt(demo, held_out) -> None:
 def test_demo_reaches_its_recorded_accuracy(demo) -> None:
     """The shipped model answers the held-out set through vlmflow's own path (``prepare`` +
     ``Engine`` baseline) with the per-task accuracy ``accuracy.json`` records (to one item), and
-    that accuracy shows it reads the video: every task far above chance (0.25)."""
+    that accuracy shows it reads the video: at least 0.9 on every task (chance is 0.25)."""
     report = json.loads((DEMO_DIR / "accuracy.json").read_text())
     n = report["held_out_items_per_task"]
     assert n >= 40 and report["held_out"] == "synthetic.generate(n, seed=0, option_order='fixed')"
@@ -120,7 +120,6 @@ def test_demo_reaches_its_recorded_accuracy(demo) -> None:
     assert acc == pytest.approx(report["held_out_accuracy"], abs=1.01 / n)
     assert set(acc) == set(synthetic.TASKS)
     assert min(acc.values()) >= MIN_TASK_ACCURACY, acc
-    assert acc["static_attribute"] >= 0.9 and acc["scene_transition"] >= 0.9, acc
 
 
 def test_demo_command_smoke(tmp_path) -> None:

@@ -16,8 +16,8 @@ Design rules:
   decides its answer: reversing the frames of a moving-direction, action-sequence,
   scene-transition or action-antonym video gives a video of the same kind whose answer
   is another of its options, while the set of single frames is unchanged; an
-  object-count video shows at most one object per frame whatever the count (and, with 7
-  or more frames, an empty frame between consecutive objects).
+  object-count video shows each object in a single frame, one object per frame whatever
+  the count (and, with 7 or more frames, an empty frame between consecutive objects).
   ``static_attribute`` is the control: its answer is visible in every frame.
 
 Each Sample's ``meta["scene"]`` describes what is drawn in every frame (background colour,
@@ -397,13 +397,11 @@ def _action_sequence(rng, num_frames: int, cls: int, fixed: bool = False):
 def _object_count(rng, num_frames: int, cls: int, fixed: bool = False):
     k = cls + 1
     colours = _colours(rng, k)
-    durations = [int(d) for d in rng.integers(1, 3, size=k)]  # 1 or 2 frames each
-    # Consecutive objects are separated by at least one empty frame where the video is
-    # long enough, so the count is the number of appearances rather than a colour change.
+    # Each object shows in a single frame, and consecutive objects are separated by at least
+    # one empty frame where the video is long enough: the count is the number of frames
+    # that hold an object, which no single frame tells.
     sep = 1 if 2 * k - 1 <= num_frames else 0
-    while sum(durations) + sep * (k - 1) > num_frames and 2 in durations:
-        durations[durations.index(2)] = 1
-    gaps = rng.multinomial(num_frames - sum(durations) - sep * (k - 1), np.full(k + 1, 1 / (k + 1)))
+    gaps = rng.multinomial(num_frames - k - sep * (k - 1), np.full(k + 1, 1 / (k + 1)))
     gaps[1:k] += sep
     scene = _scene(num_frames)
     t = int(gaps[0])
@@ -411,11 +409,9 @@ def _object_count(rng, num_frames: int, cls: int, fixed: bool = False):
     for j in range(k):
         r = float(rng.uniform(0.08, 0.14))
         x, y = _spot(rng, r)
-        shape = _shape(rng)
-        for u in range(t, t + durations[j]):
-            scene["objects"][u].append(_obj(colours[j], shape, x, y, r))
-        spans.append([t, t + durations[j] - 1])
-        t += durations[j] + int(gaps[j + 1])
+        scene["objects"][t].append(_obj(colours[j], _shape(rng), x, y, r))
+        spans.append([t, t])
+        t += 1 + int(gaps[j + 1])
     answer = str(k)
     params = {"count": k, "frames": spans}
     return scene, _Q_COUNT, answer, [c for c in COUNTS if c != answer], params

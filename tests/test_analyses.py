@@ -17,6 +17,7 @@ from vlmflow.cuts import Cut, Plan, RandomCut, compile_plan
 from vlmflow.engine import Engine, masked_forward
 from vlmflow.errors import PlanError
 from vlmflow.generation import generate_with_plan
+from vlmflow.probe import Probe
 from vlmflow.sample import Sample
 
 
@@ -32,13 +33,13 @@ def setup(tiny_llava):
 
 def test_answer_prob_at_the_last_layer_is_the_models_output(setup) -> None:
     adapter, prepared, engine, base, logits = setup
-    rows = AnswerProbability().records(adapter, prepared, engine, base)
+    rows = AnswerProbability().records(Probe(adapter, prepared))
     assert [r["layer"] for r in rows] == list(range(engine.lm.num_layers))
     want = logits[-1].softmax(-1)[list(prepared.option_ids)]
     got = torch.tensor(rows[-1]["option_probs"])
     assert (got - want).abs().max() < 1e-5
     assert rows[-1]["p_true"] == pytest.approx(float(want[prepared.sample.answer]), abs=1e-5)
-    raw = AnswerProbability(norm=False).records(adapter, prepared, engine, base)
+    raw = AnswerProbability(norm=False).records(Probe(adapter, prepared))
     assert raw[-1]["option_probs"] == pytest.approx(rows[-1]["option_probs"], abs=1e-6)
     assert raw[0]["option_probs"] != pytest.approx(rows[0]["option_probs"], abs=1e-6)
 
@@ -46,7 +47,7 @@ def test_answer_prob_at_the_last_layer_is_the_models_output(setup) -> None:
 def test_unembed_lens_at_the_last_layer_is_the_models_logits(setup) -> None:
     adapter, prepared, engine, base, logits = setup
     lens = LogitLens(topk=3, sample_mode="all")
-    rows = lens.records(adapter, prepared, engine, base)
+    rows = lens.records(Probe(adapter, prepared))
     assert [r["layer"] for r in rows] == list(range(-1, engine.lm.num_layers))
     video = prepared.layout.resolve("video")
     top = logits[video].argmax(-1).tolist()
@@ -56,21 +57,21 @@ def test_unembed_lens_at_the_last_layer_is_the_models_logits(setup) -> None:
 
 def test_embed_lens_projects_onto_the_input_embeddings_without_norm(setup) -> None:
     adapter, prepared, engine, base, _ = setup
-    rows = LogitLens(projection="embed", topk=1, sample_mode="all").records(adapter, prepared, engine, base)
+    rows = LogitLens(projection="embed", topk=1, sample_mode="all").records(Probe(adapter, prepared))
     emb = engine.lm.embed_tokens.weight
     video = prepared.layout.resolve("video")
     for stream in (0, 2, engine.lm.num_layers):
         h = engine.hidden_states[stream][0, video]
         want = [adapter.tokenizer.decode([t]).strip() for t in (h @ emb.T).argmax(-1).tolist()]
         assert rows[stream]["top1"] == want and rows[stream]["layer"] == stream - 1
-    unembed = LogitLens(topk=1, sample_mode="all").records(adapter, prepared, engine, base)
+    unembed = LogitLens(topk=1, sample_mode="all").records(Probe(adapter, prepared))
     assert any(a["top1"] != b["top1"] for a, b in zip(rows, unembed, strict=True))
 
 
 def test_keyword_hits_count_first_subtokens(setup) -> None:
     adapter, prepared, engine, base, _ = setup
     rows = LogitLens(topk=1, sample_mode="all", spatial=("the",), temporal=("Question",)).records(
-        adapter, prepared, engine, base
+        Probe(adapter, prepared)
     )
     for r in rows:
         assert r["spatial_hits"] == sum(1 for w in r["top1"] if w == "the")
@@ -82,7 +83,7 @@ def test_a_pathway_that_keeps_everything_equals_the_baseline(setup) -> None:
     keep_all = PathwaySpec(
         "all", n, {e: (0, n - 1) for e in ("cross_frame", "video_to_question", "question_to_last")}
     )
-    rows = evaluate_pathway(adapter, prepared, engine, base, keep_all, seeds=(), strict=False)
+    rows = evaluate_pathway(Probe(adapter, prepared), keep_all, seeds=(), strict=False)
     pathway = next(r for r in rows if r["condition"] == "pathway")
     assert pathway["suppressed_fraction"] == 0.0 and pathway["p_gt"] == pytest.approx(base.p_gt, abs=1e-7)
 
@@ -90,7 +91,7 @@ def test_a_pathway_that_keeps_everything_equals_the_baseline(setup) -> None:
 def test_paper_preset_scales_and_suppresses_edges(setup) -> None:
     adapter, prepared, engine, base, _ = setup
     spec = PRESETS["llava-next-7b-video-ft"].scaled(engine.lm.num_layers)
-    rows = evaluate_pathway(adapter, prepared, engine, base, spec, seeds=(0, 1), strict=True)
+    rows = evaluate_pathway(Probe(adapter, prepared), spec, seeds=(0, 1), strict=True)
     by = {(r["condition"], r["seed"]): r for r in rows}
     frac = by[("pathway", None)]["suppressed_fraction"]
     assert 0 < frac < by[("strict", None)]["suppressed_fraction"] < 1
@@ -141,7 +142,7 @@ def test_attention_rows_sum_to_one_and_blocked_pairs_are_zero(setup) -> None:
 
 def test_attention_maps_analysis_records(setup) -> None:
     adapter, prepared, engine, base, _ = setup
-    rows = AttentionMaps(layers=(0, 3), sample_mode="all").records(adapter, prepared, engine, base)
+    rows = AttentionMaps(layers=(0, 3), sample_mode="all").records(Probe(adapter, prepared))
     assert {r["condition"] for r in rows} == {"baseline", "cross-frame"}
     assert {r["query"] for r in rows} == {"last", "question"}
     for r in rows:
@@ -188,8 +189,7 @@ def test_open_ended_samples_get_the_paper_prompt(tiny_llava) -> None:
 
 
 def test_pathway_search_finds_ranges_within_tolerance(tiny_llava) -> None:
-    prepared = [tiny_llava.prepare(make_sample(seed=s, sid=f"c{s}")) for s in range(3)]
-    engines = [Engine(tiny_llava.language_model(), p.inputs, p.layout) for p in prepared]
-    result = search_pathway(tiny_llava, prepared, engines, tiny_llava.num_layers, tolerance=0.0, step=2)
+    probes = [Probe(tiny_llava, tiny_llava.prepare(make_sample(seed=s, sid=f"c{s}"))) for s in range(3)]
+    result = search_pathway(probes, tiny_llava.num_layers, tolerance=0.0, step=2)
     assert result.calib_accuracy >= result.base_accuracy
     assert result.suppressed > 0 and result.trace

@@ -143,6 +143,7 @@ def full_run(tiny_llava, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from vlmflow.analyses.logit_lens import LogitLens
     from vlmflow.analyses.pathways import PRESETS, Pathways
     from vlmflow.api import Options, run
+    from vlmflow.probe import Model
 
     out = tmp_path_factory.mktemp("full") / "run"
     analyses = [
@@ -158,7 +159,7 @@ def full_run(tiny_llava, tmp_path_factory: pytest.TempPathFactory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = run(opts, analyses, out, adapter=tiny_llava)
+        result = run(opts, analyses, out, model=Model(tiny_llava))
     finally:
         torch.set_num_threads(threads)
     assert result.summary.done == 2, result.summary

@@ -9,6 +9,7 @@ causal mask.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,20 @@ class Plan:
     @property
     def layers(self) -> tuple[int, ...]:
         return tuple(sorted({layer for c in self.cuts for layer in c.layers}))
+
+
+def parse_layers(text: str | None) -> tuple[int, ...] | None:
+    """``"0-3,7"`` -> ``(0, 1, 2, 3, 7)`` (0-based); empty or ``None`` -> ``None`` (all)."""
+    if not text:
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m:
+            raise PlanError(f"layers must look like 0-3,7; got {text!r}")
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        out += range(a, b + 1)
+    return tuple(sorted(set(out)))
 
 
 def window_layers(layer: int, num_layers: int, window: int = 9, style: str = "center") -> tuple[int, ...]:

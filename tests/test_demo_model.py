@@ -137,3 +137,16 @@ def test_demo_command_smoke(tmp_path) -> None:
     assert {"eval", "flow", "answer-prob", "logit-lens", "attention", "pathways"} <= set(records["analysis"])
     assert (out / "report.html").stat().st_size > 10_000
     assert any((out / "figures").glob("*.png"))
+    summaries = {p.stem for p in (out / "summary").glob("*.csv")}
+    assert summaries == {
+        "accuracy",
+        "flow",
+        "answer-prob",
+        "logit-lens",
+        "logit-lens-top-tokens",
+        "attention",
+        "pathways",
+    }
+    # per-sample overlays are drawn by the report from the records
+    assert any((out / "figures" / "logit-lens").glob("*.png"))
+    assert any((out / "figures" / "attention").glob("*.png"))

@@ -236,7 +236,7 @@ class Probe:
     >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
     >>> sorted(probe.answer.probabilities) == list(probe.sample.letters)
     True
-    >>> probe.knockout("video->last", layers=range(0, 8)).letter in probe.sample.letters
+    >>> probe.knockout("video->last").letter in probe.sample.letters
     True
     """
 
@@ -311,15 +311,15 @@ class Probe:
     ) -> Baseline | list[Baseline]:
         """The answer with attention edges cut, exactly (as a full masked forward).
 
-            One plan (``"video->last"``, a ``Cut`` or a ``Plan``; text plans are blocked in
-            ``layers``, default every layer) gives one answer; a list gives a list, evaluated
-            together.
+        One plan (``"video->last"``, a ``Cut`` or a ``Plan``; text plans are blocked in
+        ``layers``, default every layer) gives one answer; a list gives a list, evaluated
+        together.
 
-            >>> import vlmflow
+        >>> import vlmflow
         >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
-            >>> cut = probe.knockout("frames:<4->frame:4", layers=range(2, 6))
-            >>> round(sum(cut.probabilities.values()), 6) <= 1.0
-            True
+        >>> cut = probe.knockout("frames:<4->frame:4", layers=range(probe.num_layers // 2))
+        >>> round(sum(cut.probabilities.values()), 6) <= 1.0
+        True
         """
         single = isinstance(plans, (str, Cut, Plan, CompiledPlan))
         items = [plans] if single else list(plans)
@@ -338,14 +338,14 @@ class Probe:
         custom: Sequence[str] = (),
     ) -> pd.DataFrame:
         """Knockout sweeps of the paper's targets (and ``custom`` ``SRC->DST`` curves): one
-            row per curve x sweep layer, with the window's blocked layers, the baseline
-            answer's and the ground truth's probability before and after and their % change.
+        row per curve x sweep layer, with the window's blocked layers, the baseline
+        answer's and the ground truth's probability before and after and their % change.
 
-            >>> import vlmflow
+        >>> import vlmflow
         >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
-            >>> df = probe.sweep("cross-frame", window=3)
-            >>> len(df) == probe.num_layers and {"layer", "rel_pred"} <= set(df.columns)
-            True
+        >>> df = probe.sweep("cross-frame", window=3)
+        >>> len(df) == probe.num_layers and {"layer", "rel_pred"} <= set(df.columns)
+        True
         """
         from .analyses.information_flow import sweep_rows
 
@@ -369,25 +369,26 @@ class Probe:
         projection: str = "unembed",
     ) -> Lens:
         """Logit lens: the top-``k`` tokens of the residual stream at ``positions`` (a group
-            name or positions) after each of ``layers`` (default ``-1..L-1``).
+        name or positions) after each of ``layers`` (default ``-1..L-1``).
 
-            ``projection``: ``"unembed"`` (final norm + output head) or ``"embed"`` (the input
-            embedding matrix, as the paper's code).
+        ``projection``: ``"unembed"`` (final norm + output head) or ``"embed"`` (the input
+        embedding matrix, as the paper's code).
 
-            >>> import vlmflow
+        >>> import vlmflow
         >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
-            >>> lens = probe.lens(layers=[3, 7], positions="last", k=2)
-            >>> tuple(lens.ids.shape)
-            (2, 1, 2)
+        >>> lens = probe.lens(layers=[0, probe.num_layers - 1], positions="last", k=2)
+        >>> tuple(lens.ids.shape)
+        (2, 1, 2)
         """
         from .analyses.logit_lens import lens_logits
 
         layer_list = tuple(range(-1, self.num_layers)) if layers is None else tuple(layers)
         pos = self.layout.resolve(positions) if isinstance(positions, str) else np.asarray(positions)
-        index = torch.as_tensor(pos, device=self.engine.device)
+        index = torch.as_tensor(pos)
         top_ids, top_probs = [], []
         for layer in layer_list:
-            h = self.resid[layer].index_select(0, index)
+            resid = self.resid[layer]
+            h = resid.index_select(0, index.to(resid.device))
             probs = lens_logits(self.engine.lm, h, projection).softmax(-1)
             p, i = probs.topk(k, dim=-1)
             top_ids.append(i.cpu())
@@ -404,14 +405,14 @@ class Probe:
         plan: PlanLike | None = None,
     ) -> dict[int, dict[str, torch.Tensor]]:
         """Attention weights of the ``queries`` groups, averaged over heads and query
-            positions: ``{layer: {group: (N,) weights over key positions}}`` (each row sums to
-            1). ``plan`` reads them under a cut. Only the layers read run eager attention.
+        positions: ``{layer: {group: (N,) weights over key positions}}`` (each row sums to
+        1). ``plan`` reads them under a cut. Only the layers read run eager attention.
 
-            >>> import vlmflow
+        >>> import vlmflow
         >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
-            >>> w = probe.attention(layers=[5], queries="last")[5]["last"]
-            >>> w.shape[0] == probe.layout.length and abs(float(w.sum()) - 1) < 1e-4
-            True
+        >>> w = probe.attention(layers=[1], queries="last")[1]["last"]
+        >>> w.shape[0] == probe.layout.length and abs(float(w.sum()) - 1) < 1e-4
+        True
         """
         layer_list = tuple(range(self.num_layers)) if layers is None else tuple(layers)
         names = (queries,) if isinstance(queries, str) else tuple(queries)
@@ -431,11 +432,11 @@ class Probe:
     def generate(self, plan: PlanLike | None = None, max_new_tokens: int = 16) -> Generated:
         """Greedy generation with ``plan``'s cuts in force at prefill and at every step.
 
-            >>> import vlmflow
+        >>> import vlmflow
         >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
-            >>> out = probe.generate(max_new_tokens=2)
-            >>> len(out.token_ids) <= 2
-            True
+        >>> out = probe.generate(max_new_tokens=2)
+        >>> len(out.token_ids) <= 2
+        True
         """
         from .generation import generate_with_plan
 

@@ -302,7 +302,3 @@ class MiniInternVLAdapter(Adapter):
             raise PromptError(f"{len(video)} <IMG_CONTEXT> tokens for {t} frames of {side}x{side}")
         frames = tuple(Span(video.start + i * n, video.start + (i + 1) * n) for i in range(t))
         return VideoTokens(video, frames, ((side, side),) * t)
-
-    def decoder(self) -> tuple[Any, Any, Any, Any]:
-        lm = self.model.model.language_model
-        return lm.layers, lm.norm, self.model.lm_head, lm.embed_tokens

@@ -532,7 +532,3 @@ class PllavaAdapter(Adapter):
             raise PromptError(f"{len(video)} video tokens, but pooling_shape {shape} gives {t * n}")
         frames = tuple(Span(video.start + i * n, video.start + (i + 1) * n) for i in range(t))
         return VideoTokens(video, frames, ((h, w),) * t, frames_per_group=t_in // t)
-
-    def decoder(self) -> tuple[Any, Any, Any, Any]:
-        lm = self.model.model.language_model
-        return lm.layers, lm.norm, self.model.lm_head, lm.embed_tokens

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vlmflow
-from tiny import make_sample
+from tests.fixtures.tiny import make_sample
 from vlmflow.analyses.targets import sweep, target_curves
 from vlmflow.cuts import Cut, Plan, compile_plan
 from vlmflow.data import write_video

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tiny import make_sample
+from tests.fixtures.tiny import make_sample
 from vlmflow.analyses.answer_probability import AnswerProbability
 from vlmflow.analyses.attention_maps import AttentionMaps
 from vlmflow.analyses.base import read_answer

@@ -7,33 +7,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from conformance import (
-    check_engine_matches_plain,
-    check_golden,
+from tests.fixtures.conformance import (
     check_layout_truth,
     input_embeddings,
     perturb_group,
 )
-from tiny import make_sample
-from tiny_families import build_video_llava
-from vlmflow.models import adapter_for, load_model
+from tests.fixtures.tiny import make_sample
+from vlmflow.models import load_model
 from vlmflow.models.video_llava import VideoLlavaAdapter
 
 
 @pytest.fixture(scope="module")
-def path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_video_llava(tmp_path_factory.mktemp("models") / "video_llava")
+def path(tiny_models) -> Path:
+    return tiny_models.path("video_llava")
 
 
 @pytest.fixture(scope="module")
-def adapter(path: Path) -> VideoLlavaAdapter:
-    return load_model(str(path))
-
-
-def test_registered_for_its_model_type(adapter) -> None:
-    assert adapter_for("video_llava") is VideoLlavaAdapter
-    assert isinstance(adapter, VideoLlavaAdapter)
-    assert adapter.attn_implementation() == "sdpa"
+def adapter(tiny_models) -> VideoLlavaAdapter:
+    return tiny_models.adapter("video_llava")
 
 
 def test_changing_frame_t_changes_exactly_its_span(adapter) -> None:
@@ -50,14 +41,6 @@ def test_changing_frame_t_changes_exactly_its_span(adapter) -> None:
         assert len(span) == 1 + 16
     with pytest.raises(AssertionError, match="not exactly its grid"):
         check_layout_truth(adapter, sample)
-
-
-def test_engine_matches_plain_forward(adapter) -> None:
-    check_engine_matches_plain(adapter, make_sample(seed=3))
-
-
-def test_golden_prompt_and_layout(adapter) -> None:
-    check_golden(adapter, make_sample(), "video_llava")
 
 
 def test_groups_hold_the_expected_text(adapter) -> None:
@@ -79,16 +62,6 @@ def test_chat_template_prompt_locates_the_same_groups(path: Path) -> None:
     ids = prepared.inputs["input_ids"][0].tolist()
     true = adapter.tokenizer.decode([ids[i] for i in prepared.layout.resolve("true_option")])
     assert true == "(C) Put down the cup."
-
-
-def test_flash_or_flex_attention_is_switched_to_sdpa_for_knockout(path: Path, caplog) -> None:
-    """Video-LLaVA as a whole has no flex kernel; the Llama language model does."""
-    attn = {"": "sdpa", "vision_config": "sdpa", "text_config": "flex_attention"}
-    adapter = load_model(str(path), attn_implementation=attn)
-    assert adapter.attn_implementation() == "flex_attention"
-    adapter.ensure_maskable()
-    assert adapter.attn_implementation() == "sdpa"
-    assert "switching" in caplog.text
 
 
 def test_drift_guard_transformers_paths(adapter) -> None:

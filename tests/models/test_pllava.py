@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from conformance import check_engine_matches_plain, check_golden, check_layout_truth
-from tiny import make_sample
-from tiny_pllava import build_llava_next, build_pllava, one_thread, pllava_key  # noqa: F401
+from tests.fixtures.conformance import check_layout_truth
+from tests.fixtures.pllava import build_llava_next, build_pllava, one_thread, pllava_key  # noqa: F401
+from tests.fixtures.tiny import make_sample
 from vlmflow.errors import PromptError
 from vlmflow.models import claimed_by, load_model
 from vlmflow.models.llava_image_baseline import LlavaImageBaselineAdapter, baseline_config
@@ -32,48 +32,30 @@ PLLAVA_PREFIXES = (
 
 
 @pytest.fixture(scope="module")
-def pllava_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_pllava(tmp_path_factory.mktemp("models") / "pllava")
+def pllava_path(tiny_models) -> Path:
+    return tiny_models.path("pllava")
 
 
 @pytest.fixture(scope="module")
-def baseline_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_llava_next(tmp_path_factory.mktemp("models") / "llava_next")
+def baseline_path(tiny_models) -> Path:
+    return tiny_models.path("llava_image_baseline")
 
 
 @pytest.fixture(scope="module")
-def pllava(pllava_path: Path):
-    return load_model(str(pllava_path))
+def pllava(tiny_models):
+    return tiny_models.adapter("pllava")
 
 
 @pytest.fixture(scope="module")
-def baseline(baseline_path: Path):
-    return load_model(str(baseline_path))
+def baseline(tiny_models):
+    return tiny_models.adapter("llava_image_baseline")
 
 
-# ---------------------------------------------------------------------- conformance
-def test_pllava_frame_groups_are_exactly_their_spans(pllava) -> None:
-    check_layout_truth(pllava, make_sample(seed=1))  # 4 frames -> 4 groups of 2x2
-
-
+# ---------------------------------------------------------------------- layout
 def test_pllava_fuses_frames_when_there_are_more_than_pooled_groups(pllava) -> None:
     sample = make_sample(seed=1, frames=8)  # 8 frames pooled to 4 groups of 2 frames
     assert pllava.prepare(sample).layout.frames_per_group == 2
     check_layout_truth(pllava, sample)
-
-
-def test_baseline_frame_groups_are_exactly_their_spans(baseline) -> None:
-    check_layout_truth(baseline, make_sample(seed=1, frames=8))  # default pooling (8, 2, 2)
-
-
-def test_engine_matches_plain_forward(pllava, baseline) -> None:
-    check_engine_matches_plain(pllava, make_sample(seed=3))
-    check_engine_matches_plain(baseline, make_sample(seed=3, frames=8))
-
-
-def test_golden_prompt_and_layout(pllava, baseline) -> None:
-    check_golden(pllava, make_sample(), "pllava")
-    check_golden(baseline, make_sample(frames=8), "llava_image_baseline")
 
 
 def test_paper_geometry_144_tokens_per_frame(tmp_path: Path) -> None:
@@ -148,14 +130,6 @@ def test_dispatch_claims_pllava_configs_only(pllava_path: Path, baseline_path: P
     cfg = json.loads((copy / "config.json").read_text())
     (copy / "config.json").write_text(json.dumps({**cfg, "model_type": "pllava"}))
     assert isinstance(load_model(str(copy)), PllavaAdapter)
-
-
-def test_flash_or_flex_attention_is_switched_to_sdpa_for_knockout(pllava_path: Path, caplog) -> None:
-    adapter = load_model(str(pllava_path), attn_implementation="flex_attention")
-    assert adapter.attn_implementation() == "flex_attention"
-    adapter.ensure_maskable()
-    assert adapter.attn_implementation() == "sdpa"
-    assert "switching" in caplog.text
 
 
 # ---------------------------------------------------------------------- the model

@@ -8,40 +8,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from conformance import check_engine_matches_plain, check_golden, check_layout_truth
-from tiny import make_sample
-from tiny_families import build_internvl
+from tests.fixtures.tiny import make_sample
 from vlmflow.errors import PromptError
-from vlmflow.models import adapter_for, load_model
+from vlmflow.models import load_model
 from vlmflow.models.internvl import InternVLAdapter
 
 
 @pytest.fixture(scope="module")
-def path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_internvl(tmp_path_factory.mktemp("models") / "internvl")
+def path(tiny_models) -> Path:
+    return tiny_models.path("internvl")
 
 
 @pytest.fixture(scope="module")
-def adapter(path: Path) -> InternVLAdapter:
-    return load_model(str(path))
-
-
-def test_registered_for_its_model_type(adapter) -> None:
-    assert adapter_for("internvl") is InternVLAdapter
-    assert isinstance(adapter, InternVLAdapter)
-    assert adapter.attn_implementation() == "sdpa"
-
-
-def test_changing_frame_t_changes_exactly_its_span(adapter) -> None:
-    check_layout_truth(adapter, make_sample(seed=1))
-
-
-def test_engine_matches_plain_forward(adapter) -> None:
-    check_engine_matches_plain(adapter, make_sample(seed=3))
-
-
-def test_golden_prompt_and_layout(adapter) -> None:
-    check_golden(adapter, make_sample(), "internvl")
+def adapter(tiny_models) -> InternVLAdapter:
+    return tiny_models.adapter("internvl")
 
 
 def test_frame_spans_hold_label_tags_and_context_tokens(adapter) -> None:
@@ -90,14 +70,6 @@ def test_expansion_must_come_from_the_processed_prompt(adapter) -> None:
     other = replace(prompt, text=prompt.text + " ")
     with pytest.raises(PromptError, match="no processor expansion"):
         adapter.expand_placeholder(other, torch.zeros(1, 1, dtype=torch.long))
-
-
-def test_flash_or_flex_attention_is_switched_to_sdpa_for_knockout(path: Path, caplog) -> None:
-    adapter = load_model(str(path), attn_implementation="flex_attention")
-    assert adapter.attn_implementation() == "flex_attention"
-    adapter.ensure_maskable()
-    assert adapter.attn_implementation() == "sdpa"
-    assert "switching" in caplog.text
 
 
 def test_drift_guard_transformers_paths(adapter) -> None:

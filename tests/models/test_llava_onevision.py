@@ -7,40 +7,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from conformance import check_engine_matches_plain, check_golden, check_layout_truth
-from tiny import make_sample
-from tiny_families import build_llava_onevision
+from tests.fixtures.tiny import make_sample
 from vlmflow.engine import Engine
-from vlmflow.models import adapter_for, load_model
+from vlmflow.models import load_model
 from vlmflow.models.llava_onevision import LlavaOnevisionAdapter
 
 
 @pytest.fixture(scope="module")
-def path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_llava_onevision(tmp_path_factory.mktemp("models") / "llava_onevision")
+def path(tiny_models) -> Path:
+    return tiny_models.path("llava_onevision")
 
 
 @pytest.fixture(scope="module")
-def adapter(path: Path) -> LlavaOnevisionAdapter:
-    return load_model(str(path))
-
-
-def test_registered_for_its_model_type(adapter) -> None:
-    assert adapter_for("llava_onevision") is LlavaOnevisionAdapter
-    assert isinstance(adapter, LlavaOnevisionAdapter)
-    assert adapter.attn_implementation() == "sdpa"
-
-
-def test_changing_frame_t_changes_exactly_its_span(adapter) -> None:
-    check_layout_truth(adapter, make_sample(seed=1))
-
-
-def test_engine_matches_plain_forward(adapter) -> None:
-    check_engine_matches_plain(adapter, make_sample(seed=3))
-
-
-def test_golden_prompt_and_layout(adapter) -> None:
-    check_golden(adapter, make_sample(), "llava_onevision")
+def adapter(tiny_models) -> LlavaOnevisionAdapter:
+    return tiny_models.adapter("llava_onevision")
 
 
 def test_trailing_newline_token_is_video_but_no_frame(adapter) -> None:
@@ -81,14 +61,6 @@ def test_chat_template_prompt_locates_the_same_groups(path: Path) -> None:
     true = adapter.tokenizer.decode([ids[i] for i in prepared.layout.resolve("true_option")])
     assert true.strip() == "(C) Put down the cup."
     assert len(prepared.layout.frames) == 4
-
-
-def test_flash_or_flex_attention_is_switched_to_sdpa_for_knockout(path: Path, caplog) -> None:
-    adapter = load_model(str(path), attn_implementation="flex_attention")
-    assert adapter.attn_implementation() == "flex_attention"
-    adapter.ensure_maskable()
-    assert adapter.attn_implementation() == "sdpa"
-    assert "switching" in caplog.text
 
 
 def test_drift_guard_transformers_paths(adapter) -> None:

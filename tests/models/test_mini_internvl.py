@@ -12,9 +12,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from conformance import check_engine_matches_plain, check_golden, check_layout_truth
-from tiny import make_sample
-from tiny_pllava import build_mini_internvl, internvl_key, one_thread  # noqa: F401
+from tests.fixtures.pllava import build_mini_internvl, internvl_key, one_thread  # noqa: F401
+from tests.fixtures.tiny import make_sample
 from vlmflow.errors import PromptError
 from vlmflow.models import claimed_by, load_model
 from vlmflow.models.mini_internvl import MiniInternVLAdapter, is_mini_internvl_config
@@ -22,25 +21,13 @@ from vlmflow.sample import Sample
 
 
 @pytest.fixture(scope="module")
-def mini_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_mini_internvl(tmp_path_factory.mktemp("models") / "mini_internvl")
+def mini_path(tiny_models) -> Path:
+    return tiny_models.path("mini_internvl")
 
 
 @pytest.fixture(scope="module")
-def mini(mini_path: Path):
-    return load_model(str(mini_path))
-
-
-def test_frames_are_exactly_their_spans(mini) -> None:
-    check_layout_truth(mini, make_sample(seed=1))
-
-
-def test_engine_matches_plain_forward(mini) -> None:
-    check_engine_matches_plain(mini, make_sample(seed=3))
-
-
-def test_golden_prompt_and_layout(mini) -> None:
-    check_golden(mini, make_sample(), "mini_internvl")
+def mini(tiny_models):
+    return tiny_models.adapter("mini_internvl")
 
 
 def test_paper_phi3_prompt(mini) -> None:

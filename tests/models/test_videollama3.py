@@ -8,40 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from conformance import check_engine_matches_plain, check_golden, check_layout_truth
-from tiny import make_sample
-from tiny_families import build_videollama3
-from vlmflow.models import adapter_for, load_model
+from tests.fixtures.tiny import make_sample
+from vlmflow.models import load_model
 from vlmflow.models.videollama3 import VideoLlama3Adapter
 
 
 @pytest.fixture(scope="module")
-def path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_videollama3(tmp_path_factory.mktemp("models") / "videollama3")
+def path(tiny_models) -> Path:
+    return tiny_models.path("videollama3")
 
 
 @pytest.fixture(scope="module")
-def adapter(path: Path) -> VideoLlama3Adapter:
-    return load_model(str(path))
-
-
-def test_registered_for_its_model_type(adapter) -> None:
-    assert adapter_for("video_llama_3") is VideoLlama3Adapter
-    assert isinstance(adapter, VideoLlama3Adapter)
-    assert adapter.attn_implementation() == "sdpa"
-    assert adapter.token_compression is False
-
-
-def test_changing_frame_t_changes_exactly_its_span(adapter) -> None:
-    check_layout_truth(adapter, make_sample(seed=1))
-
-
-def test_engine_matches_plain_forward(adapter) -> None:
-    check_engine_matches_plain(adapter, make_sample(seed=3))
-
-
-def test_golden_prompt_and_layout(adapter) -> None:
-    check_golden(adapter, make_sample(), "videollama3")
+def adapter(tiny_models) -> VideoLlama3Adapter:
+    return tiny_models.adapter("videollama3")
 
 
 def test_frame_spans_hold_separator_timestamp_and_grid(adapter) -> None:

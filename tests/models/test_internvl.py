@@ -11,17 +11,8 @@ import torch
 from tests.fixtures.tiny import make_sample
 from vlmflow.errors import PromptError
 from vlmflow.models import load_model
-from vlmflow.models.internvl import InternVLAdapter
 
-
-@pytest.fixture(scope="module")
-def path(tiny_models) -> Path:
-    return tiny_models.path("internvl")
-
-
-@pytest.fixture(scope="module")
-def adapter(tiny_models) -> InternVLAdapter:
-    return tiny_models.adapter("internvl")
+FAMILY = "internvl"
 
 
 def test_frame_spans_hold_label_tags_and_context_tokens(adapter) -> None:

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from tests.fixtures.tiny import make_sample
 from vlmflow.engine import Engine
 from vlmflow.models import load_model
-from vlmflow.models.llava_onevision import LlavaOnevisionAdapter
 
-
-@pytest.fixture(scope="module")
-def path(tiny_models) -> Path:
-    return tiny_models.path("llava_onevision")
-
-
-@pytest.fixture(scope="module")
-def adapter(tiny_models) -> LlavaOnevisionAdapter:
-    return tiny_models.adapter("llava_onevision")
+FAMILY = "llava_onevision"
 
 
 def test_trailing_newline_token_is_video_but_no_frame(adapter) -> None:

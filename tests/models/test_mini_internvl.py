@@ -19,45 +19,37 @@ from vlmflow.models import claimed_by, load_model
 from vlmflow.models.mini_internvl import MiniInternVLAdapter, is_mini_internvl_config
 from vlmflow.sample import Sample
 
-
-@pytest.fixture(scope="module")
-def mini_path(tiny_models) -> Path:
-    return tiny_models.path("mini_internvl")
+FAMILY = "mini_internvl"
 
 
-@pytest.fixture(scope="module")
-def mini(tiny_models):
-    return tiny_models.adapter("mini_internvl")
-
-
-def test_paper_phi3_prompt(mini) -> None:
+def test_paper_phi3_prompt(adapter) -> None:
     sample = make_sample()
-    prepared = mini.prepare(sample)
+    prepared = adapter.prepare(sample)
     assert prepared.prompt.startswith(
-        mini.system_prompt + " <|user|>\n<img><IMG_CONTEXT></img>\n <|user|>\nQuestion:"
+        adapter.system_prompt + " <|user|>\n<img><IMG_CONTEXT></img>\n <|user|>\nQuestion:"
     )
     assert prepared.prompt.endswith(
         "(D) Took the box. \nOnly give the best option. <|assistant|>\nBest option:("
     )
     ids = prepared.inputs["input_ids"][0].tolist()
-    text = lambda g: mini.tokenizer.decode([ids[i] for i in prepared.layout.resolve(g)])  # noqa: E731
+    text = lambda g: adapter.tokenizer.decode([ids[i] for i in prepared.layout.resolve(g)])  # noqa: E731
     assert text("true_option") == "(C) Put down the cup." and text("last") == "("
     video = prepared.layout.resolve("video")
-    assert len(video) == 4 * 4 and ids[video[0] - 1] == mini.tokenizer.convert_tokens_to_ids("<img>")
-    assert ids[video[-1] + 1] == mini.tokenizer.convert_tokens_to_ids("</img>")
+    assert len(video) == 4 * 4 and ids[video[0] - 1] == adapter.tokenizer.convert_tokens_to_ids("<img>")
+    assert ids[video[-1] + 1] == adapter.tokenizer.convert_tokens_to_ids("</img>")
     with pytest.raises(PromptError, match="open-ended"):
-        mini.prepare(Sample(id="o", question="What happens?", frames=sample.frames))
+        adapter.prepare(Sample(id="o", question="What happens?", frames=sample.frames))
 
 
-def test_checkpoint_in_original_layout_loads_every_weight(mini_path: Path, mini) -> None:
+def test_checkpoint_in_original_layout_loads_every_weight(path: Path, adapter) -> None:
     from safetensors.torch import load_file
 
     from vlmflow.models.mini_internvl import hf_config, load_mini_internvl
 
-    stored = load_file(str(mini_path / "model.safetensors"))
+    stored = load_file(str(path / "model.safetensors"))
     assert any(k.endswith("attn.qkv.weight") for k in stored) and "mlp1.1.weight" in stored
-    raw = json.loads((mini_path / "config.json").read_text())
-    model, info = load_mini_internvl(str(mini_path), hf_config(raw, mini.processor.image_token_id))
+    raw = json.loads((path / "config.json").read_text())
+    model, info = load_mini_internvl(str(path), hf_config(raw, adapter.processor.image_token_id))
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
     seen = set()
     for name, value in model.state_dict().items():
@@ -127,14 +119,14 @@ def test_features_match_the_original_computation(ps_version: str, tmp_path: Path
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
 
 
-def test_dispatch_claims_internvl_chat_with_phi3_only(mini_path: Path) -> None:
-    assert claimed_by(str(mini_path)) is MiniInternVLAdapter
+def test_dispatch_claims_internvl_chat_with_phi3_only(path: Path) -> None:
+    assert claimed_by(str(path)) is MiniInternVLAdapter
     internlm = {"model_type": "internvl_chat", "llm_config": {"architectures": ["InternLM2ForCausalLM"]}}
     assert not is_mini_internvl_config(internlm)  # InternLM2 is remote code: not buildable here
     assert is_mini_internvl_config({"model_type": "internvl_chat", "llm_config": {"model_type": "phi3"}})
 
 
-def test_drift_guard_transformers_paths(mini) -> None:
+def test_drift_guard_transformers_paths(adapter) -> None:
     """The transformers names the Mini-InternVL adapter relies on; a rename fails here."""
     from transformers import InternVLForConditionalGeneration, InternVLVisionConfig, Phi3Config
     from transformers.conversion_mapping import register_checkpoint_conversion_mapping  # noqa: F401
@@ -145,7 +137,7 @@ def test_drift_guard_transformers_paths(mini) -> None:
     )
     from transformers.models.phi3.modeling_phi3 import Phi3DecoderLayer
 
-    model = mini.model
+    model = adapter.model
     assert isinstance(model, InternVLForConditionalGeneration)
     assert isinstance(model.model.vision_tower, InternVLVisionModel)
     assert isinstance(model.model.multi_modal_projector, InternVLMultiModalProjector)

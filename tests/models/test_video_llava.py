@@ -14,17 +14,8 @@ from tests.fixtures.conformance import (
 )
 from tests.fixtures.tiny import make_sample
 from vlmflow.models import load_model
-from vlmflow.models.video_llava import VideoLlavaAdapter
 
-
-@pytest.fixture(scope="module")
-def path(tiny_models) -> Path:
-    return tiny_models.path("video_llava")
-
-
-@pytest.fixture(scope="module")
-def adapter(tiny_models) -> VideoLlavaAdapter:
-    return tiny_models.adapter("video_llava")
+FAMILY = "video_llava"
 
 
 def test_changing_frame_t_changes_exactly_its_span(adapter) -> None:

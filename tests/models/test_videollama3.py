@@ -5,22 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from tests.fixtures.tiny import make_sample
 from vlmflow.models import load_model
-from vlmflow.models.videollama3 import VideoLlama3Adapter
 
-
-@pytest.fixture(scope="module")
-def path(tiny_models) -> Path:
-    return tiny_models.path("videollama3")
-
-
-@pytest.fixture(scope="module")
-def adapter(tiny_models) -> VideoLlama3Adapter:
-    return tiny_models.adapter("videollama3")
+FAMILY = "videollama3"
 
 
 def test_frame_spans_hold_separator_timestamp_and_grid(adapter) -> None:

@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 from .analyses.answer_probability import AnswerProbability
 from .analyses.attention_maps import AttentionMaps
-from .analyses.base import ANALYSES, Analysis
+from .analyses.base import ANALYSES, Analysis, Answer
 from .analyses.information_flow import InformationFlow
 from .analyses.logit_lens import LogitLens
 from .analyses.open_ended import OpenEnded
@@ -39,6 +39,7 @@ from .sample import Sample
 __all__ = [
     "ANALYSES",
     "Analysis",
+    "Answer",
     "AnswerProbability",
     "AttentionMaps",
     "Cut",

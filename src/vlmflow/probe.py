@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .analyses.base import Baseline, read_answer
+from .analyses.base import Answer, read_answer
 from .cuts import CompiledPlan, Cut, Plan
 from .engine import Engine, masked_forward
 from .errors import PlanError, PromptError
@@ -264,16 +264,16 @@ class Probe:
 
     # ------------------------------------------------------------------ the answer
     @cached_property
-    def answer(self) -> Baseline:
+    def answer(self) -> Answer:
         """The model's own answer: ``.letter``, ``.probabilities`` (letter -> p), ``.correct``."""
         return read_answer(self.adapter, self.prepared, self.engine.baseline_logits())
 
     @property
-    def base(self) -> Baseline:
+    def base(self) -> Answer:
         """The baseline answer (:attr:`answer`), by the name the analyses use."""
         return self.answer
 
-    def read(self, logits: torch.Tensor) -> Baseline:
+    def read(self, logits: torch.Tensor) -> Answer:
         """Interpret last-position ``logits`` ``(vocab,)`` as an answer to this input."""
         return read_answer(self.adapter, self.prepared, logits)
 
@@ -308,7 +308,7 @@ class Probe:
 
     def knockout(
         self, plans: PlanLike | Sequence[PlanLike], layers: Iterable[int] | None = None
-    ) -> Baseline | list[Baseline]:
+    ) -> Answer | list[Answer]:
         """The answer with attention edges cut, exactly (as a full masked forward).
 
         One plan (``"video->last"``, a ``Cut`` or a ``Plan``; text plans are blocked in

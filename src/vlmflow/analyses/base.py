@@ -264,6 +264,9 @@ class Baseline:
         }
 
 
+Answer = Baseline  # what a read of any logits gives: the baseline's, or a knockout's
+
+
 def read_answer(adapter: Adapter, prepared: Prepared, logits: torch.Tensor) -> Baseline:
     """Interpret last-position ``logits`` ``(vocab,)`` as an answer to ``prepared``."""
     probs = logits.float().softmax(-1)

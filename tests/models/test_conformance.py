@@ -56,6 +56,21 @@ def test_golden_prompt_and_layout(tiny_models, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_named_groups_hold_their_text(tiny_models, name: str) -> None:
+    """Question, true option, last token and option letters are where the layout says
+    (byte-level BPE may carry a line break along, hence the strip)."""
+    adapter, sample = tiny_models.adapter(name), FAMILIES[name].sample()
+    prepared = adapter.prepare(sample)
+    ids = prepared.inputs["input_ids"][0].tolist()
+    text = lambda g: adapter.tokenizer.decode([ids[i] for i in prepared.layout.resolve(g)])  # noqa: E731
+    assert text("question_no_options").strip() == sample.question
+    assert text("true_option").strip() == "(C) Put down the cup."
+    assert text("last").endswith("(")
+    letters = adapter.tokenizer.convert_ids_to_tokens(list(prepared.option_ids))
+    assert [x.lstrip("\u2581") for x in letters] == ["A", "B", "C", "D"]
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_drift_guard_module_names_and_classes(tiny_models, name: str) -> None:
     """The adapter's named parts exist with the transformers classes it relies on; an
     upstream rename fails here instead of silently measuring nothing."""

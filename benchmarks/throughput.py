@@ -60,7 +60,8 @@ def resolve_model(spec: str, workdir: Path) -> tuple[str, str]:
     path = build_llava_next_video(workdir / "tiny-random", layers=8)
     return str(path), (
         f"NOTE: the embedded demo model is absent from {DEMO_MODEL_DIR}; using a tiny random "
-        "LLaVA-NeXT-Video built like tests/fixtures/tiny.py (8 layers, hidden 64, 32 px frames, 4 tokens/frame)"
+        "LLaVA-NeXT-Video built like tests/fixtures/tiny.py "
+        "(8 layers, hidden 64, 32 px frames, 4 tokens/frame)"
     )
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .run import RunSummary, close_run, open_run, run_samples
+from .run import RunSummary, close_run, open_run, record_stop, run_samples
+from .store import StoreError, write_text_atomic
 
 
 @dataclass
@@ -68,12 +70,15 @@ def run(
     """
     from . import distributed
     from .data import load_dataset
+    from .lock import run_lock
     from .models import load_model
     from .provenance import data_fingerprint, model_fingerprint
     from .report import finalize
 
     out = Path(out)
     ctx = distributed.init()
+    lock = run_lock(out)  # rank 0 holds it for the whole group (see vlmflow.lock)
+    samples: list[Any] = []
     try:
         config = {**options.manifest(), "analyses": {a.name: a.config() for a in analyses}}
         samples = load_dataset(
@@ -83,8 +88,10 @@ def run(
             keep = set(sample_ids)
             samples = [s for s in samples if s.id in keep]
             config["sample_ids"] = sorted(keep)
-        ctx.on_main(
-            lambda: open_run(
+
+        def open_locked() -> dict[str, Any]:
+            lock.acquire()  # a second run on this folder is refused here, before any work
+            return open_run(
                 out,
                 config,
                 {
@@ -92,7 +99,8 @@ def run(
                     "data": data_fingerprint(options.data, samples, options.seed),
                 },
             )
-        )
+
+        ctx.on_main(open_locked)
         if adapter is None:
             adapter = load_model(
                 options.model,
@@ -120,7 +128,20 @@ def run(
             close_run(out, summary, {"num_samples": len(samples), "model": model}, ranks=ranks)
             report = finalize(out)
         return RunResult(out, summary, report)
+    except (KeyboardInterrupt, StoreError) as exc:
+        if lock.held:  # rank 0 says in the manifest what finished before the stop
+            reason = "interrupted (SIGINT)" if isinstance(exc, KeyboardInterrupt) else str(exc)
+            record_stop(out, reason, len(samples) or None)
+            if isinstance(exc, KeyboardInterrupt):
+                print(
+                    f"interrupted: every finished unit is kept in {out} (manifest.json 'samples'); "
+                    "re-run the same command to resume",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        raise
     finally:
+        lock.release()
         ctx.close()
 
 
@@ -149,5 +170,5 @@ def merge(run_dir: str | Path) -> dict[str, Any]:
     manifest["samples"] = sample_counts(run_dir, manifest.get("num_samples"))
     manifest["merged_at"] = now()
     manifest["shards"] = shards
-    manifest_path.write_text(json.dumps(manifest, indent=2))
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=2))
     return {**finalize(run_dir), "shards": shards, "samples": manifest["samples"]}

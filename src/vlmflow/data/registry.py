@@ -64,7 +64,7 @@ def _resolve_tasks(spec: str, wanted: list[str], names: list[str]) -> list[str]:
         w = str(w).strip()
         if w in names:
             task = w
-        elif w.isdigit() and int(w) < len(names):
+        elif w.isascii() and w.isdigit() and int(w) < len(names):
             task = names[int(w)]
         else:
             listing = ", ".join(f"{i} {n}" for i, n in enumerate(names))

@@ -33,7 +33,9 @@ def test_records_are_byte_identical_on_one_and_two_processes(tiny_llava_path: Pa
     torch.set_num_threads(1)  # like each torchrun worker (OMP_NUM_THREADS=1)
     try:
         for out in (one, again):
-            result = CliRunner().invoke(app, ["flow", "--model", str(tiny_llava_path), *ARGS, "--out", str(out)])
+            result = CliRunner().invoke(
+                app, ["flow", "--model", str(tiny_llava_path), *ARGS, "--out", str(out)]
+            )
             assert result.exit_code == 0, result.output
     finally:
         torch.set_num_threads(threads)

@@ -116,19 +116,19 @@ class TokenLayout:
         }
         if group in simple:
             return simple[group]()
-        m = re.fullmatch(r"frame:(\d+)", group)
+        m = re.fullmatch(r"frame:([0-9]+)", group)
         if m:
             return self._frame_span(int(m.group(1))).positions()
-        m = re.fullmatch(r"frames:(\d+)-(\d+)", group)
+        m = re.fullmatch(r"frames:([0-9]+)-([0-9]+)", group)
         if m:
             a, b = int(m.group(1)), int(m.group(2))
             if a > b:
                 raise PlanError(f"group {group!r} is empty: {a} > {b} (write frames:{b}-{a})")
             return _union([self._frame_span(t) for t in range(a, b + 1)])
-        m = re.fullmatch(r"frames:<(\d+)", group)
+        m = re.fullmatch(r"frames:<([0-9]+)", group)
         if m:
             return _union([self._frame_span(t) for t in range(int(m.group(1)))])
-        m = re.fullmatch(r"option:([A-Za-z]|\d+)", group)
+        m = re.fullmatch(r"option:([A-Za-z]|[0-9]+)", group)
         if m:
             key = m.group(1)
             idx = int(key) if key.isdigit() else string.ascii_uppercase.index(key.upper())

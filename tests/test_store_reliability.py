@@ -325,3 +325,42 @@ def test_ctrl_c_finishes_the_unit_being_written_and_exits_130(tiny_llava_path: P
     resumed = invoke(cli_args(tiny_llava_path, out))
     assert resumed.exit_code == 0, resumed.output
     check_complete(out, ids)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real 1 MiB tmpfs (root only; skipped where mounting is not allowed)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a size-limited tmpfs needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_real_full_disk_stops_cleanly_and_resumes(tiny_llava_path: Path, small_disk: Path) -> None:
+    """On a real full filesystem (not an injected error): fill it to a few pages, run, see
+    a clean stop naming the full disk; delete the filler, re-run, and the run completes."""
+    ids = [s.id for s in load_dataset("synthetic:2", tasks=TASKS)]
+    filler = small_disk / "filler"
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    filler.write_bytes(b"\0" * max(0, free - 24 * 1024))  # six 4 KiB pages left
+    out = small_disk / "run"
+    full = invoke(cli_args(tiny_llava_path, out))
+    assert full.exit_code == 2, (full.output, full.exception)
+    assert "No space left on device" in full.output and "re-run the same command" in full.output
+    assert "Traceback" not in full.output
+    for unit, (attempt, _) in scan(out / "records").units.items():  # what is done is whole
+        assert unit[0] in ids and attempt
+    filler.unlink()  # space returns
+    resumed = invoke(cli_args(tiny_llava_path, out))
+    assert resumed.exit_code == 0, resumed.output
+    check_complete(out, ids)
+    assert (out / "report.html").exists()

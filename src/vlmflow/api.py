@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .run import RunSummary, close_run, open_run, record_stop, run_samples
-from .store import StoreError, write_text_atomic
+from .store import StoreError, is_environment_error, store_error, write_text_atomic
 
 
 @dataclass
@@ -125,8 +125,13 @@ def run(
         if ctx.is_main:
             revision = getattr(getattr(adapter.model, "config", None), "_commit_hash", None)
             model = {"id": adapter.model_id, "revision": revision, "class": type(adapter.model).__name__}
-            close_run(out, summary, {"num_samples": len(samples), "model": model}, ranks=ranks)
-            report = finalize(out)
+            try:
+                close_run(out, summary, {"num_samples": len(samples), "model": model}, ranks=ranks)
+                report = finalize(out)
+            except OSError as exc:  # a disk that fills while the report is written
+                if not is_environment_error(exc):
+                    raise
+                raise store_error(Path(exc.filename or out), exc) from exc
         return RunResult(out, summary, report)
     except (KeyboardInterrupt, StoreError) as exc:
         if lock.held:  # rank 0 says in the manifest what finished before the stop

@@ -364,3 +364,12 @@ def test_a_real_full_disk_stops_cleanly_and_resumes(tiny_llava_path: Path, small
     assert resumed.exit_code == 0, resumed.output
     check_complete(out, ids)
     assert (out / "report.html").exists()
+
+
+def test_merge_refuses_a_folder_a_run_is_writing(tmp_path: Path) -> None:
+    (tmp_path / "records").mkdir()
+    (tmp_path / "manifest.json").write_text("{}")
+    with run_lock(tmp_path):  # a run still writing this folder
+        busy = CliRunner().invoke(app, ["merge", str(tmp_path)])
+    assert busy.exit_code == 2 and "is in use by another vlmflow process" in busy.output
+    assert CliRunner().invoke(app, ["merge", str(tmp_path)]).exit_code == 0

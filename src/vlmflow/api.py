@@ -170,10 +170,13 @@ def merge(run_dir: str | Path) -> dict[str, Any]:
     manifest_path = run_dir / "manifest.json"
     if not (run_dir / "records").is_dir() or not manifest_path.exists():
         raise RunError(f"{run_dir} is not a run folder (it needs manifest.json and records/)")
-    manifest = json.loads(manifest_path.read_text())
-    shards = shard_status(run_dir)
-    manifest["samples"] = sample_counts(run_dir, manifest.get("num_samples"))
-    manifest["merged_at"] = now()
-    manifest["shards"] = shards
-    write_text_atomic(manifest_path, json.dumps(manifest, indent=2))
-    return {**finalize(run_dir), "shards": shards, "samples": manifest["samples"]}
+    from .lock import run_lock
+
+    with run_lock(run_dir):  # not while a run still writes this folder
+        manifest = json.loads(manifest_path.read_text())
+        shards = shard_status(run_dir)
+        manifest["samples"] = sample_counts(run_dir, manifest.get("num_samples"))
+        manifest["merged_at"] = now()
+        manifest["shards"] = shards
+        write_text_atomic(manifest_path, json.dumps(manifest, indent=2))
+        return {**finalize(run_dir), "shards": shards, "samples": manifest["samples"]}

@@ -49,7 +49,7 @@ def sharded(d: Path) -> None:
 
 
 CASES = {
-    "no config": (remove("config.json"), "has no config.json: not a transformers checkpoint folder"),
+    "no config": (remove("config.json"), r"has no config.json \(not a transformers checkpoint folder\)"),
     "config not JSON": (overwrite("config.json", b"{oops"), "cannot read .*config.json"),
     "unknown model type": (damage_config("model_type", "bogus_vlm"), "no adapter for model type 'bogus_vlm'"),
     "no weights": (remove("*.safetensors"), "has a config but no weights"),

@@ -54,11 +54,16 @@ def preflight(spec: str, known: Callable[[dict[str, Any]], bool]) -> None:
         raise UnsupportedModelError(f"{spec} is a file; give the checkpoint folder (with config.json)")
     config = root / "config.json"
     if not config.is_file():
-        raise UnsupportedModelError(f"{spec} has no config.json: not a transformers checkpoint folder")
+        raise UnsupportedModelError(
+            f"cannot read a model config from {spec!r}: it has no config.json "
+            "(not a transformers checkpoint folder)"
+        )
     try:
         raw = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise UnsupportedModelError(f"cannot read {config}: {one_line(exc)}") from None
+        raise UnsupportedModelError(
+            f"cannot read a model config from {spec!r}: {config}: {one_line(exc)}"
+        ) from None
     if not isinstance(raw, dict):
         raise UnsupportedModelError(f"{config} must hold a JSON object, not {type(raw).__name__}")
     if not known(raw):

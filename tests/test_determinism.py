@@ -1,5 +1,7 @@
 """Determinism: the same command on the same inputs gives byte-identical records, apart from
-attempt ids (and the manifest's timestamps), on one process and on two (torchrun, gloo)."""
+attempt ids (and the manifest's timestamps), on one process and on two (torchrun, gloo).
+(The same command twice on one process is covered by every resume test: a recomputed unit
+equals the first computation, tests/test_store_reliability.py.)"""
 
 from __future__ import annotations
 
@@ -28,15 +30,12 @@ def canonical(out: Path) -> bytes:
 def test_records_are_byte_identical_on_one_and_two_processes(tiny_llava_path: Path, tmp_path: Path) -> None:
     import torch
 
-    one, again, two = tmp_path / "one", tmp_path / "again", tmp_path / "two"
+    one, two = tmp_path / "one", tmp_path / "two"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # like each torchrun worker (OMP_NUM_THREADS=1)
     try:
-        for out in (one, again):
-            result = CliRunner().invoke(
-                app, ["flow", "--model", str(tiny_llava_path), *ARGS, "--out", str(out)]
-            )
-            assert result.exit_code == 0, result.output
+        result = CliRunner().invoke(app, ["flow", "--model", str(tiny_llava_path), *ARGS, "--out", str(one)])
+        assert result.exit_code == 0, result.output
     finally:
         torch.set_num_threads(threads)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -48,8 +47,7 @@ def test_records_are_byte_identical_on_one_and_two_processes(tiny_llava_path: Pa
 
     reference = canonical(one)
     assert reference.count(b"\n") + 1 == 4 * (1 + 4)  # eval + 4 sweep layers, per sample
-    assert canonical(again) == reference  # the same command twice
     assert canonical(two) == reference  # and on two processes
     # the records files users read, written by each run's finalize, byte for byte
     for name in ("records.parquet", "summary/flow.csv", "summary/accuracy.csv"):
-        assert (one / name).read_bytes() == (two / name).read_bytes() == (again / name).read_bytes(), name
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name

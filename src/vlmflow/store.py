@@ -108,6 +108,10 @@ class RecordStore:
         self.rank = rank
         self.rows_path = self.dir / f"shard-{rank:05d}.jsonl"
         self.done_path = self.dir / f"shard-{rank:05d}.done.jsonl"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)  # as before: the folder exists once opened
+        except OSError:
+            pass  # a read-only folder can still be read; writing says why it cannot (acquire)
         self._lock = FolderLock(
             self.dir / f"shard-{rank:05d}.lock", what=f"record shard {rank} of {self.root}"
         )

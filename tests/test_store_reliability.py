@@ -375,6 +375,7 @@ def test_merge_refuses_a_folder_a_run_is_writing(tmp_path: Path) -> None:
     assert CliRunner().invoke(app, ["merge", str(tmp_path)]).exit_code == 0
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_sigkill_at_many_points_of_a_run_then_resume(tiny_llava, tmp_path: Path) -> None:
     """The run loop, forked with the model loaded, killed with SIGKILL ten times, each child
     resuming the folder the last kill left and killed after 5-14% of an unbroken run's time

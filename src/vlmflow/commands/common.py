@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -64,17 +63,13 @@ def run_and_report(analyses: Callable[[], list], out: Path, *shared: Any) -> Any
 
 
 def parse_layers(text: str | None) -> tuple[int, ...] | None:
-    """``"0-3,7"`` -> ``(0, 1, 2, 3, 7)`` (0-based)."""
-    if not text:
-        return None
-    out: list[int] = []
-    for part in text.split(","):
-        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-        if not m:
-            raise typer.BadParameter(f"layers must look like 0-3,7; got {text!r}")
-        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
-        out += range(a, b + 1)
-    return tuple(sorted(set(out)))
+    """``"0-3,7"`` -> ``(0, 1, 2, 3, 7)`` (0-based); see :func:`vlmflow.cuts.parse_layers`."""
+    from ..cuts import parse_layers as parse
+
+    try:
+        return parse(text)
+    except VlmflowError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def fail(exc: VlmflowError) -> None:

@@ -14,6 +14,7 @@ For one input at a time, see :mod:`vlmflow.probe` (``vlmflow.load(...).probe(...
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from .probe import Model, load
 from .run import RunSummary, run_samples
 from .rundir import RunDir
 from .sample import Sample
+from .store import StoreError, is_environment_error, store_error
 
 if TYPE_CHECKING:
     from .analyses.base import Analysis
@@ -121,6 +123,8 @@ def run(
 
     rundir = out if isinstance(out, RunDir) else RunDir(out)
     ctx = distributed.init()
+    lock = rundir.lock()  # rank 0 holds it for the whole group (see vlmflow.lock)
+    samples: list[Any] = []
     try:
         config = {**options.manifest(), "analyses": {a.name: a.config() for a in analyses}}
         samples = options.samples_of()
@@ -128,15 +132,18 @@ def run(
             keep = set(sample_ids)
             samples = [s for s in samples if s.id in keep]
             config["sample_ids"] = sorted(keep)
-        ctx.on_main(
-            lambda: rundir.open(
+
+        def open_locked() -> dict[str, Any]:
+            lock.acquire()  # a second run on this folder is refused here, before any work
+            return rundir.open(
                 config,
                 {
                     "model": model_fingerprint(options.model),
                     "data": data_fingerprint(options.data, samples, options.seed),
                 },
             )
-        )
+
+        ctx.on_main(open_locked)
         if model is None:
             model = options.load(ctx.device(options.device))
         adapter = options.configure(model)
@@ -156,10 +163,28 @@ def run(
             revision = getattr(getattr(adapter.model, "config", None), "_commit_hash", None)
             info = {"id": adapter.model_id, "revision": revision, "class": type(adapter.model).__name__}
             extra = {"num_samples": len(samples), "model": info, "frame_policy": adapter.frame_policy}
-            rundir.close(summary, {**extra, **(extra_manifest or {})}, ranks=ranks)
-            report = finalize(rundir)
+            try:
+                rundir.close(summary, {**extra, **(extra_manifest or {})}, ranks=ranks)
+                report = finalize(rundir)
+            except OSError as exc:  # a disk that fills while the report is written
+                if not is_environment_error(exc):
+                    raise
+                raise store_error(Path(exc.filename or rundir.path), exc) from exc
         return RunResult(rundir.path, summary, report)
+    except (KeyboardInterrupt, StoreError) as exc:
+        if lock.held:  # rank 0 says in the manifest what finished before the stop
+            reason = "interrupted (SIGINT)" if isinstance(exc, KeyboardInterrupt) else str(exc)
+            rundir.record_stop(reason, len(samples) or None)
+            if isinstance(exc, KeyboardInterrupt):
+                print(
+                    f"interrupted: every finished unit is kept in {rundir.path} (manifest.json 'samples'); "
+                    "re-run the same command to resume",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        raise
     finally:
+        lock.release()
         ctx.close()
 
 

@@ -14,6 +14,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .analyses.base import Analysis
@@ -22,6 +23,7 @@ from .models.base import Adapter
 from .probe import Probe
 from .rundir import EVAL, RunDir
 from .sample import Sample
+from .store import is_environment_error, store_error
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ def run_samples(
     adapter: Adapter,
     samples: Sequence[Sample],
     analyses: Sequence[Analysis],
-    run: RunDir,
+    run: RunDir | str | Path,
     *,
     rank: int = 0,
     world_size: int = 1,
@@ -70,49 +72,37 @@ def run_samples(
     """Analyse ``samples`` (this rank's share) into shard ``rank`` of ``run``'s store,
     skipping (sample, analysis) units finished in any shard. The progress bar (on stderr,
     one line per rank) counts only the samples left to do, so its rate and ETA are honest
-    on a resumed run; a last line gives this rank's counts and samples/s."""
+    on a resumed run; a last line gives this rank's counts and samples/s.
+
+    The shard's writer lock is held throughout (a second writer gets a ``RunError``). A
+    Ctrl-C ends the loop between units (never inside a write) as ``KeyboardInterrupt``; a
+    disk that refuses writes (full, read-only) ends it with a :class:`StoreError`. Either
+    way every unit written before is complete and kept, and nothing half-done is marked."""
     from tqdm.auto import tqdm
 
-    store = run.store(rank)
-    done = store.done_units()
-    names = [EVAL] + [a.name for a in analyses]
     summary = RunSummary(rank=rank)
     if any(a.needs_knockout for a in analyses):
         adapter.ensure_maskable()
-    pending = [s for s in samples if any((s.id, n) not in done for n in names)]
-    summary.skipped = len(samples) - len(pending)
-    label = f"rank {rank}/{world_size}" if world_size > 1 else "samples"
-    start = time.perf_counter()
-    bar = tqdm(pending, desc=label, unit="sample", position=rank, disable=not progress, dynamic_ncols=True)
-    for sample in bar:
-        todo = [n for n in names if (sample.id, n) not in done]
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    store = run.store(rank).acquire()
+    try:
+        done = store.done_units()
+        names = [EVAL] + [a.name for a in analyses]
+        pending = [s for s in samples if any((s.id, n) not in done for n in names)]
+        summary.skipped = len(samples) - len(pending)
+        label = f"rank {rank}/{world_size}" if world_size > 1 else "samples"
+        start = time.perf_counter()
+        bar = tqdm(
+            pending, desc=label, unit="sample", position=rank, disable=not progress, dynamic_ncols=True
+        )
         try:
-            probe = Probe(adapter, adapter.prepare(sample), max_batch_tokens=max_batch_tokens)
-            rows_by_unit: dict[str, list[dict[str, Any]]] = {}
-            common = {"task": sample.task, "model": adapter.model_id, "error": None}
-            rows_by_unit[EVAL] = [{**common, **probe.answer.record(), "num_tokens": probe.layout.length}]
-            for analysis in analyses:
-                if analysis.name in todo:
-                    rows = analysis.records(probe)
-                    rows_by_unit[analysis.name] = [{**common, **r} for r in rows]
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:  # a long run records the failure and goes on
-            message = str(exc) if isinstance(exc, VlmflowError) else f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, VlmflowError):
-                log.debug("sample %s failed:\n%s", sample.id, traceback.format_exc())
-            summary.failed[sample.id] = message
-            bar.write(f"sample {sample.id}: failed: {message}")
-            for name in todo:
-                store.write_unit(
-                    sample.id, name, [{"task": sample.task, "model": adapter.model_id, "error": message}]
-                )
-            continue
-        for name in todo:
-            store.write_unit(sample.id, name, rows_by_unit.get(name, []))
-        summary.done += 1
-    bar.close()
-    summary.seconds = time.perf_counter() - start
+            for sample in bar:
+                _one_sample(adapter, sample, analyses, store, names, done, summary, bar, max_batch_tokens)
+        finally:
+            bar.close()
+            summary.seconds = time.perf_counter() - start
+    finally:
+        store.close()
     if progress:
         print(
             f"{label}: {summary.done} done, {len(summary.failed)} failed, {summary.skipped} already done "
@@ -121,3 +111,35 @@ def run_samples(
             flush=True,
         )
     return summary
+
+
+def _one_sample(adapter, sample, analyses, store, names, done, summary, bar, max_batch_tokens) -> None:
+    """Analyse one sample and write its units (a failure becomes a unit with its error)."""
+    todo = [n for n in names if (sample.id, n) not in done]
+    try:
+        probe = Probe(adapter, adapter.prepare(sample), max_batch_tokens=max_batch_tokens)
+        rows_by_unit: dict[str, list[dict[str, Any]]] = {}
+        common = {"task": sample.task, "model": adapter.model_id, "error": None}
+        rows_by_unit[EVAL] = [{**common, **probe.answer.record(), "num_tokens": probe.layout.length}]
+        for analysis in analyses:
+            if analysis.name in todo:
+                rows = analysis.records(probe)
+                rows_by_unit[analysis.name] = [{**common, **r} for r in rows]
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # a long run records the failure and goes on
+        if is_environment_error(exc):  # a full disk is no fault of the sample: stop, resume later
+            raise store_error(Path(getattr(exc, "filename", None) or "?"), exc) from exc
+        message = str(exc) if isinstance(exc, VlmflowError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, VlmflowError):
+            log.debug("sample %s failed:\n%s", sample.id, traceback.format_exc())
+        summary.failed[sample.id] = message
+        bar.write(f"sample {sample.id}: failed: {message}")
+        for name in todo:
+            store.write_unit(
+                sample.id, name, [{"task": sample.task, "model": adapter.model_id, "error": message}]
+            )
+        return
+    for name in todo:
+        store.write_unit(sample.id, name, rows_by_unit.get(name, []))
+    summary.done += 1

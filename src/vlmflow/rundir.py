@@ -22,6 +22,7 @@ module spells these paths.
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 from collections.abc import Sequence
@@ -33,9 +34,11 @@ import pandas as pd
 from .errors import RunError
 
 if TYPE_CHECKING:
+    from .lock import FolderLock
     from .run import RunSummary
     from .store import RecordStore
 
+log = logging.getLogger(__name__)
 EVAL = "eval"  # the analysis name of the baseline answer records every run writes
 
 
@@ -121,7 +124,16 @@ class RunDir:
         return json.loads(self.manifest_path.read_text())
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        self.manifest_path.write_text(json.dumps(manifest, indent=2, default=str))
+        """Replace the manifest atomically (a crash leaves the old one or the new one whole)."""
+        from .store import write_text_atomic
+
+        write_text_atomic(self.manifest_path, json.dumps(manifest, indent=2, default=str))
+
+    def lock(self) -> FolderLock:
+        """The run folder's writer lock (held by a run's rank 0; see :mod:`vlmflow.lock`)."""
+        from .lock import run_lock
+
+        return run_lock(self.path)
 
     def config(self) -> dict[str, Any]:
         """The run's configuration (options and every analysis's options)."""
@@ -196,7 +208,27 @@ class RunDir:
         }
         manifest["sessions"] = manifest.get("sessions", []) + [session]
         manifest["samples"] = self.sample_counts(manifest.get("num_samples"))
+        manifest.pop("stopped", None)  # this session ended normally
         self.write_manifest(manifest)
+
+    def record_stop(self, reason: str, total: int | None = None) -> bool:
+        """Note in the manifest that a session stopped early (``reason``: Ctrl-C, a full disk)
+        and what the store holds finished by then (``samples``, read from every shard).
+        Returns whether the manifest could be written; when the disk refuses, the old
+        manifest stays whole and the records remain the truth."""
+        from .store import StoreError
+
+        try:
+            manifest = self.manifest()
+            manifest["stopped"] = {"at": now(), "reason": reason}
+            manifest["samples"] = self.sample_counts(
+                total if total is not None else manifest.get("num_samples")
+            )
+            self.write_manifest(manifest)
+        except (OSError, ValueError, StoreError) as exc:
+            log.warning("could not record the stop in %s: %s", self.manifest_path, exc)
+            return False
+        return True
 
     # ------------------------------------------------------------------ records
     def store(self, rank: int = 0) -> RecordStore:
@@ -241,18 +273,21 @@ class RunDir:
 
         if not self.is_run() or not self.manifest_path.exists():
             raise RunError(f"{self.path} is not a run folder (it needs manifest.json and records/)")
-        manifest = self.manifest()
-        shards = shard_status(self.path)
-        manifest["samples"] = self.sample_counts(manifest.get("num_samples"))
-        manifest["merged_at"] = now()
-        manifest["shards"] = shards
-        self.write_manifest(manifest)
-        return {**finalize(self), "shards": shards, "samples": manifest["samples"]}
+        with self.lock():  # not while a run still writes this folder
+            manifest = self.manifest()
+            shards = shard_status(self.path)
+            manifest["samples"] = self.sample_counts(manifest.get("num_samples"))
+            manifest["merged_at"] = now()
+            manifest["shards"] = shards
+            self.write_manifest(manifest)
+            return {**finalize(self), "shards": shards, "samples": manifest["samples"]}
 
     # ------------------------------------------------------------------ search results
     def write_search(self, result: dict[str, Any]) -> None:
+        from .store import write_text_atomic
+
         self.path.mkdir(parents=True, exist_ok=True)
-        self.search_path.write_text(json.dumps(result, indent=2))
+        write_text_atomic(self.search_path, json.dumps(result, indent=2))
 
     def read_search(self) -> dict[str, Any] | None:
         return json.loads(self.search_path.read_text()) if self.search_path.exists() else None

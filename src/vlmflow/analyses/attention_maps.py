@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from ..cuts import Cut, Plan, parse_layers
-from ..layout import TokenLayout
+from ..layout import TokenLayout, check_group
 from .base import ANALYSES, Analysis, check_sample_mode, option, overlay_samples, video_grid
 from .targets import TARGETS, parse_edges
 
@@ -54,6 +54,10 @@ class AttentionMaps(Analysis):
 
     def __post_init__(self) -> None:
         check_sample_mode(self.sample_mode)
+        if self.compare and self.compare not in TARGETS:
+            parse_edges(self.compare)  # a typo in --compare stops the run before its first sample
+        for q in self.queries:
+            check_group(q)
 
     def comparison_plan(self, layout: TokenLayout, num_layers: int) -> Plan | None:
         """The plan drawn beside the baseline: a target's curves (all of them) or custom

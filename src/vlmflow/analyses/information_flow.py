@@ -19,7 +19,7 @@ import pandas as pd
 from ..cuts import WINDOW_STYLES, parse_layers
 from ..errors import PlanError
 from .base import ANALYSES, Analysis, check_sample_mode, option
-from .targets import PAPER_TARGETS, TARGETS, sweep, target_curves
+from .targets import PAPER_TARGETS, TARGETS, parse_edges, sweep, target_curves
 
 if TYPE_CHECKING:
     from ..probe import Probe
@@ -63,7 +63,7 @@ class InformationFlow(Analysis):
         if self.targets is None:  # the paper's four, unless only custom curves are asked for
             self.targets = () if self.custom else PAPER_TARGETS
         self.targets, self.custom = tuple(self.targets), tuple(self.custom)
-        check_sweep(self.targets, self.window, self.window_style)
+        check_sweep(self.targets, self.window, self.window_style, self.custom, self.layers)
         check_sample_mode(self.sample_mode)
 
     def records(self, probe: Probe) -> list[dict[str, Any]]:
@@ -82,14 +82,27 @@ class InformationFlow(Analysis):
         return flow_section(records, run)
 
 
-def check_sweep(targets: Sequence[str], window: int, style: str) -> None:
-    """Unknown targets, window styles and windows below one are errors before a run."""
+def check_sweep(
+    targets: Sequence[str],
+    window: int,
+    style: str,
+    custom: Sequence[str] = (),
+    layers: Sequence[int] | None = None,
+) -> None:
+    """Unknown targets, window styles, windows below one, malformed custom curves, empty
+    sweep layers and an empty sweep are errors before the first sample."""
     for t in targets:
         TARGETS.get(t)
     if style not in WINDOW_STYLES:
         raise PlanError(f"unknown window style {style!r}; choose from {WINDOW_STYLES}")
     if window < 1:
         raise PlanError("window must be >= 1")
+    for cut in custom:  # a typo in --cut stops the run before its first sample
+        parse_edges(cut)
+    if layers is not None and not layers:
+        raise PlanError("the sweep layers are empty; give at least one layer (or none for all)")
+    if not targets and not custom:
+        raise PlanError("nothing to sweep: give a target or a --cut")
 
 
 def sweep_rows(
@@ -102,7 +115,7 @@ def sweep_rows(
     layers: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """The knockout sweep of one input: a row per curve x sweep layer (see the module doc)."""
-    check_sweep(targets, window, style)
+    check_sweep(targets, window, style, custom, layers)
     base = probe.base
     n_layers = probe.num_layers
     if layers is not None and any(not 0 <= x < n_layers for x in layers):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,12 @@ def run(
                 prompt_style=options.prompt,
                 num_frames=options.num_frames,
             )
+        if options.progress and ctx.is_main:
+            print(
+                f"model: {adapter.model_id} ({adapter.family}), {_dtype_name(adapter)} on {adapter.device}",
+                file=sys.stderr,
+                flush=True,
+            )
         mine = run_samples(
             adapter,
             ctx.shard(samples),
@@ -122,6 +129,10 @@ def run(
         return RunResult(out, summary, report)
     finally:
         ctx.close()
+
+
+def _dtype_name(adapter: Any) -> str:
+    return str(adapter.dtype).removeprefix("torch.")
 
 
 def merge(run_dir: str | Path) -> dict[str, Any]:

@@ -213,6 +213,7 @@ def run_samples(
         todo = [n for n in names if (sample.id, n) not in done]
         try:
             prepared = adapter.prepare(sample)
+            bar.set_postfix(tokens=prepared.layout.length, refresh=False)
             engine = Engine(
                 adapter.language_model(),
                 prepared.inputs,

@@ -107,7 +107,9 @@ def _respecial(fast: Any, specials: dict[str, int]) -> dict[str, Any]:
     """``tokenizer.json`` of ``fast`` with ``specials`` moved to their real ids: into the model
     vocabulary (gaps are fine) and listed as added special tokens, as a hub tokenizer has them."""
     data = json.loads(fast.backend_tokenizer.to_str())
-    vocab = {t: i for t, i in data["model"]["vocab"].items() if t not in specials and i not in specials.values()}
+    vocab = {
+        t: i for t, i in data["model"]["vocab"].items() if t not in specials and i not in specials.values()
+    }
     vocab.update(specials)
     data["model"]["vocab"] = vocab
     data["added_tokens"] = [
@@ -192,7 +194,11 @@ def llava_next_video(path: Path, seed: int = 0) -> Path:
     _write(
         path,
         "processor_config.json",
-        {"patch_size": 14, "processor_class": "LlavaNextVideoProcessor", "vision_feature_select_strategy": "default"},
+        {
+            "patch_size": 14,
+            "processor_class": "LlavaNextVideoProcessor",
+            "vision_feature_select_strategy": "default",
+        },
     )
     _write(
         path,
@@ -485,7 +491,9 @@ def internvl(path: Path, seed: int = 0, video_size: int | None = 448) -> Path:
     size (448 as the repository ships it; 384 as transformers writes it from the class
     default, seen in derived checkpoints; None: no video config at all)."""
     path.mkdir(parents=True, exist_ok=True)
-    specials = {**{t: i for t, i in QWEN_SPECIALS.items() if t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")}}
+    specials = {
+        **{t: i for t, i in QWEN_SPECIALS.items() if t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")}
+    }
     specials.update(INTERNVL_SPECIALS)
     specials["<video>"] = 151674
     _write(path, "tokenizer.json", _respecial(qwen_tokenizer([]), specials))

@@ -24,7 +24,13 @@ app = typer.Typer(
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks of unexpected errors")] = False,
+) -> None:
+    from .commands.common import DEBUG
+
+    DEBUG["traceback"] = debug
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -34,7 +40,17 @@ register_all(app)
 
 
 def main() -> None:
-    app()
+    """Console entry point: an unexpected error from any command ends in one ``error:`` line
+    (the traceback with ``--debug``) and exit status 2."""
+    from .commands.common import fail_unexpected
+
+    try:
+        app()
+    except Exception as exc:
+        try:
+            fail_unexpected(exc)
+        except typer.Exit as done:
+            raise SystemExit(done.exit_code) from None
 
 
 if __name__ == "__main__":

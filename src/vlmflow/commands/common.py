@@ -18,7 +18,10 @@ Samples = Annotated[int | None, typer.Option("--samples", "-n", help="at most N 
 Seed = Annotated[int, typer.Option(help="seed for subsampling and synthetic data")]
 Out = Annotated[Path | None, typer.Option("--out", "-o", help="run folder (resumed if it exists)")]
 Device = Annotated[str, typer.Option(help="torch device, e.g. cpu, cuda, cuda:1")]
-Dtype = Annotated[str | None, typer.Option(help="float32, bfloat16 or float16 (default: checkpoint's)")]
+Dtype = Annotated[
+    str | None,
+    typer.Option(help="float32, bfloat16 or float16 (default: float32 on CPU, the checkpoint's on GPU)"),
+]
 Prompt = Annotated[
     str, typer.Option(help="'paper' (the paper's template) or 'chat' (the model's chat template)")
 ]

@@ -149,6 +149,7 @@ def test_qwen_1080p_frames_are_capped_like_the_reference(adapters) -> None:
     inputs = adapter.process(adapter.video_placeholder + " hello", frames)
     t, h, w = (int(x) for x in inputs["video_grid_thw"][0])
     assert (h // 2) * (w // 2) == qwen_reference_tokens(1080, 1920, 2) <= 768  # native would be 2,691
+    assert adapter.video_pixels == type(adapter).video_pixels_default
     adapter.video_pixels = None  # the user's choice: the repository's own (image) limits
     try:
         inputs = adapter.process(adapter.video_placeholder + " hello", frames)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,15 @@ _NOT_SETTINGS = {
     "auto_map",
     "_processor_class",
 }
+
+
+_FROM_IMAGE_SETTINGS: weakref.WeakSet = weakref.WeakSet()
+
+
+def built_from_image_settings(video_processor: Any) -> bool:
+    """Whether ``video_processor`` was built here from a repository's image settings (the
+    repository ships no video config), so its frame limits are the image ones."""
+    return video_processor in _FROM_IMAGE_SETTINGS
 
 
 def _file(path: str, name: str) -> str | None:
@@ -62,7 +72,9 @@ def video_processor_from_image_config(video_processor_class: Any, path: str) -> 
 
     settings, _ = ImageProcessingMixin.get_image_processor_dict(path)
     settings = {k: v for k, v in settings.items() if k not in _NOT_SETTINGS}
-    return video_processor_class(**settings)
+    video = video_processor_class(**settings)
+    _FROM_IMAGE_SETTINGS.add(video)
+    return video
 
 
 def load_processor(processor_class: Any, video_processor_class: Any | None, path: str, **kwargs: Any) -> Any:

@@ -39,8 +39,11 @@ their frames would get the image limits (up to 12.8 M pixels a frame: 2,691 toke
 frame group for a 1080p clip). The adapter applies the reference pipeline's video budget
 instead (qwen-vl-utils: 128 to 768 tokens' worth of pixels a frame, ``VIDEO_MIN_PIXELS`` /
 ``VIDEO_MAX_PIXELS``, and an even share per frame of a 128,000-token total,
-``VIDEO_TOTAL_PIXELS``): ``video_pixels=(min, max)`` per frame changes it, ``None`` keeps the
-processor's own settings (the default for Qwen3-VL, whose repositories ship a video config).
+``VIDEO_TOTAL_PIXELS``, which transformers applies with ``cap_pixels_per_frame``).
+``video_pixels=(min, max)`` sets the per-frame bounds, ``None`` keeps the processor's own;
+the default (``"reference"``) is the reference's bounds where the repository has no video
+config and the video config's own where it has one. Qwen3-VL repositories ship the
+reference's video config, which is used as is.
 
 Frame times. vlmflow's loaders return frames without decode times, so the adapter tells
 the processor they are evenly spaced at ``frames_per_second`` (default: the video
@@ -59,7 +62,7 @@ from ..errors import PromptError, UnsupportedModelError
 from ..layout import Span
 from ..prompt import PromptText
 from .base import MODELS, Adapter, VideoTokens
-from .processors import load_processor
+from .processors import built_from_image_settings, load_processor
 
 _DEFAULT_FPS = 2.0
 # qwen-vl-utils' video defaults (vision_process.py): per-frame pixel bounds in 28 x 28 units
@@ -76,6 +79,8 @@ class QwenVLAdapter(Adapter):
     supports = "multiple-choice knockout, answer probability, logit lens (frame group = temporal patch)"
 
     video_pixels_default: ClassVar[tuple[int, int] | None] = REFERENCE_VIDEO_PIXELS
+    # the reference's total budget (transformers' cap_pixels_per_frame, Qwen2/2.5-VL only)
+    total_pixel_budget: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -87,8 +92,11 @@ class QwenVLAdapter(Adapter):
         **kwargs: Any,
     ):
         super().__init__(model, processor, **kwargs)
-        # (min, max) pixels per frame, with the reference's total budget; None: the processor's
-        self.video_pixels = self.video_pixels_default if video_pixels == "reference" else video_pixels
+        if video_pixels == "reference":
+            own = not built_from_image_settings(processor.video_processor)
+            video_pixels = None if own else self.video_pixels_default
+        # (min, max) pixels per frame; None: the video processor's own
+        self.video_pixels: tuple[int, int] | None = video_pixels  # type: ignore[assignment]
         fps = frames_per_second or getattr(processor.video_processor, "fps", None) or _DEFAULT_FPS
         self.frames_per_second = float(fps)
         # the processor's expansion of the video token for the input being prepared:
@@ -157,11 +165,13 @@ class QwenVLAdapter(Adapter):
         return out
 
     def _budget(self) -> dict[str, Any]:
-        if self.video_pixels is None:
-            return {}
-        low, high = self.video_pixels
-        size = {"shortest_edge": int(low), "longest_edge": int(high)}
-        return {"videos_kwargs": {"size": size, "cap_pixels_per_frame": True}}
+        kwargs: dict[str, Any] = {}
+        if self.video_pixels is not None:
+            low, high = self.video_pixels
+            kwargs["size"] = {"shortest_edge": int(low), "longest_edge": int(high)}
+        if self.total_pixel_budget:
+            kwargs["cap_pixels_per_frame"] = True
+        return {"videos_kwargs": kwargs} if kwargs else {}
 
     def _replacement(self) -> tuple[tuple[int, int], str]:
         if self._expansion is None:
@@ -249,6 +259,7 @@ class Qwen3VLAdapter(QwenVLAdapter):
     processor_class = "Qwen3VLProcessor"
     video_processor_class = "Qwen3VLVideoProcessor"
     video_pixels_default = None  # its repositories ship the reference's video config
+    total_pixel_budget = False
 
     def _frame_spans(self, ids: list[int], runs: list[Span]) -> tuple[Span, ...]:
         """``timestamp <|vision_start|> grid <|vision_end|>`` per temporal patch.

@@ -160,7 +160,14 @@ def test_qwen_1080p_frames_are_capped_like_the_reference(adapters) -> None:
 
 
 @pytest.mark.parametrize(
-    "name, tokens", [("llava_next_video", 144), ("video_llava", 257), ("qwen2_5_vl", None), ("internvl", 256)]
+    "name, tokens",
+    [
+        ("llava_next_video", 144),
+        ("video_llava", 257),
+        ("qwen2_vl", None),
+        ("qwen2_5_vl", None),
+        ("internvl", 256),  # the 384 px variant differs only in its video config: 8 frames above
+    ],
 )
 def test_32_frames_run_and_warn_past_the_trained_context(adapters, name, tokens, caplog) -> None:
     adapter = adapters[name]

@@ -192,3 +192,36 @@ def test_32_frames_run_and_warn_past_the_trained_context(adapters, name, tokens,
     got = engine.evaluate([plan.plan]).softmax(-1)[0]
     want = full_forward_logits(lm, prepared.inputs, engine.compile(plan.plan)).softmax(-1)
     assert (got - want).abs().max().item() < TOL
+
+
+def strip_video_config(path: Path) -> Path:
+    """Rewrite a transformers-5 save as an older hub repository: the image processor settings in
+    ``preprocessor_config.json`` (naming the processor class) and no video processor config."""
+    import json
+
+    proc = json.loads((path / "processor_config.json").read_text())
+    image = proc.pop("image_processor")
+    proc.pop("video_processor")
+    image["processor_class"] = proc.get("processor_class")
+    (path / "preprocessor_config.json").write_text(json.dumps(image))
+    (path / "processor_config.json").write_text(json.dumps(proc))
+    (path / "video_preprocessor_config.json").unlink(missing_ok=True)
+    return path
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "videollama3", "qwen3_vl"])
+def test_every_family_builds_its_video_processor_from_image_settings(family, tmp_path) -> None:
+    import tiny_families
+    import tiny_qwen
+    from vlmflow.models.processors import built_from_image_settings
+
+    if family == "qwen3_vl":
+        path = tiny_qwen.build_qwen_vl(family, tmp_path / family)
+    else:
+        path = getattr(tiny_families, f"build_{family}")(tmp_path / family)
+    adapter = load_model(str(strip_video_config(path)))
+    video = adapter.processor.video_processor
+    assert built_from_image_settings(video) and "VideoProcessor" in type(video).__name__
+    assert video.image_mean == adapter.processor.image_processor.image_mean
+    prepared = adapter.prepare(sample_of(4))
+    assert prepared.layout.num_frames >= 2

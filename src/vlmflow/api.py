@@ -147,6 +147,12 @@ def run(
         if model is None:
             model = options.load(ctx.device(options.device))
         adapter = options.configure(model)
+        if options.progress and ctx.is_main:
+            print(
+                f"model: {adapter.model_id} ({adapter.family}), {_dtype_name(adapter)} on {adapter.device}",
+                file=sys.stderr,
+                flush=True,
+            )
         mine = run_samples(
             adapter,
             ctx.shard(samples),
@@ -186,6 +192,10 @@ def run(
     finally:
         lock.release()
         ctx.close()
+
+
+def _dtype_name(adapter: Any) -> str:
+    return str(adapter.dtype).removeprefix("torch.")
 
 
 def merge(run_dir: str | Path) -> dict[str, Any]:

@@ -117,7 +117,9 @@ def _one_sample(adapter, sample, analyses, store, names, done, summary, bar, max
     """Analyse one sample and write its units (a failure becomes a unit with its error)."""
     todo = [n for n in names if (sample.id, n) not in done]
     try:
-        probe = Probe(adapter, adapter.prepare(sample), max_batch_tokens=max_batch_tokens)
+        prepared = adapter.prepare(sample)
+        bar.set_postfix(tokens=prepared.layout.length, refresh=False)
+        probe = Probe(adapter, prepared, max_batch_tokens=max_batch_tokens)
         rows_by_unit: dict[str, list[dict[str, Any]]] = {}
         common = {"task": sample.task, "model": adapter.model_id, "error": None}
         rows_by_unit[EVAL] = [{**common, **probe.answer.record(), "num_tokens": probe.layout.length}]

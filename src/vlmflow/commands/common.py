@@ -50,7 +50,12 @@ SHARED = [
     _shared("device", Device, "cpu"),
     _shared(
         "dtype",
-        Annotated[str | None, typer.Option(help="float32, bfloat16 or float16 (default: checkpoint's)")],
+        Annotated[
+            str | None,
+            typer.Option(
+                help="float32, bfloat16 or float16 (default: float32 on CPU, the checkpoint's on GPU)"
+            ),
+        ],
         None,
     ),
     _shared(
@@ -105,11 +110,31 @@ def run_command(fn: Callable[..., Any]) -> Callable[..., None]:
             fn(options=options, out=shared["out"], **values)
         except VlmflowError as exc:
             fail(exc)
+        except (KeyboardInterrupt, typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:  # anything unexpected: one line and what to do, not a traceback
+            fail_unexpected(exc)
 
     command.__signature__ = inspect.Signature([MODEL, DATA, *own, *SHARED])  # type: ignore[attr-defined]
     command.__name__ = fn.__name__
     command.__doc__ = fn.__doc__
     return command
+
+
+DEBUG = {"traceback": False}  # set by the CLI's --debug
+
+
+def fail_unexpected(exc: BaseException) -> None:
+    """An error vlmflow did not anticipate: one ``error:`` line (the traceback with --debug)."""
+    if DEBUG["traceback"]:
+        raise exc
+    typer.secho(
+        f"error: {type(exc).__name__}: {exc}\n"
+        "this is unexpected: rerun with --debug for the traceback and report it with the command line",
+        fg=typer.colors.RED,
+        err=True,
+    )
+    raise typer.Exit(2)
 
 
 def fail(exc: VlmflowError) -> None:
@@ -118,7 +143,8 @@ def fail(exc: VlmflowError) -> None:
 
 
 def print_result(result: Any, lines: list[str] = ()) -> None:  # type: ignore[assignment]
-    """The run's counts and folder, accuracy per task, the report's path, then ``lines``."""
+    """The run's counts and folder, accuracy per task, the report's path, then ``lines``.
+    A run whose every sample failed exits with status 1; some failures give a warning."""
     s = result.summary
     typer.echo(
         f"done: {s.done} samples, {len(s.failed)} failed, {s.skipped} already done "
@@ -131,3 +157,13 @@ def print_result(result: Any, lines: list[str] = ()) -> None:  # type: ignore[as
         typer.echo(f"report: {result.report['report']}")
     for line in lines:
         typer.echo(line)
+    if s.failed and not s.done and not s.skipped:
+        typer.secho(
+            f"error: all {len(s.failed)} samples failed (first: {next(iter(s.failed.values()))}); "
+            f"see {result.out} and rerun with --debug -v for tracebacks",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(1)
+    if s.failed:
+        typer.secho(f"warning: {len(s.failed)} samples failed; their errors are in the records", err=True)

@@ -1,0 +1,363 @@
+"""Edge attribution: estimate every knockout plan's effect from one forward and one backward.
+
+For attention head ``h`` of layer ``l`` and query ``q``, let ``a_qk`` be the attention
+weights and ``g_qk = dM/da_qk`` the gradient of the metric ``M`` (the answer token's
+log-probability) with respect to them. Blocking the keys ``K`` for ``q`` changes the
+weights *exactly* to ``a_qk / (1 - S)`` for ``k`` not in ``K`` and to ``0`` for ``k`` in
+``K``, with ``S = sum_{k in K} a_qk`` (the softmax renormalises). Propagating that exact
+pattern change through the rest of the network to first order gives
+
+    dM ~= sum_k g_qk * (a'_qk - a_qk) = (S * G - B) / (1 - S),
+
+with ``G = sum_k g_qk a_qk`` over every key and ``B = sum_{k in K} g_qk a_qk``. A plan's
+estimate is the sum of this over its layers, heads and blocked queries. This is
+attribution patching (AtP) applied to attention-edge knockouts, with the AtP* "QK fix"
+idea adopted in closed form: the attention pattern change is computed exactly (no
+linearisation through the softmax, so saturated attention is not underestimated); only
+its downstream effect is linear. See docs/attribution.md.
+
+Nothing ``(H, N, N)``-sized is kept across layers. ``g_qk = <dM/do_q, v_k>`` (the head's
+output is ``o_q = sum_k a_qk v_k``), so the pass keeps per layer only the queries, keys
+and values the attention kernel saw and the gradient of its output; afterwards it
+recomputes each layer's probabilities in query chunks and reduces them at once over *key
+atoms* (the finest partition of positions the source groups induce) into ``S`` and ``B``
+of shape ``(H, Q, A)``, and ``G`` of shape ``(H, Q)``, for the ``Q`` query positions of
+interest.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cuts import Cut, Plan
+from .engine import LanguageModel
+from .errors import PlanError, UnsupportedModelError
+from .hooks import attention_implementation
+from .layout import TokenLayout
+
+ATTRIBUTION_ATTENTION = "vlmflow_attribution"
+
+
+class _Recorder:
+    """Keeps, per attributed layer, what the attention kernel saw and its output."""
+
+    active: _Recorder | None = None
+
+    def __init__(self, modules: dict[int, tuple[int, str]]) -> None:
+        self.modules = modules  # id(attention module) -> (layer, original implementation)
+        self.seen: dict[int, dict[str, Any]] = {}
+
+
+def _attribution_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """The layer's own attention kernel, plus a record of its inputs and output."""
+    from transformers import AttentionInterface
+
+    rec = _Recorder.active
+    if rec is None or id(module) not in rec.modules:
+        raise UnsupportedModelError("attribution attention called outside an attribution pass")
+    layer, impl = rec.modules[id(module)]
+    if kwargs.get("softcap") is not None or (kwargs.get("sliding_window") or 0) > 0:
+        raise UnsupportedModelError("attribution does not model soft-capped or sliding-window attention")
+    if impl == "eager":  # the modeling file's own eager function, as the module would call it
+        kernel = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+        if kernel is None:
+            raise UnsupportedModelError(f"{type(module).__name__} has no eager_attention_forward")
+    else:
+        kernel = AttentionInterface._global_mapping[impl]
+    out, _ = kernel(module, query, key, value, attention_mask, **kwargs)
+    scaling = kwargs.get("scaling")
+    rec.seen[layer] = {
+        "query": query.detach(),
+        "key": key.detach(),
+        "value": value.detach(),
+        "mask": None if attention_mask is None else attention_mask.detach(),
+        "scaling": float(scaling if scaling is not None else module.scaling),
+        "out": out,  # (1, N, H, d), part of the graph
+    }
+    return out, None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    if ATTRIBUTION_ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(ATTRIBUTION_ATTENTION, _attribution_attention)
+
+
+@contextmanager
+def _frozen(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """Parameters stop requiring grad (no weight gradients, fewer saved activations)."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def key_atoms(layout: TokenLayout, sources: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The finest partition of positions that every source group is a union of.
+
+    Returns ``atom_of`` ``(N,)`` (atom index per position, ``-1`` for positions in no
+    source group) and, per source group, the atom indices it is made of."""
+    n = layout.length
+    member = np.zeros((len(sources), n), dtype=bool)
+    for i, g in enumerate(sources):
+        member[i, layout.resolve(g)] = True
+    used = member.any(axis=0)
+    sig, atom_of = np.unique(member[:, used].T, axis=0, return_inverse=True)
+    full = np.full(n, -1, dtype=np.int64)
+    full[used] = atom_of.reshape(-1)
+    return full, {g: np.flatnonzero(sig[:, i]) for i, g in enumerate(sources)}
+
+
+@dataclass
+class Attribution:
+    """Result of one attribution pass: per layer, head, query and key atom, the sums from
+    which any knockout of the named groups is estimated (``estimate``, ``head_map``).
+
+    ``S[l]``, ``B[l]``: ``(H, Q, A)``; ``G[l]``: ``(H, Q)``; ``queries`` the ``Q`` positions.
+    Estimates are changes of ``log p(token)``; ``relative_change`` turns them into the %
+    change of the probability the knockout records report.
+    """
+
+    layout: TokenLayout
+    token_id: int
+    logprob: float
+    num_layers: int
+    num_heads: int
+    queries: np.ndarray
+    atoms: dict[str, np.ndarray]
+    S: dict[int, torch.Tensor]
+    B: dict[int, torch.Tensor]
+    G: dict[int, torch.Tensor]
+
+    def _query_index(self, group: str) -> np.ndarray:
+        pos = self.layout.resolve(group)
+        idx = np.searchsorted(self.queries, pos)
+        found = self.queries[np.minimum(idx, self.queries.size - 1)] == pos
+        if not found.all():
+            raise PlanError(f"query group {group!r} was not attributed; pass it to attribute()")
+        return idx
+
+    def _atoms(self, group: str) -> np.ndarray:
+        if group not in self.atoms:
+            raise PlanError(f"key group {group!r} was not attributed; pass it to attribute()")
+        return self.atoms[group]
+
+    def _layer_estimate(self, layer: int, cuts: Sequence[Cut]) -> float:
+        if layer not in self.S:
+            raise PlanError(f"layer {layer} was not attributed")
+        key = torch.zeros(self.S[layer].shape, dtype=torch.bool)
+        for c in cuts:
+            q = torch.as_tensor(self._query_index(c.dst))[:, None]
+            a = torch.as_tensor(self._atoms(c.src))[None, :]
+            for h in c.heads if c.heads is not None else range(self.num_heads):
+                key[h, q, a] = True
+        return float(_effect(self.S[layer], self.B[layer], self.G[layer], key).sum())
+
+    def estimate(self, plan: Plan) -> float:
+        """First-order change of ``log p(token)`` under ``plan`` (sum over its layers)."""
+        return float(self.estimates([plan])[0])
+
+    def estimates(self, plans: Sequence[Plan]) -> np.ndarray:
+        """``estimate`` for each plan, ``(len(plans),)``; a layer's estimate for the same
+        cuts is computed once."""
+        cache: dict[tuple, float] = {}
+        out = []
+        for plan in plans:
+            per_layer: dict[int, list[Cut]] = {}
+            for c in plan.cuts:
+                if not isinstance(c, Cut):
+                    raise PlanError(f"plan {plan.name!r}: random cuts cannot be attributed")
+                if c.heads is not None and c.heads[-1] >= self.num_heads:
+                    raise PlanError(
+                        f"plan {plan.name!r}: head {c.heads[-1]} is outside 0..{self.num_heads - 1}"
+                    )
+                for layer in c.layers:
+                    per_layer.setdefault(layer, []).append(c)
+            total = 0.0
+            for layer, cuts in per_layer.items():
+                k = (layer, tuple(sorted((c.src, c.dst, c.heads or ()) for c in cuts)))
+                if k not in cache:
+                    cache[k] = self._layer_estimate(layer, cuts)
+                total += cache[k]
+            out.append(total)
+        return np.asarray(out, dtype=np.float64)
+
+    def head_map(self, src: str, dst: str) -> np.ndarray:
+        """``(layers, heads)`` estimates of blocking ``src -> dst`` in one head of one layer
+        (NaN for layers not attributed): the attribution heat map of one group pair."""
+        out = np.full((self.num_layers, self.num_heads), np.nan)
+        q = torch.as_tensor(self._query_index(dst))
+        a = torch.as_tensor(self._atoms(src))
+        for layer in self.S:
+            key = torch.zeros(self.S[layer].shape[1:], dtype=torch.bool)
+            key[q[:, None], a[None, :]] = True
+            key = key.expand(self.num_heads, -1, -1)
+            out[layer] = _effect(self.S[layer], self.B[layer], self.G[layer], key).numpy()
+        return out
+
+
+def _effect(S: torch.Tensor, B: torch.Tensor, G: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """``(S G - B) / (1 - S)`` summed over queries, per head ``(H,)``, for the atoms ``key``
+    ``(H, Q, A)`` marks."""
+    s = (S * key).sum(-1)
+    b = (B * key).sum(-1)
+    blocked = key.any(-1)
+    return torch.where(blocked, (s * G - b) / (1.0 - s).clamp_min(1e-6), torch.zeros_like(s)).sum(-1)
+
+
+def relative_change(delta_logprob: np.ndarray | float) -> np.ndarray | float:
+    """% change of the probability for a change of its log: ``(exp(d) - 1) * 100``."""
+    return np.expm1(np.asarray(delta_logprob, dtype=np.float64)) * 100.0
+
+
+def plan_groups(plans: Sequence[Plan]) -> tuple[list[str], list[str]]:
+    """The source (key) and destination (query) groups the plans' cuts name."""
+    src, dst = [], []
+    for p in plans:
+        for c in p.cuts:
+            if isinstance(c, Cut):
+                if c.src not in src:
+                    src.append(c.src)
+                if c.dst not in dst:
+                    dst.append(c.dst)
+    return src, dst
+
+
+def attribute(
+    lm: LanguageModel,
+    inputs: dict[str, Any],
+    layout: TokenLayout,
+    *,
+    token_id: int,
+    sources: Sequence[str],
+    queries: Sequence[str],
+    layers: Sequence[int] | None = None,
+    chunk: int = 256,
+) -> Attribution:
+    """One forward and one backward of ``log p(token_id)`` at the last position, reduced to
+    what estimating any knockout of ``sources -> queries`` in ``layers`` needs.
+
+    ``sources``/``queries`` are token groups (``plan_groups(plans)`` lists a suite's);
+    ``layers`` defaults to every layer; ``chunk`` bounds the query rows whose attention
+    probabilities are materialised at once.
+
+    >>> att = attribute(lm, prepared.inputs, prepared.layout, token_id=answer_id,  # doctest: +SKIP
+    ...                 sources=["video"], queries=["last"])
+    >>> att.estimate(Plan("v", (Cut("video", "last", (3, 4)),)))  # doctest: +SKIP
+    """
+    impl = lm.attn_implementation()
+    if impl not in ("eager", "sdpa"):
+        raise UnsupportedModelError(f"attribution needs eager or sdpa attention, not {impl!r}")
+    layers = sorted(set(range(lm.num_layers) if layers is None else layers))
+    heads = lm.num_heads
+    if heads is None:
+        raise UnsupportedModelError("the language model's attention does not say how many heads it has")
+    atom_of, atoms = key_atoms(layout, list(sources))
+    qpos = np.unique(np.concatenate([layout.resolve(g) for g in queries]))
+    n_atoms = int(atom_of.max()) + 1
+    _register()
+    modules = {id(lm.layers[i].self_attn): (i, _original_impl(lm.layers[i], impl)) for i in layers}
+    rec = _Recorder(modules)
+
+    def start_grad(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        torch.set_grad_enabled(True)  # only the decoder layers build a graph
+        if args:
+            return (args[0].detach().requires_grad_(True), *args[1:]), kwargs
+        kwargs = dict(kwargs)
+        kwargs["hidden_states"] = kwargs["hidden_states"].detach().requires_grad_(True)
+        return args, kwargs
+
+    grad_mode = torch.is_grad_enabled()
+    handle = lm.layers[0].register_forward_pre_hook(start_grad, with_kwargs=True)
+    _Recorder.active = rec
+    try:
+        with (
+            _frozen([*lm.layers, lm.norm, lm.lm_head]),
+            attention_implementation([lm.layers[i] for i in layers], ATTRIBUTION_ATTENTION),
+        ):
+            torch.set_grad_enabled(False)
+            out = lm.forward(**inputs, use_cache=False, logits_to_keep=1)
+            logits = out.logits if hasattr(out, "logits") else out[0]
+            metric = logits[0, -1].float().log_softmax(-1)[token_id]
+            if len(rec.seen) != len(layers):
+                raise UnsupportedModelError("not every attributed layer ran its attention through the hook")
+            grads = torch.autograd.grad(metric, [rec.seen[i]["out"] for i in layers])
+    finally:
+        handle.remove()
+        _Recorder.active = None
+        torch.set_grad_enabled(grad_mode)
+    logprob = float(metric.detach())
+    del out, logits, metric
+    S, B, G = {}, {}, {}
+    for i, grad in zip(layers, grads, strict=True):
+        seen = rec.seen.pop(i)
+        S[i], B[i], G[i] = _reduce(seen, grad, qpos, atom_of, n_atoms, chunk)
+    return Attribution(layout, token_id, logprob, lm.num_layers, heads, qpos, atoms, S, B, G)
+
+
+def _original_impl(layer: nn.Module, default: str) -> str:
+    cfg = getattr(getattr(layer, "self_attn", None), "config", None)
+    return getattr(cfg, "_attn_implementation", None) or default
+
+
+@torch.no_grad()
+def _reduce(
+    seen: dict[str, Any],
+    grad_out: torch.Tensor,
+    qpos: np.ndarray,
+    atom_of: np.ndarray,
+    n_atoms: int,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Recompute one layer's attention for the query rows ``qpos`` in chunks and reduce
+    ``a`` and ``g * a`` over key atoms."""
+    q = seen["query"][0].float()  # (H, N, d)
+    k, v = seen["key"][0].float(), seen["value"][0].float()  # (KV, N, d)
+    rep = q.shape[0] // k.shape[0]
+    k, v = k.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)
+    dout = grad_out[0].transpose(0, 1).float()  # (H, N, d)
+    mask = seen["mask"]
+    n = k.shape[1]
+    keep = torch.as_tensor(np.flatnonzero(atom_of >= 0))
+    idx = torch.as_tensor(atom_of[atom_of >= 0])
+    H, Q = q.shape[0], qpos.size
+    S = torch.zeros(H, Q, n_atoms)
+    B = torch.zeros(H, Q, n_atoms)
+    G = torch.zeros(H, Q)
+    for a0 in range(0, Q, chunk):
+        rows = torch.as_tensor(qpos[a0 : a0 + chunk])
+        scores = q[:, rows] @ k.transpose(1, 2) * seen["scaling"]  # (H, c, N)
+        if mask is None:
+            allowed = torch.arange(n)[None, :] <= rows[:, None]
+            scores = scores.masked_fill(~allowed, -math.inf)
+        elif mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask[0, :, rows, :n].to(scores.device), -math.inf)
+        else:
+            scores = scores + mask[0, :, rows, :n].float()
+        a = scores.softmax(-1)
+        ga = (dout[:, rows] @ v.transpose(1, 2)) * a
+        G[:, a0 : a0 + rows.numel()] = ga.sum(-1).cpu()
+        S[:, a0 : a0 + rows.numel()].index_add_(2, idx, a[..., keep].cpu())
+        B[:, a0 : a0 + rows.numel()].index_add_(2, idx, ga[..., keep].cpu())
+    return S, B, G

@@ -22,7 +22,7 @@ def eager_llava(tiny_llava_path):
     return load_model(str(tiny_llava_path), attn_implementation="eager")
 
 
-def oracle(adapter, prepared, token: int, plan: Plan) -> float:
+def oracle(adapter, prepared, token: int, plan: Plan, metric: str = "logprob") -> float:
     """sum over blocked layers, heads, queries, keys of dM/da * (a' - a), with dM/da from
     autograd on the eager attention weights and a' the masked, renormalised pattern.
     ``adapter`` must be loaded with eager attention (so its causal mask is explicit)."""
@@ -41,7 +41,12 @@ def oracle(adapter, prepared, token: int, plan: Plan) -> float:
         with torch.enable_grad(), eager_attention(lm.layers):
             inputs = {k: v.clone() if torch.is_tensor(v) else v for k, v in prepared.inputs.items()}
             out = lm.forward(**inputs, use_cache=False, logits_to_keep=1)
-            out.logits[0, -1].log_softmax(-1)[token].backward()
+            logits = out.logits[0, -1]
+            if metric == "logprob":
+                logits.log_softmax(-1)[token].backward()
+            else:  # log-odds log p/(1-p)
+                p = logits.softmax(-1)[token]
+                (p.log() - (1 - p).log()).backward()
     finally:
         for h in handles:
             h.remove()
@@ -57,8 +62,8 @@ def oracle(adapter, prepared, token: int, plan: Plan) -> float:
     return total
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "eager"])
-def test_estimates_equal_the_autograd_oracle(tiny_llava, eager_llava, sample, impl: str) -> None:
+@pytest.mark.parametrize(("impl", "metric"), [("sdpa", "logprob"), ("eager", "logprob"), ("sdpa", "logodds")])
+def test_estimates_equal_the_autograd_oracle(tiny_llava, eager_llava, sample, impl: str, metric: str) -> None:
     adapter = tiny_llava if impl == "sdpa" else eager_llava
     prepared = adapter.prepare(sample)
     lm = adapter.language_model()
@@ -70,9 +75,10 @@ def test_estimates_equal_the_autograd_oracle(tiny_llava, eager_llava, sample, im
         Plan("union", (Cut("video", "last", (2,)), Cut("question_no_options", "last", (2,), (1,)))),
     ]
     src, dst = plan_groups(plans)
-    att = attribute(lm, prepared.inputs, prepared.layout, token_id=token, sources=src, queries=dst, chunk=7)
+    engine = Engine(lm, prepared.inputs, prepared.layout)
+    att = attribute(engine, token_id=token, sources=src, queries=dst, chunk=7, metric=metric)
     got = att.estimates(plans)
-    want = np.array([oracle(eager_llava, prepared, token, p) for p in plans])
+    want = np.array([oracle(eager_llava, prepared, token, p, metric) for p in plans])
     assert np.abs(got - want).max() < 1e-5 + 1e-4 * np.abs(want).max(), (got, want)
     assert np.abs(want).min() > 1e-6  # every plan moves the metric: the check has teeth
 
@@ -80,7 +86,8 @@ def test_estimates_equal_the_autograd_oracle(tiny_llava, eager_llava, sample, im
 def test_window_estimates_are_sums_and_heads_add_up(tiny_llava, sample) -> None:
     prepared = tiny_llava.prepare(sample)
     lm = tiny_llava.language_model()
-    att = attribute(lm, prepared.inputs, prepared.layout, token_id=5, sources=["video"], queries=["last"])
+    engine = Engine(lm, prepared.inputs, prepared.layout)
+    att = attribute(engine, token_id=5, sources=["video"], queries=["last"])
     per_layer = [att.estimate(Plan("l", (Cut("video", "last", (i,)),))) for i in range(lm.num_layers)]
     window = att.estimate(Plan("w", (Cut("video", "last", tuple(range(lm.num_layers))),)))
     assert window == pytest.approx(sum(per_layer), rel=1e-5)
@@ -103,9 +110,9 @@ def test_estimates_rank_the_tiny_suite_like_the_exact_engine(tiny_llava, sample)
     base = engine.baseline_logits().log_softmax(-1)
     token = int(base.argmax())
     src, dst = plan_groups(plans)
-    att = attribute(lm, prepared.inputs, prepared.layout, token_id=token, sources=src, queries=dst)
+    att = attribute(engine, token_id=token, sources=src, queries=dst)
     assert att.logprob == pytest.approx(float(base[token]), abs=1e-5)
-    est = att.estimates(plans)
+    est = att.delta_logprob(att.estimates(plans))
     exact = (engine.evaluate(plans).log_softmax(-1)[:, token] - base[token]).numpy()
     assert spearman(est, exact) > 0.8
     assert relative_change(0.0) == 0.0 and relative_change(np.log(2.0)) == pytest.approx(100.0)

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from .cuts import Cut, Plan
-from .engine import LanguageModel
+from .engine import Engine, _PrefixCache
 from .errors import PlanError, UnsupportedModelError
 from .hooks import attention_implementation
 from .layout import TokenLayout
@@ -135,13 +135,15 @@ class Attribution:
     which any knockout of the named groups is estimated (``estimate``, ``head_map``).
 
     ``S[l]``, ``B[l]``: ``(H, Q, A)``; ``G[l]``: ``(H, Q)``; ``queries`` the ``Q`` positions.
-    Estimates are changes of ``log p(token)``; ``relative_change`` turns them into the %
-    change of the probability the knockout records report.
+    ``estimates`` are changes of the differentiated ``metric`` (baseline value ``base``);
+    ``delta_logprob`` maps them to changes of ``log p(token)``, and ``relative_change`` those
+    to the % change of the probability the knockout records report.
     """
 
     layout: TokenLayout
     token_id: int
-    logprob: float
+    metric: str
+    base: float
     num_layers: int
     num_heads: int
     queries: np.ndarray
@@ -163,7 +165,7 @@ class Attribution:
             raise PlanError(f"key group {group!r} was not attributed; pass it to attribute()")
         return self.atoms[group]
 
-    def _layer_estimate(self, layer: int, cuts: Sequence[Cut]) -> float:
+    def _layer_estimate(self, layer: int, cuts: Sequence[Cut], renormalise: bool = True) -> float:
         if layer not in self.S:
             raise PlanError(f"layer {layer} was not attributed")
         key = torch.zeros(self.S[layer].shape, dtype=torch.bool)
@@ -172,15 +174,30 @@ class Attribution:
             a = torch.as_tensor(self._atoms(c.src))[None, :]
             for h in c.heads if c.heads is not None else range(self.num_heads):
                 key[h, q, a] = True
-        return float(_effect(self.S[layer], self.B[layer], self.G[layer], key).sum())
+        return float(_effect(self.S[layer], self.B[layer], self.G[layer], key, renormalise).sum())
+
+    @property
+    def logprob(self) -> float:
+        """Baseline ``log p(token)``."""
+        return self.base if self.metric == "logprob" else float(-np.logaddexp(0.0, -self.base))
+
+    def delta_logprob(self, delta: np.ndarray | float) -> np.ndarray:
+        """Estimated change of ``log p(token)`` for an estimated change ``delta`` of the
+        metric (for log-odds ``m``: ``log p = -log(1 + exp(-m))``)."""
+        delta = np.asarray(delta, dtype=np.float64)
+        if self.metric == "logprob":
+            return delta
+        return -np.logaddexp(0.0, -(self.base + delta)) + np.logaddexp(0.0, -self.base)
 
     def estimate(self, plan: Plan) -> float:
-        """First-order change of ``log p(token)`` under ``plan`` (sum over its layers)."""
+        """First-order change of the metric under ``plan`` (sum over its layers)."""
         return float(self.estimates([plan])[0])
 
-    def estimates(self, plans: Sequence[Plan]) -> np.ndarray:
+    def estimates(self, plans: Sequence[Plan], *, renormalise: bool = True) -> np.ndarray:
         """``estimate`` for each plan, ``(len(plans),)``; a layer's estimate for the same
-        cuts is computed once."""
+        cuts is computed once. ``renormalise=False`` gives plain AtP on attention
+        probabilities (the blocked weights drop to 0, the others stay: ``-B``), for
+        comparison only: a knockout does renormalise."""
         cache: dict[tuple, float] = {}
         out = []
         for plan in plans:
@@ -198,7 +215,7 @@ class Attribution:
             for layer, cuts in per_layer.items():
                 k = (layer, tuple(sorted((c.src, c.dst, c.heads or ()) for c in cuts)))
                 if k not in cache:
-                    cache[k] = self._layer_estimate(layer, cuts)
+                    cache[k] = self._layer_estimate(layer, cuts, renormalise)
                 total += cache[k]
             out.append(total)
         return np.asarray(out, dtype=np.float64)
@@ -217,11 +234,15 @@ class Attribution:
         return out
 
 
-def _effect(S: torch.Tensor, B: torch.Tensor, G: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+def _effect(
+    S: torch.Tensor, B: torch.Tensor, G: torch.Tensor, key: torch.Tensor, renormalise: bool = True
+) -> torch.Tensor:
     """``(S G - B) / (1 - S)`` summed over queries, per head ``(H,)``, for the atoms ``key``
     ``(H, Q, A)`` marks."""
     s = (S * key).sum(-1)
     b = (B * key).sum(-1)
+    if not renormalise:
+        return -b.sum(-1)
     blocked = key.any(-1)
     return torch.where(blocked, (s * G - b) / (1.0 - s).clamp_min(1e-6), torch.zeros_like(s)).sum(-1)
 
@@ -245,75 +266,103 @@ def plan_groups(plans: Sequence[Plan]) -> tuple[list[str], list[str]]:
 
 
 def attribute(
-    lm: LanguageModel,
-    inputs: dict[str, Any],
-    layout: TokenLayout,
+    engine: Engine,
     *,
     token_id: int,
     sources: Sequence[str],
     queries: Sequence[str],
     layers: Sequence[int] | None = None,
+    metric: str = "logodds",
     chunk: int = 256,
 ) -> Attribution:
     """One forward and one backward of ``log p(token_id)`` at the last position, reduced to
     what estimating any knockout of ``sources -> queries`` in ``layers`` needs.
 
-    ``sources``/``queries`` are token groups (``plan_groups(plans)`` lists a suite's);
-    ``layers`` defaults to every layer; ``chunk`` bounds the query rows whose attention
-    probabilities are materialised at once.
+    The pass starts from ``engine``'s baseline (running it first if needed): the decoder
+    layers from the first attributed one on are rerun with gradients from the stored
+    hidden states and call arguments, so the vision tower and the earlier layers are not
+    run again. ``sources``/``queries`` are token groups (``plan_groups(plans)`` lists a
+    suite's); ``layers`` defaults to every layer; ``chunk`` bounds the query rows whose
+    attention probabilities are materialised at once.
 
-    >>> att = attribute(lm, prepared.inputs, prepared.layout, token_id=answer_id,  # doctest: +SKIP
-    ...                 sources=["video"], queries=["last"])
+    ``metric`` is what is differentiated: ``"logprob"`` (``log p``) or ``"logodds"``
+    (``log p/(1-p)``, the default). Both give estimates of the change of ``log p``
+    (``Attribution.delta_logprob``); the log-odds do not saturate when the model is sure of
+    its answer (the gradient of ``log p`` vanishes as ``p -> 1``, that of the log-odds
+    does not), which is where knockouts of a confident model are far from linear.
+
+    >>> engine = Engine(adapter.language_model(), prepared.inputs, prepared.layout)  # doctest: +SKIP
+    >>> att = attribute(engine, token_id=7, sources=["video"], queries=["last"])  # doctest: +SKIP
     >>> att.estimate(Plan("v", (Cut("video", "last", (3, 4)),)))  # doctest: +SKIP
     """
+    lm, layout = engine.lm, engine.layout
+    if metric not in METRICS:
+        raise PlanError(f"unknown attribution metric {metric!r}; choose from {', '.join(METRICS)}")
     impl = lm.attn_implementation()
     if impl not in ("eager", "sdpa"):
         raise UnsupportedModelError(f"attribution needs eager or sdpa attention, not {impl!r}")
     layers = sorted(set(range(lm.num_layers) if layers is None else layers))
+    if not layers or layers[0] < 0 or layers[-1] >= lm.num_layers:
+        raise PlanError(f"attributed layers must lie in 0..{lm.num_layers - 1}, got {layers}")
     heads = lm.num_heads
     if heads is None:
         raise UnsupportedModelError("the language model's attention does not say how many heads it has")
+    hidden = engine.hidden_states  # runs the baseline if needed
     atom_of, atoms = key_atoms(layout, list(sources))
     qpos = np.unique(np.concatenate([layout.resolve(g) for g in queries]))
     n_atoms = int(atom_of.max()) + 1
     _register()
     modules = {id(lm.layers[i].self_attn): (i, _original_impl(lm.layers[i], impl)) for i in layers}
     rec = _Recorder(modules)
-
-    def start_grad(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        torch.set_grad_enabled(True)  # only the decoder layers build a graph
-        if args:
-            return (args[0].detach().requires_grad_(True), *args[1:]), kwargs
-        kwargs = dict(kwargs)
-        kwargs["hidden_states"] = kwargs["hidden_states"].detach().requires_grad_(True)
-        return args, kwargs
-
-    grad_mode = torch.is_grad_enabled()
-    handle = lm.layers[0].register_forward_pre_hook(start_grad, with_kwargs=True)
     _Recorder.active = rec
     try:
         with (
+            torch.enable_grad(),
             _frozen([*lm.layers, lm.norm, lm.lm_head]),
             attention_implementation([lm.layers[i] for i in layers], ATTRIBUTION_ATTENTION),
         ):
-            torch.set_grad_enabled(False)
-            out = lm.forward(**inputs, use_cache=False, logits_to_keep=1)
-            logits = out.logits if hasattr(out, "logits") else out[0]
-            metric = logits[0, -1].float().log_softmax(-1)[token_id]
+            h = hidden[layers[0]].clone().requires_grad_(True)
+            for i in range(layers[0], lm.num_layers):
+                kwargs = {k: _clone_nested(v) for k, v in engine.layer_kwargs[i].items()}
+                kwargs[engine.cache_key] = _PrefixCache(engine.keys[i][:, :, :0], engine.values[i][:, :, :0])
+                out = lm.layers[i](h, **kwargs)
+                h = out[0] if isinstance(out, tuple) else out
+                if i in engine.deltas:
+                    h = h + engine.deltas[i].clone()
+            logits = lm.lm_head(lm.norm(h[:, -1:]))
+            value = _metric(logits[0, -1].float(), token_id, metric)
             if len(rec.seen) != len(layers):
                 raise UnsupportedModelError("not every attributed layer ran its attention through the hook")
-            grads = torch.autograd.grad(metric, [rec.seen[i]["out"] for i in layers])
+            grads = torch.autograd.grad(value, [rec.seen[i]["out"] for i in layers])
     finally:
-        handle.remove()
         _Recorder.active = None
-        torch.set_grad_enabled(grad_mode)
-    logprob = float(metric.detach())
-    del out, logits, metric
+    base = float(value.detach())
+    del h, out, logits, value
     S, B, G = {}, {}, {}
     for i, grad in zip(layers, grads, strict=True):
         seen = rec.seen.pop(i)
         S[i], B[i], G[i] = _reduce(seen, grad, qpos, atom_of, n_atoms, chunk)
-    return Attribution(layout, token_id, logprob, lm.num_layers, heads, qpos, atoms, S, B, G)
+    return Attribution(layout, token_id, metric, base, lm.num_layers, heads, qpos, atoms, S, B, G)
+
+
+METRICS = ("logodds", "logprob")
+
+
+def _metric(logits: torch.Tensor, token: int, metric: str) -> torch.Tensor:
+    logp = logits.log_softmax(-1)
+    if metric == "logprob":
+        return logp[token]
+    others = torch.cat([logits[:token], logits[token + 1 :]])
+    return logits[token] - others.logsumexp(-1)  # log p/(1-p), computed without cancellation
+
+
+def _clone_nested(v: Any) -> Any:
+    """Normal (non-inference) copies of the tensors in a layer argument."""
+    if torch.is_tensor(v):
+        return v.clone()
+    if isinstance(v, tuple):
+        return tuple(_clone_nested(x) for x in v)
+    return v
 
 
 def _original_impl(layer: nn.Module, default: str) -> str:

@@ -54,7 +54,7 @@ class ScreenedPlan:
     plan: Plan
     estimate: float
     exact: float | None
-    verified_as: str | None  # "top" | "control" | None
+    verified_as: str | None  # "cheap" | "top" | "control" | None
     logits: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -86,10 +86,21 @@ class Screen:
             "k": self.k,
             "order": self.order,
             "verified": len(self.verified()),
+            "cheap": len(self.verified("cheap")),
             "control": len(self.verified("control")),
             "spearman_verified": self.rank_agreement(),
             "spearman_control": self.rank_agreement("control"),
         }
+
+
+def plan_cost(engine: Engine, plan: Plan) -> float:
+    """What the engine spends on ``plan``, as a fraction of one forward: the share of
+    (token, layer) pairs it recomputes."""
+    cp = engine.compile(plan)
+    if cp.is_empty:
+        return 0.0
+    n, layers = engine.layout.length, engine.lm.num_layers
+    return (n - cp.first_query) / n * (layers - cp.first_layer) / layers
 
 
 def screen_then_verify(
@@ -100,13 +111,22 @@ def screen_then_verify(
     control: int = 10,
     token_id: int | None = None,
     order: str = "drop",
+    metric: str = "logodds",
+    exact_below: float = 0.0,
     seed: int = 0,
 ) -> Screen:
     """Estimate every plan, then evaluate exactly the top ``k`` by estimate and ``control``
     others drawn at random (``seed``).
 
+    ``exact_below`` (a fraction of one forward): plans the engine evaluates for less than
+    that each (cuts into the last few tokens recompute only those tokens) are evaluated
+    exactly up front (``verified_as="cheap"``) and the top ``k`` is drawn from the rest;
+    first-order estimates are weakest exactly for such large, late knockouts into the
+    answer position, and verifying them costs almost nothing.
+
     ``engine`` holds the prepared input (model, inputs, layout); ``token_id`` is the answer
-    token whose log-probability is attributed (default: the baseline's argmax).
+    token whose log-probability is attributed (default: the baseline's argmax); ``metric``
+    is the attribution's (see ``attribute``).
 
     >>> s = screen_then_verify(engine, [p.plan for p in points], 30)  # doctest: +SKIP
     >>> s.summary()["spearman_control"]  # doctest: +SKIP
@@ -118,17 +138,15 @@ def screen_then_verify(
     token = int(base.argmax()) if token_id is None else int(token_id)
     src, dst = plan_groups(plans)
     layers = sorted({layer for p in plans for layer in p.layers})
-    att = attribute(
-        engine.lm, engine.inputs, engine.layout, token_id=token, sources=src, queries=dst, layers=layers
-    )
-    est = att.estimates(plans)
-    top = [int(i) for i in top_k(est, k, order)]
-    rest = np.setdiff1d(np.arange(len(plans)), top)
+    att = attribute(engine, token_id=token, sources=src, queries=dst, layers=layers, metric=metric)
+    est = att.delta_logprob(att.estimates(plans))
+    cheap = [i for i, p in enumerate(plans) if plan_cost(engine, p) < exact_below]
+    pool = np.setdiff1d(np.arange(len(plans)), cheap)
+    top = [int(pool[i]) for i in top_k(est[pool], k, order)]
+    rest = np.setdiff1d(pool, top)
     rng = np.random.default_rng(seed)
-    ctrl = (
-        [int(i) for i in rng.choice(rest, size=min(control, rest.size), replace=False)] if rest.size else []
-    )
-    chosen = top + ctrl
+    ctrl = [int(i) for i in rng.choice(rest, size=min(control, rest.size), replace=False)]
+    chosen = cheap + top + ctrl
     logits = engine.evaluate([plans[i] for i in chosen]) if chosen else torch.empty(0)
     exact = {
         i: (lg, float(lg.log_softmax(-1)[token] - base[token])) for i, lg in zip(chosen, logits, strict=True)
@@ -136,6 +154,6 @@ def screen_then_verify(
     out = []
     for i, plan in enumerate(plans):
         lg, ex = exact.get(i, (None, None))
-        kind = "top" if i in top else ("control" if i in exact else None)
+        kind = "cheap" if i in cheap else "top" if i in top else ("control" if i in exact else None)
         out.append(ScreenedPlan(plan, float(est[i]), ex, kind, lg))
     return Screen(out, att, k, order)

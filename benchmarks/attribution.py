@@ -99,9 +99,16 @@ def suite(layout: TokenLayout, num_layers: int, window: int) -> list[tuple[str, 
 
 def head_pairs(layout: TokenLayout) -> list[tuple[str, str]]:
     pairs = [
-        ("video", "last"), ("video", "question"), ("question", "last"), ("last", "last"),
-        ("question_no_options", "last"), ("true_option", "last"), ("false_options", "last"),
-        ("video", "question_no_options"), ("question_no_options", "true_option"), ("video", "true_option"),
+        ("video", "last"),
+        ("video", "question"),
+        ("question", "last"),
+        ("last", "last"),
+        ("question_no_options", "last"),
+        ("true_option", "last"),
+        ("false_options", "last"),
+        ("video", "question_no_options"),
+        ("question_no_options", "true_option"),
+        ("video", "true_option"),
     ]
     pairs += [(f"frame:{a}", f"frame:{b}") for b in range(layout.num_frames) for a in range(b)]
     return pairs
@@ -212,7 +219,9 @@ def measure(
         want = set(top_k(exact, 10).tolist())
         for name, below in (("screen", 0.0), ("hybrid", exact_below)):
             s, screen_s = timed(
-                lambda b=below: screen_then_verify(engine, plans, k, control=10, token_id=token, exact_below=b)
+                lambda b=below: screen_then_verify(
+                    engine, plans, k, control=10, token_id=token, exact_below=b
+                )
             )
             found = {i for i, p in enumerate(s.plans) if p.verified_as in ("cheap", "top")}
             out[name] = s.summary() | {
@@ -254,8 +263,17 @@ def demo_inputs(n: int) -> tuple[LanguageModel, list[tuple[dict, TokenLayout]], 
     return adapter.language_model(), items, "demo model (embedded), synthetic:1:fixed"
 
 
-SMOLLM_SEGMENTS = dict(system=40, template_pre=2, frames=8, frame=144, template_mid=1, question=20,
-                       options=4, option_len=6, template_post=3)
+SMOLLM_SEGMENTS = dict(
+    system=40,
+    template_pre=2,
+    frames=8,
+    frame=144,
+    template_mid=1,
+    question=20,
+    options=4,
+    option_len=6,
+    template_post=3,
+)
 COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white"]
 
 
@@ -295,7 +313,10 @@ def smollm2_inputs() -> tuple[LanguageModel, list[tuple[dict, TokenLayout]], str
     rng = np.random.default_rng(0)
     colors = [COLORS[int(i)] for i in rng.permutation(8)]
     parts: list[list[int]] = []
-    system = "<|im_start|>system\nYou are a helpful assistant that watches a video and answers questions.<|im_end|>\n"
+    system = (
+        "<|im_start|>system\nYou are a helpful assistant that watches a video and answers questions."
+        "<|im_end|>\n"
+    )
     parts.append(ids(system, seg["system"]))
     parts.append(ids("<|im_start|>user\n", seg["template_pre"]))
     for t in range(seg["frames"]):
@@ -345,39 +366,57 @@ def show(name: str, rows: list[dict[str, Any]], k: int) -> dict[str, Any]:
         return float(np.mean(vals)) if vals else float("nan")
 
     r0 = rows[0]
-    print(f"\n== {name}: {len(rows)} input(s), {r0['tokens']} tokens, {r0['layers']} layers x {r0['heads']} heads, "
-          f"{r0['plans']} suite plans")
-    print(f"cost     : forward {mean('forward_s'):.3f}s | attribution {mean('attribution_s'):.3f}s = "
-          f"{mean('attribution_forward_equivalents'):.2f} forward-equivalents (goal <= 3) | exact suite "
-          f"{mean('exact_suite_s'):.2f}s = {mean('exact_suite_forward_equivalents'):.1f} f.e.")
+    print(
+        f"\n== {name}: {len(rows)} input(s), {r0['tokens']} tokens, "
+        f"{r0['layers']} layers x {r0['heads']} heads, "
+        f"{r0['plans']} suite plans"
+    )
+    print(
+        f"cost     : forward {mean('forward_s'):.3f}s | attribution {mean('attribution_s'):.3f}s = "
+        f"{mean('attribution_forward_equivalents'):.2f} forward-equivalents (goal <= 3) | exact suite "
+        f"{mean('exact_suite_s'):.2f}s = {mean('exact_suite_forward_equivalents'):.1f} f.e."
+    )
     print(f"cheaper  : whole suite estimated {mean('suite_cheaper_x'):.1f}x cheaper than exact (goal >= 10x)")
     fm, am = mean("forward_peak_mb"), mean("attribution_peak_mb")
-    print(f"memory   : peak over resting RSS: forward {fm:.0f} MB | attribution {am:.0f} MB "
-          f"(attribution pass only; the engine baseline it reuses is measured by knockout_speed.py)")
-    print(f"ranks    : suite Spearman {mean('spearman'):.3f} (no renormalisation {mean('spearman_no_renorm'):.3f}; "
-          f"log-prob metric {mean('spearman_logprob_metric'):.3f}) | top-10 recall @K={k}: "
-          f"{mean('top10_recall_at_k') * 10:.1f}/10 (log-prob metric "
-          f"{mean('top10_recall_at_k_logprob_metric') * 10:.1f}; goal >= 9)")
+    print(
+        f"memory   : peak over resting RSS: forward {fm:.0f} MB | attribution {am:.0f} MB "
+        f"(attribution pass only; the engine baseline it reuses is measured by knockout_speed.py)"
+    )
+    print(
+        f"ranks    : suite Spearman {mean('spearman'):.3f} "
+        f"(no renormalisation {mean('spearman_no_renorm'):.3f}; "
+        f"log-prob metric {mean('spearman_logprob_metric'):.3f}) | top-10 recall @K={k}: "
+        f"{mean('top10_recall_at_k') * 10:.1f}/10 (log-prob metric "
+        f"{mean('top10_recall_at_k_logprob_metric') * 10:.1f}; goal >= 9)"
+    )
     for t in PAPER_TARGETS:
         vals = [r["per_target"][t] for r in rows]
         sp = np.nanmean([v["spearman"] for v in vals])
         sn = np.nanmean([v["spearman_no_renorm"] for v in vals])
         sl = np.nanmean([v["spearman_logprob_metric"] for v in vals])
         drop = np.mean([v["max_exact_drop"] for v in vals])
-        print(f"  {t:30s} plans {vals[0]['plans']:4d} Spearman {sp:6.3f} (no renorm {sn:6.3f}, logprob {sl:6.3f}) "
-              f"largest exact drop {drop:+.3f} log-prob (goal >= 0.9 on real weights)")
+        print(
+            f"  {t:30s} plans {vals[0]['plans']:4d} Spearman {sp:6.3f} "
+            f"(no renorm {sn:6.3f}, logprob {sl:6.3f}) "
+            f"largest exact drop {drop:+.3f} log-prob (goal >= 0.9 on real weights)"
+        )
     for key, what in (("screen", "estimates only"), ("hybrid", "plans under 2% of a forward exact")):
         if key in r0:
-            print(f"{key:9s}: K={k} + 10 control ({what}; {mean('verified', key):.0f} exact): "
-                  f"{mean('seconds', key):.2f}s = {mean('cheaper_x', key):.1f}x cheaper than the exact suite | "
-                  f"top-10 recall {mean('top10_recall', key) * 10:.1f}/10 | Spearman on verified "
-                  f"{mean('spearman_verified', key):.3f}, control-only {mean('spearman_control', key):.3f}")
+            print(
+                f"{key:9s}: K={k} + 10 control ({what}; {mean('verified', key):.0f} exact): "
+                f"{mean('seconds', key):.2f}s = {mean('cheaper_x', key):.1f}x cheaper than the exact suite | "
+                f"top-10 recall {mean('top10_recall', key) * 10:.1f}/10 | Spearman on verified "
+                f"{mean('spearman_verified', key):.3f}, control-only {mean('spearman_control', key):.3f}"
+            )
     if "head" in r0:
-        print(f"heads    : {r0['head']['plans']} random (layer, head, pair) plans: Spearman "
-              f"{mean('spearman', 'head'):.3f} (no renorm {mean('spearman_no_renorm', 'head'):.3f}, logprob "
-              f"{mean('spearman_logprob_metric', 'head'):.3f}) | "
-              f"top-10 recall @K={k}: {mean('top10_recall_at_k', 'head') * 10:.1f}/10 | exact {mean('exact_s', 'head'):.2f}s "
-              f"vs the same attribution pass {mean('attribution_s'):.2f}s")
+        print(
+            f"heads    : {r0['head']['plans']} random (layer, head, pair) plans: Spearman "
+            f"{mean('spearman', 'head'):.3f} (no renorm {mean('spearman_no_renorm', 'head'):.3f}, logprob "
+            f"{mean('spearman_logprob_metric', 'head'):.3f}) | "
+            f"top-10 recall @K={k}: {mean('top10_recall_at_k', 'head') * 10:.1f}/10 | "
+            f"exact {mean('exact_s', 'head'):.2f}s "
+            f"vs the same attribution pass {mean('attribution_s'):.2f}s"
+        )
     return {"name": name, "inputs": rows}
 
 
@@ -399,8 +438,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     import transformers
 
-    print(f"attribution benchmark | torch {torch.__version__} transformers {transformers.__version__} "
-          f"threads {torch.get_num_threads()}", flush=True)
+    print(
+        f"attribution benchmark | torch {torch.__version__} transformers {transformers.__version__} "
+        f"threads {torch.get_num_threads()}",
+        flush=True,
+    )
     models = ["demo"] if args.quick else args.models
     results = []
     for m in models:

@@ -136,3 +136,18 @@ def test_head_cut_errors_are_specific() -> None:
         compile_plan(Plan("x", (Cut("video", "last", (0,)),)), layout, 3).blocked[0],
         compile_plan(Plan("x", (Cut("video", "last", (0,), (0, 1, 2, 3)),)), layout, 3, 4).blocked[0],
     )
+
+
+def test_generation_under_a_head_level_plan_starts_where_the_engine_says(tiny_llava, sample) -> None:
+    from vlmflow.engine import Engine
+    from vlmflow.generation import generate_with_plan
+
+    prepared = tiny_llava.prepare(sample)
+    engine = Engine(tiny_llava.language_model(), prepared.inputs, prepared.layout)
+    plan = engine.compile(
+        Plan("h", (Cut("question", "last", (0, 1, 2), (1, 2)), Cut("video", "last", (0, 1)))),
+    )
+    assert plan.blocked[0].ndim == 3
+    gen = generate_with_plan(tiny_llava.model, engine.lm, prepared.inputs, plan, max_new_tokens=4)
+    assert (gen.first_probs - engine.evaluate([plan])[0].softmax(-1)).abs().max() < 1e-5
+    assert len(gen.token_ids) == 4

@@ -48,7 +48,7 @@ from vlmflow.attribution import attribute, plan_groups
 from vlmflow.cuts import Cut, Plan
 from vlmflow.engine import Engine, LanguageModel
 from vlmflow.layout import Span, TokenLayout
-from vlmflow.screen import screen_then_verify, spearman, top_k
+from vlmflow.screen import plan_cost, screen_then_verify, spearman, top_k
 
 
 # ---------------------------------------------------------------------- memory
@@ -88,13 +88,17 @@ def timed(fn, repeat: int = 1) -> tuple[Any, float]:
 
 
 # ---------------------------------------------------------------------- plans
-def suite(layout: TokenLayout, num_layers: int, window: int) -> list[tuple[str, Plan]]:
-    """(target, plan) for every curve x layer of the paper suite."""
+def suite(layout: TokenLayout, num_layers: int, window: int, every: int = 1) -> list[tuple[str, Plan]]:
+    """(target, plan) for every curve x layer of the paper suite (every ``every``-th layer)."""
     return [
         (t, p.plan)
         for t, name, edges in target_curves(PAPER_TARGETS, layout)
-        for p in sweep([(name, edges)], num_layers, window=window)
+        for p in sweep([(name, edges)], num_layers, window=window, layers=range(0, num_layers, every))
     ]
+
+
+def log(msg: str) -> None:
+    print(f"  [{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def head_pairs(layout: TokenLayout) -> list[tuple[str, str]]:
@@ -110,7 +114,9 @@ def head_pairs(layout: TokenLayout) -> list[tuple[str, str]]:
         ("question_no_options", "true_option"),
         ("video", "true_option"),
     ]
-    pairs += [(f"frame:{a}", f"frame:{b}") for b in range(layout.num_frames) for a in range(b)]
+    # frame pairs: each frame -> the previous one, and -> every earlier one (cross-frame's edges)
+    pairs += [(f"frame:{b - 1}", f"frame:{b}") for b in range(1, layout.num_frames)]
+    pairs += [(f"frames:<{b}", f"frame:{b}") for b in range(2, layout.num_frames)]
     return pairs
 
 
@@ -145,8 +151,9 @@ def measure(
     window: int,
     k: int,
     n_head: int,
-    screen: bool = True,
+    screen: str = "run",
     exact_below: float = 0.02,
+    every: int = 1,
 ) -> dict[str, Any]:
     """Every number of one input, both sides."""
 
@@ -159,8 +166,9 @@ def measure(
     _, fwd_s = timed(forward, repeat=2)
     base = logits.log_softmax(-1)
     token = int(base.argmax())
-    points = suite(layout, lm.num_layers, window)
+    points = suite(layout, lm.num_layers, window, every)
     plans = [p for _, p in points]
+    log(f"forward {fwd_s:.2f}s; {len(plans)} suite plans")
     hplans = head_plans(layout, lm.num_layers, lm.num_heads, n_head) if n_head else []
     src, dst = plan_groups(plans + hplans)
 
@@ -170,10 +178,14 @@ def measure(
     def attribution(metric: str = "logodds"):
         return attribute(engine, token_id=token, sources=src, queries=dst, metric=metric)
 
+    t0 = time.perf_counter()
     att, att_mem = peak_over_rest(attribution)
-    _, att_s = timed(attribution)
+    att_s = time.perf_counter() - t0
     att_lp = attribution("logprob")
     att_s += baseline_s  # the engine's baseline pass is part of the attribution's cost
+    log(f"attribution {att_s:.2f}s (baseline pass {baseline_s:.2f}s included)")
+    full = [p for _, p in suite(layout, lm.num_layers, window)]
+    modelled_full = sum(plan_cost(engine, p) for p in full)
 
     def exact_suite():
         engine.run_baseline()
@@ -181,6 +193,8 @@ def measure(
 
     ex_logits, exact_s = timed(exact_suite)
     exact = (ex_logits.log_softmax(-1)[:, token] - base[token]).numpy()
+    modelled = sum(plan_cost(engine, p) for p in plans)
+    log(f"exact suite {exact_s:.2f}s")
     est = att.delta_logprob(att.estimates(plans))
     naive = att.delta_logprob(att.estimates(plans, renormalise=False))
     est_lp = att_lp.estimates(plans)
@@ -196,6 +210,12 @@ def measure(
         "exact_suite_s": exact_s,
         "exact_suite_forward_equivalents": exact_s / fwd_s,
         "suite_cheaper_x": exact_s / att_s,
+        "sweep_every": every,
+        # the engine's cost model: recomputed (token, layer) share, summed over plans, in
+        # forward-equivalents; for the measured plans and for the full suite (every layer)
+        "exact_modelled_fe": modelled,
+        "exact_full_suite_modelled_fe": modelled_full + 1.0,  # + the baseline pass
+        "full_suite_cheaper_x_modelled": (modelled_full + 1.0) * fwd_s / att_s,
         "forward_peak_mb": fwd_mem,
         "attribution_peak_mb": att_mem,
         "spearman": spearman(est, exact),
@@ -215,23 +235,47 @@ def measure(
             "spearman_logprob_metric": spearman(est_lp[m], exact[m]),
             "max_exact_drop": float(exact[m].min()),
         }
-    if screen:
-        want = set(top_k(exact, 10).tolist())
-        for name, below in (("screen", 0.0), ("hybrid", exact_below)):
+    log(
+        f"Spearman {out['spearman']:.3f} (no renorm {out['spearman_no_renorm']:.3f}, logprob metric "
+        f"{out['spearman_logprob_metric']:.3f}); per target "
+        + ", ".join(f"{t} {v['spearman']:.3f}" for t, v in out["per_target"].items())
+        + f"; top-10 recall@{k} {out['top10_recall_at_k']:.2f}"
+    )
+    want = set(top_k(exact, 10).tolist())
+    for name, below in (("screen", 0.0), ("hybrid", exact_below)):
+        if screen == "run":
             s, screen_s = timed(
                 lambda b=below: screen_then_verify(
                     engine, plans, k, control=10, token_id=token, exact_below=b
                 )
             )
             found = {i for i, p in enumerate(s.plans) if p.verified_as in ("cheap", "top")}
-            out[name] = s.summary() | {
+            out[name] = s.summary() | {"seconds": screen_s, "cheaper_x": exact_s / screen_s}
+        else:  # the same selection, its verification cost from the engine's cost model
+            cheap = [i for i, p in enumerate(plans) if plan_cost(engine, p) < below]
+            pool = np.setdiff1d(np.arange(len(plans)), cheap)
+            top = [int(pool[i]) for i in top_k(est[pool], k)]
+            rest = np.setdiff1d(pool, top)
+            ctrl = np.random.default_rng(0).choice(rest, size=min(10, rest.size), replace=False)
+            chosen = cheap + top + [int(i) for i in ctrl]
+            cost_fe = sum(plan_cost(engine, plans[i]) for i in chosen)
+            screen_s = att_s + cost_fe * fwd_s
+            found = set(cheap) | set(top)
+            sel = np.array(top + [int(i) for i in ctrl])
+            out[name] = {
+                "verified": len(chosen),
+                "cheap": len(cheap),
                 "seconds": screen_s,
                 "cheaper_x": exact_s / screen_s,
-                "top10_recall": len(want & found) / max(1, len(want)),
-                "exact_below": below,
+                "modelled": True,
+                "spearman_verified": spearman(est[sel], exact[sel]),
+                "spearman_control": spearman(est[ctrl], exact[ctrl]),
             }
+        out[name] |= {"top10_recall": len(want & found) / max(1, len(want)), "exact_below": below}
+        log(f"{name}: {out[name]['seconds']:.2f}s, top-10 recall {out[name]['top10_recall']:.2f}")
     if hplans:
         h_logits, h_exact_s = timed(lambda: engine.evaluate(hplans))
+        log(f"head-level exact {h_exact_s:.2f}s")
         h_exact = (h_logits.log_softmax(-1)[:, token] - base[token]).numpy()
         h_est = att.delta_logprob(att.estimates(hplans))
         out["head"] = {
@@ -245,6 +289,10 @@ def measure(
             "top10_recall_at_k": recall(h_est, h_exact, 10, k),
             "max_exact_drop": float(h_exact.min()),
         }
+        log(
+            f"heads: Spearman {out['head']['spearman']:.3f}, top-10 recall@{k} "
+            f"{out['head']['top10_recall_at_k']:.2f}"
+        )
     return out
 
 
@@ -376,7 +424,12 @@ def show(name: str, rows: list[dict[str, Any]], k: int) -> dict[str, Any]:
         f"{mean('attribution_forward_equivalents'):.2f} forward-equivalents (goal <= 3) | exact suite "
         f"{mean('exact_suite_s'):.2f}s = {mean('exact_suite_forward_equivalents'):.1f} f.e."
     )
-    print(f"cheaper  : whole suite estimated {mean('suite_cheaper_x'):.1f}x cheaper than exact (goal >= 10x)")
+    print(
+        f"cheaper  : suite estimated {mean('suite_cheaper_x'):.1f}x cheaper than exact on the measured plans "
+        f"(every {r0['sweep_every']} layer); full suite by the engine's cost model: "
+        f"{mean('exact_full_suite_modelled_fe'):.1f} f.e. exact -> "
+        f"{mean('full_suite_cheaper_x_modelled'):.1f}x (goal >= 10x)"
+    )
     fm, am = mean("forward_peak_mb"), mean("attribution_peak_mb")
     print(
         f"memory   : peak over resting RSS: forward {fm:.0f} MB | attribution {am:.0f} MB "
@@ -402,8 +455,9 @@ def show(name: str, rows: list[dict[str, Any]], k: int) -> dict[str, Any]:
         )
     for key, what in (("screen", "estimates only"), ("hybrid", "plans under 2% of a forward exact")):
         if key in r0:
+            how = " [verification priced by the cost model]" if r0[key].get("modelled") else ""
             print(
-                f"{key:9s}: K={k} + 10 control ({what}; {mean('verified', key):.0f} exact): "
+                f"{key:9s}:{how} K={k} + 10 control ({what}; {mean('verified', key):.0f} exact): "
                 f"{mean('seconds', key):.2f}s = {mean('cheaper_x', key):.1f}x cheaper than the exact suite | "
                 f"top-10 recall {mean('top10_recall', key) * 10:.1f}/10 | Spearman on verified "
                 f"{mean('spearman_verified', key):.3f}, control-only {mean('spearman_control', key):.3f}"
@@ -428,6 +482,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=30)
     p.add_argument("--head-plans", type=int, default=200)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--sweep-every", type=int, default=1, help="exact suite at every N-th sweep layer only")
+    p.add_argument(
+        "--screen",
+        choices=("run", "model"),
+        default="run",
+        help="run screen_then_verify, or price its verification with the engine's cost model",
+    )
     p.add_argument("--json", metavar="PATH")
     return p.parse_args(argv)
 
@@ -453,7 +514,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             lm, items, name = smollm2_inputs()
             window = 9
         rows = [
-            measure(lm, inputs, layout, window=window, k=args.k, n_head=40 if args.quick else args.head_plans)
+            measure(
+                lm,
+                inputs,
+                layout,
+                window=window,
+                k=args.k,
+                n_head=40 if args.quick else args.head_plans,
+                screen=args.screen,
+                every=args.sweep_every if m == "smollm2" else 1,
+            )
             for inputs, layout in items
         ]
         results.append(show(f"{name}, window {window}", rows, args.k))

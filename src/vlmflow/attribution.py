@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -315,33 +315,39 @@ def attribute(
     modules = {id(lm.layers[i].self_attn): (i, _original_impl(lm.layers[i], impl)) for i in layers}
     rec = _Recorder(modules)
     _Recorder.active = rec
+    S, B, G = {}, {}, {}
     try:
-        with (
-            torch.enable_grad(),
-            _frozen([*lm.layers, lm.norm, lm.lm_head]),
-            attention_implementation([lm.layers[i] for i in layers], ATTRIBUTION_ATTENTION),
-        ):
-            h = hidden[layers[0]].clone().requires_grad_(True)
-            for i in range(layers[0], lm.num_layers):
+        with torch.enable_grad(), _frozen([*lm.layers, lm.norm, lm.lm_head]):
+            # the metric and its gradient at the last layer's stored output
+            top = hidden[lm.num_layers].clone().requires_grad_(True)
+            value = _metric(lm.lm_head(lm.norm(top[:, -1:]))[0, -1].float(), token_id, metric)
+            (grad_h,) = torch.autograd.grad(value, top)
+            base = float(value.detach())
+            del top, value
+            # then layer by layer, top down, each layer rerun from its stored input: only
+            # one layer's graph is alive at a time
+            for i in reversed(range(layers[0], lm.num_layers)):
+                attributed = id(lm.layers[i].self_attn) in modules
+                h = hidden[i].clone().requires_grad_(True)
                 kwargs = {k: _clone_nested(v) for k, v in engine.layer_kwargs[i].items()}
                 kwargs[engine.cache_key] = _PrefixCache(engine.keys[i][:, :, :0], engine.values[i][:, :, :0])
-                out = lm.layers[i](h, **kwargs)
-                h = out[0] if isinstance(out, tuple) else out
-                if i in engine.deltas:
-                    h = h + engine.deltas[i].clone()
-            logits = lm.lm_head(lm.norm(h[:, -1:]))
-            value = _metric(logits[0, -1].float(), token_id, metric)
-            if len(rec.seen) != len(layers):
-                raise UnsupportedModelError("not every attributed layer ran its attention through the hook")
-            grads = torch.autograd.grad(value, [rec.seen[i]["out"] for i in layers])
+                switch = attention_implementation([lm.layers[i]], ATTRIBUTION_ATTENTION)
+                with switch if attributed else nullcontext():
+                    out = lm.layers[i](h, **kwargs)
+                out = out[0] if isinstance(out, tuple) else out
+                wrt = [h, rec.seen[i]["out"]] if attributed else [h]
+                grads = torch.autograd.grad(out, wrt, grad_outputs=grad_h)
+                grad_h = grads[0]
+                del h, out, kwargs
+                if attributed:
+                    seen = rec.seen.pop(i)
+                    S[i], B[i], G[i] = _reduce(seen, grads[1], qpos, atom_of, n_atoms, chunk)
+                    del seen
+                del grads
     finally:
         _Recorder.active = None
-    base = float(value.detach())
-    del h, out, logits, value
-    S, B, G = {}, {}, {}
-    for i, grad in zip(layers, grads, strict=True):
-        seen = rec.seen.pop(i)
-        S[i], B[i], G[i] = _reduce(seen, grad, qpos, atom_of, n_atoms, chunk)
+    if len(S) != len(layers):
+        raise UnsupportedModelError("not every attributed layer ran its attention through the hook")
     return Attribution(layout, token_id, metric, base, lm.num_layers, heads, qpos, atoms, S, B, G)
 
 

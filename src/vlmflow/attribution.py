@@ -17,12 +17,13 @@ linearisation through the softmax, so saturated attention is not underestimated)
 its downstream effect is linear. See docs/attribution.md.
 
 Nothing ``(H, N, N)``-sized is kept across layers. ``g_qk = <dM/do_q, v_k>`` (the head's
-output is ``o_q = sum_k a_qk v_k``), so the pass keeps per layer only the queries, keys
-and values the attention kernel saw and the gradient of its output; afterwards it
-recomputes each layer's probabilities in query chunks and reduces them at once over *key
-atoms* (the finest partition of positions the source groups induce) into ``S`` and ``B``
-of shape ``(H, Q, A)``, and ``G`` of shape ``(H, Q)``, for the ``Q`` query positions of
-interest.
+output is ``o_q = sum_k a_qk v_k``), so a layer needs only the queries, keys and values its
+attention kernel saw and the gradient of its output. The pass reruns the layers top down
+from the engine's stored inputs, differentiating each at once (one layer's graph alive at
+a time), then recomputes that layer's probabilities in query chunks and reduces them over
+*key atoms* (the finest partition of positions the source groups induce) into ``S`` and
+``B`` of shape ``(H, Q, A)``, and ``G`` of shape ``(H, Q)``, for the ``Q`` query positions
+of interest.
 """
 
 from __future__ import annotations

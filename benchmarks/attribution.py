@@ -296,6 +296,45 @@ def measure(
     return out
 
 
+def measure_cost(
+    lm: LanguageModel, inputs: dict[str, Any], layout: TokenLayout, *, window: int, repeat: int
+) -> dict[str, Any]:
+    """Forward, engine baseline and attribution pass, interleaved ``repeat`` times (the best
+    of each kept), so a busy machine's load falls on both sides alike; plus peak memory."""
+
+    @torch.inference_mode()
+    def forward():
+        return lm.forward(**inputs, use_cache=False, logits_to_keep=1).logits[0, -1].float()
+
+    logits = forward()
+    token = int(logits.argmax())
+    plans = [p for _, p in suite(layout, lm.num_layers, window)]
+    src, dst = plan_groups(plans + head_plans(layout, lm.num_layers, lm.num_heads, 200))
+    engine = Engine(lm, inputs, layout)
+    engine.run_baseline()
+    times: dict[str, list[float]] = {"forward": [], "baseline": [], "attribution": []}
+    for _ in range(repeat):
+        times["forward"].append(timed(forward)[1])
+        times["baseline"].append(timed(engine.run_baseline)[1])
+        times["attribution"].append(
+            timed(lambda: attribute(engine, token_id=token, sources=src, queries=dst))[1]
+        )
+        log(", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
+    _, fwd_mem = peak_over_rest(forward)
+    _, att_mem = peak_over_rest(lambda: attribute(engine, token_id=token, sources=src, queries=dst))
+    best = {k: min(v) for k, v in times.items()}
+    return {
+        "times": times,
+        "forward_s": best["forward"],
+        "baseline_s": best["baseline"],
+        "attribution_s": best["attribution"],
+        "attribution_fe": (best["baseline"] + best["attribution"]) / best["forward"],
+        "attribution_pass_only_fe": best["attribution"] / best["forward"],
+        "forward_peak_mb": fwd_mem,
+        "attribution_peak_mb": att_mem,
+    }
+
+
 # ---------------------------------------------------------------------- models
 def demo_inputs(n: int) -> tuple[LanguageModel, list[tuple[dict, TokenLayout]], str]:
     from vlmflow.data.registry import load_dataset
@@ -482,6 +521,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=30)
     p.add_argument("--head-plans", type=int, default=200)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--cost-only",
+        type=int,
+        metavar="R",
+        default=0,
+        help="only time forward / baseline / attribution, interleaved R times, and their memory",
+    )
     p.add_argument("--sweep-every", type=int, default=1, help="exact suite at every N-th sweep layer only")
     p.add_argument(
         "--screen",
@@ -513,6 +559,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             lm, items, name = smollm2_inputs()
             window = 9
+        if args.cost_only:
+            cost = measure_cost(lm, *items[0], window=window, repeat=args.cost_only)
+            print(
+                f"\n== {name}: forward {cost['forward_s']:.2f}s | "
+                f"engine baseline {cost['baseline_s']:.2f}s | "
+                f"attribution pass {cost['attribution_s']:.2f}s -> baseline + attribution = "
+                f"{cost['attribution_fe']:.2f} forward-equivalents (pass alone "
+                f"{cost['attribution_pass_only_fe']:.2f}) | peak over resting RSS: forward "
+                f"{cost['forward_peak_mb']:.0f} MB, attribution {cost['attribution_peak_mb']:.0f} MB",
+                flush=True,
+            )
+            results.append({"name": name, "cost": cost})
+            continue
         rows = [
             measure(
                 lm,

@@ -395,17 +395,19 @@ def _reduce(
     dout = grad_out[0].transpose(0, 1).float()  # (H, N, d)
     mask = seen["mask"]
     n = k.shape[1]
-    keep = torch.as_tensor(np.flatnonzero(atom_of >= 0))
-    idx = torch.as_tensor(atom_of[atom_of >= 0])
+    # key -> atom membership as a (N, A) 0/1 matrix: the group sums are one matmul
+    onehot = torch.zeros(len(atom_of), n_atoms, dtype=q.dtype, device=q.device)
+    keep = np.flatnonzero(atom_of >= 0)
+    onehot[torch.as_tensor(keep, device=q.device), torch.as_tensor(atom_of[keep], device=q.device)] = 1.0
     H, Q = q.shape[0], qpos.size
     S = torch.zeros(H, Q, n_atoms)
     B = torch.zeros(H, Q, n_atoms)
     G = torch.zeros(H, Q)
     for a0 in range(0, Q, chunk):
-        rows = torch.as_tensor(qpos[a0 : a0 + chunk])
+        rows = torch.as_tensor(qpos[a0 : a0 + chunk], device=q.device)
         scores = q[:, rows] @ k.transpose(1, 2) * seen["scaling"]  # (H, c, N)
         if mask is None:
-            allowed = torch.arange(n)[None, :] <= rows[:, None]
+            allowed = torch.arange(n, device=q.device)[None, :] <= rows[:, None]
             scores = scores.masked_fill(~allowed, -math.inf)
         elif mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask[0, :, rows, :n].to(scores.device), -math.inf)
@@ -414,6 +416,6 @@ def _reduce(
         a = scores.softmax(-1)
         ga = (dout[:, rows] @ v.transpose(1, 2)) * a
         G[:, a0 : a0 + rows.numel()] = ga.sum(-1).cpu()
-        S[:, a0 : a0 + rows.numel()].index_add_(2, idx, a[..., keep].cpu())
-        B[:, a0 : a0 + rows.numel()].index_add_(2, idx, ga[..., keep].cpu())
+        S[:, a0 : a0 + rows.numel()] = (a @ onehot).cpu()
+        B[:, a0 : a0 + rows.numel()] = (ga @ onehot).cpu()
     return S, B, G

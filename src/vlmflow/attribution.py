@@ -403,19 +403,22 @@ def _reduce(
     S = torch.zeros(H, Q, n_atoms)
     B = torch.zeros(H, Q, n_atoms)
     G = torch.zeros(H, Q)
+    out = seen["out"][0].detach().transpose(0, 1).float()  # (H, N, d): o_q = sum_k a_qk v_k
     for a0 in range(0, Q, chunk):
         rows = torch.as_tensor(qpos[a0 : a0 + chunk], device=q.device)
-        scores = q[:, rows] @ k.transpose(1, 2) * seen["scaling"]  # (H, c, N)
+        kn = min(n, int(rows.max()) + 1) if mask is None else n  # causal: no key after the last row
+        scores = q[:, rows] @ k[:, :kn].transpose(1, 2) * seen["scaling"]  # (H, c, kn)
         if mask is None:
-            allowed = torch.arange(n, device=q.device)[None, :] <= rows[:, None]
+            allowed = torch.arange(kn, device=q.device)[None, :] <= rows[:, None]
             scores = scores.masked_fill(~allowed, -math.inf)
         elif mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask[0, :, rows, :n].to(scores.device), -math.inf)
         else:
             scores = scores + mask[0, :, rows, :n].float()
         a = scores.softmax(-1)
-        ga = (dout[:, rows] @ v.transpose(1, 2)) * a
-        G[:, a0 : a0 + rows.numel()] = ga.sum(-1).cpu()
-        S[:, a0 : a0 + rows.numel()] = (a @ onehot).cpu()
-        B[:, a0 : a0 + rows.numel()] = (ga @ onehot).cpu()
+        ga = (dout[:, rows] @ v[:, :kn].transpose(1, 2)) * a
+        # G = sum_k g_qk a_qk = <dM/do_q, o_q>: no pass over the keys needed
+        G[:, a0 : a0 + rows.numel()] = (dout[:, rows] * out[:, rows]).sum(-1).cpu()
+        S[:, a0 : a0 + rows.numel()] = (a @ onehot[:kn]).cpu()
+        B[:, a0 : a0 + rows.numel()] = (ga @ onehot[:kn]).cpu()
     return S, B, G

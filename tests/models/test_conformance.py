@@ -3,7 +3,8 @@
 
 - dispatch: loading the checkpoint picks the family's adapter;
 - layout truth: changing frame group t's pixels changes exactly its grid of input embeddings;
-- the engine equals a plain full forward with the same masks for all four paper targets;
+- the engine equals a plain full forward with the same masks for all four paper targets,
+  and for head-level cuts under sdpa and eager attention;
 - golden prompt and layout snapshots (regenerate on purpose with ``VLMFLOW_UPDATE_GOLDEN=1``);
 - drift guards: the transformers classes the family relies on, and every part the
   adapter's module names point at (layers, norm, head, embeddings, attention module);
@@ -19,6 +20,7 @@ import torch
 
 from tests.fixtures.catalog import FAMILIES, resolve
 from tests.fixtures.conformance import check_engine_matches_plain, check_golden, check_layout_truth
+from tests.fixtures.head_conformance import check_head_cuts_match_plain
 from vlmflow.models import load_model
 
 NAMES = list(FAMILIES)
@@ -48,6 +50,15 @@ def test_changing_frame_group_t_changes_exactly_its_tokens(tiny_models, name: st
 @pytest.mark.parametrize("name", NAMES)
 def test_engine_matches_plain_masked_forward(tiny_models, name: str) -> None:
     check_engine_matches_plain(tiny_models.adapter(name), FAMILIES[name].sample(seed=3))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_head_cuts_equal_plain_masked_forward(tiny_models, name: str) -> None:
+    """Head-level cuts are exact under sdpa and under eager attention."""
+    for impl in ("sdpa", "eager"):
+        adapter = load_model(str(tiny_models.path(name)), attn_implementation=impl)
+        assert adapter.attn_implementation() == impl
+        check_head_cuts_match_plain(adapter, FAMILIES[name].sample(seed=3))
 
 
 @pytest.mark.parametrize("name", NAMES)

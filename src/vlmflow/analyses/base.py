@@ -86,12 +86,14 @@ class Analysis:
 
     Class attributes: ``name`` (records' ``analysis`` column, the CLI command, the report
     key), ``order`` (position in the report), ``needs_knockout`` (whether it cuts, so the
-    model's attention must take masks).
+    model's attention must take masks), ``command`` (whether it has a CLI command of its
+    own; a variant reached through another command's option has none).
     """
 
     name: ClassVar[str] = ""
     order: ClassVar[int] = 100
     needs_knockout: ClassVar[bool] = True
+    command: ClassVar[bool] = True  # whether the CLI has a command of its name
 
     def records(self, probe: Probe) -> list[dict[str, Any]]:
         """The records of one input (``[]`` to skip it)."""
@@ -133,7 +135,10 @@ class Analysis:
     def from_cli(cls, **values: Any) -> Analysis:
         """The analysis from its command's option values."""
         kwargs = {}
+        fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         for opt in cls.cli_options():
+            if opt.name not in fields:  # an option the class's own from_cli handles
+                continue
             value = values[opt.name]
             if opt.parse is not None:
                 value = opt.parse(value)

@@ -8,6 +8,7 @@ relative change in %, and the argmax answer before and after.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,11 +16,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..cuts import WINDOW_STYLES, parse_layers
 from ..errors import PlanError
-from .base import ANALYSES, Analysis, check_sample_mode, option
-from .targets import PAPER_TARGETS, TARGETS, parse_edges, sweep, target_curves
+from .base import ANALYSES, Analysis, CliOption, check_sample_mode, option
+from .targets import PAPER_TARGETS, TARGETS, SweepPoint, parse_edges, sweep, target_curves
 
 if TYPE_CHECKING:
     from ..probe import Probe
@@ -74,6 +76,27 @@ class InformationFlow(Analysis):
         )
 
     @classmethod
+    def cli_options(cls) -> list[CliOption]:
+        options = super().cli_options()
+        if cls is InformationFlow:  # `flow --screen K` runs the screened variant
+            help = (
+                "estimate every plan by attribution and verify only the top K exactly (plus a random "
+                "control sample of 10); records say method=estimate|exact"
+            )
+            options.append(CliOption("screen", None, help, cli=int))
+        return options
+
+    @classmethod
+    def from_cli(cls, **values: Any) -> Analysis:
+        flow = super().from_cli(**values)
+        if cls is not InformationFlow or values.get("screen") is None:
+            return flow
+        from .screened_flow import ScreenedFlow
+
+        fields = {f.name: getattr(flow, f.name) for f in dataclasses.fields(InformationFlow)}
+        return ScreenedFlow(**fields, k=values["screen"])
+
+    @classmethod
     def summarize(cls, records: pd.DataFrame) -> pd.DataFrame:
         return summarize_flow(records)
 
@@ -116,7 +139,6 @@ def sweep_rows(
 ) -> list[dict[str, Any]]:
     """The knockout sweep of one input: a row per curve x sweep layer (see the module doc)."""
     check_sweep(targets, window, style, custom, layers)
-    base = probe.base
     n_layers = probe.num_layers
     if layers is not None and any(not 0 <= x < n_layers for x in layers):
         raise PlanError(f"sweep layers {tuple(layers)} outside 0..{n_layers - 1}")
@@ -124,33 +146,44 @@ def sweep_rows(
     for target, name, edges in target_curves(targets, probe.layout, custom):
         points = sweep([(name, edges)], n_layers, window=window, style=style, layers=layers)
         logits = probe.engine.evaluate([p.plan for p in points])
-        for point, lg in zip(points, logits, strict=True):
-            new = probe.read(lg)
-            p_pred_new = float(new.probs[base.pred_id])
-            p_gt_new = None if base.gt_id is None else float(new.probs[base.gt_id])
-            rows.append(
-                {
-                    "target": target,
-                    "condition": name,
-                    "layer": point.layer,
-                    "blocked_layers": list(point.plan.layers),
-                    "window": window,
-                    "window_style": style,
-                    "plan": point.plan.to_json(),
-                    "p_pred_base": base.p_pred,
-                    "p_pred_new": p_pred_new,
-                    "rel_pred": relative_change(p_pred_new, base.p_pred),
-                    "p_gt_base": base.p_gt,
-                    "p_gt_new": p_gt_new,
-                    "rel_gt": None if p_gt_new is None else relative_change(p_gt_new, base.p_gt),
-                    "pred_base": base.record()["pred"],
-                    "pred_new": new.record()["pred"],
-                    "gt": base.gt_letter,
-                    "correct_base": base.correct,
-                    "correct_new": new.correct,
-                }
-            )
+        pairs = zip(points, logits, strict=True)
+        rows += [flow_row(probe, target, point, lg, window, style) for point, lg in pairs]
     return rows
+
+
+def flow_row(
+    probe: Probe,
+    target: str,
+    point: SweepPoint,
+    logits: torch.Tensor,
+    window: int,
+    window_style: str,
+) -> dict[str, Any]:
+    """One knockout record: the answer read from ``logits`` ``(vocab,)`` against the baseline."""
+    base = probe.base
+    new = probe.read(logits)
+    p_pred_new = float(new.probs[base.pred_id])
+    p_gt_new = None if base.gt_id is None else float(new.probs[base.gt_id])
+    return {
+        "target": target,
+        "condition": point.condition,
+        "layer": point.layer,
+        "blocked_layers": list(point.plan.layers),
+        "window": window,
+        "window_style": window_style,
+        "plan": point.plan.to_json(),
+        "p_pred_base": base.p_pred,
+        "p_pred_new": p_pred_new,
+        "rel_pred": relative_change(p_pred_new, base.p_pred),
+        "p_gt_base": base.p_gt,
+        "p_gt_new": p_gt_new,
+        "rel_gt": None if p_gt_new is None else relative_change(p_gt_new, base.p_gt),
+        "pred_base": base.record()["pred"],
+        "pred_new": new.record()["pred"],
+        "gt": base.gt_letter,
+        "correct_base": base.correct,
+        "correct_new": new.correct,
+    }
 
 
 def summarize_flow(df: pd.DataFrame) -> pd.DataFrame:

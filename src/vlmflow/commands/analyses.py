@@ -51,4 +51,5 @@ def register(app: typer.Typer) -> None:
     from ..analyses.base import ordered
 
     for cls in ordered():
-        app.command(cls.name)(command_for(cls))
+        if cls.command:
+            app.command(cls.name)(command_for(cls))

@@ -388,6 +388,7 @@ def smollm2_inputs() -> tuple[LanguageModel, list[tuple[dict, TokenLayout]], str
         lm_head=model.lm_head,
         embed_tokens=model.model.embed_tokens,
         attn_implementation=lambda: model.config._attn_implementation,
+        attention="self_attn",  # LlamaDecoderLayer's attention module
     )
     seg = SMOLLM_SEGMENTS
 

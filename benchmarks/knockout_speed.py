@@ -164,6 +164,7 @@ def language_model(model: LlamaForCausalLM) -> LanguageModel:
         lm_head=model.lm_head,
         embed_tokens=model.model.embed_tokens,
         attn_implementation=lambda: model.config._attn_implementation,
+        attention="self_attn",  # LlamaDecoderLayer's attention module
     )
 
 

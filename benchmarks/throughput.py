@@ -2,7 +2,7 @@
 
 What it measures. The same ``vlmflow flow`` job (``--model`` on ``synthetic:N``, the
 ``--target`` sweeps) is run once per process count into a fresh run folder: one process as
-``python -m vlmflow.cli``, several under ``torchrun --standalone --nproc_per_node P`` (the
+``python -m vlmflow``, several under ``torchrun --standalone --nproc_per_node P`` (the
 samples are dealt round-robin, each rank writes its shard, rank 0 merges). For each it
 reports
 
@@ -21,7 +21,7 @@ than one thread; that is what ``1xC`` against ``1x1`` shows.
 
 The model. ``--model demo`` (default) is the embedded demo model
 (``src/vlmflow/models/demo_model/``). If it is not there, the benchmark builds a tiny
-random LLaVA-NeXT-Video like ``tests/tiny.py`` (8 layers) instead and says so in the
+random LLaVA-NeXT-Video like ``tests/fixtures/tiny.py`` (8 layers) instead and says so in the
 output. Any local checkpoint folder works too.
 
 Run ``python benchmarks/throughput.py`` (``--samples 4 --runs 1x1 2x1`` to change the
@@ -54,13 +54,14 @@ def resolve_model(spec: str, workdir: Path) -> tuple[str, str]:
         return spec, spec
     if (DEMO_MODEL_DIR / "config.json").exists():
         return "demo", f"embedded demo model ({DEMO_MODEL_DIR})"
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tiny import build_llava_next_video
+    sys.path.insert(0, str(ROOT))  # the test fixtures package (tests/fixtures)
+    from tests.fixtures.tiny import build_llava_next_video
 
     path = build_llava_next_video(workdir / "tiny-random", layers=8)
     return str(path), (
         f"NOTE: the embedded demo model is absent from {DEMO_MODEL_DIR}; using a tiny random "
-        "LLaVA-NeXT-Video built like tests/tiny.py (8 layers, hidden 64, 32 px frames, 4 tokens/frame)"
+        "LLaVA-NeXT-Video built like tests/fixtures/tiny.py "
+        "(8 layers, hidden 64, 32 px frames, 4 tokens/frame)"
     )
 
 
@@ -70,10 +71,10 @@ def run_once(model: str, procs: int, threads: int, args: argparse.Namespace, out
     cli += ["--num-frames", str(args.num_frames), "--window", str(args.window), "--sample-mode", "all"]
     cli += [a for t in args.target for a in ("-t", t)] + [a for t in args.task for a in ("--task", t)]
     if procs == 1:
-        cmd = [sys.executable, "-m", "vlmflow.cli", *cli]
+        cmd = [sys.executable, "-m", "vlmflow", *cli]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
-        cmd += ["-m", "vlmflow.cli", *cli]
+        cmd += ["-m", "vlmflow", *cli]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     start = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tiny import build_llava_next_video, make_sample  # noqa: E402
-from vlmflow.sample import Sample  # noqa: E402,F401
+from tests.fixtures.catalog import TinyModels
+from tests.fixtures.tiny import make_sample
+from vlmflow.sample import Sample
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -26,17 +24,21 @@ def _one_thread():
 
 
 @pytest.fixture(scope="session")
-def tiny_llava_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_llava_next_video(tmp_path_factory.mktemp("models") / "llava_next_video")
+def tiny_llava_path(tiny_models: TinyModels) -> Path:
+    return tiny_models.path("llava_next_video")
 
 
 @pytest.fixture(scope="session")
-def tiny_llava(tiny_llava_path: Path):
-    from vlmflow.models import load_model
-
-    return load_model(str(tiny_llava_path))
+def tiny_llava(tiny_models: TinyModels):
+    return tiny_models.adapter("llava_next_video")
 
 
 @pytest.fixture
 def sample() -> Sample:
     return make_sample()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+    """Every family's tiny model, built and loaded on first use (see ``fixtures/catalog.py``)."""
+    return TinyModels(tmp_path_factory.mktemp("families"))

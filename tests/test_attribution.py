@@ -36,9 +36,10 @@ def oracle(adapter, prepared, token: int, plan: Plan, metric: str = "logprob") -
 
         return hook
 
-    handles = [layer.self_attn.register_forward_hook(keep(i)) for i, layer in enumerate(lm.layers)]
+    attention = [lm.attention_module(i) for i in range(lm.num_layers)]
+    handles = [module.register_forward_hook(keep(i)) for i, module in enumerate(attention)]
     try:
-        with torch.enable_grad(), eager_attention(lm.layers):
+        with torch.enable_grad(), eager_attention(attention):
             inputs = {k: v.clone() if torch.is_tensor(v) else v for k, v in prepared.inputs.items()}
             out = lm.forward(**inputs, use_cache=False, logits_to_keep=1)
             logits = out.logits[0, -1]

@@ -124,7 +124,7 @@ def test_engine_refuses_attention_that_ignores_masks(tiny_llava, sample) -> None
     prepared = tiny_llava.prepare(sample)
     lm = tiny_llava.language_model()
     flash = LanguageModel(
-        lm.forward, lm.layers, lm.norm, lm.lm_head, lm.embed_tokens, lambda: "flash_attention_2"
+        lm.forward, lm.layers, lm.norm, lm.lm_head, lm.embed_tokens, lambda: "flash_attention_2", lm.attention
     )
     with pytest.raises(UnsupportedModelError, match="ignores custom masks"):
         Engine(flash, prepared.inputs, prepared.layout).run_baseline()

@@ -14,9 +14,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tiny import make_sample
-from tiny_families import build_videollama3
-from tiny_qwen import build_qwen_vl
+from tests.fixtures.families import build_videollama3
+from tests.fixtures.qwen import build_qwen_vl
+from tests.fixtures.tiny import make_sample
 from vlmflow.engine import Engine, masked_forward
 from vlmflow.models import load_model
 

@@ -22,7 +22,7 @@ from vlmflow.cli import app
 from vlmflow.data import load_dataset
 from vlmflow.errors import RunError
 from vlmflow.provenance import data_fingerprint, model_fingerprint
-from vlmflow.run import open_run
+from vlmflow.rundir import RunDir
 from vlmflow.store import RecordStore, read_records, shard_status
 
 TASKS = ["moving_direction", "object_count"]
@@ -126,16 +126,16 @@ def test_resume_refuses_other_weights_or_annotations(tiny_llava_path: Path, tmp_
     assert first["model"]["weight_files"] == ["model.safetensors"] and first["data"]["annotation_files"] == 1
     assert provenance() == first  # stable
     out = tmp_path / "run"
-    manifest = open_run(out, {"model": str(model)}, first)
+    manifest = RunDir(out).open({"model": str(model)}, first)
     assert manifest["provenance"]["model"]["weights_sha256"] == first["model"]["weights_sha256"]
-    open_run(out, {"model": str(model)}, provenance())  # same weights and data: resumes
+    RunDir(out).open({"model": str(model)}, provenance())  # same weights and data: resumes
 
     with open(model / "model.safetensors", "r+b") as f:  # a re-trained checkpoint, same size
         f.seek(-4, os.SEEK_END)
         f.write(b"\x00\x01\x02\x03")
     with pytest.raises(RunError, match=r"model\.weights_sha256"):
-        open_run(out, {"model": str(model)}, provenance())
+        RunDir(out).open({"model": str(model)}, provenance())
     shutil.copy(tiny_llava_path / "model.safetensors", model / "model.safetensors")
     qa.write_text(qa.read_text().replace('"answer": 0', '"answer": 1'))
     with pytest.raises(RunError, match=r"data\.annotations_sha256"):
-        open_run(out, {"model": str(model)}, provenance())
+        RunDir(out).open({"model": str(model)}, provenance())

@@ -1,4 +1,16 @@
-"""The Python API behind every CLI command: load, run analyses into a run folder, report."""
+"""Runs: analyses over a dataset into a run folder, with its report (what every CLI command calls).
+
+For one input at a time, see :mod:`vlmflow.probe` (``vlmflow.load(...).probe(...)``).
+
+>>> import tempfile, vlmflow
+>>> result = vlmflow.run(
+...     vlmflow.Options(model="demo", data="synthetic:1:fixed", tasks=("object_count",), progress=False),
+...     [vlmflow.AnswerProbability()],
+...     tempfile.mkdtemp(),
+... )
+>>> result.summary.done, sorted(result.report["summaries"])
+(1, ['answer-prob'])
+"""
 
 from __future__ import annotations
 
@@ -6,15 +18,28 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .run import RunSummary, close_run, open_run, record_stop, run_samples
-from .store import StoreError, is_environment_error, store_error, write_text_atomic
+from .probe import Model, load
+from .run import RunSummary, run_samples
+from .rundir import RunDir
+from .sample import Sample
+from .store import StoreError, is_environment_error, store_error
+
+if TYPE_CHECKING:
+    from .analyses.base import Analysis
+    from .models.base import Adapter
 
 
 @dataclass
 class Options:
-    """What every run shares (the CLI's common options)."""
+    """What every run shares (the CLI's common options), by keyword.
+
+    ``model``: checkpoint folder, hub id or ``"demo"``; ``data``: ``NAME:PATH`` or
+    ``synthetic[:N[:fixed]]``; ``tasks``/``samples``/``seed`` select samples; ``device``,
+    ``dtype`` and ``attn`` load the model; ``prompt``, ``num_frames`` and ``frame_policy``
+    prepare each input; ``extra`` is stored in the manifest's configuration too.
+    """
 
     model: str
     data: str
@@ -26,6 +51,7 @@ class Options:
     prompt: str = "paper"
     num_frames: int = 8
     attn: str = "sdpa"
+    frame_policy: str | None = None
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -40,11 +66,32 @@ class Options:
             "prompt": self.prompt,
             "num_frames": self.num_frames,
         }
+        if self.frame_policy is not None:
+            d["frame_policy"] = self.frame_policy
         return {**d, **self.extra}
+
+    def load(self, device: str | None = None) -> Model:
+        """The model these options name, loaded on ``device`` (default ``self.device``)."""
+        return load(self.model, device=device or self.device, dtype=self.dtype, attn=self.attn)
+
+    def configure(self, model: Model) -> Adapter:
+        """``model``'s adapter with these options' prompt settings."""
+        return model.configured(
+            prompt=self.prompt, num_frames=self.num_frames, frame_policy=self.frame_policy
+        )
+
+    def samples_of(self) -> list[Sample]:
+        """The selected samples of the dataset."""
+        from .data import load_dataset
+
+        return load_dataset(self.data, tasks=list(self.tasks) or None, samples=self.samples, seed=self.seed)
 
 
 @dataclass
 class RunResult:
+    """``out``: the run folder; ``summary``: the session's counts (the whole group's);
+    ``report``: :func:`~vlmflow.report.finalize`'s result on rank 0 (``{}`` elsewhere)."""
+
     out: Path
     summary: RunSummary
     report: dict[str, Any]
@@ -52,15 +99,17 @@ class RunResult:
 
 def run(
     options: Options,
-    analyses: list[Any],
-    out: str | Path,
+    analyses: Sequence[Analysis],
+    out: str | Path | RunDir,
     *,
-    adapter: Any = None,
+    model: Model | None = None,
     sample_ids: Sequence[str] | None = None,
+    extra_manifest: dict[str, Any] | None = None,
 ) -> RunResult:
     """Load the model and data of ``options``, analyse into ``out``, write the report.
 
-    ``sample_ids`` restricts the run to those samples of the dataset (a held-out split).
+    ``model`` reuses a loaded model; ``sample_ids`` restricts the run to those samples of
+    the dataset (a held-out split).
 
     Under ``torchrun`` / ``accelerate launch`` every process calls this: each analyses its
     round-robin share of the samples into its own record shard; rank 0 alone writes the
@@ -69,21 +118,16 @@ def run(
     the whole group's. A single process is a group of one (see :mod:`vlmflow.distributed`).
     """
     from . import distributed
-    from .data import load_dataset
-    from .lock import run_lock
-    from .models import load_model
     from .provenance import data_fingerprint, model_fingerprint
     from .report import finalize
 
-    out = Path(out)
+    rundir = out if isinstance(out, RunDir) else RunDir(out)
     ctx = distributed.init()
-    lock = run_lock(out)  # rank 0 holds it for the whole group (see vlmflow.lock)
+    lock = rundir.lock()  # rank 0 holds it for the whole group (see vlmflow.lock)
     samples: list[Any] = []
     try:
         config = {**options.manifest(), "analyses": {a.name: a.config() for a in analyses}}
-        samples = load_dataset(
-            options.data, tasks=list(options.tasks) or None, samples=options.samples, seed=options.seed
-        )
+        samples = options.samples_of()
         if sample_ids is not None:
             keep = set(sample_ids)
             samples = [s for s in samples if s.id in keep]
@@ -91,8 +135,7 @@ def run(
 
         def open_locked() -> dict[str, Any]:
             lock.acquire()  # a second run on this folder is refused here, before any work
-            return open_run(
-                out,
+            return rundir.open(
                 config,
                 {
                     "model": model_fingerprint(options.model),
@@ -101,15 +144,9 @@ def run(
             )
 
         ctx.on_main(open_locked)
-        if adapter is None:
-            adapter = load_model(
-                options.model,
-                device=ctx.device(options.device),
-                dtype=options.dtype,
-                attn_implementation=options.attn,
-                prompt_style=options.prompt,
-                num_frames=options.num_frames,
-            )
+        if model is None:
+            model = options.load(ctx.device(options.device))
+        adapter = options.configure(model)
         if options.progress and ctx.is_main:
             print(
                 f"model: {adapter.model_id} ({adapter.family}), {_dtype_name(adapter)} on {adapter.device}",
@@ -120,7 +157,7 @@ def run(
             adapter,
             ctx.shard(samples),
             analyses,
-            out,
+            rundir,
             rank=ctx.rank,
             world_size=ctx.world_size,
             progress=options.progress,
@@ -130,22 +167,23 @@ def run(
         report: dict[str, Any] = {}
         if ctx.is_main:
             revision = getattr(getattr(adapter.model, "config", None), "_commit_hash", None)
-            model = {"id": adapter.model_id, "revision": revision, "class": type(adapter.model).__name__}
+            info = {"id": adapter.model_id, "revision": revision, "class": type(adapter.model).__name__}
+            extra = {"num_samples": len(samples), "model": info, "frame_policy": adapter.frame_policy}
             try:
-                close_run(out, summary, {"num_samples": len(samples), "model": model}, ranks=ranks)
-                report = finalize(out)
+                rundir.close(summary, {**extra, **(extra_manifest or {})}, ranks=ranks)
+                report = finalize(rundir)
             except OSError as exc:  # a disk that fills while the report is written
                 if not is_environment_error(exc):
                     raise
-                raise store_error(Path(exc.filename or out), exc) from exc
-        return RunResult(out, summary, report)
+                raise store_error(Path(exc.filename or rundir.path), exc) from exc
+        return RunResult(rundir.path, summary, report)
     except (KeyboardInterrupt, StoreError) as exc:
         if lock.held:  # rank 0 says in the manifest what finished before the stop
             reason = "interrupted (SIGINT)" if isinstance(exc, KeyboardInterrupt) else str(exc)
-            record_stop(out, reason, len(samples) or None)
+            rundir.record_stop(reason, len(samples) or None)
             if isinstance(exc, KeyboardInterrupt):
                 print(
-                    f"interrupted: every finished unit is kept in {out} (manifest.json 'samples'); "
+                    f"interrupted: every finished unit is kept in {rundir.path} (manifest.json 'samples'); "
                     "re-run the same command to resume",
                     file=sys.stderr,
                     flush=True,
@@ -161,32 +199,6 @@ def _dtype_name(adapter: Any) -> str:
 
 
 def merge(run_dir: str | Path) -> dict[str, Any]:
-    """Merge the record shards of a run into its manifest counts, summaries and report.
-
-    A multi-process run merges by itself at the end (rank 0, after every rank is done); this
-    is for one whose ranks ended separately, or whose rank 0 stopped before merging: the
-    manifest's sample counts are recomputed from every shard, the shards' finished units
-    recorded, and ``records.parquet``, ``summary/``, ``figures/`` and ``report.html``
-    rewritten. Returns ``finalize``'s result plus ``shards`` and ``samples``.
-    """
-    import json
-
-    from .errors import RunError
-    from .report import finalize
-    from .run import now, sample_counts
-    from .store import shard_status
-
-    run_dir = Path(run_dir)
-    manifest_path = run_dir / "manifest.json"
-    if not (run_dir / "records").is_dir() or not manifest_path.exists():
-        raise RunError(f"{run_dir} is not a run folder (it needs manifest.json and records/)")
-    from .lock import run_lock
-
-    with run_lock(run_dir):  # not while a run still writes this folder
-        manifest = json.loads(manifest_path.read_text())
-        shards = shard_status(run_dir)
-        manifest["samples"] = sample_counts(run_dir, manifest.get("num_samples"))
-        manifest["merged_at"] = now()
-        manifest["shards"] = shards
-        write_text_atomic(manifest_path, json.dumps(manifest, indent=2))
-        return {**finalize(run_dir), "shards": shards, "samples": manifest["samples"]}
+    """Merge the record shards of a run into its manifest counts, summaries and report
+    (see :meth:`RunDir.merge`)."""
+    return RunDir(run_dir).merge()

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .cuts import Cut, Plan
-from .engine import Engine, _PrefixCache
+from .engine import Engine, _layer_impl, _PrefixCache
 from .errors import PlanError, UnsupportedModelError
 from .hooks import attention_implementation
 from .layout import TokenLayout
@@ -313,7 +313,7 @@ def attribute(
     qpos = np.unique(np.concatenate([layout.resolve(g) for g in queries]))
     n_atoms = int(atom_of.max()) + 1
     _register()
-    modules = {id(lm.layers[i].self_attn): (i, _original_impl(lm.layers[i], impl)) for i in layers}
+    modules = {id(lm.attention_module(i)): (i, _layer_impl(lm, i, impl)) for i in layers}
     rec = _Recorder(modules)
     _Recorder.active = rec
     S, B, G = {}, {}, {}
@@ -328,11 +328,11 @@ def attribute(
             # then layer by layer, top down, each layer rerun from its stored input: only
             # one layer's graph is alive at a time
             for i in reversed(range(layers[0], lm.num_layers)):
-                attributed = id(lm.layers[i].self_attn) in modules
+                attributed = id(lm.attention_module(i)) in modules
                 h = hidden[i].clone().requires_grad_(True)
                 kwargs = {k: _clone_nested(v) for k, v in engine.layer_kwargs[i].items()}
                 kwargs[engine.cache_key] = _PrefixCache(engine.keys[i][:, :, :0], engine.values[i][:, :, :0])
-                switch = attention_implementation([lm.layers[i]], ATTRIBUTION_ATTENTION)
+                switch = attention_implementation([lm.attention_module(i)], ATTRIBUTION_ATTENTION)
                 with switch if attributed else nullcontext():
                     out = lm.layers[i](h, **kwargs)
                 out = out[0] if isinstance(out, tuple) else out
@@ -370,11 +370,6 @@ def _clone_nested(v: Any) -> Any:
     if isinstance(v, tuple):
         return tuple(_clone_nested(x) for x in v)
     return v
-
-
-def _original_impl(layer: nn.Module, default: str) -> str:
-    cfg = getattr(getattr(layer, "self_attn", None), "config", None)
-    return getattr(cfg, "_attn_implementation", None) or default
 
 
 @torch.no_grad()

@@ -77,8 +77,7 @@ class LanguageModel:
     ``forward(**inputs)`` runs the whole model (vision included) and must accept
     ``use_cache`` and ``logits_to_keep``; ``layers`` are the language model's decoder
     layers in order; ``norm`` and ``lm_head`` map a final hidden state to logits.
-    ``extra_layer_kwargs`` names further per-position tensor arguments of the layers that
-    must be sliced like positions (rare; e.g. ``cache_position``).
+    ``attention`` is the attribute of a decoder layer holding its attention module.
     """
 
     forward: Callable[..., Any]
@@ -87,15 +86,20 @@ class LanguageModel:
     lm_head: nn.Module
     embed_tokens: nn.Module
     attn_implementation: Callable[[], str]
+    attention: str
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
 
+    def attention_module(self, layer: int) -> nn.Module:
+        """Decoder layer ``layer``'s attention module."""
+        return getattr(self.layers[layer], self.attention)
+
     @property
     def num_heads(self) -> int | None:
         """Query heads per decoder layer (``None`` if the attention module does not say)."""
-        attn = getattr(self.layers[0], "self_attn", None)
+        attn = self.attention_module(0)
         cfg = getattr(attn, "config", None)
         heads = getattr(cfg, "num_attention_heads", None) or getattr(attn, "num_heads", None)
         return int(heads) if heads else None
@@ -328,7 +332,7 @@ class Engine:
         layers = range(plans[0].first_layer, self.lm.num_layers)
         if impl == "sdpa":
             _register_suffix_sdpa()
-            with attention_implementation([self.lm.layers[i] for i in layers], SUFFIX_SDPA):
+            with attention_implementation([self.lm.attention_module(i) for i in layers], SUFFIX_SDPA):
                 return self._run_layers(plans, q0, layers, impl, allowed_parts, suffix_pos)
         return self._run_layers(plans, q0, layers, impl, allowed_parts, suffix_pos)
 
@@ -368,8 +372,8 @@ class Engine:
         return self.lm.lm_head(self.lm.norm(h[0, rows])).float()
 
 
-def _layer_impl(layer: nn.Module, default: str) -> str:
-    cfg = getattr(getattr(layer, "self_attn", None), "config", None)
+def _layer_impl(lm: LanguageModel, layer: int, default: str) -> str:
+    cfg = getattr(lm.attention_module(layer), "config", None)
     return getattr(cfg, "_attn_implementation", None) or default
 
 
@@ -404,7 +408,7 @@ def masked_forward(
             return None
         h = args[0] if args else kwargs["hidden_states"]
         size = h.shape[1]
-        impl = _layer_impl(lm.layers[i], default)
+        impl = _layer_impl(lm, i, default)
         key = (id(m), impl)
         if key not in masks:
             allowed = torch.ones(size, size, dtype=torch.bool).tril()
@@ -425,10 +429,10 @@ def masked_forward(
 
         return hook
 
-    handles = [lm.layers[i].self_attn.register_forward_hook(capture(i)) for i in read]
+    handles = [lm.attention_module(i).register_forward_hook(capture(i)) for i in read]
     try:
         with (
-            eager_attention([lm.layers[i] for i in read]),
+            eager_attention([lm.attention_module(i) for i in read]),
             layer_hooks(lm.layers, pre=pre),
             last_position_head(lm.lm_head),
         ):

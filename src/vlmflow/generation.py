@@ -46,7 +46,7 @@ def generate_with_plan(
             return None
         h = args[0] if args else kwargs["hidden_states"]
         q = h.shape[1]
-        impl = _layer_impl(lm.layers[i], default)
+        impl = _layer_impl(lm, i, default)
         if q == n:  # prefill
             allowed = torch.ones(n, n, dtype=torch.bool).tril() & ~torch.from_numpy(m)
         else:  # one new token; key length grows by one per step

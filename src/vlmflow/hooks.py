@@ -38,16 +38,15 @@ def layer_hooks(
 
 
 @contextmanager
-def attention_implementation(layers: Sequence[nn.Module], name: str) -> Iterator[None]:
-    """Run ``layers``' attention with the registered implementation ``name`` and leave every
-    other layer as it is. Each layer gets its own shallow copy of its attention config,
-    restored afterwards."""
+def attention_implementation(modules: Sequence[nn.Module], name: str) -> Iterator[None]:
+    """Run the attention ``modules`` with the registered implementation ``name`` and leave
+    every other as it is. Each module gets its own shallow copy of its config, restored
+    afterwards."""
     import copy
 
     saved = []
     try:
-        for layer in layers:
-            attn = layer.self_attn
+        for attn in modules:
             saved.append((attn, attn.config))
             cfg = copy.copy(attn.config)
             cfg._attn_implementation = name
@@ -58,6 +57,6 @@ def attention_implementation(layers: Sequence[nn.Module], name: str) -> Iterator
             attn.config = cfg
 
 
-def eager_attention(layers: Sequence[nn.Module]) -> Any:
-    """Run ``layers``' attention eagerly, so that it returns its weights."""
-    return attention_implementation(layers, "eager")
+def eager_attention(modules: Sequence[nn.Module]) -> Any:
+    """Run the attention ``modules`` eagerly, so that they return their weights."""
+    return attention_implementation(modules, "eager")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from benchfiles import (
+
+from tests.data.benchfiles import (
     flat_frames,
     frame_folder,
     lvb_item,
@@ -20,7 +21,6 @@ from benchfiles import (
     write_json,
     write_videomme,
 )
-
 from vlmflow.data import DATASETS, load_dataset, load_sample_frames, sample_indices, write_video
 from vlmflow.data.videomme import youtube_id
 from vlmflow.errors import DataError

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from benchfiles import mvbench_item, video, videomme_row, write_json, write_videomme
 from typer.testing import CliRunner
 
+from tests.data.benchfiles import mvbench_item, video, videomme_row, write_json, write_videomme
 from vlmflow.cli import app
 from vlmflow.data import DATASETS
 from vlmflow.store import read_records

@@ -1,21 +1,24 @@
-"""Analyses: named families of plans and reads from the paper, each producing records."""
+"""Analyses: named families of plans and reads from the paper, one unit (module) each.
+
+Every module of this package that registers an analysis in
+:data:`~vlmflow.analyses.base.ANALYSES` is found by :func:`load_all`; nothing else lists
+them.
+"""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
-MODULES = (
-    "information_flow",
-    "answer_probability",
-    "logit_lens",
-    "attention_maps",
-    "pathways",
-    "open_ended",
-    "screened_flow",
-)
+_LOADED = False
 
 
 def load_all() -> None:
     """Import every analysis module so the ``ANALYSES`` registry is complete."""
-    for name in MODULES:
-        importlib.import_module(f"{__name__}.{name}")
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name not in ("base", "targets"):
+            importlib.import_module(f"{__name__}.{info.name}")

@@ -8,40 +8,45 @@ paper's code did for LLaVA (the last layer's output is always normed, as in the 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..engine import Engine
-from ..errors import PlanError
-from ..models.base import Adapter, Prepared
-from .base import ANALYSES, SAMPLE_MODES, Baseline
+from .base import ANALYSES, Analysis, check_sample_mode, option
+
+if TYPE_CHECKING:
+    from ..probe import Probe
+    from ..report import Section
+    from ..rundir import RunDir
 
 
 @ANALYSES.register("answer-prob", "probability of each option letter read from every layer")
 @dataclass
-class AnswerProbability:
-    """One record per sample x layer: the option letters' probabilities at the last position."""
+class AnswerProbability(Analysis):
+    """Probability of the true and the false option letters read from every layer.
+
+    One record per sample x layer: the option letters' probabilities at the last position."""
 
     name: ClassVar[str] = "answer-prob"
+    order: ClassVar[int] = 20
     needs_knockout: ClassVar[bool] = False
-    norm: bool = True
-    sample_mode: str = "all"
+    norm: bool = option(
+        True,
+        "final norm on intermediate layers (--no-norm: skip it, as the paper's LLaVA code)",
+        "--norm/--no-norm",
+    )
+    sample_mode: str = option("all", "analyse the samples the model gets correct, wrong, or all")
 
     def __post_init__(self) -> None:
-        if self.sample_mode not in SAMPLE_MODES:
-            raise PlanError(f"unknown sample mode {self.sample_mode!r}; choose from {SAMPLE_MODES}")
-
-    def config(self) -> dict[str, Any]:
-        return asdict(self)
+        check_sample_mode(self.sample_mode)
 
     @torch.inference_mode()
-    def records(
-        self, adapter: Adapter, prepared: Prepared, engine: Engine, base: Baseline
-    ) -> list[dict[str, Any]]:
+    def records(self, probe: Probe) -> list[dict[str, Any]]:
+        prepared, engine, base = probe.prepared, probe.engine, probe.base
         if not base.keep(self.sample_mode) or prepared.sample.answer is None:
             return []
         lm = engine.lm
@@ -70,6 +75,24 @@ class AnswerProbability:
                 }
             )
         return rows
+
+    @classmethod
+    def summarize(cls, records: pd.DataFrame) -> pd.DataFrame:
+        return summarize_answer_prob(records)
+
+    @classmethod
+    def section(cls, records: pd.DataFrame, run: RunDir) -> Section:
+        return answer_prob_section(records, run)
+
+    @classmethod
+    def terminal(cls, report: dict[str, Any]) -> list[str]:
+        """Per task, the layer from which the true option stays above the false ones."""
+        summary = report.get("summaries", {}).get("answer-prob")
+        if summary is None or summary.empty:
+            return []
+        over = overtake_layers(summary)
+        text = ", ".join(f"{t}: L{v + 1}" if v is not None else f"{t}: never" for t, v in over.items())
+        return [f"true option overtakes the false ones from: {text}"]
 
 
 def summarize_answer_prob(records: pd.DataFrame) -> pd.DataFrame:
@@ -101,3 +124,85 @@ def overtake_layers(summary: pd.DataFrame) -> dict[str, int | None]:
             first = int(layers[i])
         out[str(task)] = first
     return out
+
+
+def answer_prob_section(rows: pd.DataFrame, run: RunDir) -> Section:
+    """The true option letter against the false ones, layer by layer, per task."""
+    from ..report import Chart, Section, mean_ci
+    from ..report.figures import save_figure
+
+    summary = summarize_answer_prob(rows)
+    section = Section("Answer probability by layer", summaries={"answer-prob": summary})
+    if summary.empty:
+        return section
+    parts = []
+    for column, label in (
+        ("p_true", "true option"),
+        ("p_false_max", "strongest false option"),
+        ("p_false_mean", "false options (mean)"),
+    ):
+        if column in rows:
+            part = mean_ci(rows, ["task", "layer"], column).rename(
+                columns={f"{column}_mean": "p_mean", f"{column}_ci95": "p_ci95"}
+            )
+            parts.append(part.assign(option=label))
+    long = pd.concat(parts, ignore_index=True)
+    section.charts.append(
+        Chart(
+            "Probability of the option letters read from each layer",
+            long,
+            {"probability": ("p_mean", "p_ci95")},
+            series=("option",),
+            zero_line=False,
+            limits=(0.0, 1.0),
+        )
+    )
+    if "top1_rate" in summary:
+        section.charts.append(
+            Chart(
+                "How often the true letter ranks first among the options",
+                summary,
+                {"top-1 rate": ("top1_rate", None)},
+                zero_line=False,
+                limits=(0.0, 1.0),
+            )
+        )
+    overtake = overtake_layers(summary)
+    path = run.figure_path("answer-prob")
+    save_figure(answer_prob_figure(summary, overtake), path)
+    section.figures["Answer probability by layer"] = path
+    where = ", ".join(f"{t}: {'never' if v is None else f'layer {v + 1}'}" for t, v in overtake.items())
+    section.notes = (
+        "The last position's hidden state after each layer, read through the final norm and the "
+        "output head; mean over samples with its 95% band. The true letter stays above the "
+        f"strongest false one from (1-based) {where}."
+    )
+    return section
+
+
+def answer_prob_figure(summary: pd.DataFrame, overtake: dict[str, int | None] | None = None) -> Any:
+    """Per task: mean probability of the true option letter vs the false ones, by layer."""
+    from ..report.figures import pyplot
+
+    plt = pyplot()
+    tasks = sorted(summary["task"].unique())
+    cols = min(3, max(1, len(tasks)))
+    rows = math.ceil(len(tasks) / cols) if tasks else 1
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.2 * rows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        d = summary[summary["task"] == task].sort_values("layer")
+        x = d["layer"] + 1
+        ax.plot(x, d["p_true"], marker="o", ms=3, label="true option")
+        ax.plot(x, d["p_false_max"], marker="s", ms=3, label="strongest false option")
+        ax.plot(x, d["p_false_mean"], ls="--", label="false options (mean)")
+        if overtake and overtake.get(task) is not None:
+            ax.axvline(overtake[task] + 1, color="gray", ls=":", label="true overtakes")
+        ax.set_title(f"{task} (n={int(d['n'].max())})", fontsize=10)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("probability")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.axis("off")
+    fig.suptitle("Answer probability read from each layer", fontsize=11)
+    fig.tight_layout()
+    return fig

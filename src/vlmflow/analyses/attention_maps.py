@@ -8,115 +8,108 @@ no ``N x N`` weight matrix is kept.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..cuts import Cut, Plan, compile_plan
-from ..engine import Engine, masked_forward
-from ..errors import PlanError
-from ..layout import check_group
-from ..models.base import Adapter, Prepared
-from .base import ANALYSES, SAMPLE_MODES, Baseline
+from ..cuts import Cut, Plan, parse_layers
+from ..layout import TokenLayout, check_group
+from .base import ANALYSES, Analysis, check_sample_mode, option, overlay_samples, video_grid
 from .targets import TARGETS, parse_edges
+
+if TYPE_CHECKING:
+    from ..probe import Probe
+    from ..report import Section
+    from ..rundir import RunDir
 
 
 @ANALYSES.register("attention", "attention from last/question tokens to each frame, baseline vs a plan")
 @dataclass
-class AttentionMaps:
-    """One record per sample x condition x layer x query group: attention mass per frame
-    and per video token."""
+class AttentionMaps(Analysis):
+    """Attention from the last and question tokens to each frame, baseline vs a plan.
+
+    One record per sample x condition x layer x query group: attention mass per frame and per
+    video token."""
 
     name: ClassVar[str] = "attention"
-    needs_knockout: ClassVar[bool] = True
-    layers: tuple[int, ...] | None = None
+    order: ClassVar[int] = 40
+    layers: tuple[int, ...] | None = option(
+        None, "layers to read, 0-based, e.g. 0-7 (default all)", cli=str, parse=parse_layers
+    )
     queries: tuple[str, ...] = ("last", "question")
-    compare: str | None = "cross-frame"
-    compare_layers: tuple[int, ...] | None = None
-    sample_mode: str = "correct"
-    overlays: int = 2
-    out_dir: str | None = field(default=None, repr=False)
+    compare: str | None = option(
+        "cross-frame",
+        "plan drawn beside the baseline: a target or SRC->DST[,..]; 'none' for baseline only",
+        cli=str,
+        parse=lambda text: None if text in (None, "none") else text,
+    )
+    compare_layers: tuple[int, ...] | None = option(
+        None, "layers the comparison plan blocks (default all)", cli=str, parse=parse_layers
+    )
+    sample_mode: str = option("correct", "analyse the samples the model gets correct, wrong, or all")
+    overlays: int = option(2, "samples drawn as heatmaps over their frames")
 
     def __post_init__(self) -> None:
-        if self.sample_mode not in SAMPLE_MODES:
-            raise PlanError(f"unknown sample mode {self.sample_mode!r}; choose from {SAMPLE_MODES}")
+        check_sample_mode(self.sample_mode)
         if self.compare and self.compare not in TARGETS:
             parse_edges(self.compare)  # a typo in --compare stops the run before its first sample
         for q in self.queries:
             check_group(q)
-        self._drawn = 0
 
-    def config(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("out_dir")
-        return d
-
-    def bind(self, out_dir: str | Path) -> None:
-        self.out_dir = str(out_dir)
-
-    def comparison_plan(self, prepared: Prepared, num_layers: int) -> Plan | None:
+    def comparison_plan(self, layout: TokenLayout, num_layers: int) -> Plan | None:
         """The plan drawn beside the baseline: a target's curves (all of them) or custom
         ``SRC->DST`` edges, blocked in ``compare_layers`` (default: every layer)."""
         if not self.compare:
             return None
         layers = self.compare_layers if self.compare_layers is not None else tuple(range(num_layers))
         if self.compare in TARGETS:
-            edges = [e for _, es in TARGETS.get(self.compare)(prepared.layout) for e in es]
+            edges = [e for _, es in TARGETS.get(self.compare)(layout) for e in es]
         else:
             edges = list(parse_edges(self.compare))
         return Plan(self.compare, tuple(Cut(s, d, layers) for s, d in edges))
 
     @torch.inference_mode()
-    def records(
-        self, adapter: Adapter, prepared: Prepared, engine: Engine, base: Baseline
-    ) -> list[dict[str, Any]]:
-        if not base.keep(self.sample_mode):
+    def records(self, probe: Probe) -> list[dict[str, Any]]:
+        if not probe.base.keep(self.sample_mode):
             return []
-        n_layers = engine.lm.num_layers
-        layers = self.layers if self.layers is not None else tuple(range(n_layers))
-        layout = prepared.layout
-        queries = {q: layout.resolve(q) for q in self.queries}
+        layers = self.layers if self.layers is not None else tuple(range(probe.num_layers))
+        layout = probe.layout
         video = layout.resolve("video")
-        conditions: list[tuple[str, Any]] = [("baseline", None)]
-        plan = self.comparison_plan(prepared, n_layers)
+        grid = video_grid(layout)
+        conditions: list[tuple[str, Plan | None]] = [("baseline", None)]
+        plan = self.comparison_plan(layout, probe.num_layers)
         if plan is not None:
-            conditions.append((plan.name, compile_plan(plan, layout, n_layers)))
+            conditions.append((plan.name, plan))
         rows = []
-        maps: dict[str, dict[int, np.ndarray]] = {}
-        for condition, compiled in conditions:
-            _, reads = masked_forward(
-                engine.lm, prepared.inputs, compiled, read_attention=layers, queries=queries
-            )
-            maps[condition] = {}
+        for condition, cut in conditions:
+            reads = probe.attention(layers, self.queries, cut)
             for layer in layers:
                 for group, weights in reads[layer].items():
                     w = weights.numpy()
-                    per_frame = [float(w[s.start : s.end].sum()) for s in layout.frames]
-                    if group == "last":
-                        maps[condition][layer] = w[video]
                     rows.append(
                         {
                             "condition": condition,
                             "layer": layer,
                             "query": group,
                             "video_mass": float(w[video].sum()),
-                            "frame_mass": per_frame,
+                            "frame_mass": [float(w[s.start : s.end].sum()) for s in layout.frames],
                             "token_attention": w[video].tolist(),
                             "row_sum": float(w.sum()),
+                            **grid,
                         }
                     )
-        if self.out_dir and self._drawn < self.overlays and prepared.sample.frames is not None:
-            from ..report.figures import attention_overlay_figure, save_figure
-
-            show = sorted({layers[len(layers) // 2], layers[-1]})
-            fig = attention_overlay_figure(prepared.sample, layout, maps, show)
-            save_figure(fig, Path(self.out_dir) / "figures" / "attention" / f"{prepared.sample.id}.png")
-            self._drawn += 1
         return rows
+
+    @classmethod
+    def summarize(cls, records: pd.DataFrame) -> pd.DataFrame:
+        return summarize_attention(records)
+
+    @classmethod
+    def section(cls, records: pd.DataFrame, run: RunDir) -> Section:
+        return attention_section(records, run)
 
 
 def summarize_attention(records: pd.DataFrame) -> pd.DataFrame:
@@ -140,3 +133,122 @@ def summarize_attention(records: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def attention_section(rows: pd.DataFrame, run: RunDir) -> Section:
+    """Attention mass of the query tokens on the video per layer, baseline against the
+    comparison plan; per-frame heatmaps as PNG."""
+    from ..report import Chart, Section, mean_ci
+    from ..report.figures import save_figure
+
+    summary = summarize_attention(rows)
+    section = Section("Attention to the video", summaries={"attention": summary})
+    if summary.empty:
+        return section
+    for query in sorted(summary["query"].unique()):
+        data = mean_ci(rows[rows["query"] == query], ["task", "condition", "layer"], "video_mass")
+        section.charts.append(
+            Chart(
+                f"Attention of the {query} tokens to the video",
+                data,
+                {"attention mass on video tokens": ("video_mass_mean", "video_mass_ci95")},
+                series=("condition",),
+                zero_line=False,
+                limits=(0.0, 1.0),
+            )
+        )
+        path = run.figure_path(f"attention-frames-{query}")
+        save_figure(attention_frames_figure(summary, query), path)
+        section.figures[f"Attention of the {query} tokens to each frame"] = path
+    last = rows[rows["query"] == "last"]
+    if not last.empty and "video_grid" in last:
+        layers = sorted(last["layer"].unique())
+        shown = sorted({int(layers[len(layers) // 2]), int(layers[-1])})
+        for sample, frames in overlay_samples(last, run, "attention"):
+            d = last[last["sample_id"] == sample.id]
+            maps = {
+                str(c): {int(r.layer): np.asarray(r.token_attention) for r in g.itertuples()}
+                for c, g in d.groupby("condition", sort=False)
+            }
+            first = d.iloc[0]
+            fig = attention_overlay_figure(
+                frames, first["video_grid"], int(first["frames_per_group"]), maps, shown, sample
+            )
+            path = run.figure_path(f"attention/{sample.id}")
+            save_figure(fig, path)
+            section.figures[f"Attention over the frames: {sample.id}"] = path
+    section.notes = (
+        "Mean over heads and query tokens of the attention weights on the video tokens, per layer; "
+        "'baseline' is the unmodified model, the other condition the comparison cut in every layer."
+    )
+    return section
+
+
+def attention_overlay_figure(
+    frames: Any,
+    grid: list[list[int]],
+    frames_per_group: int,
+    maps: dict[str, dict[int, Any]],
+    layers: list[int],
+    sample: Any,
+) -> Any:
+    """The last token's attention to each video token drawn as a heatmap over its frame;
+    one row per condition and layer (baseline vs a plan side by side). ``maps``: condition
+    -> layer -> weights over the video tokens; ``grid`` as in :func:`video_grid`."""
+    from ..report.figures import pyplot
+
+    plt = pyplot()
+    rows = [(c, layer) for c in maps for layer in layers if layer in maps[c]]
+    groups = len(grid)
+    fig, axes = plt.subplots(len(rows), groups, figsize=(1.9 * groups, 2.0 * len(rows)), squeeze=False)
+    vmax = max(float(np.max(maps[c][layer])) for c, layer in rows) or 1.0
+    for r, (cond, layer) in enumerate(rows):
+        w = maps[cond][layer]
+        for t, (off, h, gw) in enumerate(grid):
+            ax = axes[r][t]
+            frame = frames[min(t * frames_per_group, len(frames) - 1)]
+            ax.imshow(frame, extent=(0, 1, 1, 0))
+            heat = np.asarray(w[off : off + h * gw]).reshape(h, gw)
+            ax.imshow(heat, extent=(0, 1, 1, 0), cmap="magma", alpha=0.6, vmin=0, vmax=vmax)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"frame {t}", fontsize=8)
+            if t == 0:
+                ax.set_ylabel(f"{cond}\nlayer {layer + 1}", fontsize=7)
+    fig.suptitle(f"Attention of the last token to the video: {sample.id} ({sample.task})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def attention_frames_figure(summary: pd.DataFrame, query: str = "last") -> Any:
+    """Mean attention mass of ``query`` tokens on each frame (columns) by layer (rows),
+    one panel per condition; tasks pooled."""
+    from ..report.figures import pyplot
+
+    plt = pyplot()
+    data = summary[summary["query"] == query]
+    conds = list(dict.fromkeys(data["condition"]))
+    fig, axes = plt.subplots(1, len(conds), figsize=(4.2 * len(conds), 3.6), squeeze=False)
+    for ax, cond in zip(axes[0], conds, strict=True):
+        d = data[data["condition"] == cond]
+        layers = sorted(d["layer"].unique())
+        grid = np.stack(
+            [
+                np.mean(np.stack(d[d["layer"] == layer]["frame_mass"].map(np.asarray).tolist()), axis=0)
+                for layer in layers
+            ]
+        )
+        im = ax.imshow(
+            grid,
+            aspect="auto",
+            cmap="viridis",
+            origin="lower",
+            extent=(-0.5, grid.shape[1] - 0.5, layers[0] + 0.5, layers[-1] + 1.5),
+        )
+        ax.set_xlabel("frame")
+        ax.set_ylabel("layer")
+        ax.set_title(f"{query} -> frames: {cond}", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig

@@ -1,32 +1,219 @@
-"""What every analysis shares: the registry and the baseline read of a prepared sample."""
+"""What every analysis shares: the unit base class, its registry, and the baseline read.
+
+An analysis is one unit (a module of this package): a dataclass whose fields are its
+options, registered in :data:`ANALYSES` with the decorator, that
+
+* turns one :class:`~vlmflow.probe.Probe` into flat records (:meth:`Analysis.records`;
+  it reads and cuts, and writes no files and draws nothing),
+* summarises its records into tables (:meth:`Analysis.summarize`),
+* builds its part of the report, figures included, from stored records
+  (:meth:`Analysis.section`), and
+* is a CLI command whose options are its fields marked with :func:`option`.
+
+``vlmflow list analyses``, the report's order and sections and the CLI all read the one
+registry; adding an analysis is adding a module here (found by :func:`load_all`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import pandas as pd
 import torch
 
-from ..engine import Engine
+from ..errors import PlanError
+from ..layout import TokenLayout
 from ..models.base import Adapter, Prepared
 from ..registry import Registry
+from ..sample import Sample
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ..api import Options, RunResult
+    from ..probe import Probe
+    from ..report import Section
+    from ..rundir import RunDir
+
+log = logging.getLogger(__name__)
 SAMPLE_MODES = ("correct", "wrong", "all")
 
 
-class Analysis(Protocol):
-    """A named family of plans and reads; turns one prepared sample into records."""
+def option(
+    default: Any = None,
+    help: str = "",
+    *flags: str,
+    cli: type | Any = None,
+    parse: Callable[[Any], Any] | None = None,
+) -> Any:
+    """A dataclass field that is also a command-line option of the analysis's command.
 
-    name: ClassVar[str]
+    ``flags`` default to ``--<field-name>``; ``cli`` is the option's type when it differs
+    from the default's (a tuple field is a repeatable option); ``parse`` turns the option's
+    value into the field's (for instance ``"0-3,7"`` into ``(0, 1, 2, 3, 7)``).
+    """
+    meta = {"help": help, "flags": flags, "cli": cli, "parse": parse}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use a tuple default for a sequence option")
+    return dataclasses.field(default=default, metadata={"option": meta})
 
-    def records(
-        self, adapter: Adapter, prepared: Prepared, engine: Engine, base: Baseline
-    ) -> list[dict[str, Any]]: ...
 
-    def config(self) -> dict[str, Any]: ...
+@dataclass(frozen=True)
+class CliOption:
+    """One option of an analysis's command: ``name`` (a keyword of ``from_cli``), its
+    default, help text, flags (default ``--name-with-dashes``), ``cli`` the option's type
+    when not the default's (``list``: repeatable), ``parse`` from option value to field."""
+
+    name: str
+    default: Any
+    help: str = ""
+    flags: tuple[str, ...] = ()
+    cli: Any = None
+    parse: Callable[[Any], Any] | None = None
 
 
-ANALYSES: Registry[type] = Registry("analysis")
+def check_sample_mode(mode: str) -> None:
+    if mode not in SAMPLE_MODES:
+        raise PlanError(f"unknown sample mode {mode!r}; choose from {SAMPLE_MODES}")
+
+
+class Analysis:
+    """Base class of the analysis units (subclasses are dataclasses; see the module doc).
+
+    Class attributes: ``name`` (records' ``analysis`` column, the CLI command, the report
+    key), ``order`` (position in the report), ``needs_knockout`` (whether it cuts, so the
+    model's attention must take masks), ``command`` (whether it has a CLI command of its
+    own; a variant reached through another command's option has none).
+    """
+
+    name: ClassVar[str] = ""
+    order: ClassVar[int] = 100
+    needs_knockout: ClassVar[bool] = True
+    command: ClassVar[bool] = True  # whether the CLI has a command of its name
+
+    def records(self, probe: Probe) -> list[dict[str, Any]]:
+        """The records of one input (``[]`` to skip it)."""
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """The options as JSON-able data, stored in the run's manifest."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def summarize(cls, records: pd.DataFrame) -> pd.DataFrame:
+        """This analysis's error-free records -> its summary table (default: generic)."""
+        from ..report import summarize_layers
+
+        return summarize_layers(records)
+
+    @classmethod
+    def section(cls, records: pd.DataFrame, run: RunDir) -> Section | pd.DataFrame | None:
+        """Its part of the report, drawn from stored records (figures into ``run``)."""
+        return cls.summarize(records)
+
+    @classmethod
+    def terminal(cls, report: dict[str, Any]) -> list[str]:
+        """Lines the CLI prints after a run of this analysis, from the report's result
+        (:func:`~vlmflow.report.finalize`; default none)."""
+        return []
+
+    # ------------------------------------------------------------------ command line
+    @classmethod
+    def cli_options(cls) -> list[CliOption]:
+        """The command's own options: the fields declared with :func:`option`."""
+        return [
+            CliOption(f.name, f.default, **f.metadata["option"])
+            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            if "option" in f.metadata
+        ]
+
+    @classmethod
+    def from_cli(cls, **values: Any) -> Analysis:
+        """The analysis from its command's option values."""
+        kwargs = {}
+        fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        for opt in cls.cli_options():
+            if opt.name not in fields:  # an option the class's own from_cli handles
+                continue
+            value = values[opt.name]
+            if opt.parse is not None:
+                value = opt.parse(value)
+            elif opt.cli is list or isinstance(opt.default, tuple):  # a repeatable option
+                value = tuple(value) if value else opt.default
+            kwargs[opt.name] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def run_cli(cls, options: Options, out: Path, **values: Any) -> RunResult:
+        """What the command does: run this analysis over ``options``' samples into ``out``."""
+        from ..api import run
+
+        return run(options, [cls.from_cli(**values)], out)
+
+
+ANALYSES: Registry[type[Analysis]] = Registry("analysis")
+
+
+def video_grid(layout: TokenLayout) -> dict[str, Any]:
+    """Record fields that place each video token on its frame: ``video_grid`` (per frame
+    group ``[offset among the video tokens, h, w]``, the grid row-major) and
+    ``frames_per_group``; the report draws per-sample overlays from them."""
+    offsets = layout.frame_token_offsets or (0,) * layout.num_frames
+    grid = [
+        [span.start - layout.video.start + off, h, w]
+        for span, off, (h, w) in zip(layout.frames, offsets, layout.frame_grids, strict=True)
+    ]
+    return {"video_grid": grid, "frames_per_group": layout.frames_per_group}
+
+
+def overlay_samples(records: pd.DataFrame, run: RunDir, analysis: str) -> list[tuple[Sample, Any]]:
+    """The samples an analysis draws over their frames in the report, with their frames
+    ``(T, H, W, 3)``: the first ``overlays`` (its option) sample ids in sorted order, so the
+    choice depends neither on sharding nor on processing order. Frames are loaded again
+    from the run's dataset as the run sampled them; when that fails, no overlays."""
+    from ..data import load_dataset
+    from ..data.video import load_sample_frames
+
+    manifest = run.manifest()
+    config = manifest.get("config", {})
+    count = int(config.get("analyses", {}).get(analysis, {}).get("overlays", 0) or 0)
+    ids = sorted(set(records["sample_id"].astype(str)))[:count]
+    if not ids:
+        return []
+    try:
+        samples = load_dataset(
+            config["data"],
+            tasks=config.get("tasks") or None,
+            samples=config.get("samples"),
+            seed=config.get("seed", 0),
+        )
+        by_id = {s.id: s for s in samples}
+        policy = config.get("frame_policy") or manifest.get("frame_policy") or "segment_middle"
+        out = []
+        for sid in ids:
+            sample = by_id[sid]
+            frames = sample.frames
+            if frames is None:
+                frames = load_sample_frames(
+                    sample, int(config.get("num_frames", 8)), sample.meta.get("frame_policy", policy)
+                )
+            out.append((sample, frames))
+        return out
+    except Exception as exc:  # overlays are an extra: a moved dataset must not cost the report
+        log.warning("no %s overlays: cannot load the run's samples again (%s)", analysis, exc)
+        return []
+
+
+def ordered() -> list[type[Analysis]]:
+    """Every registered analysis in report order (``order``, then name)."""
+    from . import load_all
+
+    load_all()
+    return sorted((ANALYSES.get(n) for n in ANALYSES), key=lambda c: (c.order, c.name))
 
 
 @dataclass(frozen=True)
@@ -40,6 +227,17 @@ class Baseline:
     gt_id: int | None
     gt_letter: str | None
     option_probs: tuple[float, ...]
+    letters: tuple[str, ...] = ()
+
+    @property
+    def letter(self) -> str | None:
+        """The option letter the model answers (``None`` if its top token is no letter)."""
+        return self.pred_option
+
+    @property
+    def probabilities(self) -> dict[str, float]:
+        """Option letter -> probability of that letter as the next token."""
+        return dict(zip(self.letters, self.option_probs, strict=True))
 
     @property
     def p_pred(self) -> float:
@@ -71,6 +269,9 @@ class Baseline:
         }
 
 
+Answer = Baseline  # what a read of any logits gives: the baseline's, or a knockout's
+
+
 def read_answer(adapter: Adapter, prepared: Prepared, logits: torch.Tensor) -> Baseline:
     """Interpret last-position ``logits`` ``(vocab,)`` as an answer to ``prepared``."""
     probs = logits.float().softmax(-1)
@@ -85,4 +286,5 @@ def read_answer(adapter: Adapter, prepared: Prepared, logits: torch.Tensor) -> B
         gt_id=prepared.answer_id,
         gt_letter=prepared.sample.answer_letter,
         option_probs=tuple(float(probs[t]) for t in prepared.option_ids),
+        letters=letters,
     )

@@ -8,19 +8,25 @@ relative change in %, and the argmax answer before and after.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..cuts import WINDOW_STYLES
-from ..engine import Engine
+from ..cuts import WINDOW_STYLES, parse_layers
 from ..errors import PlanError
-from ..models.base import Adapter, Prepared
-from .base import ANALYSES, SAMPLE_MODES, Baseline, read_answer
+from .base import ANALYSES, Analysis, CliOption, check_sample_mode, option
 from .targets import PAPER_TARGETS, TARGETS, SweepPoint, parse_edges, sweep, target_curves
+
+if TYPE_CHECKING:
+    from ..probe import Probe
+    from ..report import Section
+    from ..rundir import RunDir
 
 
 def relative_change(new: float, base: float) -> float:
@@ -30,70 +36,132 @@ def relative_change(new: float, base: float) -> float:
 
 @ANALYSES.register("flow", "attention knockout sweeps over layers (the paper's targets)")
 @dataclass
-class InformationFlow:
-    """Knockout sweeps: one record per sample x curve x sweep layer."""
+class InformationFlow(Analysis):
+    """Attention knockout sweeps: block edges between token groups layer by layer and
+    measure the change in the answer's probability.
+
+    One record per sample x curve x sweep layer."""
 
     name: ClassVar[str] = "flow"
-    targets: tuple[str, ...] = PAPER_TARGETS
-    custom: tuple[str, ...] = ()
-    window: int = 9
-    window_style: str = "center"
-    layers: tuple[int, ...] | None = None
-    sample_mode: str = "correct"
+    order: ClassVar[int] = 10
+    targets: tuple[str, ...] | None = option(
+        None,
+        "cross-frame, vql-to-ql, question-and-options-to-last, vq-to-true-opt (repeatable; default all)",
+        "--target",
+        "-t",
+        cli=list,
+    )
+    custom: tuple[str, ...] = option(
+        (), "custom curve SRC->DST[,SRC->DST] over token groups (repeatable)", "--cut"
+    )
+    window: int = option(9, "layers blocked around each sweep layer")
+    window_style: str = option("center", "center, inverse, top_down or bottom_up")
+    layers: tuple[int, ...] | None = option(
+        None, "sweep only these layers, 0-based, e.g. 0-7,12", cli=str, parse=parse_layers
+    )
+    sample_mode: str = option("correct", "analyse the samples the model gets correct, wrong, or all")
 
     def __post_init__(self) -> None:
-        for t in self.targets:
-            TARGETS.get(t)
-        if self.window_style not in WINDOW_STYLES:
-            raise PlanError(f"unknown window style {self.window_style!r}; choose from {WINDOW_STYLES}")
-        if self.sample_mode not in SAMPLE_MODES:
-            raise PlanError(f"unknown sample mode {self.sample_mode!r}; choose from {SAMPLE_MODES}")
-        if self.window < 1:
-            raise PlanError("window must be >= 1")
-        for cut in self.custom:  # a typo in --cut stops the run before its first sample
-            parse_edges(cut)
-        if self.layers is not None and not self.layers:
-            raise PlanError("the sweep layers are empty; give at least one layer (or none for all)")
-        if not self.targets and not self.custom:
-            raise PlanError("nothing to sweep: give a target or a --cut")
+        if self.targets is None:  # the paper's four, unless only custom curves are asked for
+            self.targets = () if self.custom else PAPER_TARGETS
+        self.targets, self.custom = tuple(self.targets), tuple(self.custom)
+        check_sweep(self.targets, self.window, self.window_style, self.custom, self.layers)
+        check_sample_mode(self.sample_mode)
 
-    def config(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def records(
-        self, adapter: Adapter, prepared: Prepared, engine: Engine, base: Baseline
-    ) -> list[dict[str, Any]]:
-        if not base.keep(self.sample_mode):
+    def records(self, probe: Probe) -> list[dict[str, Any]]:
+        if not probe.base.keep(self.sample_mode):
             return []
-        n_layers = engine.lm.num_layers
-        layers = self.layers
-        if layers is not None and any(not 0 <= x < n_layers for x in layers):
-            raise PlanError(f"sweep layers {layers} outside 0..{n_layers - 1}")
-        rows: list[dict[str, Any]] = []
-        for target, name, edges in target_curves(self.targets, prepared.layout, self.custom):
-            points = sweep(
-                [(name, edges)], n_layers, window=self.window, style=self.window_style, layers=layers
+        return sweep_rows(
+            probe, self.targets, self.custom, window=self.window, style=self.window_style, layers=self.layers
+        )
+
+    @classmethod
+    def cli_options(cls) -> list[CliOption]:
+        options = super().cli_options()
+        if cls is InformationFlow:  # `flow --screen K` runs the screened variant
+            help = (
+                "estimate every plan by attribution and verify only the top K exactly (plus a random "
+                "control sample of 10); records say method=estimate|exact"
             )
-            logits = engine.evaluate([p.plan for p in points])
-            for point, lg in zip(points, logits, strict=True):
-                rows.append(
-                    flow_row(adapter, prepared, base, target, point, lg, self.window, self.window_style)
-                )
-        return rows
+            options.append(CliOption("screen", None, help, cli=int))
+        return options
+
+    @classmethod
+    def from_cli(cls, **values: Any) -> Analysis:
+        flow = super().from_cli(**values)
+        if cls is not InformationFlow or values.get("screen") is None:
+            return flow
+        from .screened_flow import ScreenedFlow
+
+        fields = {f.name: getattr(flow, f.name) for f in dataclasses.fields(InformationFlow)}
+        return ScreenedFlow(**fields, k=values["screen"])
+
+    @classmethod
+    def summarize(cls, records: pd.DataFrame) -> pd.DataFrame:
+        return summarize_flow(records)
+
+    @classmethod
+    def section(cls, records: pd.DataFrame, run: RunDir) -> Section:
+        return flow_section(records, run)
+
+
+def check_sweep(
+    targets: Sequence[str],
+    window: int,
+    style: str,
+    custom: Sequence[str] = (),
+    layers: Sequence[int] | None = None,
+) -> None:
+    """Unknown targets, window styles, windows below one, malformed custom curves, empty
+    sweep layers and an empty sweep are errors before the first sample."""
+    for t in targets:
+        TARGETS.get(t)
+    if style not in WINDOW_STYLES:
+        raise PlanError(f"unknown window style {style!r}; choose from {WINDOW_STYLES}")
+    if window < 1:
+        raise PlanError("window must be >= 1")
+    for cut in custom:  # a typo in --cut stops the run before its first sample
+        parse_edges(cut)
+    if layers is not None and not layers:
+        raise PlanError("the sweep layers are empty; give at least one layer (or none for all)")
+    if not targets and not custom:
+        raise PlanError("nothing to sweep: give a target or a --cut")
+
+
+def sweep_rows(
+    probe: Probe,
+    targets: Sequence[str],
+    custom: Sequence[str] = (),
+    *,
+    window: int = 9,
+    style: str = "center",
+    layers: Sequence[int] | None = None,
+) -> list[dict[str, Any]]:
+    """The knockout sweep of one input: a row per curve x sweep layer (see the module doc)."""
+    check_sweep(targets, window, style, custom, layers)
+    n_layers = probe.num_layers
+    if layers is not None and any(not 0 <= x < n_layers for x in layers):
+        raise PlanError(f"sweep layers {tuple(layers)} outside 0..{n_layers - 1}")
+    rows: list[dict[str, Any]] = []
+    for target, name, edges in target_curves(targets, probe.layout, custom):
+        points = sweep([(name, edges)], n_layers, window=window, style=style, layers=layers)
+        logits = probe.engine.evaluate([p.plan for p in points])
+        pairs = zip(points, logits, strict=True)
+        rows += [flow_row(probe, target, point, lg, window, style) for point, lg in pairs]
+    return rows
 
 
 def flow_row(
-    adapter: Adapter,
-    prepared: Prepared,
-    base: Baseline,
+    probe: Probe,
     target: str,
     point: SweepPoint,
     logits: torch.Tensor,
     window: int,
     window_style: str,
 ) -> dict[str, Any]:
-    """One knockout record: the answer read from ``logits`` against the baseline."""
-    new = read_answer(adapter, prepared, logits)
+    """One knockout record: the answer read from ``logits`` ``(vocab,)`` against the baseline."""
+    base = probe.base
+    new = probe.read(logits)
     p_pred_new = float(new.probs[base.pred_id])
     p_gt_new = None if base.gt_id is None else float(new.probs[base.gt_id])
     return {
@@ -142,3 +210,96 @@ def summarize_flow(df: pd.DataFrame) -> pd.DataFrame:
     out["rel_pred_ci95"] = g["rel_pred"].apply(ci)
     out["rel_gt_ci95"] = g["rel_gt"].apply(ci)
     return out.reset_index()
+
+
+def flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
+    """Per target: the % change of the answer's probability with its 95% CI per task
+    (panels) and cut (curves); and the PNG figures in the paper's layout."""
+    from ..report import Chart, Section
+    from ..report.figures import save_figure
+
+    flow = summarize_flow(rows)
+    section = Section("Attention knockout (flow)", summaries={"flow": flow} if not flow.empty else {})
+    if flow.empty:
+        return section
+    values = {
+        "% change of p(baseline answer)": ("rel_pred_mean", "rel_pred_ci95"),
+        "% change of p(ground truth)": ("rel_gt_mean", "rel_gt_ci95"),
+        "accuracy under knockout": ("acc_new", None),
+    }
+    for target in sorted(flow["target"].unique()):
+        data = flow[flow["target"] == target]
+        section.charts.append(Chart(f"Knockout: {target}", data, values, series=("condition",)))
+        path = run.figure_path(f"flow-{target}")
+        save_figure(flow_figure(flow, target), path)
+        section.figures[f"Knockout: {target}"] = path
+    if "cross-frame" in set(flow["condition"]):
+        data = flow[flow["condition"] == "cross-frame"]
+        section.charts.append(
+            Chart("Cross-frame knockout, tasks compared", data, values, series=("task",), panel=None)
+        )
+        path = run.figure_path("cross-frame-by-task")
+        save_figure(flow_by_task_figure(flow, "cross-frame"), path)
+        section.figures["Cross-frame knockout per task"] = path
+    window = int(rows["window"].iloc[0]) if "window" in rows else None
+    section.notes = (
+        "Each curve blocks one set of attention edges in a window of layers"
+        + (f" ({window} layers)" if window is not None else "")
+        + " centred on the layer on the x axis; y is the mean relative change of the answer's "
+        "probability over the task's samples, with its 95% confidence band."
+    )
+    return section
+
+
+def flow_figure(summary: pd.DataFrame, target: str, value: str = "rel_pred") -> Any:
+    """The paper's knockout plot for one target: a panel per task; x = layer (1-based),
+    y = mean % change of the answer probability with its 95% CI band, a curve per cut."""
+    from ..report.figures import pyplot
+
+    plt = pyplot()
+    data = summary[summary["target"] == target]
+    tasks = sorted(data["task"].unique())
+    cols = min(3, max(1, len(tasks)))
+    rows = math.ceil(len(tasks) / cols) if tasks else 1
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        for cond, d in data[data["task"] == task].groupby("condition"):
+            d = d.sort_values("layer")
+            x = d["layer"] + 1
+            y, ci = d[f"{value}_mean"], d[f"{value}_ci95"]
+            ax.plot(x, y, marker="o", ms=3, label=str(cond).replace("->", " -/-> "))
+            ax.fill_between(x, y - ci, y + ci, alpha=0.2)
+        ax.axhline(0, color="gray", lw=0.8)
+        n = int(data[data["task"] == task]["n"].max())
+        ax.set_title(f"{task} (n={n})", fontsize=10)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("% change in answer probability")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.axis("off")
+    fig.suptitle(f"Attention knockout: {target}", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def flow_by_task_figure(summary: pd.DataFrame, condition: str, value: str = "rel_pred") -> Any:
+    """One condition (e.g. ``cross-frame``), one curve per task, on a single axis, so
+    temporal tasks can be compared with a static control."""
+    from ..report.figures import pyplot
+
+    plt = pyplot()
+    data = summary[summary["condition"] == condition]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for task, d in data.groupby("task"):
+        d = d.sort_values("layer")
+        x = d["layer"] + 1
+        y, ci = d[f"{value}_mean"], d[f"{value}_ci95"]
+        ax.plot(x, y, marker="o", ms=3, label=f"{task} (n={int(d['n'].max())})")
+        ax.fill_between(x, y - ci, y + ci, alpha=0.15)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xlabel("layer (centre of the knockout window)")
+    ax.set_ylabel("% change in answer probability")
+    ax.set_title(f"Knockout of {condition} attention, per task")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

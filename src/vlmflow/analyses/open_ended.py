@@ -4,71 +4,62 @@ and the generated text kept, before and after."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from ..cuts import WINDOW_STYLES
-from ..engine import Engine
-from ..errors import PlanError
-from ..generation import generate_with_plan
-from ..models.base import Adapter, Prepared
-from .base import ANALYSES, Baseline
-from .information_flow import relative_change
-from .targets import TARGETS, sweep, target_curves
+from ..cuts import parse_layers
+from .base import ANALYSES, Analysis, option
+from .information_flow import check_sweep, relative_change
+from .targets import sweep, target_curves
+
+if TYPE_CHECKING:
+    from ..probe import Probe
 
 
 @ANALYSES.register("open-ended", "knockout sweeps with generation under each plan (open-ended answers)")
 @dataclass
-class OpenEnded:
-    """One record per sample x curve x sweep layer with the generated text before/after."""
+class OpenEnded(Analysis):
+    """Open-ended knockout: generate under each plan; trace the first token, keep the text.
+
+    One record per sample x curve x sweep layer with the generated text before/after."""
 
     name: ClassVar[str] = "open-ended"
-    targets: tuple[str, ...] = ("vql-to-ql",)
-    custom: tuple[str, ...] = ()
-    window: int = 9
-    window_style: str = "center"
-    layers: tuple[int, ...] | None = None
-    max_new_tokens: int = 16
+    order: ClassVar[int] = 60
+    targets: tuple[str, ...] | None = option(
+        None, "knockout targets (default vql-to-ql)", "--target", "-t", cli=list
+    )
+    custom: tuple[str, ...] = option((), "custom curve SRC->DST[,SRC->DST] (repeatable)", "--cut")
+    window: int = option(9, "layers blocked around each sweep layer")
+    window_style: str = option("center", "center, inverse, top_down or bottom_up")
+    layers: tuple[int, ...] | None = option(
+        None, "sweep only these layers, 0-based", cli=str, parse=parse_layers
+    )
+    max_new_tokens: int = option(16, "tokens generated per plan")
 
     def __post_init__(self) -> None:
-        for t in self.targets:
-            TARGETS.get(t)
-        if self.window_style not in WINDOW_STYLES:
-            raise PlanError(f"unknown window style {self.window_style!r}; choose from {WINDOW_STYLES}")
-
-    def config(self) -> dict[str, Any]:
-        return asdict(self)
+        if self.targets is None:
+            self.targets = () if self.custom else ("vql-to-ql",)
+        self.targets, self.custom = tuple(self.targets), tuple(self.custom)
+        check_sweep(self.targets, self.window, self.window_style)
 
     @torch.inference_mode()
-    def records(
-        self, adapter: Adapter, prepared: Prepared, engine: Engine, base: Baseline
-    ) -> list[dict[str, Any]]:
-        lm = engine.lm
-        tok = adapter.tokenizer
-        plain = generate_with_plan(
-            adapter.model, lm, prepared.inputs, None, max_new_tokens=self.max_new_tokens
-        )
+    def records(self, probe: Probe) -> list[dict[str, Any]]:
+        tok = probe.adapter.tokenizer
+        plain = probe.generate(None, max_new_tokens=self.max_new_tokens)
         first = plain.token_ids[0]
         p_base = float(plain.first_probs[first])
-        text_base = tok.decode(list(plain.token_ids), skip_special_tokens=True)
         rows = []
-        for target, name, edges in target_curves(self.targets, prepared.layout, self.custom):
+        for target, name, edges in target_curves(self.targets, probe.layout, self.custom):
             for point in sweep(
                 [(name, edges)],
-                lm.num_layers,
+                probe.num_layers,
                 window=self.window,
                 style=self.window_style,
                 layers=self.layers,
             ):
-                gen = generate_with_plan(
-                    adapter.model,
-                    lm,
-                    prepared.inputs,
-                    engine.compile(point.plan),
-                    max_new_tokens=self.max_new_tokens,
-                )
+                gen = probe.generate(point.plan, max_new_tokens=self.max_new_tokens)
                 p_new = float(gen.first_probs[first])
                 rows.append(
                     {
@@ -82,9 +73,9 @@ class OpenEnded:
                         "p_first_new": p_new,
                         "rel_first": relative_change(p_new, p_base),
                         "first_token_new": tok.decode([gen.token_ids[0]]),
-                        "text_base": text_base,
-                        "text_new": tok.decode(list(gen.token_ids), skip_special_tokens=True),
-                        "reference": prepared.sample.answer_text,
+                        "text_base": plain.text,
+                        "text_new": gen.text,
+                        "reference": probe.sample.answer_text,
                     }
                 )
         return rows

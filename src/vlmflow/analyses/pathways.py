@@ -16,22 +16,29 @@ within a tolerance of the baseline.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ..cuts import CompiledPlan, Cut, Plan, RandomCut
-from ..engine import Engine
 from ..errors import PlanError
 from ..layout import TokenLayout
-from ..models.base import Adapter, Prepared
-from .base import ANALYSES, Baseline, read_answer
+from ..sample import Sample
+from .base import ANALYSES, Analysis, CliOption
+
+if TYPE_CHECKING:
+    from ..api import Options, RunResult
+    from ..probe import Model, Probe
+    from ..report import Section
+    from ..rundir import RunDir
 
 Range = tuple[int, int]  # inclusive, 0-based
 KEEP_EDGES = ("cross_frame", "video_to_question", "question_to_last")
@@ -212,11 +219,16 @@ def load_spec(text: str) -> PathwaySpec:
 
 @ANALYSES.register("pathways", "accuracy with only the effective pathways kept, vs random blocking")
 @dataclass
-class Pathways:
-    """Per sample: the answer under the pathway (paper and strict variant) and under random
-    blocking of the same edge fraction for several seeds."""
+class Pathways(Analysis):
+    """Keep only effective pathways, block all other edges among video, question and last;
+    accuracy vs the baseline and vs random blocking of the same edge fraction.
+
+    Per sample:
+    the answer under the pathway (paper and strict variant) and under random blocking of
+    the same edge fraction for several seeds."""
 
     name: ClassVar[str] = "pathways"
+    order: ClassVar[int] = 50
     spec: PathwaySpec | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
     strict: bool = True
@@ -243,11 +255,62 @@ class Pathways:
         return self.spec
 
     @torch.inference_mode()
-    def records(
-        self, adapter: Adapter, prepared: Prepared, engine: Engine, base: Baseline
-    ) -> list[dict[str, Any]]:
-        spec = self.spec_for(engine.lm.num_layers)
-        return evaluate_pathway(adapter, prepared, engine, base, spec, self.seeds, self.strict)
+    def records(self, probe: Probe) -> list[dict[str, Any]]:
+        spec = self.spec_for(probe.num_layers)
+        return evaluate_pathway(probe, spec, self.seeds, self.strict)
+
+    @classmethod
+    def summarize(cls, records: pd.DataFrame) -> pd.DataFrame:
+        return summarize_pathways(records)
+
+    @classmethod
+    def section(cls, records: pd.DataFrame, run: RunDir) -> Section:
+        return pathways_section(records, run)
+
+    @classmethod
+    def terminal(cls, report: dict[str, Any]) -> list[str]:
+        """The search's result, if any, and the accuracy table."""
+        lines = [describe_search(report["search"])] if "search" in report else []
+        table = report.get("summaries", {}).get("pathways")
+        if table is not None and not table.empty:
+            lines.append(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+        return lines
+
+    # ------------------------------------------------------------------ command line
+    @classmethod
+    def cli_options(cls) -> list[CliOption]:
+        return [
+            CliOption("preset", None, "the paper's pathway of a model (see --help of `list`)", cli=str),
+            CliOption("spec", None, "a pathway spec file (JSON or YAML)", cli=Path),
+            CliOption("search", False, "find the layer ranges on a calibration split", ("--search",)),
+            CliOption("calib", 0.5, "fraction of samples used to search (the rest is held out)"),
+            CliOption("tolerance", 0.02, "accuracy the search may lose against the baseline"),
+            CliOption("step", 1, "layers a search move shrinks or grows a range by"),
+            CliOption("seeds", 3, "random-blocking seeds"),
+            CliOption("no_scale", False, "refuse a spec made for another layer count", ("--no-scale",)),
+        ]
+
+    @classmethod
+    def run_cli(cls, options: Options, out: Path, **values: Any) -> RunResult:
+        """A preset or spec file evaluated on every sample, or a search on a calibration
+        split evaluated on the held-out rest."""
+        preset, spec, search = values["preset"], values["spec"], values["search"]
+        if sum(x is not None and x is not False for x in (preset, spec, search or None)) != 1:
+            raise PlanError(f"give exactly one of --preset ({', '.join(PRESETS)}), --spec FILE or --search")
+        seeds = tuple(range(values["seeds"]))
+        if search:
+            return search_and_evaluate(
+                options,
+                out,
+                calib=values["calib"],
+                tolerance=values["tolerance"],
+                step=values["step"],
+                seeds=seeds,
+            )
+        from ..api import run
+
+        chosen = load_spec(preset or str(spec))
+        return run(options, [cls(spec=chosen, seeds=seeds, scale=not values["no_scale"])], out)
 
 
 def pathway_plans(
@@ -269,16 +332,12 @@ def pathway_plans(
 
 
 def evaluate_pathway(
-    adapter: Adapter,
-    prepared: Prepared,
-    engine: Engine,
-    base: Baseline,
-    spec: PathwaySpec,
-    seeds: Sequence[int],
-    strict: bool,
+    probe: Probe, spec: PathwaySpec, seeds: Sequence[int], strict: bool
 ) -> list[dict[str, Any]]:
-    plans = pathway_plans(spec, prepared.layout, engine.lm.num_layers, seeds, strict)
-    logits = engine.evaluate([p for _, _, p in plans])
+    """Records of one input: baseline, pathway, strict pathway and random blocking."""
+    base = probe.base
+    plans = pathway_plans(spec, probe.layout, probe.num_layers, seeds, strict)
+    logits = probe.engine.evaluate([p for _, _, p in plans])
     rows = [
         {
             "condition": "baseline",
@@ -291,7 +350,7 @@ def evaluate_pathway(
         }
     ]
     for (condition, seed, compiled), lg in zip(plans, logits, strict=True):
-        new = read_answer(adapter, prepared, lg)
+        new = probe.read(lg)
         rows.append(
             {
                 "condition": condition,
@@ -364,26 +423,28 @@ def _moves(spec: PathwaySpec, step: int) -> list[PathwaySpec]:
 
 @torch.inference_mode()
 def search_pathway(
-    adapter: Adapter,
-    prepared: Sequence[Prepared],
-    engines: Sequence[Engine],
+    probes: Sequence[Probe],
     num_layers: int,
     *,
     tolerance: float = 0.02,
     step: int = 1,
     max_rounds: int = 200,
+    total: Callable[[np.ndarray], np.ndarray] = lambda x: x,
 ) -> SearchResult:
     """Greedy search of layer ranges on calibration inputs: at each round take the move
     (shrink a kept range by ``step``, grow a blocked range) that suppresses the most edges
-    while accuracy stays >= baseline accuracy - ``tolerance``; stop when none does."""
+    while accuracy stays >= baseline accuracy - ``tolerance``; stop when none does.
+
+    ``total`` sums per-process arrays over a process group (the identity in one process),
+    so each rank scores its share of the calibration inputs and every rank takes the
+    same moves.
+    """
     from ..cuts import compile_plan
 
-    def correct(p: Prepared, lg: torch.Tensor) -> bool:
-        return bool(read_answer(adapter, p, lg).correct)
-
-    base_acc = float(
-        np.mean([correct(p, e.baseline_logits()) for p, e in zip(prepared, engines, strict=True)])
-    )
+    counts = total(np.array([len(probes), sum(bool(p.base.correct) for p in probes)], dtype=float))
+    if counts[0] == 0:
+        raise PlanError("the pathway search has no calibration samples")
+    base_acc = float(counts[1] / counts[0])
     spec = PathwaySpec("searched", num_layers, {e: (0, num_layers - 1) for e in KEEP_EDGES}, {})
     best = (base_acc, 0.0)
     trace: list[dict[str, Any]] = []
@@ -391,14 +452,14 @@ def search_pathway(
         candidates = _moves(spec, step)
         if not candidates:
             break
-        scores = np.zeros((len(candidates), 2))  # accuracy, suppressed
-        for p, e in zip(prepared, engines, strict=True):
+        scores = np.zeros((len(candidates), 2))  # accuracy, suppressed (sums)
+        for p in probes:
             compiled = [compile_plan(c.plan(p.layout), p.layout, num_layers) for c in candidates]
-            logits = e.evaluate(compiled)
+            logits = p.engine.evaluate(compiled)
             for i, (cp, lg) in enumerate(zip(compiled, logits, strict=True)):
-                scores[i, 0] += correct(p, lg)
+                scores[i, 0] += bool(p.read(lg).correct)
                 scores[i, 1] += cp.suppressed_fraction()
-        scores /= len(prepared)
+        scores = total(scores) / counts[0]
         ok = np.flatnonzero(scores[:, 0] >= base_acc - tolerance - 1e-9)
         if ok.size == 0:
             break
@@ -408,3 +469,114 @@ def search_pathway(
         spec, best = candidates[i], (float(scores[i, 0]), float(scores[i, 1]))
         trace.append({"accuracy": best[0], "suppressed": best[1], "spec": spec.to_dict()})
     return SearchResult(spec, best[0], base_acc, best[1], trace)
+
+
+def calibration_split(samples: Sequence[Sample], fraction: float, seed: int) -> set[str]:
+    """Ids of the calibration share of ``samples`` (seeded shuffle; at least one sample on
+    each side when there are two or more)."""
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    k = max(1, min(len(samples) - 1, int(round(len(samples) * fraction))))
+    return {samples[i].id for i in order[:k]}
+
+
+def search_and_evaluate(
+    options: Options,
+    out: str | Path | RunDir,
+    *,
+    calib: float = 0.5,
+    tolerance: float = 0.02,
+    step: int = 1,
+    seeds: Sequence[int] = (0, 1, 2),
+    model: Model | None = None,
+) -> RunResult:
+    """Search a pathway on a calibration split of ``options``' samples, save it as the run's
+    search result, then evaluate it on the held-out rest into ``out``.
+
+    Shard-aware: under ``torchrun`` each rank prepares its share of the calibration
+    samples and the ranks sum their scores every round; the held-out run is sharded as
+    every run is. Its result's ``report["search"]`` is the saved search result.
+    """
+    from .. import distributed
+    from ..api import run
+    from ..probe import Probe
+    from ..rundir import RunDir
+
+    rundir = out if isinstance(out, RunDir) else RunDir(out)
+    ctx = distributed.init()
+    try:
+        if model is None:
+            model = options.load(ctx.device(options.device))
+        adapter = options.configure(model)
+        adapter.ensure_maskable()
+        samples = options.samples_of()
+        calib_ids = calibration_split(samples, calib, options.seed)
+        probes = [
+            Probe(adapter, adapter.prepare(s)) for s in ctx.shard([s for s in samples if s.id in calib_ids])
+        ]
+        found = search_pathway(
+            probes,
+            adapter.num_layers,
+            tolerance=tolerance,
+            step=step,
+            total=lambda a: np.sum(ctx.gather(a), axis=0),
+        )
+        del probes
+        saved = {
+            "spec": found.spec.to_dict(),
+            "calib_samples": sorted(calib_ids),
+            "calib_accuracy": found.calib_accuracy,
+            "calib_base_accuracy": found.base_accuracy,
+            "calib_suppressed": found.suppressed,
+            "tolerance": tolerance,
+            "step": step,
+            "trace": found.trace,
+        }
+        ctx.on_main(lambda: rundir.write_search(saved))
+        held = [s.id for s in samples if s.id not in calib_ids]
+        extra = {**options.extra, "search": {"calib": calib, "tolerance": tolerance, "step": step}}
+        result = run(
+            dataclasses.replace(options, extra=extra),
+            [Pathways(spec=found.spec, seeds=tuple(seeds))],
+            rundir,
+            model=model,
+            sample_ids=held,
+        )
+        result.report["search"] = saved
+        return result
+    finally:
+        ctx.close()
+
+
+def describe_search(saved: dict[str, Any]) -> str:
+    """One line: the found ranges, calibration accuracy against the baseline, edges cut."""
+    return (
+        f"search: kept {json.dumps(saved['spec']['keep'])} blocked {json.dumps(saved['spec']['block'])}; "
+        f"calibration accuracy {saved['calib_accuracy']:.3f} (baseline {saved['calib_base_accuracy']:.3f}), "
+        f"{saved['calib_suppressed']:.1%} of edges suppressed"
+    )
+
+
+def pathways_section(rows: pd.DataFrame, run: RunDir) -> Section:
+    """Accuracy with the effective pathways only, against random blocking of as many edges."""
+    from ..report import Bars, Section
+
+    summary = summarize_pathways(rows)
+    section = Section("Effective pathways", summaries={"pathways": summary})
+    if summary.empty:
+        return section
+    values = {
+        "baseline": ("acc_baseline", None),
+        "pathway only": ("acc_pathway", None),
+        "strict pathway": ("acc_strict", None),
+        "random, same fraction (sd over seeds)": ("acc_random_mean", "acc_random_sd"),
+    }
+    values = {k: (v, e) for k, (v, e) in values.items() if v in summary}
+    section.charts.append(Bars("Accuracy per task", summary.astype({"task": str}), "task", values))
+    if "suppressed_pathway" in summary:
+        frac = float(summary.loc[summary["task"] == "all", "suppressed_pathway"].iloc[0])
+        section.notes = (
+            f"Keeping only the pathway suppresses {frac:.0%} of the attention edges (causal lower "
+            "triangle, summed over layers); random blocking suppresses the same fraction."
+        )
+    return section

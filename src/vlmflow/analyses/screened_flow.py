@@ -12,21 +12,22 @@ record with the rank agreement between estimate and exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from ..attribution import relative_change
-from ..engine import Engine
 from ..errors import PlanError
-from ..models.base import Adapter, Prepared
-from ..report import Chart, Section, report_section
 from ..screen import screen_then_verify
-from .base import ANALYSES, Baseline
+from .base import ANALYSES
 from .information_flow import InformationFlow, flow_row
 from .targets import sweep, target_curves
+
+if TYPE_CHECKING:
+    from ..probe import Probe
+    from ..report import Section
+    from ..rundir import RunDir
 
 
 @ANALYSES.register("flow-screen", "knockout sweeps estimated by attribution, the top K verified exactly")
@@ -35,6 +36,8 @@ class ScreenedFlow(InformationFlow):
     """``InformationFlow``'s plans, screened: estimate all, verify ``k`` (+ ``control``)."""
 
     name: ClassVar[str] = "flow-screen"
+    order: ClassVar[int] = 11
+    command: ClassVar[bool] = False  # reached as `vlmflow flow --screen K`
     k: int = 30
     control: int = 10
     exact_below: float = 0.02
@@ -44,9 +47,8 @@ class ScreenedFlow(InformationFlow):
         if self.k < 0 or self.control < 0:
             raise PlanError("--screen K and the control sample size must be >= 0")
 
-    def records(
-        self, adapter: Adapter, prepared: Prepared, engine: Engine, base: Baseline
-    ) -> list[dict[str, Any]]:
+    def records(self, probe: Probe) -> list[dict[str, Any]]:
+        prepared, engine, base = probe.prepared, probe.engine, probe.base
         if not base.keep(self.sample_mode):
             return []
         n_layers = engine.lm.num_layers
@@ -89,9 +91,7 @@ class ScreenedFlow(InformationFlow):
                 }
             )
             if sp.logits is not None:
-                row = flow_row(
-                    adapter, prepared, base, target, point, sp.logits, self.window, self.window_style
-                )
+                row = flow_row(probe, target, point, sp.logits, self.window, self.window_style)
                 extra = {"kind": "plan", "method": "exact", "verified_as": sp.verified_as}
                 rows.append(row | extra | {"rel_pred_estimate": est_rel})
         att = screen.attribution
@@ -117,11 +117,15 @@ class ScreenedFlow(InformationFlow):
         rows.append({"kind": "screen", "method": "summary"} | screen.summary())
         return rows
 
+    @classmethod
+    def section(cls, records: pd.DataFrame, run: RunDir) -> Section:
+        return screened_flow_section(records, run)
 
-@report_section("flow-screen", "screened knockout: estimates, verified plans, rank agreement, head maps")
-def screened_flow_section(rows: pd.DataFrame, figures_dir: Path) -> Section:
+
+def screened_flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
     """Estimated curves, the exactly verified plans, rank agreement and one layer x head
     attribution heat map per group pair (means over samples)."""
+    from ..report import Chart, Section
     from ..report.figures import save_figure
 
     plans = rows[rows["kind"] == "plan"]
@@ -161,7 +165,7 @@ def screened_flow_section(rows: pd.DataFrame, figures_dir: Path) -> Section:
     maps = rows[rows["kind"] == "head_map"]
     for (target, condition, pair), data in maps.groupby(["target", "condition", "pair"]):
         grid = data.groupby(["layer", "head"])["rel_pred"].mean().unstack("head").sort_index()
-        path = figures_dir / f"head-map-{_safe(f'{condition}-{pair}')}.png"
+        path = run.figure_path(f"head-map-{_safe(f'{condition}-{pair}')}")
         save_figure(head_map_figure(grid, f"{pair} ({target})"), path)
         section.figures[f"Attribution per layer x head: {pair}"] = path
     section.notes = (
@@ -176,9 +180,9 @@ def screened_flow_section(rows: pd.DataFrame, figures_dir: Path) -> Section:
 
 def head_map_figure(grid: pd.DataFrame, title: str) -> Any:
     """Layers (rows, 1-based) x heads heat map of estimated % changes, centred on 0."""
-    from ..report.figures import _plt
+    from ..report.figures import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.2 + 0.25 * grid.shape[1], 1.0 + 0.2 * grid.shape[0]))
     lim = float(np.nanmax(np.abs(grid.to_numpy()))) or 1.0
     im = ax.imshow(grid.to_numpy(), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto", origin="lower")

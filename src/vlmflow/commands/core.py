@@ -8,64 +8,27 @@ from typing import Annotated
 import typer
 
 from ..errors import VlmflowError
-from .common import (
-    Attn,
-    Data,
-    Device,
-    Dtype,
-    Frames,
-    Model,
-    Out,
-    Prompt,
-    Quiet,
-    Samples,
-    Seed,
-    Tasks,
-    fail,
-    run_and_report,
-)
+from .common import fail, print_result, run_command
 
 
-def eval_(
-    model: Model,
-    data: Data,
-    task: Tasks = None,
-    samples: Samples = None,
-    seed: Seed = 0,
-    out: Out = None,
-    device: Device = "cpu",
-    dtype: Dtype = None,
-    prompt: Prompt = "paper",
-    num_frames: Frames = 8,
-    attn: Attn = "sdpa",
-    quiet: Quiet = False,
-) -> None:
+@run_command
+def eval_(options, out: Path | None) -> None:
     """Accuracy only: the model's answer letter for every sample, per task."""
-    run_and_report(
-        list,
-        out or Path("vlmflow-out") / "eval",
-        model,
-        data,
-        task,
-        samples,
-        seed,
-        device,
-        dtype,
-        prompt,
-        num_frames,
-        attn,
-        quiet,
-    )
+    from ..api import run
+
+    print_result(run(options, [], out or Path("vlmflow-out") / "eval"))
 
 
 def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")]) -> None:
     """(Re)write the summaries, figures and the interactive, self-contained HTML report of
     a run from its records (all shards)."""
     from ..report import finalize
+    from ..rundir import RunDir
 
-    if not (run_dir / "records").is_dir():
-        fail(VlmflowError(f"{run_dir} is not a run folder (no records/)"))
-    result = finalize(run_dir)
+    try:
+        result = finalize(RunDir(run_dir).require())
+    except VlmflowError as exc:
+        fail(exc)
     sections = ", ".join(s.key for s in result.get("sections", [])) or "accuracy only"
     typer.echo(f"{result['records']} records ({sections}) -> {result.get('report', run_dir)}")
 
@@ -82,10 +45,12 @@ def list_(what: Annotated[str, typer.Argument(help="models, datasets, analyses o
     if what == "datasets":
         from ..data import DATASETS as registry
     elif what == "analyses":
-        from ..analyses import load_all
-        from ..analyses.base import ANALYSES as registry
+        from ..analyses.base import ANALYSES, ordered
 
-        load_all()
+        helps = ANALYSES.describe()
+        for cls in ordered():  # in report order
+            typer.echo(f"{cls.name:30s} {helps[cls.name]}")
+        return
     elif what == "targets":
         from ..analyses.targets import TARGETS as registry
     else:

@@ -15,10 +15,10 @@ def merge(run_dir: Annotated[Path, typer.Argument(help="a run folder")]) -> None
     """Merge the shards of a run whose ranks ended separately: recount its samples from
     every shard into the manifest and rewrite records.parquet, summaries, figures and
     the HTML report. (A torchrun / accelerate run does this itself when all ranks finish.)"""
-    from ..api import merge as merge_run
+    from ..rundir import RunDir
 
     try:
-        result = merge_run(run_dir)
+        result = RunDir(run_dir).merge()
     except VlmflowError as exc:
         fail(exc)
     shards = ", ".join(f"{name}: {n} units" for name, n in result["shards"].items()) or "no finished units"

@@ -58,6 +58,20 @@ class Prepared:
 
 
 @dataclass(frozen=True)
+class ModuleNames:
+    """Where a family's language model keeps its parts: attribute paths from the loaded
+    model (``layers``: the decoder layers in order, ``norm``: the final norm, ``lm_head``: the
+    output head, ``embed``: the input embeddings) and ``attention``, the attribute of each
+    decoder layer that is its attention module (whose config names its implementation)."""
+
+    layers: str = "model.language_model.layers"
+    norm: str = "model.language_model.norm"
+    lm_head: str = "lm_head"
+    embed: str = "model.language_model.embed_tokens"
+    attention: str = "self_attn"
+
+
+@dataclass(frozen=True)
 class VideoTokens:
     """Where the processor put the visual tokens: the whole run, each frame group and its grid."""
 
@@ -75,6 +89,7 @@ class Adapter:
     model_types: ClassVar[tuple[str, ...]] = ()
     supports: ClassVar[str] = "all analyses (flow, answer-prob, logit-lens, attention, pathways, open-ended)"
     default_frame_policy: ClassVar[str] = "segment_middle"
+    modules: ClassVar[ModuleNames] = ModuleNames()  # every HF family here has this layout
 
     def __init__(
         self,
@@ -126,10 +141,6 @@ class Adapter:
     def video_tokens(self, input_ids: torch.Tensor, inputs: dict[str, Any]) -> VideoTokens:
         raise NotImplementedError
 
-    def decoder(self) -> tuple[Any, Any, Any, Any]:
-        """``(layers, final_norm, lm_head, embed_tokens)`` of the language model."""
-        raise NotImplementedError
-
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(
@@ -173,12 +184,27 @@ class Adapter:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def module(self, part: str) -> Any:
+        """The language model's ``part`` (``layers``, ``norm``, ``lm_head`` or ``embed``) found
+        by its path in :attr:`modules`; a missing path is an error naming it."""
+        path = getattr(self.modules, part)
+        obj = self.model
+        for name in path.split("."):
+            if not hasattr(obj, name):
+                raise UnsupportedModelError(
+                    f"{self.model_id or self.family}: no {part} at model.{path} ({type(obj).__name__} has no "
+                    f"{name!r}); the adapter's module names do not match this checkpoint's classes"
+                )
+            obj = getattr(obj, name)
+        return obj
+
     @property
     def num_layers(self) -> int:
-        return len(self.decoder()[0])
+        return len(self.module("layers"))
 
     def attn_implementation(self) -> str:
-        return self.decoder()[0][0].self_attn.config._attn_implementation
+        attention = getattr(self.module("layers")[0], self.modules.attention)
+        return attention.config._attn_implementation
 
     def ensure_maskable(self) -> None:
         """Knockout needs eager or sdpa attention: switch (with a warning) if the model
@@ -195,14 +221,14 @@ class Adapter:
             )
 
     def language_model(self) -> LanguageModel:
-        layers, norm, lm_head, embed = self.decoder()
         return LanguageModel(
             forward=self.model,
-            layers=layers,
-            norm=norm,
-            lm_head=lm_head,
-            embed_tokens=embed,
+            layers=self.module("layers"),
+            norm=self.module("norm"),
+            lm_head=self.module("lm_head"),
+            embed_tokens=self.module("embed"),
             attn_implementation=self.attn_implementation,
+            attention=self.modules.attention,
         )
 
     # ------------------------------------------------------------------ preparation

@@ -36,13 +36,6 @@ from .base import Adapter, VideoTokens
 Grid = tuple[int, int]
 
 
-def hf_decoder(model: Any) -> tuple[Any, Any, Any, Any]:
-    """``(layers, final_norm, lm_head, embed_tokens)`` of an HF ``*ForConditionalGeneration``
-    whose language model sits at ``model.model.language_model`` (every family here)."""
-    lm = model.model.language_model
-    return lm.layers, lm.norm, model.lm_head, lm.embed_tokens
-
-
 def stacked_frames(video: Span, num_frames: int, grid: Grid, *, lead: int = 0, trail: int = 0) -> VideoTokens:
     """Frames of a single run of video tokens: frame ``t`` is ``lead`` extra tokens (e.g. CLS)
     then its ``h x w`` grid, the frames back to back, then ``trail`` tokens that belong to no
@@ -192,9 +185,6 @@ class ReplacementAdapter(Adapter):
             raise PromptError(f"{total} visual tokens in the input, {sum(n for _, n in grids)} in the frames")
         video = Span(bounds[0], bounds[-1])
         return VideoTokens(video, tuple(frames), tuple(g for g, _ in grids), grid_offsets=tuple(offs))
-
-    def decoder(self) -> tuple[Any, Any, Any, Any]:
-        return hf_decoder(self.model)
 
 
 def _token_at(offsets: list[tuple[int, int]], c: int) -> int:

@@ -60,7 +60,3 @@ class LlavaNextVideoAdapter(Adapter):
             )
         frames = tuple(Span(video.start + i * n, video.start + (i + 1) * n) for i in range(t))
         return VideoTokens(video, frames, ((h, w),) * t)
-
-    def decoder(self) -> tuple[Any, Any, Any, Any]:
-        lm = self.model.model.language_model
-        return lm.layers, lm.norm, self.model.lm_head, lm.embed_tokens

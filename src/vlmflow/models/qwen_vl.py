@@ -230,9 +230,6 @@ class QwenVLAdapter(Adapter):
         return tuple(runs)
 
     # ------------------------------------------------------------------ handles
-    def decoder(self) -> tuple[Any, Any, Any, Any]:
-        lm = self.model.model.language_model
-        return lm.layers, lm.norm, self.model.lm_head, lm.embed_tokens
 
 
 @MODELS.register("qwen2_vl", "Qwen2-VL (HF Qwen2VLForConditionalGeneration)")

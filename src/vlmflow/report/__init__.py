@@ -1,15 +1,15 @@
 """Summaries, figures and the HTML report of a run; everything here only reads records.
 
 :func:`finalize` reads every record of a run (all shards of all ranks, so it is also the
-merge of a multi-process run) and writes ``records.parquet``, ``summary/*.csv``,
-``figures/*.png`` and ``report.html``. The report has a fixed frame (the run at a glance,
-accuracy, failed samples, the manifest) and one :class:`Section` per analysis found in the
-records.
+merge of a multi-process run) and writes the merged records, the summary tables, the
+figures and the HTML report into the run folder (:class:`~vlmflow.rundir.RunDir`). The
+report has a fixed frame (the run at a glance, accuracy, failed samples, the manifest) and
+one :class:`Section` per analysis found in the records, in the order of the analyses'
+registry (:func:`vlmflow.analyses.base.ordered`).
 
-How an analysis contributes its section: register a function under the analysis's name,
-in the analysis's own module (``finalize`` imports every module of
-:mod:`vlmflow.analyses`, so the registration runs; a registration there replaces the
-built-in section of :mod:`vlmflow.report.sections` of the same name)::
+An analysis unit builds its own section (:meth:`vlmflow.analyses.base.Analysis.section`,
+figures included, from its stored records). Records of an analysis that is no registered
+unit can get a section by registering a function under the analysis's name::
 
     from vlmflow.report import Chart, Section, report_section
 
@@ -34,20 +34,20 @@ report of a long run.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from ..registry import Registry
-from ..store import read_records
+
+if TYPE_CHECKING:
+    from ..rundir import RunDir
 
 __all__ = [
     "Bars",
@@ -57,14 +57,13 @@ __all__ = [
     "accuracy_table",
     "charts_for",
     "finalize",
+    "mean_ci",
     "report_section",
     "summarize_layers",
 ]
 
 log = logging.getLogger(__name__)
 
-# Analyses shown first, in this order; any other follows alphabetically.
-ORDER = ("flow", "answer-prob", "logit-lens", "attention", "pathways")
 # Record columns that are bookkeeping, never a condition or a value to summarise.
 BOOKKEEPING = {"sample_id", "analysis", "model", "error", "plan", "_attempt", "task", "layer"}
 
@@ -135,8 +134,6 @@ class Section:
 SectionFn = Callable[[pd.DataFrame, Path], Any]
 SECTIONS: Registry[SectionFn] = Registry("report section")
 report_section = SECTIONS.register
-# vlmflow's own sections (report/sections.py), used when an analysis registers none.
-BUILTIN_SECTIONS: Registry[SectionFn] = Registry("built-in report section")
 
 
 def accuracy_table(records: pd.DataFrame) -> pd.DataFrame:
@@ -156,31 +153,32 @@ def accuracy_table(records: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def finalize(run_dir: str | Path, *, html: bool = True) -> dict[str, Any]:
-    """Write ``summary/*.csv``, ``figures/*.png``, ``records.parquet`` and ``report.html``.
+def finalize(run: str | Path | RunDir, *, html: bool = True) -> dict[str, Any]:
+    """Write the run's merged records, summary tables, figures and ``report.html``.
 
     Returns ``records`` (the row count), ``accuracy``, ``flow`` (the knockout summary, empty
-    without flow records), ``figures`` (title -> PNG), ``sections`` and ``report`` (path).
+    without flow records), ``figures`` (title -> PNG), ``sections``, ``summaries`` and
+    ``report`` (path).
     """
-    run_dir = Path(run_dir)
-    records = read_records(run_dir)
+    from ..rundir import RunDir
+
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    records = run.records()
     if records.empty:
         return {"records": 0}
-    (run_dir / "summary").mkdir(exist_ok=True)
-    (run_dir / "figures").mkdir(exist_ok=True)
-    write_parquet(records, run_dir / "records.parquet")
+    run.summary_dir.mkdir(exist_ok=True)
+    run.figures_dir.mkdir(exist_ok=True)
+    write_parquet(records, run.parquet_path)
     acc = accuracy_table(records)
-    acc.to_csv(run_dir / "summary" / "accuracy.csv", index=False)
+    acc.to_csv(run.summary_path("accuracy"), index=False)
     ok = records[records["error"].isna()] if "error" in records else records
-    names = [a for a in ORDER if a in set(ok["analysis"])]
-    names += sorted(set(ok["analysis"]) - set(names) - {"eval"})
     sections = []
-    for name in names:
+    for name in report_order(set(ok["analysis"]) - {"eval"}):
         rows = ok[ok["analysis"] == name]
         rows = rows[[c for c in rows.columns if c in BOOKKEEPING or rows[c].notna().any()]]
-        section = build_section(name, rows, run_dir / "figures")
+        section = build_section(name, rows, run)
         for key, table in section.summaries.items():
-            table.to_csv(run_dir / "summary" / f"{_safe(key)}.csv", index=False)
+            table.to_csv(run.summary_path(key), index=False)
         sections.append(section)
     flow = next((s.summaries.get("flow") for s in sections if s.key == "flow"), None)
     result: dict[str, Any] = {
@@ -194,23 +192,36 @@ def finalize(run_dir: str | Path, *, html: bool = True) -> dict[str, Any]:
     if html:
         from .html import write_report
 
-        result["report"] = write_report(run_dir, records, result)
+        result["report"] = write_report(run, records, result)
     return result
 
 
-def build_section(name: str, rows: pd.DataFrame, figures_dir: Path) -> Section:
+def report_order(names: set[str]) -> list[str]:
+    """Analyses in the registry's order; records of unregistered ones follow alphabetically."""
+    from ..analyses.base import ordered
+
+    known = [cls.name for cls in ordered() if cls.name in names]
+    return known + sorted(names - set(known))
+
+
+def build_section(name: str, rows: pd.DataFrame, run: RunDir) -> Section:
     """The section of analysis ``name`` from its error-free ``rows`` (see the module doc)."""
-    _load_contributions()
-    registry = SECTIONS if name in SECTIONS else BUILTIN_SECTIONS
-    if name in registry:
-        try:
-            return _as_section(name, registry.get(name)(rows, figures_dir))
-        except Exception as exc:  # a broken summary must not cost the report of a long run
-            log.warning("the report section of %r failed; showing the generic view", name, exc_info=True)
-            section = _as_section(name, summarize_layers(rows))
-            section.notes = f"The {name!r} section failed ({type(exc).__name__}: {exc}); generic view shown."
-            return section
-    return _as_section(name, summarize_layers(rows))
+    from ..analyses.base import ANALYSES, ordered
+
+    ordered()  # every analysis unit registered
+    if name in SECTIONS:
+        build = lambda: SECTIONS.get(name)(rows, run.figures_dir)  # noqa: E731
+    elif name in ANALYSES:
+        build = lambda: ANALYSES.get(name).section(rows, run)  # noqa: E731
+    else:
+        return _as_section(name, summarize_layers(rows))
+    try:
+        return _as_section(name, build())
+    except Exception as exc:  # a broken summary must not cost the report of a long run
+        log.warning("the report section of %r failed; showing the generic view", name, exc_info=True)
+        section = _as_section(name, summarize_layers(rows))
+        section.notes = f"The {name!r} section failed ({type(exc).__name__}: {exc}); generic view shown."
+        return section
 
 
 def _as_section(name: str, out: Any) -> Section:
@@ -300,6 +311,17 @@ def summarize_layers(rows: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+def mean_ci(df: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
+    """Per ``keys``: ``n``, ``<value>_mean`` and ``<value>_ci95`` of a numeric column."""
+    data = df[keys].copy()
+    data[value] = pd.to_numeric(df[value], errors="coerce")
+    g = data.groupby(keys, dropna=False)[value]
+    out = g.agg(n="size")
+    out[f"{value}_mean"] = g.mean()
+    out[f"{value}_ci95"] = g.apply(ci95)
+    return out.reset_index()
+
+
 def ci95(x: pd.Series) -> float:
     """Half-width of the normal 95% confidence interval of the mean (0 for one value)."""
     x = x.dropna()
@@ -340,26 +362,6 @@ def write_parquet(records: pd.DataFrame, path: Path) -> None:
         fixed.to_parquet(path, index=False)
 
 
-_LOADED = False
-
-
-def _load_contributions() -> None:
-    """Import the built-in sections and every analysis module, so that their
-    ``@report_section`` registrations run."""
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    from .. import analyses
-    from . import sections  # noqa: F401  (registers the built-in sections)
-
-    for info in pkgutil.iter_modules(analyses.__path__):
-        try:
-            importlib.import_module(f"{analyses.__name__}.{info.name}")
-        except Exception:  # one broken module must not cost the others' sections
-            log.warning("cannot import vlmflow.analyses.%s for its report section", info.name, exc_info=True)
-
-
 def _is_value(s: pd.Series) -> bool:
     if pd.api.types.is_bool_dtype(s) or pd.api.types.is_float_dtype(s):
         return True
@@ -376,7 +378,3 @@ def _is_label(s: pd.Series) -> bool:
 
 def _isnan(v: Any) -> bool:
     return isinstance(v, float) and math.isnan(v)
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)

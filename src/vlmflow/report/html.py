@@ -20,21 +20,23 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from ..rundir import RunDir
 
 MAX_TABLE_ROWS = 500
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7")
 
 
-def write_report(run_dir: Path, records: pd.DataFrame, result: dict[str, Any]) -> Path:
-    """Write ``run_dir/report.html`` from ``finalize``'s ``result`` and return its path."""
+def write_report(run: RunDir, records: pd.DataFrame, result: dict[str, Any]) -> Path:
+    """Write the run's ``report.html`` from ``finalize``'s ``result`` and return its path."""
     from . import Bars
 
-    manifest_path = run_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    manifest = run.manifest()
     config = manifest.get("config", {})
     sections = result.get("sections", [])
     charts: list[dict[str, Any]] = []
@@ -108,7 +110,7 @@ def write_report(run_dir: Path, records: pd.DataFrame, result: dict[str, Any]) -
         f"<script type='application/json' id='chart-data'>{_json(charts)}</script>"
         f"<script>{SCRIPT}</script></body></html>"
     )
-    out = run_dir / "report.html"
+    out = run.report_path
     out.write_text(page, encoding="utf-8")
     return out
 

@@ -1,0 +1,96 @@
+"""The Mini-InternVL adapter: the paper's phi3 prompt, frames as ``<IMG_CONTEXT>`` runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...errors import PromptError
+from ...layout import Span
+from ...prompt import ANSWER_PROMPT, POST_PROMPT, PromptText, question_block
+from ...sample import Sample
+from ..base import MODELS, Adapter, VideoTokens, contiguous_run
+from ..pllava import expand_run, read_config_dict
+from .modeling_mini_internvl import hf_config, is_mini_internvl_config, load_mini_internvl
+from .processing_mini_internvl import CONTEXT_TOKEN, load_tokenizer, mini_internvl_processor
+
+
+def phi3_prompt(sample: Sample, system: str) -> PromptText:
+    """The paper's ``eval_mvbench_phi3`` conversation (REFERENCE_NOTES §2.2, §2.4):
+    ``{system} <|user|>\\n<img><IMG_CONTEXT></img>\\n <|user|>\\n{question} \\nOnly give the
+    best option. <|assistant|>\\nBest option:(`` (user turns end in a space, no ``<|end|>``)."""
+    if not sample.options:
+        raise PromptError(
+            f"sample {sample.id!r}: the paper defines no open-ended prompt for Mini-InternVL (phi3 template)"
+        )
+    block, q_range, opts = question_block(sample)
+    before = system + " <|user|>\n<img>"
+    mid = CONTEXT_TOKEN + "</img>\n <|user|>\n"
+    at = len(before) + len(mid)
+    text = before + mid + block + " " + POST_PROMPT + " <|assistant|>\n" + ANSWER_PROMPT
+    return PromptText(
+        text=text,
+        placeholder=CONTEXT_TOKEN,
+        placeholder_at=len(before),
+        system=(0, len(system.rstrip())),
+        question=(at, at + len(block)),
+        question_no_options=(at + q_range[0], at + q_range[1]),
+        options=tuple((at + a, at + b) for a, b in opts),
+    )
+
+
+@MODELS.register(
+    "mini_internvl", "Mini-InternVL-4B-Video-FT: original InternVL-Chat (InternViT + Phi-3) checkpoints"
+)
+class MiniInternVLAdapter(Adapter):
+    """Adapter for original-format InternVL-Chat checkpoints with Phi-3 (the paper's
+    Mini-InternVL-4B-Video-FT). Claimed through :meth:`matches` (``internvl_chat`` is not a
+    transformers model type). Frame ``t`` is ``[s + t*n, s + (t+1)*n)`` with ``n = 256``
+    (16 x 16 after pixel shuffle) at 448 px; any frame count works (no pooling)."""
+
+    family = "mini_internvl"
+    model_types = ()
+    supports = Adapter.supports + " (claims internvl_chat configs with a Phi-3 LLM)"
+
+    @classmethod
+    def matches(cls, config: dict[str, Any]) -> bool:
+        return is_mini_internvl_config(config)
+
+    @classmethod
+    def load_model(cls, path: str, **kwargs: Any) -> tuple[Any, Any]:
+        raw = read_config_dict(path)
+        tokenizer = load_tokenizer(path, raw)
+        config = hf_config(raw, tokenizer.convert_tokens_to_ids(CONTEXT_TOKEN))
+        model, _ = load_mini_internvl(path, config, **kwargs)
+        return model, mini_internvl_processor(tokenizer, raw, config.image_seq_length)
+
+    @property
+    def video_placeholder(self) -> str:
+        return CONTEXT_TOKEN
+
+    def build_prompt(self, sample: Sample) -> PromptText:
+        if self.prompt_style == "paper":
+            return phi3_prompt(sample, self.system_prompt)
+        return super().build_prompt(sample)
+
+    def process(self, text: str, frames: Any) -> dict[str, Any]:
+        out = self.processor(text=text, videos=[list(frames)], return_tensors="pt")
+        out["pixel_values"] = out["pixel_values"].flatten(0, 1)  # frames as images: (T, C, H, W)
+        return out
+
+    def expand_placeholder(self, prompt: PromptText, input_ids: torch.Tensor) -> tuple[str, int]:
+        return expand_run(prompt, input_ids, self.processor.image_token_id)
+
+    def video_tokens(self, input_ids: torch.Tensor, inputs: dict[str, Any]) -> VideoTokens:
+        cfg = self.model.config
+        t = int(inputs["pixel_values"].shape[0])
+        patch = cfg.vision_config.patch_size
+        patch = patch[-1] if isinstance(patch, (tuple, list)) else patch
+        side = int(inputs["pixel_values"].shape[-1] // patch * cfg.downsample_ratio)
+        n = side * side
+        video = contiguous_run(input_ids, self.processor.image_token_id, "video")
+        if len(video) != t * n:
+            raise PromptError(f"{len(video)} <IMG_CONTEXT> tokens for {t} frames of {side}x{side}")
+        frames = tuple(Span(video.start + i * n, video.start + (i + 1) * n) for i in range(t))
+        return VideoTokens(video, frames, ((side, side),) * t)

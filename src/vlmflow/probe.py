@@ -1,0 +1,470 @@
+"""The front door: load a model, probe one input, ask the probe.
+
+A researcher in a notebook needs two lines to reach every read and cut vlmflow offers::
+
+    >>> import vlmflow
+    >>> model = vlmflow.load("demo")
+    >>> probe = model.probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
+    >>> probe.answer.letter in probe.sample.letters
+    True
+
+A :class:`Model` is a loaded checkpoint (its adapter: weights, real processor, the names of
+its decoder layers, norm, head and embeddings). A :class:`Probe` is one prepared input of
+that model with its :class:`~vlmflow.engine.Engine` and baseline answer: knockouts, sweeps
+and reads are questions asked of it. Prompt settings (prompt style, number of frames,
+frame policy) are arguments of :meth:`Model.probe`, not of the loaded model, so one loaded
+model serves several setups.
+
+Layers are 0-based throughout; in reads of the residual stream layer ``-1`` is the
+embeddings (the input of decoder layer 0) and layer ``l`` the output of decoder layer ``l``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .analyses.base import Answer, read_answer
+from .cuts import CompiledPlan, Cut, Plan
+from .engine import Engine, masked_forward
+from .errors import PlanError, PromptError
+from .layout import Span, TokenLayout
+from .models.base import Adapter, Prepared
+from .prompt import PROMPT_STYLES
+from .sample import Sample
+
+PlanLike = str | Cut | Plan | CompiledPlan
+
+
+def load(
+    spec: str = "demo",
+    *,
+    device: str = "cpu",
+    dtype: str | None = None,
+    attn: str = "sdpa",
+) -> Model:
+    """Load a checkpoint (local folder, hub id, or ``"demo"``, the embedded model).
+
+    ``dtype``: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``None`` (the checkpoint's);
+    ``attn``: the attention implementation (``"sdpa"`` or ``"eager"``; knockout needs one of
+    them). The model family is found from the checkpoint's config.
+
+    >>> import vlmflow
+    >>> model = vlmflow.load("demo")
+    >>> model.num_layers > 0
+    True
+    """
+    from .models import load_model
+
+    return Model(load_model(spec, device=device, dtype=dtype, attn_implementation=attn))
+
+
+class Model:
+    """A loaded checkpoint; :meth:`probe` prepares inputs of it.
+
+    ``adapter`` is the family adapter (``model.adapter.model`` is the transformers module).
+    """
+
+    def __init__(self, adapter: Adapter) -> None:
+        self.adapter = adapter
+
+    def __repr__(self) -> str:
+        return f"Model({self.adapter.model_id!r}, family={self.adapter.family!r}, layers={self.num_layers})"
+
+    @property
+    def num_layers(self) -> int:
+        return self.adapter.num_layers
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.adapter.tokenizer
+
+    @property
+    def model_id(self) -> str:
+        return self.adapter.model_id
+
+    def configured(
+        self, *, prompt: str = "paper", num_frames: int = 8, frame_policy: str | None = None
+    ) -> Adapter:
+        """The adapter with these prompt settings (a shallow copy sharing the weights)."""
+        if prompt not in PROMPT_STYLES:
+            raise PromptError(f"unknown prompt style {prompt!r}; choose from {PROMPT_STYLES}")
+        adapter = copy.copy(self.adapter)
+        adapter.prompt_style = prompt
+        adapter.num_frames = int(num_frames)
+        adapter.frame_policy = frame_policy or type(self.adapter).default_frame_policy
+        return adapter
+
+    def probe(
+        self,
+        sample: Sample | None = None,
+        *,
+        video: str | None = None,
+        frames: np.ndarray | None = None,
+        question: str | None = None,
+        options: Sequence[str] = (),
+        answer: int | str | None = None,
+        task: str = "default",
+        id: str = "probe",
+        prompt: str = "paper",
+        num_frames: int = 8,
+        frame_policy: str | None = None,
+        max_batch_tokens: int | None = None,
+    ) -> Probe:
+        """Prepare one input and run its baseline pass.
+
+        Give a :class:`~vlmflow.sample.Sample`, or build one from ``video`` (a video file or
+        a folder of frames) or ``frames`` (``(T, H, W, 3)`` uint8), ``question``,
+        ``options`` and ``answer`` (the correct option's index or text; ``None`` if
+        unknown). ``prompt`` (``"paper"`` or ``"chat"``), ``num_frames`` and
+        ``frame_policy`` set how the input is built for this probe only.
+
+        >>> import vlmflow
+        >>> model = vlmflow.load("demo")
+        >>> clip = vlmflow.load_dataset("synthetic:1:fixed")[0].frames  # (8, 64, 64, 3)
+        >>> p = model.probe(frames=clip, question="Which way does the object move?",
+        ...                 options=["left", "right", "up", "down"], answer="right")
+        >>> p.sample.answer_letter
+        'B'
+        """
+        if sample is None:
+            sample = make_sample(
+                video=video,
+                frames=frames,
+                question=question,
+                options=options,
+                answer=answer,
+                task=task,
+                id=id,
+            )
+        elif any(x is not None for x in (video, frames, question, answer)) or options:
+            raise PromptError("give either a sample or video/frames/question/options/answer, not both")
+        adapter = self.configured(prompt=prompt, num_frames=num_frames, frame_policy=frame_policy)
+        return Probe(adapter, adapter.prepare(sample), max_batch_tokens=max_batch_tokens)
+
+
+def make_sample(
+    *,
+    video: str | None = None,
+    frames: np.ndarray | None = None,
+    question: str | None = None,
+    options: Sequence[str] = (),
+    answer: int | str | None = None,
+    task: str = "default",
+    id: str = "probe",
+) -> Sample:
+    """A :class:`Sample` from keyword arguments (``answer``: index or option text)."""
+    if question is None:
+        raise PromptError("a probe needs a question")
+    if (video is None) == (frames is None):
+        raise PromptError("give exactly one of video= (a file or frame folder) or frames=")
+    options = tuple(str(o) for o in options)
+    if isinstance(answer, str):
+        if answer not in options:
+            raise PromptError(f"answer {answer!r} is not one of the options {list(options)}")
+        answer = options.index(answer)
+    if answer is not None and not 0 <= answer < len(options):
+        raise PromptError(f"answer index {answer} outside the {len(options)} options")
+    return Sample(
+        id=id,
+        question=question,
+        options=options,
+        answer=answer,
+        task=task,
+        video=None if video is None else str(video),
+        frames=None if frames is None else np.asarray(frames),
+        answer_text=None if answer is None or not options else options[answer],
+    )
+
+
+@dataclass(frozen=True)
+class Lens:
+    """Top-k logit-lens tokens: ``ids`` and ``probs`` ``(len(layers), len(positions), k)``,
+    ``tokens`` the decoded ids (nested lists of the same shape)."""
+
+    layers: tuple[int, ...]
+    positions: np.ndarray
+    ids: torch.Tensor
+    probs: torch.Tensor
+    tokens: list[list[list[str]]]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per layer x position x rank: ``layer, position, rank, token_id, token, prob``."""
+        rows = [
+            (layer, int(pos), r, int(self.ids[i, j, r]), self.tokens[i][j][r], float(self.probs[i, j, r]))
+            for i, layer in enumerate(self.layers)
+            for j, pos in enumerate(self.positions)
+            for r in range(self.ids.shape[-1])
+        ]
+        return pd.DataFrame(rows, columns=["layer", "position", "rank", "token_id", "token", "prob"])
+
+
+class Residual(Sequence[torch.Tensor]):
+    """The baseline residual stream: ``resid[l]`` is the output of decoder layer ``l``
+    ``(N, d)``; ``resid[-1]`` the embeddings (the input of layer 0)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def __len__(self) -> int:
+        return self._engine.lm.num_layers
+
+    def __getitem__(self, layer: int) -> torch.Tensor:  # type: ignore[override]
+        n = len(self)
+        if not -1 <= layer < n:
+            raise IndexError(f"layer {layer} outside -1..{n - 1} (-1 = embeddings)")
+        return self._engine.hidden_states[layer + 1][0]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (self[layer] for layer in range(len(self)))
+
+
+class Probe:
+    """One prepared input with its engine and baseline: ask it for knockouts and reads.
+
+    ``sample``, ``prepared`` (inputs, layout, option ids), ``engine`` and ``adapter`` are
+    public; the baseline pass runs once, on first use.
+
+    >>> import vlmflow
+    >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
+    >>> sorted(probe.answer.probabilities) == list(probe.sample.letters)
+    True
+    >>> probe.knockout("video->last").letter in probe.sample.letters
+    True
+    """
+
+    def __init__(self, adapter: Adapter, prepared: Prepared, *, max_batch_tokens: int | None = None) -> None:
+        self.adapter = adapter
+        self.prepared = prepared
+        self.engine = Engine(
+            adapter.language_model(), prepared.inputs, prepared.layout, max_batch_tokens=max_batch_tokens
+        )
+
+    def __repr__(self) -> str:
+        return f"Probe({self.sample.id!r}, tokens={self.layout.length}, frames={self.layout.num_frames})"
+
+    @property
+    def sample(self) -> Sample:
+        return self.prepared.sample
+
+    @property
+    def layout(self) -> TokenLayout:
+        return self.prepared.layout
+
+    @property
+    def num_layers(self) -> int:
+        return self.engine.lm.num_layers
+
+    # ------------------------------------------------------------------ the answer
+    @cached_property
+    def answer(self) -> Answer:
+        """The model's own answer: ``.letter``, ``.probabilities`` (letter -> p), ``.correct``."""
+        return read_answer(self.adapter, self.prepared, self.engine.baseline_logits())
+
+    @property
+    def base(self) -> Answer:
+        """The baseline answer (:attr:`answer`), by the name the analyses use."""
+        return self.answer
+
+    def read(self, logits: torch.Tensor) -> Answer:
+        """Interpret last-position ``logits`` ``(vocab,)`` as an answer to this input."""
+        return read_answer(self.adapter, self.prepared, logits)
+
+    @property
+    def groups(self) -> dict[str, list[Span]]:
+        """Token groups and their spans: ``system``, ``video``, ``frame:T``, ``question``,
+        ``question_no_options``, ``option:X``, ``template`` and ``last`` (half-open ranges)."""
+        lay = self.layout
+        out: dict[str, list[Span]] = {"system": [lay.system], "video": [lay.video]}
+        out.update({f"frame:{t}": [s] for t, s in enumerate(lay.frames)})
+        out["question"] = [lay.question]
+        out["question_no_options"] = [lay.question_no_options]
+        out.update({f"option:{c}": [s] for c, s in zip(self.sample.letters, lay.options, strict=True)})
+        try:
+            out["template"] = _spans(lay.resolve("template"))
+        except PlanError:  # every position is in another group
+            out["template"] = []
+        out["last"] = [Span(lay.last, lay.last + 1)]
+        return out
+
+    # ------------------------------------------------------------------ cuts
+    def plan(self, what: PlanLike, layers: Iterable[int] | None = None) -> Plan | CompiledPlan:
+        """A plan from ``"SRC->DST[,SRC->DST]"`` text (blocked in ``layers``, default all), a
+        ``Cut``, or a plan as it is."""
+        if isinstance(what, (Plan, CompiledPlan)):
+            return what
+        blocked = tuple(range(self.num_layers)) if layers is None else tuple(layers)
+        if isinstance(what, Cut):
+            return Plan(f"{what.src}->{what.dst}", (what,))
+        cuts = tuple(Cut.parse(part, blocked) for part in what.split(","))
+        return Plan(what, cuts)
+
+    def knockout(
+        self, plans: PlanLike | Sequence[PlanLike], layers: Iterable[int] | None = None
+    ) -> Answer | list[Answer]:
+        """The answer with attention edges cut, exactly (as a full masked forward).
+
+        One plan (``"video->last"``, a ``Cut`` or a ``Plan``; text plans are blocked in
+        ``layers``, default every layer) gives one answer; a list gives a list, evaluated
+        together.
+
+        >>> import vlmflow
+        >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
+        >>> cut = probe.knockout("frames:<4->frame:4", layers=range(probe.num_layers // 2))
+        >>> round(sum(cut.probabilities.values()), 6) <= 1.0
+        True
+        """
+        single = isinstance(plans, (str, Cut, Plan, CompiledPlan))
+        items = [plans] if single else list(plans)
+        layer_list = None if layers is None else list(layers)
+        logits = self.engine.evaluate([self.plan(p, layer_list) for p in items])
+        answers = [self.read(lg) for lg in logits]
+        return answers[0] if single else answers
+
+    def sweep(
+        self,
+        target: str | Sequence[str] = "cross-frame",
+        *,
+        window: int = 9,
+        style: str = "center",
+        layers: Sequence[int] | None = None,
+        custom: Sequence[str] = (),
+    ) -> pd.DataFrame:
+        """Knockout sweeps of the paper's targets (and ``custom`` ``SRC->DST`` curves): one
+        row per curve x sweep layer, with the window's blocked layers, the baseline
+        answer's and the ground truth's probability before and after and their % change.
+
+        >>> import vlmflow
+        >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
+        >>> df = probe.sweep("cross-frame", window=3)
+        >>> len(df) == probe.num_layers and {"layer", "rel_pred"} <= set(df.columns)
+        True
+        """
+        from .analyses.information_flow import sweep_rows
+
+        targets = (target,) if isinstance(target, str) else tuple(target)
+        rows = sweep_rows(self, targets, custom, window=window, style=style, layers=layers)
+        return pd.DataFrame(rows)
+
+    # ------------------------------------------------------------------ reads
+    @property
+    def resid(self) -> Residual:
+        """The baseline residual stream, ``probe.resid[l]`` ``(N, d)`` (``-1``: embeddings)."""
+        return Residual(self.engine)
+
+    @torch.inference_mode()
+    def lens(
+        self,
+        layers: Iterable[int] | None = None,
+        positions: str | Sequence[int] = "last",
+        *,
+        k: int = 5,
+        projection: str = "unembed",
+    ) -> Lens:
+        """Logit lens: the top-``k`` tokens of the residual stream at ``positions`` (a group
+        name or positions) after each of ``layers`` (default ``-1..L-1``).
+
+        ``projection``: ``"unembed"`` (final norm + output head) or ``"embed"`` (the input
+        embedding matrix, as the paper's code).
+
+        >>> import vlmflow
+        >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
+        >>> lens = probe.lens(layers=[0, probe.num_layers - 1], positions="last", k=2)
+        >>> tuple(lens.ids.shape)
+        (2, 1, 2)
+        """
+        from .analyses.logit_lens import lens_logits
+
+        layer_list = tuple(range(-1, self.num_layers)) if layers is None else tuple(layers)
+        pos = self.layout.resolve(positions) if isinstance(positions, str) else np.asarray(positions)
+        index = torch.as_tensor(pos)
+        top_ids, top_probs = [], []
+        for layer in layer_list:
+            resid = self.resid[layer]
+            h = resid.index_select(0, index.to(resid.device))
+            probs = lens_logits(self.engine.lm, h, projection).softmax(-1)
+            p, i = probs.topk(k, dim=-1)
+            top_ids.append(i.cpu())
+            top_probs.append(p.cpu())
+        ids, probs = torch.stack(top_ids), torch.stack(top_probs)
+        vocab = {int(t): self.adapter.tokenizer.decode([int(t)]) for t in ids.unique().tolist()}
+        tokens = [[[vocab[int(t)] for t in row] for row in layer] for layer in ids.tolist()]
+        return Lens(layer_list, pos, ids, probs, tokens)
+
+    def attention(
+        self,
+        layers: Iterable[int] | None = None,
+        queries: str | Sequence[str] = ("last",),
+        plan: PlanLike | None = None,
+    ) -> dict[int, dict[str, torch.Tensor]]:
+        """Attention weights of the ``queries`` groups, averaged over heads and query
+        positions: ``{layer: {group: (N,) weights over key positions}}`` (each row sums to
+        1). ``plan`` reads them under a cut. Only the layers read run eager attention.
+
+        >>> import vlmflow
+        >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
+        >>> w = probe.attention(layers=[1], queries="last")[1]["last"]
+        >>> w.shape[0] == probe.layout.length and abs(float(w.sum()) - 1) < 1e-4
+        True
+        """
+        layer_list = tuple(range(self.num_layers)) if layers is None else tuple(layers)
+        names = (queries,) if isinstance(queries, str) else tuple(queries)
+        compiled = None
+        if plan is not None:
+            p = self.plan(plan)
+            compiled = p if isinstance(p, CompiledPlan) else self.engine.compile(p)
+        _, reads = masked_forward(
+            self.engine.lm,
+            self.prepared.inputs,
+            compiled,
+            read_attention=layer_list,
+            queries={q: self.layout.resolve(q) for q in names},
+        )
+        return reads
+
+    def generate(self, plan: PlanLike | None = None, max_new_tokens: int = 16) -> Generated:
+        """Greedy generation with ``plan``'s cuts in force at prefill and at every step.
+
+        >>> import vlmflow
+        >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
+        >>> out = probe.generate(max_new_tokens=2)
+        >>> len(out.token_ids) <= 2
+        True
+        """
+        from .generation import generate_with_plan
+
+        compiled = None
+        if plan is not None:
+            p = self.plan(plan)
+            compiled = p if isinstance(p, CompiledPlan) else self.engine.compile(p)
+        gen = generate_with_plan(
+            self.adapter.model, self.engine.lm, self.prepared.inputs, compiled, max_new_tokens=max_new_tokens
+        )
+        text = self.adapter.tokenizer.decode(list(gen.token_ids), skip_special_tokens=True)
+        return Generated(text, gen.token_ids, gen.first_probs)
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A greedy continuation: ``text``, new ``token_ids``, the first step's ``first_probs`` ``(vocab,)``."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    first_probs: torch.Tensor
+
+
+def _spans(positions: np.ndarray) -> list[Span]:
+    """Sorted positions -> maximal half-open runs."""
+    if positions.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(positions) != 1)
+    starts = np.concatenate([[0], breaks + 1])
+    ends = np.concatenate([breaks, [positions.size - 1]])
+    return [Span(int(positions[a]), int(positions[b]) + 1) for a, b in zip(starts, ends, strict=True)]

@@ -1,0 +1,116 @@
+"""The checks every model family's adapter must pass, over the table of families
+(``fixtures/catalog.py``) on each family's tiny model:
+
+- dispatch: loading the checkpoint picks the family's adapter;
+- layout truth: changing frame group t's pixels changes exactly its grid of input embeddings;
+- the engine equals a plain full forward with the same masks for all four paper targets,
+  and for head-level cuts under sdpa and eager attention;
+- golden prompt and layout snapshots (regenerate on purpose with ``VLMFLOW_UPDATE_GOLDEN=1``);
+- drift guards: the transformers classes the family relies on, and every part the
+  adapter's module names point at (layers, norm, head, embeddings, attention module);
+- attention that ignores masks (flash, flex) is switched to sdpa for knockout.
+
+What is particular to one family stays in its own file beside this one.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.fixtures.catalog import FAMILIES, resolve
+from tests.fixtures.conformance import check_engine_matches_plain, check_golden, check_layout_truth
+from tests.fixtures.head_conformance import check_head_cuts_match_plain
+from vlmflow.models import load_model
+
+NAMES = list(FAMILIES)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models on a shared 2-core machine: extra intra-op threads only spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_checkpoint_dispatches_to_its_adapter(tiny_models, name: str) -> None:
+    adapter = tiny_models.adapter(name)
+    assert type(adapter) is resolve(FAMILIES[name].adapter)
+    assert adapter.attn_implementation() == "sdpa"
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if FAMILIES[n].grid_layout_truth])
+def test_changing_frame_group_t_changes_exactly_its_tokens(tiny_models, name: str) -> None:
+    check_layout_truth(tiny_models.adapter(name), FAMILIES[name].sample(seed=1))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_engine_matches_plain_masked_forward(tiny_models, name: str) -> None:
+    check_engine_matches_plain(tiny_models.adapter(name), FAMILIES[name].sample(seed=3))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_head_cuts_equal_plain_masked_forward(tiny_models, name: str) -> None:
+    """Head-level cuts are exact under sdpa and under eager attention."""
+    for impl in ("sdpa", "eager"):
+        adapter = load_model(str(tiny_models.path(name)), attn_implementation=impl)
+        assert adapter.attn_implementation() == impl
+        check_head_cuts_match_plain(adapter, FAMILIES[name].sample(seed=3))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_golden_prompt_and_layout(tiny_models, name: str) -> None:
+    check_golden(tiny_models.adapter(name), FAMILIES[name].sample(), FAMILIES[name].golden or name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_named_groups_hold_their_text(tiny_models, name: str) -> None:
+    """Question, true option, last token and option letters are where the layout says
+    (byte-level BPE may carry a line break along, hence the strip)."""
+    adapter, sample = tiny_models.adapter(name), FAMILIES[name].sample()
+    prepared = adapter.prepare(sample)
+    ids = prepared.inputs["input_ids"][0].tolist()
+    text = lambda g: adapter.tokenizer.decode([ids[i] for i in prepared.layout.resolve(g)])  # noqa: E731
+    assert text("question_no_options").strip() == sample.question
+    assert text("true_option").strip() == "(C) Put down the cup."
+    assert text("last").endswith("(")
+    letters = adapter.tokenizer.convert_ids_to_tokens(list(prepared.option_ids))
+    assert [x.lstrip("\u2581") for x in letters] == ["A", "B", "C", "D"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_drift_guard_module_names_and_classes(tiny_models, name: str) -> None:
+    """The adapter's named parts exist with the transformers classes it relies on; an
+    upstream rename fails here instead of silently measuring nothing."""
+    family, adapter = FAMILIES[name], tiny_models.adapter(name)
+    assert isinstance(adapter.model, resolve(family.model_class))
+    layers = adapter.module("layers")
+    assert len(layers) == adapter.num_layers > 0
+    assert all(isinstance(x, resolve(family.layer_class)) for x in layers)
+    for part in ("norm", "lm_head", "embed"):
+        assert isinstance(adapter.module(part), torch.nn.Module), part
+    lm = adapter.language_model()
+    assert lm.attention_module(0) is getattr(layers[0], adapter.modules.attention)
+    assert lm.attention_module(0).config._attn_implementation == "sdpa"
+    assert adapter.module("embed").weight.shape[1] == adapter.module("lm_head").weight.shape[1]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_attention_that_ignores_masks_is_switched_to_sdpa(tiny_models, name: str, caplog) -> None:
+    how, path = FAMILIES[name].flash, str(tiny_models.path(name))
+    if how == "flex":
+        adapter = load_model(path, attn_implementation="flex_attention")
+    elif how == "text":  # the vision tower has no flex kernel: only the language model gets one
+        adapter = load_model(
+            path, attn_implementation={"": "sdpa", "vision_config": "sdpa", "text_config": "flex_attention"}
+        )
+    else:  # flash needs CUDA; mark the configs as a flash load leaves them (all dispatch reads)
+        adapter = load_model(path)
+        adapter.model.config._attn_implementation = "flash_attention_2"
+    assert adapter.attn_implementation() != "sdpa"
+    adapter.ensure_maskable()
+    assert adapter.attn_implementation() == "sdpa"
+    assert "switching" in caplog.text

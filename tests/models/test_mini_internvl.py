@@ -1,0 +1,159 @@
+"""Mini-InternVL-4B-Video-FT (original InternVL-Chat layout on transformers components):
+conformance, the original key layout, the features against a hand-written InternViT /
+pixel-shuffle / mlp1 reference, the phi3 prompt, dispatch and drift guards."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from tests.fixtures.pllava import build_mini_internvl, internvl_key, one_thread  # noqa: F401
+from tests.fixtures.tiny import make_sample
+from vlmflow.errors import PromptError
+from vlmflow.models import claimed_by, load_model
+from vlmflow.models.mini_internvl import MiniInternVLAdapter, is_mini_internvl_config
+from vlmflow.sample import Sample
+
+FAMILY = "mini_internvl"
+
+
+def test_paper_phi3_prompt(adapter) -> None:
+    sample = make_sample()
+    prepared = adapter.prepare(sample)
+    assert prepared.prompt.startswith(
+        adapter.system_prompt + " <|user|>\n<img><IMG_CONTEXT></img>\n <|user|>\nQuestion:"
+    )
+    assert prepared.prompt.endswith(
+        "(D) Took the box. \nOnly give the best option. <|assistant|>\nBest option:("
+    )
+    ids = prepared.inputs["input_ids"][0].tolist()
+    text = lambda g: adapter.tokenizer.decode([ids[i] for i in prepared.layout.resolve(g)])  # noqa: E731
+    assert text("true_option") == "(C) Put down the cup." and text("last") == "("
+    video = prepared.layout.resolve("video")
+    assert len(video) == 4 * 4 and ids[video[0] - 1] == adapter.tokenizer.convert_tokens_to_ids("<img>")
+    assert ids[video[-1] + 1] == adapter.tokenizer.convert_tokens_to_ids("</img>")
+    with pytest.raises(PromptError, match="open-ended"):
+        adapter.prepare(Sample(id="o", question="What happens?", frames=sample.frames))
+
+
+def test_checkpoint_in_original_layout_loads_every_weight(path: Path, adapter) -> None:
+    from safetensors.torch import load_file
+
+    from vlmflow.models.mini_internvl import hf_config, load_mini_internvl
+
+    stored = load_file(str(path / "model.safetensors"))
+    assert any(k.endswith("attn.qkv.weight") for k in stored) and "mlp1.1.weight" in stored
+    raw = json.loads((path / "config.json").read_text())
+    model, info = load_mini_internvl(str(path), hf_config(raw, adapter.processor.image_token_id))
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    seen = set()
+    for name, value in model.state_dict().items():
+        m = re.match(r"^(.*\.attention)\.([qkv])_proj\.(weight|bias)$", name)
+        if m:
+            key = internvl_key(f"{m[1]}.qkv.{m[3]}")
+            want = stored[key].chunk(3)["qkv".index(m[2])]
+        else:
+            key = internvl_key(name)
+            want = stored[key]
+        seen.add(key)
+        assert torch.equal(value, want), name
+    assert seen == set(stored)
+
+
+def _reference_features(stored: dict, raw: dict, pixels: torch.Tensor) -> torch.Tensor:
+    """InternVL-Chat's extract_feature re-stated on the original weights: InternViT (fused
+    qkv, layer scale, LayerNorm), drop CLS, pixel shuffle (v1 / v2), mlp1."""
+    v = raw["vision_config"]
+    d, heads, eps = v["hidden_size"], v["num_attention_heads"], v["layer_norm_eps"]
+    w = lambda k: stored[k]  # noqa: E731
+    x = F.conv2d(pixels, w("vision_model.embeddings.patch_embedding.weight"),
+                 w("vision_model.embeddings.patch_embedding.bias"), stride=v["patch_size"])  # fmt: skip
+    x = x.flatten(2).transpose(1, 2)
+    t, n = x.shape[0], x.shape[1] + 1
+    x = torch.cat([w("vision_model.embeddings.class_embedding").expand(t, 1, d), x], 1)
+    x = x + w("vision_model.embeddings.position_embedding")
+    for i in range(v["num_hidden_layers"]):
+        p = f"vision_model.encoder.layers.{i}."
+        h = F.layer_norm(x, (d,), w(p + "norm1.weight"), w(p + "norm1.bias"), eps)
+        qkv = F.linear(h, w(p + "attn.qkv.weight"), w(p + "attn.qkv.bias"))
+        q, k, val = qkv.reshape(t, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        att = ((q * (d // heads) ** -0.5) @ k.transpose(-2, -1)).softmax(-1) @ val
+        att = F.linear(
+            att.transpose(1, 2).reshape(t, n, d), w(p + "attn.proj.weight"), w(p + "attn.proj.bias")
+        )
+        x = x + att * w(p + "ls1")
+        h = F.layer_norm(x, (d,), w(p + "norm2.weight"), w(p + "norm2.bias"), eps)
+        mlp = F.linear(
+            F.gelu(F.linear(h, w(p + "mlp.fc1.weight"), w(p + "mlp.fc1.bias"))), w(p + "mlp.fc2.weight")
+        )
+        x = x + (mlp + w(p + "mlp.fc2.bias")) * w(p + "ls2")
+    g = int((n - 1) ** 0.5)
+    x = x[:, 1:].reshape(t, g, g, d)
+    x = x.view(t, g, g // 2, d * 2).permute(0, 2, 1, 3).contiguous().view(t, g // 2, g // 2, d * 4)
+    if raw["ps_version"] == "v2":
+        x = x.permute(0, 2, 1, 3).contiguous()
+    x = x.reshape(t, -1, d * 4)
+    x = F.layer_norm(x, (d * 4,), w("mlp1.0.weight"), w("mlp1.0.bias"), 1e-5)
+    return F.linear(
+        F.gelu(F.linear(x, w("mlp1.1.weight"), w("mlp1.1.bias"))), w("mlp1.3.weight"), w("mlp1.3.bias")
+    )
+
+
+@pytest.mark.parametrize("ps_version", ["v2", "v1"])
+@torch.inference_mode()
+def test_features_match_the_original_computation(ps_version: str, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    path = build_mini_internvl(tmp_path / ps_version, layers=1, ps_version=ps_version)
+    adapter = load_model(str(path))
+    raw = json.loads((path / "config.json").read_text())
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    got = adapter.model.model.get_image_features(pixel_values=pixels).pooler_output
+    want = _reference_features(load_file(str(path / "model.safetensors")), raw, pixels)
+    assert got.shape == want.shape == (3, 4, 64)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
+def test_dispatch_claims_internvl_chat_with_phi3_only(path: Path) -> None:
+    assert claimed_by(str(path)) is MiniInternVLAdapter
+    internlm = {"model_type": "internvl_chat", "llm_config": {"architectures": ["InternLM2ForCausalLM"]}}
+    assert not is_mini_internvl_config(internlm)  # InternLM2 is remote code: not buildable here
+    assert is_mini_internvl_config({"model_type": "internvl_chat", "llm_config": {"model_type": "phi3"}})
+
+
+def test_drift_guard_transformers_paths(adapter) -> None:
+    """The transformers names the Mini-InternVL adapter relies on; a rename fails here."""
+    from transformers import InternVLForConditionalGeneration, InternVLVisionConfig, Phi3Config
+    from transformers.conversion_mapping import register_checkpoint_conversion_mapping  # noqa: F401
+    from transformers.core_model_loading import Chunk, WeightConverter, WeightRenaming  # noqa: F401
+    from transformers.models.internvl.modeling_internvl import (
+        InternVLMultiModalProjector,
+        InternVLVisionModel,
+    )
+    from transformers.models.phi3.modeling_phi3 import Phi3DecoderLayer
+
+    model = adapter.model
+    assert isinstance(model, InternVLForConditionalGeneration)
+    assert isinstance(model.model.vision_tower, InternVLVisionModel)
+    assert isinstance(model.model.multi_modal_projector, InternVLMultiModalProjector)
+    assert isinstance(model.model.vision_tower.layernorm, torch.nn.Identity)  # no norm after the last layer
+    assert all(isinstance(x, Phi3DecoderLayer) for x in model.model.language_model.layers)
+    fields = ("norm_type", "attention_bias", "use_qk_norm", "layer_scale_init_value",
+              "use_absolute_position_embeddings", "use_mean_pooling")  # fmt: skip
+    assert all(hasattr(InternVLVisionConfig(), f) for f in fields)
+    assert callable(model.model.pixel_shuffle)
+    layer = model.model.vision_tower.encoder.layer[0]
+    for name in ("lambda_1", "lambda_2", "layernorm_before", "layernorm_after"):
+        assert hasattr(layer, name), name
+    for name in ("q_proj", "k_proj", "v_proj", "projection_layer"):
+        assert hasattr(layer.attention, name), name
+    rope = {"type": "longrope", "long_factor": [1.0] * 8, "short_factor": [1.0] * 8}
+    assert (
+        Phi3Config(rope_scaling=rope, hidden_size=64, num_attention_heads=4).rope_parameters["rope_type"]
+        == "longrope"
+    )

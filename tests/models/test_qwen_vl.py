@@ -1,0 +1,188 @@
+"""The Qwen2-VL, Qwen2.5-VL and Qwen3-VL adapters: layout truth per temporal patch, engine ==
+plain masked forward, golden snapshots, prompts, attention switch and drift guards.
+
+Each family is a tiny random checkpoint built from its real transformers classes and real
+processor (``tiny_qwen.py``), saved, and loaded through ``vlmflow.models.load_model``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.fixtures.tiny import make_sample
+from vlmflow.analyses.targets import sweep, target_curves
+from vlmflow.engine import Engine, full_forward_logits
+from vlmflow.models import adapter_for, load_model
+
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+FRAMES = 8  # -> 4 temporal patches of 2 x 3 tokens each
+TOL = 1e-5  # fp32 probabilities, as in conformance.py
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models on a shared 2-core machine: extra intra-op threads only spin (10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def qwen_paths(tiny_models) -> dict[str, Path]:
+    return {f: tiny_models.path(f) for f in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def qwen_adapters(tiny_models) -> dict:
+    return {f: tiny_models.adapter(f) for f in FAMILIES}
+
+
+def sample(seed: int = 0):
+    return make_sample(seed=seed, frames=FRAMES)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_groups_hold_the_expected_tokens(qwen_adapters, family: str) -> None:
+    adapter = qwen_adapters[family]
+    s = sample()
+    prepared = adapter.prepare(s)
+    layout, ids = prepared.layout, prepared.inputs["input_ids"][0].tolist()
+    text = lambda g: adapter.tokenizer.decode([ids[i] for i in layout.resolve(g)])  # noqa: E731
+    cfg = adapter.model.config
+    pad, start, end = cfg.video_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id
+    pad_tok, start_tok, end_tok = adapter.tokenizer.convert_ids_to_tokens([pad, start, end])
+
+    assert layout.frames_per_group == 2 and layout.num_frames == FRAMES // 2
+    assert layout.frame_grids == ((2, 3),) * layout.num_frames  # 32 x 48 px / 8 px / merge 2
+    assert prepared.inputs["video_grid_thw"].tolist() == [[FRAMES // 2, 4, 6]]
+    # the outer wrapper written by the prompt is template, just outside ``video``
+    assert ids[layout.video.start - 1] == start and ids[layout.video.end] == end
+    assert layout.frames[0].start == layout.video.start and layout.frames[-1].end == layout.video.end
+    for a, b in zip(layout.frames, layout.frames[1:], strict=False):
+        assert a.end == b.start  # frame groups partition the video
+    if family == "qwen3_vl":
+        assert layout.frame_token_offsets == (7,) * layout.num_frames
+        for t in range(layout.num_frames):
+            want = f"<{t + 0.25:.1f} seconds>{start_tok}{pad_tok * 6}{end_tok}"  # frames at 2 fps
+            assert text(f"frame:{t}") == want
+    else:
+        assert layout.frame_token_offsets == ()
+        assert text("video") == pad_tok * 6 * layout.num_frames
+    assert all(ids[i] == pad for t in range(layout.num_frames) for i in _grid(layout, t))
+    assert text("question_no_options").strip() == s.question
+    assert text("true_option").strip() == "(C) Put down the cup."
+    assert text("last").endswith("(") and prepared.prompt.endswith("ASSISTANT:Best option:(")
+    assert adapter.tokenizer.convert_ids_to_tokens(list(prepared.option_ids)) == ["A", "B", "C", "D"]
+    if family == "qwen2_5_vl":
+        # seconds per temporal patch stay Python floats, out of reach of a bf16 cast
+        assert prepared.inputs["second_per_grid_ts"] == [1.0]
+
+
+def _grid(layout, t: int) -> range:
+    span, off = layout.frames[t], (layout.frame_token_offsets or (0,) * layout.num_frames)[t]
+    h, w = layout.frame_grids[t]
+    return range(span.start + off, span.start + off + h * w)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_chat_prompt_locates_the_same_groups(qwen_paths, family: str) -> None:
+    adapter = load_model(str(qwen_paths[family]), prompt_style="chat")
+    prepared = adapter.prepare(sample())
+    ids = prepared.inputs["input_ids"][0].tolist()
+    decode = lambda g: adapter.tokenizer.decode([ids[i] for i in prepared.layout.resolve(g)])  # noqa: E731
+    assert decode("true_option").strip() == "(C) Put down the cup."
+    assert decode("system").startswith("Carefully watch the video")
+    assert prepared.prompt.endswith("<|im_start|>assistant\nBest option:(")
+    assert "user\n<|vision_start|><|video_pad|><|vision_end|>Question:" in prepared.prompt
+    assert all(ids[i] == adapter.model.config.video_token_id for i in _grid(prepared.layout, 1))
+
+
+def test_frame_times_follow_frames_per_second(qwen_paths) -> None:
+    """Frames are declared evenly spaced at ``frames_per_second``; Qwen3-VL writes the mean
+    time of each temporal patch's two frames."""
+    adapter = load_model(str(qwen_paths["qwen3_vl"]), frames_per_second=1.0)
+    prepared = adapter.prepare(sample())
+    ids = prepared.inputs["input_ids"][0].tolist()
+    stamps = [
+        adapter.tokenizer.decode(ids[f.start : f.start + prepared.layout.frame_token_offsets[t] - 1])
+        for t, f in enumerate(prepared.layout.frames)
+    ]
+    assert stamps == ["<0.5 seconds>", "<2.5 seconds>", "<4.5 seconds>", "<6.5 seconds>"]
+
+
+def test_qwen3_deepstack_is_replayed_by_the_engine(qwen_adapters) -> None:
+    """Deepstack adds visual features to the residual stream after the first decoder layers,
+    outside the layer modules: the engine must see exactly those additions and replay them."""
+    adapter = qwen_adapters["qwen3_vl"]
+    prepared = adapter.prepare(sample(3))
+    layout, lm = prepared.layout, adapter.language_model()
+    engine = Engine(lm, prepared.inputs, layout)
+    engine.run_baseline()
+    depth = len(adapter.model.config.vision_config.deepstack_visual_indexes)
+    assert sorted(engine.deltas) == list(range(depth))
+    grid = sorted(i for t in range(layout.num_frames) for i in _grid(layout, t))
+    for delta in engine.deltas.values():
+        assert torch.nonzero(delta[0].abs().amax(-1)).flatten().tolist() == grid
+    # a cross-frame cut recomputes visual tokens through the deepstack layers
+    ((_t, name, edges),) = target_curves(("cross-frame",), layout)
+    plan = sweep([(name, edges)], lm.num_layers, window=1)[0].plan
+    want = full_forward_logits(lm, prepared.inputs, engine.compile(plan)).softmax(-1)
+    assert (engine.evaluate([plan])[0].softmax(-1) - want).abs().max().item() < TOL
+    engine.deltas = {}
+    unreplayed = (engine.evaluate([plan])[0].softmax(-1) - want).abs().max().item()
+    assert unreplayed > 100 * TOL, "without the deepstack replay the check would prove nothing"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_drift_guard_transformers_paths(qwen_adapters, family: str) -> None:
+    """The transformers names and fields the adapter relies on; an upstream rename fails here."""
+    import inspect
+
+    import transformers
+    from transformers.processing_utils import ProcessorMixin
+    from transformers.video_utils import VideoMetadata
+
+    adapter = qwen_adapters[family]
+    cls = adapter_for(family)
+    assert type(adapter) is cls
+    model, processor = adapter.model, adapter.processor
+    assert type(model) is getattr(transformers, cls.model_class)
+    assert type(processor) is getattr(transformers, cls.processor_class)
+    layer_module = {
+        "qwen2_vl": "transformers.models.qwen2_vl.modeling_qwen2_vl",
+        "qwen2_5_vl": "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl",
+        "qwen3_vl": "transformers.models.qwen3_vl.modeling_qwen3_vl",
+    }[family]
+    lm = model.model.language_model
+    assert all(type(x).__module__ == layer_module for x in lm.layers)
+    assert lm.norm is not None and lm.embed_tokens is not None and model.lm_head is not None
+    for name in (
+        "video_token_id",
+        "vision_start_token_id",
+        "vision_end_token_id",
+        "vision_config",
+        "text_config",
+    ):
+        assert hasattr(model.config, name), name
+    assert hasattr(model.config.vision_config, "spatial_merge_size")
+    assert (
+        processor.video_processor.temporal_patch_size == model.config.vision_config.temporal_patch_size == 2
+    )
+    assert hasattr(processor, "video_token")
+    # the processor's own placeholder expansion, and frames that vlmflow has already sampled
+    assert "return_text_replacement_offsets" in inspect.getsource(ProcessorMixin.__call__)
+    assert {"total_num_frames", "fps", "frames_indices"} <= set(VideoMetadata.__dataclass_fields__)
+    assert hasattr(processor.video_processor, "do_sample_frames")
+    # positions come from input_ids + mm_token_type_ids (pitfall 1: never stale rope_deltas)
+    assert "mm_token_type_ids" in processor.model_input_names
+    assert "mm_token_type_ids" in inspect.signature(model.forward).parameters
+    if family == "qwen3_vl":
+        assert hasattr(model.config.vision_config, "deepstack_visual_indexes")
+        assert hasattr(lm, "_deepstack_process")
+    if family == "qwen2_5_vl":
+        assert "second_per_grid_ts" in processor.model_input_names

@@ -1,0 +1,102 @@
+"""The VideoLLaMA3 adapter: conformance, ``Time t s:`` frame spans, token compression, drift guards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tests.fixtures.tiny import make_sample
+from vlmflow.models import load_model
+
+FAMILY = "videollama3"
+
+
+def test_frame_spans_hold_separator_timestamp_and_grid(adapter) -> None:
+    """40x48 frames are resized to 16x24 px: 4x6 patches merged 2x2 -> a 2x3 grid per frame,
+    after ``Time t.0s:`` and (from the second frame on) the ``,`` separator."""
+    prepared = adapter.prepare(make_sample())
+    layout = prepared.layout
+    ids = prepared.inputs["input_ids"][0].tolist()
+    vid = adapter.model.config.video_token_id
+    for t, span in enumerate(layout.frames):
+        text = adapter.tokenizer.decode(ids[span.start : span.end])
+        assert text == ("," if t else "") + f"Time {t}.0s:" + "<|video_pad|>" * 6, text
+        start = span.start + layout.frame_token_offsets[t]
+        assert ids[start : start + 6] == [vid] * 6 and start + 6 == span.end
+    assert layout.frame_grids == ((2, 3),) * 4
+    assert layout.frames[0].start == layout.video.start and layout.frames[-1].end == layout.video.end
+    assert all(a.end == b.start for a, b in zip(layout.frames, layout.frames[1:], strict=False))
+
+
+def test_token_compression_gives_per_frame_counts_from_the_processor(path: Path) -> None:
+    """With compression on, static patches are dropped: frame spans follow the processor's
+    own per-frame counts (not an even split) and a compressed frame's grid is ``(1, n)``."""
+    adapter = load_model(str(path), token_compression=True)
+    sample = make_sample(seed=5)
+    frames = sample.frames.copy()
+    frames[1] = frames[0]
+    frames[1, :, :24] = 255 - frames[1, :, :24]  # frame 1 changes only on its left half
+    frames[2] = frames[1]  # frame 2 does not change at all: the processor keeps 1 token
+    prepared = adapter.prepare(sample.with_frames(frames))
+    layout = prepared.layout
+    ids = prepared.inputs["input_ids"][0].tolist()
+    vid = adapter.model.config.video_token_id
+    counts = [sum(ids[i] == vid for i in range(s.start, s.end)) for s in layout.frames]
+    mask = prepared.inputs["video_compression_mask"].view(4, 6).sum(-1).tolist()
+    assert counts == mask
+    assert counts[0] == 6 and counts[2] == 1 and 1 < counts[1] < 6
+    assert layout.frame_grids[0] == (2, 3) and layout.frame_grids[1] == (1, counts[1])
+    # and the model still accepts the prepared input
+    with torch.inference_mode():
+        logits = adapter.model(**prepared.inputs, logits_to_keep=1).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_chat_template_prompt_locates_the_same_groups(path: Path) -> None:
+    adapter = load_model(str(path), prompt_style="chat")
+    prepared = adapter.prepare(make_sample())
+    ids = prepared.inputs["input_ids"][0].tolist()
+    true = adapter.tokenizer.decode([ids[i] for i in prepared.layout.resolve("true_option")])
+    assert true.strip() == "(C) Put down the cup."
+    assert len(prepared.layout.frames) == 4
+
+
+def test_flash_or_flex_attention_is_switched_to_sdpa_for_knockout(path: Path, adapter, caplog) -> None:
+    """VideoLLaMA3's vision tower has no flex kernel, so only the language model gets one
+    (per-sub-config attention, as a user loading it with flash-attention for the LLM would)."""
+    attn = {"": "sdpa", "vision_config": "sdpa", "text_config": "flex_attention"}
+    switched = load_model(str(path), attn_implementation=attn)
+    assert switched.attn_implementation() == "flex_attention"
+    switched.ensure_maskable()
+    assert switched.attn_implementation() == "sdpa"
+    assert "switching" in caplog.text
+    sample = make_sample()
+    a, b = switched.prepare(sample), adapter.prepare(sample)
+    with torch.inference_mode():
+        got = switched.model(**a.inputs, logits_to_keep=1).logits
+        want = adapter.model(**b.inputs, logits_to_keep=1).logits
+    torch.testing.assert_close(got, want)
+
+
+def test_drift_guard_transformers_paths(adapter) -> None:
+    """The transformers names the adapter relies on; an upstream rename fails here."""
+    from transformers import VideoLlama3ForConditionalGeneration, VideoLlama3Processor
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
+    from transformers.processing_utils import ProcessingKwargs
+
+    model = adapter.model
+    assert isinstance(model, VideoLlama3ForConditionalGeneration)
+    assert isinstance(adapter.processor, VideoLlama3Processor)
+    assert all(isinstance(x, Qwen2DecoderLayer) for x in model.model.language_model.layers)
+    assert hasattr(model.config, "video_token_id")
+    assert hasattr(adapter.processor, "video_token")
+    assert hasattr(adapter.processor.video_processor, "use_token_compression")
+    assert "return_text_replacement_offsets" in ProcessingKwargs.__annotations__
+    inputs = adapter.process("x " + adapter.processor.video_token, np.zeros((2, 16, 16, 3), np.uint8))
+    for name in ("video_grid_thw", "video_merge_sizes", "video_compression_mask"):
+        assert name in inputs, name
+    assert adapter.expansion().replacement == "Time 0.0s:" + "<|video_pad|>" * 4 + ",Time 1.0s:" + (
+        "<|video_pad|>" * 4
+    )

@@ -1,0 +1,229 @@
+"""The report: summaries, PNG figures and one self-contained interactive HTML file, with
+a section per analysis (built-in, contributed or generic); checked in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vlmflow.cli import app
+from vlmflow.report import Section, finalize, report_section, summarize_layers, write_parquet
+from vlmflow.store import RecordStore
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def fake_run(root: Path) -> Path:
+    """A run folder with hand-written records: eval (one failed sample), flow, an analysis
+    with layers that no section knows ('mystery') and one whose section raises ('broken')."""
+    rng = np.random.default_rng(0)
+    store = RecordStore(root)
+    (root / "manifest.json").write_text(json.dumps({"config": {"model": "fake", "data": "fake:1"}}))
+    for i in range(6):
+        sid, task = f"s{i}", ("left_right", "counting")[i % 2]
+        common = {"task": task, "model": "fake", "error": None}
+        if i == 5:
+            for name in ("eval", "flow"):
+                store.write_unit(sid, name, [{**common, "error": "DataError: missing.mp4 cannot be read"}])
+            continue
+        store.write_unit(sid, "eval", [{**common, "correct": bool(i % 3), "p_pred": 0.6}])
+        flow, mystery, broken = [], [], []
+        for layer in range(6):
+            for cond in ("video->last", "question->last"):
+                rel = float(rng.normal(-10 * (cond == "video->last") * (layer < 3), 3))
+                flow.append(
+                    {
+                        **common,
+                        "target": "vql-to-ql",
+                        "condition": cond,
+                        "layer": layer,
+                        "window": 3,
+                        "rel_pred": rel,
+                        "rel_gt": rel,
+                        "correct_new": bool(rng.random() > 0.3),
+                        "p_pred_base": 0.6,
+                        "p_pred_new": 0.6 * (1 + rel / 100),
+                        "hits": {},  # an empty dict has no Parquet type: stored as JSON text
+                    }
+                )
+            for kind in ("alpha", "beta"):
+                mystery.append({**common, "layer": layer, "kind": kind, "score": float(rng.random())})
+            broken.append({**common, "layer": layer, "value": 1.0})
+        store.write_unit(sid, "flow", flow)
+        store.write_unit(sid, "mystery", mystery)
+        store.write_unit(sid, "broken", broken)
+    return root
+
+
+@report_section("broken", "a section that raises (tests the fallback)")
+def _broken_section(rows: pd.DataFrame, figures_dir: Path) -> Section:
+    raise KeyError("no such column")
+
+
+def test_finalize_writes_summaries_figures_and_a_self_contained_report(tmp_path: Path) -> None:
+    run = fake_run(tmp_path / "run")
+    result = finalize(run)
+    assert [s.key for s in result["sections"]] == ["flow", "broken", "mystery"]
+    assert (run / "records.parquet").exists() and len(pd.read_parquet(run / "records.parquet")) == result[
+        "records"
+    ]
+    for name in ("accuracy", "flow", "mystery", "broken"):
+        assert (run / "summary" / f"{name}.csv").exists(), name
+    assert (run / "figures" / "flow-vql-to-ql.png").stat().st_size > 5000
+
+    mystery = pd.read_csv(run / "summary" / "mystery.csv")  # the generic per-layer summary
+    assert {"task", "kind", "layer", "n", "score_mean", "score_ci95"} <= set(mystery.columns)
+    assert len(mystery) == 2 * 2 * 6 and set(mystery["n"]) == {2, 3}
+    broken = next(s for s in result["sections"] if s.key == "broken")
+    assert "failed (KeyError" in broken.notes and broken.charts  # generic view instead
+
+    page = (run / "report.html").read_text()
+    # self-contained: nothing is fetched (the SVG namespace URI is an identifier, not a fetch)
+    assert not re.search(r"<script[^>]+src=|<link\b|url\(|@import", page)
+    assert not re.findall(r"https?://(?!www\.w3\.org/2000/svg)", page)
+    charts = json.loads(re.search(r"id='chart-data'>(.*?)</script>", page, re.S).group(1))
+    assert [c["title"] for c in charts] == ["Knockout: vql-to-ql", "broken", "mystery"]
+    assert charts[0]["series"] == ["question->last", "video->last"]
+    assert {p["name"] for p in charts[0]["panels"]} == {"counting (n=2)", "left_right (n=3)"}
+    assert "missing.mp4 cannot be read" in page and "Failed samples" in page
+
+    assert CliRunner().invoke(app, ["report", str(run)]).exit_code == 0
+
+
+def test_generic_summary_finds_the_condition_columns() -> None:
+    rows = pd.DataFrame(
+        {
+            "sample_id": ["a"] * 4 + ["b"] * 4,
+            "task": "t",
+            "analysis": "x",
+            "layer": [0, 0, 1, 1] * 2,
+            "cut": ["p", "q"] * 4,
+            "pred": ["A", "B", "A", "A", "C", "A", "B", "B"],  # varies, but is not a condition
+            "p": np.linspace(0, 1, 8),
+            "ok": [True, False] * 4,
+        }
+    )
+    out = summarize_layers(rows)
+    assert list(out.columns[:4]) == ["task", "cut", "layer", "n"]
+    assert len(out) == 4 and set(out["n"]) == {2}
+    assert {"p_mean", "p_ci95", "ok_mean"} <= set(out.columns)
+
+
+def test_parquet_stores_columns_arrow_cannot_type(tmp_path: Path) -> None:
+    df = pd.DataFrame({"a": [1, 2], "hits": [{}, {}], "mixed": [1, "x"], "lst": [[1], [2, 3]]})
+    write_parquet(df, tmp_path / "r.parquet")
+    back = pd.read_parquet(tmp_path / "r.parquet")
+    assert list(back["hits"]) == ["{}", "{}"] and list(back["mixed"]) == ["1", "x"]
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_llava, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every built-in analysis on the tiny model (2 samples), through ``api.run``."""
+    from vlmflow.analyses.answer_probability import AnswerProbability
+    from vlmflow.analyses.attention_maps import AttentionMaps
+    from vlmflow.analyses.information_flow import InformationFlow
+    from vlmflow.analyses.logit_lens import LogitLens
+    from vlmflow.analyses.pathways import PRESETS, Pathways
+    from vlmflow.api import Options, run
+    from vlmflow.probe import Model
+
+    out = tmp_path_factory.mktemp("full") / "run"
+    analyses = [
+        InformationFlow(targets=("cross-frame", "vql-to-ql"), window=3, sample_mode="all"),
+        AnswerProbability(),
+        LogitLens(sample_mode="all", overlays=0),
+        AttentionMaps(sample_mode="all", overlays=0),
+        Pathways(spec=PRESETS["llava-next-7b-video-ft"], seeds=(0, 1)),
+    ]
+    opts = Options(
+        model="tiny", data="synthetic:1", tasks=("moving_direction", "object_count"), progress=False
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = run(opts, analyses, out, model=Model(tiny_llava))
+    finally:
+        torch.set_num_threads(threads)
+    assert result.summary.done == 2, result.summary
+    return out
+
+
+def test_every_builtin_analysis_has_its_section(full_run: Path) -> None:
+    result = finalize(full_run)
+    assert [s.key for s in result["sections"]] == [
+        "flow",
+        "answer-prob",
+        "logit-lens",
+        "attention",
+        "pathways",
+    ]
+    for name in ("flow", "answer-prob", "logit-lens", "attention", "pathways"):
+        assert (full_run / "summary" / f"{name}.csv").exists(), name
+    for png in ("flow-cross-frame.png", "answer-prob.png", "logit-lens.png", "attention-frames-last.png"):
+        assert (full_run / "figures" / png).stat().st_size > 5000, png
+    page = (full_run / "report.html").read_text()
+    for title in ("Answer probability by layer", "Logit lens on video tokens", "Effective pathways"):
+        assert title in page
+
+
+def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs headless Chromium at /usr/bin/chromium (apt-get install chromium)"
+)
+def test_report_renders_in_headless_chromium(full_run: Path, tmp_path: Path) -> None:
+    """Open the report offline: the script draws every chart without console errors,
+    hovering shows values and a legend click hides a curve (the page's #selftest hook);
+    and a screenshot is taken (set VLMFLOW_SCREENSHOT_DIR to keep it)."""
+    import os
+
+    report = full_run / "report.html"
+    url = report.resolve().as_uri()
+    dom = chromium(
+        "--enable-logging=stderr", "--v=0", "--dump-dom", f"{url}#selftest", profile=tmp_path / "p1"
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "Uncaught" not in dom.stderr and "ERROR:CONSOLE" not in dom.stderr, dom.stderr[-2000:]
+    errors = re.search(r'<div id="js-errors"[^>]*>(.*?)</div>', dom.stdout, re.S)
+    assert errors is not None and errors.group(1).strip() == ""
+    rendered = int(re.search(r'data-charts-rendered="(\d+)"', dom.stdout).group(1))
+    assert rendered >= 7  # flow x2 targets + tasks compared, answer-prob x2, lens, attention x2
+    assert dom.stdout.count('class="curve"') >= 20 and 'class="band"' in dom.stdout
+    test = json.loads(re.search(r'<pre id="selftest"[^>]*>(.*?)</pre>', dom.stdout, re.S).group(1))
+    assert test["panels"] >= 14
+    assert "layer" in test["tooltip"] and "±" in test["tooltip"]  # values with their CI on hover
+    assert test["curvesAfterToggle"] == test["curvesBefore"] - 2  # one curve hidden in both panels
+    assert test["curvesRestored"] == test["curvesBefore"]
+
+    shot = tmp_path / "report.png"
+    taken = chromium(
+        "--hide-scrollbars", "--window-size=1280,2000", f"--screenshot={shot}", url, profile=tmp_path / "p2"
+    )
+    assert taken.returncode == 0 and shot.stat().st_size > 50_000, taken.stderr[-2000:]
+    if os.environ.get("VLMFLOW_SCREENSHOT_DIR"):
+        shutil.copy(shot, Path(os.environ["VLMFLOW_SCREENSHOT_DIR"]) / "report.png")

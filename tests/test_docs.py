@@ -1,0 +1,42 @@
+"""The documentation runs: the README's Python section, ``examples/quickstart.py`` and the
+runnable examples in the public entry points' docstrings, all on the demo model."""
+
+from __future__ import annotations
+
+import doctest
+import re
+import runpy
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+def python_blocks(markdown: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", markdown, flags=re.S | re.M)
+
+
+def test_readme_python_section_runs(capsys) -> None:
+    blocks = python_blocks((ROOT / "README.md").read_text())
+    assert blocks, "the README has no Python section"
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+    assert "rel_pred" in capsys.readouterr().out
+
+
+def test_quickstart_example_runs(capsys) -> None:
+    runpy.run_path(str(ROOT / "examples" / "quickstart.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "the model answers" in out and "hurts most around layer" in out and "last token -> frames" in out
+
+
+@pytest.mark.parametrize("module", ["vlmflow.probe", "vlmflow.api", "vlmflow.rundir", "vlmflow.cuts"])
+def test_docstring_examples_run(module: str, tmp_path, monkeypatch) -> None:
+    import importlib
+
+    monkeypatch.chdir(tmp_path)  # examples that write run folders write them here
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {module} failed"
+    if module != "vlmflow.cuts":
+        assert result.attempted > 0

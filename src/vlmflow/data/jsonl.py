@@ -42,8 +42,11 @@ def load_jsonl(arg: str) -> list[Sample]:
         obj = _object(line, where)
         return _parse(obj, where, lineno, path.parent)
 
-    def id_of(lineno: int, line: str) -> Any:
-        return _object(line, "").get("id", lineno)
+    def id_of(lineno: int, line: str) -> Any:  # an unreadable line keeps the line-number id
+        try:
+            return _object(line, "").get("id", lineno)
+        except DataError:
+            return lineno
 
     def task_of(line: str) -> Any:
         return _object(line, "").get("task")

@@ -422,6 +422,8 @@ def test_longvideobench_bad_item_is_a_failed_sample(tmp_path, item, match):
     assert {s.task for s in load_dataset(f"longvideobench:{tmp_path}", tasks=["0"])} == {
         lvb_item(0)["question_category"]
     }
+    with pytest.raises(DataError, match="no task '1'"):  # one well-formed task: id 0 only
+        load_dataset(f"longvideobench:{tmp_path}", tasks=["1"])
     write_json(file, [lvb_item(0), item][1:])  # the bad item alone (now item 0): refused
     with pytest.raises(DataError, match=match.replace("item 1", "item 0")) as info:
         load_dataset(f"longvideobench:{tmp_path}")

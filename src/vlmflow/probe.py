@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from .analyses.base import Answer, read_answer
-from .cuts import CompiledPlan, Cut, Plan
+from .cuts import CompiledPlan, Cut, Plan, check_cut_blocks
 from .engine import Engine, masked_forward
 from .errors import PlanError, PromptError
 from .layout import Span, TokenLayout
@@ -303,7 +303,11 @@ class Probe:
         blocked = tuple(range(self.num_layers)) if layers is None else tuple(layers)
         if isinstance(what, Cut):
             return Plan(f"{what.src}->{what.dst}", (what,))
+        if not blocked:
+            raise PlanError(f"plan {what!r} blocks nothing: no layers are given")
         cuts = tuple(Cut.parse(part, blocked) for part in what.split(","))
+        for part, cut in zip(what.split(","), cuts, strict=True):  # a typed cut is never silently empty
+            check_cut_blocks(cut.src, cut.dst, part.strip(), self.layout)
         return Plan(what, cuts)
 
     def knockout(

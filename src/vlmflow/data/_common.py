@@ -2,6 +2,8 @@
 
 Each helper raises :class:`DataError` with a ``where`` prefix (the annotation file and the
 item's index or id), which is what a user needs to find and fix the offending line.
+:func:`parse_items` runs a loader's per-item parse so that such an item costs only itself:
+it becomes a failed Sample carrying that reason, and the run records it and goes on.
 """
 
 from __future__ import annotations

@@ -86,6 +86,20 @@ def test_jsonl_malformed_line_is_a_failed_sample_naming_file_and_line(tmp_path, 
     assert f"{only_bad}: none of its 1 items can be read" in str(info.value)
 
 
+def test_jsonl_line_that_is_not_utf8_is_a_failed_sample(tmp_path):
+    good = {"video": "v.mp4", "question": "q", "options": ["a", "b"], "answer": 0}
+    file = tmp_path / "qa.jsonl"
+    line = json.dumps({**good, "question": "caf\u00e9 \u2028 ok"}, ensure_ascii=False).encode()
+    file.write_bytes(
+        line + b"\n" + b'{"video": "v.mp4", "question": "\xff\xfe"}\n' + json.dumps(good).encode()
+    )
+    samples = load_dataset(f"jsonl:{file}")
+    assert [s.id for s in samples] == ["1", "2", "3"]
+    assert samples[0].question == "caf\u00e9 \u2028 ok"  # a line separator inside a string splits nothing
+    bad = only_failure(samples, "not UTF-8 text", f"{file}:2")
+    assert bad.id == "2"
+
+
 def test_jsonl_missing_file(tmp_path):
     with pytest.raises(DataError, match="not found"):
         load_dataset(f"jsonl:{tmp_path / 'nope.jsonl'}")

@@ -31,24 +31,24 @@ def load_jsonl(arg: str) -> list[Sample]:
     path = Path(arg).expanduser()
     if not path.is_file():
         raise DataError(f"JSONL file not found: {path}")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
+    try:  # split the bytes: a line that is not UTF-8 costs only itself
+        lines = path.read_bytes().splitlines()
+    except OSError as e:
         raise DataError(f"cannot read {path}: {e}") from e
     entries = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
 
-    def parse(lineno: int, line: str) -> Sample:
+    def parse(lineno: int, line: bytes) -> Sample:
         where = f"{path}:{lineno}"
         obj = _object(line, where)
         return _parse(obj, where, lineno, path.parent)
 
-    def id_of(lineno: int, line: str) -> Any:  # an unreadable line keeps the line-number id
+    def id_of(lineno: int, line: bytes) -> Any:  # an unreadable line keeps the line-number id
         try:
             return _object(line, "").get("id", lineno)
         except DataError:
             return lineno
 
-    def task_of(line: str) -> Any:
+    def task_of(line: bytes) -> Any:
         return _object(line, "").get("task")
 
     samples = parse_items(path, entries, parse, source="jsonl", task=task_of, id_of=id_of)
@@ -63,10 +63,15 @@ def load_jsonl(arg: str) -> list[Sample]:
     return out
 
 
-def _object(line: str, where: str) -> dict[str, Any]:
-    """One line's JSON object; invalid JSON or another JSON value is an error."""
+def _object(line: bytes, where: str) -> dict[str, Any]:
+    """One line's JSON object; text that is not UTF-8, invalid JSON or another JSON value is
+    an error."""
     try:
-        obj = json.loads(line)
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    try:
+        obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{where}: not valid JSON ({e.msg})") from e
     if not isinstance(obj, dict):

@@ -122,3 +122,14 @@ def test_probe_knockout_refuses_a_cut_that_blocks_nothing_on_its_input(tiny_llav
     with pytest.raises(PlanError, match="no layers"):
         probe.knockout("video->last", layers=[])
     assert 0 <= probe.knockout("video->last").p_pred <= 1  # a real cut still runs
+
+
+def test_compare_and_custom_curves_refuse_an_empty_cut_when_the_analysis_is_built() -> None:
+    from vlmflow.analyses.attention_maps import AttentionMaps
+    from vlmflow.analyses.information_flow import InformationFlow
+
+    with pytest.raises(PlanError, match="cut 'question->video' blocks nothing"):
+        AttentionMaps(compare="question->video")
+    with pytest.raises(PlanError, match="cut 'last->frame:0' blocks nothing"):
+        InformationFlow(targets=(), custom=("video->last,last->frame:0",))
+    AttentionMaps(compare="video->question")  # a cut that blocks edges is accepted

@@ -5,8 +5,10 @@ and the run exits 0; a file where every line is malformed is refused before any 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from tests.data.benchfiles import video
@@ -54,3 +56,18 @@ def test_eval_records_a_malformed_line_as_failed_and_goes_on(tiny_llava_path, tm
     assert result.exit_code != 0
     assert f"{qa}: none of its 1 items can be read" in result.output, result.output
     assert "Traceback" not in result.output
+
+
+def test_probing_a_failed_sample_raises_its_reason(tiny_llava, tmp_path: Path) -> None:
+    from vlmflow.data import load_dataset
+    from vlmflow.errors import DataError
+    from vlmflow.probe import Model
+
+    good = {"video": "clip.mp4", "question": "Which way?", "options": ["left", "right"], "answer": 1}
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(
+        json.dumps(good) + "\n" + json.dumps({k: v for k, v in good.items() if k != "question"}) + "\n"
+    )
+    bad = load_dataset(f"jsonl:{qa}")[1]
+    with pytest.raises(DataError, match=re.escape(f"{qa}:2: missing field 'question'")):
+        Model(tiny_llava).probe(bad)

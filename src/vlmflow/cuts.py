@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import PlanError
-from .layout import TokenLayout, check_group
+from .layout import Span, TokenLayout, check_group
 
 WINDOW_STYLES = ("center", "inverse", "top_down", "bottom_up")
 
@@ -63,9 +63,76 @@ class Cut:
         if not src or not dst:
             raise PlanError(f"cut {text!r} must read SRC->DST, e.g. video->last")
         try:
-            return cls(check_group(src), check_group(dst), layers)
+            cut = cls(check_group(src), check_group(dst), layers)
         except PlanError as exc:
             raise PlanError(f"cut {text!r}: {exc}") from None
+        check_cut_blocks(cut.src, cut.dst, text)
+        return cut
+
+
+def blocks_any(src: str, dst: str, layout: TokenLayout) -> bool:
+    """Whether blocking ``src -> dst`` removes any edge on ``layout``: under causal attention
+    a query attends only to keys at or before it, so the cut is empty unless some ``src``
+    position is at or before some ``dst`` position. Groups must resolve on ``layout``."""
+    return int(layout.resolve(src)[0]) <= int(layout.resolve(dst)[-1])
+
+
+def check_cut_blocks(src: str, dst: str, text: str | None = None, layout: TokenLayout | None = None) -> None:
+    """Refuse a user's cut that blocks nothing, with one line naming it and saying why.
+
+    With ``layout`` the check is exact for that input. Without one (a ``--cut`` checked
+    before any sample) it uses the prompt order every adapter shares (system, video with
+    its frames in order, the question, its options in order, the last position, template
+    text anywhere) and refuses only a cut that blocks nothing whatever the sample: wherever
+    its answer is, however many frames or options it has. A group a layout lacks is left
+    to the per-sample resolution, which names it.
+    """
+    name = text or f"{src}->{dst}"
+    layouts = [layout] if layout is not None else _order_layouts(f"{src} {dst}")
+    try:
+        if any(blocks_any(src, dst, lay) for lay in layouts):
+            return
+    except PlanError:
+        return
+    where = "on this input" if layout is not None else "on any input"
+    raise PlanError(
+        f"cut {name!r} blocks nothing {where}: every {dst!r} position comes before every "
+        f"{src!r} position, and causal attention already keeps a query from later keys "
+        f"(did you mean {dst}->{src}?)"
+    )
+
+
+def _order_layouts(groups: str) -> list[TokenLayout]:
+    """Layouts in the shared prompt order, one per answer position, big enough for the frame
+    and option numbers ``groups`` names, with a template token around every group."""
+    numbers = [int(x) for x in re.findall(r"[0-9]+", groups) if len(x) < 6]
+    letters = [ord(c.upper()) - ord("A") for c in re.findall(r"option:([A-Za-z])\b", groups)]
+    frames = max([8, *(n + 2 for n in numbers)])
+    options = max([5, *(n + 1 for n in numbers), *(i + 1 for i in letters)])
+    pos = 1  # position 0 is a template token (a BOS outside the system span)
+
+    def span(n: int, gap: int = 1) -> Span:
+        nonlocal pos
+        s = Span(pos, pos + n)
+        pos += n + gap
+        return s
+
+    system = span(2)
+    video_start = pos
+    frame_spans = tuple(span(2, gap=0) for _ in range(frames))
+    video = Span(video_start, pos)
+    pos += 1
+    question_start = pos
+    pos += 1  # "Question: "
+    no_options = span(2)
+    option_spans = tuple(span(2) for _ in range(options))
+    question = Span(question_start, pos - 1)
+    length = pos + 2  # a template token, then the last position
+    grids = tuple((1, 2) for _ in frame_spans)
+    return [
+        TokenLayout(length, system, video, frame_spans, grids, question, no_options, option_spans, answer)
+        for answer in range(options)
+    ]
 
 
 @dataclass(frozen=True)

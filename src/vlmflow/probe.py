@@ -32,9 +32,9 @@ import pandas as pd
 import torch
 
 from .analyses.base import Answer, read_answer
-from .cuts import CompiledPlan, Cut, Plan
+from .cuts import CompiledPlan, Cut, Plan, check_cut_blocks
 from .engine import Engine, masked_forward
-from .errors import PlanError, PromptError
+from .errors import DataError, PlanError, PromptError
 from .layout import Span, TokenLayout
 from .models.base import Adapter, Prepared
 from .prompt import PROMPT_STYLES
@@ -146,6 +146,8 @@ class Model:
             )
         elif any(x is not None for x in (video, frames, question, answer)) or options:
             raise PromptError("give either a sample or video/frames/question/options/answer, not both")
+        if sample.error is not None:  # an annotation item its loader could not read
+            raise DataError(sample.error)
         adapter = self.configured(prompt=prompt, num_frames=num_frames, frame_policy=frame_policy)
         return Probe(adapter, adapter.prepare(sample), max_batch_tokens=max_batch_tokens)
 
@@ -303,7 +305,11 @@ class Probe:
         blocked = tuple(range(self.num_layers)) if layers is None else tuple(layers)
         if isinstance(what, Cut):
             return Plan(f"{what.src}->{what.dst}", (what,))
+        if not blocked:
+            raise PlanError(f"plan {what!r} blocks nothing: no layers are given")
         cuts = tuple(Cut.parse(part, blocked) for part in what.split(","))
+        for part, cut in zip(what.split(","), cuts, strict=True):  # a typed cut is never silently empty
+            check_cut_blocks(cut.src, cut.dst, part.strip(), self.layout)
         return Plan(what, cuts)
 
     def knockout(

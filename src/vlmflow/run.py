@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .analyses.base import Analysis
-from .errors import VlmflowError
+from .errors import DataError, VlmflowError
 from .models.base import Adapter
 from .probe import Probe
 from .rundir import EVAL, RunDir
@@ -114,9 +114,13 @@ def run_samples(
 
 
 def _one_sample(adapter, sample, analyses, store, names, done, summary, bar, max_batch_tokens) -> None:
-    """Analyse one sample and write its units (a failure becomes a unit with its error)."""
+    """Analyse one sample and write its units (a failure becomes a unit with its error).
+
+    A sample its loader could not read (``sample.error``) fails with that reason, unprepared."""
     todo = [n for n in names if (sample.id, n) not in done]
     try:
+        if sample.error is not None:
+            raise DataError(sample.error)
         prepared = adapter.prepare(sample)
         bar.set_postfix(tokens=prepared.layout.length, refresh=False)
         probe = Probe(adapter, prepared, max_batch_tokens=max_batch_tokens)

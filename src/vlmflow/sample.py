@@ -22,6 +22,8 @@ class Sample:
     ``options`` are the candidate texts without letters; ``answer`` indexes them. An
     open-ended item has no options and keeps its reference text in ``answer_text``.
     ``bound`` is an optional ``(start_s, end_s)`` window of the video to sample from.
+    ``error`` is set on an annotation item a loader could not read (its reason, naming the
+    file and item): the run records such a sample as failed without preparing it.
     """
 
     id: str
@@ -35,6 +37,7 @@ class Sample:
     bound: tuple[float, float] | None = None
     answer_text: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
 
     @property
     def is_multiple_choice(self) -> bool:

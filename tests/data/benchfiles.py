@@ -126,3 +126,18 @@ def lvb_item(i: int, category: str = "O2E", video_path: str = "v.mp4", **kw: Any
         "view_count": 1,
         **kw,
     }
+
+
+def only_failure(samples: list, match: str, where: str) -> Any:
+    """The one failed Sample of ``samples``: its reason matches ``match`` and names ``where``.
+
+    Every other sample must be well formed (no error), so a malformed item costs only itself.
+    """
+    import re
+
+    failed = [s for s in samples if s.error is not None]
+    assert len(failed) == 1, [s.error for s in failed]
+    assert re.search(match, failed[0].error), failed[0].error
+    assert where in failed[0].error, failed[0].error
+    assert all(s.question for s in samples if s.error is None)
+    return failed[0]

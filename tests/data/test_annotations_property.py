@@ -1,8 +1,9 @@
 """Every benchmark loader, fed annotation files damaged in every way a download or a hand
 edit can (property-based, bounded): missing fields, wrong types, duplicate ids, answers
 not among the options, empty option lists, non-UTF-8 bytes, enormous lines, files cut at
-any byte, files that are not the expected shape. Each gives well-formed samples or one
-clear one-line ``DataError`` naming the file; never another exception."""
+any byte, files that are not the expected shape. A malformed item becomes a failed sample
+whose one-line reason names the file, the other items still load; a file with nothing
+readable is refused with one clear one-line ``DataError``; never another exception."""
 
 from __future__ import annotations
 
@@ -45,6 +46,17 @@ def vcg_item(i: int) -> dict[str, Any]:
     return {"Q": "What happens?", "A": "a cat jumps", "video_name": f"v{i}"}
 
 
+# loader -> the sample id of the file's item i (the id it keeps when it is malformed, too)
+IDS: dict[str, Any] = {
+    "jsonl": lambda i: f"q{i}",
+    "tvbench": lambda i: f"action_count-{i:05d}",
+    "mvbench": lambda i: f"my_task-{i:05d}",
+    "tomato": lambda i: f"id{i}",
+    "longvideobench": lambda i: f"q{i}",
+    "vcgbench": lambda i: f"generic_qa-{i:05d}",
+    "videomme": lambda i: f"00{i}-1",
+}
+
 # loader -> (items of a valid file, where the file goes, how it is written, the dataset spec)
 LOADERS: dict[str, tuple[Any, str, str]] = {
     "jsonl": (jsonl_item, "qa.jsonl", "jsonl"),
@@ -81,14 +93,27 @@ def damage(draw) -> list[tuple[str, Any]]:
 
 
 def build(root: Path, name: str, edits: list[tuple]) -> str:
+    spec, _ = build_and_untouched(root, name, edits)
+    return spec
+
+
+def build_and_untouched(root: Path, name: str, edits: list[tuple]) -> tuple[str, set[int]]:
+    """The damaged dataset's spec, and the items no edit touched (all of them were the file
+    itself damaged: then no item is promised)."""
     make, where, shape = LOADERS[name]
     items = [make(i) for i in range(3)]
+    untouched = set(range(3))
     file_edits = []
     for edit in edits:
         kind, *arg = edit
         if kind in ("not_utf8", "cut", "replace_file"):
             file_edits.append(edit)
             continue
+        untouched.discard(arg[0] % len(items))
+        if kind == "duplicate" or shape == "parquet":
+            # a copy shares its id, so the file is refused; a parquet table has one schema
+            # for all rows, so a row's missing or retyped field changes every row
+            untouched.clear()
         item = items[arg[0] % len(items)]
         keys = sorted(item)
         if kind == "drop":
@@ -132,20 +157,33 @@ def build(root: Path, name: str, edits: list[tuple]) -> str:
         else:
             data = json.dumps(arg[0]).encode()
         path.write_bytes(data)
-    return f"{name}:{path if shape == 'jsonl' else root}"
+        untouched.clear()
+    return f"{name}:{path if shape == 'jsonl' else root}", untouched
 
 
-def check(spec: str) -> None:
+def check(spec: str, name: str = "", untouched: frozenset[int] = frozenset()) -> None:
     try:
         samples = load_dataset(spec)
     except DataError as exc:
         message = str(exc)
         assert message and "\n" not in message, message
+        assert not untouched or any(IDS[name](i) in message for i in range(4)), (
+            "a file with well-formed items is refused only for a duplicate id: " + message
+        )
         return
     ids = [s.id for s in samples]
     assert samples and len(set(ids)) == len(ids), "duplicate ids must be refused"
+    assert any(s.error is None for s in samples), "a file with nothing readable must be refused"
+    good = {s.id for s in samples if s.error is None}
+    assert {IDS[name](i) for i in untouched} <= good if name else True, "an intact item was lost"
     for s in samples:
-        assert isinstance(s.question, str) and isinstance(s.task, str) and s.task
+        assert isinstance(s.id, str) and s.id and isinstance(s.task, str) and s.task
+        if s.error is not None:  # a malformed item: a failed sample with its one-line reason
+            assert isinstance(s.error, str) and s.error and "\n" not in s.error, s.error
+            file = s.meta["file"]
+            assert file and file in s.error, s.error
+            continue
+        assert isinstance(s.question, str)
         if s.options:
             assert all(isinstance(o, str) for o in s.options)
             assert s.answer is not None and 0 <= s.answer < len(s.options)
@@ -160,7 +198,8 @@ def make_test(name: str):
         root = tmp_path_factory.getbasetemp() / f"ann-{name}"
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir()
-        check(build(root, name, edits))
+        spec, untouched = build_and_untouched(root, name, edits)
+        check(spec, name, frozenset(untouched))
 
     test.__name__ = f"test_{name}_annotations_load_or_refuse_with_one_clear_error"
     return test

@@ -14,6 +14,7 @@ from tests.data.benchfiles import (
     frame_folder,
     lvb_item,
     mvbench_item,
+    only_failure,
     tomato_item,
     video,
     videomme_row,
@@ -107,11 +108,26 @@ def test_tomato_task_ids(tmp_path):
         ),
         ({"x": tomato_item("k", answer=4)}, "item 'x': answer 4 is not among candidates"),
         ({"x": tomato_item("k", answer="B")}, "item 'x': answer 'B' must be an integer"),
+    ],
+)
+def test_tomato_bad_item_is_a_failed_sample(tmp_path, items, match):
+    file = write_json(tmp_path / "T" / "jsons" / "count.json", {"good": tomato_item("g"), **items})
+    bad = only_failure(load_dataset(f"tomato:{tmp_path / 'T'}"), match, str(file))
+    assert (bad.id, bad.task) == ("x", "Count")
+    write_json(file, items)  # nothing readable: the file is refused
+    with pytest.raises(DataError, match=match) as info:
+        load_dataset(f"tomato:{tmp_path / 'T'}")
+    assert f"{file}: none of its 1 items can be read" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("items", "match"),
+    [
         ({}, "task 'Count' has no items"),
         ([tomato_item("k")], "expected a JSON object keyed by id"),
     ],
 )
-def test_tomato_bad_annotations(tmp_path, items, match):
+def test_tomato_unreadable_file_is_refused(tmp_path, items, match):
     file = write_json(tmp_path / "T" / "jsons" / "count.json", items)
     with pytest.raises(DataError, match=match) as info:
         load_dataset(f"tomato:{tmp_path / 'T'}")
@@ -237,17 +253,26 @@ def test_mvbench_twenty_tasks_and_ids(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("items", "match"),
+    ("item", "match"),
     [
-        ([mvbench_item("a.mp4"), {"video": "b.mp4", "question": "q"}], "item 1: missing field 'candidates'"),
-        ([mvbench_item("a.mp4", answer="down")], "item 0: answer 'down' is not among candidates"),
-        ([mvbench_item("a.mp4", start="soon", end=2)], "item 0: 'start'/'end' must be numbers"),
-        ([], "task 'Action Sequence' has no items"),
+        ({"video": "b.mp4", "question": "q"}, "missing field 'candidates'"),
+        (mvbench_item("b.mp4", answer="down"), "answer 'down' is not among candidates"),
+        (mvbench_item("b.mp4", start="soon", end=2), "'start'/'end' must be numbers"),
     ],
 )
-def test_mvbench_bad_annotations(tmp_path, items, match):
-    file = write_json(tmp_path / "json" / "action_sequence.json", items)
+def test_mvbench_bad_item_is_a_failed_sample(tmp_path, item, match):
+    file = write_json(tmp_path / "json" / "action_sequence.json", [mvbench_item("a.mp4"), item])
+    bad = only_failure(load_dataset(f"mvbench:{tmp_path}"), match, f"{file} item 1")
+    assert (bad.id, bad.task) == ("action_sequence-00001", "Action Sequence")
+    write_json(file, [item])  # nothing readable: the file is refused
     with pytest.raises(DataError, match=match) as info:
+        load_dataset(f"mvbench:{tmp_path}")
+    assert f"{file}: none of its 1 items can be read" in str(info.value)
+
+
+def test_mvbench_empty_task_is_refused(tmp_path):
+    file = write_json(tmp_path / "json" / "action_sequence.json", [])
+    with pytest.raises(DataError, match="task 'Action Sequence' has no items") as info:
         load_dataset(f"mvbench:{tmp_path}")
     assert str(file) in str(info.value)
 
@@ -320,13 +345,17 @@ def test_youtube_ids():
         ({"url": None, "videoID": None}, "missing field 'url'"),
     ],
 )
-def test_videomme_bad_rows(tmp_path, change, match):
+def test_videomme_bad_row_is_a_failed_sample(tmp_path, change, match):
     write_videomme(
         tmp_path, [videomme_row("001-1", "OCR Problems"), videomme_row("001-2", "OCR Problems", **change)]
     )
+    file = tmp_path / "videomme" / "test-00000-of-00001.parquet"
+    bad = only_failure(load_dataset(f"videomme:{tmp_path}"), match, f"{file} row 1")
+    assert bad.id == "001-2"
+    write_videomme(tmp_path, [videomme_row("001-2", "OCR Problems", **change)])
     with pytest.raises(DataError, match=match) as info:
         load_dataset(f"videomme:{tmp_path}")
-    assert f"{tmp_path / 'videomme' / 'test-00000-of-00001.parquet'} row 1" in str(info.value)
+    assert f"{file}: none of its 1 items can be read" in str(info.value)
 
 
 def test_videomme_missing_or_corrupt_parquet(tmp_path):
@@ -385,11 +414,20 @@ def test_longvideobench_task_ids(tmp_path):
         (lvb_item(1, duration=0), "'duration' must be positive"),
     ],
 )
-def test_longvideobench_bad_items(tmp_path, item, match):
+def test_longvideobench_bad_item_is_a_failed_sample(tmp_path, item, match):
     file = write_json(tmp_path / "lvb_val.json", [lvb_item(0), item])
-    with pytest.raises(DataError, match=match) as info:
+    bad = only_failure(load_dataset(f"longvideobench:{tmp_path}"), match, f"{file} item 1")
+    assert bad.id == "q1"
+    # a failed item's task never shifts the paper's task ids, even when its own is unreadable
+    assert {s.task for s in load_dataset(f"longvideobench:{tmp_path}", tasks=["0"])} == {
+        lvb_item(0)["question_category"]
+    }
+    with pytest.raises(DataError, match="no task '1'"):  # one well-formed task: id 0 only
+        load_dataset(f"longvideobench:{tmp_path}", tasks=["1"])
+    write_json(file, [lvb_item(0), item][1:])  # the bad item alone (now item 0): refused
+    with pytest.raises(DataError, match=match.replace("item 1", "item 0")) as info:
         load_dataset(f"longvideobench:{tmp_path}")
-    assert str(file) in str(info.value)
+    assert f"{file}: none of its 1 items can be read" in str(info.value)
 
 
 def test_longvideobench_empty_or_missing(tmp_path):
@@ -457,6 +495,11 @@ def test_vcgbench_open_ended_layout(tmp_path):
 )
 def test_vcgbench_bad_annotations(tmp_path, file, items, match):
     path = write_json(tmp_path / "Benchmarking_QA" / f"{file}.json", items)
-    with pytest.raises(DataError, match=match) as info:
+    with pytest.raises(DataError, match=match) as info:  # nothing readable: refused
         load_dataset(f"vcgbench:{tmp_path}")
     assert str(path) in str(info.value)
+    if isinstance(items, list) and items:  # beside a good item, a failed sample of its task
+        good = {"Q1": "q", "Q2": "q2", "Q": "q", "A": "a", "video_name": "v"}
+        write_json(path, [good, *items])
+        bad = only_failure(load_dataset(f"vcgbench:{tmp_path}"), match.replace("item 0", "item 1"), str(path))
+        assert (bad.id, bad.task) == (f"{file}-00001", file)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.data.benchfiles import only_failure
 from vlmflow.data import DATASETS, load_dataset
 from vlmflow.errors import DataError, VlmflowError
 
@@ -71,12 +72,32 @@ def test_jsonl_fields(tmp_path):
         ("{not json", "not valid JSON"),
     ],
 )
-def test_jsonl_malformed_line_names_file_and_line(tmp_path, row, match):
+def test_jsonl_malformed_line_is_a_failed_sample_naming_file_and_line(tmp_path, row, match):
     good = {"video": "v.mp4", "question": "q", "options": ["a", "b"], "answer": 0}
     file = _write_jsonl(tmp_path / "qa.jsonl", [good, row])
+    samples = load_dataset(f"jsonl:{file}")
+    assert [s.id for s in samples] == ["1", "2"]  # the bad line keeps its place and its line-number id
+    bad = only_failure(samples, match, f"{file}:2")
+    assert bad.id == "2" and bad.task == "default" and samples[0].error is None
+    # a file where no line can be read is refused whole, with the first reason
+    only_bad = _write_jsonl(tmp_path / "bad.jsonl", [row])
     with pytest.raises(DataError, match=match) as info:
-        load_dataset(f"jsonl:{file}")
-    assert f"{file}:2" in str(info.value)
+        load_dataset(f"jsonl:{only_bad}")
+    assert f"{only_bad}: none of its 1 items can be read" in str(info.value)
+
+
+def test_jsonl_line_that_is_not_utf8_is_a_failed_sample(tmp_path):
+    good = {"video": "v.mp4", "question": "q", "options": ["a", "b"], "answer": 0}
+    file = tmp_path / "qa.jsonl"
+    line = json.dumps({**good, "question": "caf\u00e9 \u2028 ok"}, ensure_ascii=False).encode()
+    file.write_bytes(
+        line + b"\n" + b'{"video": "v.mp4", "question": "\xff\xfe"}\n' + json.dumps(good).encode()
+    )
+    samples = load_dataset(f"jsonl:{file}")
+    assert [s.id for s in samples] == ["1", "2", "3"]
+    assert samples[0].question == "caf\u00e9 \u2028 ok"  # a line separator inside a string splits nothing
+    bad = only_failure(samples, "not UTF-8 text", f"{file}:2")
+    assert bad.id == "2"
 
 
 def test_jsonl_missing_file(tmp_path):
@@ -134,11 +155,13 @@ def test_tvbench_errors(tmp_path):
     with pytest.raises(DataError, match="no json/ folder"):
         load_dataset(f"tvbench:{tmp_path}")
     root = _tvbench(tmp_path / "tv", {"object_count": [_item(), _item(answer="up")]})
-    with pytest.raises(DataError, match="object_count.json item 1: answer 'up' is not among"):
-        load_dataset(f"tvbench:{root}")
+    bad = only_failure(
+        load_dataset(f"tvbench:{root}"), "answer 'up' is not among", "object_count.json item 1"
+    )
+    assert (bad.id, bad.task) == ("object_count-00001", "Object Count")
     root = _tvbench(tmp_path / "tv2", {"object_count": [{"video": "a.mp4", "question": "q"}]})
     with pytest.raises(DataError, match="object_count.json item 0: missing field 'candidates'"):
-        load_dataset(f"tvbench:{root}")
+        load_dataset(f"tvbench:{root}")  # its only item is malformed: the file is refused
 
 
 def test_tvbench_empty_task_is_an_error_when_selected(tmp_path):
@@ -162,11 +185,7 @@ def test_task_selection_and_seeded_subsampling():
     assert len(full) == 8 * 6
     by_name = load_dataset("synthetic:8", tasks=["object_count"])
     by_id = load_dataset("synthetic:8", tasks=["3"])  # alphabetical id 3 = object_count
-    assert (
-        [s.id for s in by_name]
-        == [s.id for s in by_id]
-        == [f"object_count-{i:05d}" for i in range(8)]
-    )
+    assert [s.id for s in by_name] == [s.id for s in by_id] == [f"object_count-{i:05d}" for i in range(8)]
 
     a = load_dataset("synthetic:8", tasks=["object_count", "static_attribute"], samples=3, seed=1)
     b = load_dataset("synthetic:8", tasks=["object_count", "static_attribute"], samples=3, seed=1)

@@ -2,15 +2,19 @@
 
 Each helper raises :class:`DataError` with a ``where`` prefix (the annotation file and the
 item's index or id), which is what a user needs to find and fix the offending line.
+:func:`parse_items` runs a loader's per-item parse so that such an item costs only itself:
+it becomes a failed Sample carrying that reason, and the run records it and goes on.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..sample import Sample
 
 
 def root_of(arg: str, name: str, example: str) -> Path:
@@ -91,3 +95,70 @@ def first_existing(base: Path, stem: str, extensions: tuple[str, ...]) -> Path:
         if path.exists():
             return path
     return base / f"{stem}{extensions[0]}"
+
+
+def parse_items(
+    file: Path,
+    entries: Iterable[tuple[Any, Any]],
+    parse: Callable[[Any, Any], Sample],
+    *,
+    source: str,
+    task: Callable[[Any], Any] | str,
+    id_of: Callable[[Any, Any], Any],
+) -> list[Sample]:
+    """Samples of one annotation file's items, a malformed item becoming a failed Sample.
+
+    ``entries`` are ``(key, item)`` pairs (the item's index, or its key in a dict-keyed
+    file); ``parse(key, item)`` builds its Sample or raises :class:`DataError` naming the file
+    and item. A malformed item is kept as a Sample whose ``error`` holds that reason, with
+    the id ``id_of(key, item)`` would give it (``<file name>#<key>`` when that fails) and
+    the task ``task`` (a name, or a function of the item), so a run records it as failed
+    and goes on. When no item can be read the whole file is refused: that is a file of
+    another shape, and running on it would only fail every sample.
+
+    >>> from pathlib import Path
+    >>> def parse(i, item):
+    ...     if not isinstance(item, str):
+    ...         raise DataError(f"qa.json item {i}: expected a question")
+    ...     return Sample(id=str(i), question=item)
+    >>> good, bad = parse_items(Path("qa.json"), enumerate(["why?", 3]), parse,
+    ...                         source="x", task="t", id_of=lambda i, item: i)
+    >>> bad.id, bad.error
+    ('1', 'qa.json item 1: expected a question')
+    """
+    out: list[Sample] = []
+    first: str | None = None
+    for key, item in entries:
+        try:
+            out.append(parse(key, item))
+        except DataError as e:
+            first = first or str(e)
+            out.append(_failed(file, key, item, str(e), source, task, id_of))
+    if out and all(s.error is not None for s in out):
+        raise DataError(f"{file}: none of its {len(out)} items can be read; the first: {first}")
+    return out
+
+
+def _failed(file, key, item, reason, source, task, id_of) -> Sample:
+    """The failed Sample of a malformed item: its best-known id and task, and the reason."""
+    try:
+        sid = id_of(key, item)
+    except Exception:  # a malformed item may lack or garble its id field
+        sid = None
+    try:
+        name = task(item) if callable(task) else task
+    except Exception:
+        name = None
+    return Sample(
+        id=f"{file.name}#{key}" if sid is None or str(sid) == "" else str(sid),
+        question="",
+        task=str(name) if name not in (None, "") else "default",
+        source=source,
+        meta={"file": str(file), "index": key},
+        error=reason,
+    )
+
+
+def field_of(name: str) -> Callable[[Any], Any]:
+    """``item[name]`` of a dict item, else ``None`` (for :func:`parse_items`' ``task``)."""
+    return lambda item: item.get(name) if isinstance(item, dict) else None

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import DataError
 from ..sample import Sample
+from ._common import parse_items
 from .registry import DATASETS
 
 
@@ -30,28 +31,52 @@ def load_jsonl(arg: str) -> list[Sample]:
     path = Path(arg).expanduser()
     if not path.is_file():
         raise DataError(f"JSONL file not found: {path}")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
+    try:  # split the bytes: a line that is not UTF-8 costs only itself
+        lines = path.read_bytes().splitlines()
+    except OSError as e:
         raise DataError(f"cannot read {path}: {e}") from e
+    entries = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+
+    def parse(lineno: int, line: bytes) -> Sample:
+        where = f"{path}:{lineno}"
+        obj = _object(line, where)
+        return _parse(obj, where, lineno, path.parent)
+
+    def id_of(lineno: int, line: bytes) -> Any:  # an unreadable line keeps the line-number id
+        try:
+            return _object(line, "").get("id", lineno)
+        except DataError:
+            return lineno
+
+    def task_of(line: bytes) -> Any:
+        return _object(line, "").get("task")
+
+    samples = parse_items(path, entries, parse, source="jsonl", task=task_of, id_of=id_of)
     out: list[Sample] = []
     seen: set[str] = set()
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg})") from e
-        if not isinstance(obj, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        sample = _parse(obj, where, lineno, path.parent)
+    for sample in samples:
+        where = f"{path}:{sample.meta.get('line', sample.meta.get('index'))}"
         if sample.id in seen:
             raise DataError(f"{where}: duplicate id {sample.id!r}")
         seen.add(sample.id)
         out.append(sample)
     return out
+
+
+def _object(line: bytes, where: str) -> dict[str, Any]:
+    """One line's JSON object; text that is not UTF-8, invalid JSON or another JSON value is
+    an error."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not valid JSON ({e.msg})") from e
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 def _parse(obj: dict[str, Any], where: str, lineno: int, base: Path) -> Sample:

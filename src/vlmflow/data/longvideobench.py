@@ -24,9 +24,11 @@ options stay plain texts, so the prompt builder locates every option-level group
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import DataError
 from ..sample import Sample
-from ._common import answer_by_index, option_texts, read_json, require, root_of
+from ._common import answer_by_index, field_of, option_texts, parse_items, read_json, require, root_of
 from .registry import DATASETS
 
 ANNOTATIONS = "lvb_val.json"
@@ -48,8 +50,8 @@ def load_longvideobench(arg: str) -> list[Sample]:
         raise DataError(f"{file}: expected a JSON list of items, got {type(items).__name__}")
     if not items:
         raise DataError(f"{file}: the annotation list has no items")
-    out = []
-    for i, item in enumerate(items):
+
+    def parse(i: int, item: Any) -> Sample:
         where = f"{file} item {i}"
         if isinstance(item, dict) and item.get("id") is not None:
             where += f" (id {item['id']})"
@@ -73,17 +75,28 @@ def load_longvideobench(arg: str) -> list[Sample]:
                 "frame_policy": FRAME_POLICY,
             }
         )
-        out.append(
-            Sample(
-                id=str(item.get("id", f"lvb-{i:05d}")),
-                question=str(item["question"]),
-                options=options,
-                answer=answer,
-                task=str(item["question_category"]),
-                source="longvideobench",
-                video=str(root / "videos" / str(item["video_path"])),
-                bound=(0.0, duration),
-                meta=meta,
-            )
+        return Sample(
+            id=str(_id_of(i, item)),
+            question=str(item["question"]),
+            options=options,
+            answer=answer,
+            task=str(item["question_category"]),
+            source="longvideobench",
+            video=str(root / "videos" / str(item["video_path"])),
+            bound=(0.0, duration),
+            meta=meta,
         )
-    return out
+
+    return parse_items(
+        file,
+        enumerate(items),
+        parse,
+        source="longvideobench",
+        task=field_of("question_category"),
+        id_of=_id_of,
+    )
+
+
+def _id_of(i: int, item: Any) -> Any:
+    """An item's ``id``, else ``lvb-<index>``."""
+    return item.get("id", f"lvb-{i:05d}") if isinstance(item, dict) else f"lvb-{i:05d}"

@@ -23,10 +23,11 @@ takes the file one after MVBench's (1/3 s later); without a bound the picks coin
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..errors import DataError
 from ..sample import Sample
-from ._common import answer_by_text, bound_of, option_texts, read_json, require, root_of
+from ._common import answer_by_text, bound_of, option_texts, parse_items, read_json, require, root_of
 from .registry import DATASETS
 from .video import FOLDER_FPS
 
@@ -93,8 +94,8 @@ def _load_task(task: str, file: Path, video_dir: Path, data_type: str, bounded: 
         raise DataError(f"{file}: expected a JSON list of items, got {type(items).__name__}")
     if not items:
         raise DataError(f"{file}: task {task!r} has no items")
-    out = []
-    for i, item in enumerate(items):
+
+    def parse(i: int, item: Any) -> Sample:
         where = f"{file} item {i}"
         require(item, ("video", "question", "candidates", "answer"), where)
         options = option_texts(item["candidates"], "candidates", where)
@@ -105,17 +106,19 @@ def _load_task(task: str, file: Path, video_dir: Path, data_type: str, bounded: 
         meta = {"json": str(file), "index": i, "video_name": name, "data_type": kind}
         if kind == "frame":
             meta["folder_fps"] = FOLDER_FPS
-        out.append(
-            Sample(
-                id=str(item.get("id", f"{file.stem}-{i:05d}")),
-                question=str(item["question"]),
-                options=options,
-                answer=answer,
-                task=task,
-                source="mvbench",
-                video=str(video_dir / name),
-                bound=bound,
-                meta=meta,
-            )
+        return Sample(
+            id=str(_id_of(i, item)),
+            question=str(item["question"]),
+            options=options,
+            answer=answer,
+            task=task,
+            source="mvbench",
+            video=str(video_dir / name),
+            bound=bound,
+            meta=meta,
         )
-    return out
+
+    def _id_of(i: int, item: Any) -> Any:
+        return item.get("id", f"{file.stem}-{i:05d}") if isinstance(item, dict) else f"{file.stem}-{i:05d}"
+
+    return parse_items(file, enumerate(items), parse, source="mvbench", task=task, id_of=_id_of)

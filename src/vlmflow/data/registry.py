@@ -45,7 +45,10 @@ def load_dataset(
     if not by_task:
         raise DataError(f"dataset {spec!r} has no samples")
 
-    keep = list(by_task) if tasks is None else _resolve_tasks(spec, tasks, sorted(by_task))
+    # The paper's task ids count the tasks of well-formed items only, so a malformed item
+    # whose task field is unreadable (task "default") never shifts them.
+    numbered = sorted({s.task for s in items if s.error is None})
+    keep = list(by_task) if tasks is None else _resolve_tasks(spec, tasks, sorted(by_task), numbered)
     chosen: set[int] = set()
     for task in keep:
         group = by_task.get(task, [])
@@ -78,17 +81,18 @@ def _refuse_duplicate_ids(spec: str, items: list[Sample]) -> None:
             )
 
 
-def _resolve_tasks(spec: str, wanted: list[str], names: list[str]) -> list[str]:
-    """Task names for ``wanted`` entries: exact names first, then alphabetical task ids."""
+def _resolve_tasks(spec: str, wanted: list[str], names: list[str], numbered: list[str]) -> list[str]:
+    """Task names for ``wanted`` entries: exact names first, then alphabetical task ids
+    (indices into ``numbered``)."""
     out: list[str] = []
     for w in wanted:
         w = str(w).strip()
         if w in names:
             task = w
-        elif w.isascii() and w.isdigit() and int(w) < len(names):
-            task = names[int(w)]
+        elif w.isascii() and w.isdigit() and int(w) < len(numbered):
+            task = numbered[int(w)]
         else:
-            listing = ", ".join(f"{i} {n}" for i, n in enumerate(names))
+            listing = ", ".join(f"{i} {n}" for i, n in enumerate(numbered))
             raise DataError(f"dataset {spec!r} has no task {w!r}; its tasks: {listing}")
         if task not in out:
             out.append(task)

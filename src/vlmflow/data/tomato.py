@@ -16,10 +16,11 @@ prompt builder locates every option-level group as it does for TVBench.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..errors import DataError
 from ..sample import Sample
-from ._common import answer_by_index, option_texts, read_json, require, root_of
+from ._common import answer_by_index, option_texts, parse_items, read_json, require, root_of
 from .registry import DATASETS
 
 # annotation file stem -> task name (the paper's code: tasks/eval/tomato/__init__.py)
@@ -55,8 +56,10 @@ def _load_task(task: str, file: Path, video_root: Path) -> list[Sample]:
         raise DataError(f"{file}: expected a JSON object keyed by id, got {type(items).__name__}")
     if not items:
         raise DataError(f"{file}: task {task!r} has no items")
-    out = []
-    for i, (key, item) in enumerate(items.items()):
+    index = {key: i for i, key in enumerate(items)}
+
+    def parse(key: str, item: Any) -> Sample:
+        i = index[key]
         where = f"{file} item {key!r}"
         require(item, ("question", "options", "answer", "key", "demonstration_type"), where)
         options = option_texts(item["options"], "options", where)
@@ -64,19 +67,18 @@ def _load_task(task: str, file: Path, video_root: Path) -> list[Sample]:
         demo, stem = str(item["demonstration_type"]), str(item["key"])
         meta = {k: v for k, v in item.items() if k not in _KNOWN}
         meta.update({"json": str(file), "index": i, "demonstration_type": demo, "key": stem})
-        out.append(
-            Sample(
-                id=str(key),
-                question=str(item["question"]),
-                options=options,
-                answer=answer,
-                task=task,
-                source="tomato",
-                video=str(video_root / demo / f"{stem}.mp4"),
-                meta=meta,
-            )
+        return Sample(
+            id=str(key),
+            question=str(item["question"]),
+            options=options,
+            answer=answer,
+            task=task,
+            source="tomato",
+            video=str(video_root / demo / f"{stem}.mp4"),
+            meta=meta,
         )
-    return out
+
+    return parse_items(file, items.items(), parse, source="tomato", task=task, id_of=lambda key, item: key)
 
 
 _KNOWN = {"question", "options", "answer", "key", "demonstration_type"}

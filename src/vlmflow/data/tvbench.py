@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from ..errors import DataError
 from ..sample import Sample
+from ._common import parse_items
 from .registry import DATASETS
 
 # task name -> (annotation file stem, video folder, uses start/end bounds)
@@ -93,8 +95,8 @@ def _load_task(task: str, file: Path, video_dir: Path, bounded: bool) -> list[Sa
         raise DataError(f"cannot read TVBench annotations {file}: {e}") from e
     if not isinstance(items, list):
         raise DataError(f"{file}: expected a JSON list of items, got {type(items).__name__}")
-    out = []
-    for i, item in enumerate(items):
+
+    def parse(i: int, item: Any) -> Sample:
         where = f"{file} item {i}"
         if not isinstance(item, dict):
             raise DataError(f"{where}: expected an object, got {type(item).__name__}")
@@ -119,17 +121,19 @@ def _load_task(task: str, file: Path, video_dir: Path, bounded: bool) -> list[Sa
                 bound = (float(item["start"]), float(item["end"]))
             except (TypeError, ValueError) as e:
                 raise DataError(f"{where}: 'start'/'end' must be numbers of seconds") from e
-        out.append(
-            Sample(
-                id=str(item.get("id", f"{file.stem}-{i:05d}")),
-                question=str(item["question"]),
-                options=candidates,
-                answer=index,
-                task=task,
-                source="tvbench",
-                video=str(video_dir / str(item["video"])),
-                bound=bound,
-                meta={"json": str(file), "index": i, "video_name": str(item["video"])},
-            )
+        return Sample(
+            id=str(_id_of(i, item)),
+            question=str(item["question"]),
+            options=candidates,
+            answer=index,
+            task=task,
+            source="tvbench",
+            video=str(video_dir / str(item["video"])),
+            bound=bound,
+            meta={"json": str(file), "index": i, "video_name": str(item["video"])},
         )
-    return out
+
+    def _id_of(i: int, item: Any) -> Any:
+        return item.get("id", f"{file.stem}-{i:05d}") if isinstance(item, dict) else f"{file.stem}-{i:05d}"
+
+    return parse_items(file, enumerate(items), parse, source="tvbench", task=task, id_of=_id_of)

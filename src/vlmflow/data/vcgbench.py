@@ -16,10 +16,11 @@ open-ended analysis uses 2). Frames: the paper's 8 segment midpoints.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..errors import DataError
 from ..sample import Sample
-from ._common import first_existing, read_json, require, root_of
+from ._common import first_existing, parse_items, read_json, require, root_of
 from .registry import DATASETS
 
 TASKS = ("consistency_qa", "generic_qa", "temporal_qa")
@@ -59,8 +60,8 @@ def _load_task(file: Path, video_dir: Path) -> list[Sample]:
     if not items:
         raise DataError(f"{file}: task {task!r} has no items")
     questions = ("Q1", "Q2") if task == "consistency_qa" else ("Q",)
-    out = []
-    for i, item in enumerate(items):
+
+    def parse(i: int, item: Any) -> Sample:
         where = f"{file} item {i}"
         require(item, (*questions, "A", "video_name"), where)
         name = str(item["video_name"])
@@ -68,15 +69,16 @@ def _load_task(file: Path, video_dir: Path) -> list[Sample]:
         meta.update({"json": str(file), "index": i, "video_name": name})
         if task == "consistency_qa":
             meta["question_2"] = str(item["Q2"])
-        out.append(
-            Sample(
-                id=f"{task}-{i:05d}",
-                question=str(item[questions[0]]),
-                task=task,
-                source="vcgbench",
-                video=str(_video(video_dir, name)),
-                answer_text=str(item["A"]),
-                meta=meta,
-            )
+        return Sample(
+            id=f"{task}-{i:05d}",
+            question=str(item[questions[0]]),
+            task=task,
+            source="vcgbench",
+            video=str(_video(video_dir, name)),
+            answer_text=str(item["A"]),
+            meta=meta,
         )
-    return out
+
+    return parse_items(
+        file, enumerate(items), parse, source="vcgbench", task=task, id_of=lambda i, item: f"{task}-{i:05d}"
+    )

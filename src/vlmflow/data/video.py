@@ -227,6 +227,8 @@ def load_sample_frames(
 
     The sample's ``bound`` is applied. Failures raise :class:`DataError` naming the sample.
     """
+    if sample.error is not None:
+        raise DataError(sample.error)
     if sample.frames is not None:
         return sample.frames
     if not sample.video:

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlparse
 
 from ..errors import DataError
 from ..sample import LETTERS, Sample
-from ._common import first_existing, root_of
+from ._common import field_of, first_existing, parse_items, root_of
 from .registry import DATASETS
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
@@ -56,7 +56,16 @@ def load_videomme(arg: str) -> list[Sample]:
         rows = _read_parquet(file)
         if not rows:
             raise DataError(f"{file}: the annotation table has no rows")
-        out.extend(_sample(row, f"{file} row {i}", file, i, root / "data") for i, row in enumerate(rows))
+        out.extend(
+            parse_items(
+                file,
+                enumerate(rows),
+                lambda i, row, file=file: _sample(row, f"{file} row {i}", file, i, root / "data"),
+                source="videomme",
+                task=field_of("task_type"),
+                id_of=lambda i, row: row.get("question_id"),
+            )
+        )
     return out
 
 

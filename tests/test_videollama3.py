@@ -92,8 +92,28 @@ def test_groups_hold_the_expected_text(adapter) -> None:
     text = lambda g: adapter.tokenizer.decode([ids[i] for i in prepared.layout.resolve(g)])  # noqa: E731
     assert text("question_no_options").strip() == sample.question
     assert text("true_option").strip() == "(C) Put down the cup."
-    assert text("last").endswith("(")
+    # the paper's VideoLLaMA3 prompt: no answer prefix, last = the newline after "assistant"
+    assert text("last") == "\n" and prepared.prompt.endswith("<|im_start|>assistant\n")
     assert adapter.tokenizer.convert_ids_to_tokens(list(prepared.option_ids)) == ["A", "B", "C", "D"]
+
+
+def test_paper_style_is_the_native_template_without_system_turn(path: Path, adapter) -> None:
+    """The paper ran VideoLLaMA3 with its chat template, no system turn, its own instruction
+    and no answer prefix, sampling frames evenly with both ends; the LLaVA template stays
+    available as ``mvbench``."""
+    from vlmflow.models.videollama3 import PAPER_INSTRUCTION
+
+    sample = make_sample()
+    prompt = adapter.prepare(sample).prompt
+    block = "Question: " + sample.question + "\nOptions:\n" + "\n".join(
+        f"({chr(65 + i)}) {o}" for i, o in enumerate(sample.options)
+    )
+    assert prompt.startswith("<|im_start|>user\n") and "system" not in prompt
+    assert block + "\n" + PAPER_INSTRUCTION + "<|im_end|>" in prompt
+    assert adapter.frame_policy == "linspace"
+    mvbench = load_model(str(path), prompt_style="mvbench")
+    prepared = mvbench.prepare(sample)
+    assert prepared.prompt.endswith("ASSISTANT:Best option:(") and mvbench.frame_policy == "segment_middle"
 
 
 def test_chat_template_prompt_locates_the_same_groups(path: Path) -> None:

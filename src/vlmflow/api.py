@@ -24,6 +24,7 @@ class Options:
     prompt: str = "paper"
     num_frames: int = 8
     attn: str = "sdpa"
+    correctness: str = "ids"
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -38,6 +39,8 @@ class Options:
             "prompt": self.prompt,
             "num_frames": self.num_frames,
         }
+        if self.correctness != "ids":  # only when set, so earlier run folders still resume
+            d["correctness"] = self.correctness
         return {**d, **self.extra}
 
 
@@ -110,6 +113,7 @@ def run(
             rank=ctx.rank,
             world_size=ctx.world_size,
             progress=options.progress,
+            correctness=options.correctness,
         )
         ranks = ctx.gather(mine)  # every rank is done after this: rank 0 may merge the shards
         summary = RunSummary.combine(ranks)

@@ -1,8 +1,11 @@
 """Prompt text for multiple-choice VideoQA, with the character ranges of every group.
 
-Two styles: ``paper`` reproduces the paper's LLaVA template exactly (REFERENCE_NOTES §2.4)
-with the model's own video placeholder; ``chat`` renders the model's chat template. Both
-end with the answer prompt ``Best option:(`` so the next token is the option letter.
+Styles: ``paper`` is the prompt the paper used for the family: the paper's LLaVA template
+exactly (REFERENCE_NOTES §2.4) with the model's own video placeholder, for every family but
+VideoLLaMA3, whose paper prompt is its native chat template (see its adapter); ``mvbench``
+is that LLaVA template for every family; ``chat`` renders the model's chat template. The
+LLaVA template and ``chat`` end with the answer prompt ``Best option:(`` so the next token
+is the option letter.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ SYSTEM_MVBENCH = (
 )
 POST_PROMPT = "\nOnly give the best option."
 ANSWER_PROMPT = "Best option:("
-PROMPT_STYLES = ("paper", "chat")
+PROMPT_STYLES = ("paper", "chat", "mvbench")
 
 CharRange = tuple[int, int]
 

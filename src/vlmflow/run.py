@@ -188,11 +188,14 @@ def run_samples(
     world_size: int = 1,
     progress: bool = True,
     max_batch_tokens: int | None = None,
+    correctness: str = "ids",
 ) -> RunSummary:
     """Analyse ``samples`` (this rank's share) into shard ``rank`` of the store at ``out``,
     skipping (sample, analysis) units finished in any shard. The progress bar (on stderr,
     one line per rank) counts only the samples left to do, so its rate and ETA are honest
-    on a resumed run; a last line gives this rank's counts and samples/s."""
+    on a resumed run; a last line gives this rank's counts and samples/s. ``correctness``:
+    what counts as a correct answer (``ids`` or the paper's ``text``, see
+    :data:`vlmflow.analyses.base.CORRECTNESS`)."""
     from tqdm.auto import tqdm
 
     store = RecordStore(out, rank)
@@ -219,7 +222,9 @@ def run_samples(
                 prepared.layout,
                 max_batch_tokens=max_batch_tokens,
             )
-            base: Baseline = read_answer(adapter, prepared, engine.baseline_logits())
+            base: Baseline = read_answer(
+                adapter, prepared, engine.baseline_logits(), correctness
+            )
             rows_by_unit: dict[str, list[dict[str, Any]]] = {}
             common = {"task": sample.task, "model": adapter.model_id, "error": None}
             rows_by_unit[EVAL] = [{**common, **base.record(), "num_tokens": prepared.layout.length}]

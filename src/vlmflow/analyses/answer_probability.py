@@ -2,7 +2,8 @@
 
 Project the last position's residual stream after every decoder layer through the final
 norm and the output head and read the probability of the true option letter and of each
-false option letter. ``norm=False`` skips the final norm for intermediate layers, as the
+false option letter, on the correctly answered samples by default (as the paper's figure;
+``sample_mode="all"`` for every sample). ``norm=False`` skips the final norm for intermediate layers, as the
 paper's code did for LLaVA (the last layer's output is always normed, as in the model).
 """
 
@@ -29,7 +30,7 @@ class AnswerProbability:
     name: ClassVar[str] = "answer-prob"
     needs_knockout: ClassVar[bool] = False
     norm: bool = True
-    sample_mode: str = "all"
+    sample_mode: str = "correct"  # the paper's figure averages the correctly answered samples
 
     def __post_init__(self) -> None:
         if self.sample_mode not in SAMPLE_MODES:

@@ -8,10 +8,15 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from ..engine import Engine
+from ..errors import PlanError
 from ..models.base import Adapter, Prepared
 from ..registry import Registry
 
 SAMPLE_MODES = ("correct", "wrong", "all")
+# What makes an answer correct: ``ids`` - the argmax token is the true letter's token id
+# (vlmflow's default); ``text`` - the argmax token decoded alone equals the letter, case
+# ignored (the paper's code: ``decode([t]).lower() == letter.lower()``).
+CORRECTNESS = ("ids", "text")
 
 
 class Analysis(Protocol):
@@ -40,6 +45,7 @@ class Baseline:
     gt_id: int | None
     gt_letter: str | None
     option_probs: tuple[float, ...]
+    rule: str = "ids"
 
     @property
     def p_pred(self) -> float:
@@ -50,8 +56,20 @@ class Baseline:
         return None if self.gt_id is None else float(self.probs[self.gt_id])
 
     @property
-    def correct(self) -> bool | None:
+    def correct_ids(self) -> bool | None:
+        """The argmax token is the true letter's token id."""
         return None if self.gt_id is None else self.pred_id == self.gt_id
+
+    @property
+    def correct_text(self) -> bool | None:
+        """The argmax token, decoded on its own, equals the true letter, case ignored (the
+        paper's rule; no stripping, as its code)."""
+        return None if self.gt_letter is None else self.pred_token.lower() == self.gt_letter.lower()
+
+    @property
+    def correct(self) -> bool | None:
+        """Correct by the run's rule (``rule``: ``ids`` or ``text``, see ``CORRECTNESS``)."""
+        return self.correct_text if self.rule == "text" else self.correct_ids
 
     def keep(self, mode: str) -> bool:
         """Whether ``sample_mode`` (correct / wrong / all) analyses this sample."""
@@ -65,14 +83,19 @@ class Baseline:
             "pred_token": self.pred_token,
             "gt": self.gt_letter,
             "correct": self.correct,
+            "correct_ids": self.correct_ids,
+            "correct_text": self.correct_text,
             "p_pred": self.p_pred,
             "p_gt": self.p_gt,
             "option_probs": list(self.option_probs),
         }
 
 
-def read_answer(adapter: Adapter, prepared: Prepared, logits: torch.Tensor) -> Baseline:
-    """Interpret last-position ``logits`` ``(vocab,)`` as an answer to ``prepared``."""
+def read_answer(adapter: Adapter, prepared: Prepared, logits: torch.Tensor, rule: str = "ids") -> Baseline:
+    """Interpret last-position ``logits`` ``(vocab,)`` as an answer to ``prepared``;
+    ``rule`` says what counts as correct (``CORRECTNESS``)."""
+    if rule not in CORRECTNESS:
+        raise PlanError(f"unknown correctness rule {rule!r}; choose from {CORRECTNESS}")
     probs = logits.float().softmax(-1)
     pred_id = int(probs.argmax())
     letters = prepared.sample.letters
@@ -85,4 +108,5 @@ def read_answer(adapter: Adapter, prepared: Prepared, logits: torch.Tensor) -> B
         gt_id=prepared.answer_id,
         gt_letter=prepared.sample.answer_letter,
         option_probs=tuple(float(probs[t]) for t in prepared.option_ids),
+        rule=rule,
     )

@@ -69,7 +69,7 @@ class InformationFlow:
             )
             logits = engine.evaluate([p.plan for p in points])
             for point, lg in zip(points, logits, strict=True):
-                new = read_answer(adapter, prepared, lg)
+                new = read_answer(adapter, prepared, lg, base.rule)
                 p_pred_new = float(new.probs[base.pred_id])
                 p_gt_new = None if base.gt_id is None else float(new.probs[base.gt_id])
                 rows.append(
@@ -97,9 +97,16 @@ class InformationFlow:
         return rows
 
 
-def summarize_flow(df: pd.DataFrame) -> pd.DataFrame:
+def summarize_flow(df: pd.DataFrame, task_samples: dict[str, int] | None = None) -> pd.DataFrame:
     """Per task x target x condition x layer: mean and 95% CI of the % change of the
-    baseline answer's and the ground truth's probability, and accuracy under knockout."""
+    baseline answer's and the ground truth's probability, and accuracy under knockout.
+
+    Accuracy comes twice, named apart: ``acc_of_analysed`` divides the samples still
+    right under the cut by the samples analysed (by default the correct ones), vlmflow's
+    view; ``acc_of_all`` divides them by every sample of the task (``task_samples``: task
+    -> samples without error; a sample not analysed counts as wrong), the paper's code
+    (``acc`` over all samples). Without ``task_samples`` it is NaN.
+    """
     flow = (
         df[(df["analysis"] == "flow") & df["error"].isna()] if "error" in df else df[df["analysis"] == "flow"]
     )
@@ -111,13 +118,28 @@ def summarize_flow(df: pd.DataFrame) -> pd.DataFrame:
         x = x.dropna()
         return float(1.96 * x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
 
+    flow = flow.assign(_right=pd.Series(flow["correct_new"], dtype="float").fillna(0.0))
     g = flow.groupby(keys)
     out = g.agg(
         n=("rel_pred", "size"),
         rel_pred_mean=("rel_pred", "mean"),
         rel_gt_mean=("rel_gt", "mean"),
-        acc_new=("correct_new", lambda s: float(pd.Series(s, dtype="float").mean())),
+        acc_of_analysed=("correct_new", lambda s: float(pd.Series(s, dtype="float").mean())),
+        _right=("_right", "sum"),
     )
     out["rel_pred_ci95"] = g["rel_pred"].apply(ci)
     out["rel_gt_ci95"] = g["rel_gt"].apply(ci)
-    return out.reset_index()
+    out = out.reset_index()
+    totals = task_samples or {}
+    out["n_task"] = [totals.get(str(t), np.nan) for t in out["task"]]
+    out["acc_of_all"] = out["_right"] / out["n_task"]
+    return out.drop(columns="_right")
+
+
+def task_sample_counts(records: pd.DataFrame) -> dict[str, int]:
+    """Task -> samples analysed without error (the ``eval`` records): the denominator of the
+    paper's accuracy under knockout."""
+    ev = records[records["analysis"] == "eval"]
+    if "error" in ev:
+        ev = ev[ev["error"].isna()]
+    return {str(k): int(v) for k, v in ev.groupby("task").size().items()}

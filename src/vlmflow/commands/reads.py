@@ -34,7 +34,7 @@ def answer_prob(
         bool,
         typer.Option("--no-norm", help="skip the final norm for intermediate layers (paper's LLaVA code)"),
     ] = False,
-    sample_mode: SampleMode = "all",
+    sample_mode: SampleMode = "correct",
     task: Tasks = None,
     samples: Samples = None,
     seed: Seed = 0,

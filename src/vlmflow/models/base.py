@@ -198,7 +198,7 @@ class Adapter:
         return load_sample_frames(sample, self.num_frames, policy)
 
     def build_prompt(self, sample: Sample) -> PromptText:
-        if self.prompt_style == "paper":
+        if self.prompt_style in ("paper", "mvbench"):
             if not sample.is_multiple_choice:
                 return open_ended_prompt(sample, self.video_placeholder)
             return paper_prompt(sample, self.video_placeholder, self.system_prompt)

@@ -153,6 +153,13 @@ def accuracy_table(records: pd.DataFrame) -> pd.DataFrame:
         )
     else:
         out["accuracy"] = float("nan")
+    if {"correct_ids", "correct_text"} <= set(ok.columns):
+        # how often the token-id rule and the paper's decoded-text rule disagree
+        both = ok.dropna(subset=["correct_ids", "correct_text"])
+        differ = both["correct_ids"].astype(bool) != both["correct_text"].astype(bool)
+        out["ids_vs_text_disagree"] = (
+            differ.groupby(both["task"]).sum().reindex(out.index).fillna(0).astype(int)
+        )
     return out.reset_index()
 
 
@@ -162,6 +169,8 @@ def finalize(run_dir: str | Path, *, html: bool = True) -> dict[str, Any]:
     Returns ``records`` (the row count), ``accuracy``, ``flow`` (the knockout summary, empty
     without flow records), ``figures`` (title -> PNG), ``sections`` and ``report`` (path).
     """
+    from ..analyses.information_flow import task_sample_counts
+
     run_dir = Path(run_dir)
     records = read_records(run_dir)
     if records.empty:
@@ -178,6 +187,7 @@ def finalize(run_dir: str | Path, *, html: bool = True) -> dict[str, Any]:
     for name in names:
         rows = ok[ok["analysis"] == name]
         rows = rows[[c for c in rows.columns if c in BOOKKEEPING or rows[c].notna().any()]]
+        rows.attrs["task_samples"] = task_sample_counts(records)
         section = build_section(name, rows, run_dir / "figures")
         for key, table in section.summaries.items():
             table.to_csv(run_dir / "summary" / f"{_safe(key)}.csv", index=False)

@@ -38,14 +38,15 @@ def flow_section(rows: pd.DataFrame, figures_dir: Path) -> Section:
     from ..analyses.information_flow import summarize_flow
     from .figures import flow_by_task_figure, flow_figure, save_figure
 
-    flow = summarize_flow(rows)
+    flow = summarize_flow(rows, rows.attrs.get("task_samples"))
     section = Section("Attention knockout (flow)", summaries={"flow": flow} if not flow.empty else {})
     if flow.empty:
         return section
     values = {
         "% change of p(baseline answer)": ("rel_pred_mean", "rel_pred_ci95"),
         "% change of p(ground truth)": ("rel_gt_mean", "rel_gt_ci95"),
-        "accuracy under knockout": ("acc_new", None),
+        "accuracy under knockout, of the analysed samples": ("acc_of_analysed", None),
+        "accuracy under knockout, of all samples (paper)": ("acc_of_all", None),
     }
     for target in sorted(flow["target"].unique()):
         data = flow[flow["target"] == target]
@@ -130,13 +131,15 @@ def answer_prob_section(rows: pd.DataFrame, figures_dir: Path) -> Section:
 def logit_lens_section(rows: pd.DataFrame, figures_dir: Path) -> Section:
     """Per layer, the share of video tokens whose top-1 lens token is a spatial or a
     temporal keyword, and the most frequent top-1 tokens."""
-    from ..analyses.logit_lens import summarize_logit_lens
+    from ..analyses.logit_lens import summarize_keyword_frequency, summarize_logit_lens
     from .figures import lens_frequency_figure, save_figure
 
     summary = summarize_logit_lens(rows)
     section = Section("Logit lens on video tokens", summaries={"logit-lens": summary})
     if summary.empty:
         return section
+    for kind, table in summarize_keyword_frequency(rows).items():
+        section.summaries[f"logit-lens-keywords-{kind}"] = table
     parts = []
     for column, label in (("spatial_hits", "spatial words"), ("temporal_hits", "temporal words")):
         data = rows[["task", "layer"]].assign(rate=rows[column] / rows["n_video"])
@@ -174,7 +177,9 @@ def logit_lens_section(rows: pd.DataFrame, figures_dir: Path) -> Section:
     section.notes = (
         f"Projection: {projection} ('unembed': final norm and output head, the standard lens; "
         "'embed': the input embedding matrix, as the paper's code). Layer 0 is the embeddings; a "
-        "hit is a top-1 token equal to a keyword's first sub-token."
+        "hit is a top-1 token equal to a keyword's first sub-token. The logit-lens-keywords "
+        "tables are the paper's statistic: per keyword, hits in bins of layers, keywords with too "
+        "few hits dropped, rows normalised, MEAN their average."
     )
     return section
 

@@ -277,3 +277,120 @@ def test_suppressed_fraction_mean_of_samples_and_ratio_of_sums() -> None:
     out = summarize_pathways(pd.DataFrame(rows)).set_index("task")
     assert out.loc["all", "suppressed_pathway"] == pytest.approx(0.075)
     assert out.loc["all", "suppressed_pathway_of_sums"] == pytest.approx(60 / 1100)
+
+
+# ---------------------------------------------------------------- 10. open-ended TVBench / Video-MME
+def _write_tvbench(root, items_by_file: dict[str, list[dict]]) -> None:
+    import json
+
+    (root / "json").mkdir(parents=True)
+    for stem, items in items_by_file.items():
+        (root / "json" / f"{stem}.json").write_text(json.dumps(items))
+
+
+def test_open_ended_tvbench_has_the_papers_answer_prompts(tmp_path, tiny_llava) -> None:
+    from vlmflow.data import load_dataset
+
+    _write_tvbench(
+        tmp_path,
+        {
+            "moving_direction": [
+                {
+                    "video": "a.mp4",
+                    "question": "Which direction does the cyan sphere move?",
+                    "candidates": ["It moves right", "It moves left"],
+                    "answer": "It moves right",
+                }
+            ],
+            "object_count": [
+                {
+                    "video": "b.mp4",
+                    "question": "How many objects move?",
+                    "candidates": ["2", "3"],
+                    "answer": "3",
+                }
+            ],
+            "scene_transition": [
+                {
+                    "video": "c.mp4",
+                    "question": "What is the scene change?",
+                    "candidates": ["From the kitchen to the garden", "From a road to a bridge"],
+                    "answer": "From a road to a bridge",
+                }
+            ],
+            "action_antonym": [
+                {
+                    "video": "d.mp4",
+                    "question": "What is the action?",
+                    "candidates": ["Taking off the jacket", "Putting on the jacket"],
+                    "answer": "Putting on the jacket",
+                }
+            ],
+            "action_localization": [
+                {
+                    "video": "e.mp4",
+                    "question": "When does the action 'open door' happen?",
+                    "candidates": ["At the beginning", "At the end"],
+                    "answer": "At the end",
+                    "start": 0,
+                    "end": 1,
+                }
+            ],
+        },
+    )
+    by_task = {s.task: s for s in load_dataset(f"tvbench_open_ended:{tmp_path}")}
+    md = by_task["Moving Direction"]
+    assert not md.options and md.answer_text == "right" and md.meta["candidates"] == ["left", "right"]
+    assert md.meta["answer_prompt"] == "\nThe cyan sphere moves to the"
+    assert by_task["Object Count"].answer_text == "three"
+    assert by_task["Object Count"].meta["candidates"] == ["two", "three"]
+    st = by_task["Scene Transition"]
+    assert st.question == "Where does the scene in the video change from one place to another place?"
+    assert st.answer_text == "road to a bridge" and st.meta["candidates"] == [
+        "kitchen to the garden",
+        "road to a bridge",
+    ]
+    assert by_task["Action Antonym"].meta["answer_prompt"] == (
+        "\nThe action being performed in the video regarding the jacket is to"
+    )
+    assert by_task["Action Localization"].meta["answer_prompt"] == "\nThe action 'open door' occurs at the"
+    assert by_task["Action Localization"].answer_text == "end"
+    # the prompt, as the paper's eval_mvbench_open_ended conversation renders it
+    from vlmflow.data.open_ended_variants import SYSTEM_MVBENCH_OPEN_ENDED
+    from vlmflow.prompt import open_ended_prompt
+
+    p = open_ended_prompt(md, "<video>")
+    want = (
+        SYSTEM_MVBENCH_OPEN_ENDED
+        + " USER: <video>\n USER: Question: "
+        + md.question
+        + "\n ASSISTANT:\nThe cyan sphere moves to the"
+    )
+    assert p.text == want
+    assert p.text[slice(*p.question_no_options)] == md.question
+    assert p.text[slice(*p.question)] == "Question: " + md.question
+
+
+def test_open_ended_videomme_drops_the_options(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vlmflow.data import load_dataset
+
+    (tmp_path / "videomme").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "abc.mp4").write_bytes(b"")
+    row = {
+        "url": "https://www.youtube.com/watch?v=abc",
+        "question": "What is shown?",
+        "options": ["A. A cat.", "B. A dog."],
+        "answer": "B",
+        "question_id": "001-1",
+        "task_type": "Object Recognition",
+        "duration": "short",
+        "domain": "x",
+    }
+    pq.write_table(pa.Table.from_pylist([row]), tmp_path / "videomme" / "test-00000-of-00001.parquet")
+    [s] = load_dataset(f"videomme_open_ended:{tmp_path}")
+    assert not s.options and s.answer_text == "A dog." and "answer_prompt" not in s.meta
+    assert s.meta["question_template"] == "Question: {q}\n"

@@ -1,50 +1,231 @@
-"""Open-ended knockout (paper: VCGBench): the knockout sweeps of the flow analysis, but the
-model generates text under each plan; the first generated token's probability is traced
-and the generated text kept, before and after."""
+"""Open-ended knockout (paper: VCGBench).
+
+Default, ``anchor="verb"``, the paper's experiment (``information_flow_analysis_open_ended.py``):
+the model answers in free text (greedy, up to ``response_tokens`` tokens; or a given
+response is teacher-forced, ``response_from``); the response's verbs are tagged with spaCy
+(:mod:`vlmflow.analyses.verbs`); a sample needs ``min_verbs`` verbs. For the n-th verb
+(``anchor_orders``, 1-based) the prompt plus the response up to that verb is fed back with
+*last* = the response token just before the verb, and the verb's first token is the
+target. The ``vqrl-to-qrl`` curves block video -> question, video -> non-last response,
+video -> last, question -> last and non-last response -> last, where the non-last response
+leaves the ``num_open_tokens`` tokens right before *last* open (but never the last verb
+before it, as the paper's code). An anchor is kept only when the baseline re-fed run
+predicts it again (``require_regenerated``; by default when the response was generated).
+Records trace the anchor token's probability before and after each cut.
+
+``anchor="first-token"`` is vlmflow's earlier simplification: generate under each plan
+(cuts carried into every decoding step), trace the first generated token, keep the text.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
+import pandas as pd
 import torch
 
 from ..cuts import WINDOW_STYLES
 from ..engine import Engine
-from ..errors import PlanError
+from ..errors import DataError, PlanError
 from ..generation import generate_with_plan
+from ..layout import Span
 from ..models.base import Adapter, Prepared
 from .base import ANALYSES, Baseline
 from .information_flow import relative_change
 from .targets import TARGETS, sweep, target_curves
+from .verbs import VERB_MATCHES, load_tagger, verb_anchor_tokens
+
+ANCHORS = ("verb", "first-token")
 
 
-@ANALYSES.register("open-ended", "knockout sweeps with generation under each plan (open-ended answers)")
+@ANALYSES.register("open-ended", "open-ended knockout: verb-anchored (the paper) or first generated token")
 @dataclass
 class OpenEnded:
-    """One record per sample x curve x sweep layer with the generated text before/after."""
+    """One record per sample x anchor x curve x sweep layer (``verb``), or per sample x
+    curve x sweep layer (``first-token``). Skipped anchors leave one row with ``skip_reason``."""
 
     name: ClassVar[str] = "open-ended"
-    targets: tuple[str, ...] = ("vql-to-ql",)
+    targets: tuple[str, ...] = ()  # default: vqrl-to-qrl (verb), vql-to-ql (first-token)
     custom: tuple[str, ...] = ()
     window: int = 9
     window_style: str = "center"
     layers: tuple[int, ...] | None = None
-    max_new_tokens: int = 16
+    max_new_tokens: int = 16  # first-token: tokens generated under each plan
+    anchor: str = "verb"
+    anchor_orders: tuple[int, ...] = (1, 2, 3)
+    min_verbs: int = 3
+    num_open_tokens: int = 1
+    spacy_model: str = "en_core_web_sm"
+    verb_match: str = "position"
+    response_from: str = "generate"  # generate, reference (the sample's answer text), or a file
+    response_tokens: int = 256
+    require_regenerated: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.anchor not in ANCHORS:
+            raise PlanError(f"unknown anchor {self.anchor!r}; choose from {ANCHORS}")
+        if not self.targets and not self.custom:
+            self.targets = ("vqrl-to-qrl",) if self.anchor == "verb" else ("vql-to-ql",)
         for t in self.targets:
             TARGETS.get(t)
         if self.window_style not in WINDOW_STYLES:
             raise PlanError(f"unknown window style {self.window_style!r}; choose from {WINDOW_STYLES}")
+        if self.verb_match not in VERB_MATCHES:
+            raise PlanError(f"unknown verb matching {self.verb_match!r}; choose from {VERB_MATCHES}")
+        if any(n < 1 for n in self.anchor_orders):
+            raise PlanError("anchor orders start at 1 (the first verb)")
+        if self.num_open_tokens < 0:
+            raise PlanError("num_open_tokens must be >= 0")
+        self._responses: dict[str, str] | None = None
 
     def config(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.anchor == "first-token":  # the verb options do not apply
+            for key in (
+                "anchor_orders",
+                "min_verbs",
+                "num_open_tokens",
+                "spacy_model",
+                "verb_match",
+                "response_from",
+                "response_tokens",
+                "require_regenerated",
+            ):
+                d.pop(key)
+        return d
 
     @torch.inference_mode()
     def records(
         self, adapter: Adapter, prepared: Prepared, engine: Engine, base: Baseline
     ) -> list[dict[str, Any]]:
+        if self.anchor == "first-token":
+            return self._first_token(adapter, prepared, engine)
+        return self._verb_anchored(adapter, prepared, engine)
+
+    # ------------------------------------------------------------------ verb-anchored
+    def response_ids(self, adapter: Adapter, prepared: Prepared, engine: Engine) -> list[int]:
+        """The response as token ids: generated greedily, or the given text tokenised."""
+        tok = adapter.tokenizer
+        if self.response_from == "generate":
+            gen = generate_with_plan(
+                adapter.model, engine.lm, prepared.inputs, None, max_new_tokens=self.response_tokens
+            )
+            special = set(tok.all_special_ids)
+            ids = list(gen.token_ids)
+            cut = next((i for i, t in enumerate(ids) if t in special), len(ids))
+            return ids[:cut]
+        text = self.given_response(prepared.sample)
+        return list(tok(text, add_special_tokens=False)["input_ids"])
+
+    def given_response(self, sample: Any) -> str:
+        if self.response_from == "reference":
+            if not sample.answer_text:
+                raise DataError(f"sample {sample.id!r} has no reference answer to teacher-force")
+            return sample.answer_text
+        if self._responses is None:
+            self._responses = read_responses(self.response_from)
+        if sample.id not in self._responses:
+            raise DataError(f"sample {sample.id!r} has no response in {self.response_from}")
+        return self._responses[sample.id]
+
+    def _verb_anchored(self, adapter: Adapter, prepared: Prepared, engine: Engine) -> list[dict[str, Any]]:
+        tok = adapter.tokenizer
+        response = self.response_ids(adapter, prepared, engine)
+        text = tok.decode(response, skip_special_tokens=True)
+        anchors, verbs = verb_anchor_tokens(tok, response, load_tagger(self.spacy_model), self.verb_match)
+        common = {"response": text, "verbs": verbs, "n_verbs": len(anchors)}
+        if len(anchors) < self.min_verbs:
+            return [{**common, "skip_reason": f"{len(anchors)} verbs, fewer than {self.min_verbs}"}]
+        require = self.require_regenerated
+        if require is None:
+            require = self.response_from == "generate"
+        rows: list[dict[str, Any]] = []
+        for order in self.anchor_orders:
+            label = {**common, "anchor": f"verb {order}", "anchor_order": order}
+            if order > len(anchors):
+                rows.append({**label, "skip_reason": f"no verb {order}"})
+                continue
+            a = anchors[order - 1]
+            if a < 2:  # the paper's code needs a non-empty response before last
+                rows.append({**label, "skip_reason": "no response token before the token before the verb"})
+                continue
+            fed = self.anchored_input(prepared, response, a, [x for x in anchors if x < a - 1])
+            eng = Engine(engine.lm, fed.inputs, fed.layout)
+            target = response[a]
+            probs = eng.baseline_logits().softmax(-1)
+            regenerated = int(probs.argmax()) == target
+            label.update(
+                anchor_token=tok.decode([target]),
+                last_token=tok.decode([response[a - 1]]),
+                regenerated=regenerated,
+            )
+            if require and not regenerated:
+                rows.append({**label, "skip_reason": "the re-fed baseline does not regenerate the anchor"})
+                continue
+            rows += self._sweep(eng, fed, target, float(probs[target]), tok, label)
+        return rows
+
+    def anchored_input(
+        self, prepared: Prepared, response: list[int], a: int, verbs_before: list[int]
+    ) -> Prepared:
+        """``prepared`` with ``response[:a]`` appended: *last* is ``response[a-1]``; the layout
+        gains ``response`` and ``non_last_response`` (see the module doc)."""
+        p = prepared.layout.length
+        ids = prepared.inputs["input_ids"]
+        extra = torch.tensor([response[:a]], dtype=ids.dtype, device=ids.device)
+        inputs = dict(prepared.inputs)
+        inputs["input_ids"] = torch.cat([ids, extra], dim=1)
+        if "attention_mask" in inputs:
+            inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        before = a - 1  # response tokens before last
+        end = before - self.num_open_tokens
+        if self.num_open_tokens and verbs_before:
+            end = max(verbs_before[-1] + 1, end)
+        end = max(1, end) if self.num_open_tokens else before
+        layout = replace(
+            prepared.layout,
+            length=p + a,
+            response=Span(p, p + a),
+            non_last_response=Span(p, p + min(end, before)),
+        )
+        return replace(prepared, inputs=inputs, layout=layout)
+
+    def _sweep(
+        self, eng: Engine, fed: Prepared, target: int, p_base: float, tok: Any, label: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        rows = []
+        n = eng.lm.num_layers
+        for tname, name, edges in target_curves(self.targets, fed.layout, self.custom):
+            points = sweep(
+                [(name, edges)], n, window=self.window, style=self.window_style, layers=self.layers
+            )
+            logits = eng.evaluate([pt.plan for pt in points])
+            for point, lg in zip(points, logits, strict=True):
+                probs = lg.softmax(-1)
+                p_new = float(probs[target])
+                pred = int(probs.argmax())
+                rows.append(
+                    {
+                        **label,
+                        "target": tname,
+                        "condition": name,
+                        "layer": point.layer,
+                        "blocked_layers": list(point.plan.layers),
+                        "plan": point.plan.to_json(),
+                        "p_anchor_base": p_base,
+                        "p_anchor_new": p_new,
+                        "rel_anchor": relative_change(p_new, p_base),
+                        "pred_new": tok.decode([pred]),
+                        "anchor_still_top": pred == target,
+                    }
+                )
+        return rows
+
+    # ------------------------------------------------------------------ first token
+    def _first_token(self, adapter: Adapter, prepared: Prepared, engine: Engine) -> list[dict[str, Any]]:
         lm = engine.lm
         tok = adapter.tokenizer
         plain = generate_with_plan(
@@ -88,3 +269,86 @@ class OpenEnded:
                     }
                 )
         return rows
+
+
+def read_responses(path: str) -> dict[str, str]:
+    """Sample id -> response text from a JSON object, or JSONL lines ``{"id", "response"}``."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(
+            f"--response-from {path!r} is neither 'generate', 'reference' nor a JSON/JSONL file of responses"
+        )
+    text = file.read_text(encoding="utf-8")
+    try:
+        if file.suffix == ".jsonl":
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+            return {str(r["id"]): str(r["response"]) for r in rows}
+        data = json.loads(text)
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"cannot read responses from {file}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DataError(f"{file}: expected an object mapping sample ids to responses")
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def summarize_open_ended(records: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """``curves``: per task x anchor x condition x layer, n and the mean (95% CI) % change
+    of the anchor token's probability; ``anchors``: per task x anchor, kept and skipped
+    samples by reason."""
+    from ..report import ci95
+
+    df = records[records["analysis"] == "open-ended"] if "analysis" in records else records
+    if "error" in df:
+        df = df[df["error"].isna()]
+    if df.empty or "rel_anchor" not in df:
+        return {}
+    kept = df[df["rel_anchor"].notna()]
+    g = kept.groupby(["task", "anchor", "condition", "layer"])
+    curves = g.agg(n=("rel_anchor", "size"), rel_anchor_mean=("rel_anchor", "mean"))
+    curves["rel_anchor_ci95"] = g["rel_anchor"].apply(ci95)
+    reasons = df[df["skip_reason"].notna()] if "skip_reason" in df else df.iloc[:0]
+    counts = []
+    for (task, anchor), d in kept.groupby(["task", "anchor"]):
+        counts.append({"task": task, "anchor": anchor, "kept": d["sample_id"].nunique(), "skip_reason": ""})
+    for (task, reason), d in reasons.groupby(["task", "skip_reason"]):
+        counts.append(
+            {"task": task, "anchor": "", "kept": 0, "skip_reason": f"{reason} ({d['sample_id'].nunique()})"}
+        )
+    return {"curves": curves.reset_index(), "anchors": pd.DataFrame(counts)}
+
+
+def _section(rows: pd.DataFrame, figures_dir: Path) -> Any:
+    from ..report import Chart, Section, summarize_layers
+
+    tables = summarize_open_ended(rows)
+    if not tables:  # first-token records: the generic per-layer view
+        return summarize_layers(rows)
+    section = Section(
+        "Open-ended knockout (verb anchors)", summaries={f"open-ended-{k}": v for k, v in tables.items()}
+    )
+    curves = tables["curves"]
+    for anchor in sorted(curves["anchor"].unique()):
+        section.charts.append(
+            Chart(
+                f"Knockout at {anchor}",
+                curves[curves["anchor"] == anchor],
+                {"% change of p(anchor token)": ("rel_anchor_mean", "rel_anchor_ci95")},
+                series=("condition",),
+            )
+        )
+    section.notes = (
+        "For the n-th verb of each response, the prompt and the response up to the verb are fed "
+        "back; y is the mean % change of the verb's first token's probability at the token before "
+        "it when the curve's edges are blocked in the window around the layer on the x axis."
+    )
+    return section
+
+
+def _register_section() -> None:
+    from ..report import SECTIONS, report_section
+
+    if "open-ended" not in SECTIONS:
+        report_section("open-ended", "open-ended knockout curves per verb anchor")(_section)
+
+
+_register_section()

@@ -185,8 +185,34 @@ def attention(
 def open_ended(
     model: Model,
     data: Data,
+    anchor: Annotated[
+        str, typer.Option(help="verb (the paper: trace the n-th verb of the response) or first-token")
+    ] = "verb",
+    anchor_order: Annotated[
+        list[int] | None,
+        typer.Option("--anchor-order", help="which verbs, 1-based (repeatable; default 1 2 3)"),
+    ] = None,
+    min_verbs: Annotated[int, typer.Option(help="samples with fewer verbs are skipped")] = 3,
+    num_open_tokens: Annotated[
+        int, typer.Option(help="response tokens right before last left unblocked in non-last response")
+    ] = 1,
+    spacy_model: Annotated[
+        str, typer.Option(help="spaCy pipeline that tags the verbs (the paper: en_core_web_lg)")
+    ] = "en_core_web_sm",
+    verb_match: Annotated[
+        str, typer.Option(help="position (spaCy's verb tokens by offset) or string (the paper's code)")
+    ] = "position",
+    response_from: Annotated[
+        str,
+        typer.Option(
+            help="generate, reference (teacher-force the benchmark's answer), or a JSON/JSONL file "
+            "of responses by sample id"
+        ),
+    ] = "generate",
+    response_tokens: Annotated[int, typer.Option(help="tokens generated for the response")] = 256,
     target: Annotated[
-        list[str] | None, typer.Option("--target", "-t", help="knockout targets (default vql-to-ql)")
+        list[str] | None,
+        typer.Option("--target", "-t", help="knockout targets (default vqrl-to-qrl; first-token: vql-to-ql)"),
     ] = None,
     cut: Annotated[
         list[str] | None, typer.Option("--cut", help="custom curve SRC->DST[,SRC->DST] (repeatable)")
@@ -194,7 +220,7 @@ def open_ended(
     window: Annotated[int, typer.Option(help="layers blocked around each sweep layer")] = 9,
     window_style: Annotated[str, typer.Option(help="center, inverse, top_down or bottom_up")] = "center",
     layers: Annotated[str | None, typer.Option(help="sweep only these layers, 0-based")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="tokens generated per plan")] = 16,
+    max_new_tokens: Annotated[int, typer.Option(help="first-token: tokens generated per plan")] = 16,
     task: Tasks = None,
     samples: Samples = None,
     seed: Seed = 0,
@@ -206,19 +232,27 @@ def open_ended(
     attn: Attn = "sdpa",
     quiet: Quiet = False,
 ) -> None:
-    """Open-ended knockout: generate under each plan; trace the first token, keep the text."""
+    """Open-ended knockout: trace the response's n-th verb when blocking video, question and
+    response edges into the token before it (the paper), or the first generated token."""
     from ..analyses.open_ended import OpenEnded
 
-    targets = tuple(target) if target else (() if cut else ("vql-to-ql",))
     run_and_report(
         lambda: [
             OpenEnded(
-                targets=targets,
+                targets=tuple(target or ()),
                 custom=tuple(cut or ()),
                 window=window,
                 window_style=window_style,
                 layers=parse_layers(layers),
                 max_new_tokens=max_new_tokens,
+                anchor=anchor,
+                anchor_orders=tuple(anchor_order or (1, 2, 3)),
+                min_verbs=min_verbs,
+                num_open_tokens=num_open_tokens,
+                spacy_model=spacy_model,
+                verb_match=verb_match,
+                response_from=response_from,
+                response_tokens=response_tokens,
             )
         ],
         out or Path("vlmflow-out") / "open-ended",

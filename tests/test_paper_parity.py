@@ -394,3 +394,124 @@ def test_open_ended_videomme_drops_the_options(tmp_path) -> None:
     [s] = load_dataset(f"videomme_open_ended:{tmp_path}")
     assert not s.options and s.answer_text == "A dog." and "answer_prompt" not in s.meta
     assert s.meta["question_template"] == "Question: {q}\n"
+
+
+# ---------------------------------------------------------------- 9. query-word attention maps
+def test_query_word_maps_are_the_models_head_mean_attention(tiny_llava, tmp_path) -> None:
+    """The map of a question word is the word's token's attention to the video tokens,
+    averaged over heads, per layer: compared with the model's own eager attentions."""
+    from vlmflow.analyses.attention_maps import AttentionMaps, log_attention, question_word_positions
+
+    adapter = tiny_llava
+    prepared = adapter.prepare(make_sample())
+    engine = Engine(adapter.language_model(), prepared.inputs, prepared.layout)
+    base = read_answer(adapter, prepared, engine.baseline_logits())
+    words = question_word_positions(adapter.tokenizer, prepared, ())
+    assert {"person", "food", "happened"} <= set(words)
+    ids = prepared.inputs["input_ids"][0]
+    assert adapter.tokenizer.decode(ids[words["food"]]).strip() in "food"
+    maps = AttentionMaps(query_words=("food",), compare=None, sample_mode="all", overlays=1)
+    maps.bind(tmp_path)
+    rows = maps.records(adapter, prepared, engine, base)
+    word = {r["layer"]: np.asarray(r["token_attention"]) for r in rows if r["query"] == "word:food"}
+    adapter.model.set_attn_implementation("eager")
+    try:
+        with torch.inference_mode():
+            out = adapter.model(**prepared.inputs, output_attentions=True)
+    finally:
+        adapter.model.set_attn_implementation("sdpa")
+    video = prepared.layout.resolve("video")
+    for layer, got in word.items():
+        want = out.attentions[layer][0, :, words["food"], video].float().mean(0).numpy()
+        assert got == pytest.approx(want, abs=1e-5)
+    assert log_attention(np.array([0.0, 1.0])).tolist() == pytest.approx([np.log10(5e-5), np.log10(1 + 5e-5)])
+    assert list((tmp_path / "figures" / "attention-words").glob("*-food-baseline.png"))
+    with pytest.raises(PlanError, match="query word"):
+        AttentionMaps(query_words=("zebra",), compare=None, sample_mode="all").records(
+            adapter, prepared, engine, base
+        )
+
+
+# ---------------------------------------------------------------- --paper on every command
+def _capture(monkeypatch) -> list:
+    """Run commands without running them: record the options and analyses they would run."""
+    import types
+
+    from vlmflow import api
+    from vlmflow.run import RunSummary
+
+    calls: list = []
+
+    def fake_run(options, analyses, out, **kwargs):
+        calls.append((options, analyses))
+        return types.SimpleNamespace(out=out, summary=RunSummary(), report={})
+
+    monkeypatch.setattr(api, "run", fake_run)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("command", "extra", "paper", "default"),
+    [
+        # item 1: the verb-anchored analysis with the paper's spaCy pipeline and string matching
+        ("open-ended", [], {"anchor": "verb", "spacy_model": "en_core_web_lg", "verb_match": "string"},
+         {"spacy_model": "en_core_web_sm", "verb_match": "position"}),
+        # item 2 (correct samples) and the paper's LLaVA code without the intermediate norm
+        ("answer-prob", [], {"sample_mode": "correct", "norm": False},
+         {"sample_mode": "correct", "norm": True}),
+        # item 3: the embedding lens, the paper's words and its 6-layer bins
+        ("logit-lens", [], {"projection": "embed", "bins": "paper", "words": "paper-action-sequence"},
+         {"projection": "unembed", "bins": "exact", "words": "synthetic"}),
+        # item 6: the scripts' fixed random fraction
+        ("pathways", ["--preset", "llava-next-7b-video-ft"], {"random_fraction": "paper"},
+         {"random_fraction": "measured"}),
+        # item 9: one map per question word over layers 11-20
+        ("attention", [], {"view": "query-words", "layers": tuple(range(10, 20))},
+         {"view": "groups", "layers": None}),
+        ("flow", [], {"window": 9, "window_style": "center", "sample_mode": "correct"}, {"window": 9}),
+    ],
+)  # fmt: skip
+def test_paper_switches_every_command(monkeypatch, command, extra, paper, default) -> None:
+    from typer.testing import CliRunner
+
+    from vlmflow.cli import app
+
+    calls = _capture(monkeypatch)
+    base = [command, "--model", "demo", "--data", "synthetic", *extra]
+    for flags, want, rule in (([], default, "ids"), (["--paper"], paper, "text")):
+        result = CliRunner().invoke(app, base + flags)
+        assert result.exit_code == 0, result.output
+        options, analyses = calls[-1]
+        assert options.correctness == rule  # item 5 on every command
+        assert options.prompt == "paper"  # item 7: each family's paper prompt
+        for key, value in want.items():
+            assert getattr(analyses[0], key) == value, (command, flags, key)
+    assert calls[-1][0].manifest()["paper"] is True
+
+
+def test_paper_leaves_explicit_options_alone(monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from vlmflow.cli import app
+
+    calls = _capture(monkeypatch)
+    args = ["logit-lens", "--model", "demo", "--data", "synthetic", "--paper", "--projection", "unembed"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    lens = calls[-1][1][0]
+    assert lens.projection == "unembed" and lens.bins == "paper"
+    args = ["eval", "--model", "demo", "--data", "synthetic", "--paper", "--correctness", "ids"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert calls[-1][0].correctness == "ids"
+
+
+def test_videollama3_paper_prompt_is_selected_by_paper(monkeypatch) -> None:
+    """Item 7 through the CLI: --paper keeps --prompt paper, which is VideoLLaMA3's native
+    template (see test_videollama3); --prompt mvbench still gives the LLaVA template."""
+    from typer.testing import CliRunner
+
+    from vlmflow.cli import app
+
+    calls = _capture(monkeypatch)
+    args = ["eval", "--model", "demo", "--data", "synthetic", "--paper", "--prompt", "mvbench"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert calls[-1][0].prompt == "mvbench"

@@ -1,6 +1,14 @@
 """Attention maps (paper Fig. 6): attention from the last token and from the question
 tokens to the video tokens, per layer, aggregated per frame; baseline and a chosen plan.
 
+Beside these group means, the paper's own view (``analysis/attention_visualization.py``):
+one map per chosen question word (``query_words``; with ``view="query-words"`` and no words,
+every word of the raw question), keys = the video tokens, heads averaged, one band per
+layer of a chosen range (the paper shows layers 11-20, ``layers=range(10, 20)``), drawn on
+the colour scale ``log10(5e-5 + a)``. A word is a run of question tokens whose texts join
+to it; its map is the attention of the run's last token (for a one-token word, exactly the
+paper's). Records of these maps have ``query = "word:<word>"``.
+
 Only the layers being read compute attention weights (they alone run eager attention for
 the pass), and each layer's weights are reduced to one row per query group at once, so
 no ``N x N`` weight matrix is kept.
@@ -38,11 +46,15 @@ class AttentionMaps:
     compare_layers: tuple[int, ...] | None = None
     sample_mode: str = "correct"
     overlays: int = 2
+    query_words: tuple[str, ...] = ()
+    view: str = "groups"
     out_dir: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.sample_mode not in SAMPLE_MODES:
             raise PlanError(f"unknown sample mode {self.sample_mode!r}; choose from {SAMPLE_MODES}")
+        if self.view not in VIEWS:
+            raise PlanError(f"unknown attention view {self.view!r}; choose from {VIEWS}")
         self._drawn = 0
 
     def config(self) -> dict[str, Any]:
@@ -73,8 +85,15 @@ class AttentionMaps:
             return []
         n_layers = engine.lm.num_layers
         layers = self.layers if self.layers is not None else tuple(range(n_layers))
+        layers = tuple(x for x in layers if 0 <= x < n_layers)  # a preset's range, clipped to the model
+        if not layers:
+            raise PlanError(f"none of the attention layers {self.layers} exists; the model has {n_layers}")
         layout = prepared.layout
         queries = {q: layout.resolve(q) for q in self.queries}
+        words = {}
+        if self.query_words or self.view == "query-words":
+            words = question_word_positions(adapter.tokenizer, prepared, self.query_words)
+            queries.update({f"word:{w}": np.array([pos]) for w, pos in words.items()})
         video = layout.resolve("video")
         conditions: list[tuple[str, Any]] = [("baseline", None)]
         plan = self.comparison_plan(prepared, n_layers)
@@ -104,6 +123,8 @@ class AttentionMaps:
                             "row_sum": float(w.sum()),
                         }
                     )
+        if words and self.out_dir and self._drawn < self.overlays:
+            self._draw_words(prepared, rows, list(words), layers)
         if self.out_dir and self._drawn < self.overlays and prepared.sample.frames is not None:
             from ..report.figures import attention_overlay_figure, save_figure
 
@@ -112,6 +133,71 @@ class AttentionMaps:
             save_figure(fig, Path(self.out_dir) / "figures" / "attention" / f"{prepared.sample.id}.png")
             self._drawn += 1
         return rows
+
+    def _draw_words(
+        self, prepared: Prepared, rows: list[dict[str, Any]], words: list[str], layers: Any
+    ) -> None:
+        from ..report.figures import query_word_figure, save_figure
+
+        folder = Path(self.out_dir) / "figures" / "attention-words"
+        for word in words:
+            for condition in dict.fromkeys(r["condition"] for r in rows):
+                maps = {
+                    r["layer"]: np.asarray(r["token_attention"])
+                    for r in rows
+                    if r["query"] == f"word:{word}" and r["condition"] == condition
+                }
+                fig = query_word_figure(maps, prepared.layout, word, condition)
+                safe = "".join(c if c.isalnum() else "_" for c in word)
+                save_figure(fig, folder / f"{prepared.sample.id}-{safe}-{condition}.png")
+
+
+VIEWS = ("groups", "query-words")
+LOG_FLOOR = 5e-5  # the paper's constant: colour = log10(5e-5 + attention)
+
+
+def question_word_positions(tokenizer: Any, prepared: Prepared, words: tuple[str, ...]) -> dict[str, int]:
+    """Word -> the position of its (first occurrence's) last token among the question's
+    tokens. A word matches a run of question tokens whose stripped texts join to it. With
+    no ``words``: every alphabetic word of the raw question (``question_no_options``)."""
+    ids = prepared.inputs["input_ids"][0].tolist()
+    span = prepared.layout.question
+    pieces = [tokenizer.decode([ids[i]]).strip() for i in range(span.start, span.end)]
+    if not words:
+        import re
+
+        from .verbs import token_char_spans
+
+        raw = prepared.layout.question_no_options
+        text, spans = token_char_spans(tokenizer, ids[raw.start : raw.end])
+        found: dict[str, int] = {}
+        for m in re.finditer(r"[^\W\d_]+", text):
+            last = next((k for k, (c0, c1) in enumerate(spans) if c0 < m.end() <= c1), None)
+            if last is not None:
+                found.setdefault(m.group(), raw.start + last)
+        return found
+    out: dict[str, int] = {}
+    for word in words:
+        for a in range(len(pieces)):
+            joined = ""
+            for b in range(a, len(pieces)):
+                joined += pieces[b]
+                if joined == word:
+                    out.setdefault(word, span.start + b)
+                if len(joined) >= len(word):
+                    break
+            if word in out:
+                break
+        if word not in out:
+            raise PlanError(
+                f"sample {prepared.sample.id!r}: query word {word!r} is not among the question's tokens"
+            )
+    return out
+
+
+def log_attention(a: np.ndarray) -> np.ndarray:
+    """The paper's colour scale for attention maps: ``log10(5e-5 + a)``."""
+    return np.log10(LOG_FLOOR + np.asarray(a, dtype=np.float64))
 
 
 def summarize_attention(records: pd.DataFrame) -> pd.DataFrame:

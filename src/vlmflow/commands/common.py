@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,10 +32,18 @@ Attn = Annotated[
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
 
 
+# Set by the ``--paper`` / ``--correctness`` wrapper around a command for the run it starts.
+_RUN_CHOICES: ContextVar[dict[str, Any] | None] = ContextVar("vlmflow_run_choices", default=None)
+
+
 def options(model, data, task, samples, seed, device, dtype, prompt, num_frames, attn, quiet, **extra):
     from ..api import Options
 
+    choices = _RUN_CHOICES.get() or {}
+    if choices.get("paper"):
+        extra = {**extra, "paper": True}
     return Options(
+        correctness=choices.get("correctness", "ids"),
         model=model,
         data=data,
         tasks=tuple(task or ()),
@@ -61,6 +72,74 @@ def run_and_report(analyses: Callable[[], list], out: Path, *shared: Any) -> Any
         fail(exc)
     print_result(result)
     return result
+
+
+Paper = Annotated[
+    bool,
+    typer.Option(
+        "--paper",
+        help="the paper's choices for every option left at its default (docs/paper-parity.md)",
+    ),
+]
+Correctness = Annotated[
+    str,
+    typer.Option(
+        help="what counts as correct: ids (the letter's token id) or text (the paper's decoded string)"
+    ),
+]
+
+
+def with_paper(command: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` (a command) with ``--paper`` and ``--correctness`` added: ``--paper`` applies
+    :data:`vlmflow.paper.PAPER_OPTIONS` to the options not given on the command line."""
+    from ..paper import apply_paper
+
+    sig = inspect.signature(func, eval_str=True)  # typer reads a set __signature__ as is
+
+    @functools.wraps(func)
+    def wrapper(**kwargs: Any) -> Any:
+        paper = kwargs.pop("paper", False)
+        ctx = kwargs.pop("ctx", None)
+        if paper:
+            explicit = {
+                k
+                for k in kwargs
+                if ctx is not None and getattr(ctx.get_parameter_source(k), "name", "DEFAULT") != "DEFAULT"
+            }
+            kwargs = apply_paper(command, kwargs, explicit)
+        correctness = kwargs.pop("correctness", "ids")
+        token = _RUN_CHOICES.set({"paper": paper, "correctness": correctness})
+        try:
+            return func(**kwargs)
+        finally:
+            _RUN_CHOICES.reset(token)
+
+    added = [
+        inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
+        inspect.Parameter(
+            "correctness", inspect.Parameter.KEYWORD_ONLY, default="ids", annotation=Correctness
+        ),
+        inspect.Parameter("paper", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Paper),
+    ]
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in sig.parameters.values()]
+    wrapper.__signature__ = sig.replace(parameters=params + added)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {
+        **getattr(func, "__annotations__", {}),
+        "ctx": typer.Context,
+        "correctness": Correctness,
+        "paper": Paper,
+    }
+    return wrapper
+
+
+def add_paper_preset(app: typer.Typer) -> None:
+    """Give every analysis command of ``app`` (those in ``PAPER_OPTIONS``) ``--paper``."""
+    from ..paper import PAPER_OPTIONS
+
+    for info in app.registered_commands:
+        name = info.name or (info.callback.__name__.strip("_").replace("_", "-") if info.callback else "")
+        if info.callback is not None and name in PAPER_OPTIONS:
+            info.callback = with_paper(name, info.callback)
 
 
 def parse_layers(text: str | None) -> tuple[int, ...] | None:

@@ -47,6 +47,13 @@ def pathways(
     ] = 0.02,
     step: Annotated[int, typer.Option(help="layers a search move shrinks or grows a range by")] = 1,
     seeds: Annotated[int, typer.Option(help="random-blocking seeds")] = 3,
+    random_fraction: Annotated[
+        str,
+        typer.Option(
+            help="edges random blocking cuts: measured (each sample's pathway fraction), paper "
+            "(the scripts' fixed 0.58/0.63/0.60/0.42 per preset) or a number"
+        ),
+    ] = "measured",
     no_scale: Annotated[
         bool, typer.Option("--no-scale", help="refuse a spec made for another layer count")
     ] = False,
@@ -78,7 +85,10 @@ def pathways(
             from ..api import run
 
             chosen = load_spec(preset or str(spec))
-            result = run(opts, [Pathways(spec=chosen, seeds=tuple(range(seeds)), scale=not no_scale)], out)
+            analysis = Pathways(
+                spec=chosen, seeds=tuple(range(seeds)), scale=not no_scale, random_fraction=random_fraction
+            )
+            result = run(opts, [analysis], out)
     except VlmflowError as exc:
         fail(exc)
     print_result(result)

@@ -83,6 +83,16 @@ def logit_lens(
         str | None, typer.Option(help="comma-separated temporal words (overrides the preset)")
     ] = None,
     overlays: Annotated[int, typer.Option(help="samples drawn with their top words over the frames")] = 2,
+    bins: Annotated[
+        str,
+        typer.Option(
+            help="keyword-frequency layer bins: exact, or paper (its inclusive bins, 6 layers each)"
+        ),
+    ] = "exact",
+    bin_size: Annotated[int, typer.Option(help="layers per keyword-frequency bin")] = 5,
+    min_hits: Annotated[
+        int, typer.Option(help="keywords with fewer hits are dropped from the frequency")
+    ] = 100,
     sample_mode: SampleMode = "correct",
     task: Tasks = None,
     samples: Samples = None,
@@ -109,6 +119,9 @@ def logit_lens(
                 temporal=split(temporal),
                 sample_mode=sample_mode,
                 overlays=overlays,
+                bins=bins,
+                bin_size=bin_size,
+                min_hits=min_hits,
             )
         ],
         out or Path("vlmflow-out") / "logit-lens",
@@ -142,6 +155,16 @@ def attention(
         str | None, typer.Option(help="layers the comparison plan blocks (default all)")
     ] = None,
     overlays: Annotated[int, typer.Option(help="samples drawn as heatmaps over their frames")] = 2,
+    query_words: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated question words: one attention map over the video each (the paper)"
+        ),
+    ] = None,
+    view: Annotated[
+        str,
+        typer.Option(help="groups (mean per query group) or query-words (also one map per question word)"),
+    ] = "groups",
     sample_mode: SampleMode = "correct",
     task: Tasks = None,
     samples: Samples = None,
@@ -165,6 +188,8 @@ def attention(
                 compare_layers=parse_layers(compare_layers),
                 sample_mode=sample_mode,
                 overlays=overlays,
+                query_words=tuple(w.strip() for w in (query_words or "").split(",") if w.strip()),
+                view=view,
             )
         ],
         out or Path("vlmflow-out") / "attention",

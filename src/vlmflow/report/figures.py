@@ -204,6 +204,49 @@ def attention_overlay_figure(
     return fig
 
 
+def query_word_figure(maps: dict[int, Any], layout: Any, word: str, condition: str) -> Any:
+    """The paper's attention map of one question word: one band per layer (rows), the
+    frames side by side (columns), each frame its token grid; colour ``log10(5e-5 + a)``
+    with the map's own min and max (as the paper)."""
+    import numpy as np
+
+    from ..analyses.attention_maps import log_attention
+
+    plt = _plt()
+    layers = sorted(maps)
+    video_start = layout.video.start
+    bands = []
+    for layer in layers:
+        w = np.asarray(maps[layer])
+        cells = []
+        for t in range(layout.num_frames):
+            h, gw = layout.frame_grids[t]
+            off = (
+                layout.frames[t].start
+                - video_start
+                + (layout.frame_token_offsets[t] if layout.frame_token_offsets else 0)
+            )
+            cells.append(w[off : off + h * gw].reshape(h, gw))
+        height = max(c.shape[0] for c in cells)
+        cells = [np.pad(c, ((0, height - c.shape[0]), (0, 0)), constant_values=np.nan) for c in cells]
+        bands.append(np.concatenate(cells, axis=1))
+    width = max(b.shape[1] for b in bands)
+    image = np.concatenate(
+        [np.pad(b, ((0, 0), (0, width - b.shape[1])), constant_values=np.nan) for b in bands]
+    )
+    image = log_attention(image)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.25 * image.shape[1], 0.8 + 0.25 * image.shape[0]))
+    im = ax.imshow(image, cmap="viridis", vmin=np.nanmin(image), vmax=np.nanmax(image), aspect="equal")
+    band = image.shape[0] // max(1, len(layers))
+    ax.set_yticks([k * band + band / 2 - 0.5 for k in range(len(layers))], [str(x + 1) for x in layers])
+    ax.set_xticks([])
+    ax.set_ylabel("layer")
+    ax.set_title(f'{condition} (query: "{word}")', fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="log10(5e-5 + attention)")
+    fig.tight_layout()
+    return fig
+
+
 def attention_frames_figure(summary: pd.DataFrame, query: str = "last") -> Any:
     """Mean attention mass of ``query`` tokens on each frame (columns) by layer (rows),
     one panel per condition; tasks pooled."""

@@ -195,7 +195,7 @@ def attention_section(rows: pd.DataFrame, figures_dir: Path) -> Section:
     section = Section("Attention to the video", summaries={"attention": summary})
     if summary.empty:
         return section
-    for query in sorted(summary["query"].unique()):
+    for query in sorted(q for q in summary["query"].unique() if not str(q).startswith("word:")):
         data = mean_ci(rows[rows["query"] == query], ["task", "condition", "layer"], "video_mass")
         section.charts.append(
             Chart(
@@ -211,6 +211,7 @@ def attention_section(rows: pd.DataFrame, figures_dir: Path) -> Section:
         save_figure(attention_frames_figure(summary, query), path)
         section.figures[f"Attention of the {query} tokens to each frame"] = path
     _sample_figures(section, figures_dir / "attention", "Attention over the frames")
+    _sample_figures(section, figures_dir / "attention-words", "Attention of a question word, log10(5e-5 + a)")
     section.notes = (
         "Mean over heads and query tokens of the attention weights on the video tokens, per layer; "
         "'baseline' is the unmodified model, the other condition the comparison cut in every layer."

@@ -515,3 +515,59 @@ def test_videollama3_paper_prompt_is_selected_by_paper(monkeypatch) -> None:
     args = ["eval", "--model", "demo", "--data", "synthetic", "--paper", "--prompt", "mvbench"]
     assert CliRunner().invoke(app, args).exit_code == 0
     assert calls[-1][0].prompt == "mvbench"
+
+
+# ---------------------------------------------------------------- 8. overlays on real videos
+def test_overlays_on_a_16_9_video_sit_on_the_pixels_the_model_saw(tiny_llava, tmp_path) -> None:
+    """A 64 x 36 (16:9) mp4 read by a benchmark loader (no frames on the sample): the
+    processor resizes the short side to 32 (-> 56 x 32) and centre-crops 32 x 32, so the
+    token grid covers x in [12/0.875, 44/0.875) = [13.71, 50.29) of the original frame and
+    every row. The overlay draws each token's word at its cell's centre there."""
+    import json as _json
+
+    from vlmflow.analyses.logit_lens import LogitLens
+    from vlmflow.api import Options, run
+    from vlmflow.data import load_dataset, write_video
+    from vlmflow.models.regions import frame_processor
+    from vlmflow.report.figures import lens_overlay_figure
+
+    x = np.tile(np.arange(64, dtype=np.uint8)[None, :, None], (36, 1, 3)) * 4  # value = 4 * x
+    write_video(tmp_path / "wide.mp4", np.stack([x] * 8), fps=4)
+    line = {"id": "w", "video": "wide.mp4", "question": "Which way does it move?",
+            "options": ["left", "right"], "answer": 0, "task": "dir"}  # fmt: skip
+    (tmp_path / "qa.jsonl").write_text(_json.dumps(line) + "\n")
+    [sample] = load_dataset(f"jsonl:{tmp_path / 'qa.jsonl'}")
+    assert sample.frames is None
+
+    adapter = tiny_llava
+    prepared = adapter.prepare(sample)
+    assert prepared.frames is not None and prepared.frames.shape[1:3] == (36, 64)
+    region = adapter.frame_region(36, 64)
+    assert region == pytest.approx((12 / 0.875, 0.0, 44 / 0.875, 36.0))
+    # independent route: the real processor's pixels span that region of the gradient
+    vp = frame_processor(adapter.processor)
+    pixels = np.asarray(vp(videos=[list(prepared.frames[:1])], return_tensors="np")["pixel_values_videos"])[
+        0, 0
+    ]
+    red = pixels[0] * vp.image_std[0] + vp.image_mean[0]  # (32, 32) in [0, 1]
+    seen_x = red[16] * 255 / 4  # original x under each processed column
+    assert seen_x[0] == pytest.approx(region[0], abs=1.5) and seen_x[-1] == pytest.approx(
+        region[2] - 1, abs=1.5
+    )
+
+    layout = prepared.layout
+    h, w = layout.frame_grids[0]
+    video = layout.resolve("video").tolist()
+    tops = {0: [f"w{i}" for i in range(len(video))]}
+    fig = lens_overlay_figure(prepared.frames, layout, tops, [0], sample, region)
+    texts = {t.get_text(): t.get_position() for t in fig.axes[0].texts}
+    start = layout.frames[0].start
+    for k in range(h * w):
+        r, c = divmod(k, w)
+        want = (region[0] + (c + 0.5) * (region[2] - region[0]) / w, (r + 0.5) * 36 / h)
+        assert texts[f"w{video.index(start + k)}"] == pytest.approx(want)
+
+    out = tmp_path / "run"
+    opts = Options(model="tiny", data=f"jsonl:{tmp_path / 'qa.jsonl'}", num_frames=4, progress=False)
+    run(opts, [LogitLens(sample_mode="all", overlays=1, min_hits=1)], out, adapter=adapter)
+    assert (out / "figures" / "logit-lens" / "w.png").exists()

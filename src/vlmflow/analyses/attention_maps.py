@@ -125,11 +125,12 @@ class AttentionMaps:
                     )
         if words and self.out_dir and self._drawn < self.overlays:
             self._draw_words(prepared, rows, list(words), layers)
-        if self.out_dir and self._drawn < self.overlays and prepared.sample.frames is not None:
+        if self.out_dir and self._drawn < self.overlays and prepared.frames is not None:
             from ..report.figures import attention_overlay_figure, save_figure
 
             show = sorted({layers[len(layers) // 2], layers[-1]})
-            fig = attention_overlay_figure(prepared.sample, layout, maps, show)
+            region = adapter.frame_region(*prepared.frames.shape[1:3])
+            fig = attention_overlay_figure(prepared.frames, prepared.sample, layout, maps, show, region)
             save_figure(fig, Path(self.out_dir) / "figures" / "attention" / f"{prepared.sample.id}.png")
             self._drawn += 1
         return rows

@@ -215,15 +215,18 @@ class LogitLens:
                     "topk": words if self.topk > 1 else None,
                 }
             )
-        if self.out_dir and self._drawn < self.overlays and prepared.sample.frames is not None:
-            self._draw(prepared, tops, engine.lm.num_layers)
+        if self.out_dir and self._drawn < self.overlays and prepared.frames is not None:
+            self._draw(adapter, prepared, tops, engine.lm.num_layers)
         return rows
 
-    def _draw(self, prepared: Prepared, tops: dict[int, list[str]], n_layers: int) -> None:
+    def _draw(self, adapter: Adapter, prepared: Prepared, tops: dict[int, list[str]], n_layers: int) -> None:
+        """Overlay the top words on the frames the model was fed, aligned to the processor's crop."""
         from ..report.figures import lens_overlay_figure, save_figure
 
         layers = sorted({n_layers // 4, n_layers // 2, (3 * n_layers) // 4, n_layers - 1})
-        fig = lens_overlay_figure(prepared.sample.frames, prepared.layout, tops, layers, prepared.sample)
+        frames = prepared.frames
+        region = adapter.frame_region(*frames.shape[1:3])
+        fig = lens_overlay_figure(frames, prepared.layout, tops, layers, prepared.sample, region)
         path = Path(self.out_dir) / "figures" / "logit-lens" / f"{prepared.sample.id}.png"
         save_figure(fig, path)
         self._drawn += 1

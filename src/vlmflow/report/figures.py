@@ -121,33 +121,56 @@ def lens_frequency_figure(summary: pd.DataFrame) -> Any:
     return fig
 
 
+def _frame_axes(ax: Any, frame: Any, region: Any) -> None:
+    """Draw ``frame`` in pixel coordinates and dim what the processor cropped away."""
+    from matplotlib.patches import Rectangle
+
+    h, w = frame.shape[:2]
+    ax.imshow(frame, extent=(0, w, h, 0))
+    x0, y0, x1, y1 = region
+    for rect in ((0, 0, x0, h), (x1, 0, w - x1, h), (x0, 0, x1 - x0, y0), (x0, y1, x1 - x0, h - y1)):
+        if rect[2] > 0 and rect[3] > 0:
+            ax.add_patch(Rectangle(rect[:2], rect[2], rect[3], facecolor="black", alpha=0.55, lw=0))
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+
+
+def _grid_start(layout: Any, t: int) -> int:
+    return layout.frames[t].start + (layout.frame_token_offsets[t] if layout.frame_token_offsets else 0)
+
+
 def lens_overlay_figure(
-    frames: Any, layout: Any, tops: dict[int, list[str]], layers: list[int], sample: Any
+    frames: Any, layout: Any, tops: dict[int, list[str]], layers: list[int], sample: Any, region: Any = None
 ) -> Any:
-    """The top-1 lens word of every video token drawn over its frame, for a few layers."""
+    """The top-1 lens word of every video token drawn over the pixels it was computed from,
+    for a few layers. ``frames`` are those the model was fed; ``region`` ``(x0, y0, x1, y1)``
+    is the part of a frame the processor kept (its centre crop; default the whole frame):
+    the grid is laid over it and the rest is dimmed."""
+    from ..models.regions import token_centres
+
     plt = _plt()
     video = layout.resolve("video").tolist()
     index = {p: i for i, p in enumerate(video)}
     groups = layout.num_frames
-    fig, axes = plt.subplots(len(layers), groups, figsize=(2.0 * groups, 2.1 * len(layers)), squeeze=False)
+    fh, fw = frames[0].shape[:2]
+    region = region or (0.0, 0.0, float(fw), float(fh))
+    aspect = fw / fh
+    fig, axes = plt.subplots(
+        len(layers), groups, figsize=(2.0 * aspect * groups, 2.1 * len(layers)), squeeze=False
+    )
     for r, layer in enumerate(layers):
         words = tops[layer]
         for t in range(groups):
             ax = axes[r][t]
-            frame = frames[min(t * layout.frames_per_group, len(frames) - 1)]
-            ax.imshow(frame, extent=(0, 1, 1, 0))
-            h, w = layout.frame_grids[t]
-            start = layout.frames[t].start + (
-                layout.frame_token_offsets[t] if layout.frame_token_offsets else 0
-            )
-            for k in range(h * w):
+            _frame_axes(ax, frames[min(t * layout.frames_per_group, len(frames) - 1)], region)
+            start = _grid_start(layout, t)
+            for k, (x, y) in enumerate(token_centres(layout.frame_grids[t], region)):
                 i = index.get(start + k)
                 if i is None:
                     continue
-                y, x = divmod(k, w)
                 ax.text(
-                    (x + 0.5) / w,
-                    (y + 0.5) / h,
+                    x,
+                    y,
                     words[i][:8],
                     ha="center",
                     va="center",
@@ -167,32 +190,40 @@ def lens_overlay_figure(
 
 
 def attention_overlay_figure(
-    sample: Any, layout: Any, maps: dict[str, dict[int, Any]], layers: list[int]
+    frames: Any,
+    sample: Any,
+    layout: Any,
+    maps: dict[str, dict[int, Any]],
+    layers: list[int],
+    region: Any = None,
 ) -> Any:
-    """The last token's attention to each video token drawn as a heatmap over its frame;
-    one row per condition and layer (baseline vs a plan side by side)."""
+    """The last token's attention to each video token drawn as a heatmap over the pixels the
+    token was computed from (``region``, as :func:`lens_overlay_figure`); one row per
+    condition and layer (baseline vs a plan side by side)."""
     import numpy as np
 
     plt = _plt()
     rows = [(c, layer) for c in maps for layer in layers if layer in maps[c]]
     groups = layout.num_frames
-    fig, axes = plt.subplots(len(rows), groups, figsize=(1.9 * groups, 2.0 * len(rows)), squeeze=False)
+    fh, fw = frames[0].shape[:2]
+    region = region or (0.0, 0.0, float(fw), float(fh))
+    x0, y0, x1, y1 = region
+    fig, axes = plt.subplots(
+        len(rows), groups, figsize=(1.9 * fw / fh * groups, 2.0 * len(rows)), squeeze=False
+    )
     video_start = layout.video.start
     vmax = max(float(np.max(maps[c][layer])) for c, layer in rows) or 1.0
     for r, (cond, layer) in enumerate(rows):
         w = maps[cond][layer]
         for t in range(groups):
             ax = axes[r][t]
-            frame = sample.frames[min(t * layout.frames_per_group, len(sample.frames) - 1)]
-            ax.imshow(frame, extent=(0, 1, 1, 0))
+            _frame_axes(ax, frames[min(t * layout.frames_per_group, len(frames) - 1)], region)
             h, gw = layout.frame_grids[t]
-            off = (
-                layout.frames[t].start
-                - video_start
-                + (layout.frame_token_offsets[t] if layout.frame_token_offsets else 0)
-            )
+            off = _grid_start(layout, t) - video_start
             grid = np.asarray(w[off : off + h * gw]).reshape(h, gw)
-            ax.imshow(grid, extent=(0, 1, 1, 0), cmap="magma", alpha=0.6, vmin=0, vmax=vmax)
+            ax.imshow(grid, extent=(x0, x1, y1, y0), cmap="magma", alpha=0.6, vmin=0, vmax=vmax)
+            ax.set_xlim(0, fw)
+            ax.set_ylim(fh, 0)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:

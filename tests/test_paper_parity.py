@@ -484,6 +484,7 @@ def test_paper_switches_every_command(monkeypatch, command, extra, paper, defaul
         options, analyses = calls[-1]
         assert options.correctness == rule  # item 5 on every command
         assert options.prompt == "paper"  # item 7: each family's paper prompt
+        assert options.seed == (42 if flags else 0)  # the paper's --test_ratio subsample
         for key, value in want.items():
             assert getattr(analyses[0], key) == value, (command, flags, key)
     assert calls[-1][0].manifest()["paper"] is True

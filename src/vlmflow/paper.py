@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
-# What every command shares: the paper's prompt and its decoded-text correctness rule.
-PAPER_RUN: dict[str, Any] = {"prompt": "paper", "correctness": "text"}
+# What every command shares: the paper's prompt, its decoded-text correctness rule and its
+# subsampling seed (``--test_ratio N`` draws ``random.seed(42); random.sample(...)`` per task,
+# the same positions ``--samples N --seed 42`` draws).
+PAPER_RUN: dict[str, Any] = {"prompt": "paper", "correctness": "text", "seed": 42}
 
 PAPER_OPTIONS: dict[str, dict[str, Any]] = {
     # the knockout machinery already matches the paper point by point

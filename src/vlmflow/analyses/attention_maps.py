@@ -60,6 +60,11 @@ class AttentionMaps:
     def config(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("out_dir")
+        # the per-word view's options only when used, so earlier run folders still resume
+        if not d["query_words"]:
+            d.pop("query_words")
+        if d["view"] == "groups":
+            d.pop("view")
         return d
 
     def bind(self, out_dir: str | Path) -> None:

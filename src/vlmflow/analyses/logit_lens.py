@@ -156,6 +156,10 @@ class LogitLens:
     def config(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("out_dir")
+        # the keyword-frequency options only when changed, so earlier run folders still resume
+        for key, default in (("bin_size", 5), ("bins", "exact"), ("min_hits", 100)):
+            if d[key] == default:
+                d.pop(key)
         return d
 
     def bind(self, out_dir: str | Path) -> None:

@@ -177,6 +177,9 @@ class OpenEnded:
         ids = prepared.inputs["input_ids"]
         extra = torch.tensor([response[:a]], dtype=ids.dtype, device=ids.device)
         inputs = dict(prepared.inputs)
+        for key, value in prepared.inputs.items():  # other per-token tensors: text tokens (0)
+            if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape == ids.shape:
+                inputs[key] = torch.cat([value, value.new_zeros((1, a))], dim=1)
         inputs["input_ids"] = torch.cat([ids, extra], dim=1)
         if "attention_mask" in inputs:
             inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])

@@ -17,10 +17,12 @@ import torch
 from typer.testing import CliRunner
 
 from tiny import make_sample
+from vlmflow.analyses.base import read_answer
 from vlmflow.analyses.open_ended import OpenEnded
 from vlmflow.analyses.verbs import MissingDependencyError, load_tagger, verb_anchor_tokens
 from vlmflow.cli import app
 from vlmflow.data import load_dataset, write_video
+from vlmflow.engine import Engine
 from vlmflow.models import load_model
 from vlmflow.store import read_records
 
@@ -177,3 +179,22 @@ def test_open_ended_cli_end_to_end(tiny_llava_path: Path, vcgbench: Path, tmp_pa
     assert row["p_anchor_base"] == pytest.approx(float(p), rel=1e-4)
     assert row["anchor_token"] == tok.decode([response[a]])
     assert pd.notna(row["rel_anchor"])
+
+
+def test_regenerated_text_under_a_cut_starts_with_the_cut_argmax(tiny_llava, vcgbench: Path) -> None:
+    """``regenerate_tokens`` keeps the text generated under each cut (the paper's
+    ``new_output_text``): its first token is the argmax the engine read under the same cut."""
+    adapter = tiny_llava
+    sample = next(s for s in load_dataset(f"vcgbench:{vcgbench}") if s.id == "temporal_qa-00001")
+    prepared = adapter.prepare(sample)
+    engine = Engine(adapter.language_model(), prepared.inputs, prepared.layout)
+    base = read_answer(adapter, prepared, engine.baseline_logits())
+    oe = OpenEnded(
+        response_from="reference", spacy_model=SPACY, anchor_orders=(1,), window=1, regenerate_tokens=2
+    )
+    rows = [r for r in oe.records(adapter, prepared, engine, base) if "text_new" in r]
+    assert rows and len(rows) == 5 * adapter.num_layers
+    special = set(adapter.tokenizer.all_special_tokens)
+    for r in rows:
+        if r["pred_new"] not in special:
+            assert r["text_new"].startswith(r["pred_new"].strip())

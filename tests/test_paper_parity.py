@@ -454,7 +454,9 @@ def _capture(monkeypatch) -> list:
     ("command", "extra", "paper", "default"),
     [
         # item 1: the verb-anchored analysis with the paper's spaCy pipeline and string matching
-        ("open-ended", [], {"anchor": "verb", "spacy_model": "en_core_web_lg", "verb_match": "string"},
+        ("open-ended", [],
+         {"anchor": "verb", "spacy_model": "en_core_web_lg", "verb_match": "string",
+          "regenerate_tokens": 100},
          {"spacy_model": "en_core_web_sm", "verb_match": "position"}),
         # item 2 (correct samples) and the paper's LLaVA code without the intermediate norm
         ("answer-prob", [], {"sample_mode": "correct", "norm": False},

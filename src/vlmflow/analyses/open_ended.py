@@ -11,7 +11,9 @@ video -> last, question -> last and non-last response -> last, where the non-las
 leaves the ``num_open_tokens`` tokens right before *last* open (but never the last verb
 before it, as the paper's code). An anchor is kept only when the baseline re-fed run
 predicts it again (``require_regenerated``; by default when the response was generated).
-Records trace the anchor token's probability before and after each cut.
+Records trace the anchor token's probability before and after each cut; with
+``regenerate_tokens`` the text generated under each cut is kept too (``text_new``), as the
+paper's code does (100 tokens), at the cost of one generation per cut and layer.
 
 ``anchor="first-token"`` is vlmflow's earlier simplification: generate under each plan
 (cuts carried into every decoding step), trace the first generated token, keep the text.
@@ -63,6 +65,7 @@ class OpenEnded:
     response_from: str = "generate"  # generate, reference (the sample's answer text), or a file
     response_tokens: int = 256
     require_regenerated: bool | None = None
+    regenerate_tokens: int = 0  # >0: also generate this many tokens under each cut (text_new)
 
     def __post_init__(self) -> None:
         if self.anchor not in ANCHORS:
@@ -93,8 +96,11 @@ class OpenEnded:
                 "response_from",
                 "response_tokens",
                 "require_regenerated",
+                "regenerate_tokens",
             ):
                 d.pop(key)
+        elif not self.regenerate_tokens:  # absent at its default, like the others added later
+            d.pop("regenerate_tokens")
         return d
 
     @torch.inference_mode()
@@ -165,7 +171,7 @@ class OpenEnded:
             if require and not regenerated:
                 rows.append({**label, "skip_reason": "the re-fed baseline does not regenerate the anchor"})
                 continue
-            rows += self._sweep(eng, fed, target, float(probs[target]), tok, label)
+            rows += self._sweep(eng, fed, target, float(probs[target]), tok, label, adapter)
         return rows
 
     def anchored_input(
@@ -197,7 +203,14 @@ class OpenEnded:
         return replace(prepared, inputs=inputs, layout=layout)
 
     def _sweep(
-        self, eng: Engine, fed: Prepared, target: int, p_base: float, tok: Any, label: dict[str, Any]
+        self,
+        eng: Engine,
+        fed: Prepared,
+        target: int,
+        p_base: float,
+        tok: Any,
+        label: dict[str, Any],
+        adapter: Adapter,
     ) -> list[dict[str, Any]]:
         rows = []
         n = eng.lm.num_layers
@@ -225,6 +238,15 @@ class OpenEnded:
                         "anchor_still_top": pred == target,
                     }
                 )
+                if self.regenerate_tokens:  # the paper's new_output_text under the cut
+                    gen = generate_with_plan(
+                        adapter.model,
+                        eng.lm,
+                        fed.inputs,
+                        eng.compile(point.plan),
+                        max_new_tokens=self.regenerate_tokens,
+                    )
+                    rows[-1]["text_new"] = tok.decode(list(gen.token_ids), skip_special_tokens=True)
         return rows
 
     # ------------------------------------------------------------------ first token

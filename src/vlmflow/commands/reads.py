@@ -235,6 +235,9 @@ def open_ended(
         ),
     ] = "generate",
     response_tokens: Annotated[int, typer.Option(help="tokens generated for the response")] = 256,
+    regenerate_tokens: Annotated[
+        int, typer.Option(help="also generate this many tokens under each cut (the paper: 100; slow)")
+    ] = 0,
     target: Annotated[
         list[str] | None,
         typer.Option("--target", "-t", help="knockout targets (default vqrl-to-qrl; first-token: vql-to-ql)"),
@@ -278,6 +281,7 @@ def open_ended(
                 verb_match=verb_match,
                 response_from=response_from,
                 response_tokens=response_tokens,
+                regenerate_tokens=regenerate_tokens,
             )
         ],
         out or Path("vlmflow-out") / "open-ended",

@@ -198,6 +198,10 @@ def run_samples(
     :data:`vlmflow.analyses.base.CORRECTNESS`)."""
     from tqdm.auto import tqdm
 
+    from .analyses.base import CORRECTNESS
+
+    if correctness not in CORRECTNESS:
+        raise RunError(f"unknown correctness rule {correctness!r}; choose from {', '.join(CORRECTNESS)}")
     store = RecordStore(out, rank)
     done = store.done_units()
     names = [EVAL] + [a.name for a in analyses]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 from typing import Annotated
 
 import typer
@@ -33,8 +35,26 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug l
 register_all(app)
 
 
+_interrupted = False
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    global _interrupted
+    _interrupted = True
+    signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt, as without us
+
+
 def main() -> None:
-    app()
+    """The ``vlmflow`` entry point: typer's, except that Ctrl-C exits with 130 (128 + SIGINT,
+    what shells expect) instead of click's 1, after the run has recorded what finished
+    (see :func:`vlmflow.api.run`)."""
+    signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        app()
+    except SystemExit as exc:
+        if _interrupted and exc.code == 1:
+            sys.exit(130)
+        raise
 
 
 if __name__ == "__main__":

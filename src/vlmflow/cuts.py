@@ -9,6 +9,7 @@ causal mask.
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import PlanError
-from .layout import TokenLayout
+from .layout import TokenLayout, check_group
 
 WINDOW_STYLES = ("center", "inverse", "top_down", "bottom_up")
 
@@ -37,13 +38,17 @@ class Cut:
 
     @classmethod
     def parse(cls, text: str, layers: tuple[int, ...]) -> Cut:
-        """``"video->last"`` -> ``Cut("video", "last", layers)``."""
-        if "->" not in text:
-            raise PlanError(f"cut {text!r} must read SRC->DST, e.g. video->last")
+        """``"video->last"`` -> ``Cut("video", "last", layers)``; both sides must be groups
+        of the grammar (:func:`vlmflow.layout.check_group`), else a one-line ``PlanError``."""
+        if text.count("->") != 1:
+            raise PlanError(f"cut {text!r} must read SRC->DST (one arrow), e.g. video->last")
         src, dst = (x.strip() for x in text.split("->", 1))
         if not src or not dst:
             raise PlanError(f"cut {text!r} must read SRC->DST, e.g. video->last")
-        return cls(src, dst, layers)
+        try:
+            return cls(check_group(src), check_group(dst), layers)
+        except PlanError as exc:
+            raise PlanError(f"cut {text!r}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -120,12 +125,51 @@ def window_layers(layer: int, num_layers: int, window: int = 9, style: str = "ce
     if style == "center":
         return tuple(range(lo, hi))
     if style == "inverse":
-        return tuple(i for i in range(num_layers) if not lo <= i < hi)
+        out = tuple(i for i in range(num_layers) if not lo <= i < hi)
+        if not out:  # never a silently empty plan
+            raise PlanError(
+                f"an inverse window of {window} around layer {layer} covers all {num_layers} layers: "
+                "nothing is left to block; use a smaller --window"
+            )
+        return out
     if style == "top_down":
         return tuple(range(layer, num_layers))
     if style == "bottom_up":
         return tuple(range(0, layer + 1))
     raise PlanError(f"unknown window style {style!r}; choose from {', '.join(WINDOW_STYLES)}")
+
+
+#: no model has more decoder layers than this; a larger number in ``--layers`` is a typo
+#: (and ``0-999999999`` must not build a billion-element list)
+MAX_LAYERS = 1024
+
+
+def parse_layers(text: str | None) -> tuple[int, ...] | None:
+    """``"0-3,7"`` -> ``(0, 1, 2, 3, 7)`` (0-based, sorted, unique); ``None`` or blank: all.
+
+    Anything else is a one-line :class:`PlanError` naming the bad part: a reversed range
+    (``5-2``), an empty part, a negative or non-ASCII number, a layer above
+    :data:`MAX_LAYERS`.
+
+        >>> parse_layers("12, 0-2")
+        (0, 1, 2, 12)
+    """
+    if text is None or not text.strip():
+        return None
+    out: set[int] = set()
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", part)
+        if not m:
+            raise PlanError(f"layers {text!r}: cannot read {part!r}; write them like 0-3,7")
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        if a > b:
+            raise PlanError(
+                f"layers {text!r}: the range {part.strip()!r} is empty ({a} > {b}); write {b}-{a}"
+            )
+        if b >= MAX_LAYERS:
+            raise PlanError(f"layers {text!r}: layer {b} is beyond any model (at most {MAX_LAYERS} layers)")
+        out.update(range(a, b + 1))
+    return tuple(sorted(out))
 
 
 @dataclass(frozen=True, eq=False)

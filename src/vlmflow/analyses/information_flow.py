@@ -19,7 +19,7 @@ from ..engine import Engine
 from ..errors import PlanError
 from ..models.base import Adapter, Prepared
 from .base import ANALYSES, SAMPLE_MODES, Baseline, read_answer
-from .targets import PAPER_TARGETS, TARGETS, sweep, target_curves
+from .targets import PAPER_TARGETS, TARGETS, parse_edges, sweep, target_curves
 
 
 def relative_change(new: float, base: float) -> float:
@@ -49,6 +49,12 @@ class InformationFlow:
             raise PlanError(f"unknown sample mode {self.sample_mode!r}; choose from {SAMPLE_MODES}")
         if self.window < 1:
             raise PlanError("window must be >= 1")
+        for cut in self.custom:  # a typo in --cut stops the run before its first sample
+            parse_edges(cut)
+        if self.layers is not None and not self.layers:
+            raise PlanError("the sweep layers are empty; give at least one layer (or none for all)")
+        if not self.targets and not self.custom:
+            raise PlanError("nothing to sweep: give a target or a --cut")
 
     def config(self) -> dict[str, Any]:
         return asdict(self)

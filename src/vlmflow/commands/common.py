@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import re
 from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
@@ -143,17 +142,13 @@ def add_paper_preset(app: typer.Typer) -> None:
 
 
 def parse_layers(text: str | None) -> tuple[int, ...] | None:
-    """``"0-3,7"`` -> ``(0, 1, 2, 3, 7)`` (0-based)."""
-    if not text:
-        return None
-    out: list[int] = []
-    for part in text.split(","):
-        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-        if not m:
-            raise typer.BadParameter(f"layers must look like 0-3,7; got {text!r}")
-        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
-        out += range(a, b + 1)
-    return tuple(sorted(set(out)))
+    """``"0-3,7"`` -> ``(0, 1, 2, 3, 7)`` (0-based); see :func:`vlmflow.cuts.parse_layers`."""
+    from ..cuts import parse_layers as parse
+
+    try:
+        return parse(text)
+    except VlmflowError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def fail(exc: VlmflowError) -> None:

@@ -113,6 +113,12 @@ def run(
                 prompt_style=options.prompt,
                 num_frames=options.num_frames,
             )
+        if options.progress and ctx.is_main:
+            print(
+                f"model: {adapter.model_id} ({adapter.family}), {_dtype_name(adapter)} on {adapter.device}",
+                file=sys.stderr,
+                flush=True,
+            )
         mine = run_samples(
             adapter,
             ctx.shard(samples),
@@ -152,6 +158,10 @@ def run(
     finally:
         lock.release()
         ctx.close()
+
+
+def _dtype_name(adapter: Any) -> str:
+    return str(adapter.dtype).removeprefix("torch.")
 
 
 def merge(run_dir: str | Path) -> dict[str, Any]:

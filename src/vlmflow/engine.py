@@ -21,7 +21,8 @@ Anything the model adds to the residual stream between layers outside the layer 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,7 +188,9 @@ class Engine:
             kwargs_per_layer[i] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
             prev = outputs[i - 1] if i > 0 else None
             if prev is not None and prev is not hidden[i]:
-                delta = hidden[i] - prev
+                # in fp32: a bf16 delta would round what the model added (Qwen3-VL's deepstack
+                # features) and replaying it would add error of its own
+                delta = hidden[i].float() - prev.float()
                 if bool((delta != 0).any()):
                     deltas[i - 1] = delta
 
@@ -196,9 +199,9 @@ class Engine:
             if i == n_layers - 1:
                 hidden[n_layers] = outputs[i]
 
-        with layer_hooks(self.lm.layers, pre=pre, post=post):
+        with layer_hooks(self.lm.layers, pre=pre, post=post), last_position_head(self.lm.lm_head):
             out = self.lm.forward(**self.inputs, use_cache=True, logits_to_keep=1)
-        logits = out.logits if hasattr(out, "logits") else out[0]
+        logits = last_logits(out)
         if any(h is None for h in hidden):
             raise UnsupportedModelError("the language model did not run all of its decoder layers")
         n = hidden[0].shape[1]
@@ -213,7 +216,7 @@ class Engine:
         # what the model adds to the residual stream between layers outside the layer
         # modules (e.g. Qwen3-VL's deepstack visual features); replayed in recomputes
         self.deltas = deltas
-        self.logits = logits[0, -1].float()
+        self.logits = logits
         self.dtype = hidden[0].dtype
         self.device = hidden[0].device
         self._ran = True
@@ -332,7 +335,7 @@ class Engine:
             out = self.lm.layers[layer_idx](h, **kwargs)
             h = out[0] if isinstance(out, tuple) else out
             if layer_idx in self.deltas:
-                h = h + self.deltas[layer_idx].index_select(1, kwargs_pos)
+                h = (h.float() + self.deltas[layer_idx].index_select(1, kwargs_pos)).to(h.dtype)
         assert h is not None
         rows = torch.arange(len(active), device=self.device) * s + (s - 1)
         return self.lm.lm_head(self.lm.norm(h[0, rows])).float()
@@ -396,13 +399,42 @@ def masked_forward(
 
     handles = [lm.layers[i].self_attn.register_forward_hook(capture(i)) for i in read]
     try:
-        with eager_attention([lm.layers[i] for i in read]), layer_hooks(lm.layers, pre=pre):
+        with (
+            eager_attention([lm.layers[i] for i in read]),
+            layer_hooks(lm.layers, pre=pre),
+            last_position_head(lm.lm_head),
+        ):
             out = lm.forward(**inputs, use_cache=False, logits_to_keep=1)
     finally:
         for handle in handles:
             handle.remove()
+    return last_logits(out), reads
+
+
+@contextmanager
+def last_position_head(lm_head: nn.Module) -> Iterator[None]:
+    """Make ``lm_head`` compute only the last position during a full forward.
+
+    ``logits_to_keep=1`` asks for that, but some models ignore it (VideoLLaMA3 in
+    transformers 5.24 computes N x 151,936 logits, 546 MB at 898 tokens in fp32); this
+    slices the head's input to the last position whatever the model does."""
+
+    def pre(module: nn.Module, args: tuple) -> tuple | None:
+        h = args[0]
+        return (h[:, -1:],) + args[1:] if h.dim() == 3 and h.shape[1] > 1 else None
+
+    handle = lm_head.register_forward_pre_hook(pre)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def last_logits(out: Any) -> torch.Tensor:
+    """The last position's logits ``(vocab,)`` float32, as a tensor of its own: never a view
+    that would keep a model output's full logits alive."""
     logits = out.logits if hasattr(out, "logits") else out[0]
-    return logits[0, -1].float(), reads
+    return logits[0, -1].float().clone()
 
 
 def full_forward_logits(lm: LanguageModel, inputs: dict[str, Any], compiled: CompiledPlan) -> torch.Tensor:

@@ -269,6 +269,7 @@ def _one_sample(
     todo = [n for n in names if (sample.id, n) not in done]
     try:
         prepared = adapter.prepare(sample)
+        bar.set_postfix(tokens=prepared.layout.length, refresh=False)
         engine = Engine(
             adapter.language_model(),
             prepared.inputs,

@@ -36,6 +36,7 @@ from ..prompt import PromptText, locate_prompt, question_block
 from ..sample import Sample
 from .base import MODELS, Adapter
 from .frames import Grid, ReplacementAdapter
+from .processors import load_processor
 
 # videollama3/evaluation/benchmarks/tvbench.py of the paper's code
 PAPER_INSTRUCTION = (
@@ -70,10 +71,14 @@ class VideoLlama3Adapter(ReplacementAdapter):
 
     @classmethod
     def load_model(cls, path: str, **kwargs: Any) -> tuple[Any, Any]:
-        from transformers import VideoLlama3ForConditionalGeneration, VideoLlama3Processor
+        from transformers import (
+            VideoLlama3ForConditionalGeneration,
+            VideoLlama3Processor,
+            VideoLlama3VideoProcessor,
+        )
 
         model = VideoLlama3ForConditionalGeneration.from_pretrained(path, **kwargs)
-        processor = VideoLlama3Processor.from_pretrained(path)
+        processor = load_processor(VideoLlama3Processor, VideoLlama3VideoProcessor, path)
         return model, processor
 
     def processor_kwargs(self, frames: np.ndarray) -> dict[str, Any]:

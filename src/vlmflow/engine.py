@@ -92,6 +92,14 @@ class LanguageModel:
     def num_layers(self) -> int:
         return len(self.layers)
 
+    @property
+    def num_heads(self) -> int | None:
+        """Query heads per decoder layer (``None`` if the attention module does not say)."""
+        attn = getattr(self.layers[0], "self_attn", None)
+        cfg = getattr(attn, "config", None)
+        heads = getattr(cfg, "num_attention_heads", None) or getattr(attn, "num_heads", None)
+        return int(heads) if heads else None
+
 
 class _PrefixCache:
     """A stand-in for a transformers ``Cache`` that prepends fixed prefix keys/values.
@@ -130,8 +138,31 @@ def _take_positions(kwargs: dict[str, Any], pos: torch.Tensor) -> dict[str, Any]
     return out
 
 
+def as_4d(allowed: torch.Tensor) -> torch.Tensor:
+    """``(q, k)`` -> ``(1, 1, q, k)``; per-head ``(H, q, k)`` -> ``(1, H, q, k)``."""
+    return allowed.reshape((1,) * (4 - allowed.dim()) + tuple(allowed.shape))
+
+
+def pack_allowed(blocks: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Packed "may attend" mask of several plans' recomputed suffixes.
+
+    Each block is (prefix part ``([H,] s, q0)``, suffix part ``([H,] s, s)``); segments see
+    the shared prefix and their own suffix only. Blocks are per head (3-d) if any is."""
+    heads = max((b[0].shape[0] for b in blocks if b[0].dim() == 3), default=None)
+    if heads is None:
+        return torch.cat(
+            [torch.cat([b[0] for b in blocks], dim=0), torch.block_diag(*[b[1] for b in blocks])], dim=1
+        )
+    s, q0, k = blocks[0][0].shape[-2], blocks[0][0].shape[-1], len(blocks)
+    out = torch.zeros(heads, s * k, q0 + s * k, dtype=torch.bool, device=blocks[0][0].device)
+    for j, (prefix, suffix) in enumerate(blocks):
+        out[:, j * s : (j + 1) * s, :q0] = prefix
+        out[:, j * s : (j + 1) * s, q0 + j * s : q0 + (j + 1) * s] = suffix
+    return out
+
+
 def to_attention_mask(allowed: torch.Tensor, implementation: str, dtype: torch.dtype) -> torch.Tensor:
-    """Boolean ``(b, 1, q, k)`` "may attend" mask -> the form the attention kernel takes."""
+    """Boolean ``(b, 1 or H, q, k)`` "may attend" mask -> the form the attention kernel takes."""
     if implementation == "sdpa":
         return allowed
     if implementation == "eager":
@@ -254,7 +285,7 @@ class Engine:
 
     # ------------------------------------------------------------------ plans
     def compile(self, plan: Plan) -> CompiledPlan:
-        return compile_plan(plan, self.layout, self.lm.num_layers)
+        return compile_plan(plan, self.layout, self.lm.num_layers, self.lm.num_heads)
 
     @torch.inference_mode()
     def evaluate(self, plans: Sequence[Plan | CompiledPlan]) -> torch.Tensor:
@@ -290,8 +321,8 @@ class Engine:
             if m is None:
                 return (torch.ones(s, q0, dtype=torch.bool, device=self.device), causal_ss)
             if id(m) not in parts:
-                t = torch.from_numpy(~m[q0:]).to(self.device)
-                parts[id(m)] = (t[:, :q0], t[:, q0:] & causal_ss)
+                t = torch.from_numpy(~m[..., q0:, :]).to(self.device)
+                parts[id(m)] = (t[..., :q0], t[..., q0:] & causal_ss)
             return parts[id(m)]
 
         layers = range(plans[0].first_layer, self.lm.num_layers)
@@ -320,14 +351,10 @@ class Engine:
                 kwargs["attention_mask"] = None  # lower-right causal, see _suffix_sdpa
             elif len(active) == 1:
                 prefix, suffix = allowed_parts(cut[0])
-                allowed = torch.cat([prefix, suffix], dim=1)[None, None]
+                allowed = as_4d(torch.cat([prefix, suffix], dim=-1))
                 kwargs["attention_mask"] = to_attention_mask(allowed, impl, self.dtype)
             else:
-                blocks = [allowed_parts(m) for m in cut]
-                allowed = torch.cat(
-                    [torch.cat([b[0] for b in blocks], dim=0), torch.block_diag(*[b[1] for b in blocks])],
-                    dim=1,
-                )[None, None]
+                allowed = as_4d(pack_allowed([allowed_parts(m) for m in cut]))
                 kwargs["attention_mask"] = to_attention_mask(allowed, impl, self.dtype)
             kwargs[self.cache_key] = _PrefixCache(
                 self.keys[layer_idx][:, :, :q0], self.values[layer_idx][:, :, :q0]
@@ -357,7 +384,8 @@ def masked_forward(
 ) -> tuple[torch.Tensor, dict[int, dict[str, torch.Tensor]]]:
     """The plain approach: one full forward of the whole model with the plan's masks.
 
-    Every cut layer gets the full ``(1, 1, N, N)`` mask; other layers keep the model's own
+    Every cut layer gets the full ``(1, 1, N, N)`` mask (``(1, H, N, N)`` where a cut names
+    heads); other layers keep the model's own
     causal attention. Only the last position's logits are computed. This is the reference
     the engine is tested against and the baseline the benchmark times.
 
@@ -381,8 +409,8 @@ def masked_forward(
         if key not in masks:
             allowed = torch.ones(size, size, dtype=torch.bool).tril()
             if m is not None:
-                allowed &= ~torch.from_numpy(m)
-            masks[key] = to_attention_mask(allowed[None, None].to(h.device), impl, h.dtype)
+                allowed = allowed & ~torch.from_numpy(m)
+            masks[key] = to_attention_mask(as_4d(allowed).to(h.device), impl, h.dtype)
         kwargs = dict(kwargs)
         kwargs["attention_mask"] = masks[key]
         return args, kwargs

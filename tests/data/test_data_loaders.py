@@ -162,7 +162,11 @@ def test_task_selection_and_seeded_subsampling():
     assert len(full) == 8 * 6
     by_name = load_dataset("synthetic:8", tasks=["object_count"])
     by_id = load_dataset("synthetic:8", tasks=["3"])  # alphabetical id 3 = object_count
-    assert [s.id for s in by_name] == [s.id for s in by_id] == [f"object_count-{i:05d}" for i in range(8)]
+    assert (
+        [s.id for s in by_name]
+        == [s.id for s in by_id]
+        == [f"object_count-{i:05d}" for i in range(8)]
+    )
 
     a = load_dataset("synthetic:8", tasks=["object_count", "static_attribute"], samples=3, seed=1)
     b = load_dataset("synthetic:8", tasks=["object_count", "static_attribute"], samples=3, seed=1)

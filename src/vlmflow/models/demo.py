@@ -53,10 +53,7 @@ POOL_STRIDE = 2  # 8x8 patches -> 4x4 = 16 video tokens per frame
 NUM_FRAMES = 8
 VISION = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
 TEXT = dict(
-    hidden_size=128,
-    intermediate_size=384,
-    num_hidden_layers=8,
-    num_attention_heads=4,
+    hidden_size=128, intermediate_size=384, num_hidden_layers=8, num_attention_heads=4,
     num_key_value_heads=2,
 )
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]

@@ -5,7 +5,7 @@ For one input at a time, see :mod:`vlmflow.probe` (``vlmflow.load(...).probe(...
 >>> import tempfile, vlmflow
 >>> result = vlmflow.run(
 ...     vlmflow.Options(model="demo", data="synthetic:1:fixed", tasks=("object_count",), progress=False),
-...     [vlmflow.AnswerProbability()],
+...     [vlmflow.AnswerProbability(sample_mode="all")],
 ...     tempfile.mkdtemp(),
 ... )
 >>> result.summary.done, sorted(result.report["summaries"])
@@ -52,6 +52,7 @@ class Options:
     num_frames: int = 8
     attn: str = "sdpa"
     frame_policy: str | None = None
+    correctness: str = "ids"
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -68,6 +69,8 @@ class Options:
         }
         if self.frame_policy is not None:
             d["frame_policy"] = self.frame_policy
+        if self.correctness != "ids":  # only when set, so earlier run folders still resume
+            d["correctness"] = self.correctness
         return {**d, **self.extra}
 
     def load(self, device: str | None = None) -> Model:
@@ -161,6 +164,7 @@ def run(
             rank=ctx.rank,
             world_size=ctx.world_size,
             progress=options.progress,
+            correctness=options.correctness,
         )
         ranks = ctx.gather(mine)  # every rank is done after this: rank 0 may merge the shards
         summary = RunSummary.combine(ranks)

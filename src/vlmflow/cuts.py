@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,13 +143,16 @@ class RandomCut:
     The paper's random baseline for effective pathways: per layer, ``int(N(N+1)/2 *
     fraction)`` (query, key) pairs are drawn without replacement among the causal pairs whose
     query and key both lie at or after the first position of group ``start``; each layer
-    draws its own pairs from a generator seeded by ``(seed, layer)``.
+    draws its own pairs from a generator seeded by ``(seed, sample, layer)``, so every
+    sample and layer gets a fresh pattern (as the paper's code, which drew unseeded per
+    sample and layer) that a re-run reproduces. ``sample`` is the sample's id.
     """
 
     fraction: float
     seed: int
     layers: tuple[int, ...]
     start: str = "video"
+    sample: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(sorted({int(x) for x in self.layers})))
@@ -156,7 +160,10 @@ class RandomCut:
             raise PlanError(f"random cut fraction must be in [0, 1], got {self.fraction}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"random": self.fraction, "seed": self.seed, "layers": list(self.layers), "start": self.start}
+        d = {"random": self.fraction, "seed": self.seed, "layers": list(self.layers), "start": self.start}
+        if self.sample:
+            d["sample"] = self.sample
+        return d
 
 
 @dataclass(frozen=True)
@@ -176,7 +183,9 @@ class Plan:
     def from_dict(cls, d: dict[str, Any]) -> Plan:
         def cut(c: dict[str, Any]) -> Cut | RandomCut:
             if "random" in c:
-                return RandomCut(c["random"], c["seed"], tuple(c["layers"]), c.get("start", "video"))
+                return RandomCut(
+                    c["random"], c["seed"], tuple(c["layers"]), c.get("start", "video"), c.get("sample", "")
+                )
             heads = c.get("heads")
             return Cut(c["src"], c["dst"], tuple(c["layers"]), None if heads is None else tuple(heads))
 
@@ -389,7 +398,8 @@ def _random_edges(cut: RandomCut, layout: TokenLayout, layer: int) -> np.ndarray
             f"cannot block {cut.fraction:.1%} of all causal edges at random after {cut.start!r}: "
             f"only {rows.size / (n * (n + 1) // 2):.1%} of them lie there"
         )
-    pick = np.random.default_rng([cut.seed, layer]).choice(rows.size, size=count, replace=False)
+    rng = np.random.default_rng([cut.seed, zlib.crc32(cut.sample.encode()), layer])
+    pick = rng.choice(rows.size, size=count, replace=False)
     m = np.zeros((n, n), dtype=bool)
     m[rows[pick] + start, cols[pick] + start] = True
     return m

@@ -16,6 +16,10 @@ A *group* is a name that a layout resolves to sorted token positions. The gramma
 ``true_option``            the correct option's tokens
 ``false_options``          the other options' tokens
 ``last``                   the final position, whose next-token distribution is the answer
+``response``               the model's response fed back after the prompt, *last* included
+                           (open-ended, verb-anchored inputs; empty otherwise)
+``non_last_response``      the response before *last*, less the tokens kept open right
+                           before it (the paper's "non-last response")
 ``template``               every position in no other group (role tags, instructions)
 ``all``                    every position
 ``G1+G2``                  the union of groups
@@ -70,6 +74,8 @@ class TokenLayout:
     answer: int | None
     frames_per_group: int = 1
     frame_token_offsets: tuple[int, ...] = ()
+    response: Span = Span(0, 0)
+    non_last_response: Span = Span(0, 0)
 
     @property
     def last(self) -> int:
@@ -111,6 +117,8 @@ class TokenLayout:
             "true_option": lambda: self.true_option.positions(),
             "false_options": lambda: _union(self.false_options),
             "last": lambda: np.array([self.last], dtype=np.int64),
+            "response": lambda: self.response.positions(),
+            "non_last_response": lambda: self.non_last_response.positions(),
             "all": lambda: np.arange(self.length, dtype=np.int64),
             "template": self._template,
         }
@@ -138,7 +146,7 @@ class TokenLayout:
         raise PlanError(
             f"unknown token group {group!r}; use system, video, frame:T, frames:A-B, frames:<T, "
             "question, question_no_options, options, option:X, true_option, false_options, "
-            "last, template, all (or a '+' union)"
+            "last, response, non_last_response, template, all (or a '+' union)"
         )
 
     def _frame_span(self, t: int) -> Span:
@@ -148,14 +156,18 @@ class TokenLayout:
 
     def _template(self) -> np.ndarray:
         taken = np.zeros(self.length, dtype=bool)
-        for span in (self.system, self.video, self.question, *self.options):
+        for span in (self.system, self.video, self.question, *self.options, self.response):
             taken[span.start : span.end] = True
         taken[self.last] = True
         return np.flatnonzero(~taken).astype(np.int64)
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        for key in ("response", "non_last_response"):  # only open-ended inputs have them
+            if not len(getattr(self, key)):
+                d.pop(key)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TokenLayout:
@@ -172,6 +184,8 @@ class TokenLayout:
             answer=d["answer"],
             frames_per_group=d.get("frames_per_group", 1),
             frame_token_offsets=tuple(d.get("frame_token_offsets", ())),
+            response=span(d["response"]) if "response" in d else Span(0, 0),
+            non_last_response=span(d["non_last_response"]) if "non_last_response" in d else Span(0, 0),
         )
 
 
@@ -186,6 +200,8 @@ _NAMES = frozenset(
         "true_option",
         "false_options",
         "last",
+        "response",
+        "non_last_response",
         "all",
         "template",
     }
@@ -228,7 +244,7 @@ def check_group(group: str) -> str:
         raise PlanError(
             f"unknown token group {part!r}{where}; use system, video, frame:T, frames:A-B, frames:<T, "
             "question, question_no_options, options, option:X, true_option, false_options, "
-            "last, template, all (or a '+' union)"
+            "last, response, non_last_response, template, all (or a '+' union)"
         )
     return text
 

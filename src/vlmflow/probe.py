@@ -242,9 +242,17 @@ class Probe:
     True
     """
 
-    def __init__(self, adapter: Adapter, prepared: Prepared, *, max_batch_tokens: int | None = None) -> None:
+    def __init__(
+        self,
+        adapter: Adapter,
+        prepared: Prepared,
+        *,
+        max_batch_tokens: int | None = None,
+        correctness: str = "ids",
+    ) -> None:
         self.adapter = adapter
         self.prepared = prepared
+        self.correctness = correctness  # what counts as a correct answer (analyses.base.CORRECTNESS)
         self.engine = Engine(
             adapter.language_model(), prepared.inputs, prepared.layout, max_batch_tokens=max_batch_tokens
         )
@@ -268,7 +276,7 @@ class Probe:
     @cached_property
     def answer(self) -> Answer:
         """The model's own answer: ``.letter``, ``.probabilities`` (letter -> p), ``.correct``."""
-        return read_answer(self.adapter, self.prepared, self.engine.baseline_logits())
+        return read_answer(self.adapter, self.prepared, self.engine.baseline_logits(), self.correctness)
 
     @property
     def base(self) -> Answer:
@@ -277,7 +285,7 @@ class Probe:
 
     def read(self, logits: torch.Tensor) -> Answer:
         """Interpret last-position ``logits`` ``(vocab,)`` as an answer to this input."""
-        return read_answer(self.adapter, self.prepared, logits)
+        return read_answer(self.adapter, self.prepared, logits, self.correctness)
 
     @property
     def groups(self) -> dict[str, list[Span]]:
@@ -409,10 +417,12 @@ class Probe:
         layers: Iterable[int] | None = None,
         queries: str | Sequence[str] = ("last",),
         plan: PlanLike | None = None,
+        positions: dict[str, Any] | None = None,
     ) -> dict[int, dict[str, torch.Tensor]]:
         """Attention weights of the ``queries`` groups, averaged over heads and query
         positions: ``{layer: {group: (N,) weights over key positions}}`` (each row sums to
         1). ``plan`` reads them under a cut. Only the layers read run eager attention.
+        ``positions`` adds named queries given as token positions (name -> array).
 
         >>> import vlmflow
         >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
@@ -431,7 +441,7 @@ class Probe:
             self.prepared.inputs,
             compiled,
             read_attention=layer_list,
-            queries={q: self.layout.resolve(q) for q in names},
+            queries={**{q: self.layout.resolve(q) for q in names}, **(positions or {})},
         )
         return reads
 

@@ -1,8 +1,11 @@
 """Prompt text for multiple-choice VideoQA, with the character ranges of every group.
 
-Two styles: ``paper`` reproduces the paper's LLaVA template exactly (REFERENCE_NOTES §2.4)
-with the model's own video placeholder; ``chat`` renders the model's chat template. Both
-end with the answer prompt ``Best option:(`` so the next token is the option letter.
+Styles: ``paper`` is the prompt the paper used for the family: the paper's LLaVA template
+exactly (REFERENCE_NOTES §2.4) with the model's own video placeholder, for every family but
+VideoLLaMA3, whose paper prompt is its native chat template (see its adapter); ``mvbench``
+is that LLaVA template for every family; ``chat`` renders the model's chat template. The
+LLaVA template and ``chat`` end with the answer prompt ``Best option:(`` so the next token
+is the option letter.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ SYSTEM_MVBENCH = (
 )
 POST_PROMPT = "\nOnly give the best option."
 ANSWER_PROMPT = "Best option:("
-PROMPT_STYLES = ("paper", "chat")
+PROMPT_STYLES = ("paper", "chat", "mvbench")
 
 CharRange = tuple[int, int]
 
@@ -80,14 +83,21 @@ SYSTEM_OPEN_ENDED = (
 
 
 def open_ended_prompt(sample: Sample, placeholder: str, system: str = SYSTEM_OPEN_ENDED) -> PromptText:
-    """The paper's ``eval_vcgbench`` conversation: the raw question, no options, no answer
-    prompt (``<system> USER: <video>\\n USER: {Q} ASSISTANT:``)."""
+    """The paper's open-ended conversation: ``<system> USER: <video>\\n USER: {Q} ASSISTANT:``
+    (``eval_vcgbench``). A sample may set, in ``meta``, ``system`` (another system prompt),
+    ``question_template`` (e.g. ``"Question: {q}\\n"``) and ``answer_prompt`` (text the
+    assistant turn starts with), as the paper's open-ended TVBench / Video-MME do."""
+    system = sample.meta.get("system", system)
+    template = sample.meta.get("question_template", "{q}")
     before = system + " USER: "
     mid = placeholder + "\n USER: "
     at = len(before) + len(mid)
-    text = before + mid + sample.question + " ASSISTANT:"
-    q = (at, at + len(sample.question))
-    return PromptText(text, placeholder, len(before), (0, len(system)), q, q, ())
+    head = template.split("{q}")[0]
+    user = template.format(q=sample.question)
+    text = before + mid + user + " ASSISTANT:" + sample.meta.get("answer_prompt", "")
+    raw = (at + len(head), at + len(head) + len(sample.question))
+    whole = (at, at + len(user.rstrip()))  # the paper's question range: the user text as given
+    return PromptText(text, placeholder, len(before), (0, len(system.rstrip())), whole, raw, ())
 
 
 def locate_prompt(sample: Sample, text: str, placeholder: str, system: str = "") -> PromptText:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .analyses.base import Analysis
-from .errors import DataError, VlmflowError
+from .errors import DataError, RunError, VlmflowError
 from .models.base import Adapter
 from .probe import Probe
 from .rundir import EVAL, RunDir
@@ -68,6 +68,7 @@ def run_samples(
     world_size: int = 1,
     progress: bool = True,
     max_batch_tokens: int | None = None,
+    correctness: str = "ids",
 ) -> RunSummary:
     """Analyse ``samples`` (this rank's share) into shard ``rank`` of ``run``'s store,
     skipping (sample, analysis) units finished in any shard. The progress bar (on stderr,
@@ -77,8 +78,15 @@ def run_samples(
     The shard's writer lock is held throughout (a second writer gets a ``RunError``). A
     Ctrl-C ends the loop between units (never inside a write) as ``KeyboardInterrupt``; a
     disk that refuses writes (full, read-only) ends it with a :class:`StoreError`. Either
-    way every unit written before is complete and kept, and nothing half-done is marked."""
+    way every unit written before is complete and kept, and nothing half-done is marked.
+    ``correctness``: what counts as a correct answer (``ids`` or the paper's ``text``, see
+    :data:`vlmflow.analyses.base.CORRECTNESS`)."""
     from tqdm.auto import tqdm
+
+    from .analyses.base import CORRECTNESS
+
+    if correctness not in CORRECTNESS:
+        raise RunError(f"unknown correctness rule {correctness!r}; choose from {', '.join(CORRECTNESS)}")
 
     summary = RunSummary(rank=rank)
     if any(a.needs_knockout for a in analyses):
@@ -97,7 +105,9 @@ def run_samples(
         )
         try:
             for sample in bar:
-                _one_sample(adapter, sample, analyses, store, names, done, summary, bar, max_batch_tokens)
+                _one_sample(
+                    adapter, sample, analyses, store, names, done, summary, bar, max_batch_tokens, correctness
+                )
         finally:
             bar.close()
             summary.seconds = time.perf_counter() - start
@@ -113,7 +123,9 @@ def run_samples(
     return summary
 
 
-def _one_sample(adapter, sample, analyses, store, names, done, summary, bar, max_batch_tokens) -> None:
+def _one_sample(
+    adapter, sample, analyses, store, names, done, summary, bar, max_batch_tokens, correctness="ids"
+) -> None:
     """Analyse one sample and write its units (a failure becomes a unit with its error).
 
     A sample its loader could not read (``sample.error``) fails with that reason, unprepared."""
@@ -123,7 +135,7 @@ def _one_sample(adapter, sample, analyses, store, names, done, summary, bar, max
             raise DataError(sample.error)
         prepared = adapter.prepare(sample)
         bar.set_postfix(tokens=prepared.layout.length, refresh=False)
-        probe = Probe(adapter, prepared, max_batch_tokens=max_batch_tokens)
+        probe = Probe(adapter, prepared, max_batch_tokens=max_batch_tokens, correctness=correctness)
         rows_by_unit: dict[str, list[dict[str, Any]]] = {}
         common = {"task": sample.task, "model": adapter.model_id, "error": None}
         rows_by_unit[EVAL] = [{**common, **probe.answer.record(), "num_tokens": probe.layout.length}]

@@ -33,13 +33,13 @@ def setup(tiny_llava):
 
 def test_answer_prob_at_the_last_layer_is_the_models_output(setup) -> None:
     adapter, prepared, engine, base, logits = setup
-    rows = AnswerProbability().records(Probe(adapter, prepared))
+    rows = AnswerProbability(sample_mode="all").records(Probe(adapter, prepared))
     assert [r["layer"] for r in rows] == list(range(engine.lm.num_layers))
     want = logits[-1].softmax(-1)[list(prepared.option_ids)]
     got = torch.tensor(rows[-1]["option_probs"])
     assert (got - want).abs().max() < 1e-5
     assert rows[-1]["p_true"] == pytest.approx(float(want[prepared.sample.answer]), abs=1e-5)
-    raw = AnswerProbability(norm=False).records(Probe(adapter, prepared))
+    raw = AnswerProbability(norm=False, sample_mode="all").records(Probe(adapter, prepared))
     assert raw[-1]["option_probs"] == pytest.approx(rows[-1]["option_probs"], abs=1e-6)
     assert raw[0]["option_probs"] != pytest.approx(rows[0]["option_probs"], abs=1e-6)
 
@@ -55,13 +55,15 @@ def test_unembed_lens_at_the_last_layer_is_the_models_logits(setup) -> None:
     assert len(rows[0]["topk"][0]) == 3 and rows[0]["n_video"] == len(video)
 
 
-def test_embed_lens_projects_onto_the_input_embeddings_without_norm(setup) -> None:
+def test_embed_lens_projects_onto_the_input_embeddings_normed_only_at_the_last_layer(setup) -> None:
     adapter, prepared, engine, base, _ = setup
     rows = LogitLens(projection="embed", topk=1, sample_mode="all").records(Probe(adapter, prepared))
     emb = engine.lm.embed_tokens.weight
     video = prepared.layout.resolve("video")
     for stream in (0, 2, engine.lm.num_layers):
         h = engine.hidden_states[stream][0, video]
+        if stream == engine.lm.num_layers:  # the paper's hook reads the final norm's output
+            h = engine.lm.norm(h)
         want = [adapter.tokenizer.decode([t]).strip() for t in (h @ emb.T).argmax(-1).tolist()]
         assert rows[stream]["top1"] == want and rows[stream]["layer"] == stream - 1
     unembed = LogitLens(topk=1, sample_mode="all").records(Probe(adapter, prepared))

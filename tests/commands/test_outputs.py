@@ -26,7 +26,20 @@ RUNS: dict[str, list[str]] = {
     "attention": ["attention", *COMMON, "--sample-mode", "all", "--layers", "0,7", "--overlays", "1"],
     "pathways": ["pathways", *COMMON, "--preset", "llava-next-7b-video-ft", "--seeds", "2"],
     "pathways-search": ["pathways", *COMMON, "--search", "--step", "4", "--seeds", "1"],
-    "open-ended": ["open-ended", *COMMON, "--layers", "0", "--window", "3", "--max-new-tokens", "2"],
+    # issue 13 made the verb-anchored analysis (spaCy) the default; the golden holds the
+    # first-token variant the command ran before, still reached with --anchor first-token
+    "open-ended": [
+        "open-ended",
+        *COMMON,
+        "--anchor",
+        "first-token",
+        "--layers",
+        "0",
+        "--window",
+        "3",
+        "--max-new-tokens",
+        "2",
+    ],
     "eval": ["eval", *COMMON],
 }
 LISTS = ("models", "datasets", "analyses", "targets")

@@ -151,6 +151,8 @@ def test_demo_command_smoke(tmp_path) -> None:
         "answer-prob",
         "logit-lens",
         "logit-lens-top-tokens",
+        "logit-lens-keywords-spatial",  # the paper's keyword-frequency statistic (issue 13)
+        "logit-lens-keywords-temporal",
         "attention",
         "pathways",
     }

@@ -54,6 +54,28 @@ def test_token_compression_gives_per_frame_counts_from_the_processor(path: Path)
     assert torch.isfinite(logits).all()
 
 
+def test_paper_style_is_the_native_template_without_system_turn(path: Path, adapter) -> None:
+    """The paper ran VideoLLaMA3 with its chat template, no system turn, its own instruction
+    and no answer prefix, sampling frames evenly with both ends; the LLaVA template stays
+    available as ``mvbench``."""
+    from vlmflow.models.videollama3 import PAPER_INSTRUCTION
+
+    sample = make_sample()
+    prompt = adapter.prepare(sample).prompt
+    block = (
+        "Question: "
+        + sample.question
+        + "\nOptions:\n"
+        + "\n".join(f"({chr(65 + i)}) {o}" for i, o in enumerate(sample.options))
+    )
+    assert prompt.startswith("<|im_start|>user\n") and "system" not in prompt
+    assert block + "\n" + PAPER_INSTRUCTION + "<|im_end|>" in prompt
+    assert adapter.frame_policy == "linspace"
+    mvbench = load_model(str(path), prompt_style="mvbench")
+    prepared = mvbench.prepare(sample)
+    assert prepared.prompt.endswith("ASSISTANT:Best option:(") and mvbench.frame_policy == "segment_middle"
+
+
 def test_chat_template_prompt_locates_the_same_groups(path: Path) -> None:
     adapter = load_model(str(path), prompt_style="chat")
     prepared = adapter.prepare(make_sample())

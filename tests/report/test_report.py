@@ -148,7 +148,7 @@ def full_run(tiny_llava, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("full") / "run"
     analyses = [
         InformationFlow(targets=("cross-frame", "vql-to-ql"), window=3, sample_mode="all"),
-        AnswerProbability(),
+        AnswerProbability(sample_mode="all"),
         LogitLens(sample_mode="all", overlays=0),
         AttentionMaps(sample_mode="all", overlays=0),
         Pathways(spec=PRESETS["llava-next-7b-video-ft"], seeds=(0, 1)),

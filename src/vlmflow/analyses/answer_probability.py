@@ -39,7 +39,9 @@ class AnswerProbability(Analysis):
         "final norm on intermediate layers (--no-norm: skip it, as the paper's LLaVA code)",
         "--norm/--no-norm",
     )
-    sample_mode: str = option("all", "analyse the samples the model gets correct, wrong, or all")
+    sample_mode: str = option(
+        "correct", "analyse the samples the model gets correct (the paper's figure), wrong, or all"
+    )
 
     def __post_init__(self) -> None:
         check_sample_mode(self.sample_mode)

@@ -1,6 +1,14 @@
 """Attention maps (paper Fig. 6): attention from the last token and from the question
 tokens to the video tokens, per layer, aggregated per frame; baseline and a chosen plan.
 
+Beside these group means, the paper's own view (``analysis/attention_visualization.py``):
+one map per chosen question word (``query_words``; with ``view="query-words"`` and no words,
+every word of the raw question), keys = the video tokens, heads averaged, one band per
+layer of a chosen range (the paper shows layers 11-20, ``layers=range(10, 20)``), drawn on
+the colour scale ``log10(5e-5 + a)``. A word is a run of question tokens whose texts join
+to it; its map is the attention of the run's last token (for a one-token word, exactly the
+paper's). Records of these maps have ``query = "word:<word>"``.
+
 Only the layers being read compute attention weights (they alone run eager attention for
 the pass), and each layer's weights are reduced to one row per query group at once, so
 no ``N x N`` weight matrix is kept.
@@ -16,8 +24,11 @@ import pandas as pd
 import torch
 
 from ..cuts import Cut, Plan, parse_layers
+from ..errors import PlanError
 from ..layout import TokenLayout, check_group
-from .base import ANALYSES, Analysis, check_sample_mode, option, overlay_samples, video_grid
+from ..models.base import Prepared
+from .base import ANALYSES, Analysis, check_sample_mode, frame_region_of, option, overlay_samples, video_grid
+from .logit_lens import split_words
 from .targets import TARGETS, parse_edges
 
 if TYPE_CHECKING:
@@ -51,13 +62,32 @@ class AttentionMaps(Analysis):
     )
     sample_mode: str = option("correct", "analyse the samples the model gets correct, wrong, or all")
     overlays: int = option(2, "samples drawn as heatmaps over their frames")
+    query_words: tuple[str, ...] = option(
+        (),
+        "comma-separated question words, one attention map each (the paper's view)",
+        cli=str,
+        parse=split_words,
+    )
+    view: str = option("groups", "groups (query-group means) or query-words (one map per question word)")
 
     def __post_init__(self) -> None:
         check_sample_mode(self.sample_mode)
+        self.query_words = tuple(self.query_words)
+        if self.view not in VIEWS:
+            raise PlanError(f"unknown attention view {self.view!r}; choose from {VIEWS}")
         if self.compare and self.compare not in TARGETS:
             parse_edges(self.compare)  # a typo in --compare stops the run before its first sample
         for q in self.queries:
             check_group(q)
+
+    def config(self) -> dict[str, Any]:
+        d = super().config()
+        # the per-word view's options only when used, so earlier run folders still resume
+        if not d["query_words"]:
+            d.pop("query_words")
+        if d["view"] == "groups":
+            d.pop("view")
+        return d
 
     def comparison_plan(self, layout: TokenLayout, num_layers: int) -> Plan | None:
         """The plan drawn beside the baseline: a target's curves (all of them) or custom
@@ -75,17 +105,25 @@ class AttentionMaps(Analysis):
     def records(self, probe: Probe) -> list[dict[str, Any]]:
         if not probe.base.keep(self.sample_mode):
             return []
-        layers = self.layers if self.layers is not None else tuple(range(probe.num_layers))
+        n_layers = probe.num_layers
+        layers = self.layers if self.layers is not None else tuple(range(n_layers))
+        layers = tuple(x for x in layers if 0 <= x < n_layers)  # a preset's range, clipped to the model
+        if not layers:
+            raise PlanError(f"none of the attention layers {self.layers} exists; the model has {n_layers}")
         layout = probe.layout
+        words: dict[str, int] = {}
+        if self.query_words or self.view == "query-words":
+            words = question_word_positions(probe.adapter.tokenizer, probe.prepared, self.query_words)
+        positions = {f"word:{w}": np.array([pos]) for w, pos in words.items()}
         video = layout.resolve("video")
-        grid = video_grid(layout)
+        grid = {**video_grid(layout), **frame_region_of(probe)}
         conditions: list[tuple[str, Plan | None]] = [("baseline", None)]
         plan = self.comparison_plan(layout, probe.num_layers)
         if plan is not None:
             conditions.append((plan.name, plan))
         rows = []
         for condition, cut in conditions:
-            reads = probe.attention(layers, self.queries, cut)
+            reads = probe.attention(layers, self.queries, cut, positions=positions)
             for layer in layers:
                 for group, weights in reads[layer].items():
                     w = weights.numpy()
@@ -145,7 +183,7 @@ def attention_section(rows: pd.DataFrame, run: RunDir) -> Section:
     section = Section("Attention to the video", summaries={"attention": summary})
     if summary.empty:
         return section
-    for query in sorted(summary["query"].unique()):
+    for query in sorted(q for q in summary["query"].unique() if not str(q).startswith("word:")):
         data = mean_ci(rows[rows["query"] == query], ["task", "condition", "layer"], "video_mass")
         section.charts.append(
             Chart(
@@ -171,12 +209,32 @@ def attention_section(rows: pd.DataFrame, run: RunDir) -> Section:
                 for c, g in d.groupby("condition", sort=False)
             }
             first = d.iloc[0]
+            region = first["frame_region"] if "frame_region" in d else None
             fig = attention_overlay_figure(
-                frames, first["video_grid"], int(first["frames_per_group"]), maps, shown, sample
+                frames,
+                first["video_grid"],
+                int(first["frames_per_group"]),
+                maps,
+                shown,
+                sample,
+                region if isinstance(region, (list, tuple, np.ndarray)) else None,
             )
             path = run.figure_path(f"attention/{sample.id}")
             save_figure(fig, path)
             section.figures[f"Attention over the frames: {sample.id}"] = path
+    words = rows[rows["query"].astype(str).str.startswith("word:")]
+    if not words.empty and "video_grid" in words:
+        for sid in sorted(set(words["sample_id"].astype(str)))[: overlay_count(run)]:
+            d = words[words["sample_id"].astype(str) == sid]
+            first = d.iloc[0]
+            for (query, condition), g in d.groupby(["query", "condition"], sort=False):
+                word = str(query)[len("word:") :]
+                maps = {int(r.layer): np.asarray(r.token_attention) for r in g.itertuples()}
+                fig = query_word_figure(maps, first["video_grid"], word, str(condition))
+                safe = "".join(c if c.isalnum() else "_" for c in word)
+                path = run.figure_path(f"attention-words/{sid}-{safe}-{condition}")
+                save_figure(fig, path)
+                section.figures[f"Attention of {word!r} ({condition}), log10(5e-5 + a): {sid}"] = path
     section.notes = (
         "Mean over heads and query tokens of the attention weights on the video tokens, per layer; "
         "'baseline' is the unmodified model, the other condition the comparison cut in every layer."
@@ -191,25 +249,34 @@ def attention_overlay_figure(
     maps: dict[str, dict[int, Any]],
     layers: list[int],
     sample: Any,
+    region: Any = None,
 ) -> Any:
-    """The last token's attention to each video token drawn as a heatmap over its frame;
-    one row per condition and layer (baseline vs a plan side by side). ``maps``: condition
-    -> layer -> weights over the video tokens; ``grid`` as in :func:`video_grid`."""
-    from ..report.figures import pyplot
+    """The last token's attention to each video token drawn as a heatmap over the pixels the
+    token was computed from (``region`` ``(x0, y0, x1, y1)``: the part of the frame the
+    processor kept; default all of it); one row per condition and layer (baseline vs a plan
+    side by side). ``maps``: condition -> layer -> weights over the video tokens; ``grid``
+    as in :func:`video_grid`."""
+    from ..report.figures import frame_axes, pyplot
 
     plt = pyplot()
     rows = [(c, layer) for c in maps for layer in layers if layer in maps[c]]
     groups = len(grid)
-    fig, axes = plt.subplots(len(rows), groups, figsize=(1.9 * groups, 2.0 * len(rows)), squeeze=False)
+    fh, fw = frames[0].shape[:2]
+    region = tuple(region) if region is not None else (0.0, 0.0, float(fw), float(fh))
+    x0, y0, x1, y1 = region
+    fig, axes = plt.subplots(
+        len(rows), groups, figsize=(1.9 * fw / fh * groups, 2.0 * len(rows)), squeeze=False
+    )
     vmax = max(float(np.max(maps[c][layer])) for c, layer in rows) or 1.0
     for r, (cond, layer) in enumerate(rows):
         w = maps[cond][layer]
         for t, (off, h, gw) in enumerate(grid):
             ax = axes[r][t]
-            frame = frames[min(t * frames_per_group, len(frames) - 1)]
-            ax.imshow(frame, extent=(0, 1, 1, 0))
+            frame_axes(ax, frames[min(t * frames_per_group, len(frames) - 1)], region)
             heat = np.asarray(w[off : off + h * gw]).reshape(h, gw)
-            ax.imshow(heat, extent=(0, 1, 1, 0), cmap="magma", alpha=0.6, vmin=0, vmax=vmax)
+            ax.imshow(heat, extent=(x0, x1, y1, y0), cmap="magma", alpha=0.6, vmin=0, vmax=vmax)
+            ax.set_xlim(0, fw)
+            ax.set_ylim(fh, 0)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -250,5 +317,92 @@ def attention_frames_figure(summary: pd.DataFrame, query: str = "last") -> Any:
         ax.set_ylabel("layer")
         ax.set_title(f"{query} -> frames: {cond}", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+VIEWS = ("groups", "query-words")
+LOG_FLOOR = 5e-5  # the paper's constant: colour = log10(5e-5 + attention)
+
+
+def overlay_count(run: RunDir) -> int:
+    """The run's ``overlays`` option of the attention analysis (samples drawn)."""
+    config = run.manifest().get("config", {})
+    return int(config.get("analyses", {}).get("attention", {}).get("overlays", 0) or 0)
+
+
+def question_word_positions(tokenizer: Any, prepared: Prepared, words: tuple[str, ...]) -> dict[str, int]:
+    """Word -> the position of its (first occurrence's) last token among the question's
+    tokens. A word matches a run of question tokens whose stripped texts join to it. With
+    no ``words``: every alphabetic word of the raw question (``question_no_options``)."""
+    ids = prepared.inputs["input_ids"][0].tolist()
+    span = prepared.layout.question
+    pieces = [tokenizer.decode([ids[i]]).strip() for i in range(span.start, span.end)]
+    if not words:
+        import re
+
+        from .verbs import token_char_spans
+
+        raw = prepared.layout.question_no_options
+        text, spans = token_char_spans(tokenizer, ids[raw.start : raw.end])
+        found: dict[str, int] = {}
+        for m in re.finditer(r"[^\W\d_]+", text):
+            last = next((k for k, (c0, c1) in enumerate(spans) if c0 < m.end() <= c1), None)
+            if last is not None:
+                found.setdefault(m.group(), raw.start + last)
+        return found
+    out: dict[str, int] = {}
+    for word in words:
+        for a in range(len(pieces)):
+            joined = ""
+            for b in range(a, len(pieces)):
+                joined += pieces[b]
+                if joined == word:
+                    out.setdefault(word, span.start + b)
+                if len(joined) >= len(word):
+                    break
+            if word in out:
+                break
+        if word not in out:
+            raise PlanError(
+                f"sample {prepared.sample.id!r}: query word {word!r} is not among the question's tokens"
+            )
+    return out
+
+
+def log_attention(a: np.ndarray) -> np.ndarray:
+    """The paper's colour scale for attention maps: ``log10(5e-5 + a)``."""
+    return np.log10(LOG_FLOOR + np.asarray(a, dtype=np.float64))
+
+
+def query_word_figure(maps: dict[int, Any], grid: list[list[int]], word: str, condition: str) -> Any:
+    """The paper's attention map of one question word: one band per layer (rows), the
+    frames side by side (columns), each frame its token grid (``grid`` as in
+    :func:`video_grid`); colour ``log10(5e-5 + a)`` with the map's own min and max (as the
+    paper)."""
+    from ..report.figures import pyplot
+
+    plt = pyplot()
+    layers = sorted(maps)
+    bands = []
+    for layer in layers:
+        w = np.asarray(maps[layer])
+        cells = [w[off : off + h * gw].reshape(h, gw) for off, h, gw in grid]
+        height = max(c.shape[0] for c in cells)
+        cells = [np.pad(c, ((0, height - c.shape[0]), (0, 0)), constant_values=np.nan) for c in cells]
+        bands.append(np.concatenate(cells, axis=1))
+    width = max(b.shape[1] for b in bands)
+    image = np.concatenate(
+        [np.pad(b, ((0, 0), (0, width - b.shape[1])), constant_values=np.nan) for b in bands]
+    )
+    image = log_attention(image)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.25 * image.shape[1], 0.8 + 0.25 * image.shape[0]))
+    im = ax.imshow(image, cmap="viridis", vmin=np.nanmin(image), vmax=np.nanmax(image), aspect="equal")
+    band = image.shape[0] // max(1, len(layers))
+    ax.set_yticks([k * band + band / 2 - 0.5 for k in range(len(layers))], [str(x + 1) for x in layers])
+    ax.set_xticks([])
+    ax.set_ylabel("layer")
+    ax.set_title(f'{condition} (query: "{word}")', fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="log10(5e-5 + attention)")
     fig.tight_layout()
     return fig

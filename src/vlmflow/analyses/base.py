@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SAMPLE_MODES = ("correct", "wrong", "all")
+# What makes an answer correct: ``ids`` - the argmax token is the true letter's token id
+# (vlmflow's default); ``text`` - the argmax token decoded alone equals the letter, case
+# ignored (the paper's code: ``decode([t]).lower() == letter.lower()``).
+CORRECTNESS = ("ids", "text")
 
 
 def option(
@@ -170,6 +174,16 @@ def video_grid(layout: TokenLayout) -> dict[str, Any]:
     return {"video_grid": grid, "frames_per_group": layout.frames_per_group}
 
 
+def frame_region_of(probe: Probe) -> dict[str, Any]:
+    """Record field ``frame_region``: ``[x0, y0, x1, y1]``, the part of the frames fed to
+    the model that its processor kept (the centre crop, see :mod:`vlmflow.models.regions`),
+    so the report lays each token grid over the pixels it was computed from."""
+    frames = probe.prepared.frames
+    if frames is None:
+        return {}
+    return {"frame_region": [float(v) for v in probe.adapter.frame_region(*frames.shape[1:3])]}
+
+
 def overlay_samples(records: pd.DataFrame, run: RunDir, analysis: str) -> list[tuple[Sample, Any]]:
     """The samples an analysis draws over their frames in the report, with their frames
     ``(T, H, W, 3)``: the first ``overlays`` (its option) sample ids in sorted order, so the
@@ -228,6 +242,7 @@ class Baseline:
     gt_letter: str | None
     option_probs: tuple[float, ...]
     letters: tuple[str, ...] = ()
+    rule: str = "ids"
 
     @property
     def letter(self) -> str | None:
@@ -248,8 +263,20 @@ class Baseline:
         return None if self.gt_id is None else float(self.probs[self.gt_id])
 
     @property
-    def correct(self) -> bool | None:
+    def correct_ids(self) -> bool | None:
+        """The argmax token is the true letter's token id."""
         return None if self.gt_id is None else self.pred_id == self.gt_id
+
+    @property
+    def correct_text(self) -> bool | None:
+        """The argmax token, decoded on its own, equals the true letter, case ignored (the
+        paper's rule; no stripping, as its code)."""
+        return None if self.gt_letter is None else self.pred_token.lower() == self.gt_letter.lower()
+
+    @property
+    def correct(self) -> bool | None:
+        """Correct by the run's rule (``rule``: ``ids`` or ``text``, see ``CORRECTNESS``)."""
+        return self.correct_text if self.rule == "text" else self.correct_ids
 
     def keep(self, mode: str) -> bool:
         """Whether ``sample_mode`` (correct / wrong / all) analyses this sample."""
@@ -263,6 +290,8 @@ class Baseline:
             "pred_token": self.pred_token,
             "gt": self.gt_letter,
             "correct": self.correct,
+            "correct_ids": self.correct_ids,
+            "correct_text": self.correct_text,
             "p_pred": self.p_pred,
             "p_gt": self.p_gt,
             "option_probs": list(self.option_probs),
@@ -272,8 +301,11 @@ class Baseline:
 Answer = Baseline  # what a read of any logits gives: the baseline's, or a knockout's
 
 
-def read_answer(adapter: Adapter, prepared: Prepared, logits: torch.Tensor) -> Baseline:
-    """Interpret last-position ``logits`` ``(vocab,)`` as an answer to ``prepared``."""
+def read_answer(adapter: Adapter, prepared: Prepared, logits: torch.Tensor, rule: str = "ids") -> Baseline:
+    """Interpret last-position ``logits`` ``(vocab,)`` as an answer to ``prepared``;
+    ``rule`` says what counts as correct (``CORRECTNESS``)."""
+    if rule not in CORRECTNESS:
+        raise PlanError(f"unknown correctness rule {rule!r}; choose from {CORRECTNESS}")
     probs = logits.float().softmax(-1)
     pred_id = int(probs.argmax())
     letters = prepared.sample.letters
@@ -287,4 +319,5 @@ def read_answer(adapter: Adapter, prepared: Prepared, logits: torch.Tensor) -> B
         gt_letter=prepared.sample.answer_letter,
         option_probs=tuple(float(probs[t]) for t in prepared.option_ids),
         letters=letters,
+        rule=rule,
     )

@@ -98,7 +98,7 @@ class InformationFlow(Analysis):
 
     @classmethod
     def summarize(cls, records: pd.DataFrame) -> pd.DataFrame:
-        return summarize_flow(records)
+        return summarize_flow(records, records.attrs.get("task_samples"))
 
     @classmethod
     def section(cls, records: pd.DataFrame, run: RunDir) -> Section:
@@ -186,9 +186,16 @@ def flow_row(
     }
 
 
-def summarize_flow(df: pd.DataFrame) -> pd.DataFrame:
+def summarize_flow(df: pd.DataFrame, task_samples: dict[str, int] | None = None) -> pd.DataFrame:
     """Per task x target x condition x layer: mean and 95% CI of the % change of the
-    baseline answer's and the ground truth's probability, and accuracy under knockout."""
+    baseline answer's and the ground truth's probability, and accuracy under knockout.
+
+    Accuracy comes twice, named apart: ``acc_of_analysed`` divides the samples still
+    right under the cut by the samples analysed (by default the correct ones), vlmflow's
+    view; ``acc_of_all`` divides them by every sample of the task (``task_samples``: task
+    -> samples without error; a sample not analysed counts as wrong), the paper's code
+    (``acc`` over all samples). Without ``task_samples`` it is NaN.
+    """
     flow = (
         df[(df["analysis"] == "flow") & df["error"].isna()] if "error" in df else df[df["analysis"] == "flow"]
     )
@@ -200,16 +207,31 @@ def summarize_flow(df: pd.DataFrame) -> pd.DataFrame:
         x = x.dropna()
         return float(1.96 * x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
 
+    flow = flow.assign(_right=pd.Series(flow["correct_new"], dtype="float").fillna(0.0))
     g = flow.groupby(keys)
     out = g.agg(
         n=("rel_pred", "size"),
         rel_pred_mean=("rel_pred", "mean"),
         rel_gt_mean=("rel_gt", "mean"),
-        acc_new=("correct_new", lambda s: float(pd.Series(s, dtype="float").mean())),
+        acc_of_analysed=("correct_new", lambda s: float(pd.Series(s, dtype="float").mean())),
+        _right=("_right", "sum"),
     )
     out["rel_pred_ci95"] = g["rel_pred"].apply(ci)
     out["rel_gt_ci95"] = g["rel_gt"].apply(ci)
-    return out.reset_index()
+    out = out.reset_index()
+    totals = task_samples or {}
+    out["n_task"] = [totals.get(str(t), np.nan) for t in out["task"]]
+    out["acc_of_all"] = out["_right"] / out["n_task"]
+    return out.drop(columns="_right")
+
+
+def task_sample_counts(records: pd.DataFrame) -> dict[str, int]:
+    """Task -> samples analysed without error (the ``eval`` records): the denominator of the
+    paper's accuracy under knockout."""
+    ev = records[records["analysis"] == "eval"]
+    if "error" in ev:
+        ev = ev[ev["error"].isna()]
+    return {str(k): int(v) for k, v in ev.groupby("task").size().items()}
 
 
 def flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
@@ -218,14 +240,15 @@ def flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
     from ..report import Chart, Section
     from ..report.figures import save_figure
 
-    flow = summarize_flow(rows)
+    flow = summarize_flow(rows, rows.attrs.get("task_samples"))
     section = Section("Attention knockout (flow)", summaries={"flow": flow} if not flow.empty else {})
     if flow.empty:
         return section
     values = {
         "% change of p(baseline answer)": ("rel_pred_mean", "rel_pred_ci95"),
         "% change of p(ground truth)": ("rel_gt_mean", "rel_gt_ci95"),
-        "accuracy under knockout": ("acc_new", None),
+        "accuracy under knockout, of the analysed samples": ("acc_of_analysed", None),
+        "accuracy under knockout, of all samples (paper)": ("acc_of_all", None),
     }
     for target in sorted(flow["target"].unique()):
         data = flow[flow["target"] == target]

@@ -2,12 +2,22 @@
 
 Project each video token's residual stream at every layer into the vocabulary and keep
 the top-k tokens. ``projection="unembed"`` is the standard lens (final norm + output
-head); ``"embed"`` multiplies by the input embedding matrix without a norm, as the paper's
-code did. Layers are indexed correctly: ``layer = -1`` is the embeddings (input of decoder
-layer 0) and ``layer = l`` the output of decoder layer ``l`` (the paper's code skipped the
-output of layer L-2 and labelled inputs as layers).
+head); ``"embed"`` multiplies by the input embedding matrix, with the final norm applied
+only at the last layer, as the paper's code did. Layers are indexed correctly:
+``layer = -1`` is the embeddings (input of decoder layer 0) and ``layer = l`` the output
+of decoder layer ``l`` (the paper's code skipped the output of layer L-2 and labelled
+inputs as layers).
 
 A keyword *hit* is a top-1 token equal to a keyword's first sub-token (as the paper).
+
+Two keyword statistics are computed from the records: :func:`summarize_logit_lens`, per
+layer the share of video tokens that are a spatial / temporal hit (vlmflow's view), and
+:func:`keyword_frequency`, the paper's figure: per keyword, hits summed over bins of
+layers, keywords with fewer than ``min_hits`` hits dropped, each keyword's row normalised
+to 1, then averaged over keywords. ``bins="paper"`` reproduces the paper's code exactly:
+its bins of 5 are label-inclusive ``.loc`` slices that sum 6 layers (adjacent bins share
+one), and its layer ``i`` is the input of decoder layer ``i`` (layer ``L-1`` the final
+normed output, so the output of layer ``L-2`` is never counted).
 """
 
 from __future__ import annotations
@@ -20,7 +30,15 @@ import torch
 
 from ..errors import PlanError
 from ..models.base import Adapter
-from .base import ANALYSES, Analysis, check_sample_mode, option, overlay_samples, video_grid
+from .base import (
+    ANALYSES,
+    Analysis,
+    check_sample_mode,
+    frame_region_of,
+    option,
+    overlay_samples,
+    video_grid,
+)
 
 if TYPE_CHECKING:
     from ..probe import Probe
@@ -28,6 +46,7 @@ if TYPE_CHECKING:
     from ..rundir import RunDir
 
 PROJECTIONS = ("unembed", "embed")
+BINS = ("exact", "paper")
 
 # The paper's released lists (Action Sequence), deduplicated; REFERENCE_NOTES §5.1. Its
 # code built the temporal overlay from the spatial list; we keep the two apart.
@@ -137,10 +156,19 @@ class LogitLens(Analysis):
     )
     sample_mode: str = option("correct", "analyse the samples the model gets correct, wrong, or all")
     overlays: int = option(2, "samples drawn with their top words over the frames")
+    bin_size: int = option(5, "layers per bin of the keyword-frequency table")
+    bins: str = option(
+        "exact", "keyword-frequency layer bins: exact, or paper (its label-inclusive 6-layer slices)"
+    )
+    min_hits: int = option(100, "keywords with fewer hits are left out of the keyword-frequency table")
 
     def __post_init__(self) -> None:
         if self.projection not in PROJECTIONS:
             raise PlanError(f"unknown projection {self.projection!r}; choose from {PROJECTIONS}")
+        if self.bins not in BINS:
+            raise PlanError(f"unknown layer binning {self.bins!r}; choose from {BINS}")
+        if self.bin_size < 1:
+            raise PlanError("bin_size must be >= 1")
         check_sample_mode(self.sample_mode)
         self.spatial, self.temporal = tuple(self.spatial), tuple(self.temporal)
         if not (self.spatial or self.temporal):
@@ -149,6 +177,14 @@ class LogitLens(Analysis):
                     f"unknown word list preset {self.words!r}; choose from {sorted(WORD_PRESETS)}"
                 )
             self.spatial, self.temporal = WORD_PRESETS[self.words]
+
+    def config(self) -> dict[str, Any]:
+        d = super().config()
+        # the keyword-frequency options only when changed, so earlier run folders still resume
+        for key, default in (("bin_size", 5), ("bins", "exact"), ("min_hits", 100)):
+            if d[key] == default:
+                d.pop(key)
+        return d
 
     def _first_subtokens(self, adapter: Adapter, words: tuple[str, ...]) -> dict[str, str]:
         """keyword -> the decoded text of its first sub-token."""
@@ -169,11 +205,13 @@ class LogitLens(Analysis):
         spatial = set(self._first_subtokens(adapter, self.spatial).values())
         temporal = set(self._first_subtokens(adapter, self.temporal).values())
         grid = video_grid(prepared.layout)
+        region = frame_region_of(probe)
         rows = []
-        for stream, hidden in enumerate(engine.hidden_states):
+        streams = engine.hidden_states
+        for stream, hidden in enumerate(streams):
             layer = stream - 1
             h = hidden[0].index_select(0, video)
-            logits = lens_logits(lm, h, self.projection)
+            logits = lens_logits(lm, h, self.projection, last=stream == len(streams) - 1)
             top = logits.topk(self.topk, dim=-1).indices  # (n_video, k)
             vocab = {int(i): adapter.tokenizer.decode([int(i)]).strip() for i in top.unique().tolist()}
             words = [[vocab[int(i)] for i in row] for row in top.tolist()]
@@ -190,9 +228,16 @@ class LogitLens(Analysis):
                     "spatial_hits": sum(c for w, c in counts.items() if w in spatial),
                     "temporal_hits": sum(c for w, c in counts.items() if w in temporal),
                     "hits": counts,
+                    "spatial_words": sorted(spatial),
+                    "temporal_words": sorted(temporal),
+                    "num_layers": lm.num_layers,
+                    "bin_size": self.bin_size,
+                    "bins": self.bins,
+                    "min_hits": self.min_hits,
                     "top1": top1,
                     "topk": words if self.topk > 1 else None,
                     **grid,
+                    **region,
                 }
             )
         return rows
@@ -206,12 +251,97 @@ class LogitLens(Analysis):
         return logit_lens_section(records, run)
 
 
-def lens_logits(lm: Any, hidden: torch.Tensor, projection: str) -> torch.Tensor:
-    """``(n, d)`` residual states -> ``(n, vocab)`` lens logits."""
+def lens_logits(lm: Any, hidden: torch.Tensor, projection: str, *, last: bool = False) -> torch.Tensor:
+    """``(n, d)`` residual states -> ``(n, vocab)`` lens logits. ``embed`` applies the final
+    norm only to the ``last`` layer's output, as the paper's code (its hook on the norm)."""
     if projection == "unembed":
         return lm.lm_head(lm.norm(hidden)).float()
     weight = lm.embed_tokens.weight
+    if last:
+        hidden = lm.norm(hidden)
     return (hidden.to(weight.dtype) @ weight.T).float()
+
+
+def layer_counts(records: pd.DataFrame, words: list[str]) -> pd.DataFrame:
+    """Keyword x layer hit counts summed over the records (columns: record layers)."""
+    layers = sorted(int(x) for x in records["layer"].unique())
+    table = pd.DataFrame(0, index=words, columns=layers, dtype="int64")
+    for layer, hits in zip(records["layer"], records["hits"], strict=True):
+        for w, c in (hits or {}).items():
+            if w in table.index and c is not None:
+                table.loc[w, int(layer)] += int(c)
+    return table
+
+
+def keyword_frequency(
+    counts: pd.DataFrame,
+    num_layers: int,
+    *,
+    bin_size: int = 5,
+    bins: str = "exact",
+    min_hits: int = 100,
+) -> pd.DataFrame:
+    """The paper's keyword-frequency statistic from keyword x layer hit ``counts``.
+
+    ``counts`` columns are vlmflow layers (``-1`` = embeddings, ``l`` = output of decoder
+    layer ``l``). ``bins="exact"``: the decoder layers' outputs ``0..L-1`` in bins of
+    ``bin_size`` layers. ``bins="paper"``: the paper's layers (its layer ``i`` is vlmflow's
+    ``i-1`` for ``i < L-1`` and vlmflow's ``L-1`` for ``i = L-1``) in its label-inclusive
+    bins ``[s, s + bin_size]`` (6 layers for bins of 5, clipped at the end). Bins are named
+    ``"1-5"``, ``"6-10"``, ... (1-based, as the paper). Keywords whose binned counts sum to
+    fewer than ``min_hits`` are dropped (with ``paper`` bins the shared layers count twice,
+    as in the paper's code); each remaining row is divided by its sum. The result has one
+    row per kept keyword plus ``"MEAN"`` (the mean of the normalised rows: the paper's
+    figure, its ``ALL_NORM``) and a ``hits`` column of raw binned totals.
+    """
+    if bins not in BINS:
+        raise PlanError(f"unknown layer binning {bins!r}; choose from {BINS}")
+    if bins == "paper":
+        source = [i - 1 for i in range(num_layers - 1)] + [num_layers - 1]
+    else:
+        source = list(range(num_layers))
+    per_layer = counts.reindex(columns=source, fill_value=0)
+    per_layer.columns = range(num_layers)  # relabelled 0..L-1
+    extra = 1 if bins == "paper" else 0
+    table = {}
+    for start in range(0, num_layers, bin_size):
+        end = start + bin_size - 1
+        cols = [c for c in range(start, end + 1 + extra) if c < num_layers]
+        table[f"{start + 1}-{end + 1}"] = per_layer[cols].sum(axis=1)
+    raw = pd.DataFrame(table, index=counts.index)
+    raw = raw[raw.sum(axis=1) >= min_hits]
+    norm = raw.div(raw.sum(axis=1), axis=0)
+    if not norm.empty:
+        norm.loc["MEAN"] = norm.mean(axis=0)
+    norm["hits"] = raw.sum(axis=1).reindex(norm.index)
+    if "MEAN" in norm.index:
+        norm.loc["MEAN", "hits"] = raw.values.sum()
+    return norm
+
+
+def summarize_keyword_frequency(records: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The paper's keyword-frequency tables (``spatial``, ``temporal``) of logit-lens
+    records, with the binning the run asked for (see :func:`keyword_frequency`)."""
+    df = records[(records["analysis"] == "logit-lens")]
+    if "error" in df:
+        df = df[df["error"].isna()]
+    if df.empty or "spatial_words" not in df:
+        return {}
+    first = df.iloc[0]
+    out = {}
+    for kind in ("spatial", "temporal"):
+        words = sorted({w for ws in df[f"{kind}_words"] for w in (ws if ws is not None else [])})
+        if not words:
+            continue
+        table = keyword_frequency(
+            layer_counts(df, words),
+            int(first["num_layers"]),
+            bin_size=int(first["bin_size"]),
+            bins=str(first["bins"]),
+            min_hits=int(first["min_hits"]),
+        )
+        out[kind] = table.reset_index(names="keyword")
+    return out
 
 
 def summarize_logit_lens(records: pd.DataFrame) -> pd.DataFrame:
@@ -241,6 +371,8 @@ def logit_lens_section(rows: pd.DataFrame, run: RunDir) -> Section:
     section = Section("Logit lens on video tokens", summaries={"logit-lens": summary})
     if summary.empty:
         return section
+    for kind, table in summarize_keyword_frequency(rows).items():
+        section.summaries[f"logit-lens-keywords-{kind}"] = table
     parts = []
     for column, label in (("spatial_hits", "spatial words"), ("temporal_hits", "temporal words")):
         data = rows[["task", "layer"]].assign(rate=rows[column] / rows["n_video"])
@@ -281,8 +413,15 @@ def logit_lens_section(rows: pd.DataFrame, run: RunDir) -> Section:
             continue
         tops = {int(r.layer): r.top1 for r in d.itertuples()}
         first = d.iloc[0]
+        region = first.get("frame_region") if "frame_region" in d else None
         fig = lens_overlay_figure(
-            frames, first["video_grid"], int(first["frames_per_group"]), tops, shown, sample
+            frames,
+            first["video_grid"],
+            int(first["frames_per_group"]),
+            tops,
+            shown,
+            sample,
+            None if region is None or not isinstance(region, (list, tuple)) and pd.isna(region) else region,
         )
         path = run.figure_path(f"logit-lens/{sample.id}")
         save_figure(fig, path)
@@ -291,7 +430,9 @@ def logit_lens_section(rows: pd.DataFrame, run: RunDir) -> Section:
     section.notes = (
         f"Projection: {projection} ('unembed': final norm and output head, the standard lens; "
         "'embed': the input embedding matrix, as the paper's code). Layer 0 is the embeddings; a "
-        "hit is a top-1 token equal to a keyword's first sub-token."
+        "hit is a top-1 token equal to a keyword's first sub-token. The logit-lens-keywords "
+        "tables are the paper's statistic: per keyword, hits in bins of layers, keywords with too "
+        "few hits dropped, rows normalised, MEAN their average."
     )
     return section
 
@@ -323,30 +464,39 @@ def lens_overlay_figure(
     tops: dict[int, list[str]],
     layers: list[int],
     sample: Any,
+    region: Any = None,
 ) -> Any:
-    """The top-1 lens word of every video token drawn over its frame, for a few layers.
+    """The top-1 lens word of every video token drawn over the pixels it was computed from,
+    for a few layers.
 
     ``grid``: per frame group ``[offset among the video tokens, h, w]`` (see
-    :func:`~vlmflow.analyses.base.video_grid`); ``tops``: layer -> top-1 word per video token.
+    :func:`~vlmflow.analyses.base.video_grid`); ``tops``: layer -> top-1 word per video token;
+    ``frames`` those the model was fed; ``region`` ``(x0, y0, x1, y1)`` the part of a frame
+    the processor kept (its centre crop; default the whole frame): the grid is laid over it
+    and the rest is dimmed.
     """
-    from ..report.figures import pyplot
+    from ..models.regions import token_centres
+    from ..report.figures import frame_axes, pyplot
 
     plt = pyplot()
     groups = len(grid)
-    fig, axes = plt.subplots(len(layers), groups, figsize=(2.0 * groups, 2.1 * len(layers)), squeeze=False)
+    fh, fw = frames[0].shape[:2]
+    region = tuple(region) if region is not None else (0.0, 0.0, float(fw), float(fh))
+    aspect = fw / fh
+    fig, axes = plt.subplots(
+        len(layers), groups, figsize=(2.0 * aspect * groups, 2.1 * len(layers)), squeeze=False
+    )
     for r, layer in enumerate(layers):
         words = tops[layer]
         for t, (start, h, w) in enumerate(grid):
             ax = axes[r][t]
-            frame = frames[min(t * frames_per_group, len(frames) - 1)]
-            ax.imshow(frame, extent=(0, 1, 1, 0))
-            for k in range(h * w):
+            frame_axes(ax, frames[min(t * frames_per_group, len(frames) - 1)], region)
+            for k, (x, y) in enumerate(token_centres((int(h), int(w)), region)):
                 if start + k >= len(words):
                     continue
-                y, x = divmod(k, w)
                 ax.text(
-                    (x + 0.5) / w,
-                    (y + 0.5) / h,
+                    x,
+                    y,
                     words[start + k][:8],
                     ha="center",
                     va="center",

@@ -1,34 +1,68 @@
-"""Open-ended knockout (paper: VCGBench): the knockout sweeps of the flow analysis, but the
-model generates text under each plan; the first generated token's probability is traced
-and the generated text kept, before and after."""
+"""Open-ended knockout (paper: VCGBench).
+
+Default, ``anchor="verb"``, the paper's experiment (``information_flow_analysis_open_ended.py``):
+the model answers in free text (greedy, up to ``response_tokens`` tokens; or a given
+response is teacher-forced, ``response_from``); the response's verbs are tagged with spaCy
+(:mod:`vlmflow.analyses.verbs`); a sample needs ``min_verbs`` verbs. For the n-th verb
+(``anchor_orders``, 1-based) the prompt plus the response up to that verb is fed back with
+*last* = the response token just before the verb, and the verb's first token is the
+target. The ``vqrl-to-qrl`` curves block video -> question, video -> non-last response,
+video -> last, question -> last and non-last response -> last, where the non-last response
+leaves the ``num_open_tokens`` tokens right before *last* open (but never the last verb
+before it, as the paper's code). An anchor is kept only when the baseline re-fed run
+predicts it again (``require_regenerated``; by default when the response was generated).
+Records trace the anchor token's probability before and after each cut; with
+``regenerate_tokens`` the text generated under each cut is kept too (``text_new``), as the
+paper's code does (100 tokens), at the cost of one generation per cut and layer.
+
+``anchor="first-token"`` is vlmflow's earlier simplification: generate under each plan
+(cuts carried into every decoding step), trace the first generated token, keep the text.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import pandas as pd
 import torch
 
 from ..cuts import parse_layers
+from ..errors import DataError, PlanError
+from ..layout import Span
+from ..models.base import Prepared
 from .base import ANALYSES, Analysis, option
 from .information_flow import check_sweep, relative_change
 from .targets import sweep, target_curves
+from .verbs import VERB_MATCHES, load_tagger, verb_anchor_tokens
 
 if TYPE_CHECKING:
     from ..probe import Probe
+    from ..report import Section
+    from ..rundir import RunDir
+
+ANCHORS = ("verb", "first-token")
 
 
-@ANALYSES.register("open-ended", "knockout sweeps with generation under each plan (open-ended answers)")
+def _orders(values: Any) -> tuple[int, ...]:
+    return tuple(int(v) for v in values) if values else (1, 2, 3)
+
+
+@ANALYSES.register("open-ended", "open-ended knockout: verb-anchored (the paper) or first generated token")
 @dataclass
 class OpenEnded(Analysis):
-    """Open-ended knockout: generate under each plan; trace the first token, keep the text.
+    """Open-ended knockout: trace the response's n-th verb when blocking video, question and
+    response edges into the token before it (the paper), or the first generated token.
 
-    One record per sample x curve x sweep layer with the generated text before/after."""
+    One record per sample x anchor x curve x sweep layer (``verb``), or per sample x curve x
+    sweep layer (``first-token``). Skipped anchors leave one row with ``skip_reason``."""
 
     name: ClassVar[str] = "open-ended"
     order: ClassVar[int] = 60
     targets: tuple[str, ...] | None = option(
-        None, "knockout targets (default vql-to-ql)", "--target", "-t", cli=list
+        None, "knockout targets (default vqrl-to-qrl; first-token: vql-to-ql)", "--target", "-t", cli=list
     )
     custom: tuple[str, ...] = option((), "custom curve SRC->DST[,SRC->DST] (repeatable)", "--cut")
     window: int = option(9, "layers blocked around each sweep layer")
@@ -36,16 +70,207 @@ class OpenEnded(Analysis):
     layers: tuple[int, ...] | None = option(
         None, "sweep only these layers, 0-based", cli=str, parse=parse_layers
     )
-    max_new_tokens: int = option(16, "tokens generated per plan")
+    max_new_tokens: int = option(16, "first-token: tokens generated per plan")
+    anchor: str = option("verb", "verb (the paper: trace the n-th verb of the response) or first-token")
+    anchor_orders: tuple[int, ...] = option(
+        (1, 2, 3), "which verbs, 1-based (repeatable; default 1 2 3)", "--anchor-order", parse=_orders
+    )
+    min_verbs: int = option(3, "samples with fewer verbs are skipped")
+    num_open_tokens: int = option(1, "response tokens right before last left unblocked in non-last response")
+    spacy_model: str = option(
+        "en_core_web_sm", "spaCy pipeline that tags the verbs (the paper: en_core_web_lg)"
+    )
+    verb_match: str = option(
+        "position", "position (spaCy's verb tokens by offset) or string (the paper's code)"
+    )
+    response_from: str = option(
+        "generate",
+        "generate, reference (teacher-force the benchmark's answer), or a JSON/JSONL file of "
+        "responses by sample id",
+    )
+    response_tokens: int = option(256, "tokens generated for the response")
+    require_regenerated: bool | None = None
+    regenerate_tokens: int = option(0, "also generate this many tokens under each cut (the paper: 100; slow)")
 
     def __post_init__(self) -> None:
-        if self.targets is None:
-            self.targets = () if self.custom else ("vql-to-ql",)
-        self.targets, self.custom = tuple(self.targets), tuple(self.custom)
+        if self.anchor not in ANCHORS:
+            raise PlanError(f"unknown anchor {self.anchor!r}; choose from {ANCHORS}")
+        self.custom = tuple(self.custom)
+        if not self.targets:
+            self.targets = (
+                () if self.custom else (("vqrl-to-qrl",) if self.anchor == "verb" else ("vql-to-ql",))
+            )
+        self.targets = tuple(self.targets)
+        self.anchor_orders = tuple(self.anchor_orders)
         check_sweep(self.targets, self.window, self.window_style)
+        if self.verb_match not in VERB_MATCHES:
+            raise PlanError(f"unknown verb matching {self.verb_match!r}; choose from {VERB_MATCHES}")
+        if any(n < 1 for n in self.anchor_orders):
+            raise PlanError("anchor orders start at 1 (the first verb)")
+        if self.num_open_tokens < 0:
+            raise PlanError("num_open_tokens must be >= 0")
+        self._responses: dict[str, str] | None = None
+
+    def config(self) -> dict[str, Any]:
+        d = super().config()
+        d.pop("_responses", None)
+        if self.anchor == "first-token":  # the verb options do not apply
+            for key in (
+                "anchor_orders",
+                "min_verbs",
+                "num_open_tokens",
+                "spacy_model",
+                "verb_match",
+                "response_from",
+                "response_tokens",
+                "require_regenerated",
+                "regenerate_tokens",
+            ):
+                d.pop(key)
+        elif not self.regenerate_tokens:  # absent at its default, like the others added later
+            d.pop("regenerate_tokens")
+        return d
 
     @torch.inference_mode()
     def records(self, probe: Probe) -> list[dict[str, Any]]:
+        if self.anchor == "first-token":
+            return self._first_token(probe)
+        return self._verb_anchored(probe)
+
+    @classmethod
+    def section(cls, records: pd.DataFrame, run: RunDir) -> Section | pd.DataFrame:
+        return open_ended_section(records, run)
+
+    # ------------------------------------------------------------------ verb-anchored
+    def response_ids(self, probe: Probe) -> list[int]:
+        """The response as token ids: generated greedily, or the given text tokenised."""
+        tok = probe.adapter.tokenizer
+        if self.response_from == "generate":
+            gen = probe.generate(None, max_new_tokens=self.response_tokens)
+            special = set(tok.all_special_ids)
+            ids = list(gen.token_ids)
+            cut = next((i for i, t in enumerate(ids) if t in special), len(ids))
+            return ids[:cut]
+        text = self.given_response(probe.sample)
+        return list(tok(text, add_special_tokens=False)["input_ids"])
+
+    def given_response(self, sample: Any) -> str:
+        if self.response_from == "reference":
+            if not sample.answer_text:
+                raise DataError(f"sample {sample.id!r} has no reference answer to teacher-force")
+            return sample.answer_text
+        if self._responses is None:
+            self._responses = read_responses(self.response_from)
+        if sample.id not in self._responses:
+            raise DataError(f"sample {sample.id!r} has no response in {self.response_from}")
+        return self._responses[sample.id]
+
+    def _verb_anchored(self, probe: Probe) -> list[dict[str, Any]]:
+        from ..probe import Probe
+
+        tok = probe.adapter.tokenizer
+        response = self.response_ids(probe)
+        text = tok.decode(response, skip_special_tokens=True)
+        anchors, verbs = verb_anchor_tokens(tok, response, load_tagger(self.spacy_model), self.verb_match)
+        common = {"response": text, "verbs": verbs, "n_verbs": len(anchors)}
+        if len(anchors) < self.min_verbs:
+            return [{**common, "skip_reason": f"{len(anchors)} verbs, fewer than {self.min_verbs}"}]
+        require = self.require_regenerated
+        if require is None:
+            require = self.response_from == "generate"
+        rows: list[dict[str, Any]] = []
+        for order in self.anchor_orders:
+            label = {**common, "anchor": f"verb {order}", "anchor_order": order}
+            if order > len(anchors):
+                rows.append({**label, "skip_reason": f"no verb {order}"})
+                continue
+            a = anchors[order - 1]
+            if a < 2:  # the paper's code needs a non-empty response before last
+                rows.append({**label, "skip_reason": "no response token before the token before the verb"})
+                continue
+            fed = self.anchored_input(probe.prepared, response, a, [x for x in anchors if x < a - 1])
+            sub = Probe(probe.adapter, fed, correctness=probe.correctness)
+            target = response[a]
+            probs = sub.engine.baseline_logits().float().softmax(-1)
+            regenerated = int(probs.argmax()) == target
+            label.update(
+                anchor_token=tok.decode([target]),
+                last_token=tok.decode([response[a - 1]]),
+                regenerated=regenerated,
+            )
+            if require and not regenerated:
+                rows.append({**label, "skip_reason": "the re-fed baseline does not regenerate the anchor"})
+                continue
+            rows += self._sweep(sub, target, float(probs[target]), label)
+        return rows
+
+    def anchored_input(
+        self, prepared: Prepared, response: list[int], a: int, verbs_before: list[int]
+    ) -> Prepared:
+        """``prepared`` with ``response[:a]`` appended: *last* is ``response[a-1]``; the layout
+        gains ``response`` and ``non_last_response`` (see the module doc)."""
+        p = prepared.layout.length
+        ids = prepared.inputs["input_ids"]
+        extra = torch.tensor([response[:a]], dtype=ids.dtype, device=ids.device)
+        inputs = dict(prepared.inputs)
+        for key, value in prepared.inputs.items():  # other per-token tensors: text tokens (0)
+            if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape == ids.shape:
+                inputs[key] = torch.cat([value, value.new_zeros((1, a))], dim=1)
+        inputs["input_ids"] = torch.cat([ids, extra], dim=1)
+        if "attention_mask" in inputs:
+            inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        before = a - 1  # response tokens before last
+        end = before - self.num_open_tokens
+        if self.num_open_tokens and verbs_before:
+            end = max(verbs_before[-1] + 1, end)
+        end = max(1, end) if self.num_open_tokens else before
+        layout = replace(
+            prepared.layout,
+            length=p + a,
+            response=Span(p, p + a),
+            non_last_response=Span(p, p + min(end, before)),
+        )
+        return replace(prepared, inputs=inputs, layout=layout)
+
+    def _sweep(self, sub: Probe, target: int, p_base: float, label: dict[str, Any]) -> list[dict[str, Any]]:
+        tok = sub.adapter.tokenizer
+        rows = []
+        for tname, name, edges in target_curves(self.targets, sub.layout, self.custom):
+            points = sweep(
+                [(name, edges)],
+                sub.num_layers,
+                window=self.window,
+                style=self.window_style,
+                layers=self.layers,
+            )
+            logits = sub.engine.evaluate([pt.plan for pt in points])
+            for point, lg in zip(points, logits, strict=True):
+                probs = lg.float().softmax(-1)
+                p_new = float(probs[target])
+                pred = int(probs.argmax())
+                rows.append(
+                    {
+                        **label,
+                        "target": tname,
+                        "condition": name,
+                        "layer": point.layer,
+                        "blocked_layers": list(point.plan.layers),
+                        "plan": point.plan.to_json(),
+                        "p_anchor_base": p_base,
+                        "p_anchor_new": p_new,
+                        "rel_anchor": relative_change(p_new, p_base),
+                        "pred_new": tok.decode([pred]),
+                        "anchor_still_top": pred == target,
+                    }
+                )
+                if self.regenerate_tokens:  # the paper's new_output_text under the cut
+                    rows[-1]["text_new"] = sub.generate(
+                        point.plan, max_new_tokens=self.regenerate_tokens
+                    ).text
+        return rows
+
+    # ------------------------------------------------------------------ first token
+    def _first_token(self, probe: Probe) -> list[dict[str, Any]]:
         tok = probe.adapter.tokenizer
         plain = probe.generate(None, max_new_tokens=self.max_new_tokens)
         first = plain.token_ids[0]
@@ -79,3 +304,77 @@ class OpenEnded(Analysis):
                     }
                 )
         return rows
+
+
+def read_responses(path: str) -> dict[str, str]:
+    """Sample id -> response text from a JSON object, or JSONL lines ``{"id", "response"}``."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(
+            f"--response-from {path!r} is neither 'generate', 'reference' nor a JSON/JSONL file of responses"
+        )
+    text = file.read_text(encoding="utf-8")
+    try:
+        if file.suffix == ".jsonl":
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+            return {str(r["id"]): str(r["response"]) for r in rows}
+        data = json.loads(text)
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"cannot read responses from {file}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DataError(f"{file}: expected an object mapping sample ids to responses")
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def summarize_open_ended(records: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """``curves``: per task x anchor x condition x layer, n and the mean (95% CI) % change
+    of the anchor token's probability; ``anchors``: per task x anchor, kept and skipped
+    samples by reason."""
+    from ..report import ci95
+
+    df = records[records["analysis"] == "open-ended"] if "analysis" in records else records
+    if "error" in df:
+        df = df[df["error"].isna()]
+    if df.empty or "rel_anchor" not in df:
+        return {}
+    kept = df[df["rel_anchor"].notna()]
+    g = kept.groupby(["task", "anchor", "condition", "layer"])
+    curves = g.agg(n=("rel_anchor", "size"), rel_anchor_mean=("rel_anchor", "mean"))
+    curves["rel_anchor_ci95"] = g["rel_anchor"].apply(ci95)
+    reasons = df[df["skip_reason"].notna()] if "skip_reason" in df else df.iloc[:0]
+    counts = []
+    for (task, anchor), d in kept.groupby(["task", "anchor"]):
+        counts.append({"task": task, "anchor": anchor, "kept": d["sample_id"].nunique(), "skip_reason": ""})
+    for (task, reason), d in reasons.groupby(["task", "skip_reason"]):
+        counts.append(
+            {"task": task, "anchor": "", "kept": 0, "skip_reason": f"{reason} ({d['sample_id'].nunique()})"}
+        )
+    return {"curves": curves.reset_index(), "anchors": pd.DataFrame(counts)}
+
+
+def open_ended_section(rows: pd.DataFrame, run: RunDir) -> Section | pd.DataFrame:
+    """Verb-anchored curves per anchor; first-token records get the generic per-layer view."""
+    from ..report import Chart, Section, summarize_layers
+
+    tables = summarize_open_ended(rows)
+    if not tables:  # first-token records: the generic per-layer view
+        return summarize_layers(rows)
+    section = Section(
+        "Open-ended knockout (verb anchors)", summaries={f"open-ended-{k}": v for k, v in tables.items()}
+    )
+    curves = tables["curves"]
+    for anchor in sorted(curves["anchor"].unique()):
+        section.charts.append(
+            Chart(
+                f"Knockout at {anchor}",
+                curves[curves["anchor"] == anchor],
+                {"% change of p(anchor token)": ("rel_anchor_mean", "rel_anchor_ci95")},
+                series=("condition",),
+            )
+        )
+    section.notes = (
+        "For the n-th verb of each response, the prompt and the response up to the verb are fed "
+        "back; y is the mean % change of the verb's first token's probability at the token before "
+        "it when the curve's edges are blocked in the window around the layer on the x axis."
+    )
+    return section

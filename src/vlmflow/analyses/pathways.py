@@ -217,6 +217,17 @@ def load_spec(text: str) -> PathwaySpec:
         raise PlanError(f"pathway spec {text}: {exc}") from None
 
 
+# The random-blocking fraction the paper's scripts pass per model (``--random_block_ratio``),
+# each the suppression its pathway measured (REFERENCE_NOTES §4.2).
+PAPER_RANDOM_FRACTIONS = {
+    "llava-next-7b-video-ft": 0.58,
+    "llava-next-13b-video-ft": 0.63,
+    "mini-internvl-4b-video-ft": 0.60,
+    "videollama3-7b": 0.42,
+}
+RANDOM_FRACTIONS = ("measured", "paper")
+
+
 @ANALYSES.register("pathways", "accuracy with only the effective pathways kept, vs random blocking")
 @dataclass
 class Pathways(Analysis):
@@ -233,14 +244,45 @@ class Pathways(Analysis):
     seeds: tuple[int, ...] = (0, 1, 2)
     strict: bool = True
     scale: bool = True
+    random_fraction: str | float = "measured"
+
+    def __post_init__(self) -> None:
+        rf = self.random_fraction
+        if isinstance(rf, str) and rf not in RANDOM_FRACTIONS:
+            try:
+                self.random_fraction = float(rf)
+            except ValueError:
+                raise PlanError(
+                    f"random fraction {rf!r}: use 'measured', 'paper' or a number in [0, 1]"
+                ) from None
+        if self.random_fraction == "paper" and self.spec is not None:
+            self.fixed_fraction()
+
+    def fixed_fraction(self) -> float | None:
+        """The fraction random blocking uses for every sample, or None for each sample's
+        own measured pathway fraction (``random_fraction="measured"``)."""
+        if self.random_fraction == "measured":
+            return None
+        if self.random_fraction == "paper":
+            name = self.spec.name if self.spec else ""
+            if name not in PAPER_RANDOM_FRACTIONS:
+                raise PlanError(
+                    f"the paper fixed a random-blocking fraction only for its presets "
+                    f"({', '.join(PAPER_RANDOM_FRACTIONS)}), not for {name!r}; use 'measured' or a number"
+                )
+            return PAPER_RANDOM_FRACTIONS[name]
+        return float(self.random_fraction)
 
     def config(self) -> dict[str, Any]:
-        return {
+        d = {
             "spec": self.spec.to_dict() if self.spec else None,
             "seeds": list(self.seeds),
             "strict": self.strict,
             "scale": self.scale,
         }
+        if self.random_fraction != "measured":  # absent by default: earlier runs still resume
+            d["random_fraction"] = self.random_fraction
+        return d
 
     def spec_for(self, num_layers: int) -> PathwaySpec:
         if self.spec is None:
@@ -257,7 +299,7 @@ class Pathways(Analysis):
     @torch.inference_mode()
     def records(self, probe: Probe) -> list[dict[str, Any]]:
         spec = self.spec_for(probe.num_layers)
-        return evaluate_pathway(probe, spec, self.seeds, self.strict)
+        return evaluate_pathway(probe, spec, self.seeds, self.strict, self.fixed_fraction())
 
     @classmethod
     def summarize(cls, records: pd.DataFrame) -> pd.DataFrame:
@@ -287,6 +329,12 @@ class Pathways(Analysis):
             CliOption("tolerance", 0.02, "accuracy the search may lose against the baseline"),
             CliOption("step", 1, "layers a search move shrinks or grows a range by"),
             CliOption("seeds", 3, "random-blocking seeds"),
+            CliOption(
+                "random_fraction",
+                "measured",
+                "edges random blocking cuts: measured (each sample's pathway fraction), paper "
+                "(the scripts' fixed 0.58/0.63/0.60/0.42 per preset) or a number",
+            ),
             CliOption("no_scale", False, "refuse a spec made for another layer count", ("--no-scale",)),
         ]
 
@@ -310,39 +358,57 @@ class Pathways(Analysis):
         from ..api import run
 
         chosen = load_spec(preset or str(spec))
-        return run(options, [cls(spec=chosen, seeds=seeds, scale=not values["no_scale"])], out)
+        analysis = cls(
+            spec=chosen, seeds=seeds, scale=not values["no_scale"], random_fraction=values["random_fraction"]
+        )
+        return run(options, [analysis], out)
 
 
 def pathway_plans(
-    spec: PathwaySpec, layout: TokenLayout, num_layers: int, seeds: Sequence[int], strict: bool
+    spec: PathwaySpec,
+    layout: TokenLayout,
+    num_layers: int,
+    seeds: Sequence[int],
+    strict: bool,
+    *,
+    sample: str = "",
+    fraction: float | None = None,
 ) -> list[tuple[str, int | None, CompiledPlan]]:
     """``(condition, seed, compiled plan)`` for the pathway, its strict variant and random
-    blocking of the pathway's edge fraction."""
+    blocking of ``fraction`` of the edges (default: the pathway's own measured fraction on
+    this input), drawn afresh for each (seed, ``sample``, layer)."""
     from ..cuts import compile_plan
 
     main = compile_plan(spec.plan(layout), layout, num_layers)
     out: list[tuple[str, int | None, CompiledPlan]] = [("pathway", None, main)]
     if strict:
         out.append(("strict", None, compile_plan(spec.plan(layout, strict=True), layout, num_layers)))
-    fraction = main.suppressed_fraction()
+    frac = main.suppressed_fraction() if fraction is None else fraction
     for seed in seeds:
-        rc = RandomCut(fraction, seed, tuple(range(num_layers)))
+        rc = RandomCut(frac, seed, tuple(range(num_layers)), sample=sample)
         out.append(("random", seed, compile_plan(Plan(f"random@{seed}", (rc,)), layout, num_layers)))
     return out
 
 
 def evaluate_pathway(
-    probe: Probe, spec: PathwaySpec, seeds: Sequence[int], strict: bool
+    probe: Probe, spec: PathwaySpec, seeds: Sequence[int], strict: bool, fraction: float | None = None
 ) -> list[dict[str, Any]]:
-    """Records of one input: baseline, pathway, strict pathway and random blocking."""
+    """Records of one input: baseline, pathway, strict pathway and random blocking (of
+    ``fraction`` of the edges; default the pathway's own fraction on this input)."""
     base = probe.base
-    plans = pathway_plans(spec, probe.layout, probe.num_layers, seeds, strict)
+    plans = pathway_plans(
+        spec, probe.layout, probe.num_layers, seeds, strict, sample=probe.sample.id, fraction=fraction
+    )
+    n_layers, n = probe.num_layers, probe.layout.length
+    total = n_layers * n * (n + 1) // 2
     logits = probe.engine.evaluate([p for _, _, p in plans])
     rows = [
         {
             "condition": "baseline",
             "seed": None,
             "suppressed_fraction": 0.0,
+            "suppressed_edges": 0,
+            "total_edges": total,
             "correct": base.correct,
             "pred": base.record()["pred"],
             "p_gt": base.p_gt,
@@ -356,6 +422,8 @@ def evaluate_pathway(
                 "condition": condition,
                 "seed": seed,
                 "suppressed_fraction": compiled.suppressed_fraction(),
+                "suppressed_edges": compiled.suppressed_edges(),
+                "total_edges": compiled.total_edges(),
                 "correct": new.correct,
                 "pred": new.record()["pred"],
                 "p_gt": new.p_gt,
@@ -367,7 +435,11 @@ def evaluate_pathway(
 
 def summarize_pathways(records: pd.DataFrame) -> pd.DataFrame:
     """Per task and overall: accuracy with the pathway, its strict variant, random blocking
-    (mean and sd over seeds) and the baseline, with the suppressed-edge fractions."""
+    (mean and sd over seeds) and the baseline, with the suppressed-edge fractions.
+
+    ``suppressed_<cond>`` is the mean of the samples' own fractions; ``suppressed_<cond>_of_sums``
+    is the paper's ratio of sums (edges cut over all samples and layers / all causal edges),
+    which weighs long inputs more."""
     df = records[(records["analysis"] == "pathways") & records["error"].isna()].copy()
     if df.empty:
         return pd.DataFrame()
@@ -380,12 +452,16 @@ def summarize_pathways(records: pd.DataFrame) -> pd.DataFrame:
             if not c.empty:
                 row[f"acc_{cond}"] = c["correct"].mean()
                 row[f"suppressed_{cond}"] = c["suppressed_fraction"].mean()
+                if "total_edges" in c and cond != "baseline":
+                    row[f"suppressed_{cond}_of_sums"] = c["suppressed_edges"].sum() / c["total_edges"].sum()
         r = d[d["condition"] == "random"]
         if not r.empty:
             per_seed = r.groupby("seed")["correct"].mean()
             row["acc_random_mean"] = per_seed.mean()
             row["acc_random_sd"] = per_seed.std(ddof=1) if len(per_seed) > 1 else 0.0
             row["suppressed_random"] = r["suppressed_fraction"].mean()
+            if "total_edges" in r:
+                row["suppressed_random_of_sums"] = r["suppressed_edges"].sum() / r["total_edges"].sum()
         out.append(row)
     return pd.DataFrame(out)
 

@@ -55,6 +55,22 @@ def _vq_to_true_opt(layout: TokenLayout) -> list[tuple[str, Edges]]:
     return [(f"{s}->{d}", ((s, d),)) for s, d in pairs]
 
 
+@TARGETS.register(
+    "vqrl-to-qrl",
+    "open-ended, verb-anchored: video -> question, video -> non-last response, video -> last, "
+    "question -> last, non-last response -> last",
+)
+def _vqrl_to_qrl(layout: TokenLayout) -> list[tuple[str, Edges]]:
+    pairs = [
+        ("video", "question"),
+        ("video", "non_last_response"),
+        ("video", "last"),
+        ("question", "last"),
+        ("non_last_response", "last"),
+    ]
+    return [(f"{s}->{d}", ((s, d),)) for s, d in pairs]
+
+
 PAPER_TARGETS = ("cross-frame", "vql-to-ql", "question-and-options-to-last", "vq-to-true-opt")
 
 

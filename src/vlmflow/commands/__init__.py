@@ -18,3 +18,6 @@ def register_all(app: typer.Typer) -> None:
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         module.register(app)
+    from .common import add_paper_preset
+
+    add_paper_preset(app)

@@ -8,8 +8,10 @@ A ``VlmflowError`` from ``fn`` exits with its message.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -76,8 +78,22 @@ SHARED = [
         ],
         "sdpa",
     ),
+    _shared(
+        "correctness",
+        Annotated[
+            str,
+            typer.Option(
+                help="what counts as correct: ids (the letter's token id) or text "
+                "(the paper's decoded string)"
+            ),
+        ],
+        "ids",
+    ),
     _shared("quiet", Quiet, False),
 ]
+
+# Set by the ``--paper`` wrapper around a command for the run it starts (stored in the manifest).
+_PAPER: ContextVar[bool] = ContextVar("vlmflow_paper", default=False)
 
 
 def run_command(fn: Callable[..., Any]) -> Callable[..., None]:
@@ -104,7 +120,9 @@ def run_command(fn: Callable[..., Any]) -> Callable[..., None]:
             prompt=shared["prompt"],
             num_frames=shared["num_frames"],
             attn=shared["attn"],
+            correctness=shared["correctness"],
             progress=not shared["quiet"],
+            extra={"paper": True} if _PAPER.get() else {},
         )
         try:
             fn(options=options, out=shared["out"], **values)
@@ -119,6 +137,60 @@ def run_command(fn: Callable[..., Any]) -> Callable[..., None]:
     command.__name__ = fn.__name__
     command.__doc__ = fn.__doc__
     return command
+
+
+Paper = Annotated[
+    bool,
+    typer.Option(
+        "--paper",
+        help="the paper's choices for every option left at its default (docs/paper-parity.md)",
+    ),
+]
+
+
+def with_paper(command: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` (a command from :func:`run_command`, with its normal signature) with
+    ``--paper`` added: it applies :data:`vlmflow.paper.PAPER_OPTIONS` to the options not
+    given on the command line; options given explicitly win."""
+    from ..paper import apply_paper
+
+    sig = inspect.signature(func, eval_str=True)
+
+    @functools.wraps(func)
+    def wrapper(**kwargs: Any) -> Any:
+        paper = kwargs.pop("paper", False)
+        ctx = kwargs.pop("ctx", None)
+        if paper:
+            explicit = {
+                k
+                for k in kwargs
+                if ctx is not None and getattr(ctx.get_parameter_source(k), "name", "DEFAULT") != "DEFAULT"
+            }
+            kwargs = apply_paper(command, kwargs, explicit)
+        token = _PAPER.set(bool(paper))
+        try:
+            return func(**kwargs)
+        finally:
+            _PAPER.reset(token)
+
+    added = [
+        inspect.Parameter("ctx", KW, annotation=typer.Context),
+        inspect.Parameter("paper", KW, default=False, annotation=Paper),
+    ]
+    params = [p.replace(kind=KW) for p in sig.parameters.values()]
+    wrapper.__signature__ = sig.replace(parameters=params + added)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {**getattr(func, "__annotations__", {}), "ctx": typer.Context, "paper": Paper}
+    return wrapper
+
+
+def add_paper_preset(app: typer.Typer) -> None:
+    """Give every analysis command of ``app`` (those in ``PAPER_OPTIONS``) ``--paper``."""
+    from ..paper import PAPER_OPTIONS
+
+    for info in app.registered_commands:
+        name = info.name or (info.callback.__name__.strip("_").replace("_", "-") if info.callback else "")
+        if info.callback is not None and name in PAPER_OPTIONS:
+            info.callback = with_paper(name, info.callback)
 
 
 DEBUG = {"traceback": False}  # set by the CLI's --debug

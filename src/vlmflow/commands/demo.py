@@ -10,48 +10,70 @@ import typer
 from .common import (
     Device,
     Quiet,
+    fail,
+    options,
     run_and_report,
 )
+
+DemoModel = Annotated[
+    str, typer.Option("--model", "-m", help="'demo' (SmolLM2, shuffled options) or 'tiny' (test fixture)")
+]
 
 
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="run folder")] = Path("vlmflow-demo"),
-    samples: Annotated[int, typer.Option("--samples", "-n", help="held-out synthetic samples per task")] = 16,
-    window: Annotated[int, typer.Option(help="layers blocked around each sweep layer")] = 3,
+    samples: Annotated[int, typer.Option("--samples", "-n", help="held-out synthetic samples per task")] = 4,
+    window: Annotated[int, typer.Option(help="layers blocked around each sweep layer")] = 9,
+    model: DemoModel = "demo",
     device: Device = "cpu",
     quiet: Quiet = False,
 ) -> None:
     """The main job on the embedded model: every analysis on a held-out synthetic temporal
-    benchmark, with figures, an HTML report and a terminal summary."""
+    benchmark (options shuffled), with figures, an HTML report and a terminal summary; the
+    effective pathways are searched on half of the samples and reported on the other half,
+    beside random blocking of the same edge fraction (``OUT/pathways/``)."""
     from ..analyses.answer_probability import AnswerProbability
     from ..analyses.attention_maps import AttentionMaps
     from ..analyses.information_flow import InformationFlow
     from ..analyses.logit_lens import LogitLens
-    from ..analyses.pathways import PRESETS, Pathways
     from ..analyses.targets import PAPER_TARGETS
+    from ..errors import VlmflowError
 
+    # the tiny fixture was trained with each task's options in one fixed order
+    data = f"synthetic:{samples}:fixed" if model == "tiny" else f"synthetic:{samples}"
+    shared = (model, data, None, None, 0, device, None, "paper", 8, "sdpa", quiet)
     result = run_and_report(
         lambda: [
             InformationFlow(targets=PAPER_TARGETS, window=window, sample_mode="correct"),
             AnswerProbability(sample_mode="all"),
             LogitLens(words="synthetic", topk=3, sample_mode="correct", overlays=2),
             AttentionMaps(compare="cross-frame", sample_mode="correct", overlays=2),
-            Pathways(spec=PRESETS["llava-next-7b-video-ft"], seeds=(0, 1, 2)),
         ],
         out,
-        "demo",
-        f"synthetic:{samples}:fixed",
-        None,
-        None,
-        0,
-        device,
-        None,
-        "paper",
-        8,
-        "sdpa",
-        quiet,
+        *shared,
     )
     summarize_demo(result.report)
+    try:
+        found = demo_pathways(options(*shared), out / "pathways", step=1 if model == "tiny" else 5)
+    except VlmflowError as exc:
+        fail(exc)
+    summarize_pathways(found.report)
+
+
+def demo_pathways(opts, out: Path, step: int):
+    """The pathway search of ``vlmflow pathways --search`` on the demo's samples: layer
+    ranges found on half of them, accuracy reported on the other half beside random
+    blocking of the same edge fraction; ``step`` layers per search move."""
+    from .pathways import run_search
+
+    return run_search(opts, out, calib=0.5, tolerance=0.02, step=step, seeds=3)
+
+
+def summarize_pathways(report: dict) -> None:
+    table = report.get("summaries", {}).get("pathways")
+    if table is not None and not getattr(table, "empty", True):
+        typer.echo("effective pathways (searched on half the samples, reported on the other half):")
+        typer.echo(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
 
 def summarize_demo(report: dict) -> None:
@@ -73,10 +95,6 @@ def summarize_demo(report: dict) -> None:
         over = overtake_layers(ap)
         text = ", ".join(f"{t}: L{v + 1}" if v is not None else f"{t}: never" for t, v in over.items())
         typer.echo(f"true option overtakes the false ones from: {text}")
-    table = summaries.get("pathways")
-    if table is not None and not getattr(table, "empty", True):
-        typer.echo("effective pathways (paper's 7B ranges scaled to the demo model):")
-        typer.echo(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
 
 def register(app: typer.Typer) -> None:

@@ -61,6 +61,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--held-out", type=int, default=24, help="held-out items per task (seed 0)")
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--save-every", type=int, default=10)
+    p.add_argument(
+        "--text-mix",
+        type=float,
+        default=0.0,
+        help="fraction of training items whose video slot holds the correct option's text "
+        "(a curriculum for binding option texts to letters; evaluation uses videos only)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--measure", type=int, default=0, help="time this many steps, then stop")
     p.add_argument("--export", action="store_true", help="package a checkpoint instead of training")
@@ -78,25 +85,32 @@ class Encoder:
         self.processor = processor
         self.tok = processor.tokenizer
 
-    def encode(self, samples) -> dict:
+    def encode(self, samples, text_slot: list[bool] | None = None) -> dict:
+        """``text_slot[i]``: item ``i`` is a curriculum item whose video slot holds the
+        correct option's text instead of the video (no pixels)."""
         ids, targets, tasks = [], [], []
-        for s in samples:
-            text = paper_prompt(s, self.processor.video_token).text
-            enc = self.processor(text=text, videos=[list(s.frames)], return_tensors="pt")
-            row = enc["input_ids"][0].tolist()
-            full = self.tok(self._expanded(text, row) + s.letters[s.answer])["input_ids"]
+        text_slot = text_slot or [False] * len(samples)
+        for s, as_text in zip(samples, text_slot, strict=True):
+            if as_text:
+                text = paper_prompt(s, s.options[s.answer]).text
+                row = self.tok(text)["input_ids"]
+                expanded = text
+            else:
+                text = paper_prompt(s, self.processor.video_token).text
+                enc = self.processor(text=text, videos=[list(s.frames)], return_tensors="pt")
+                row = enc["input_ids"][0].tolist()
+                expanded = self._expanded(text, row)
+            full = self.tok(expanded + s.letters[s.answer])["input_ids"]
             if len(full) != len(row) + 1 or list(full[:-1]) != row:
                 raise AssertionError(f"{s.id}: the option letter is not one token after the prompt")
             ids.append(row)
             targets.append(full[-1])
             tasks.append(s.task)
-        pv = self.processor.video_processor([list(s.frames) for s in samples], return_tensors="pt")
-        return {
-            "ids": ids,
-            "targets": torch.tensor(targets),
-            "tasks": tasks,
-            "pixels": pv["pixel_values_videos"],
-        }
+        videos = [list(s.frames) for s, t in zip(samples, text_slot, strict=True) if not t]
+        pixels = None
+        if videos:
+            pixels = self.processor.video_processor(videos, return_tensors="pt")["pixel_values_videos"]
+        return {"ids": ids, "targets": torch.tensor(targets), "tasks": tasks, "pixels": pixels}
 
     def _expanded(self, text: str, row: list[int]) -> str:
         vid = self.processor.video_token
@@ -111,21 +125,26 @@ def answer_logits(model, batch: dict, video_id: int, pad_id: int) -> torch.Tenso
     lm = inner.model.language_model
     ids_list = batch["ids"]
     b = len(ids_list)
-    p = ids_list[0].index(video_id)
-    if any(r[:p] != ids_list[0][:p] for r in ids_list):
+    p = min(len(r) for r in ids_list) - 1  # the longest prefix all rows share (at least 1 short)
+    for r in ids_list:
+        p = next((i for i in range(p) if r[i] != ids_list[0][i] or r[i] == video_id), p)
+    if p < 1:
         raise AssertionError("items do not share the prompt prefix")
     n = max(len(r) for r in ids_list)
     ids = torch.full((b, n), pad_id)
     for i, r in enumerate(ids_list):
         ids[i, : len(r)] = torch.tensor(r)
     last = torch.tensor([len(r) - 1 for r in ids_list])
-    video = inner.model.get_video_features(
-        pixel_values_videos=batch["pixels"], vision_feature_layer=-1, vision_feature_select_strategy="default"
-    ).pooler_output
     tail = ids[:, p:]
     emb = lm.embed_tokens(tail)
-    mask = (tail == video_id)[..., None]
-    emb = emb.masked_scatter(mask, video.reshape(-1, video.shape[-1]).to(emb.dtype))
+    if batch["pixels"] is not None:
+        video = inner.model.get_video_features(
+            pixel_values_videos=batch["pixels"],
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="default",
+        ).pooler_output
+        mask = (tail == video_id)[..., None]
+        emb = emb.masked_scatter(mask, video.reshape(-1, video.shape[-1]).to(emb.dtype))
     with torch.no_grad():
         cache = lm(input_ids=ids[:1, :p], use_cache=True).past_key_values
     cache.batch_repeat_interleave(b)
@@ -133,18 +152,27 @@ def answer_logits(model, batch: dict, video_id: int, pad_id: int) -> torch.Tenso
     return inner.lm_head(hidden[torch.arange(b), last - p])
 
 
-def check_exact(model, enc: Encoder, sample, video_id: int, pad_id: int) -> float:
-    """Max |difference| between :func:`answer_logits` and the model's own forward."""
-    batch = enc.encode([sample])
+def check_exact(model, enc: Encoder, samples, video_id: int, pad_id: int) -> float:
+    """Max |difference| between :func:`answer_logits` on a batch (a video item, a text-slot
+    item, another video item) and the model's own forward on each item alone."""
+    samples = samples[:3]
+    slots = [False, True, False][: len(samples)]
+    batch = enc.encode(samples, slots)
+    diff = 0.0
     with torch.no_grad():
-        ours = answer_logits(model, batch, video_id, pad_id)[0]
-        inputs = enc.processor(
-            text=paper_prompt(sample, enc.processor.video_token).text,
-            videos=[list(sample.frames)],
-            return_tensors="pt",
-        )
-        ref = model(**inputs).logits[0, -1]
-    return float((ours - ref).abs().max())
+        ours = answer_logits(model, batch, video_id, pad_id)
+        for i, (sample, as_text) in enumerate(zip(samples, slots, strict=True)):
+            if as_text:
+                inputs = {"input_ids": torch.tensor([batch["ids"][i]])}
+            else:
+                inputs = enc.processor(
+                    text=paper_prompt(sample, enc.processor.video_token).text,
+                    videos=[list(sample.frames)],
+                    return_tensors="pt",
+                )
+            ref = model(**inputs).logits[0, -1]
+            diff = max(diff, float((ours[i] - ref).abs().max()))
+    return diff
 
 
 def held_out_accuracy(model, enc, held: list, video_id: int, pad_id: int, chunk: int = 16) -> dict:
@@ -164,9 +192,12 @@ def held_out_accuracy(model, enc, held: list, video_id: int, pad_id: int, chunk:
 class Stream:
     """Fresh shuffled-option training items, chunk by chunk; resumable by (chunk, pos)."""
 
-    def __init__(self, data_seed: int, per_chunk: int, chunk: int = 0, pos: int = 0) -> None:
+    def __init__(
+        self, data_seed: int, per_chunk: int, chunk: int = 0, pos: int = 0, used: dict | None = None
+    ) -> None:
         self.data_seed, self.per_chunk, self.chunk, self.pos = data_seed, per_chunk, chunk, pos
         self._load()
+        self.used.update(used or {})
 
     def _load(self) -> None:
         items = synthetic.generate(self.per_chunk, seed=self.data_seed + self.chunk)
@@ -221,7 +252,7 @@ def train(args: argparse.Namespace) -> int:
     pad_id = tok.pad_token_id
     enc = Encoder(processor)
     held = synthetic.generate(args.held_out, seed=0)
-    diff = check_exact(model, enc, held[0], video_id, pad_id)
+    diff = check_exact(model, enc, held[::7], video_id, pad_id)
     print(f"training forward vs model forward: max |diff| {diff:.2e}", flush=True)
     if diff > 1e-3:
         raise AssertionError(f"the training forward differs from the model's by {diff}")
@@ -239,6 +270,7 @@ def train(args: argparse.Namespace) -> int:
     if trainer is not None:
         opt.load_state_dict(trainer["optimizer"])
         step, weights, stream_at = trainer["step"], trainer["weights"], tuple(trainer["stream"])
+        stream_at = (*stream_at[:2], trainer.get("stream_used"))
     stream = Stream(args.data_seed, args.per_chunk, *stream_at)
     rng = random.Random(step)
     warmup = 30
@@ -248,13 +280,14 @@ def train(args: argparse.Namespace) -> int:
         return min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * cosine)
 
     end = step + args.measure if args.measure else args.steps
-    t0, losses = time.time(), []
+    t0, losses, recent = time.time(), [], {"text": [], "video": []}
     while step < end:
         for g in opt.param_groups:
             g["lr"] = g["base"] * lr_scale(step)
         tasks = rng.choices(list(weights), weights=list(weights.values()), k=args.batch)
         ts = time.time()
-        batch = enc.encode(stream.take(tasks))
+        slots = [rng.random() < args.text_mix for _ in tasks]
+        batch = enc.encode(stream.take(tasks), slots)
         logits = answer_logits(model, batch, video_id, pad_id)
         loss = torch.nn.functional.cross_entropy(logits, batch["targets"])
         opt.zero_grad()
@@ -263,18 +296,33 @@ def train(args: argparse.Namespace) -> int:
         opt.step()
         step += 1
         losses.append(loss.item())
-        acc = float((logits.argmax(-1) == batch["targets"]).float().mean())
+        right = (logits.argmax(-1) == batch["targets"]).tolist()
+        for ok, as_text in zip(right, slots, strict=True):
+            recent["text" if as_text else "video"].append(ok)
         if args.measure:
             print(f"step {step}: loss {loss.item():.3f}, {time.time() - ts:.1f}s", flush=True)
             continue
         if step % 5 == 0:
             log_line(
                 args.run,
-                {"step": step, "loss": round(float(np.mean(losses[-5:])), 4), "batch_acc": acc,
-                 "sec_per_step": round((time.time() - t0) / 5, 1), "time": time.time()},
+                {
+                    "step": step,
+                    "loss": round(float(np.mean(losses[-5:])), 4),
+                    # training accuracy over the last 5 batches, video and text-slot items
+                    "train_acc": {k: round(float(np.mean(v)), 3) for k, v in recent.items() if v},
+                    "sec_per_step": round((time.time() - t0) / 5, 1),
+                    "time": time.time(),
+                },
             )
+            recent = {"text": [], "video": []}
             t0 = time.time()
-        state = {"step": step, "weights": weights, "stream": [stream.chunk, stream.pos], "args": vars(args)}
+        state = {
+            "step": step,
+            "weights": weights,
+            "stream": [stream.chunk, stream.pos],
+            "stream_used": dict(stream.used),
+            "args": vars(args),
+        }
         if step % args.eval_every == 0:
             accs = held_out_accuracy(model, enc, held, video_id, pad_id)
             weights = {t: 1.1 - accs[t] for t in synthetic.TASKS}

@@ -137,6 +137,10 @@ def test_demo_command_smoke(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     assert "cross-frame knockout" in result.output and "overtakes" in result.output
     records = read_records(out)
-    assert {"eval", "flow", "answer-prob", "logit-lens", "attention", "pathways"} <= set(records["analysis"])
+    assert {"eval", "flow", "answer-prob", "logit-lens", "attention"} <= set(records["analysis"])
+    # the pathways are searched on half the samples and reported on the other half
+    assert "effective pathways (searched" in result.output
+    assert "pathways" in set(read_records(out / "pathways")["analysis"])
+    assert (out / "pathways" / "pathway_search.json").is_file()
     assert (out / "report.html").stat().st_size > 10_000
     assert any((out / "figures").glob("*.png"))

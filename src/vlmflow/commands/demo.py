@@ -15,6 +15,15 @@ from .common import (
     run_and_report,
 )
 
+# Per embedded model: sweep layers (window centres) of the knockout, its window, and the
+# layers a pathway-search move shifts a range by. SmolLM2's 30 layers are swept at every
+# second centre with the paper's window of 9 and searched in steps of 6 layers, so the
+# whole demo stays within about 5 minutes on 2 CPU cores.
+SETTINGS = {
+    "demo": {"layers": tuple(range(0, 30, 2)), "window": 9, "step": 6, "samples": 3},
+    "tiny": {"layers": None, "window": 3, "step": 1, "samples": 16},
+}
+
 DemoModel = Annotated[
     str, typer.Option("--model", "-m", help="'demo' (SmolLM2, shuffled options) or 'tiny' (test fixture)")
 ]
@@ -22,8 +31,13 @@ DemoModel = Annotated[
 
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="run folder")] = Path("vlmflow-demo"),
-    samples: Annotated[int, typer.Option("--samples", "-n", help="held-out synthetic samples per task")] = 4,
-    window: Annotated[int, typer.Option(help="layers blocked around each sweep layer")] = 9,
+    samples: Annotated[
+        int | None,
+        typer.Option("--samples", "-n", help="held-out synthetic samples per task (demo: 3, tiny: 16)"),
+    ] = None,
+    window: Annotated[
+        int | None, typer.Option(help="layers blocked around each sweep layer (demo: 9, tiny: 3)")
+    ] = None,
     model: DemoModel = "demo",
     device: Device = "cpu",
     quiet: Quiet = False,
@@ -38,13 +52,21 @@ def demo(
     from ..analyses.logit_lens import LogitLens
     from ..analyses.targets import PAPER_TARGETS
     from ..errors import VlmflowError
+    from ..models.demo import is_shipped
 
-    # the tiny fixture was trained with each task's options in one fixed order
-    data = f"synthetic:{samples}:fixed" if model == "tiny" else f"synthetic:{samples}"
+    # `demo` is the tiny model until a trained SmolLM2 demo ships; the tiny model was
+    # trained with each task's options in one fixed order, so it gets those
+    kind = "tiny" if model == "tiny" or (model == "demo" and not is_shipped()) else "demo"
+    settings = SETTINGS[kind]
+    samples = samples or settings["samples"]
+    data = f"synthetic:{samples}:fixed" if kind == "tiny" else f"synthetic:{samples}"
     shared = (model, data, None, None, 0, device, None, "paper", 8, "sdpa", quiet)
+    window = window or settings["window"]
     result = run_and_report(
         lambda: [
-            InformationFlow(targets=PAPER_TARGETS, window=window, sample_mode="correct"),
+            InformationFlow(
+                targets=PAPER_TARGETS, window=window, layers=settings["layers"], sample_mode="correct"
+            ),
             AnswerProbability(sample_mode="all"),
             LogitLens(words="synthetic", topk=3, sample_mode="correct", overlays=2),
             AttentionMaps(compare="cross-frame", sample_mode="correct", overlays=2),
@@ -54,7 +76,7 @@ def demo(
     )
     summarize_demo(result.report)
     try:
-        found = demo_pathways(options(*shared), out / "pathways", step=1 if model == "tiny" else 5)
+        found = demo_pathways(options(*shared), out / "pathways", step=settings["step"])
     except VlmflowError as exc:
         fail(exc)
     summarize_pathways(found.report)

@@ -31,9 +31,10 @@ TINY_MODEL_DIR = Path(__file__).parent / "tiny_model"
 
 
 def resolve_spec(spec: str) -> str:
-    """The checkpoint folder a model spec names: ``demo`` -> the merged demo model in the
-    cache (built on first use), ``tiny`` -> the embedded tiny model, a folder in the demo's
-    shipped format -> its merged copy; anything else unchanged."""
+    """The checkpoint folder a model spec names: ``demo`` -> the merged SmolLM2 demo model
+    in the cache (built on first use) when its trained part ships in :data:`DEMO_MODEL_DIR`,
+    else the tiny model; ``tiny`` -> the embedded tiny model; a folder in the demo's shipped
+    format -> its merged copy; anything else unchanged."""
     from . import demo
 
     if spec == "tiny":
@@ -41,8 +42,10 @@ def resolve_spec(spec: str) -> str:
             raise UnsupportedModelError(f"the tiny model is missing from {TINY_MODEL_DIR}; reinstall vlmflow")
         return str(TINY_MODEL_DIR)
     if spec == "demo":
+        if not demo.is_shipped(DEMO_MODEL_DIR):  # until a trained SmolLM2 demo ships
+            return resolve_spec("tiny")
         return str(demo.merged_dir(DEMO_MODEL_DIR))
-    if (Path(spec) / demo.VISION_FILE).is_file():
+    if demo.is_shipped(Path(spec)):
         return str(demo.merged_dir(Path(spec)))
     return spec
 

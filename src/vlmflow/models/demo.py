@@ -255,6 +255,12 @@ def load_trained(path: Path, model: Any) -> Any:
     return peft_model
 
 
+def is_shipped(path: Path = DEMO_DIR) -> bool:
+    """Whether ``path`` holds a trained demo model in the shipped format."""
+    path = Path(path)
+    return (path / VISION_FILE).is_file() and (path / LORA_DIR / "adapter_config.json").is_file()
+
+
 def _fingerprint(path: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):

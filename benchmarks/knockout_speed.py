@@ -243,6 +243,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="--check tolerance on logits (default 1e-4 for float32)")
     p.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
     p.add_argument("--measure-memory", choices=("engine", "baseline"), help=argparse.SUPPRESS)
+    p.add_argument("--dtype-gap", action="store_true",
+                   help="instead of timing: the engine-vs-plain gap in float32 and in bfloat16, "
+                   "beside bfloat16's own distance from float32")
     return p.parse_args(argv)
 
 
@@ -458,10 +461,63 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict[str, Any
     return summary
 
 
+def dtype_gap(args: argparse.Namespace) -> dict[str, Any]:
+    """How exact the engine is per dtype, against the model's own rounding.
+
+    For the same weights (seed 0, cast from float32) and the same sweep plans it prints, per
+    dtype, the largest difference between the engine and a plain masked forward in that
+    dtype (probabilities and logits), and for bfloat16 also the plain forward's own distance
+    from the float32 one: the noise bf16 adds by itself, which the engine's gap should not
+    exceed."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = QUICK if args.quick else FULL
+    inputs, layout = build_input(shape, args.device)
+    plans = [p for t in args.targets for p in target_plans(t, layout, shape, args.layers)]
+    print(f"dtype_gap {shape.describe()} | {len(plans)} plans | device {args.device}", flush=True)
+    out: dict[str, Any] = {}
+    reference: torch.Tensor | None = None
+    for name in ("float32", "bfloat16"):
+        lm = language_model(build_model(shape, DTYPES[name], args.device))
+        engine = Engine(lm, inputs, layout)
+        fast = torch.cat([engine.evaluate(plans[i : i + 32]) for i in range(0, len(plans), 32)])
+        plain = torch.stack([
+            full_forward_logits(lm, inputs, compile_plan(p, layout, shape.layers)) for p in plans
+        ])
+        reference = plain if reference is None else reference
+        row = {
+            "engine_vs_plain_prob": (fast.softmax(-1) - plain.softmax(-1)).abs().max().item(),
+            "engine_vs_plain_logit": (fast - plain).abs().max().item(),
+            "plain_vs_float32_prob": (plain.softmax(-1) - reference.softmax(-1)).abs().max().item(),
+            "plain_vs_float32_logit": (plain - reference).abs().max().item(),
+        }
+        out[name] = row
+        print(
+            f"{name}: engine vs plain: prob {row['engine_vs_plain_prob']:.1e} "
+            f"logit {row['engine_vs_plain_logit']:.1e} | plain vs float32 plain: "
+            f"prob {row['plain_vs_float32_prob']:.1e} logit {row['plain_vs_float32_logit']:.1e}",
+            flush=True,
+        )
+    bf = out["bfloat16"]
+    print(
+        f"bfloat16 engine gap / bfloat16's own noise: logits "
+        f"{bf['engine_vs_plain_logit'] / max(bf['plain_vs_float32_logit'], 1e-30):.2f}, probabilities "
+        f"{bf['engine_vs_plain_prob'] / max(bf['plain_vs_float32_prob'], 1e-30):.2f}",
+        flush=True,
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.measure_memory:
         _measure_memory_child(args)
+        return 0
+    if args.dtype_gap:
+        dtype_gap(args)
         return 0
     summary = run(args)
     if not args.check:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .run import RunSummary, close_run, open_run, run_samples
+from .run import RunSummary, close_run, open_run, record_stop, run_samples
+from .store import StoreError, is_environment_error, store_error, write_text_atomic
 
 
 @dataclass
@@ -68,12 +70,15 @@ def run(
     """
     from . import distributed
     from .data import load_dataset
+    from .lock import run_lock
     from .models import load_model
     from .provenance import data_fingerprint, model_fingerprint
     from .report import finalize
 
     out = Path(out)
     ctx = distributed.init()
+    lock = run_lock(out)  # rank 0 holds it for the whole group (see vlmflow.lock)
+    samples: list[Any] = []
     try:
         config = {**options.manifest(), "analyses": {a.name: a.config() for a in analyses}}
         samples = load_dataset(
@@ -83,8 +88,10 @@ def run(
             keep = set(sample_ids)
             samples = [s for s in samples if s.id in keep]
             config["sample_ids"] = sorted(keep)
-        ctx.on_main(
-            lambda: open_run(
+
+        def open_locked() -> dict[str, Any]:
+            lock.acquire()  # a second run on this folder is refused here, before any work
+            return open_run(
                 out,
                 config,
                 {
@@ -92,7 +99,8 @@ def run(
                     "data": data_fingerprint(options.data, samples, options.seed),
                 },
             )
-        )
+
+        ctx.on_main(open_locked)
         if adapter is None:
             adapter = load_model(
                 options.model,
@@ -101,6 +109,12 @@ def run(
                 attn_implementation=options.attn,
                 prompt_style=options.prompt,
                 num_frames=options.num_frames,
+            )
+        if options.progress and ctx.is_main:
+            print(
+                f"model: {adapter.model_id} ({adapter.family}), {_dtype_name(adapter)} on {adapter.device}",
+                file=sys.stderr,
+                flush=True,
             )
         mine = run_samples(
             adapter,
@@ -117,11 +131,33 @@ def run(
         if ctx.is_main:
             revision = getattr(getattr(adapter.model, "config", None), "_commit_hash", None)
             model = {"id": adapter.model_id, "revision": revision, "class": type(adapter.model).__name__}
-            close_run(out, summary, {"num_samples": len(samples), "model": model}, ranks=ranks)
-            report = finalize(out)
+            try:
+                close_run(out, summary, {"num_samples": len(samples), "model": model}, ranks=ranks)
+                report = finalize(out)
+            except OSError as exc:  # a disk that fills while the report is written
+                if not is_environment_error(exc):
+                    raise
+                raise store_error(Path(exc.filename or out), exc) from exc
         return RunResult(out, summary, report)
+    except (KeyboardInterrupt, StoreError) as exc:
+        if lock.held:  # rank 0 says in the manifest what finished before the stop
+            reason = "interrupted (SIGINT)" if isinstance(exc, KeyboardInterrupt) else str(exc)
+            record_stop(out, reason, len(samples) or None)
+            if isinstance(exc, KeyboardInterrupt):
+                print(
+                    f"interrupted: every finished unit is kept in {out} (manifest.json 'samples'); "
+                    "re-run the same command to resume",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        raise
     finally:
+        lock.release()
         ctx.close()
+
+
+def _dtype_name(adapter: Any) -> str:
+    return str(adapter.dtype).removeprefix("torch.")
 
 
 def merge(run_dir: str | Path) -> dict[str, Any]:
@@ -144,10 +180,13 @@ def merge(run_dir: str | Path) -> dict[str, Any]:
     manifest_path = run_dir / "manifest.json"
     if not (run_dir / "records").is_dir() or not manifest_path.exists():
         raise RunError(f"{run_dir} is not a run folder (it needs manifest.json and records/)")
-    manifest = json.loads(manifest_path.read_text())
-    shards = shard_status(run_dir)
-    manifest["samples"] = sample_counts(run_dir, manifest.get("num_samples"))
-    manifest["merged_at"] = now()
-    manifest["shards"] = shards
-    manifest_path.write_text(json.dumps(manifest, indent=2))
-    return {**finalize(run_dir), "shards": shards, "samples": manifest["samples"]}
+    from .lock import run_lock
+
+    with run_lock(run_dir):  # not while a run still writes this folder
+        manifest = json.loads(manifest_path.read_text())
+        shards = shard_status(run_dir)
+        manifest["samples"] = sample_counts(run_dir, manifest.get("num_samples"))
+        manifest["merged_at"] = now()
+        manifest["shards"] = shards
+        write_text_atomic(manifest_path, json.dumps(manifest, indent=2))
+        return {**finalize(run_dir), "shards": shards, "samples": manifest["samples"]}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 from typing import Annotated
 
 import typer
@@ -24,7 +26,13 @@ app = typer.Typer(
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks of unexpected errors")] = False,
+) -> None:
+    from .commands.common import DEBUG
+
+    DEBUG["traceback"] = debug
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -33,8 +41,34 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug l
 register_all(app)
 
 
+_interrupted = False
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    global _interrupted
+    _interrupted = True
+    signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt, as without us
+
+
 def main() -> None:
-    app()
+    """The ``vlmflow`` entry point: typer's, except that Ctrl-C exits with 130 (128 + SIGINT,
+    what shells expect) instead of click's 1, after the run has recorded what finished
+    (see :func:`vlmflow.api.run`), and an unexpected error from any command ends in one
+    ``error:`` line (the traceback with ``--debug``) and exit status 2."""
+    from .commands.common import fail_unexpected
+
+    signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        app()
+    except SystemExit as exc:
+        if _interrupted and exc.code == 1:
+            sys.exit(130)
+        raise
+    except Exception as exc:
+        try:
+            fail_unexpected(exc)
+        except typer.Exit as done:
+            raise SystemExit(done.exit_code) from None
 
 
 if __name__ == "__main__":

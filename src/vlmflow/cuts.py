@@ -2,47 +2,70 @@
 compilation and edge counting.
 
 "Block ``src`` -> ``dst`` in layers ``L``" means: in every decoder layer of ``L``, queries at
-``dst`` positions may not attend to keys at ``src`` positions (all heads), on top of the
-causal mask.
+``dst`` positions may not attend to keys at ``src`` positions, on top of the causal mask —
+in every attention head, or only in the query heads a cut names (``heads=(3, 17)``). Under
+grouped-query attention several query heads share one key/value head; a head-level cut
+always names *query* heads, so it removes edges from those heads' softmax only.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .errors import PlanError
-from .layout import TokenLayout
+from .layout import TokenLayout, check_group
 
 WINDOW_STYLES = ("center", "inverse", "top_down", "bottom_up")
 
 
 @dataclass(frozen=True)
 class Cut:
-    """Queries in group ``dst`` may not attend keys in group ``src`` in ``layers``."""
+    """Queries in group ``dst`` may not attend keys in group ``src`` in ``layers``.
+
+    ``heads`` names the query heads (0-based) the cut applies to; ``None`` (the default)
+    means every head. ``Cut("video", "last", (10,), heads=(3,))`` blocks video -> last in
+    head 3 of layer 10 only.
+    """
 
     src: str
     dst: str
     layers: tuple[int, ...]
+    heads: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(sorted({int(x) for x in self.layers})))
+        if self.heads is not None:
+            heads = tuple(sorted({int(x) for x in self.heads}))
+            if not heads or heads[0] < 0:
+                raise PlanError(
+                    f"cut {self.src}->{self.dst}: heads must be non-empty and >= 0, got {self.heads}"
+                )
+            object.__setattr__(self, "heads", heads)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"src": self.src, "dst": self.dst, "layers": list(self.layers)}
+        d: dict[str, Any] = {"src": self.src, "dst": self.dst, "layers": list(self.layers)}
+        if self.heads is not None:
+            d["heads"] = list(self.heads)
+        return d
 
     @classmethod
     def parse(cls, text: str, layers: tuple[int, ...]) -> Cut:
-        """``"video->last"`` -> ``Cut("video", "last", layers)``."""
-        if "->" not in text:
-            raise PlanError(f"cut {text!r} must read SRC->DST, e.g. video->last")
+        """``"video->last"`` -> ``Cut("video", "last", layers)``; both sides must be groups
+        of the grammar (:func:`vlmflow.layout.check_group`), else a one-line ``PlanError``."""
+        if text.count("->") != 1:
+            raise PlanError(f"cut {text!r} must read SRC->DST (one arrow), e.g. video->last")
         src, dst = (x.strip() for x in text.split("->", 1))
         if not src or not dst:
             raise PlanError(f"cut {text!r} must read SRC->DST, e.g. video->last")
-        return cls(src, dst, layers)
+        try:
+            return cls(check_group(src), check_group(dst), layers)
+        except PlanError as exc:
+            raise PlanError(f"cut {text!r}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -87,7 +110,8 @@ class Plan:
         def cut(c: dict[str, Any]) -> Cut | RandomCut:
             if "random" in c:
                 return RandomCut(c["random"], c["seed"], tuple(c["layers"]), c.get("start", "video"))
-            return Cut(c["src"], c["dst"], tuple(c["layers"]))
+            heads = c.get("heads")
+            return Cut(c["src"], c["dst"], tuple(c["layers"]), None if heads is None else tuple(heads))
 
         return cls(d["name"], tuple(cut(c) for c in d["cuts"]))
 
@@ -111,7 +135,13 @@ def window_layers(layer: int, num_layers: int, window: int = 9, style: str = "ce
     if style == "center":
         return tuple(range(lo, hi))
     if style == "inverse":
-        return tuple(i for i in range(num_layers) if not lo <= i < hi)
+        out = tuple(i for i in range(num_layers) if not lo <= i < hi)
+        if not out:  # never a silently empty plan
+            raise PlanError(
+                f"an inverse window of {window} around layer {layer} covers all {num_layers} layers: "
+                "nothing is left to block; use a smaller --window"
+            )
+        return out
     if style == "top_down":
         return tuple(range(layer, num_layers))
     if style == "bottom_up":
@@ -119,12 +149,46 @@ def window_layers(layer: int, num_layers: int, window: int = 9, style: str = "ce
     raise PlanError(f"unknown window style {style!r}; choose from {', '.join(WINDOW_STYLES)}")
 
 
+#: no model has more decoder layers than this; a larger number in ``--layers`` is a typo
+#: (and ``0-999999999`` must not build a billion-element list)
+MAX_LAYERS = 1024
+
+
+def parse_layers(text: str | None) -> tuple[int, ...] | None:
+    """``"0-3,7"`` -> ``(0, 1, 2, 3, 7)`` (0-based, sorted, unique); ``None`` or blank: all.
+
+    Anything else is a one-line :class:`PlanError` naming the bad part: a reversed range
+    (``5-2``), an empty part, a negative or non-ASCII number, a layer above
+    :data:`MAX_LAYERS`.
+
+        >>> parse_layers("12, 0-2")
+        (0, 1, 2, 12)
+    """
+    if text is None or not text.strip():
+        return None
+    out: set[int] = set()
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", part)
+        if not m:
+            raise PlanError(f"layers {text!r}: cannot read {part!r}; write them like 0-3,7")
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        if a > b:
+            raise PlanError(
+                f"layers {text!r}: the range {part.strip()!r} is empty ({a} > {b}); write {b}-{a}"
+            )
+        if b >= MAX_LAYERS:
+            raise PlanError(f"layers {text!r}: layer {b} is beyond any model (at most {MAX_LAYERS} layers)")
+        out.update(range(a, b + 1))
+    return tuple(sorted(out))
+
+
 @dataclass(frozen=True, eq=False)
 class CompiledPlan:
     """A plan resolved against one layout.
 
     ``blocked[l]`` is a boolean ``(N, N)`` matrix (query, key) of the causal edges cut in
-    layer ``l``; layers with the same cuts share one matrix. ``first_query`` is the first
+    layer ``l`` in every head, or ``(H, N, N)`` (head, query, key) in a layer where some
+    cut names heads; layers with the same cuts share one matrix. ``first_query`` is the first
     position whose attention changes and ``first_layer`` the first layer with a cut: every
     position before ``first_query`` and every layer before ``first_layer`` keeps its
     baseline state, which the engine exploits.
@@ -147,12 +211,22 @@ class CompiledPlan:
     def first_query(self) -> int:
         if not self.blocked:
             return self.length
-        rows = [int(np.flatnonzero(m.any(axis=1))[0]) for m in _distinct(self.blocked)]
+        rows = [
+            int(np.flatnonzero(m.any(axis=-1).reshape(-1, m.shape[-2]).any(axis=0))[0])
+            for m in _distinct(self.blocked)
+        ]
         return min(rows)
 
+    @property
+    def has_head_cuts(self) -> bool:
+        return any(m.ndim == 3 for m in self.blocked.values())
+
     def suppressed_edges(self) -> int:
-        """Causal attention edges cut, summed over layers."""
-        counts = {id(m): int(m.sum()) for m in _distinct(self.blocked)}
+        """Causal attention edges cut, summed over layers (an edge cut in ``k`` of ``H``
+        heads counts ``k / H``, rounded)."""
+        counts = {
+            id(m): int(round(m.sum() / (m.shape[0] if m.ndim == 3 else 1))) for m in _distinct(self.blocked)
+        }
         return sum(counts[id(m)] for m in self.blocked.values())
 
     def total_edges(self) -> int:
@@ -170,29 +244,56 @@ def _distinct(blocked: dict[int, np.ndarray]) -> list[np.ndarray]:
     return list(seen.values())
 
 
-def compile_plan(plan: Plan, layout: TokenLayout, num_layers: int) -> CompiledPlan:
+def compile_plan(
+    plan: Plan, layout: TokenLayout, num_layers: int, num_heads: int | None = None
+) -> CompiledPlan:
     """Resolve ``plan``'s groups on ``layout`` into per-layer boolean cut matrices.
 
-    Raises ``PlanError`` for an empty group, a layer out of range, or a cut that leaves a
+    ``num_heads`` (query heads per layer) is needed only by cuts that name heads. Raises
+    ``PlanError`` for an empty group, a layer or head out of range, or a cut that leaves a
     query with no key to attend to (softmax over nothing is undefined).
     """
     n = layout.length
     causal = causal_mask(n)
     per_layer: dict[int, list[Cut | RandomCut]] = {}
     for cut in plan.cuts:
+        if isinstance(cut, Cut) and cut.heads is not None:
+            if num_heads is None:
+                raise PlanError(f"plan {plan.name!r}: a cut names heads but the number of heads is unknown")
+            if cut.heads[-1] >= num_heads:
+                raise PlanError(f"plan {plan.name!r}: head {cut.heads[-1]} is outside 0..{num_heads - 1}")
         for layer in cut.layers:
             if not 0 <= layer < num_layers:
                 raise PlanError(f"plan {plan.name!r}: layer {layer} is outside 0..{num_layers - 1}")
             per_layer.setdefault(layer, []).append(cut)
-    cache: dict[tuple[tuple[str, str], ...], np.ndarray] = {}
+    cache: dict[tuple, np.ndarray] = {}
+    edges: dict[tuple[str, str], np.ndarray] = {}
+
+    def edge(src: str, dst: str) -> np.ndarray:
+        if (src, dst) not in edges:
+            m = np.zeros((n, n), dtype=bool)
+            m[np.ix_(layout.resolve(dst), layout.resolve(src))] = True
+            edges[(src, dst)] = m & causal
+        return edges[(src, dst)]
+
     blocked: dict[int, np.ndarray] = {}
     for layer, cuts in sorted(per_layer.items()):
-        key = tuple(sorted({(c.src, c.dst) for c in cuts if isinstance(c, Cut)}))
+        whole = tuple(sorted({(c.src, c.dst) for c in cuts if isinstance(c, Cut) and c.heads is None}))
+        partial = tuple(
+            sorted({(c.src, c.dst, c.heads) for c in cuts if isinstance(c, Cut) and c.heads is not None})
+        )
+        key = (whole, partial)
         if key not in cache:
             m = np.zeros((n, n), dtype=bool)
-            for src, dst in key:
-                m[np.ix_(layout.resolve(dst), layout.resolve(src))] = True
-            cache[key] = m & causal
+            for src, dst in whole:
+                m |= edge(src, dst)
+            if partial:
+                m = np.repeat(m[None], num_heads, axis=0)
+                for src, dst, heads in partial:
+                    m[list(heads)] |= edge(src, dst)
+                if (m == m[0]).all():
+                    m = np.ascontiguousarray(m[0])  # every head cut alike: one (N, N) matrix
+            cache[key] = m
         m = cache[key]
         randoms = [c for c in cuts if isinstance(c, RandomCut)]
         if randoms:
@@ -202,7 +303,7 @@ def compile_plan(plan: Plan, layout: TokenLayout, num_layers: int) -> CompiledPl
         if m.any():
             blocked[layer] = m
     for m in _distinct(blocked):
-        dead = np.flatnonzero((causal & ~m).sum(axis=1) == 0)
+        dead = np.flatnonzero(((causal & ~m).sum(axis=-1) == 0).reshape(-1, n).any(axis=0))
         if dead.size:
             raise PlanError(
                 f"plan {plan.name!r} leaves query position {int(dead[0])} with no key to attend to; "

@@ -21,7 +21,8 @@ Anything the model adds to the residual stream between layers outside the layer 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +92,14 @@ class LanguageModel:
     def num_layers(self) -> int:
         return len(self.layers)
 
+    @property
+    def num_heads(self) -> int | None:
+        """Query heads per decoder layer (``None`` if the attention module does not say)."""
+        attn = getattr(self.layers[0], "self_attn", None)
+        cfg = getattr(attn, "config", None)
+        heads = getattr(cfg, "num_attention_heads", None) or getattr(attn, "num_heads", None)
+        return int(heads) if heads else None
+
 
 class _PrefixCache:
     """A stand-in for a transformers ``Cache`` that prepends fixed prefix keys/values.
@@ -129,8 +138,31 @@ def _take_positions(kwargs: dict[str, Any], pos: torch.Tensor) -> dict[str, Any]
     return out
 
 
+def as_4d(allowed: torch.Tensor) -> torch.Tensor:
+    """``(q, k)`` -> ``(1, 1, q, k)``; per-head ``(H, q, k)`` -> ``(1, H, q, k)``."""
+    return allowed.reshape((1,) * (4 - allowed.dim()) + tuple(allowed.shape))
+
+
+def pack_allowed(blocks: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Packed "may attend" mask of several plans' recomputed suffixes.
+
+    Each block is (prefix part ``([H,] s, q0)``, suffix part ``([H,] s, s)``); segments see
+    the shared prefix and their own suffix only. Blocks are per head (3-d) if any is."""
+    heads = max((b[0].shape[0] for b in blocks if b[0].dim() == 3), default=None)
+    if heads is None:
+        return torch.cat(
+            [torch.cat([b[0] for b in blocks], dim=0), torch.block_diag(*[b[1] for b in blocks])], dim=1
+        )
+    s, q0, k = blocks[0][0].shape[-2], blocks[0][0].shape[-1], len(blocks)
+    out = torch.zeros(heads, s * k, q0 + s * k, dtype=torch.bool, device=blocks[0][0].device)
+    for j, (prefix, suffix) in enumerate(blocks):
+        out[:, j * s : (j + 1) * s, :q0] = prefix
+        out[:, j * s : (j + 1) * s, q0 + j * s : q0 + (j + 1) * s] = suffix
+    return out
+
+
 def to_attention_mask(allowed: torch.Tensor, implementation: str, dtype: torch.dtype) -> torch.Tensor:
-    """Boolean ``(b, 1, q, k)`` "may attend" mask -> the form the attention kernel takes."""
+    """Boolean ``(b, 1 or H, q, k)`` "may attend" mask -> the form the attention kernel takes."""
     if implementation == "sdpa":
         return allowed
     if implementation == "eager":
@@ -187,7 +219,9 @@ class Engine:
             kwargs_per_layer[i] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
             prev = outputs[i - 1] if i > 0 else None
             if prev is not None and prev is not hidden[i]:
-                delta = hidden[i] - prev
+                # in fp32: a bf16 delta would round what the model added (Qwen3-VL's deepstack
+                # features) and replaying it would add error of its own
+                delta = hidden[i].float() - prev.float()
                 if bool((delta != 0).any()):
                     deltas[i - 1] = delta
 
@@ -196,9 +230,9 @@ class Engine:
             if i == n_layers - 1:
                 hidden[n_layers] = outputs[i]
 
-        with layer_hooks(self.lm.layers, pre=pre, post=post):
+        with layer_hooks(self.lm.layers, pre=pre, post=post), last_position_head(self.lm.lm_head):
             out = self.lm.forward(**self.inputs, use_cache=True, logits_to_keep=1)
-        logits = out.logits if hasattr(out, "logits") else out[0]
+        logits = last_logits(out)
         if any(h is None for h in hidden):
             raise UnsupportedModelError("the language model did not run all of its decoder layers")
         n = hidden[0].shape[1]
@@ -213,7 +247,7 @@ class Engine:
         # what the model adds to the residual stream between layers outside the layer
         # modules (e.g. Qwen3-VL's deepstack visual features); replayed in recomputes
         self.deltas = deltas
-        self.logits = logits[0, -1].float()
+        self.logits = logits
         self.dtype = hidden[0].dtype
         self.device = hidden[0].device
         self._ran = True
@@ -251,7 +285,7 @@ class Engine:
 
     # ------------------------------------------------------------------ plans
     def compile(self, plan: Plan) -> CompiledPlan:
-        return compile_plan(plan, self.layout, self.lm.num_layers)
+        return compile_plan(plan, self.layout, self.lm.num_layers, self.lm.num_heads)
 
     @torch.inference_mode()
     def evaluate(self, plans: Sequence[Plan | CompiledPlan]) -> torch.Tensor:
@@ -287,8 +321,8 @@ class Engine:
             if m is None:
                 return (torch.ones(s, q0, dtype=torch.bool, device=self.device), causal_ss)
             if id(m) not in parts:
-                t = torch.from_numpy(~m[q0:]).to(self.device)
-                parts[id(m)] = (t[:, :q0], t[:, q0:] & causal_ss)
+                t = torch.from_numpy(~m[..., q0:, :]).to(self.device)
+                parts[id(m)] = (t[..., :q0], t[..., q0:] & causal_ss)
             return parts[id(m)]
 
         layers = range(plans[0].first_layer, self.lm.num_layers)
@@ -317,14 +351,10 @@ class Engine:
                 kwargs["attention_mask"] = None  # lower-right causal, see _suffix_sdpa
             elif len(active) == 1:
                 prefix, suffix = allowed_parts(cut[0])
-                allowed = torch.cat([prefix, suffix], dim=1)[None, None]
+                allowed = as_4d(torch.cat([prefix, suffix], dim=-1))
                 kwargs["attention_mask"] = to_attention_mask(allowed, impl, self.dtype)
             else:
-                blocks = [allowed_parts(m) for m in cut]
-                allowed = torch.cat(
-                    [torch.cat([b[0] for b in blocks], dim=0), torch.block_diag(*[b[1] for b in blocks])],
-                    dim=1,
-                )[None, None]
+                allowed = as_4d(pack_allowed([allowed_parts(m) for m in cut]))
                 kwargs["attention_mask"] = to_attention_mask(allowed, impl, self.dtype)
             kwargs[self.cache_key] = _PrefixCache(
                 self.keys[layer_idx][:, :, :q0], self.values[layer_idx][:, :, :q0]
@@ -332,7 +362,7 @@ class Engine:
             out = self.lm.layers[layer_idx](h, **kwargs)
             h = out[0] if isinstance(out, tuple) else out
             if layer_idx in self.deltas:
-                h = h + self.deltas[layer_idx].index_select(1, kwargs_pos)
+                h = (h.float() + self.deltas[layer_idx].index_select(1, kwargs_pos)).to(h.dtype)
         assert h is not None
         rows = torch.arange(len(active), device=self.device) * s + (s - 1)
         return self.lm.lm_head(self.lm.norm(h[0, rows])).float()
@@ -354,7 +384,8 @@ def masked_forward(
 ) -> tuple[torch.Tensor, dict[int, dict[str, torch.Tensor]]]:
     """The plain approach: one full forward of the whole model with the plan's masks.
 
-    Every cut layer gets the full ``(1, 1, N, N)`` mask; other layers keep the model's own
+    Every cut layer gets the full ``(1, 1, N, N)`` mask (``(1, H, N, N)`` where a cut names
+    heads); other layers keep the model's own
     causal attention. Only the last position's logits are computed. This is the reference
     the engine is tested against and the baseline the benchmark times.
 
@@ -378,8 +409,8 @@ def masked_forward(
         if key not in masks:
             allowed = torch.ones(size, size, dtype=torch.bool).tril()
             if m is not None:
-                allowed &= ~torch.from_numpy(m)
-            masks[key] = to_attention_mask(allowed[None, None].to(h.device), impl, h.dtype)
+                allowed = allowed & ~torch.from_numpy(m)
+            masks[key] = to_attention_mask(as_4d(allowed).to(h.device), impl, h.dtype)
         kwargs = dict(kwargs)
         kwargs["attention_mask"] = masks[key]
         return args, kwargs
@@ -396,13 +427,42 @@ def masked_forward(
 
     handles = [lm.layers[i].self_attn.register_forward_hook(capture(i)) for i in read]
     try:
-        with eager_attention([lm.layers[i] for i in read]), layer_hooks(lm.layers, pre=pre):
+        with (
+            eager_attention([lm.layers[i] for i in read]),
+            layer_hooks(lm.layers, pre=pre),
+            last_position_head(lm.lm_head),
+        ):
             out = lm.forward(**inputs, use_cache=False, logits_to_keep=1)
     finally:
         for handle in handles:
             handle.remove()
+    return last_logits(out), reads
+
+
+@contextmanager
+def last_position_head(lm_head: nn.Module) -> Iterator[None]:
+    """Make ``lm_head`` compute only the last position during a full forward.
+
+    ``logits_to_keep=1`` asks for that, but some models ignore it (VideoLLaMA3 in
+    transformers 5.24 computes N x 151,936 logits, 546 MB at 898 tokens in fp32); this
+    slices the head's input to the last position whatever the model does."""
+
+    def pre(module: nn.Module, args: tuple) -> tuple | None:
+        h = args[0]
+        return (h[:, -1:],) + args[1:] if h.dim() == 3 and h.shape[1] > 1 else None
+
+    handle = lm_head.register_forward_pre_hook(pre)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def last_logits(out: Any) -> torch.Tensor:
+    """The last position's logits ``(vocab,)`` float32, as a tensor of its own: never a view
+    that would keep a model output's full logits alive."""
     logits = out.logits if hasattr(out, "logits") else out[0]
-    return logits[0, -1].float(), reads
+    return logits[0, -1].float().clone()
 
 
 def full_forward_logits(lm: LanguageModel, inputs: dict[str, Any], compiled: CompiledPlan) -> torch.Tensor:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .cuts import CompiledPlan
-from .engine import LanguageModel, _layer_impl, to_attention_mask
+from .engine import LanguageModel, _layer_impl, as_4d, to_attention_mask
 from .hooks import layer_hooks
 
 
@@ -51,10 +51,11 @@ def generate_with_plan(
             allowed = torch.ones(n, n, dtype=torch.bool).tril() & ~torch.from_numpy(m)
         else:  # one new token; key length grows by one per step
             steps[i] = steps.get(i, 0) + 1
-            row = torch.cat([~torch.from_numpy(m[n - 1]), torch.ones(steps[i], dtype=torch.bool)])
-            allowed = row[None]
+            row = ~torch.from_numpy(m[..., n - 1, :])  # (N,) or per head (H, N)
+            row = torch.cat([row, torch.ones(*row.shape[:-1], steps[i], dtype=torch.bool)], dim=-1)
+            allowed = row[..., None, :]
         kwargs = dict(kwargs)
-        kwargs["attention_mask"] = to_attention_mask(allowed[None, None].to(h.device), impl, h.dtype)
+        kwargs["attention_mask"] = to_attention_mask(as_4d(allowed).to(h.device), impl, h.dtype)
         return args, kwargs
 
     with layer_hooks(lm.layers, pre=pre):

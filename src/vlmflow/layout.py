@@ -116,17 +116,19 @@ class TokenLayout:
         }
         if group in simple:
             return simple[group]()
-        m = re.fullmatch(r"frame:(\d+)", group)
+        m = re.fullmatch(r"frame:([0-9]+)", group)
         if m:
             return self._frame_span(int(m.group(1))).positions()
-        m = re.fullmatch(r"frames:(\d+)-(\d+)", group)
+        m = re.fullmatch(r"frames:([0-9]+)-([0-9]+)", group)
         if m:
             a, b = int(m.group(1)), int(m.group(2))
+            if a > b:
+                raise PlanError(f"group {group!r} is empty: {a} > {b} (write frames:{b}-{a})")
             return _union([self._frame_span(t) for t in range(a, b + 1)])
-        m = re.fullmatch(r"frames:<(\d+)", group)
+        m = re.fullmatch(r"frames:<([0-9]+)", group)
         if m:
             return _union([self._frame_span(t) for t in range(int(m.group(1)))])
-        m = re.fullmatch(r"option:([A-Za-z]|\d+)", group)
+        m = re.fullmatch(r"option:([A-Za-z]|[0-9]+)", group)
         if m:
             key = m.group(1)
             idx = int(key) if key.isdigit() else string.ascii_uppercase.index(key.upper())
@@ -171,6 +173,64 @@ class TokenLayout:
             frames_per_group=d.get("frames_per_group", 1),
             frame_token_offsets=tuple(d.get("frame_token_offsets", ())),
         )
+
+
+_NAMES = frozenset(
+    {
+        "system",
+        "video",
+        "question",
+        "question_no_options",
+        "non_option_question",
+        "options",
+        "true_option",
+        "false_options",
+        "last",
+        "all",
+        "template",
+    }
+)
+
+
+def check_group(group: str) -> str:
+    """Check the grammar of ``group`` without a layout; returns it stripped.
+
+    Raises a one-line :class:`PlanError` naming the bad part for anything
+    :meth:`TokenLayout.resolve` could never resolve (an unknown name, a malformed or empty
+    frame range, an empty ``+`` term), so a typo stops a run before its first sample. What
+    depends on the input (frame 9 of an 8-frame video, option E of four) is left to
+    :meth:`TokenLayout.resolve`.
+
+        >>> check_group("video + frame:3")
+        'video + frame:3'
+        >>> check_group("frames:5-2")
+        Traceback (most recent call last):
+        ...
+        vlmflow.errors.PlanError: group 'frames:5-2' is empty: 5 > 2 (write frames:2-5)
+    """
+    text = group.strip()
+    for part in text.split("+"):
+        part = part.strip()
+        if part in _NAMES or re.fullmatch(r"frame:[0-9]+|option:(?:[A-Za-z]|[0-9]+)", part):
+            continue
+        m = re.fullmatch(r"frames:([0-9]+)-([0-9]+)", part)
+        if m:
+            a, b = int(m.group(1)), int(m.group(2))
+            if a > b:
+                raise PlanError(f"group {part!r} is empty: {a} > {b} (write frames:{b}-{a})")
+            continue
+        m = re.fullmatch(r"frames:<([0-9]+)", part)
+        if m:
+            if int(m.group(1)) == 0:
+                raise PlanError(f"group {part!r} is empty: no frame comes before frame 0")
+            continue
+        where = f" in {group!r}" if part != group else ""
+        raise PlanError(
+            f"unknown token group {part!r}{where}; use system, video, frame:T, frames:A-B, frames:<T, "
+            "question, question_no_options, options, option:X, true_option, false_options, "
+            "last, template, all (or a '+' union)"
+        )
+    return text
 
 
 def _union(spans: Any) -> np.ndarray:

@@ -27,7 +27,7 @@ from .engine import Engine
 from .errors import RunError, VlmflowError
 from .models.base import Adapter
 from .sample import Sample
-from .store import RecordStore, read_records
+from .store import RecordStore, StoreError, is_environment_error, read_records, store_error, write_text_atomic
 
 log = logging.getLogger(__name__)
 EVAL = "eval"
@@ -117,7 +117,7 @@ def open_run(out: Path, config: dict[str, Any], provenance: dict[str, Any] | Non
             "seeds": {"subsample": config.get("seed")},
             "started_at": now(),
         }
-    path.write_text(json.dumps(manifest, indent=2))
+    write_text_atomic(path, json.dumps(manifest, indent=2))
     return manifest
 
 
@@ -156,7 +156,25 @@ def close_run(
     }
     manifest["sessions"] = manifest.get("sessions", []) + [session]
     manifest["samples"] = sample_counts(out, manifest.get("num_samples"))
-    path.write_text(json.dumps(manifest, indent=2))
+    manifest.pop("stopped", None)  # this session ended normally
+    write_text_atomic(path, json.dumps(manifest, indent=2))
+
+
+def record_stop(out: Path, reason: str, total: int | None = None) -> bool:
+    """Note in the manifest that a session stopped early (``reason``: Ctrl-C, a full disk)
+    and what the store holds finished by then (``samples``, read from every shard). Returns
+    whether the manifest could be written; when the disk refuses, the old manifest stays
+    whole and the records remain the truth."""
+    path = out / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+        manifest["stopped"] = {"at": now(), "reason": reason}
+        manifest["samples"] = sample_counts(out, total if total is not None else manifest.get("num_samples"))
+        write_text_atomic(path, json.dumps(manifest, indent=2))
+    except (OSError, ValueError, StoreError) as exc:
+        log.warning("could not record the stop in %s: %s", path, exc)
+        return False
+    return True
 
 
 def sample_counts(out: Path, total: int | None = None) -> dict[str, Any]:
@@ -192,59 +210,39 @@ def run_samples(
     """Analyse ``samples`` (this rank's share) into shard ``rank`` of the store at ``out``,
     skipping (sample, analysis) units finished in any shard. The progress bar (on stderr,
     one line per rank) counts only the samples left to do, so its rate and ETA are honest
-    on a resumed run; a last line gives this rank's counts and samples/s."""
+    on a resumed run; a last line gives this rank's counts and samples/s.
+
+    The shard's writer lock is held throughout (a second writer gets a ``RunError``). A
+    Ctrl-C ends the loop between units (never inside a write) as ``KeyboardInterrupt``; a
+    disk that refuses writes (full, read-only) ends it with a :class:`StoreError`. Either
+    way every unit written before is complete and kept, and nothing half-done is marked."""
     from tqdm.auto import tqdm
 
-    store = RecordStore(out, rank)
-    done = store.done_units()
-    names = [EVAL] + [a.name for a in analyses]
     summary = RunSummary(rank=rank)
     if any(getattr(a, "needs_knockout", True) for a in analyses):
         adapter.ensure_maskable()
-    for analysis in analyses:  # where analyses that draw per-sample figures put them
-        if hasattr(analysis, "bind"):
-            analysis.bind(out)
-    pending = [s for s in samples if any((s.id, n) not in done for n in names)]
-    summary.skipped = len(samples) - len(pending)
-    label = f"rank {rank}/{world_size}" if world_size > 1 else "samples"
-    start = time.perf_counter()
-    bar = tqdm(pending, desc=label, unit="sample", position=rank, disable=not progress, dynamic_ncols=True)
-    for sample in bar:
-        todo = [n for n in names if (sample.id, n) not in done]
+    store = RecordStore(out, rank).acquire()
+    try:
+        done = store.done_units()
+        names = [EVAL] + [a.name for a in analyses]
+        for analysis in analyses:  # where analyses that draw per-sample figures put them
+            if hasattr(analysis, "bind"):
+                analysis.bind(out)
+        pending = [s for s in samples if any((s.id, n) not in done for n in names)]
+        summary.skipped = len(samples) - len(pending)
+        label = f"rank {rank}/{world_size}" if world_size > 1 else "samples"
+        start = time.perf_counter()
+        bar = tqdm(
+            pending, desc=label, unit="sample", position=rank, disable=not progress, dynamic_ncols=True
+        )
         try:
-            prepared = adapter.prepare(sample)
-            engine = Engine(
-                adapter.language_model(),
-                prepared.inputs,
-                prepared.layout,
-                max_batch_tokens=max_batch_tokens,
-            )
-            base: Baseline = read_answer(adapter, prepared, engine.baseline_logits())
-            rows_by_unit: dict[str, list[dict[str, Any]]] = {}
-            common = {"task": sample.task, "model": adapter.model_id, "error": None}
-            rows_by_unit[EVAL] = [{**common, **base.record(), "num_tokens": prepared.layout.length}]
-            for analysis in analyses:
-                if analysis.name in todo:
-                    rows = analysis.records(adapter, prepared, engine, base)
-                    rows_by_unit[analysis.name] = [{**common, **r} for r in rows]
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:  # a long run records the failure and goes on
-            message = str(exc) if isinstance(exc, VlmflowError) else f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, VlmflowError):
-                log.debug("sample %s failed:\n%s", sample.id, traceback.format_exc())
-            summary.failed[sample.id] = message
-            bar.write(f"sample {sample.id}: failed: {message}")
-            for name in todo:
-                store.write_unit(
-                    sample.id, name, [{"task": sample.task, "model": adapter.model_id, "error": message}]
-                )
-            continue
-        for name in todo:
-            store.write_unit(sample.id, name, rows_by_unit.get(name, []))
-        summary.done += 1
-    bar.close()
-    summary.seconds = time.perf_counter() - start
+            for sample in bar:
+                _one_sample(adapter, sample, analyses, store, names, done, summary, bar, max_batch_tokens)
+        finally:
+            bar.close()
+            summary.seconds = time.perf_counter() - start
+    finally:
+        store.close()
     if progress:
         print(
             f"{label}: {summary.done} done, {len(summary.failed)} failed, {summary.skipped} already done "
@@ -253,3 +251,43 @@ def run_samples(
             flush=True,
         )
     return summary
+
+
+def _one_sample(adapter, sample, analyses, store, names, done, summary, bar, max_batch_tokens) -> None:
+    """Analyse one sample and write its units (a failure becomes a unit with its error)."""
+    todo = [n for n in names if (sample.id, n) not in done]
+    try:
+        prepared = adapter.prepare(sample)
+        bar.set_postfix(tokens=prepared.layout.length, refresh=False)
+        engine = Engine(
+            adapter.language_model(),
+            prepared.inputs,
+            prepared.layout,
+            max_batch_tokens=max_batch_tokens,
+        )
+        base: Baseline = read_answer(adapter, prepared, engine.baseline_logits())
+        rows_by_unit: dict[str, list[dict[str, Any]]] = {}
+        common = {"task": sample.task, "model": adapter.model_id, "error": None}
+        rows_by_unit[EVAL] = [{**common, **base.record(), "num_tokens": prepared.layout.length}]
+        for analysis in analyses:
+            if analysis.name in todo:
+                rows = analysis.records(adapter, prepared, engine, base)
+                rows_by_unit[analysis.name] = [{**common, **r} for r in rows]
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # a long run records the failure and goes on
+        if is_environment_error(exc):  # a full disk is no fault of the sample: stop, resume later
+            raise store_error(Path(getattr(exc, "filename", None) or "?"), exc) from exc
+        message = str(exc) if isinstance(exc, VlmflowError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, VlmflowError):
+            log.debug("sample %s failed:\n%s", sample.id, traceback.format_exc())
+        summary.failed[sample.id] = message
+        bar.write(f"sample {sample.id}: failed: {message}")
+        for name in todo:
+            store.write_unit(
+                sample.id, name, [{"task": sample.task, "model": adapter.model_id, "error": message}]
+            )
+        return
+    for name in todo:
+        store.write_unit(sample.id, name, rows_by_unit.get(name, []))
+    summary.done += 1

@@ -2,28 +2,66 @@
 
 A *unit* is one (sample, analysis) pair. Its rows are appended to
 ``records/shard-RRRRR.jsonl`` tagged with a fresh attempt id, flushed and fsynced; then
-one line naming the unit and attempt is appended to ``records/shard-RRRRR.done.jsonl``.
-Reading keeps only rows whose (unit, attempt) is marked done, so a process killed in the
-middle of a unit loses that unit only, and a resumed run that recomputes it never yields
-duplicates.
+one line naming the unit, the attempt, its row count and the SHA-256 of its row lines is
+appended to ``records/shard-RRRRR.done.jsonl`` and fsynced. What the store guarantees
+(docs/reliability.md says how each is tested):
 
-Test hook: with ``VLMFLOW_TEST_SLEEP_AFTER_ROWS=SECONDS`` (or ``SECONDS:SAMPLE_ID`` to pause
+* **Nothing is marked done that is not complete.** A unit counts as done only when a done
+  marker names it *and* exactly the marker's number of rows of that attempt can be read
+  back with the marker's checksum. A unit whose rows were torn (a crash inside a write, a
+  full disk, a file cut short by hand) is not done and is recomputed on resume.
+* **No record is read twice.** Reading keeps, per unit, one attempt (the last valid one),
+  so a unit recomputed after a crash never yields duplicates.
+* **A torn line never swallows the next record.** Every append starts on a fresh line: if
+  the file does not end with a newline (a fragment left by a crash), a newline is written
+  first, so the fragment stays an unreadable line of its own.
+* **One writer per shard.** A writer holds an advisory lock on its shard
+  (:class:`vlmflow.lock.FolderLock`, released by the OS if the process dies).
+* **Ctrl-C never tears a write.** SIGINT arriving while a unit is being written is held
+  back until its done marker is on disk, then raised as ``KeyboardInterrupt``.
+* **A full or unwritable disk stops the run** with a :class:`StoreError` naming the file
+  and what to do; what was finished stays readable and the run resumes once space returns.
+* **Order does not depend on sharding.** :func:`read_records` returns units sorted by
+  (sample id, analysis), each unit's rows in the order written, so a run on one process
+  and on several gives the same records.
+
+Test hooks: with ``VLMFLOW_TEST_SLEEP_AFTER_ROWS=SECONDS`` (or ``SECONDS:SAMPLE_ID`` to pause
 on that sample's units only) a unit's rows are written, then the process sleeps before
-writing its done marker, so a test can kill it exactly there (tests/test_store.py). It is
-read at each write and does nothing when unset.
+writing its done marker, so a test can kill it exactly there (tests/test_store.py). With
+``VLMFLOW_TEST_ENOSPC_AFTER_BYTES=N`` every append fails with ``ENOSPC`` once the records
+folder holds N bytes, after writing what fits (a full disk, tests/test_store_reliability.py).
+Both are read at each write and do nothing when unset.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import signal
+import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from .errors import RunError
+from .lock import FolderLock
+
+#: errno values that mean "the disk cannot take our writes" wherever they come from (the
+#: store, a frame cache): they stop a run, are never recorded as a sample's failure, and
+#: the run resumes once they are fixed. (Any error writing the store itself also stops it.)
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+class StoreError(RunError):
+    """The run folder cannot take more writes (disk full, read-only, no permission)."""
 
 
 def _json_default(o: Any) -> Any:
@@ -34,34 +72,126 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+def is_environment_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the disk refusing writes (see :data:`ENVIRONMENT_ERRNOS`)."""
+    return isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS
+
+
+def store_error(path: Path, exc: OSError) -> StoreError:
+    """A :class:`StoreError` for ``exc`` raised while writing ``path``, saying what to do."""
+    hint = {
+        errno.ENOSPC: "free some space",
+        errno.EDQUOT: "free some space (disk quota exceeded)",
+        errno.EROFS: "use a writable --out folder",
+        errno.EACCES: "make the folder writable or use another --out folder",
+        errno.EPERM: "make the folder writable or use another --out folder",
+    }.get(exc.errno or 0, "fix the disk")
+    return StoreError(
+        f"cannot write {path}: {exc.strerror or exc}; the run stopped cleanly and every finished "
+        f"unit is kept; {hint}, then re-run the same command to resume"
+    )
+
+
 class RecordStore:
-    """Records of one run folder, written by shard ``rank``."""
+    """Records of one run folder, written by shard ``rank``.
+
+    Reading (:meth:`done_units`, :meth:`read`) needs no lock; the first write takes the
+    shard's lock (:meth:`acquire`), held until :meth:`close`. Use as a context manager::
+
+        with RecordStore(run_dir, rank=0) as store:
+            store.write_unit("sample-1", "eval", [{"pred": "A"}])
+    """
 
     def __init__(self, root: str | Path, rank: int = 0) -> None:
         self.root = Path(root)
         self.dir = self.root / "records"
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.rank = rank
         self.rows_path = self.dir / f"shard-{rank:05d}.jsonl"
         self.done_path = self.dir / f"shard-{rank:05d}.done.jsonl"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)  # as before: the folder exists once opened
+        except OSError:
+            pass  # a read-only folder can still be read; writing says why it cannot (acquire)
+        self._lock = FolderLock(
+            self.dir / f"shard-{rank:05d}.lock", what=f"record shard {rank} of {self.root}"
+        )
+
+    def acquire(self) -> RecordStore:
+        """Create ``records/`` and take this shard's writer lock (``RunError`` if held)."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise store_error(self.dir, exc) from exc
+        self._lock.acquire()
+        return self
+
+    def close(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> RecordStore:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def done_units(self) -> set[tuple[str, str]]:
-        """(sample_id, analysis) units finished in any shard of this run."""
-        return {(d["sample_id"], d["analysis"]) for d in _read_markers(self.dir)}
+        """(sample_id, analysis) units finished, complete and intact, in any shard of this run."""
+        return set(scan(self.dir).units)
 
     def write_unit(self, sample_id: str, analysis: str, rows: Iterable[dict[str, Any]]) -> None:
+        """Append one unit's rows, then its done marker; each fsynced. A SIGINT meanwhile is
+        held back until the marker is written; a failing disk raises :class:`StoreError`."""
+        self.acquire()
         attempt = uuid.uuid4().hex
         lines = []
         for row in rows:
             row = {**row, "sample_id": sample_id, "analysis": analysis, "_attempt": attempt}
-            lines.append(json.dumps(row, default=_json_default))
-        _append(self.rows_path, lines)
-        _test_pause(sample_id)
-        marker = {"sample_id": sample_id, "analysis": analysis, "_attempt": attempt, "rows": len(lines)}
-        _append(self.done_path, [json.dumps(marker)])
+            lines.append(json.dumps(row, default=_json_default).encode("ascii"))
+        marker = {
+            "sample_id": sample_id,
+            "analysis": analysis,
+            "_attempt": attempt,
+            "rows": len(lines),
+            "sha256": _digest(lines),
+        }
+        with deferred_sigint():
+            _append(self.rows_path, lines)
+            _test_pause(sample_id)
+            _append(self.done_path, [json.dumps(marker).encode("ascii")])
 
     def read(self) -> pd.DataFrame:
         return read_records(self.root)
+
+
+def _digest(lines: list[bytes]) -> str:
+    h = hashlib.sha256()
+    for line in lines:
+        h.update(line + b"\n")
+    return h.hexdigest()
+
+
+@contextmanager
+def deferred_sigint() -> Iterator[None]:
+    """Hold back SIGINT inside the block; after it, hand a SIGINT that came to the handler
+    that was installed before (Python's default raises ``KeyboardInterrupt``).
+
+    Only in the main thread and when a Python-level handler is installed (elsewhere the
+    block runs unchanged)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):  # SIG_IGN / SIG_DFL: nothing Python-level to defer
+        yield
+        return
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        previous(signal.SIGINT, None)
 
 
 def _test_pause(sample_id: str) -> None:
@@ -74,58 +204,177 @@ def _test_pause(sample_id: str) -> None:
         time.sleep(float(seconds))
 
 
-def _append(path: Path, lines: list[str]) -> None:
+def _test_enospc(path: Path, data: bytes) -> bytes:
+    """The ``VLMFLOW_TEST_ENOSPC_AFTER_BYTES`` hook: how much of ``data`` fits, or raise."""
+    limit = os.environ.get("VLMFLOW_TEST_ENOSPC_AFTER_BYTES")
+    if not limit:
+        return data
+    used = sum(p.stat().st_size for p in path.parent.glob("shard-*.jsonl"))
+    room = int(limit) - used
+    if room >= len(data):
+        return data
+    if room > 0:
+        with open(path, "ab") as f:  # what fits, as a real full disk does
+            f.write(data[:room])
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def _append(path: Path, lines: list[bytes]) -> None:
+    """Append ``lines`` to ``path`` starting on a fresh line; flush and fsync (and fsync the
+    folder when the file is new, so its name survives a power cut too)."""
     if not lines:
         return
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    data = b"\n".join(lines) + b"\n"
+    try:
+        new = not path.exists()
+        with open(path, "a+b") as f:  # read too: to see the last byte
+            size = f.seek(0, os.SEEK_END)
+            if size and os.pread(f.fileno(), 1, size - 1) != b"\n":
+                data = b"\n" + data  # never append onto a torn fragment
+            data = _test_enospc(path, data)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if new:
+            fsync_dir(path.parent)
+    except OSError as exc:
+        raise store_error(path, exc) from exc
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    out = []
-    with open(path, encoding="utf-8") as f:
+def fsync_dir(folder: Path) -> None:
+    """fsync a folder so that files created or renamed in it survive a power cut."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot fsync a folder; the file itself is synced
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Replace ``path`` by ``text`` all at once: a temporary file beside it, fsynced, renamed.
+
+    A crash or a full disk leaves either the old file or the new one, never half of one.
+    Raises :class:`StoreError` when the disk refuses the write (the old file is kept)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise store_error(path, exc) from exc
+    fsync_dir(path.parent)
+
+
+# ---------------------------------------------------------------------------- reading
+@dataclass
+class Scan:
+    """What the shards of a records folder hold: the chosen attempt of every finished unit
+    (``units``: unit -> (attempt, shard name)) and, when asked for, the rows by attempt."""
+
+    units: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    torn_lines: int = 0
+    invalid_markers: int = 0
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
         for line in f:
-            line = line.strip()
-            if not line:
+            line = line.rstrip(b"\n")
+            if line.strip():
+                yield line
+
+
+def _parse(line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:  # a torn line, or bytes that are not UTF-8 JSON
+        return None
+
+
+def _shards(records_dir: Path) -> tuple[list[Path], list[Path]]:
+    rows = sorted(p for p in records_dir.glob("shard-*.jsonl") if not p.name.endswith(".done.jsonl"))
+    return rows, sorted(records_dir.glob("shard-*.done.jsonl"))
+
+
+def scan(records_dir: str | Path, *, keep_rows: bool = False) -> Scan:
+    """Read and verify every shard of ``records_dir``.
+
+    A done marker counts only if exactly its ``rows`` rows of its attempt are readable and,
+    when it has one, their SHA-256 matches; of several valid markers for one unit (a unit
+    recomputed after its rows were damaged) the last one read wins."""
+    records_dir = Path(records_dir)
+    out = Scan()
+    if not records_dir.is_dir():
+        return out
+    row_paths, done_paths = _shards(records_dir)
+    counts: dict[str, int] = {}
+    hashes: dict[str, Any] = {}
+    for path in row_paths:
+        for line in _lines(path):
+            row = _parse(line)
+            attempt = row.get("_attempt") if isinstance(row, dict) else None
+            if not isinstance(attempt, str):
+                out.torn_lines += 1
                 continue
+            counts[attempt] = counts.get(attempt, 0) + 1
+            hashes.setdefault(attempt, hashlib.sha256()).update(line + b"\n")
+            if keep_rows:
+                out.rows.setdefault(attempt, []).append(row)
+    for path in done_paths:
+        shard = path.name.removesuffix(".done.jsonl")
+        for line in _lines(path):
+            m = _parse(line)
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line torn by a crash; its unit has no done marker
+                unit = (str(m["sample_id"]), str(m["analysis"]))
+                attempt, expected = m["_attempt"], int(m["rows"])
+            except (TypeError, KeyError, ValueError):
+                out.invalid_markers += 1
+                continue
+            ok = counts.get(attempt, 0) == expected
+            if ok and "sha256" in m:
+                h = hashes.get(attempt)
+                ok = (h.hexdigest() if h else hashlib.sha256().hexdigest()) == m["sha256"]
+            if ok:
+                out.units[unit] = (attempt, shard)
+            else:
+                out.invalid_markers += 1
     return out
-
-
-def _read_markers(records_dir: Path) -> list[dict[str, Any]]:
-    markers = []
-    for path in sorted(records_dir.glob("shard-*.done.jsonl")):
-        markers += _read_jsonl(path)
-    return markers
 
 
 def shard_status(run_dir: str | Path) -> dict[str, int]:
     """Finished units per shard file of a run (``{"shard-00000": 24, ...}``)."""
     records_dir = Path(run_dir) / "records"
-    return {
-        path.name.removesuffix(".done.jsonl"): len(_read_jsonl(path))
-        for path in sorted(records_dir.glob("shard-*.done.jsonl"))
-    }
+    status = (
+        {p.name.removesuffix(".done.jsonl"): 0 for p in _shards(records_dir)[1]}
+        if records_dir.is_dir()
+        else {}
+    )
+    for _, shard in scan(records_dir).units.values():
+        status[shard] = status.get(shard, 0) + 1
+    return status
 
 
 def read_records(run_dir: str | Path) -> pd.DataFrame:
-    """Every finished record of a run (all shards), as one DataFrame."""
-    records_dir = Path(run_dir) / "records"
-    if not records_dir.is_dir():
-        return pd.DataFrame()
-    latest: dict[tuple[str, str], str] = {}
-    for m in _read_markers(records_dir):
-        latest[(m["sample_id"], m["analysis"])] = m["_attempt"]
-    keep = set(latest.values())
+    """Every finished record of a run (all shards), as one DataFrame.
+
+    Units come sorted by (sample id, analysis), each with its rows in the order written, so
+    the result does not depend on how many processes wrote the shards."""
+    found = scan(Path(run_dir) / "records", keep_rows=True)
     rows = []
-    for path in sorted(records_dir.glob("shard-*.jsonl")):
-        if path.name.endswith(".done.jsonl"):
-            continue
-        rows += [r for r in _read_jsonl(path) if r.get("_attempt") in keep]
+    for unit in sorted(found.units):
+        rows += found.rows.get(found.units[unit][0], [])
     df = pd.DataFrame(rows)
     return df.drop(columns=["_attempt"]) if "_attempt" in df else df

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import importlib
 
-MODULES = ("information_flow", "answer_probability", "logit_lens", "attention_maps", "pathways", "open_ended")
+MODULES = (
+    "information_flow",
+    "answer_probability",
+    "logit_lens",
+    "attention_maps",
+    "pathways",
+    "open_ended",
+    "screened_flow",
+)
 
 
 def load_all() -> None:

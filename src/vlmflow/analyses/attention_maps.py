@@ -19,6 +19,7 @@ import torch
 from ..cuts import Cut, Plan, compile_plan
 from ..engine import Engine, masked_forward
 from ..errors import PlanError
+from ..layout import check_group
 from ..models.base import Adapter, Prepared
 from .base import ANALYSES, SAMPLE_MODES, Baseline
 from .targets import TARGETS, parse_edges
@@ -43,6 +44,10 @@ class AttentionMaps:
     def __post_init__(self) -> None:
         if self.sample_mode not in SAMPLE_MODES:
             raise PlanError(f"unknown sample mode {self.sample_mode!r}; choose from {SAMPLE_MODES}")
+        if self.compare and self.compare not in TARGETS:
+            parse_edges(self.compare)  # a typo in --compare stops the run before its first sample
+        for q in self.queries:
+            check_group(q)
         self._drawn = 0
 
     def config(self) -> dict[str, Any]:

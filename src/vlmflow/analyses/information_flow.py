@@ -13,13 +13,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..cuts import WINDOW_STYLES
 from ..engine import Engine
 from ..errors import PlanError
 from ..models.base import Adapter, Prepared
 from .base import ANALYSES, SAMPLE_MODES, Baseline, read_answer
-from .targets import PAPER_TARGETS, TARGETS, sweep, target_curves
+from .targets import PAPER_TARGETS, TARGETS, SweepPoint, parse_edges, sweep, target_curves
 
 
 def relative_change(new: float, base: float) -> float:
@@ -49,6 +50,12 @@ class InformationFlow:
             raise PlanError(f"unknown sample mode {self.sample_mode!r}; choose from {SAMPLE_MODES}")
         if self.window < 1:
             raise PlanError("window must be >= 1")
+        for cut in self.custom:  # a typo in --cut stops the run before its first sample
+            parse_edges(cut)
+        if self.layers is not None and not self.layers:
+            raise PlanError("the sweep layers are empty; give at least one layer (or none for all)")
+        if not self.targets and not self.custom:
+            raise PlanError("nothing to sweep: give a target or a --cut")
 
     def config(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,32 +76,46 @@ class InformationFlow:
             )
             logits = engine.evaluate([p.plan for p in points])
             for point, lg in zip(points, logits, strict=True):
-                new = read_answer(adapter, prepared, lg)
-                p_pred_new = float(new.probs[base.pred_id])
-                p_gt_new = None if base.gt_id is None else float(new.probs[base.gt_id])
                 rows.append(
-                    {
-                        "target": target,
-                        "condition": name,
-                        "layer": point.layer,
-                        "blocked_layers": list(point.plan.layers),
-                        "window": self.window,
-                        "window_style": self.window_style,
-                        "plan": point.plan.to_json(),
-                        "p_pred_base": base.p_pred,
-                        "p_pred_new": p_pred_new,
-                        "rel_pred": relative_change(p_pred_new, base.p_pred),
-                        "p_gt_base": base.p_gt,
-                        "p_gt_new": p_gt_new,
-                        "rel_gt": None if p_gt_new is None else relative_change(p_gt_new, base.p_gt),
-                        "pred_base": base.record()["pred"],
-                        "pred_new": new.record()["pred"],
-                        "gt": base.gt_letter,
-                        "correct_base": base.correct,
-                        "correct_new": new.correct,
-                    }
+                    flow_row(adapter, prepared, base, target, point, lg, self.window, self.window_style)
                 )
         return rows
+
+
+def flow_row(
+    adapter: Adapter,
+    prepared: Prepared,
+    base: Baseline,
+    target: str,
+    point: SweepPoint,
+    logits: torch.Tensor,
+    window: int,
+    window_style: str,
+) -> dict[str, Any]:
+    """One knockout record: the answer read from ``logits`` against the baseline."""
+    new = read_answer(adapter, prepared, logits)
+    p_pred_new = float(new.probs[base.pred_id])
+    p_gt_new = None if base.gt_id is None else float(new.probs[base.gt_id])
+    return {
+        "target": target,
+        "condition": point.condition,
+        "layer": point.layer,
+        "blocked_layers": list(point.plan.layers),
+        "window": window,
+        "window_style": window_style,
+        "plan": point.plan.to_json(),
+        "p_pred_base": base.p_pred,
+        "p_pred_new": p_pred_new,
+        "rel_pred": relative_change(p_pred_new, base.p_pred),
+        "p_gt_base": base.p_gt,
+        "p_gt_new": p_gt_new,
+        "rel_gt": None if p_gt_new is None else relative_change(p_gt_new, base.p_gt),
+        "pred_base": base.record()["pred"],
+        "pred_new": new.record()["pred"],
+        "gt": base.gt_letter,
+        "correct_base": base.correct,
+        "correct_new": new.correct,
+    }
 
 
 def summarize_flow(df: pd.DataFrame) -> pd.DataFrame:

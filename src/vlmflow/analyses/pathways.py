@@ -77,23 +77,48 @@ class PathwaySpec:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PathwaySpec:
-        n = int(d["num_layers"])
+    def from_dict(cls, d: Any) -> PathwaySpec:
+        """A spec from its dict form (``to_dict``, or a JSON/YAML spec file): ``num_layers``,
+        optional ``name``, ``keep`` and ``block`` mapping edges to ``[lo, hi]`` (inclusive),
+        ``"all"``, or (``keep`` only) ``null`` = nowhere. Anything else is a one-line
+        ``PlanError`` naming the bad part; a spec that keeps and blocks nothing too."""
+        if not isinstance(d, dict):
+            raise PlanError(
+                f"a pathway spec must be a mapping with num_layers, keep, block; got {type(d).__name__}"
+            )
+        name = d.get("name", "custom")
+        n = d.get("num_layers")
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 1024:
+            raise PlanError(f"pathway {name!r}: num_layers must be a whole number in 1..1024, got {n!r}")
+        unknown = sorted(map(str, set(d) - {"name", "num_layers", "keep", "block"}))
+        if unknown:
+            raise PlanError(
+                f"pathway {name!r}: unknown key(s) {', '.join(unknown)}; use name, num_layers, keep, block"
+            )
 
-        def rng(v: Any) -> Range | None:
-            if v is None:
+        def rng(section: str, edge: Any, v: Any) -> Range | None:
+            if v is None and section == "keep":
                 return None
             if v == "all":
                 return (0, n - 1)
-            return (int(v[0]), int(v[1]))
+            ok = isinstance(v, (list, tuple)) and len(v) == 2
+            ok = ok and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+            if not ok:
+                raise PlanError(
+                    f"pathway {name!r}: {section}.{edge} must be [first, last] layers or 'all'"
+                    f"{' or null' if section == 'keep' else ''}, got {v!r}"
+                )
+            return (v[0], v[1])
 
-        block = {k: rng(v) for k, v in (d.get("block") or {}).items()}
-        return cls(
-            d.get("name", "custom"),
-            n,
-            {k: rng(v) for k, v in (d.get("keep") or {}).items()},
-            {k: v for k, v in block.items() if v is not None},
-        )
+        parts: dict[str, dict[str, Range | None]] = {}
+        for section in ("keep", "block"):
+            raw = d.get(section) or {}
+            if not isinstance(raw, dict):
+                raise PlanError(f"pathway {name!r}: {section} must map edges to layer ranges, got {raw!r}")
+            parts[section] = {str(k): rng(section, k, v) for k, v in raw.items()}
+        if not parts["keep"] and not parts["block"]:
+            raise PlanError(f"pathway {name!r} keeps and blocks nothing: give keep and/or block")
+        return cls(str(name), n, parts["keep"], parts["block"])  # type: ignore[arg-type]
 
     def scaled(self, num_layers: int) -> PathwaySpec:
         """The same spec stretched to a model of ``num_layers`` (ranges scaled proportionally)."""
@@ -157,20 +182,32 @@ PRESETS: dict[str, PathwaySpec] = {
 
 
 def load_spec(text: str) -> PathwaySpec:
-    """A preset name or a JSON/YAML file."""
+    """A preset name or a JSON/YAML file; a file that cannot be read or parsed, or holds no
+    valid spec, is a one-line ``PlanError`` naming the file and the problem."""
     if text in PRESETS:
         return PRESETS[text]
     path = Path(text)
-    if not path.exists():
+    if not path.is_file():
         raise PlanError(f"pathway spec {text!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
-    raw = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+    try:
+        raw = path.read_text(encoding="utf-8")
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
 
-        data = yaml.safe_load(raw)
-    else:
-        data = json.loads(raw)
-    return PathwaySpec.from_dict(data)
+            data = yaml.safe_load(raw)
+        else:
+            data = json.loads(raw)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlanError(f"pathway spec {text}: cannot read it ({exc})") from None
+    except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError: say where, on one line
+        first = " ".join(str(exc).split())
+        raise PlanError(
+            f"pathway spec {text} is not valid {path.suffix.lstrip('.') or 'JSON'}: {first}"
+        ) from None
+    try:
+        return PathwaySpec.from_dict(data)
+    except PlanError as exc:
+        raise PlanError(f"pathway spec {text}: {exc}") from None
 
 
 @ANALYSES.register("pathways", "accuracy with only the effective pathways kept, vs random blocking")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,7 +17,10 @@ Samples = Annotated[int | None, typer.Option("--samples", "-n", help="at most N 
 Seed = Annotated[int, typer.Option(help="seed for subsampling and synthetic data")]
 Out = Annotated[Path | None, typer.Option("--out", "-o", help="run folder (resumed if it exists)")]
 Device = Annotated[str, typer.Option(help="torch device, e.g. cpu, cuda, cuda:1")]
-Dtype = Annotated[str | None, typer.Option(help="float32, bfloat16 or float16 (default: checkpoint's)")]
+Dtype = Annotated[
+    str | None,
+    typer.Option(help="float32, bfloat16 or float16 (default: float32 on CPU, the checkpoint's on GPU)"),
+]
 Prompt = Annotated[
     str, typer.Option(help="'paper' (the paper's template) or 'chat' (the model's chat template)")
 ]
@@ -59,22 +61,49 @@ def run_and_report(analyses: Callable[[], list], out: Path, *shared: Any) -> Any
         result = run(opts, analyses(), out)
     except VlmflowError as exc:
         fail(exc)
+    except (KeyboardInterrupt, typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:  # anything unexpected: one line and what to do, not a traceback
+        fail_unexpected(exc)
     print_result(result)
+    s = result.summary
+    if s.failed and not s.done and not s.skipped:
+        typer.secho(
+            f"error: all {len(s.failed)} samples failed (first: {next(iter(s.failed.values()))}); "
+            f"see {result.out} and rerun with --debug -v for tracebacks",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(1)
+    if s.failed:
+        typer.secho(f"warning: {len(s.failed)} samples failed; their errors are in the records", err=True)
     return result
 
 
 def parse_layers(text: str | None) -> tuple[int, ...] | None:
-    """``"0-3,7"`` -> ``(0, 1, 2, 3, 7)`` (0-based)."""
-    if not text:
-        return None
-    out: list[int] = []
-    for part in text.split(","):
-        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-        if not m:
-            raise typer.BadParameter(f"layers must look like 0-3,7; got {text!r}")
-        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
-        out += range(a, b + 1)
-    return tuple(sorted(set(out)))
+    """``"0-3,7"`` -> ``(0, 1, 2, 3, 7)`` (0-based); see :func:`vlmflow.cuts.parse_layers`."""
+    from ..cuts import parse_layers as parse
+
+    try:
+        return parse(text)
+    except VlmflowError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+DEBUG = {"traceback": False}  # set by the CLI's --debug
+
+
+def fail_unexpected(exc: BaseException) -> None:
+    """An error vlmflow did not anticipate: one ``error:`` line (the traceback with --debug)."""
+    if DEBUG["traceback"]:
+        raise exc
+    typer.secho(
+        f"error: {type(exc).__name__}: {exc}\n"
+        "this is unexpected: rerun with --debug for the traceback and report it with the command line",
+        fg=typer.colors.RED,
+        err=True,
+    )
+    raise typer.Exit(2)
 
 
 def fail(exc: VlmflowError) -> None:

@@ -47,6 +47,13 @@ def flow(
     sample_mode: Annotated[
         str, typer.Option(help="analyse the samples the model gets correct, wrong, or all")
     ] = "correct",
+    screen: Annotated[
+        int | None,
+        typer.Option(
+            help="estimate every plan by attribution and verify only the top K exactly "
+            "(plus a random control sample of 10); records say method=estimate|exact"
+        ),
+    ] = None,
     task: Tasks = None,
     samples: Samples = None,
     seed: Seed = 0,
@@ -64,17 +71,24 @@ def flow(
     from ..analyses.targets import PAPER_TARGETS
 
     targets = tuple(target) if target else (() if cut else PAPER_TARGETS)
+
+    def analyses() -> list:
+        options = dict(
+            targets=targets,
+            custom=tuple(cut or ()),
+            window=window,
+            window_style=window_style,
+            layers=parse_layers(layers),
+            sample_mode=sample_mode,
+        )
+        if screen is None:
+            return [InformationFlow(**options)]
+        from ..analyses.screened_flow import ScreenedFlow
+
+        return [ScreenedFlow(**options, k=screen)]
+
     run_and_report(
-        lambda: [
-            InformationFlow(
-                targets=targets,
-                custom=tuple(cut or ()),
-                window=window,
-                window_style=window_style,
-                layers=parse_layers(layers),
-                sample_mode=sample_mode,
-            )
-        ],
+        analyses,
         out or Path("vlmflow-out") / "flow",
         model,
         data,

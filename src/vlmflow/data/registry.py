@@ -38,6 +38,7 @@ def load_dataset(
     name, _, arg = spec.partition(":")
     loader = DATASETS.get(name.strip())
     items = loader(arg)
+    _refuse_duplicate_ids(spec, items)
     by_task: dict[str, list[Sample]] = {}
     for s in items:
         by_task.setdefault(s.task, []).append(s)
@@ -57,6 +58,26 @@ def load_dataset(
     return [s for s in items if id(s) in chosen]
 
 
+def _refuse_duplicate_ids(spec: str, items: list[Sample]) -> None:
+    """Sample ids key the run's records: two items with one id would be one unit, the second
+    silently skipped as "already done". Refuse the file, naming the id and where it is."""
+    seen: dict[str, Sample] = {}
+    for s in items:
+        first = seen.setdefault(s.id, s)
+        if first is not s:
+
+            def where(x: Sample) -> str:
+                m = x.meta
+                place = m.get("json") or m.get("parquet") or m.get("file") or ""
+                index = m.get("index", m.get("line"))
+                return f"{place} item {index}".strip() if index is not None else (place or x.task)
+
+            raise DataError(
+                f"dataset {spec!r}: duplicate sample id {s.id!r} ({where(first)} and {where(s)}); "
+                "ids must be unique"
+            )
+
+
 def _resolve_tasks(spec: str, wanted: list[str], names: list[str]) -> list[str]:
     """Task names for ``wanted`` entries: exact names first, then alphabetical task ids."""
     out: list[str] = []
@@ -64,7 +85,7 @@ def _resolve_tasks(spec: str, wanted: list[str], names: list[str]) -> list[str]:
         w = str(w).strip()
         if w in names:
             task = w
-        elif w.isdigit() and int(w) < len(names):
+        elif w.isascii() and w.isdigit() and int(w) < len(names):
             task = names[int(w)]
         else:
             listing = ", ".join(f"{i} {n}" for i, n in enumerate(names))

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -35,6 +37,14 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".gif", ".m4v", ".m
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 FOLDER_FPS = 3.0
 """Frame rate assumed for frame folders (MVBench's ``frames_fps3`` folders)."""
+
+DECODE_TIMEOUT_S = 300.0
+"""Default bound on decoding one video (``$VLMFLOW_DECODE_TIMEOUT_S`` overrides it): a damaged
+or pathological file becomes a per-sample failure instead of a hang."""
+MAX_FRAME_PIXELS = 8192 * 8192
+"""Default largest frame (width x height) decoded (``$VLMFLOW_MAX_FRAME_PIXELS``): a 64 Mpx
+frame is far beyond any benchmark, and T of them would exhaust memory before the model ever
+sees them (it resizes to a few hundred pixels anyway)."""
 
 _NO_BOUND = (-1e5, 1e5)
 _NO_SEEK_FORMATS = {"gif", "apng", "webp_pipe", "image2", "image2pipe"}
@@ -240,18 +250,59 @@ def read_video(
     p = Path(path)
     if not p.exists():
         raise DataError(f"video not found: {p}")
-    if p.is_dir():
-        return _read_folder(p, num_frames, policy, bound, folder_fps)
-    import av
-
+    limit = float(os.environ.get("VLMFLOW_DECODE_TIMEOUT_S", DECODE_TIMEOUT_S))
+    _deadline.end, _deadline.limit = time.monotonic() + limit, limit
     try:
-        return _read_container(p, num_frames, policy, bound, allow_seek)
-    except DataError:
-        raise
-    except av.error.EOFError as e:
-        raise DataError(f"video {p} is empty: it ends before its first frame ({e})") from e
-    except (av.error.FFmpegError, OSError, ValueError, StopIteration, RuntimeError) as e:
-        raise DataError(f"cannot decode video {p}: {e}") from e
+        if p.is_dir():
+            return _read_folder(p, num_frames, policy, bound, folder_fps)
+        if p.stat().st_size == 0:
+            raise DataError(f"video {p} is empty (0 bytes)")
+        import av
+
+        try:
+            return _read_container(p, num_frames, policy, bound, allow_seek)
+        except DataError:
+            raise
+        except av.error.EOFError as e:
+            raise DataError(f"video {p} is empty: it ends before its first frame ({_one_line(e)})") from e
+        except (av.error.FFmpegError, OSError, ValueError, StopIteration, RuntimeError, MemoryError) as e:
+            raise DataError(f"cannot decode video {p}: {_one_line(e)}") from e
+    finally:
+        _deadline.end = None
+
+
+_deadline = threading.local()  # when the decode under way in this thread must give up
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _check_deadline(path: Path) -> None:
+    """Raise once the decode of ``path`` has run past ``$VLMFLOW_DECODE_TIMEOUT_S``."""
+    end = getattr(_deadline, "end", None)
+    if end is not None and time.monotonic() > end:
+        raise DataError(
+            f"decoding {path} took more than {_deadline.limit:g}s (VLMFLOW_DECODE_TIMEOUT_S): "
+            "the file is damaged or far too long; gave up"
+        )
+
+
+def _check_size(width: int, height: int, path: Path) -> None:
+    """Refuse frames above ``$VLMFLOW_MAX_FRAME_PIXELS`` before decoding any of them."""
+    limit = int(os.environ.get("VLMFLOW_MAX_FRAME_PIXELS", MAX_FRAME_PIXELS))
+    if width * height > limit:
+        raise DataError(
+            f"{path} has {width}x{height} frames ({width * height / 1e6:.0f} Mpx), above the "
+            f"{limit / 1e6:.0f} Mpx limit (VLMFLOW_MAX_FRAME_PIXELS); downscale it or raise the limit"
+        )
+
+
+def _decode(container, stream, path: Path):
+    """``container.decode(stream)``, checking the decode deadline at every frame."""
+    for frame in container.decode(stream):
+        _check_deadline(path)
+        yield frame
 
 
 def _folder_images(folder: Path) -> list[Path]:
@@ -267,11 +318,15 @@ def _read_folder(folder, num_frames, policy, bound, fps) -> tuple[np.ndarray, De
     indices = sample_indices(len(files), num_frames, policy, fps, bound)
     loaded: dict[int, np.ndarray] = {}
     for i in sorted(set(indices)):
+        _check_deadline(folder)
         try:
             with Image.open(files[i]) as im:
+                _check_size(im.width, im.height, files[i])
                 loaded[i] = np.asarray(im.convert("RGB"), dtype=np.uint8)
-        except OSError as e:
-            raise DataError(f"cannot read frame image {files[i]}: {e}") from e
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, DecompressionBombError, ...
+            raise DataError(f"cannot read frame image {files[i]}: {_one_line(e)}") from e
     shapes = {a.shape for a in loaded.values()}
     if len(shapes) > 1:
         raise DataError(f"frame folder {folder} mixes image sizes {sorted(shapes)}")
@@ -291,6 +346,7 @@ def _read_container(path, num_frames, policy, bound, allow_seek):
             raise DataError(f"no video stream in {path}")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        _check_size(stream.codec_context.width or 0, stream.codec_context.height or 0, path)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 0.0
         total, declared = _frame_count(container, stream, fps)
@@ -299,7 +355,7 @@ def _read_container(path, num_frames, policy, bound, allow_seek):
         if total is not None and allow_seek and seekable and stream.time_base and fps > 0:
             indices = sample_indices(total, num_frames, policy, fps, bound)
             try:
-                got, decoded = _seek_decode(container, stream, indices, Fraction(rate))
+                got, decoded = _seek_decode(container, stream, indices, Fraction(rate), path)
             except (_SeekFailed, av.error.FFmpegError):
                 got = None
             if got is not None:
@@ -327,7 +383,7 @@ def _frame_count(container, stream, fps: float) -> tuple[int | None, bool]:
     return None, False
 
 
-def _seek_decode(container, stream, indices, rate: Fraction):
+def _seek_decode(container, stream, indices, rate: Fraction, path: Path):
     """Decode the frames at ``indices`` by seeking to the keyframe before each target.
 
     Returns ``({index: frame}, decoded)`` or ``(None, decoded)`` when the stream ends
@@ -365,10 +421,10 @@ def _seek_decode(container, stream, indices, rate: Fraction):
         just_seeked = False
         if need_seek:
             container.seek(pts_of(t), stream=stream, backward=True, any_frame=False)
-            frames = container.decode(stream)
+            frames = _decode(container, stream, path)
             just_seeked = True
         elif frames is None:
-            frames = container.decode(stream)
+            frames = _decode(container, stream, path)
         while True:
             frame = next(frames, None)
             if frame is None:
@@ -424,7 +480,7 @@ def _sequential(path, num_frames, policy, bound, total, declared, fps):
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        for frame in container.decode(stream):
+        for frame in _decode(container, stream, path):
             if n in wanted:
                 got[n] = frame.to_ndarray(format="rgb24")
             last = frame
@@ -450,7 +506,7 @@ def _count_by_decoding(path) -> int:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        return sum(1 for _ in container.decode(stream))
+        return sum(1 for _ in _decode(container, stream, path))
 
 
 # --------------------------------------------------------------------------- writing

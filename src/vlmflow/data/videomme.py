@@ -66,7 +66,8 @@ def _read_parquet(file: Path) -> list[dict[str, Any]]:
     try:
         return pq.read_table(file).to_pylist()
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
-        raise DataError(f"cannot read Video-MME annotations {file}: {e}") from e
+        reason = " ".join(str(e).split())  # pyarrow's messages span lines; ours are one line
+        raise DataError(f"cannot read Video-MME annotations {file}: {reason}") from e
 
 
 def youtube_id(url: str) -> str:

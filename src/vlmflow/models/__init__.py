@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import UnsupportedModelError
+from ..checkpoint import load_error, one_line, preflight
+from ..errors import UnsupportedModelError, VlmflowError
 from . import (
     internvl,  # noqa: F401  (registers the adapter)
     llava_image_baseline,  # noqa: F401  (registers the adapter)
@@ -86,13 +87,26 @@ def load_model(
     from transformers import AutoConfig
 
     path = resolve_spec(spec)
+    preflight(path, _known)  # a bad folder stops here, in one line, before anything loads
     cls = claimed_by(path)
     if cls is None:
         try:
             config = AutoConfig.from_pretrained(path, trust_remote_code=False)  # never prompt
         except (OSError, ValueError) as exc:
-            raise UnsupportedModelError(f"cannot read a model config from {spec!r}: {exc}") from exc
+            raise UnsupportedModelError(f"cannot read a model config from {spec!r}: {one_line(exc)}") from exc
         cls = adapter_for(config.model_type)
-    return cls.load(
-        path, device=device, dtype=dtype, attn_implementation=attn_implementation, **adapter_kwargs
-    )
+    try:
+        return cls.load(
+            path, device=device, dtype=dtype, attn_implementation=attn_implementation, **adapter_kwargs
+        )
+    except VlmflowError:
+        raise
+    except (OSError, RuntimeError, ValueError, ImportError, KeyError, TypeError) as exc:
+        raise load_error(spec, cls.__name__, exc) from exc
+
+
+def _known(raw: dict[str, Any]) -> bool:
+    """Whether an adapter handles the raw ``config.json`` ``raw`` (by claim or model type)."""
+    if any(MODELS.get(n).matches(raw) for n in MODELS):
+        return True
+    return any(raw.get("model_type") in MODELS.get(n).model_types for n in MODELS)

@@ -18,6 +18,7 @@ from typing import Any
 from ..errors import PromptError
 from .base import MODELS, Adapter
 from .frames import Grid, ReplacementAdapter
+from .processors import load_processor
 
 
 @MODELS.register("internvl", "InternVL 2.5/3 (HF InternVLForConditionalGeneration, frames as images)")
@@ -29,11 +30,18 @@ class InternVLAdapter(ReplacementAdapter):
 
     @classmethod
     def load_model(cls, path: str, **kwargs: Any) -> tuple[Any, Any]:
-        from transformers import InternVLForConditionalGeneration, InternVLProcessor
+        from transformers import InternVLForConditionalGeneration, InternVLProcessor, InternVLVideoProcessor
 
         model = InternVLForConditionalGeneration.from_pretrained(path, **kwargs)
-        processor = InternVLProcessor.from_pretrained(path)
+        processor = load_processor(InternVLProcessor, InternVLVideoProcessor, path)
         return model, processor
+
+    def processor_kwargs(self, frames: Any) -> dict[str, Any]:
+        """Frames resized to the vision tower's image size: a video processor config may carry
+        another size (transformers writes its class default, 384 px, into derived checkpoints)
+        and the model's token count per frame only holds at the tower's own size."""
+        h, w = _pair(self.model.config.vision_config.image_size)
+        return {"videos_kwargs": {"size": {"height": h, "width": w}}}
 
     @property
     def media_token_id(self) -> int:

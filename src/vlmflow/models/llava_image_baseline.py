@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .base import MODELS, Adapter, _dtype
+from .base import MODELS, Adapter, default_dtype
 from .pllava import PllavaAdapter, PllavaProcessor, check_pooling_shape, load_pooled_llava, read_config_dict
 
 BASELINE_FRAMES = 8  # the fine-tuned models' temporal pooling
@@ -88,6 +88,9 @@ class LlavaImageBaselineAdapter(PllavaAdapter):
     ) -> Adapter:
         """As :meth:`Adapter.load`; ``pooling_shape`` overrides the default ``(8, g/2, g/2)``."""
         model, processor = cls.load_model(
-            path, pooling_shape=pooling_shape, dtype=_dtype(dtype), attn_implementation=attn_implementation
+            path,
+            pooling_shape=pooling_shape,
+            dtype=default_dtype(dtype, device),
+            attn_implementation=attn_implementation,
         )
         return cls(model.to(device), processor, model_id=str(path), **kwargs)

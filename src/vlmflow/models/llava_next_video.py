@@ -15,6 +15,7 @@ from ..errors import PromptError
 from ..layout import Span
 from ..prompt import PromptText
 from .base import MODELS, Adapter, VideoTokens, contiguous_run
+from .processors import load_processor
 
 
 @MODELS.register("llava_next_video", "LLaVA-NeXT-Video (HF LlavaNextVideoForConditionalGeneration)")
@@ -24,10 +25,14 @@ class LlavaNextVideoAdapter(Adapter):
 
     @classmethod
     def load_model(cls, path: str, **kwargs: Any) -> tuple[Any, Any]:
-        from transformers import LlavaNextVideoForConditionalGeneration, LlavaNextVideoProcessor
+        from transformers import (
+            LlavaNextVideoForConditionalGeneration,
+            LlavaNextVideoProcessor,
+            LlavaNextVideoVideoProcessor,
+        )
 
         model = LlavaNextVideoForConditionalGeneration.from_pretrained(path, **kwargs)
-        processor = LlavaNextVideoProcessor.from_pretrained(path)
+        processor = load_processor(LlavaNextVideoProcessor, LlavaNextVideoVideoProcessor, path)
         return model, processor
 
     @property

@@ -19,6 +19,7 @@ from ..errors import PromptError
 from .base import MODELS, Adapter, VideoTokens, contiguous_run
 from .frames import stacked_frames
 from .llava_next_video import LlavaNextVideoAdapter
+from .processors import load_processor
 
 
 @MODELS.register("llava_onevision", "LLaVA-OneVision (HF LlavaOnevisionForConditionalGeneration)")
@@ -29,10 +30,14 @@ class LlavaOnevisionAdapter(LlavaNextVideoAdapter):
 
     @classmethod
     def load_model(cls, path: str, **kwargs: Any) -> tuple[Any, Any]:
-        from transformers import LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
+        from transformers import (
+            LlavaOnevisionForConditionalGeneration,
+            LlavaOnevisionProcessor,
+            LlavaOnevisionVideoProcessor,
+        )
 
         model = LlavaOnevisionForConditionalGeneration.from_pretrained(path, **kwargs)
-        processor = LlavaOnevisionProcessor.from_pretrained(path)
+        processor = load_processor(LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor, path)
         return model, processor
 
     def video_tokens(self, input_ids: torch.Tensor, inputs: dict[str, Any]) -> VideoTokens:

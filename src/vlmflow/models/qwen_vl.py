@@ -34,6 +34,17 @@ reused), and the engine replays the rotary embeddings the layers received. Qwen3
 deepstack features, added to the residual stream after the first decoder layers outside
 the layer modules, are replayed by the engine as between-layer additions.
 
+Pixel budget. Qwen2-VL and Qwen2.5-VL repositories ship no video processor config, so
+their frames would get the image limits (up to 12.8 M pixels a frame: 2,691 tokens per
+frame group for a 1080p clip). The adapter applies the reference pipeline's video budget
+instead (qwen-vl-utils: 128 to 768 tokens' worth of pixels a frame, ``VIDEO_MIN_PIXELS`` /
+``VIDEO_MAX_PIXELS``, and an even share per frame of a 128,000-token total,
+``VIDEO_TOTAL_PIXELS``, which transformers applies with ``cap_pixels_per_frame``).
+``video_pixels=(min, max)`` sets the per-frame bounds, ``None`` keeps the processor's own;
+the default (``"reference"``) is the reference's bounds where the repository has no video
+config and the video config's own where it has one. Qwen3-VL repositories ship the
+reference's video config, which is used as is.
+
 Frame times. vlmflow's loaders return frames without decode times, so the adapter tells
 the processor they are evenly spaced at ``frames_per_second`` (default: the video
 processor's own sampling rate, 2 fps for the released checkpoints). This sets Qwen3-VL's
@@ -51,8 +62,11 @@ from ..errors import PromptError, UnsupportedModelError
 from ..layout import Span
 from ..prompt import PromptText
 from .base import MODELS, Adapter, VideoTokens
+from .processors import built_from_image_settings, load_processor
 
 _DEFAULT_FPS = 2.0
+# qwen-vl-utils' video defaults (vision_process.py): per-frame pixel bounds in 28 x 28 units
+REFERENCE_VIDEO_PIXELS = (128 * 28 * 28, 768 * 28 * 28)
 
 
 class QwenVLAdapter(Adapter):
@@ -61,10 +75,28 @@ class QwenVLAdapter(Adapter):
 
     model_class: ClassVar[str] = ""
     processor_class: ClassVar[str] = ""
+    video_processor_class: ClassVar[str] = "Qwen2VLVideoProcessor"
     supports = "multiple-choice knockout, answer probability, logit lens (frame group = temporal patch)"
 
-    def __init__(self, model: Any, processor: Any, *, frames_per_second: float | None = None, **kwargs: Any):
+    video_pixels_default: ClassVar[tuple[int, int] | None] = REFERENCE_VIDEO_PIXELS
+    # the reference's total budget (transformers' cap_pixels_per_frame, Qwen2/2.5-VL only)
+    total_pixel_budget: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        frames_per_second: float | None = None,
+        video_pixels: tuple[int, int] | None | str = "reference",
+        **kwargs: Any,
+    ):
         super().__init__(model, processor, **kwargs)
+        if video_pixels == "reference":
+            own = not built_from_image_settings(processor.video_processor)
+            video_pixels = None if own else self.video_pixels_default
+        # (min, max) pixels per frame; None: the video processor's own
+        self.video_pixels: tuple[int, int] | None = video_pixels  # type: ignore[assignment]
         fps = frames_per_second or getattr(processor.video_processor, "fps", None) or _DEFAULT_FPS
         self.frames_per_second = float(fps)
         # the processor's expansion of the video token for the input being prepared:
@@ -83,7 +115,9 @@ class QwenVLAdapter(Adapter):
         import transformers
 
         model = getattr(transformers, cls.model_class).from_pretrained(path, **kwargs)
-        processor = getattr(transformers, cls.processor_class).from_pretrained(path)
+        processor = load_processor(
+            getattr(transformers, cls.processor_class), getattr(transformers, cls.video_processor_class), path
+        )
         return model, processor
 
     # ------------------------------------------------------------------ prompt
@@ -115,6 +149,7 @@ class QwenVLAdapter(Adapter):
                 do_sample_frames=False,
                 return_text_replacement_offsets=True,
                 return_tensors="pt",
+                **self._budget(),
             )
         )
         replaced = [r for r in out.pop("text_replacement_offsets")[0] if r["type"] == "video"]
@@ -128,6 +163,15 @@ class QwenVLAdapter(Adapter):
             # the inputs to the model dtype (bf16) cannot round the temporal positions
             out["second_per_grid_ts"] = [float(x) for x in out["second_per_grid_ts"]]
         return out
+
+    def _budget(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        if self.video_pixels is not None:
+            low, high = self.video_pixels
+            kwargs["size"] = {"shortest_edge": int(low), "longest_edge": int(high)}
+        if self.total_pixel_budget:
+            kwargs["cap_pixels_per_frame"] = True
+        return {"videos_kwargs": kwargs} if kwargs else {}
 
     def _replacement(self) -> tuple[tuple[int, int], str]:
         if self._expansion is None:
@@ -213,6 +257,9 @@ class Qwen3VLAdapter(QwenVLAdapter):
     model_types = ("qwen3_vl",)
     model_class = "Qwen3VLForConditionalGeneration"
     processor_class = "Qwen3VLProcessor"
+    video_processor_class = "Qwen3VLVideoProcessor"
+    video_pixels_default = None  # its repositories ship the reference's video config
+    total_pixel_budget = False
 
     def _frame_spans(self, ids: list[int], runs: list[Span]) -> tuple[Span, ...]:
         """``timestamp <|vision_start|> grid <|vision_end|>`` per temporal patch.

@@ -16,6 +16,7 @@ import torch
 from .base import MODELS, Adapter, VideoTokens, contiguous_run
 from .frames import stacked_frames
 from .llava_next_video import LlavaNextVideoAdapter
+from .processors import load_processor
 
 
 @MODELS.register("video_llava", "Video-LLaVA (HF VideoLlavaForConditionalGeneration)")
@@ -26,10 +27,14 @@ class VideoLlavaAdapter(LlavaNextVideoAdapter):
 
     @classmethod
     def load_model(cls, path: str, **kwargs: Any) -> tuple[Any, Any]:
-        from transformers import VideoLlavaForConditionalGeneration, VideoLlavaProcessor
+        from transformers import (
+            VideoLlavaForConditionalGeneration,
+            VideoLlavaProcessor,
+            VideoLlavaVideoProcessor,
+        )
 
         model = VideoLlavaForConditionalGeneration.from_pretrained(path, **kwargs)
-        processor = VideoLlavaProcessor.from_pretrained(path)
+        processor = load_processor(VideoLlavaProcessor, VideoLlavaVideoProcessor, path)
         return model, processor
 
     def video_tokens(self, input_ids: torch.Tensor, inputs: dict[str, Any]) -> VideoTokens:

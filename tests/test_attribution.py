@@ -1,0 +1,118 @@
+"""The attribution pass against an independent route: autograd through the eager attention
+weights themselves, with the knocked-out pattern renormalised by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vlmflow.analyses.targets import PAPER_TARGETS, sweep, target_curves
+from vlmflow.attribution import attribute, plan_groups, relative_change
+from vlmflow.cuts import Cut, Plan
+from vlmflow.engine import Engine
+from vlmflow.errors import PlanError
+from vlmflow.hooks import eager_attention
+from vlmflow.models import load_model
+from vlmflow.screen import spearman
+
+
+@pytest.fixture(scope="module")
+def eager_llava(tiny_llava_path):
+    return load_model(str(tiny_llava_path), attn_implementation="eager")
+
+
+def oracle(adapter, prepared, token: int, plan: Plan, metric: str = "logprob") -> float:
+    """sum over blocked layers, heads, queries, keys of dM/da * (a' - a), with dM/da from
+    autograd on the eager attention weights and a' the masked, renormalised pattern.
+    ``adapter`` must be loaded with eager attention (so its causal mask is explicit)."""
+    lm = adapter.language_model()
+    weights: dict[int, torch.Tensor] = {}
+
+    def keep(i: int):
+        def hook(module, args, out):
+            out[1].retain_grad()
+            weights[i] = out[1]
+
+        return hook
+
+    handles = [layer.self_attn.register_forward_hook(keep(i)) for i, layer in enumerate(lm.layers)]
+    try:
+        with torch.enable_grad(), eager_attention(lm.layers):
+            inputs = {k: v.clone() if torch.is_tensor(v) else v for k, v in prepared.inputs.items()}
+            out = lm.forward(**inputs, use_cache=False, logits_to_keep=1)
+            logits = out.logits[0, -1]
+            if metric == "logprob":
+                logits.log_softmax(-1)[token].backward()
+            else:  # log-odds log p/(1-p)
+                p = logits.softmax(-1)[token]
+                (p.log() - (1 - p).log()).backward()
+    finally:
+        for h in handles:
+            h.remove()
+    compiled = Engine(lm, prepared.inputs, prepared.layout).compile(plan)
+    total = 0.0
+    for layer, m in compiled.blocked.items():
+        a = weights[layer][0].detach()  # (H, N, N)
+        g = weights[layer].grad[0]
+        cut = torch.from_numpy(np.broadcast_to(m, a.shape).copy())
+        new = a.masked_fill(cut, 0.0)
+        new = new / new.sum(-1, keepdim=True)
+        total += float((g * (new - a)).sum())
+    return total
+
+
+@pytest.mark.parametrize(("impl", "metric"), [("sdpa", "logprob"), ("eager", "logprob"), ("sdpa", "logodds")])
+def test_estimates_equal_the_autograd_oracle(tiny_llava, eager_llava, sample, impl: str, metric: str) -> None:
+    adapter = tiny_llava if impl == "sdpa" else eager_llava
+    prepared = adapter.prepare(sample)
+    lm = adapter.language_model()
+    token = int(Engine(lm, prepared.inputs, prepared.layout).baseline_logits().argmax())
+    plans = [
+        Plan("v->l", (Cut("video", "last", (0, 2)),)),
+        Plan("cross", (Cut("frames:<1", "frame:1", (1,)), Cut("frames:<2", "frame:2", (1, 3)))),
+        Plan("head", (Cut("question", "last", (1,), (2,)), Cut("video", "question", (0,), (0, 3)))),
+        Plan("union", (Cut("video", "last", (2,)), Cut("question_no_options", "last", (2,), (1,)))),
+    ]
+    src, dst = plan_groups(plans)
+    engine = Engine(lm, prepared.inputs, prepared.layout)
+    att = attribute(engine, token_id=token, sources=src, queries=dst, chunk=7, metric=metric)
+    got = att.estimates(plans)
+    want = np.array([oracle(eager_llava, prepared, token, p, metric) for p in plans])
+    assert np.abs(got - want).max() < 1e-5 + 1e-4 * np.abs(want).max(), (got, want)
+    assert np.abs(want).min() > 1e-6  # every plan moves the metric: the check has teeth
+
+
+def test_window_estimates_are_sums_and_heads_add_up(tiny_llava, sample) -> None:
+    prepared = tiny_llava.prepare(sample)
+    lm = tiny_llava.language_model()
+    engine = Engine(lm, prepared.inputs, prepared.layout)
+    att = attribute(engine, token_id=5, sources=["video"], queries=["last"])
+    per_layer = [att.estimate(Plan("l", (Cut("video", "last", (i,)),))) for i in range(lm.num_layers)]
+    window = att.estimate(Plan("w", (Cut("video", "last", tuple(range(lm.num_layers))),)))
+    assert window == pytest.approx(sum(per_layer), rel=1e-5)
+    heat = att.head_map("video", "last")
+    assert heat.shape == (lm.num_layers, 4)
+    assert heat.sum(-1) == pytest.approx(per_layer, rel=1e-4, abs=1e-7)  # one query: heads add up
+    with pytest.raises(PlanError, match="was not attributed"):
+        att.estimate(Plan("q", (Cut("question", "last", (0,)),)))
+
+
+def test_estimates_rank_the_tiny_suite_like_the_exact_engine(tiny_llava, sample) -> None:
+    prepared = tiny_llava.prepare(sample)
+    lm = tiny_llava.language_model()
+    engine = Engine(lm, prepared.inputs, prepared.layout)
+    plans = [
+        p.plan
+        for _t, name, e in target_curves(PAPER_TARGETS, prepared.layout)
+        for p in sweep([(name, e)], lm.num_layers, window=1)
+    ]
+    base = engine.baseline_logits().log_softmax(-1)
+    token = int(base.argmax())
+    src, dst = plan_groups(plans)
+    att = attribute(engine, token_id=token, sources=src, queries=dst)
+    assert att.logprob == pytest.approx(float(base[token]), abs=1e-5)
+    est = att.delta_logprob(att.estimates(plans))
+    exact = (engine.evaluate(plans).log_softmax(-1)[:, token] - base[token]).numpy()
+    assert spearman(est, exact) > 0.8
+    assert relative_change(0.0) == 0.0 and relative_change(np.log(2.0)) == pytest.approx(100.0)

@@ -1,0 +1,109 @@
+"""A bad checkpoint stops a run with one clear line before any sample is processed: no
+config, an unknown model type, no weights, a damaged or missing weight file, weights of
+the wrong shape, an attention kernel that is not installed. (Flash or flex attention that
+*is* available is switched to sdpa for knockout: tests/test_llava_next_video.py.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vlmflow.cli import app
+
+
+def damage_config(key: str, value) -> callable:
+    def edit(d: Path) -> None:
+        config = json.loads((d / "config.json").read_text())
+        if key == "intermediate_size":
+            config["text_config"][key] = 2 * config["text_config"].get(key, 64)
+        else:
+            config[key] = value
+        (d / "config.json").write_text(json.dumps(config))
+
+    return edit
+
+
+def remove(pattern: str):
+    return lambda d: [f.unlink() for f in d.glob(pattern)]
+
+
+def overwrite(pattern: str, data: bytes):
+    return lambda d: [f.write_bytes(data) for f in d.glob(pattern)]
+
+
+def cut_in_half(pattern: str):
+    return lambda d: [f.write_bytes(f.read_bytes()[: f.stat().st_size // 2]) for f in d.glob(pattern)]
+
+
+def sharded(d: Path) -> None:
+    (d / "model.safetensors.index.json").write_text(
+        json.dumps(
+            {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+        )
+    )
+    (d / "model.safetensors").rename(d / "model-00001-of-00002.safetensors")
+
+
+CASES = {
+    "no config": (remove("config.json"), r"has no config.json \(not a transformers checkpoint folder\)"),
+    "config not JSON": (overwrite("config.json", b"{oops"), "cannot read .*config.json"),
+    "unknown model type": (damage_config("model_type", "bogus_vlm"), "no adapter for model type 'bogus_vlm'"),
+    "no weights": (remove("*.safetensors"), "has a config but no weights"),
+    "garbage weights": (overwrite("*.safetensors", b"garbage"), "model.safetensors is damaged or incomplete"),
+    "cut weights": (cut_in_half("*.safetensors"), "damaged or incomplete|cannot load"),
+    "missing shard": (sharded, r"model-00002-of-00002.safetensors named in .* missing"),
+    "wrong shape": (damage_config("intermediate_size", None), "the weights do not fit the config"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_bad_checkpoint_is_one_clear_error_before_any_sample(
+    case: str, tiny_llava_path: Path, tmp_path: Path
+):
+    edit, says = CASES[case]
+    model = Path(shutil.copytree(tiny_llava_path, tmp_path / "model"))
+    edit(model)
+    out = tmp_path / "run"
+    args = [
+        "flow",
+        "--model",
+        str(model),
+        "--data",
+        "synthetic:1",
+        "--task",
+        "object_count",
+        "--num-frames",
+        "4",
+    ]
+    result = CliRunner().invoke(app, [*args, "-t", "cross-frame", "--out", str(out), "--quiet"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert __import__("re").search(says, errors[0]), errors[0]
+    assert not (out / "records").exists()  # before any sample
+
+
+def test_an_attention_kernel_that_is_not_installed(tiny_llava_path: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    try:
+        import flash_attn  # noqa: F401
+
+        pytest.skip("flash-attn is installed here")
+    except ImportError:
+        pass
+    args = ["eval", "--model", str(tiny_llava_path), "--data", "synthetic:1", "--task", "object_count"]
+    result = CliRunner().invoke(app, [*args, "--attn", "flash_attention_2", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert "use --attn sdpa" in result.output and "Traceback" not in result.output
+
+
+def test_a_missing_folder_is_named(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["eval", "--model", str(tmp_path / "nope"), "--data", "synthetic:1", "--out", str(tmp_path / "r")],
+    )
+    assert result.exit_code == 2 and f"checkpoint folder not found: {tmp_path / 'nope'}" in result.output

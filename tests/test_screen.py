@@ -1,0 +1,93 @@
+"""Screen, then verify: estimates are labelled as such, verified plans carry the engine's
+exact values, and ``vlmflow flow --screen K`` writes both kinds of records and the heat maps."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from typer.testing import CliRunner
+
+from vlmflow.analyses.targets import PAPER_TARGETS, sweep, target_curves
+from vlmflow.cli import app
+from vlmflow.data import write_video
+from vlmflow.engine import Engine
+from vlmflow.screen import screen_then_verify, spearman, top_k
+from vlmflow.store import read_records
+
+
+def suite(engine: Engine, layout) -> list:
+    return [
+        p.plan
+        for _t, name, e in target_curves(PAPER_TARGETS, layout)
+        for p in sweep([(name, e)], engine.lm.num_layers, window=1)
+    ]
+
+
+def test_verified_plans_carry_the_engines_exact_values(tiny_llava, sample) -> None:
+    prepared = tiny_llava.prepare(sample)
+    engine = Engine(tiny_llava.language_model(), prepared.inputs, prepared.layout)
+    plans = suite(engine, prepared.layout)
+    s = screen_then_verify(engine, plans, 5, control=4, seed=1)
+    top = [p for p in s.plans if p.verified_as == "top"]
+    ctrl = s.verified("control")
+    assert len(top) == 5 and len(ctrl) == 4 and len(s.verified()) == 9
+    estimates = np.array([p.estimate for p in s.plans])
+    assert {p.plan.name for p in top} == {plans[i].name for i in top_k(estimates, 5)}
+    base = engine.baseline_logits().log_softmax(-1)
+    token = int(base.argmax())
+    for p in s.verified():
+        want = float(engine.evaluate([p.plan])[0].log_softmax(-1)[token] - base[token])
+        assert p.method == "exact" and abs(p.exact - want) < 1e-5
+    assert all(p.method == "estimate" and p.exact is None for p in s.plans if p.verified_as is None)
+    summary = s.summary()
+    assert summary["verified"] == 9 and -1.0 <= summary["spearman_verified"] <= 1.0
+
+
+def test_cheap_plans_are_evaluated_exactly(tiny_llava, sample) -> None:
+    prepared = tiny_llava.prepare(sample)
+    engine = Engine(tiny_llava.language_model(), prepared.inputs, prepared.layout)
+    plans = suite(engine, prepared.layout)
+    s = screen_then_verify(engine, plans, 3, control=0, exact_below=2.0)  # every plan is cheap
+    assert all(p.verified_as == "cheap" and p.method == "exact" for p in s.plans)
+
+
+def test_spearman_matches_the_definition() -> None:
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    assert abs(spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) - 0.8) < 1e-12
+
+
+def test_flow_screen_writes_estimates_exact_rows_and_head_maps(tiny_llava_path, tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(2):
+        write_video(tmp_path / f"v{i}.mp4", rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8), fps=4)
+        q = {"id": f"q{i}", "video": f"v{i}.mp4", "question": "Which way does it move?"}
+        lines.append(q | {"options": ["left", "right", "up", "down"], "answer": i, "task": "dir"})
+    (tmp_path / "qa.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    out = tmp_path / "run"
+    args = ["flow", "--model", str(tiny_llava_path), "--data", f"jsonl:{tmp_path / 'qa.jsonl'}"]
+    args += ["--num-frames", "4", "--window", "1", "--sample-mode", "all", "-t", "vql-to-ql"]
+    result = CliRunner().invoke(app, [*args, "--screen", "3", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    df = read_records(out)
+    rows = df[(df["analysis"] == "flow-screen") & df["error"].isna()]
+    plans = rows[rows["kind"] == "plan"]
+    estimated = plans[plans["method"] == "estimate"]
+    exact = plans[plans["method"] == "exact"]
+    assert len(estimated) == 2 * 4 * 4  # 2 samples x 4 curves x 4 layers, every plan estimated
+    # cuts into the last token are cheap (exact up front); video->question: top 3 + 1 control
+    assert len(exact) == len(estimated)
+    assert set(exact[exact["condition"] == "video->question"]["verified_as"]) == {"top", "control"}
+    assert set(exact["verified_as"]) <= {"top", "control", "cheap"}
+    assert exact["rel_pred_estimate"].notna().all() and exact["correct_new"].notna().all()
+    maps = rows[rows["kind"] == "head_map"]
+    assert set(maps["pair"]) == {"video->question", "video->last", "question->last", "last->last"}
+    assert len(maps) == 2 * 4 * 4 * 4  # samples x pairs x layers x heads
+    assert (rows["kind"] == "screen").sum() == 2
+    assert any(p.name.startswith("head-map-") for p in (out / "figures").iterdir())
+    agreement = pd.read_csv(out / "summary" / "flow-screen-agreement.csv")
+    assert "spearman_verified" in agreement.columns

@@ -124,7 +124,7 @@ def test_demo_reaches_its_recorded_accuracy(demo) -> None:
 
 
 def test_demo_command_smoke(tmp_path) -> None:
-    """`vlmflow demo --model tiny --samples 2` end to end: every analysis, figures, report, summary."""
+    """`vlmflow demo --model tiny --samples 1` end to end: every analysis, figures, report, summary."""
     from typer.testing import CliRunner
 
     from vlmflow.cli import app
@@ -132,7 +132,7 @@ def test_demo_command_smoke(tmp_path) -> None:
 
     out = tmp_path / "demo"
     result = CliRunner().invoke(
-        app, ["demo", "--model", "tiny", "--samples", "2", "--out", str(out), "--quiet"]
+        app, ["demo", "--model", "tiny", "--samples", "1", "--out", str(out), "--quiet"]
     )
     assert result.exit_code == 0, result.output
     assert "cross-frame knockout" in result.output and "overtakes" in result.output
@@ -145,7 +145,9 @@ def test_demo_command_smoke(tmp_path) -> None:
     assert (out / "report.html").stat().st_size > 10_000
     assert any((out / "figures").glob("*.png"))
     summaries = {p.stem for p in (out / "summary").glob("*.csv")}
-    assert summaries == {"accuracy", "flow", "answer-prob", "logit-lens", "logit-lens-top-tokens", "attention"}
+    assert summaries == {
+        "accuracy", "flow", "answer-prob", "logit-lens", "logit-lens-top-tokens", "attention"
+    }
     assert "pathways" in {p.stem for p in (out / "pathways" / "summary").glob("*.csv")}
     # per-sample overlays are drawn by the report from the records
     assert any((out / "figures" / "logit-lens").glob("*.png"))

@@ -19,8 +19,9 @@ split differently. Tiny models have too little work per op for intra-op threads 
 off, and on a busy machine OpenMP threads that wait for each other can be far slower
 than one thread; that is what ``1xC`` against ``1x1`` shows.
 
-The model. ``--model demo`` (default) is the embedded demo model
-(``src/vlmflow/models/demo_model/``). If it is not there, the benchmark builds a tiny
+The model. ``--model demo`` (default) is the embedded demo model (the merged SmolLM2
+demo once it ships in ``src/vlmflow/models/demo_model/``, until then the tiny model in
+``src/vlmflow/models/tiny_model/``). If it is not there, the benchmark builds a tiny
 random LLaVA-NeXT-Video like ``tests/fixtures/tiny.py`` (8 layers) instead and says so in the
 output. Any local checkpoint folder works too.
 
@@ -46,14 +47,18 @@ ROOT = Path(__file__).resolve().parent.parent
 def resolve_model(spec: str, workdir: Path) -> tuple[str, str]:
     """``(model path or spec, description)``; falls back to a tiny random model for ``demo``."""
     try:
-        from vlmflow.models import DEMO_MODEL_DIR
+        from vlmflow.models import DEMO_MODEL_DIR, resolve_spec
     except ImportError:  # running from a checkout without the package installed
         sys.path.insert(0, str(ROOT / "src"))
-        from vlmflow.models import DEMO_MODEL_DIR
+        from vlmflow.models import DEMO_MODEL_DIR, resolve_spec
     if spec != "demo":
         return spec, spec
-    if (DEMO_MODEL_DIR / "config.json").exists():
-        return "demo", f"embedded demo model ({DEMO_MODEL_DIR})"
+    try:  # the SmolLM2 demo once it ships, else the tiny model
+        embedded = Path(resolve_spec("demo"))
+    except Exception:  # noqa: BLE001  (missing embedded models: fall back below)
+        embedded = DEMO_MODEL_DIR
+    if (embedded / "config.json").exists():
+        return "demo", f"embedded demo model ({embedded})"
     sys.path.insert(0, str(ROOT))  # the test fixtures package (tests/fixtures)
     from tests.fixtures.tiny import build_llava_next_video
 

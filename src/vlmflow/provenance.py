@@ -41,10 +41,10 @@ MUST_MATCH = {"model": ("weights_sha256",), "data": ("annotations_sha256", "samp
 
 def model_fingerprint(spec: str) -> dict[str, Any]:
     """``{"spec", "path", "weights_sha256", "weight_files", "hashed"}`` for a local model
-    folder or ``demo``; ``{"spec", "hub_id"}`` for anything else (a hub id)."""
-    from .models import DEMO_MODEL_DIR
+    folder, ``demo`` or ``tiny``; ``{"spec", "hub_id"}`` for anything else (a hub id)."""
+    from .models import resolve_spec
 
-    path = DEMO_MODEL_DIR if spec == "demo" else Path(spec)
+    path = Path(resolve_spec(spec))
     if not path.is_dir():
         return {"spec": spec, "hub_id": spec}
     files = sorted(f for p in WEIGHT_PATTERNS for f in path.glob(p))

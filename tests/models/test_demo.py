@@ -1,5 +1,11 @@
-"""The embedded demo model: its tokenizer, that it loads as ``demo`` and that it answers the
-held-out synthetic benchmark through vlmflow's own path (prepare + Engine baseline)."""
+"""The demo model (LLaVA-NeXT-Video on SmolLM2-135M-Instruct): that its base weights come
+from the installed package faithfully, that the shipped format holds only the small
+trained part, that loading it gives the same model as applying the LoRA by peft, and (once
+a trained one ships in ``models/demo_model/``) that it answers shuffled-option items as
+its ``accuracy.json`` records.
+
+Until a trained demo ships, the structural tests run on a folder in the shipped format
+made here from the untrained builder (seeded), through the same loading path."""
 
 from __future__ import annotations
 
@@ -7,155 +13,128 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from vlmflow.analyses.base import read_answer
 from vlmflow.data import synthetic
 from vlmflow.engine import Engine
 from vlmflow.models import DEMO_MODEL_DIR, load_model
-from vlmflow.models.demo import DEMO_DIR, build_demo_model, build_demo_tokenizer
-from vlmflow.prompt import ANSWER_PROMPT, POST_PROMPT, SYSTEM_MVBENCH, paper_prompt
+from vlmflow.models import demo as demo_module
 
-MAX_FOLDER_MB = 25
-MIN_TASK_ACCURACY = 0.9  # the bar the demo model is held to on every task; chance is 0.25
+MAX_SHIPPED_MB = 25
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_demo_tokenizer()
+SHIPPED = demo_module.is_shipped(DEMO_MODEL_DIR)
 
 
 @pytest.fixture(scope="module")
-def demo():
-    return load_model("demo")
+def shipped(tmp_path_factory):
+    """The shipped demo folder, or one in the same format from the untrained builder."""
+    if SHIPPED:
+        return DEMO_MODEL_DIR
+    out = tmp_path_factory.mktemp("demo") / "demo_model"
+    model, processor = demo_module.build_demo_model(0)
+    peft_model = demo_module.add_lora(model)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a LoRA that changes the model (peft starts B at zero)
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
+    demo_module.save_demo(peft_model, processor, out)
+    return out
 
 
 @pytest.fixture(scope="module")
-def held_out():
-    return synthetic.generate(8, seed=0, option_order="fixed")  # 48 items, as `vlmflow demo` uses
+def demo(shipped):
+    return load_model("demo" if SHIPPED else str(shipped))
 
 
-# --------------------------------------------------------------------------- tokenizer
+@pytest.fixture(scope="module")
+def report():
+    return json.loads((DEMO_MODEL_DIR / "accuracy.json").read_text())
 
 
-def test_tokenizer_covers_the_prompts_and_decodes_them_back(tokenizer) -> None:
-    unk = tokenizer.unk_token_id
-    for text in (SYSTEM_MVBENCH, POST_PROMPT, ANSWER_PROMPT, " ".join(synthetic.vocabulary())):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        assert unk not in ids, tokenizer.convert_ids_to_tokens(ids)
-        assert tokenizer.decode(ids) == text
-    for s in synthetic.generate(2, seed=7):
-        text = paper_prompt(s, "<video>").text
-        ids = tokenizer(text)["input_ids"]
-        assert ids[0] == tokenizer.bos_token_id
-        assert unk not in ids
-        assert tokenizer.decode(ids, skip_special_tokens=True) == text.replace("<video>", "")
+def test_cached_base_is_the_package_gguf() -> None:
+    """The de-quantised SmolLM2 in the cache gives the logits transformers' own GGUF loader
+    gives (the cache is a faithful copy, not a re-training)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = demo_module.base_gguf_path()
+    ref = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    cached = AutoModelForCausalLM.from_pretrained(demo_module.base_lm_dir(), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(demo_module.base_lm_dir())
+    ids = tok("The red square moves to the left.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        a, b = ref(ids).logits, cached(ids).logits
+    assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
+    assert cached.config.num_hidden_layers == 30 and cached.config.hidden_size == 576
 
 
-def test_tokenizer_offsets_and_answer_letters(tokenizer) -> None:
-    text = "USER: <video><video>\n Question: Which direction does the red square move?" + POST_PROMPT
-    text += " ASSISTANT:" + ANSWER_PROMPT
-    enc = tokenizer(text, return_offsets_mapping=True)
-    for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
-        if b > a:  # every token's characters, without the space marker, are its text
-            assert text[a:b].strip(" ") == tokenizer.convert_ids_to_tokens(i).replace("\u2581", "")
-    assert enc["input_ids"].count(tokenizer.convert_tokens_to_ids("<video>")) == 2
-    assert tokenizer.convert_ids_to_tokens(enc["input_ids"][-1]) == "("
-    letters = []
-    for letter in "ABCDEFGHIJKLMNOPQRSTUVWXYZ":
-        ids = tokenizer(text + letter)["input_ids"]
-        assert ids[:-1] == enc["input_ids"], letter
-        letters.append(ids[-1])
-    assert len(set(letters)) == 26
+def test_shipped_folder_is_small_and_holds_no_base_weights(shipped) -> None:
+    files = [f for f in shipped.rglob("*") if f.is_file()]
+    size = sum(f.stat().st_size for f in files)
+    assert size <= MAX_SHIPPED_MB * 2**20, f"demo_model/ is {size / 2**20:.1f} MiB"
+    names = {f.relative_to(shipped).as_posix() for f in files}
+    assert {demo_module.VISION_FILE, "lora/adapter_model.safetensors", "config.json"} <= names
+    from safetensors import safe_open
+
+    with safe_open(str(shipped / demo_module.VISION_FILE), "pt") as f:
+        keys = list(f.keys())
+    assert all(k.startswith(("model.vision_tower.", "model.multi_modal_projector.")) or
+               k == "added_token_rows" for k in keys), keys
 
 
-def test_shipped_tokenizer_is_the_builders(demo, tokenizer) -> None:
-    assert demo.tokenizer.get_vocab() == tokenizer.get_vocab()
-    assert DEMO_MODEL_DIR == DEMO_DIR
+def test_demo_falls_back_to_the_tiny_model_until_one_ships() -> None:
+    from vlmflow.models import TINY_MODEL_DIR, resolve_spec
+
+    assert (resolve_spec("demo") == str(TINY_MODEL_DIR)) is not SHIPPED
 
 
-# --------------------------------------------------------------------------- checkpoint
-
-
-def test_shipped_checkpoint_is_small_and_matches_the_builder(demo) -> None:
-    size = sum(f.stat().st_size for f in DEMO_DIR.iterdir() if f.is_file())
-    assert size <= MAX_FOLDER_MB * 1e6, f"demo_model/ is {size / 1e6:.1f} MB"
-    built, _ = build_demo_model(0)
-    for part in ("text_config", "vision_config"):
-        a, b = getattr(built.config, part).to_dict(), getattr(demo.model.config, part).to_dict()
-        for key in (
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-            "vocab_size",
-            "image_size",
-            "patch_size",
-        ):
-            assert a.get(key) == b.get(key), (part, key)
-    assert demo.family == "llava_next_video" and demo.num_layers == 8
-
-
-def test_layout_of_a_demo_prompt(demo, held_out) -> None:
-    sample = held_out[0]
+def test_demo_is_a_llava_next_video_on_smollm2(demo) -> None:
+    assert demo.family == "llava_next_video" and demo.num_layers == 30
+    assert type(demo.model).__name__ == "LlavaNextVideoForConditionalGeneration"
+    sample = synthetic.generate(1, seed=3, tasks=["moving_direction"])[0]
     prepared = demo.prepare(sample)
     layout = prepared.layout
-    assert len(layout.frames) == 8 and len(layout.resolve("video")) == 8 * 16
-    assert set(layout.frame_grids) == {(4, 4)}
+    assert len(layout.frames) == 8 and set(layout.frame_grids) == {(2, 2)}
+    assert len(layout.resolve("video")) == 8 * 4
     ids = prepared.inputs["input_ids"][0].tolist()
     text = lambda g: demo.tokenizer.decode([ids[i] for i in layout.resolve(g)])  # noqa: E731
-    assert text("question_no_options") == sample.question
-    assert text("true_option") == f"({sample.letters[sample.answer]}) {sample.options[sample.answer]}"
-    assert text("last") == "("
+    assert text("question_no_options").strip() == sample.question
+    assert sample.options[sample.answer] in text("true_option")
     assert demo.tokenizer.convert_ids_to_tokens(list(prepared.option_ids)) == ["A", "B", "C", "D"]
 
 
-def test_demo_reaches_its_recorded_accuracy(demo) -> None:
-    """The shipped model answers the held-out set through vlmflow's own path (``prepare`` +
-    ``Engine`` baseline) with the per-task accuracy ``accuracy.json`` records (to one item), and
-    that accuracy shows it reads the video: at least 0.9 on every task (chance is 0.25)."""
-    report = json.loads((DEMO_DIR / "accuracy.json").read_text())
-    n = report["held_out_items_per_task"]
-    assert n >= 40 and report["held_out"] == "synthetic.generate(n, seed=0, option_order='fixed')"
-    hits: dict[str, list[bool]] = {}
+def test_merged_model_equals_the_lora_applied_by_peft(demo, shipped) -> None:
+    """Loading the demo (LoRA merged into a cached checkpoint) gives the logits of the base
+    model with the shipped vision/projector and the peft LoRA applied unmerged."""
+    model, processor = demo_module.build_demo_model(1)  # another seed: every trained part is loaded
+    peft_model = demo_module.load_trained(shipped, model).eval()
+    sample = synthetic.generate(1, seed=5, tasks=["action_sequence"])[0]
+    prepared = demo.prepare(sample)
+    with torch.no_grad():
+        ref = peft_model(**prepared.inputs).logits[0, -1]
+        ours = Engine(demo.language_model(), prepared.inputs, prepared.layout).baseline_logits()
+    assert torch.allclose(ref, ours.to(ref.dtype), atol=2e-3), float((ref - ours).abs().max())
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no trained demo model ships yet (docs/demo_model.md)")
+def test_demo_answers_as_recorded(demo, report) -> None:
+    """The first items of the recorded held-out set (options shuffled), read through
+    ``prepare`` + engine baseline, are right or wrong as ``accuracy.json`` lists them
+    (a near-tie may flip on another CPU: at most one item per task)."""
+    seed, per_task = report["eval_seed"], 8
+    items = report["items"]
     lm = demo.language_model()
-    for sample in synthetic.generate(n, seed=0, option_order="fixed"):
-        prepared = demo.prepare(sample)
-        answer = read_answer(demo, prepared, Engine(lm, prepared.inputs, prepared.layout).baseline_logits())
-        hits.setdefault(sample.task, []).append(bool(answer.correct))
-    acc = {task: float(np.mean(v)) for task, v in sorted(hits.items())}
-    # within one item per task: a near-tie argmax may flip under another CPU's kernels
-    assert acc == pytest.approx(report["held_out_accuracy"], abs=1.01 / n)
-    assert set(acc) == set(synthetic.TASKS)
-    assert min(acc.values()) >= MIN_TASK_ACCURACY, acc
-
-
-def test_demo_command_smoke(tmp_path) -> None:
-    """`vlmflow demo --samples` end to end: every analysis, figures, report, summary."""
-    from typer.testing import CliRunner
-
-    from vlmflow.cli import app
-    from vlmflow.store import read_records
-
-    out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--samples", "2", "--out", str(out), "--quiet"])
-    assert result.exit_code == 0, result.output
-    assert "cross-frame knockout" in result.output and "overtakes" in result.output
-    records = read_records(out)
-    assert {"eval", "flow", "answer-prob", "logit-lens", "attention", "pathways"} <= set(records["analysis"])
-    assert (out / "report.html").stat().st_size > 10_000
-    assert any((out / "figures").glob("*.png"))
-    summaries = {p.stem for p in (out / "summary").glob("*.csv")}
-    assert summaries == {
-        "accuracy",
-        "flow",
-        "answer-prob",
-        "logit-lens",
-        "logit-lens-top-tokens",
-        "logit-lens-keywords-spatial",  # the paper's keyword-frequency statistic (issue 13)
-        "logit-lens-keywords-temporal",
-        "attention",
-        "pathways",
-    }
-    # per-sample overlays are drawn by the report from the records
-    assert any((out / "figures" / "logit-lens").glob("*.png"))
-    assert any((out / "figures" / "attention").glob("*.png"))
+    samples = synthetic.generate(report["held_out_items_per_task"], seed=seed)
+    flips: dict[str, int] = {}
+    for task in synthetic.TASKS:
+        for i, sample in enumerate(s for s in samples if s.task == task):
+            if i == per_task:
+                break
+            p = demo.prepare(sample)
+            ok = bool(read_answer(demo, p, Engine(lm, p.inputs, p.layout).baseline_logits()).correct)
+            flips[task] = flips.get(task, 0) + (ok != items[task][i])
+    assert max(flips.values()) <= 1, flips
+    recorded = {t: float(np.mean(v)) for t, v in items.items()}
+    assert recorded == pytest.approx(report["held_out_accuracy"])

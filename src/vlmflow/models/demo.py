@@ -52,8 +52,6 @@ NUM_FRAMES = 8
 VISION = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4)
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 LORA_RANK = 8
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 ADDED_TOKENS = ("<video>", "<image>")
 
 
@@ -123,21 +121,11 @@ def build_demo_tokenizer() -> Any:
 
 def build_demo_processor(tokenizer: Any | None = None) -> Any:
     """The real ``LlavaNextVideoProcessor`` for 64x64 frames with SmolLM2's tokenizer."""
-    from transformers import LlavaNextImageProcessor, LlavaNextVideoProcessor, LlavaNextVideoVideoProcessor
+    from .llava_next_video import square_frame_processor
 
     tok = tokenizer if tokenizer is not None else build_demo_tokenizer()
-    size = {"shortest_edge": IMAGE_SIZE}
-    crop = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    norm = dict(image_mean=CLIP_MEAN, image_std=CLIP_STD)
-    return LlavaNextVideoProcessor(
-        video_processor=LlavaNextVideoVideoProcessor(size=size, crop_size=crop, **norm),
-        image_processor=LlavaNextImageProcessor(
-            size=size, crop_size=crop, image_grid_pinpoints=[[IMAGE_SIZE, IMAGE_SIZE]], **norm
-        ),
-        tokenizer=tok,
-        patch_size=PATCH_SIZE,
-        vision_feature_select_strategy="default",
-        chat_template=getattr(tok, "chat_template", None),
+    return square_frame_processor(
+        tok, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, chat_template=getattr(tok, "chat_template", None)
     )
 
 

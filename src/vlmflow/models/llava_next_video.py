@@ -17,6 +17,32 @@ from ..prompt import PromptText
 from .base import MODELS, Adapter, VideoTokens, contiguous_run
 from .processors import load_processor
 
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def square_frame_processor(
+    tokenizer: Any, *, image_size: int, patch_size: int, chat_template: str | None = None
+) -> Any:
+    """The real ``LlavaNextVideoProcessor`` for ``image_size`` x ``image_size`` frames with CLIP
+    normalisation, as the embedded models (``tiny``, ``demo``) ship it: each frame is
+    ``(image_size / patch_size) ** 2`` patches before the model's spatial pooling."""
+    from transformers import LlavaNextImageProcessor, LlavaNextVideoProcessor, LlavaNextVideoVideoProcessor
+
+    size = {"shortest_edge": image_size}
+    crop = {"height": image_size, "width": image_size}
+    norm = dict(image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    return LlavaNextVideoProcessor(
+        video_processor=LlavaNextVideoVideoProcessor(size=size, crop_size=crop, **norm),
+        image_processor=LlavaNextImageProcessor(
+            size=size, crop_size=crop, image_grid_pinpoints=[[image_size, image_size]], **norm
+        ),
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        chat_template=chat_template,
+    )
+
 
 @MODELS.register("llava_next_video", "LLaVA-NeXT-Video (HF LlavaNextVideoForConditionalGeneration)")
 class LlavaNextVideoAdapter(Adapter):

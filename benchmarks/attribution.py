@@ -44,6 +44,7 @@ try:
 except ImportError:  # running from a checkout without PYTHONPATH=src
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
+from knockout_speed import _proc_status_mb  # this folder (sys.path[0] when run as a script)
 from vlmflow.analyses.targets import PAPER_TARGETS, sweep, target_curves
 from vlmflow.attribution import attribute, plan_groups
 from vlmflow.cuts import Cut, Plan
@@ -53,17 +54,6 @@ from vlmflow.screen import plan_cost, screen_then_verify, spearman, top_k
 
 
 # ---------------------------------------------------------------------- memory
-def _status_mb(field: str) -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
 def peak_over_rest(fn) -> tuple[Any, float | None]:
     """Run ``fn``; return its result and the process's peak RSS during it minus the RSS
     before it (Linux: ``clear_refs`` resets the high-water mark), in MB."""
@@ -73,9 +63,9 @@ def peak_over_rest(fn) -> tuple[Any, float | None]:
             f.write("5")
     except OSError:
         return fn(), None
-    before = _status_mb("VmRSS")
+    before = _proc_status_mb("VmRSS")
     out = fn()
-    peak = _status_mb("VmHWM")
+    peak = _proc_status_mb("VmHWM")
     return out, None if peak is None or before is None else peak - before
 
 

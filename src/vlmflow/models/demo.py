@@ -131,27 +131,17 @@ def build_demo_processor(tokenizer: Any | None = None) -> Any:
 
 def demo_config(tokenizer: Any) -> Any:
     """The ``LlavaNextVideoConfig``: tiny CLIP tower, SmolLM2 as the text model."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextVideoConfig
+    from transformers import LlamaConfig
+
+    from .llava_next_video import square_frame_config
 
     raw = json.loads((base_lm_dir() / "config.json").read_text())
     for key in ("architectures", "_name_or_path", "_model_name_or_path", "transformers_version", "dtype"):
         raw.pop(key, None)
     raw["vocab_size"] = len(tokenizer)
     text = LlamaConfig(**raw)
-    vision = CLIPVisionConfig(
-        **VISION, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=VISION["hidden_size"]
-    )
-    return LlavaNextVideoConfig(
-        vision_config=vision,
-        text_config=text,
-        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_grid_pinpoints=[[IMAGE_SIZE, IMAGE_SIZE]],
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
-        spatial_pool_stride=POOL_STRIDE,
-        spatial_pool_mode="average",
-        tie_word_embeddings=True,
+    return square_frame_config(
+        tokenizer, text, VISION, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, pool_stride=POOL_STRIDE
     )
 
 

@@ -44,6 +44,38 @@ def square_frame_processor(
     )
 
 
+def square_frame_config(
+    tokenizer: Any,
+    text_config: Any,
+    vision: dict[str, int],
+    *,
+    image_size: int,
+    patch_size: int,
+    pool_stride: int,
+    tie_word_embeddings: bool = True,
+) -> Any:
+    """The ``LlavaNextVideoConfig`` of the embedded models: a CLIP tower (``vision``: its
+    sizes) on square ``image_size`` frames, average-pooled by ``pool_stride``, over
+    ``text_config``; the ``<video>``/``<image>`` ids come from ``tokenizer``."""
+    from transformers import CLIPVisionConfig, LlavaNextVideoConfig
+
+    tower = CLIPVisionConfig(
+        **vision, image_size=image_size, patch_size=patch_size, projection_dim=vision["hidden_size"]
+    )
+    return LlavaNextVideoConfig(
+        vision_config=tower,
+        text_config=text_config,
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=[[image_size, image_size]],
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        spatial_pool_stride=pool_stride,
+        spatial_pool_mode="average",
+        tie_word_embeddings=tie_word_embeddings,
+    )
+
+
 @MODELS.register("llava_next_video", "LLaVA-NeXT-Video (HF LlavaNextVideoForConditionalGeneration)")
 class LlavaNextVideoAdapter(Adapter):
     family = "llava_next_video"

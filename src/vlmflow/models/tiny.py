@@ -138,18 +138,12 @@ def build_demo_model(seed: int = 0, *, tie: bool = True, **text_overrides: Any) 
     Llama config (``hidden_size``, ``num_hidden_layers``, ...).
     """
     import torch
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaNextVideoConfig,
-        LlavaNextVideoForConditionalGeneration,
-    )
+    from transformers import LlamaConfig, LlavaNextVideoForConditionalGeneration
+
+    from .llava_next_video import square_frame_config
 
     processor = build_demo_processor()
     tok = processor.tokenizer
-    vision = CLIPVisionConfig(
-        **VISION, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=VISION["hidden_size"]
-    )
     text = LlamaConfig(
         **{**TEXT, **text_overrides},
         vocab_size=len(tok),
@@ -159,16 +153,8 @@ def build_demo_model(seed: int = 0, *, tie: bool = True, **text_overrides: Any) 
         pad_token_id=tok.pad_token_id,
         tie_word_embeddings=tie,
     )
-    config = LlavaNextVideoConfig(
-        vision_config=vision,
-        text_config=text,
-        video_token_index=tok.convert_tokens_to_ids("<video>"),
-        image_token_index=tok.convert_tokens_to_ids("<image>"),
-        image_grid_pinpoints=[[IMAGE_SIZE, IMAGE_SIZE]],
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
-        spatial_pool_stride=POOL_STRIDE,
-        spatial_pool_mode="average",
+    config = square_frame_config(
+        tok, text, VISION, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, pool_stride=POOL_STRIDE,
         tie_word_embeddings=tie,
     )
     torch.manual_seed(seed)

@@ -20,10 +20,11 @@ Nothing ``(H, N, N)``-sized is kept across layers. ``g_qk = <dM/do_q, v_k>`` (th
 output is ``o_q = sum_k a_qk v_k``), so a layer needs only the queries, keys and values its
 attention kernel saw and the gradient of its output. The pass reruns the layers top down
 from the engine's stored inputs, differentiating each at once (one layer's graph alive at
-a time), then recomputes that layer's probabilities in query chunks and reduces them over
-*key atoms* (the finest partition of positions the source groups induce) into ``S`` and
-``B`` of shape ``(H, Q, A)``, and ``G`` of shape ``(H, Q)``, for the ``Q`` query positions
-of interest.
+a time). An attributed layer's attention runs the model's own kernel forward and its own
+backward (``_KeptAttention``): the probabilities and ``g_qk`` are recomputed once, in chunks
+of query rows, and serve both the softmax backward and the reductions over *key atoms*
+(the finest partition of positions the source groups induce) into ``S`` and ``B`` of shape
+``(H, Q, A)`` and ``G`` of shape ``(H, Q)``, for the ``Q`` query positions of interest.
 """
 
 from __future__ import annotations
@@ -49,13 +50,43 @@ ATTRIBUTION_ATTENTION = "vlmflow_attribution"
 
 
 class _Recorder:
-    """Keeps, per attributed layer, what the attention kernel saw and its output."""
+    """What an attribution pass needs inside the attention kernels it wraps: which modules
+    are attributed, the query rows and key atoms to reduce over, and, per layer, the
+    kernel's inputs (until its backward) and the reductions (after it)."""
 
     active: _Recorder | None = None
 
-    def __init__(self, modules: dict[int, tuple[int, str]]) -> None:
+    def __init__(
+        self, modules: dict[int, tuple[int, str]], qpos: np.ndarray, atom_of: np.ndarray, chunk: int
+    ) -> None:
         self.modules = modules  # id(attention module) -> (layer, original implementation)
+        self.qpos, self.atom_of, self.chunk = qpos, atom_of, chunk
+        self.n_atoms = int(atom_of.max()) + 1
         self.seen: dict[int, dict[str, Any]] = {}
+        self.reduced: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+class _KeptAttention(torch.autograd.Function):
+    """The layer's own attention kernel forward; a backward that recomputes the attention
+    probabilities once, in chunks of query rows, and uses them both for the input
+    gradients and for the layer's reductions (``_attention_backward``)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, info: dict
+    ) -> torch.Tensor:
+        out, _ = info["kernel"](info["module"], query, key, value, info["mask"], **info["kwargs"])
+        ctx.save_for_backward(query, key, value, out)
+        ctx.info = info
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        query, key, value, out = ctx.saved_tensors
+        info = ctx.info
+        grads, reduced = _attention_backward(info, query, key, value, out, grad_out, input_grads=True)
+        info["rec"].reduced[info["layer"]] = reduced
+        return (*grads, None)
 
 
 def _attribution_attention(
@@ -66,7 +97,7 @@ def _attribution_attention(
     attention_mask: torch.Tensor | None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """The layer's own attention kernel, plus a record of its inputs and output."""
+    """The layer's own attention kernel, differentiated by ``_KeptAttention``."""
     from transformers import AttentionInterface
 
     rec = _Recorder.active
@@ -75,22 +106,32 @@ def _attribution_attention(
     layer, impl = rec.modules[id(module)]
     if kwargs.get("softcap") is not None or (kwargs.get("sliding_window") or 0) > 0:
         raise UnsupportedModelError("attribution does not model soft-capped or sliding-window attention")
+    if (kwargs.get("dropout") or 0.0) > 0.0 or kwargs.get("s_aux") is not None:
+        raise UnsupportedModelError("attribution does not model attention dropout or attention sinks")
     if impl == "eager":  # the modeling file's own eager function, as the module would call it
         kernel = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
         if kernel is None:
             raise UnsupportedModelError(f"{type(module).__name__} has no eager_attention_forward")
+        causal = False  # eager attention applies exactly the mask it is given
     else:
         kernel = AttentionInterface._global_mapping[impl]
-    out, _ = kernel(module, query, key, value, attention_mask, **kwargs)
+        flag = kwargs.get("is_causal")
+        causal = bool(flag if flag is not None else getattr(module, "is_causal", True))
     scaling = kwargs.get("scaling")
-    rec.seen[layer] = {
-        "query": query.detach(),
-        "key": key.detach(),
-        "value": value.detach(),
-        "mask": None if attention_mask is None else attention_mask.detach(),
+    info = {
+        "rec": rec,
+        "layer": layer,
+        "module": module,
+        "kernel": kernel,
+        "mask": attention_mask,
+        "kwargs": kwargs,
         "scaling": float(scaling if scaling is not None else module.scaling),
-        "out": out,  # (1, N, H, d), part of the graph
+        # what the kernel does without a mask: sdpa is causal (is_causal), eager is not
+        "causal": attention_mask is None and causal and query.shape[2] > 1,
     }
+    out = _KeptAttention.apply(query, key, value, info)
+    # the lowest attributed layer's backward stops at ``out`` (see ``attribute``)
+    rec.seen[layer] = info | {"query": query, "key": key, "value": value, "out": out}
     return out, None
 
 
@@ -274,7 +315,7 @@ def attribute(
     queries: Sequence[str],
     layers: Sequence[int] | None = None,
     metric: str = "logodds",
-    chunk: int = 256,
+    chunk: int = 128,
 ) -> Attribution:
     """One forward and one backward of ``log p(token_id)`` at the last position, reduced to
     what estimating any knockout of ``sources -> queries`` in ``layers`` needs.
@@ -311,12 +352,10 @@ def attribute(
     hidden = engine.hidden_states  # runs the baseline if needed
     atom_of, atoms = key_atoms(layout, list(sources))
     qpos = np.unique(np.concatenate([layout.resolve(g) for g in queries]))
-    n_atoms = int(atom_of.max()) + 1
     _register()
     modules = {id(lm.attention_module(i)): (i, _layer_impl(lm, i, impl)) for i in layers}
-    rec = _Recorder(modules)
+    rec = _Recorder(modules, qpos, atom_of, chunk)
     _Recorder.active = rec
-    S, B, G = {}, {}, {}
     try:
         with torch.enable_grad(), _frozen([*lm.layers, lm.norm, lm.lm_head]):
             # the metric and its gradient at the last layer's stored output
@@ -326,7 +365,9 @@ def attribute(
             base = float(value.detach())
             del top, value
             # then layer by layer, top down, each layer rerun from its stored input: only
-            # one layer's graph is alive at a time
+            # one layer's graph is alive at a time. An attributed layer's attention backward
+            # (_KeptAttention) also does its reductions; the lowest layer needs no input
+            # gradient, only that of its attention output.
             for i in reversed(range(layers[0], lm.num_layers)):
                 attributed = id(lm.attention_module(i)) in modules
                 h = hidden[i].clone().requires_grad_(True)
@@ -336,19 +377,25 @@ def attribute(
                 with switch if attributed else nullcontext():
                     out = lm.layers[i](h, **kwargs)
                 out = out[0] if isinstance(out, tuple) else out
-                wrt = [h, rec.seen[i]["out"]] if attributed else [h]
-                grads = torch.autograd.grad(out, wrt, grad_outputs=grad_h)
-                grad_h = grads[0]
+                if attributed and i not in rec.seen:
+                    raise UnsupportedModelError(f"layer {i} did not run its attention through the hook")
+                if i > layers[0]:
+                    (grad_h,) = torch.autograd.grad(out, [h], grad_outputs=grad_h)
+                else:
+                    seen = rec.seen[i]
+                    (grad_attn,) = torch.autograd.grad(out, [seen["out"]], grad_outputs=grad_h)
+                    q, k, v, o = (seen[x].detach() for x in ("query", "key", "value", "out"))
+                    _, rec.reduced[i] = _attention_backward(seen, q, k, v, o, grad_attn, input_grads=False)
+                    del grad_attn, q, k, v, o, seen
+                rec.seen.pop(i, None)
                 del h, out, kwargs
-                if attributed:
-                    seen = rec.seen.pop(i)
-                    S[i], B[i], G[i] = _reduce(seen, grads[1], qpos, atom_of, n_atoms, chunk)
-                    del seen
-                del grads
     finally:
         _Recorder.active = None
-    if len(S) != len(layers):
+    if sorted(rec.reduced) != layers:
         raise UnsupportedModelError("not every attributed layer ran its attention through the hook")
+    S = {i: r[0] for i, r in rec.reduced.items()}
+    B = {i: r[1] for i, r in rec.reduced.items()}
+    G = {i: r[2] for i, r in rec.reduced.items()}
     return Attribution(layout, token_id, metric, base, lm.num_layers, heads, qpos, atoms, S, B, G)
 
 
@@ -373,47 +420,92 @@ def _clone_nested(v: Any) -> Any:
 
 
 @torch.no_grad()
-def _reduce(
-    seen: dict[str, Any],
+def _attention_backward(
+    info: dict[str, Any],
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    out: torch.Tensor,
     grad_out: torch.Tensor,
-    qpos: np.ndarray,
-    atom_of: np.ndarray,
-    n_atoms: int,
-    chunk: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Recompute one layer's attention for the query rows ``qpos`` in chunks and reduce
-    ``a`` and ``g * a`` over key atoms."""
-    q = seen["query"][0].float()  # (H, N, d)
-    k, v = seen["key"][0].float(), seen["value"][0].float()  # (KV, N, d)
-    rep = q.shape[0] // k.shape[0]
-    k, v = k.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)
-    dout = grad_out[0].transpose(0, 1).float()  # (H, N, d)
-    mask = seen["mask"]
-    n = k.shape[1]
-    # key -> atom membership as a (N, A) 0/1 matrix: the group sums are one matmul
-    onehot = torch.zeros(len(atom_of), n_atoms, dtype=q.dtype, device=q.device)
-    keep = np.flatnonzero(atom_of >= 0)
-    onehot[torch.as_tensor(keep, device=q.device), torch.as_tensor(atom_of[keep], device=q.device)] = 1.0
-    H, Q = q.shape[0], qpos.size
-    S = torch.zeros(H, Q, n_atoms)
-    B = torch.zeros(H, Q, n_atoms)
-    G = torch.zeros(H, Q)
-    out = seen["out"][0].detach().transpose(0, 1).float()  # (H, N, d): o_q = sum_k a_qk v_k
-    for a0 in range(0, Q, chunk):
-        rows = torch.as_tensor(qpos[a0 : a0 + chunk], device=q.device)
-        kn = min(n, int(rows.max()) + 1) if mask is None else n  # causal: no key after the last row
-        scores = q[:, rows] @ k[:, :kn].transpose(1, 2) * seen["scaling"]  # (H, c, kn)
-        if mask is None:
-            allowed = torch.arange(kn, device=q.device)[None, :] <= rows[:, None]
-            scores = scores.masked_fill(~allowed, -math.inf)
-        elif mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask[0, :, rows, :n].to(scores.device), -math.inf)
+    *,
+    input_grads: bool,
+) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | tuple[()], tuple[torch.Tensor, ...]]:
+    """One attention layer's backward and reductions, sharing one recomputation of its
+    probabilities ``a`` and of ``dM/da``, in chunks of query rows.
+
+    Returns the gradients of ``query`` ``(1, H, N, d)``, ``key`` and ``value`` ``(1, KV, Nk,
+    d)`` (empty if not ``input_grads``) and the layer's ``S``, ``B`` ``(H, Q, A)`` and ``G``
+    ``(H, Q)`` over the recorder's query rows ``Q`` and key atoms ``A``. The heads sharing a
+    key/value head (grouped-query attention) are stacked into one matrix product."""
+    rec: _Recorder = info["rec"]
+    scaling, mask, causal = info["scaling"], info["mask"], info["causal"]
+    dtype = query.dtype
+    q = query[0].float()  # (H, N, d)
+    k, v = key[0].float(), value[0].float()  # (KV, Nk, d)
+    H, N, d = q.shape
+    KV, Nk = k.shape[0], k.shape[1]
+    rep = H // KV
+    o = out[0].transpose(0, 1).float()  # (H, N, d): o_q = sum_k a_qk v_k
+    do = grad_out[0].transpose(0, 1).float()
+    D = (do * o).sum(-1)  # (H, N): G = sum_k g_qk a_qk = <dM/do_q, o_q>
+    qg, dog = q.view(KV, rep, N, d), do.view(KV, rep, N, d)
+    # key -> atom membership as a (Nk, A) 0/1 matrix: the group sums are one matmul
+    keep = np.flatnonzero(rec.atom_of >= 0)
+    onehot = torch.zeros(Nk, rec.n_atoms, dtype=q.dtype, device=q.device)
+    onehot[torch.as_tensor(keep, device=q.device), torch.as_tensor(rec.atom_of[keep], device=q.device)] = 1.0
+    qpos = rec.qpos
+    S = torch.zeros(H, qpos.size, rec.n_atoms)
+    B = torch.zeros(H, qpos.size, rec.n_atoms)
+    G = D[:, torch.as_tensor(qpos, device=q.device)].cpu()
+    if input_grads:
+        dq = torch.empty(KV, rep, N, d, dtype=q.dtype, device=q.device)
+        dk, dv = torch.zeros_like(k), torch.zeros_like(v)
+    # without input gradients only the attributed rows are needed
+    starts = range(0, N, rec.chunk) if input_grads else range(0, qpos.size, rec.chunk)
+    for c0 in starts:
+        if input_grads:  # every row, in contiguous chunks
+            r0, r1 = c0, min(N, c0 + rec.chunk)
+            rows: torch.Tensor | slice = slice(r0, r1)
+            first, last, c = r0, r1 - 1, r1 - r0
+            lo, hi = np.searchsorted(qpos, [r0, r1])
+            local = torch.as_tensor(qpos[lo:hi] - r0, device=q.device)
         else:
-            scores = scores + mask[0, :, rows, :n].float()
-        a = scores.softmax(-1)
-        ga = (dout[:, rows] @ v[:, :kn].transpose(1, 2)) * a
-        # G = sum_k g_qk a_qk = <dM/do_q, o_q>: no pass over the keys needed
-        G[:, a0 : a0 + rows.numel()] = (dout[:, rows] * out[:, rows]).sum(-1).cpu()
-        S[:, a0 : a0 + rows.numel()] = (a @ onehot[:kn]).cpu()
-        B[:, a0 : a0 + rows.numel()] = (ga @ onehot[:kn]).cpu()
-    return S, B, G
+            lo, hi = c0, min(qpos.size, c0 + rec.chunk)
+            rows = torch.as_tensor(qpos[lo:hi], device=q.device)
+            first, last, c = int(qpos[lo]), int(qpos[hi - 1]), hi - lo
+            local = None
+        kn = min(Nk, last + 1) if causal else Nk  # causal: no key after the last row
+        qc = qg[:, :, rows].reshape(KV, rep * c, d)
+        doc = dog[:, :, rows].reshape(KV, rep * c, d)
+        s = torch.bmm(qc, k[:, :kn].transpose(1, 2)).mul_(scaling).view(H, c, kn)
+        if causal and kn > first + 1:  # keys up to the first row are open to every row
+            pos = torch.arange(first, last + 1, device=q.device)
+            later = torch.arange(first + 1, kn, device=q.device)[None, :] > pos[:, None]
+            s[:, :, first + 1 :].masked_fill_(later if local is not None else later[rows - first], -math.inf)
+        elif mask is not None:
+            m = mask[0, :, rows, :kn].to(s.device)
+            if m.dtype == torch.bool:
+                s.masked_fill_(~m, -math.inf)
+            else:
+                s.add_(m.float())
+        a = s.softmax(-1)  # (H, c, kn)
+        del s
+        ga = torch.bmm(doc, v[:, :kn].transpose(1, 2)).view(H, c, kn).mul_(a)  # g_qk a_qk
+        if local is None:
+            S[:, lo:hi] = (a @ onehot[:kn]).cpu()
+            B[:, lo:hi] = (ga @ onehot[:kn]).cpu()
+        elif local.numel():
+            full = local.numel() == c
+            S[:, lo:hi] = ((a if full else a[:, local]) @ onehot[:kn]).cpu()
+            B[:, lo:hi] = ((ga if full else ga[:, local]) @ onehot[:kn]).cpu()
+        if not input_grads:
+            continue
+        # softmax backward: dL/ds = a * (g - sum_k g a) = g a - a D
+        ds = ga.addcmul_(a, D[:, r0:r1, None], value=-1.0).view(KV, rep * c, kn)
+        dq[:, :, r0:r1] = torch.bmm(ds, k[:, :kn]).mul_(scaling).view(KV, rep, c, d)
+        dk[:, :kn].baddbmm_(ds.transpose(1, 2), qc, alpha=scaling)
+        dv[:, :kn].baddbmm_(a.view(KV, rep * c, kn).transpose(1, 2), doc)
+    if not input_grads:
+        return (), (S, B, G)
+    grads = (dq.view(1, H, N, d).to(dtype), dk[None].to(key.dtype), dv[None].to(value.dtype))
+    return grads, (S, B, G)

@@ -117,3 +117,53 @@ def test_estimates_rank_the_tiny_suite_like_the_exact_engine(tiny_llava, sample)
     exact = (engine.evaluate(plans).log_softmax(-1)[:, token] - base[token]).numpy()
     assert spearman(est, exact) > 0.8
     assert relative_change(0.0) == 0.0 and relative_change(np.log(2.0)) == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("mask", ["causal", "bool", "additive", "per-head"])
+def test_the_attention_backward_matches_autograd_and_reduces_the_same_probabilities(mask: str) -> None:
+    """``_attention_backward`` (one recomputation of the probabilities for the softmax
+    backward and the reductions) against autograd through a plain softmax attention, with
+    grouped-query heads, a chunk that does not divide the rows, and every mask form."""
+    from vlmflow.attribution import _attention_backward, _Recorder
+
+    gen = torch.Generator().manual_seed(0)
+    H, KV, N, d = 6, 2, 23, 5
+    q, k, v = (torch.randn(1, h, N, d, generator=gen, dtype=torch.float64) for h in (H, KV, KV))
+    allowed = torch.ones(N, N, dtype=torch.bool).tril()
+    allowed = allowed.expand(H, N, N).clone() if mask == "per-head" else allowed[None]
+    if mask == "per-head":
+        allowed[1, 5:, :3] = False  # head 1 also cannot see the first 3 keys
+    q_, k_, v_ = (t.clone().requires_grad_(True) for t in (q, k, v))
+    kr, vr = k_.repeat_interleave(H // KV, 1), v_.repeat_interleave(H // KV, 1)
+    scores = (q_ @ kr.transpose(-1, -2) * 0.3).masked_fill(~allowed, -torch.inf)
+    a = scores.softmax(-1)
+    a.retain_grad()
+    out = (a @ vr).transpose(1, 2)  # (1, N, H, d), as an attention kernel returns it
+    grad_out = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    out.backward(grad_out)
+
+    atom_of = np.full(N, -1)
+    atom_of[2:9], atom_of[9:15], atom_of[20:] = 0, 1, 2
+    qpos = np.array([3, 4, 10, 11, 12, 17, 21, 22])
+    rec = _Recorder({}, qpos, atom_of, chunk=4)
+    kernel_mask = {
+        "causal": None,
+        "bool": allowed[None],
+        "additive": torch.zeros(1, 1, N, N, dtype=torch.float64).masked_fill(~allowed, -1e30),
+        "per-head": allowed[None],
+    }[mask]
+    info = {"rec": rec, "scaling": 0.3, "mask": kernel_mask, "causal": mask == "causal"}
+    o = out.detach()
+    grads, (S, B, G) = _attention_backward(info, q, k, v, o, grad_out, input_grads=True)
+    for got, want in zip(grads, (q_.grad, k_.grad, v_.grad), strict=True):
+        assert torch.allclose(got.double(), want, atol=1e-4), (got - want).abs().max()
+    onehot = torch.zeros(N, 3, dtype=torch.float64)
+    onehot[np.flatnonzero(atom_of >= 0), atom_of[atom_of >= 0]] = 1.0
+    rows = torch.as_tensor(qpos)
+    p, g = a.detach()[0][:, rows], a.grad[0][:, rows]
+    assert torch.allclose(S.double(), p @ onehot, atol=1e-5)
+    assert torch.allclose(B.double(), (g * p) @ onehot, atol=1e-4)
+    assert torch.allclose(G.double(), (g * p).sum(-1), atol=1e-4)
+    _, again = _attention_backward(info, q, k, v, o, grad_out, input_grads=False)  # the lowest layer
+    for x, y in zip(again, (S, B, G), strict=True):
+        assert torch.allclose(x, y, atol=1e-6)

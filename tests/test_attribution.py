@@ -84,6 +84,40 @@ def test_estimates_equal_the_autograd_oracle(tiny_llava, eager_llava, sample, im
     assert np.abs(want).min() > 1e-6  # every plan moves the metric: the check has teeth
 
 
+def test_estimates_stay_exact_when_attention_saturates(tiny_llava_path, sample) -> None:
+    """With queries and keys scaled up, heads put all but 1e-7 or less of their weight on a
+    few keys: blocking those multiplies the open weights by 1e7 or more (the
+    renormalisation), so ``1 - S`` must not be formed by subtraction (float32 keeps ~1e-7
+    of it) nor clamped."""
+    models = [load_model(str(tiny_llava_path), attn_implementation=impl) for impl in ("sdpa", "eager")]
+    for m in models:
+        lm = m.language_model()
+        with torch.no_grad():
+            for i in range(lm.num_layers):
+                lm.attention_module(i).q_proj.weight.mul_(20.0)
+                lm.attention_module(i).k_proj.weight.mul_(20.0)
+    adapter, eager = models
+    prepared = adapter.prepare(sample)
+    lm = adapter.language_model()
+    engine = Engine(lm, prepared.inputs, prepared.layout)
+    token = int(engine.baseline_logits().argmax())
+    plans = [
+        Plan(f"{g}->{d}@{i}", (Cut(g, d, (i,)),))
+        for g in ("video", "system")
+        for d in ("last", "question")
+        for i in range(lm.num_layers)
+    ]
+    src, dst = plan_groups(plans)
+    att = attribute(engine, token_id=token, sources=src, queries=dst, metric="logprob")
+    got = att.estimates(plans)
+    want = np.array([oracle(eager, eager.prepare(sample), token, p) for p in plans])
+    assert np.abs(got - want).max() < 1e-5 + 1e-3 * np.abs(want).max(), (got, want)
+    open_ = torch.ones(att.S[0].shape[-1], dtype=torch.bool)
+    open_[att.atoms["system"]] = False
+    kept = min(float(S[..., open_].sum(-1).min()) for S in att.S.values())
+    assert 0 < kept < 1e-8  # a head keeps under 1e-8 of its weight when the system prompt is cut
+
+
 def test_window_estimates_are_sums_and_heads_add_up(tiny_llava, sample) -> None:
     prepared = tiny_llava.prepare(sample)
     lm = tiny_llava.language_model()
@@ -157,8 +191,8 @@ def test_the_attention_backward_matches_autograd_and_reduces_the_same_probabilit
     grads, (S, B, G) = _attention_backward(info, q, k, v, o, grad_out, input_grads=True)
     for got, want in zip(grads, (q_.grad, k_.grad, v_.grad), strict=True):
         assert torch.allclose(got.double(), want, atol=1e-4), (got - want).abs().max()
-    onehot = torch.zeros(N, 3, dtype=torch.float64)
-    onehot[np.flatnonzero(atom_of >= 0), atom_of[atom_of >= 0]] = 1.0
+    onehot = torch.zeros(N, 4, dtype=torch.float64)  # three atoms, then the keys in none
+    onehot[np.arange(N), np.where(atom_of >= 0, atom_of, 3)] = 1.0
     rows = torch.as_tensor(qpos)
     p, g = a.detach()[0][:, rows], a.grad[0][:, rows]
     assert torch.allclose(S.double(), p @ onehot, atol=1e-5)

@@ -24,7 +24,8 @@ a time). An attributed layer's attention runs the model's own kernel forward and
 backward (``_KeptAttention``): the probabilities and ``g_qk`` are recomputed once, in chunks
 of query rows, and serve both the softmax backward and the reductions over *key atoms*
 (the finest partition of positions the source groups induce) into ``S`` and ``B`` of shape
-``(H, Q, A)`` and ``G`` of shape ``(H, Q)``, for the ``Q`` query positions of interest.
+``(H, Q, A + 1)`` (the last column: keys in no atom) and ``G`` of shape ``(H, Q)``, for the
+``Q`` query positions of interest.
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ class Attribution:
     """Result of one attribution pass: per layer, head, query and key atom, the sums from
     which any knockout of the named groups is estimated (``estimate``, ``head_map``).
 
-    ``S[l]``, ``B[l]``: ``(H, Q, A)``; ``G[l]``: ``(H, Q)``; ``queries`` the ``Q`` positions.
+    ``S[l]``, ``B[l]``: ``(H, Q, A + 1)`` (sums of ``a`` and ``g a`` per key atom; the last
+    column over the keys in no atom); ``G[l]``: ``(H, Q)``; ``queries`` the ``Q`` positions.
     ``estimates`` are changes of the differentiated ``metric`` (baseline value ``base``);
     ``delta_logprob`` maps them to changes of ``log p(token)``, and ``relative_change`` those
     to the % change of the probability the knockout records report.
@@ -216,7 +218,7 @@ class Attribution:
             a = torch.as_tensor(self._atoms(c.src))[None, :]
             for h in c.heads if c.heads is not None else range(self.num_heads):
                 key[h, q, a] = True
-        return float(_effect(self.S[layer], self.B[layer], self.G[layer], key, renormalise).sum())
+        return float(_effect(self.S[layer], self.B[layer], key, renormalise).sum())
 
     @property
     def logprob(self) -> float:
@@ -272,21 +274,24 @@ class Attribution:
             key = torch.zeros(self.S[layer].shape[1:], dtype=torch.bool)
             key[q[:, None], a[None, :]] = True
             key = key.expand(self.num_heads, -1, -1)
-            out[layer] = _effect(self.S[layer], self.B[layer], self.G[layer], key).numpy()
+            out[layer] = _effect(self.S[layer], self.B[layer], key).numpy()
         return out
 
 
-def _effect(
-    S: torch.Tensor, B: torch.Tensor, G: torch.Tensor, key: torch.Tensor, renormalise: bool = True
-) -> torch.Tensor:
+def _effect(S: torch.Tensor, B: torch.Tensor, key: torch.Tensor, renormalise: bool = True) -> torch.Tensor:
     """``(S G - B) / (1 - S)`` summed over queries, per head ``(H,)``, for the atoms ``key``
-    ``(H, Q, A)`` marks."""
-    s = (S * key).sum(-1)
+    ``(H, Q, A + 1)`` marks, computed as ``S / S' * B' - B`` with ``S' = 1 - S`` and
+    ``B' = G - B`` summed over the atoms (and the last column, the keys in no atom) that stay
+    open: both are sums of the kept weights, so nothing cancels when attention is saturated
+    on the blocked keys (``S -> 1``), where the renormalisation factor is largest."""
     b = (B * key).sum(-1)
     if not renormalise:
         return -b.sum(-1)
-    blocked = key.any(-1)
-    return torch.where(blocked, (s * G - b) / (1.0 - s).clamp_min(1e-6), torch.zeros_like(s)).sum(-1)
+    s = (S * key).sum(-1)
+    open_ = ~key
+    s_kept, b_kept = (S * open_).sum(-1), (B * open_).sum(-1)
+    ratio = s / s_kept.clamp_min(torch.finfo(s_kept.dtype).tiny)
+    return torch.where(key.any(-1), ratio * b_kept - b, torch.zeros_like(s)).sum(-1)
 
 
 def relative_change(delta_logprob: np.ndarray | float) -> np.ndarray | float:
@@ -434,7 +439,7 @@ def _attention_backward(
     probabilities ``a`` and of ``dM/da``, in chunks of query rows.
 
     Returns the gradients of ``query`` ``(1, H, N, d)``, ``key`` and ``value`` ``(1, KV, Nk,
-    d)`` (empty if not ``input_grads``) and the layer's ``S``, ``B`` ``(H, Q, A)`` and ``G``
+    d)`` (empty if not ``input_grads``) and the layer's ``S``, ``B`` ``(H, Q, A + 1)`` and ``G``
     ``(H, Q)`` over the recorder's query rows ``Q`` and key atoms ``A``. The heads sharing a
     key/value head (grouped-query attention) are stacked into one matrix product."""
     rec: _Recorder = info["rec"]
@@ -451,11 +456,13 @@ def _attention_backward(
     qg, dog = q.view(KV, rep, N, d), do.view(KV, rep, N, d)
     # key -> atom membership as a (Nk, A) 0/1 matrix: the group sums are one matmul
     keep = np.flatnonzero(rec.atom_of >= 0)
-    onehot = torch.zeros(Nk, rec.n_atoms, dtype=q.dtype, device=q.device)
+    # the last column gathers the keys in no atom: the open weight is a sum, never 1 - S
+    onehot = torch.zeros(Nk, rec.n_atoms + 1, dtype=q.dtype, device=q.device)
     onehot[torch.as_tensor(keep, device=q.device), torch.as_tensor(rec.atom_of[keep], device=q.device)] = 1.0
+    onehot[torch.as_tensor(np.flatnonzero(rec.atom_of[:Nk] < 0), device=q.device), rec.n_atoms] = 1.0
     qpos = rec.qpos
-    S = torch.zeros(H, qpos.size, rec.n_atoms)
-    B = torch.zeros(H, qpos.size, rec.n_atoms)
+    S = torch.zeros(H, qpos.size, rec.n_atoms + 1)
+    B = torch.zeros(H, qpos.size, rec.n_atoms + 1)
     G = D[:, torch.as_tensor(qpos, device=q.device)].cpu()
     if input_grads:
         dq = torch.empty(KV, rep, N, d, dtype=q.dtype, device=q.device)

@@ -34,6 +34,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -127,6 +128,29 @@ def head_plans(layout: TokenLayout, num_layers: int, num_heads: int, n: int, see
     return plans
 
 
+@contextmanager
+def subtracted_renormalisation():
+    """The estimate as the library computed it before 2026-12-01 (for the before/after
+    columns): ``(S G - B) / (1 - S)`` with ``1 - S`` formed by subtraction and clamped at
+    1e-6, which loses the renormalisation when attention is saturated on the blocked keys."""
+    import vlmflow.attribution as attribution_module
+
+    def effect(S, B, key, renormalise=True):
+        b = (B * key).sum(-1)
+        if not renormalise:
+            return -b.sum(-1)
+        s = (S * key).sum(-1)
+        G = B.sum(-1)
+        return torch.where(key.any(-1), (s * G - b) / (1.0 - s).clamp_min(1e-6), torch.zeros_like(s)).sum(-1)
+
+    saved = attribution_module._effect
+    attribution_module._effect = effect
+    try:
+        yield
+    finally:
+        attribution_module._effect = saved
+
+
 def recall(est: np.ndarray, exact: np.ndarray, top: int = 10, k: int = 30) -> float:
     """Of the ``top`` plans with the largest exact drop, the fraction in the estimate's top ``k``."""
     want = set(top_k(exact, top).tolist())
@@ -190,6 +214,8 @@ def measure(
     log(f"exact suite {exact_s:.2f}s")
     est = att.delta_logprob(att.estimates(plans))
     naive = att.delta_logprob(att.estimates(plans, renormalise=False))
+    with subtracted_renormalisation():
+        before = att.delta_logprob(att.estimates(plans))
     est_lp = att_lp.estimates(plans)
     # the screen's map: exact where the engine is cheap (plans under ``exact_below`` of a
     # forward, evaluated up front and recorded as method=exact), the estimate elsewhere
@@ -226,6 +252,7 @@ def measure(
         "cheap_plans": int(cheap.sum()),
         "cheap_modelled_fe": float(costs[cheap].sum()),
         "spearman_no_renorm": spearman(naive, exact),
+        "spearman_before": spearman(before, exact),
         "spearman_logprob_metric": spearman(est_lp, exact),
         "top10_recall_at_k": recall(est, exact, 10, k),
         "top10_recall_at_k_logprob_metric": recall(est_lp, exact, 10, k),
@@ -241,6 +268,7 @@ def measure(
             "cheap_plans": int((cheap & m).sum()),
             "exact_modelled_fe": float(costs[m].sum()),
             "spearman_no_renorm": spearman(naive[m], exact[m]),
+            "spearman_before": spearman(before[m], exact[m]),
             "spearman_logprob_metric": spearman(est_lp[m], exact[m]),
             "max_exact_drop": float(exact[m].min()),
         }
@@ -333,11 +361,14 @@ def measure(
         log(f"head-level exact {h_exact_s:.2f}s")
         h_exact = (h_logits.log_softmax(-1)[:, token] - base[token]).numpy()
         h_est = att.delta_logprob(att.estimates(hplans))
+        with subtracted_renormalisation():
+            h_before = att.delta_logprob(att.estimates(hplans))
         out["head"] = {
             "plans": len(hplans),
             "exact_s": h_exact_s,
             "spearman": spearman(h_est, h_exact),
             "spearman_logprob_metric": spearman(att_lp.estimates(hplans), h_exact),
+            "spearman_before": spearman(h_before, h_exact),
             "spearman_no_renorm": spearman(
                 att.delta_logprob(att.estimates(hplans, renormalise=False)), h_exact
             ),
@@ -547,7 +578,7 @@ def show(name: str, rows: list[dict[str, Any]], k: int) -> dict[str, Any]:
         f"(attribution pass only; the engine baseline it reuses is measured by knockout_speed.py)"
     )
     print(
-        f"ranks    : suite Spearman {mean('spearman'):.3f} "
+        f"ranks    : suite Spearman {mean('spearman'):.3f} (before: {mean('spearman_before'):.3f}) "
         f"(no renormalisation {mean('spearman_no_renorm'):.3f}; "
         f"log-prob metric {mean('spearman_logprob_metric'):.3f}) | top-10 recall @K={k}: "
         f"{mean('top10_recall_at_k') * 10:.1f}/10 (log-prob metric "
@@ -560,7 +591,8 @@ def show(name: str, rows: list[dict[str, Any]], k: int) -> dict[str, Any]:
         f"{mean('spearman_screened_map'):.3f}"
     )
     print(
-        f"  {'target':30s} {'plans':>5s} {'estimate':>8s} {'screened':>8s} {'(exact)':>7s} {'no-renorm':>9s} "
+        f"  {'target':30s} {'plans':>5s} {'before':>6s} {'estimate':>8s} {'screened':>8s} {'(exact)':>7s} "
+        f"{'no-renorm':>9s} "
         f"{'logprob':>7s} {'largest drop':>12s}  goal"
     )
     for t in PAPER_TARGETS:
@@ -570,7 +602,8 @@ def show(name: str, rows: list[dict[str, Any]], k: int) -> dict[str, Any]:
             return float(np.nanmean([v[key] for v in vals]))
 
         print(
-            f"  {t:30s} {vals[0]['plans']:5d} {m('spearman'):8.3f} {m('spearman_screened_map'):8.3f} "
+            f"  {t:30s} {vals[0]['plans']:5d} {m('spearman_before'):6.3f} {m('spearman'):8.3f} "
+            f"{m('spearman_screened_map'):8.3f} "
             f"{m('cheap_plans'):7.0f} {m('spearman_no_renorm'):9.3f} {m('spearman_logprob_metric'):7.3f} "
             f"{m('max_exact_drop'):+12.3f}  >= 0.9 per target on real weights"
         )
@@ -603,7 +636,8 @@ def show(name: str, rows: list[dict[str, Any]], k: int) -> dict[str, Any]:
     if "head" in r0:
         print(
             f"heads    : {r0['head']['plans']} random (layer, head, pair) plans: Spearman "
-            f"{mean('spearman', 'head'):.3f} (no renorm {mean('spearman_no_renorm', 'head'):.3f}, logprob "
+            f"{mean('spearman', 'head'):.3f} (before {mean('spearman_before', 'head'):.3f}, "
+            f"no renorm {mean('spearman_no_renorm', 'head'):.3f}, logprob "
             f"{mean('spearman_logprob_metric', 'head'):.3f}) | "
             f"top-10 recall @K={k}: {mean('top10_recall_at_k', 'head') * 10:.1f}/10 | "
             f"exact {mean('exact_s', 'head'):.2f}s "

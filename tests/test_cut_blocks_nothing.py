@@ -97,7 +97,7 @@ def test_the_cli_refuses_an_empty_cut_before_any_sample(tmp_path: Path) -> None:
         [
             "flow",
             "--model",
-            "demo",
+            "tiny",
             "--data",
             "synthetic:1",
             "--cut",

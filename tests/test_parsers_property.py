@@ -294,7 +294,7 @@ def test_a_bad_cut_or_layer_list_stops_the_cli_before_any_sample(tmp_path: Path)
     ):
         out = tmp_path / bad[1].replace("/", "_")
         result = CliRunner().invoke(
-            app, ["flow", "--model", "demo", "--data", "synthetic:1", *bad, "--out", str(out), "--quiet"]
+            app, ["flow", "--model", "tiny", "--data", "synthetic:1", *bad, "--out", str(out), "--quiet"]
         )
         assert result.exit_code == 2, result.output
         assert says in " ".join(result.output.split()), result.output

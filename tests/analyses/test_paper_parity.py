@@ -29,7 +29,7 @@ from vlmflow.report import accuracy_table
 def demo():
     from vlmflow.models import load_model
 
-    return load_model("demo")
+    return load_model("tiny")
 
 
 def test_answer_prob_defaults_to_correct_samples_as_the_paper_figure(demo) -> None:
@@ -485,7 +485,7 @@ def test_paper_switches_every_command(monkeypatch, command, extra, paper, defaul
     from vlmflow.cli import app
 
     calls = _capture(monkeypatch)
-    base = [command, "--model", "demo", "--data", "synthetic", *extra]
+    base = [command, "--model", "tiny", "--data", "synthetic", *extra]
     for flags, want, rule in (([], default, "ids"), (["--paper"], paper, "text")):
         result = CliRunner().invoke(app, base + flags)
         assert result.exit_code == 0, result.output
@@ -504,11 +504,11 @@ def test_paper_leaves_explicit_options_alone(monkeypatch) -> None:
     from vlmflow.cli import app
 
     calls = _capture(monkeypatch)
-    args = ["logit-lens", "--model", "demo", "--data", "synthetic", "--paper", "--projection", "unembed"]
+    args = ["logit-lens", "--model", "tiny", "--data", "synthetic", "--paper", "--projection", "unembed"]
     assert CliRunner().invoke(app, args).exit_code == 0
     lens = calls[-1][1][0]
     assert lens.projection == "unembed" and lens.bins == "paper"
-    args = ["eval", "--model", "demo", "--data", "synthetic", "--paper", "--correctness", "ids"]
+    args = ["eval", "--model", "tiny", "--data", "synthetic", "--paper", "--correctness", "ids"]
     assert CliRunner().invoke(app, args).exit_code == 0
     assert calls[-1][0].correctness == "ids"
 
@@ -521,7 +521,7 @@ def test_videollama3_paper_prompt_is_selected_by_paper(monkeypatch) -> None:
     from vlmflow.cli import app
 
     calls = _capture(monkeypatch)
-    args = ["eval", "--model", "demo", "--data", "synthetic", "--paper", "--prompt", "mvbench"]
+    args = ["eval", "--model", "tiny", "--data", "synthetic", "--paper", "--prompt", "mvbench"]
     assert CliRunner().invoke(app, args).exit_code == 0
     assert calls[-1][0].prompt == "mvbench"
 

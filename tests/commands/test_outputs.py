@@ -17,7 +17,7 @@ import pytest
 
 GOLDEN = Path(__file__).parents[1] / "golden" / "cli_outputs.json"
 DATA = ["--data", "synthetic:1", "--task", "object_count", "--task", "moving_direction"]
-COMMON = ["--model", "demo", *DATA, "--quiet"]
+COMMON = ["--model", "tiny", *DATA, "--quiet"]
 # command name -> arguments after the command (each writes its own run folder)
 RUNS: dict[str, list[str]] = {
     "flow": ["flow", *COMMON, "--window", "3", "--layers", "0-1", "--sample-mode", "all"],

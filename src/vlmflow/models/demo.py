@@ -240,8 +240,10 @@ def is_shipped(path: Path = DEMO_DIR) -> bool:
 
 
 def _fingerprint(path: Path) -> str:
+    """A hash of the files that make the model (not ``accuracy.json``, written after the
+    export's own load)."""
     h = hashlib.sha256()
-    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file() and p.name != "accuracy.json"):
         h.update(str(f.relative_to(path)).encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]

@@ -19,7 +19,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="run folder")] = Path("vlmflow-demo"),
     samples: Annotated[
         int | None,
-        typer.Option("--samples", "-n", help="held-out synthetic samples per task (demo: 3, tiny: 16)"),
+        typer.Option("--samples", "-n", help="held-out synthetic samples per task (demo: 2, tiny: 16)"),
     ] = None,
     window: Annotated[
         int | None, typer.Option(help="layers blocked around each sweep layer (demo: 9, tiny: 3)")

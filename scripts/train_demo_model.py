@@ -138,10 +138,8 @@ class Encoder:
             ids.append(row)
             targets.append(full[-1])
             tasks.append(s.task)
-        videos = [list(s.frames) for s, t in zip(samples, text_slot, strict=True) if not t]
-        pixels = None
-        if videos:
-            pixels = self.processor.video_processor(videos, return_tensors="pt")["pixel_values_videos"]
+        videos = [s for s, t in zip(samples, text_slot, strict=True) if not t]
+        pixels = video_pixels(self.processor, videos) if videos else None
         return {"ids": ids, "targets": torch.tensor(targets), "tasks": tasks, "pixels": pixels}
 
     def _expanded(self, text: str, row: list[int]) -> str:
@@ -279,7 +277,6 @@ def log_line(run: Path, record: dict) -> None:
 # A frame then reads to SmolLM2 as a four-word caption in words the options use, which its
 # pretrained weights can reason over; the qa stage teaches the LoRA the tasks.
 
-VISION_PREFIXES = ("model.vision_tower.", "model.multi_modal_projector.")
 SIZES = ("small", "medium", "large")
 CAPTION_WORDS = (*synthetic.COLOURS, "black", "nothing", *SIZES, "up", "down", "left", "right")
 
@@ -291,21 +288,16 @@ def video_pixels(processor, samples) -> torch.Tensor:
     ]
 
 
-def frame_caption(scene: dict, t: int) -> list[tuple[str, ...]]:
-    """The words the four video tokens of frame ``t`` are aligned to (one each)."""
+def frame_caption(scene: dict, t: int) -> list[str]:
+    """The words the four video tokens of frame ``t`` are aligned to."""
     objects = scene["objects"][t]
     if len(objects) > 1:
         raise AssertionError("synthetic frames hold at most one object")
     if not objects:
-        return [(scene["background"][t],), ("nothing",), ("nothing",), ("nothing",)]
+        return [scene["background"][t], "nothing", "nothing", "nothing"]
     o = objects[0]
     size = SIZES[0] if o["r"] < 0.1 else SIZES[1] if o["r"] < 0.15 else SIZES[2]
-    return [
-        ("up" if o["y"] < 0.5 else "down",),
-        (o["colour"],),
-        (size,),
-        ("left" if o["x"] < 0.5 else "right",),
-    ]
+    return ["up" if o["y"] < 0.5 else "down", o["colour"], size, "left" if o["x"] < 0.5 else "right"]
 
 
 class CaptionTargets:
@@ -322,43 +314,40 @@ class CaptionTargets:
             self.ids[w] = ids[0]
         self.emb = emb
 
-    def vector(self, words: tuple[str, ...]) -> torch.Tensor:
-        rows = self.emb[[self.ids[w] for w in words]]
-        return rows.sum(0) / math.sqrt(len(words))
+    def vectors(self, words: list[str]) -> torch.Tensor:
+        """``(len(words), hidden)``: each word's input embedding."""
+        return self.emb[[self.ids[w] for w in words]]
 
-    def for_samples(self, samples) -> tuple[torch.Tensor, list[list[tuple[str, ...]]]]:
+    def for_samples(self, samples) -> tuple[torch.Tensor, list[list[str]]]:
         """``(items, frames * 4, hidden)`` targets and the caption of every token."""
         vecs, words = [], []
         for s in samples:
             scene = s.meta["scene"]
             caps = [w for t in range(len(scene["background"])) for w in frame_caption(scene, t)]
             words.append(caps)
-            vecs.append(torch.stack([self.vector(w) for w in caps]))
+            vecs.append(self.vectors(caps))
         return torch.stack(vecs), words
 
 
-def slot_vocab(targets: CaptionTargets) -> list[list[tuple[str, ...]]]:
-    """Every caption each of the four token slots can take."""
-    nothing = [("nothing",)]
-    return [
-        [(c,) for c in (*synthetic.COLOURS, "black")] + [("up",), ("down",)],
-        [(c,) for c in synthetic.COLOURS] + nothing,
-        [(w,) for w in SIZES] + nothing,
-        [("left",), ("right",)] + nothing,
-    ]
+SLOT_WORDS = (
+    (*synthetic.COLOURS, "black", "up", "down"),
+    (*synthetic.COLOURS, "nothing"),
+    (*SIZES, "nothing"),
+    ("left", "right", "nothing"),
+)
+"""Every word each of a frame's four video tokens can be aligned to."""
 
 
 def caption_accuracy(out: torch.Tensor, words, targets: CaptionTargets) -> list[float]:
-    """Per slot, the fraction of tokens whose nearest slot caption (Euclidean) is the true one."""
-    vocab = slot_vocab(targets)
+    """Per slot, the fraction of tokens whose nearest slot word (Euclidean) is the true one."""
     hits = [[] for _ in range(4)]
     flat_out = out.reshape(-1, out.shape[-1])
     flat_words = [w for caps in words for w in caps]
     for k in range(4):
-        cands = torch.stack([targets.vector(w) for w in vocab[k]])
+        cands = targets.vectors(list(SLOT_WORDS[k]))
         idx = list(range(k, len(flat_words), 4))
         near = torch.cdist(flat_out[idx], cands).argmin(-1).tolist()
-        hits[k] = [vocab[k][j] == flat_words[i] for j, i in zip(near, idx, strict=True)]
+        hits[k] = [SLOT_WORDS[k][j] == flat_words[i] for j, i in zip(near, idx, strict=True)]
     return [float(np.mean(h)) for h in hits]
 
 
@@ -369,11 +358,10 @@ def align(args: argparse.Namespace) -> int:
     model, processor = demo.build_demo_model(args.seed)
     inner = model.model
     targets = CaptionTargets(model, processor.tokenizer)
-    params = [p for n, p in model.named_parameters() if n.startswith(VISION_PREFIXES)]
     for p in model.parameters():
         p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
+    demo.set_vision_trainable(model, True)
+    params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.vision_lr, weight_decay=0.01)
     held = synthetic.generate(args.held_out, seed=0)
     held_px = video_pixels(processor, held)
@@ -414,22 +402,10 @@ def align(args: argparse.Namespace) -> int:
                     "sec": round(time.time() - t0, 1),
                 },
             )
-            save_aligned(model, args.run / "align")
+            (args.run / "align").mkdir(exist_ok=True)
+            demo.save_vision(model, args.run / "align" / demo.VISION_FILE)
     print(f"aligned vision tower and projector saved to {args.run / 'align'}", flush=True)
     return 0
-
-
-def save_aligned(model, folder: Path) -> None:
-    """The vision tower and projector, written atomically (the align stage's checkpoint)."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {
-        k: v.detach().contiguous() for k, v in model.state_dict().items() if k.startswith(VISION_PREFIXES)
-    }
-    tmp = folder / (demo.VISION_FILE + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    tmp.replace(folder / demo.VISION_FILE)
 
 
 def train(args: argparse.Namespace) -> int:
@@ -444,11 +420,7 @@ def train(args: argparse.Namespace) -> int:
     else:
         aligned = args.run / "align" / demo.VISION_FILE
         if aligned.is_file():  # stage 1's vision tower and projector
-            from safetensors.torch import load_file
-
-            missing, unexpected = model.load_state_dict(load_file(str(aligned)), strict=False)
-            if unexpected:
-                raise RuntimeError(f"{aligned}: unexpected weights {unexpected}")
+            demo.load_vision(model, aligned)
             print(f"vision tower and projector from {aligned}", flush=True)
         if args.init_lora is not None:
             from peft import PeftModel
@@ -458,10 +430,8 @@ def train(args: argparse.Namespace) -> int:
         else:
             model = demo.add_lora(model, args.rank)
         trainer = None
-    if args.vision_lr == 0:  # keep the aligned vision tower and projector as they are
-        for name, p in model.named_parameters():
-            if ".vision_tower." in name or ".multi_modal_projector." in name:
-                p.requires_grad_(False)
+    # --vision-lr 0 keeps the aligned vision tower and projector as they are
+    demo.set_vision_trainable(model, args.vision_lr > 0)
     model.train()
     tok = processor.tokenizer
     video_id = tok.convert_tokens_to_ids(processor.video_token)

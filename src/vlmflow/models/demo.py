@@ -180,56 +180,77 @@ def add_lora(model: Any, rank: int = LORA_RANK) -> Any:
 
     cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=LORA_TARGETS)
     peft_model = get_peft_model(model, cfg)
-    for name, p in peft_model.named_parameters():
-        if ".vision_tower." in name or ".multi_modal_projector." in name:
-            p.requires_grad_(True)
+    set_vision_trainable(peft_model, True)
     return peft_model
+
+
+def is_vision_param(name: str) -> bool:
+    """Whether a parameter or state key (plain or peft-wrapped) belongs to the vision tower
+    or the projector: what is trained here besides the LoRA."""
+    return ".vision_tower." in name or ".multi_modal_projector." in name
+
+
+def set_vision_trainable(model: Any, trainable: bool) -> None:
+    """Train, or freeze, the vision tower and projector of ``model`` (peft-wrapped or not)."""
+    for name, p in model.named_parameters():
+        if is_vision_param(name):
+            p.requires_grad_(trainable)
 
 
 def _trained_state(model: Any) -> dict[str, Any]:
     """Vision tower, projector and the added token rows (what is not SmolLM2's)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    out = {
-        k: v.detach().contiguous()
-        for k, v in inner.state_dict().items()
-        if k.startswith(("model.vision_tower.", "model.multi_modal_projector."))
-    }
+    out = {k: v.detach().contiguous() for k, v in inner.state_dict().items() if is_vision_param(k)}
     emb = inner.model.language_model.embed_tokens.weight
     out["added_token_rows"] = emb[-len(ADDED_TOKENS) :].detach().clone()
     return out
 
 
-def save_demo(peft_model: Any, processor: Any, out: Path) -> None:
-    """Write the shipped folder: config, processor, vision + projector, LoRA adapter."""
+def save_vision(model: Any, file: Path) -> None:
+    """Write the vision tower, projector and added token rows to ``file``, atomically."""
     from safetensors.torch import save_file
 
+    file = Path(file)
+    tmp = file.with_name(file.name + ".tmp")
+    save_file(_trained_state(model), str(tmp), metadata={"format": "pt"})
+    tmp.replace(file)
+
+
+def load_vision(model: Any, file: Path) -> None:
+    """Load a :func:`save_vision` file into an unwrapped demo ``model`` (the added token
+    rows too, when the file has them)."""
+    import torch
+    from safetensors.torch import load_file
+
+    state = load_file(str(file))
+    rows = state.pop("added_token_rows", None)
+    _, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise RuntimeError(f"{file}: unexpected weights {unexpected}")
+    if rows is not None:
+        with torch.no_grad():
+            model.model.language_model.embed_tokens.weight[-len(ADDED_TOKENS) :] = rows
+
+
+def save_demo(peft_model: Any, processor: Any, out: Path) -> None:
+    """Write the shipped folder: config, processor, vision + projector, LoRA adapter."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     inner = peft_model.get_base_model()
     inner.config.save_pretrained(out)
     processor.save_pretrained(out)
-    save_file(_trained_state(peft_model), str(out / VISION_FILE), metadata={"format": "pt"})
+    save_vision(peft_model, out / VISION_FILE)
     peft_model.save_pretrained(out / LORA_DIR)
 
 
 def load_trained(path: Path, model: Any) -> Any:
     """Apply a shipped folder to an untrained ``build_demo_model`` model; returns the
     ``PeftModel`` (trainable LoRA, for resuming)."""
-    import torch
     from peft import PeftModel
-    from safetensors.torch import load_file
 
-    state = load_file(str(Path(path) / VISION_FILE))
-    rows = state.pop("added_token_rows")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected:
-        raise RuntimeError(f"{path}: unexpected weights {unexpected}")
-    with torch.no_grad():
-        model.model.language_model.embed_tokens.weight[-len(ADDED_TOKENS) :] = rows
+    load_vision(model, Path(path) / VISION_FILE)
     peft_model = PeftModel.from_pretrained(model, Path(path) / LORA_DIR, is_trainable=True)
-    for name, p in peft_model.named_parameters():
-        if ".vision_tower." in name or ".multi_modal_projector." in name:
-            p.requires_grad_(True)
+    set_vision_trainable(peft_model, True)
     return peft_model
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.fixtures.demo import demo_with_random_lora
 from vlmflow.analyses.base import read_answer
 from vlmflow.data import synthetic
 from vlmflow.engine import Engine
@@ -33,13 +34,7 @@ def shipped(tmp_path_factory):
     if SHIPPED:
         return DEMO_MODEL_DIR
     out = tmp_path_factory.mktemp("demo") / "demo_model"
-    model, processor = demo_module.build_demo_model(0)
-    peft_model = demo_module.add_lora(model)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # a LoRA that changes the model (peft starts B at zero)
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
+    peft_model, processor = demo_with_random_lora(0)
     demo_module.save_demo(peft_model, processor, out)
     return out
 

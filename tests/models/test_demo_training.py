@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.fixtures.demo import demo_with_random_lora
 from vlmflow.data import synthetic
-from vlmflow.models import demo as demo_module
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_demo_model.py"
 
@@ -29,13 +29,7 @@ def script():
 
 @pytest.fixture(scope="module")
 def model_and_processor():
-    model, processor = demo_module.build_demo_model(0)
-    model = demo_module.add_lora(model)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # a LoRA that changes the model (peft starts B at zero)
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
+    model, processor = demo_with_random_lora(1)
     model.eval()
     return model, processor
 

@@ -199,10 +199,10 @@ class Encoder:
             targets.append(full[-1])
             tasks.append(s.task)
             if option_slot[len(ids) - 1] and not as_text:
-                pos = self.option_ends(s, expanded, row)
+                pos, question = self.aux_positions(s, expanded, row)
                 option_pos.append((len(ids) - 1, pos))
                 option_true.append([float(k == s.answer) for k in range(len(pos))])
-                question_pos.append((len(ids) - 1, [self.question_end(s, expanded, row)]))
+                question_pos.append((len(ids) - 1, [question]))
                 question_word.append(self.answer_token(s))
         videos = [s for s, t in zip(samples, text_slot, strict=True) if not t]
         pixels = video_pixels(self.processor, videos) if videos else None
@@ -223,13 +223,6 @@ class Encoder:
         ids = self.tok(" " + " ".join(answer), add_special_tokens=False)["input_ids"]
         return next(i for i in ids if self.tok.decode([i]).strip())
 
-    def question_end(self, s, expanded: str, row: list[int]) -> int:
-        """Token index of the question's last token (``?``) in ``row``."""
-        prompt = paper_prompt(s, self.processor.video_token)
-        shift = len(expanded) - len(prompt.text)
-        spans = self.tok(expanded, return_offsets_mapping=True)["offset_mapping"]
-        return max(i for i, (a, _) in enumerate(spans) if a < prompt.question_no_options[1] + shift)
-
     @staticmethod
     def _answer_words(s) -> tuple[list[str], list[str]]:
         words = [o.split() for o in s.options]
@@ -243,16 +236,20 @@ class Encoder:
             raise AssertionError(f"{s.id}: options share every word")
         return lead, answer
 
-    def option_ends(self, s, expanded: str, row: list[int]) -> list[int]:
-        """Token index of each option's last token in ``row`` (the expanded paper prompt)."""
-        vid = self.processor.video_token
-        prompt = paper_prompt(s, vid)
+    def aux_positions(self, s, expanded: str, row: list[int]) -> tuple[list[int], int]:
+        """Token indices in ``row`` (the expanded paper prompt) of each option's last token and
+        of the question's last token (``?``)."""
+        prompt = paper_prompt(s, self.processor.video_token)
         shift = len(expanded) - len(prompt.text)  # the video placeholder's expansion
         enc = self.tok(expanded, return_offsets_mapping=True)
         if enc["input_ids"] != row:
             raise AssertionError(f"{s.id}: the tokenizer and the processor disagree")
         spans = enc["offset_mapping"]
-        return [max(i for i, (a, _) in enumerate(spans) if a < end + shift) for _, end in prompt.options]
+
+        def last_token(end: int) -> int:
+            return max(i for i, (a, _) in enumerate(spans) if a < end + shift)
+
+        return [last_token(end) for _, end in prompt.options], last_token(prompt.question_no_options[1])
 
     def open_ended(self, s) -> tuple[list[int], int]:
         """The paper prompt's system and video, then the bare question, and the answer's first
@@ -604,6 +601,7 @@ def train(args: argparse.Namespace) -> int:
     rng = random.Random(step)
     warmup = 30
     open_tasks = set(args.open_tasks.split(","))
+    aux_on = args.option_aux > 0 or args.question_aux > 0
     yes_id, no_id = (tok.encode(w, add_special_tokens=False)[0] for w in (" yes", " no"))
     option_hits: list[float] = []
     question_hits: list[float] = []
@@ -624,7 +622,6 @@ def train(args: argparse.Namespace) -> int:
             t in open_tasks and not x and rng.random() < args.open_mix
             for t, x in zip(tasks, slots, strict=True)
         ]
-        aux_on = args.option_aux > 0 or args.question_aux > 0
         aux = [
             t in open_tasks and aux_on and not (x or o) for t, x, o in zip(tasks, slots, opens, strict=True)
         ]

@@ -70,6 +70,24 @@ def peak_over_rest(fn) -> tuple[Any, float | None]:
     return out, None if peak is None or before is None else peak - before
 
 
+def graph_mb(fn, params: Sequence[torch.Tensor]) -> tuple[Any, float]:
+    """Run ``fn``; return its result and the MB of the distinct storages autograd saved for
+    the backward during it, parameters excluded: the activation memory a graph holds, which
+    allocator-level RSS cannot tell apart from reused free memory."""
+    skip = {p.untyped_storage().data_ptr() for p in params}
+    sizes: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in skip:
+            sizes[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(sizes.values()) / 2**20
+
+
 def timed(fn, repeat: int = 1) -> tuple[Any, float]:
     best, out = float("inf"), None
     for _ in range(repeat):
@@ -201,6 +219,12 @@ def measure(
     att_lp = attribution("logprob")
     att_s = pass_s + baseline_s  # the engine's baseline pass: reused, and needed to verify
     log(f"attribution pass {pass_s:.2f}s (+ baseline pass {baseline_s:.2f}s)")
+    # fused: a fresh engine's baseline forward is the pass's forward (attribute(fused=True))
+    _, fused_s = timed(
+        lambda: attribute(Engine(lm, inputs, layout), token_id=token, sources=src, queries=dst, fused=True),
+        repeat=2,
+    )
+    log(f"fused baseline + attribution {fused_s:.2f}s")
     full = [p for _, p in suite(layout, lm.num_layers, window)]
     modelled_full = sum(plan_cost(engine, p) for p in full)
 
@@ -237,6 +261,9 @@ def measure(
         "exact_suite_s": exact_s,
         "exact_suite_forward_equivalents": exact_s / fwd_s,
         "suite_cheaper_x": exact_s / att_s,
+        "fused_s": fused_s,
+        "fused_forward_equivalents": fused_s / fwd_s,
+        "suite_cheaper_x_fused": exact_s / fused_s,
         # no screen built on this pass can beat exact / (baseline + pass), even verifying nothing
         "screen_ceiling_x": exact_s / att_s,
         "sweep_every": every,
@@ -398,26 +425,45 @@ def measure_cost(
     src, dst = plan_groups(plans + head_plans(layout, lm.num_layers, lm.num_heads, 200))
     engine = Engine(lm, inputs, layout)
     engine.run_baseline()
-    times: dict[str, list[float]] = {"forward": [], "baseline": [], "attribution": []}
+    def fused():  # a fresh engine: its baseline forward is the pass's forward
+        return attribute(Engine(lm, inputs, layout), token_id=token, sources=src, queries=dst, fused=True)
+
+    times: dict[str, list[float]] = {"forward": [], "baseline": [], "attribution": [], "fused": []}
     for _ in range(repeat):
         times["forward"].append(timed(forward)[1])
         times["baseline"].append(timed(engine.run_baseline)[1])
         times["attribution"].append(
             timed(lambda: attribute(engine, token_id=token, sources=src, queries=dst))[1]
         )
+        times["fused"].append(timed(fused)[1])
         log(", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
     _, fwd_mem = peak_over_rest(forward)
+    _, base_mem = peak_over_rest(Engine(lm, inputs, layout).run_baseline)
     _, att_mem = peak_over_rest(lambda: attribute(engine, token_id=token, sources=src, queries=dst))
+    _, fused_mem = peak_over_rest(fused)
+    params = list(lm.forward.parameters())
+    _, fused_graph = graph_mb(fused, params)
+    kept = [*engine.hidden, *engine.keys, *engine.values]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in kept}
+    baseline_mb = sum(storages.values())
     best = {k: min(v) for k, v in times.items()}
     return {
         "times": times,
         "forward_s": best["forward"],
         "baseline_s": best["baseline"],
         "attribution_s": best["attribution"],
+        "fused_s": best["fused"],
         "attribution_fe": (best["baseline"] + best["attribution"]) / best["forward"],
         "attribution_pass_only_fe": best["attribution"] / best["forward"],
+        "fused_fe": best["fused"] / best["forward"],
         "forward_peak_mb": fwd_mem,
+        "baseline_peak_mb": base_mem,
         "attribution_peak_mb": att_mem,
+        "fused_peak_mb": fused_mem,
+        # saved-for-backward storages of the fused pass, all held at once (the rerun pass
+        # holds one layer's at a time)
+        "fused_graph_mb": fused_graph,
+        "engine_baseline_mb": baseline_mb / 2**20,
     }
 
 
@@ -557,6 +603,11 @@ def show(name: str, rows: list[dict[str, Any]], k: int) -> dict[str, Any]:
         f"(exact / (baseline + pass), verifying nothing); full suite by the engine's cost model: "
         f"{mean('exact_full_suite_modelled_fe'):.1f} f.e. exact -> "
         f"{mean('full_suite_cheaper_x_modelled'):.1f}x"
+    )
+    print(
+        f"fused    : baseline forward = the attribution's forward (attribute(fused=True)): "
+        f"{mean('fused_s'):.2f}s = {mean('fused_forward_equivalents'):.2f} f.e. -> every plan of the suite "
+        f"estimated {mean('suite_cheaper_x_fused'):.1f}x cheaper than the exact suite (goal >= 10x)"
     )
     print(
         "  exact suite by target (cost model, f.e.): "
@@ -704,8 +755,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"engine baseline {cost['baseline_s']:.2f}s | "
                 f"attribution pass {cost['attribution_s']:.2f}s -> baseline + attribution = "
                 f"{cost['attribution_fe']:.2f} forward-equivalents (pass alone "
-                f"{cost['attribution_pass_only_fe']:.2f}) | peak over resting RSS: forward "
-                f"{cost['forward_peak_mb']:.0f} MB, attribution {cost['attribution_peak_mb']:.0f} MB",
+                f"{cost['attribution_pass_only_fe']:.2f}) | fused (baseline forward = the pass's forward) "
+                f"{cost['fused_s']:.2f}s = {cost['fused_fe']:.2f} f.e. | peak over resting RSS: forward "
+                f"{cost['forward_peak_mb']:.0f} MB, engine baseline {cost['baseline_peak_mb']:.0f} MB, "
+                f"attribution {cost['attribution_peak_mb']:.0f} MB, fused {cost['fused_peak_mb']:.0f} MB | "
+                f"autograd-saved activations of the fused pass {cost['fused_graph_mb']:.0f} MB held at "
+                f"once (the rerun pass: one layer's at a time); the engine's stored baseline "
+                f"{cost['engine_baseline_mb']:.0f} MB",
                 flush=True,
             )
             results.append({"name": name, "cost": cost})

@@ -25,7 +25,9 @@ backward (``_KeptAttention``): the probabilities and ``g_qk`` are recomputed onc
 of query rows, and serve both the softmax backward and the reductions over *key atoms*
 (the finest partition of positions the source groups induce) into ``S`` and ``B`` of shape
 ``(H, Q, A + 1)`` (the last column: keys in no atom) and ``G`` of shape ``(H, Q)``, for the
-``Q`` query positions of interest.
+``Q`` query positions of interest. ``attribute(..., fused=True)`` instead makes a fresh
+engine's baseline forward the pass's forward and keeps its graph for the one backward: one
+forward less, at the memory of a training step's activations.
 """
 
 from __future__ import annotations
@@ -105,8 +107,12 @@ def _attribution_attention(
     if rec is None or id(module) not in rec.modules:
         raise UnsupportedModelError("attribution attention called outside an attribution pass")
     layer, impl = rec.modules[id(module)]
-    if kwargs.get("softcap") is not None or (kwargs.get("sliding_window") or 0) > 0:
-        raise UnsupportedModelError("attribution does not model soft-capped or sliding-window attention")
+    if kwargs.get("softcap") is not None:
+        raise UnsupportedModelError("attribution does not model soft-capped attention")
+    window = kwargs.get("sliding_window") or 0
+    if window > 0 and attention_mask is None and key.shape[2] > window:
+        # sdpa and eager take a sliding window from the mask; without one it would be lost
+        raise UnsupportedModelError("attribution does not model sliding-window attention without a mask")
     if (kwargs.get("dropout") or 0.0) > 0.0 or kwargs.get("s_aux") is not None:
         raise UnsupportedModelError("attribution does not model attention dropout or attention sinks")
     if impl == "eager":  # the modeling file's own eager function, as the module would call it
@@ -315,22 +321,31 @@ def plan_groups(plans: Sequence[Plan]) -> tuple[list[str], list[str]]:
 def attribute(
     engine: Engine,
     *,
-    token_id: int,
+    token_id: int | None = None,
     sources: Sequence[str],
     queries: Sequence[str],
     layers: Sequence[int] | None = None,
     metric: str = "logodds",
     chunk: int = 128,
+    fused: bool = False,
 ) -> Attribution:
     """One forward and one backward of ``log p(token_id)`` at the last position, reduced to
     what estimating any knockout of ``sources -> queries`` in ``layers`` needs.
 
-    The pass starts from ``engine``'s baseline (running it first if needed): the decoder
-    layers from the first attributed one on are rerun with gradients from the stored
-    hidden states and call arguments, so the vision tower and the earlier layers are not
-    run again. ``sources``/``queries`` are token groups (``plan_groups(plans)`` lists a
-    suite's); ``layers`` defaults to every layer; ``chunk`` bounds the query rows whose
-    attention probabilities are materialised at once.
+    By default the pass starts from ``engine``'s baseline (running it first if needed):
+    the decoder layers from the first attributed one on are rerun with gradients from the
+    stored hidden states and call arguments, one layer's autograd graph alive at a time,
+    so the vision tower and the earlier layers are not run again. ``fused=True``, on an
+    engine whose baseline has not run yet, makes the engine's baseline forward the pass's
+    forward: it is run once with gradients from the first attributed layer on and its
+    graph kept until the backward, which saves the rerun (about one forward of the
+    attributed layers) at the memory of a training step's activations for those layers
+    (no weight gradients); the engine keeps its baseline as usual. On an engine that has
+    already run, ``fused`` changes nothing (the baseline is paid for).
+
+    ``token_id`` defaults to the baseline's top token. ``sources``/``queries`` are token
+    groups (``plan_groups(plans)`` lists a suite's); ``layers`` defaults to every layer;
+    ``chunk`` bounds the query rows whose attention probabilities are materialised at once.
 
     ``metric`` is what is differentiated: ``"logprob"`` (``log p``) or ``"logodds"``
     (``log p/(1-p)``, the default). Both give estimates of the change of ``log p``
@@ -339,7 +354,7 @@ def attribute(
     does not), which is where knockouts of a confident model are far from linear.
 
     >>> engine = Engine(adapter.language_model(), prepared.inputs, prepared.layout)  # doctest: +SKIP
-    >>> att = attribute(engine, token_id=7, sources=["video"], queries=["last"])  # doctest: +SKIP
+    >>> att = attribute(engine, token_id=7, sources=["video"], queries=["last"], fused=True)  # doctest: +SKIP
     >>> att.estimate(Plan("v", (Cut("video", "last", (3, 4)),)))  # doctest: +SKIP
     """
     lm, layout = engine.lm, engine.layout
@@ -354,7 +369,6 @@ def attribute(
     heads = lm.num_heads
     if heads is None:
         raise UnsupportedModelError("the language model's attention does not say how many heads it has")
-    hidden = engine.hidden_states  # runs the baseline if needed
     atom_of, atoms = key_atoms(layout, list(sources))
     qpos = np.unique(np.concatenate([layout.resolve(g) for g in queries]))
     _register()
@@ -362,38 +376,10 @@ def attribute(
     rec = _Recorder(modules, qpos, atom_of, chunk)
     _Recorder.active = rec
     try:
-        with torch.enable_grad(), _frozen([*lm.layers, lm.norm, lm.lm_head]):
-            # the metric and its gradient at the last layer's stored output
-            top = hidden[lm.num_layers].clone().requires_grad_(True)
-            value = _metric(lm.lm_head(lm.norm(top[:, -1:]))[0, -1].float(), token_id, metric)
-            (grad_h,) = torch.autograd.grad(value, top)
-            base = float(value.detach())
-            del top, value
-            # then layer by layer, top down, each layer rerun from its stored input: only
-            # one layer's graph is alive at a time. An attributed layer's attention backward
-            # (_KeptAttention) also does its reductions; the lowest layer needs no input
-            # gradient, only that of its attention output.
-            for i in reversed(range(layers[0], lm.num_layers)):
-                attributed = id(lm.attention_module(i)) in modules
-                h = hidden[i].clone().requires_grad_(True)
-                kwargs = {k: _clone_nested(v) for k, v in engine.layer_kwargs[i].items()}
-                kwargs[engine.cache_key] = _PrefixCache(engine.keys[i][:, :, :0], engine.values[i][:, :, :0])
-                switch = attention_implementation([lm.attention_module(i)], ATTRIBUTION_ATTENTION)
-                with switch if attributed else nullcontext():
-                    out = lm.layers[i](h, **kwargs)
-                out = out[0] if isinstance(out, tuple) else out
-                if attributed and i not in rec.seen:
-                    raise UnsupportedModelError(f"layer {i} did not run its attention through the hook")
-                if i > layers[0]:
-                    (grad_h,) = torch.autograd.grad(out, [h], grad_outputs=grad_h)
-                else:
-                    seen = rec.seen[i]
-                    (grad_attn,) = torch.autograd.grad(out, [seen["out"]], grad_outputs=grad_h)
-                    q, k, v, o = (seen[x].detach() for x in ("query", "key", "value", "out"))
-                    _, rec.reduced[i] = _attention_backward(seen, q, k, v, o, grad_attn, input_grads=False)
-                    del grad_attn, q, k, v, o, seen
-                rec.seen.pop(i, None)
-                del h, out, kwargs
+        if fused and not engine.ran:
+            token, base = _fused_pass(engine, rec, layers, token_id, metric)
+        else:
+            token, base = _rerun_pass(engine, rec, layers, token_id, metric)
     finally:
         _Recorder.active = None
     if sorted(rec.reduced) != layers:
@@ -401,7 +387,92 @@ def attribute(
     S = {i: r[0] for i, r in rec.reduced.items()}
     B = {i: r[1] for i, r in rec.reduced.items()}
     G = {i: r[2] for i, r in rec.reduced.items()}
-    return Attribution(layout, token_id, metric, base, lm.num_layers, heads, qpos, atoms, S, B, G)
+    return Attribution(layout, token, metric, base, lm.num_layers, heads, qpos, atoms, S, B, G)
+
+
+def _rerun_pass(
+    engine: Engine, rec: _Recorder, layers: list[int], token_id: int | None, metric: str
+) -> tuple[int, float]:
+    """The pass from the engine's stored baseline, layer by layer, top down."""
+    lm = engine.lm
+    hidden = engine.hidden_states  # runs the baseline if needed
+    token = int(engine.baseline_logits().argmax()) if token_id is None else int(token_id)
+    with torch.enable_grad(), _frozen([*lm.layers, lm.norm, lm.lm_head]):
+        # the metric and its gradient at the last layer's stored output
+        top = hidden[lm.num_layers].clone().requires_grad_(True)
+        value = _metric(lm.lm_head(lm.norm(top[:, -1:]))[0, -1].float(), token, metric)
+        (grad_h,) = torch.autograd.grad(value, top)
+        base = float(value.detach())
+        del top, value
+        # then layer by layer, top down, each layer rerun from its stored input: only
+        # one layer's graph is alive at a time. An attributed layer's attention backward
+        # (_KeptAttention) also does its reductions; the lowest layer needs no input
+        # gradient, only that of its attention output.
+        for i in reversed(range(layers[0], lm.num_layers)):
+            attributed = id(lm.attention_module(i)) in rec.modules
+            h = hidden[i].clone().requires_grad_(True)
+            kwargs = {k: _clone_nested(v) for k, v in engine.layer_kwargs[i].items()}
+            kwargs[engine.cache_key] = _PrefixCache(engine.keys[i][:, :, :0], engine.values[i][:, :, :0])
+            switch = attention_implementation([lm.attention_module(i)], ATTRIBUTION_ATTENTION)
+            with switch if attributed else nullcontext():
+                out = lm.layers[i](h, **kwargs)
+            out = out[0] if isinstance(out, tuple) else out
+            if attributed and i not in rec.seen:
+                raise UnsupportedModelError(f"layer {i} did not run its attention through the hook")
+            if i > layers[0]:
+                (grad_h,) = torch.autograd.grad(out, [h], grad_outputs=grad_h)
+            else:
+                (grad_attn,) = torch.autograd.grad(out, [rec.seen[i]["out"]], grad_outputs=grad_h)
+                _reduce_lowest(rec, i, grad_attn)
+            rec.seen.pop(i, None)
+            del h, out, kwargs
+    return token, base
+
+
+def _fused_pass(
+    engine: Engine, rec: _Recorder, layers: list[int], token_id: int | None, metric: str
+) -> tuple[int, float]:
+    """The engine's baseline forward as the pass's forward: run once with gradients from
+    the first attributed layer's input on (a leaf there; nothing below keeps a graph), the
+    attributed layers' attention through ``_KeptAttention``, then one backward from the
+    metric to the lowest attributed layer's attention output."""
+    lm = engine.lm
+    engine.check_maskable()
+    first = layers[0]
+
+    def leaf(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if args:
+            return (args[0].detach().requires_grad_(True), *args[1:]), kwargs
+        return args, kwargs | {"hidden_states": kwargs["hidden_states"].detach().requires_grad_(True)}
+
+    model = lm.forward if isinstance(lm.forward, nn.Module) else None
+    frozen = [model] if model is not None else [*lm.layers, lm.norm, lm.lm_head, lm.embed_tokens]
+    attention = [lm.attention_module(i) for i in layers]
+    handle = lm.layers[first].register_forward_pre_hook(leaf, with_kwargs=True)
+    try:
+        with torch.enable_grad(), _frozen(frozen), attention_implementation(attention, ATTRIBUTION_ATTENTION):
+            logits = engine.forward_baseline()
+            missing = [i for i in layers if i not in rec.seen]
+            if missing:
+                raise UnsupportedModelError(f"layer {missing[0]} did not run its attention through the hook")
+            token = int(logits.detach().argmax()) if token_id is None else int(token_id)
+            value = _metric(logits, token, metric)
+            base = float(value.detach())
+            (grad_attn,) = torch.autograd.grad(value, [rec.seen[first]["out"]])
+            del logits, value
+            _reduce_lowest(rec, first, grad_attn)
+    finally:
+        handle.remove()
+        rec.seen.clear()
+    return token, base
+
+
+def _reduce_lowest(rec: _Recorder, layer: int, grad_attn: torch.Tensor) -> None:
+    """The lowest attributed layer's reductions: no input gradients (nothing below needs
+    them), only the rows of interest."""
+    seen = rec.seen[layer]
+    q, k, v, o = (seen[x].detach() for x in ("query", "key", "value", "out"))
+    _, rec.reduced[layer] = _attention_backward(seen, q, k, v, o, grad_attn, input_grads=False)
 
 
 METRICS = ("logodds", "logprob")

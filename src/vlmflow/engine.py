@@ -205,12 +205,21 @@ class Engine:
     def run_baseline(self) -> None:
         """Run the model once, keeping every layer's input hidden states, keys/values and
         call arguments, and the last position's logits."""
+        self.check_maskable()
+        self.forward_baseline()
+
+    def check_maskable(self) -> None:
         impl = self.lm.attn_implementation()
         if impl not in MASKABLE_ATTENTION:
             raise UnsupportedModelError(
                 f"attention implementation {impl!r} ignores custom masks; knockout needs one "
                 f"of {MASKABLE_ATTENTION} (load the model with attn_implementation='sdpa')"
             )
+
+    def forward_baseline(self) -> torch.Tensor:
+        """``run_baseline``'s forward under the caller's grad mode; returns the last
+        position's logits as computed (part of the autograd graph when gradients are on:
+        the attribution pass differentiates them). What the engine keeps is detached."""
         n_layers = self.lm.num_layers
         hidden: list[torch.Tensor | None] = [None] * (n_layers + 1)
         kwargs_per_layer: list[dict[str, Any]] = [{} for _ in range(n_layers)]
@@ -244,17 +253,20 @@ class Engine:
             raise UnsupportedModelError(f"the model saw {n} tokens but the layout describes {self.length}")
         self.cache_key = self._find_cache_key(kwargs_per_layer[0])
         cache = kwargs_per_layer[0][self.cache_key]
+        for layer_cache in cache.layers:  # nothing kept may hold on to an autograd graph
+            layer_cache.keys, layer_cache.values = layer_cache.keys.detach(), layer_cache.values.detach()
         self.keys = [layer_cache.keys for layer_cache in cache.layers]
         self.values = [layer_cache.values for layer_cache in cache.layers]
-        self.hidden = hidden  # type: ignore[assignment]  # L+1 tensors (1, N, d)
+        self.hidden = [h.detach() for h in hidden]  # type: ignore[union-attr]  # L+1 tensors (1, N, d)
         self.layer_kwargs = kwargs_per_layer
         # what the model adds to the residual stream between layers outside the layer
         # modules (e.g. Qwen3-VL's deepstack visual features); replayed in recomputes
-        self.deltas = deltas
-        self.logits = logits
+        self.deltas = {i: d.detach() for i, d in deltas.items()}
+        self.logits = logits.detach()
         self.dtype = hidden[0].dtype
         self.device = hidden[0].device
         self._ran = True
+        return logits
 
     @staticmethod
     def _find_cache_key(kwargs: dict[str, Any]) -> str:
@@ -267,6 +279,11 @@ class Engine:
             "the decoder layers received no key/value cache; the engine needs one to reuse "
             "the baseline's keys and values"
         )
+
+    @property
+    def ran(self) -> bool:
+        """Whether the baseline pass has run."""
+        return self._ran
 
     def _check(self) -> None:
         if not self._ran:

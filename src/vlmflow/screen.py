@@ -114,6 +114,7 @@ def screen_then_verify(
     metric: str = "logodds",
     exact_below: float = 0.0,
     seed: int = 0,
+    fused: bool = False,
 ) -> Screen:
     """Estimate every plan, then evaluate exactly the top ``k`` by estimate and ``control``
     others drawn at random (``seed``).
@@ -126,7 +127,9 @@ def screen_then_verify(
 
     ``engine`` holds the prepared input (model, inputs, layout); ``token_id`` is the answer
     token whose log-probability is attributed (default: the baseline's argmax); ``metric``
-    is the attribution's (see ``attribute``).
+    is the attribution's (see ``attribute``). ``fused=True`` on an engine whose baseline has
+    not run makes its baseline forward the attribution pass's forward (one forward less, at
+    the memory of a training step's activations; see ``attribute``).
 
     >>> s = screen_then_verify(engine, [p.plan for p in points], 30)  # doctest: +SKIP
     >>> s.summary()["spearman_control"]  # doctest: +SKIP
@@ -134,11 +137,13 @@ def screen_then_verify(
     if k < 0 or control < 0:
         raise PlanError("screen sizes k and control must be >= 0")
     plans = list(plans)
-    base = engine.baseline_logits().log_softmax(-1)
-    token = int(base.argmax()) if token_id is None else int(token_id)
     src, dst = plan_groups(plans)
     layers = sorted({layer for p in plans for layer in p.layers})
-    att = attribute(engine, token_id=token, sources=src, queries=dst, layers=layers, metric=metric)
+    att = attribute(
+        engine, token_id=token_id, sources=src, queries=dst, layers=layers, metric=metric, fused=fused
+    )
+    token = att.token_id
+    base = engine.baseline_logits().log_softmax(-1)
     est = att.delta_logprob(att.estimates(plans))
     cheap = [i for i, p in enumerate(plans) if plan_cost(engine, p) < exact_below]
     pool = np.setdiff1d(np.arange(len(plans)), cheap)

@@ -4,6 +4,7 @@
 - dispatch: loading the checkpoint picks the family's adapter;
 - layout truth: changing frame group t's pixels changes exactly its grid of input embeddings;
 - the engine equals a plain full forward with the same masks for all four paper targets,
+  and the attribution pass fused with its baseline forward equals the rerun pass,
   and for head-level cuts under sdpa and eager attention;
 - golden prompt and layout snapshots (regenerate on purpose with ``VLMFLOW_UPDATE_GOLDEN=1``);
 - drift guards: the transformers classes the family relies on, and every part the
@@ -19,7 +20,12 @@ import pytest
 import torch
 
 from tests.fixtures.catalog import FAMILIES, resolve
-from tests.fixtures.conformance import check_engine_matches_plain, check_golden, check_layout_truth
+from tests.fixtures.conformance import (
+    check_engine_matches_plain,
+    check_fused_attribution,
+    check_golden,
+    check_layout_truth,
+)
 from tests.fixtures.head_conformance import check_head_cuts_match_plain
 from vlmflow.models import load_model
 
@@ -59,6 +65,15 @@ def test_head_cuts_equal_plain_masked_forward(tiny_models, name: str) -> None:
         adapter = load_model(str(tiny_models.path(name)), attn_implementation=impl)
         assert adapter.attn_implementation() == impl
         check_head_cuts_match_plain(adapter, FAMILIES[name].sample(seed=3))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fused_attribution_equals_the_rerun_pass(tiny_models, name: str) -> None:
+    """The attribution pass fused with the baseline forward estimates what the pass rerun
+    from the stored baseline does, every layer and from layer 1 on, and leaves the engine
+    as a plain baseline run would."""
+    check_fused_attribution(tiny_models.adapter(name), FAMILIES[name].sample(seed=3))
+    check_fused_attribution(tiny_models.adapter(name), FAMILIES[name].sample(seed=3), layers=(1, 2))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -209,6 +209,7 @@ class Engine:
         self.forward_baseline()
 
     def check_maskable(self) -> None:
+        """Refuse attention kernels that ignore custom masks (flash, flex): no knockout there."""
         impl = self.lm.attn_implementation()
         if impl not in MASKABLE_ATTENTION:
             raise UnsupportedModelError(

@@ -70,24 +70,6 @@ def peak_over_rest(fn) -> tuple[Any, float | None]:
     return out, None if peak is None or before is None else peak - before
 
 
-def graph_mb(fn, params: Sequence[torch.Tensor]) -> tuple[Any, float]:
-    """Run ``fn``; return its result and the MB of the distinct storages autograd saved for
-    the backward during it, parameters excluded: the activation memory a graph holds, which
-    allocator-level RSS cannot tell apart from reused free memory."""
-    skip = {p.untyped_storage().data_ptr() for p in params}
-    sizes: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in skip:
-            sizes[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, sum(sizes.values()) / 2**20
-
-
 def timed(fn, repeat: int = 1) -> tuple[Any, float]:
     best, out = float("inf"), None
     for _ in range(repeat):
@@ -425,10 +407,28 @@ def measure_cost(
     src, dst = plan_groups(plans + head_plans(layout, lm.num_layers, lm.num_heads, 200))
     engine = Engine(lm, inputs, layout)
     engine.run_baseline()
-    def fused():  # a fresh engine: its baseline forward is the pass's forward
-        return attribute(Engine(lm, inputs, layout), token_id=token, sources=src, queries=dst, fused=True)
 
-    times: dict[str, list[float]] = {"forward": [], "baseline": [], "attribution": [], "fused": []}
+    def fused(max_graph_mb: float | None = None):  # a fresh engine: its baseline forward is the pass's
+        return attribute(
+            Engine(lm, inputs, layout),
+            token_id=token,
+            sources=src,
+            queries=dst,
+            fused=True,
+            max_graph_mb=max_graph_mb,
+        )
+
+    # the autograd-saved activations the fused pass holds at once (its own count: distinct
+    # storages, parameters excluded); the bounded run keeps the graph of half of them
+    fused_graph = fused().graph_mb
+    bounded = fused(fused_graph / 2)
+    times: dict[str, list[float]] = {
+        "forward": [],
+        "baseline": [],
+        "attribution": [],
+        "fused": [],
+        "bounded": [],
+    }
     for _ in range(repeat):
         times["forward"].append(timed(forward)[1])
         times["baseline"].append(timed(engine.run_baseline)[1])
@@ -436,13 +436,13 @@ def measure_cost(
             timed(lambda: attribute(engine, token_id=token, sources=src, queries=dst))[1]
         )
         times["fused"].append(timed(fused)[1])
+        times["bounded"].append(timed(lambda: fused(fused_graph / 2))[1])
         log(", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
     _, fwd_mem = peak_over_rest(forward)
     _, base_mem = peak_over_rest(Engine(lm, inputs, layout).run_baseline)
     _, att_mem = peak_over_rest(lambda: attribute(engine, token_id=token, sources=src, queries=dst))
     _, fused_mem = peak_over_rest(fused)
-    params = list(lm.forward.parameters())
-    _, fused_graph = graph_mb(fused, params)
+    _, bounded_mem = peak_over_rest(lambda: fused(fused_graph / 2))
     kept = [*engine.hidden, *engine.keys, *engine.values]
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in kept}
     baseline_mb = sum(storages.values())
@@ -456,6 +456,11 @@ def measure_cost(
         "attribution_fe": (best["baseline"] + best["attribution"]) / best["forward"],
         "attribution_pass_only_fe": best["attribution"] / best["forward"],
         "fused_fe": best["fused"] / best["forward"],
+        "bounded_s": best["bounded"],
+        "bounded_fe": best["bounded"] / best["forward"],
+        "bounded_peak_mb": bounded_mem,
+        "bounded_graph_mb": bounded.graph_mb,
+        "bounded_graph_layers": len(bounded.graph_layers),
         "forward_peak_mb": fwd_mem,
         "baseline_peak_mb": base_mem,
         "attribution_peak_mb": att_mem,
@@ -761,7 +766,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"attribution {cost['attribution_peak_mb']:.0f} MB, fused {cost['fused_peak_mb']:.0f} MB | "
                 f"autograd-saved activations of the fused pass {cost['fused_graph_mb']:.0f} MB held at "
                 f"once (the rerun pass: one layer's at a time); the engine's stored baseline "
-                f"{cost['engine_baseline_mb']:.0f} MB",
+                f"{cost['engine_baseline_mb']:.0f} MB | fused under max_graph_mb = half of that: graph of "
+                f"the top {cost['bounded_graph_layers']} of {lm.num_layers} layers kept, "
+                f"{cost['bounded_graph_mb']:.0f} MB held, {cost['bounded_s']:.2f}s = "
+                f"{cost['bounded_fe']:.2f} f.e., peak over rest {cost['bounded_peak_mb']:.0f} MB",
                 flush=True,
             )
             results.append({"name": name, "cost": cost})

@@ -201,6 +201,10 @@ class Attribution:
     S: dict[int, torch.Tensor]
     B: dict[int, torch.Tensor]
     G: dict[int, torch.Tensor]
+    # the fused pass: the layers whose forward graph was kept (the others were rerun from
+    # the stored baseline) and the most autograd-saved activations it held at once, in MB
+    graph_layers: tuple[int, ...] = ()
+    graph_mb: float | None = None
 
     def _query_index(self, group: str) -> np.ndarray:
         pos = self.layout.resolve(group)
@@ -328,6 +332,7 @@ def attribute(
     metric: str = "logodds",
     chunk: int = 128,
     fused: bool = False,
+    max_graph_mb: float | None = None,
 ) -> Attribution:
     """One forward and one backward of ``log p(token_id)`` at the last position, reduced to
     what estimating any knockout of ``sources -> queries`` in ``layers`` needs.
@@ -341,7 +346,11 @@ def attribute(
     graph kept until the backward, which saves the rerun (about one forward of the
     attributed layers) at the memory of a training step's activations for those layers
     (no weight gradients); the engine keeps its baseline as usual. On an engine that has
-    already run, ``fused`` changes nothing (the baseline is paid for).
+    already run, ``fused`` changes nothing (the baseline is paid for). ``max_graph_mb``
+    bounds that memory: the graph is kept for as many of the top layers as fit (always the
+    last one) and the layers below are rerun as in the unfused pass, so the saving shrinks
+    with the budget but the estimates do not change (``graph_budget_mb`` gives half the
+    device's free memory; ``Attribution.graph_layers`` / ``graph_mb`` say what was kept).
 
     ``token_id`` defaults to the baseline's top token. ``sources``/``queries`` are token
     groups (``plan_groups(plans)`` lists a suite's); ``layers`` defaults to every layer;
@@ -360,6 +369,8 @@ def attribute(
     lm, layout = engine.lm, engine.layout
     if metric not in METRICS:
         raise PlanError(f"unknown attribution metric {metric!r}; choose from {', '.join(METRICS)}")
+    if max_graph_mb is not None and not max_graph_mb >= 0:
+        raise PlanError(f"max_graph_mb must be >= 0 (or None: unbounded), got {max_graph_mb}")
     impl = lm.attn_implementation()
     if impl not in ("eager", "sdpa"):
         raise UnsupportedModelError(f"attribution needs eager or sdpa attention, not {impl!r}")
@@ -375,9 +386,10 @@ def attribute(
     modules = {id(lm.attention_module(i)): (i, _layer_impl(lm, i, impl)) for i in layers}
     rec = _Recorder(modules, qpos, atom_of, chunk)
     _Recorder.active = rec
+    graph: tuple[tuple[int, ...], float | None] = ((), None)
     try:
         if fused and not engine.ran:
-            token, base = _fused_pass(engine, rec, layers, token_id, metric)
+            token, base, graph = _fused_pass(engine, rec, layers, token_id, metric, max_graph_mb)
         else:
             token, base = _rerun_pass(engine, rec, layers, token_id, metric)
     finally:
@@ -387,7 +399,30 @@ def attribute(
     S = {i: r[0] for i, r in rec.reduced.items()}
     B = {i: r[1] for i, r in rec.reduced.items()}
     G = {i: r[2] for i, r in rec.reduced.items()}
-    return Attribution(layout, token, metric, base, lm.num_layers, heads, qpos, atoms, S, B, G)
+    return Attribution(layout, token, metric, base, lm.num_layers, heads, qpos, atoms, S, B, G, *graph)
+
+
+def graph_budget_mb(device: torch.device | str) -> float:
+    """Half the memory free on ``device`` now, in MB: a ``max_graph_mb`` for the fused pass
+    that leaves room for everything else (CUDA: ``torch.cuda.mem_get_info``; CPU: Linux's
+    ``MemAvailable``; 0, i.e. keep only the top layer's graph, where neither is known).
+
+    >>> graph_budget_mb("cpu") >= 0
+    True
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free / 2 / 2**20
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) / 2 / 1024
+        except OSError:
+            pass
+    return 0.0
 
 
 def _rerun_pass(
@@ -404,67 +439,138 @@ def _rerun_pass(
         (grad_h,) = torch.autograd.grad(value, top)
         base = float(value.detach())
         del top, value
-        # then layer by layer, top down, each layer rerun from its stored input: only
-        # one layer's graph is alive at a time. An attributed layer's attention backward
-        # (_KeptAttention) also does its reductions; the lowest layer needs no input
-        # gradient, only that of its attention output.
-        for i in reversed(range(layers[0], lm.num_layers)):
-            attributed = id(lm.attention_module(i)) in rec.modules
-            h = hidden[i].clone().requires_grad_(True)
-            kwargs = {k: _clone_nested(v) for k, v in engine.layer_kwargs[i].items()}
-            kwargs[engine.cache_key] = _PrefixCache(engine.keys[i][:, :, :0], engine.values[i][:, :, :0])
-            switch = attention_implementation([lm.attention_module(i)], ATTRIBUTION_ATTENTION)
-            with switch if attributed else nullcontext():
-                out = lm.layers[i](h, **kwargs)
-            out = out[0] if isinstance(out, tuple) else out
-            if attributed and i not in rec.seen:
-                raise UnsupportedModelError(f"layer {i} did not run its attention through the hook")
-            if i > layers[0]:
-                (grad_h,) = torch.autograd.grad(out, [h], grad_outputs=grad_h)
-            else:
-                (grad_attn,) = torch.autograd.grad(out, [rec.seen[i]["out"]], grad_outputs=grad_h)
-                _reduce_lowest(rec, i, grad_attn)
-            rec.seen.pop(i, None)
-            del h, out, kwargs
+        _rerun_layers(engine, rec, layers, lm.num_layers, grad_h)
     return token, base
+
+
+def _rerun_layers(engine: Engine, rec: _Recorder, layers: list[int], top: int, grad_h: torch.Tensor) -> None:
+    """Layers ``top - 1`` down to the first attributed one, each rerun from its stored input
+    and differentiated at once with ``grad_h``, the gradient at layer ``top``'s input: only
+    one layer's graph is alive at a time. An attributed layer's attention backward
+    (``_KeptAttention``) also does its reductions; the lowest layer needs no input gradient,
+    only that of its attention output. Runs under gradients with the layers frozen."""
+    lm, hidden = engine.lm, engine.hidden_states
+    for i in reversed(range(layers[0], top)):
+        attributed = id(lm.attention_module(i)) in rec.modules
+        h = hidden[i].clone().requires_grad_(True)
+        kwargs = {k: _clone_nested(v) for k, v in engine.layer_kwargs[i].items()}
+        kwargs[engine.cache_key] = _PrefixCache(engine.keys[i][:, :, :0], engine.values[i][:, :, :0])
+        switch = attention_implementation([lm.attention_module(i)], ATTRIBUTION_ATTENTION)
+        with switch if attributed else nullcontext():
+            out = lm.layers[i](h, **kwargs)
+        out = out[0] if isinstance(out, tuple) else out
+        if attributed and i not in rec.seen:
+            raise UnsupportedModelError(f"layer {i} did not run its attention through the hook")
+        if i > layers[0]:
+            (grad_h,) = torch.autograd.grad(out, [h], grad_outputs=grad_h)
+        else:
+            (grad_attn,) = torch.autograd.grad(out, [rec.seen[i]["out"]], grad_outputs=grad_h)
+            _reduce_lowest(rec, i, grad_attn)
+        rec.seen.pop(i, None)
+        del h, out, kwargs
 
 
 def _fused_pass(
-    engine: Engine, rec: _Recorder, layers: list[int], token_id: int | None, metric: str
-) -> tuple[int, float]:
+    engine: Engine,
+    rec: _Recorder,
+    layers: list[int],
+    token_id: int | None,
+    metric: str,
+    max_graph_mb: float | None,
+) -> tuple[int, float, tuple[tuple[int, ...], float]]:
     """The engine's baseline forward as the pass's forward: run once with gradients from
     the first attributed layer's input on (a leaf there; nothing below keeps a graph), the
     attributed layers' attention through ``_KeptAttention``, then one backward from the
-    metric to the lowest attributed layer's attention output."""
+    metric to the lowest attributed layer's attention output.
+
+    Under ``max_graph_mb`` the saved activations are counted as they are made; before a
+    layer that would take them over the budget (judged by the layers so far), the graph
+    below is dropped and that layer's input becomes the leaf. The backward then stops at
+    the last leaf and the layers below it are rerun from the stored baseline."""
+    from transformers.cache_utils import Cache
+
     lm = engine.lm
     engine.check_maskable()
     first = layers[0]
-
-    def leaf(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if args:
-            return (args[0].detach().requires_grad_(True), *args[1:]), kwargs
-        return args, kwargs | {"hidden_states": kwargs["hidden_states"].detach().requires_grad_(True)}
-
     model = lm.forward if isinstance(lm.forward, nn.Module) else None
     frozen = [model] if model is not None else [*lm.layers, lm.norm, lm.lm_head, lm.embed_tokens]
+    params = {p.untyped_storage().data_ptr() for m in frozen for p in m.parameters()}
+    budget = math.inf if max_graph_mb is None else max_graph_mb * 2**20
+    held: dict[int, int] = {}  # storage -> bytes saved for the backward since the leaf
+    state: dict[str, Any] = {"split": first, "leaf": None, "peak": 0}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            held[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    def leaf(i: int) -> Any:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            if i > first:
+                size = sum(held.values())
+                if size + size / (i - state["split"]) <= budget:
+                    return None
+                # over budget: drop the graph of the layers since the last leaf (they are
+                # rerun after the backward) and start again from this layer's input
+                state["peak"] = max(state["peak"], size)
+                held.clear()
+                for j in [j for j in rec.seen if j < i]:
+                    del rec.seen[j]
+                cache = next((v for v in kwargs.values() if isinstance(v, Cache)), None)
+                for layer_cache in cache.layers if cache is not None else ():  # they carry the graph too
+                    if (
+                        getattr(layer_cache, "keys", None) is not None
+                        and layer_cache.keys.grad_fn is not None
+                    ):
+                        layer_cache.keys = layer_cache.keys.detach()
+                        layer_cache.values = layer_cache.values.detach()
+                state["split"] = i
+            h = (args[0] if args else kwargs["hidden_states"]).detach().requires_grad_(True)
+            state["leaf"] = h
+            if args:
+                return (h, *args[1:]), kwargs
+            return args, kwargs | {"hidden_states": h}
+
+        return hook
+
     attention = [lm.attention_module(i) for i in layers]
-    handle = lm.layers[first].register_forward_pre_hook(leaf, with_kwargs=True)
+    handles = [
+        lm.layers[i].register_forward_pre_hook(leaf(i), with_kwargs=True) for i in range(first, lm.num_layers)
+    ]
     try:
-        with torch.enable_grad(), _frozen(frozen), attention_implementation(attention, ATTRIBUTION_ATTENTION):
+        with (
+            torch.enable_grad(),
+            _frozen(frozen),
+            attention_implementation(attention, ATTRIBUTION_ATTENTION),
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        ):
             logits = engine.forward_baseline()
-            missing = [i for i in layers if i not in rec.seen]
+            split = state["split"]
+            missing = [i for i in layers if i >= split and i not in rec.seen]
             if missing:
                 raise UnsupportedModelError(f"layer {missing[0]} did not run its attention through the hook")
+            peak = max(state["peak"], sum(held.values())) / 2**20
             token = int(logits.detach().argmax()) if token_id is None else int(token_id)
             value = _metric(logits, token, metric)
             base = float(value.detach())
-            (grad_attn,) = torch.autograd.grad(value, [rec.seen[first]["out"]])
-            del logits, value
-            _reduce_lowest(rec, first, grad_attn)
+            if split == first:
+                (grad_attn,) = torch.autograd.grad(value, [rec.seen[first]["out"]])
+                del logits, value
+                _reduce_lowest(rec, first, grad_attn)
+                grad_h = None
+            else:
+                (grad_h,) = torch.autograd.grad(value, [state["leaf"]])
+                del logits, value
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         rec.seen.clear()
-    return token, base
+        state.clear()
+    if grad_h is not None:  # the layers below the kept graph, rerun from the stored baseline
+        with torch.enable_grad(), _frozen([*lm.layers, lm.norm, lm.lm_head]):
+            _rerun_layers(engine, rec, layers, split, grad_h)
+    return token, base, (tuple(i for i in layers if i >= split), peak)
 
 
 def _reduce_lowest(rec: _Recorder, layer: int, grad_attn: torch.Tensor) -> None:

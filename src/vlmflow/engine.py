@@ -21,6 +21,7 @@ Anything the model adds to the residual stream between layers outside the layer 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -225,14 +226,18 @@ class Engine:
         hidden: list[torch.Tensor | None] = [None] * (n_layers + 1)
         kwargs_per_layer: list[dict[str, Any]] = [{} for _ in range(n_layers)]
 
+        # kept detached as they are made: under gradients (the fused attribution pass) a
+        # tensor kept with its graph would hold every activation below it until the end
         outputs: list[torch.Tensor | None] = [None] * n_layers
+        made: list[weakref.ref | None] = [None] * n_layers  # each layer's own output object
         deltas: dict[int, torch.Tensor] = {}
 
         def pre(i: int, args: tuple, kwargs: dict) -> None:
-            hidden[i] = args[0] if args else kwargs["hidden_states"]
+            h = args[0] if args else kwargs["hidden_states"]
+            hidden[i] = h.detach()
             kwargs_per_layer[i] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-            prev = outputs[i - 1] if i > 0 else None
-            if prev is not None and prev is not hidden[i]:
+            prev, ref = (outputs[i - 1], made[i - 1]) if i > 0 else (None, None)
+            if prev is not None and (ref is None or ref() is not h):
                 # in fp32: a bf16 delta would round what the model added (Qwen3-VL's deepstack
                 # features) and replaying it would add error of its own
                 delta = hidden[i].float() - prev.float()
@@ -240,7 +245,8 @@ class Engine:
                     deltas[i - 1] = delta
 
         def post(i: int, args: tuple, kwargs: dict, out: Any) -> None:
-            outputs[i] = out[0] if isinstance(out, tuple) else out
+            o = out[0] if isinstance(out, tuple) else out
+            outputs[i], made[i] = o.detach(), weakref.ref(o)
             if i == n_layers - 1:
                 hidden[n_layers] = outputs[i]
 

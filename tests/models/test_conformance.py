@@ -71,9 +71,17 @@ def test_head_cuts_equal_plain_masked_forward(tiny_models, name: str) -> None:
 def test_fused_attribution_equals_the_rerun_pass(tiny_models, name: str) -> None:
     """The attribution pass fused with the baseline forward estimates what the pass rerun
     from the stored baseline does, every layer and from layer 1 on, and leaves the engine
-    as a plain baseline run would."""
-    check_fused_attribution(tiny_models.adapter(name), FAMILIES[name].sample(seed=3))
-    check_fused_attribution(tiny_models.adapter(name), FAMILIES[name].sample(seed=3), layers=(1, 2))
+    as a plain baseline run would; under a memory bound the same, with the graph kept only
+    for the top layers that fit in it."""
+    adapter, sample = tiny_models.adapter(name), FAMILIES[name].sample(seed=3)
+    full = check_fused_attribution(adapter, sample)
+    check_fused_attribution(adapter, sample, layers=(1, 2))
+    # under a memory bound: the graph of the top layers that fit, the layers below rerun
+    top = check_fused_attribution(adapter, sample, max_graph_mb=0.0)
+    assert top.graph_layers == (full.graph_layers[-1],)
+    half = check_fused_attribution(adapter, sample, max_graph_mb=full.graph_mb / 2)
+    assert 0 < len(half.graph_layers) < len(full.graph_layers)
+    assert half.graph_mb <= full.graph_mb / 2 * 1.5, (half.graph_mb, full.graph_mb)
 
 
 @pytest.mark.parametrize("name", NAMES)

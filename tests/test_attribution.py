@@ -131,6 +131,8 @@ def test_window_estimates_are_sums_and_heads_add_up(tiny_llava, sample) -> None:
     assert heat.sum(-1) == pytest.approx(per_layer, rel=1e-4, abs=1e-7)  # one query: heads add up
     with pytest.raises(PlanError, match="was not attributed"):
         att.estimate(Plan("q", (Cut("question", "last", (0,)),)))
+    with pytest.raises(PlanError, match="max_graph_mb must be >= 0"):
+        attribute(engine, sources=["video"], queries=["last"], fused=True, max_graph_mb=-1.0)
 
 
 def test_estimates_rank_the_tiny_suite_like_the_exact_engine(tiny_llava, sample) -> None:

@@ -48,17 +48,20 @@ def test_verified_plans_carry_the_engines_exact_values(tiny_llava, sample) -> No
 def test_a_fused_screen_screens_and_verifies_as_the_plain_one(tiny_llava, sample) -> None:
     """With ``fused=True`` the fresh engine's baseline forward is the attribution's forward:
     the same top K, control sample, estimates and exact values as a screen over an engine
-    that ran its baseline first."""
+    that ran its baseline first; the same under a memory bound that keeps only the top
+    layer's graph."""
     prepared = tiny_llava.prepare(sample)
     lm = tiny_llava.language_model()
-    plain, fused = (Engine(lm, prepared.inputs, prepared.layout) for _ in range(2))
+    plain, fused, bounded = (Engine(lm, prepared.inputs, prepared.layout) for _ in range(3))
     plans = suite(plain, prepared.layout)
     a = screen_then_verify(plain, plans, 5, control=4, seed=1)
-    b = screen_then_verify(fused, plans, 5, control=4, seed=1, fused=True)
-    assert [p.verified_as for p in a.plans] == [p.verified_as for p in b.plans]
-    est_a, est_b = (np.array([p.estimate for p in s.plans]) for s in (a, b))
-    assert np.abs(est_a - est_b).max() < 1e-6 and np.abs(est_a).max() > 1e-4
-    assert [p.exact for p in a.plans] == [p.exact for p in b.plans]
+    for engine, budget in ((fused, None), (bounded, 0.0)):
+        b = screen_then_verify(engine, plans, 5, control=4, seed=1, fused=True, max_graph_mb=budget)
+        assert len(b.attribution.graph_layers) == (lm.num_layers if budget is None else 1)
+        assert [p.verified_as for p in a.plans] == [p.verified_as for p in b.plans]
+        est_a, est_b = (np.array([p.estimate for p in s.plans]) for s in (a, b))
+        assert np.abs(est_a - est_b).max() < 1e-6 and np.abs(est_a).max() > 1e-4
+        assert [p.exact for p in a.plans] == [p.exact for p in b.plans]
 
 
 def test_cheap_plans_are_evaluated_exactly(tiny_llava, sample) -> None:

@@ -115,6 +115,7 @@ def screen_then_verify(
     exact_below: float = 0.0,
     seed: int = 0,
     fused: bool = False,
+    max_graph_mb: float | None = None,
 ) -> Screen:
     """Estimate every plan, then evaluate exactly the top ``k`` by estimate and ``control``
     others drawn at random (``seed``).
@@ -129,7 +130,8 @@ def screen_then_verify(
     token whose log-probability is attributed (default: the baseline's argmax); ``metric``
     is the attribution's (see ``attribute``). ``fused=True`` on an engine whose baseline has
     not run makes its baseline forward the attribution pass's forward (one forward less, at
-    the memory of a training step's activations; see ``attribute``).
+    the memory of a training step's activations, bounded by ``max_graph_mb``; see
+    ``attribute``).
 
     >>> s = screen_then_verify(engine, [p.plan for p in points], 30)  # doctest: +SKIP
     >>> s.summary()["spearman_control"]  # doctest: +SKIP
@@ -140,7 +142,14 @@ def screen_then_verify(
     src, dst = plan_groups(plans)
     layers = sorted({layer for p in plans for layer in p.layers})
     att = attribute(
-        engine, token_id=token_id, sources=src, queries=dst, layers=layers, metric=metric, fused=fused
+        engine,
+        token_id=token_id,
+        sources=src,
+        queries=dst,
+        layers=layers,
+        metric=metric,
+        fused=fused,
+        max_graph_mb=max_graph_mb,
     )
     token = att.token_id
     base = engine.baseline_logits().log_softmax(-1)

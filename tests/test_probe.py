@@ -4,6 +4,8 @@ forward, transformers' ``generate``)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,11 +13,13 @@ import torch
 import vlmflow
 from tests.fixtures.tiny import make_sample
 from vlmflow.analyses.targets import sweep, target_curves
+from vlmflow.attribution import Attribution, attribute, plan_groups, relative_change
 from vlmflow.cuts import Cut, Plan, compile_plan
 from vlmflow.data import write_video
 from vlmflow.engine import full_forward_logits
-from vlmflow.errors import PlanError, PromptError
+from vlmflow.errors import PlanError, PromptError, VlmflowError
 from vlmflow.probe import Model
+from vlmflow.screen import plan_cost
 
 TOL = 1e-5  # fp32 probabilities, engine recompute vs full forward (see tests/conformance.py)
 
@@ -157,3 +161,124 @@ def test_bad_probe_arguments_are_clear_errors(model) -> None:
         model.probe(question="q?", options=["a", "b"])
     with pytest.raises(PromptError, match="prompt style"):
         model.probe(make_sample(), prompt="fancy")
+
+
+# ---------------------------------------------------------------------------- attribution
+def oracle_attribution(probe, sources, queries, layers) -> Attribution:
+    """A pass of the library function on the probe's engine, outside the probe's cache."""
+    token = probe.answer.pred_id
+    return attribute(probe.engine, token_id=token, sources=sources, queries=queries, layers=layers)
+
+
+def sweep_plans(probe, target: str, window: int) -> list[Plan]:
+    curves = target_curves([target], probe.layout)
+    return [p.plan for _, name, e in curves for p in sweep([(name, e)], probe.num_layers, window=window)]
+
+
+def test_screen_rows_are_the_sweeps_where_verified_and_labelled_estimates_elsewhere(probe) -> None:
+    df = probe.screen("vql-to-ql", k=2, control=1, window=1, exact_below=0.0)
+    exact_sweep = probe.sweep("vql-to-ql", window=1)
+    assert list(df.columns) == [*exact_sweep.columns, "method", "verified_as", "rel_pred_estimate"]
+    assert len(df) == len(exact_sweep) == 4 * probe.num_layers
+    exact, estimated = df[df["method"] == "exact"], df[df["method"] == "estimate"]
+    assert len(exact) == 3 and sorted(exact["verified_as"]) == ["control", "top", "top"]
+    assert estimated["verified_as"].isna().all() and df.attrs["screen"]["verified"] == 3
+    # verified rows: the engine's values, as probe.sweep gives them
+    both = exact.merge(exact_sweep, on=["condition", "layer"], suffixes=("", "_sweep"))
+    assert len(both) == 3
+    # the same plans, packed with others in another batch: equal to fp32 recompute tolerance
+    for col, tol in (("p_pred_new", TOL), ("p_gt_new", TOL), ("rel_pred", 100 * TOL / probe.answer.p_pred)):
+        assert np.allclose(both[col].astype(float), both[f"{col}_sweep"].astype(float), atol=tol, rtol=0)
+    assert (both["pred_new"] == both["pred_new_sweep"]).all()
+    # every row's estimate, and the estimated rows' values: the attribution pass, mapped to % change
+    plans = sweep_plans(probe, "vql-to-ql", 1)
+    src, dst = plan_groups(plans)
+    att = oracle_attribution(probe, src, dst, list(range(probe.num_layers)))
+    delta = att.delta_logprob(att.estimates(plans))
+    assert [json.loads(p)["name"] for p in df["plan"]] == [p.name for p in plans]
+    assert np.allclose(df["rel_pred_estimate"], relative_change(delta), rtol=1e-5, atol=1e-8)
+    idx = estimated.index.to_numpy()
+    assert np.allclose(estimated["rel_pred"], relative_change(delta[idx]), rtol=1e-5, atol=1e-8)
+    assert np.allclose(estimated["p_pred_new"], probe.answer.p_pred * np.exp(delta[idx]), rtol=1e-6)
+    assert estimated[["p_gt_new", "rel_gt", "pred_new", "correct_new"]].isna().all().all()
+    assert (estimated["p_gt_base"] == probe.answer.p_gt).all()  # the baseline is no estimate
+
+
+def test_screen_verifies_cheap_plus_k_plus_control_plans(probe) -> None:
+    plans = sweep_plans(probe, "vql-to-ql", 1)
+    cheap = sum(plan_cost(probe.engine, p) < 0.05 for p in plans)
+    assert 0 < cheap < len(plans)  # cuts into the last token only
+    df = probe.screen("vql-to-ql", k=2, control=3, window=1, exact_below=0.05)
+    control = min(3, len(plans) - cheap - 2)  # the control sample is drawn from what is left
+    assert control > 0
+    assert df["verified_as"].value_counts().to_dict() == {"cheap": cheap, "top": 2, "control": control}
+    assert (df["method"] == "exact").sum() == cheap + 2 + control
+    assert (df["method"] == "exact").sum() == df.attrs["screen"]["verified"]
+    everything = probe.screen("vql-to-ql", k=100, control=100, window=1)  # bounded by the plan count
+    assert (everything["method"] == "exact").all()
+    nothing = probe.screen("vql-to-ql", k=0, control=0, window=1, exact_below=0.0)
+    assert (nothing["method"] == "estimate").all() and nothing["verified_as"].isna().all()
+    assert nothing["correct_new"].isna().all() and nothing.attrs["screen"]["verified"] == 0
+
+
+def test_head_map_is_the_single_head_plans_estimates(probe) -> None:
+    heads = probe.engine.lm.num_heads
+    heat = probe.head_map("video", "question", layers=[2, 1])
+    assert heat.shape == (2, heads) and list(heat.index) == [1, 2]
+    assert list(heat.columns) == list(range(heads))
+    att = oracle_attribution(probe, ["video"], ["question"], [1, 2])
+    plans = [
+        Plan(f"h{layer}.{h}", (Cut("video", "question", (layer,), heads=(h,)),))
+        for layer in (1, 2)
+        for h in range(heads)
+    ]
+    want = relative_change(att.delta_logprob(att.estimates(plans))).reshape(2, heads)
+    assert np.allclose(heat.to_numpy(), want, rtol=1e-5, atol=1e-8)
+    assert np.abs(want).max() > 0  # the map is not trivially zero
+
+
+def test_one_cached_pass_serves_every_covered_request(model, monkeypatch) -> None:
+    import vlmflow.attribution
+
+    probe = model.probe(make_sample(seed=5))
+    calls: list[dict] = []
+    real = vlmflow.attribution.attribute
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vlmflow.attribution, "attribute", counting)
+    first = probe.head_map("video", "last", layers=[0, 1])
+    assert len(calls) == 1 and calls[0]["fused"] is False and calls[0]["token_id"] == probe.answer.pred_id
+    again = probe.head_map("video", "last", layers=[1])
+    att = probe.attribute(["video"], "last", layers=[0])
+    assert len(calls) == 1 and att is probe.attribute("video", "last", layers=[1])
+    assert np.array_equal(again.to_numpy(), first.to_numpy()[1:])
+    # uncovered groups: one new pass over the union, with the right values for both requests
+    pair = probe.head_map("frame:1", "question", layers=[2])
+    assert len(calls) == 2 and set(calls[1]["sources"]) == {"video", "frame:1"}
+    want = oracle_attribution(probe, ["frame:1"], ["question"], [2])
+    want = relative_change(want.delta_logprob(want.head_map("frame:1", "question")[[2]]))
+    assert np.allclose(pair.to_numpy(), want, rtol=1e-5, atol=1e-8)
+    assert np.allclose(probe.head_map("video", "last", layers=[0, 1]).to_numpy(), first.to_numpy(), rtol=1e-5)
+    assert len(calls) == 2
+    probe.attribute("video", "last", metric="logprob")  # another metric is another pass
+    assert len(calls) == 3 and calls[2]["metric"] == "logprob"
+
+
+def test_bad_screen_and_attribution_arguments_are_clear_errors(probe) -> None:
+    with pytest.raises(VlmflowError, match="unknown target 'nowhere'"):
+        probe.screen("nowhere")
+    with pytest.raises(PlanError, match="k and control must be >= 0, got k=-1"):
+        probe.screen("vql-to-ql", k=-1)
+    with pytest.raises(PlanError, match="unknown screen order 'up'"):
+        probe.screen("vql-to-ql", order="up")
+    with pytest.raises(PlanError, match="unknown token group 'nowhere'"):
+        probe.head_map("nowhere", "last")
+    with pytest.raises(PlanError, match="blocks nothing"):
+        probe.head_map("last", "video")
+    with pytest.raises(PlanError, match="0..3"):
+        probe.head_map("video", "last", layers=[4])
+    with pytest.raises(PlanError, match="unknown attribution metric"):
+        probe.attribute("video", "last", metric="odds")

@@ -9,6 +9,7 @@ The front door, two lines from a notebook::
     probe.knockout("video->last", layers=range(10, 19))
     probe.sweep("cross-frame", window=9)             # tidy DataFrame
     probe.lens(layers=range(0, 32))                  # logit lens
+    probe.screen("cross-frame", k=30)                # every plan estimated, the top 30 exact
 
 Runs over a dataset into a run folder: :func:`run` with :class:`Options` and analyses
 (:class:`InformationFlow`, :class:`AnswerProbability`, :class:`LogitLens`,

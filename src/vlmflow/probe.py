@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from .analyses.base import Answer, read_answer
+from .attribution import Attribution, relative_change
 from .cuts import CompiledPlan, Cut, Plan, check_cut_blocks
 from .engine import Engine, masked_forward
 from .errors import DataError, PlanError, PromptError
@@ -256,6 +257,8 @@ class Probe:
         self.engine = Engine(
             adapter.language_model(), prepared.inputs, prepared.layout, max_batch_tokens=max_batch_tokens
         )
+        self._last_attribution: Attribution | None = None  # see _attribution
+        self._attributed_queries: list[str] = []
 
     def __repr__(self) -> str:
         return f"Probe({self.sample.id!r}, tokens={self.layout.length}, frames={self.layout.num_frames})"
@@ -366,6 +369,175 @@ class Probe:
         targets = (target,) if isinstance(target, str) else tuple(target)
         rows = sweep_rows(self, targets, custom, window=window, style=style, layers=layers)
         return pd.DataFrame(rows)
+
+    # ------------------------------------------------------------------ attribution
+    def screen(
+        self,
+        target: str | Sequence[str] = "cross-frame",
+        *,
+        k: int = 30,
+        control: int = 10,
+        window: int = 9,
+        style: str = "center",
+        layers: Sequence[int] | None = None,
+        custom: Sequence[str] = (),
+        exact_below: float = 0.02,
+        order: str = "drop",
+        seed: int = 0,
+    ) -> pd.DataFrame:
+        """:meth:`sweep`'s plans screened by edge attribution: every curve x layer plan
+        estimated from one attribution pass (one forward and one backward), then the plans
+        the engine evaluates for under ``exact_below`` of a forward, the top ``k`` by
+        estimate (``order``: ``"drop"`` or ``"magnitude"``) and ``control`` others drawn at
+        random (``seed``) evaluated exactly (see ``docs/attribution.md``).
+
+        One row per plan with :meth:`sweep`'s columns: the engine's exact values where the
+        plan was verified (``method="exact"``; ``verified_as`` ``"cheap"``, ``"top"`` or
+        ``"control"``), the estimate where not (``method="estimate"``: ``p_pred_new`` is the
+        baseline's times ``exp(estimate)``; what only an exact evaluation gives, the ground
+        truth's new probability and the new answer, is NaN). ``rel_pred_estimate`` is the
+        estimated % change on every row. ``df.attrs["screen"]`` holds the counts and the
+        rank agreement between estimate and exact (``Screen.summary``).
+
+        >>> import vlmflow
+        >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
+        >>> df = probe.screen("cross-frame", k=1, control=1, window=3, layers=[16, 20, 24, 28])
+        >>> len(df), sorted(df["method"])
+        (4, ['estimate', 'estimate', 'exact', 'exact'])
+        >>> df.attrs["screen"]["verified"]
+        2
+        """
+        from .analyses.screened_flow import screened_sweep
+
+        targets = (target,) if isinstance(target, str) else tuple(target)
+        _, pairs, screen = screened_sweep(
+            self,
+            targets,
+            custom,
+            window=window,
+            style=style,
+            layers=layers,
+            k=k,
+            control=control,
+            exact_below=exact_below,
+            order=order,
+            seed=seed,
+        )
+        base, nan = self.base, float("nan")
+        unverified = {  # flow_row's columns after rel_pred: the baseline's, and NaN for the new answer
+            "p_gt_base": base.p_gt,
+            "p_gt_new": nan,
+            "rel_gt": nan,
+            "pred_base": base.record()["pred"],
+            "pred_new": nan,
+            "gt": base.gt_letter,
+            "correct_base": base.correct,
+            "correct_new": nan,
+        }
+        rows = [
+            exact if exact is not None else est | unverified | {"rel_pred_estimate": est["rel_pred"]}
+            for est, exact in pairs
+        ]
+        labels = ["method", "verified_as", "rel_pred_estimate"]
+        df = pd.DataFrame(rows)
+        df = df[[*(c for c in rows[0] if c not in labels), *labels]]
+        df.attrs["screen"] = screen.summary()
+        return df
+
+    def head_map(self, src: str, dst: str, *, layers: Sequence[int] | None = None) -> pd.DataFrame:
+        """Which heads carry ``src -> dst``: the estimated % change of the answer's
+        probability when the edges from group ``src`` to group ``dst`` are blocked in one
+        head of one layer, for every (layer, head) from one attribution pass. Index: layer
+        (``layers``, default all), columns: head. Estimates, not knockouts: verify the
+        interesting ones with :meth:`knockout` and ``Cut(src, dst, (layer,), heads=(h,))``.
+
+        >>> import vlmflow
+        >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
+        >>> L = probe.num_layers
+        >>> heat = probe.head_map("video", "true_option", layers=[L - 2, L - 1])
+        >>> heat.shape == (2, probe.engine.lm.num_heads)
+        True
+        """
+        check_cut_blocks(src, dst, f"{src}->{dst}", self.layout)
+        layer_list = self._layers(layers)
+        att = self._attribution([src], [dst], layer_list)
+        heat = relative_change(att.delta_logprob(att.head_map(src, dst)[layer_list]))
+        return pd.DataFrame(
+            heat,
+            index=pd.Index(layer_list, name="layer"),
+            columns=pd.RangeIndex(heat.shape[1], name="head"),
+        )
+
+    def attribute(
+        self,
+        sources: str | Sequence[str],
+        queries: str | Sequence[str],
+        *,
+        layers: Sequence[int] | None = None,
+        metric: str = "logodds",
+    ) -> Attribution:
+        """The raw attribution pass for the baseline answer's token: first-order estimates of
+        any knockout of ``sources -> queries`` (token groups) in ``layers`` (default all),
+        ``att.estimates(plans)`` (changes of ``metric``, ``"logodds"`` or ``"logprob"``;
+        ``att.delta_logprob`` maps them to changes of ``log p``). The probe keeps its last
+        pass and reuses it while it covers a request, so the result may cover more groups
+        and layers than asked for.
+
+        >>> import vlmflow
+        >>> from vlmflow import Cut, Plan
+        >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
+        >>> L = probe.num_layers
+        >>> att = probe.attribute("video", "last", layers=[L - 2, L - 1])
+        >>> est = att.estimates([Plan("v->l", (Cut("video", "last", (L - 2, L - 1)),))])
+        >>> est.shape
+        (1,)
+        """
+        sources = [sources] if isinstance(sources, str) else list(sources)
+        queries = [queries] if isinstance(queries, str) else list(queries)
+        return self._attribution(sources, queries, self._layers(layers), metric)
+
+    def _layers(self, layers: Sequence[int] | None) -> list[int]:
+        out = list(range(self.num_layers)) if layers is None else sorted({int(x) for x in layers})
+        if not out or out[0] < 0 or out[-1] >= self.num_layers:
+            raise PlanError(f"layers {out} must be a non-empty subset of 0..{self.num_layers - 1}")
+        return out
+
+    def _attribution(
+        self, sources: Sequence[str], queries: Sequence[str], layers: Sequence[int], metric: str = "logodds"
+    ) -> Attribution:
+        """Every attribution pass of the probe runs here: the last pass is kept with what it
+        covers and reused while it covers a request (its source groups, query positions and
+        layers; the same metric); otherwise one pass covers the request and, for the same
+        metric, what the last one covered."""
+        from .attribution import attribute
+
+        for group in (*sources, *queries):  # an unknown or empty group: PlanError naming it
+            self.layout.resolve(group)
+        if not sources or not queries:
+            raise PlanError("attribution needs at least one source and one query group")
+        cached = self._last_attribution
+        if cached is not None and cached.metric == metric:
+            qpos = np.unique(np.concatenate([self.layout.resolve(q) for q in queries]))
+            if (
+                set(sources) <= set(cached.atoms)
+                and np.isin(qpos, cached.queries).all()
+                and set(layers) <= set(cached.S)
+            ):
+                return cached
+            sources = [*cached.atoms, *(g for g in sources if g not in cached.atoms)]
+            queries = [*self._attributed_queries, *(g for g in queries if g not in self._attributed_queries)]
+            layers = sorted({*cached.S, *layers})
+        att = attribute(
+            self.engine,
+            token_id=self.base.pred_id,
+            sources=list(sources),
+            queries=list(queries),
+            layers=list(layers),
+            metric=metric,
+            fused=False,  # fused: wired by the memory-bounded pass
+        )
+        self._last_attribution, self._attributed_queries = att, list(queries)
+        return att
 
     # ------------------------------------------------------------------ reads
     @property

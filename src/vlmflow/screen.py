@@ -93,6 +93,14 @@ class Screen:
         }
 
 
+def check_screen(k: int, control: int, order: str = "drop") -> None:
+    """Screen sizes below 0 and unknown orders are errors before any pass runs."""
+    if k < 0 or control < 0:
+        raise PlanError(f"screen sizes k and control must be >= 0, got k={k}, control={control}")
+    if order not in ORDERS:
+        raise PlanError(f"unknown screen order {order!r}; choose from {', '.join(ORDERS)}")
+
+
 def plan_cost(engine: Engine, plan: Plan) -> float:
     """What the engine spends on ``plan``, as a fraction of one forward: the share of
     (token, layer) pairs it recomputes."""
@@ -151,6 +159,25 @@ def screen_then_verify(
         fused=fused,
         max_graph_mb=max_graph_mb,
     )
+    return verify_top(engine, plans, att, k, control=control, order=order, exact_below=exact_below, seed=seed)
+
+
+def verify_top(
+    engine: Engine,
+    plans: Sequence[Plan],
+    attribution: Attribution,
+    k: int,
+    *,
+    control: int = 10,
+    order: str = "drop",
+    exact_below: float = 0.0,
+    seed: int = 0,
+) -> Screen:
+    """The screen's second half: estimate ``plans`` from an attribution pass of ``engine``'s
+    input that covers them (their groups and layers), evaluate the cheap ones, the top
+    ``k`` and ``control`` random others exactly (see ``screen_then_verify``)."""
+    check_screen(k, control, order)
+    plans, att = list(plans), attribution
     token = att.token_id
     base = engine.baseline_logits().log_softmax(-1)
     est = att.delta_logprob(att.estimates(plans))

@@ -21,7 +21,7 @@ import torch
 from ..cuts import WINDOW_STYLES, parse_layers
 from ..errors import PlanError
 from .base import ANALYSES, Analysis, CliOption, check_sample_mode, option
-from .targets import PAPER_TARGETS, TARGETS, SweepPoint, parse_edges, sweep, target_curves
+from .targets import PAPER_TARGETS, TARGETS, Edges, SweepPoint, parse_edges, sweep, target_curves
 
 if TYPE_CHECKING:
     from ..probe import Probe
@@ -138,17 +138,35 @@ def sweep_rows(
     layers: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """The knockout sweep of one input: a row per curve x sweep layer (see the module doc)."""
-    check_sweep(targets, window, style, custom, layers)
-    n_layers = probe.num_layers
-    if layers is not None and any(not 0 <= x < n_layers for x in layers):
-        raise PlanError(f"sweep layers {tuple(layers)} outside 0..{n_layers - 1}")
     rows: list[dict[str, Any]] = []
-    for target, name, edges in target_curves(targets, probe.layout, custom):
-        points = sweep([(name, edges)], n_layers, window=window, style=style, layers=layers)
+    curves = sweep_curves(probe, targets, custom, window=window, style=style, layers=layers)
+    for target, _, _, points in curves:
         logits = probe.engine.evaluate([p.plan for p in points])
         pairs = zip(points, logits, strict=True)
         rows += [flow_row(probe, target, point, lg, window, style) for point, lg in pairs]
     return rows
+
+
+def sweep_curves(
+    probe: Probe,
+    targets: Sequence[str],
+    custom: Sequence[str] = (),
+    *,
+    window: int = 9,
+    style: str = "center",
+    layers: Sequence[int] | None = None,
+) -> list[tuple[str, str, Edges, list[SweepPoint]]]:
+    """The sweep's curves on one input, checked: ``(target, condition, edges, points)`` per
+    curve, a point (plan) per sweep layer. Exact (``sweep_rows``) and screened sweeps
+    (``screened_flow.screened_sweep``) run these plans."""
+    check_sweep(targets, window, style, custom, layers)
+    n_layers = probe.num_layers
+    if layers is not None and any(not 0 <= x < n_layers for x in layers):
+        raise PlanError(f"sweep layers {tuple(layers)} outside 0..{n_layers - 1}")
+    return [
+        (target, name, edges, sweep([(name, edges)], n_layers, window=window, style=style, layers=layers))
+        for target, name, edges in target_curves(targets, probe.layout, custom)
+    ]
 
 
 def flow_row(

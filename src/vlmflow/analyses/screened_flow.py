@@ -11,18 +11,19 @@ record with the rank agreement between estimate and exact.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from ..attribution import relative_change
+from ..attribution import plan_groups, relative_change
 from ..errors import PlanError
-from ..screen import screen_then_verify
+from ..screen import Screen, ScreenedPlan, check_screen, verify_top
 from .base import ANALYSES
-from .information_flow import InformationFlow, flow_row
-from .targets import sweep, target_curves
+from .information_flow import InformationFlow, flow_row, sweep_curves
+from .targets import Edges, SweepPoint
 
 if TYPE_CHECKING:
     from ..probe import Probe
@@ -48,57 +49,30 @@ class ScreenedFlow(InformationFlow):
             raise PlanError("--screen K and the control sample size must be >= 0")
 
     def records(self, probe: Probe) -> list[dict[str, Any]]:
-        prepared, engine, base = probe.prepared, probe.engine, probe.base
-        if not base.keep(self.sample_mode):
+        if not probe.base.keep(self.sample_mode):
             return []
-        n_layers = engine.lm.num_layers
-        if self.layers is not None and any(not 0 <= x < n_layers for x in self.layers):
-            raise PlanError(f"sweep layers {self.layers} outside 0..{n_layers - 1}")
-        curves = target_curves(self.targets, prepared.layout, self.custom)
-        points = [
-            (target, point)
-            for target, name, edges in curves
-            for point in sweep(
-                [(name, edges)], n_layers, window=self.window, style=self.window_style, layers=self.layers
-            )
-        ]
-        screen = screen_then_verify(
-            engine,
-            [p.plan for _, p in points],
-            self.k,
+        curves, pairs, screen = screened_sweep(
+            probe,
+            self.targets,
+            self.custom,
+            window=self.window,
+            style=self.window_style,
+            layers=self.layers,
+            k=self.k,
             control=self.control,
-            token_id=base.pred_id,
             exact_below=self.exact_below,
+            labels={"kind": "plan"},
         )
         rows: list[dict[str, Any]] = []
-        for (target, point), sp in zip(points, screen.plans, strict=True):
-            est_rel = float(relative_change(sp.estimate))
-            rows.append(
-                {
-                    "kind": "plan",
-                    "method": "estimate",
-                    "verified_as": sp.verified_as,
-                    "target": target,
-                    "condition": point.condition,
-                    "layer": point.layer,
-                    "blocked_layers": list(point.plan.layers),
-                    "window": self.window,
-                    "window_style": self.window_style,
-                    "plan": point.plan.to_json(),
-                    "p_pred_base": base.p_pred,
-                    "p_pred_new": base.p_pred * float(np.exp(sp.estimate)),
-                    "rel_pred": est_rel,
-                }
-            )
-            if sp.logits is not None:
-                row = flow_row(probe, target, point, sp.logits, self.window, self.window_style)
-                extra = {"kind": "plan", "method": "exact", "verified_as": sp.verified_as}
-                rows.append(row | extra | {"rel_pred_estimate": est_rel})
+        for estimate, exact in pairs:
+            rows.append(estimate)
+            if exact is not None:
+                rows.append(exact)
         att = screen.attribution
-        for target, name, edges in curves:
+        for target, name, edges, _ in curves:
             for src, dst in edges:
                 heat = att.delta_logprob(att.head_map(src, dst))
-                for layer in range(n_layers):
+                for layer in range(probe.num_layers):
                     if np.isnan(heat[layer]).all():
                         continue
                     for head, value in enumerate(heat[layer]):
@@ -120,6 +94,80 @@ class ScreenedFlow(InformationFlow):
     @classmethod
     def section(cls, records: pd.DataFrame, run: RunDir) -> Section:
         return screened_flow_section(records, run)
+
+
+def screened_sweep(
+    probe: Probe,
+    targets: Sequence[str],
+    custom: Sequence[str] = (),
+    *,
+    window: int = 9,
+    style: str = "center",
+    layers: Sequence[int] | None = None,
+    k: int = 30,
+    control: int = 10,
+    exact_below: float = 0.02,
+    order: str = "drop",
+    seed: int = 0,
+    labels: dict[str, Any] | None = None,
+) -> tuple[list[tuple[str, str, Edges, list[SweepPoint]]], list[tuple[dict, dict | None]], Screen]:
+    """The knockout sweep of one input (``sweep_curves``), screened: every plan estimated by
+    the probe's attribution pass, the cheap ones, the top ``k`` and ``control`` random
+    others evaluated exactly (``screen.verify_top``).
+
+    Returns the curves, per plan its estimate's record and, when it was verified, the
+    engine's exact record (``flow_row``'s, with the estimate beside it as
+    ``rel_pred_estimate``; else ``None``), and the ``Screen``. ``labels`` lead every record.
+    ``ScreenedFlow.records`` and ``Probe.screen`` are this."""
+    check_screen(k, control, order)
+    curves = sweep_curves(probe, targets, custom, window=window, style=style, layers=layers)
+    points = [(target, point) for target, _, _, pts in curves for point in pts]
+    plans = [point.plan for _, point in points]
+    src, dst = plan_groups(plans)
+    att = probe._attribution(src, dst, sorted({x for p in plans for x in p.layers}))
+    screen = verify_top(
+        probe.engine, plans, att, k, control=control, order=order, exact_below=exact_below, seed=seed
+    )
+    pairs = [
+        screened_plan_rows(probe, target, point, sp, window, style, labels)
+        for (target, point), sp in zip(points, screen.plans, strict=True)
+    ]
+    return curves, pairs, screen
+
+
+def screened_plan_rows(
+    probe: Probe,
+    target: str,
+    point: SweepPoint,
+    screened: ScreenedPlan,
+    window: int,
+    window_style: str,
+    labels: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One screened plan's records: the estimate's (``method="estimate"``; the answer's
+    probability after the cut is the baseline's times ``exp(estimate)``) and, if the plan
+    was verified, the engine's exact one (``method="exact"``), else ``None``."""
+    base, labels = probe.base, labels or {}
+    est_rel = float(relative_change(screened.estimate))
+    estimate = labels | {
+        "method": "estimate",
+        "verified_as": screened.verified_as,
+        "target": target,
+        "condition": point.condition,
+        "layer": point.layer,
+        "blocked_layers": list(point.plan.layers),
+        "window": window,
+        "window_style": window_style,
+        "plan": point.plan.to_json(),
+        "p_pred_base": base.p_pred,
+        "p_pred_new": base.p_pred * float(np.exp(screened.estimate)),
+        "rel_pred": est_rel,
+    }
+    if screened.logits is None:
+        return estimate, None
+    row = flow_row(probe, target, point, screened.logits, window, window_style)
+    extra = {"method": "exact", "verified_as": screened.verified_as}
+    return estimate, row | labels | extra | {"rel_pred_estimate": est_rel}
 
 
 def screened_flow_section(rows: pd.DataFrame, run: RunDir) -> Section:

@@ -509,7 +509,7 @@ class Probe:
         covers and reused while it covers a request (its source groups, query positions and
         layers; the same metric); otherwise one pass covers the request and, for the same
         metric, what the last one covered."""
-        from .attribution import attribute
+        from .attribution import attribute, graph_budget_mb
 
         for group in (*sources, *queries):  # an unknown or empty group: PlanError naming it
             self.layout.resolve(group)
@@ -527,14 +527,19 @@ class Probe:
             sources = [*cached.atoms, *(g for g in sources if g not in cached.atoms)]
             queries = [*self._attributed_queries, *(g for g in queries if g not in self._attributed_queries)]
             layers = sorted({*cached.S, *layers})
+        # a probe whose baseline has not run yet gets it from the pass's forward (one forward
+        # less), keeping the graph of as many top layers as half the free memory holds; the
+        # answer token is then the baseline's top token, which is what ``base.pred_id`` is
+        fused = not self.engine.ran
         att = attribute(
             self.engine,
-            token_id=self.base.pred_id,
+            token_id=None if fused else self.base.pred_id,
             sources=list(sources),
             queries=list(queries),
             layers=list(layers),
             metric=metric,
-            fused=False,  # fused: wired by the memory-bounded pass
+            fused=fused,
+            max_graph_mb=graph_budget_mb(next(self.engine.lm.layers.parameters()).device) if fused else None,
         )
         self._last_attribution, self._attributed_queries = att, list(queries)
         return att

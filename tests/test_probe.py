@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -235,6 +236,30 @@ def test_head_map_is_the_single_head_plans_estimates(probe) -> None:
     want = relative_change(att.delta_logprob(att.estimates(plans))).reshape(2, heads)
     assert np.allclose(heat.to_numpy(), want, rtol=1e-5, atol=1e-8)
     assert np.abs(want).max() > 0  # the map is not trivially zero
+
+
+def test_frame_pairs_are_the_single_layer_pair_plans_estimates_and_flow_screen_records_them(probe) -> None:
+    from vlmflow.analyses.screened_flow import ScreenedFlow
+
+    n = probe.layout.num_frames
+    pairs = probe.frame_pairs(layers=[0, 2])
+    assert list(pairs.index) == [0, 2] and len(pairs.columns) == n * (n - 1) // 2 and "0->1" in pairs
+    att = oracle_attribution(
+        probe, [f"frame:{a}" for a in range(n)], [f"frame:{b}" for b in range(n)], [0, 2]
+    )
+    for col in pairs.columns:
+        a, b = (int(x) for x in col.split("->"))
+        plans = [Plan("p", (Cut(f"frame:{a}", f"frame:{b}", (layer,)),)) for layer in (0, 2)]
+        want = relative_change(att.delta_logprob(att.estimates(plans)))
+        assert np.allclose(pairs[col].to_numpy(), want, rtol=1e-5, atol=1e-8), col
+    assert np.abs(pairs.to_numpy()).max() > 0
+    # the screened cross-frame sweep records every (layer, frame pair) from the same pass
+    rows = ScreenedFlow(targets=("cross-frame",), window=1, k=1, control=0, sample_mode="all").records(probe)
+    got = pd.DataFrame([r for r in rows if r["kind"] == "frame_pair"])
+    assert len(got) == probe.num_layers * n * (n - 1) // 2 and (got["method"] == "estimate").all()
+    both = got[got["layer"].isin([0, 2])].pivot(index="layer", columns="pair", values="rel_pred")
+    both.columns = [c.replace("frame:", "") for c in both.columns]
+    assert np.allclose(both[pairs.columns].to_numpy(), pairs.to_numpy(), rtol=1e-5, atol=1e-8)
 
 
 def test_one_cached_pass_serves_every_covered_request(model, monkeypatch) -> None:

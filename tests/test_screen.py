@@ -89,11 +89,27 @@ def test_flow_screen_writes_estimates_exact_rows_and_head_maps(tiny_llava_path, 
     (tmp_path / "qa.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     out = tmp_path / "run"
     args = ["flow", "--model", str(tiny_llava_path), "--data", f"jsonl:{tmp_path / 'qa.jsonl'}"]
-    args += ["--num-frames", "4", "--window", "1", "--sample-mode", "all", "-t", "vql-to-ql"]
+    args += [
+        "--num-frames",
+        "4",
+        "--window",
+        "1",
+        "--sample-mode",
+        "all",
+        "-t",
+        "vql-to-ql",
+        "-t",
+        "cross-frame",
+    ]
     result = CliRunner().invoke(app, [*args, "--screen", "3", "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     df = read_records(out)
     rows = df[(df["analysis"] == "flow-screen") & df["error"].isna()]
+    pairs = rows[rows["kind"] == "frame_pair"]  # every (layer, frame a -> frame b), from the same pass
+    assert len(pairs) == 2 * 4 * 6 and (pairs["method"] == "estimate").all()
+    assert (pairs["src_frame"] < pairs["dst_frame"]).all()
+    assert any(p.name.startswith("frame-pairs") for p in (out / "figures").iterdir())
+    rows = rows[rows["target"] != "cross-frame"]  # the rest: the vql-to-ql curves
     plans = rows[rows["kind"] == "plan"]
     estimated = plans[plans["method"] == "estimate"]
     exact = plans[plans["method"] == "exact"]

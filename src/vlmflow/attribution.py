@@ -241,7 +241,8 @@ class Attribution:
         delta = np.asarray(delta, dtype=np.float64)
         if self.metric == "logprob":
             return delta
-        return -np.logaddexp(0.0, -(self.base + delta)) + np.logaddexp(0.0, -self.base)
+        with np.errstate(invalid="ignore"):  # NaN (no estimate: a map's empty cells) stays NaN
+            return -np.logaddexp(0.0, -(self.base + delta)) + np.logaddexp(0.0, -self.base)
 
     def estimate(self, plan: Plan) -> float:
         """First-order change of the metric under ``plan`` (sum over its layers)."""
@@ -286,6 +287,28 @@ class Attribution:
             key = key.expand(self.num_heads, -1, -1)
             out[layer] = _effect(self.S[layer], self.B[layer], key).numpy()
         return out
+
+    def frame_pairs(self) -> np.ndarray:
+        """``(layers, F, F)`` estimates of blocking ``frame:a -> frame:b`` (every head) in one
+        layer, at ``[layer, a, b]`` for ``a < b`` (NaN elsewhere and for layers not
+        attributed): which frame pairs carry cross-frame information, and where. Needs a
+        pass with every ``frame:a`` as a source and every ``frame:b`` (b > 0) as a query."""
+        n = self.layout.num_frames
+        out = np.full((self.num_layers, n, n), np.nan)
+        plans = [
+            (layer, a, b, Plan("pair", (Cut(f"frame:{a}", f"frame:{b}", (layer,)),)))
+            for layer in sorted(self.S)
+            for b in range(1, n)
+            for a in range(b)
+        ]
+        for (layer, a, b, _), value in zip(plans, self.estimates([p for *_, p in plans]), strict=True):
+            out[layer, a, b] = value
+        return out
+
+
+def frame_pair_groups(num_frames: int) -> tuple[list[str], list[str]]:
+    """The source and query groups ``Attribution.frame_pairs`` needs."""
+    return [f"frame:{a}" for a in range(num_frames - 1)], [f"frame:{b}" for b in range(1, num_frames)]
 
 
 def _effect(S: torch.Tensor, B: torch.Tensor, key: torch.Tensor, renormalise: bool = True) -> torch.Tensor:

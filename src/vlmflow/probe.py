@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from .analyses.base import Answer, read_answer
-from .attribution import Attribution, relative_change
+from .attribution import Attribution, frame_pair_groups, relative_change
 from .cuts import CompiledPlan, Cut, Plan, check_cut_blocks
 from .engine import Engine, masked_forward
 from .errors import DataError, PlanError, PromptError
@@ -466,6 +466,34 @@ class Probe:
             heat,
             index=pd.Index(layer_list, name="layer"),
             columns=pd.RangeIndex(heat.shape[1], name="head"),
+        )
+
+    def frame_pairs(self, *, layers: Sequence[int] | None = None) -> pd.DataFrame:
+        """Which frame pairs carry cross-frame information, and in which layers: the
+        estimated % change of the answer's probability when ``frame:a -> frame:b`` (a < b)
+        is blocked in every head of one layer, from one attribution pass. Index: layer
+        (``layers``, default all), columns: ``"a->b"``. Estimates: verify with
+        :meth:`knockout` (``"frame:a->frame:b"``).
+
+        >>> import vlmflow
+        >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
+        >>> pairs = probe.frame_pairs(layers=[0, 1])
+        >>> pairs.shape == (2, probe.layout.num_frames * (probe.layout.num_frames - 1) // 2)
+        True
+        """
+        if self.layout.num_frames < 2:
+            raise PlanError(
+                f"sample {self.sample.id!r} has {self.layout.num_frames} frame(s): no frame pairs"
+            )
+        layer_list = self._layers(layers)
+        att = self._attribution(*frame_pair_groups(self.layout.num_frames), layer_list)
+        est = relative_change(att.delta_logprob(att.frame_pairs()[layer_list]))
+        n = self.layout.num_frames
+        pairs = [(a, b) for b in range(1, n) for a in range(b)]
+        return pd.DataFrame(
+            np.stack([est[:, a, b] for a, b in pairs], axis=1),
+            index=pd.Index(layer_list, name="layer"),
+            columns=pd.Index([f"{a}->{b}" for a, b in pairs], name="pair"),
         )
 
     def attribute(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from ..attribution import plan_groups, relative_change
+from ..attribution import frame_pair_groups, plan_groups, relative_change
 from ..errors import PlanError
 from ..screen import Screen, ScreenedPlan, check_screen, verify_top
 from .base import ANALYSES
@@ -88,6 +88,20 @@ class ScreenedFlow(InformationFlow):
                                 "rel_pred": float(relative_change(value)),
                             }
                         )
+        if all(g in att.atoms for g in frame_pair_groups(probe.layout.num_frames)[0]):
+            pairs_est = att.delta_logprob(att.frame_pairs())
+            for layer, a, b in zip(*np.nonzero(~np.isnan(pairs_est)), strict=True):
+                rows.append(
+                    {
+                        "kind": "frame_pair",
+                        "method": "estimate",
+                        "pair": f"frame:{a}->frame:{b}",
+                        "layer": int(layer),
+                        "src_frame": int(a),
+                        "dst_frame": int(b),
+                        "rel_pred": float(relative_change(pairs_est[layer, a, b])),
+                    }
+                )
         rows.append({"kind": "screen", "method": "summary"} | screen.summary())
         return rows
 
@@ -124,6 +138,12 @@ def screened_sweep(
     points = [(target, point) for target, _, _, pts in curves for point in pts]
     plans = [point.plan for _, point in points]
     src, dst = plan_groups(plans)
+    if any(g.startswith("frame:") for g in dst):  # frame pairs cost the pass nothing more
+        pair_src, pair_dst = frame_pair_groups(probe.layout.num_frames)
+        src, dst = (
+            [*src, *(g for g in pair_src if g not in src)],
+            [*dst, *(g for g in pair_dst if g not in dst)],
+        )
     att = probe._attribution(src, dst, sorted({x for p in plans for x in p.layers}))
     screen = verify_top(
         probe.engine, plans, att, k, control=control, order=order, exact_below=exact_below, seed=seed
@@ -216,29 +236,42 @@ def screened_flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
         path = run.figure_path(f"head-map-{_safe(f'{condition}-{pair}')}")
         save_figure(head_map_figure(grid, f"{pair} ({target})"), path)
         section.figures[f"Attribution per layer x head: {pair}"] = path
+    pairs = rows[rows["kind"] == "frame_pair"] if "kind" in rows else rows.iloc[:0]
+    if len(pairs):
+        grid = pairs.groupby(["layer", "pair"])["rel_pred"].mean().unstack("pair").sort_index()
+        order = sorted(grid.columns, key=lambda c: tuple(int(x.split(":")[1]) for x in c.split("->"))[::-1])
+        grid = grid[order]
+        grid.columns = [c.replace("frame:", "") for c in grid.columns]
+        path = run.figure_path("frame-pairs")
+        save_figure(head_map_figure(grid, "frame a -> frame b, all heads", xlabel="frame pair a->b"), path)
+        section.figures["Attribution per layer x frame pair"] = path
     section.notes = (
         "Estimates are first-order attribution (one forward and one backward per sample) and are "
         "marked method=estimate in the records; only method=exact rows are knockout results. "
         "Rank agreement is Spearman's correlation between estimate and exact over the verified "
         "plans (and over the random control sample alone). Heat maps: estimated % change of the "
-        "answer's probability when one group pair is cut in one head of one layer."
+        "answer's probability when one group pair is cut in one head of one layer; frame pairs: "
+        "when frame a -> frame b is cut in every head of one layer."
     )
     return section
 
 
-def head_map_figure(grid: pd.DataFrame, title: str) -> Any:
-    """Layers (rows, 1-based) x heads heat map of estimated % changes, centred on 0."""
+def head_map_figure(grid: pd.DataFrame, title: str, xlabel: str = "head") -> Any:
+    """Layers (rows, 1-based) x heads (or other columns) heat map of estimated % changes,
+    centred on 0."""
     from ..report.figures import pyplot
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(1.2 + 0.25 * grid.shape[1], 1.0 + 0.2 * grid.shape[0]))
+    fig, ax = plt.subplots(figsize=(max(3.6, 1.2 + 0.25 * grid.shape[1]), 1.0 + 0.2 * grid.shape[0]))
     lim = float(np.nanmax(np.abs(grid.to_numpy()))) or 1.0
     im = ax.imshow(grid.to_numpy(), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto", origin="lower")
-    ax.set_xlabel("head")
+    ax.set_xlabel(xlabel)
+    if xlabel != "head":
+        ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns], fontsize=5, rotation=90)
     ax.set_ylabel("layer")
     ax.set_yticks(range(grid.shape[0]), [str(int(x) + 1) for x in grid.index], fontsize=6)
     ax.set_title(title, fontsize=8)
-    fig.colorbar(im, ax=ax, label="est. % change of p(answer)")
+    fig.colorbar(im, ax=ax, label="est. % change")
     fig.tight_layout()
     return fig
 

@@ -11,7 +11,7 @@ record with the rank agreement between estimate and exact.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -88,7 +88,7 @@ class ScreenedFlow(InformationFlow):
                                 "rel_pred": float(relative_change(value)),
                             }
                         )
-        if all(g in att.atoms for g in frame_pair_groups(probe.layout.num_frames)[0]):
+        if cuts_into_frames(dst for _, _, edges, _ in curves for _, dst in edges):
             pairs_est = att.delta_logprob(att.frame_pairs())
             for layer, a, b in zip(*np.nonzero(~np.isnan(pairs_est)), strict=True):
                 rows.append(
@@ -138,7 +138,7 @@ def screened_sweep(
     points = [(target, point) for target, _, _, pts in curves for point in pts]
     plans = [point.plan for _, point in points]
     src, dst = plan_groups(plans)
-    if any(g.startswith("frame:") for g in dst):  # frame pairs cost the pass nothing more
+    if cuts_into_frames(dst):  # frame pairs cost the pass nothing more
         pair_src, pair_dst = frame_pair_groups(probe.layout.num_frames)
         src, dst = (
             [*src, *(g for g in pair_src if g not in src)],
@@ -153,6 +153,12 @@ def screened_sweep(
         for (target, point), sp in zip(points, screen.plans, strict=True)
     ]
     return curves, pairs, screen
+
+
+def cuts_into_frames(queries: Iterable[str]) -> bool:
+    """Whether a sweep cuts into single frames: then its pass also covers every frame pair
+    (``screened_sweep``) and its records carry the frame-pair map (``ScreenedFlow``)."""
+    return any(g.startswith("frame:") for g in queries)
 
 
 def screened_plan_rows(

@@ -135,7 +135,7 @@ def subtracted_renormalisation():
     1e-6, which loses the renormalisation when attention is saturated on the blocked keys."""
     import vlmflow.attribution as attribution_module
 
-    def effect(S, B, key, renormalise=True):
+    def effect(S, B, key, present, renormalise=True):
         b = (B * key).sum(-1)
         if not renormalise:
             return -b.sum(-1)

@@ -243,12 +243,12 @@ def test_frame_pairs_are_the_single_layer_pair_plans_estimates_and_flow_screen_r
 
     n = probe.layout.num_frames
     pairs = probe.frame_pairs(layers=[0, 2])
-    assert list(pairs.index) == [0, 2] and len(pairs.columns) == n * (n - 1) // 2 and "0->1" in pairs
+    assert list(pairs.index) == [0, 2] and len(pairs.columns) == n * (n - 1) // 2 and "frame:0->frame:1" in pairs
     att = oracle_attribution(
         probe, [f"frame:{a}" for a in range(n)], [f"frame:{b}" for b in range(n)], [0, 2]
     )
     for col in pairs.columns:
-        a, b = (int(x) for x in col.split("->"))
+        a, b = (int(x.split(":")[1]) for x in col.split("->"))
         plans = [Plan("p", (Cut(f"frame:{a}", f"frame:{b}", (layer,)),)) for layer in (0, 2)]
         want = relative_change(att.delta_logprob(att.estimates(plans)))
         assert np.allclose(pairs[col].to_numpy(), want, rtol=1e-5, atol=1e-8), col
@@ -258,7 +258,6 @@ def test_frame_pairs_are_the_single_layer_pair_plans_estimates_and_flow_screen_r
     got = pd.DataFrame([r for r in rows if r["kind"] == "frame_pair"])
     assert len(got) == probe.num_layers * n * (n - 1) // 2 and (got["method"] == "estimate").all()
     both = got[got["layer"].isin([0, 2])].pivot(index="layer", columns="pair", values="rel_pred")
-    both.columns = [c.replace("frame:", "") for c in both.columns]
     assert np.allclose(both[pairs.columns].to_numpy(), pairs.to_numpy(), rtol=1e-5, atol=1e-8)
 
 
@@ -310,3 +309,79 @@ def test_bad_screen_and_attribution_arguments_are_clear_errors(probe) -> None:
         probe.head_map("video", "last", layers=[4])
     with pytest.raises(PlanError, match="unknown attribution metric"):
         probe.attribute("video", "last", metric="odds")
+
+
+def test_a_frame_pair_column_is_the_cut_that_verifies_it(probe) -> None:
+    pairs = probe.frame_pairs(layers=[1])
+    col = pairs.columns[0]
+    exact = probe.knockout(col, layers=[1])  # the column is a plan the engine runs as it stands
+    plan = Plan(col, (Cut(*col.split("->"), (1,)),))
+    want = full_forward_logits(probe.engine.lm, probe.prepared.inputs, probe.engine.compile(plan)).softmax(-1)
+    assert abs(exact.p_gt - float(want[probe.answer.gt_id])) < TOL
+
+
+def test_a_cut_the_engine_refuses_has_no_estimate_either(probe) -> None:
+    """Blocking every key of the last position leaves it nothing to attend: the engine
+    refuses that knockout, and the attribution must not return a number for it (it used to
+    return the unrenormalised estimate)."""
+    impossible = Plan("all->last", (Cut("all", "last", (1,)),))
+    with pytest.raises(PlanError, match="no key"):
+        probe.knockout(impossible)
+    with pytest.raises(PlanError, match="no key"):
+        probe.head_map("all", "last", layers=[1])
+    att = probe.attribute(["all", "video"], "last", layers=[1, 2])
+    with pytest.raises(PlanError, match="'all->last' leaves a query in layer 1 with no key"):
+        att.estimates([impossible])
+    one_head = Plan("h", (Cut("all", "last", (1,), heads=(0,)),))
+    with pytest.raises(PlanError, match="no key"):
+        att.estimates([one_head])
+    with pytest.raises(PlanError, match="no key"):
+        att.estimates([impossible], renormalise=False)
+    heat = att.head_map("all", "last")
+    assert np.isnan(heat[[1, 2]]).all()
+    # a cut that keeps a key (the last position itself) is estimated as before
+    fine = Plan("video->last", (Cut("video", "last", (1, 2)),))
+    assert np.isfinite(att.estimates([fine])).all()
+    assert np.isfinite(att.head_map("video", "last")[[1, 2]]).all()
+
+
+def test_cuts_typed_as_objects_are_checked_like_text(probe) -> None:
+    with pytest.raises(PlanError, match="carries its own layers"):
+        probe.knockout(Cut("question", "last", (0,)), layers=range(1, 3))
+    with pytest.raises(PlanError, match="carries its own layers"):
+        probe.knockout(Plan("q", (Cut("question", "last", (0,)),)), layers=[1])
+    with pytest.raises(PlanError, match="names no layers"):
+        probe.knockout(Cut("video", "last", ()))
+    with pytest.raises(PlanError, match="blocks nothing on this input"):
+        probe.knockout(Cut("last", "video", (1,)))
+    with pytest.raises(PlanError, match="not int"):
+        probe.knockout(5)
+    assert Plan("empty", ()).cuts == () and probe.knockout(Plan("empty", ())).probabilities == pytest.approx(
+        probe.answer.probabilities, abs=TOL
+    )  # an empty plan is the baseline, as a plan may say
+
+
+def test_layers_and_heads_read_as_ints_ranges_or_text_and_nothing_else(probe) -> None:
+    as_list = probe.head_map("video", "last", layers=[1, 2])
+    for spelled in ("1-2", range(1, 3), np.array([2, 1]), torch.tensor([1, 2])):
+        assert probe.head_map("video", "last", layers=spelled).equals(as_list), spelled
+    assert probe.head_map("video", "last", layers=2).equals(as_list.loc[[2]])
+    assert Cut("video", "last", 3, heads=1) == Cut("video", "last", (3,), heads=(1,))
+    assert Cut("video", "last", "1-2,0").layers == (0, 1, 2)
+    by_text = probe.knockout("video->last", layers="1-2").probabilities
+    assert by_text == probe.knockout("video->last", layers=[1, 2]).probabilities
+    for bad in (2.5, (1.7,), True, ["1"], None):
+        with pytest.raises(PlanError, match="must be integers"):
+            Cut("video", "last", bad)
+    with pytest.raises(PlanError, match="heads must be integers"):
+        Cut("video", "last", (1,), heads=(0.5,))
+    with pytest.raises(PlanError, match="layers must be integers"):
+        probe.head_map("video", "last", layers=[1.5])
+    with pytest.raises(PlanError, match="layers '1-x': cannot read '1-x'"):
+        probe.sweep("vql-to-ql", layers="1-x")
+    with pytest.raises(PlanError, match="src must be one token group"):
+        probe.head_map(["video"], "last")
+    with pytest.raises(PlanError, match="screen size k must be an integer"):
+        probe.screen("vql-to-ql", k="3")
+    with pytest.raises(PlanError, match="screen size control must be an integer"):
+        probe.screen("vql-to-ql", control=2.5)

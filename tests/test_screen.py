@@ -76,6 +76,7 @@ def test_spearman_matches_the_definition() -> None:
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
     assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    assert np.isnan(spearman([1, 2], [5, 3]))  # two points rank perfectly whatever they are
     assert abs(spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) - 0.8) < 1e-12
 
 
@@ -126,3 +127,20 @@ def test_flow_screen_writes_estimates_exact_rows_and_head_maps(tiny_llava_path, 
     assert any(p.name.startswith("head-map-") for p in (out / "figures").iterdir())
     agreement = pd.read_csv(out / "summary" / "flow-screen-agreement.csv")
     assert "spearman_verified" in agreement.columns
+
+
+def test_a_k_beyond_the_plans_verifies_them_all_and_says_so(tiny_llava, sample) -> None:
+    prepared = tiny_llava.prepare(sample)
+    engine = Engine(tiny_llava.language_model(), prepared.inputs, prepared.layout)
+    plans = suite(engine, prepared.layout)[:6]
+    s = screen_then_verify(engine, plans, 100, control=3)
+    summary = s.summary()
+    assert summary["k"] == 100 and summary["top"] == 6 == summary["verified"] and summary["control"] == 0
+    assert np.isnan(summary["spearman_control"])
+
+
+def test_a_sweep_into_frame_ranges_carries_the_frame_pair_map() -> None:
+    from vlmflow.analyses.screened_flow import cuts_into_frames
+
+    assert cuts_into_frames(["frame:3"]) and cuts_into_frames(["frames:1-3"]) and cuts_into_frames(["frames:<4"])
+    assert not cuts_into_frames(["video", "last", "question"])

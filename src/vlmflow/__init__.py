@@ -12,7 +12,7 @@ The front door, two lines from a notebook::
     probe.screen("cross-frame", k=30)                # every plan estimated, the top 30 exact
 
 Runs over a dataset into a run folder: :func:`run` with :class:`Options` and analyses
-(:class:`InformationFlow`, :class:`AnswerProbability`, :class:`LogitLens`,
+(:class:`InformationFlow`, :class:`ScreenedFlow`, :class:`AnswerProbability`, :class:`LogitLens`,
 :class:`AttentionMaps`, :class:`Pathways`, :class:`OpenEnded`); :class:`RunDir` reads one.
 """
 
@@ -27,6 +27,7 @@ from .analyses.information_flow import InformationFlow
 from .analyses.logit_lens import LogitLens
 from .analyses.open_ended import OpenEnded
 from .analyses.pathways import Pathways, PathwaySpec, search_and_evaluate
+from .analyses.screened_flow import ScreenedFlow
 from .api import Options, RunResult, merge, run
 from .cuts import Cut, Plan, compile_plan, window_layers
 from .data import load_dataset
@@ -58,6 +59,7 @@ __all__ = [
     "RunDir",
     "RunResult",
     "Sample",
+    "ScreenedFlow",
     "Span",
     "TokenLayout",
     "VlmflowError",

@@ -37,6 +37,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -206,6 +207,16 @@ class Attribution:
     graph_layers: tuple[int, ...] = ()
     graph_mb: float | None = None
 
+    @cached_property
+    def _present(self) -> torch.Tensor:
+        """``(Q, A + 1)``: whether the atom (the last column: the keys in no atom) has a key
+        at or before each query position, i.e. one the query may attend."""
+        atom_of, _ = key_atoms(self.layout, list(self.atoms))
+        n_atoms = int(atom_of.max()) + 1
+        first = np.full(n_atoms + 1, self.layout.length)
+        np.minimum.at(first, np.where(atom_of < 0, n_atoms, atom_of), np.arange(atom_of.size))
+        return torch.as_tensor(first[None, :] <= self.queries[:, None])
+
     def _query_index(self, group: str) -> np.ndarray:
         pos = self.layout.resolve(group)
         idx = np.searchsorted(self.queries, pos)
@@ -228,7 +239,7 @@ class Attribution:
             a = torch.as_tensor(self._atoms(c.src))[None, :]
             for h in c.heads if c.heads is not None else range(self.num_heads):
                 key[h, q, a] = True
-        return float(_effect(self.S[layer], self.B[layer], key, renormalise).sum())
+        return float(_effect(self.S[layer], self.B[layer], key, self._present, renormalise).sum())
 
     @property
     def logprob(self) -> float:
@@ -271,13 +282,20 @@ class Attribution:
                 k = (layer, tuple(sorted((c.src, c.dst, c.heads or ()) for c in cuts)))
                 if k not in cache:
                     cache[k] = self._layer_estimate(layer, cuts, renormalise)
+                if math.isnan(cache[k]):
+                    raise PlanError(
+                        f"plan {plan.name!r} leaves a query in layer {layer} with no key to attend "
+                        "to: there is nothing to estimate (the engine refuses it too); keep at "
+                        "least one key (e.g. do not cut a token from itself and everything before it)"
+                    )
                 total += cache[k]
             out.append(total)
         return np.asarray(out, dtype=np.float64)
 
     def head_map(self, src: str, dst: str) -> np.ndarray:
         """``(layers, heads)`` estimates of blocking ``src -> dst`` in one head of one layer
-        (NaN for layers not attributed): the attribution heat map of one group pair."""
+        (NaN for layers not attributed, and where the cut would leave a query no key): the
+        attribution heat map of one group pair."""
         out = np.full((self.num_layers, self.num_heads), np.nan)
         q = torch.as_tensor(self._query_index(dst))
         a = torch.as_tensor(self._atoms(src))
@@ -285,7 +303,7 @@ class Attribution:
             key = torch.zeros(self.S[layer].shape[1:], dtype=torch.bool)
             key[q[:, None], a[None, :]] = True
             key = key.expand(self.num_heads, -1, -1)
-            out[layer] = _effect(self.S[layer], self.B[layer], key).numpy()
+            out[layer] = _effect(self.S[layer], self.B[layer], key, self._present).numpy()
         return out
 
     def frame_pairs(self) -> np.ndarray:
@@ -311,20 +329,28 @@ def frame_pair_groups(num_frames: int) -> tuple[list[str], list[str]]:
     return [f"frame:{a}" for a in range(num_frames - 1)], [f"frame:{b}" for b in range(1, num_frames)]
 
 
-def _effect(S: torch.Tensor, B: torch.Tensor, key: torch.Tensor, renormalise: bool = True) -> torch.Tensor:
+def _effect(
+    S: torch.Tensor, B: torch.Tensor, key: torch.Tensor, present: torch.Tensor, renormalise: bool = True
+) -> torch.Tensor:
     """``(S G - B) / (1 - S)`` summed over queries, per head ``(H,)``, for the atoms ``key``
     ``(H, Q, A + 1)`` marks, computed as ``S / S' * B' - B`` with ``S' = 1 - S`` and
     ``B' = G - B`` summed over the atoms (and the last column, the keys in no atom) that stay
     open: both are sums of the kept weights, so nothing cancels when attention is saturated
-    on the blocked keys (``S -> 1``), where the renormalisation factor is largest."""
+    on the blocked keys (``S -> 1``), where the renormalisation factor is largest.
+
+    ``present`` ``(Q, A + 1)`` marks the atoms with a key at or before each query. A head in
+    which some query keeps none of them (every key it may attend is blocked: a knockout the
+    engine refuses, softmax over nothing being undefined) gets NaN, with or without the
+    renormalisation: such a cut has no effect to estimate."""
     b = (B * key).sum(-1)
+    dead = (key.any(-1) & ~(present & ~key).any(-1)).any(-1)
     if not renormalise:
-        return -b.sum(-1)
-    s = (S * key).sum(-1)
-    open_ = ~key
-    s_kept, b_kept = (S * open_).sum(-1), (B * open_).sum(-1)
-    ratio = s / s_kept.clamp_min(torch.finfo(s_kept.dtype).tiny)
-    return torch.where(key.any(-1), ratio * b_kept - b, torch.zeros_like(s)).sum(-1)
+        effect = -b.sum(-1)
+    else:
+        s, s_kept, b_kept = (S * key).sum(-1), (S * ~key).sum(-1), (B * ~key).sum(-1)
+        ratio = s / s_kept.clamp_min(torch.finfo(s_kept.dtype).tiny)
+        effect = torch.where(key.any(-1), ratio * b_kept - b, torch.zeros_like(s)).sum(-1)
+    return torch.where(dead, torch.full_like(effect, float("nan")), effect)
 
 
 def relative_change(delta_logprob: np.ndarray | float) -> np.ndarray | float:

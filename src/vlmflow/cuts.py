@@ -11,8 +11,10 @@ always names *query* heads, so it removes edges from those heads' softmax only.
 from __future__ import annotations
 
 import json
+import operator
 import re
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,9 +41,10 @@ class Cut:
     heads: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", tuple(sorted({int(x) for x in self.layers})))
+        name = f"cut {self.src}->{self.dst}"
+        object.__setattr__(self, "layers", as_indices(self.layers, f"{name}: layers"))
         if self.heads is not None:
-            heads = tuple(sorted({int(x) for x in self.heads}))
+            heads = as_indices(self.heads, f"{name}: heads")
             if not heads or heads[0] < 0:
                 raise PlanError(
                     f"cut {self.src}->{self.dst}: heads must be non-empty and >= 0, got {self.heads}"
@@ -228,6 +231,33 @@ def window_layers(layer: int, num_layers: int, window: int = 9, style: str = "ce
 #: no model has more decoder layers than this; a larger number in ``--layers`` is a typo
 #: (and ``0-999999999`` must not build a billion-element list)
 MAX_LAYERS = 1024
+
+
+def as_indices(value: Any, what: str = "layers") -> tuple[int, ...]:
+    """Layer or head numbers as a sorted tuple without repeats, from an int, an iterable of
+    ints (``range``, lists, numpy or torch integers) or, like the CLI, text (``"0-3,7"``);
+    anything else (a float, a bool) is a one-line :class:`PlanError` naming ``what``.
+
+    >>> as_indices(5), as_indices(range(3)), as_indices("0-2,7")
+    ((5,), (0, 1, 2), (0, 1, 2, 7))
+    """
+    if isinstance(value, str):
+        try:
+            return parse_layers(value) or ()
+        except PlanError as exc:
+            raise PlanError(str(exc).replace("layers", what, 1)) from None
+    items = list(value) if isinstance(value, Iterable) and getattr(value, "ndim", 1) else [value]
+    out = set()
+    for x in items:
+        try:
+            if isinstance(x, bool) or str(getattr(x, "dtype", "")) in ("bool", "torch.bool"):
+                raise TypeError
+            out.add(operator.index(x))
+        except TypeError:
+            raise PlanError(
+                f"{what} must be integers (an int, a sequence of ints or text like 0-3,7), got {value!r}"
+            ) from None
+    return tuple(sorted(out))
 
 
 def parse_layers(text: str | None) -> tuple[int, ...] | None:

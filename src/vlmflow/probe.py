@@ -33,7 +33,7 @@ import torch
 
 from .analyses.base import Answer, read_answer
 from .attribution import Attribution, frame_pair_groups, relative_change
-from .cuts import CompiledPlan, Cut, Plan, check_cut_blocks
+from .cuts import CompiledPlan, Cut, Plan, as_indices, check_cut_blocks, compile_plan
 from .engine import Engine, masked_forward
 from .errors import DataError, PlanError, PromptError
 from .layout import Span, TokenLayout
@@ -308,14 +308,28 @@ class Probe:
         return out
 
     # ------------------------------------------------------------------ cuts
-    def plan(self, what: PlanLike, layers: Iterable[int] | None = None) -> Plan | CompiledPlan:
+    def plan(self, what: PlanLike, layers: Iterable[int] | int | str | None = None) -> Plan | CompiledPlan:
         """A plan from ``"SRC->DST[,SRC->DST]"`` text (blocked in ``layers``, default all), a
-        ``Cut``, or a plan as it is."""
-        if isinstance(what, (Plan, CompiledPlan)):
-            return what
-        blocked = tuple(range(self.num_layers)) if layers is None else tuple(layers)
-        if isinstance(what, Cut):
-            return Plan(f"{what.src}->{what.dst}", (what,))
+        ``Cut``, or a plan as it is. ``layers`` is for text only: a ``Cut`` or a plan carries
+        its own. A typed cut (text or ``Cut``) that blocks nothing is an error."""
+        if isinstance(what, (Cut, Plan, CompiledPlan)):
+            name = f"{what.src}->{what.dst}" if isinstance(what, Cut) else what.name
+            if layers is not None:
+                raise PlanError(
+                    f"{type(what).__name__} {name!r} carries its own layers; layers= applies to "
+                    "text plans only"
+                )
+            if not isinstance(what, Cut):
+                return what
+            if not what.layers:
+                raise PlanError(f"cut {name!r} blocks nothing: it names no layers")
+            check_cut_blocks(what.src, what.dst, name, self.layout)
+            return Plan(name, (what,))
+        if not isinstance(what, str):
+            raise PlanError(
+                f"a plan is 'SRC->DST' text, a Cut or a Plan, not {type(what).__name__}: {what!r}"
+            )
+        blocked = tuple(range(self.num_layers)) if layers is None else as_indices(layers)
         if not blocked:
             raise PlanError(f"plan {what!r} blocks nothing: no layers are given")
         cuts = tuple(Cut.parse(part, blocked) for part in what.split(","))
@@ -324,7 +338,7 @@ class Probe:
         return Plan(what, cuts)
 
     def knockout(
-        self, plans: PlanLike | Sequence[PlanLike], layers: Iterable[int] | None = None
+        self, plans: PlanLike | Sequence[PlanLike], layers: Iterable[int] | int | str | None = None
     ) -> Answer | list[Answer]:
         """The answer with attention edges cut, exactly (as a full masked forward).
 
@@ -338,9 +352,9 @@ class Probe:
         >>> round(sum(cut.probabilities.values()), 6) <= 1.0
         True
         """
-        single = isinstance(plans, (str, Cut, Plan, CompiledPlan))
+        single = isinstance(plans, (str, Cut, Plan, CompiledPlan)) or not isinstance(plans, Iterable)
         items = [plans] if single else list(plans)
-        layer_list = None if layers is None else list(layers)
+        layer_list = None if layers is None else as_indices(layers)
         logits = self.engine.evaluate([self.plan(p, layer_list) for p in items])
         answers = [self.read(lg) for lg in logits]
         return answers[0] if single else answers
@@ -351,7 +365,7 @@ class Probe:
         *,
         window: int = 9,
         style: str = "center",
-        layers: Sequence[int] | None = None,
+        layers: Iterable[int] | int | str | None = None,
         custom: Sequence[str] = (),
     ) -> pd.DataFrame:
         """Knockout sweeps of the paper's targets (and ``custom`` ``SRC->DST`` curves): one
@@ -367,7 +381,8 @@ class Probe:
         from .analyses.information_flow import sweep_rows
 
         targets = (target,) if isinstance(target, str) else tuple(target)
-        rows = sweep_rows(self, targets, custom, window=window, style=style, layers=layers)
+        sweep_layers = None if layers is None else as_indices(layers)
+        rows = sweep_rows(self, targets, custom, window=window, style=style, layers=sweep_layers)
         return pd.DataFrame(rows)
 
     # ------------------------------------------------------------------ attribution
@@ -379,7 +394,7 @@ class Probe:
         control: int = 10,
         window: int = 9,
         style: str = "center",
-        layers: Sequence[int] | None = None,
+        layers: Iterable[int] | int | str | None = None,
         custom: Sequence[str] = (),
         exact_below: float = 0.02,
         order: str = "drop",
@@ -416,7 +431,7 @@ class Probe:
             custom,
             window=window,
             style=style,
-            layers=layers,
+            layers=None if layers is None else as_indices(layers),
             k=k,
             control=control,
             exact_below=exact_below,
@@ -444,7 +459,9 @@ class Probe:
         df.attrs["screen"] = screen.summary()
         return df
 
-    def head_map(self, src: str, dst: str, *, layers: Sequence[int] | None = None) -> pd.DataFrame:
+    def head_map(
+        self, src: str, dst: str, *, layers: Iterable[int] | int | str | None = None
+    ) -> pd.DataFrame:
         """Which heads carry ``src -> dst``: the estimated % change of the answer's
         probability when the edges from group ``src`` to group ``dst`` are blocked in one
         head of one layer, for every (layer, head) from one attribution pass. Index: layer
@@ -458,7 +475,12 @@ class Probe:
         >>> heat.shape == (2, probe.engine.lm.num_heads)
         True
         """
+        for side, group in (("src", src), ("dst", dst)):
+            if not isinstance(group, str):
+                raise PlanError(f"head_map: {side} must be one token group (text), got {group!r}")
         check_cut_blocks(src, dst, f"{src}->{dst}", self.layout)
+        # a cut the engine refuses (it leaves some query no key) has no estimate either
+        compile_plan(Plan(f"{src}->{dst}", (Cut(src, dst, (0,)),)), self.layout, self.num_layers)
         layer_list = self._layers(layers)
         att = self._attribution([src], [dst], layer_list)
         heat = relative_change(att.delta_logprob(att.head_map(src, dst)[layer_list]))
@@ -468,12 +490,13 @@ class Probe:
             columns=pd.RangeIndex(heat.shape[1], name="head"),
         )
 
-    def frame_pairs(self, *, layers: Sequence[int] | None = None) -> pd.DataFrame:
+    def frame_pairs(self, *, layers: Iterable[int] | int | str | None = None) -> pd.DataFrame:
         """Which frame pairs carry cross-frame information, and in which layers: the
         estimated % change of the answer's probability when ``frame:a -> frame:b`` (a < b)
         is blocked in every head of one layer, from one attribution pass. Index: layer
-        (``layers``, default all), columns: ``"a->b"``. Estimates: verify with
-        :meth:`knockout` (``"frame:a->frame:b"``).
+        (``layers``, default all), columns: the pair's cut, ``"frame:a->frame:b"``, as the
+        records name it. Estimates: verify a cell with :meth:`knockout` (its column, in its
+        layer).
 
         >>> import vlmflow
         >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
@@ -493,7 +516,7 @@ class Probe:
         return pd.DataFrame(
             np.stack([est[:, a, b] for a, b in pairs], axis=1),
             index=pd.Index(layer_list, name="layer"),
-            columns=pd.Index([f"{a}->{b}" for a, b in pairs], name="pair"),
+            columns=pd.Index([f"frame:{a}->frame:{b}" for a, b in pairs], name="pair"),
         )
 
     def attribute(
@@ -501,7 +524,7 @@ class Probe:
         sources: str | Sequence[str],
         queries: str | Sequence[str],
         *,
-        layers: Sequence[int] | None = None,
+        layers: Iterable[int] | int | str | None = None,
         metric: str = "logodds",
     ) -> Attribution:
         """The raw attribution pass for the baseline answer's token: first-order estimates of
@@ -524,8 +547,8 @@ class Probe:
         queries = [queries] if isinstance(queries, str) else list(queries)
         return self._attribution(sources, queries, self._layers(layers), metric)
 
-    def _layers(self, layers: Sequence[int] | None) -> list[int]:
-        out = list(range(self.num_layers)) if layers is None else sorted({int(x) for x in layers})
+    def _layers(self, layers: Iterable[int] | int | str | None) -> list[int]:
+        out = list(range(self.num_layers)) if layers is None else list(as_indices(layers))
         if not out or out[0] < 0 or out[-1] >= self.num_layers:
             raise PlanError(f"layers {out} must be a non-empty subset of 0..{self.num_layers - 1}")
         return out
@@ -581,7 +604,7 @@ class Probe:
     @torch.inference_mode()
     def lens(
         self,
-        layers: Iterable[int] | None = None,
+        layers: Iterable[int] | int | str | None = None,
         positions: str | Sequence[int] = "last",
         *,
         k: int = 5,
@@ -601,7 +624,7 @@ class Probe:
         """
         from .analyses.logit_lens import lens_logits
 
-        layer_list = tuple(range(-1, self.num_layers)) if layers is None else tuple(layers)
+        layer_list = tuple(range(-1, self.num_layers)) if layers is None else as_indices(layers)
         pos = self.layout.resolve(positions) if isinstance(positions, str) else np.asarray(positions)
         index = torch.as_tensor(pos)
         top_ids, top_probs = [], []
@@ -619,7 +642,7 @@ class Probe:
 
     def attention(
         self,
-        layers: Iterable[int] | None = None,
+        layers: Iterable[int] | int | str | None = None,
         queries: str | Sequence[str] = ("last",),
         plan: PlanLike | None = None,
         positions: dict[str, Any] | None = None,
@@ -635,7 +658,7 @@ class Probe:
         >>> w.shape[0] == probe.layout.length and abs(float(w.sum()) - 1) < 1e-4
         True
         """
-        layer_list = tuple(range(self.num_layers)) if layers is None else tuple(layers)
+        layer_list = tuple(range(self.num_layers)) if layers is None else as_indices(layers)
         names = (queries,) if isinstance(queries, str) else tuple(queries)
         compiled = None
         if plan is not None:

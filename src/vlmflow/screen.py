@@ -24,12 +24,12 @@ ORDERS = ("drop", "magnitude")
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman rank correlation (average ranks for ties); NaN for fewer than 2 points or a
-    constant side."""
+    """Spearman rank correlation (average ranks for ties); NaN for fewer than 3 points (two
+    points always correlate perfectly, one way or the other) or a constant side."""
     import pandas as pd
 
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if x.size < 2:
+    if x.size < 3:
         return float("nan")
     rx, ry = pd.Series(x).rank().to_numpy(), pd.Series(y).rank().to_numpy()
     if rx.std() == 0 or ry.std() == 0:
@@ -86,6 +86,7 @@ class Screen:
             "k": self.k,
             "order": self.order,
             "verified": len(self.verified()),
+            "top": len(self.verified("top")),
             "cheap": len(self.verified("cheap")),
             "control": len(self.verified("control")),
             "spearman_verified": self.rank_agreement(),
@@ -94,7 +95,12 @@ class Screen:
 
 
 def check_screen(k: int, control: int, order: str = "drop") -> None:
-    """Screen sizes below 0 and unknown orders are errors before any pass runs."""
+    """Screen sizes that are not integers >= 0 and unknown orders are errors before any
+    pass runs. A ``k`` above the number of plans verifies them all (``summary``'s ``top``
+    says how many were)."""
+    for name, value in (("k", k), ("control", control)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise PlanError(f"screen size {name} must be an integer >= 0, got {value!r}")
     if k < 0 or control < 0:
         raise PlanError(f"screen sizes k and control must be >= 0, got k={k}, control={control}")
     if order not in ORDERS:
@@ -144,8 +150,7 @@ def screen_then_verify(
     >>> s = screen_then_verify(engine, [p.plan for p in points], 30)  # doctest: +SKIP
     >>> s.summary()["spearman_control"]  # doctest: +SKIP
     """
-    if k < 0 or control < 0:
-        raise PlanError("screen sizes k and control must be >= 0")
+    check_screen(k, control, order)
     plans = list(plans)
     src, dst = plan_groups(plans)
     layers = sorted({layer for p in plans for layer in p.layers})

@@ -158,7 +158,7 @@ def screened_sweep(
 def cuts_into_frames(queries: Iterable[str]) -> bool:
     """Whether a sweep cuts into single frames: then its pass also covers every frame pair
     (``screened_sweep``) and its records carry the frame-pair map (``ScreenedFlow``)."""
-    return any(g.startswith("frame:") for g in queries)
+    return any(g.startswith(("frame:", "frames:")) for g in queries)
 
 
 def screened_plan_rows(

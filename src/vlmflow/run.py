@@ -137,7 +137,14 @@ def _one_sample(
         bar.set_postfix(tokens=prepared.layout.length, refresh=False)
         probe = Probe(adapter, prepared, max_batch_tokens=max_batch_tokens, correctness=correctness)
         rows_by_unit: dict[str, list[dict[str, Any]]] = {}
-        common = {"task": sample.task, "model": adapter.model_id, "error": None}
+        # every record says how many frames the input was built from (a sample's own frames
+        # are used as given, whatever --num-frames says)
+        common = {
+            "task": sample.task,
+            "model": adapter.model_id,
+            "num_frames": prepared.num_frames,
+            "error": None,
+        }
         rows_by_unit[EVAL] = [{**common, **probe.answer.record(), "num_tokens": probe.layout.length}]
         for analysis in analyses:
             if analysis.name in todo:

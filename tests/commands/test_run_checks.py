@@ -1,0 +1,48 @@
+"""What a run is told is what it does, or it is refused up front: a sample's own frames are
+used as given (said once, and in every record), layer selections beyond the loaded model
+are refused before the first sample, and ``flow --screen``'s own options reach the screen
+and its manifest."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+from typer.testing import CliRunner
+
+import vlmflow
+from vlmflow.cli import app
+from vlmflow.store import read_records
+
+runner = CliRunner()
+OWN_FRAMES = "brings its own 8 frames"
+SYNTHETIC = ["--data", "synthetic:2:fixed", "--task", "moving_direction"]
+
+
+def test_a_samples_own_frames_are_used_as_given_and_said_once(tiny_llava_path) -> None:
+    model = vlmflow.load(str(tiny_llava_path))  # a model of its own: nothing said before
+    first, second = vlmflow.load_dataset("synthetic:2:fixed", tasks=["moving_direction"])
+    assert first.frames is not None and len(first.frames) == 8
+    with pytest.warns(UserWarning, match=rf"sample '{first.id}' {OWN_FRAMES}; num_frames=1 applies only"):
+        probe = model.probe(first, num_frames=1)
+    assert probe.layout.num_frames == 8 and probe.prepared.num_frames == 8
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        assert model.probe(second, num_frames=1).layout.num_frames == 8
+        model.probe(second)  # num_frames=8 matches: nothing to say
+    assert not [w for w in again if OWN_FRAMES in str(w.message)], "said once per frame count and setting"
+
+
+def test_eval_records_say_how_many_frames_each_sample_used(tiny_llava_path, tmp_path) -> None:
+    out = tmp_path / "eval"
+    args = ["eval", "--model", str(tiny_llava_path), *SYNTHETIC, "--num-frames", "2"]
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        result = runner.invoke(app, [*args, "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert len([w for w in said if "num_frames=2" in str(w.message)]) == 1, "one warning per run"
+    records = read_records(out)
+    assert len(records) == 2 and records["error"].isna().all()
+    assert (records["num_frames"] == 8).all()  # the frames used, not the setting
+    assert json.loads((out / "manifest.json").read_text())["config"]["num_frames"] == 2

@@ -83,10 +83,11 @@ def run_samples(
     :data:`vlmflow.analyses.base.CORRECTNESS`)."""
     from tqdm.auto import tqdm
 
-    from .analyses.base import CORRECTNESS
+    from .analyses.base import CORRECTNESS, check_layers
 
     if correctness not in CORRECTNESS:
         raise RunError(f"unknown correctness rule {correctness!r}; choose from {', '.join(CORRECTNESS)}")
+    check_layers(analyses, adapter.num_layers, adapter.model_id)
 
     summary = RunSummary(rank=rank)
     if any(a.needs_knockout for a in analyses):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -46,3 +47,31 @@ def test_eval_records_say_how_many_frames_each_sample_used(tiny_llava_path, tmp_
     assert len(records) == 2 and records["error"].isna().all()
     assert (records["num_frames"] == 8).all()  # the frames used, not the setting
     assert json.loads((out / "manifest.json").read_text())["config"]["num_frames"] == 2
+
+
+def flow(model: Path, out: Path, *extra: str) -> list[str]:
+    return ["flow", "--model", str(model), *SYNTHETIC, "--samples", "1", "--out", str(out), "--quiet", *extra]
+
+
+@pytest.mark.parametrize(
+    ("command", "extra", "said"),
+    [
+        ("flow", ["--screen", "3", "--layers", "40"], "--layers 40: "),
+        ("flow", ["--layers", "2-5"], "--layers 2-5: "),
+        ("attention", ["--compare-layers", "0,9"], "--compare-layers 0,9: "),
+    ],
+)
+def test_layers_beyond_the_model_are_refused_before_any_sample(
+    tiny_llava_path, tmp_path, command, extra, said
+) -> None:
+    out = tmp_path / "run"
+    args = [command, "--model", str(tiny_llava_path), *SYNTHETIC, "--out", str(out), "--quiet", *extra]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert said in result.output and "has 4 layers (0-3)" in result.output
+    assert not (out / "records").exists() and not (out / "manifest.json").exists()
+    if command == "flow" and "--screen" not in extra:  # the folder takes the corrected command
+        fixed = runner.invoke(
+            app, flow(tiny_llava_path, out, "--layers", "2-3", "-t", "vql-to-ql", "--window", "1")
+        )
+        assert fixed.exit_code == 0, fixed.output

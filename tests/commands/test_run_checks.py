@@ -75,3 +75,48 @@ def test_layers_beyond_the_model_are_refused_before_any_sample(
             app, flow(tiny_llava_path, out, "--layers", "2-3", "-t", "vql-to-ql", "--window", "1")
         )
         assert fixed.exit_code == 0, fixed.output
+
+
+def test_screen_control_order_and_exact_below_reach_the_screen(tiny_llava_path, tmp_path) -> None:
+    out = tmp_path / "screen"
+    screen = [
+        "--screen",
+        "2",
+        "--screen-control",
+        "1",
+        "--screen-exact-below",
+        "0",
+        "--screen-order",
+        "magnitude",
+    ]
+    args = flow(tiny_llava_path, out, "-t", "vql-to-ql", "--window", "1", "--sample-mode", "all", *screen)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = read_records(out).query("analysis == 'flow-screen' and kind == 'plan'", engine="python")
+    assert rows["error"].isna().all() and (rows["num_frames"] == 8).all()
+    assert len(rows[rows["method"] == "estimate"]) == 4 * 4  # 4 curves x 4 layers, each estimated
+    exact = rows[rows["method"] == "exact"]  # nothing cheap: the top 2 and 1 control
+    assert sorted(exact["verified_as"]) == ["control", "top", "top"]
+    config = json.loads((out / "manifest.json").read_text())["config"]["analyses"]["flow-screen"]
+    assert (config["k"], config["control"], config["exact_below"], config["ranking"]) == (
+        2,
+        1,
+        0.0,
+        "magnitude",
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (
+            ["--screen", "2", "--screen-order", "sideways"],
+            "--screen-order 'sideways': choose from drop, magnitude",
+        ),
+        (["--screen-control", "1"], "--screen-control only applies to a screened sweep; add --screen K"),
+        (["--screen", "2", "--screen-control", "-1"], "--screen-control -1: must be >= 0"),
+    ],
+)
+def test_bad_screen_options_are_clear_errors(tiny_llava_path, tmp_path, extra, said) -> None:
+    result = runner.invoke(app, flow(tiny_llava_path, tmp_path / "bad", *extra))
+    assert result.exit_code == 2 and said in result.output, result.output

@@ -121,6 +121,8 @@ def run(
     the whole group's. A single process is a group of one (see :mod:`vlmflow.distributed`).
     """
     from . import distributed
+    from .analyses.base import check_layers
+    from .errors import PlanError
     from .provenance import data_fingerprint, model_fingerprint
     from .report import finalize
 
@@ -136,8 +138,11 @@ def run(
             samples = [s for s in samples if s.id in keep]
             config["sample_ids"] = sorted(keep)
 
+        fresh = [False]  # whether this call created the run folder's manifest
+
         def open_locked() -> dict[str, Any]:
             lock.acquire()  # a second run on this folder is refused here, before any work
+            fresh[0] = not rundir.manifest_path.exists()
             return rundir.open(
                 config,
                 {
@@ -150,6 +155,12 @@ def run(
         if model is None:
             model = options.load(ctx.device(options.device))
         adapter = options.configure(model)
+        try:  # layers the model does not have: refused once, before any sample
+            check_layers(analyses, adapter.num_layers, options.model)
+        except PlanError:
+            if fresh[0]:  # a run refused before it began leaves no configuration behind
+                rundir.manifest_path.unlink(missing_ok=True)
+            raise
         if options.progress and ctx.is_main:
             print(
                 f"model: {adapter.model_id} ({adapter.family}), {_dtype_name(adapter)} on {adapter.device}",

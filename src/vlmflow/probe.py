@@ -94,7 +94,11 @@ class Model:
     def configured(
         self, *, prompt: str = "paper", num_frames: int = 8, frame_policy: str | None = None
     ) -> Adapter:
-        """The adapter with these prompt settings (a shallow copy sharing the weights)."""
+        """The adapter with these prompt settings (a shallow copy sharing the weights).
+
+        ``num_frames`` is the number of frames decoded from a sample's video; a sample that
+        brings its own frames (``sample.frames``, synthetic data) is used as given, with a
+        warning when their count differs from ``num_frames``."""
         if prompt not in PROMPT_STYLES:
             raise PromptError(f"unknown prompt style {prompt!r}; choose from {PROMPT_STYLES}")
         adapter = copy.copy(self.adapter)
@@ -125,7 +129,10 @@ class Model:
         a folder of frames) or ``frames`` (``(T, H, W, 3)`` uint8), ``question``,
         ``options`` and ``answer`` (the correct option's index or text; ``None`` if
         unknown). ``prompt`` (``"paper"`` or ``"chat"``), ``num_frames`` and
-        ``frame_policy`` set how the input is built for this probe only.
+        ``frame_policy`` set how the input is built for this probe only. ``num_frames`` is
+        how many frames are decoded from ``video``; ``frames`` (or a sample's own frames)
+        are used as given, whatever ``num_frames`` says (a warning says so when the counts
+        differ; ``probe.prepared.num_frames`` says how many were used).
 
         >>> import vlmflow
         >>> model = vlmflow.load("demo")

@@ -83,10 +83,11 @@ def run_samples(
     :data:`vlmflow.analyses.base.CORRECTNESS`)."""
     from tqdm.auto import tqdm
 
-    from .analyses.base import CORRECTNESS
+    from .analyses.base import CORRECTNESS, check_layers
 
     if correctness not in CORRECTNESS:
         raise RunError(f"unknown correctness rule {correctness!r}; choose from {', '.join(CORRECTNESS)}")
+    check_layers(analyses, adapter.num_layers, adapter.model_id)
 
     summary = RunSummary(rank=rank)
     if any(a.needs_knockout for a in analyses):
@@ -137,7 +138,14 @@ def _one_sample(
         bar.set_postfix(tokens=prepared.layout.length, refresh=False)
         probe = Probe(adapter, prepared, max_batch_tokens=max_batch_tokens, correctness=correctness)
         rows_by_unit: dict[str, list[dict[str, Any]]] = {}
-        common = {"task": sample.task, "model": adapter.model_id, "error": None}
+        # every record says how many frames the input was built from (a sample's own frames
+        # are used as given, whatever --num-frames says)
+        common = {
+            "task": sample.task,
+            "model": adapter.model_id,
+            "num_frames": prepared.num_frames,
+            "error": None,
+        }
         rows_by_unit[EVAL] = [{**common, **probe.answer.record(), "num_tokens": probe.layout.length}]
         for analysis in analyses:
             if analysis.name in todo:

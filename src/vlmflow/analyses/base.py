@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -125,6 +125,31 @@ class Analysis:
         (:func:`~vlmflow.report.finalize`; default none)."""
         return []
 
+    def check_layers(self, num_layers: int, model: str = "") -> None:
+        """Refuse, before any sample, a layer selection (an option parsed by
+        :func:`~vlmflow.cuts.parse_layers`: ``--layers``, ``--compare-layers``) that names a
+        layer the loaded model does not have: a :class:`PlanError` naming the option, its
+        value and the valid range."""
+        from ..cuts import parse_layers
+
+        if not dataclasses.is_dataclass(self):
+            return
+        for f in dataclasses.fields(self):
+            meta = f.metadata.get("option")
+            value = getattr(self, f.name)
+            if not meta or meta.get("parse") is not parse_layers or value is None:
+                continue
+            bad = [x for x in value if not 0 <= x < num_layers]
+            if not bad:
+                continue
+            flag = meta["flags"][0] if meta["flags"] else "--" + f.name.replace("_", "-")
+            missing = f"layer {bad[0]} does not" if len(bad) == 1 else f"layers {layer_ranges(bad)} do not"
+            raise PlanError(
+                f"{flag} {layer_ranges(value)}: {model or 'the model'} has {num_layers} layers "
+                f"(0-{num_layers - 1}), so {missing} exist (analysis {self.name}); give layers "
+                f"within 0-{num_layers - 1}"
+            )
+
     # ------------------------------------------------------------------ command line
     @classmethod
     def cli_options(cls) -> list[CliOption]:
@@ -160,6 +185,27 @@ class Analysis:
 
 
 ANALYSES: Registry[type[Analysis]] = Registry("analysis")
+
+
+def check_layers(analyses: Sequence[Analysis], num_layers: int, model: str = "") -> None:
+    """Every analysis's layer selections within the model's ``num_layers`` (see
+    :meth:`Analysis.check_layers`); a run calls this once, right after the model loads."""
+    for analysis in analyses:
+        analysis.check_layers(num_layers, model)
+
+
+def layer_ranges(layers: Sequence[int]) -> str:
+    """``(0, 1, 2, 7)`` -> ``"0-2,7"``: layers written as ``--layers`` takes them."""
+    parts: list[str] = []
+    xs = sorted(set(layers))
+    i = 0
+    while i < len(xs):
+        j = i
+        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
+            j += 1
+        parts.append(str(xs[i]) if i == j else f"{xs[i]}-{xs[j]}")
+        i = j + 1
+    return ",".join(parts)
 
 
 def video_grid(layout: TokenLayout) -> dict[str, Any]:

@@ -29,6 +29,21 @@ if TYPE_CHECKING:
     from ..rundir import RunDir
 
 
+# `flow --screen K`'s own options: (option, ScreenedFlow field, type, help, default);
+# K itself is --screen (the field k)
+SCREEN_OPTIONS: tuple[tuple[str, str, type, str, Any], ...] = (
+    ("screen_control", "control", int, "plans verified exactly at random besides the top K", 10),
+    ("screen_order", "ranking", str, "rank plans by estimated drop or by magnitude: drop|magnitude", "drop"),
+    (
+        "screen_exact_below",
+        "exact_below",
+        float,
+        "plans the engine evaluates for under this fraction of a forward are verified up front",
+        0.02,
+    ),
+)
+
+
 def relative_change(new: float, base: float) -> float:
     """``(new - base) / base * 100``; NaN when the base probability is 0."""
     return (new - base) / base * 100.0 if base > 0 else float("nan")
@@ -81,20 +96,38 @@ class InformationFlow(Analysis):
         if cls is InformationFlow:  # `flow --screen K` runs the screened variant
             help = (
                 "estimate every plan by attribution and verify only the top K exactly (plus a random "
-                "control sample of 10); records say method=estimate|exact"
+                "control sample, --screen-control); records say method=estimate|exact"
             )
             options.append(CliOption("screen", None, help, cli=int))
+            options += [
+                CliOption(name, None, f"with --screen: {text} (default {default})", cli=kind)
+                for name, _, kind, text, default in SCREEN_OPTIONS
+            ]
         return options
 
     @classmethod
     def from_cli(cls, **values: Any) -> Analysis:
         flow = super().from_cli(**values)
-        if cls is not InformationFlow or values.get("screen") is None:
+        if cls is not InformationFlow:
             return flow
+        given = {name: values.get(name) for name, *_ in SCREEN_OPTIONS if values.get(name) is not None}
+        if values.get("screen") is None:
+            if given:
+                flags = ", ".join(f"--{n.replace('_', '-')}" for n in given)
+                raise PlanError(f"{flags} only applies to a screened sweep; add --screen K (or leave it out)")
+            return flow
+        from ..screen import ORDERS
         from .screened_flow import ScreenedFlow
 
+        order = given.get("screen_order")
+        if order is not None and order not in ORDERS:
+            raise PlanError(f"--screen-order {order!r}: choose from {', '.join(ORDERS)}")
+        for name in ("screen_control", "screen_exact_below"):
+            if given.get(name) is not None and given[name] < 0:
+                raise PlanError(f"--{name.replace('_', '-')} {given[name]}: must be >= 0")
         fields = {f.name: getattr(flow, f.name) for f in dataclasses.fields(InformationFlow)}
-        return ScreenedFlow(**fields, k=values["screen"])
+        screen = {field: given[name] for name, field, *_ in SCREEN_OPTIONS if name in given}
+        return ScreenedFlow(**fields, k=values["screen"], **screen)
 
     @classmethod
     def summarize(cls, records: pd.DataFrame) -> pd.DataFrame:

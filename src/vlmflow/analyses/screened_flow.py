@@ -34,7 +34,13 @@ if TYPE_CHECKING:
 @ANALYSES.register("flow-screen", "knockout sweeps estimated by attribution, the top K verified exactly")
 @dataclass
 class ScreenedFlow(InformationFlow):
-    """``InformationFlow``'s plans, screened: estimate all, verify ``k`` (+ ``control``)."""
+    """``InformationFlow``'s plans, screened: estimate all, verify ``k`` (+ ``control``).
+
+    ``k``: the top plans verified exactly (``--screen K``); ``control``: plans verified at
+    random besides them (``--screen-control``); ``ranking``: ``drop`` (largest estimated drop
+    first) or ``magnitude`` (largest estimated change of either sign; ``--screen-order``);
+    ``exact_below``: plans the engine evaluates for less than this fraction of a forward
+    are verified up front (``--screen-exact-below``)."""
 
     name: ClassVar[str] = "flow-screen"
     order: ClassVar[int] = 11
@@ -42,11 +48,23 @@ class ScreenedFlow(InformationFlow):
     k: int = 30
     control: int = 10
     exact_below: float = 0.02
+    ranking: str = "drop"  # `order` is the report position (Analysis.order)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.k < 0 or self.control < 0:
             raise PlanError("--screen K and the control sample size must be >= 0")
+        if self.exact_below < 0:
+            raise PlanError(f"exact_below must be >= 0, got {self.exact_below}")
+        check_screen(self.k, self.control, self.ranking)
+
+    def config(self) -> dict[str, Any]:
+        """The options, ``ranking`` only when not the default ``drop`` (so run folders made
+        before it was an option still resume)."""
+        config = super().config()
+        if config.get("ranking") == "drop":
+            del config["ranking"]
+        return config
 
     def records(self, probe: Probe) -> list[dict[str, Any]]:
         if not probe.base.keep(self.sample_mode):
@@ -61,6 +79,7 @@ class ScreenedFlow(InformationFlow):
             k=self.k,
             control=self.control,
             exact_below=self.exact_below,
+            order=self.ranking,
             labels={"kind": "plan"},
         )
         rows: list[dict[str, Any]] = []

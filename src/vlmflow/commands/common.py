@@ -67,7 +67,18 @@ SHARED = [
         ],
         "paper",
     ),
-    _shared("num_frames", Annotated[int, typer.Option("--num-frames", help="frames sampled per video")], 8),
+    _shared(
+        "num_frames",
+        Annotated[
+            int,
+            typer.Option(
+                "--num-frames",
+                help="frames decoded per video; samples that bring their own frames (synthetic) "
+                "use them as given, with a warning when the count differs",
+            ),
+        ],
+        8,
+    ),
     _shared(
         "attn",
         Annotated[

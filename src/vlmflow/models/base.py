@@ -9,6 +9,7 @@ mapping through the tokenizer's offsets, answer-letter ids) lives here.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -57,6 +58,15 @@ class Prepared:
     def answer_id(self) -> int | None:
         a = self.sample.answer
         return None if a is None else self.option_ids[a]
+
+    @property
+    def num_frames(self) -> int:
+        """How many frames this input was built from: the frames given to the processor
+        (the sample's own, or those decoded from its video); without them, the layout's
+        frame groups times the frames each group fuses."""
+        if self.frames is not None:
+            return int(self.frames.shape[0])
+        return self.layout.num_frames * self.layout.frames_per_group
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,9 @@ class Adapter:
         self.num_frames = num_frames
         self.frame_policy = frame_policy or self.default_frame_policy
         self.system_prompt = system_prompt
+        # (frames a sample brought, num_frames) pairs already warned about; shared by the
+        # shallow copies of Model.configured, so a run (or a loaded model) warns once each
+        self._own_frames_warned: set[tuple[int, int]] = set()
 
     # ------------------------------------------------------------------ family hooks
     @classmethod
@@ -236,13 +249,36 @@ class Adapter:
     # ------------------------------------------------------------------ preparation
     def frames_of(self, sample: Sample) -> np.ndarray:
         """Decoded frames ``(T, H, W, 3)``: the sample's own, or sampled from its video with
-        the benchmark's policy where the loader set one (LongVideoBench), else the adapter's."""
+        the benchmark's policy where the loader set one (LongVideoBench), else the adapter's.
+
+        ``num_frames`` is the number of frames *decoded from a video*: frames that come
+        with the sample are used as given, never subsampled or repeated. When their count
+        differs from ``num_frames`` a ``UserWarning`` says so, once per (count, setting)
+        for this adapter and its configured copies (so once per run)."""
         if sample.frames is not None:
+            self._warn_own_frames(sample)
             return sample.frames
         from ..data.video import load_sample_frames
 
         policy = sample.meta.get("frame_policy", self.frame_policy)
         return load_sample_frames(sample, self.num_frames, policy)
+
+    def _warn_own_frames(self, sample: Sample) -> None:
+        count = int(sample.frames.shape[0]) if sample.frames is not None else 0
+        key = (count, int(self.num_frames))
+        if count == self.num_frames:
+            return
+        seen = self.__dict__.setdefault("_own_frames_warned", set())
+        if key in seen:
+            return
+        seen.add(key)
+        warnings.warn(
+            f"sample {sample.id!r} brings its own {count} frames; num_frames={self.num_frames} applies "
+            f"only to frames decoded from a video, so samples with their own frames use them as given "
+            "(said once per frame count)",
+            UserWarning,
+            stacklevel=5,  # the caller of prepare (under its inference_mode wrapper)
+        )
 
     def frame_region(self, height: int, width: int) -> tuple[float, float, float, float]:
         """``(x0, y0, x1, y1)``: the part of an ``height x width`` frame its token grid covers

@@ -1,0 +1,122 @@
+"""What a run is told is what it does, or it is refused up front: a sample's own frames are
+used as given (said once, and in every record), layer selections beyond the loaded model
+are refused before the first sample, and ``flow --screen``'s own options reach the screen
+and its manifest."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import vlmflow
+from vlmflow.cli import app
+from vlmflow.store import read_records
+
+runner = CliRunner()
+OWN_FRAMES = "brings its own 8 frames"
+SYNTHETIC = ["--data", "synthetic:2:fixed", "--task", "moving_direction"]
+
+
+def test_a_samples_own_frames_are_used_as_given_and_said_once(tiny_llava_path) -> None:
+    model = vlmflow.load(str(tiny_llava_path))  # a model of its own: nothing said before
+    first, second = vlmflow.load_dataset("synthetic:2:fixed", tasks=["moving_direction"])
+    assert first.frames is not None and len(first.frames) == 8
+    with pytest.warns(UserWarning, match=rf"sample '{first.id}' {OWN_FRAMES}; num_frames=1 applies only"):
+        probe = model.probe(first, num_frames=1)
+    assert probe.layout.num_frames == 8 and probe.prepared.num_frames == 8
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        assert model.probe(second, num_frames=1).layout.num_frames == 8
+        model.probe(second)  # num_frames=8 matches: nothing to say
+    assert not [w for w in again if OWN_FRAMES in str(w.message)], "said once per frame count and setting"
+
+
+def test_eval_records_say_how_many_frames_each_sample_used(tiny_llava_path, tmp_path) -> None:
+    out = tmp_path / "eval"
+    args = ["eval", "--model", str(tiny_llava_path), *SYNTHETIC, "--num-frames", "2"]
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        result = runner.invoke(app, [*args, "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert len([w for w in said if "num_frames=2" in str(w.message)]) == 1, "one warning per run"
+    records = read_records(out)
+    assert len(records) == 2 and records["error"].isna().all()
+    assert (records["num_frames"] == 8).all()  # the frames used, not the setting
+    assert json.loads((out / "manifest.json").read_text())["config"]["num_frames"] == 2
+
+
+def flow(model: Path, out: Path, *extra: str) -> list[str]:
+    return ["flow", "--model", str(model), *SYNTHETIC, "--samples", "1", "--out", str(out), "--quiet", *extra]
+
+
+@pytest.mark.parametrize(
+    ("command", "extra", "said"),
+    [
+        ("flow", ["--screen", "3", "--layers", "40"], "--layers 40: "),
+        ("flow", ["--layers", "2-5"], "--layers 2-5: "),
+        ("attention", ["--compare-layers", "0,9"], "--compare-layers 0,9: "),
+    ],
+)
+def test_layers_beyond_the_model_are_refused_before_any_sample(
+    tiny_llava_path, tmp_path, command, extra, said
+) -> None:
+    out = tmp_path / "run"
+    args = [command, "--model", str(tiny_llava_path), *SYNTHETIC, "--out", str(out), "--quiet", *extra]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert said in result.output and "has 4 layers (0-3)" in result.output
+    assert not (out / "records").exists() and not (out / "manifest.json").exists()
+    if command == "flow" and "--screen" not in extra:  # the folder takes the corrected command
+        fixed = runner.invoke(
+            app, flow(tiny_llava_path, out, "--layers", "2-3", "-t", "vql-to-ql", "--window", "1")
+        )
+        assert fixed.exit_code == 0, fixed.output
+
+
+def test_screen_control_order_and_exact_below_reach_the_screen(tiny_llava_path, tmp_path) -> None:
+    out = tmp_path / "screen"
+    screen = [
+        "--screen",
+        "2",
+        "--screen-control",
+        "1",
+        "--screen-exact-below",
+        "0",
+        "--screen-order",
+        "magnitude",
+    ]
+    args = flow(tiny_llava_path, out, "-t", "vql-to-ql", "--window", "1", "--sample-mode", "all", *screen)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = read_records(out).query("analysis == 'flow-screen' and kind == 'plan'", engine="python")
+    assert rows["error"].isna().all() and (rows["num_frames"] == 8).all()
+    assert len(rows[rows["method"] == "estimate"]) == 4 * 4  # 4 curves x 4 layers, each estimated
+    exact = rows[rows["method"] == "exact"]  # nothing cheap: the top 2 and 1 control
+    assert sorted(exact["verified_as"]) == ["control", "top", "top"]
+    config = json.loads((out / "manifest.json").read_text())["config"]["analyses"]["flow-screen"]
+    assert (config["k"], config["control"], config["exact_below"], config["ranking"]) == (
+        2,
+        1,
+        0.0,
+        "magnitude",
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (
+            ["--screen", "2", "--screen-order", "sideways"],
+            "--screen-order 'sideways': choose from drop, magnitude",
+        ),
+        (["--screen-control", "1"], "--screen-control only applies to a screened sweep; add --screen K"),
+        (["--screen", "2", "--screen-control", "-1"], "--screen-control -1: must be >= 0"),
+    ],
+)
+def test_bad_screen_options_are_clear_errors(tiny_llava_path, tmp_path, extra, said) -> None:
+    result = runner.invoke(app, flow(tiny_llava_path, tmp_path / "bad", *extra))
+    assert result.exit_code == 2 and said in result.output, result.output

@@ -243,7 +243,9 @@ def test_frame_pairs_are_the_single_layer_pair_plans_estimates_and_flow_screen_r
 
     n = probe.layout.num_frames
     pairs = probe.frame_pairs(layers=[0, 2])
-    assert list(pairs.index) == [0, 2] and len(pairs.columns) == n * (n - 1) // 2 and "frame:0->frame:1" in pairs
+    assert (
+        list(pairs.index) == [0, 2] and len(pairs.columns) == n * (n - 1) // 2 and "frame:0->frame:1" in pairs
+    )
     att = oracle_attribution(
         probe, [f"frame:{a}" for a in range(n)], [f"frame:{b}" for b in range(n)], [0, 2]
     )

@@ -142,5 +142,7 @@ def test_a_k_beyond_the_plans_verifies_them_all_and_says_so(tiny_llava, sample) 
 def test_a_sweep_into_frame_ranges_carries_the_frame_pair_map() -> None:
     from vlmflow.analyses.screened_flow import cuts_into_frames
 
-    assert cuts_into_frames(["frame:3"]) and cuts_into_frames(["frames:1-3"]) and cuts_into_frames(["frames:<4"])
+    assert (
+        cuts_into_frames(["frame:3"]) and cuts_into_frames(["frames:1-3"]) and cuts_into_frames(["frames:<4"])
+    )
     assert not cuts_into_frames(["video", "last", "question"])

@@ -92,18 +92,20 @@ class Model:
         return self.adapter.model_id
 
     def configured(
-        self, *, prompt: str = "paper", num_frames: int = 8, frame_policy: str | None = None
+        self, *, prompt: str = "paper", num_frames: int | None = None, frame_policy: str | None = None
     ) -> Adapter:
         """The adapter with these prompt settings (a shallow copy sharing the weights).
 
-        ``num_frames`` is the number of frames decoded from a sample's video; a sample that
-        brings its own frames (``sample.frames``, synthetic data) is used as given, with a
-        warning when their count differs from ``num_frames``."""
+        ``num_frames`` is the number of frames decoded from a sample's video (``None``: the
+        adapter's, 8); a sample that brings its own frames (``sample.frames``, synthetic
+        data) is used as given, with a warning when ``num_frames`` was chosen here and their
+        count differs from it."""
         if prompt not in PROMPT_STYLES:
             raise PromptError(f"unknown prompt style {prompt!r}; choose from {PROMPT_STYLES}")
         adapter = copy.copy(self.adapter)
         adapter.prompt_style = prompt
-        adapter.num_frames = int(num_frames)
+        adapter.num_frames = self.adapter.num_frames if num_frames is None else int(num_frames)
+        adapter.num_frames_chosen = num_frames is not None
         adapter.frame_policy = frame_policy or type(self.adapter).default_frame_policy
         return adapter
 
@@ -119,7 +121,7 @@ class Model:
         task: str = "default",
         id: str = "probe",
         prompt: str = "paper",
-        num_frames: int = 8,
+        num_frames: int | None = None,
         frame_policy: str | None = None,
         max_batch_tokens: int | None = None,
     ) -> Probe:
@@ -130,9 +132,10 @@ class Model:
         ``options`` and ``answer`` (the correct option's index or text; ``None`` if
         unknown). ``prompt`` (``"paper"`` or ``"chat"``), ``num_frames`` and
         ``frame_policy`` set how the input is built for this probe only. ``num_frames`` is
-        how many frames are decoded from ``video``; ``frames`` (or a sample's own frames)
-        are used as given, whatever ``num_frames`` says (a warning says so when the counts
-        differ; ``probe.prepared.num_frames`` says how many were used).
+        how many frames are decoded from ``video`` (default 8); ``frames`` (or a sample's
+        own frames) are used as given, whatever ``num_frames`` says (a warning says so when
+        it is given and the counts differ; ``probe.prepared.num_frames`` says how many were
+        used).
 
         >>> import vlmflow
         >>> model = vlmflow.load("demo")

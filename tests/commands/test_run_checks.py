@@ -33,6 +33,13 @@ def test_a_samples_own_frames_are_used_as_given_and_said_once(tiny_llava_path) -
         assert model.probe(second, num_frames=1).layout.num_frames == 8
         model.probe(second)  # num_frames=8 matches: nothing to say
     assert not [w for w in again if OWN_FRAMES in str(w.message)], "said once per frame count and setting"
+    with warnings.catch_warnings(record=True) as unasked:
+        warnings.simplefilter("always")
+        clip = vlmflow.load(str(tiny_llava_path)).probe(
+            frames=first.frames[:5], question="Which way?", options=["left", "right"], answer=0
+        )
+    assert clip.prepared.num_frames == 5  # num_frames not chosen: the clip as given, nothing said
+    assert not [w for w in unasked if "brings its own" in str(w.message)]
 
 
 def test_eval_records_say_how_many_frames_each_sample_used(tiny_llava_path, tmp_path) -> None:

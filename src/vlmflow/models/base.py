@@ -121,6 +121,7 @@ class Adapter:
         self.model_id = model_id
         self.prompt_style = prompt_style
         self.num_frames = num_frames
+        self.num_frames_chosen = False  # set by a user (Model.configured), not a default
         self.frame_policy = frame_policy or self.default_frame_policy
         self.system_prompt = system_prompt
         # (frames a sample brought, num_frames) pairs already warned about; shared by the
@@ -253,8 +254,9 @@ class Adapter:
 
         ``num_frames`` is the number of frames *decoded from a video*: frames that come
         with the sample are used as given, never subsampled or repeated. When their count
-        differs from ``num_frames`` a ``UserWarning`` says so, once per (count, setting)
-        for this adapter and its configured copies (so once per run)."""
+        differs from a ``num_frames`` the user chose (``Model.configured``: a run's options,
+        ``Model.probe(num_frames=...)``) a ``UserWarning`` says so, once per (count,
+        setting) for this adapter and its configured copies (so once per run)."""
         if sample.frames is not None:
             self._warn_own_frames(sample)
             return sample.frames
@@ -266,7 +268,7 @@ class Adapter:
     def _warn_own_frames(self, sample: Sample) -> None:
         count = int(sample.frames.shape[0]) if sample.frames is not None else 0
         key = (count, int(self.num_frames))
-        if count == self.num_frames:
+        if count == self.num_frames or not getattr(self, "num_frames_chosen", False):
             return
         seen = self.__dict__.setdefault("_own_frames_warned", set())
         if key in seen:

@@ -748,8 +748,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     for m in models:
         if m == "demo":
+            from vlmflow.demo import SETTINGS, demo_kind
+
             lm, items, name = demo_inputs(1 if args.quick else args.demo_inputs)
-            window = 3
+            window = SETTINGS[demo_kind()]["window"]  # the demo's own: 9 for the 30-layer model
         else:
             lm, items, name = smollm2_inputs()
             window = 9

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import RunStopped
 from .probe import Model, load
 from .run import RunSummary, run_samples
 from .rundir import RunDir
 from .sample import Sample
-from .store import StoreError, is_environment_error, store_error
+from .store import is_environment_error, store_error
 
 if TYPE_CHECKING:
     from .analyses.base import Analysis
@@ -39,6 +40,8 @@ class Options:
     ``synthetic[:N[:fixed]]``; ``tasks``/``samples``/``seed`` select samples; ``device``,
     ``dtype`` and ``attn`` load the model; ``prompt``, ``num_frames`` and ``frame_policy``
     prepare each input; ``extra`` is stored in the manifest's configuration too.
+    ``retry_failed``: a resumed run tries the samples that failed before again (the default;
+    it is no part of the configuration, so either way resumes the same folder).
     """
 
     model: str
@@ -54,6 +57,7 @@ class Options:
     frame_policy: str | None = None
     correctness: str = "ids"
     progress: bool = True
+    retry_failed: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def manifest(self) -> dict[str, Any]:
@@ -143,13 +147,18 @@ def run(
         def open_locked() -> dict[str, Any]:
             lock.acquire()  # a second run on this folder is refused here, before any work
             fresh[0] = not rundir.manifest_path.exists()
-            return rundir.open(
+            manifest = rundir.open(
                 config,
                 {
                     "model": model_fingerprint(options.model),
                     "data": data_fingerprint(options.data, samples, options.seed),
                 },
             )
+            # the total, from the start: an interrupted run's counts say "done of total"
+            if manifest.get("num_samples") != len(samples):
+                manifest["num_samples"] = len(samples)
+                rundir.write_manifest(manifest)
+            return manifest
 
         ctx.on_main(open_locked)
         if model is None:
@@ -176,6 +185,7 @@ def run(
             world_size=ctx.world_size,
             progress=options.progress,
             correctness=options.correctness,
+            retry_failed=options.retry_failed,
         )
         ranks = ctx.gather(mine)  # every rank is done after this: rank 0 may merge the shards
         summary = RunSummary.combine(ranks)
@@ -192,7 +202,7 @@ def run(
                     raise
                 raise store_error(Path(exc.filename or rundir.path), exc) from exc
         return RunResult(rundir.path, summary, report)
-    except (KeyboardInterrupt, StoreError) as exc:
+    except (KeyboardInterrupt, RunStopped) as exc:  # a full disk, no memory left
         if lock.held:  # rank 0 says in the manifest what finished before the stop
             reason = "interrupted (SIGINT)" if isinstance(exc, KeyboardInterrupt) else str(exc)
             rundir.record_stop(reason, len(samples) or None)

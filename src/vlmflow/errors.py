@@ -29,3 +29,8 @@ class PlanError(VlmflowError):
 
 class RunError(VlmflowError):
     """A run folder cannot be used (for example: resumed with another configuration)."""
+
+
+class RunStopped(RunError):
+    """A run stopped cleanly for a cause that is no sample's fault (a full disk, no memory
+    left): every finished unit is kept, and the same command resumes once it is fixed."""

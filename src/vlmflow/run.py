@@ -1,9 +1,11 @@
 """The run loop: samples -> probes (prepared input, engine, baseline) -> analyses -> records.
 
 The run folder is a :class:`~vlmflow.rundir.RunDir`. A sample that fails is recorded with
-its error and the run goes on. With several processes each rank runs :func:`run_samples`
-on its share of the samples into its own record shard, and rank 0 alone opens and closes
-the run (see :mod:`vlmflow.distributed`).
+its error and the run goes on; a resumed run retries it (its new attempt supersedes the
+failure, see :mod:`vlmflow.store`). Running out of memory is no sample's fault: it stops
+the run like a full disk, keeping what finished. With several processes each rank runs
+:func:`run_samples` on its share of the samples into its own record shard, and rank 0
+alone opens and closes the run (see :mod:`vlmflow.distributed`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .analyses.base import Analysis
-from .errors import DataError, RunError, VlmflowError
+from .errors import DataError, RunError, RunStopped, VlmflowError
 from .models.base import Adapter
 from .probe import Probe
 from .rundir import EVAL, RunDir
@@ -37,6 +39,13 @@ class RunSummary:
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     rank: int = 0
+    #: samples that had failed in an earlier session and were tried again in this one
+    retried: int = 0
+
+    def counts(self) -> str:
+        """``"3 done, 1 failed, 4 already done"`` (and ``", retried 2 previously failed"``)."""
+        text = f"{self.done} done, {len(self.failed)} failed, {self.skipped} already done"
+        return text + (f", retried {self.retried} previously failed" if self.retried else "")
 
     @property
     def rate(self) -> float:
@@ -54,6 +63,7 @@ class RunSummary:
             done=sum(p.done for p in parts),
             skipped=sum(p.skipped for p in parts),
             failed=failed,
+            retried=sum(p.retried for p in parts),
             seconds=max((p.seconds for p in parts), default=0.0),
         )
 
@@ -69,16 +79,22 @@ def run_samples(
     progress: bool = True,
     max_batch_tokens: int | None = None,
     correctness: str = "ids",
+    retry_failed: bool = True,
 ) -> RunSummary:
     """Analyse ``samples`` (this rank's share) into shard ``rank`` of ``run``'s store,
-    skipping (sample, analysis) units finished in any shard. The progress bar (on stderr,
-    one line per rank) counts only the samples left to do, so its rate and ETA are honest
-    on a resumed run; a last line gives this rank's counts and samples/s.
+    skipping (sample, analysis) units finished in any shard. A unit that failed in an
+    earlier session is tried again (``retry_failed=False``: kept as failed); a retry that
+    succeeds replaces the failure in the store, one that fails again replaces it by the new
+    failure. The progress bar (on stderr, one line per rank) counts only the samples left
+    to do, so its rate and ETA are honest on a resumed run; a last line gives this rank's
+    counts and samples/s.
 
     The shard's writer lock is held throughout (a second writer gets a ``RunError``). A
     Ctrl-C ends the loop between units (never inside a write) as ``KeyboardInterrupt``; a
-    disk that refuses writes (full, read-only) ends it with a :class:`StoreError`. Either
-    way every unit written before is complete and kept, and nothing half-done is marked.
+    disk that refuses writes (full, read-only) ends it with a :class:`StoreError`, and
+    running out of memory (``torch.OutOfMemoryError``, CUDA's or the CPU's) with a
+    :class:`~vlmflow.errors.RunStopped`. Either way every unit written before is complete
+    and kept, and nothing half-done is marked.
     ``correctness``: what counts as a correct answer (``ids`` or the paper's ``text``, see
     :data:`vlmflow.analyses.base.CORRECTNESS`)."""
     from tqdm.auto import tqdm
@@ -95,11 +111,22 @@ def run_samples(
     run = run if isinstance(run, RunDir) else RunDir(run)
     store = run.store(rank).acquire()
     try:
-        done = store.done_units()
+        found = store.scan()
+        # a failed unit is not done: it is retried, superseding its failed attempt
+        failed = found.failed if retry_failed else {}
+        done = {u for u in found.units if u not in failed}
         names = [EVAL] + [a.name for a in analyses]
         pending = [s for s in samples if any((s.id, n) not in done for n in names)]
         summary.skipped = len(samples) - len(pending)
+        summary.retried = len({s.id for s in pending if any((s.id, n) in failed for n in names)})
         label = f"rank {rank}/{world_size}" if world_size > 1 else "samples"
+        if progress and summary.retried:
+            print(
+                f"{label}: resuming: {summary.skipped} already done, "
+                f"retrying {summary.retried} previously failed",
+                file=sys.stderr,
+                flush=True,
+            )
         start = time.perf_counter()
         bar = tqdm(
             pending, desc=label, unit="sample", position=rank, disable=not progress, dynamic_ncols=True
@@ -107,7 +134,17 @@ def run_samples(
         try:
             for sample in bar:
                 _one_sample(
-                    adapter, sample, analyses, store, names, done, summary, bar, max_batch_tokens, correctness
+                    adapter,
+                    sample,
+                    analyses,
+                    store,
+                    names,
+                    done,
+                    summary,
+                    bar,
+                    max_batch_tokens,
+                    correctness,
+                    failed,
                 )
         finally:
             bar.close()
@@ -116,8 +153,7 @@ def run_samples(
         store.close()
     if progress:
         print(
-            f"{label}: {summary.done} done, {len(summary.failed)} failed, {summary.skipped} already done "
-            f"in {summary.seconds:.1f}s ({summary.rate:.2f} samples/s)",
+            f"{label}: {summary.counts()} in {summary.seconds:.1f}s ({summary.rate:.2f} samples/s)",
             file=sys.stderr,
             flush=True,
         )
@@ -125,11 +161,24 @@ def run_samples(
 
 
 def _one_sample(
-    adapter, sample, analyses, store, names, done, summary, bar, max_batch_tokens, correctness="ids"
+    adapter,
+    sample,
+    analyses,
+    store,
+    names,
+    done,
+    summary,
+    bar,
+    max_batch_tokens,
+    correctness="ids",
+    failed=None,
 ) -> None:
     """Analyse one sample and write its units (a failure becomes a unit with its error).
 
-    A sample its loader could not read (``sample.error``) fails with that reason, unprepared."""
+    A sample its loader could not read (``sample.error``) fails with that reason, unprepared.
+    ``failed`` maps the units being retried to their failed attempt, which each new write
+    supersedes."""
+    failed = failed or {}
     todo = [n for n in names if (sample.id, n) not in done]
     try:
         if sample.error is not None:
@@ -156,6 +205,8 @@ def _one_sample(
     except Exception as exc:  # a long run records the failure and goes on
         if is_environment_error(exc):  # a full disk is no fault of the sample: stop, resume later
             raise store_error(Path(getattr(exc, "filename", None) or "?"), exc) from exc
+        if is_out_of_memory(exc):  # nor is a full GPU (or RAM): stop, resume with more room
+            raise out_of_memory(sample.id, adapter, exc) from exc
         message = str(exc) if isinstance(exc, VlmflowError) else f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, VlmflowError):
             log.debug("sample %s failed:\n%s", sample.id, traceback.format_exc())
@@ -163,9 +214,37 @@ def _one_sample(
         bar.write(f"sample {sample.id}: failed: {message}")
         for name in todo:
             store.write_unit(
-                sample.id, name, [{"task": sample.task, "model": adapter.model_id, "error": message}]
+                sample.id,
+                name,
+                [{"task": sample.task, "model": adapter.model_id, "error": message}],
+                supersedes=failed.get((sample.id, name)),
             )
         return
     for name in todo:
-        store.write_unit(sample.id, name, rows_by_unit.get(name, []))
+        rows = rows_by_unit.get(name, [])
+        store.write_unit(sample.id, name, rows, supersedes=failed.get((sample.id, name)))
     summary.done += 1
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the machine running out of memory: ``torch.OutOfMemoryError``
+    (which ``torch.cuda.OutOfMemoryError`` is), Python's ``MemoryError``, or the CPU
+    allocator's failure (a plain ``RuntimeError`` in torch)."""
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    if isinstance(exc, (oom, torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc)
+
+
+def out_of_memory(sample_id: str, adapter: Adapter, exc: BaseException) -> RunStopped:
+    """The :class:`RunStopped` that ends a run out of memory on ``sample_id``, saying what to do."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return RunStopped(
+        f"out of memory on {getattr(adapter, 'device', 'the device')} while analysing sample {sample_id} "
+        f"({first}); the run stopped cleanly and every finished unit is kept; free memory (other "
+        "processes on the device), use fewer frames (--num-frames) or a smaller dtype (--dtype "
+        "bfloat16), or a lower max_batch_tokens (Python API: run_samples/Model.probe), then re-run "
+        "the same command to resume"
+    )

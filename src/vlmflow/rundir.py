@@ -207,7 +207,7 @@ class RunDir:
             ],
         }
         manifest["sessions"] = manifest.get("sessions", []) + [session]
-        manifest["samples"] = self.sample_counts(manifest.get("num_samples"))
+        manifest["samples"] = self.sample_counts(_total(manifest))
         manifest.pop("stopped", None)  # this session ended normally
         self.write_manifest(manifest)
 
@@ -221,9 +221,7 @@ class RunDir:
         try:
             manifest = self.manifest()
             manifest["stopped"] = {"at": now(), "reason": reason}
-            manifest["samples"] = self.sample_counts(
-                total if total is not None else manifest.get("num_samples")
-            )
+            manifest["samples"] = self.sample_counts(total if total is not None else _total(manifest))
             self.write_manifest(manifest)
         except (OSError, ValueError, StoreError) as exc:
             log.warning("could not record the stop in %s: %s", self.manifest_path, exc)
@@ -244,18 +242,28 @@ class RunDir:
         return read_records(self.path)
 
     def sample_counts(self, total: int | None = None) -> dict[str, Any]:
-        """The run's samples by state, from its records (every shard): ``done`` (analysed
-        without error), ``failed`` with each one's first error in ``failures``, and
-        ``missing`` (not yet analysed, of ``total`` selected) - what a resume would still do."""
-        records = self.records()
+        """The run's samples by state, from its store (every shard): ``done`` (every unit the
+        run's configuration asks for - ``eval`` and each analysis - finished without error),
+        ``failed`` (a unit's latest attempt failed) with each one's first error in
+        ``failures``, and ``missing`` (not yet analysed, or only part of its units finished
+        when a run stopped, of ``total`` selected) - what a resume would still do."""
+        from .store import scan
+
+        found = scan(self.records_dir)
+        names = [EVAL, *self.config().get("analyses", {})]
+        if len(names) == 1:  # no configuration (a bare store): the analyses it holds
+            names += sorted({a for _, a in found.units} - {EVAL})
+        units: dict[str, set[str]] = {}
+        for sid, analysis in found.units:
+            units.setdefault(sid, set()).add(analysis)
         failures: dict[str, str] = {}
         done = 0
-        if not records.empty:
-            errors = records[records["error"].notna()] if "error" in records else records.iloc[:0]
-            for sid, err in zip(errors["sample_id"], errors["error"], strict=True):
-                failures.setdefault(str(sid), str(err))
-            ev = records[records["analysis"] == EVAL]
-            done = len(set(ev["sample_id"].astype(str)) - set(failures))
+        for sid in sorted(units):
+            errors = [e for n in [*names, *sorted(units[sid])] if (e := found.error((sid, n))) is not None]
+            if errors:
+                failures[sid] = errors[0]
+            elif all(n in units[sid] for n in names):
+                done += 1
         counts: dict[str, Any] = {"total": total, "done": done, "failed": len(failures), "failures": failures}
         if total is not None:
             counts["missing"] = max(0, total - done - len(failures))
@@ -276,7 +284,7 @@ class RunDir:
         with self.lock():  # not while a run still writes this folder
             manifest = self.manifest()
             shards = shard_status(self.path)
-            manifest["samples"] = self.sample_counts(manifest.get("num_samples"))
+            manifest["samples"] = self.sample_counts(_total(manifest))
             manifest["merged_at"] = now()
             manifest["shards"] = shards
             self.write_manifest(manifest)
@@ -295,3 +303,12 @@ class RunDir:
 
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def _total(manifest: dict[str, Any]) -> int | None:
+    """The run's number of selected samples: written when the run opens (and at its close);
+    a folder from before that has it in its data provenance."""
+    total = manifest.get("num_samples")
+    if total is None:
+        total = ((manifest.get("provenance") or {}).get("data") or {}).get("num_samples")
+    return int(total) if isinstance(total, int) else None

@@ -12,6 +12,11 @@ appended to ``records/shard-RRRRR.done.jsonl`` and fsynced. What the store guara
   full disk, a file cut short by hand) is not done and is recomputed on resume.
 * **No record is read twice.** Reading keeps, per unit, one attempt (the last valid one),
   so a unit recomputed after a crash never yields duplicates.
+* **A failed unit is retried, never rewritten.** A unit whose rows carry an ``error`` is
+  *failed* (:attr:`Scan.failed`). A resumed run writes it again as a new attempt whose done
+  marker names the failed attempt it ``supersedes``; reading drops a superseded attempt
+  whatever shard or order it is read in. Until that marker is on disk the old failure
+  stands (and the unit is retried again on the next resume): nothing is edited in place.
 * **A torn line never swallows the next record.** Every append starts on a fresh line: if
   the file does not end with a newline (a fragment left by a crash), a newline is written
   first, so the fragment stays an unreadable line of its own.
@@ -51,7 +56,7 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import RunError
+from .errors import RunStopped
 from .lock import FolderLock
 
 #: errno values that mean "the disk cannot take our writes" wherever they come from (the
@@ -60,7 +65,7 @@ from .lock import FolderLock
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 
 
-class StoreError(RunError):
+class StoreError(RunStopped):
     """The run folder cannot take more writes (disk full, read-only, no permission)."""
 
 
@@ -135,12 +140,27 @@ class RecordStore:
         self.close()
 
     def done_units(self) -> set[tuple[str, str]]:
-        """(sample_id, analysis) units finished, complete and intact, in any shard of this run."""
+        """(sample_id, analysis) units finished, complete and intact, in any shard of this run
+        (failed ones too: see :meth:`scan`)."""
         return set(scan(self.dir).units)
 
-    def write_unit(self, sample_id: str, analysis: str, rows: Iterable[dict[str, Any]]) -> None:
+    def scan(self) -> Scan:
+        """The verified state of every shard of this run: finished units, which of them failed."""
+        return scan(self.dir)
+
+    def write_unit(
+        self,
+        sample_id: str,
+        analysis: str,
+        rows: Iterable[dict[str, Any]],
+        *,
+        supersedes: str | None = None,
+    ) -> None:
         """Append one unit's rows, then its done marker; each fsynced. A SIGINT meanwhile is
-        held back until the marker is written; a failing disk raises :class:`StoreError`."""
+        held back until the marker is written; a failing disk raises :class:`StoreError`.
+
+        ``supersedes``: the attempt id of this unit's earlier, failed attempt that this one
+        replaces (a retry); once this marker is on disk, reading never returns the old one."""
         self.acquire()
         attempt = uuid.uuid4().hex
         lines = []
@@ -154,6 +174,8 @@ class RecordStore:
             "rows": len(lines),
             "sha256": _digest(lines),
         }
+        if supersedes is not None:
+            marker["supersedes"] = supersedes
         with deferred_sigint():
             _append(self.rows_path, lines)
             _test_pause(sample_id)
@@ -281,12 +303,24 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 @dataclass
 class Scan:
     """What the shards of a records folder hold: the chosen attempt of every finished unit
-    (``units``: unit -> (attempt, shard name)) and, when asked for, the rows by attempt."""
+    (``units``: unit -> (attempt, shard name)), the first error of every attempt whose rows
+    carry one (``errors``: attempt -> message) and, when asked for, the rows by attempt."""
 
     units: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
     torn_lines: int = 0
     invalid_markers: int = 0
+
+    @property
+    def failed(self) -> dict[tuple[str, str], str]:
+        """Finished units whose chosen attempt is a failure: unit -> that attempt's id."""
+        return {u: a for u, (a, _) in self.units.items() if a in self.errors}
+
+    def error(self, unit: tuple[str, str]) -> str | None:
+        """The error of ``unit``'s chosen attempt, or None (not finished, or no failure)."""
+        chosen = self.units.get(unit)
+        return self.errors.get(chosen[0]) if chosen else None
 
 
 def _lines(path: Path) -> Iterator[bytes]:
@@ -313,8 +347,10 @@ def scan(records_dir: str | Path, *, keep_rows: bool = False) -> Scan:
     """Read and verify every shard of ``records_dir``.
 
     A done marker counts only if exactly its ``rows`` rows of its attempt are readable and,
-    when it has one, their SHA-256 matches; of several valid markers for one unit (a unit
-    recomputed after its rows were damaged) the last one read wins."""
+    when it has one, their SHA-256 matches. An attempt that a valid marker ``supersedes`` (a
+    failed unit retried) never counts, in whichever shard either lies; of the other valid
+    markers for one unit (a unit recomputed after its rows were damaged) the last one read
+    wins."""
     records_dir = Path(records_dir)
     out = Scan()
     if not records_dir.is_dir():
@@ -331,8 +367,12 @@ def scan(records_dir: str | Path, *, keep_rows: bool = False) -> Scan:
                 continue
             counts[attempt] = counts.get(attempt, 0) + 1
             hashes.setdefault(attempt, hashlib.sha256()).update(line + b"\n")
+            if row.get("error") is not None and attempt not in out.errors:
+                out.errors[attempt] = str(row["error"])
             if keep_rows:
                 out.rows.setdefault(attempt, []).append(row)
+    valid: list[tuple[tuple[str, str], str, str]] = []
+    superseded: set[str] = set()
     for path in done_paths:
         shard = path.name.removesuffix(".done.jsonl")
         for line in _lines(path):
@@ -348,9 +388,15 @@ def scan(records_dir: str | Path, *, keep_rows: bool = False) -> Scan:
                 h = hashes.get(attempt)
                 ok = (h.hexdigest() if h else hashlib.sha256().hexdigest()) == m["sha256"]
             if ok:
-                out.units[unit] = (attempt, shard)
+                valid.append((unit, attempt, shard))
+                if isinstance(m.get("supersedes"), str):
+                    superseded.add(m["supersedes"])
             else:
                 out.invalid_markers += 1
+    for unit, attempt, shard in valid:
+        if attempt not in superseded:
+            out.units[unit] = (attempt, shard)
+    out.errors = {a: e for a, e in out.errors.items() if a in {c for c, _ in out.units.values()}}
     return out
 
 

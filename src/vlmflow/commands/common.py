@@ -100,6 +100,18 @@ SHARED = [
         ],
         "ids",
     ),
+    _shared(
+        "retry_failed",
+        Annotated[
+            bool,
+            typer.Option(
+                "--retry-failed/--no-retry-failed",
+                help="on resume, analyse again the samples that failed before (default) "
+                "or keep their failures",
+            ),
+        ],
+        True,
+    ),
     _shared("quiet", Quiet, False),
 ]
 
@@ -133,6 +145,7 @@ def run_command(fn: Callable[..., Any]) -> Callable[..., None]:
             attn=shared["attn"],
             correctness=shared["correctness"],
             progress=not shared["quiet"],
+            retry_failed=shared["retry_failed"],
             extra={"paper": True} if _PAPER.get() else {},
         )
         try:
@@ -229,8 +242,9 @@ def print_result(result: Any, lines: list[str] = ()) -> None:  # type: ignore[as
     """The run's counts and folder, accuracy per task, the report's path, then ``lines``.
     A run whose every sample failed exits with status 1; some failures give a warning."""
     s = result.summary
+    retried = f", retried {s.retried} previously failed" if s.retried else ""
     typer.echo(
-        f"done: {s.done} samples, {len(s.failed)} failed, {s.skipped} already done "
+        f"done: {s.done} samples, {len(s.failed)} failed, {s.skipped} already done{retried} "
         f"({s.seconds:.1f}s) -> {result.out}"
     )
     acc = result.report.get("accuracy")

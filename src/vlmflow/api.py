@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .probe import Model, load
+from .probe import Model, check_num_frames, load
 from .run import RunSummary, run_samples
 from .rundir import RunDir
 from .sample import Sample
@@ -55,6 +55,9 @@ class Options:
     correctness: str = "ids"
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_num_frames(self.num_frames)  # refused here, not by every video sample of a run
 
     def manifest(self) -> dict[str, Any]:
         d = {
@@ -134,6 +137,7 @@ def run(
         config = {**options.manifest(), "analyses": {a.name: a.config() for a in analyses}}
         samples = options.samples_of()
         if sample_ids is not None:
+            _refuse_unknown_ids(sample_ids, samples, options)
             keep = set(sample_ids)
             samples = [s for s in samples if s.id in keep]
             config["sample_ids"] = sorted(keep)
@@ -207,6 +211,24 @@ def run(
     finally:
         lock.release()
         ctx.close()
+
+
+def _refuse_unknown_ids(sample_ids: Sequence[str], samples: Sequence[Sample], options: Options) -> None:
+    """A ``DataError`` listing the ``sample_ids`` that are not among the selected ``samples``
+    (a typo would otherwise run nothing), with a few known ids as a hint."""
+    from .errors import DataError
+
+    if isinstance(sample_ids, str):
+        raise DataError(f"sample_ids must be a list of sample ids, got the string {sample_ids!r}")
+    known = {s.id for s in samples}
+    unknown = [i for i in dict.fromkeys(sample_ids) if i not in known]
+    if unknown:
+        shown = ", ".join(repr(i) for i in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+        hint = ", ".join(repr(s.id) for s in samples[:3])
+        raise DataError(
+            f"{len(unknown)} sample id(s) not among the {len(samples)} selected samples of "
+            f"{options.data!r}: {shown}; known ids include {hint}"
+        )
 
 
 def _dtype_name(adapter: Any) -> str:

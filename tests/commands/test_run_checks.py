@@ -127,3 +127,49 @@ def test_screen_control_order_and_exact_below_reach_the_screen(tiny_llava_path, 
 def test_bad_screen_options_are_clear_errors(tiny_llava_path, tmp_path, extra, said) -> None:
     result = runner.invoke(app, flow(tiny_llava_path, tmp_path / "bad", *extra))
     assert result.exit_code == 2 and said in result.output, result.output
+
+
+@pytest.mark.parametrize("frames", [0, -3])
+def test_num_frames_below_one_is_refused_before_the_model_loads(tiny_llava_path, tmp_path, frames) -> None:
+    """``--num-frames 0`` used to load the model and then fail every video sample."""
+    out = tmp_path / "eval"
+    args = ["eval", "--model", str(tmp_path / "no-such-model"), *SYNTHETIC, "--num-frames", str(frames)]
+    refused = runner.invoke(app, [*args, "--out", str(out), "-q"])
+    assert refused.exit_code == 2, refused.output
+    assert (
+        f"num_frames must be a whole number >= 1 (frames decoded per video), got {frames}" in refused.output
+    )
+    assert "no-such-model" not in refused.output and not out.exists()
+    with pytest.raises(vlmflow.VlmflowError, match=f"num_frames must be .*got {frames}"):
+        vlmflow.Options(model="demo", data="synthetic:1", num_frames=frames)
+    model = vlmflow.load(str(tiny_llava_path))
+    sample = vlmflow.load_dataset("synthetic:1:fixed", tasks=["moving_direction"])[0]
+    with pytest.raises(vlmflow.VlmflowError, match=f"num_frames must be .*got {frames}"):
+        model.probe(sample, num_frames=frames)
+    with pytest.raises(vlmflow.VlmflowError, match=f"num_frames must be .*got {frames}"):
+        model.configured(num_frames=frames)
+
+
+def test_reading_a_folder_that_is_no_run_is_an_error(tmp_path) -> None:
+    with pytest.raises(vlmflow.VlmflowError, match=f"{tmp_path / 'typo'} is not a run folder"):
+        vlmflow.RunDir(tmp_path / "typo").records()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(vlmflow.VlmflowError, match=r"empty is not a run folder \(no records/\)"):
+        vlmflow.RunDir(tmp_path / "empty").records()
+
+
+def test_unknown_sample_ids_are_refused_before_the_model_loads(tmp_path) -> None:
+    """``sample_ids=['typo']`` used to run no sample and report ``{'records': 0}``."""
+    out = tmp_path / "run"
+    options = vlmflow.Options(
+        model=str(tmp_path / "no-such-model"), data="synthetic:1:fixed", tasks=("moving_direction",)
+    )
+    with pytest.raises(vlmflow.VlmflowError) as refused:
+        vlmflow.run(options, [], out, sample_ids=["moving_direction-00000", "typo", "moving_direction-9"])
+    said = str(refused.value)
+    assert (
+        "2 sample id(s) not among the 1 selected samples of 'synthetic:1:fixed': 'typo', 'moving_direction-9'"
+        in said
+    )
+    assert "known ids include 'moving_direction-00000'" in said
+    assert not out.exists()

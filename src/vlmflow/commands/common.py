@@ -120,22 +120,22 @@ def run_command(fn: Callable[..., Any]) -> Callable[..., None]:
         from ..api import Options
 
         shared = {name: values.pop(name) for name in names}
-        options = Options(
-            model=values.pop("model"),
-            data=values.pop("data"),
-            tasks=tuple(shared["task"] or ()),
-            samples=shared["samples"],
-            seed=shared["seed"],
-            device=shared["device"],
-            dtype=shared["dtype"],
-            prompt=shared["prompt"],
-            num_frames=shared["num_frames"],
-            attn=shared["attn"],
-            correctness=shared["correctness"],
-            progress=not shared["quiet"],
-            extra={"paper": True} if _PAPER.get() else {},
-        )
         try:
+            options = Options(  # checks its values: a bad one exits with its message
+                model=values.pop("model"),
+                data=values.pop("data"),
+                tasks=tuple(shared["task"] or ()),
+                samples=shared["samples"],
+                seed=shared["seed"],
+                device=shared["device"],
+                dtype=shared["dtype"],
+                prompt=shared["prompt"],
+                num_frames=shared["num_frames"],
+                attn=shared["attn"],
+                correctness=shared["correctness"],
+                progress=not shared["quiet"],
+                extra={"paper": True} if _PAPER.get() else {},
+            )
             fn(options=options, out=shared["out"], **values)
         except VlmflowError as exc:
             fail(exc)

@@ -414,3 +414,22 @@ def test_sigkill_at_many_points_of_a_run_then_resume(tiny_llava, tmp_path: Path)
     run_samples(tiny_llava, samples, flow, out, progress=False)
     check_complete(out, ids)
     assert read_records(out).equals(reference)
+
+
+def test_records_of_another_run_without_a_manifest_are_refused(tiny_llava_path: Path, tmp_path: Path) -> None:
+    """A flow run's records/ copied into an empty folder: a run there would take those units
+    as its own and mix their records with its own, so it is refused before the model loads."""
+    out = tmp_path / "copied"
+    RecordStore(out).write_unit(
+        "moving_direction-00000", "eval", [{"task": "moving_direction", "error": None}]
+    )
+    before = {p.name: p.read_bytes() for p in (out / "records").iterdir()}
+    args = ["answer-prob", "--model", str(tiny_llava_path), "--data", "synthetic:1", "--out", str(out), "-q"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2, refused.output
+    said = " ".join(refused.output.split())
+    assert str(out) in said and "no manifest.json" in said and "1 record shard(s) and 1 done marker" in said
+    assert not (out / "manifest.json").exists()
+    assert {p.name: p.read_bytes() for p in (out / "records").iterdir() if p.suffix != ".lock"} == {
+        k: v for k, v in before.items() if not k.endswith(".lock")
+    }

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import RunStopped
-from .probe import Model, load
+from .errors import PlanError, RunStopped
+from .probe import Model, check_num_frames, load
 from .run import RunSummary, run_samples
 from .rundir import RunDir
 from .sample import Sample
@@ -42,6 +42,9 @@ class Options:
     prepare each input; ``extra`` is stored in the manifest's configuration too.
     ``retry_failed``: a resumed run tries the samples that failed before again (the default;
     it is no part of the configuration, so either way resumes the same folder).
+    ``max_batch_tokens`` bounds the positions the engine recomputes in one batch of plans
+    (default: one input's length); lower it when a run stops out of memory. Results do not
+    depend on it, so it is no part of the configuration either.
     """
 
     model: str
@@ -58,7 +61,13 @@ class Options:
     correctness: str = "ids"
     progress: bool = True
     retry_failed: bool = True
+    max_batch_tokens: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_num_frames(self.num_frames)  # refused here, not by every video sample of a run
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
+            raise PlanError(f"max_batch_tokens must be >= 1 (or unset), got {self.max_batch_tokens}")
 
     def manifest(self) -> dict[str, Any]:
         d = {
@@ -138,6 +147,7 @@ def run(
         config = {**options.manifest(), "analyses": {a.name: a.config() for a in analyses}}
         samples = options.samples_of()
         if sample_ids is not None:
+            _refuse_unknown_ids(sample_ids, samples, options)
             keep = set(sample_ids)
             samples = [s for s in samples if s.id in keep]
             config["sample_ids"] = sorted(keep)
@@ -186,6 +196,7 @@ def run(
             progress=options.progress,
             correctness=options.correctness,
             retry_failed=options.retry_failed,
+            max_batch_tokens=options.max_batch_tokens,
         )
         ranks = ctx.gather(mine)  # every rank is done after this: rank 0 may merge the shards
         summary = RunSummary.combine(ranks)
@@ -217,6 +228,24 @@ def run(
     finally:
         lock.release()
         ctx.close()
+
+
+def _refuse_unknown_ids(sample_ids: Sequence[str], samples: Sequence[Sample], options: Options) -> None:
+    """A ``DataError`` listing the ``sample_ids`` that are not among the selected ``samples``
+    (a typo would otherwise run nothing), with a few known ids as a hint."""
+    from .errors import DataError
+
+    if isinstance(sample_ids, str):
+        raise DataError(f"sample_ids must be a list of sample ids, got the string {sample_ids!r}")
+    known = {s.id for s in samples}
+    unknown = [i for i in dict.fromkeys(sample_ids) if i not in known]
+    if unknown:
+        shown = ", ".join(repr(i) for i in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+        hint = ", ".join(repr(s.id) for s in samples[:3])
+        raise DataError(
+            f"{len(unknown)} sample id(s) not among the {len(samples)} selected samples of "
+            f"{options.data!r}: {shown}; known ids include {hint}"
+        )
 
 
 def _dtype_name(adapter: Any) -> str:

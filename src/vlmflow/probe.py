@@ -67,6 +67,16 @@ def load(
     return Model(load_model(spec, device=device, dtype=dtype, attn_implementation=attn))
 
 
+def check_num_frames(num_frames: Any) -> int:
+    """``num_frames`` if it is a whole number of frames >= 1, else a ``PromptError`` saying
+    so (checked before the model loads, instead of failing every video sample later)."""
+    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
+        raise PromptError(
+            f"num_frames must be a whole number >= 1 (frames decoded per video), got {num_frames!r}"
+        )
+    return int(num_frames)
+
+
 class Model:
     """A loaded checkpoint; :meth:`probe` prepares inputs of it.
 
@@ -102,6 +112,8 @@ class Model:
         count differs from it."""
         if prompt not in PROMPT_STYLES:
             raise PromptError(f"unknown prompt style {prompt!r}; choose from {PROMPT_STYLES}")
+        if num_frames is not None:
+            check_num_frames(num_frames)
         adapter = copy.copy(self.adapter)
         adapter.prompt_style = prompt
         adapter.num_frames = self.adapter.num_frames if num_frames is None else int(num_frames)

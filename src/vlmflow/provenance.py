@@ -83,7 +83,9 @@ def data_fingerprint(spec: str, samples: Sequence[Sample], seed: int) -> dict[st
             for k, v in inspect.signature(synthetic.generate).parameters.items()
             if v.default is not inspect.Parameter.empty
         }
-        per_task = int(arg) if arg.strip().isdigit() else synthetic.DEFAULT_PER_TASK
+        spec_args = synthetic.parse_spec(arg)  # the loader's own reading of the spec
+        per_task = spec_args.pop("num_per_task")
+        params.update(spec_args)  # keeps the keys' order: earlier manifests still compare equal
         out["generator"] = {"function": "vlmflow.data.synthetic.generate", "num_per_task": per_task, **params}
         out["generator"]["tasks"] = list(params.get("tasks") or synthetic.TASKS)
     elif arg and Path(arg).exists():

@@ -113,6 +113,8 @@ class RunDir:
 
     def require(self) -> RunDir:
         """This folder, or a ``RunError`` if it is not a run folder."""
+        if not self.path.exists():
+            raise RunError(f"{self.path} is not a run folder: it does not exist")
         if not self.is_run():
             raise RunError(f"{self.path} is not a run folder (no records/)")
         return self
@@ -164,6 +166,7 @@ class RunDir:
             manifest["resumed_at"] = manifest.get("resumed_at", []) + [now()]
             manifest["versions_at_resume"] = versions()
         else:
+            self._refuse_orphan_records()
             manifest = {
                 "config": canonical,
                 "provenance": json.loads(json.dumps(provenance or {}, default=str)),
@@ -173,6 +176,24 @@ class RunDir:
             }
         self.write_manifest(manifest)
         return manifest
+
+    def _refuse_orphan_records(self) -> None:
+        """A ``records/`` with record shards or done markers but no manifest (copied from
+        another run, or its manifest deleted) would have its units taken as this run's."""
+        from .store import _shards
+
+        if not self.records_dir.is_dir():
+            return
+        rows, done = _shards(self.records_dir)
+        found = [p.name for p in rows + done]
+        if found:
+            shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+            raise RunError(
+                f"{self.path} has no manifest.json but its records/ holds {len(rows)} record shard(s) "
+                f"and {len(done)} done marker file(s) ({shown}) of an unknown run; their units "
+                "would be mixed into this run's, so it is refused: use a new --out folder, or "
+                "move records/ away"
+            )
 
     def close(
         self,
@@ -216,14 +237,12 @@ class RunDir:
         and what the store holds finished by then (``samples``, read from every shard).
         Returns whether the manifest could be written; when the disk refuses, the old
         manifest stays whole and the records remain the truth."""
-        from .store import StoreError
-
         try:
             manifest = self.manifest()
             manifest["stopped"] = {"at": now(), "reason": reason}
             manifest["samples"] = self.sample_counts(total if total is not None else _total(manifest))
             self.write_manifest(manifest)
-        except (OSError, ValueError, StoreError) as exc:
+        except (OSError, ValueError, RunError) as exc:  # RunError: StoreError, no run folder yet
             log.warning("could not record the stop in %s: %s", self.manifest_path, exc)
             return False
         return True
@@ -236,9 +255,12 @@ class RunDir:
         return RecordStore(self.path, rank)
 
     def records(self) -> pd.DataFrame:
-        """Every finished record of the run (all shards)."""
+        """Every finished record of the run (all shards); ``RunError`` if the folder is not a
+        run folder (a run that has written no records yet reads as empty)."""
         from .store import read_records
 
+        if not self.manifest_path.exists():
+            self.require()
         return read_records(self.path)
 
     def sample_counts(self, total: int | None = None) -> dict[str, Any]:

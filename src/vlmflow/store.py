@@ -282,20 +282,42 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
     A crash or a full disk leaves either the old file or the new one, never half of one.
     Raises :class:`StoreError` when the disk refuses the write (the old file is kept)."""
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+@contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` for the block to write; after the block it is
+    fsynced and renamed over ``path``, so readers see the old file or the new one whole.
+
+    If the block raises, ``path`` keeps its old content and the temporary file is removed;
+    a crash also leaves ``path`` whole. The temporary name keeps ``path``'s suffix, for writers that
+    choose the format by it (``savefig``). An ``OSError`` becomes a :class:`StoreError`
+    naming ``path``.
+
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "summary.csv"
+    >>> with replacing(target) as tmp:
+    ...     _ = tmp.write_text("a,b\\n")
+    >>> target.read_text()
+    'a,b\\n'
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        raise store_error(path, exc) from exc
+        if isinstance(exc, OSError):
+            raise store_error(path, exc) from exc
+        raise
     fsync_dir(path.parent)
 
 

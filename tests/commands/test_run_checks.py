@@ -127,3 +127,85 @@ def test_screen_control_order_and_exact_below_reach_the_screen(tiny_llava_path, 
 def test_bad_screen_options_are_clear_errors(tiny_llava_path, tmp_path, extra, said) -> None:
     result = runner.invoke(app, flow(tiny_llava_path, tmp_path / "bad", *extra))
     assert result.exit_code == 2 and said in result.output, result.output
+
+
+@pytest.mark.parametrize("frames", [0, -3])
+def test_num_frames_below_one_is_refused_before_the_model_loads(tiny_llava_path, tmp_path, frames) -> None:
+    """``--num-frames 0`` used to load the model and then fail every video sample."""
+    out = tmp_path / "eval"
+    args = ["eval", "--model", str(tmp_path / "no-such-model"), *SYNTHETIC, "--num-frames", str(frames)]
+    refused = runner.invoke(app, [*args, "--out", str(out), "-q"])
+    assert refused.exit_code == 2, refused.output
+    assert (
+        f"num_frames must be a whole number >= 1 (frames decoded per video), got {frames}" in refused.output
+    )
+    assert "no-such-model" not in refused.output and not out.exists()
+    with pytest.raises(vlmflow.VlmflowError, match=f"num_frames must be .*got {frames}"):
+        vlmflow.Options(model="demo", data="synthetic:1", num_frames=frames)
+    model = vlmflow.load(str(tiny_llava_path))
+    sample = vlmflow.load_dataset("synthetic:1:fixed", tasks=["moving_direction"])[0]
+    with pytest.raises(vlmflow.VlmflowError, match=f"num_frames must be .*got {frames}"):
+        model.probe(sample, num_frames=frames)
+    with pytest.raises(vlmflow.VlmflowError, match=f"num_frames must be .*got {frames}"):
+        model.configured(num_frames=frames)
+
+
+def test_reading_a_folder_that_is_no_run_is_an_error(tmp_path) -> None:
+    with pytest.raises(vlmflow.VlmflowError, match=f"{tmp_path / 'typo'} is not a run folder"):
+        vlmflow.RunDir(tmp_path / "typo").records()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(vlmflow.VlmflowError, match=r"empty is not a run folder \(no records/\)"):
+        vlmflow.RunDir(tmp_path / "empty").records()
+
+
+def test_unknown_sample_ids_are_refused_before_the_model_loads(tmp_path) -> None:
+    """``sample_ids=['typo']`` used to run no sample and report ``{'records': 0}``."""
+    out = tmp_path / "run"
+    options = vlmflow.Options(
+        model=str(tmp_path / "no-such-model"), data="synthetic:1:fixed", tasks=("moving_direction",)
+    )
+    with pytest.raises(vlmflow.VlmflowError) as refused:
+        vlmflow.run(options, [], out, sample_ids=["moving_direction-00000", "typo", "moving_direction-9"])
+    said = str(refused.value)
+    assert (
+        "2 sample id(s) not among the 1 selected samples of 'synthetic:1:fixed': 'typo', 'moving_direction-9'"
+        in said
+    )
+    assert "known ids include 'moving_direction-00000'" in said
+    assert not out.exists()
+
+
+def test_max_batch_tokens_reaches_the_engine_and_changes_no_result(
+    tiny_llava_path, tmp_path, monkeypatch
+) -> None:
+    """``--max-batch-tokens`` is what a run stopped out of memory is told to lower: it must
+    reach every engine of the run, leave the records as they were and not be part of the
+    configuration (the same folder resumes with it)."""
+    from vlmflow.engine import Engine
+
+    seen: list[int] = []
+    init = Engine.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        seen.append(self.max_batch_tokens)
+
+    monkeypatch.setattr(Engine, "__init__", spy)
+    curves = ["-t", "vql-to-ql", "--window", "1", "--sample-mode", "all"]
+    plain = runner.invoke(app, flow(tiny_llava_path, tmp_path / "plain", *curves))
+    assert plain.exit_code == 0, plain.output
+    assert seen and min(seen) > 8
+    seen.clear()
+    small = runner.invoke(app, flow(tiny_llava_path, tmp_path / "small", *curves, "--max-batch-tokens", "8"))
+    assert small.exit_code == 0, small.output
+    assert seen and set(seen) == {8}
+    a, b = (read_records(tmp_path / d).query("analysis == 'flow'") for d in ("plain", "small"))
+    keys = ["sample_id", "condition", "layer"]
+    a, b = a.sort_values(keys).reset_index(drop=True), b.sort_values(keys).reset_index(drop=True)
+    assert len(a) == 4 * 4 and (abs(a["p_pred_new"] - b["p_pred_new"]) < 1e-6).all()
+    again = runner.invoke(app, flow(tiny_llava_path, tmp_path / "plain", *curves, "--max-batch-tokens", "8"))
+    assert again.exit_code == 0 and "already done" in again.output + str(again.stderr_bytes or b""), (
+        again.output
+    )
+    with pytest.raises(vlmflow.VlmflowError, match="max_batch_tokens must be >= 1"):
+        vlmflow.Options(model="demo", data="synthetic:1", max_batch_tokens=0)

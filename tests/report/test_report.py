@@ -227,3 +227,74 @@ def test_report_renders_in_headless_chromium(full_run: Path, tmp_path: Path) -> 
     assert taken.returncode == 0 and shot.stat().st_size > 50_000, taken.stderr[-2000:]
     if os.environ.get("VLMFLOW_SCREENSHOT_DIR"):
         shutil.copy(shot, Path(os.environ["VLMFLOW_SCREENSHOT_DIR"]) / "report.png")
+
+
+def test_report_refuses_a_folder_a_run_is_writing(tmp_path: Path) -> None:
+    """``vlmflow report`` takes the run folder's lock, like ``merge``: while a run holds it,
+    the report is refused (naming the holder) and writes nothing."""
+    from vlmflow.lock import run_lock
+
+    run = fake_run(tmp_path / "run")
+    with run_lock(run):  # a run still writing this folder
+        busy = CliRunner().invoke(app, ["report", str(run)])
+    assert busy.exit_code == 2 and "is in use by another vlmflow process" in busy.output
+    assert not (run / "report.html").exists() and not (run / "records.parquet").exists()
+    assert CliRunner().invoke(app, ["report", str(run)]).exit_code == 0
+    assert (run / "report.html").exists()
+
+
+def _torn(write, suffix: str, at: int = 1):
+    """``write`` that, when its ``at``-th argument (the file) ends in ``suffix``, leaves half
+    the file's bytes and then meets a full disk."""
+    import errno
+
+    def torn(*args, **kwargs):
+        out = write(*args, **kwargs)
+        target = Path(args[at])
+        if target.name.endswith(suffix):
+            data = target.read_bytes()
+            target.write_bytes(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        return out
+
+    return torn
+
+
+@pytest.mark.parametrize("what", ["records.parquet", "accuracy.csv", "report.html", "figure"])
+def test_a_failed_report_write_keeps_the_previous_files_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
+    """Every file the report writes is replaced all at once: a write that fails part-way
+    (here a full disk after half the bytes) leaves the previous file as it was, and no
+    temporary file behind."""
+    import matplotlib.figure
+
+    from vlmflow.store import StoreError
+
+    run = fake_run(tmp_path / "run")
+    first = finalize(run)
+    figure = next(iter(first["figures"].values()))
+    target = {
+        "records.parquet": run / "records.parquet",
+        "accuracy.csv": run / "summary" / "accuracy.csv",
+        "report.html": run / "report.html",
+        "figure": figure,
+    }[what]
+    before = target.read_bytes()
+    RecordStore(run, 1).write_unit("s9", "eval", [{"task": "counting", "error": None, "correct": True}])
+    if what == "records.parquet":
+        monkeypatch.setattr(pd.DataFrame, "to_parquet", _torn(pd.DataFrame.to_parquet, ".parquet"))
+    elif what == "accuracy.csv":
+        monkeypatch.setattr(pd.DataFrame, "to_csv", _torn(pd.DataFrame.to_csv, ".csv"))
+    elif what == "report.html":
+        monkeypatch.setattr(Path, "write_text", _torn(Path.write_text, ".html", at=0))
+    else:
+        savefig = matplotlib.figure.Figure.savefig
+        monkeypatch.setattr(matplotlib.figure.Figure, "savefig", _torn(savefig, figure.suffix))
+    if what == "figure":  # a section's failure is shown in its section; the report goes on
+        finalize(run)
+    else:
+        with pytest.raises(StoreError, match="No space left"):
+            finalize(run)
+    assert target.read_bytes() == before
+    assert not [p for p in run.rglob("*") if ".tmp" in p.name]

@@ -112,6 +112,18 @@ SHARED = [
         ],
         True,
     ),
+    _shared(
+        "max_batch_tokens",
+        Annotated[
+            int | None,
+            typer.Option(
+                "--max-batch-tokens",
+                help="most positions the engine recomputes in one batch of plans (default: one "
+                "input's length); lower it if a run stops out of memory (results do not change)",
+            ),
+        ],
+        None,
+    ),
     _shared("quiet", Quiet, False),
 ]
 
@@ -132,23 +144,24 @@ def run_command(fn: Callable[..., Any]) -> Callable[..., None]:
         from ..api import Options
 
         shared = {name: values.pop(name) for name in names}
-        options = Options(
-            model=values.pop("model"),
-            data=values.pop("data"),
-            tasks=tuple(shared["task"] or ()),
-            samples=shared["samples"],
-            seed=shared["seed"],
-            device=shared["device"],
-            dtype=shared["dtype"],
-            prompt=shared["prompt"],
-            num_frames=shared["num_frames"],
-            attn=shared["attn"],
-            correctness=shared["correctness"],
-            progress=not shared["quiet"],
-            retry_failed=shared["retry_failed"],
-            extra={"paper": True} if _PAPER.get() else {},
-        )
         try:
+            options = Options(  # checks its values: a bad one exits with its message
+                model=values.pop("model"),
+                data=values.pop("data"),
+                tasks=tuple(shared["task"] or ()),
+                samples=shared["samples"],
+                seed=shared["seed"],
+                device=shared["device"],
+                dtype=shared["dtype"],
+                prompt=shared["prompt"],
+                num_frames=shared["num_frames"],
+                attn=shared["attn"],
+                correctness=shared["correctness"],
+                progress=not shared["quiet"],
+                retry_failed=shared["retry_failed"],
+                max_batch_tokens=shared["max_batch_tokens"],
+                extra={"paper": True} if _PAPER.get() else {},
+            )
             fn(options=options, out=shared["out"], **values)
         except VlmflowError as exc:
             fail(exc)

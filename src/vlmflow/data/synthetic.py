@@ -281,13 +281,26 @@ def write_tvbench(samples: list[Sample], root: str | Path, fps: float = 8) -> Pa
 def load_synthetic(arg: str) -> list[Sample]:
     """Built-in synthetic temporal VideoQA; ``synthetic:N`` gives N items per task (seed 0),
     ``synthetic:N:fixed`` lists each task's options in one canonical order."""
+    return generate(**parse_spec(arg))
+
+
+def parse_spec(arg: str) -> dict[str, Any]:
+    """The :func:`generate` arguments of a ``synthetic[:N[:ORDER]]`` spec's argument (the part
+    after ``synthetic:``): ``num_per_task`` and ``option_order``. The loader and the run's
+    provenance both read the spec here, so the manifest records what was generated.
+
+    >>> parse_spec("2:fixed")
+    {'num_per_task': 2, 'option_order': 'fixed'}
+    >>> parse_spec("")
+    {'num_per_task': 20, 'option_order': 'shuffled'}
+    """
     arg = arg.strip()
     count, _, order = arg.partition(":")
-    if count and not count.isdigit():
+    if count and not (count.isascii() and count.isdigit()):
         raise DataError(f"synthetic:N[:fixed] expects a number of items per task, got {arg!r}")
     if order not in ("", "fixed", "shuffled"):
         raise DataError(f"synthetic:N:ORDER expects fixed or shuffled, got {order!r}")
-    return generate(int(count) if count else DEFAULT_PER_TASK, option_order=order or "shuffled")
+    return {"num_per_task": int(count) if count else DEFAULT_PER_TASK, "option_order": order or "shuffled"}
 
 
 def _safe(name: str) -> str:

@@ -178,7 +178,7 @@ def finalize(run: str | Path | RunDir, *, html: bool = True) -> dict[str, Any]:
     run.figures_dir.mkdir(exist_ok=True)
     write_parquet(records, run.parquet_path)
     acc = accuracy_table(records)
-    acc.to_csv(run.summary_path("accuracy"), index=False)
+    write_csv(acc, run.summary_path("accuracy"))
     ok = records[records["error"].isna()] if "error" in records else records
     sections = []
     for name in report_order(set(ok["analysis"]) - {"eval"}):
@@ -187,7 +187,7 @@ def finalize(run: str | Path | RunDir, *, html: bool = True) -> dict[str, Any]:
         rows.attrs["task_samples"] = task_sample_counts(records)
         section = build_section(name, rows, run)
         for key, table in section.summaries.items():
-            table.to_csv(run.summary_path(key), index=False)
+            write_csv(table, run.summary_path(key))
         sections.append(section)
     flow = next((s.summaries.get("flow") for s in sections if s.key == "flow"), None)
     result: dict[str, Any] = {
@@ -337,11 +337,27 @@ def ci95(x: pd.Series) -> float:
     return float(1.96 * x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
 
 
+def write_csv(table: pd.DataFrame, path: Path) -> None:
+    """``table.to_csv`` replacing ``path`` all at once (see :func:`vlmflow.store.replacing`)."""
+    from ..store import replacing
+
+    with replacing(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
 def write_parquet(records: pd.DataFrame, path: Path) -> None:
     """``records.to_parquet``, made to succeed for any records: when Arrow cannot store a
     column as it is (dict-valued fields, e.g. ``{}`` has no Parquet type, or one field
     holding numbers in some rows and text in others), such columns are stored as JSON
-    text, and if that is not enough every non-text object column is."""
+    text, and if that is not enough every non-text object column is. ``path`` is replaced
+    all at once: a failed write leaves the previous file (see :func:`vlmflow.store.replacing`)."""
+    from ..store import replacing
+
+    with replacing(path) as tmp:
+        _write_parquet(records, tmp)
+
+
+def _write_parquet(records: pd.DataFrame, path: Path) -> None:
     import json
 
     try:

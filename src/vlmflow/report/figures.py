@@ -18,11 +18,18 @@ def pyplot() -> Any:
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> None:
-    """Write ``fig`` to ``path`` (folders created) and free it."""
+    """Write ``fig`` to ``path`` (folders created; the file replaced all at once, so a
+    failed write keeps the previous figure) and free it."""
+    from ..store import replacing
+
     plt = pyplot()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with replacing(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or None)
+    finally:
+        plt.close(fig)
 
 
 def frame_axes(ax: Any, frame: Any, region: Any) -> None:

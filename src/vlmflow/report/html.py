@@ -110,8 +110,10 @@ def write_report(run: RunDir, records: pd.DataFrame, result: dict[str, Any]) -> 
         f"<script type='application/json' id='chart-data'>{_json(charts)}</script>"
         f"<script>{SCRIPT}</script></body></html>"
     )
+    from ..store import write_text_atomic
+
     out = run.report_path
-    out.write_text(page, encoding="utf-8")
+    write_text_atomic(out, page)  # a failed write keeps the previous report whole
     return out
 
 

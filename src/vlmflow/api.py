@@ -180,6 +180,7 @@ def run(
             if fresh[0]:  # a run refused before it began leaves no configuration behind
                 rundir.manifest_path.unlink(missing_ok=True)
             raise
+        ctx.on_main(lambda: _check_computed_in(rundir, adapter, options))
         if options.progress and ctx.is_main:
             print(
                 f"model: {adapter.model_id} ({adapter.family}), {_dtype_name(adapter)} on {adapter.device}",
@@ -250,6 +251,27 @@ def _refuse_unknown_ids(sample_ids: Sequence[str], samples: Sequence[Sample], op
 
 def _dtype_name(adapter: Any) -> str:
     return str(adapter.dtype).removeprefix("torch.")
+
+
+def _check_computed_in(rundir: RunDir, adapter: Any, options: Options) -> None:
+    """The dtype the model was loaded in, kept in the manifest (``computed_in``) by the run
+    that started the folder; a resume that loads another one is refused. An unset
+    ``--dtype`` resolves per device (float32 on a CPU, the checkpoint's dtype on a GPU), so
+    the configuration alone cannot tell a float32 folder from a bfloat16 session."""
+    from .errors import RunError
+
+    manifest = rundir.manifest()
+    loaded = _dtype_name(adapter)
+    before = manifest.get("computed_in", {}).get("dtype")
+    if before is None:
+        manifest["computed_in"] = {"dtype": loaded}
+        rundir.write_manifest(manifest)
+    elif before != loaded:
+        raise RunError(
+            f"{rundir.path} holds records computed in {before}, but this session loaded "
+            f"{options.model} in {loaded} (on {adapter.device}); pass --dtype {before} "
+            "(Options.dtype) to resume it, or write to a new --out"
+        )
 
 
 def merge(run_dir: str | Path) -> dict[str, Any]:

@@ -209,3 +209,30 @@ def test_max_batch_tokens_reaches_the_engine_and_changes_no_result(
     )
     with pytest.raises(vlmflow.VlmflowError, match="max_batch_tokens must be >= 1"):
         vlmflow.Options(model="demo", data="synthetic:1", max_batch_tokens=0)
+
+
+def test_a_resume_in_another_dtype_is_refused(tiny_llava_path, tmp_path) -> None:
+    """An unset dtype resolves per device (float32 on a CPU, the checkpoint's on a GPU): the
+    folder keeps the dtype its records were computed in and refuses a session loaded in
+    another, instead of mixing float32 and bfloat16 records."""
+    from vlmflow.analyses.answer_probability import AnswerProbability
+
+    out = tmp_path / "run"
+    options = vlmflow.Options(
+        model=str(tiny_llava_path),
+        data="synthetic:1:fixed",
+        tasks=("moving_direction",),
+        progress=False,
+    )
+    analyses = [AnswerProbability()]
+    vlmflow.run(options, analyses, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["computed_in"] == {"dtype": "float32"}
+    before = read_records(out)
+    bf16 = vlmflow.load(str(tiny_llava_path), dtype="bfloat16")  # what the same options load on a GPU
+    with pytest.raises(
+        vlmflow.VlmflowError, match=r"computed in float32, but this session loaded .* in bfloat16"
+    ):
+        vlmflow.run(options, analyses, out, model=bf16)
+    assert read_records(out).equals(before)
+    vlmflow.run(options, analyses, out, model=vlmflow.load(str(tiny_llava_path), dtype="float32"))

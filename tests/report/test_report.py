@@ -298,3 +298,15 @@ def test_a_failed_report_write_keeps_the_previous_files_whole(
             finalize(run)
     assert target.read_bytes() == before
     assert not [p for p in run.rglob("*") if ".tmp" in p.name]
+
+
+def test_the_accuracy_bars_count_the_samples_they_are_over() -> None:
+    """A task's accuracy is over its answered samples: the bar says how many, and the failed
+    ones apart (it read "0.25 (n=9)" for 1 of 4 answered with 5 failed)."""
+    from vlmflow.report.html import _accuracy_bars
+
+    acc = pd.DataFrame(
+        {"task": ["counting", "left_right"], "n": [9, 3], "failed": [5, 0], "accuracy": [0.25, 1.0]}
+    )
+    svg = _accuracy_bars(acc)
+    assert "0.25 (n=4, 5 failed)</text>" in svg and "1.00 (n=3)</text>" in svg

@@ -164,18 +164,21 @@ def _accuracy_bars(acc: pd.DataFrame | None) -> str:
     label_w, bar_w, h = 190, 420, 22
     height = h * len(rows) + 28
     parts = [
-        f"<svg class='bars' role='img' aria-label='accuracy per task' width='{label_w + bar_w + 80}' "
-        f"height='{height}' viewBox='0 0 {label_w + bar_w + 80} {height}'>"
+        f"<svg class='bars' role='img' aria-label='accuracy per task' width='{label_w + bar_w + 150}' "
+        f"height='{height}' viewBox='0 0 {label_w + bar_w + 150} {height}'>"
     ]
     for i, r in enumerate(rows):
         y = 6 + i * h
         w = max(0.0, min(1.0, float(r.accuracy))) * bar_w
+        failed = int(getattr(r, "failed", 0) or 0)
+        # the accuracy is over the samples answered; the failed ones are said apart
+        n = f"n={int(r.n) - failed}" + (f", {failed} failed" if failed else "")
         parts.append(
             f"<text x='{label_w - 6}' y='{y + 14}' text-anchor='end'>{_e(str(r.task))}</text>"
             f"<rect x='{label_w}' y='{y + 2}' width='{bar_w}' height='{h - 6}' class='track'/>"
             f"<rect x='{label_w}' y='{y + 2}' width='{w:.1f}' height='{h - 6}' class='bar'>"
-            f"<title>{_e(str(r.task))}: {float(r.accuracy):.3f} (n={int(r.n)})</title></rect>"
-            f"<text x='{label_w + bar_w + 6}' y='{y + 14}'>{float(r.accuracy):.2f} (n={int(r.n)})</text>"
+            f"<title>{_e(str(r.task))}: {float(r.accuracy):.3f} ({n})</title></rect>"
+            f"<text x='{label_w + bar_w + 6}' y='{y + 14}'>{float(r.accuracy):.2f} ({n})</text>"
         )
     y = 6 + len(rows) * h + 14
     for t in (0, 0.25, 0.5, 0.75, 1.0):

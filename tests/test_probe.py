@@ -112,6 +112,49 @@ def test_resid_is_the_residual_stream_the_model_reads_out(probe, logits) -> None
         probe.resid[n]
 
 
+def test_groups_list_every_named_group_the_errors_offer(probe) -> None:
+    groups, layout = probe.groups, probe.layout
+    for name in ("options", "true_option", "false_options", "all"):
+        got = np.concatenate([s.positions() for s in groups[name]])
+        assert np.array_equal(np.sort(got), layout.resolve(name)), name
+    assert "response" not in groups  # a multiple-choice input has none
+
+
+def test_lens_reads_layer_minus_one_as_the_embeddings_and_positions_as_given(probe) -> None:
+    lens = probe.lens(layers=[-1], positions=3, k=2)
+    assert lens.positions.tolist() == [3] and len(lens.to_frame()) == 2
+    want = probe.lens(layers=[-1], positions=[3], k=2)
+    assert torch.equal(lens.ids, want.ids)
+
+
+def test_bad_lens_attention_generate_and_read_arguments_are_clear_errors(probe) -> None:
+    n, L = probe.layout.length, probe.num_layers
+    with pytest.raises(PlanError, match="unknown projection 'unembedding'"):
+        probe.lens(layers=[0], projection="unembedding")  # was read silently as "embed"
+    for bad in ([n], [-1], [], [1.5]):
+        with pytest.raises(PlanError, match="lens: positions"):
+            probe.lens(layers=[0], positions=bad)
+    for bad in ([L], [-2], []):
+        with pytest.raises(PlanError, match="lens: layers"):
+            probe.lens(layers=bad)
+    for k in (0, -1, 10**9):
+        with pytest.raises(PlanError, match="lens: k must be"):
+            probe.lens(layers=[0], k=k)
+    for bad in ([-1], [L], []):  # -1 read layer L-1's weights, labelled -1
+        with pytest.raises(PlanError, match="attention: layers"):
+            probe.attention(layers=bad)
+    with pytest.raises(PlanError, match=r"attention: positions\['mine'\]"):
+        probe.attention(layers=[0], queries=[], positions={"mine": [n]})
+    with pytest.raises(PlanError, match="unknown token group 'nope'"):
+        probe.attention(layers=[0], queries="nope")
+    for bad in (0, -1, 1.5):
+        with pytest.raises(PlanError, match="max_new_tokens must be a whole number >= 1"):
+            probe.generate(max_new_tokens=bad)
+    logits = probe.engine.baseline_logits()
+    with pytest.raises(PlanError, match="read: logits must be"):
+        probe.read(logits[None])
+
+
 def test_lens_at_the_last_layer_is_the_models_top_tokens(probe, logits) -> None:
     lens = probe.lens(layers=[probe.num_layers - 1], positions="video", k=3)
     video = probe.layout.resolve("video")

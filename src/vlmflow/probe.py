@@ -310,23 +310,39 @@ class Probe:
 
     def read(self, logits: torch.Tensor) -> Answer:
         """Interpret last-position ``logits`` ``(vocab,)`` as an answer to this input."""
+        vocab = self.engine.lm.lm_head.weight.shape[0]
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (vocab,):
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise PlanError(f"read: logits must be one position's logits, a tensor ({vocab},), got {shape}")
         return read_answer(self.adapter, self.prepared, logits, self.correctness)
 
     @property
     def groups(self) -> dict[str, list[Span]]:
         """Token groups and their spans: ``system``, ``video``, ``frame:T``, ``question``,
-        ``question_no_options``, ``option:X``, ``template`` and ``last`` (half-open ranges)."""
+        ``question_no_options``, ``option:X``, ``options``, ``true_option`` (when the answer is
+        known), ``false_options``, ``template``, ``last``, ``all`` and, for open-ended inputs,
+        ``response`` and ``non_last_response`` (half-open ranges; empty groups are left out
+        except ``template``). Every method also takes ``frames:A-B``, ``frames:<T`` and
+        ``G1+G2`` unions of these."""
         lay = self.layout
         out: dict[str, list[Span]] = {"system": [lay.system], "video": [lay.video]}
         out.update({f"frame:{t}": [s] for t, s in enumerate(lay.frames)})
         out["question"] = [lay.question]
         out["question_no_options"] = [lay.question_no_options]
         out.update({f"option:{c}": [s] for c, s in zip(self.sample.letters, lay.options, strict=True)})
+        out["options"] = [s for s in lay.options if len(s)]
+        if lay.answer is not None:
+            out["true_option"] = [lay.true_option]
+        out["false_options"] = [s for s in lay.false_options if len(s)]
+        for key in ("response", "non_last_response"):  # open-ended inputs only
+            if len(getattr(lay, key)):
+                out[key] = [getattr(lay, key)]
         try:
             out["template"] = _spans(lay.resolve("template"))
         except PlanError:  # every position is in another group
             out["template"] = []
         out["last"] = [Span(lay.last, lay.last + 1)]
+        out["all"] = [Span(0, lay.length)]
         return out
 
     # ------------------------------------------------------------------ cuts
@@ -569,11 +585,31 @@ class Probe:
         queries = [queries] if isinstance(queries, str) else list(queries)
         return self._attribution(sources, queries, self._layers(layers), metric)
 
-    def _layers(self, layers: Iterable[int] | int | str | None) -> list[int]:
+    def _layers(self, layers: Iterable[int] | int | str | None, what: str = "layers") -> list[int]:
         out = list(range(self.num_layers)) if layers is None else list(as_indices(layers))
         if not out or out[0] < 0 or out[-1] >= self.num_layers:
-            raise PlanError(f"layers {out} must be a non-empty subset of 0..{self.num_layers - 1}")
+            raise PlanError(f"{what} {out} must be a non-empty subset of 0..{self.num_layers - 1}")
         return out
+
+    def _positions(self, positions: str | Sequence[int] | int, what: str = "positions") -> np.ndarray:
+        """A group name's positions, or whole token positions checked to lie in ``0..N-1``
+        (``(n,)`` int64); else a ``PlanError`` naming ``what``."""
+        if isinstance(positions, str):
+            return self.layout.resolve(positions)
+        pos = np.atleast_1d(np.asarray(positions))
+        n = self.layout.length
+        if pos.ndim != 1 or pos.size == 0 or not np.issubdtype(pos.dtype, np.integer):
+            raise PlanError(
+                f"{what} must be a token group name or a non-empty list of whole token positions, "
+                f"got {positions!r}"
+            )
+        outside = pos[(pos < 0) | (pos >= n)]
+        if outside.size:
+            raise PlanError(
+                f"{what} {outside.tolist()} outside 0..{n - 1} (this input has {n} tokens; "
+                "name a group such as 'last' instead of counting from the end)"
+            )
+        return pos.astype(np.int64)
 
     def _attribution(
         self, sources: Sequence[str], queries: Sequence[str], layers: Sequence[int], metric: str = "logodds"
@@ -636,7 +672,8 @@ class Probe:
         name or positions) after each of ``layers`` (default ``-1..L-1``).
 
         ``projection``: ``"unembed"`` (final norm + output head) or ``"embed"`` (the input
-        embedding matrix, as the paper's code).
+        embedding matrix, as the paper's code). Positions are token indices ``0..N-1``; layers
+        ``-1..L-1`` (``-1``: the embeddings); ``k`` at most the vocabulary.
 
         >>> import vlmflow
         >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
@@ -644,17 +681,27 @@ class Probe:
         >>> tuple(lens.ids.shape)
         (2, 1, 2)
         """
-        from .analyses.logit_lens import lens_logits
+        from .analyses.logit_lens import PROJECTIONS, lens_logits
 
+        if projection not in PROJECTIONS:
+            raise PlanError(f"lens: unknown projection {projection!r}; choose from {PROJECTIONS}")
         layer_list = tuple(range(-1, self.num_layers)) if layers is None else as_indices(layers)
-        pos = self.layout.resolve(positions) if isinstance(positions, str) else np.asarray(positions)
+        if not layer_list or layer_list[0] < -1 or layer_list[-1] >= self.num_layers:
+            raise PlanError(
+                f"lens: layers {list(layer_list)} must be a non-empty subset of -1..{self.num_layers - 1} "
+                "(-1 = embeddings)"
+            )
+        pos = self._positions(positions, "lens: positions")
         index = torch.as_tensor(pos)
         top_ids, top_probs = [], []
         for layer in layer_list:
             resid = self.resid[layer]
             h = resid.index_select(0, index.to(resid.device))
             probs = lens_logits(self.engine.lm, h, projection).softmax(-1)
-            p, i = probs.topk(k, dim=-1)
+            vocab = probs.shape[-1]
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= vocab:
+                raise PlanError(f"lens: k must be a whole number in 1..{vocab} (the vocabulary), got {k!r}")
+            p, i = probs.topk(int(k), dim=-1)
             top_ids.append(i.cpu())
             top_probs.append(p.cpu())
         ids, probs = torch.stack(top_ids), torch.stack(top_probs)
@@ -680,8 +727,12 @@ class Probe:
         >>> w.shape[0] == probe.layout.length and abs(float(w.sum()) - 1) < 1e-4
         True
         """
-        layer_list = tuple(range(self.num_layers)) if layers is None else as_indices(layers)
+        layer_list = tuple(self._layers(layers, "attention: layers"))
         names = (queries,) if isinstance(queries, str) else tuple(queries)
+        extra = {
+            name: self._positions(pos, f"attention: positions[{name!r}]")
+            for name, pos in (positions or {}).items()
+        }
         compiled = None
         if plan is not None:
             p = self.plan(plan)
@@ -691,7 +742,7 @@ class Probe:
             self.prepared.inputs,
             compiled,
             read_attention=layer_list,
-            queries={**{q: self.layout.resolve(q) for q in names}, **(positions or {})},
+            queries={**{q: self.layout.resolve(q) for q in names}, **extra},
         )
         return reads
 
@@ -706,6 +757,12 @@ class Probe:
         """
         from .generation import generate_with_plan
 
+        if (
+            isinstance(max_new_tokens, bool)
+            or not isinstance(max_new_tokens, (int, np.integer))
+            or max_new_tokens < 1
+        ):
+            raise PlanError(f"generate: max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
         compiled = None
         if plan is not None:
             p = self.plan(plan)

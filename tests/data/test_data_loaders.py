@@ -197,13 +197,19 @@ def test_task_selection_and_seeded_subsampling():
     assert len(load_dataset("synthetic:2", samples=5)) == 12
 
 
+def test_one_task_given_as_text_is_that_task_not_its_letters():
+    one = load_dataset("synthetic:2", tasks="object_count")
+    assert [s.task for s in one] == ["object_count"] * 2
+
+
 def test_unknown_or_empty_selection():
     with pytest.raises(DataError, match="no task 'juggling'"):
         load_dataset("synthetic:4", tasks=["juggling"])
     with pytest.raises(DataError, match="no task '9'"):
         load_dataset("synthetic:4", tasks=["9"])
-    with pytest.raises(DataError, match="no samples"):
-        load_dataset("synthetic:4", tasks=["object_count"], samples=0)
+    for bad in (0, -1, 1.5):  # named as the argument, not "task ... has no samples selected"
+        with pytest.raises(DataError, match="samples must be a whole number >= 1"):
+            load_dataset("synthetic:4", tasks=["object_count"], samples=bad)
     with pytest.raises(DataError, match="no samples"):
         load_dataset("synthetic:0")
     with pytest.raises(DataError, match="expects a number"):

@@ -29,12 +29,19 @@ def load_dataset(
 ) -> list[Sample]:
     """Samples of the dataset ``spec`` (``NAME:PATH``, ``synthetic`` or ``synthetic:N``).
 
-    ``tasks`` keeps only those tasks, named or given by the paper's task id (a string of
-    digits: the index in the alphabetical order of the dataset's task names). ``samples``
-    keeps at most that many per task, drawn with ``random.Random(seed).sample`` and
-    returned in their original order. An unknown dataset raises ``VlmflowError``; an
-    unknown task or an empty selection raises :class:`DataError`.
+    ``tasks`` keeps only those tasks (a list, or one task as text), named or given by the
+    paper's task id (a string of digits: the index in the alphabetical order of the
+    dataset's task names). ``samples`` (>= 1) keeps at most that many per task, drawn with
+    ``random.Random(seed).sample`` and returned in their original order. An unknown
+    dataset raises ``VlmflowError``; an unknown task or an empty selection raises
+    :class:`DataError`.
     """
+    if isinstance(tasks, str):  # one task, not its characters
+        tasks = [tasks]
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+        raise DataError(
+            f"samples must be a whole number >= 1 (samples kept per task) or None, got {samples!r}"
+        )
     name, _, arg = spec.partition(":")
     loader = DATASETS.get(name.strip())
     items = loader(arg)

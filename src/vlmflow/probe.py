@@ -310,10 +310,10 @@ class Probe:
 
     def read(self, logits: torch.Tensor) -> Answer:
         """Interpret last-position ``logits`` ``(vocab,)`` as an answer to this input."""
-        vocab = self.engine.lm.lm_head.weight.shape[0]
-        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (vocab,):
+        # (the vocabulary's size is not read off lm_head: a quantised head packs its weight)
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 1:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise PlanError(f"read: logits must be one position's logits, a tensor ({vocab},), got {shape}")
+            raise PlanError(f"read: logits must be one position's logits, a tensor (vocab,), got {shape}")
         return read_answer(self.adapter, self.prepared, logits, self.correctness)
 
     @property

@@ -418,7 +418,8 @@ def scan(records_dir: str | Path, *, keep_rows: bool = False) -> Scan:
     for unit, attempt, shard in valid:
         if attempt not in superseded:
             out.units[unit] = (attempt, shard)
-    out.errors = {a: e for a, e in out.errors.items() if a in {c for c, _ in out.units.values()}}
+    chosen = {a for a, _ in out.units.values()}
+    out.errors = {a: e for a, e in out.errors.items() if a in chosen}
     return out
 
 

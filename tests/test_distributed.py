@@ -105,6 +105,8 @@ def test_two_processes_equal_one_and_merge(tiny_llava_path: Path, tmp_path: Path
     for rank in (0, 1):
         assert f"rank {rank}/2: 2 done, 0 failed, 0 already done" in multi.stderr
     assert "samples/s" in multi.stderr
+    # the group's result is printed once, by rank 0 (every rank holds the group's counts)
+    assert multi.stdout.count("done: 4 samples, 0 failed") == 1, multi.stdout
 
     # one shard per rank, samples dealt round-robin in dataset order
     ids = [s.id for s in load_dataset("synthetic:2", tasks=["moving_direction", "object_count"])]

@@ -111,6 +111,7 @@ class RunResult:
     out: Path
     summary: RunSummary
     report: dict[str, Any]
+    rank: int = 0  # this process's rank in a torchrun group (0: the one that reports)
 
 
 def run(
@@ -213,7 +214,7 @@ def run(
                 if not is_environment_error(exc):
                     raise
                 raise store_error(Path(exc.filename or rundir.path), exc) from exc
-        return RunResult(rundir.path, summary, report)
+        return RunResult(rundir.path, summary, report, ctx.rank)
     except (KeyboardInterrupt, RunStopped) as exc:  # a full disk, no memory left
         if lock.held:  # rank 0 says in the manifest what finished before the stop
             reason = "interrupted (SIGINT)" if isinstance(exc, KeyboardInterrupt) else str(exc)

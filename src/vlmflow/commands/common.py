@@ -253,7 +253,10 @@ def fail(exc: VlmflowError) -> None:
 
 def print_result(result: Any, lines: list[str] = ()) -> None:  # type: ignore[assignment]
     """The run's counts and folder, accuracy per task, the report's path, then ``lines``.
-    A run whose every sample failed exits with status 1; some failures give a warning."""
+    A run whose every sample failed exits with status 1; some failures give a warning.
+    Under torchrun only rank 0 prints (every rank's ``summary`` is the whole group's)."""
+    if getattr(result, "rank", 0) != 0:
+        return
     s = result.summary
     retried = f", retried {s.retried} previously failed" if s.retried else ""
     typer.echo(

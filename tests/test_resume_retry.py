@@ -234,3 +234,59 @@ def test_a_sample_stopped_between_its_units_is_not_done_and_the_total_is_kept(
     check_complete(out, ids)
     counts = json.loads((out / "manifest.json").read_text())["samples"]
     assert (counts["done"], counts["missing"]) == (4, 0)
+
+
+def test_an_analysis_that_fails_fails_its_own_unit_and_keeps_the_others(
+    tiny_llava_path, tmp_path: Path, monkeypatch
+) -> None:
+    """An analysis that raises on one sample used to fail every unit of that sample, the
+    answer it had computed included; now only its own unit fails, the rest is kept, the
+    sample counts as failed, and a resume retries that unit alone."""
+    import vlmflow
+    from vlmflow.analyses.answer_probability import AnswerProbability
+    from vlmflow.analyses.information_flow import InformationFlow
+
+    out = tmp_path / "run"
+    options = vlmflow.Options(
+        model=str(tiny_llava_path),
+        data="synthetic:2:fixed",
+        tasks=("moving_direction",),
+        num_frames=8,
+        progress=False,
+    )
+    bad = load_dataset("synthetic:2:fixed", tasks=["moving_direction"])[1].id
+    real = InformationFlow.records
+    calls: list[str] = []
+
+    def flaky(self, probe):
+        calls.append(probe.sample.id)
+        if probe.sample.id == bad:
+            raise ValueError("flow broke here")
+        return real(self, probe)
+
+    monkeypatch.setattr(InformationFlow, "records", flaky)
+    analyses = [
+        AnswerProbability(sample_mode="all"),
+        InformationFlow(targets=("cross-frame",), window=3, layers=(1, 2), sample_mode="all"),
+    ]
+    result = vlmflow.run(options, analyses, out)
+    assert result.summary.done == 1 and result.summary.failed == {bad: "flow: ValueError: flow broke here"}
+    records = read_records(out)
+    mine = records[records["sample_id"] == bad]
+    assert set(mine["analysis"]) == {"eval", "answer-prob", "flow"}
+    assert mine[mine["analysis"] != "flow"]["error"].isna().all()  # the answer and answer-prob kept
+    assert (mine[mine["analysis"] == "flow"]["error"] == "ValueError: flow broke here").all()
+    assert RunDir(out).sample_counts(2)["failed"] == 1
+    monkeypatch.setattr(InformationFlow, "records", real)
+    attempts = {u: a for u, (a, _) in scan(out / "records").units.items() if u[0] == bad}
+    again = vlmflow.run(options, analyses, out)
+    assert again.summary.retried == 1 and again.summary.done == 1 and not again.summary.failed
+    records = read_records(out)
+    mine = records[records["sample_id"] == bad]
+    assert mine["error"].isna().all() and len(mine[mine["analysis"] == "flow"]) == 2
+    now = {u: a for u, (a, _) in scan(out / "records").units.items() if u[0] == bad}
+    # only the failed unit was computed again: the answer and answer-prob are the same attempts
+    assert {u: a for u, a in now.items() if u[1] != "flow"} == {
+        u: a for u, a in attempts.items() if u[1] != "flow"
+    }
+    assert now[(bad, "flow")] != attempts[(bad, "flow")]

@@ -175,18 +175,21 @@ def _one_sample(
 ) -> None:
     """Analyse one sample and write its units (a failure becomes a unit with its error).
 
-    A sample its loader could not read (``sample.error``) fails with that reason, unprepared.
-    ``failed`` maps the units being retried to their failed attempt, which each new write
-    supersedes."""
+    A sample its loader could not read (``sample.error``) fails with that reason, unprepared,
+    and so does one that cannot be prepared or answered: every unit gets the error. An
+    analysis that fails on a prepared sample fails its own unit only; the units computed
+    beside it (the answer, the other analyses) are kept. ``failed`` maps the units being
+    retried to their failed attempt, which each new write supersedes."""
     failed = failed or {}
     todo = [n for n in names if (sample.id, n) not in done]
+    rows_by_unit: dict[str, list[dict[str, Any]]] = {}
+    errors: dict[str, str] = {}
     try:
         if sample.error is not None:
             raise DataError(sample.error)
         prepared = adapter.prepare(sample)
         bar.set_postfix(tokens=prepared.layout.length, refresh=False)
         probe = Probe(adapter, prepared, max_batch_tokens=max_batch_tokens, correctness=correctness)
-        rows_by_unit: dict[str, list[dict[str, Any]]] = {}
         # every record says how many frames the input was built from (a sample's own frames
         # are used as given, whatever --num-frames says)
         common = {
@@ -196,34 +199,49 @@ def _one_sample(
             "error": None,
         }
         rows_by_unit[EVAL] = [{**common, **probe.answer.record(), "num_tokens": probe.layout.length}]
-        for analysis in analyses:
-            if analysis.name in todo:
-                rows = analysis.records(probe)
-                rows_by_unit[analysis.name] = [{**common, **r} for r in rows]
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # a long run records the failure and goes on
-        if is_environment_error(exc):  # a full disk is no fault of the sample: stop, resume later
-            raise store_error(Path(getattr(exc, "filename", None) or "?"), exc) from exc
-        if is_out_of_memory(exc):  # nor is a full GPU (or RAM): stop, resume with more room
-            raise out_of_memory(sample.id, adapter, exc) from exc
-        message = str(exc) if isinstance(exc, VlmflowError) else f"{type(exc).__name__}: {exc}"
-        if not isinstance(exc, VlmflowError):
-            log.debug("sample %s failed:\n%s", sample.id, traceback.format_exc())
+        errors = dict.fromkeys(todo, _failure(exc, sample.id, adapter))
+    else:
+        for analysis in analyses:
+            if analysis.name not in todo:
+                continue
+            try:
+                rows = analysis.records(probe)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:
+                errors[analysis.name] = _failure(exc, sample.id, adapter)
+                continue
+            rows_by_unit[analysis.name] = [{**common, **r} for r in rows]
+    if errors:
+        message = "; ".join(dict.fromkeys(errors.values()))
+        if len(errors) < len(todo):
+            message = "; ".join(f"{name}: {err}" for name, err in errors.items())
         summary.failed[sample.id] = message
         bar.write(f"sample {sample.id}: failed: {message}")
-        for name in todo:
-            store.write_unit(
-                sample.id,
-                name,
-                [{"task": sample.task, "model": adapter.model_id, "error": message}],
-                supersedes=failed.get((sample.id, name)),
-            )
-        return
     for name in todo:
-        rows = rows_by_unit.get(name, [])
+        if name in errors:
+            rows = [{"task": sample.task, "model": adapter.model_id, "error": errors[name]}]
+        else:
+            rows = rows_by_unit.get(name, [])
         store.write_unit(sample.id, name, rows, supersedes=failed.get((sample.id, name)))
-    summary.done += 1
+    if not errors:
+        summary.done += 1
+
+
+def _failure(exc: Exception, sample_id: str, adapter: Adapter) -> str:
+    """The one-line reason a sample (or one of its analyses) failed; a full disk or running
+    out of memory is no fault of the sample and stops the run instead (resume later)."""
+    if is_environment_error(exc):
+        raise store_error(Path(getattr(exc, "filename", None) or "?"), exc) from exc
+    if is_out_of_memory(exc):
+        raise out_of_memory(sample_id, adapter, exc) from exc
+    if not isinstance(exc, VlmflowError):
+        log.debug("sample %s failed:\n%s", sample_id, traceback.format_exc())
+        return f"{type(exc).__name__}: {exc}"
+    return str(exc)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

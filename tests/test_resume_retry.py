@@ -11,33 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.commands.test_cli import flow_args
 from tests.data.benchfiles import video
 from tests.test_store_reliability import TASKS, check_complete, cli_args, invoke
 from vlmflow.data import load_dataset
 from vlmflow.rundir import RunDir
 from vlmflow.store import RecordStore, read_records, scan
-
-
-def flow_args(model: Path, data: str, out: Path, *extra: str) -> list[str]:
-    return [
-        "flow",
-        "--model",
-        str(model),
-        "--data",
-        data,
-        "--num-frames",
-        "4",
-        "--window",
-        "3",
-        "--sample-mode",
-        "all",
-        "-t",
-        "cross-frame",
-        "--out",
-        str(out),
-        "--quiet",
-        *extra,
-    ]
 
 
 def qa_item(sid: str, clip: str) -> dict:
@@ -67,7 +46,7 @@ def test_a_failed_sample_is_retried_on_resume_and_its_failure_superseded(
     qa = tmp_path / "qa.jsonl"
     qa.write_text("".join(json.dumps(qa_item(s, f"{s}.mp4")) + "\n" for s in ("good", "late")))
     out = tmp_path / "run"
-    args = flow_args(tiny_llava_path, f"jsonl:{qa}", out)
+    args = flow_args(tiny_llava_path, qa, out, "-t", "cross-frame")
 
     first = invoke(args)
     assert first.exit_code == 0, first.output

@@ -136,7 +136,6 @@ def run(
     """
     from . import distributed
     from .analyses.base import check_layers
-    from .errors import PlanError
     from .provenance import data_fingerprint, model_fingerprint
     from .report import finalize
 

@@ -233,6 +233,16 @@ def window_layers(layer: int, num_layers: int, window: int = 9, style: str = "ce
 MAX_LAYERS = 1024
 
 
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer (Python's or numpy's), not a bool: what a count or a
+    size argument must be before its range is checked.
+
+    >>> is_int(3), is_int(np.int64(3)), is_int(True), is_int(2.0)
+    (True, True, False, False)
+    """
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def as_indices(value: Any, what: str = "layers") -> tuple[int, ...]:
     """Layer or head numbers as a sorted tuple without repeats, from an int, an iterable of
     ints (``range``, lists, numpy or torch integers) or, like the CLI, text (``"0-3,7"``);

@@ -33,7 +33,7 @@ import torch
 
 from .analyses.base import Answer, read_answer
 from .attribution import Attribution, frame_pair_groups, relative_change
-from .cuts import CompiledPlan, Cut, Plan, as_indices, check_cut_blocks, compile_plan
+from .cuts import CompiledPlan, Cut, Plan, as_indices, check_cut_blocks, compile_plan, is_int
 from .engine import Engine, masked_forward
 from .errors import DataError, PlanError, PromptError
 from .layout import Span, TokenLayout
@@ -70,7 +70,7 @@ def load(
 def check_num_frames(num_frames: Any) -> int:
     """``num_frames`` if it is a whole number of frames >= 1, else a ``PromptError`` saying
     so (checked before the model loads, instead of failing every video sample later)."""
-    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
+    if not is_int(num_frames) or num_frames < 1:
         raise PromptError(
             f"num_frames must be a whole number >= 1 (frames decoded per video), got {num_frames!r}"
         )
@@ -585,10 +585,17 @@ class Probe:
         queries = [queries] if isinstance(queries, str) else list(queries)
         return self._attribution(sources, queries, self._layers(layers), metric)
 
-    def _layers(self, layers: Iterable[int] | int | str | None, what: str = "layers") -> list[int]:
-        out = list(range(self.num_layers)) if layers is None else list(as_indices(layers))
-        if not out or out[0] < 0 or out[-1] >= self.num_layers:
-            raise PlanError(f"{what} {out} must be a non-empty subset of 0..{self.num_layers - 1}")
+    def _layers(
+        self, layers: Iterable[int] | int | str | None, what: str = "layers", lowest: int = 0
+    ) -> list[int]:
+        """``layers`` (default all, from ``lowest``: ``-1`` where the embeddings count) as a
+        sorted list within ``lowest..L-1``, else a ``PlanError`` naming ``what``."""
+        out = list(range(lowest, self.num_layers)) if layers is None else list(as_indices(layers))
+        if not out or out[0] < lowest or out[-1] >= self.num_layers:
+            embeddings = " (-1 = embeddings)" if lowest < 0 else ""
+            raise PlanError(
+                f"{what} {out} must be a non-empty subset of {lowest}..{self.num_layers - 1}{embeddings}"
+            )
         return out
 
     def _positions(self, positions: str | Sequence[int] | int, what: str = "positions") -> np.ndarray:
@@ -685,12 +692,7 @@ class Probe:
 
         if projection not in PROJECTIONS:
             raise PlanError(f"lens: unknown projection {projection!r}; choose from {PROJECTIONS}")
-        layer_list = tuple(range(-1, self.num_layers)) if layers is None else as_indices(layers)
-        if not layer_list or layer_list[0] < -1 or layer_list[-1] >= self.num_layers:
-            raise PlanError(
-                f"lens: layers {list(layer_list)} must be a non-empty subset of -1..{self.num_layers - 1} "
-                "(-1 = embeddings)"
-            )
+        layer_list = tuple(self._layers(layers, "lens: layers", lowest=-1))
         pos = self._positions(positions, "lens: positions")
         index = torch.as_tensor(pos)
         top_ids, top_probs = [], []
@@ -699,7 +701,7 @@ class Probe:
             h = resid.index_select(0, index.to(resid.device))
             probs = lens_logits(self.engine.lm, h, projection).softmax(-1)
             vocab = probs.shape[-1]
-            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= vocab:
+            if not is_int(k) or not 1 <= k <= vocab:
                 raise PlanError(f"lens: k must be a whole number in 1..{vocab} (the vocabulary), got {k!r}")
             p, i = probs.topk(int(k), dim=-1)
             top_ids.append(i.cpu())
@@ -757,11 +759,7 @@ class Probe:
         """
         from .generation import generate_with_plan
 
-        if (
-            isinstance(max_new_tokens, bool)
-            or not isinstance(max_new_tokens, (int, np.integer))
-            or max_new_tokens < 1
-        ):
+        if not is_int(max_new_tokens) or max_new_tokens < 1:
             raise PlanError(f"generate: max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
         compiled = None
         if plan is not None:

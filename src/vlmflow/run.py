@@ -216,9 +216,10 @@ def _one_sample(
                 continue
             rows_by_unit[analysis.name] = [{**common, **r} for r in rows]
     if errors:
-        message = "; ".join(dict.fromkeys(errors.values()))
-        if len(errors) < len(todo):
+        if len(errors) < len(todo):  # some analyses failed: say which
             message = "; ".join(f"{name}: {err}" for name, err in errors.items())
+        else:  # the sample failed (every unit has the same reason) or every analysis did
+            message = "; ".join(dict.fromkeys(errors.values()))
         summary.failed[sample.id] = message
         bar.write(f"sample {sample.id}: failed: {message}")
     for name in todo:

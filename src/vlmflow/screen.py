@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .attribution import Attribution, attribute, plan_groups
-from .cuts import Plan
+from .cuts import Plan, is_int
 from .engine import Engine
 from .errors import PlanError
 
@@ -99,7 +99,7 @@ def check_screen(k: int, control: int, order: str = "drop") -> None:
     pass runs. A ``k`` above the number of plans verifies them all (``summary``'s ``top``
     says how many were)."""
     for name, value in (("k", k), ("control", control)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if not is_int(value):
             raise PlanError(f"screen size {name} must be an integer >= 0, got {value!r}")
     if k < 0 or control < 0:
         raise PlanError(f"screen sizes k and control must be >= 0, got k={k}, control={control}")

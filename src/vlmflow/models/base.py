@@ -266,10 +266,10 @@ class Adapter:
         return load_sample_frames(sample, self.num_frames, policy)
 
     def _warn_own_frames(self, sample: Sample) -> None:
-        count = int(sample.frames.shape[0]) if sample.frames is not None else 0
-        key = (count, int(self.num_frames))
+        count = int(sample.frames.shape[0])
         if count == self.num_frames or not getattr(self, "num_frames_chosen", False):
             return
+        key = (count, int(self.num_frames))
         seen = self.__dict__.setdefault("_own_frames_warned", set())
         if key in seen:
             return

@@ -147,6 +147,12 @@ def test_bad_lens_attention_generate_and_read_arguments_are_clear_errors(probe) 
         probe.attention(layers=[0], queries=[], positions={"mine": [n]})
     with pytest.raises(PlanError, match="unknown token group 'nope'"):
         probe.attention(layers=[0], queries="nope")
+    for bad in ([3], 3, ["last", None]):
+        with pytest.raises(PlanError, match="attention: queries must be a token group name"):
+            probe.attention(layers=[0], queries=bad)
+    default = probe.attention(layers=[0], queries=None)[0]  # None: the default, the last token
+    assert set(default) == {"last"}
+    torch.testing.assert_close(default["last"], probe.attention(layers=[0])[0]["last"])
     for bad in (0, -1, 1.5):
         with pytest.raises(PlanError, match="max_new_tokens must be a whole number >= 1"):
             probe.generate(max_new_tokens=bad)

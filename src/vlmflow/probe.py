@@ -714,7 +714,7 @@ class Probe:
     def attention(
         self,
         layers: Iterable[int] | int | str | None = None,
-        queries: str | Sequence[str] = ("last",),
+        queries: str | Sequence[str] | None = ("last",),
         plan: PlanLike | None = None,
         positions: dict[str, Any] | None = None,
     ) -> dict[int, dict[str, torch.Tensor]]:
@@ -730,7 +730,12 @@ class Probe:
         True
         """
         layer_list = tuple(self._layers(layers, "attention: layers"))
-        names = (queries,) if isinstance(queries, str) else tuple(queries)
+        names = ("last",) if queries is None else (queries,) if isinstance(queries, str) else queries
+        if not isinstance(names, Iterable) or not all(isinstance(q, str) for q in names):
+            raise PlanError(
+                f"attention: queries must be a token group name or a list of names, got {queries!r}"
+            )
+        names = tuple(names)
         extra = {
             name: self._positions(pos, f"attention: positions[{name!r}]")
             for name, pos in (positions or {}).items()

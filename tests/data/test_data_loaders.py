@@ -214,3 +214,6 @@ def test_unknown_or_empty_selection():
         load_dataset("synthetic:0")
     with pytest.raises(DataError, match="expects a number"):
         load_dataset("synthetic:many")
+    for bad in (3, None, ["synthetic:1"]):
+        with pytest.raises(DataError, match="a dataset is named by text"):
+            load_dataset(bad)

@@ -36,6 +36,8 @@ def load_dataset(
     dataset raises ``VlmflowError``; an unknown task or an empty selection raises
     :class:`DataError`.
     """
+    if not isinstance(spec, str):
+        raise DataError(f"a dataset is named by text (NAME:PATH, synthetic or synthetic:N), got {spec!r}")
     if isinstance(tasks, str):  # one task, not its characters
         tasks = [tasks]
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):

@@ -118,7 +118,7 @@ class Model:
         adapter.prompt_style = prompt
         adapter.num_frames = self.adapter.num_frames if num_frames is None else int(num_frames)
         adapter.num_frames_chosen = num_frames is not None
-        adapter.frame_policy = frame_policy or type(self.adapter).default_frame_policy
+        adapter.frame_policy = frame_policy or type(self.adapter).frame_policy_for(prompt)
         return adapter
 
     def probe(

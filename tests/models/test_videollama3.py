@@ -122,3 +122,31 @@ def test_drift_guard_transformers_paths(adapter) -> None:
     assert adapter.expansion().replacement == "Time 0.0s:" + "<|video_pad|>" * 4 + ",Time 1.0s:" + (
         "<|video_pad|>" * 4
     )
+
+
+def test_paper_frame_sampling_survives_model_probe_and_run_options(adapter, tmp_path: Path) -> None:
+    """``Model.probe`` and a run's options configure a copy of the adapter; under ``paper``
+    it must keep VideoLLaMA3's ``linspace`` (first and last frame), not fall back to the
+    other families' segment midpoints. 30 frames, 4 decoded -> ``np.linspace(0, 29, 4,
+    dtype=int)`` = frames 0, 9, 19, 29 (the paper's call)."""
+    from PIL import Image
+
+    import vlmflow
+
+    folder = tmp_path / "vid30"
+    folder.mkdir()
+    for i in range(30):
+        Image.fromarray(np.full((40, 48, 3), i * 8, np.uint8)).save(folder / f"{i:04d}.png")
+    model = vlmflow.Model(adapter)
+
+    def used(**kw) -> list[int]:
+        probe = model.probe(video=str(folder), question="What?", options=["a", "b"], num_frames=4, **kw)
+        return [int(f[0, 0, 0]) // 8 for f in probe.prepared.frames]
+
+    assert used() == [0, 9, 19, 29]
+    assert used(prompt="mvbench") == [3, 10, 17, 25]  # segment midpoints
+    assert used(frame_policy="segment_middle") == [3, 10, 17, 25]
+    assert model.configured(prompt="paper").frame_policy == "linspace"
+    # what a run configures (and records as the manifest's frame_policy)
+    options = vlmflow.Options(model="unused", data="synthetic:1:fixed")
+    assert options.configure(model).frame_policy == "linspace"

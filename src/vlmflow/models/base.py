@@ -122,13 +122,19 @@ class Adapter:
         self.prompt_style = prompt_style
         self.num_frames = num_frames
         self.num_frames_chosen = False  # set by a user (Model.configured), not a default
-        self.frame_policy = frame_policy or self.default_frame_policy
+        self.frame_policy = frame_policy or self.frame_policy_for(prompt_style)
         self.system_prompt = system_prompt
         # (frames a sample brought, num_frames) pairs already warned about; shared by the
         # shallow copies of Model.configured, so a run (or a loaded model) warns once each
         self._own_frames_warned: set[tuple[int, int]] = set()
 
     # ------------------------------------------------------------------ family hooks
+    @classmethod
+    def frame_policy_for(cls, prompt_style: str) -> str:
+        """The frame policy used under ``prompt_style`` when the user chose none (a class
+        fact, so every configured copy of an adapter agrees): :attr:`default_frame_policy`."""
+        return cls.default_frame_policy
+
     @classmethod
     def matches(cls, config: dict[str, Any]) -> bool:
         """Claim a checkpoint from its raw ``config.json`` before the ``model_type`` lookup:

@@ -52,10 +52,13 @@ class VideoLlama3Adapter(ReplacementAdapter):
     frame_separator = ","  # VideoLlama3Processor.replace_video_token joins the frames with it
 
     def __init__(self, model: Any, processor: Any, *, token_compression: bool = False, **kwargs: Any) -> None:
-        if kwargs.get("prompt_style", "paper") == "paper" and not kwargs.get("frame_policy"):
-            kwargs["frame_policy"] = "linspace"  # VideoLLaMA3's own sampling, first and last frame
         super().__init__(model, processor, **kwargs)
         self.token_compression = token_compression
+
+    @classmethod
+    def frame_policy_for(cls, prompt_style: str) -> str:
+        """``linspace`` (VideoLLaMA3's own sampling, first and last frame) under ``paper``."""
+        return "linspace" if prompt_style == "paper" else cls.default_frame_policy
 
     def build_prompt(self, sample: Sample) -> PromptText:
         """The paper's VideoLLaMA3 prompt under ``paper`` (see the module doc), else the base

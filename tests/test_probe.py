@@ -18,7 +18,7 @@ from vlmflow.attribution import Attribution, attribute, plan_groups, relative_ch
 from vlmflow.cuts import Cut, Plan, compile_plan
 from vlmflow.data import write_video
 from vlmflow.engine import full_forward_logits
-from vlmflow.errors import PlanError, PromptError, VlmflowError
+from vlmflow.errors import DataError, PlanError, PromptError, VlmflowError
 from vlmflow.probe import Model
 from vlmflow.screen import plan_cost
 
@@ -205,6 +205,30 @@ def test_bad_probe_arguments_are_clear_errors(model) -> None:
         model.probe(question="q?", options=["a", "b"])
     with pytest.raises(PromptError, match="prompt style"):
         model.probe(make_sample(), prompt="fancy")
+
+
+
+@pytest.mark.parametrize(
+    ("frames", "what"),
+    [
+        (np.zeros((0, 32, 32, 3), np.uint8), r"shape \(0, 32, 32, 3\)"),
+        (np.zeros((2, 32, 32), np.uint8), r"shape \(2, 32, 32\)"),
+        (np.zeros((2, 32, 32, 4), np.uint8), r"shape \(2, 32, 32, 4\)"),
+        (np.zeros((2, 32, 32, 3), np.float32), r"dtype float32 \(float frames are ambiguous"),
+        (np.zeros((2, 32, 32, 3), np.int64), "dtype int64"),
+    ],
+)
+def test_frames_that_are_not_t_h_w_3_uint8_are_a_data_error_naming_the_sample(model, frames, what) -> None:
+    """Empty, 3-D, RGBA or float frames gave an IndexError, a ValueError from the processor,
+    or (floats) silently wrong pixels; every entry now refuses them with one DataError."""
+    question = {"question": "q?", "options": ["a", "b"]}
+    with pytest.raises(DataError, match=r"sample 'mine': frames must be a \(T, H, W, 3\) uint8.*" + what):
+        model.probe(frames=frames, id="mine", **question)
+    own = make_sample(sid="own").with_frames(frames)  # a sample carrying its own frames
+    with pytest.raises(DataError, match="sample 'own'"):
+        model.probe(own)
+    with pytest.raises(DataError, match="sample 'own'"):
+        model.adapter.prepare(own)  # what a run calls per sample
 
 
 # ---------------------------------------------------------------------------- attribution

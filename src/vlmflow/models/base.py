@@ -31,7 +31,7 @@ from ..prompt import (
     question_block,
 )
 from ..registry import Registry
-from ..sample import Sample
+from ..sample import Sample, check_frames
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +257,8 @@ class Adapter:
     def frames_of(self, sample: Sample) -> np.ndarray:
         """Decoded frames ``(T, H, W, 3)``: the sample's own, or sampled from its video with
         the benchmark's policy where the loader set one (LongVideoBench), else the adapter's.
+        Frames of another shape or dtype than ``(T >= 1, H, W, 3)`` uint8 are a ``DataError``
+        naming the sample (:func:`~vlmflow.sample.check_frames`).
 
         ``num_frames`` is the number of frames *decoded from a video*: frames that come
         with the sample are used as given, never subsampled or repeated. When their count
@@ -264,15 +266,16 @@ class Adapter:
         ``Model.probe(num_frames=...)``) a ``UserWarning`` says so, once per (count,
         setting) for this adapter and its configured copies (so once per run)."""
         if sample.frames is not None:
-            self._warn_own_frames(sample)
-            return sample.frames
+            frames = check_frames(sample.frames, sample.id)
+            self._warn_own_frames(sample, frames)
+            return frames
         from ..data.video import load_sample_frames
 
         policy = sample.meta.get("frame_policy", self.frame_policy)
-        return load_sample_frames(sample, self.num_frames, policy)
+        return check_frames(load_sample_frames(sample, self.num_frames, policy), sample.id)
 
-    def _warn_own_frames(self, sample: Sample) -> None:
-        count = int(sample.frames.shape[0])
+    def _warn_own_frames(self, sample: Sample, frames: np.ndarray) -> None:
+        count = int(frames.shape[0])
         if count == self.num_frames or not getattr(self, "num_frames_chosen", False):
             return
         key = (count, int(self.num_frames))

@@ -7,7 +7,8 @@ How these families see a video. The vision tower cuts the clip into *temporal pa
 ``(t, H / patch, W / patch)``). Two fused frames cannot be told apart inside the model, so
 a vlmflow *frame group* here is one temporal patch (``frames_per_group = 2``): ``frame:T``
 means input frames ``2T`` and ``2T + 1``. An odd frame count is padded by the processor
-with a copy of the last frame, so the last group then holds one real frame.
+with a copy of the last frame, so the last group then holds one real frame (a single
+frame too: Qwen3-VL's processor refuses it, so its adapter adds the copy itself).
 
 Where the tokens are. The prompt carries the placeholder
 ``<|vision_start|><|video_pad|><|vision_end|>`` (what the Qwen chat templates write for a
@@ -257,6 +258,15 @@ class Qwen3VLAdapter(QwenVLAdapter):
     video_processor_class = "Qwen3VLVideoProcessor"
     video_pixels_default = None  # its repositories ship the reference's video config
     total_pixel_budget = False
+
+    def process(self, text: str, frames: np.ndarray) -> dict[str, Any]:
+        """As the base class; fewer frames than a temporal patch (one) are padded with
+        copies of the last frame, as Qwen2/2.5-VL's processor pads them (Qwen3-VL's
+        refuses them: ``t:1 must be larger than temporal_factor:2``)."""
+        pad = int(self.processor.video_processor.temporal_patch_size) - len(frames)
+        if pad > 0:
+            frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
+        return super().process(text, frames)
 
     def _frame_spans(self, ids: list[int], runs: list[Span]) -> tuple[Span, ...]:
         """``timestamp <|vision_start|> grid <|vision_end|>`` per temporal patch.

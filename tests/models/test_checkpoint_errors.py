@@ -107,3 +107,15 @@ def test_a_missing_folder_is_named(tmp_path: Path) -> None:
         ["eval", "--model", str(tmp_path / "nope"), "--data", "synthetic:1", "--out", str(tmp_path / "r")],
     )
     assert result.exit_code == 2 and f"checkpoint folder not found: {tmp_path / 'nope'}" in result.output
+
+
+def test_a_home_relative_path_loads(tiny_llava_path: Path, tmp_path: Path, monkeypatch) -> None:
+    """``~/model`` passed the pre-load check but reached transformers unexpanded ("Repo id
+    must be in the form ..."); it is expanded once, for everything."""
+    import vlmflow
+
+    shutil.copytree(tiny_llava_path, tmp_path / "model")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    model = vlmflow.load("~/model")
+    assert model.num_layers > 0
+

@@ -231,6 +231,23 @@ def test_frames_that_are_not_t_h_w_3_uint8_are_a_data_error_naming_the_sample(mo
         model.adapter.prepare(own)  # what a run calls per sample
 
 
+
+def test_a_model_loaded_with_flex_attention_is_switched_to_sdpa_once(tiny_llava_path, probe, caplog) -> None:
+    """Runs switch mask-ignoring attention to sdpa for knockout; ``Model.probe`` did not, so
+    ``load(path, attn="flex_attention")`` then ``probe.answer`` failed. Now the first probe
+    switches (one warning) and its answers equal those of an sdpa-loaded model."""
+    flex = vlmflow.load(str(tiny_llava_path), attn="flex_attention")
+    assert flex.adapter.attn_implementation() == "flex_attention"
+    with caplog.at_level("WARNING"):
+        first = flex.probe(probe.sample)
+        second = flex.probe(probe.sample, num_frames=4)
+    assert caplog.text.count("switching the model to 'sdpa'") == 1
+    assert flex.adapter.attn_implementation() == second.adapter.attn_implementation() == "sdpa"
+    for letter, p in probe.answer.probabilities.items():
+        assert abs(first.answer.probabilities[letter] - p) < TOL
+    assert first.knockout("video->last").letter == probe.knockout("video->last").letter
+
+
 # ---------------------------------------------------------------------------- attribution
 def oracle_attribution(probe, sources, queries, layers) -> Attribution:
     """A pass of the library function on the probe's engine, outside the probe's cache."""

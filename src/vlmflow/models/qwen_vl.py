@@ -33,7 +33,9 @@ Positions (M-RoPE) are never recomputed here: the model computes them from ``inp
 ``mm_token_type_ids`` and ``video_grid_thw`` (all passed, so no stale ``rope_deltas`` can be
 reused), and the engine replays the rotary embeddings the layers received. Qwen3-VL's
 deepstack features, added to the residual stream after the first decoder layers outside
-the layer modules, are replayed by the engine as between-layer additions.
+the layer modules, are replayed by the engine as between-layer additions: the adapter
+records the features as the model adds them, so a recompute adds them to its own hidden
+state in the model's dtype, as the model does (exact in bf16 too).
 
 Pixel budget. Qwen2-VL and Qwen2.5-VL repositories ship no video processor config, so
 their frames would get the image limits (up to 12.8 M pixels a frame: 2,691 tokens per
@@ -54,11 +56,15 @@ timestamp text and Qwen2.5-VL's temporal position step (``second_per_grid_ts``).
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from ..engine import LanguageModel
 from ..errors import PromptError, UnsupportedModelError
 from ..layout import Span
 from ..prompt import PromptText
@@ -267,6 +273,31 @@ class Qwen3VLAdapter(QwenVLAdapter):
         if pad > 0:
             frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
         return super().process(text, frames)
+
+    def language_model(self) -> LanguageModel:
+        """As the base class, with the deepstack features recorded as they are added, so
+        the engine replays them exactly (``LanguageModel.record_additions``)."""
+        return dataclasses.replace(super().language_model(), record_additions=self._record_deepstack)
+
+    @contextmanager
+    def _record_deepstack(self) -> Iterator[dict[int, torch.Tensor]]:
+        """``{layer: (1, N, d)}``: the features ``_deepstack_process`` adds after decoder
+        layers 0, 1, ... (one call per layer, in order), zero outside the visual tokens."""
+        text = self.model.model.language_model
+        added: dict[int, torch.Tensor] = {}
+        real = text._deepstack_process
+
+        def recording(hidden: torch.Tensor, mask: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+            v = torch.zeros_like(hidden)
+            v[mask.to(hidden.device)] = embeds.to(hidden.device, hidden.dtype)
+            added[len(added)] = v.detach()
+            return real(hidden, mask, embeds)
+
+        text._deepstack_process = recording
+        try:
+            yield added
+        finally:
+            del text._deepstack_process  # the class's method again
 
     def _frame_spans(self, ids: list[int], runs: list[Span]) -> tuple[Span, ...]:
         """``timestamp <|vision_start|> grid <|vision_end|>`` per temporal patch.

@@ -293,11 +293,15 @@ class Qwen3VLAdapter(QwenVLAdapter):
             added[len(added)] = v.detach()
             return real(hidden, mask, embeds)
 
+        own = vars(text).get("_deepstack_process")  # an instance override, kept
         text._deepstack_process = recording
         try:
             yield added
         finally:
-            del text._deepstack_process  # the class's method again
+            if own is None:
+                del text._deepstack_process  # the class's method again
+            else:
+                text._deepstack_process = own
 
     def _frame_spans(self, ids: list[int], runs: list[Span]) -> tuple[Span, ...]:
         """``timestamp <|vision_start|> grid <|vision_end|>`` per temporal patch.

@@ -18,7 +18,7 @@ from vlmflow.attribution import Attribution, attribute, plan_groups, relative_ch
 from vlmflow.cuts import Cut, Plan, compile_plan
 from vlmflow.data import write_video
 from vlmflow.engine import full_forward_logits
-from vlmflow.errors import PlanError, PromptError, VlmflowError
+from vlmflow.errors import DataError, PlanError, PromptError, VlmflowError
 from vlmflow.probe import Model
 from vlmflow.screen import plan_cost
 
@@ -211,6 +211,47 @@ def test_bad_probe_arguments_are_clear_errors(model) -> None:
         model.probe(question="q?", options=["a", "b"])
     with pytest.raises(PromptError, match="prompt style"):
         model.probe(make_sample(), prompt="fancy")
+
+
+
+@pytest.mark.parametrize(
+    ("frames", "what"),
+    [
+        (np.zeros((0, 32, 32, 3), np.uint8), r"shape \(0, 32, 32, 3\)"),
+        (np.zeros((2, 32, 32), np.uint8), r"shape \(2, 32, 32\)"),
+        (np.zeros((2, 32, 32, 4), np.uint8), r"shape \(2, 32, 32, 4\)"),
+        (np.zeros((2, 32, 32, 3), np.float32), r"dtype float32 \(float frames are ambiguous"),
+        (np.zeros((2, 32, 32, 3), np.int64), "dtype int64"),
+    ],
+)
+def test_frames_that_are_not_t_h_w_3_uint8_are_a_data_error_naming_the_sample(model, frames, what) -> None:
+    """Empty, 3-D, RGBA or float frames gave an IndexError, a ValueError from the processor,
+    or (floats) silently wrong pixels; every entry now refuses them with one DataError."""
+    question = {"question": "q?", "options": ["a", "b"]}
+    with pytest.raises(DataError, match=r"sample 'mine': frames must be a \(T, H, W, 3\) uint8.*" + what):
+        model.probe(frames=frames, id="mine", **question)
+    own = make_sample(sid="own").with_frames(frames)  # a sample carrying its own frames
+    with pytest.raises(DataError, match="sample 'own'"):
+        model.probe(own)
+    with pytest.raises(DataError, match="sample 'own'"):
+        model.adapter.prepare(own)  # what a run calls per sample
+
+
+
+def test_a_model_loaded_with_flex_attention_is_switched_to_sdpa_once(tiny_llava_path, probe, caplog) -> None:
+    """Runs switch mask-ignoring attention to sdpa for knockout; ``Model.probe`` did not, so
+    ``load(path, attn="flex_attention")`` then ``probe.answer`` failed. Now the first probe
+    switches (one warning) and its answers equal those of an sdpa-loaded model."""
+    flex = vlmflow.load(str(tiny_llava_path), attn="flex_attention")
+    assert flex.adapter.attn_implementation() == "flex_attention"
+    with caplog.at_level("WARNING"):
+        first = flex.probe(probe.sample)
+        second = flex.probe(probe.sample, num_frames=4)
+    assert caplog.text.count("switching the model to 'sdpa'") == 1
+    assert flex.adapter.attn_implementation() == second.adapter.attn_implementation() == "sdpa"
+    for letter, p in probe.answer.probabilities.items():
+        assert abs(first.answer.probabilities[letter] - p) < TOL
+    assert first.knockout("video->last").letter == probe.knockout("video->last").letter
 
 
 # ---------------------------------------------------------------------------- attribution

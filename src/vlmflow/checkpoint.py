@@ -4,7 +4,7 @@ A run should stop on a bad checkpoint at once, with one line saying what is wron
 any sample is processed - not after a traceback from deep inside transformers, and never by
 running a model whose weights were silently left random. :func:`preflight` looks at a local
 checkpoint folder without loading it (a config that parses and names a family vlmflow
-knows; weight files that exist and whose headers read); :func:`load_error` turns whatever
+knows; weight files that exist and whose headers read; a tokenizer); :func:`load_error` turns whatever
 loading still raises (a weight of the wrong shape, a missing attention kernel) into an
 :class:`~vlmflow.errors.UnsupportedModelError` of one line.
 
@@ -24,6 +24,11 @@ from typing import Any
 from .errors import UnsupportedModelError
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+# any one of these is a tokenizer (the hub repos ship tokenizer.json, sentencepiece's
+# tokenizer.model - PLLaVA, Phi-3 - or a BPE vocab.json + merges.txt; tiktoken files elsewhere)
+TOKENIZER_PATTERNS = (
+    "tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "*.tiktoken", "spiece.model"
+)
 
 
 def one_line(exc: BaseException, limit: int = 400) -> str:
@@ -43,7 +48,8 @@ def preflight(spec: str, known: Callable[[dict[str, Any]], bool]) -> None:
     ``known(raw_config)`` says whether some adapter handles the config. Raises
     :class:`UnsupportedModelError` for a missing folder, a file given instead of a folder,
     no or unreadable ``config.json``, an unknown family, no weight files, a shard named by
-    the weight index but absent, or a weight file whose header cannot be read.
+    the weight index but absent, a weight file whose header cannot be read, or no
+    tokenizer file.
     """
     if not looks_local(spec):
         return
@@ -93,6 +99,11 @@ def preflight(spec: str, known: Callable[[dict[str, Any]], bool]) -> None:
     for file in weights:
         if file.suffix == ".safetensors":
             _check_safetensors(file)
+    if not any(any(root.glob(pattern)) for pattern in TOKENIZER_PATTERNS):
+        raise UnsupportedModelError(
+            f"{spec} has a config and weights but no tokenizer (none of {', '.join(TOKENIZER_PATTERNS)}); "
+            "is the download complete?"
+        )
 
 
 def _check_safetensors(file: Path) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +79,11 @@ class LanguageModel:
     ``use_cache`` and ``logits_to_keep``; ``layers`` are the language model's decoder
     layers in order; ``norm`` and ``lm_head`` map a final hidden state to logits.
     ``attention`` is the attribute of a decoder layer holding its attention module.
+    ``record_additions`` (optional) is a context manager, entered around the baseline
+    forward, that yields a dict it fills with ``{layer: (1, N, d)}``: what the model adds
+    to the residual stream after decoder ``layer``, outside the layers (Qwen3-VL's deepstack
+    features), in the model's dtype. The engine then replays ``h' + v`` as the model
+    computes it, instead of the measured ``fl(h + v) - h``, which differs by a rounding.
     """
 
     forward: Callable[..., Any]
@@ -88,6 +93,7 @@ class LanguageModel:
     embed_tokens: nn.Module
     attn_implementation: Callable[[], str]
     attention: str
+    record_additions: Callable[[], AbstractContextManager[dict[int, torch.Tensor]]] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -250,8 +256,14 @@ class Engine:
             if i == n_layers - 1:
                 hidden[n_layers] = outputs[i]
 
-        with layer_hooks(self.lm.layers, pre=pre, post=post), last_position_head(self.lm.lm_head):
+        recorder = self.lm.record_additions() if self.lm.record_additions else nullcontext({})
+        with recorder as added, layer_hooks(self.lm.layers, pre=pre, post=post), last_position_head(
+            self.lm.lm_head
+        ):
             out = self.lm.forward(**self.inputs, use_cache=True, logits_to_keep=1)
+        for i, v in added.items():  # exact additions replace measured deltas that they explain
+            if i in deltas and torch.equal(outputs[i] + v, hidden[i + 1]):
+                deltas[i] = v
         logits = last_logits(out)
         if any(h is None for h in hidden):
             raise UnsupportedModelError("the language model did not run all of its decoder layers")
@@ -267,7 +279,9 @@ class Engine:
         self.hidden = [h.detach() for h in hidden]  # type: ignore[union-attr]  # L+1 tensors (1, N, d)
         self.layer_kwargs = kwargs_per_layer
         # what the model adds to the residual stream between layers outside the layer
-        # modules (e.g. Qwen3-VL's deepstack visual features); replayed in recomputes
+        # modules (e.g. Qwen3-VL's deepstack visual features); replayed in recomputes: a
+        # recorded addition in the model's dtype (added as the model adds it), else the
+        # measured difference in fp32
         self.deltas = {i: d.detach() for i, d in deltas.items()}
         self.logits = logits.detach()
         self.dtype = hidden[0].dtype
@@ -390,7 +404,8 @@ class Engine:
             out = self.lm.layers[layer_idx](h, **kwargs)
             h = out[0] if isinstance(out, tuple) else out
             if layer_idx in self.deltas:
-                h = (h.float() + self.deltas[layer_idx].index_select(1, kwargs_pos)).to(h.dtype)
+                d = self.deltas[layer_idx].index_select(1, kwargs_pos)
+                h = (h.to(d.dtype) + d).to(h.dtype)
         assert h is not None
         rows = torch.arange(len(active), device=self.device) * s + (s - 1)
         return self.lm.lm_head(self.lm.norm(h[0, rows])).float()

@@ -53,9 +53,11 @@ def load(
 ) -> Model:
     """Load a checkpoint (local folder, hub id, or ``"demo"``, the embedded model).
 
-    ``dtype``: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``None`` (the checkpoint's);
-    ``attn``: the attention implementation (``"sdpa"`` or ``"eager"``; knockout needs one of
-    them). The model family is found from the checkpoint's config.
+    ``dtype``: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``None`` (float32 on CPU,
+    the checkpoint's own dtype on an accelerator); ``attn``: the attention implementation
+    (``"sdpa"`` or ``"eager"``; knockout needs one of them, so a model loaded with another,
+    such as ``"flex_attention"``, is switched to sdpa with a warning on its first probe).
+    The model family is found from the checkpoint's config.
 
     >>> import vlmflow
     >>> model = vlmflow.load("demo")
@@ -118,7 +120,7 @@ class Model:
         adapter.prompt_style = prompt
         adapter.num_frames = self.adapter.num_frames if num_frames is None else int(num_frames)
         adapter.num_frames_chosen = num_frames is not None
-        adapter.frame_policy = frame_policy or type(self.adapter).default_frame_policy
+        adapter.frame_policy = frame_policy or type(self.adapter).frame_policy_for(prompt)
         return adapter
 
     def probe(
@@ -171,6 +173,9 @@ class Model:
             raise PromptError("give either a sample or video/frames/question/options/answer, not both")
         if sample.error is not None:  # an annotation item its loader could not read
             raise DataError(sample.error)
+        # knockout needs masks: flash/flex attention is switched to sdpa (warned once: the
+        # switch is made on the shared weights, so later probes find sdpa)
+        self.adapter.ensure_maskable()
         adapter = self.configured(prompt=prompt, num_frames=num_frames, frame_policy=frame_policy)
         return Probe(adapter, adapter.prepare(sample), max_batch_tokens=max_batch_tokens)
 

@@ -8,7 +8,32 @@ from typing import Any
 
 import numpy as np
 
+from .errors import DataError
+
 LETTERS = string.ascii_uppercase
+
+
+def check_frames(frames: Any, sample_id: str) -> np.ndarray:
+    """``frames`` as the ``(T, H, W, 3)`` uint8 RGB array every adapter takes (``T >= 1``),
+    else a :class:`~vlmflow.errors.DataError` naming the sample and what is wrong."""
+    try:
+        arr = np.asarray(frames)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"sample {sample_id!r}: frames are not an array ({exc})") from None
+    where = f"sample {sample_id!r}: frames must be a (T, H, W, 3) uint8 RGB array"
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise DataError(f"{where}, got shape {arr.shape}")
+    if min(arr.shape) < 1:
+        raise DataError(f"{where} with at least one frame of at least 1x1 pixels, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        hint = ""
+        if np.issubdtype(arr.dtype, np.floating):
+            hint = (
+                " (float frames are ambiguous: convert 0..1 floats with (frames * 255).round()"
+                ".astype(np.uint8), 0..255 floats with frames.round().astype(np.uint8))"
+            )
+        raise DataError(f"{where}, got dtype {arr.dtype}{hint}")
+    return arr
 
 
 @dataclass(frozen=True, eq=False)

@@ -57,6 +57,7 @@ CASES = {
     "cut weights": (cut_in_half("*.safetensors"), "damaged or incomplete|cannot load"),
     "missing shard": (sharded, r"model-00002-of-00002.safetensors named in .* missing"),
     "wrong shape": (damage_config("intermediate_size", None), "the weights do not fit the config"),
+    "no tokenizer": (remove("tokenizer.json"), r"/model has a config and weights but no tokenizer \(none of"),
 }
 
 
@@ -107,3 +108,32 @@ def test_a_missing_folder_is_named(tmp_path: Path) -> None:
         ["eval", "--model", str(tmp_path / "nope"), "--data", "synthetic:1", "--out", str(tmp_path / "r")],
     )
     assert result.exit_code == 2 and f"checkpoint folder not found: {tmp_path / 'nope'}" in result.output
+
+
+def test_a_home_relative_path_loads(tiny_llava_path: Path, tmp_path: Path, monkeypatch) -> None:
+    """``~/model`` passed the pre-load check but reached transformers unexpanded ("Repo id
+    must be in the form ..."); it is expanded once, for everything."""
+    import vlmflow
+
+    shutil.copytree(tiny_llava_path, tmp_path / "model")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    model = vlmflow.load("~/model")
+    assert model.num_layers > 0
+
+
+@pytest.mark.parametrize(
+    "files", [("tokenizer.model",), ("vocab.json", "merges.txt"), ("tokenizer.json",)], ids=" + ".join
+)
+def test_every_tokenizer_file_set_the_hub_ships_passes_the_check(tmp_path: Path, files) -> None:
+    """Hub repos ship tokenizer.json (Qwen, LLaVA-NeXT-Video), only sentencepiece's
+    tokenizer.model (PLLaVA, Phi-3 Mini-InternVL) or a BPE vocab.json + merges.txt: none is refused."""
+    from vlmflow.checkpoint import preflight
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava_next_video"}))
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
+    for name in files:
+        (tmp_path / name).write_text("x")
+    preflight(str(tmp_path), lambda raw: True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +18,7 @@ from tests.fixtures.tiny import make_sample
 from vlmflow.analyses.targets import sweep, target_curves
 from vlmflow.engine import Engine, full_forward_logits
 from vlmflow.models import adapter_for, load_model
+from vlmflow.probe import Model
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 FRAMES = 8  # -> 4 temporal patches of 2 x 3 tokens each
@@ -100,6 +102,23 @@ def test_chat_prompt_locates_the_same_groups(qwen_paths, family: str) -> None:
     assert prepared.prompt.endswith("<|im_start|>assistant\nBest option:(")
     assert "user\n<|vision_start|><|video_pad|><|vision_end|>Question:" in prepared.prompt
     assert all(ids[i] == adapter.model.config.video_token_id for i in _grid(prepared.layout, 1))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_single_frame_is_one_group_padded_with_its_copy(qwen_adapters, family: str) -> None:
+    """One frame is one temporal patch of the frame and a copy of it (Qwen3-VL's processor
+    refused it with transformers' ``t:1 must be larger than temporal_factor:2``)."""
+    adapter = qwen_adapters[family]
+    one = sample().with_frames(sample().frames[:1])
+    probe = Model(adapter).probe(one)
+    assert probe.layout.num_frames == 1 and probe.prepared.num_frames == 1
+    assert probe.prepared.inputs["video_grid_thw"].tolist() == [[1, 4, 6]]
+    twice = adapter.prepare(one.with_frames(np.repeat(one.frames, 2, axis=0)))
+    torch.testing.assert_close(probe.prepared.inputs["input_ids"], twice.inputs["input_ids"])
+    torch.testing.assert_close(
+        probe.prepared.inputs["pixel_values_videos"], twice.inputs["pixel_values_videos"], rtol=0, atol=0
+    )
+    assert sorted(probe.answer.probabilities) == list(one.letters)  # the model ran on it
 
 
 def test_frame_times_follow_frames_per_second(qwen_paths) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -14,26 +15,27 @@ FAMILY = "videollama3"
 
 
 def test_frame_spans_hold_separator_timestamp_and_grid(adapter) -> None:
-    """40x48 frames are resized to 16x24 px: 4x6 patches merged 2x2 -> a 2x3 grid per frame,
-    after ``Time t.0s:`` and (from the second frame on) the ``,`` separator."""
+    """40x48 frames fit the paper's budget as they are: 10x12 patches merged 2x2 -> a 5x6
+    grid per frame, after ``Time t.0s:`` and (from the second frame on) the ``,`` separator."""
     prepared = adapter.prepare(make_sample())
     layout = prepared.layout
     ids = prepared.inputs["input_ids"][0].tolist()
     vid = adapter.model.config.video_token_id
     for t, span in enumerate(layout.frames):
         text = adapter.tokenizer.decode(ids[span.start : span.end])
-        assert text == ("," if t else "") + f"Time {t}.0s:" + "<|video_pad|>" * 6, text
+        assert text == ("," if t else "") + f"Time {t}.0s:" + "<|video_pad|>" * 30, text
         start = span.start + layout.frame_token_offsets[t]
-        assert ids[start : start + 6] == [vid] * 6 and start + 6 == span.end
-    assert layout.frame_grids == ((2, 3),) * 4
+        assert ids[start : start + 30] == [vid] * 30 and start + 30 == span.end
+    assert layout.frame_grids == ((5, 6),) * 4
     assert layout.frames[0].start == layout.video.start and layout.frames[-1].end == layout.video.end
     assert all(a.end == b.start for a, b in zip(layout.frames, layout.frames[1:], strict=False))
 
 
 def test_token_compression_gives_per_frame_counts_from_the_processor(path: Path) -> None:
     """With compression on, static patches are dropped: frame spans follow the processor's
-    own per-frame counts (not an even split) and a compressed frame's grid is ``(1, n)``."""
-    adapter = load_model(str(path), token_compression=True)
+    own per-frame counts (not an even split) and a compressed frame's grid is ``(1, n)``.
+    (The processor's own budget: 40x48 frames become 16x24 px, a 2x3 grid.)"""
+    adapter = load_model(str(path), token_compression=True, max_visual_tokens=None)
     sample = make_sample(seed=5)
     frames = sample.frames.copy()
     frames[1] = frames[0]
@@ -74,6 +76,25 @@ def test_paper_style_is_the_native_template_without_system_turn(path: Path, adap
     mvbench = load_model(str(path), prompt_style="mvbench")
     prepared = mvbench.prepare(sample)
     assert prepared.prompt.endswith("ASSISTANT:Best option:(") and mvbench.frame_policy == "segment_middle"
+
+
+def test_paper_prompt_uses_the_papers_visual_token_budget(adapter) -> None:
+    """The paper sets max_tokens = 1152 merged tokens shared by the frames (<= 144 a frame at
+    8 frames); the processor's own budget (here 2048 px / (4 px * 2)^2 = 32 tokens) gave 4 a
+    frame. ``mvbench`` / ``chat`` and ``max_visual_tokens=None`` keep the processor's."""
+    rng = np.random.default_rng(0)
+    sample = make_sample(frames=8).with_frames(rng.integers(0, 255, (8, 224, 224, 3), dtype=np.uint8))
+
+    def per_frame(a) -> set[int]:
+        return {h * w for h, w in a.prepare(sample).layout.frame_grids}
+
+    assert adapter.visual_token_budget == 1152 and per_frame(adapter) == {144}  # 12 x 12
+    mvbench = copy.copy(adapter)
+    mvbench.prompt_style = "mvbench"
+    assert mvbench.visual_token_budget is None and per_frame(mvbench) == {4}
+    own = copy.copy(adapter)
+    own.max_visual_tokens = None
+    assert per_frame(own) == {4}
 
 
 def test_chat_template_prompt_locates_the_same_groups(path: Path) -> None:
@@ -122,3 +143,31 @@ def test_drift_guard_transformers_paths(adapter) -> None:
     assert adapter.expansion().replacement == "Time 0.0s:" + "<|video_pad|>" * 4 + ",Time 1.0s:" + (
         "<|video_pad|>" * 4
     )
+
+
+def test_paper_frame_sampling_survives_model_probe_and_run_options(adapter, tmp_path: Path) -> None:
+    """``Model.probe`` and a run's options configure a copy of the adapter; under ``paper``
+    it must keep VideoLLaMA3's ``linspace`` (first and last frame), not fall back to the
+    other families' segment midpoints. 30 frames, 4 decoded -> ``np.linspace(0, 29, 4,
+    dtype=int)`` = frames 0, 9, 19, 29 (the paper's call)."""
+    from PIL import Image
+
+    import vlmflow
+
+    folder = tmp_path / "vid30"
+    folder.mkdir()
+    for i in range(30):
+        Image.fromarray(np.full((40, 48, 3), i * 8, np.uint8)).save(folder / f"{i:04d}.png")
+    model = vlmflow.Model(adapter)
+
+    def used(**kw) -> list[int]:
+        probe = model.probe(video=str(folder), question="What?", options=["a", "b"], num_frames=4, **kw)
+        return [int(f[0, 0, 0]) // 8 for f in probe.prepared.frames]
+
+    assert used() == [0, 9, 19, 29]
+    assert used(prompt="mvbench") == [3, 10, 17, 25]  # segment midpoints
+    assert used(frame_policy="segment_middle") == [3, 10, 17, 25]
+    assert model.configured(prompt="paper").frame_policy == "linspace"
+    # what a run configures (and records as the manifest's frame_policy)
+    options = vlmflow.Options(model="unused", data="synthetic:1:fixed")
+    assert options.configure(model).frame_policy == "linspace"

@@ -35,8 +35,12 @@ def resolve_spec(spec: str) -> str:
     """The checkpoint folder a model spec names: ``demo`` -> the merged SmolLM2 demo model
     in the cache (built on first use) when its trained part ships in :data:`DEMO_MODEL_DIR`,
     else the tiny model; ``tiny`` -> the embedded tiny model; a folder in the demo's shipped
-    format -> its merged copy; anything else unchanged."""
+    format -> its merged copy; anything else unchanged but for a leading ``~`` (expanded
+    here, once, for every later check and for transformers)."""
     from . import demo
+
+    if spec.startswith("~"):
+        spec = str(Path(spec).expanduser())
 
     if spec == "tiny":
         if not (TINY_MODEL_DIR / "config.json").exists():

@@ -31,7 +31,7 @@ from ..prompt import (
     question_block,
 )
 from ..registry import Registry
-from ..sample import Sample
+from ..sample import Sample, check_frames
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +122,19 @@ class Adapter:
         self.prompt_style = prompt_style
         self.num_frames = num_frames
         self.num_frames_chosen = False  # set by a user (Model.configured), not a default
-        self.frame_policy = frame_policy or self.default_frame_policy
+        self.frame_policy = frame_policy or self.frame_policy_for(prompt_style)
         self.system_prompt = system_prompt
         # (frames a sample brought, num_frames) pairs already warned about; shared by the
         # shallow copies of Model.configured, so a run (or a loaded model) warns once each
         self._own_frames_warned: set[tuple[int, int]] = set()
 
     # ------------------------------------------------------------------ family hooks
+    @classmethod
+    def frame_policy_for(cls, prompt_style: str) -> str:
+        """The frame policy used under ``prompt_style`` when the user chose none (a class
+        fact, so every configured copy of an adapter agrees): :attr:`default_frame_policy`."""
+        return cls.default_frame_policy
+
     @classmethod
     def matches(cls, config: dict[str, Any]) -> bool:
         """Claim a checkpoint from its raw ``config.json`` before the ``model_type`` lookup:
@@ -251,6 +257,8 @@ class Adapter:
     def frames_of(self, sample: Sample) -> np.ndarray:
         """Decoded frames ``(T, H, W, 3)``: the sample's own, or sampled from its video with
         the benchmark's policy where the loader set one (LongVideoBench), else the adapter's.
+        Frames of another shape or dtype than ``(T >= 1, H, W, 3)`` uint8 are a ``DataError``
+        naming the sample (:func:`~vlmflow.sample.check_frames`).
 
         ``num_frames`` is the number of frames *decoded from a video*: frames that come
         with the sample are used as given, never subsampled or repeated. When their count
@@ -258,15 +266,16 @@ class Adapter:
         ``Model.probe(num_frames=...)``) a ``UserWarning`` says so, once per (count,
         setting) for this adapter and its configured copies (so once per run)."""
         if sample.frames is not None:
-            self._warn_own_frames(sample)
-            return sample.frames
+            frames = check_frames(sample.frames, sample.id)
+            self._warn_own_frames(sample, frames)
+            return frames
         from ..data.video import load_sample_frames
 
         policy = sample.meta.get("frame_policy", self.frame_policy)
-        return load_sample_frames(sample, self.num_frames, policy)
+        return check_frames(load_sample_frames(sample, self.num_frames, policy), sample.id)
 
-    def _warn_own_frames(self, sample: Sample) -> None:
-        count = int(sample.frames.shape[0])
+    def _warn_own_frames(self, sample: Sample, frames: np.ndarray) -> None:
+        count = int(frames.shape[0])
         if count == self.num_frames or not getattr(self, "num_frames_chosen", False):
             return
         key = (count, int(self.num_frames))

@@ -7,7 +7,8 @@ How these families see a video. The vision tower cuts the clip into *temporal pa
 ``(t, H / patch, W / patch)``). Two fused frames cannot be told apart inside the model, so
 a vlmflow *frame group* here is one temporal patch (``frames_per_group = 2``): ``frame:T``
 means input frames ``2T`` and ``2T + 1``. An odd frame count is padded by the processor
-with a copy of the last frame, so the last group then holds one real frame.
+with a copy of the last frame, so the last group then holds one real frame (a single
+frame too: Qwen3-VL's processor refuses it, so its adapter adds the copy itself).
 
 Where the tokens are. The prompt carries the placeholder
 ``<|vision_start|><|video_pad|><|vision_end|>`` (what the Qwen chat templates write for a
@@ -32,7 +33,9 @@ Positions (M-RoPE) are never recomputed here: the model computes them from ``inp
 ``mm_token_type_ids`` and ``video_grid_thw`` (all passed, so no stale ``rope_deltas`` can be
 reused), and the engine replays the rotary embeddings the layers received. Qwen3-VL's
 deepstack features, added to the residual stream after the first decoder layers outside
-the layer modules, are replayed by the engine as between-layer additions.
+the layer modules, are replayed by the engine as between-layer additions: the adapter
+records the features as the model adds them, so a recompute adds them to its own hidden
+state in the model's dtype, as the model does (exact in bf16 too).
 
 Pixel budget. Qwen2-VL and Qwen2.5-VL repositories ship no video processor config, so
 their frames would get the image limits (up to 12.8 M pixels a frame: 2,691 tokens per
@@ -53,11 +56,15 @@ timestamp text and Qwen2.5-VL's temporal position step (``second_per_grid_ts``).
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from ..engine import LanguageModel
 from ..errors import PromptError, UnsupportedModelError
 from ..layout import Span
 from ..prompt import PromptText
@@ -257,6 +264,44 @@ class Qwen3VLAdapter(QwenVLAdapter):
     video_processor_class = "Qwen3VLVideoProcessor"
     video_pixels_default = None  # its repositories ship the reference's video config
     total_pixel_budget = False
+
+    def process(self, text: str, frames: np.ndarray) -> dict[str, Any]:
+        """As the base class; fewer frames than a temporal patch (one) are padded with
+        copies of the last frame, as Qwen2/2.5-VL's processor pads them (Qwen3-VL's
+        refuses them: ``t:1 must be larger than temporal_factor:2``)."""
+        pad = int(self.processor.video_processor.temporal_patch_size) - len(frames)
+        if pad > 0:
+            frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
+        return super().process(text, frames)
+
+    def language_model(self) -> LanguageModel:
+        """As the base class, with the deepstack features recorded as they are added, so
+        the engine replays them exactly (``LanguageModel.record_additions``)."""
+        return dataclasses.replace(super().language_model(), record_additions=self._record_deepstack)
+
+    @contextmanager
+    def _record_deepstack(self) -> Iterator[dict[int, torch.Tensor]]:
+        """``{layer: (1, N, d)}``: the features ``_deepstack_process`` adds after decoder
+        layers 0, 1, ... (one call per layer, in order), zero outside the visual tokens."""
+        text = self.model.model.language_model
+        added: dict[int, torch.Tensor] = {}
+        real = text._deepstack_process
+
+        def recording(hidden: torch.Tensor, mask: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+            v = torch.zeros_like(hidden)
+            v[mask.to(hidden.device)] = embeds.to(hidden.device, hidden.dtype)
+            added[len(added)] = v.detach()
+            return real(hidden, mask, embeds)
+
+        own = vars(text).get("_deepstack_process")  # an instance override, kept
+        text._deepstack_process = recording
+        try:
+            yield added
+        finally:
+            if own is None:
+                del text._deepstack_process  # the class's method again
+            else:
+                text._deepstack_process = own
 
     def _frame_spans(self, ids: list[int], runs: list[Span]) -> tuple[Span, ...]:
         """``timestamp <|vision_start|> grid <|vision_end|>`` per temporal patch.

@@ -19,8 +19,11 @@ Timestamps: decoded samples carry no frame times, so frames are stamped at 1 fps
 The ``paper`` prompt style is what the paper ran for VideoLLaMA3 (its
 ``videollama3/evaluation/benchmarks/tvbench.py``): the native chat template with no system
 turn, the user turn ``Question: ...\nOptions:\n(A) ...\n`` + :data:`PAPER_INSTRUCTION`,
-no answer prefix (so *last* is the newline after ``assistant``), and frames sampled evenly
-including the first and the last (``linspace``). ``mvbench`` is the LLaVA template the
+no answer prefix (so *last* is the newline after ``assistant``), frames sampled evenly
+including the first and the last (``linspace``), and the paper's visual-token budget
+(:data:`PAPER_MAX_VISUAL_TOKENS` shared by the frames, instead of the processor's own:
+768 for the HF checkpoint, 96 a frame at 8 frames; ``max_visual_tokens`` sets another,
+``None`` keeps the processor's). ``mvbench`` is the LLaVA template the
 other families use; ``chat`` the chat template with the system prompt and ``Best option:(``.
 """
 
@@ -38,6 +41,9 @@ from .base import MODELS, Adapter
 from .frames import Grid, ReplacementAdapter
 from .processors import load_processor
 
+# the paper's processor.image_processor.max_tokens ("DO NOT REMOVE", REFERENCE_NOTES §3.3):
+# 8 * 12 * 12 merged tokens shared by the frames, so <= 144 a frame at 8 frames
+PAPER_MAX_VISUAL_TOKENS = 1152
 # videollama3/evaluation/benchmarks/tvbench.py of the paper's code
 PAPER_INSTRUCTION = (
     "Answer with the option's letter from the given choices directly and only give the best option."
@@ -51,11 +57,24 @@ class VideoLlama3Adapter(ReplacementAdapter):
     supports = Adapter.supports + " (frame = timestamp + grid; token compression off by default)"
     frame_separator = ","  # VideoLlama3Processor.replace_video_token joins the frames with it
 
-    def __init__(self, model: Any, processor: Any, *, token_compression: bool = False, **kwargs: Any) -> None:
-        if kwargs.get("prompt_style", "paper") == "paper" and not kwargs.get("frame_policy"):
-            kwargs["frame_policy"] = "linspace"  # VideoLLaMA3's own sampling, first and last frame
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        token_compression: bool = False,
+        max_visual_tokens: int | None | str = "paper",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(model, processor, **kwargs)
         self.token_compression = token_compression
+        # "paper": PAPER_MAX_VISUAL_TOKENS under the paper prompt, else the processor's own
+        self.max_visual_tokens = max_visual_tokens
+
+    @classmethod
+    def frame_policy_for(cls, prompt_style: str) -> str:
+        """``linspace`` (VideoLLaMA3's own sampling, first and last frame) under ``paper``."""
+        return "linspace" if prompt_style == "paper" else cls.default_frame_policy
 
     def build_prompt(self, sample: Sample) -> PromptText:
         """The paper's VideoLLaMA3 prompt under ``paper`` (see the module doc), else the base
@@ -84,7 +103,23 @@ class VideoLlama3Adapter(ReplacementAdapter):
     def processor_kwargs(self, frames: np.ndarray) -> dict[str, Any]:
         t = len(frames)
         metadata = {"total_num_frames": t, "fps": 1.0, "frames_indices": list(range(t))}
-        return {"video_metadata": [metadata], "use_token_compression": self.token_compression}
+        kwargs: dict[str, Any] = {"video_metadata": [metadata]}
+        kwargs["use_token_compression"] = self.token_compression
+        budget = self.visual_token_budget
+        if budget is not None:
+            video = self.processor.video_processor
+            factor = int(video.patch_size) * int(video.merge_size)
+            size = {"shortest_edge": int(video.size["shortest_edge"]), "longest_edge": budget * factor**2}
+            kwargs["videos_kwargs"] = {"size": size}
+        return kwargs
+
+    @property
+    def visual_token_budget(self) -> int | None:
+        """Merged visual tokens the frames share (each frame gets at most its even share),
+        or ``None`` for the processor's own budget."""
+        if self.max_visual_tokens == "paper":
+            return PAPER_MAX_VISUAL_TOKENS if self.prompt_style == "paper" else None
+        return self.max_visual_tokens  # type: ignore[return-value]
 
     @property
     def media_token_id(self) -> int:

@@ -10,10 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import vlmflow
 from vlmflow.analyses.pathways import calibration_split
+from vlmflow.errors import RunError
 from vlmflow.probe import Model
 
 DATA = "synthetic:2"
@@ -62,3 +64,28 @@ def test_search_under_torchrun_finds_what_one_process_finds(tiny_llava_path: Pat
     assert abs(found["calib_accuracy"] - want["calib_accuracy"]) < 1e-9
     manifest = json.loads((two / "manifest.json").read_text())
     assert manifest["sessions"][-1]["world_size"] == 2
+
+
+def search(tiny_llava, path: Path, out: Path, **kw):
+    kw = {"step": 4, "seeds": (0,), "model": Model(tiny_llava), **kw}
+    return vlmflow.search_and_evaluate(options(path), out, **kw)
+
+
+def test_a_refused_rerun_leaves_the_folders_search_result_as_it_was(
+    tiny_llava, tiny_llava_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    search(tiny_llava, tiny_llava_path, out)
+    before = (out / "pathway_search.json").read_bytes()
+    with pytest.raises(RunError, match=r"another configuration.*search"):
+        search(tiny_llava, tiny_llava_path, out, tolerance=0.5)
+    assert (out / "pathway_search.json").read_bytes() == before
+
+
+def test_a_busy_folder_is_refused_before_the_search(
+    tiny_llava, tiny_llava_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    with vlmflow.RunDir(out).lock(), pytest.raises(RunError, match="in use by another"):
+        search(tiny_llava, tiny_llava_path, out, model=None)  # refused before loading the model
+    assert not (out / "pathway_search.json").exists()

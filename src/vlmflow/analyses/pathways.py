@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from ..cuts import CompiledPlan, Cut, Plan, RandomCut
-from ..errors import PlanError
+from ..errors import PlanError, RunError
 from ..layout import TokenLayout
 from ..sample import Sample
 from .base import ANALYSES, Analysis, CliOption
@@ -580,7 +580,18 @@ def search_and_evaluate(
 
     rundir = out if isinstance(out, RunDir) else RunDir(out)
     ctx = distributed.init()
+    lock = rundir.lock()  # rank 0 holds it from before the search to the end of the run
     try:
+        extra = {**options.extra, "search": {"calib": calib, "tolerance": tolerance, "step": step}}
+        run_options = dataclasses.replace(options, extra=extra)
+        planned = Pathways(spec=None, seeds=tuple(seeds))
+
+        def claim() -> None:  # a busy folder, or one of another search, is refused before searching
+            lock.acquire()
+            config = {**run_options.manifest(), "analyses": {planned.name: planned.config()}}
+            _refuse_other_search(rundir, config)
+
+        ctx.on_main(claim)
         if model is None:
             model = options.load(ctx.device(options.device))
         adapter = options.configure(model)
@@ -609,20 +620,49 @@ def search_and_evaluate(
             "step": step,
             "trace": found.trace,
         }
-        ctx.on_main(lambda: rundir.write_search(saved))
         held = [s.id for s in samples if s.id not in calib_ids]
-        extra = {**options.extra, "search": {"calib": calib, "tolerance": tolerance, "step": step}}
         result = run(
-            dataclasses.replace(options, extra=extra),
-            [Pathways(spec=found.spec, seeds=tuple(seeds))],
+            run_options,
+            [replace(planned, spec=found.spec)],
             rundir,
             model=model,
             sample_ids=held,
+            # written once the folder has accepted the run: a refused run leaves it as it was
+            on_open=lambda: rundir.write_search(saved),
+            lock=lock,
         )
         result.report["search"] = saved
         return result
     finally:
+        lock.release()
         ctx.close()
+
+
+def _refuse_other_search(rundir: RunDir, config: dict[str, Any]) -> None:
+    """A :class:`RunError` when ``rundir`` holds a run whose configuration differs from
+    ``config`` in anything a search does not decide (the found spec and its held-out ids
+    are checked by the run itself): refused before the search, not after it."""
+
+    if not rundir.manifest_path.exists():
+        return
+
+    def known(c: dict[str, Any]) -> dict[str, Any]:
+        c = {k: v for k, v in c.items() if k != "sample_ids"}
+        analyses = c.get("analyses")
+        if isinstance(analyses, dict):
+            c["analyses"] = {
+                n: {k: v for k, v in a.items() if k != "spec"} if isinstance(a, dict) else a
+                for n, a in analyses.items()
+            }
+        return c
+
+    old, new = known(rundir.config()), known(json.loads(json.dumps(config, default=str)))
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise RunError(
+            f"{rundir.path} holds a run with another configuration (differs in: {', '.join(diff)}); "
+            "use a new --out folder or the same options to resume (nothing was searched)"
+        )
 
 
 def describe_search(saved: dict[str, Any]) -> str:

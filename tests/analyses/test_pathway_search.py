@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 import vlmflow
-from vlmflow.analyses.pathways import PRESETS, Pathways, calibration_split
+from vlmflow.analyses.pathways import PRESETS, Pathways, PathwaySpec, calibration_split
+from vlmflow.cli import app
 from vlmflow.errors import PlanError, RunError
 from vlmflow.probe import Model
 
@@ -150,3 +152,16 @@ def test_no_scale_with_a_preset_for_another_layer_count_is_refused_once(
         vlmflow.run(options(tiny_llava_path), [preset], tmp_path / "run", model=Model(tiny_llava))
     assert "pass --scale" not in str(refused.value)
     assert not (tmp_path / "run" / "records").exists() or not any((tmp_path / "run" / "records").iterdir())
+
+
+def test_a_reversed_spec_range_is_called_reversed() -> None:
+    with pytest.raises(PlanError, match=r"cross_frame range \[3, 1\] is reversed"):
+        PathwaySpec.from_dict({"num_layers": 8, "keep": {"cross_frame": [3, 1]}})
+    with pytest.raises(PlanError, match="outside 0..7"):  # a range past the model is still that
+        PathwaySpec.from_dict({"num_layers": 8, "keep": {"cross_frame": [3, 9]}})
+
+
+def test_preset_help_names_the_presets() -> None:
+    done = CliRunner().invoke(app, ["pathways", "--help"], env={"COLUMNS": "400"})
+    assert done.exit_code == 0 and "`list`" not in done.output
+    assert all(name in done.output for name in PRESETS), done.output

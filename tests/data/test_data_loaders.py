@@ -164,11 +164,21 @@ def test_tvbench_errors(tmp_path):
         load_dataset(f"tvbench:{root}")  # its only item is malformed: the file is refused
 
 
-def test_tvbench_empty_task_is_an_error_when_selected(tmp_path):
+def test_tvbench_empty_task_file_is_an_error(tmp_path):
+    """As MVBench, TOMATO and VCGBench: an empty task file is refused, not silently dropped."""
     root = _tvbench(tmp_path / "tv", {"object_count": [_item()], "scene_transition": []})
-    assert len(load_dataset(f"tvbench:{root}")) == 1
-    with pytest.raises(DataError, match="no task 'Scene Transition'"):
-        load_dataset(f"tvbench:{root}", tasks=["Scene Transition"])
+    with pytest.raises(DataError, match="scene_transition.json: task 'Scene Transition' has no items"):
+        load_dataset(f"tvbench:{root}")
+
+
+def test_tvbench_null_start_end_is_no_bound(tmp_path):
+    root = _tvbench(
+        tmp_path / "tv",
+        {"action_sequence": [_item(start=None, end=None), _item(start=1, end=None), _item(start=1, end=3)]},
+    )
+    samples = load_dataset(f"tvbench:{root}")
+    assert [s.error for s in samples] == [None] * 3
+    assert [s.bound for s in samples] == [None, None, (1.0, 3.0)]
 
 
 # ----------------------------------------------------------------------------- load_dataset

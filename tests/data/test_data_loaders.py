@@ -181,6 +181,40 @@ def test_tvbench_null_start_end_is_no_bound(tmp_path):
     assert [s.bound for s in samples] == [None, None, (1.0, 3.0)]
 
 
+def test_tvbench_open_ended_fails_only_the_items_it_cannot_convert(tmp_path):
+    """One malformed item (already failed by the loader, or unconvertible to the open-ended
+    form) costs only itself, as in plain ``tvbench:``."""
+    root = _tvbench(
+        tmp_path / "tv",
+        {
+            "action_localization": [
+                _item(
+                    q="When does the action 'jump' happen?",
+                    cands=("at the end", "throughout"),
+                    answer="at the end",
+                ),
+                _item(q="When does it happen?", cands=("at the end", "throughout"), answer="throughout"),
+            ],
+            "object_count": [_item(cands=("2", "3"), answer="3"), _item(cands=("two", "3"), answer="3")],
+            "moving_direction": [_item(), {"video": "v.mp4", "question": "q?"}],
+        },
+    )
+    samples = load_dataset(f"tvbench_open_ended:{root}")
+    assert len(samples) == 6 and {s.source for s in samples} == {"tvbench_open_ended"}
+    failed = {s.id: s.error for s in samples if s.error is not None}
+    assert set(failed) == {"action_localization-00001", "object_count-00001", "moving_direction-00001"}
+    assert (
+        "action_localization.json item 1 (sample 'action_localization-00001'): no action"
+        in (failed["action_localization-00001"])
+    )
+    assert "object_count.json item 1" in failed["object_count-00001"]
+    assert "digits 0-9" in failed["object_count-00001"]
+    assert "moving_direction.json item 1: missing field 'candidates'" in failed["moving_direction-00001"]
+    good = {s.id: s for s in samples if s.error is None}
+    assert good["action_localization-00000"].meta["answer_prompt"] == "\nThe action 'jump' occurs at the"
+    assert good["object_count-00000"].answer_text == "three"
+
+
 # ----------------------------------------------------------------------------- load_dataset
 
 

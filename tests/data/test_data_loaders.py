@@ -147,8 +147,36 @@ def test_tvbench_layout(tmp_path):
     extra = by_task["my_extra"][0]
     assert extra.video == str(root / "video" / "my_extra" / "e.mp4")
     assert extra.bound == (0.5, 1.5) and extra.source == "tvbench"
-    # the paper's task ids: alphabetical order of the task names present
-    assert {s.task for s in load_dataset(f"tvbench:{root}", tasks=["1"])} == {"Moving Direction"}
+    # the paper's task ids number TVBench's 10 tasks, whichever are on disk; others follow
+    assert {s.task for s in load_dataset(f"tvbench:{root}", tasks=["5"])} == {"Moving Direction"}
+    assert {s.task for s in load_dataset(f"tvbench:{root}", tasks=["10"])} == {"my_extra"}
+
+
+def test_tvbench_task_ids_survive_a_partial_download(tmp_path):
+    """docs/datasets.md: "3 Action Sequence", "8 Scene Transition", with 2 of 10 tasks on disk."""
+    root = _tvbench(
+        tmp_path / "tv",
+        {"action_sequence": [_item(start=1, end=2)], "scene_transition": [_item(), _item()]},
+    )
+    assert {s.task for s in load_dataset(f"tvbench:{root}", tasks=["3"])} == {"Action Sequence"}
+    assert {s.task for s in load_dataset(f"tvbench:{root}", tasks="8")} == {"Scene Transition"}
+    assert {s.task for s in load_dataset(f"tvbench_open_ended:{root}", tasks=["3"])} == {"Action Sequence"}
+    with pytest.raises(DataError, match="task id 0 is 'Action Antonym'.* missing from this copy"):
+        load_dataset(f"tvbench:{root}", tasks=["0"])
+    with pytest.raises(DataError, match="task 'Object Count' \\(id 6\\).* missing from this copy"):
+        load_dataset(f"tvbench:{root}", tasks=["Object Count"])
+    with pytest.raises(DataError, match="no task '10'; its tasks: 0 Action Antonym \\(missing\\), "):
+        load_dataset(f"tvbench:{root}", tasks=["10"])
+
+
+def test_jsonl_task_ids_number_the_tasks_in_the_file(tmp_path):
+    """No published list: ids are the alphabetical order of the tasks present."""
+    lines = [
+        {"video": "v.mp4", "question": "q?", "answer": "a", "task": t} for t in ["zoom", "count", "zoom"]
+    ]
+    file = tmp_path / "qa.jsonl"
+    file.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert [s.task for s in load_dataset(f"jsonl:{file}", tasks=["1"])] == ["zoom", "zoom"]
 
 
 def test_tvbench_errors(tmp_path):

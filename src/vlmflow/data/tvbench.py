@@ -4,8 +4,9 @@
 (``answer`` is the *text* of the correct candidate; ``start``/``end`` seconds for the two
 bounded tasks, ``null`` meaning no bound) and the videos live at
 ``{root}/video/<task_dir>/<video>``. An empty task file is an error. Task names are
-TVBench's own ("Action Antonym", ...), so the paper's alphabetical task ids apply. Any
-other ``json/*.json`` is loaded as a task named after its file stem. A copy written by
+TVBench's own ("Action Antonym", ...); the paper's task ids number TVBench's 10 tasks
+alphabetically (0 Action Antonym ... 9 Unexpected Action) whichever are on disk. Any
+other ``json/*.json`` is loaded as a task named after its file stem (numbered after them). A copy written by
 :func:`vlmflow.data.synthetic.write_tvbench` also has a ``vlmflow.json`` at its root that
 names each file's task (so its ``moving_direction.json`` stays the task
 "moving_direction" rather than becoming TVBench's "Moving Direction"); items may carry an
@@ -22,7 +23,7 @@ from typing import Any
 from ..errors import DataError
 from ..sample import Sample
 from ._common import bound_of, parse_items
-from .registry import DATASETS
+from .registry import DATASETS, published_tasks
 
 # task name -> (annotation file stem, video folder, uses start/end bounds)
 TASKS: dict[str, tuple[str, str, bool]] = {
@@ -73,6 +74,16 @@ def load_tvbench(arg: str) -> list[Sample]:
         file, video_dir, bounded = specs[name]
         out.extend(_load_task(name, file, root / "video" / video_dir, bounded))
     return out
+
+
+def _published(arg: str) -> tuple[str, ...]:
+    """TVBench's 10 tasks, or the tasks a vlmflow-written copy's manifest names."""
+    own = _manifest_tasks(Path(arg).expanduser()) if arg else {}
+    return tuple(own.values()) or tuple(TASKS)
+
+
+published_tasks("tvbench", _published)
+published_tasks("tvbench_open_ended", _published)
 
 
 def _manifest_tasks(root: Path) -> dict[str, str]:

@@ -418,11 +418,11 @@ def test_longvideobench_bad_item_is_a_failed_sample(tmp_path, item, match):
     file = write_json(tmp_path / "lvb_val.json", [lvb_item(0), item])
     bad = only_failure(load_dataset(f"longvideobench:{tmp_path}"), match, f"{file} item 1")
     assert bad.id == "q1"
-    # a failed item's task never shifts the paper's task ids, even when its own is unreadable
-    assert {s.task for s in load_dataset(f"longvideobench:{tmp_path}", tasks=["0"])} == {
+    # ids number the 17 published categories: 2 is O2E, the one on disk; 1 (E3E) is missing
+    assert {s.task for s in load_dataset(f"longvideobench:{tmp_path}", tasks=["2"])} == {
         lvb_item(0)["question_category"]
     }
-    with pytest.raises(DataError, match="no task '1'"):  # one well-formed task: id 0 only
+    with pytest.raises(DataError, match="task id 1 is 'E3E'.* missing from this copy"):
         load_dataset(f"longvideobench:{tmp_path}", tasks=["1"])
     write_json(file, [lvb_item(0), item][1:])  # the bad item alone (now item 0): refused
     with pytest.raises(DataError, match=match.replace("item 1", "item 0")) as info:

@@ -147,8 +147,36 @@ def test_tvbench_layout(tmp_path):
     extra = by_task["my_extra"][0]
     assert extra.video == str(root / "video" / "my_extra" / "e.mp4")
     assert extra.bound == (0.5, 1.5) and extra.source == "tvbench"
-    # the paper's task ids: alphabetical order of the task names present
-    assert {s.task for s in load_dataset(f"tvbench:{root}", tasks=["1"])} == {"Moving Direction"}
+    # the paper's task ids number TVBench's 10 tasks, whichever are on disk; others follow
+    assert {s.task for s in load_dataset(f"tvbench:{root}", tasks=["5"])} == {"Moving Direction"}
+    assert {s.task for s in load_dataset(f"tvbench:{root}", tasks=["10"])} == {"my_extra"}
+
+
+def test_tvbench_task_ids_survive_a_partial_download(tmp_path):
+    """docs/datasets.md: "3 Action Sequence", "8 Scene Transition", with 2 of 10 tasks on disk."""
+    root = _tvbench(
+        tmp_path / "tv",
+        {"action_sequence": [_item(start=1, end=2)], "scene_transition": [_item(), _item()]},
+    )
+    assert {s.task for s in load_dataset(f"tvbench:{root}", tasks=["3"])} == {"Action Sequence"}
+    assert {s.task for s in load_dataset(f"tvbench:{root}", tasks="8")} == {"Scene Transition"}
+    assert {s.task for s in load_dataset(f"tvbench_open_ended:{root}", tasks=["3"])} == {"Action Sequence"}
+    with pytest.raises(DataError, match="task id 0 is 'Action Antonym'.* missing from this copy"):
+        load_dataset(f"tvbench:{root}", tasks=["0"])
+    with pytest.raises(DataError, match="task 'Object Count' \\(id 6\\).* missing from this copy"):
+        load_dataset(f"tvbench:{root}", tasks=["Object Count"])
+    with pytest.raises(DataError, match="no task '10'; its tasks: 0 Action Antonym \\(missing\\), "):
+        load_dataset(f"tvbench:{root}", tasks=["10"])
+
+
+def test_jsonl_task_ids_number_the_tasks_in_the_file(tmp_path):
+    """No published list: ids are the alphabetical order of the tasks present."""
+    lines = [
+        {"video": "v.mp4", "question": "q?", "answer": "a", "task": t} for t in ["zoom", "count", "zoom"]
+    ]
+    file = tmp_path / "qa.jsonl"
+    file.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert [s.task for s in load_dataset(f"jsonl:{file}", tasks=["1"])] == ["zoom", "zoom"]
 
 
 def test_tvbench_errors(tmp_path):
@@ -164,11 +192,55 @@ def test_tvbench_errors(tmp_path):
         load_dataset(f"tvbench:{root}")  # its only item is malformed: the file is refused
 
 
-def test_tvbench_empty_task_is_an_error_when_selected(tmp_path):
+def test_tvbench_empty_task_file_is_an_error(tmp_path):
+    """As MVBench, TOMATO and VCGBench: an empty task file is refused, not silently dropped."""
     root = _tvbench(tmp_path / "tv", {"object_count": [_item()], "scene_transition": []})
-    assert len(load_dataset(f"tvbench:{root}")) == 1
-    with pytest.raises(DataError, match="no task 'Scene Transition'"):
-        load_dataset(f"tvbench:{root}", tasks=["Scene Transition"])
+    with pytest.raises(DataError, match="scene_transition.json: task 'Scene Transition' has no items"):
+        load_dataset(f"tvbench:{root}")
+
+
+def test_tvbench_null_start_end_is_no_bound(tmp_path):
+    root = _tvbench(
+        tmp_path / "tv",
+        {"action_sequence": [_item(start=None, end=None), _item(start=1, end=None), _item(start=1, end=3)]},
+    )
+    samples = load_dataset(f"tvbench:{root}")
+    assert [s.error for s in samples] == [None] * 3
+    assert [s.bound for s in samples] == [None, None, (1.0, 3.0)]
+
+
+def test_tvbench_open_ended_fails_only_the_items_it_cannot_convert(tmp_path):
+    """One malformed item (already failed by the loader, or unconvertible to the open-ended
+    form) costs only itself, as in plain ``tvbench:``."""
+    root = _tvbench(
+        tmp_path / "tv",
+        {
+            "action_localization": [
+                _item(
+                    q="When does the action 'jump' happen?",
+                    cands=("at the end", "throughout"),
+                    answer="at the end",
+                ),
+                _item(q="When does it happen?", cands=("at the end", "throughout"), answer="throughout"),
+            ],
+            "object_count": [_item(cands=("2", "3"), answer="3"), _item(cands=("two", "3"), answer="3")],
+            "moving_direction": [_item(), {"video": "v.mp4", "question": "q?"}],
+        },
+    )
+    samples = load_dataset(f"tvbench_open_ended:{root}")
+    assert len(samples) == 6 and {s.source for s in samples} == {"tvbench_open_ended"}
+    failed = {s.id: s.error for s in samples if s.error is not None}
+    assert set(failed) == {"action_localization-00001", "object_count-00001", "moving_direction-00001"}
+    assert (
+        "action_localization.json item 1 (sample 'action_localization-00001'): no action"
+        in (failed["action_localization-00001"])
+    )
+    assert "object_count.json item 1" in failed["object_count-00001"]
+    assert "digits 0-9" in failed["object_count-00001"]
+    assert "moving_direction.json item 1: missing field 'candidates'" in failed["moving_direction-00001"]
+    good = {s.id: s for s in samples if s.error is None}
+    assert good["action_localization-00000"].meta["answer_prompt"] == "\nThe action 'jump' occurs at the"
+    assert good["object_count-00000"].answer_text == "three"
 
 
 # ----------------------------------------------------------------------------- load_dataset

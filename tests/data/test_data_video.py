@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -216,3 +217,93 @@ def test_cache_hits_and_is_invalidated_by_mtime(tmp_path, monkeypatch):
 
     load_frames(path, 4, cache=False)
     assert len(calls) == 3
+
+
+# ----------------------------------------------------------------------------- frame counts and order
+
+
+def _write_av(path, frames, fps=30, codec="libx264", pts_ms=None, audio_s=None):
+    """Encode ``frames`` with PyAV: optional per-frame timestamps (ms, a variable frame rate)
+    and a silent audio track of ``audio_s`` seconds (aac, or opus in webm)."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "10", "preset": "ultrafast"}
+        elif codec.startswith("libvpx"):
+            stream.options = {"crf": "4", "b": "0", "deadline": "realtime", "cpu-used": "8"}
+        if pts_ms is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        audio = None
+        if audio_s:
+            audio = out.add_stream("libopus" if path.suffix == ".webm" else "aac", rate=48000)
+        for i, arr in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+            if pts_ms is not None:
+                frame.pts, frame.time_base = pts_ms[i], Fraction(1, 1000)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+        if audio is not None:
+            ctx = audio.codec_context
+            size, fmt = ctx.frame_size or 1024, ctx.format.name
+            for t in range(0, int(audio_s * ctx.sample_rate), size):
+                silence = np.zeros((1, size), np.float32 if fmt.endswith("p") else np.int16)
+                chunk = av.AudioFrame.from_ndarray(silence, format=fmt, layout="mono")
+                chunk.sample_rate, chunk.pts = ctx.sample_rate, t
+                out.mux(audio.encode(chunk))
+            out.mux(audio.encode(None))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "codec", "audio_s"),
+    [("clip.mkv", "libx264", 10.3), ("long-audio.mkv", "libx264", 20.0), ("clip.webm", "libvpx-vp9", 10.3)],
+)
+def test_a_longer_audio_track_does_not_change_the_video_frames(tmp_path, name, codec, audio_s):
+    """mkv/webm declare one length for the whole file; the audio's must not count as video."""
+    if not (_has_encoder(codec) and _has_encoder("aac" if name.endswith("mkv") else "libopus")):
+        pytest.skip(f"PyAV lacks an encoder for {name}")
+    path = _write_av(tmp_path / name, flat_frames(300, 32, 32), fps=30, codec=codec, audio_s=audio_s)
+    for seek in (True, False):
+        frames, info = video_mod.read_video(path, 8, allow_seek=seek)
+        assert info.num_total == 300
+        assert which_frames(frames, 300)[0] == sample_indices(300, 8), f"{name} seek={seek}"
+    got, _ = which_frames(load_frames(path, 4, bound=(2.0, 6.0), cache=False), 300)
+    assert got == sample_indices(300, 4, fps=30, bound=(2.0, 6.0))
+
+
+def test_mpeg_program_stream(tmp_path):
+    if not _has_encoder("mpeg2video"):
+        pytest.skip("PyAV has no mpeg2video encoder")
+    path = write_video(tmp_path / "clip.mpg", flat_frames(120, 32, 32), fps=25, codec="mpeg2video")
+    frames, info = video_mod.read_video(path, 8)
+    assert info.num_total == 120
+    assert which_frames(frames, 120)[0] == sample_indices(120, 8)
+    got, _ = which_frames(load_frames(path, 4, bound=(1.0, 3.0), cache=False), 120)
+    assert got == sample_indices(120, 4, fps=25, bound=(1.0, 3.0))
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_variable_frame_rate_picks_frames_by_position(tmp_path, ext):
+    """50 frames at 100 fps then 50 at 10 fps: frame i is the i-th frame shown, whether the
+    reader seeks or decodes in order (as decord's positional picks)."""
+    pts = [i * 10 for i in range(50)] + [500 + i * 100 for i in range(50)]
+    path = _write_av(tmp_path / f"vfr.{ext}", flat_frames(100, 32, 32), pts_ms=pts)
+    seek, seek_info = video_mod.read_video(path, 8)
+    seq, seq_info = video_mod.read_video(path, 8, allow_seek=False)
+    assert seek_info.method == "seek" and seq_info.method == "sequential"
+    assert seek_info.indices == seq_info.indices == sample_indices(100, 8)
+    assert which_frames(seek, 100)[0] == which_frames(seq, 100)[0] == sample_indices(100, 8)
+    np.testing.assert_array_equal(seek, seq)
+
+
+def test_frame_folder_without_zero_padding_is_in_frame_order(tmp_path):
+    """``ffmpeg -i x.mp4 %d.png`` names frames 1.png ... 24.png: 10.png comes after 9.png."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    pal = palette(24)
+    for i in range(24):
+        Image.fromarray(np.full((20, 30, 3), pal[i], np.uint8)).save(folder / f"{i + 1}.png")
+    got, _ = which_frames(load_frames(folder, 8, cache=False), 24)
+    assert got == sample_indices(24, 8) == [1, 4, 7, 10, 13, 15, 18, 21]

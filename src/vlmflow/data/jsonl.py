@@ -8,7 +8,9 @@ Fields of a line::
 ``id`` defaults to the line number, ``task`` to ``"default"``; ``video`` is a video file or
 a frame folder, relative paths resolved against the JSONL's folder; ``answer`` is an index
 into ``options`` or the text of one option. Without ``options`` the item is open-ended and
-``answer`` is its reference text. ``start``/``end`` (seconds) bound the sampled window.
+``answer`` is its reference text. ``start``/``end`` (seconds) bound the sampled window; a
+frame folder (images in the order of the numbers in their names) is taken to play at
+3 fps (:data:`~vlmflow.data.video.FOLDER_FPS`), so its bound counts 3 frames per second.
 """
 
 from __future__ import annotations

@@ -29,9 +29,12 @@ from typing import Any
 from ..errors import DataError
 from ..sample import Sample
 from ._common import answer_by_index, field_of, option_texts, parse_items, read_json, require, root_of
-from .registry import DATASETS
+from .registry import DATASETS, published_tasks
 
 ANNOTATIONS = "lvb_val.json"
+TASKS = tuple("E2O E3E O2E O3O S2A S2E S2O SAA SOS SSS T2A T2E T2O T3E T3O TAA TOS".split())
+"""LongVideoBench's 17 published ``question_category`` values, which the task ids number."""
+published_tasks("longvideobench", TASKS)
 FRAME_POLICY = "lvb"
 """The frame-sampling policy the paper used for LongVideoBench."""
 

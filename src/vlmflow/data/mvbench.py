@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import DataError
 from ..sample import Sample
 from ._common import answer_by_text, bound_of, option_texts, parse_items, read_json, require, root_of
-from .registry import DATASETS
+from .registry import DATASETS, published_tasks
 from .video import FOLDER_FPS
 
 # task name -> (annotation file, video prefix under {root}/video/, data type, uses start/end)
@@ -61,6 +61,8 @@ TASKS: dict[str, tuple[str, str, str, bool]] = {
         False,
     ),
 }
+
+published_tasks("mvbench", TASKS)
 
 
 @DATASETS.register("mvbench", help="MVBench (20 tasks) from its published json/ + video/<prefix>/ layout")

@@ -54,6 +54,13 @@ def _strip_from(text: str) -> str:
     return text
 
 
+def _where(sample: Sample) -> str:
+    """The annotation file and item of ``sample`` (when known) and its id, for an error."""
+    m = sample.meta
+    place = f"{m['json']} item {m['index']} " if "json" in m and "index" in m else ""
+    return f"{place}(sample {sample.id!r})" if place else f"sample {sample.id!r}"
+
+
 def open_tvbench_sample(sample: Sample) -> Sample:
     """The open-ended form of one TVBench ``sample`` (see the module doc)."""
     question = sample.question
@@ -75,9 +82,7 @@ def open_tvbench_sample(sample: Sample) -> Sample:
     elif task == "Action Localization":
         m = re.search(r"action '(.*?)'", question)
         if m is None:
-            raise DataError(
-                f"sample {sample.id!r}: no action '...' in the question for the open-ended prompt"
-            )
+            raise DataError(f"{_where(sample)}: no action '...' in the question for the open-ended prompt")
         prompt = f"\nThe action '{m.group(1)}' occurs at the"
         answer = next((w for w in LOCALIZATION if w in answer.lower()), "end")
         candidates = list(LOCALIZATION)
@@ -88,7 +93,7 @@ def open_tvbench_sample(sample: Sample) -> Sample:
     elif task == "Object Count":
         prompt = "\nThe number of moving objects is"
         if answer not in NUMBER_WORDS or any(c not in NUMBER_WORDS for c in candidates):
-            raise DataError(f"sample {sample.id!r}: Object Count answers must be digits 0-9, got {answer!r}")
+            raise DataError(f"{_where(sample)}: Object Count answers must be digits 0-9, got {answer!r}")
         answer, candidates = NUMBER_WORDS[answer], [NUMBER_WORDS[c] for c in candidates]
     elif task == "Scene Transition":
         question = SCENE_QUESTION
@@ -134,7 +139,7 @@ def load_tvbench_open_ended(arg: str) -> list[Sample]:
     """TVBench (same layout as ``tvbench``) in the paper's open-ended form."""
     from .tvbench import load_tvbench
 
-    return [open_tvbench_sample(s) for s in load_tvbench(arg)]
+    return _open_each(load_tvbench(arg), open_tvbench_sample, "tvbench_open_ended")
 
 
 @DATASETS.register("videomme_open_ended", help="Video-MME as open-ended questions (no options), as the paper")
@@ -142,4 +147,19 @@ def load_videomme_open_ended(arg: str) -> list[Sample]:
     """Video-MME (same layout as ``videomme``) in the paper's open-ended form."""
     from .videomme import load_videomme
 
-    return [open_videomme_sample(s) for s in load_videomme(arg)]
+    return _open_each(load_videomme(arg), open_videomme_sample, "videomme_open_ended")
+
+
+def _open_each(samples: list[Sample], convert, source: str) -> list[Sample]:
+    """``convert`` each well-formed sample; one it cannot convert fails alone, with the reason,
+    and an already failed one is passed on as it is (under ``source``)."""
+    out = []
+    for s in samples:
+        if s.error is None:
+            try:
+                out.append(convert(s))
+                continue
+            except DataError as e:
+                s = dataclasses.replace(s, options=(), answer=None, error=str(e))
+        out.append(dataclasses.replace(s, source=source))
+    return out

@@ -9,7 +9,7 @@ subsampling happen here, once, the same way for every dataset.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 
 from ..errors import DataError
 from ..registry import Registry
@@ -18,6 +18,20 @@ from ..sample import Sample
 Loader = Callable[[str], list[Sample]]
 
 DATASETS: Registry[Loader] = Registry("dataset")
+
+TASK_LISTS: dict[str, Callable[[str], tuple[str, ...]]] = {}
+"""Dataset name -> its published task names (a function of the spec's argument); the
+paper's task ids number these, whatever part of the benchmark is on disk."""
+
+
+def published_tasks(name: str, tasks: Iterable[str] | Callable[[str], Iterable[str]]) -> None:
+    """Declare the published task list of dataset ``name`` (or a function of its argument
+    giving it), so its task ids do not depend on which tasks a copy holds."""
+    if callable(tasks):
+        TASK_LISTS[name] = lambda arg: tuple(tasks(arg))
+    else:
+        fixed = tuple(tasks)
+        TASK_LISTS[name] = lambda arg: fixed
 
 
 def load_dataset(
@@ -31,8 +45,11 @@ def load_dataset(
 
     ``tasks`` keeps only those tasks (a list, or one task as text), named or given by the
     paper's task id (a string of digits: the index in the alphabetical order of the
-    dataset's task names). ``samples`` (>= 1) keeps at most that many per task, drawn with
-    ``random.Random(seed).sample`` and returned in their original order. An unknown
+    benchmark's published task names, then any other tasks on disk; for a dataset without
+    a published list, such as ``jsonl``, of the task names on disk). An id whose task is
+    missing from the copy on disk raises :class:`DataError` naming that task. ``samples``
+    (>= 1) keeps at most that many per task, drawn with ``random.Random(seed).sample`` and
+    returned in their original order. An unknown
     dataset raises ``VlmflowError``; an unknown task or an empty selection raises
     :class:`DataError`.
     """
@@ -54,10 +71,13 @@ def load_dataset(
     if not by_task:
         raise DataError(f"dataset {spec!r} has no samples")
 
-    # The paper's task ids count the tasks of well-formed items only, so a malformed item
-    # whose task field is unreadable (task "default") never shifts them.
-    numbered = sorted({s.task for s in items if s.error is None})
-    keep = list(by_task) if tasks is None else _resolve_tasks(spec, tasks, sorted(by_task), numbered)
+    # The paper's task ids number the benchmark's published tasks, so a partial download
+    # never shifts them; other tasks on disk follow. Only well-formed items count, so a
+    # malformed item whose task field is unreadable (task "default") never shifts them.
+    published = TASK_LISTS[name.strip()](arg) if name.strip() in TASK_LISTS else ()
+    extra = {s.task for s in items if s.error is None} - set(published)
+    numbered = sorted(set(published)) + sorted(extra)
+    keep = list(by_task) if tasks is None else _resolve_tasks(spec, tasks, by_task, numbered)
     chosen: set[int] = set()
     for task in keep:
         group = by_task.get(task, [])
@@ -90,19 +110,27 @@ def _refuse_duplicate_ids(spec: str, items: list[Sample]) -> None:
             )
 
 
-def _resolve_tasks(spec: str, wanted: list[str], names: list[str], numbered: list[str]) -> list[str]:
-    """Task names for ``wanted`` entries: exact names first, then alphabetical task ids
-    (indices into ``numbered``)."""
+def _resolve_tasks(spec: str, wanted: list[str], present: Collection[str], numbered: list[str]) -> list[str]:
+    """Task names for ``wanted`` entries: names first, then task ids (indices into
+    ``numbered``); a task not ``present`` on disk is an error naming it."""
     out: list[str] = []
     for w in wanted:
         w = str(w).strip()
-        if w in names:
+        if w in present or w in numbered:
             task = w
         elif w.isascii() and w.isdigit() and int(w) < len(numbered):
             task = numbered[int(w)]
         else:
-            listing = ", ".join(f"{i} {n}" for i, n in enumerate(numbered))
+            listing = ", ".join(
+                f"{i} {n}" + ("" if n in present else " (missing)") for i, n in enumerate(numbered)
+            )
             raise DataError(f"dataset {spec!r} has no task {w!r}; its tasks: {listing}")
+        if task not in present:
+            which = f"task id {w} is {task!r}" if task != w else f"task {w!r} (id {numbered.index(w)})"
+            raise DataError(
+                f"dataset {spec!r}: {which}, one of the benchmark's published tasks, is missing "
+                "from this copy: it has none of its samples (a partial download?)"
+            )
         if task not in out:
             out.append(task)
     if not out:

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import DataError, VlmflowError
 from ..sample import Sample
-from .registry import DATASETS
+from .registry import DATASETS, published_tasks
 
 TASKS = (
     "action_antonym",
@@ -275,6 +275,9 @@ def write_tvbench(samples: list[Sample], root: str | Path, fps: float = 8) -> Pa
     manifest = {"format": "tvbench", "written_by": "vlmflow.data.synthetic", "tasks": stems}
     (root / "vlmflow.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return root
+
+
+published_tasks("synthetic", TASKS)
 
 
 @DATASETS.register("synthetic", help="built-in synthetic temporal VideoQA (synthetic:N per task)")

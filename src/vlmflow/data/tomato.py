@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import DataError
 from ..sample import Sample
 from ._common import answer_by_index, option_texts, parse_items, read_json, require, root_of
-from .registry import DATASETS
+from .registry import DATASETS, published_tasks
 
 # annotation file stem -> task name (the paper's code: tasks/eval/tomato/__init__.py)
 TASKS: dict[str, str] = {
@@ -32,6 +32,8 @@ TASKS: dict[str, str] = {
     "velocity&frequency": "VelocityFrequency",
     "visual_cues": "VisualCues",
 }
+
+published_tasks("tomato", TASKS.values())
 
 
 @DATASETS.register("tomato", help="TOMATO from its published jsons/ + videos/<demonstration_type>/ layout")

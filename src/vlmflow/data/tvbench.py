@@ -2,9 +2,11 @@
 
 ``{root}/json/<file>.json`` is a JSON list of ``{video, question, candidates, answer}``
 (``answer`` is the *text* of the correct candidate; ``start``/``end`` seconds for the two
-bounded tasks) and the videos live at ``{root}/video/<task_dir>/<video>``. Task names are
-TVBench's own ("Action Antonym", ...), so the paper's alphabetical task ids apply. Any
-other ``json/*.json`` is loaded as a task named after its file stem. A copy written by
+bounded tasks, ``null`` meaning no bound) and the videos live at
+``{root}/video/<task_dir>/<video>``. An empty task file is an error. Task names are
+TVBench's own ("Action Antonym", ...); the paper's task ids number TVBench's 10 tasks
+alphabetically (0 Action Antonym ... 9 Unexpected Action) whichever are on disk. Any
+other ``json/*.json`` is loaded as a task named after its file stem (numbered after them). A copy written by
 :func:`vlmflow.data.synthetic.write_tvbench` also has a ``vlmflow.json`` at its root that
 names each file's task (so its ``moving_direction.json`` stays the task
 "moving_direction" rather than becoming TVBench's "Moving Direction"); items may carry an
@@ -20,8 +22,8 @@ from typing import Any
 
 from ..errors import DataError
 from ..sample import Sample
-from ._common import parse_items
-from .registry import DATASETS
+from ._common import bound_of, parse_items
+from .registry import DATASETS, published_tasks
 
 # task name -> (annotation file stem, video folder, uses start/end bounds)
 TASKS: dict[str, tuple[str, str, bool]] = {
@@ -74,6 +76,16 @@ def load_tvbench(arg: str) -> list[Sample]:
     return out
 
 
+def _published(arg: str) -> tuple[str, ...]:
+    """TVBench's 10 tasks, or the tasks a vlmflow-written copy's manifest names."""
+    own = _manifest_tasks(Path(arg).expanduser()) if arg else {}
+    return tuple(own.values()) or tuple(TASKS)
+
+
+published_tasks("tvbench", _published)
+published_tasks("tvbench_open_ended", _published)
+
+
 def _manifest_tasks(root: Path) -> dict[str, str]:
     """File stem -> task name from ``vlmflow.json``, which only vlmflow-written copies have."""
     file = root / MANIFEST
@@ -95,6 +107,8 @@ def _load_task(task: str, file: Path, video_dir: Path, bounded: bool) -> list[Sa
         raise DataError(f"cannot read TVBench annotations {file}: {e}") from e
     if not isinstance(items, list):
         raise DataError(f"{file}: expected a JSON list of items, got {type(items).__name__}")
+    if not items:
+        raise DataError(f"{file}: task {task!r} has no items")
 
     def parse(i: int, item: Any) -> Sample:
         where = f"{file} item {i}"
@@ -115,12 +129,7 @@ def _load_task(task: str, file: Path, video_dir: Path, bounded: bool) -> list[Sa
             if answer.strip() not in stripped:
                 raise DataError(f"{where}: answer {answer!r} is not among candidates {list(candidates)}")
             index = stripped.index(answer.strip())
-        bound = None
-        if bounded and "start" in item and "end" in item:
-            try:
-                bound = (float(item["start"]), float(item["end"]))
-            except (TypeError, ValueError) as e:
-                raise DataError(f"{where}: 'start'/'end' must be numbers of seconds") from e
+        bound = bound_of(item, where) if bounded else None
         return Sample(
             id=str(_id_of(i, item)),
             question=str(item["question"]),

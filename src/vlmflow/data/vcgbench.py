@@ -21,10 +21,11 @@ from typing import Any
 from ..errors import DataError
 from ..sample import Sample
 from ._common import first_existing, parse_items, read_json, require, root_of
-from .registry import DATASETS
+from .registry import DATASETS, published_tasks
 
 TASKS = ("consistency_qa", "generic_qa", "temporal_qa")
 VIDEO_EXTENSIONS = (".mp4", ".mkv")
+published_tasks("vcgbench", TASKS)
 
 
 @DATASETS.register(

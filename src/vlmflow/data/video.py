@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -47,7 +48,9 @@ frame is far beyond any benchmark, and T of them would exhaust memory before the
 sees them (it resizes to a few hundred pixels anyway)."""
 
 _NO_BOUND = (-1e5, 1e5)
-_NO_SEEK_FORMATS = {"gif", "apng", "webp_pipe", "image2", "image2pipe"}
+# Animated images have no frame rate; MPEG program/transport streams get timestamps that
+# the demuxer partly interpolates, so after a seek a frame can carry its neighbour's.
+_NO_SEEK_FORMATS = {"gif", "apng", "webp_pipe", "image2", "image2pipe", "mpeg", "mpegts", "mpegvideo"}
 # A declared frame count may overshoot the decodable frames by this much before we call
 # the file truncated (container metadata is often off by a frame or two).
 _COUNT_SLACK_FRAMES = 2
@@ -202,7 +205,8 @@ def load_frames(
     """Decode ``num_frames`` frames of a video file or frame folder: ``(T, H, W, 3)`` uint8 RGB.
 
     ``path`` is a video (mp4, mkv, webm, avi, mov, gif, ...) or a folder of ``.jpg``/``.png``
-    frames sorted by name, played at ``folder_fps``. ``bound`` is an optional
+    frames in the order of the numbers in their names (``2.png`` before ``10.png``),
+    played at ``folder_fps``. ``bound`` is an optional
     ``(start_s, end_s)`` window. A missing, unreadable, truncated or empty file raises
     :class:`DataError` naming the path. ``cache=False`` skips the on-disk frame cache.
     """
@@ -308,7 +312,15 @@ def _decode(container, stream, path: Path):
 
 
 def _folder_images(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+    """The folder's frame images in frame order: ``2.png`` before ``10.png``."""
+    files = (f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(files, key=_natural_key)
+
+
+def _natural_key(path: Path) -> list[tuple[int, int | str]]:
+    """Sort key comparing the runs of digits in a file name as numbers."""
+    parts = re.split(r"(\d+)", path.name)
+    return [(0, int(p)) if p.isdigit() else (1, p) for p in parts if p]
 
 
 def _read_folder(folder, num_frames, policy, bound, fps) -> tuple[np.ndarray, DecodeInfo]:
@@ -351,13 +363,22 @@ def _read_container(path, num_frames, policy, bound, allow_seek):
         _check_size(stream.codec_context.width or 0, stream.codec_context.height or 0, path)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 0.0
-        total, declared = _frame_count(container, stream, fps)
-        # Animated images have per-frame delays, not a frame rate: count frames in order.
+        timeline = None
+        declared = bool(stream.frames and stream.frames > 0)
+        if declared and _constant_rate_index(stream):
+            total: int | None = int(stream.frames)
+        else:
+            # No frame count, or one whose timestamps are not evenly spaced (variable frame
+            # rate): read the packets' timestamps, so that frame i is the i-th frame shown.
+            timeline = _scan_packets(path, stream.index)
+            total, declared = (len(timeline.pts) or None), False
+            if not timeline.exact:
+                timeline = None
         seekable = container.format.name not in _NO_SEEK_FORMATS
         if total is not None and allow_seek and seekable and stream.time_base and fps > 0:
             indices = sample_indices(total, num_frames, policy, fps, bound)
             try:
-                got, decoded = _seek_decode(container, stream, indices, Fraction(rate), path)
+                got, decoded = _seek_decode(container, stream, indices, Fraction(rate), path, timeline)
             except (_SeekFailed, av.error.FFmpegError):
                 got = None
             if got is not None:
@@ -366,44 +387,119 @@ def _read_container(path, num_frames, policy, bound, allow_seek):
     return _sequential(path, num_frames, policy, bound, total, declared, fps)
 
 
-def _frame_count(container, stream, fps: float) -> tuple[int | None, bool]:
-    """``(count, declared)``: the stream's frame count, else an estimate from its duration.
+def _constant_rate_index(stream) -> bool:
+    """Whether the container's index lists every frame at evenly spaced timestamps (a
+    constant-rate mp4/mov/avi), so frame ``i`` sits at ``start + i / rate``."""
+    entries = getattr(stream, "index_entries", None) or ()
+    if not stream.frames or len(entries) < stream.frames:
+        return False
+    try:
+        stamps = np.sort(np.fromiter((e.timestamp for e in entries), dtype=np.int64, count=len(entries)))
+    except (AttributeError, TypeError):
+        return False
+    steps = np.diff(stamps)
+    if len(steps) == 0:
+        return True
+    # Timestamps are rounded to the time base: allow one tick (or 1%) of jitter.
+    return bool(steps.max() - steps.min() <= max(1, int(0.01 * np.median(steps))))
 
-    ``None`` when neither is known (the caller then counts by decoding).
+
+@dataclass
+class _Timeline:
+    """The video stream's frames as stored: presentation timestamps in display order and
+    the positions of the keyframes. ``exact`` is false when some packet has no timestamp
+    (then only the count is known)."""
+
+    pts: list[int]
+    keys: list[int]
+    exact: bool
+
+
+def _scan_packets(path: Path, index: int) -> _Timeline:
+    """Demux (without decoding) every packet of video stream ``index``.
+
+    Matroska declares its length only for the whole file, audio included, so a file whose
+    packets end well before that declared length is truncated; that is checked here.
     """
-    if stream.frames and stream.frames > 0:
-        return int(stream.frames), True
-    if fps > 0:
-        if stream.duration and stream.time_base:
-            seconds = float(stream.duration * stream.time_base)
-        elif container.duration:
-            seconds = container.duration / 1_000_000  # AV_TIME_BASE
-        else:
-            seconds = 0.0
-        if seconds > 0:
-            return max(1, round(seconds * fps)), True
-    return None, False
+    import av
+
+    stamps: list[int] = []
+    key_stamps: list[int] = []
+    exact = True
+    count = 0
+    end = 0.0  # seconds: where the last packet of any stream ends
+    with av.open(str(path)) as container:
+        video = container.streams[index]
+        try:
+            for packet in container.demux():
+                _check_deadline(path)
+                if packet.size == 0:
+                    continue
+                tb = packet.time_base
+                if packet.pts is not None and tb:
+                    end = max(end, float((packet.pts + (packet.duration or 0)) * tb))
+                if packet.stream.index != video.index:
+                    continue
+                count += 1
+                if packet.pts is None:
+                    exact = False
+                    continue
+                stamps.append(int(packet.pts))
+                if packet.is_keyframe:
+                    key_stamps.append(int(packet.pts))
+        except av.error.FFmpegError:
+            pass  # a damaged tail: the packets read so far are what the file holds
+        declared = container.duration / 1_000_000 if container.duration else 0.0
+        if "matroska" in container.format.name and declared > 0 and count:
+            rate = video.average_rate or video.guessed_rate
+            slack = max(_COUNT_SLACK_FRACTION * declared, _COUNT_SLACK_FRAMES / float(rate) if rate else 0.1)
+            if end < declared - slack:
+                raise DataError(
+                    f"video {path} is truncated: it declares {declared:.2f}s but its packets "
+                    f"end at {end:.2f}s"
+                )
+    if not exact or len(set(stamps)) != len(stamps):
+        return _Timeline([0] * count, [], False)
+    stamps.sort()
+    position = {p: i for i, p in enumerate(stamps)}
+    return _Timeline(stamps, sorted(position[p] for p in key_stamps), True)
 
 
-def _seek_decode(container, stream, indices, rate: Fraction, path: Path):
+def _seek_decode(container, stream, indices, rate: Fraction, path: Path, timeline: _Timeline | None = None):
     """Decode the frames at ``indices`` by seeking to the keyframe before each target.
 
-    Returns ``({index: frame}, decoded)`` or ``(None, decoded)`` when the stream ends
-    before a target (the sequential reader then decides between a short and a truncated
-    file). Raises :class:`_SeekFailed` when timestamps are missing or a seek overshoots.
+    Frame ``i`` is the ``i``-th frame in display order: its timestamp comes from
+    ``timeline`` when given (any frame rate), else from the constant ``rate``. Returns
+    ``({index: frame}, decoded)`` or ``(None, decoded)`` when the stream ends before a
+    target (the sequential reader then decides between a short and a truncated file).
+    Raises :class:`_SeekFailed` when timestamps are missing or a seek overshoots.
     """
     tb = Fraction(stream.time_base)
     start = stream.start_time or 0
 
-    def pts_of(i: int) -> int:
-        return start + int(Fraction(i) / rate / tb)
+    if timeline is not None:
+        position = {p: i for i, p in enumerate(timeline.pts)}
 
-    def index_of(frame) -> int:
-        if frame.pts is None:
-            raise _SeekFailed("frame without timestamp")
-        return round((frame.pts - start) * tb * rate)
+        def pts_of(i: int) -> int:
+            return timeline.pts[i]
 
-    keyframes = _keyframe_indices(stream, index_of_pts=lambda p: round((p - start) * tb * rate))
+        def index_of(frame) -> int:
+            if frame.pts not in position:
+                raise _SeekFailed(f"frame at pts {frame.pts} is not among the stream's packets")
+            return position[frame.pts]
+
+        keyframes = timeline.keys or None
+    else:
+
+        def pts_of(i: int) -> int:
+            return start + int(Fraction(i) / rate / tb)
+
+        def index_of(frame) -> int:
+            if frame.pts is None:
+                raise _SeekFailed("frame without timestamp")
+            return round((frame.pts - start) * tb * rate)
+
+        keyframes = _keyframe_indices(stream, index_of_pts=lambda p: round((p - start) * tb * rate))
     targets = sorted(set(indices))
     got: dict[int, np.ndarray] = {}
     frames = None

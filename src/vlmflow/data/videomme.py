@@ -30,12 +30,29 @@ from urllib.parse import parse_qs, urlparse
 from ..errors import DataError
 from ..sample import LETTERS, Sample
 from ._common import field_of, first_existing, parse_items, root_of
-from .registry import DATASETS
+from .registry import DATASETS, published_tasks
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
 """Extensions tried, in this order, for a Video-MME video."""
 
 ANNOTATIONS = "videomme/test-00000-of-00001.parquet"
+TASKS = (
+    "Action Reasoning",
+    "Action Recognition",
+    "Attribute Perception",
+    "Counting Problem",
+    "Information Synopsis",
+    "OCR Problems",
+    "Object Reasoning",
+    "Object Recognition",
+    "Spatial Perception",
+    "Spatial Reasoning",
+    "Temporal Perception",
+    "Temporal Reasoning",
+)
+"""Video-MME's published ``task_type`` values, which the paper's task ids number."""
+published_tasks("videomme", TASKS)
+published_tasks("videomme_open_ended", TASKS)
 _LETTERED = re.compile(r"^\s*([A-Z])\s*[.)]\s?(.*)$", re.DOTALL)
 _META = ("duration", "domain", "sub_category", "video_id", "videoID", "url")
 

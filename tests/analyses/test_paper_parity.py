@@ -464,8 +464,8 @@ def _capture(monkeypatch) -> list:
          {"anchor": "verb", "spacy_model": "en_core_web_lg", "verb_match": "string",
           "regenerate_tokens": 100},
          {"spacy_model": "en_core_web_sm", "verb_match": "position"}),
-        # item 2 (correct samples) and the paper's LLaVA code without the intermediate norm
-        ("answer-prob", [], {"sample_mode": "correct", "norm": False},
+        # item 2 (correct samples) and the family's norm setting (the adapter's paper_final_norm)
+        ("answer-prob", [], {"sample_mode": "correct", "norm": "paper"},
          {"sample_mode": "correct", "norm": True}),
         # item 3: the embedding lens, the paper's words and its 6-layer bins
         ("logit-lens", [], {"projection": "embed", "bins": "paper", "words": "paper-action-sequence"},
@@ -583,3 +583,27 @@ def test_overlays_on_a_16_9_video_sit_on_the_pixels_the_model_saw(tiny_llava, tm
     opts = Options(model="tiny", data=f"jsonl:{tmp_path / 'qa.jsonl'}", num_frames=4, progress=False)
     run(opts, [LogitLens(sample_mode="all", overlays=1, min_hits=1)], out, model=Model(adapter))
     assert (out / "figures" / "logit-lens" / "w.png").exists()
+
+
+def test_answer_prob_paper_norm_follows_the_family(monkeypatch) -> None:
+    """``--paper`` leaves the final norm to the model's family (the adapter's
+    ``paper_final_norm``: off for the LLaVA-style tiny model, as the paper's LLaVA code);
+    ``--norm`` / ``--no-norm`` given explicitly win."""
+    from typer.testing import CliRunner
+
+    from vlmflow.cli import app
+    from vlmflow.models import load_model
+    from vlmflow.models.videollama3 import VideoLlama3Adapter
+
+    calls = _capture(monkeypatch)
+    base = ["answer-prob", "--model", "tiny", "--data", "synthetic", "--paper"]
+    for flags, want in (([], "paper"), (["--norm"], True), (["--no-norm"], False)):
+        assert CliRunner().invoke(app, base + flags).exit_code == 0
+        assert calls[-1][1][0].norm == want, flags
+    tiny = load_model("tiny")
+    assert tiny.paper_final_norm is False and VideoLlama3Adapter.paper_final_norm is True
+    paper = AnswerProbability(norm="paper")
+    assert paper.uses_norm(tiny) is False
+    assert AnswerProbability(norm=True).uses_norm(tiny) is True
+    with pytest.raises(PlanError):
+        AnswerProbability(norm="sometimes")

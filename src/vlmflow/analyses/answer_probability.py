@@ -3,7 +3,9 @@
 Project the last position's residual stream after every decoder layer through the final
 norm and the output head and read the probability of the true option letter and of each
 false option letter. ``norm=False`` skips the final norm for intermediate layers, as the
-paper's code did for LLaVA (the last layer's output is always normed, as in the model).
+paper's code did for LLaVA (the last layer's output is always normed, as in the model);
+``norm="paper"`` takes the paper's setting for the model's family (the adapter's
+``paper_final_norm``: normed for VideoLLaMA3 only).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..errors import PlanError
 from .base import ANALYSES, Analysis, check_sample_mode, option
 
 if TYPE_CHECKING:
@@ -34,7 +37,7 @@ class AnswerProbability(Analysis):
     name: ClassVar[str] = "answer-prob"
     order: ClassVar[int] = 20
     needs_knockout: ClassVar[bool] = False
-    norm: bool = option(
+    norm: bool | str = option(
         True,
         "final norm on intermediate layers (--no-norm: skip it, as the paper's LLaVA code)",
         "--norm/--no-norm",
@@ -45,6 +48,15 @@ class AnswerProbability(Analysis):
 
     def __post_init__(self) -> None:
         check_sample_mode(self.sample_mode)
+        if not isinstance(self.norm, bool) and self.norm != "paper":
+            raise PlanError(f"norm {self.norm!r}: use True, False or 'paper'")
+
+    def uses_norm(self, adapter: Any) -> bool:
+        """Whether intermediate layers are normed for ``adapter``'s model (``"paper"``: the
+        family's ``paper_final_norm``)."""
+        if self.norm == "paper":
+            return bool(getattr(adapter, "paper_final_norm", False))
+        return bool(self.norm)
 
     @torch.inference_mode()
     def records(self, probe: Probe) -> list[dict[str, Any]]:
@@ -54,7 +66,8 @@ class AnswerProbability(Analysis):
         lm = engine.lm
         n = lm.num_layers
         last = torch.stack([engine.hidden_states[layer + 1][0, -1] for layer in range(n)])  # (L, d)
-        if self.norm:
+        norm = self.uses_norm(probe.adapter)
+        if norm:
             last = lm.norm(last)
         else:
             last = torch.cat([last[:-1], lm.norm(last[-1:])])
@@ -67,7 +80,7 @@ class AnswerProbability(Analysis):
             rows.append(
                 {
                     "layer": layer,
-                    "norm": self.norm,
+                    "norm": norm,
                     "p_true": p[answer],
                     "p_false_mean": float(np.mean(false)) if false else None,
                     "p_false_max": max(false) if false else None,

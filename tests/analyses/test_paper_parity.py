@@ -607,3 +607,29 @@ def test_answer_prob_paper_norm_follows_the_family(monkeypatch) -> None:
     assert AnswerProbability(norm=True).uses_norm(tiny) is True
     with pytest.raises(PlanError):
         AnswerProbability(norm="sometimes")
+
+
+def test_false_option_curve_pools_every_false_option_row(tmp_path) -> None:
+    """The paper's lineplot averages every false-option row of every sample, so a sample
+    with four options weighs three times one with two. Two samples: 2 options (false 0.4) and
+    4 options (false 0.1, 0.2, 0.3): pooled mean 0.25, not the mean of means 0.3."""
+    import types
+
+    from vlmflow.analyses.answer_probability import answer_prob_section
+
+    def row(sid, probs, answer):
+        false = [p for i, p in enumerate(probs) if i != answer]
+        return {"sample_id": sid, "task": "t", "layer": 0, "analysis": "answer-prob", "error": None,
+                "option_probs": probs, "p_true": probs[answer], "p_false_mean": float(np.mean(false)),
+                "p_false_max": max(false), "true_rank": 1}  # fmt: skip
+
+    rows = pd.DataFrame([row("a", [0.6, 0.4], 0), row("b", [0.1, 0.2, 0.4, 0.3], 2)])
+    pooled = np.mean([0.4, 0.1, 0.2, 0.3])
+    summary = summarize_answer_prob(rows)
+    assert summary["p_false_mean"].tolist() == pytest.approx([pooled])
+    assert summary["p_false_max"].tolist() == pytest.approx([(0.4 + 0.3) / 2])
+    assert summary["p_true"].tolist() == pytest.approx([0.5])
+    run = types.SimpleNamespace(figure_path=lambda name: tmp_path / f"{name}.png")
+    chart = answer_prob_section(rows, run).charts[0].data
+    line = chart[chart["option"] == "false options (mean)"]
+    assert line["p_mean"].tolist() == pytest.approx([pooled]) and line["n"].tolist() == [4]

@@ -111,18 +111,33 @@ class AnswerProbability(Analysis):
 
 
 def summarize_answer_prob(records: pd.DataFrame) -> pd.DataFrame:
-    """Per task x layer: mean probability of the true letter and of the false letters."""
+    """Per task x layer: mean probability of the true letter and of the false letters.
+
+    ``p_false_mean`` pools every false option of every sample (as the paper's plot), so a
+    sample with more options weighs more; ``p_false_max`` is the mean over samples."""
     df = records[(records["analysis"] == "answer-prob") & records["error"].isna()]
     if df.empty:
         return pd.DataFrame()
     out = df.groupby(["task", "layer"]).agg(
         n=("p_true", "size"),
         p_true=("p_true", "mean"),
-        p_false_mean=("p_false_mean", "mean"),
         p_false_max=("p_false_max", "mean"),
         top1_rate=("true_rank", lambda s: float((s == 1).mean())),
     )
+    pooled = false_option_rows(df).groupby(["task", "layer"])["p_false"].mean().rename("p_false_mean")
+    out = out.join(pooled)[["n", "p_true", "p_false_mean", "p_false_max", "top1_rate"]]
     return out.reset_index()
+
+
+def false_option_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """One row (``task``, ``layer``, ``p_false``) per false option of each answer-prob record."""
+    rows = []
+    columns = (df["task"], df["layer"], df["option_probs"], df["p_true"])
+    for task, layer, probs, p_true in zip(*columns, strict=True):
+        false = [float(p) for p in probs]
+        del false[int(np.argmin([abs(p - p_true) for p in false]))]  # the true option's entry
+        rows += [(task, layer, p) for p in false]
+    return pd.DataFrame(rows, columns=["task", "layer", "p_false"])
 
 
 def overtake_layers(summary: pd.DataFrame) -> dict[str, int | None]:
@@ -150,17 +165,17 @@ def answer_prob_section(rows: pd.DataFrame, run: RunDir) -> Section:
     section = Section("Answer probability by layer", summaries={"answer-prob": summary})
     if summary.empty:
         return section
+    rows = rows[(rows["analysis"] == "answer-prob") & rows["error"].isna()]
     parts = []
-    for column, label in (
-        ("p_true", "true option"),
-        ("p_false_max", "strongest false option"),
-        ("p_false_mean", "false options (mean)"),
+    for data, column, label in (
+        (rows, "p_true", "true option"),
+        (rows, "p_false_max", "strongest false option"),
+        (false_option_rows(rows), "p_false", "false options (mean)"),  # pooled, as the paper
     ):
-        if column in rows:
-            part = mean_ci(rows, ["task", "layer"], column).rename(
-                columns={f"{column}_mean": "p_mean", f"{column}_ci95": "p_ci95"}
-            )
-            parts.append(part.assign(option=label))
+        part = mean_ci(data, ["task", "layer"], column).rename(
+            columns={f"{column}_mean": "p_mean", f"{column}_ci95": "p_ci95"}
+        )
+        parts.append(part.assign(option=label))
     long = pd.concat(parts, ignore_index=True)
     section.charts.append(
         Chart(

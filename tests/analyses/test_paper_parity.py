@@ -122,6 +122,41 @@ def test_keyword_frequency_from_lens_records_counts_top1_hits(tiny_llava) -> Non
         assert table.loc[w].drop("hits").tolist() == pytest.approx([d / sum(direct) for d in direct])
 
 
+def test_keyword_frequency_is_one_table_per_task() -> None:
+    """The paper builds the table per task. 4 layers, bins of 2, min 1 hit. Task t: cup 3
+    hits at layer 0 and 1 at layer 3 (box none: dropped). Task u: cup 1 at layers 1 and 2,
+    box 2 at layer 3, temporal 'then' 2 at layer 0. Pooled, cup would read 4|2."""
+    from vlmflow.analyses.logit_lens import summarize_keyword_frequency
+
+    hits = {("t", 0): {"cup": 3}, ("t", 3): {"cup": 1}, ("u", 1): {"cup": 1}, ("u", 2): {"cup": 1},
+            ("u", 3): {"box": 2}, ("u", 0): {"then": 2}}  # fmt: skip
+    rows = pd.DataFrame(
+        [
+            {"sample_id": task, "task": task, "analysis": "logit-lens", "error": None, "layer": layer,
+             "hits": hits.get((task, layer), {}), "spatial_words": ["box", "cup"], "temporal_words": ["then"],
+             "num_layers": 4, "bin_size": 2, "bins": "exact", "min_hits": 1}  # fmt: skip
+            for task in ("t", "u")
+            for layer in range(4)
+        ]
+    )
+    tables = summarize_keyword_frequency(rows)
+    spatial = tables["spatial"].set_index(["task", "keyword"])
+    assert tables["spatial"].columns.tolist() == ["task", "keyword", "1-2", "3-4", "hits"]
+    want = {
+        ("t", "cup"): [0.75, 0.25, 4],
+        ("t", "MEAN"): [0.75, 0.25, 4],
+        ("u", "box"): [0.0, 1.0, 2],
+        ("u", "cup"): [0.5, 0.5, 2],
+        ("u", "MEAN"): [0.25, 0.75, 4],
+    }
+    assert sorted(spatial.index) == sorted(want)
+    for key, values in want.items():
+        assert spatial.loc[key].tolist() == pytest.approx(values), key
+    temporal = tables["temporal"].set_index(["task", "keyword"])
+    assert sorted(temporal.index) == [("u", "MEAN"), ("u", "then")]
+    assert temporal.loc[("u", "MEAN")].tolist() == pytest.approx([1.0, 0.0, 2])
+
+
 # ---------------------------------------------------------------- 4. accuracy under knockout
 def _flow_fixture() -> pd.DataFrame:
     """Task t: 4 samples, 3 answered correctly at baseline (analysed), 1 wrong (skipped);

@@ -132,9 +132,20 @@ def test_keyword_frequency_is_one_table_per_task() -> None:
             ("u", 3): {"box": 2}, ("u", 0): {"then": 2}}  # fmt: skip
     rows = pd.DataFrame(
         [
-            {"sample_id": task, "task": task, "analysis": "logit-lens", "error": None, "layer": layer,
-             "hits": hits.get((task, layer), {}), "spatial_words": ["box", "cup"], "temporal_words": ["then"],
-             "num_layers": 4, "bin_size": 2, "bins": "exact", "min_hits": 1}  # fmt: skip
+            {
+                "sample_id": task,
+                "task": task,
+                "analysis": "logit-lens",
+                "error": None,
+                "layer": layer,
+                "hits": hits.get((task, layer), {}),
+                "spatial_words": ["box", "cup"],
+                "temporal_words": ["then"],
+                "num_layers": 4,
+                "bin_size": 2,
+                "bins": "exact",
+                "min_hits": 1,
+            }  # fmt: skip
             for task in ("t", "u")
             for layer in range(4)
         ]
@@ -668,3 +679,68 @@ def test_false_option_curve_pools_every_false_option_row(tmp_path) -> None:
     chart = answer_prob_section(rows, run).charts[0].data
     line = chart[chart["option"] == "false options (mean)"]
     assert line["p_mean"].tolist() == pytest.approx([pooled]) and line["n"].tolist() == [4]
+
+
+# ---------------------------------------------------------------- the 95% band
+def _bootstrap_by_loop(x: list[float], n_boot: int, seed: int) -> tuple[float, float]:
+    """seaborn's lineplot band by hand: resample with replacement, mean, 2.5/97.5 percentiles."""
+    import random
+
+    rnd = random.Random(seed)
+    means = sorted(sum(rnd.choices(x, k=len(x))) / len(x) for _ in range(n_boot))
+    return means[round(0.025 * (n_boot - 1))], means[round(0.975 * (n_boot - 1))]
+
+
+def test_band_is_the_paper_plots_percentile_bootstrap() -> None:
+    """The band is seaborn's lineplot default (errorbar=("ci", 95): 1000 bootstrap means,
+    percentile interval): it agrees with a hand-written resampling loop of 20000 draws within
+    Monte-Carlo error, is asymmetric for skewed data (a normal band is not), and is the
+    same on every call (fixed seed)."""
+    from vlmflow.report import ci95_bounds
+
+    rng = np.random.default_rng(7)
+    for x in (rng.normal(0.3, 1.0, 25), rng.exponential(1.0, 12) ** 2, rng.uniform(-50, 10, 200)):
+        lo, hi = ci95_bounds(x)
+        ref_lo, ref_hi = _bootstrap_by_loop(x.tolist(), 20000, seed=1)
+        se = x.std(ddof=1) / np.sqrt(len(x))
+        assert lo == pytest.approx(ref_lo, abs=0.35 * se) and hi == pytest.approx(ref_hi, abs=0.35 * se)
+        assert (lo, hi) == ci95_bounds(x)
+    skewed = rng.exponential(1.0, 12) ** 3
+    lo, hi = ci95_bounds(skewed)
+    assert hi - skewed.mean() > 1.3 * (skewed.mean() - lo)
+    assert ci95_bounds([2.0]) == (2.0, 2.0) and ci95_bounds([np.nan, 1.0, 1.0]) == (1.0, 1.0)
+
+
+def test_flow_summary_band_is_the_bootstrap_and_the_mean_is_unchanged() -> None:
+    """summarize_flow's curve is the plain mean; its band the bootstrap of each group."""
+    from vlmflow.report import ci95_bounds
+
+    rng = np.random.default_rng(3)
+    values = {
+        ("t", 0): rng.normal(-20, 15, 9),
+        ("t", 1): rng.exponential(30, 14),
+        ("u", 0): rng.normal(5, 2, 4),
+    }
+    rows = [
+        {
+            "sample_id": f"{task}{i}",
+            "task": task,
+            "analysis": "flow",
+            "error": None,
+            "target": "x",
+            "condition": "video->last",
+            "layer": layer,
+            "rel_pred": v,
+            "rel_gt": -v,
+            "correct_new": True,
+        }  # fmt: skip
+        for (task, layer), vs in values.items()
+        for i, v in enumerate(vs)
+    ]
+    out = summarize_flow(pd.DataFrame(rows)).set_index(["task", "layer"])
+    for key, vs in values.items():
+        row = out.loc[key]
+        assert row["rel_pred_mean"] == pytest.approx(vs.mean())
+        assert (row["rel_pred_ci95_lo"], row["rel_pred_ci95_hi"]) == pytest.approx(ci95_bounds(vs))
+        assert (row["rel_gt_ci95_lo"], row["rel_gt_ci95_hi"]) == pytest.approx(ci95_bounds(-vs))
+        assert row["rel_pred_ci95_lo"] < row["rel_pred_mean"] < row["rel_pred_ci95_hi"]

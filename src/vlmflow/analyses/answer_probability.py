@@ -173,7 +173,7 @@ def answer_prob_section(rows: pd.DataFrame, run: RunDir) -> Section:
         (false_option_rows(rows), "p_false", "false options (mean)"),  # pooled, as the paper
     ):
         part = mean_ci(data, ["task", "layer"], column).rename(
-            columns={f"{column}_mean": "p_mean", f"{column}_ci95": "p_ci95"}
+            columns={f"{column}_mean": "p_mean", f"{column}_ci95_lo": "p_lo", f"{column}_ci95_hi": "p_hi"}
         )
         parts.append(part.assign(option=label))
     long = pd.concat(parts, ignore_index=True)
@@ -181,7 +181,7 @@ def answer_prob_section(rows: pd.DataFrame, run: RunDir) -> Section:
         Chart(
             "Probability of the option letters read from each layer",
             long,
-            {"probability": ("p_mean", "p_ci95")},
+            {"probability": ("p_mean", ("p_lo", "p_hi"))},
             series=("option",),
             zero_line=False,
             limits=(0.0, 1.0),

@@ -387,7 +387,7 @@ def logit_lens_section(rows: pd.DataFrame, run: RunDir) -> Section:
         Chart(
             "Video tokens whose top-1 lens token is a keyword",
             pd.concat(parts, ignore_index=True),
-            {"fraction of video tokens": ("rate_mean", "rate_ci95")},
+            {"fraction of video tokens": ("rate_mean", ("rate_ci95_lo", "rate_ci95_hi"))},
             series=("words",),
             xlabel="layer (0 = embeddings)",
             zero_line=False,

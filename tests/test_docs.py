@@ -40,3 +40,11 @@ def test_docstring_examples_run(module: str, tmp_path, monkeypatch) -> None:
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {module} failed"
     if module != "vlmflow.cuts":
         assert result.attempted > 0
+
+
+def test_test_files_named_in_docs_exist() -> None:
+    """Every ``tests/...py`` path the docs and the README name is a file of the repository."""
+    texts = [p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]]
+    named = {m for text in texts for m in re.findall(r"\btests/[\w/]+\.py\b", text)}
+    assert named
+    assert sorted(p for p in named if not (ROOT / p).is_file()) == []

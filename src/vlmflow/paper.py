@@ -27,8 +27,9 @@ PAPER_OPTIONS: dict[str, dict[str, Any]] = {
     # the knockout machinery already matches the paper point by point
     "flow": {"sample_mode": "correct", "window": 9, "window_style": "center"},
     "eval": {},
-    # the paper's LLaVA code reads intermediate layers without the final norm
-    "answer-prob": {"sample_mode": "correct", "norm": False},
+    # the family's setting (the adapter's paper_final_norm): its LLaVA code reads intermediate
+    # layers without the final norm, its VideoLLaMA3 code with it
+    "answer-prob": {"sample_mode": "correct", "norm": "paper"},
     # input-embedding lens (normed at the last layer), its word lists, its 6-layer bins
     "logit-lens": {"projection": "embed", "words": "paper-action-sequence", "bins": "paper", "min_hits": 100},
     # one map per question word over the video, layers 11-20 (1-based), heads averaged

@@ -122,6 +122,52 @@ def test_keyword_frequency_from_lens_records_counts_top1_hits(tiny_llava) -> Non
         assert table.loc[w].drop("hits").tolist() == pytest.approx([d / sum(direct) for d in direct])
 
 
+def test_keyword_frequency_is_one_table_per_task() -> None:
+    """The paper builds the table per task. 4 layers, bins of 2, min 1 hit. Task t: cup 3
+    hits at layer 0 and 1 at layer 3 (box none: dropped). Task u: cup 1 at layers 1 and 2,
+    box 2 at layer 3, temporal 'then' 2 at layer 0. Pooled, cup would read 4|2."""
+    from vlmflow.analyses.logit_lens import summarize_keyword_frequency
+
+    hits = {("t", 0): {"cup": 3}, ("t", 3): {"cup": 1}, ("u", 1): {"cup": 1}, ("u", 2): {"cup": 1},
+            ("u", 3): {"box": 2}, ("u", 0): {"then": 2}}  # fmt: skip
+    rows = pd.DataFrame(
+        [
+            {
+                "sample_id": task,
+                "task": task,
+                "analysis": "logit-lens",
+                "error": None,
+                "layer": layer,
+                "hits": hits.get((task, layer), {}),
+                "spatial_words": ["box", "cup"],
+                "temporal_words": ["then"],
+                "num_layers": 4,
+                "bin_size": 2,
+                "bins": "exact",
+                "min_hits": 1,
+            }  # fmt: skip
+            for task in ("t", "u")
+            for layer in range(4)
+        ]
+    )
+    tables = summarize_keyword_frequency(rows)
+    spatial = tables["spatial"].set_index(["task", "keyword"])
+    assert tables["spatial"].columns.tolist() == ["task", "keyword", "1-2", "3-4", "hits"]
+    want = {
+        ("t", "cup"): [0.75, 0.25, 4],
+        ("t", "MEAN"): [0.75, 0.25, 4],
+        ("u", "box"): [0.0, 1.0, 2],
+        ("u", "cup"): [0.5, 0.5, 2],
+        ("u", "MEAN"): [0.25, 0.75, 4],
+    }
+    assert sorted(spatial.index) == sorted(want)
+    for key, values in want.items():
+        assert spatial.loc[key].tolist() == pytest.approx(values), key
+    temporal = tables["temporal"].set_index(["task", "keyword"])
+    assert sorted(temporal.index) == [("u", "MEAN"), ("u", "then")]
+    assert temporal.loc[("u", "MEAN")].tolist() == pytest.approx([1.0, 0.0, 2])
+
+
 # ---------------------------------------------------------------- 4. accuracy under knockout
 def _flow_fixture() -> pd.DataFrame:
     """Task t: 4 samples, 3 answered correctly at baseline (analysed), 1 wrong (skipped);
@@ -464,8 +510,8 @@ def _capture(monkeypatch) -> list:
          {"anchor": "verb", "spacy_model": "en_core_web_lg", "verb_match": "string",
           "regenerate_tokens": 100},
          {"spacy_model": "en_core_web_sm", "verb_match": "position"}),
-        # item 2 (correct samples) and the paper's LLaVA code without the intermediate norm
-        ("answer-prob", [], {"sample_mode": "correct", "norm": False},
+        # item 2 (correct samples) and the family's norm setting (the adapter's paper_final_norm)
+        ("answer-prob", [], {"sample_mode": "correct", "norm": "paper"},
          {"sample_mode": "correct", "norm": True}),
         # item 3: the embedding lens, the paper's words and its 6-layer bins
         ("logit-lens", [], {"projection": "embed", "bins": "paper", "words": "paper-action-sequence"},
@@ -583,3 +629,118 @@ def test_overlays_on_a_16_9_video_sit_on_the_pixels_the_model_saw(tiny_llava, tm
     opts = Options(model="tiny", data=f"jsonl:{tmp_path / 'qa.jsonl'}", num_frames=4, progress=False)
     run(opts, [LogitLens(sample_mode="all", overlays=1, min_hits=1)], out, model=Model(adapter))
     assert (out / "figures" / "logit-lens" / "w.png").exists()
+
+
+def test_answer_prob_paper_norm_follows_the_family(monkeypatch) -> None:
+    """``--paper`` leaves the final norm to the model's family (the adapter's
+    ``paper_final_norm``: off for the LLaVA-style tiny model, as the paper's LLaVA code);
+    ``--norm`` / ``--no-norm`` given explicitly win."""
+    from typer.testing import CliRunner
+
+    from vlmflow.cli import app
+    from vlmflow.models import load_model
+    from vlmflow.models.videollama3 import VideoLlama3Adapter
+
+    calls = _capture(monkeypatch)
+    base = ["answer-prob", "--model", "tiny", "--data", "synthetic", "--paper"]
+    for flags, want in (([], "paper"), (["--norm"], True), (["--no-norm"], False)):
+        assert CliRunner().invoke(app, base + flags).exit_code == 0
+        assert calls[-1][1][0].norm == want, flags
+    tiny = load_model("tiny")
+    assert tiny.paper_final_norm is False and VideoLlama3Adapter.paper_final_norm is True
+    paper = AnswerProbability(norm="paper")
+    assert paper.uses_norm(tiny) is False
+    assert AnswerProbability(norm=True).uses_norm(tiny) is True
+    with pytest.raises(PlanError):
+        AnswerProbability(norm="sometimes")
+
+
+def test_false_option_curve_pools_every_false_option_row(tmp_path) -> None:
+    """The paper's lineplot averages every false-option row of every sample, so a sample
+    with four options weighs three times one with two. Two samples: 2 options (false 0.4) and
+    4 options (false 0.1, 0.2, 0.3): pooled mean 0.25, not the mean of means 0.3."""
+    import types
+
+    from vlmflow.analyses.answer_probability import answer_prob_section
+
+    def row(sid, probs, answer):
+        false = [p for i, p in enumerate(probs) if i != answer]
+        return {"sample_id": sid, "task": "t", "layer": 0, "analysis": "answer-prob", "error": None,
+                "option_probs": probs, "p_true": probs[answer], "p_false_mean": float(np.mean(false)),
+                "p_false_max": max(false), "true_rank": 1}  # fmt: skip
+
+    rows = pd.DataFrame([row("a", [0.6, 0.4], 0), row("b", [0.1, 0.2, 0.4, 0.3], 2)])
+    pooled = np.mean([0.4, 0.1, 0.2, 0.3])
+    summary = summarize_answer_prob(rows)
+    assert summary["p_false_mean"].tolist() == pytest.approx([pooled])
+    assert summary["p_false_max"].tolist() == pytest.approx([(0.4 + 0.3) / 2])
+    assert summary["p_true"].tolist() == pytest.approx([0.5])
+    run = types.SimpleNamespace(figure_path=lambda name: tmp_path / f"{name}.png")
+    chart = answer_prob_section(rows, run).charts[0].data
+    line = chart[chart["option"] == "false options (mean)"]
+    assert line["p_mean"].tolist() == pytest.approx([pooled]) and line["n"].tolist() == [4]
+
+
+# ---------------------------------------------------------------- the 95% band
+def _bootstrap_by_loop(x: list[float], n_boot: int, seed: int) -> tuple[float, float]:
+    """seaborn's lineplot band by hand: resample with replacement, mean, 2.5/97.5 percentiles."""
+    import random
+
+    rnd = random.Random(seed)
+    means = sorted(sum(rnd.choices(x, k=len(x))) / len(x) for _ in range(n_boot))
+    return means[round(0.025 * (n_boot - 1))], means[round(0.975 * (n_boot - 1))]
+
+
+def test_band_is_the_paper_plots_percentile_bootstrap() -> None:
+    """The band is seaborn's lineplot default (errorbar=("ci", 95): 1000 bootstrap means,
+    percentile interval): it agrees with a hand-written resampling loop of 20000 draws within
+    Monte-Carlo error, is asymmetric for skewed data (a normal band is not), and is the
+    same on every call (fixed seed)."""
+    from vlmflow.report import ci95_bounds
+
+    rng = np.random.default_rng(7)
+    for x in (rng.normal(0.3, 1.0, 25), rng.exponential(1.0, 12) ** 2, rng.uniform(-50, 10, 200)):
+        lo, hi = ci95_bounds(x)
+        ref_lo, ref_hi = _bootstrap_by_loop(x.tolist(), 20000, seed=1)
+        se = x.std(ddof=1) / np.sqrt(len(x))
+        assert lo == pytest.approx(ref_lo, abs=0.35 * se) and hi == pytest.approx(ref_hi, abs=0.35 * se)
+        assert (lo, hi) == ci95_bounds(x)
+    skewed = rng.exponential(1.0, 12) ** 3
+    lo, hi = ci95_bounds(skewed)
+    assert hi - skewed.mean() > 1.3 * (skewed.mean() - lo)
+    assert ci95_bounds([2.0]) == (2.0, 2.0) and ci95_bounds([np.nan, 1.0, 1.0]) == (1.0, 1.0)
+
+
+def test_flow_summary_band_is_the_bootstrap_and_the_mean_is_unchanged() -> None:
+    """summarize_flow's curve is the plain mean; its band the bootstrap of each group."""
+    from vlmflow.report import ci95_bounds
+
+    rng = np.random.default_rng(3)
+    values = {
+        ("t", 0): rng.normal(-20, 15, 9),
+        ("t", 1): rng.exponential(30, 14),
+        ("u", 0): rng.normal(5, 2, 4),
+    }
+    rows = [
+        {
+            "sample_id": f"{task}{i}",
+            "task": task,
+            "analysis": "flow",
+            "error": None,
+            "target": "x",
+            "condition": "video->last",
+            "layer": layer,
+            "rel_pred": v,
+            "rel_gt": -v,
+            "correct_new": True,
+        }  # fmt: skip
+        for (task, layer), vs in values.items()
+        for i, v in enumerate(vs)
+    ]
+    out = summarize_flow(pd.DataFrame(rows)).set_index(["task", "layer"])
+    for key, vs in values.items():
+        row = out.loc[key]
+        assert row["rel_pred_mean"] == pytest.approx(vs.mean())
+        assert (row["rel_pred_ci95_lo"], row["rel_pred_ci95_hi"]) == pytest.approx(ci95_bounds(vs))
+        assert (row["rel_gt_ci95_lo"], row["rel_gt_ci95_hi"]) == pytest.approx(ci95_bounds(-vs))
+        assert row["rel_pred_ci95_lo"] < row["rel_pred_mean"] < row["rel_pred_ci95_hi"]

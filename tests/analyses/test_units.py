@@ -61,5 +61,5 @@ def test_a_new_unit_gets_its_command_listing_and_report_section(
     rows = run.records().query("analysis == 'last-norm'")
     assert len(rows) == tiny_llava.num_layers and run.config()["analyses"]["last-norm"] == {"scale": 2.0}
     summary = pd.read_csv(run.summary_path("last-norm"))
-    assert {"layer", "norm_mean", "norm_ci95"} <= set(summary.columns)
+    assert {"layer", "norm_mean", "norm_ci95_lo", "norm_ci95_hi"} <= set(summary.columns)
     assert "last-norm" in run.report_path.read_text()

@@ -104,7 +104,9 @@ def test_flow_end_to_end_then_resume_and_refuse_other_config(tiny_llava_path, be
     assert (out / "figures" / "flow-cross-frame.png").stat().st_size > 1000
     assert (out / "report.html").exists()
     summary = pd.read_csv(out / "summary" / "flow.csv")
-    assert {"rel_pred_mean", "rel_pred_ci95", "acc_of_analysed", "acc_of_all"} <= set(summary.columns)
+    assert {"rel_pred_mean", "rel_pred_ci95_lo", "rel_pred_ci95_hi", "acc_of_analysed", "acc_of_all"} <= set(
+        summary.columns
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["analyses"]["flow"]["window"] == 3
     assert manifest["samples"]["failed"] == 1 and "torch" in manifest["versions"]

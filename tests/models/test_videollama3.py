@@ -171,3 +171,28 @@ def test_paper_frame_sampling_survives_model_probe_and_run_options(adapter, tmp_
     # what a run configures (and records as the manifest's frame_policy)
     options = vlmflow.Options(model="unused", data="synthetic:1:fixed")
     assert options.configure(model).frame_policy == "linspace"
+
+
+def test_answer_prob_paper_norm_is_the_family_setting(adapter) -> None:
+    """``answer-prob --paper`` (``norm="paper"``): the paper's VideoLLaMA3 code norms every
+    intermediate layer, so the probabilities equal those read from the model's own hidden
+    states through the final norm and the output head; an explicit ``norm`` still wins."""
+    from vlmflow.analyses.answer_probability import AnswerProbability
+    from vlmflow.probe import Probe
+
+    assert adapter.paper_final_norm is True
+    prepared = adapter.prepare(make_sample())
+    lm = Probe(adapter, prepared).engine.lm
+    with torch.inference_mode():
+        hs = adapter.model(**prepared.inputs, output_hidden_states=True).hidden_states
+        n = lm.num_layers
+        states = torch.stack([lm.norm(hs[i + 1][0, -1]) for i in range(n - 1)] + [hs[n][0, -1]])
+        want = lm.lm_head(states).float().softmax(-1)[:, list(prepared.option_ids)].numpy()
+    got = {}
+    for norm in ("paper", True, False):
+        rows = AnswerProbability(norm=norm, sample_mode="all").records(Probe(adapter, prepared))
+        got[norm] = np.array([r["option_probs"] for r in rows])
+        assert {r["norm"] for r in rows} == {norm if norm != "paper" else True}
+    assert np.allclose(got["paper"], want, atol=1e-5)
+    assert np.array_equal(got["paper"], got[True])
+    assert not np.allclose(got[False][:-1], want[:-1], atol=1e-5)

@@ -90,7 +90,9 @@ def test_finalize_writes_summaries_figures_and_a_self_contained_report(tmp_path:
     assert (run / "figures" / "flow-vql-to-ql.png").stat().st_size > 5000
 
     mystery = pd.read_csv(run / "summary" / "mystery.csv")  # the generic per-layer summary
-    assert {"task", "kind", "layer", "n", "score_mean", "score_ci95"} <= set(mystery.columns)
+    assert {"task", "kind", "layer", "n", "score_mean", "score_ci95_lo", "score_ci95_hi"} <= set(
+        mystery.columns
+    )
     assert len(mystery) == 2 * 2 * 6 and set(mystery["n"]) == {2, 3}
     broken = next(s for s in result["sections"] if s.key == "broken")
     assert "failed (KeyError" in broken.notes and broken.charts  # generic view instead
@@ -124,7 +126,7 @@ def test_generic_summary_finds_the_condition_columns() -> None:
     out = summarize_layers(rows)
     assert list(out.columns[:4]) == ["task", "cut", "layer", "n"]
     assert len(out) == 4 and set(out["n"]) == {2}
-    assert {"p_mean", "p_ci95", "ok_mean"} <= set(out.columns)
+    assert {"p_mean", "p_ci95_lo", "p_ci95_hi", "ok_mean"} <= set(out.columns)
 
 
 def test_parquet_stores_columns_arrow_cannot_type(tmp_path: Path) -> None:
@@ -216,7 +218,8 @@ def test_report_renders_in_headless_chromium(full_run: Path, tmp_path: Path) -> 
     assert dom.stdout.count('class="curve"') >= 20 and 'class="band"' in dom.stdout
     test = json.loads(re.search(r'<pre id="selftest"[^>]*>(.*?)</pre>', dom.stdout, re.S).group(1))
     assert test["panels"] >= 14
-    assert "layer" in test["tooltip"] and "±" in test["tooltip"]  # values with their CI on hover
+    # values with their CI's bounds on hover
+    assert "layer" in test["tooltip"] and re.search(r"\[-?[\d.]+, -?[\d.]+\]", test["tooltip"])
     assert test["curvesAfterToggle"] == test["curvesBefore"] - 2  # one curve hidden in both panels
     assert test["curvesRestored"] == test["curvesBefore"]
 

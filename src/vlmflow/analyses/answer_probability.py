@@ -3,7 +3,9 @@
 Project the last position's residual stream after every decoder layer through the final
 norm and the output head and read the probability of the true option letter and of each
 false option letter. ``norm=False`` skips the final norm for intermediate layers, as the
-paper's code did for LLaVA (the last layer's output is always normed, as in the model).
+paper's code did for LLaVA (the last layer's output is always normed, as in the model);
+``norm="paper"`` takes the paper's setting for the model's family (the adapter's
+``paper_final_norm``: normed for VideoLLaMA3 only).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..errors import PlanError
 from .base import ANALYSES, Analysis, check_sample_mode, option
 
 if TYPE_CHECKING:
@@ -34,7 +37,7 @@ class AnswerProbability(Analysis):
     name: ClassVar[str] = "answer-prob"
     order: ClassVar[int] = 20
     needs_knockout: ClassVar[bool] = False
-    norm: bool = option(
+    norm: bool | str = option(
         True,
         "final norm on intermediate layers (--no-norm: skip it, as the paper's LLaVA code)",
         "--norm/--no-norm",
@@ -45,6 +48,15 @@ class AnswerProbability(Analysis):
 
     def __post_init__(self) -> None:
         check_sample_mode(self.sample_mode)
+        if not isinstance(self.norm, bool) and self.norm != "paper":
+            raise PlanError(f"norm {self.norm!r}: use True, False or 'paper'")
+
+    def uses_norm(self, adapter: Any) -> bool:
+        """Whether intermediate layers are normed for ``adapter``'s model (``"paper"``: the
+        family's ``paper_final_norm``)."""
+        if self.norm == "paper":
+            return bool(getattr(adapter, "paper_final_norm", False))
+        return bool(self.norm)
 
     @torch.inference_mode()
     def records(self, probe: Probe) -> list[dict[str, Any]]:
@@ -54,7 +66,8 @@ class AnswerProbability(Analysis):
         lm = engine.lm
         n = lm.num_layers
         last = torch.stack([engine.hidden_states[layer + 1][0, -1] for layer in range(n)])  # (L, d)
-        if self.norm:
+        norm = self.uses_norm(probe.adapter)
+        if norm:
             last = lm.norm(last)
         else:
             last = torch.cat([last[:-1], lm.norm(last[-1:])])
@@ -67,7 +80,7 @@ class AnswerProbability(Analysis):
             rows.append(
                 {
                     "layer": layer,
-                    "norm": self.norm,
+                    "norm": norm,
                     "p_true": p[answer],
                     "p_false_mean": float(np.mean(false)) if false else None,
                     "p_false_max": max(false) if false else None,
@@ -98,18 +111,33 @@ class AnswerProbability(Analysis):
 
 
 def summarize_answer_prob(records: pd.DataFrame) -> pd.DataFrame:
-    """Per task x layer: mean probability of the true letter and of the false letters."""
+    """Per task x layer: mean probability of the true letter and of the false letters.
+
+    ``p_false_mean`` pools every false option of every sample (as the paper's plot), so a
+    sample with more options weighs more; ``p_false_max`` is the mean over samples."""
     df = records[(records["analysis"] == "answer-prob") & records["error"].isna()]
     if df.empty:
         return pd.DataFrame()
     out = df.groupby(["task", "layer"]).agg(
         n=("p_true", "size"),
         p_true=("p_true", "mean"),
-        p_false_mean=("p_false_mean", "mean"),
         p_false_max=("p_false_max", "mean"),
         top1_rate=("true_rank", lambda s: float((s == 1).mean())),
     )
+    pooled = false_option_rows(df).groupby(["task", "layer"])["p_false"].mean().rename("p_false_mean")
+    out = out.join(pooled)[["n", "p_true", "p_false_mean", "p_false_max", "top1_rate"]]
     return out.reset_index()
+
+
+def false_option_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """One row (``task``, ``layer``, ``p_false``) per false option of each answer-prob record."""
+    rows = []
+    columns = (df["task"], df["layer"], df["option_probs"], df["p_true"])
+    for task, layer, probs, p_true in zip(*columns, strict=True):
+        false = [float(p) for p in probs]
+        del false[int(np.argmin([abs(p - p_true) for p in false]))]  # the true option's entry
+        rows += [(task, layer, p) for p in false]
+    return pd.DataFrame(rows, columns=["task", "layer", "p_false"])
 
 
 def overtake_layers(summary: pd.DataFrame) -> dict[str, int | None]:
@@ -137,23 +165,23 @@ def answer_prob_section(rows: pd.DataFrame, run: RunDir) -> Section:
     section = Section("Answer probability by layer", summaries={"answer-prob": summary})
     if summary.empty:
         return section
+    rows = rows[(rows["analysis"] == "answer-prob") & rows["error"].isna()]
     parts = []
-    for column, label in (
-        ("p_true", "true option"),
-        ("p_false_max", "strongest false option"),
-        ("p_false_mean", "false options (mean)"),
+    for data, column, label in (
+        (rows, "p_true", "true option"),
+        (rows, "p_false_max", "strongest false option"),
+        (false_option_rows(rows), "p_false", "false options (mean)"),  # pooled, as the paper
     ):
-        if column in rows:
-            part = mean_ci(rows, ["task", "layer"], column).rename(
-                columns={f"{column}_mean": "p_mean", f"{column}_ci95": "p_ci95"}
-            )
-            parts.append(part.assign(option=label))
+        part = mean_ci(data, ["task", "layer"], column).rename(
+            columns={f"{column}_mean": "p_mean", f"{column}_ci95_lo": "p_lo", f"{column}_ci95_hi": "p_hi"}
+        )
+        parts.append(part.assign(option=label))
     long = pd.concat(parts, ignore_index=True)
     section.charts.append(
         Chart(
             "Probability of the option letters read from each layer",
             long,
-            {"probability": ("p_mean", "p_ci95")},
+            {"probability": ("p_mean", ("p_lo", "p_hi"))},
             series=("option",),
             zero_line=False,
             limits=(0.0, 1.0),

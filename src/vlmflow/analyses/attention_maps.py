@@ -189,7 +189,12 @@ def attention_section(rows: pd.DataFrame, run: RunDir) -> Section:
             Chart(
                 f"Attention of the {query} tokens to the video",
                 data,
-                {"attention mass on video tokens": ("video_mass_mean", "video_mass_ci95")},
+                {
+                    "attention mass on video tokens": (
+                        "video_mass_mean",
+                        ("video_mass_ci95_lo", "video_mass_ci95_hi"),
+                    )
+                },
                 series=("condition",),
                 zero_line=False,
                 limits=(0.0, 1.0),

@@ -252,12 +252,9 @@ def summarize_flow(df: pd.DataFrame, task_samples: dict[str, int] | None = None)
     )
     if flow.empty:
         return pd.DataFrame()
+    from ..report import ci95_by_group, ci95_columns
+
     keys = ["task", "target", "condition", "layer"]
-
-    def ci(x: pd.Series) -> float:
-        x = x.dropna()
-        return float(1.96 * x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
-
     flow = flow.assign(_right=pd.Series(flow["correct_new"], dtype="float").fillna(0.0))
     g = flow.groupby(keys)
     out = g.agg(
@@ -267,8 +264,8 @@ def summarize_flow(df: pd.DataFrame, task_samples: dict[str, int] | None = None)
         acc_of_analysed=("correct_new", lambda s: float(pd.Series(s, dtype="float").mean())),
         _right=("_right", "sum"),
     )
-    out["rel_pred_ci95"] = g["rel_pred"].apply(ci)
-    out["rel_gt_ci95"] = g["rel_gt"].apply(ci)
+    for value in ("rel_pred", "rel_gt"):
+        out[list(ci95_columns(value))] = ci95_by_group(g[value])
     out = out.reset_index()
     totals = task_samples or {}
     out["n_task"] = [totals.get(str(t), np.nan) for t in out["task"]]
@@ -288,7 +285,7 @@ def task_sample_counts(records: pd.DataFrame) -> dict[str, int]:
 def flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
     """Per target: the % change of the answer's probability with its 95% CI per task
     (panels) and cut (curves); and the PNG figures in the paper's layout."""
-    from ..report import Chart, Section
+    from ..report import Chart, Section, ci95_columns
     from ..report.figures import save_figure
 
     flow = summarize_flow(rows, rows.attrs.get("task_samples"))
@@ -296,8 +293,8 @@ def flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
     if flow.empty:
         return section
     values = {
-        "% change of p(baseline answer)": ("rel_pred_mean", "rel_pred_ci95"),
-        "% change of p(ground truth)": ("rel_gt_mean", "rel_gt_ci95"),
+        "% change of p(baseline answer)": ("rel_pred_mean", ci95_columns("rel_pred")),
+        "% change of p(ground truth)": ("rel_gt_mean", ci95_columns("rel_gt")),
         "accuracy under knockout, of the analysed samples": ("acc_of_analysed", None),
         "accuracy under knockout, of all samples (paper)": ("acc_of_all", None),
     }
@@ -340,9 +337,8 @@ def flow_figure(summary: pd.DataFrame, target: str, value: str = "rel_pred") -> 
         for cond, d in data[data["task"] == task].groupby("condition"):
             d = d.sort_values("layer")
             x = d["layer"] + 1
-            y, ci = d[f"{value}_mean"], d[f"{value}_ci95"]
-            ax.plot(x, y, marker="o", ms=3, label=str(cond).replace("->", " -/-> "))
-            ax.fill_between(x, y - ci, y + ci, alpha=0.2)
+            ax.plot(x, d[f"{value}_mean"], marker="o", ms=3, label=str(cond).replace("->", " -/-> "))
+            ax.fill_between(x, d[f"{value}_ci95_lo"], d[f"{value}_ci95_hi"], alpha=0.2)
         ax.axhline(0, color="gray", lw=0.8)
         n = int(data[data["task"] == task]["n"].max())
         ax.set_title(f"{task} (n={n})", fontsize=10)
@@ -367,9 +363,8 @@ def flow_by_task_figure(summary: pd.DataFrame, condition: str, value: str = "rel
     for task, d in data.groupby("task"):
         d = d.sort_values("layer")
         x = d["layer"] + 1
-        y, ci = d[f"{value}_mean"], d[f"{value}_ci95"]
-        ax.plot(x, y, marker="o", ms=3, label=f"{task} (n={int(d['n'].max())})")
-        ax.fill_between(x, y - ci, y + ci, alpha=0.15)
+        ax.plot(x, d[f"{value}_mean"], marker="o", ms=3, label=f"{task} (n={int(d['n'].max())})")
+        ax.fill_between(x, d[f"{value}_ci95_lo"], d[f"{value}_ci95_hi"], alpha=0.15)
     ax.axhline(0, color="gray", lw=0.8)
     ax.set_xlabel("layer (centre of the knockout window)")
     ax.set_ylabel("% change in answer probability")

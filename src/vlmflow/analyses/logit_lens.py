@@ -14,10 +14,10 @@ Two keyword statistics are computed from the records: :func:`summarize_logit_len
 layer the share of video tokens that are a spatial / temporal hit (vlmflow's view), and
 :func:`keyword_frequency`, the paper's figure: per keyword, hits summed over bins of
 layers, keywords with fewer than ``min_hits`` hits dropped, each keyword's row normalised
-to 1, then averaged over keywords. ``bins="paper"`` reproduces the paper's code exactly:
-its bins of 5 are label-inclusive ``.loc`` slices that sum 6 layers (adjacent bins share
-one), and its layer ``i`` is the input of decoder layer ``i`` (layer ``L-1`` the final
-normed output, so the output of layer ``L-2`` is never counted).
+to 1, then averaged over keywords, per task (as the paper). ``bins="paper"`` reproduces
+the paper's code exactly: its bins of 5 are label-inclusive ``.loc`` slices that sum 6
+layers (adjacent bins share one), and its layer ``i`` is the input of decoder layer ``i``
+(layer ``L-1`` the final normed output, so the output of layer ``L-2`` is never counted).
 """
 
 from __future__ import annotations
@@ -321,7 +321,8 @@ def keyword_frequency(
 
 def summarize_keyword_frequency(records: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The paper's keyword-frequency tables (``spatial``, ``temporal``) of logit-lens
-    records, with the binning the run asked for (see :func:`keyword_frequency`)."""
+    records, one block per task (column ``task``; the paper builds one table per task), with
+    the binning the run asked for (see :func:`keyword_frequency`)."""
     df = records[(records["analysis"] == "logit-lens")]
     if "error" in df:
         df = df[df["error"].isna()]
@@ -330,17 +331,22 @@ def summarize_keyword_frequency(records: pd.DataFrame) -> dict[str, pd.DataFrame
     first = df.iloc[0]
     out = {}
     for kind in ("spatial", "temporal"):
-        words = sorted({w for ws in df[f"{kind}_words"] for w in (ws if ws is not None else [])})
-        if not words:
-            continue
-        table = keyword_frequency(
-            layer_counts(df, words),
-            int(first["num_layers"]),
-            bin_size=int(first["bin_size"]),
-            bins=str(first["bins"]),
-            min_hits=int(first["min_hits"]),
-        )
-        out[kind] = table.reset_index(names="keyword")
+        tables = []
+        for task, d in df.groupby("task", sort=True):
+            words = sorted({w for ws in d[f"{kind}_words"] for w in (ws if ws is not None else [])})
+            if not words:
+                continue
+            table = keyword_frequency(
+                layer_counts(d, words),
+                int(first["num_layers"]),
+                bin_size=int(first["bin_size"]),
+                bins=str(first["bins"]),
+                min_hits=int(first["min_hits"]),
+            )
+            tables.append(table.reset_index(names="keyword").assign(task=task))
+        if tables:
+            table = pd.concat(tables, ignore_index=True)
+            out[kind] = table[["task", *table.columns.drop("task")]]
     return out
 
 
@@ -381,7 +387,7 @@ def logit_lens_section(rows: pd.DataFrame, run: RunDir) -> Section:
         Chart(
             "Video tokens whose top-1 lens token is a keyword",
             pd.concat(parts, ignore_index=True),
-            {"fraction of video tokens": ("rate_mean", "rate_ci95")},
+            {"fraction of video tokens": ("rate_mean", ("rate_ci95_lo", "rate_ci95_hi"))},
             series=("words",),
             xlabel="layer (0 = embeddings)",
             zero_line=False,
@@ -431,8 +437,8 @@ def logit_lens_section(rows: pd.DataFrame, run: RunDir) -> Section:
         f"Projection: {projection} ('unembed': final norm and output head, the standard lens; "
         "'embed': the input embedding matrix, as the paper's code). Layer 0 is the embeddings; a "
         "hit is a top-1 token equal to a keyword's first sub-token. The logit-lens-keywords "
-        "tables are the paper's statistic: per keyword, hits in bins of layers, keywords with too "
-        "few hits dropped, rows normalised, MEAN their average."
+        "tables are the paper's statistic, per task: per keyword, hits in bins of layers, keywords "
+        "with too few hits dropped, rows normalised, MEAN their average."
     )
     return section
 

@@ -350,7 +350,7 @@ def summarize_open_ended(records: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """``curves``: per task x anchor x condition x layer, n and the mean (95% CI) % change
     of the anchor token's probability; ``anchors``: per task x anchor, kept and skipped
     samples by reason."""
-    from ..report import ci95
+    from ..report import ci95_by_group, ci95_columns
 
     df = records[records["analysis"] == "open-ended"] if "analysis" in records else records
     if "error" in df:
@@ -360,7 +360,7 @@ def summarize_open_ended(records: pd.DataFrame) -> dict[str, pd.DataFrame]:
     kept = df[df["rel_anchor"].notna()]
     g = kept.groupby(["task", "anchor", "condition", "layer"])
     curves = g.agg(n=("rel_anchor", "size"), rel_anchor_mean=("rel_anchor", "mean"))
-    curves["rel_anchor_ci95"] = g["rel_anchor"].apply(ci95)
+    curves[list(ci95_columns("rel_anchor"))] = ci95_by_group(g["rel_anchor"])
     reasons = df[df["skip_reason"].notna()] if "skip_reason" in df else df.iloc[:0]
     counts = []
     for (task, anchor), d in kept.groupby(["task", "anchor"]):
@@ -388,7 +388,12 @@ def open_ended_section(rows: pd.DataFrame, run: RunDir) -> Section | pd.DataFram
             Chart(
                 f"Knockout at {anchor}",
                 curves[curves["anchor"] == anchor],
-                {"% change of p(anchor token)": ("rel_anchor_mean", "rel_anchor_ci95")},
+                {
+                    "% change of p(anchor token)": (
+                        "rel_anchor_mean",
+                        ("rel_anchor_ci95_lo", "rel_anchor_ci95_hi"),
+                    )
+                },
                 series=("condition",),
             )
         )

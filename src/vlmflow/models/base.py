@@ -102,6 +102,9 @@ class Adapter:
     supports: ClassVar[str] = "all analyses (flow, answer-prob, logit-lens, attention, pathways, open-ended)"
     default_frame_policy: ClassVar[str] = "segment_middle"
     modules: ClassVar[ModuleNames] = ModuleNames()  # every HF family here has this layout
+    # whether the paper's answer-probability code normed intermediate layers for this family
+    # (``answer-prob --paper``): its LLaVA/InternVL code did not, its VideoLLaMA3 code did
+    paper_final_norm: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -56,6 +56,7 @@ class VideoLlama3Adapter(ReplacementAdapter):
     model_types = ("video_llama_3",)
     supports = Adapter.supports + " (frame = timestamp + grid; token compression off by default)"
     frame_separator = ","  # VideoLlama3Processor.replace_video_token joins the frames with it
+    paper_final_norm = True  # gen_prob_analysis_videollama3.py norms every intermediate layer
 
     def __init__(
         self,

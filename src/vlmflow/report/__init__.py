@@ -15,11 +15,12 @@ unit can get a section by registering a function under the analysis's name::
 
     @report_section("answer-prob", "true vs false option probability per layer")
     def _answer_prob_section(records: pd.DataFrame, figures_dir: Path) -> Section:
-        summary = ...  # e.g. per task x option x layer: n, p_mean, p_ci95
+        summary = ...  # e.g. per task x option x layer: n, p_mean, p_ci95_lo, p_ci95_hi
         return Section(
             "Answer probability by layer",
             summaries={"answer-prob": summary},                    # -> summary/answer-prob.csv
-            charts=[Chart("p(option)", summary, {"p": ("p_mean", "p_ci95")}, series=("option",))],
+            charts=[Chart("p(option)", summary, {"p": ("p_mean", ("p_ci95_lo", "p_ci95_hi"))},
+                          series=("option",))],
         )
 
 ``records`` are the analysis's rows without failed samples' rows. ``charts`` may also hold
@@ -56,6 +57,7 @@ __all__ = [
     "Section",
     "accuracy_table",
     "charts_for",
+    "ci95_bounds",
     "finalize",
     "mean_ci",
     "report_section",
@@ -76,16 +78,17 @@ class Chart:
     ``series`` columns is one curve (toggled together in every panel), drawn in one small
     panel per value of ``panel`` (``None``: a single panel). x is the ``x`` column plus
     ``x_offset`` (layers are 0-based in records and shown 1-based, like the paper).
-    ``values`` maps a label to ``(value column, band column or None)``: the band is the
-    half-width drawn around the curve (a 95% CI); the report shows one value at a time
-    with a selector. ``hover`` columns, when present, are added to the tooltip.
+    ``values`` maps a label to ``(value column, band)``: the band is ``None``, a pair of
+    columns ``(lower, upper)`` (the 95% CI's bounds, see :func:`ci95_bounds`) or one column
+    of half-widths drawn around the curve; the report shows one value at a time with a
+    selector. ``hover`` columns, when present, are added to the tooltip.
     ``limits`` bounds the y axis and clips bands, e.g. ``(0, 1)`` for probabilities (a
-    normal 95% band may otherwise reach below 0).
+    band may otherwise reach below 0).
     """
 
     title: str
     data: pd.DataFrame
-    values: dict[str, tuple[str, str | None]]
+    values: dict[str, tuple[str, str | tuple[str, str] | None]]
     series: tuple[str, ...] = ()
     panel: str | None = "task"
     x: str = "layer"
@@ -252,19 +255,19 @@ def _as_section(name: str, out: Any) -> Section:
 def charts_for(table: pd.DataFrame, title: str) -> list[Chart]:
     """Generic charts of a per-layer summary table, by its columns' names and types.
 
-    Needs a ``layer`` column. Values: every ``<v>_mean`` column with ``<v>_ci95`` as its
-    band, else every float column. Dimensions: the text columns; ``task`` gives the panels;
-    with two or more others, the first splits the table into one chart per value and the
-    rest name the curves.
+    Needs a ``layer`` column. Values: every ``<v>_mean`` column with ``<v>_ci95_lo`` and
+    ``<v>_ci95_hi`` as its band, else every float column. Dimensions: the text columns;
+    ``task`` gives the panels; with two or more others, the first splits the table into one
+    chart per value and the rest name the curves.
     """
     if table.empty or "layer" not in table:
         return []
     means = [c for c in table.columns if c.endswith("_mean")]
     if means:
-        values = {c[: -len("_mean")]: (c, f"{c[: -len('_mean')]}_ci95") for c in means}
-        values = {k: (m, b if b in table else None) for k, (m, b) in values.items()}
+        values = {c[: -len("_mean")]: (c, ci95_columns(c[: -len("_mean")])) for c in means}
+        values = {k: (m, b if set(b) <= set(table) else None) for k, (m, b) in values.items()}
     else:
-        skip = {"layer", "n"} | {c for c in table.columns if c.endswith("_ci95")}
+        skip = {"layer", "n"} | {c for c in table.columns if c.endswith(("_ci95_lo", "_ci95_hi"))}
         values = {
             c: (c, None) for c in table.columns if c not in skip and pd.api.types.is_float_dtype(table[c])
         }
@@ -287,7 +290,8 @@ def charts_for(table: pd.DataFrame, title: str) -> list[Chart]:
 
 def summarize_layers(rows: pd.DataFrame) -> pd.DataFrame:
     """Generic summary of an analysis's records: per task x condition x layer, ``n`` and the
-    mean and 95% CI (``<v>_mean``, ``<v>_ci95``) of every float or boolean column.
+    mean and 95% CI (``<v>_mean``, ``<v>_ci95_lo``, ``<v>_ci95_hi``) of every float or
+    boolean column.
 
     The condition columns are found from the data: the fewest text columns (few distinct
     values) that, with the sample and the layer, identify a row. Without a ``layer``
@@ -316,25 +320,52 @@ def summarize_layers(rows: pd.DataFrame) -> pd.DataFrame:
     out = g.size().rename("n").to_frame()
     for c in values:
         out[f"{c}_mean"] = g[c].mean()
-        out[f"{c}_ci95"] = g[c].apply(ci95)
+        out[list(ci95_columns(c))] = ci95_by_group(g[c])
     return out.reset_index()
 
 
 def mean_ci(df: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
-    """Per ``keys``: ``n``, ``<value>_mean`` and ``<value>_ci95`` of a numeric column."""
+    """Per ``keys``: ``n``, ``<value>_mean`` and its 95% CI (``<value>_ci95_lo``,
+    ``<value>_ci95_hi``) of a numeric column."""
     data = df[keys].copy()
     data[value] = pd.to_numeric(df[value], errors="coerce")
     g = data.groupby(keys, dropna=False)[value]
     out = g.agg(n="size")
     out[f"{value}_mean"] = g.mean()
-    out[f"{value}_ci95"] = g.apply(ci95)
+    out[list(ci95_columns(value))] = ci95_by_group(g)
     return out.reset_index()
 
 
-def ci95(x: pd.Series) -> float:
-    """Half-width of the normal 95% confidence interval of the mean (0 for one value)."""
-    x = x.dropna()
-    return float(1.96 * x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
+# The paper's curves are seaborn lineplots: their band is the default errorbar=("ci", 95),
+# a percentile bootstrap of the mean with 1000 resamples (here from a fixed seed).
+N_BOOT = 1000
+BOOT_SEED = 0
+
+
+def ci95_bounds(x: Any, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> tuple[float, float]:
+    """``(lower, upper)`` of the 95% percentile-bootstrap CI of the mean of ``x`` (NaNs
+    dropped; one value: both bounds equal it; none: NaN)."""
+    v = pd.to_numeric(pd.Series(x, dtype="float64"), errors="coerce").dropna().to_numpy()
+    if len(v) <= 1:
+        return (float(v[0]), float(v[0])) if len(v) else (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2_000_000 // len(v))  # resamples drawn at once, to bound memory
+    sizes = [min(chunk, n_boot - i) for i in range(0, n_boot, chunk)]
+    means = np.concatenate([v[rng.integers(0, len(v), (k, len(v)))].mean(axis=1) for k in sizes])
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def ci95_columns(value: str) -> tuple[str, str]:
+    """The names of ``value``'s CI bounds in a summary: ``<value>_ci95_lo``, ``<value>_ci95_hi``."""
+    return f"{value}_ci95_lo", f"{value}_ci95_hi"
+
+
+def ci95_by_group(grouped: Any) -> np.ndarray:
+    """:func:`ci95_bounds` of each group of a ``SeriesGroupBy``, in the order of its
+    aggregates: an ``(groups, 2)`` array of lower and upper bounds."""
+    bounds = grouped.apply(ci95_bounds)
+    return np.array(bounds.tolist(), dtype="float64").reshape(-1, 2)
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> None:

@@ -289,9 +289,7 @@ def _chart_spec(chart: Any, chart_id: str) -> dict[str, Any] | None:
                 "s": series.index(name_of(skey)),
                 "x": [_num(x + chart.x_offset) for x in sdata[chart.x]],
                 "y": [[_num(v) for v in sdata[m]] for _, m, _ in values],
-                "b": [
-                    None if b is None or b not in sdata else [_num(v) for v in sdata[b]] for _, _, b in values
-                ],
+                "b": [_band(sdata, m, b) for _, m, b in values],
                 "h": {h: [_num(v) for v in sdata[h]] for h in chart.hover if h in sdata},
             }
             curves.append(curve)
@@ -309,6 +307,18 @@ def _chart_spec(chart: Any, chart_id: str) -> dict[str, Any] | None:
         "zero": chart.zero_line,
         "limits": list(chart.limits) if chart.limits else None,
     }
+
+
+def _band(data: pd.DataFrame, value: str, band: Any) -> list[list[float | None]] | None:
+    """A chart band as ``[lower, upper]`` point lists: ``band`` is a ``(lower, upper)`` pair of
+    columns or one column of half-widths around ``value``; None when absent."""
+    if isinstance(band, (tuple, list)) and all(c in data for c in band):
+        lo, hi = (data[c] for c in band)
+    elif isinstance(band, str) and band in data:
+        lo, hi = data[value] - data[band], data[value] + data[band]
+    else:
+        return None
+    return [[_num(v) for v in lo], [_num(v) for v in hi]]
 
 
 def _table(df: pd.DataFrame | None) -> str:
@@ -505,9 +515,9 @@ SCRIPT = r"""
       p.curves.forEach(function (c) {
         c.x.forEach(function (x, k) {
           xs.push(x);
-          var y = c.y[v][k], b = c.b[v] ? c.b[v][k] : null;
+          var y = c.y[v][k], lo = c.b[v] ? c.b[v][0][k] : null, hi = c.b[v] ? c.b[v][1][k] : null;
           if (!self.visible(c) || y === null) { return; }
-          ys.push(b === null ? y : y - b, b === null ? y : y + b);
+          ys.push(lo === null ? y : lo, hi === null ? y : hi);
         });
       });
     });
@@ -556,14 +566,16 @@ SCRIPT = r"""
       if (!self.visible(c)) { return; }
       var col = color(c.s), ys = c.y[v], bs = c.b[v];
       var pts = [];
-      c.x.forEach(function (x, k) { if (ys[k] !== null) { pts.push([x, ys[k], bs ? bs[k] : null]); } });
+      c.x.forEach(function (x, k) {
+        if (ys[k] !== null) { pts.push([x, ys[k], bs ? bs[0][k] : null, bs ? bs[1][k] : null]); }
+      });
       if (!pts.length) { return; }
       if (bs) {
         var up = pts.map(function (p) {
-          return X(p[0]).toFixed(1) + "," + Y(p[1] + (p[2] || 0)).toFixed(1);
+          return X(p[0]).toFixed(1) + "," + Y(p[3] === null ? p[1] : p[3]).toFixed(1);
         });
         var lo = pts.slice().reverse().map(function (p) {
-          return X(p[0]).toFixed(1) + "," + Y(p[1] - (p[2] || 0)).toFixed(1);
+          return X(p[0]).toFixed(1) + "," + Y(p[2] === null ? p[1] : p[2]).toFixed(1);
         });
         el("path", {"class": "band", d: "M" + up.concat(lo).join("L") + "Z", fill: col, "data-series": c.s},
            svg);
@@ -602,11 +614,11 @@ SCRIPT = r"""
       if (!self.visible(c)) { return; }
       var k = c.x.indexOf(best);
       if (k < 0) { return; }
-      var y = c.y[v][k], b = c.b[v] ? c.b[v][k] : null;
+      var y = c.y[v][k], lo = c.b[v] ? c.b[v][0][k] : null, hi = c.b[v] ? c.b[v][1][k] : null;
       var extra = Object.keys(c.h).map(function (h) { return h + "=" + fmt(c.h[h][k]); }).join(" ");
+      var band = lo !== null && hi !== null ? " [" + fmt(lo) + ", " + fmt(hi) + "]" : "";
       rows.push("<tr><td><i style='background:" + color(c.s) + "'></i></td><td>" + esc(spec.series[c.s]) +
-                "</td><td><b>" + fmt(y) + "</b>" + (b !== null ? " &plusmn; " + fmt(b) : "") + "</td><td>" +
-                esc(extra) + "</td></tr>");
+                "</td><td><b>" + fmt(y) + "</b>" + band + "</td><td>" + esc(extra) + "</td></tr>");
     });
     tip.innerHTML = "<div><b>" + esc(panel.name) + "</b> &middot; " + esc(spec.xlabel) + " " + best +
       "</div><div>" + esc(spec.values[v]) + "</div><table>" + rows.join("") + "</table>";

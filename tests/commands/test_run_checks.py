@@ -236,3 +236,57 @@ def test_a_resume_in_another_dtype_is_refused(tiny_llava_path, tmp_path) -> None
         vlmflow.run(options, analyses, out, model=bf16)
     assert read_records(out).equals(before)
     vlmflow.run(options, analyses, out, model=vlmflow.load(str(tiny_llava_path), dtype="float32"))
+
+
+@pytest.mark.parametrize(
+    ("typo", "fix", "said"),
+    [
+        (["--prompt", "bogus"], ["--prompt", "chat"], "unknown prompt style 'bogus'; choose from paper"),
+        (["--dtype", "fp33"], ["--dtype", "float32"], "unknown dtype 'fp33'"),
+        (["--attn", "flash"], ["--attn", "eager"], "unknown attention implementation 'flash'"),
+        (["--device", "gpu"], ["--device", "cpu"], "unknown device 'gpu'"),
+        (["--model", "MODEL-typo"], ["--model", "MODEL"], "MODEL-typo"),
+    ],
+)
+def test_a_typo_leaves_no_configuration_and_the_corrected_rerun_runs(
+    tiny_llava_path, tmp_path, typo, fix, said
+) -> None:
+    """``eval --prompt bogus`` used to fail yet keep its manifest, so the corrected command
+    was refused as "another configuration (differs in: prompt)"."""
+    out = tmp_path / "e9"
+    model = str(tiny_llava_path)
+
+    def command(extra: list[str]) -> list[str]:
+        extra = [x.replace("MODEL", model) for x in extra]
+        base = ["eval", *SYNTHETIC, "--samples", "1", "--out", str(out), "-q"]
+        return base + (extra if "--model" in extra else ["--model", model, *extra])
+
+    refused = runner.invoke(app, command(typo))
+    assert refused.exit_code == 2, refused.output
+    assert said.replace("MODEL", model) in refused.output
+    assert not (out / "manifest.json").exists()
+    fixed = runner.invoke(app, command(fix))
+    assert fixed.exit_code == 0, fixed.output
+    assert "done: 1 samples, 0 failed" in fixed.output
+
+
+@pytest.mark.parametrize("error", [vlmflow.VlmflowError("cannot load"), OSError("disk gone")])
+def test_a_rerun_that_fails_before_its_first_sample_leaves_the_manifest_as_it_was(
+    tiny_llava_path, tmp_path, monkeypatch, error
+) -> None:
+    out = tmp_path / "run"
+    options = vlmflow.Options(
+        model=str(tiny_llava_path), data="synthetic:1:fixed", tasks=("moving_direction",), progress=False
+    )
+    vlmflow.run(options, [], out)
+    manifest = (out / "manifest.json").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("vlmflow.api.load", broken)
+    with pytest.raises(type(error), match=str(error)):
+        vlmflow.run(options, [], out)
+    assert (out / "manifest.json").read_bytes() == manifest
+    monkeypatch.undo()
+    assert vlmflow.run(options, [], out).summary.skipped == 1  # the folder still resumes

@@ -310,3 +310,26 @@ def test_the_accuracy_bars_count_the_samples_they_are_over() -> None:
     )
     svg = _accuracy_bars(acc)
     assert "0.25 (n=4, 5 failed)</text>" in svg and "1.00 (n=3)</text>" in svg
+
+
+def test_the_report_counts_samples_from_the_records_not_a_stale_manifest(tiny_llava_path, tmp_path) -> None:
+    """After Ctrl-C then a killed resume the manifest said "8 done ... 22 missing of 30"
+    while the records held 13 finished samples; the report showed the manifest's counts."""
+    import vlmflow
+
+    options = vlmflow.Options(
+        model=str(tiny_llava_path), data="synthetic:3:fixed", tasks=("moving_direction",), progress=False
+    )
+    run = tmp_path / "run"
+    vlmflow.run(options, [], run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["samples"] = {"total": 3, "done": 1, "failed": 0, "failures": {}, "missing": 2}  # stale
+    (run / "manifest.json").write_text(json.dumps(manifest))
+
+    result = finalize(run)
+    assert result["samples"]["done"] == 3 and result["samples"]["missing"] == 0
+    overview = (run / "report.html").read_text().split("id='accuracy'")[0]
+    assert "<b>samples</b><span>3 done, 0 failed of 3</span>" in overview
+    said = CliRunner().invoke(app, ["report", str(run)])
+    assert said.exit_code == 0, said.output
+    assert "samples: 3 done, 0 failed of 3" in said.output

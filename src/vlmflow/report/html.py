@@ -43,7 +43,7 @@ def write_report(run: RunDir, records: pd.DataFrame, result: dict[str, Any]) -> 
     body: list[str] = []
     toc = [("overview", "Overview"), ("accuracy", "Accuracy")]
 
-    body.append(_overview(manifest, records))
+    body.append(_overview(manifest, records, result.get("samples") or run.counts()))
     acc = result.get("accuracy")
     body.append(
         "<section id='accuracy'><h2>Accuracy</h2>"
@@ -120,18 +120,17 @@ def write_report(run: RunDir, records: pd.DataFrame, result: dict[str, Any]) -> 
 # --------------------------------------------------------------------------- pieces
 
 
-def _overview(manifest: dict[str, Any], records: pd.DataFrame) -> str:
+def _overview(manifest: dict[str, Any], records: pd.DataFrame, samples: dict[str, Any]) -> str:
+    """The run at a glance; ``samples``: its counts from the records (the manifest's may be stale)."""
+    from . import samples_text
+
     config = manifest.get("config", {})
-    samples = manifest.get("samples", {})
     sessions = manifest.get("sessions", [])
     versions = manifest.get("versions", {})
     model = manifest.get("model", {})
     prov = manifest.get("provenance", {})
     present = sorted(set(records["analysis"]) - {"eval"}) if "analysis" in records else []
     analyses = ", ".join(sorted(config.get("analyses", {})) or present) or "eval only"
-    if not samples and "sample_id" in records:  # a folder closed by no run (e.g. killed): count here
-        failed = records.loc[records["error"].notna(), "sample_id"].nunique() if "error" in records else 0
-        samples = {"done": records["sample_id"].nunique() - failed, "failed": failed}
     weights = (prov.get("model") or {}).get("weights_sha256") or model.get("revision") or "n/a"
     cards = [
         ("model", config.get("model", "")),
@@ -139,9 +138,7 @@ def _overview(manifest: dict[str, Any], records: pd.DataFrame) -> str:
         ("analyses", analyses),
         (
             "samples",
-            f"{samples.get('done', '?')} done, {samples.get('failed', '?')} failed"
-            + (f", {samples['missing']} missing" if samples.get("missing") else "")
-            + (f" of {samples['total']}" if samples.get("total") is not None else ""),
+            samples_text(samples),
         ),
         ("records", f"{len(records)}"),
         ("processes", str(sessions[-1].get("world_size", 1)) if sessions else "1"),

@@ -104,6 +104,8 @@ def test_finalize_writes_summaries_figures_and_a_self_contained_report(tmp_path:
     assert charts[0]["series"] == ["question->last", "video->last"]
     assert {p["name"] for p in charts[0]["panels"]} == {"counting (n=2)", "left_right (n=3)"}
     assert "missing.mp4 cannot be read" in page and "Failed samples" in page
+    assert "Re-running the same command retries them" in page and "--no-retry-failed to keep" in page
+    assert "skips them" not in page  # failed samples are retried by default
 
     assert CliRunner().invoke(app, ["report", str(run)]).exit_code == 0
 

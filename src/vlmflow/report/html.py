@@ -255,8 +255,8 @@ def _failed(records: pd.DataFrame, manifest: dict[str, Any]) -> str:
     n = failed["sample_id"].nunique()
     return (
         head + f"<p class='note'>{n} sample(s) failed; their error is recorded and the run went on. "
-        "Re-running the same command skips them (their units are finished); delete the run folder's "
-        "records of a sample to retry it.</p>" + _table(table) + "</section>"
+        "Re-running the same command retries them (their failure is replaced by the new attempt); "
+        "add --no-retry-failed to keep them as they are.</p>" + _table(table) + "</section>"
     )
 
 

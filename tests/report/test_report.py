@@ -335,3 +335,26 @@ def test_the_report_counts_samples_from_the_records_not_a_stale_manifest(tiny_ll
     said = CliRunner().invoke(app, ["report", str(run)])
     assert said.exit_code == 0, said.output
     assert "samples: 3 done, 0 failed of 3" in said.output
+
+
+def test_a_task_without_an_accuracy_shows_n_a_in_the_report_and_the_terminal(tmp_path, capsys) -> None:
+    """A task whose every sample failed has no accuracy: it read "NaN" in report.html's
+    Accuracy table and "NaN" in the terminal; the CSV leaves it empty and the charts say n/a."""
+    from types import SimpleNamespace
+
+    from vlmflow.commands.common import print_result
+    from vlmflow.run import RunSummary
+
+    store = RecordStore(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"model": "fake", "data": "fake:1"}}))
+    store.write_unit("a", "eval", [{"task": "seen", "error": None, "correct": True}])
+    store.write_unit("b", "eval", [{"task": "lost", "error": "DataError: missing.mp4"}])
+    result = finalize(tmp_path)
+    assert pd.read_csv(tmp_path / "summary" / "accuracy.csv").set_index("task")["accuracy"].isna()["lost"]
+    accuracy = (tmp_path / "report.html").read_text().split("id='accuracy'")[1].split("</section>")[0]
+    assert "<td>lost</td>" in accuracy and "<td>n/a</td>" in accuracy and "NaN" not in accuracy
+
+    print_result(SimpleNamespace(summary=RunSummary(done=1), report=result, out=tmp_path, rank=0))
+    lines = capsys.readouterr().out.splitlines()
+    lost = next(line for line in lines if line.split()[:1] == ["lost"])
+    assert lost.split()[-1] == "n/a" and "NaN" not in "\n".join(lines)

@@ -265,7 +265,7 @@ def print_result(result: Any, lines: list[str] = ()) -> None:  # type: ignore[as
     )
     acc = result.report.get("accuracy")
     if acc is not None and not acc.empty:
-        typer.echo(acc.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+        typer.echo(acc.to_string(index=False, float_format=lambda x: f"{x:.3f}", na_rep="n/a"))
     if "report" in result.report:
         typer.echo(f"report: {result.report['report']}")
     for line in lines:

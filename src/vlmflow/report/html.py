@@ -315,7 +315,9 @@ def _table(df: pd.DataFrame | None) -> str:
     if len(df) > MAX_TABLE_ROWS:
         note = f"<p class='note'>first {MAX_TABLE_ROWS} of {len(df)} rows; the CSV holds all.</p>"
         df = df.head(MAX_TABLE_ROWS)
-    table = df.to_html(index=False, float_format=lambda x: f"{x:.4g}", classes="tbl sortable", border=0)
+    table = df.to_html(  # a missing value reads "n/a", as in the charts (the CSV leaves it empty)
+        index=False, float_format=lambda x: f"{x:.4g}", na_rep="n/a", classes="tbl sortable", border=0
+    )
     return note + table
 
 

@@ -28,9 +28,26 @@ def _shared(name: str, annotation: Any, default: Any = inspect.Parameter.empty) 
 
 Device = Annotated[str, typer.Option(help="torch device, e.g. cpu, cuda, cuda:1")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
-MODEL = _shared(
-    "model", Annotated[str, typer.Option("--model", "-m", help="checkpoint path, hub id, or 'demo'")]
-)
+
+
+def _choices(helps: dict[str, str]) -> str:
+    """``'a' (what a is), 'b' (what b is)`` from a registry's name -> help."""
+    return ", ".join(f"'{name}' ({text})" for name, text in helps.items())
+
+
+def _model_help() -> str:
+    from ..models import EMBEDDED_MODELS
+
+    return f"checkpoint path, hub id, or {_choices(EMBEDDED_MODELS)}"
+
+
+def _prompt_help() -> str:
+    from ..prompt import PROMPT_STYLE_HELP
+
+    return _choices(PROMPT_STYLE_HELP)
+
+
+MODEL = _shared("model", Annotated[str, typer.Option("--model", "-m", help=_model_help())])
 DATA = _shared("data", Annotated[str, typer.Option("--data", "-d", help="NAME:PATH or 'synthetic'")])
 SHARED = [
     _shared(
@@ -62,9 +79,7 @@ SHARED = [
     ),
     _shared(
         "prompt",
-        Annotated[
-            str, typer.Option(help="'paper' (the paper's template) or 'chat' (the model's chat template)")
-        ],
+        Annotated[str, typer.Option(help=_prompt_help())],
         "paper",
     ),
     _shared(

@@ -290,3 +290,25 @@ def test_a_rerun_that_fails_before_its_first_sample_leaves_the_manifest_as_it_wa
     assert (out / "manifest.json").read_bytes() == manifest
     monkeypatch.undo()
     assert vlmflow.run(options, [], out).summary.skipped == 1  # the folder still resumes
+
+
+def test_open_ended_targets_are_refused_by_flow_before_the_model_loads(tiny_llava_path, tmp_path) -> None:
+    """``flow --target vqrl-to-qrl`` used to be accepted, then every sample failed with
+    "token group 'non_last_response' is empty"; flow's unknown-target error listed it."""
+    out = tmp_path / "run"
+    missing = tmp_path / "no-such-model"
+    refused = runner.invoke(app, flow(missing, out, "--target", "vqrl-to-qrl"))
+    assert refused.exit_code == 2, refused.output
+    assert "target 'vqrl-to-qrl' belongs to `open-ended`" in refused.output
+    assert "no-such-model" not in refused.output and not out.exists()
+    unknown = runner.invoke(app, flow(missing, out, "--target", "sideways"))
+    assert "unknown target 'sideways'; choose from " in unknown.output
+    assert "vq-to-true-opt" in unknown.output and "vqrl-to-qrl" not in unknown.output
+
+    with pytest.raises(vlmflow.VlmflowError, match="belongs to `open-ended`"):
+        vlmflow.InformationFlow(targets=("vqrl-to-qrl",))
+    model = vlmflow.load(str(tiny_llava_path))
+    sample = vlmflow.load_dataset("synthetic:1:fixed", tasks=["moving_direction"])[0]
+    with pytest.raises(vlmflow.VlmflowError, match="belongs to `open-ended`"):
+        model.probe(sample).sweep("vqrl-to-qrl", window=1)
+    vlmflow.OpenEnded(targets=("vqrl-to-qrl",))  # open-ended's own target

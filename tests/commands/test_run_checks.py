@@ -312,3 +312,22 @@ def test_open_ended_targets_are_refused_by_flow_before_the_model_loads(tiny_llav
     with pytest.raises(vlmflow.VlmflowError, match="belongs to `open-ended`"):
         model.probe(sample).sweep("vqrl-to-qrl", window=1)
     vlmflow.OpenEnded(targets=("vqrl-to-qrl",))  # open-ended's own target
+
+
+def test_paper_preset_layers_beyond_the_model_say_where_they_come_from(tiny_llava_path, tmp_path) -> None:
+    """``attention --paper`` on a small model said "error: --layers 10-19: ..." after loading,
+    blaming a flag the user never typed."""
+
+    def attention(out: str, *extra: str) -> list[str]:
+        return ["attention", "--model", str(tiny_llava_path), *SYNTHETIC, "--samples", "1", "-q",
+                "--out", str(tmp_path / out), *extra]  # fmt: skip
+
+    preset = runner.invoke(app, attention("p", "--paper"))
+    assert preset.exit_code == 2, preset.output
+    assert "--layers 10-19: " in preset.output and "has 4 layers (0-3)" in preset.output
+    assert "--layers 10-19 comes from --paper's preset" in preset.output
+    assert "pass --layers to override it" in preset.output
+    typed = runner.invoke(app, attention("t", "--layers", "10-19"))
+    assert typed.exit_code == 2 and "preset" not in typed.output
+    fixed = runner.invoke(app, attention("p", "--paper", "--layers", "0-3"))
+    assert fixed.exit_code == 0, fixed.output

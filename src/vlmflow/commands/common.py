@@ -144,6 +144,8 @@ SHARED = [
 
 # Set by the ``--paper`` wrapper around a command for the run it starts (stored in the manifest).
 _PAPER: ContextVar[bool] = ContextVar("vlmflow_paper", default=False)
+# The options ``--paper`` set (not given on the command line): name -> value.
+_PRESET: ContextVar[dict[str, Any]] = ContextVar("vlmflow_paper_preset", default={})  # noqa: B039
 
 
 def run_command(fn: Callable[..., Any]) -> Callable[..., None]:
@@ -179,7 +181,7 @@ def run_command(fn: Callable[..., Any]) -> Callable[..., None]:
             )
             fn(options=options, out=shared["out"], **values)
         except VlmflowError as exc:
-            fail(exc)
+            fail(_from_preset(exc))
         except (KeyboardInterrupt, typer.Exit, typer.Abort):
             raise
         except Exception as exc:  # anything unexpected: one line and what to do, not a traceback
@@ -218,12 +220,15 @@ def with_paper(command: str, func: Callable[..., Any]) -> Callable[..., Any]:
                 for k in kwargs
                 if ctx is not None and getattr(ctx.get_parameter_source(k), "name", "DEFAULT") != "DEFAULT"
             }
+            given = kwargs
             kwargs = apply_paper(command, kwargs, explicit)
-        token = _PAPER.set(bool(paper))
+            preset = {k: v for k, v in kwargs.items() if k not in explicit and given[k] != v}
+        token, preset_token = _PAPER.set(bool(paper)), _PRESET.set(preset if paper else {})
         try:
             return func(**kwargs)
         finally:
             _PAPER.reset(token)
+            _PRESET.reset(preset_token)
 
     added = [
         inspect.Parameter("ctx", KW, annotation=typer.Context),
@@ -259,6 +264,18 @@ def fail_unexpected(exc: BaseException) -> None:
         err=True,
     )
     raise typer.Exit(2)
+
+
+def _from_preset(exc: VlmflowError) -> VlmflowError:
+    """``exc`` saying so when the option it names was set by ``--paper``, not typed."""
+    name = getattr(exc, "option", None)
+    if name not in _PRESET.get():
+        return exc
+    flag = "--" + name.replace("_", "-")
+    return type(exc)(
+        f"{exc}. {flag} {_PRESET.get()[name]} comes from --paper's preset (the paper's choice for "
+        f"its own models); pass {flag} to override it"
+    )
 
 
 def fail(exc: VlmflowError) -> None:

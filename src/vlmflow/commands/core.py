@@ -32,8 +32,9 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")]) -> Non
     except VlmflowError as exc:
         fail(exc)
     sections = ", ".join(s.key for s in result.get("sections", [])) or "accuracy only"
-    counts = f"; samples: {samples_text(result['samples'])}" if "samples" in result else ""
-    typer.echo(f"{result['records']} records ({sections}){counts} -> {result.get('report', run_dir)}")
+    typer.echo(f"{result['records']} records ({sections}) -> {result.get('report', run_dir)}")
+    if "samples" in result:  # counted from the records (the manifest's may be stale)
+        typer.echo(f"samples: {samples_text(result['samples'])}")
 
 
 def list_(what: Annotated[str, typer.Argument(help="models, datasets, analyses or targets")]) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import PlanError, RunStopped
-from .probe import Model, check_num_frames, load
+from .probe import Model, check_load_options, check_num_frames, load
 from .run import RunSummary, run_samples
 from .rundir import RunDir
 from .sample import Sample
@@ -66,7 +66,9 @@ class Options:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_num_frames(self.num_frames)  # refused here, not by every video sample of a run
+        # refused here, before a run folder is touched or the model loads
+        check_num_frames(self.num_frames)
+        check_load_options(prompt=self.prompt, dtype=self.dtype, device=self.device, attn=self.attn)
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise PlanError(f"max_batch_tokens must be >= 1 (or unset), got {self.max_batch_tokens}")
 
@@ -157,11 +159,12 @@ def run(
             samples = [s for s in samples if s.id in keep]
             config["sample_ids"] = sorted(keep)
 
-        fresh = [False]  # whether this call created the run folder's manifest
+        before: list[bytes | None] = [None]  # the manifest as it was before this call (None: none)
 
         def open_locked() -> dict[str, Any]:
             lock.acquire()  # a second run on this folder is refused here, before any work
-            fresh[0] = not rundir.manifest_path.exists()
+            path = rundir.manifest_path
+            before[0] = path.read_bytes() if path.exists() else None
             manifest = rundir.open(
                 config,
                 {
@@ -178,16 +181,17 @@ def run(
             return manifest
 
         ctx.on_main(open_locked)
-        if model is None:
-            model = options.load(ctx.device(options.device))
-        adapter = options.configure(model)
-        try:  # layers the model does not have: refused once, before any sample
+        try:  # a run refused before its first sample leaves the manifest as it found it
+            if model is None:
+                model = options.load(ctx.device(options.device))
+            adapter = options.configure(model)
+            # layers the model does not have: refused once, before any sample
             check_layers(analyses, adapter.num_layers, options.model)
-        except PlanError:
-            if fresh[0]:  # a run refused before it began leaves no configuration behind
-                rundir.manifest_path.unlink(missing_ok=True)
+            ctx.on_main(lambda: _check_computed_in(rundir, adapter, options))
+        except Exception:
+            if lock.held:
+                _restore_manifest(rundir, before[0])
             raise
-        ctx.on_main(lambda: _check_computed_in(rundir, adapter, options))
         if options.progress and ctx.is_main:
             print(
                 f"model: {adapter.model_id} ({adapter.family}), {_dtype_name(adapter)} on {adapter.device}",
@@ -254,6 +258,21 @@ def _refuse_unknown_ids(sample_ids: Sequence[str], samples: Sequence[Sample], op
             f"{len(unknown)} sample id(s) not among the {len(samples)} selected samples of "
             f"{options.data!r}: {shown}; known ids include {hint}"
         )
+
+
+def _restore_manifest(rundir: RunDir, before: bytes | None) -> None:
+    """Put back the manifest a run found (``before``), or remove the one it created; a disk
+    that refuses leaves it as it is (the error that stopped the run is the one to report)."""
+    from .errors import VlmflowError
+    from .store import write_text_atomic
+
+    try:
+        if before is None:
+            rundir.manifest_path.unlink(missing_ok=True)
+        else:
+            write_text_atomic(rundir.manifest_path, before.decode())
+    except (OSError, VlmflowError):
+        pass
 
 
 def _dtype_name(adapter: Any) -> str:

@@ -66,6 +66,7 @@ def load(
     """
     from .models import load_model
 
+    check_load_options(dtype=dtype, device=device, attn=attn)
     return Model(load_model(spec, device=device, dtype=dtype, attn_implementation=attn))
 
 
@@ -77,6 +78,31 @@ def check_num_frames(num_frames: Any) -> int:
             f"num_frames must be a whole number >= 1 (frames decoded per video), got {num_frames!r}"
         )
     return int(num_frames)
+
+
+def check_load_options(
+    *, prompt: str = "paper", dtype: str | None = None, device: str = "cpu", attn: str = "sdpa"
+) -> None:
+    """Refuse an unknown prompt style, dtype, device or attention implementation, naming
+    the choices (cheap checks, made before a run folder is touched or the model loads)."""
+    from .errors import UnsupportedModelError
+    from .models.base import _dtype
+
+    if prompt not in PROMPT_STYLES:
+        raise PromptError(f"unknown prompt style {prompt!r}; choose from {', '.join(PROMPT_STYLES)}")
+    _dtype(dtype)
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise UnsupportedModelError(f"unknown device {device!r} (e.g. cpu, cuda, cuda:1)") from exc
+    if attn not in ("eager", "sdpa") and "/" not in attn:  # "/": a hub kernel, checked by transformers
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+        if attn not in known:
+            raise UnsupportedModelError(
+                f"unknown attention implementation {attn!r}; choose from {', '.join(known)}"
+            )
 
 
 class Model:

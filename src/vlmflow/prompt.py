@@ -22,7 +22,12 @@ SYSTEM_MVBENCH = (
 )
 POST_PROMPT = "\nOnly give the best option."
 ANSWER_PROMPT = "Best option:("
-PROMPT_STYLES = ("paper", "chat", "mvbench")
+PROMPT_STYLE_HELP = {
+    "paper": "the paper's template per family",
+    "chat": "the model's chat template",
+    "mvbench": "the LLaVA eval_mvbench template for any family",
+}
+PROMPT_STYLES = tuple(PROMPT_STYLE_HELP)
 
 CharRange = tuple[int, int]
 

@@ -291,6 +291,11 @@ class RunDir:
             counts["missing"] = max(0, total - done - len(failures))
         return counts
 
+    def counts(self) -> dict[str, Any]:
+        """:meth:`sample_counts` of the run's selected total: what its records hold now (the
+        manifest's ``samples`` may be stale, e.g. after a killed resume)."""
+        return self.sample_counts(_total(self.manifest()))
+
     def merge(self) -> dict[str, Any]:
         """Merge the record shards into the manifest's counts, summaries and report.
 
@@ -306,7 +311,7 @@ class RunDir:
         with self.lock():  # not while a run still writes this folder
             manifest = self.manifest()
             shards = shard_status(self.path)
-            manifest["samples"] = self.sample_counts(_total(manifest))
+            manifest["samples"] = self.counts()
             manifest["merged_at"] = now()
             manifest["shards"] = shards
             self.write_manifest(manifest)

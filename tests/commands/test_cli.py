@@ -75,6 +75,17 @@ def test_help_explains_itself() -> None:
     assert "--target" in result.output and "--window-style" in result.output
 
 
+def test_help_lists_every_prompt_style_and_embedded_model_the_code_accepts() -> None:
+    """``--prompt`` help omitted 'mvbench' and ``--model`` help omitted 'tiny'."""
+    from vlmflow.models import EMBEDDED_MODELS
+    from vlmflow.prompt import PROMPT_STYLES
+
+    said = runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "400"}).output
+    assert {"mvbench", "tiny"} <= set(PROMPT_STYLES) | set(EMBEDDED_MODELS)
+    for name in (*PROMPT_STYLES, *EMBEDDED_MODELS):
+        assert f"'{name}'" in said, name
+
+
 def test_flow_end_to_end_then_resume_and_refuse_other_config(tiny_llava_path, bench, tmp_path) -> None:
     out = tmp_path / "run"
     result = runner.invoke(

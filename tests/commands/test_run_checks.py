@@ -236,3 +236,98 @@ def test_a_resume_in_another_dtype_is_refused(tiny_llava_path, tmp_path) -> None
         vlmflow.run(options, analyses, out, model=bf16)
     assert read_records(out).equals(before)
     vlmflow.run(options, analyses, out, model=vlmflow.load(str(tiny_llava_path), dtype="float32"))
+
+
+@pytest.mark.parametrize(
+    ("typo", "fix", "said"),
+    [
+        (["--prompt", "bogus"], ["--prompt", "chat"], "unknown prompt style 'bogus'; choose from paper"),
+        (["--dtype", "fp33"], ["--dtype", "float32"], "unknown dtype 'fp33'"),
+        (["--attn", "flash"], ["--attn", "eager"], "unknown attention implementation 'flash'"),
+        (["--device", "gpu"], ["--device", "cpu"], "unknown device 'gpu'"),
+        (["--model", "MODEL-typo"], ["--model", "MODEL"], "MODEL-typo"),
+    ],
+)
+def test_a_typo_leaves_no_configuration_and_the_corrected_rerun_runs(
+    tiny_llava_path, tmp_path, typo, fix, said
+) -> None:
+    """``eval --prompt bogus`` used to fail yet keep its manifest, so the corrected command
+    was refused as "another configuration (differs in: prompt)"."""
+    out = tmp_path / "e9"
+    model = str(tiny_llava_path)
+
+    def command(extra: list[str]) -> list[str]:
+        extra = [x.replace("MODEL", model) for x in extra]
+        base = ["eval", *SYNTHETIC, "--samples", "1", "--out", str(out), "-q"]
+        return base + (extra if "--model" in extra else ["--model", model, *extra])
+
+    refused = runner.invoke(app, command(typo))
+    assert refused.exit_code == 2, refused.output
+    assert said.replace("MODEL", model) in refused.output
+    assert not (out / "manifest.json").exists()
+    fixed = runner.invoke(app, command(fix))
+    assert fixed.exit_code == 0, fixed.output
+    assert "done: 1 samples, 0 failed" in fixed.output
+
+
+@pytest.mark.parametrize("error", [vlmflow.VlmflowError("cannot load"), OSError("disk gone")])
+def test_a_rerun_that_fails_before_its_first_sample_leaves_the_manifest_as_it_was(
+    tiny_llava_path, tmp_path, monkeypatch, error
+) -> None:
+    out = tmp_path / "run"
+    options = vlmflow.Options(
+        model=str(tiny_llava_path), data="synthetic:1:fixed", tasks=("moving_direction",), progress=False
+    )
+    vlmflow.run(options, [], out)
+    manifest = (out / "manifest.json").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("vlmflow.api.load", broken)
+    with pytest.raises(type(error), match=str(error)):
+        vlmflow.run(options, [], out)
+    assert (out / "manifest.json").read_bytes() == manifest
+    monkeypatch.undo()
+    assert vlmflow.run(options, [], out).summary.skipped == 1  # the folder still resumes
+
+
+def test_open_ended_targets_are_refused_by_flow_before_the_model_loads(tiny_llava_path, tmp_path) -> None:
+    """``flow --target vqrl-to-qrl`` used to be accepted, then every sample failed with
+    "token group 'non_last_response' is empty"; flow's unknown-target error listed it."""
+    out = tmp_path / "run"
+    missing = tmp_path / "no-such-model"
+    refused = runner.invoke(app, flow(missing, out, "--target", "vqrl-to-qrl"))
+    assert refused.exit_code == 2, refused.output
+    assert "target 'vqrl-to-qrl' belongs to `open-ended`" in refused.output
+    assert "no-such-model" not in refused.output and not out.exists()
+    unknown = runner.invoke(app, flow(missing, out, "--target", "sideways"))
+    assert "unknown target 'sideways'; choose from " in unknown.output
+    assert "vq-to-true-opt" in unknown.output and "vqrl-to-qrl" not in unknown.output
+
+    with pytest.raises(vlmflow.VlmflowError, match="belongs to `open-ended`"):
+        vlmflow.InformationFlow(targets=("vqrl-to-qrl",))
+    model = vlmflow.load(str(tiny_llava_path))
+    sample = vlmflow.load_dataset("synthetic:1:fixed", tasks=["moving_direction"])[0]
+    with pytest.raises(vlmflow.VlmflowError, match="belongs to `open-ended`"):
+        model.probe(sample).sweep("vqrl-to-qrl", window=1)
+    vlmflow.OpenEnded(targets=("vqrl-to-qrl",))  # open-ended's own target
+
+
+def test_paper_preset_layers_beyond_the_model_say_where_they_come_from(tiny_llava_path, tmp_path) -> None:
+    """``attention --paper`` on a small model said "error: --layers 10-19: ..." after loading,
+    blaming a flag the user never typed."""
+
+    def attention(out: str, *extra: str) -> list[str]:
+        return ["attention", "--model", str(tiny_llava_path), *SYNTHETIC, "--samples", "1", "-q",
+                "--out", str(tmp_path / out), *extra]  # fmt: skip
+
+    preset = runner.invoke(app, attention("p", "--paper"))
+    assert preset.exit_code == 2, preset.output
+    assert "--layers 10-19: " in preset.output and "has 4 layers (0-3)" in preset.output
+    assert "--layers 10-19 comes from --paper's preset" in preset.output
+    assert "pass --layers to override it" in preset.output
+    typed = runner.invoke(app, attention("t", "--layers", "10-19"))
+    assert typed.exit_code == 2 and "preset" not in typed.output
+    fixed = runner.invoke(app, attention("p", "--paper", "--layers", "0-3"))
+    assert fixed.exit_code == 0, fixed.output

@@ -106,6 +106,8 @@ def test_finalize_writes_summaries_figures_and_a_self_contained_report(tmp_path:
     assert charts[0]["series"] == ["question->last", "video->last"]
     assert {p["name"] for p in charts[0]["panels"]} == {"counting (n=2)", "left_right (n=3)"}
     assert "missing.mp4 cannot be read" in page and "Failed samples" in page
+    assert "Re-running the same command retries them" in page and "--no-retry-failed to keep" in page
+    assert "skips them" not in page  # failed samples are retried by default
 
     assert CliRunner().invoke(app, ["report", str(run)]).exit_code == 0
 
@@ -313,3 +315,49 @@ def test_the_accuracy_bars_count_the_samples_they_are_over() -> None:
     )
     svg = _accuracy_bars(acc)
     assert "0.25 (n=4, 5 failed)</text>" in svg and "1.00 (n=3)</text>" in svg
+
+
+def test_the_report_counts_samples_from_the_records_not_a_stale_manifest(tiny_llava_path, tmp_path) -> None:
+    """After Ctrl-C then a killed resume the manifest said "8 done ... 22 missing of 30"
+    while the records held 13 finished samples; the report showed the manifest's counts."""
+    import vlmflow
+
+    options = vlmflow.Options(
+        model=str(tiny_llava_path), data="synthetic:3:fixed", tasks=("moving_direction",), progress=False
+    )
+    run = tmp_path / "run"
+    vlmflow.run(options, [], run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["samples"] = {"total": 3, "done": 1, "failed": 0, "failures": {}, "missing": 2}  # stale
+    (run / "manifest.json").write_text(json.dumps(manifest))
+
+    result = finalize(run)
+    assert result["samples"]["done"] == 3 and result["samples"]["missing"] == 0
+    overview = (run / "report.html").read_text().split("id='accuracy'")[0]
+    assert "<b>samples</b><span>3 done, 0 failed of 3</span>" in overview
+    said = CliRunner().invoke(app, ["report", str(run)])
+    assert said.exit_code == 0, said.output
+    assert "samples: 3 done, 0 failed of 3" in said.output
+
+
+def test_a_task_without_an_accuracy_shows_n_a_in_the_report_and_the_terminal(tmp_path, capsys) -> None:
+    """A task whose every sample failed has no accuracy: it read "NaN" in report.html's
+    Accuracy table and "NaN" in the terminal; the CSV leaves it empty and the charts say n/a."""
+    from types import SimpleNamespace
+
+    from vlmflow.commands.common import print_result
+    from vlmflow.run import RunSummary
+
+    store = RecordStore(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"model": "fake", "data": "fake:1"}}))
+    store.write_unit("a", "eval", [{"task": "seen", "error": None, "correct": True}])
+    store.write_unit("b", "eval", [{"task": "lost", "error": "DataError: missing.mp4"}])
+    result = finalize(tmp_path)
+    assert pd.read_csv(tmp_path / "summary" / "accuracy.csv").set_index("task")["accuracy"].isna()["lost"]
+    accuracy = (tmp_path / "report.html").read_text().split("id='accuracy'")[1].split("</section>")[0]
+    assert "<td>lost</td>" in accuracy and "<td>n/a</td>" in accuracy and "NaN" not in accuracy
+
+    print_result(SimpleNamespace(summary=RunSummary(done=1), report=result, out=tmp_path, rank=0))
+    lines = capsys.readouterr().out.splitlines()
+    lost = next(line for line in lines if line.split()[:1] == ["lost"])
+    assert lost.split()[-1] == "n/a" and "NaN" not in "\n".join(lines)

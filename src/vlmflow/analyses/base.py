@@ -144,11 +144,13 @@ class Analysis:
                 continue
             flag = meta["flags"][0] if meta["flags"] else "--" + f.name.replace("_", "-")
             missing = f"layer {bad[0]} does not" if len(bad) == 1 else f"layers {layer_ranges(bad)} do not"
-            raise PlanError(
+            error = PlanError(
                 f"{flag} {layer_ranges(value)}: {model or 'the model'} has {num_layers} layers "
                 f"(0-{num_layers - 1}), so {missing} exist (analysis {self.name}); give layers "
                 f"within 0-{num_layers - 1}"
             )
+            error.option = f.name  # type: ignore[attr-defined]  # the CLI says where a preset set it
+            raise error
 
     # ------------------------------------------------------------------ command line
     @classmethod

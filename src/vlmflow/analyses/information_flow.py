@@ -21,7 +21,7 @@ import torch
 from ..cuts import WINDOW_STYLES, parse_layers
 from ..errors import PlanError
 from .base import ANALYSES, Analysis, CliOption, check_sample_mode, option
-from .targets import PAPER_TARGETS, TARGETS, Edges, SweepPoint, parse_edges, sweep, target_curves
+from .targets import PAPER_TARGETS, Edges, SweepPoint, check_targets, parse_edges, sweep, target_curves
 
 if TYPE_CHECKING:
     from ..probe import Probe
@@ -61,7 +61,7 @@ class InformationFlow(Analysis):
     order: ClassVar[int] = 10
     targets: tuple[str, ...] | None = option(
         None,
-        "cross-frame, vql-to-ql, question-and-options-to-last, vq-to-true-opt (repeatable; default all)",
+        f"{', '.join(PAPER_TARGETS)} (repeatable; default all)",
         "--target",
         "-t",
         cli=list,
@@ -144,11 +144,13 @@ def check_sweep(
     style: str,
     custom: Sequence[str] = (),
     layers: Sequence[int] | None = None,
+    *,
+    response: bool = False,
 ) -> None:
     """Unknown targets, window styles, windows below one, malformed custom curves, empty
-    sweep layers and an empty sweep are errors before the first sample."""
-    for t in targets:
-        TARGETS.get(t)
+    sweep layers and an empty sweep are errors before the first sample; so are
+    ``open-ended``'s targets unless the inputs have a ``response``."""
+    check_targets(targets, response=response)
     if style not in WINDOW_STYLES:
         raise PlanError(f"unknown window style {style!r}; choose from {WINDOW_STYLES}")
     if window < 1:
@@ -192,7 +194,7 @@ def sweep_curves(
     """The sweep's curves on one input, checked: ``(target, condition, edges, points)`` per
     curve, a point (plan) per sweep layer. Exact (``sweep_rows``) and screened sweeps
     (``screened_flow.screened_sweep``) run these plans."""
-    check_sweep(targets, window, style, custom, layers)
+    check_sweep(targets, window, style, custom, layers, response=len(probe.layout.response) > 0)
     n_layers = probe.num_layers
     if layers is not None and any(not 0 <= x < n_layers for x in layers):
         raise PlanError(f"sweep layers {tuple(layers)} outside 0..{n_layers - 1}")

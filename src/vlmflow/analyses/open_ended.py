@@ -103,7 +103,7 @@ class OpenEnded(Analysis):
             )
         self.targets = tuple(self.targets)
         self.anchor_orders = tuple(self.anchor_orders)
-        check_sweep(self.targets, self.window, self.window_style)
+        check_sweep(self.targets, self.window, self.window_style, response=True)
         if self.verb_match not in VERB_MATCHES:
             raise PlanError(f"unknown verb matching {self.verb_match!r}; choose from {VERB_MATCHES}")
         if any(n < 1 for n in self.anchor_orders):

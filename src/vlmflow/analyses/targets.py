@@ -72,6 +72,23 @@ def _vqrl_to_qrl(layout: TokenLayout) -> list[tuple[str, Edges]]:
 
 
 PAPER_TARGETS = ("cross-frame", "vql-to-ql", "question-and-options-to-last", "vq-to-true-opt")
+OPEN_ENDED_TARGETS = ("vqrl-to-qrl",)
+"""Targets that cut a generated response: ``open-ended``'s, not ``flow``'s (a multiple-choice
+input has no response)."""
+
+
+def check_targets(targets: Sequence[str], *, response: bool = False) -> None:
+    """Refuse unknown targets, and (without a ``response``) those of ``open-ended``."""
+    flow = ", ".join(t for t in TARGETS if t not in OPEN_ENDED_TARGETS)
+    for t in targets:
+        if t in OPEN_ENDED_TARGETS and not response:
+            raise PlanError(
+                f"target {t!r} belongs to `open-ended` (it cuts the generated response, which a "
+                f"multiple-choice input has not); flow's targets: {flow}"
+            )
+        if t not in TARGETS:
+            known = ", ".join(TARGETS) if response else flow
+            raise PlanError(f"unknown target {t!r}; choose from {known}")
 
 
 def parse_edges(text: str) -> Edges:

@@ -28,9 +28,26 @@ def _shared(name: str, annotation: Any, default: Any = inspect.Parameter.empty) 
 
 Device = Annotated[str, typer.Option(help="torch device, e.g. cpu, cuda, cuda:1")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
-MODEL = _shared(
-    "model", Annotated[str, typer.Option("--model", "-m", help="checkpoint path, hub id, or 'demo'")]
-)
+
+
+def _choices(helps: dict[str, str]) -> str:
+    """``'a' (what a is), 'b' (what b is)`` from a registry's name -> help."""
+    return ", ".join(f"'{name}' ({text})" for name, text in helps.items())
+
+
+def _model_help() -> str:
+    from ..models import EMBEDDED_MODELS
+
+    return f"checkpoint path, hub id, or {_choices(EMBEDDED_MODELS)}"
+
+
+def _prompt_help() -> str:
+    from ..prompt import PROMPT_STYLE_HELP
+
+    return _choices(PROMPT_STYLE_HELP)
+
+
+MODEL = _shared("model", Annotated[str, typer.Option("--model", "-m", help=_model_help())])
 DATA = _shared("data", Annotated[str, typer.Option("--data", "-d", help="NAME:PATH or 'synthetic'")])
 SHARED = [
     _shared(
@@ -62,9 +79,7 @@ SHARED = [
     ),
     _shared(
         "prompt",
-        Annotated[
-            str, typer.Option(help="'paper' (the paper's template) or 'chat' (the model's chat template)")
-        ],
+        Annotated[str, typer.Option(help=_prompt_help())],
         "paper",
     ),
     _shared(
@@ -129,6 +144,8 @@ SHARED = [
 
 # Set by the ``--paper`` wrapper around a command for the run it starts (stored in the manifest).
 _PAPER: ContextVar[bool] = ContextVar("vlmflow_paper", default=False)
+# The options ``--paper`` set (not given on the command line): name -> value.
+_PRESET: ContextVar[dict[str, Any]] = ContextVar("vlmflow_paper_preset", default={})  # noqa: B039
 
 
 def run_command(fn: Callable[..., Any]) -> Callable[..., None]:
@@ -164,7 +181,7 @@ def run_command(fn: Callable[..., Any]) -> Callable[..., None]:
             )
             fn(options=options, out=shared["out"], **values)
         except VlmflowError as exc:
-            fail(exc)
+            fail(_from_preset(exc))
         except (KeyboardInterrupt, typer.Exit, typer.Abort):
             raise
         except Exception as exc:  # anything unexpected: one line and what to do, not a traceback
@@ -203,12 +220,15 @@ def with_paper(command: str, func: Callable[..., Any]) -> Callable[..., Any]:
                 for k in kwargs
                 if ctx is not None and getattr(ctx.get_parameter_source(k), "name", "DEFAULT") != "DEFAULT"
             }
+            given = kwargs
             kwargs = apply_paper(command, kwargs, explicit)
-        token = _PAPER.set(bool(paper))
+            preset = {k: v for k, v in kwargs.items() if k not in explicit and given[k] != v}
+        token, preset_token = _PAPER.set(bool(paper)), _PRESET.set(preset if paper else {})
         try:
             return func(**kwargs)
         finally:
             _PAPER.reset(token)
+            _PRESET.reset(preset_token)
 
     added = [
         inspect.Parameter("ctx", KW, annotation=typer.Context),
@@ -246,6 +266,18 @@ def fail_unexpected(exc: BaseException) -> None:
     raise typer.Exit(2)
 
 
+def _from_preset(exc: VlmflowError) -> VlmflowError:
+    """``exc`` saying so when the option it names was set by ``--paper``, not typed."""
+    name = getattr(exc, "option", None)
+    if name not in _PRESET.get():
+        return exc
+    flag = "--" + name.replace("_", "-")
+    return type(exc)(
+        f"{exc}. {flag} {_PRESET.get()[name]} comes from --paper's preset (the paper's choice for "
+        f"its own models); pass {flag} to override it"
+    )
+
+
 def fail(exc: VlmflowError) -> None:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
@@ -265,7 +297,7 @@ def print_result(result: Any, lines: list[str] = ()) -> None:  # type: ignore[as
     )
     acc = result.report.get("accuracy")
     if acc is not None and not acc.empty:
-        typer.echo(acc.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+        typer.echo(acc.to_string(index=False, float_format=lambda x: f"{x:.3f}", na_rep="n/a"))
     if "report" in result.report:
         typer.echo(f"report: {result.report['report']}")
     for line in lines:

@@ -22,7 +22,7 @@ def eval_(options, out: Path | None) -> None:
 def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")]) -> None:
     """(Re)write the summaries, figures and the interactive, self-contained HTML report of
     a run from its records (all shards)."""
-    from ..report import finalize
+    from ..report import finalize, samples_text
     from ..rundir import RunDir
 
     try:
@@ -33,6 +33,8 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")]) -> Non
         fail(exc)
     sections = ", ".join(s.key for s in result.get("sections", [])) or "accuracy only"
     typer.echo(f"{result['records']} records ({sections}) -> {result.get('report', run_dir)}")
+    if "samples" in result:  # counted from the records (the manifest's may be stale)
+        typer.echo(f"samples: {samples_text(result['samples'])}")
 
 
 def list_(what: Annotated[str, typer.Argument(help="models, datasets, analyses or targets")]) -> None:

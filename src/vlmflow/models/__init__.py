@@ -22,13 +22,19 @@ from .base import MODELS, Adapter, Prepared
 
 __all__ = [
     "MODELS", "Adapter", "Prepared", "load_model", "adapter_for", "resolve_spec", "DEMO_MODEL_DIR",
-    "TINY_MODEL_DIR",
+    "TINY_MODEL_DIR", "EMBEDDED_MODELS",
 ]
 
 DEMO_MODEL_DIR = Path(__file__).parent / "demo_model"
 """The shipped part of the demo model (vision, projector, LoRA; see :mod:`.demo`)."""
 TINY_MODEL_DIR = Path(__file__).parent / "tiny_model"
 """The tiny 8-layer model (fixed option order), kept as a fast test fixture (``tiny``)."""
+
+EMBEDDED_MODELS = {
+    "demo": "the embedded demo model",
+    "tiny": "the embedded 8-layer test model",
+}
+"""The model specs :func:`resolve_spec` resolves to a shipped checkpoint (for help texts)."""
 
 
 def resolve_spec(spec: str) -> str:

@@ -166,7 +166,8 @@ def accuracy_table(records: pd.DataFrame) -> pd.DataFrame:
 def finalize(run: str | Path | RunDir, *, html: bool = True) -> dict[str, Any]:
     """Write the run's merged records, summary tables, figures and ``report.html``.
 
-    Returns ``records`` (the row count), ``accuracy``, ``flow`` (the knockout summary, empty
+    Returns ``records`` (the row count), ``samples`` (counted from the records, see
+    :meth:`~vlmflow.rundir.RunDir.counts`), ``accuracy``, ``flow`` (the knockout summary, empty
     without flow records), ``figures`` (title -> PNG), ``sections``, ``summaries`` and
     ``report`` (path).
     """
@@ -195,6 +196,7 @@ def finalize(run: str | Path | RunDir, *, html: bool = True) -> dict[str, Any]:
     flow = next((s.summaries.get("flow") for s in sections if s.key == "flow"), None)
     result: dict[str, Any] = {
         "records": len(records),
+        "samples": run.counts(),
         "accuracy": acc,
         "flow": flow if flow is not None else pd.DataFrame(),
         "figures": {title: path for s in sections for title, path in s.figures.items()},
@@ -206,6 +208,15 @@ def finalize(run: str | Path | RunDir, *, html: bool = True) -> dict[str, Any]:
 
         result["report"] = write_report(run, records, result)
     return result
+
+
+def samples_text(samples: dict[str, Any]) -> str:
+    """``"13 done, 0 failed, 17 missing of 30"`` from :meth:`~vlmflow.rundir.RunDir.counts`."""
+    return (
+        f"{samples.get('done', '?')} done, {samples.get('failed', '?')} failed"
+        + (f", {samples['missing']} missing" if samples.get("missing") else "")
+        + (f" of {samples['total']}" if samples.get("total") is not None else "")
+    )
 
 
 def report_order(names: set[str]) -> list[str]:

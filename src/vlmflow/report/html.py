@@ -43,7 +43,7 @@ def write_report(run: RunDir, records: pd.DataFrame, result: dict[str, Any]) -> 
     body: list[str] = []
     toc = [("overview", "Overview"), ("accuracy", "Accuracy")]
 
-    body.append(_overview(manifest, records))
+    body.append(_overview(manifest, records, result.get("samples") or run.counts()))
     acc = result.get("accuracy")
     body.append(
         "<section id='accuracy'><h2>Accuracy</h2>"
@@ -120,18 +120,17 @@ def write_report(run: RunDir, records: pd.DataFrame, result: dict[str, Any]) -> 
 # --------------------------------------------------------------------------- pieces
 
 
-def _overview(manifest: dict[str, Any], records: pd.DataFrame) -> str:
+def _overview(manifest: dict[str, Any], records: pd.DataFrame, samples: dict[str, Any]) -> str:
+    """The run at a glance; ``samples``: its counts from the records (the manifest's may be stale)."""
+    from . import samples_text
+
     config = manifest.get("config", {})
-    samples = manifest.get("samples", {})
     sessions = manifest.get("sessions", [])
     versions = manifest.get("versions", {})
     model = manifest.get("model", {})
     prov = manifest.get("provenance", {})
     present = sorted(set(records["analysis"]) - {"eval"}) if "analysis" in records else []
     analyses = ", ".join(sorted(config.get("analyses", {})) or present) or "eval only"
-    if not samples and "sample_id" in records:  # a folder closed by no run (e.g. killed): count here
-        failed = records.loc[records["error"].notna(), "sample_id"].nunique() if "error" in records else 0
-        samples = {"done": records["sample_id"].nunique() - failed, "failed": failed}
     weights = (prov.get("model") or {}).get("weights_sha256") or model.get("revision") or "n/a"
     cards = [
         ("model", config.get("model", "")),
@@ -139,9 +138,7 @@ def _overview(manifest: dict[str, Any], records: pd.DataFrame) -> str:
         ("analyses", analyses),
         (
             "samples",
-            f"{samples.get('done', '?')} done, {samples.get('failed', '?')} failed"
-            + (f", {samples['missing']} missing" if samples.get("missing") else "")
-            + (f" of {samples['total']}" if samples.get("total") is not None else ""),
+            samples_text(samples),
         ),
         ("records", f"{len(records)}"),
         ("processes", str(sessions[-1].get("world_size", 1)) if sessions else "1"),
@@ -258,8 +255,8 @@ def _failed(records: pd.DataFrame, manifest: dict[str, Any]) -> str:
     n = failed["sample_id"].nunique()
     return (
         head + f"<p class='note'>{n} sample(s) failed; their error is recorded and the run went on. "
-        "Re-running the same command skips them (their units are finished); delete the run folder's "
-        "records of a sample to retry it.</p>" + _table(table) + "</section>"
+        "Re-running the same command retries them (their failure is replaced by the new attempt); "
+        "add --no-retry-failed to keep them as they are.</p>" + _table(table) + "</section>"
     )
 
 
@@ -328,7 +325,9 @@ def _table(df: pd.DataFrame | None) -> str:
     if len(df) > MAX_TABLE_ROWS:
         note = f"<p class='note'>first {MAX_TABLE_ROWS} of {len(df)} rows; the CSV holds all.</p>"
         df = df.head(MAX_TABLE_ROWS)
-    table = df.to_html(index=False, float_format=lambda x: f"{x:.4g}", classes="tbl sortable", border=0)
+    table = df.to_html(  # a missing value reads "n/a", as in the charts (the CSV leaves it empty)
+        index=False, float_format=lambda x: f"{x:.4g}", na_rep="n/a", classes="tbl sortable", border=0
+    )
     return note + table
 
 

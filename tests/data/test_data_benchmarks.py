@@ -23,6 +23,7 @@ from tests.data.benchfiles import (
     write_videomme,
 )
 from vlmflow.data import DATASETS, load_dataset, load_sample_frames, sample_indices, write_video
+from vlmflow.data.videomme import TASKS as VIDEOMME_TASKS
 from vlmflow.data.videomme import youtube_id
 from vlmflow.errors import DataError
 
@@ -278,21 +279,6 @@ def test_mvbench_empty_task_is_refused(tmp_path):
 
 
 # ----------------------------------------------------------------------------- Video-MME
-
-VIDEOMME_TASKS = [
-    "Action Reasoning",
-    "Action Recognition",
-    "Attribute Perception",
-    "Counting Problem",
-    "Information Synopsis",
-    "OCR Problems",
-    "Object Reasoning",
-    "Object Recognition",
-    "Spatial Perception",
-    "Spatial Reasoning",
-    "Temporal Perception",
-    "Temporal Reasoning",
-]
 
 
 def test_videomme_layout_and_containers(tmp_path):

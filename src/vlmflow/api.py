@@ -132,7 +132,8 @@ def run(
 
     ``model`` reuses a loaded model; ``sample_ids`` restricts the run to those samples of
     the dataset (a held-out split). ``on_open`` runs on rank 0 once the folder has accepted
-    the run's configuration, under its lock (a pathway search writes its result there);
+    the run (configuration, provenance, dtype), under its lock, before the first sample (a
+    pathway search writes its result there);
     ``lock`` is the folder's lock when the caller already holds it (released at the end).
 
     Under ``torchrun`` / ``accelerate launch`` every process calls this: each analyses its
@@ -176,8 +177,6 @@ def run(
             if manifest.get("num_samples") != len(samples):
                 manifest["num_samples"] = len(samples)
                 rundir.write_manifest(manifest)
-            if on_open is not None:
-                on_open()
             return manifest
 
         ctx.on_main(open_locked)
@@ -188,6 +187,8 @@ def run(
             # layers the model does not have: refused once, before any sample
             check_layers(analyses, adapter.num_layers, options.model)
             ctx.on_main(lambda: _check_computed_in(rundir, adapter, options))
+            if on_open is not None:  # last: only a run the folder has accepted writes beside it
+                ctx.on_main(on_open)
         except Exception:
             if lock.held:
                 _restore_manifest(rundir, before[0])

@@ -85,6 +85,22 @@ def test_a_refused_rerun_leaves_the_folders_search_result_as_it_was(
     assert (out / "pathway_search.json").read_bytes() == before
 
 
+def test_a_rerun_refused_after_the_configuration_check_leaves_the_search_result(
+    tiny_llava, tiny_llava_path: Path, tmp_path: Path
+) -> None:
+    """Same configuration, but the folder was computed in another dtype: the run is refused
+    once the model is loaded, and the new search result must not replace the folder's."""
+    out = tmp_path / "run"
+    search(tiny_llava, tiny_llava_path, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["computed_in"]["dtype"] = "bfloat16"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / "pathway_search.json").write_text('{"marker": 1}')
+    with pytest.raises(RunError, match="computed in bfloat16"):
+        search(tiny_llava, tiny_llava_path, out)
+    assert json.loads((out / "pathway_search.json").read_text()) == {"marker": 1}
+
+
 def test_a_busy_folder_is_refused_before_the_search(
     tiny_llava, tiny_llava_path: Path, tmp_path: Path
 ) -> None:

@@ -213,7 +213,6 @@ def test_bad_probe_arguments_are_clear_errors(model) -> None:
         model.probe(make_sample(), prompt="fancy")
 
 
-
 @pytest.mark.parametrize(
     ("frames", "what"),
     [
@@ -235,7 +234,6 @@ def test_frames_that_are_not_t_h_w_3_uint8_are_a_data_error_naming_the_sample(mo
         model.probe(own)
     with pytest.raises(DataError, match="sample 'own'"):
         model.adapter.prepare(own)  # what a run calls per sample
-
 
 
 def test_a_model_loaded_with_flex_attention_is_switched_to_sdpa_once(tiny_llava_path, probe, caplog) -> None:

@@ -27,7 +27,12 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 # any one of these is a tokenizer (the hub repos ship tokenizer.json, sentencepiece's
 # tokenizer.model - PLLaVA, Phi-3 - or a BPE vocab.json + merges.txt; tiktoken files elsewhere)
 TOKENIZER_PATTERNS = (
-    "tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "*.tiktoken", "spiece.model"
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "*.tiktoken",
+    "spiece.model",
 )
 
 

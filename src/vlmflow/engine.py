@@ -257,8 +257,10 @@ class Engine:
                 hidden[n_layers] = outputs[i]
 
         recorder = self.lm.record_additions() if self.lm.record_additions else nullcontext({})
-        with recorder as added, layer_hooks(self.lm.layers, pre=pre, post=post), last_position_head(
-            self.lm.lm_head
+        with (
+            recorder as added,
+            layer_hooks(self.lm.layers, pre=pre, post=post),
+            last_position_head(self.lm.lm_head),
         ):
             out = self.lm.forward(**self.inputs, use_cache=True, logits_to_keep=1)
         for i, v in added.items():  # exact additions replace measured deltas that they explain

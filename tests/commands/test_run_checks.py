@@ -227,7 +227,7 @@ def test_a_resume_in_another_dtype_is_refused(tiny_llava_path, tmp_path) -> None
     analyses = [AnswerProbability()]
     vlmflow.run(options, analyses, out)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["computed_in"] == {"dtype": "float32"}
+    assert manifest["computed_in"] == {"dtype": "float32", "frame_policy": "segment_middle"}
     before = read_records(out)
     bf16 = vlmflow.load(str(tiny_llava_path), dtype="bfloat16")  # what the same options load on a GPU
     with pytest.raises(
@@ -236,6 +236,33 @@ def test_a_resume_in_another_dtype_is_refused(tiny_llava_path, tmp_path) -> None
         vlmflow.run(options, analyses, out, model=bf16)
     assert read_records(out).equals(before)
     vlmflow.run(options, analyses, out, model=vlmflow.load(str(tiny_llava_path), dtype="float32"))
+
+
+def test_a_resume_that_processes_inputs_otherwise_is_refused(tiny_llava_path, tmp_path) -> None:
+    """What the adapter does to the inputs beyond the options (its frame policy, a family's
+    visual-token budget) is kept in ``computed_in``; a session that would process them
+    otherwise (here: a folder whose frames were drawn with linspace) is refused, and a folder
+    that never recorded it (an older one) records it."""
+    from vlmflow.analyses.answer_probability import AnswerProbability
+
+    out = tmp_path / "run"
+    options = vlmflow.Options(
+        model=str(tiny_llava_path), data="synthetic:1:fixed", tasks=("moving_direction",), progress=False
+    )
+    model = vlmflow.load(str(tiny_llava_path))
+    vlmflow.run(options, [AnswerProbability()], out, model=model)
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["computed_in"]["frame_policy"] = "linspace"
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(
+        vlmflow.VlmflowError, match=r"processed otherwise \(frame_policy 'linspace' -> 'segment_middle'\)"
+    ):
+        vlmflow.run(options, [AnswerProbability()], out, model=model)
+    manifest["computed_in"] = {"dtype": "float32"}  # an older folder
+    path.write_text(json.dumps(manifest))
+    vlmflow.run(options, [AnswerProbability()], out, model=model)
+    assert json.loads(path.read_text())["computed_in"]["frame_policy"] == "segment_middle"
 
 
 @pytest.mark.parametrize(

@@ -196,3 +196,16 @@ def test_answer_prob_paper_norm_is_the_family_setting(adapter) -> None:
     assert np.allclose(got["paper"], want, atol=1e-5)
     assert np.array_equal(got["paper"], got[True])
     assert not np.allclose(got[False][:-1], want[:-1], atol=1e-5)
+
+
+def test_the_visual_token_budget_is_part_of_what_a_run_folder_keeps(adapter) -> None:
+    """A folder started under one budget must not resume under another (api._check_computed_in
+    compares ``Adapter.processing()``): the paper prompt's 1152, other prompts' the processor's."""
+    import vlmflow
+
+    model = vlmflow.Model(adapter)
+    assert model.configured(prompt="paper").processing() == {
+        "frame_policy": "linspace",
+        "visual_token_budget": 1152,
+    }
+    assert model.configured(prompt="mvbench").processing()["visual_token_budget"] is None

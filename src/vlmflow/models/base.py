@@ -138,6 +138,13 @@ class Adapter:
         fact, so every configured copy of an adapter agrees): :attr:`default_frame_policy`."""
         return cls.default_frame_policy
 
+    def processing(self) -> dict[str, Any]:
+        """Settings of this family's input processing that change the records and that the
+        run's options do not name (a resume that would process inputs otherwise is refused;
+        see ``api._check_computed_in``): the frame policy, and a family's own (VideoLLaMA3's
+        visual-token budget)."""
+        return {"frame_policy": self.frame_policy}
+
     @classmethod
     def matches(cls, config: dict[str, Any]) -> bool:
         """Claim a checkpoint from its raw ``config.json`` before the ``model_type`` lookup:

@@ -114,6 +114,9 @@ class VideoLlama3Adapter(ReplacementAdapter):
             kwargs["videos_kwargs"] = {"size": size}
         return kwargs
 
+    def processing(self) -> dict[str, Any]:
+        return {**super().processing(), "visual_token_budget": self.visual_token_budget}
+
     @property
     def visual_token_budget(self) -> int | None:
         """Merged visual tokens the frames share (each frame gets at most its even share),

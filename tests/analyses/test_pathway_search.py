@@ -48,6 +48,10 @@ def test_search_from_python_saves_the_pathway_and_holds_out_its_calibration(
     evaluated = set(vlmflow.RunDir(result.out).records()["sample_id"])
     assert evaluated == {s.id for s in samples} - calib  # held-out samples only
     assert result.summary.done == len(samples) - len(calib)
+    # the report says what was found and on which samples (it showed only the held-out accuracy)
+    html = (result.out / "report.html").read_text()
+    assert f"search on {len(calib)} calibration samples" in html
+    assert f"calibration accuracy {saved['calib_accuracy']:.3f}" in html
 
 
 def test_search_under_torchrun_finds_what_one_process_finds(tiny_llava_path: Path, tmp_path: Path) -> None:

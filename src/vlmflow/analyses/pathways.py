@@ -758,4 +758,12 @@ def pathways_section(rows: pd.DataFrame, run: RunDir) -> Section:
             f"Keeping only the pathway suppresses {frac:.0%} of the attention edges (causal lower "
             "triangle, summed over layers); random blocking suppresses the same fraction."
         )
+    saved = run.read_search()
+    if saved is not None:  # a searched pathway: what was found, on which samples
+        found = (
+            f"The pathway was found by a search on {len(saved['calib_samples'])} calibration samples "
+            f"(tolerance {saved['tolerance']}, step {saved['step']}; {run.search_path.name}) and is "
+            f"evaluated above on the held-out rest. {describe_search(saved)[len('search: ') :]}."
+        )
+        section.notes = f"{found} {section.notes}".strip() if section.notes else found
     return section

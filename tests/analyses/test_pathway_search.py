@@ -181,6 +181,23 @@ def test_a_reversed_spec_range_is_called_reversed() -> None:
         PathwaySpec.from_dict({"num_layers": 8, "keep": {"cross_frame": [3, 9]}})
 
 
+def test_spec_file_slips_are_named(tmp_path: Path) -> None:
+    """A key given twice (json keeps the last silently), ``keep: 0`` (read as "nothing"),
+    and a .txt file holding bad JSON (called "not valid txt")."""
+    from vlmflow.analyses.pathways import load_spec
+
+    twice = tmp_path / "twice.json"
+    twice.write_text('{"num_layers": 8, "keep": {"cross_frame": [0, 3]}, "keep": {"cross_frame": [4, 7]}}')
+    with pytest.raises(PlanError, match=r"twice.json is not valid JSON: key 'keep' is given twice"):
+        load_spec(str(twice))
+    with pytest.raises(PlanError, match="keep must map edges to layer ranges, got 0"):
+        PathwaySpec.from_dict({"num_layers": 8, "keep": 0, "block": {"video_to_last": "all"}})
+    text = tmp_path / "spec.txt"
+    text.write_text("{num_layers: 8")
+    with pytest.raises(PlanError, match=r"spec.txt is not valid JSON"):
+        load_spec(str(text))
+
+
 def test_preset_help_names_the_presets() -> None:
     done = CliRunner().invoke(app, ["pathways", "--help"], env={"COLUMNS": "400"})
     assert done.exit_code == 0 and "`list`" not in done.output

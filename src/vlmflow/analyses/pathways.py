@@ -124,7 +124,8 @@ class PathwaySpec:
 
         parts: dict[str, dict[str, Range | None]] = {}
         for section in ("keep", "block"):
-            raw = d.get(section) or {}
+            raw = d.get(section)
+            raw = {} if raw is None else raw  # absent or null: nothing; 0 or [] are errors
             if not isinstance(raw, dict):
                 raise PlanError(f"pathway {name!r}: {section} must map edges to layer ranges, got {raw!r}")
             parts[section] = {str(k): rng(section, k, v) for k, v in raw.items()}
@@ -193,6 +194,16 @@ PRESETS: dict[str, PathwaySpec] = {
 }
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict; a key given twice is an error (json keeps the last)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} is given twice")
+        out[key] = value
+    return out
+
+
 def load_spec(text: str) -> PathwaySpec:
     """A preset name or a JSON/YAML file; a file that cannot be read or parsed, or holds no
     valid spec, is a one-line ``PlanError`` naming the file and the problem."""
@@ -208,14 +219,13 @@ def load_spec(text: str) -> PathwaySpec:
 
             data = yaml.safe_load(raw)
         else:
-            data = json.loads(raw)
+            data = json.loads(raw, object_pairs_hook=_unique_keys)
     except (OSError, UnicodeDecodeError) as exc:
         raise PlanError(f"pathway spec {text}: cannot read it ({exc})") from None
     except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError: say where, on one line
         first = " ".join(str(exc).split())
-        raise PlanError(
-            f"pathway spec {text} is not valid {path.suffix.lstrip('.') or 'JSON'}: {first}"
-        ) from None
+        kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
+        raise PlanError(f"pathway spec {text} is not valid {kind}: {first}") from None
     try:
         return PathwaySpec.from_dict(data)
     except PlanError as exc:

@@ -147,16 +147,10 @@ class RunDir:
         from .provenance import mismatches
 
         self.path.mkdir(parents=True, exist_ok=True)
-        canonical = json.loads(json.dumps(config, default=str))
+        canonical = canonical_config(config)
         if self.manifest_path.exists():
             manifest = self.manifest()
-            old = manifest.get("config", {})
-            if old != canonical:
-                diff = sorted(k for k in set(canonical) | set(old) if canonical.get(k) != old.get(k))
-                raise RunError(
-                    f"{self.path} holds a run with another configuration (differs in: {', '.join(diff)}); "
-                    "use a new --out folder or the same options to resume"
-                )
+            self.refuse_other_config(manifest.get("config", {}), canonical)
             changed = mismatches(manifest.get("provenance", {}), provenance or {})
             if changed:
                 raise RunError(
@@ -291,6 +285,16 @@ class RunDir:
             counts["missing"] = max(0, total - done - len(failures))
         return counts
 
+    def refuse_other_config(self, old: dict[str, Any], new: dict[str, Any], hint: str = "") -> None:
+        """A :class:`RunError` naming the keys in which this folder's configuration ``old``
+        differs from ``new`` (both canonical, see :func:`canonical_config`); ``hint`` ends it."""
+        if old != new:
+            diff = sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k))
+            raise RunError(
+                f"{self.path} holds a run with another configuration (differs in: {', '.join(diff)}); "
+                f"use a new --out folder or the same options to resume{hint}"
+            )
+
     def counts(self) -> dict[str, Any]:
         """:meth:`sample_counts` of the run's selected total: what its records hold now (the
         manifest's ``samples`` may be stale, e.g. after a killed resume)."""
@@ -326,6 +330,11 @@ class RunDir:
 
     def read_search(self) -> dict[str, Any] | None:
         return json.loads(self.search_path.read_text()) if self.search_path.exists() else None
+
+
+def canonical_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` as the manifest stores it (through JSON: tuples as lists, others as text)."""
+    return json.loads(json.dumps(config, default=str))
 
 
 def _safe(name: str) -> str:

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from ..cuts import CompiledPlan, Cut, Plan, RandomCut
-from ..errors import PlanError, RunError
+from ..errors import PlanError
 from ..layout import TokenLayout
 from ..sample import Sample
 from .base import ANALYSES, Analysis, CliOption
@@ -714,6 +714,7 @@ def _refuse_other_search(rundir: RunDir, config: dict[str, Any]) -> None:
     """A :class:`RunError` when ``rundir`` holds a run whose configuration differs from
     ``config`` in anything a search does not decide (the found spec and its held-out ids
     are checked by the run itself): refused before the search, not after it."""
+    from ..rundir import canonical_config
 
     if not rundir.manifest_path.exists():
         return
@@ -728,13 +729,9 @@ def _refuse_other_search(rundir: RunDir, config: dict[str, Any]) -> None:
             }
         return c
 
-    old, new = known(rundir.config()), known(json.loads(json.dumps(config, default=str)))
-    if old != new:
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise RunError(
-            f"{rundir.path} holds a run with another configuration (differs in: {', '.join(diff)}); "
-            "use a new --out folder or the same options to resume (nothing was searched)"
-        )
+    rundir.refuse_other_config(
+        known(rundir.config()), known(canonical_config(config)), " (nothing was searched)"
+    )
 
 
 def describe_search(saved: dict[str, Any]) -> str:

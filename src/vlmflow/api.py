@@ -284,31 +284,42 @@ def _check_computed_in(rundir: RunDir, adapter: Any, options: Options) -> None:
     """The dtype the model was loaded in and the adapter's input processing
     (``Adapter.processing()``: frame policy, a family's own settings), kept in the manifest
     (``computed_in``) by the run that started the folder; a resume that loads or processes
-    otherwise is refused. An unset ``--dtype`` resolves per device (float32 on a CPU, the
-    checkpoint's dtype on a GPU), so the configuration alone cannot tell a float32 folder
-    from a bfloat16 session. A setting the folder has not recorded (an older folder) is
-    recorded now."""
+    otherwise is refused (:func:`refuse_other_computed_in`). A setting the folder has not
+    recorded (an older folder) is recorded now."""
+    manifest = rundir.manifest()
+    now = refuse_other_computed_in(rundir, adapter, options)
+    before = manifest.get("computed_in", {})
+    if any(k not in before for k in now):
+        manifest["computed_in"] = {**now, **before}
+        rundir.write_manifest(manifest)
+
+
+def refuse_other_computed_in(
+    rundir: RunDir, adapter: Any, options: Options, hint: str = ""
+) -> dict[str, Any]:
+    """A ``RunError`` when ``rundir``'s records were computed in another dtype or with other
+    input processing than ``adapter`` loads and processes (the folder's ``computed_in``;
+    ``hint`` ends the message); else what ``adapter`` computes in. An unset ``--dtype``
+    resolves per device (float32 on a CPU, the checkpoint's dtype on a GPU), so the
+    configuration alone cannot tell a float32 folder from a bfloat16 session. Writes nothing."""
     from .errors import RunError
 
-    manifest = rundir.manifest()
     now = {"dtype": _dtype_name(adapter), **adapter.processing()}
-    before = manifest.get("computed_in", {})
+    before = rundir.manifest().get("computed_in", {})
     if before.get("dtype", now["dtype"]) != now["dtype"]:
         raise RunError(
             f"{rundir.path} holds records computed in {before['dtype']}, but this session loaded "
             f"{options.model} in {now['dtype']} (on {adapter.device}); pass --dtype {before['dtype']} "
-            "(Options.dtype) to resume it, or write to a new --out"
+            f"(Options.dtype) to resume it, or write to a new --out{hint}"
         )
     differ = sorted(k for k in now if k in before and before[k] != now[k])
     if differ:
         said = ", ".join(f"{k} {before[k]!r} -> {now[k]!r}" for k in differ)
         raise RunError(
             f"{rundir.path} holds records whose inputs were processed otherwise ({said}); "
-            "resume it with the settings it was started with, or write to a new --out"
+            f"resume it with the settings it was started with, or write to a new --out{hint}"
         )
-    if any(k not in before for k in now):
-        manifest["computed_in"] = {**now, **before}
-        rundir.write_manifest(manifest)
+    return now
 
 
 def merge(run_dir: str | Path) -> dict[str, Any]:

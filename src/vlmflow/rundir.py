@@ -144,19 +144,12 @@ class RunDir:
     def open(self, config: dict[str, Any], provenance: dict[str, Any] | None = None) -> dict[str, Any]:
         """Create or resume the run; refuse a different configuration or, when both
         manifests have them, different model weights or dataset fingerprints."""
-        from .provenance import mismatches
-
         self.path.mkdir(parents=True, exist_ok=True)
         canonical = canonical_config(config)
         if self.manifest_path.exists():
             manifest = self.manifest()
             self.refuse_other_config(manifest.get("config", {}), canonical)
-            changed = mismatches(manifest.get("provenance", {}), provenance or {})
-            if changed:
-                raise RunError(
-                    f"{self.path} holds a run of other model weights or data "
-                    f"(changed: {', '.join(changed)}); use a new --out folder"
-                )
+            self.refuse_other_provenance(manifest.get("provenance", {}), provenance or {})
             manifest["resumed_at"] = manifest.get("resumed_at", []) + [now()]
             manifest["versions_at_resume"] = versions()
         else:
@@ -293,6 +286,18 @@ class RunDir:
             raise RunError(
                 f"{self.path} holds a run with another configuration (differs in: {', '.join(diff)}); "
                 f"use a new --out folder or the same options to resume{hint}"
+            )
+
+    def refuse_other_provenance(self, old: dict[str, Any], new: dict[str, Any], hint: str = "") -> None:
+        """A :class:`RunError` naming the fingerprints (see :mod:`vlmflow.provenance`) in
+        which this folder's ``old`` model weights or data differ from ``new``; ``hint`` ends it."""
+        from .provenance import mismatches
+
+        changed = mismatches(old, new)
+        if changed:
+            raise RunError(
+                f"{self.path} holds a run of other model weights or data "
+                f"(changed: {', '.join(changed)}); use a new --out folder{hint}"
             )
 
     def counts(self) -> dict[str, Any]:

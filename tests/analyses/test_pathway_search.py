@@ -105,6 +105,39 @@ def test_a_rerun_refused_after_the_configuration_check_leaves_the_search_result(
     assert json.loads((out / "pathway_search.json").read_text()) == {"marker": 1}
 
 
+@pytest.mark.parametrize(
+    "tamper, said",
+    [
+        (lambda m: m["computed_in"].update(dtype="bfloat16"), "computed in bfloat16"),
+        (lambda m: m["computed_in"].update(frame_policy="other"), "processed otherwise"),
+        (lambda m: m["provenance"]["model"].update(weights_sha256="0" * 64), "model.weights_sha256"),
+        (lambda m: m["provenance"]["data"].update(samples_sha256="0" * 64), "data.samples_sha256"),
+    ],
+    ids=["dtype", "processing", "weights", "data"],
+)
+def test_a_rerun_on_other_weights_data_or_dtype_is_refused_before_the_search(
+    tiny_llava, tiny_llava_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tamper, said
+) -> None:
+    """The folder was computed in another dtype or input processing, or from other weights
+    or data: the rerun is refused before its (expensive) search starts, not after it."""
+    from vlmflow.analyses import pathways
+
+    out = tmp_path / "run"
+    search(tiny_llava, tiny_llava_path, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    tamper(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+    def no_search(*a, **k):
+        raise AssertionError("the search ran before the refusal")
+
+    monkeypatch.setattr(pathways, "search_pathway", no_search)
+    with pytest.raises(RunError, match=said) as refused:
+        search(tiny_llava, tiny_llava_path, out)
+    assert "nothing was searched" in str(refused.value)
+    assert json.loads((out / "manifest.json").read_text()) == manifest  # left as it was
+
+
 def test_a_busy_folder_is_refused_before_the_search(
     tiny_llava, tiny_llava_path: Path, tmp_path: Path
 ) -> None:

@@ -633,7 +633,7 @@ def search_and_evaluate(
     :class:`Pathways` (recorded in the manifest as a preset's run records them).
     """
     from .. import distributed
-    from ..api import run
+    from ..api import refuse_other_computed_in, run
     from ..probe import Probe
     from ..rundir import RunDir
 
@@ -665,12 +665,18 @@ def search_and_evaluate(
                 f"into a calibration and a held-out set; {len(readable)} of the {len(samples)} "
                 "selected samples could be read: select more samples (--samples, --task)"
             )
+        # calibrate on samples their loader could read; the unreadable ones fail in the held-out run
+        calib_ids = calibration_split(readable, calib, options.seed)
+        held = [s.id for s in samples if s.id not in calib_ids]
+        # other weights or data than the folder's: refused before the model loads
+        held_samples = [s for s in samples if s.id not in calib_ids]
+        ctx.on_main(lambda: _refuse_other_provenance(rundir, options, held_samples))
         if model is None:
             model = options.load(ctx.device(options.device))
         adapter = options.configure(model)
         adapter.ensure_maskable()
-        # calibrate on samples their loader could read; the unreadable ones fail in the held-out run
-        calib_ids = calibration_split(readable, calib, options.seed)
+        # another dtype or input processing than the folder's: refused before the search
+        ctx.on_main(lambda: refuse_other_computed_in(rundir, adapter, options, NOTHING_SEARCHED))
         probes = [
             Probe(adapter, adapter.prepare(s)) for s in ctx.shard([s for s in samples if s.id in calib_ids])
         ]
@@ -692,7 +698,6 @@ def search_and_evaluate(
             "step": step,
             "trace": found.trace,
         }
-        held = [s.id for s in samples if s.id not in calib_ids]
         result = run(
             run_options,
             [replace(planned, spec=found.spec)],
@@ -708,6 +713,9 @@ def search_and_evaluate(
     finally:
         lock.release()
         ctx.close()
+
+
+NOTHING_SEARCHED = " (nothing was searched)"  # ends a refusal that came before the search
 
 
 def _refuse_other_search(rundir: RunDir, config: dict[str, Any]) -> None:
@@ -729,9 +737,22 @@ def _refuse_other_search(rundir: RunDir, config: dict[str, Any]) -> None:
             }
         return c
 
-    rundir.refuse_other_config(
-        known(rundir.config()), known(canonical_config(config)), " (nothing was searched)"
-    )
+    rundir.refuse_other_config(known(rundir.config()), known(canonical_config(config)), NOTHING_SEARCHED)
+
+
+def _refuse_other_provenance(rundir: RunDir, options: Options, held: Sequence[Sample]) -> None:
+    """A :class:`RunError` when ``rundir`` holds a run of other model weights or data than
+    ``options`` and the ``held``-out samples the search leaves to evaluate (the fingerprints
+    :meth:`RunDir.open` compares when the held-out run starts): refused before the search."""
+    from ..provenance import data_fingerprint, model_fingerprint
+
+    if not rundir.manifest_path.exists():
+        return
+    now = {
+        "model": model_fingerprint(options.model),
+        "data": data_fingerprint(options.data, held, options.seed),
+    }
+    rundir.refuse_other_provenance(rundir.manifest().get("provenance", {}), now, NOTHING_SEARCHED)
 
 
 def describe_search(saved: dict[str, Any]) -> str:

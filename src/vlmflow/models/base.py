@@ -141,7 +141,7 @@ class Adapter:
     def processing(self) -> dict[str, Any]:
         """Settings of this family's input processing that change the records and that the
         run's options do not name (a resume that would process inputs otherwise is refused;
-        see ``api._check_computed_in``): the frame policy, and a family's own (VideoLLaMA3's
+        see ``api.refuse_other_computed_in``): the frame policy, and a family's own (VideoLLaMA3's
         visual-token budget)."""
         return {"frame_policy": self.frame_policy}
 

@@ -231,6 +231,35 @@ def test_spec_file_slips_are_named(tmp_path: Path) -> None:
         load_spec(str(text))
 
 
+def test_a_yaml_spec_with_a_key_given_twice_is_refused_naming_the_key_and_file(tmp_path: Path) -> None:
+    """YAML kept the last of two equal keys silently (a pathway other than the one written);
+    like a JSON spec's, at any depth. A merge key (``<<``) that an explicit key overrides
+    is YAML's own way to override, not a slip."""
+    from vlmflow.analyses.pathways import load_spec
+
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("num_layers: 8\nkeep:\n  cross_frame: [0, 3]\nkeep:\n  cross_frame: [4, 7]\n")
+    with pytest.raises(
+        PlanError, match=r"twice.yaml is not valid YAML: key 'keep' is given twice \(line 4\)"
+    ):
+        load_spec(str(twice))
+    nested = tmp_path / "nested.yml"
+    nested.write_text("num_layers: 8\nkeep:\n  cross_frame: [0, 3]\n  cross_frame: [4, 7]\n")
+    with pytest.raises(PlanError, match=r"nested.yml is not valid YAML: key 'cross_frame' is given twice"):
+        load_spec(str(nested))
+    merged = tmp_path / "merged.yaml"
+    merged.write_text(
+        "base: &b {cross_frame: [0, 3]}\nnum_layers: 8\nkeep:\n  <<: *b\n  cross_frame: [4, 7]\n"
+    )
+    with pytest.raises(PlanError, match="unknown key.*base"):  # read; then refused for its extra key
+        load_spec(str(merged))
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("num_layers: 8\nkeep:\n  cross_frame: [0, 3]\nblock:\n  video_to_last: all\n")
+    assert load_spec(str(ok)) == PathwaySpec.from_dict(
+        {"num_layers": 8, "keep": {"cross_frame": [0, 3]}, "block": {"video_to_last": "all"}}
+    )
+
+
 def test_preset_help_names_the_presets() -> None:
     done = CliRunner().invoke(app, ["pathways", "--help"], env={"COLUMNS": "400"})
     assert done.exit_code == 0 and "`list`" not in done.output

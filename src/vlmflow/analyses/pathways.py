@@ -204,6 +204,31 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _load_yaml(raw: str) -> Any:
+    """``yaml.safe_load`` of ``raw``, except that a mapping key given twice (at any depth) is
+    an error naming it and its line (YAML keeps the last silently); an explicit key over
+    one brought in by a merge key (``<<: *anchor``) is YAML's own override and stays allowed."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    twice = key in seen
+                except TypeError:  # an unhashable key: the constructor's own error says so
+                    continue
+                if twice:
+                    raise ValueError(f"key {key!r} is given twice (line {key_node.start_mark.line + 1})")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return yaml.load(raw, Loader=UniqueKeyLoader)  # safe: a SafeLoader subclass
+
+
 def load_spec(text: str) -> PathwaySpec:
     """A preset name or a JSON/YAML file; a file that cannot be read or parsed, or holds no
     valid spec, is a one-line ``PlanError`` naming the file and the problem."""
@@ -215,14 +240,12 @@ def load_spec(text: str) -> PathwaySpec:
     try:
         raw = path.read_text(encoding="utf-8")
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(raw)
+            data = _load_yaml(raw)
         else:
             data = json.loads(raw, object_pairs_hook=_unique_keys)
     except (OSError, UnicodeDecodeError) as exc:
         raise PlanError(f"pathway spec {text}: cannot read it ({exc})") from None
-    except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError: say where, on one line
+    except Exception as exc:  # JSONDecodeError, YAMLError, a key given twice: say where, on one line
         first = " ".join(str(exc).split())
         kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
         raise PlanError(f"pathway spec {text} is not valid {kind}: {first}") from None

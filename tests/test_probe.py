@@ -127,6 +127,19 @@ def test_lens_reads_layer_minus_one_as_the_embeddings_and_positions_as_given(pro
     assert torch.equal(lens.ids, want.ids)
 
 
+def test_layers_as_text_mean_what_the_same_ints_mean_negative_ones_too(probe) -> None:
+    """``layers="-1"`` (the embeddings in a lens, as ``layers=-1`` is) was refused as text
+    ("cannot read '-1'") while the int worked; ``"-1,0-1"`` is ``[-1, 0, 1]``. Elsewhere a
+    negative layer is refused for the same reason in either form."""
+    for text, ints in (("-1", -1), ("-1,0-1", [-1, 0, 1]), (" -1 , 2", [-1, 2])):
+        assert torch.equal(probe.lens(layers=text, k=2).ids, probe.lens(layers=ints, k=2).ids)
+    for form in ("-1", -1):
+        with pytest.raises(PlanError, match=r"attention: layers \[-1\] must be a non-empty subset"):
+            probe.attention(layers=form)
+    with pytest.raises(PlanError, match=r"lens: layers '-2-1': cannot read '-2-1'"):
+        probe.lens(layers="-2-1")  # a range stays 0-based
+
+
 def test_bad_lens_attention_generate_and_read_arguments_are_clear_errors(probe) -> None:
     n, L = probe.layout.length, probe.num_layers
     with pytest.raises(PlanError, match="unknown projection 'unembedding'"):

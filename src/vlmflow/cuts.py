@@ -247,13 +247,16 @@ def as_indices(value: Any, what: str = "layers") -> tuple[int, ...]:
     """Layer or head numbers as a sorted tuple without repeats, from an int, an iterable of
     ints (``range``, lists, numpy or torch integers) or, like the CLI, text (``"0-3,7"``);
     anything else (a float, a bool) is a one-line :class:`PlanError` naming ``what``.
+    Text means what the same ints mean: a single negative number (``"-1"``) is the int
+    ``-1`` (the embeddings in a logit lens; refused by whoever refuses the int), while a
+    range stays 0-based.
 
-    >>> as_indices(5), as_indices(range(3)), as_indices("0-2,7")
-    ((5,), (0, 1, 2), (0, 1, 2, 7))
+    >>> as_indices(5), as_indices(range(3)), as_indices("0-2,7"), as_indices("-1,0")
+    ((5,), (0, 1, 2), (0, 1, 2, 7), (-1, 0))
     """
     if isinstance(value, str):
         try:
-            return parse_layers(value) or ()
+            return parse_layers(value, negative=True) or ()
         except PlanError as exc:
             raise PlanError(str(exc).replace("layers", what, 1)) from None
     items = list(value) if isinstance(value, Iterable) and getattr(value, "ndim", 1) else [value]
@@ -270,11 +273,12 @@ def as_indices(value: Any, what: str = "layers") -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
-def parse_layers(text: str | None) -> tuple[int, ...] | None:
+def parse_layers(text: str | None, *, negative: bool = False) -> tuple[int, ...] | None:
     """``"0-3,7"`` -> ``(0, 1, 2, 3, 7)`` (0-based, sorted, unique); ``None`` or blank: all.
 
     Anything else is a one-line :class:`PlanError` naming the bad part: a reversed range
-    (``5-2``), an empty part, a negative or non-ASCII number, a layer above
+    (``5-2``), an empty part, a negative (unless ``negative``: then a single number such
+    as ``-1`` may be, as in :func:`as_indices`) or non-ASCII number, a layer above
     :data:`MAX_LAYERS`.
 
         >>> parse_layers("12, 0-2")
@@ -284,6 +288,9 @@ def parse_layers(text: str | None) -> tuple[int, ...] | None:
         return None
     out: set[int] = set()
     for part in text.split(","):
+        if negative and (single := re.fullmatch(r"\s*-\s*([0-9]+)\s*", part)):
+            out.add(-int(single.group(1)))
+            continue
         m = re.fullmatch(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", part)
         if not m:
             raise PlanError(f"layers {text!r}: cannot read {part!r}; write them like 0-3,7")

@@ -621,7 +621,7 @@ class Probe:
     ) -> list[int]:
         """``layers`` (default all, from ``lowest``: ``-1`` where the embeddings count) as a
         sorted list within ``lowest..L-1``, else a ``PlanError`` naming ``what``."""
-        out = list(range(lowest, self.num_layers)) if layers is None else list(as_indices(layers))
+        out = list(range(lowest, self.num_layers)) if layers is None else list(as_indices(layers, what))
         if not out or out[0] < lowest or out[-1] >= self.num_layers:
             embeddings = " (-1 = embeddings)" if lowest < 0 else ""
             raise PlanError(

@@ -220,7 +220,7 @@ def run(
             extra = {"num_samples": len(samples), "model": info, "frame_policy": adapter.frame_policy}
             try:
                 rundir.close(summary, {**extra, **(extra_manifest or {})}, ranks=ranks)
-                report = finalize(rundir)
+                report = finalize(rundir, lock=lock)
             except OSError as exc:  # a disk that fills while the report is written
                 if not is_environment_error(exc):
                     raise

@@ -317,14 +317,14 @@ class RunDir:
 
         if not self.is_run() or not self.manifest_path.exists():
             raise RunError(f"{self.path} is not a run folder (it needs manifest.json and records/)")
-        with self.lock():  # not while a run still writes this folder
+        with self.lock() as lock:  # not while a run still writes this folder
             manifest = self.manifest()
             shards = shard_status(self.path)
             manifest["samples"] = self.counts()
             manifest["merged_at"] = now()
             manifest["shards"] = shards
             self.write_manifest(manifest)
-            return {**finalize(self), "shards": shards, "samples": manifest["samples"]}
+            return {**finalize(self, lock=lock), "shards": shards, "samples": manifest["samples"]}
 
     # ------------------------------------------------------------------ search results
     def write_search(self, result: dict[str, Any]) -> None:

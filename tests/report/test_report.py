@@ -248,6 +248,23 @@ def test_report_refuses_a_folder_a_run_is_writing(tmp_path: Path) -> None:
     assert (run / "report.html").exists()
 
 
+def test_finalize_from_python_refuses_a_folder_a_run_is_writing(tmp_path: Path) -> None:
+    """``vlmflow.report.finalize`` took no lock (only the CLI's ``report`` did), so from a
+    notebook it rewrote the report of a folder a run was still writing; now it is refused
+    with the CLI's message and writes nothing, and a free folder is reported as before."""
+    from vlmflow.errors import RunError
+    from vlmflow.lock import run_lock
+
+    run = fake_run(tmp_path / "run")
+    with run_lock(run), pytest.raises(RunError, match="is in use by another vlmflow process"):
+        finalize(run)
+    assert not (run / "report.html").exists() and not (run / "records.parquet").exists()
+    assert finalize(run)["records"] > 0 and (run / "report.html").exists()
+    with pytest.raises(RunError, match="does not exist"):
+        finalize(tmp_path / "typo")
+    assert not (tmp_path / "typo").exists()  # the lock did not create it
+
+
 def _torn(write, suffix: str, at: int = 1):
     """``write`` that, when its ``at``-th argument (the file) ends in ``suffix``, leaves half
     the file's bytes and then meets a full disk."""

@@ -26,9 +26,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")]) -> Non
     from ..rundir import RunDir
 
     try:
-        run = RunDir(run_dir).require()
-        with run.lock():  # not while a run still writes this folder (like merge)
-            result = finalize(run)
+        result = finalize(RunDir(run_dir).require())  # under the folder's lock, like merge
     except VlmflowError as exc:
         fail(exc)
     sections = ", ".join(s.key for s in result.get("sections", [])) or "accuracy only"

@@ -48,6 +48,7 @@ import pandas as pd
 from ..registry import Registry
 
 if TYPE_CHECKING:
+    from ..lock import FolderLock
     from ..rundir import RunDir
 
 __all__ = [
@@ -163,18 +164,37 @@ def accuracy_table(records: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def finalize(run: str | Path | RunDir, *, html: bool = True) -> dict[str, Any]:
+def finalize(
+    run: str | Path | RunDir, *, html: bool = True, lock: FolderLock | None = None
+) -> dict[str, Any]:
     """Write the run's merged records, summary tables, figures and ``report.html``.
 
     Returns ``records`` (the row count), ``samples`` (counted from the records, see
     :meth:`~vlmflow.rundir.RunDir.counts`), ``accuracy``, ``flow`` (the knockout summary, empty
     without flow records), ``figures`` (title -> PNG), ``sections``, ``summaries`` and
     ``report`` (path).
+
+    Takes the run folder's lock for the time it writes (as ``vlmflow report`` and ``merge``
+    do): a folder that a run is still writing is refused with a ``RunError`` naming the
+    holder. ``lock`` is the folder's lock when the caller already holds it (a run that
+    reports at its end); it stays held.
     """
-    from ..analyses.information_flow import task_sample_counts
     from ..rundir import RunDir
 
     run = run if isinstance(run, RunDir) else RunDir(run)
+    if lock is not None:  # the caller's: taken if it is not yet (idempotent), left held
+        lock.acquire()
+        return _finalize(run, html)
+    if not run.path.exists():
+        run.require()  # a RunError naming the folder; the lock would create it
+    with run.lock():
+        return _finalize(run, html)
+
+
+def _finalize(run: RunDir, html: bool) -> dict[str, Any]:
+    """:func:`finalize`'s work, under the folder's lock."""
+    from ..analyses.information_flow import task_sample_counts
+
     records = run.records()
     if records.empty:
         return {"records": 0}

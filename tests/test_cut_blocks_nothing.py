@@ -133,3 +133,31 @@ def test_compare_and_custom_curves_refuse_an_empty_cut_when_the_analysis_is_buil
     with pytest.raises(PlanError, match="cut 'last->frame:0' blocks nothing"):
         InformationFlow(targets=(), custom=("video->last,last->frame:0",))
     AttentionMaps(compare="video->question")  # a cut that blocks edges is accepted
+
+
+def test_a_one_option_question_fails_its_flow_unit_with_a_clear_line_and_the_run_goes_on(
+    tiny_llava, tmp_path: Path
+) -> None:
+    """``question-and-options-to-last`` compares the true option's flow to the last token
+    with the false options'; a question with one option has none, so its flow unit failed
+    with "token group 'false_options' is empty for this input". Now that sample's unit fails
+    saying it needs at least 2 options, the other samples are analysed, and targets that do
+    not compare options still run for it."""
+    import dataclasses
+
+    from vlmflow.analyses.information_flow import InformationFlow
+    from vlmflow.run import run_samples
+    from vlmflow.rundir import RunDir
+
+    one = dataclasses.replace(make_sample(sid="one"), options=("Ate the medicine.",), answer=0)
+    two = make_sample(sid="two", answer=1)
+    flow = [InformationFlow(window=3, layers=(1,), sample_mode="all")]
+    summary = run_samples(tiny_llava, [one, two], flow, tmp_path / "run", progress=False)
+    assert list(summary.failed) == ["one"] and summary.done == 1
+    said = summary.failed["one"]
+    assert "question-and-options-to-last needs at least 2 options" in said and "has 1" in said, said
+    records = RunDir(tmp_path / "run").records()
+    assert set(records.loc[records["analysis"] == "flow", "sample_id"]) == {"one", "two"}
+    assert records.query("analysis == 'flow' and sample_id == 'two'")["error"].isna().all()
+    other = InformationFlow(targets=("vql-to-ql", "vq-to-true-opt"), window=3, layers=(1,), sample_mode="all")
+    assert run_samples(tiny_llava, [one], [other], tmp_path / "other", progress=False).done == 1

@@ -38,6 +38,13 @@ def _vql_to_ql(layout: TokenLayout) -> list[tuple[str, Edges]]:
     "non-option question -> last, true option -> last, false options -> last",
 )
 def _qo_to_last(layout: TokenLayout) -> list[tuple[str, Edges]]:
+    # the target compares the true option's flow to the last token with the false options':
+    # a question with one option has no false options, so its curves mean nothing for it
+    if len(layout.options) < 2:
+        raise PlanError(
+            "question-and-options-to-last needs at least 2 options (it compares the true option "
+            f"with the false options); this question has {len(layout.options)}"
+        )
     pairs = [("question_no_options", "last"), ("true_option", "last"), ("false_options", "last")]
     return [(f"{s}->{d}", ((s, d),)) for s, d in pairs]
 

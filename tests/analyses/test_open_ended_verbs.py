@@ -214,3 +214,35 @@ def test_regenerated_text_under_a_cut_starts_with_the_cut_argmax(tiny_llava, vcg
     for r in rows:
         if r["pred_new"] not in special:
             assert r["text_new"].startswith(r["pred_new"].strip())
+
+
+def test_a_sample_skipped_for_too_few_verbs_has_a_row_per_anchor_like_other_skips(
+    tiny_llava, vcgbench: Path
+) -> None:
+    """A response with fewer than ``min_verbs`` verbs left one row without ``anchor`` (the
+    rows skipped for one anchor, and the kept ones, name it), so the summary's per-anchor
+    table listed its reason under no anchor. Now it is skipped for each anchor, named, and
+    each anchor's line of the table counts its kept and skipped samples."""
+    from vlmflow.analyses.open_ended import summarize_open_ended
+
+    oe = OpenEnded(response_from="reference", spacy_model=SPACY, window=1, layers=(0,))
+    rows = []
+    for sid in ("temporal_qa-00000", "temporal_qa-00002"):  # 3 verbs; "A red ball." has none
+        sample = next(s for s in load_dataset(f"vcgbench:{vcgbench}") if s.id == sid)
+        got = oe.records(Probe(tiny_llava, tiny_llava.prepare(sample)))
+        rows += [
+            {**r, "sample_id": sid, "task": "temporal", "analysis": "open-ended", "error": None} for r in got
+        ]
+    skipped = [r for r in rows if r["sample_id"] == "temporal_qa-00002"]
+    assert [(r["anchor"], r["anchor_order"]) for r in skipped] == [
+        ("verb 1", 1),
+        ("verb 2", 2),
+        ("verb 3", 3),
+    ]
+    assert all(r["skip_reason"] == "0 verbs, fewer than 3" for r in skipped)
+    kept_keys = set(next(r for r in rows if r.get("rel_anchor") is not None))
+    assert {"anchor", "anchor_order", "response", "verbs", "n_verbs"} <= kept_keys & set(skipped[0])
+    table = summarize_open_ended(pd.DataFrame(rows))["anchors"]
+    assert set(table["anchor"]) == {"verb 1", "verb 2", "verb 3"}  # no line without an anchor
+    first = table[table["anchor"] == "verb 1"].set_index("skip_reason")["kept"]
+    assert first.to_dict() == {"": 1, "0 verbs, fewer than 3 (1)": 0}

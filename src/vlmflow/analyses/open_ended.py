@@ -58,7 +58,8 @@ class OpenEnded(Analysis):
     response edges into the token before it (the paper), or the first generated token.
 
     One record per sample x anchor x curve x sweep layer (``verb``), or per sample x curve x
-    sweep layer (``first-token``). Skipped anchors leave one row with ``skip_reason``."""
+    sweep layer (``first-token``). A skipped anchor leaves one row with ``skip_reason`` (a
+    sample with too few verbs: one per anchor), named by ``anchor`` as the kept rows are."""
 
     name: ClassVar[str] = "open-ended"
     order: ClassVar[int] = 60
@@ -193,14 +194,18 @@ class OpenEnded(Analysis):
         text = tok.decode(response, skip_special_tokens=True)
         anchors, verbs = verb_anchor_tokens(tok, response, load_tagger(self.spacy_model), self.verb_match)
         common = {"response": text, "verbs": verbs, "n_verbs": len(anchors)}
-        if len(anchors) < self.min_verbs:
-            return [{**common, "skip_reason": f"{len(anchors)} verbs, fewer than {self.min_verbs}"}]
+        labels = [{**common, "anchor": f"verb {n}", "anchor_order": n} for n in self.anchor_orders]
+        if len(anchors) < self.min_verbs:  # skipped for every anchor, each named like the kept rows
+            return [
+                {**label, "skip_reason": f"{len(anchors)} verbs, fewer than {self.min_verbs}"}
+                for label in labels
+            ]
         require = self.require_regenerated
         if require is None:
             require = self.response_from == "generate"
         rows: list[dict[str, Any]] = []
-        for order in self.anchor_orders:
-            label = {**common, "anchor": f"verb {order}", "anchor_order": order}
+        for label in labels:
+            order = label["anchor_order"]
             if order > len(anchors):
                 rows.append({**label, "skip_reason": f"no verb {order}"})
                 continue
@@ -348,8 +353,8 @@ def read_responses(path: str) -> dict[str, str]:
 
 def summarize_open_ended(records: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """``curves``: per task x anchor x condition x layer, n and the mean (95% CI) % change
-    of the anchor token's probability; ``anchors``: per task x anchor, kept and skipped
-    samples by reason."""
+    of the anchor token's probability; ``anchors``: per task x anchor, kept samples, and
+    skipped samples by reason."""
     from ..report import ci95_by_group, ci95_columns
 
     df = records[records["analysis"] == "open-ended"] if "analysis" in records else records
@@ -362,13 +367,14 @@ def summarize_open_ended(records: pd.DataFrame) -> dict[str, pd.DataFrame]:
     curves = g.agg(n=("rel_anchor", "size"), rel_anchor_mean=("rel_anchor", "mean"))
     curves[list(ci95_columns("rel_anchor"))] = ci95_by_group(g["rel_anchor"])
     reasons = df[df["skip_reason"].notna()] if "skip_reason" in df else df.iloc[:0]
+    # a folder written before every skipped row named its anchor has them without one
+    reasons = reasons.assign(anchor=reasons["anchor"].fillna("") if "anchor" in reasons else "")
     counts = []
     for (task, anchor), d in kept.groupby(["task", "anchor"]):
         counts.append({"task": task, "anchor": anchor, "kept": d["sample_id"].nunique(), "skip_reason": ""})
-    for (task, reason), d in reasons.groupby(["task", "skip_reason"]):
-        counts.append(
-            {"task": task, "anchor": "", "kept": 0, "skip_reason": f"{reason} ({d['sample_id'].nunique()})"}
-        )
+    for (task, anchor, reason), d in reasons.groupby(["task", "anchor", "skip_reason"]):
+        n = d["sample_id"].nunique()
+        counts.append({"task": task, "anchor": anchor, "kept": 0, "skip_reason": f"{reason} ({n})"})
     return {"curves": curves.reset_index(), "anchors": pd.DataFrame(counts)}
 
 

@@ -323,15 +323,43 @@ def test_a_failed_report_write_keeps_the_previous_files_whole(
 
 
 def test_the_accuracy_bars_count_the_samples_they_are_over() -> None:
-    """A task's accuracy is over its answered samples: the bar says how many, and the failed
-    ones apart (it read "0.25 (n=9)" for 1 of 4 answered with 5 failed)."""
+    """A task's accuracy is over its answered samples: the bar says how many, and the
+    unanswered ones apart (it read "0.25 (n=9)" for 1 of 4 answered with 5 unanswered)."""
     from vlmflow.report.html import _accuracy_bars
 
     acc = pd.DataFrame(
-        {"task": ["counting", "left_right"], "n": [9, 3], "failed": [5, 0], "accuracy": [0.25, 1.0]}
+        {"task": ["counting", "left_right"], "n": [9, 3], "unanswered": [5, 0], "accuracy": [0.25, 1.0]}
     )
     svg = _accuracy_bars(acc)
-    assert "0.25 (n=4, 5 failed)</text>" in svg and "1.00 (n=3)</text>" in svg
+    assert "0.25 (n=4, 5 unanswered)</text>" in svg and "1.00 (n=3)</text>" in svg
+
+
+def test_the_terminal_and_the_accuracy_table_mean_one_thing_by_failed(tmp_path, capsys) -> None:
+    """A sample whose answer was read but whose flow unit failed: the terminal said
+    "done: 1 samples, 1 failed" (a sample with any failed unit, as the report's Failed
+    samples and its samples line count) and the accuracy table under it "failed 0" (samples
+    without an answer). The table's column now says what it counts: ``unanswered``."""
+    from types import SimpleNamespace
+
+    from vlmflow.commands.common import print_result
+    from vlmflow.run import RunSummary
+
+    store = RecordStore(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"model": "fake", "data": "fake:1"}}))
+    for sid in ("one", "two"):
+        store.write_unit(sid, "eval", [{"task": "dir", "error": None, "correct": sid == "two"}])
+    store.write_unit("one", "flow", [{"task": "dir", "error": "needs at least 2 options"}])
+    store.write_unit("two", "flow", [{"task": "dir", "error": None, "layer": 0, "rel_pred": 1.0}])
+    result = finalize(tmp_path)
+    summary = RunSummary(done=1, failed={"one": "flow: needs at least 2 options"})
+    print_result(SimpleNamespace(summary=summary, report=result, out=tmp_path, rank=0))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("done: 1 samples, 1 failed") and result["samples"]["failed"] == 1
+    header, row = lines[1].split(), lines[2].split()
+    assert "failed" not in header and dict(zip(header, row, strict=True))["unanswered"] == "0", lines
+    csv = pd.read_csv(tmp_path / "summary" / "accuracy.csv")
+    assert list(csv.columns[:4]) == ["task", "n", "unanswered", "accuracy"]
+    assert "0.50 (n=2)</text>" in (tmp_path / "report.html").read_text()
 
 
 def test_the_report_counts_samples_from_the_records_not_a_stale_manifest(tiny_llava_path, tmp_path) -> None:

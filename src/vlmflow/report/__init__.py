@@ -141,13 +141,17 @@ report_section = SECTIONS.register
 
 
 def accuracy_table(records: pd.DataFrame) -> pd.DataFrame:
-    """Per task: samples, failures and baseline accuracy (from the ``eval`` records)."""
+    """Per task (from the ``eval`` records): ``n`` samples, ``unanswered`` (those whose
+    answer could not be read: the sample failed before any analysis) and the baseline
+    ``accuracy`` over the others. Not called "failed": the run's "N failed" (the terminal,
+    the report's samples line and Failed samples) counts samples with any failed unit,
+    also those answered whose analysis failed."""
     ev = records[records["analysis"] == "eval"]
     if ev.empty:
-        return pd.DataFrame(columns=["task", "n", "failed", "accuracy"])
+        return pd.DataFrame(columns=["task", "n", "unanswered", "accuracy"])
     ok = ev[ev["error"].isna()]
     out = ev.groupby("task").agg(n=("sample_id", "size"))
-    out["failed"] = ev.groupby("task")["error"].apply(lambda s: int(s.notna().sum()))
+    out["unanswered"] = ev.groupby("task")["error"].apply(lambda s: int(s.notna().sum()))
     if "correct" in ok:
         out["accuracy"] = ok.groupby("task")["correct"].apply(
             lambda s: float(pd.Series(s, dtype="float").mean())

@@ -48,7 +48,8 @@ def write_report(run: RunDir, records: pd.DataFrame, result: dict[str, Any]) -> 
     body.append(
         "<section id='accuracy'><h2>Accuracy</h2>"
         "<p class='note'>The model's own answer (argmax over the vocabulary at the last position) "
-        "against the ground truth, per task, before any intervention.</p>"
+        "against the ground truth, per task, before any intervention; <i>unanswered</i>: samples whose "
+        "answer could not be read (they fail every analysis), left out of the accuracy.</p>"
         f"{_accuracy_bars(acc)}{_table(acc)}</section>"
     )
     for section in sections:
@@ -167,9 +168,9 @@ def _accuracy_bars(acc: pd.DataFrame | None) -> str:
     for i, r in enumerate(rows):
         y = 6 + i * h
         w = max(0.0, min(1.0, float(r.accuracy))) * bar_w
-        failed = int(getattr(r, "failed", 0) or 0)
-        # the accuracy is over the samples answered; the failed ones are said apart
-        n = f"n={int(r.n) - failed}" + (f", {failed} failed" if failed else "")
+        unanswered = int(getattr(r, "unanswered", 0) or 0)
+        # the accuracy is over the samples answered; the unanswered ones are said apart
+        n = f"n={int(r.n) - unanswered}" + (f", {unanswered} unanswered" if unanswered else "")
         parts.append(
             f"<text x='{label_w - 6}' y='{y + 14}' text-anchor='end'>{_e(str(r.task))}</text>"
             f"<rect x='{label_w}' y='{y + 2}' width='{bar_w}' height='{h - 6}' class='track'/>"

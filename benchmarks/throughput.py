@@ -19,11 +19,10 @@ split differently. Tiny models have too little work per op for intra-op threads 
 off, and on a busy machine OpenMP threads that wait for each other can be far slower
 than one thread; that is what ``1xC`` against ``1x1`` shows.
 
-The model. ``--model demo`` (default) is the embedded demo model (the merged SmolLM2
-demo once it ships in ``src/vlmflow/models/demo_model/``, until then the tiny model in
-``src/vlmflow/models/tiny_model/``). If it is not there, the benchmark builds a tiny
-random LLaVA-NeXT-Video like ``tests/fixtures/tiny.py`` (8 layers) instead and says so in the
-output. Any local checkpoint folder works too.
+The model. ``--model tiny`` (default) is the 8-layer test model that ships in the package
+(``vlmflow.models.TINY_MODEL_DIR``), with ``--window 3``; the figures in
+``benchmarks/README.md`` are of it. ``--model demo`` is the embedded 30-layer SmolLM2 demo
+model (window 9 by default); any local checkpoint folder works too.
 
 Run ``python benchmarks/throughput.py`` (``--samples 4 --runs 1x1 2x1`` to change the
 size and the runs; ``--json`` prints the results as JSON too).
@@ -42,32 +41,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def resolve_model(spec: str, workdir: Path) -> tuple[str, str]:
-    """``(model path or spec, description)``; falls back to a tiny random model for ``demo``."""
-    try:
-        from vlmflow.models import DEMO_MODEL_DIR, resolve_spec
-    except ImportError:  # running from a checkout without the package installed
-        sys.path.insert(0, str(ROOT / "src"))
-        from vlmflow.models import DEMO_MODEL_DIR, resolve_spec
-    if spec != "demo":
-        return spec, spec
-    try:  # the SmolLM2 demo once it ships, else the tiny model
-        embedded = Path(resolve_spec("demo"))
-    except Exception:  # noqa: BLE001  (missing embedded models: fall back below)
-        embedded = DEMO_MODEL_DIR
-    if (embedded / "config.json").exists():
-        return "demo", f"embedded demo model ({embedded})"
-    sys.path.insert(0, str(ROOT))  # the test fixtures package (tests/fixtures)
-    from tests.fixtures.tiny import build_llava_next_video
-
-    path = build_llava_next_video(workdir / "tiny-random", layers=8)
-    return str(path), (
-        f"NOTE: the embedded demo model is absent from {DEMO_MODEL_DIR}; using a tiny random "
-        "LLaVA-NeXT-Video built like tests/fixtures/tiny.py "
-        "(8 layers, hidden 64, 32 px frames, 4 tokens/frame)"
-    )
 
 
 def run_once(model: str, procs: int, threads: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -104,7 +77,7 @@ def run_once(model: str, procs: int, threads: int, args: argparse.Namespace, out
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="demo", help="'demo' (default) or a checkpoint folder")
+    parser.add_argument("--model", default="tiny", help="'tiny' (default), 'demo' or a checkpoint folder")
     parser.add_argument("--samples", type=int, default=8, help="synthetic samples per task")
     parser.add_argument(
         "--task", action="append", default=[], help="synthetic task (repeatable; default all)"
@@ -114,18 +87,19 @@ def main() -> None:
     )
     parser.add_argument("--runs", nargs="+", default=None, help="PxT runs (default: 1x1 1xC 2x(C/2))")
     parser.add_argument("--num-frames", type=int, default=8)
-    parser.add_argument("--window", type=int, default=3)
+    parser.add_argument("--window", type=int, default=None, help="default: 3 for tiny, 9 otherwise")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = parser.parse_args()
     args.target = args.target or ["cross-frame"]
+    args.window = args.window or (3 if args.model == "tiny" else 9)
     cores = os.cpu_count() or 1
     default = ["1x1"] + ([f"1x{cores}"] if cores > 1 else []) + [f"2x{max(1, cores // 2)}"]
     runs = [tuple(int(v) for v in r.lower().split("x")) for r in args.runs or default]
 
     with tempfile.TemporaryDirectory(prefix="vlmflow-throughput-") as tmp:
         work = Path(tmp)
-        model, about = resolve_model(args.model, work)
-        print(f"model: {about}")
+        model = args.model
+        print(f"model: {model}")
         tasks = ", ".join(args.task) if args.task else "all tasks"
         print(
             f"job: flow -t {' -t '.join(args.target)} --window {args.window} on synthetic:{args.samples} "
@@ -150,7 +124,7 @@ def main() -> None:
             + ", ".join(f"{s:.2f}" for s in r["rank_loop_s"])
         )
     if args.json:
-        print(json.dumps({"model": about, "results": results}, indent=2))
+        print(json.dumps({"model": model, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

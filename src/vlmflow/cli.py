@@ -15,9 +15,10 @@ app = typer.Typer(
     help=(
         "Map how information flows inside Video LLMs: attention knockout between frames, "
         "question, options and the last token, layer by layer.\n\n"
-        "M (--model) is a local checkpoint folder, a hub id, or 'demo' (the embedded model). "
+        "M (--model) is a local checkpoint folder, a hub id, 'demo' (the embedded SmolLM2 demo "
+        "model) or 'tiny' (the 8-layer test model). "
         "D (--data) is NAME:PATH for a benchmark on disk (jsonl:/data/qa.jsonl, "
-        "tvbench:/data/TVBench) or 'synthetic' for the built-in synthetic benchmark."
+        "tvbench:/data/TVBench) or 'synthetic[:N[:fixed]]' for the built-in synthetic benchmark."
     ),
     no_args_is_help=True,
     add_completion=False,

@@ -83,7 +83,7 @@ class QwenVLAdapter(Adapter):
     model_class: ClassVar[str] = ""
     processor_class: ClassVar[str] = ""
     video_processor_class: ClassVar[str] = "Qwen2VLVideoProcessor"
-    supports = "multiple-choice knockout, answer probability, logit lens (frame group = temporal patch)"
+    supports = Adapter.supports + " (frame group = temporal patch of 2 frames)"
 
     video_pixels_default: ClassVar[tuple[int, int] | None] = REFERENCE_VIDEO_PIXELS
     # the reference's total budget (transformers' cap_pixels_per_frame, Qwen2/2.5-VL only)

@@ -246,3 +246,23 @@ def test_a_sample_skipped_for_too_few_verbs_has_a_row_per_anchor_like_other_skip
     assert set(table["anchor"]) == {"verb 1", "verb 2", "verb 3"}  # no line without an anchor
     first = table[table["anchor"] == "verb 1"].set_index("skip_reason")["kept"]
     assert first.to_dict() == {"": 1, "0 verbs, fewer than 3 (1)": 0}
+
+
+def test_a_run_where_no_sample_was_skipped_gets_its_anchor_table(tiny_llava, vcgbench: Path) -> None:
+    """When every anchor of every sample was kept, the records have no ``skip_reason``
+    column at all; the summary raised KeyError and the report fell back to the generic
+    view. Now the per-anchor table lists the kept samples."""
+    from vlmflow.analyses.open_ended import summarize_open_ended
+
+    oe = OpenEnded(response_from="reference", spacy_model=SPACY, window=1, layers=(0,), min_verbs=1)
+    sample = next(s for s in load_dataset(f"vcgbench:{vcgbench}") if s.id == "temporal_qa-00000")
+    got = oe.records(Probe(tiny_llava, tiny_llava.prepare(sample)))
+    rows = [
+        {**r, "sample_id": sample.id, "task": "temporal", "analysis": "open-ended", "error": None}
+        for r in got
+        if r.get("skip_reason") is None
+    ]
+    frame = pd.DataFrame(rows).drop(columns=["skip_reason"], errors="ignore")
+    assert "skip_reason" not in frame and not frame.empty
+    table = summarize_open_ended(frame)["anchors"]
+    assert set(table["skip_reason"]) == {""} and (table["kept"] == 1).all()

@@ -366,7 +366,8 @@ def summarize_open_ended(records: pd.DataFrame) -> dict[str, pd.DataFrame]:
     g = kept.groupby(["task", "anchor", "condition", "layer"])
     curves = g.agg(n=("rel_anchor", "size"), rel_anchor_mean=("rel_anchor", "mean"))
     curves[list(ci95_columns("rel_anchor"))] = ci95_by_group(g["rel_anchor"])
-    reasons = df[df["skip_reason"].notna()] if "skip_reason" in df else df.iloc[:0]
+    # no skipped sample in the run: the records have no skip_reason column at all
+    reasons = df[df["skip_reason"].notna()] if "skip_reason" in df else df.iloc[:0].assign(skip_reason="")
     # a folder written before every skipped row named its anchor has them without one
     reasons = reasons.assign(anchor=reasons["anchor"].fillna("") if "anchor" in reasons else "")
     counts = []

@@ -48,7 +48,9 @@ def _prompt_help() -> str:
 
 
 MODEL = _shared("model", Annotated[str, typer.Option("--model", "-m", help=_model_help())])
-DATA = _shared("data", Annotated[str, typer.Option("--data", "-d", help="NAME:PATH or 'synthetic[:N[:fixed]]'")])
+DATA = _shared(
+    "data", Annotated[str, typer.Option("--data", "-d", help="NAME:PATH or 'synthetic[:N[:fixed]]'")]
+)
 SHARED = [
     _shared(
         "task",

@@ -446,9 +446,33 @@ def test_cuts_typed_as_objects_are_checked_like_text(probe) -> None:
         probe.knockout(Cut("last", "video", (1,)))
     with pytest.raises(PlanError, match="not int"):
         probe.knockout(5)
-    assert Plan("empty", ()).cuts == () and probe.knockout(Plan("empty", ())).probabilities == pytest.approx(
-        probe.answer.probabilities, abs=TOL
-    )  # an empty plan is the baseline, as a plan may say
+    # the engine keeps its invariant: an empty plan is the baseline
+    (empty_logits,) = probe.engine.evaluate([Plan("empty", ())])
+    assert probe.read(empty_logits).probabilities == pytest.approx(probe.answer.probabilities, abs=TOL)
+
+
+def test_a_plan_that_blocks_nothing_is_refused_like_its_cuts(probe) -> None:
+    """A ``Plan`` with no cuts, or with a cut that names no layers or is causally empty,
+    used to return the baseline silently from the front door, while the same cut given
+    bare or as text was refused. Every route that takes a plan refuses it now."""
+    bad = {
+        "has no cuts": Plan("x", ()),
+        "names no layers": Plan("x", (Cut("video", "last", ()),)),
+        "blocks nothing on this input": Plan(
+            "x", (Cut("question", "last", (1,)), Cut("last", "video", (1,)))
+        ),
+    }
+    for why, plan in bad.items():
+        with pytest.raises(PlanError, match=f"plan 'x'.*{why}"):
+            probe.knockout(plan)
+        with pytest.raises(PlanError, match=why):
+            probe.knockout([plan])
+        with pytest.raises(PlanError, match=why):
+            probe.attention(layers=[1], queries="last", plan=plan)
+        with pytest.raises(PlanError, match=why):
+            probe.generate(plan=plan, max_new_tokens=1)
+    good = Plan("x", (Cut("video", "last", (1,)),))
+    assert probe.knockout(good).probabilities == probe.knockout(Cut("video", "last", (1,))).probabilities
 
 
 def test_layers_and_heads_read_as_ints_ranges_or_text_and_nothing_else(probe) -> None:

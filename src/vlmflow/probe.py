@@ -380,7 +380,10 @@ class Probe:
     def plan(self, what: PlanLike, layers: Iterable[int] | int | str | None = None) -> Plan | CompiledPlan:
         """A plan from ``"SRC->DST[,SRC->DST]"`` text (blocked in ``layers``, default all), a
         ``Cut``, or a plan as it is. ``layers`` is for text only: a ``Cut`` or a plan carries
-        its own. A typed cut (text or ``Cut``) that blocks nothing is an error."""
+        its own. A cut (text, ``Cut`` or one of a ``Plan``'s) that blocks nothing is an error,
+        and so is a ``Plan`` with no cuts: each would silently give the baseline. (The engine
+        itself accepts an empty plan and returns the baseline; only this front door refuses.)
+        A ``CompiledPlan`` is passed through as it is."""
         if isinstance(what, (Cut, Plan, CompiledPlan)):
             name = f"{what.src}->{what.dst}" if isinstance(what, Cut) else what.name
             if layers is not None:
@@ -388,11 +391,15 @@ class Probe:
                     f"{type(what).__name__} {name!r} carries its own layers; layers= applies to "
                     "text plans only"
                 )
-            if not isinstance(what, Cut):
+            if isinstance(what, CompiledPlan):
                 return what
-            if not what.layers:
-                raise PlanError(f"cut {name!r} blocks nothing: it names no layers")
-            check_cut_blocks(what.src, what.dst, name, self.layout)
+            if isinstance(what, Plan):
+                if not what.cuts:
+                    raise PlanError(f"plan {name!r} blocks nothing: it has no cuts")
+                for cut in what.cuts:
+                    self._check_cut(cut, f"plan {name!r}: ")
+                return what
+            self._check_cut(what)
             return Plan(name, (what,))
         if not isinstance(what, str):
             raise PlanError(
@@ -405,6 +412,16 @@ class Probe:
         for part, cut in zip(what.split(","), cuts, strict=True):  # a typed cut is never silently empty
             check_cut_blocks(cut.src, cut.dst, part.strip(), self.layout)
         return Plan(what, cuts)
+
+    def _check_cut(self, cut: Cut, where: str = "") -> None:
+        """Refuse a cut that blocks nothing on this input (no layers, or causally empty)."""
+        name = f"{cut.src}->{cut.dst}"
+        if not cut.layers:
+            raise PlanError(f"{where}cut {name!r} blocks nothing: it names no layers")
+        try:
+            check_cut_blocks(cut.src, cut.dst, name, self.layout)
+        except PlanError as exc:
+            raise PlanError(f"{where}{exc}") from None
 
     def knockout(
         self, plans: PlanLike | Sequence[PlanLike], layers: Iterable[int] | int | str | None = None

@@ -80,6 +80,33 @@ class CliOption:
     parse: Callable[[Any], Any] | None = None
 
 
+def as_layers(value: Any, what: str = "layers") -> tuple[int, ...] | None:
+    """An analysis's layer option in the one form it stores and runs on: ``None`` (every
+    layer) or a sorted tuple of layer numbers, from whatever the probe accepts (an int,
+    a range or other iterable of ints, or text like ``"0-3,7"``); anything else is a
+    one-line :class:`PlanError`."""
+    from ..cuts import as_indices
+
+    return None if value is None else as_indices(value, what)
+
+
+def as_names(value: Any, what: str) -> tuple[str, ...] | None:
+    """A name option (targets, cut texts, query groups) as a tuple of strings: one string is
+    one name (``"cross-frame"``, not its characters); ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    try:
+        items = tuple(value)
+    except TypeError:
+        items = (value,)
+    bad = [x for x in items if not isinstance(x, str)]
+    if bad:
+        raise PlanError(f"{what} must be a name or a sequence of names, got {value!r}")
+    return items
+
+
 def check_sample_mode(mode: str) -> None:
     if mode not in SAMPLE_MODES:
         raise PlanError(f"unknown sample mode {mode!r}; choose from {SAMPLE_MODES}")

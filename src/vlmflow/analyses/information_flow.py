@@ -20,7 +20,7 @@ import torch
 
 from ..cuts import WINDOW_STYLES, parse_layers
 from ..errors import PlanError
-from .base import ANALYSES, Analysis, CliOption, check_sample_mode, option
+from .base import ANALYSES, Analysis, CliOption, as_layers, as_names, check_sample_mode, option
 from .targets import PAPER_TARGETS, Edges, SweepPoint, check_targets, parse_edges, sweep, target_curves
 
 if TYPE_CHECKING:
@@ -77,6 +77,10 @@ class InformationFlow(Analysis):
     sample_mode: str = option("correct", "analyse the samples the model gets correct, wrong, or all")
 
     def __post_init__(self) -> None:
+        # the forms the probe accepts ("cross-frame", layers="10-11" or 12), stored normalised
+        self.custom = as_names(self.custom, "custom") or ()
+        self.targets = as_names(self.targets, "targets")
+        self.layers = as_layers(self.layers)
         if self.targets is None:  # the paper's four, unless only custom curves are asked for
             self.targets = () if self.custom else PAPER_TARGETS
         self.targets, self.custom = tuple(self.targets), tuple(self.custom)

@@ -384,6 +384,30 @@ def test_one_cached_pass_serves_every_covered_request(model, monkeypatch) -> Non
     assert len(calls) == 3 and calls[2]["metric"] == "logprob"
 
 
+def test_a_window_or_exact_below_that_is_not_a_number_of_the_right_kind_is_refused_up_front(probe) -> None:
+    """``window=2.5`` and ``exact_below="x"`` used to escape as raw TypeErrors from deep in
+    the sweep (and ``InformationFlow(window=2.5)`` was accepted, then failed every sample).
+    They are refused before any pass, like ``k``."""
+    from vlmflow.analyses.information_flow import InformationFlow
+    from vlmflow.analyses.screened_flow import ScreenedFlow
+
+    for bad in (2.5, "3", True):
+        with pytest.raises(PlanError, match=r"window must be an integer >= 1, got"):
+            probe.sweep("cross-frame", window=bad)
+        with pytest.raises(PlanError, match=r"window must be an integer >= 1, got"):
+            probe.screen("cross-frame", window=bad)
+        with pytest.raises(PlanError, match=r"window must be an integer >= 1, got"):
+            InformationFlow(window=bad)
+    for bad in ("x", None, -1, float("nan"), True):
+        with pytest.raises(PlanError, match=r"exact_below must be a number >= 0"):
+            probe.screen("cross-frame", exact_below=bad)
+        with pytest.raises(PlanError, match=r"exact_below must be a number >= 0"):
+            ScreenedFlow(exact_below=bad)
+    with pytest.raises(PlanError, match=r"screen size k must be an integer"):
+        ScreenedFlow(k=1.5)
+    assert len(probe.sweep("cross-frame", window=np.int64(1), layers=[1])) == 1
+
+
 def test_bad_screen_and_attribution_arguments_are_clear_errors(probe) -> None:
     with pytest.raises(VlmflowError, match="unknown target 'nowhere'"):
         probe.screen("nowhere")

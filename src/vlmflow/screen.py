@@ -9,6 +9,7 @@ control sample alone gives an unbiased view of the unscreened remainder).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -94,15 +95,19 @@ class Screen:
         }
 
 
-def check_screen(k: int, control: int, order: str = "drop") -> None:
-    """Screen sizes that are not integers >= 0 and unknown orders are errors before any
-    pass runs. A ``k`` above the number of plans verifies them all (``summary``'s ``top``
-    says how many were)."""
+def check_screen(k: int, control: int, order: str = "drop", exact_below: float = 0.0) -> None:
+    """Screen sizes that are not integers >= 0, an ``exact_below`` that is not a number
+    >= 0 and unknown orders are errors before any pass runs. A ``k`` above the number of
+    plans verifies them all (``summary``'s ``top`` says how many were)."""
     for name, value in (("k", k), ("control", control)):
         if not is_int(value):
             raise PlanError(f"screen size {name} must be an integer >= 0, got {value!r}")
     if k < 0 or control < 0:
         raise PlanError(f"screen sizes k and control must be >= 0, got k={k}, control={control}")
+    if isinstance(exact_below, bool) or not isinstance(exact_below, numbers.Real) or not exact_below >= 0:
+        raise PlanError(
+            f"exact_below must be a number >= 0 (a fraction of one forward), got {exact_below!r}"
+        )
     if order not in ORDERS:
         raise PlanError(f"unknown screen order {order!r}; choose from {', '.join(ORDERS)}")
 
@@ -150,7 +155,7 @@ def screen_then_verify(
     >>> s = screen_then_verify(engine, [p.plan for p in points], 30)  # doctest: +SKIP
     >>> s.summary()["spearman_control"]  # doctest: +SKIP
     """
-    check_screen(k, control, order)
+    check_screen(k, control, order, exact_below)
     plans = list(plans)
     src, dst = plan_groups(plans)
     layers = sorted({layer for p in plans for layer in p.layers})
@@ -181,7 +186,7 @@ def verify_top(
     """The screen's second half: estimate ``plans`` from an attribution pass of ``engine``'s
     input that covers them (their groups and layers), evaluate the cheap ones, the top
     ``k`` and ``control`` random others exactly (see ``screen_then_verify``)."""
-    check_screen(k, control, order)
+    check_screen(k, control, order, exact_below)
     plans, att = list(plans), attribution
     token = att.token_id
     base = engine.baseline_logits().log_softmax(-1)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..cuts import WINDOW_STYLES, parse_layers
+from ..cuts import WINDOW_STYLES, is_int, parse_layers
 from ..errors import PlanError
 from .base import ANALYSES, Analysis, CliOption, as_layers, as_names, check_sample_mode, option
 from .targets import PAPER_TARGETS, Edges, SweepPoint, check_targets, parse_edges, sweep, target_curves
@@ -157,8 +157,8 @@ def check_sweep(
     check_targets(targets, response=response)
     if style not in WINDOW_STYLES:
         raise PlanError(f"unknown window style {style!r}; choose from {WINDOW_STYLES}")
-    if window < 1:
-        raise PlanError("window must be >= 1")
+    if not is_int(window) or window < 1:  # 2.5 used to fail every sample at run time
+        raise PlanError(f"window must be an integer >= 1, got {window!r}")
     for cut in custom:  # a typo in --cut stops the run before its first sample
         parse_edges(cut)
     if layers is not None and not layers:

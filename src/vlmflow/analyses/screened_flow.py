@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 
 from ..attribution import frame_pair_groups, plan_groups, relative_change
-from ..errors import PlanError
 from ..screen import Screen, ScreenedPlan, check_screen, verify_top
 from .base import ANALYSES
 from .information_flow import InformationFlow, flow_row, sweep_curves
@@ -52,11 +51,7 @@ class ScreenedFlow(InformationFlow):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.k < 0 or self.control < 0:
-            raise PlanError("--screen K and the control sample size must be >= 0")
-        if self.exact_below < 0:
-            raise PlanError(f"exact_below must be >= 0, got {self.exact_below}")
-        check_screen(self.k, self.control, self.ranking)
+        check_screen(self.k, self.control, self.ranking, self.exact_below)
 
     def config(self) -> dict[str, Any]:
         """The options, ``ranking`` only when not the default ``drop`` (so run folders made
@@ -152,7 +147,7 @@ def screened_sweep(
     engine's exact record (``flow_row``'s, with the estimate beside it as
     ``rel_pred_estimate``; else ``None``), and the ``Screen``. ``labels`` lead every record.
     ``ScreenedFlow.records`` and ``Probe.screen`` are this."""
-    check_screen(k, control, order)
+    check_screen(k, control, order, exact_below)
     curves = sweep_curves(probe, targets, custom, window=window, style=style, layers=layers)
     points = [(target, point) for target, _, _, pts in curves for point in pts]
     plans = [point.plan for _, point in points]

@@ -209,6 +209,11 @@ def test_bad_probe_arguments_are_clear_errors(model) -> None:
         model.probe(frames=frames, question="q?", options=["a", "b"], answer="c")
     with pytest.raises(PromptError, match="exactly one of video"):
         model.probe(question="q?", options=["a", "b"])
+    for bad in (1.0, True, [1]):  # 1.0 used to be a raw TypeError; True silently meant option 1
+        with pytest.raises(PromptError, match="answer must be an option index"):
+            model.probe(frames=frames, question="q?", options=["a", "b"], answer=bad)
+    numpy_answer = model.probe(frames=frames, question="q?", options=["a", "b"], answer=np.int64(1))
+    assert numpy_answer.sample.answer == 1
     with pytest.raises(PromptError, match="prompt style"):
         model.probe(make_sample(), prompt="fancy")
 

@@ -226,13 +226,17 @@ def make_sample(
         if answer not in options:
             raise PromptError(f"answer {answer!r} is not one of the options {list(options)}")
         answer = options.index(answer)
+    elif answer is not None and not is_int(answer):  # 1.0 used to be a TypeError, True index 1
+        raise PromptError(
+            f"answer must be an option index (an integer) or an option's text, got {answer!r}"
+        )
     if answer is not None and not 0 <= answer < len(options):
         raise PromptError(f"answer index {answer} outside the {len(options)} options")
     return Sample(
         id=id,
         question=question,
         options=options,
-        answer=answer,
+        answer=None if answer is None else int(answer),
         task=task,
         video=None if video is None else str(video),
         frames=None if frames is None else np.asarray(frames),

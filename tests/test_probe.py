@@ -112,6 +112,20 @@ def test_resid_is_the_residual_stream_the_model_reads_out(probe, logits) -> None
         probe.resid[n]
 
 
+def test_resid_slices_give_a_list_of_layers(probe) -> None:
+    """``probe.resid[0:2]`` used to raise; a slice runs over layers 0..L-1 as over
+    ``range(len(resid))``, and numpy integers index too."""
+    n = probe.num_layers
+    first_two = probe.resid[0:2]
+    assert isinstance(first_two, list) and len(first_two) == 2
+    assert torch.equal(first_two[0], probe.resid[0]) and torch.equal(first_two[1], probe.resid[1])
+    assert [t.data_ptr() for t in probe.resid[-2:]] == [probe.resid[i].data_ptr() for i in (n - 2, n - 1)]
+    assert len(probe.resid[::2]) == len(range(n)[::2]) and probe.resid[n:] == []
+    assert torch.equal(probe.resid[np.int64(1)], probe.resid[1])
+    with pytest.raises(TypeError, match="layer number or a slice"):
+        probe.resid[1.0]
+
+
 def test_groups_list_every_named_group_the_errors_offer(probe) -> None:
     groups, layout = probe.groups, probe.layout
     for name in ("options", "true_option", "false_options", "all"):

@@ -268,7 +268,10 @@ class Lens:
 
 class Residual(Sequence[torch.Tensor]):
     """The baseline residual stream: ``resid[l]`` is the output of decoder layer ``l``
-    ``(N, d)``; ``resid[-1]`` the embeddings (the input of layer 0)."""
+    ``(N, d)``; ``resid[-1]`` the embeddings (the input of layer 0). A slice runs over the
+    layers ``0..L-1`` as over ``range(len(resid))`` and gives a list: ``resid[0:2]`` is
+    ``[resid[0], resid[1]]``, ``resid[-2:]`` the last two layers (the embeddings only ever
+    as ``resid[-1]``)."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -276,8 +279,13 @@ class Residual(Sequence[torch.Tensor]):
     def __len__(self) -> int:
         return self._engine.lm.num_layers
 
-    def __getitem__(self, layer: int) -> torch.Tensor:  # type: ignore[override]
+    def __getitem__(self, layer: int | slice) -> torch.Tensor | list[torch.Tensor]:  # type: ignore[override]
         n = len(self)
+        if isinstance(layer, slice):
+            return [self[i] for i in range(n)[layer]]
+        if not is_int(layer):
+            raise TypeError(f"resid takes a layer number or a slice, not {type(layer).__name__}")
+        layer = int(layer)
         if not -1 <= layer < n:
             raise IndexError(f"layer {layer} outside -1..{n - 1} (-1 = embeddings)")
         return self._engine.hidden_states[layer + 1][0]

@@ -126,6 +126,24 @@ def test_resid_slices_give_a_list_of_layers(probe) -> None:
         probe.resid[1.0]
 
 
+def test_answers_and_samples_print_as_one_short_line(probe) -> None:
+    """``probe.answer`` used to print ``Baseline(probs=tensor([...vocabulary...]), ...)``, a
+    knockout's answer was labelled ``Baseline`` too, and a ``Sample`` dumped its frames."""
+    base, answer = repr(probe.answer), probe.answer
+    said = answer.letter if answer.letter is not None else repr(answer.pred_token)  # a non-letter token
+    assert base.startswith(f"Answer(baseline: {said}, p=") and "tensor" not in base
+    assert all(f"{letter}: " in base for letter in probe.sample.letters) and len(base) < 200
+    cut = probe.knockout("video->last", layers=[1])
+    assert repr(cut).startswith("Answer(knockout 'video->last': ") and "Baseline" not in repr(cut)
+    assert cut.plan == "video->last" and probe.answer.plan is None
+    both = probe.knockout(["video->last", Cut("question", "last", (1,))], layers=None)
+    assert [a.plan for a in both] == ["video->last", "question->last"]
+    sample = probe.sample
+    shown = repr(sample)
+    assert sample.frames is not None and "x".join(map(str, sample.frames.shape)) + " uint8" in shown
+    assert "array(" not in shown and len(shown) < 400 and shown.startswith(f"Sample(id={sample.id!r}")
+
+
 def test_groups_list_every_named_group_the_errors_offer(probe) -> None:
     groups, layout = probe.groups, probe.layout
     for name in ("options", "true_option", "false_options", "all"):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
@@ -397,7 +397,11 @@ class Probe:
         itself accepts an empty plan and returns the baseline; only this front door refuses.)
         A ``CompiledPlan`` is passed through as it is."""
         if isinstance(what, (Cut, Plan, CompiledPlan)):
-            name = f"{what.src}->{what.dst}" if isinstance(what, Cut) else what.name
+            name = (
+                f"{what.src}->{what.dst}"
+                if isinstance(what, Cut)
+                else what.plan.name if isinstance(what, CompiledPlan) else what.name
+            )
             if layers is not None:
                 raise PlanError(
                     f"{type(what).__name__} {name!r} carries its own layers; layers= applies to "
@@ -453,8 +457,10 @@ class Probe:
         single = isinstance(plans, (str, Cut, Plan, CompiledPlan)) or not isinstance(plans, Iterable)
         items = [plans] if single else list(plans)
         layer_list = None if layers is None else as_indices(layers)
-        logits = self.engine.evaluate([self.plan(p, layer_list) for p in items])
-        answers = [self.read(lg) for lg in logits]
+        plans = [self.plan(p, layer_list) for p in items]
+        logits = self.engine.evaluate(plans)
+        names = [p.plan.name if isinstance(p, CompiledPlan) else p.name for p in plans]
+        answers = [replace(self.read(lg), plan=n) for n, lg in zip(names, logits, strict=True)]
         return answers[0] if single else answers
 
     def sweep(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
@@ -306,9 +306,11 @@ def ordered() -> list[type[Analysis]]:
     return sorted((ANALYSES.get(n) for n in ANALYSES), key=lambda c: (c.order, c.name))
 
 
-@dataclass(frozen=True)
-class Baseline:
-    """The model's own answer to a prepared sample, read at the last position."""
+@dataclass(frozen=True, repr=False)
+class Answer:
+    """An answer read at the last position: the model's own (the baseline) or one under a
+    knockout (``plan`` names it). Its repr is one line: the letter, the option
+    probabilities, the truth; ``probs`` (the whole vocabulary) stays out of it."""
 
     probs: torch.Tensor  # (vocab,) float32
     pred_id: int
@@ -319,6 +321,14 @@ class Baseline:
     option_probs: tuple[float, ...]
     letters: tuple[str, ...] = ()
     rule: str = "ids"
+    plan: str | None = field(default=None, compare=False)  # the knockout's plan; None: baseline
+
+    def __repr__(self) -> str:
+        what = "baseline" if self.plan is None else f"knockout {self.plan!r}"
+        answer = self.letter if self.letter is not None else repr(self.pred_token)
+        options = ", ".join(f"{k}: {v:.3g}" for k, v in self.probabilities.items())
+        truth = "" if self.gt_letter is None else f", gt={self.gt_letter}, correct={self.correct}"
+        return f"Answer({what}: {answer}, p={self.p_pred:.3g}, options={{{options}}}{truth})"
 
     @property
     def letter(self) -> str | None:
@@ -374,10 +384,10 @@ class Baseline:
         }
 
 
-Answer = Baseline  # what a read of any logits gives: the baseline's, or a knockout's
+Baseline = Answer  # the name the analyses use for the model's own answer
 
 
-def read_answer(adapter: Adapter, prepared: Prepared, logits: torch.Tensor, rule: str = "ids") -> Baseline:
+def read_answer(adapter: Adapter, prepared: Prepared, logits: torch.Tensor, rule: str = "ids") -> Answer:
     """Interpret last-position ``logits`` ``(vocab,)`` as an answer to ``prepared``;
     ``rule`` says what counts as correct (``CORRECTNESS``)."""
     if rule not in CORRECTNESS:
@@ -386,7 +396,7 @@ def read_answer(adapter: Adapter, prepared: Prepared, logits: torch.Tensor, rule
     pred_id = int(probs.argmax())
     letters = prepared.sample.letters
     option = next((letters[i] for i, t in enumerate(prepared.option_ids) if t == pred_id), None)
-    return Baseline(
+    return Answer(
         probs=probs,
         pred_id=pred_id,
         pred_token=adapter.tokenizer.decode([pred_id]),

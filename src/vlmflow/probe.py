@@ -22,6 +22,7 @@ embeddings (the input of decoder layer 0) and layer ``l`` the output of decoder 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -516,7 +517,12 @@ class Probe:
         baseline's times ``exp(estimate)``; what only an exact evaluation gives, the ground
         truth's new probability and the new answer, is NaN). ``rel_pred_estimate`` is the
         estimated % change on every row. ``df.attrs["screen"]`` holds the counts and the
-        rank agreement between estimate and exact (``Screen.summary``).
+        rank agreement between estimate and exact (``Screen.summary``), with
+        ``max_error_pct`` (the largest ``|exact - estimate|`` of a verified plan, in
+        percentage points), ``missed_control`` (control plans whose exact effect beats the
+        top ``k``'s: false negatives the random sample found) and ``contradicted`` (verified
+        plans whose estimate has the wrong sign, exact > 10x the estimate); either of the
+        last two is also a ``UserWarning``: the estimates are unreliable for this input.
 
         >>> import vlmflow
         >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
@@ -561,6 +567,8 @@ class Probe:
         df = pd.DataFrame(rows)
         df = df[[*(c for c in rows[0] if c not in labels), *labels]]
         df.attrs["screen"] = screen.summary()
+        for message in screen.warnings():  # the estimates contradicted by the verified plans
+            warnings.warn(message, UserWarning, stacklevel=2)
         return df
 
     def head_map(

@@ -29,8 +29,8 @@ cut = probe.knockout("video->last", layers=range(L // 4, 3 * L // 4))
 print(
     "video -/-> last in the middle layers:", cut.letter, round(cut.p_gt, 3), "vs", round(probe.answer.p_gt, 3)
 )
-cuts = probe.knockout(["question->last", vlmflow.Plan("none")])  # several plans in one batch
-print("question -/-> last:", cuts[0].letter, "| empty plan equals the baseline:", cuts[1].letter)
+cuts = probe.knockout(["question->last", "video->question"])  # several plans in one batch
+print("question -/-> last:", cuts[0].letter, "| video -/-> question:", cuts[1].letter)
 
 # %% Sweep: cross-frame attention cut in a window of 3 layers around each layer.
 df = probe.sweep("cross-frame", window=3)

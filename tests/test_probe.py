@@ -112,6 +112,38 @@ def test_resid_is_the_residual_stream_the_model_reads_out(probe, logits) -> None
         probe.resid[n]
 
 
+def test_resid_slices_give_a_list_of_layers(probe) -> None:
+    """``probe.resid[0:2]`` used to raise; a slice runs over layers 0..L-1 as over
+    ``range(len(resid))``, and numpy integers index too."""
+    n = probe.num_layers
+    first_two = probe.resid[0:2]
+    assert isinstance(first_two, list) and len(first_two) == 2
+    assert torch.equal(first_two[0], probe.resid[0]) and torch.equal(first_two[1], probe.resid[1])
+    assert [t.data_ptr() for t in probe.resid[-2:]] == [probe.resid[i].data_ptr() for i in (n - 2, n - 1)]
+    assert len(probe.resid[::2]) == len(range(n)[::2]) and probe.resid[n:] == []
+    assert torch.equal(probe.resid[np.int64(1)], probe.resid[1])
+    with pytest.raises(TypeError, match="layer number or a slice"):
+        probe.resid[1.0]
+
+
+def test_answers_and_samples_print_as_one_short_line(probe) -> None:
+    """``probe.answer`` used to print ``Baseline(probs=tensor([...vocabulary...]), ...)``, a
+    knockout's answer was labelled ``Baseline`` too, and a ``Sample`` dumped its frames."""
+    base, answer = repr(probe.answer), probe.answer
+    said = answer.letter if answer.letter is not None else repr(answer.pred_token)  # a non-letter token
+    assert base.startswith(f"Answer(baseline: {said}, p=") and "tensor" not in base
+    assert all(f"{letter}: " in base for letter in probe.sample.letters) and len(base) < 200
+    cut = probe.knockout("video->last", layers=[1])
+    assert repr(cut).startswith("Answer(knockout 'video->last': ") and "Baseline" not in repr(cut)
+    assert cut.plan == "video->last" and probe.answer.plan is None
+    both = probe.knockout(["video->last", Cut("question", "last", (1,))], layers=None)
+    assert [a.plan for a in both] == ["video->last", "question->last"]
+    sample = probe.sample
+    shown = repr(sample)
+    assert sample.frames is not None and "x".join(map(str, sample.frames.shape)) + " uint8" in shown
+    assert "array(" not in shown and len(shown) < 400 and shown.startswith(f"Sample(id={sample.id!r}")
+
+
 def test_groups_list_every_named_group_the_errors_offer(probe) -> None:
     groups, layout = probe.groups, probe.layout
     for name in ("options", "true_option", "false_options", "all"):
@@ -222,6 +254,11 @@ def test_bad_probe_arguments_are_clear_errors(model) -> None:
         model.probe(frames=frames, question="q?", options=["a", "b"], answer="c")
     with pytest.raises(PromptError, match="exactly one of video"):
         model.probe(question="q?", options=["a", "b"])
+    for bad in (1.0, True, [1]):  # 1.0 used to be a raw TypeError; True silently meant option 1
+        with pytest.raises(PromptError, match="answer must be an option index"):
+            model.probe(frames=frames, question="q?", options=["a", "b"], answer=bad)
+    numpy_answer = model.probe(frames=frames, question="q?", options=["a", "b"], answer=np.int64(1))
+    assert numpy_answer.sample.answer == 1
     with pytest.raises(PromptError, match="prompt style"):
         model.probe(make_sample(), prompt="fancy")
 
@@ -397,6 +434,30 @@ def test_one_cached_pass_serves_every_covered_request(model, monkeypatch) -> Non
     assert len(calls) == 3 and calls[2]["metric"] == "logprob"
 
 
+def test_a_window_or_exact_below_that_is_not_a_number_of_the_right_kind_is_refused_up_front(probe) -> None:
+    """``window=2.5`` and ``exact_below="x"`` used to escape as raw TypeErrors from deep in
+    the sweep (and ``InformationFlow(window=2.5)`` was accepted, then failed every sample).
+    They are refused before any pass, like ``k``."""
+    from vlmflow.analyses.information_flow import InformationFlow
+    from vlmflow.analyses.screened_flow import ScreenedFlow
+
+    for bad in (2.5, "3", True):
+        with pytest.raises(PlanError, match=r"window must be an integer >= 1, got"):
+            probe.sweep("cross-frame", window=bad)
+        with pytest.raises(PlanError, match=r"window must be an integer >= 1, got"):
+            probe.screen("cross-frame", window=bad)
+        with pytest.raises(PlanError, match=r"window must be an integer >= 1, got"):
+            InformationFlow(window=bad)
+    for bad in ("x", None, -1, float("nan"), True):
+        with pytest.raises(PlanError, match=r"exact_below must be a number >= 0"):
+            probe.screen("cross-frame", exact_below=bad)
+        with pytest.raises(PlanError, match=r"exact_below must be a number >= 0"):
+            ScreenedFlow(exact_below=bad)
+    with pytest.raises(PlanError, match=r"screen size k must be an integer"):
+        ScreenedFlow(k=1.5)
+    assert len(probe.sweep("cross-frame", window=np.int64(1), layers=[1])) == 1
+
+
 def test_bad_screen_and_attribution_arguments_are_clear_errors(probe) -> None:
     with pytest.raises(VlmflowError, match="unknown target 'nowhere'"):
         probe.screen("nowhere")
@@ -459,9 +520,33 @@ def test_cuts_typed_as_objects_are_checked_like_text(probe) -> None:
         probe.knockout(Cut("last", "video", (1,)))
     with pytest.raises(PlanError, match="not int"):
         probe.knockout(5)
-    assert Plan("empty", ()).cuts == () and probe.knockout(Plan("empty", ())).probabilities == pytest.approx(
-        probe.answer.probabilities, abs=TOL
-    )  # an empty plan is the baseline, as a plan may say
+    # the engine keeps its invariant: an empty plan is the baseline
+    (empty_logits,) = probe.engine.evaluate([Plan("empty", ())])
+    assert probe.read(empty_logits).probabilities == pytest.approx(probe.answer.probabilities, abs=TOL)
+
+
+def test_a_plan_that_blocks_nothing_is_refused_like_its_cuts(probe) -> None:
+    """A ``Plan`` with no cuts, or with a cut that names no layers or is causally empty,
+    used to return the baseline silently from the front door, while the same cut given
+    bare or as text was refused. Every route that takes a plan refuses it now."""
+    bad = {
+        "has no cuts": Plan("x", ()),
+        "names no layers": Plan("x", (Cut("video", "last", ()),)),
+        "blocks nothing on this input": Plan(
+            "x", (Cut("question", "last", (1,)), Cut("last", "video", (1,)))
+        ),
+    }
+    for why, plan in bad.items():
+        with pytest.raises(PlanError, match=f"plan 'x'.*{why}"):
+            probe.knockout(plan)
+        with pytest.raises(PlanError, match=why):
+            probe.knockout([plan])
+        with pytest.raises(PlanError, match=why):
+            probe.attention(layers=[1], queries="last", plan=plan)
+        with pytest.raises(PlanError, match=why):
+            probe.generate(plan=plan, max_new_tokens=1)
+    good = Plan("x", (Cut("video", "last", (1,)),))
+    assert probe.knockout(good).probabilities == probe.knockout(Cut("video", "last", (1,))).probabilities
 
 
 def test_layers_and_heads_read_as_ints_ranges_or_text_and_nothing_else(probe) -> None:

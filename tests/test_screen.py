@@ -146,3 +146,86 @@ def test_a_sweep_into_frame_ranges_carries_the_frame_pair_map() -> None:
         cuts_into_frames(["frame:3"]) and cuts_into_frames(["frames:1-3"]) and cuts_into_frames(["frames:<4"])
     )
     assert not cuts_into_frames(["video", "last", "question"])
+
+
+def _screened(layer: int, estimate: float, exact: float | None, kind: str | None):
+    from vlmflow.cuts import Cut, Plan
+    from vlmflow.screen import ScreenedPlan
+
+    return ScreenedPlan(Plan("video->last", (Cut("video", "last", (layer,)),)), estimate, exact, kind)
+
+
+def test_a_screen_says_when_the_control_sample_finds_what_the_estimates_missed() -> None:
+    """The README's screen on the demo: the top 3 were ~0% plans, the control sample hit a
+    -100% plan estimated at +0.004%, and the summary said nothing but spearman -0.3. The
+    summary counts such misses and contradictions, and says them in words."""
+    from vlmflow.screen import Screen
+
+    plans = [
+        _screened(0, -2e-6, -1e-6, "top"),  # the estimates' favourites: nothing happens
+        _screened(1, -1e-6, 2e-6, "top"),
+        _screened(2, 4e-5, -12.0, "control"),  # -100%: a false negative the control found
+        _screened(3, 1e-6, 1e-6, "control"),  # agrees
+        _screened(4, 3e-5, None, None),
+    ]
+    screen = Screen(plans, None, 2, "drop")
+    summary = screen.summary()
+    assert summary["missed_control"] == 1 and summary["contradicted"] == 1
+    assert 99.9 < summary["max_error_pct"] < 100.1  # percentage points of p(answer)
+    said = screen.warnings("sample 'x'")
+    assert len(said) == 2 and all(s.startswith("sample 'x': ") for s in said)
+    assert "missed 1 of 2 control plans" in said[0] and "video->last in layers 2: exact -100%" in said[0]
+    assert "1 verified plans contradict their estimates" in said[1]
+    # a screen whose verified plans agree with their estimates says nothing
+    fine = Screen(
+        [
+            _screened(0, -2.0, -2.5, "top"),
+            _screened(1, -1.0, -1.2, "top"),
+            _screened(2, -0.5, -0.4, "control"),
+            _screened(3, 0.002, -0.003, "control"),  # below NOTABLE: noise, not a contradiction
+        ],
+        None,
+        2,
+        "drop",
+    )
+    assert fine.warnings() == [] and fine.summary()["missed_control"] == 0 == fine.summary()["contradicted"]
+
+
+def test_probe_screen_and_flow_screen_warn_when_estimates_are_contradicted(
+    tiny_llava, tiny_llava_path, tmp_path, monkeypatch
+) -> None:
+    """Estimates that say nothing happens (+1e-6 for every plan) against the engine's exact
+    values: probe.screen warns, and so does the flow --screen analysis and its report."""
+    import pytest
+
+    import vlmflow
+    from tests.fixtures.tiny import make_sample
+    from vlmflow.attribution import Attribution
+
+    monkeypatch.setattr(Attribution, "estimates", lambda self, plans, **kw: np.full(len(plans), 1e-6))
+    probe = vlmflow.Model(tiny_llava).probe(make_sample(seed=5))
+    exact = probe.sweep("vql-to-ql", window=1)
+    assert (exact["rel_pred"].abs() >= 1.01).any()  # some plan changes p(answer) by > 1%
+    with pytest.warns(UserWarning, match="contradict their estimates") as said:
+        df = probe.screen("vql-to-ql", k=1, control=len(exact) - 1, window=1, exact_below=0.0)
+    assert df.attrs["screen"]["contradicted"] > 0 and df.attrs["screen"]["max_error_pct"] > 1
+    top = df[df["verified_as"] == "top"]["rel_pred"].abs().min()
+    control = df[df["verified_as"] == "control"]["rel_pred"].abs()
+    missed = int((control > max(top, 1.01)).sum())  # NOTABLE: a change of log p of 0.01
+    assert df.attrs["screen"]["missed_control"] == missed
+    assert any("estimates missed" in str(w.message) for w in said) == (missed > 0)
+    assert (df["method"] == "exact").sum() == len(exact)  # the records' semantics unchanged
+
+    out = tmp_path / "run"
+    args = ["flow", "--model", str(tiny_llava_path), "--data", "synthetic:1:fixed"]
+    args += ["--task", "moving_direction", "--window", "1", "--sample-mode", "all"]
+    args += ["-t", "vql-to-ql", "--screen", "1"]
+    args += ["--screen-control", "30", "--screen-exact-below", "0", "--out", str(out), "--quiet"]
+    with pytest.warns(UserWarning, match="sample '.*'.*contradict their estimates"):
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = (out / "report.html").read_text()
+    assert "WARNING: the estimates are contradicted by the exact knockouts" in report
+    rows = read_records(out)
+    screens = rows[(rows["analysis"] == "flow-screen") & (rows["kind"] == "screen")]
+    assert (screens["contradicted"] > 0).all() and "missed_control" in screens

@@ -117,9 +117,33 @@ class RunResult:
     rank: int = 0  # this process's rank in a torchrun group (0: the one that reports)
 
 
+def as_analyses(analyses: Analysis | Sequence[Analysis]) -> list[Analysis]:
+    """``run``'s analyses as a list: one instance is a list of one; a class (``InformationFlow``
+    instead of ``InformationFlow()``), or anything else that is not an instance, is a
+    one-line :class:`PlanError` naming it, before the run folder is touched."""
+    from .analyses.base import Analysis
+
+    items = [analyses] if isinstance(analyses, Analysis) or isinstance(analyses, type) else analyses
+    try:
+        items = list(items)
+    except TypeError:
+        items = [items]
+    for a in items:
+        if isinstance(a, type) and issubclass(a, Analysis):
+            raise PlanError(
+                f"run() takes analysis instances: {a.__name__} is a class; give {a.__name__}() "
+                "(with its options)"
+            )
+        if not isinstance(a, Analysis):
+            raise PlanError(
+                f"run() takes Analysis instances (e.g. InformationFlow()), got {type(a).__name__}: {a!r}"
+            )
+    return items
+
+
 def run(
     options: Options,
-    analyses: Sequence[Analysis],
+    analyses: Analysis | Sequence[Analysis],
     out: str | Path | RunDir,
     *,
     model: Model | None = None,
@@ -130,6 +154,7 @@ def run(
 ) -> RunResult:
     """Load the model and data of ``options``, analyse into ``out``, write the report.
 
+    ``analyses``: instances (``[InformationFlow(window=5)]``, or one instance alone).
     ``model`` reuses a loaded model; ``sample_ids`` restricts the run to those samples of
     the dataset (a held-out split). ``on_open`` runs on rank 0 once the folder has accepted
     the run (configuration, provenance, dtype), under its lock, before the first sample (a
@@ -147,6 +172,7 @@ def run(
     from .provenance import data_fingerprint, model_fingerprint
     from .report import finalize
 
+    analyses = as_analyses(analyses)
     rundir = out if isinstance(out, RunDir) else RunDir(out)
     ctx = distributed.init()
     lock = lock or rundir.lock()  # rank 0 holds it for the whole group (see vlmflow.lock)

@@ -208,8 +208,8 @@ def window_layers(layer: int, num_layers: int, window: int = 9, style: str = "ce
     """
     if not 0 <= layer < num_layers:
         raise PlanError(f"layer {layer} is outside 0..{num_layers - 1}")
-    if window < 1:
-        raise PlanError(f"window must be >= 1, got {window}")
+    if not is_int(window) or window < 1:
+        raise PlanError(f"window must be an integer >= 1, got {window!r}")
     lo, hi = max(0, layer - window // 2), min(num_layers, layer - window // 2 + window)
     if style == "center":
         return tuple(range(lo, hi))

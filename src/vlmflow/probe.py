@@ -22,8 +22,9 @@ embeddings (the input of decoder layer 0) and layer ``l`` the output of decoder 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
@@ -226,13 +227,17 @@ def make_sample(
         if answer not in options:
             raise PromptError(f"answer {answer!r} is not one of the options {list(options)}")
         answer = options.index(answer)
+    elif answer is not None and not is_int(answer):  # 1.0 used to be a TypeError, True index 1
+        raise PromptError(
+            f"answer must be an option index (an integer) or an option's text, got {answer!r}"
+        )
     if answer is not None and not 0 <= answer < len(options):
         raise PromptError(f"answer index {answer} outside the {len(options)} options")
     return Sample(
         id=id,
         question=question,
         options=options,
-        answer=answer,
+        answer=None if answer is None else int(answer),
         task=task,
         video=None if video is None else str(video),
         frames=None if frames is None else np.asarray(frames),
@@ -264,7 +269,10 @@ class Lens:
 
 class Residual(Sequence[torch.Tensor]):
     """The baseline residual stream: ``resid[l]`` is the output of decoder layer ``l``
-    ``(N, d)``; ``resid[-1]`` the embeddings (the input of layer 0)."""
+    ``(N, d)``; ``resid[-1]`` the embeddings (the input of layer 0). A slice runs over the
+    layers ``0..L-1`` as over ``range(len(resid))`` and gives a list: ``resid[0:2]`` is
+    ``[resid[0], resid[1]]``, ``resid[-2:]`` the last two layers (the embeddings only ever
+    as ``resid[-1]``)."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -272,8 +280,13 @@ class Residual(Sequence[torch.Tensor]):
     def __len__(self) -> int:
         return self._engine.lm.num_layers
 
-    def __getitem__(self, layer: int) -> torch.Tensor:  # type: ignore[override]
+    def __getitem__(self, layer: int | slice) -> torch.Tensor | list[torch.Tensor]:  # type: ignore[override]
         n = len(self)
+        if isinstance(layer, slice):
+            return [self[i] for i in range(n)[layer]]
+        if not is_int(layer):
+            raise TypeError(f"resid takes a layer number or a slice, not {type(layer).__name__}")
+        layer = int(layer)
         if not -1 <= layer < n:
             raise IndexError(f"layer {layer} outside -1..{n - 1} (-1 = embeddings)")
         return self._engine.hidden_states[layer + 1][0]
@@ -380,19 +393,30 @@ class Probe:
     def plan(self, what: PlanLike, layers: Iterable[int] | int | str | None = None) -> Plan | CompiledPlan:
         """A plan from ``"SRC->DST[,SRC->DST]"`` text (blocked in ``layers``, default all), a
         ``Cut``, or a plan as it is. ``layers`` is for text only: a ``Cut`` or a plan carries
-        its own. A typed cut (text or ``Cut``) that blocks nothing is an error."""
+        its own. A cut (text, ``Cut`` or one of a ``Plan``'s) that blocks nothing is an error,
+        and so is a ``Plan`` with no cuts: each would silently give the baseline. (The engine
+        itself accepts an empty plan and returns the baseline; only this front door refuses.)
+        A ``CompiledPlan`` is passed through as it is."""
         if isinstance(what, (Cut, Plan, CompiledPlan)):
-            name = f"{what.src}->{what.dst}" if isinstance(what, Cut) else what.name
+            name = (
+                f"{what.src}->{what.dst}"
+                if isinstance(what, Cut)
+                else what.plan.name if isinstance(what, CompiledPlan) else what.name
+            )
             if layers is not None:
                 raise PlanError(
                     f"{type(what).__name__} {name!r} carries its own layers; layers= applies to "
                     "text plans only"
                 )
-            if not isinstance(what, Cut):
+            if isinstance(what, CompiledPlan):
                 return what
-            if not what.layers:
-                raise PlanError(f"cut {name!r} blocks nothing: it names no layers")
-            check_cut_blocks(what.src, what.dst, name, self.layout)
+            if isinstance(what, Plan):
+                if not what.cuts:
+                    raise PlanError(f"plan {name!r} blocks nothing: it has no cuts")
+                for cut in what.cuts:
+                    self._check_cut(cut, f"plan {name!r}: ")
+                return what
+            self._check_cut(what)
             return Plan(name, (what,))
         if not isinstance(what, str):
             raise PlanError(
@@ -405,6 +429,16 @@ class Probe:
         for part, cut in zip(what.split(","), cuts, strict=True):  # a typed cut is never silently empty
             check_cut_blocks(cut.src, cut.dst, part.strip(), self.layout)
         return Plan(what, cuts)
+
+    def _check_cut(self, cut: Cut, where: str = "") -> None:
+        """Refuse a cut that blocks nothing on this input (no layers, or causally empty)."""
+        name = f"{cut.src}->{cut.dst}"
+        if not cut.layers:
+            raise PlanError(f"{where}cut {name!r} blocks nothing: it names no layers")
+        try:
+            check_cut_blocks(cut.src, cut.dst, name, self.layout)
+        except PlanError as exc:
+            raise PlanError(f"{where}{exc}") from None
 
     def knockout(
         self, plans: PlanLike | Sequence[PlanLike], layers: Iterable[int] | int | str | None = None
@@ -424,8 +458,10 @@ class Probe:
         single = isinstance(plans, (str, Cut, Plan, CompiledPlan)) or not isinstance(plans, Iterable)
         items = [plans] if single else list(plans)
         layer_list = None if layers is None else as_indices(layers)
-        logits = self.engine.evaluate([self.plan(p, layer_list) for p in items])
-        answers = [self.read(lg) for lg in logits]
+        plans = [self.plan(p, layer_list) for p in items]
+        logits = self.engine.evaluate(plans)
+        names = [p.plan.name if isinstance(p, CompiledPlan) else p.name for p in plans]
+        answers = [replace(self.read(lg), plan=n) for n, lg in zip(names, logits, strict=True)]
         return answers[0] if single else answers
 
     def sweep(
@@ -481,7 +517,12 @@ class Probe:
         baseline's times ``exp(estimate)``; what only an exact evaluation gives, the ground
         truth's new probability and the new answer, is NaN). ``rel_pred_estimate`` is the
         estimated % change on every row. ``df.attrs["screen"]`` holds the counts and the
-        rank agreement between estimate and exact (``Screen.summary``).
+        rank agreement between estimate and exact (``Screen.summary``), with
+        ``max_error_pct`` (the largest ``|exact - estimate|`` of a verified plan, in
+        percentage points), ``missed_control`` (control plans whose exact effect beats the
+        top ``k``'s: false negatives the random sample found) and ``contradicted`` (verified
+        plans whose estimate has the wrong sign, exact > 10x the estimate); either of the
+        last two is also a ``UserWarning``: the estimates are unreliable for this input.
 
         >>> import vlmflow
         >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
@@ -526,6 +567,8 @@ class Probe:
         df = pd.DataFrame(rows)
         df = df[[*(c for c in rows[0] if c not in labels), *labels]]
         df.attrs["screen"] = screen.summary()
+        for message in screen.warnings():  # the estimates contradicted by the verified plans
+            warnings.warn(message, UserWarning, stacklevel=2)
         return df
 
     def head_map(

@@ -36,7 +36,7 @@ def check_frames(frames: Any, sample_id: str) -> np.ndarray:
     return arr
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Sample:
     """One VideoQA item.
 
@@ -63,6 +63,31 @@ class Sample:
     answer_text: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+
+    def __repr__(self) -> str:
+        """One line: the fields as given, ``frames`` summarised as its shape and dtype (not
+        the pixels), ``meta`` by its keys."""
+        parts = [f"id={self.id!r}", f"question={self.question!r}"]
+        if self.options:
+            parts.append(f"options={self.options!r}")
+        parts += [f"answer={self.answer!r}", f"task={self.task!r}"]
+        if self.source:
+            parts.append(f"source={self.source!r}")
+        if self.video is not None:
+            parts.append(f"video={self.video!r}")
+        if self.frames is not None:
+            shape = getattr(self.frames, "shape", None)
+            dtype = getattr(self.frames, "dtype", type(self.frames).__name__)
+            parts.append(f"frames=<{'x'.join(map(str, shape)) if shape else '?'} {dtype}>")
+        if self.bound is not None:
+            parts.append(f"bound={self.bound!r}")
+        if self.answer_text is not None:
+            parts.append(f"answer_text={self.answer_text!r}")
+        if self.meta:
+            parts.append(f"meta=<keys {sorted(self.meta)}>")
+        if self.error is not None:
+            parts.append(f"error={self.error!r}")
+        return f"Sample({', '.join(parts)})"
 
     @property
     def is_multiple_choice(self) -> bool:

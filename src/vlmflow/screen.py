@@ -9,6 +9,7 @@ control sample alone gives an unbiased view of the unscreened remainder).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -21,6 +22,13 @@ from .engine import Engine
 from .errors import PlanError
 
 ORDERS = ("drop", "magnitude")
+
+#: an exact change of ``log p`` below this (about 1% of p) is too small to call a miss or a
+#: contradiction: the screen's warnings are about effects a user would act on
+NOTABLE = 0.01
+#: a verified plan contradicts its estimate when their signs differ and the exact change is
+#: more than this many times the estimate's
+CONTRADICTION_RATIO = 10.0
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
@@ -80,6 +88,76 @@ class Screen:
         v = self.verified(kind)
         return spearman([p.estimate for p in v], [p.exact for p in v])  # type: ignore[misc]
 
+    def max_error(self) -> float:
+        """The largest ``|exact - estimate|`` over the verified plans, in percentage points of
+        the answer's probability (``relative_change``); NaN when none was verified."""
+        from .attribution import relative_change
+
+        v = self.verified()
+        if not v:
+            return float("nan")
+        return float(max(abs(relative_change(p.exact) - relative_change(p.estimate)) for p in v))
+
+    def missed(self) -> list[ScreenedPlan]:
+        """Control plans the screen should have put in its top K: their exact ``|change|``
+        exceeds the smallest of the top K's (by exact value, or by estimate when that is
+        larger) and is notable (``>= NOTABLE``). The random control sample is the screen's
+        only view of what the estimates left out, so each such plan is a false negative
+        found, and more are likely among the unverified ones."""
+        top = self.verified("top")
+        if not top:
+            return []
+        floor = max(
+            min(abs(p.exact) for p in top),  # type: ignore[arg-type]
+            min(abs(p.estimate) for p in top),
+            NOTABLE,
+        )
+        return [p for p in self.verified("control") if abs(p.exact) > floor]  # type: ignore[arg-type]
+
+    def contradicted(self) -> list[ScreenedPlan]:
+        """Verified plans whose exact change has the other sign than their estimate and is
+        more than ``CONTRADICTION_RATIO`` times larger (and notable): the estimate says the
+        opposite of what the knockout does."""
+        return [
+            p
+            for p in self.verified()
+            if abs(p.exact) >= NOTABLE  # type: ignore[arg-type]
+            and np.sign(p.exact) != np.sign(p.estimate)
+            and abs(p.exact) > CONTRADICTION_RATIO * abs(p.estimate)  # type: ignore[arg-type]
+        ]
+
+    def warnings(self, where: str = "") -> list[str]:
+        """One line per way the verified plans contradict the estimates (empty when they do
+        not): misses the control sample found, estimates of the wrong sign. ``where`` (a
+        sample id) leads each line."""
+        from .attribution import relative_change
+
+        def show(p: ScreenedPlan) -> str:
+            exact, estimate = float(relative_change(p.exact)), float(relative_change(p.estimate))
+            where = f"{p.plan.name} in layers {_layer_text(p.plan.layers)}"
+            return f"{where}: exact {exact:+.3g}% vs estimated {estimate:+.3g}%"
+
+        lead = f"{where}: " if where else ""
+        out = []
+        missed = self.missed()
+        if missed:
+            worst = max(missed, key=lambda p: abs(p.exact))  # type: ignore[arg-type]
+            out.append(
+                f"{lead}screen estimates missed {len(missed)} of {len(self.verified('control'))} "
+                f"control plans: their exact effect is larger than the top {len(self.verified('top'))}'s "
+                f"(worst: {show(worst)}); the unverified plans likely hide more. Treat the "
+                "estimates as unreliable here: raise k or control, or run the exact sweep"
+            )
+        wrong = self.contradicted()
+        if wrong:
+            worst = max(wrong, key=lambda p: abs(p.exact))  # type: ignore[arg-type]
+            out.append(
+                f"{lead}{len(wrong)} verified plans contradict their estimates (other sign, "
+                f"exact more than {CONTRADICTION_RATIO:g}x the estimate; worst: {show(worst)}); "
+                f"the largest |exact - estimate| is {self.max_error():.3g} percentage points"
+            )
+        return out
+
     def summary(self) -> dict[str, float | int | str]:
         return {
             "plans": len(self.plans),
@@ -91,18 +169,30 @@ class Screen:
             "control": len(self.verified("control")),
             "spearman_verified": self.rank_agreement(),
             "spearman_control": self.rank_agreement("control"),
+            "max_error_pct": self.max_error(),
+            "missed_control": len(self.missed()),
+            "contradicted": len(self.contradicted()),
         }
 
 
-def check_screen(k: int, control: int, order: str = "drop") -> None:
-    """Screen sizes that are not integers >= 0 and unknown orders are errors before any
-    pass runs. A ``k`` above the number of plans verifies them all (``summary``'s ``top``
-    says how many were)."""
+def _layer_text(layers: Sequence[int]) -> str:
+    layers = sorted(layers)
+    if layers and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
+    return ",".join(map(str, layers))
+
+
+def check_screen(k: int, control: int, order: str = "drop", exact_below: float = 0.0) -> None:
+    """Screen sizes that are not integers >= 0, an ``exact_below`` that is not a number
+    >= 0 and unknown orders are errors before any pass runs. A ``k`` above the number of
+    plans verifies them all (``summary``'s ``top`` says how many were)."""
     for name, value in (("k", k), ("control", control)):
         if not is_int(value):
             raise PlanError(f"screen size {name} must be an integer >= 0, got {value!r}")
     if k < 0 or control < 0:
         raise PlanError(f"screen sizes k and control must be >= 0, got k={k}, control={control}")
+    if isinstance(exact_below, bool) or not isinstance(exact_below, numbers.Real) or not exact_below >= 0:
+        raise PlanError(f"exact_below must be a number >= 0 (a fraction of one forward), got {exact_below!r}")
     if order not in ORDERS:
         raise PlanError(f"unknown screen order {order!r}; choose from {', '.join(ORDERS)}")
 
@@ -150,7 +240,7 @@ def screen_then_verify(
     >>> s = screen_then_verify(engine, [p.plan for p in points], 30)  # doctest: +SKIP
     >>> s.summary()["spearman_control"]  # doctest: +SKIP
     """
-    check_screen(k, control, order)
+    check_screen(k, control, order, exact_below)
     plans = list(plans)
     src, dst = plan_groups(plans)
     layers = sorted({layer for p in plans for layer in p.layers})
@@ -181,7 +271,7 @@ def verify_top(
     """The screen's second half: estimate ``plans`` from an attribution pass of ``engine``'s
     input that covers them (their groups and layers), evaluate the cheap ones, the top
     ``k`` and ``control`` random others exactly (see ``screen_then_verify``)."""
-    check_screen(k, control, order)
+    check_screen(k, control, order, exact_below)
     plans, att = list(plans), attribution
     token = att.token_id
     base = engine.baseline_logits().log_softmax(-1)

@@ -195,3 +195,30 @@ def test_pathway_search_finds_ranges_within_tolerance(tiny_llava) -> None:
     result = search_pathway(probes, tiny_llava.num_layers, tolerance=0.0, step=2)
     assert result.calib_accuracy >= result.base_accuracy
     assert result.suppressed > 0 and result.trace
+
+
+def test_analysis_options_take_the_forms_the_probe_takes(setup) -> None:
+    """``InformationFlow(targets="cross-frame")`` used to sweep the targets 'c', 'r', ...,
+    and ``layers="1-2"`` or ``layers=2`` crashed at run time with a TypeError. Each
+    analysis stores the normalised form (so the manifest does) and runs on it."""
+    from vlmflow.analyses.information_flow import InformationFlow
+    from vlmflow.analyses.open_ended import OpenEnded
+    from vlmflow.analyses.screened_flow import ScreenedFlow
+
+    adapter, prepared, *_ = setup
+    for cls in (InformationFlow, ScreenedFlow):
+        loose = cls(targets="cross-frame", layers="2,1", custom="video->last", window=1)
+        strict = cls(targets=("cross-frame",), layers=(1, 2), custom=("video->last",), window=1)
+        assert loose.config() == strict.config() and loose.config()["layers"] == (1, 2)
+        assert cls(layers=2).layers == (2,) and cls(layers=range(1, 3)).layers == (1, 2)
+    assert OpenEnded(targets="vqrl-to-qrl", layers=3).config()["targets"] == ("vqrl-to-qrl",)
+    maps = AttentionMaps(layers="0,3", compare_layers=1, queries="last")
+    assert (maps.layers, maps.compare_layers, maps.queries) == ((0, 3), (1,), ("last",))
+    assert LogitLens(spatial="left, right").spatial == ("left", "right")
+    with pytest.raises(PlanError, match="layers must be integers"):
+        InformationFlow(layers=1.5)
+    with pytest.raises(PlanError, match="targets must be a name"):
+        InformationFlow(targets=[1])
+    flow = InformationFlow(targets="cross-frame", layers=2, window=1, sample_mode="all")
+    rows = flow.records(Probe(adapter, prepared))
+    assert {(r["target"], r["layer"]) for r in rows} == {("cross-frame", 2)}

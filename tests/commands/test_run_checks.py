@@ -358,3 +358,29 @@ def test_paper_preset_layers_beyond_the_model_say_where_they_come_from(tiny_llav
     assert typed.exit_code == 2 and "preset" not in typed.output
     fixed = runner.invoke(app, attention("p", "--paper", "--layers", "0-3"))
     assert fixed.exit_code == 0, fixed.output
+
+
+def test_run_takes_one_analysis_instance_and_refuses_a_class(tiny_llava_path, tmp_path) -> None:
+    """``vlmflow.run(opts, [InformationFlow], out)`` used to fail with ``TypeError:
+    Analysis.config() missing 'self'`` and ``run(opts, InformationFlow(), out)`` with 'not
+    iterable'. One instance runs as a list of one; a class is refused, naming the fix,
+    before the folder is touched."""
+    from vlmflow.analyses.answer_probability import AnswerProbability
+    from vlmflow.analyses.information_flow import InformationFlow
+
+    options = vlmflow.Options(
+        model=str(tiny_llava_path), data="synthetic:1:fixed", tasks=("moving_direction",)
+    )
+    cases = {
+        "InformationFlow is a class; give InformationFlow()": ([InformationFlow], InformationFlow),
+        "takes Analysis instances .*got str": (["flow"],),
+    }
+    for said, bads in cases.items():
+        for bad in bads:
+            with pytest.raises(vlmflow.VlmflowError, match=said):
+                vlmflow.run(options, bad, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    result = vlmflow.run(options, AnswerProbability(sample_mode="all"), tmp_path / "one")
+    assert result.summary.done == 1 and not result.summary.failed
+    manifest = json.loads((tmp_path / "one" / "manifest.json").read_text())
+    assert list(manifest["config"]["analyses"]) == ["answer-prob"]

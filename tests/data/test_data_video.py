@@ -307,3 +307,25 @@ def test_frame_folder_without_zero_padding_is_in_frame_order(tmp_path):
         Image.fromarray(np.full((20, 30, 3), pal[i], np.uint8)).save(folder / f"{i + 1}.png")
     got, _ = which_frames(load_frames(folder, 8, cache=False), 24)
     assert got == sample_indices(24, 8) == [1, 4, 7, 10, 13, 15, 18, 21]
+
+
+def test_asking_for_more_frames_than_a_video_has_says_frames_repeat(tmp_path) -> None:
+    """``probe(video="clip.mp4", num_frames=100)`` on a short clip used to repeat frames
+    silently; the decode says so (for a file and a frame folder), and is silent when every
+    frame asked for is a distinct one."""
+    import warnings
+
+    clip = tmp_path / "clip.mp4"
+    write_video(clip, flat_frames(6), fps=4)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, f in enumerate(flat_frames(6)):
+        Image.fromarray(f).save(folder / f"{i}.png")
+    for path in (clip, folder):
+        said = r"has 6 frames .*num_frames=10 repeats frames.*num_frames <= [56]"
+        with pytest.warns(UserWarning, match=said):
+            frames = load_frames(path, 10, cache=False)
+        assert frames.shape[0] == 10
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert load_frames(path, 4, cache=False).shape[0] == 4

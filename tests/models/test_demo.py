@@ -161,3 +161,19 @@ def test_video_tokens_read_as_the_frames_captions(demo) -> None:
             hits["horizontal"].append(words[4 * t + 3] == side)
     rates = {k: float(np.mean(v)) for k, v in hits.items()}
     assert min(rates.values()) >= 0.7, rates
+
+
+def test_chat_prompt_renders_the_trained_conversation(shipped) -> None:
+    """``prompt="chat"`` on the demo used to raise a raw Jinja ``TypeError`` (SmolLM2's
+    text-only template met a video part), failing every sample. The demo's template renders
+    the conversation it is trained on, and the model still answers through it."""
+    demo_chat = load_model("demo" if SHIPPED else str(shipped), prompt_style="chat")
+    sample = synthetic.generate(1, seed=0, tasks=["moving_direction"], option_order="fixed")[0]
+    text = demo_chat.build_prompt(sample).text
+    assert " USER: <video>\n" in text and text.endswith("ASSISTANT:Best option:(")
+    p = demo_chat.prepare(sample)
+    assert len(p.layout.resolve("video")) > 0 and len(p.layout.resolve("question")) > 0
+    if SHIPPED:
+        logits = Engine(demo_chat.language_model(), p.inputs, p.layout).baseline_logits()
+        answer = read_answer(demo_chat, p, logits)
+        assert answer.correct

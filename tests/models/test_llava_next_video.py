@@ -72,3 +72,16 @@ def test_drift_guard_transformers_paths(tiny_llava) -> None:
     k = torch.zeros(1, 2, 3, 16)
     cache.update(k, k, 0)
     assert cache.layers[0].keys.shape == (1, 2, 3, 16)
+
+
+def test_a_chat_template_that_cannot_render_video_is_a_prompt_error(tiny_llava_path) -> None:
+    """A text-only chat template (SmolLM2's concatenates ``message['content']`` as a string)
+    used to escape as a raw Jinja ``TypeError``; it is a ``PromptError`` naming the cause
+    and the way out."""
+    adapter = load_model(str(tiny_llava_path), prompt_style="chat")
+    adapter.processor.chat_template = (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + "
+        "message['content'] + '<|im_end|>\n' }}{% endfor %}"
+    )
+    with pytest.raises(PromptError, match=r"cannot render.*TypeError.*--prompt paper"):
+        adapter.build_prompt(make_sample())

@@ -27,7 +27,17 @@ from ..cuts import Cut, Plan, parse_layers
 from ..errors import PlanError
 from ..layout import TokenLayout, check_group
 from ..models.base import Prepared
-from .base import ANALYSES, Analysis, check_sample_mode, frame_region_of, option, overlay_samples, video_grid
+from .base import (
+    ANALYSES,
+    Analysis,
+    as_layers,
+    as_names,
+    check_sample_mode,
+    frame_region_of,
+    option,
+    overlay_samples,
+    video_grid,
+)
 from .logit_lens import split_words
 from .targets import TARGETS, parse_edges
 
@@ -72,7 +82,11 @@ class AttentionMaps(Analysis):
 
     def __post_init__(self) -> None:
         check_sample_mode(self.sample_mode)
-        self.query_words = tuple(self.query_words)
+        self.layers = as_layers(self.layers)
+        self.compare_layers = as_layers(self.compare_layers, "compare_layers")
+        self.queries = as_names(self.queries, "queries") or ()
+        words = self.query_words
+        self.query_words = split_words(words) if isinstance(words, str) else tuple(words)
         if self.view not in VIEWS:
             raise PlanError(f"unknown attention view {self.view!r}; choose from {VIEWS}")
         if self.compare and self.compare not in TARGETS:

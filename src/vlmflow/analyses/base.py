@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
@@ -78,6 +78,33 @@ class CliOption:
     flags: tuple[str, ...] = ()
     cli: Any = None
     parse: Callable[[Any], Any] | None = None
+
+
+def as_layers(value: Any, what: str = "layers") -> tuple[int, ...] | None:
+    """An analysis's layer option in the one form it stores and runs on: ``None`` (every
+    layer) or a sorted tuple of layer numbers, from whatever the probe accepts (an int,
+    a range or other iterable of ints, or text like ``"0-3,7"``); anything else is a
+    one-line :class:`PlanError`."""
+    from ..cuts import as_indices
+
+    return None if value is None else as_indices(value, what)
+
+
+def as_names(value: Any, what: str) -> tuple[str, ...] | None:
+    """A name option (targets, cut texts, query groups) as a tuple of strings: one string is
+    one name (``"cross-frame"``, not its characters); ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    try:
+        items = tuple(value)
+    except TypeError:
+        items = (value,)
+    bad = [x for x in items if not isinstance(x, str)]
+    if bad:
+        raise PlanError(f"{what} must be a name or a sequence of names, got {value!r}")
+    return items
 
 
 def check_sample_mode(mode: str) -> None:
@@ -279,9 +306,11 @@ def ordered() -> list[type[Analysis]]:
     return sorted((ANALYSES.get(n) for n in ANALYSES), key=lambda c: (c.order, c.name))
 
 
-@dataclass(frozen=True)
-class Baseline:
-    """The model's own answer to a prepared sample, read at the last position."""
+@dataclass(frozen=True, repr=False)
+class Answer:
+    """An answer read at the last position: the model's own (the baseline) or one under a
+    knockout (``plan`` names it). Its repr is one line: the letter, the option
+    probabilities, the truth; ``probs`` (the whole vocabulary) stays out of it."""
 
     probs: torch.Tensor  # (vocab,) float32
     pred_id: int
@@ -292,6 +321,14 @@ class Baseline:
     option_probs: tuple[float, ...]
     letters: tuple[str, ...] = ()
     rule: str = "ids"
+    plan: str | None = field(default=None, compare=False)  # the knockout's plan; None: baseline
+
+    def __repr__(self) -> str:
+        what = "baseline" if self.plan is None else f"knockout {self.plan!r}"
+        answer = self.letter if self.letter is not None else repr(self.pred_token)
+        options = ", ".join(f"{k}: {v:.3g}" for k, v in self.probabilities.items())
+        truth = "" if self.gt_letter is None else f", gt={self.gt_letter}, correct={self.correct}"
+        return f"Answer({what}: {answer}, p={self.p_pred:.3g}, options={{{options}}}{truth})"
 
     @property
     def letter(self) -> str | None:
@@ -347,10 +384,10 @@ class Baseline:
         }
 
 
-Answer = Baseline  # what a read of any logits gives: the baseline's, or a knockout's
+Baseline = Answer  # the name the analyses use for the model's own answer
 
 
-def read_answer(adapter: Adapter, prepared: Prepared, logits: torch.Tensor, rule: str = "ids") -> Baseline:
+def read_answer(adapter: Adapter, prepared: Prepared, logits: torch.Tensor, rule: str = "ids") -> Answer:
     """Interpret last-position ``logits`` ``(vocab,)`` as an answer to ``prepared``;
     ``rule`` says what counts as correct (``CORRECTNESS``)."""
     if rule not in CORRECTNESS:
@@ -359,7 +396,7 @@ def read_answer(adapter: Adapter, prepared: Prepared, logits: torch.Tensor, rule
     pred_id = int(probs.argmax())
     letters = prepared.sample.letters
     option = next((letters[i] for i, t in enumerate(prepared.option_ids) if t == pred_id), None)
-    return Baseline(
+    return Answer(
         probs=probs,
         pred_id=pred_id,
         pred_token=adapter.tokenizer.decode([pred_id]),

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..cuts import WINDOW_STYLES, parse_layers
+from ..cuts import WINDOW_STYLES, is_int, parse_layers
 from ..errors import PlanError
-from .base import ANALYSES, Analysis, CliOption, check_sample_mode, option
+from .base import ANALYSES, Analysis, CliOption, as_layers, as_names, check_sample_mode, option
 from .targets import PAPER_TARGETS, Edges, SweepPoint, check_targets, parse_edges, sweep, target_curves
 
 if TYPE_CHECKING:
@@ -77,6 +77,10 @@ class InformationFlow(Analysis):
     sample_mode: str = option("correct", "analyse the samples the model gets correct, wrong, or all")
 
     def __post_init__(self) -> None:
+        # the forms the probe accepts ("cross-frame", layers="10-11" or 12), stored normalised
+        self.custom = as_names(self.custom, "custom") or ()
+        self.targets = as_names(self.targets, "targets")
+        self.layers = as_layers(self.layers)
         if self.targets is None:  # the paper's four, unless only custom curves are asked for
             self.targets = () if self.custom else PAPER_TARGETS
         self.targets, self.custom = tuple(self.targets), tuple(self.custom)
@@ -153,8 +157,8 @@ def check_sweep(
     check_targets(targets, response=response)
     if style not in WINDOW_STYLES:
         raise PlanError(f"unknown window style {style!r}; choose from {WINDOW_STYLES}")
-    if window < 1:
-        raise PlanError("window must be >= 1")
+    if not is_int(window) or window < 1:  # 2.5 used to fail every sample at run time
+        raise PlanError(f"window must be an integer >= 1, got {window!r}")
     for cut in custom:  # a typo in --cut stops the run before its first sample
         parse_edges(cut)
     if layers is not None and not layers:

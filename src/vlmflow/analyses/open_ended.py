@@ -33,7 +33,7 @@ from ..cuts import parse_layers
 from ..errors import DataError, PlanError
 from ..layout import Span
 from ..models.base import Prepared
-from .base import ANALYSES, Analysis, option
+from .base import ANALYSES, Analysis, as_layers, as_names, option
 from .information_flow import check_sweep, relative_change
 from .targets import sweep, target_curves
 from .verbs import VERB_MATCHES, load_tagger, verb_anchor_tokens
@@ -97,7 +97,9 @@ class OpenEnded(Analysis):
     def __post_init__(self) -> None:
         if self.anchor not in ANCHORS:
             raise PlanError(f"unknown anchor {self.anchor!r}; choose from {ANCHORS}")
-        self.custom = tuple(self.custom)
+        self.custom = as_names(self.custom, "custom") or ()
+        self.targets = as_names(self.targets, "targets")
+        self.layers = as_layers(self.layers)
         if not self.targets:
             self.targets = (
                 () if self.custom else (("vqrl-to-qrl",) if self.anchor == "verb" else ("vql-to-ql",))

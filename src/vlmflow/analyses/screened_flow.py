@@ -11,6 +11,7 @@ record with the rank agreement between estimate and exact.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -19,7 +20,6 @@ import numpy as np
 import pandas as pd
 
 from ..attribution import frame_pair_groups, plan_groups, relative_change
-from ..errors import PlanError
 from ..screen import Screen, ScreenedPlan, check_screen, verify_top
 from .base import ANALYSES
 from .information_flow import InformationFlow, flow_row, sweep_curves
@@ -52,11 +52,7 @@ class ScreenedFlow(InformationFlow):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.k < 0 or self.control < 0:
-            raise PlanError("--screen K and the control sample size must be >= 0")
-        if self.exact_below < 0:
-            raise PlanError(f"exact_below must be >= 0, got {self.exact_below}")
-        check_screen(self.k, self.control, self.ranking)
+        check_screen(self.k, self.control, self.ranking, self.exact_below)
 
     def config(self) -> dict[str, Any]:
         """The options, ``ranking`` only when not the default ``drop`` (so run folders made
@@ -122,6 +118,8 @@ class ScreenedFlow(InformationFlow):
                     }
                 )
         rows.append({"kind": "screen", "method": "summary"} | screen.summary())
+        for message in screen.warnings(f"sample {probe.sample.id!r}"):  # the report says it too
+            warnings.warn(message, UserWarning, stacklevel=2)
         return rows
 
     @classmethod
@@ -152,7 +150,7 @@ def screened_sweep(
     engine's exact record (``flow_row``'s, with the estimate beside it as
     ``rel_pred_estimate``; else ``None``), and the ``Screen``. ``labels`` lead every record.
     ``ScreenedFlow.records`` and ``Probe.screen`` are this."""
-    check_screen(k, control, order)
+    check_screen(k, control, order, exact_below)
     curves = sweep_curves(probe, targets, custom, window=window, style=style, layers=layers)
     points = [(target, point) for target, _, _, pts in curves for point in pts]
     plans = [point.plan for _, point in points]
@@ -234,7 +232,17 @@ def screened_flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
         rel_pred_mean=("rel_pred", "mean"),
         rel_pred_estimate_mean=("rel_pred_estimate", "mean"),
     )
-    summary_cols = ["plans", "verified", "cheap", "control", "spearman_verified", "spearman_control"]
+    summary_cols = [
+        "plans",
+        "verified",
+        "cheap",
+        "control",
+        "spearman_verified",
+        "spearman_control",
+        "max_error_pct",
+        "missed_control",
+        "contradicted",
+    ]
     screens = rows[rows["kind"] == "screen"]
     agreement = screens[[c for c in summary_cols if c in screens]].astype(float).mean().to_frame("mean").T
     section = Section(
@@ -270,7 +278,7 @@ def screened_flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
         path = run.figure_path("frame-pairs")
         save_figure(head_map_figure(grid, "frame a -> frame b, all heads", xlabel="frame pair a->b"), path)
         section.figures["Attribution per layer x frame pair"] = path
-    section.notes = (
+    section.notes = screen_warning(screens) + (
         "Estimates are first-order attribution (one forward and one backward per sample) and are "
         "marked method=estimate in the records; only method=exact rows are knockout results. "
         "Rank agreement is Spearman's correlation between estimate and exact over the verified "
@@ -279,6 +287,39 @@ def screened_flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
         "when frame a -> frame b is cut in every head of one layer."
     )
     return section
+
+
+def screen_warning(screens: pd.DataFrame) -> str:
+    """The report's warning when the verified plans contradict the estimates in some
+    samples (``Screen.warnings``: misses the control sample found, estimates of the wrong
+    sign), else ``""``. Folders written before these counts existed say nothing."""
+    counts = {
+        c: screens[c].fillna(0) if c in screens else pd.Series(0, index=screens.index)
+        for c in ("missed_control", "contradicted")
+    }
+    missed, wrong = (counts["missed_control"] > 0), (counts["contradicted"] > 0)
+    if not (missed.any() or wrong.any()):
+        return ""
+    parts = []
+    if missed.any():
+        parts.append(
+            f"in {int(missed.sum())} of {len(screens)} samples the random control sample found plans "
+            "whose exact effect is larger than the top K's (false negatives of the estimates: "
+            "missed_control)"
+        )
+    if wrong.any():
+        parts.append(
+            f"in {int(wrong.sum())} of {len(screens)} samples verified plans have exact effects of "
+            "the other sign and over 10x the estimate (contradicted)"
+        )
+    worst = screens["max_error_pct"].max() if "max_error_pct" in screens else float("nan")
+    return (
+        "WARNING: the estimates are contradicted by the exact knockouts: "
+        + "; ".join(parts)
+        + f". The largest |exact - estimate| of a verified plan is {worst:.3g} percentage points. "
+        "Do not read the estimated curves as results here: raise --screen K or --screen-control, "
+        "or run the exact sweep (flow without --screen). "
+    )
 
 
 def head_map_figure(grid: pd.DataFrame, title: str, xlabel: str = "head") -> Any:

@@ -18,6 +18,7 @@ import os
 import re
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -260,13 +261,13 @@ def read_video(
     _deadline.end, _deadline.limit = time.monotonic() + limit, limit
     try:
         if p.is_dir():
-            return _read_folder(p, num_frames, policy, bound, folder_fps)
+            return _warn_repeats(p, num_frames, *_read_folder(p, num_frames, policy, bound, folder_fps))
         if p.stat().st_size == 0:
             raise DataError(f"video {p} is empty (0 bytes)")
         import av
 
         try:
-            return _read_container(p, num_frames, policy, bound, allow_seek)
+            return _warn_repeats(p, num_frames, *_read_container(p, num_frames, policy, bound, allow_seek))
         except DataError:
             raise
         except av.error.EOFError as e:
@@ -275,6 +276,24 @@ def read_video(
             raise DataError(f"cannot decode video {p}: {_one_line(e)}") from e
     finally:
         _deadline.end = None
+
+
+def _warn_repeats(
+    path: Path, num_frames: int, frames: np.ndarray, info: DecodeInfo
+) -> tuple[np.ndarray, DecodeInfo]:
+    """Say when ``num_frames`` asks for more frames than the video (or its time window)
+    has: the sampled indices repeat, so the model sees the same frame several times."""
+    distinct = len(set(info.indices))
+    if distinct < num_frames:
+        warnings.warn(
+            f"video {str(path)!r} has {info.num_total} frames ({distinct} distinct in the sampled "
+            f"window); num_frames={num_frames} repeats frames, so the input holds "
+            f"{num_frames - distinct} repeated frames (use num_frames <= {distinct} for each "
+            "frame once)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return frames, info
 
 
 _deadline = threading.local()  # when the decode under way in this thread must give up

@@ -327,7 +327,14 @@ class Adapter:
             {"role": "system", "content": [{"type": "text", "text": self.system_prompt.strip()}]},
             {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": user}]},
         ]
-        text = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        try:
+            text = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        except Exception as exc:  # jinja2 raises TemplateError, TypeError, KeyError, ...
+            raise PromptError(
+                f"{self.model_id or self.family}: the processor's chat template cannot render a "
+                f"conversation with a video part ({type(exc).__name__}: {exc}); it may be a "
+                "text-only template. Use the paper prompt (--prompt paper)"
+            ) from exc
         return locate_prompt(sample, text + answer_prompt, self.video_placeholder, self.system_prompt.strip())
 
     @torch.inference_mode()

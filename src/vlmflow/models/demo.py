@@ -44,6 +44,18 @@ BASE_NAME = "smollm2-135m-instruct-q4_1"
 VISION_FILE = "vision_projector.safetensors"
 LORA_DIR = "lora"
 
+# The ``chat`` prompt style's template: the conversation the demo model is trained on
+# (the paper prompt, ``<system> USER: <video>\n ... ASSISTANT:``), written as a chat template
+# over list-of-parts messages. SmolLM2's own template is text-only and cannot render a
+# video part. Also shipped as ``demo_model/chat_template.jinja``.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{% for c in m['content'] %}{{ c['text'] }}{% endfor %} "
+    "{% else %}{{ m['role'].upper() }}: {% for c in m['content'] %}"
+    "{% if c['type'] == 'video' %}<video>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %} "
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
 # Architecture (see docs/demo_model.md).
 IMAGE_SIZE = 64
 PATCH_SIZE = 16
@@ -120,12 +132,13 @@ def build_demo_tokenizer() -> Any:
 
 
 def build_demo_processor(tokenizer: Any | None = None) -> Any:
-    """The real ``LlavaNextVideoProcessor`` for 64x64 frames with SmolLM2's tokenizer."""
+    """The real ``LlavaNextVideoProcessor`` for 64x64 frames with SmolLM2's tokenizer and
+    :data:`CHAT_TEMPLATE` (the paper conversation; SmolLM2's template is text-only)."""
     from .llava_next_video import square_frame_processor
 
     tok = tokenizer if tokenizer is not None else build_demo_tokenizer()
     return square_frame_processor(
-        tok, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, chat_template=getattr(tok, "chat_template", None)
+        tok, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, chat_template=CHAT_TEMPLATE
     )
 
 

@@ -153,6 +153,17 @@ def test_attention_maps_analysis_records(setup) -> None:
         assert sum(r["frame_mass"]) == pytest.approx(r["video_mass"], abs=1e-6)
 
 
+def test_word_options_given_as_a_string_are_split_at_commas_as_on_the_command_line() -> None:
+    """``AttentionMaps(query_words="white")`` became the letters ('w', 'h', 'i', 't', 'e') and
+    ``LogitLens(spatial="red,blue")`` the characters of the string."""
+    assert AttentionMaps(query_words="white").query_words == ("white",)
+    assert AttentionMaps(query_words="first, up").query_words == ("first", "up")
+    assert AttentionMaps(query_words=["first", "up"]).query_words == ("first", "up")
+    lens = LogitLens(spatial="red,blue", temporal="up")
+    assert lens.spatial == ("red", "blue") and lens.temporal == ("up",)
+    assert LogitLens(spatial=("red",)).spatial == ("red",)
+
+
 def test_generation_with_an_empty_plan_equals_plain_greedy_generation(setup) -> None:
     adapter, prepared, engine, _, _ = setup
     ours = generate_with_plan(adapter.model, engine.lm, prepared.inputs, None, max_new_tokens=6)

@@ -72,7 +72,8 @@ class AttentionMaps(Analysis):
 
     def __post_init__(self) -> None:
         check_sample_mode(self.sample_mode)
-        self.query_words = tuple(self.query_words)
+        qw = self.query_words
+        self.query_words = split_words(qw) if isinstance(qw, str) else tuple(qw)  # "a,b" as on the CLI
         if self.view not in VIEWS:
             raise PlanError(f"unknown attention view {self.view!r}; choose from {VIEWS}")
         if self.compare and self.compare not in TARGETS:

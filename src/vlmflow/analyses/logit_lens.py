@@ -170,7 +170,9 @@ class LogitLens(Analysis):
         if self.bin_size < 1:
             raise PlanError("bin_size must be >= 1")
         check_sample_mode(self.sample_mode)
-        self.spatial, self.temporal = tuple(self.spatial), tuple(self.temporal)
+        self.spatial, self.temporal = (  # "red,blue" as on the CLI
+            split_words(w) if isinstance(w, str) else tuple(w) for w in (self.spatial, self.temporal)
+        )
         if not (self.spatial or self.temporal):
             if self.words not in WORD_PRESETS:
                 raise PlanError(

@@ -484,6 +484,25 @@ def test_query_word_maps_are_the_models_head_mean_attention(tiny_llava, tmp_path
         )
 
 
+def test_query_words_are_whole_words_of_the_raw_question_matched_as_the_automatic_view(tiny_llava) -> None:
+    """Given words were matched against the whole question span: an option's word ("blanket"),
+    the template's "Question" and a word's first letters ("pers" of "person") all mapped to
+    some token. Now only whole words of the raw question match, by the automatic view's
+    rules (first occurrence, last sub-token, case-sensitive)."""
+    from vlmflow.analyses.attention_maps import question_word_positions
+
+    prepared = tiny_llava.prepare(make_sample())
+    tok = tiny_llava.tokenizer
+    auto = question_word_positions(tok, prepared, ())
+    asked = ("the", "blanket", "Question", "pers", "person", "what", "food?", "happened")
+    got = question_word_positions(tok, prepared, asked)
+    assert got == {w: auto[w] for w in ("the", "person", "happened")}
+    raw = prepared.layout.question_no_options
+    assert all(raw.start <= p < raw.end for p in got.values())
+    ids = prepared.inputs["input_ids"][0]
+    assert tok.decode(ids[raw.start : got["person"] + 1]).strip().endswith("person")
+
+
 # ---------------------------------------------------------------- --paper on every command
 def _capture(monkeypatch) -> list:
     """Run commands without running them: record the options and analyses they would run."""

@@ -5,9 +5,12 @@ Beside these group means, the paper's own view (``analysis/attention_visualizati
 one map per chosen question word (``query_words``; with ``view="query-words"`` and no words,
 every word of the raw question), keys = the video tokens, heads averaged, one band per
 layer of a chosen range (the paper shows layers 11-20, ``layers=range(10, 20)``), drawn on
-the colour scale ``log10(5e-5 + a)``. A word is a run of question tokens whose texts join
-to it; its map is the attention of the run's last token (for a one-token word, exactly the
-paper's). Records of these maps have ``query = "word:<word>"``.
+the colour scale ``log10(5e-5 + a)``. Words, given or automatic, are matched the same way
+(:func:`question_word_positions`): only inside the raw question (``question_no_options``,
+not the template's "Question:" nor the options), whole words only (runs of letters,
+punctuation and digits excluded: "shr" does not match "shrinks"), case-sensitive, the
+first occurrence; a word's map is the attention of its last token (for a one-token word,
+exactly the paper's). Records of these maps have ``query = "word:<word>"``.
 
 Only the layers being read compute attention weights (they alone run eager attention for
 the pass), and each layer's weights are reduced to one row per query group at once, so
@@ -115,6 +118,10 @@ class AttentionMaps(Analysis):
         words: dict[str, int] = {}
         if self.query_words or self.view == "query-words":
             words = question_word_positions(probe.adapter.tokenizer, probe.prepared, self.query_words)
+            absent = [w for w in self.query_words if w not in words]
+            if absent:
+                sid = probe.prepared.sample.id
+                raise PlanError(f"sample {sid!r}: query word {absent[0]!r} is not a word of the question")
         positions = {f"word:{w}": np.array([pos]) for w, pos in words.items()}
         video = layout.resolve("video")
         grid = {**video_grid(layout), **frame_region_of(probe)}
@@ -338,42 +345,29 @@ def overlay_count(run: RunDir) -> int:
 
 
 def question_word_positions(tokenizer: Any, prepared: Prepared, words: tuple[str, ...]) -> dict[str, int]:
-    """Word -> the position of its (first occurrence's) last token among the question's
-    tokens. A word matches a run of question tokens whose stripped texts join to it. With
-    no ``words``: every alphabetic word of the raw question (``question_no_options``)."""
+    """Word -> the position of its last token, for the words of the raw question
+    (``question_no_options``: neither the template's "Question:" nor the options).
+
+    The question's words are its runs of letters (punctuation and digits excluded); a word
+    that occurs more than once maps to its first occurrence; matching is case-sensitive. With
+    no ``words``: every word of the question. With ``words``: those of them that are whole
+    words of the question ("shr" does not match "shrinks", "up" not an option "(C) up");
+    a word the question lacks is left out of the result."""
+    import re
+
+    from .verbs import token_char_spans
+
     ids = prepared.inputs["input_ids"][0].tolist()
-    span = prepared.layout.question
-    pieces = [tokenizer.decode([ids[i]]).strip() for i in range(span.start, span.end)]
+    raw = prepared.layout.question_no_options
+    text, spans = token_char_spans(tokenizer, ids[raw.start : raw.end])
+    found: dict[str, int] = {}
+    for m in re.finditer(r"[^\W\d_]+", text):
+        last = next((k for k, (c0, c1) in enumerate(spans) if c0 < m.end() <= c1), None)
+        if last is not None:
+            found.setdefault(m.group(), raw.start + last)
     if not words:
-        import re
-
-        from .verbs import token_char_spans
-
-        raw = prepared.layout.question_no_options
-        text, spans = token_char_spans(tokenizer, ids[raw.start : raw.end])
-        found: dict[str, int] = {}
-        for m in re.finditer(r"[^\W\d_]+", text):
-            last = next((k for k, (c0, c1) in enumerate(spans) if c0 < m.end() <= c1), None)
-            if last is not None:
-                found.setdefault(m.group(), raw.start + last)
         return found
-    out: dict[str, int] = {}
-    for word in words:
-        for a in range(len(pieces)):
-            joined = ""
-            for b in range(a, len(pieces)):
-                joined += pieces[b]
-                if joined == word:
-                    out.setdefault(word, span.start + b)
-                if len(joined) >= len(word):
-                    break
-            if word in out:
-                break
-        if word not in out:
-            raise PlanError(
-                f"sample {prepared.sample.id!r}: query word {word!r} is not among the question's tokens"
-            )
-    return out
+    return {w: found[w] for w in words if w in found}
 
 
 def log_attention(a: np.ndarray) -> np.ndarray:

@@ -478,10 +478,26 @@ def test_query_word_maps_are_the_models_head_mean_attention(tiny_llava, tmp_path
         model=Model(adapter),
     )
     assert list((tmp_path / "figures" / "attention-words").glob("*-baseline.png"))
-    with pytest.raises(PlanError, match="query word"):
-        AttentionMaps(query_words=("zebra",), compare=None, sample_mode="all").records(
-            Probe(adapter, prepared)
-        )
+
+
+def test_a_query_word_the_question_lacks_is_skipped_with_a_note_and_the_other_maps_kept(tiny_llava) -> None:
+    """One absent query word made the whole sample fail, losing its last/question maps."""
+    from vlmflow.analyses.attention_maps import AttentionMaps, sample_notes
+
+    probe = Probe(tiny_llava, tiny_llava.prepare(make_sample()))
+    rows = AttentionMaps(query_words=("zebra", "food"), layers=(0,), compare=None, sample_mode="all").records(
+        probe
+    )
+    assert {r["query"] for r in rows} == {"last", "question", "word:food"}
+    assert {r["note"] for r in rows} == {"query word 'zebra' not in this question"}
+    said = sample_notes(pd.DataFrame(rows).assign(sample_id="s0"))
+    assert "s0: query word 'zebra' not in this question" in said
+    every = AttentionMaps(query_words=("food",), layers=(0,), compare=None, sample_mode="all").records(probe)
+    assert {r["note"] for r in every} == {None}
+    assert sample_notes(pd.DataFrame(every).assign(sample_id="s0")) == ""
+    # nothing at all to draw is still an error
+    with pytest.raises(PlanError, match="query word 'zebra'"):
+        AttentionMaps(query_words=("zebra",), queries=(), compare=None, sample_mode="all").records(probe)
 
 
 def test_query_words_are_whole_words_of_the_raw_question_matched_as_the_automatic_view(tiny_llava) -> None:

@@ -10,7 +10,9 @@ the colour scale ``log10(5e-5 + a)``. Words, given or automatic, are matched the
 not the template's "Question:" nor the options), whole words only (runs of letters,
 punctuation and digits excluded: "shr" does not match "shrinks"), case-sensitive, the
 first occurrence; a word's map is the attention of its last token (for a one-token word,
-exactly the paper's). Records of these maps have ``query = "word:<word>"``.
+exactly the paper's). Records of these maps have ``query = "word:<word>"``. A given word
+that a sample's question lacks is skipped for that sample only: its other maps are kept and
+its records' ``note`` says so (the report lists these notes).
 
 Only the layers being read compute attention weights (they alone run eager attention for
 the pass), and each layer's weights are reduced to one row per query group at once, so
@@ -115,14 +117,18 @@ class AttentionMaps(Analysis):
         if not layers:
             raise PlanError(f"none of the attention layers {self.layers} exists; the model has {n_layers}")
         layout = probe.layout
+        notes: list[str] = []  # what this sample lacks, shown by the report
         words: dict[str, int] = {}
         if self.query_words or self.view == "query-words":
             words = question_word_positions(probe.adapter.tokenizer, probe.prepared, self.query_words)
             absent = [w for w in self.query_words if w not in words]
             if absent:
-                sid = probe.prepared.sample.id
-                raise PlanError(f"sample {sid!r}: query word {absent[0]!r} is not a word of the question")
+                listed = ", ".join(map(repr, absent))
+                notes.append(f"query word{'s' if len(absent) > 1 else ''} {listed} not in this question")
         positions = {f"word:{w}": np.array([pos]) for w, pos in words.items()}
+        if not positions and not self.queries:
+            sid = probe.prepared.sample.id
+            raise PlanError(f"sample {sid!r}: nothing to draw; {'; '.join(notes) or 'no question words'}")
         video = layout.resolve("video")
         grid = {**video_grid(layout), **frame_region_of(probe)}
         conditions: list[tuple[str, Plan | None]] = [("baseline", None)]
@@ -144,6 +150,7 @@ class AttentionMaps(Analysis):
                             "frame_mass": [float(w[s.start : s.end].sum()) for s in layout.frames],
                             "token_attention": w[video].tolist(),
                             "row_sum": float(w.sum()),
+                            "note": "; ".join(notes) or None,
                             **grid,
                         }
                     )
@@ -252,7 +259,21 @@ def attention_section(rows: pd.DataFrame, run: RunDir) -> Section:
         "Mean over heads and query tokens of the attention weights on the video tokens, per layer; "
         "'baseline' is the unmodified model, the other condition the comparison cut in every layer."
     )
+    section.notes += sample_notes(rows)
     return section
+
+
+def sample_notes(rows: pd.DataFrame, shown: int = 10) -> str:
+    """The records' per-sample ``note`` (what a sample could not draw, e.g. a query word
+    its question lacks) as a sentence for the report; ``""`` when there is none."""
+    if "note" not in rows:
+        return ""
+    noted = rows.dropna(subset=["note"]).drop_duplicates(["sample_id", "note"])
+    if noted.empty:
+        return ""
+    said = "; ".join(f"{r.sample_id}: {r.note}" for r in noted.head(shown).itertuples())
+    more = f" (and {len(noted) - shown} more)" if len(noted) > shown else ""
+    return f" Not drawn for every sample: {said}{more}."
 
 
 def attention_overlay_figure(

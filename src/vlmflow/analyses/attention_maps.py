@@ -132,7 +132,13 @@ class AttentionMaps(Analysis):
         video = layout.resolve("video")
         grid = {**video_grid(layout), **frame_region_of(probe)}
         conditions: list[tuple[str, Plan | None]] = [("baseline", None)]
-        plan = self.comparison_plan(layout, probe.num_layers)
+        try:
+            plan = self.comparison_plan(layout, probe.num_layers)
+        except PlanError:
+            if layout.num_frames >= 2:
+                raise
+            plan = None  # e.g. cross-frame: nothing to cut between the frames of a 1-frame sample
+            notes.append(f"the {self.compare} comparison does not apply to a 1-frame sample: baseline only")
         if plan is not None:
             conditions.append((plan.name, plan))
         rows = []

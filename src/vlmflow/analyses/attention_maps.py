@@ -346,13 +346,12 @@ def attention_frames_figure(summary: pd.DataFrame, query: str = "last") -> Any:
                 for layer in layers
             ]
         )
-        im = ax.imshow(
-            grid,
-            aspect="auto",
-            cmap="viridis",
-            origin="lower",
-            extent=(-0.5, grid.shape[1] - 0.5, layers[0] + 0.5, layers[-1] + 1.5),
-        )
+        # one row per layer read (row k = layers[k], even when the layers skip some),
+        # labelled with its 1-based number as the other figures
+        im = ax.imshow(grid, aspect="auto", cmap="viridis", origin="lower")
+        ticks = list(range(0, len(layers), max(1, -(-len(layers) // 12))))
+        ax.set_yticks(ticks, [str(int(layers[k]) + 1) for k in ticks])
+        ax.set_xticks(range(grid.shape[1]))
         ax.set_xlabel("frame")
         ax.set_ylabel("layer")
         ax.set_title(f"{query} -> frames: {cond}", fontsize=9)

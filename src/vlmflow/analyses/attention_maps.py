@@ -223,7 +223,7 @@ def attention_section(rows: pd.DataFrame, run: RunDir) -> Section:
         )
         path = run.figure_path(f"attention-frames-{query}")
         save_figure(attention_frames_figure(summary, query), path)
-        section.figures[f"Attention of the {query} tokens to each frame"] = path
+        section.figures[f"Attention of the {query} tokens to each frame (each layer's share)"] = path
     last = rows[rows["query"] == "last"]
     if not last.empty and "video_grid" in last:
         layers = sorted(last["layer"].unique())
@@ -263,7 +263,9 @@ def attention_section(rows: pd.DataFrame, run: RunDir) -> Section:
                 section.figures[f"Attention of {word!r} ({condition}), log10(5e-5 + a): {sid}"] = path
     section.notes = (
         "Mean over heads and query tokens of the attention weights on the video tokens, per layer; "
-        "'baseline' is the unmodified model, the other condition the comparison cut in every layer."
+        "'baseline' is the unmodified model, the other condition the comparison cut in every layer. "
+        "The per-frame heatmaps show each layer's share of that mass on each frame (rows sum to 1), "
+        "so the early layers' larger mass does not darken the rest."
     )
     section.notes += sample_notes(rows)
     return section
@@ -305,16 +307,21 @@ def attention_overlay_figure(
     region = tuple(region) if region is not None else (0.0, 0.0, float(fw), float(fh))
     x0, y0, x1, y1 = region
     fig, axes = plt.subplots(
-        len(rows), groups, figsize=(1.9 * fw / fh * groups, 2.0 * len(rows)), squeeze=False
+        len(rows),
+        groups,
+        figsize=(1.9 * fw / fh * groups + 1.0, 2.0 * len(rows) + 0.4),
+        squeeze=False,
+        layout="constrained",
     )
     vmax = max(float(np.max(maps[c][layer])) for c, layer in rows) or 1.0
+    image = None
     for r, (cond, layer) in enumerate(rows):
         w = maps[cond][layer]
         for t, (off, h, gw) in enumerate(grid):
             ax = axes[r][t]
             frame_axes(ax, frames[min(t * frames_per_group, len(frames) - 1)], region)
             heat = np.asarray(w[off : off + h * gw]).reshape(h, gw)
-            ax.imshow(heat, extent=(x0, x1, y1, y0), cmap="magma", alpha=0.6, vmin=0, vmax=vmax)
+            image = ax.imshow(heat, extent=(x0, x1, y1, y0), cmap="magma", alpha=0.6, vmin=0, vmax=vmax)
             ax.set_xlim(0, fw)
             ax.set_ylim(fh, 0)
             ax.set_xticks([])
@@ -323,21 +330,25 @@ def attention_overlay_figure(
                 ax.set_title(f"frame {t}", fontsize=8)
             if t == 0:
                 ax.set_ylabel(f"{cond}\nlayer {layer + 1}", fontsize=7)
+    if image is not None:  # one scale for every panel
+        fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.015, label="attention (head mean)")
     fig.suptitle(f"Attention of the last token to the video: {sample.id} ({sample.task})", fontsize=9)
-    fig.tight_layout()
     return fig
 
 
 def attention_frames_figure(summary: pd.DataFrame, query: str = "last") -> Any:
-    """Mean attention mass of ``query`` tokens on each frame (columns) by layer (rows),
-    one panel per condition; tasks pooled."""
+    """How the attention of ``query`` tokens to the video splits over the frames (columns),
+    by layer (rows), one panel per condition; tasks pooled. Each row is the layer's mean
+    attention mass per frame divided by its sum (the layer's share on each frame), so the
+    early layers' much larger mass does not darken the rest; the mass itself is the
+    section's chart. One colour scale for all panels."""
     from ..report.figures import pyplot
 
     plt = pyplot()
     data = summary[summary["query"] == query]
     conds = list(dict.fromkeys(data["condition"]))
-    fig, axes = plt.subplots(1, len(conds), figsize=(4.2 * len(conds), 3.6), squeeze=False)
-    for ax, cond in zip(axes[0], conds, strict=True):
+    panels = {}
+    for cond in conds:
         d = data[data["condition"] == cond]
         layers = sorted(d["layer"].unique())
         grid = np.stack(
@@ -346,17 +357,24 @@ def attention_frames_figure(summary: pd.DataFrame, query: str = "last") -> Any:
                 for layer in layers
             ]
         )
+        total = grid.sum(axis=1, keepdims=True)
+        panels[cond] = (layers, np.divide(grid, total, out=np.zeros_like(grid), where=total > 0))
+    vmax = max(float(g.max()) for _, g in panels.values()) or 1.0
+    fig, axes = plt.subplots(
+        1, len(conds), figsize=(3.8 * len(conds) + 1.0, 3.6), squeeze=False, layout="constrained"
+    )
+    for ax, cond in zip(axes[0], conds, strict=True):
+        layers, grid = panels[cond]
         # one row per layer read (row k = layers[k], even when the layers skip some),
         # labelled with its 1-based number as the other figures
-        im = ax.imshow(grid, aspect="auto", cmap="viridis", origin="lower")
+        im = ax.imshow(grid, aspect="auto", cmap="viridis", origin="lower", vmin=0.0, vmax=vmax)
         ticks = list(range(0, len(layers), max(1, -(-len(layers) // 12))))
         ax.set_yticks(ticks, [str(int(layers[k]) + 1) for k in ticks])
         ax.set_xticks(range(grid.shape[1]))
         ax.set_xlabel("frame")
         ax.set_ylabel("layer")
         ax.set_title(f"{query} -> frames: {cond}", fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
+    fig.colorbar(im, ax=axes[0].tolist(), fraction=0.046, label="share of the layer's video attention")
     return fig
 
 
@@ -422,13 +440,22 @@ def query_word_figure(maps: dict[int, Any], grid: list[list[int]], word: str, co
         [np.pad(b, ((0, 0), (0, width - b.shape[1])), constant_values=np.nan) for b in bands]
     )
     image = log_attention(image)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.25 * image.shape[1], 0.8 + 0.25 * image.shape[0]))
+    fig, ax = plt.subplots(
+        figsize=(2.0 + 0.25 * image.shape[1], 1.4 + 0.25 * image.shape[0]), layout="constrained"
+    )
     im = ax.imshow(image, cmap="viridis", vmin=np.nanmin(image), vmax=np.nanmax(image), aspect="equal")
     band = image.shape[0] // max(1, len(layers))
     ax.set_yticks([k * band + band / 2 - 0.5 for k in range(len(layers))], [str(x + 1) for x in layers])
-    ax.set_xticks([])
+    for k in range(1, len(layers)):  # between layers
+        ax.axhline(k * band - 0.5, color="white", lw=0.4, alpha=0.6)
+    # the frames side by side: a line between two frames' token grids, each labelled
+    edges = np.cumsum([0] + [int(gw) for _, _, gw in grid])
+    for x in edges[1:-1]:
+        ax.axvline(x - 0.5, color="white", lw=1.0)
+    ax.set_xticks((edges[:-1] + edges[1:]) / 2 - 0.5, [str(t) for t in range(len(grid))])
+    ax.tick_params(labelsize=7)
+    ax.set_xlabel("frame (its grid of video tokens)")
     ax.set_ylabel("layer")
     ax.set_title(f'{condition} (query: "{word}")', fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, label="log10(5e-5 + attention)")
-    fig.tight_layout()
     return fig

@@ -83,20 +83,38 @@ def test_keyword_frequency_matches_a_hand_counted_table() -> None:
 
     exact = keyword_frequency(counts, 12, bin_size=5, bins="exact", min_hits=100)
     assert list(exact.index) == ["cup", "MEAN"]
-    assert list(exact.columns) == ["1-5", "6-10", "11-15", "hits"]
-    assert exact.loc["cup", ["1-5", "6-10", "11-15"]].tolist() == pytest.approx([60 / 110, 50 / 110, 0])
+    assert list(exact.columns) == ["1-5", "6-10", "11-12", "hits"]  # the last bin ends at layer 12
+    assert exact.loc["cup", ["1-5", "6-10", "11-12"]].tolist() == pytest.approx([60 / 110, 50 / 110, 0])
     assert exact.loc["cup", "hits"] == 110
 
     paper = keyword_frequency(counts, 12, bin_size=5, bins="paper", min_hits=100)
     assert list(paper.index) == ["box", "cup", "MEAN"]
     cup = [60 / 220, 110 / 220, 50 / 220]
     box = [0.5, 0.5, 0.0]
-    assert paper.loc["cup", ["1-5", "6-10", "11-15"]].tolist() == pytest.approx(cup)
-    assert paper.loc["box", ["1-5", "6-10", "11-15"]].tolist() == pytest.approx(box)
-    assert paper.loc["MEAN", ["1-5", "6-10", "11-15"]].tolist() == pytest.approx(
+    assert paper.loc["cup", ["1-5", "6-10", "11-12"]].tolist() == pytest.approx(cup)
+    assert paper.loc["box", ["1-5", "6-10", "11-12"]].tolist() == pytest.approx(box)
+    assert paper.loc["MEAN", ["1-5", "6-10", "11-12"]].tolist() == pytest.approx(
         [(a + b) / 2 for a, b in zip(cup, box, strict=True)]
     )
     assert paper.loc["box", "hits"] == 110 and paper.loc["cup", "hits"] == 220
+
+
+def test_keyword_frequency_bins_are_named_within_the_models_layers() -> None:
+    """The last bin was named past the model ("11-15" for 12 layers); a one-layer last bin
+    is named by its layer. The sums are unchanged."""
+    counts = pd.DataFrame(1, index=["cup"], columns=range(-1, 12))
+    for bins in ("exact", "paper"):
+        for layers, names in (
+            (12, ["1-5", "6-10", "11-12"]),
+            (11, ["1-5", "6-10", "11"]),
+            (10, ["1-5", "6-10"]),
+        ):
+            table = keyword_frequency(counts.loc[:, : layers - 1], layers, bin_size=5, bins=bins, min_hits=1)
+            assert list(table.columns) == [*names, "hits"], (bins, layers)
+    exact = keyword_frequency(counts, 12, bin_size=5, bins="exact", min_hits=1)
+    assert exact.loc["cup", "hits"] == 12  # 5 + 5 + 2 layer outputs
+    paper = keyword_frequency(counts, 12, bin_size=5, bins="paper", min_hits=1)
+    assert paper.loc["cup", "hits"] == 6 + 6 + 2  # label-inclusive 6-layer slices, as before
 
 
 def test_keyword_frequency_from_lens_records_counts_top1_hits(tiny_llava) -> None:

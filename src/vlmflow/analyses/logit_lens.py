@@ -290,7 +290,9 @@ def keyword_frequency(
     ``bin_size`` layers. ``bins="paper"``: the paper's layers (its layer ``i`` is vlmflow's
     ``i-1`` for ``i < L-1`` and vlmflow's ``L-1`` for ``i = L-1``) in its label-inclusive
     bins ``[s, s + bin_size]`` (6 layers for bins of 5, clipped at the end). Bins are named
-    ``"1-5"``, ``"6-10"``, ... (1-based, as the paper). Keywords whose binned counts sum to
+    ``"1-5"``, ``"6-10"``, ... (1-based, as the paper; a ``paper`` bin keeps its name though it
+    sums one layer more), the last one ending at the model's last layer (``"11-12"`` for 12
+    layers, ``"11"`` for 11). Keywords whose binned counts sum to
     fewer than ``min_hits`` are dropped (with ``paper`` bins the shared layers count twice,
     as in the paper's code); each remaining row is divided by its sum. The result has one
     row per kept keyword plus ``"MEAN"`` (the mean of the normalised rows: the paper's
@@ -309,7 +311,8 @@ def keyword_frequency(
     for start in range(0, num_layers, bin_size):
         end = start + bin_size - 1
         cols = [c for c in range(start, end + 1 + extra) if c < num_layers]
-        table[f"{start + 1}-{end + 1}"] = per_layer[cols].sum(axis=1)
+        last = min(end, num_layers - 1) + 1  # the label stops at the model's last layer
+        table[f"{start + 1}-{last}" if last > start + 1 else f"{start + 1}"] = per_layer[cols].sum(axis=1)
     raw = pd.DataFrame(table, index=counts.index)
     raw = raw[raw.sum(axis=1) >= min_hits]
     norm = raw.div(raw.sum(axis=1), axis=0)

@@ -99,3 +99,21 @@ def test_query_word_map_marks_its_frames_and_keeps_30_layer_labels_inside() -> N
     assert frame_lines == pytest.approx([1.5, 4.5])
     assert [t.get_text() for t in ax.get_yticklabels()] == [str(k) for k in range(1, 31)]
     assert _inside_the_figure(fig)
+
+
+def test_logit_lens_summary_tables_share_the_records_integer_layers(tiny_llava, tmp_path) -> None:
+    """summary/logit-lens.csv had 0-based float layers with the embeddings at -1.0 while
+    logit-lens-top-tokens.csv was 1-based with the embeddings at 0; both now hold the
+    records' integer layers (-1 = the embeddings, l = the output of decoder layer l)."""
+    from vlmflow.analyses.logit_lens import LogitLens
+    from vlmflow.api import Options, run
+    from vlmflow.probe import Model
+
+    opts = Options(model="tiny", data="synthetic:1:fixed", tasks=("moving_direction",), progress=False)
+    run(opts, [LogitLens(sample_mode="all", overlays=0, min_hits=1)], tmp_path, model=Model(tiny_llava))
+    layers = list(range(-1, tiny_llava.language_model().num_layers))
+    for name in ("logit-lens", "logit-lens-top-tokens"):
+        text = (tmp_path / "summary" / f"{name}.csv").read_text()
+        table = pd.read_csv(tmp_path / "summary" / f"{name}.csv")
+        assert sorted(set(table["layer"])) == layers, name
+        assert table["layer"].dtype.kind == "i" and "-1.0" not in text, name

@@ -223,3 +223,15 @@ def test_comma_separated_word_options_reach_the_analyses(tiny_llava_path, bench,
     config = json.loads((out / "manifest.json").read_text())["config"]["analyses"]
     lens = config["logit-lens"]
     assert lens["spatial"] == ["red", "blue"] and lens["temporal"] == ["left", "up"]
+
+
+def test_attention_report_names_the_layers_the_comparison_cut(tiny_llava_path, bench, tmp_path) -> None:
+    """With --compare-layers 1 the attention section still said the comparison cut applied
+    "in every layer"; it now names the layers it cut."""
+    out = tmp_path / "att"
+    args = ["attention", "--model", str(tiny_llava_path), "--data", f"jsonl:{bench}", "--num-frames", "4"]
+    args += ["--task", "count", "--sample-mode", "all", "--layers", "0-1", "--compare-layers", "1"]
+    result = runner.invoke(app, [*args, "--overlays", "0", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    page = (out / "report.html").read_text()
+    assert "cut (cross-frame) in layers 1 only (0-based" in page and "in every layer" not in page

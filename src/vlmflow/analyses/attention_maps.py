@@ -263,12 +263,30 @@ def attention_section(rows: pd.DataFrame, run: RunDir) -> Section:
                 section.figures[f"Attention of {word!r} ({condition}), log10(5e-5 + a): {sid}"] = path
     section.notes = (
         "Mean over heads and query tokens of the attention weights on the video tokens, per layer; "
-        "'baseline' is the unmodified model, the other condition the comparison cut in every layer. "
+        f"'baseline' is the unmodified model{comparison_text(run)}. "
         "The per-frame heatmaps show each layer's share of that mass on each frame (rows sum to 1), "
         "so the early layers' larger mass does not darken the rest."
     )
     section.notes += sample_notes(rows)
     return section
+
+
+def comparison_text(run: RunDir) -> str:
+    """What the run's comparison condition cut, in the layers it really cut (its
+    ``compare_layers``, 0-based as the option takes them; every layer when unset)."""
+    from .base import layer_ranges
+
+    config = run.manifest().get("config", {}).get("analyses", {}).get("attention", {})
+    if "compare" in config and not config["compare"]:
+        return " (no comparison drawn)"
+    layers = config.get("compare_layers")
+    where = (
+        "in every layer"
+        if not layers
+        else f"in layers {layer_ranges(layers)} only (0-based, as --compare-layers takes them; "
+        f"{layer_ranges([x + 1 for x in layers])} as the charts count)"
+    )
+    return f", the other condition the comparison cut ({config.get('compare') or 'cross-frame'}) {where}"
 
 
 def sample_notes(rows: pd.DataFrame, shown: int = 10) -> str:

@@ -153,6 +153,36 @@ def test_attention_maps_analysis_records(setup) -> None:
         assert sum(r["frame_mass"]) == pytest.approx(r["video_mass"], abs=1e-6)
 
 
+def test_a_one_frame_sample_keeps_its_baseline_map_and_notes_the_comparison_does_not_apply(
+    tiny_llava,
+) -> None:
+    """Under the default ``compare="cross-frame"`` a 1-frame sample failed entirely
+    ("cross-frame needs at least 2 frame groups") and lost its baseline map."""
+    prepared = tiny_llava.prepare(make_sample(frames=1))
+    assert prepared.layout.num_frames == 1
+    rows = AttentionMaps(layers=(0,), sample_mode="all").records(Probe(tiny_llava, prepared))
+    assert {r["condition"] for r in rows} == {"baseline"}
+    assert {r["query"] for r in rows} == {"last", "question"}
+    assert {r["note"] for r in rows} == {
+        "the cross-frame comparison does not apply to a 1-frame sample: baseline only"
+    }
+    with pytest.raises(PlanError, match="unknown group|frame"):  # other plan errors still stop the sample
+        AttentionMaps(layers=(0,), compare="frame:9->last", sample_mode="all").records(
+            Probe(tiny_llava, tiny_llava.prepare(make_sample(frames=4)))
+        )
+
+
+def test_word_options_given_as_a_string_are_split_at_commas_as_on_the_command_line() -> None:
+    """``AttentionMaps(query_words="white")`` became the letters ('w', 'h', 'i', 't', 'e') and
+    ``LogitLens(spatial="red,blue")`` the characters of the string."""
+    assert AttentionMaps(query_words="white").query_words == ("white",)
+    assert AttentionMaps(query_words="first, up").query_words == ("first", "up")
+    assert AttentionMaps(query_words=["first", "up"]).query_words == ("first", "up")
+    lens = LogitLens(spatial="red,blue", temporal="up")
+    assert lens.spatial == ("red", "blue") and lens.temporal == ("up",)
+    assert LogitLens(spatial=("red",)).spatial == ("red",)
+
+
 def test_generation_with_an_empty_plan_equals_plain_greedy_generation(setup) -> None:
     adapter, prepared, engine, _, _ = setup
     ours = generate_with_plan(adapter.model, engine.lm, prepared.inputs, None, max_new_tokens=6)

@@ -83,20 +83,38 @@ def test_keyword_frequency_matches_a_hand_counted_table() -> None:
 
     exact = keyword_frequency(counts, 12, bin_size=5, bins="exact", min_hits=100)
     assert list(exact.index) == ["cup", "MEAN"]
-    assert list(exact.columns) == ["1-5", "6-10", "11-15", "hits"]
-    assert exact.loc["cup", ["1-5", "6-10", "11-15"]].tolist() == pytest.approx([60 / 110, 50 / 110, 0])
+    assert list(exact.columns) == ["1-5", "6-10", "11-12", "hits"]  # the last bin ends at layer 12
+    assert exact.loc["cup", ["1-5", "6-10", "11-12"]].tolist() == pytest.approx([60 / 110, 50 / 110, 0])
     assert exact.loc["cup", "hits"] == 110
 
     paper = keyword_frequency(counts, 12, bin_size=5, bins="paper", min_hits=100)
     assert list(paper.index) == ["box", "cup", "MEAN"]
     cup = [60 / 220, 110 / 220, 50 / 220]
     box = [0.5, 0.5, 0.0]
-    assert paper.loc["cup", ["1-5", "6-10", "11-15"]].tolist() == pytest.approx(cup)
-    assert paper.loc["box", ["1-5", "6-10", "11-15"]].tolist() == pytest.approx(box)
-    assert paper.loc["MEAN", ["1-5", "6-10", "11-15"]].tolist() == pytest.approx(
+    assert paper.loc["cup", ["1-5", "6-10", "11-12"]].tolist() == pytest.approx(cup)
+    assert paper.loc["box", ["1-5", "6-10", "11-12"]].tolist() == pytest.approx(box)
+    assert paper.loc["MEAN", ["1-5", "6-10", "11-12"]].tolist() == pytest.approx(
         [(a + b) / 2 for a, b in zip(cup, box, strict=True)]
     )
     assert paper.loc["box", "hits"] == 110 and paper.loc["cup", "hits"] == 220
+
+
+def test_keyword_frequency_bins_are_named_within_the_models_layers() -> None:
+    """The last bin was named past the model ("11-15" for 12 layers); a one-layer last bin
+    is named by its layer. The sums are unchanged."""
+    counts = pd.DataFrame(1, index=["cup"], columns=range(-1, 12))
+    for bins in ("exact", "paper"):
+        for layers, names in (
+            (12, ["1-5", "6-10", "11-12"]),
+            (11, ["1-5", "6-10", "11"]),
+            (10, ["1-5", "6-10"]),
+        ):
+            table = keyword_frequency(counts.loc[:, : layers - 1], layers, bin_size=5, bins=bins, min_hits=1)
+            assert list(table.columns) == [*names, "hits"], (bins, layers)
+    exact = keyword_frequency(counts, 12, bin_size=5, bins="exact", min_hits=1)
+    assert exact.loc["cup", "hits"] == 12  # 5 + 5 + 2 layer outputs
+    paper = keyword_frequency(counts, 12, bin_size=5, bins="paper", min_hits=1)
+    assert paper.loc["cup", "hits"] == 6 + 6 + 2  # label-inclusive 6-layer slices, as before
 
 
 def test_keyword_frequency_from_lens_records_counts_top1_hits(tiny_llava) -> None:
@@ -478,10 +496,45 @@ def test_query_word_maps_are_the_models_head_mean_attention(tiny_llava, tmp_path
         model=Model(adapter),
     )
     assert list((tmp_path / "figures" / "attention-words").glob("*-baseline.png"))
-    with pytest.raises(PlanError, match="query word"):
-        AttentionMaps(query_words=("zebra",), compare=None, sample_mode="all").records(
-            Probe(adapter, prepared)
-        )
+
+
+def test_a_query_word_the_question_lacks_is_skipped_with_a_note_and_the_other_maps_kept(tiny_llava) -> None:
+    """One absent query word made the whole sample fail, losing its last/question maps."""
+    from vlmflow.analyses.attention_maps import AttentionMaps, sample_notes
+
+    probe = Probe(tiny_llava, tiny_llava.prepare(make_sample()))
+    rows = AttentionMaps(query_words=("zebra", "food"), layers=(0,), compare=None, sample_mode="all").records(
+        probe
+    )
+    assert {r["query"] for r in rows} == {"last", "question", "word:food"}
+    assert {r["note"] for r in rows} == {"query word 'zebra' not in this question"}
+    said = sample_notes(pd.DataFrame(rows).assign(sample_id="s0"))
+    assert "s0: query word 'zebra' not in this question" in said
+    every = AttentionMaps(query_words=("food",), layers=(0,), compare=None, sample_mode="all").records(probe)
+    assert {r["note"] for r in every} == {None}
+    assert sample_notes(pd.DataFrame(every).assign(sample_id="s0")) == ""
+    # nothing at all to draw is still an error
+    with pytest.raises(PlanError, match="query word 'zebra'"):
+        AttentionMaps(query_words=("zebra",), queries=(), compare=None, sample_mode="all").records(probe)
+
+
+def test_query_words_are_whole_words_of_the_raw_question_matched_as_the_automatic_view(tiny_llava) -> None:
+    """Given words were matched against the whole question span: an option's word ("blanket"),
+    the template's "Question" and a word's first letters ("pers" of "person") all mapped to
+    some token. Now only whole words of the raw question match, by the automatic view's
+    rules (first occurrence, last sub-token, case-sensitive)."""
+    from vlmflow.analyses.attention_maps import question_word_positions
+
+    prepared = tiny_llava.prepare(make_sample())
+    tok = tiny_llava.tokenizer
+    auto = question_word_positions(tok, prepared, ())
+    asked = ("the", "blanket", "Question", "pers", "person", "what", "food?", "happened")
+    got = question_word_positions(tok, prepared, asked)
+    assert got == {w: auto[w] for w in ("the", "person", "happened")}
+    raw = prepared.layout.question_no_options
+    assert all(raw.start <= p < raw.end for p in got.values())
+    ids = prepared.inputs["input_ids"][0]
+    assert tok.decode(ids[raw.start : got["person"] + 1]).strip().endswith("person")
 
 
 # ---------------------------------------------------------------- --paper on every command

@@ -186,3 +186,52 @@ def test_eval_and_list_and_report(tiny_llava_path, bench, tmp_path) -> None:
     assert "cross-frame" in listed and "vq-to-true-opt" in listed
     assert "llava_next_video" in runner.invoke(app, ["list", "models"]).output
     assert "jsonl" in runner.invoke(app, ["list", "datasets"]).output
+
+
+def test_comma_separated_word_options_reach_the_analyses(tiny_llava_path, bench, tmp_path) -> None:
+    """``--query-words Which,way`` (README: ``--query-words first,up``) and the logit lens's
+    ``--spatial``/``--temporal`` are one comma-separated string each; they crashed with
+    "'list' object has no attribute 'split'" (typer made them repeatable lists)."""
+    common = ["--model", str(tiny_llava_path), "--data", f"jsonl:{bench}", "--num-frames", "4"]
+    common += ["--task", "count", "--sample-mode", "all", "--quiet"]
+    out = tmp_path / "att"
+    result = runner.invoke(
+        app,
+        [
+            "attention",
+            *common,
+            "--layers",
+            "0",
+            "--compare",
+            "none",
+            "--query-words",
+            "Which,way",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    ok = read_records(out).query("analysis == 'attention' and error.isna()", engine="python")
+    assert {"word:Which", "word:way"} <= set(ok["query"])
+    config = json.loads((out / "manifest.json").read_text())["config"]["analyses"]
+    assert config["attention"]["query_words"] == ["Which", "way"]
+    out = tmp_path / "lens"
+    result = runner.invoke(
+        app, ["logit-lens", *common, "--spatial", "red,blue", "--temporal", "left,up", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "manifest.json").read_text())["config"]["analyses"]
+    lens = config["logit-lens"]
+    assert lens["spatial"] == ["red", "blue"] and lens["temporal"] == ["left", "up"]
+
+
+def test_attention_report_names_the_layers_the_comparison_cut(tiny_llava_path, bench, tmp_path) -> None:
+    """With --compare-layers 1 the attention section still said the comparison cut applied
+    "in every layer"; it now names the layers it cut."""
+    out = tmp_path / "att"
+    args = ["attention", "--model", str(tiny_llava_path), "--data", f"jsonl:{bench}", "--num-frames", "4"]
+    args += ["--task", "count", "--sample-mode", "all", "--layers", "0-1", "--compare-layers", "1"]
+    result = runner.invoke(app, [*args, "--overlays", "0", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    page = (out / "report.html").read_text()
+    assert "cut (cross-frame) in layers 1 only (0-based" in page and "in every layer" not in page

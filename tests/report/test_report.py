@@ -406,3 +406,33 @@ def test_a_task_without_an_accuracy_shows_n_a_in_the_report_and_the_terminal(tmp
     lines = capsys.readouterr().out.splitlines()
     lost = next(line for line in lines if line.split()[:1] == ["lost"])
     assert lost.split()[-1] == "n/a" and "NaN" not in "\n".join(lines)
+
+
+def test_an_analysis_that_kept_no_sample_has_a_section_saying_why(tmp_path: Path) -> None:
+    """`vlmflow attention --sample-mode wrong` on a model that answered everything right
+    listed 'attention' in the overview but gave it no section at all. Every analysis type
+    the run asked for now has its section, saying 0 samples matched and why."""
+    from vlmflow.analyses.base import ordered
+
+    run = tmp_path / "run"
+    store = RecordStore(run)
+    names = [cls.name for cls in ordered()]
+    config = {name: {"sample_mode": "wrong"} for name in names}
+    config["pathways"] = {}  # an analysis without a sample_mode
+    (run / "manifest.json").write_text(
+        json.dumps({"config": {"model": "fake", "data": "fake:3", "analyses": config}})
+    )
+    for i in range(3):
+        store.write_unit(f"s{i}", "eval", [{"task": "t", "model": "fake", "error": None, "correct": True}])
+    store.write_unit("s0", "pathways", [{"task": "t", "model": "fake", "error": "PlanError: no layers"}])
+    result = finalize(run)
+    sections = {s.key: s for s in result["sections"]}
+    assert set(sections) == set(names)
+    for name in names:
+        assert sections[name].notes.startswith("0 samples matched"), name
+    said = sections["attention"].notes
+    assert sections["attention"].title == "Attention to the video"
+    assert "sample_mode 'wrong'" in said and "0 of the 3 evaluated" in said
+    assert "1 sample failed" in sections["pathways"].notes and "sample_mode" not in sections["pathways"].notes
+    page = (run / "report.html").read_text()
+    assert page.count("0 samples matched") == len(names)

@@ -5,9 +5,14 @@ Beside these group means, the paper's own view (``analysis/attention_visualizati
 one map per chosen question word (``query_words``; with ``view="query-words"`` and no words,
 every word of the raw question), keys = the video tokens, heads averaged, one band per
 layer of a chosen range (the paper shows layers 11-20, ``layers=range(10, 20)``), drawn on
-the colour scale ``log10(5e-5 + a)``. A word is a run of question tokens whose texts join
-to it; its map is the attention of the run's last token (for a one-token word, exactly the
-paper's). Records of these maps have ``query = "word:<word>"``.
+the colour scale ``log10(5e-5 + a)``. Words, given or automatic, are matched the same way
+(:func:`question_word_positions`): only inside the raw question (``question_no_options``,
+not the template's "Question:" nor the options), whole words only (runs of letters,
+punctuation and digits excluded: "shr" does not match "shrinks"), case-sensitive, the
+first occurrence; a word's map is the attention of its last token (for a one-token word,
+exactly the paper's). Records of these maps have ``query = "word:<word>"``. A given word
+that a sample's question lacks is skipped for that sample only: its other maps are kept and
+its records' ``note`` says so (the report lists these notes).
 
 Only the layers being read compute attention weights (they alone run eager attention for
 the pass), and each layer's weights are reduced to one row per query group at once, so
@@ -125,14 +130,28 @@ class AttentionMaps(Analysis):
         if not layers:
             raise PlanError(f"none of the attention layers {self.layers} exists; the model has {n_layers}")
         layout = probe.layout
+        notes: list[str] = []  # what this sample lacks, shown by the report
         words: dict[str, int] = {}
         if self.query_words or self.view == "query-words":
             words = question_word_positions(probe.adapter.tokenizer, probe.prepared, self.query_words)
+            absent = [w for w in self.query_words if w not in words]
+            if absent:
+                listed = ", ".join(map(repr, absent))
+                notes.append(f"query word{'s' if len(absent) > 1 else ''} {listed} not in this question")
         positions = {f"word:{w}": np.array([pos]) for w, pos in words.items()}
+        if not positions and not self.queries:
+            sid = probe.prepared.sample.id
+            raise PlanError(f"sample {sid!r}: nothing to draw; {'; '.join(notes) or 'no question words'}")
         video = layout.resolve("video")
         grid = {**video_grid(layout), **frame_region_of(probe)}
         conditions: list[tuple[str, Plan | None]] = [("baseline", None)]
-        plan = self.comparison_plan(layout, probe.num_layers)
+        try:
+            plan = self.comparison_plan(layout, probe.num_layers)
+        except PlanError:
+            if layout.num_frames >= 2:
+                raise
+            plan = None  # e.g. cross-frame: nothing to cut between the frames of a 1-frame sample
+            notes.append(f"the {self.compare} comparison does not apply to a 1-frame sample: baseline only")
         if plan is not None:
             conditions.append((plan.name, plan))
         rows = []
@@ -150,6 +169,7 @@ class AttentionMaps(Analysis):
                             "frame_mass": [float(w[s.start : s.end].sum()) for s in layout.frames],
                             "token_attention": w[video].tolist(),
                             "row_sum": float(w.sum()),
+                            "note": "; ".join(notes) or None,
                             **grid,
                         }
                     )
@@ -216,7 +236,7 @@ def attention_section(rows: pd.DataFrame, run: RunDir) -> Section:
         )
         path = run.figure_path(f"attention-frames-{query}")
         save_figure(attention_frames_figure(summary, query), path)
-        section.figures[f"Attention of the {query} tokens to each frame"] = path
+        section.figures[f"Attention of the {query} tokens to each frame (each layer's share)"] = path
     last = rows[rows["query"] == "last"]
     if not last.empty and "video_grid" in last:
         layers = sorted(last["layer"].unique())
@@ -256,9 +276,43 @@ def attention_section(rows: pd.DataFrame, run: RunDir) -> Section:
                 section.figures[f"Attention of {word!r} ({condition}), log10(5e-5 + a): {sid}"] = path
     section.notes = (
         "Mean over heads and query tokens of the attention weights on the video tokens, per layer; "
-        "'baseline' is the unmodified model, the other condition the comparison cut in every layer."
+        f"'baseline' is the unmodified model{comparison_text(run)}. "
+        "The per-frame heatmaps show each layer's share of that mass on each frame (rows sum to 1), "
+        "so the early layers' larger mass does not darken the rest."
     )
+    section.notes += sample_notes(rows)
     return section
+
+
+def comparison_text(run: RunDir) -> str:
+    """What the run's comparison condition cut, in the layers it really cut (its
+    ``compare_layers``, 0-based as the option takes them; every layer when unset)."""
+    from .base import layer_ranges
+
+    config = run.manifest().get("config", {}).get("analyses", {}).get("attention", {})
+    if "compare" in config and not config["compare"]:
+        return " (no comparison drawn)"
+    layers = config.get("compare_layers")
+    where = (
+        "in every layer"
+        if not layers
+        else f"in layers {layer_ranges(layers)} only (0-based, as --compare-layers takes them; "
+        f"{layer_ranges([x + 1 for x in layers])} as the charts count)"
+    )
+    return f", the other condition the comparison cut ({config.get('compare') or 'cross-frame'}) {where}"
+
+
+def sample_notes(rows: pd.DataFrame, shown: int = 10) -> str:
+    """The records' per-sample ``note`` (what a sample could not draw, e.g. a query word
+    its question lacks) as a sentence for the report; ``""`` when there is none."""
+    if "note" not in rows:
+        return ""
+    noted = rows.dropna(subset=["note"]).drop_duplicates(["sample_id", "note"])
+    if noted.empty:
+        return ""
+    said = "; ".join(f"{r.sample_id}: {r.note}" for r in noted.head(shown).itertuples())
+    more = f" (and {len(noted) - shown} more)" if len(noted) > shown else ""
+    return f" Not drawn for every sample: {said}{more}."
 
 
 def attention_overlay_figure(
@@ -284,16 +338,21 @@ def attention_overlay_figure(
     region = tuple(region) if region is not None else (0.0, 0.0, float(fw), float(fh))
     x0, y0, x1, y1 = region
     fig, axes = plt.subplots(
-        len(rows), groups, figsize=(1.9 * fw / fh * groups, 2.0 * len(rows)), squeeze=False
+        len(rows),
+        groups,
+        figsize=(1.9 * fw / fh * groups + 1.0, 2.0 * len(rows) + 0.4),
+        squeeze=False,
+        layout="constrained",
     )
     vmax = max(float(np.max(maps[c][layer])) for c, layer in rows) or 1.0
+    image = None
     for r, (cond, layer) in enumerate(rows):
         w = maps[cond][layer]
         for t, (off, h, gw) in enumerate(grid):
             ax = axes[r][t]
             frame_axes(ax, frames[min(t * frames_per_group, len(frames) - 1)], region)
             heat = np.asarray(w[off : off + h * gw]).reshape(h, gw)
-            ax.imshow(heat, extent=(x0, x1, y1, y0), cmap="magma", alpha=0.6, vmin=0, vmax=vmax)
+            image = ax.imshow(heat, extent=(x0, x1, y1, y0), cmap="magma", alpha=0.6, vmin=0, vmax=vmax)
             ax.set_xlim(0, fw)
             ax.set_ylim(fh, 0)
             ax.set_xticks([])
@@ -302,21 +361,25 @@ def attention_overlay_figure(
                 ax.set_title(f"frame {t}", fontsize=8)
             if t == 0:
                 ax.set_ylabel(f"{cond}\nlayer {layer + 1}", fontsize=7)
+    if image is not None:  # one scale for every panel
+        fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.015, label="attention (head mean)")
     fig.suptitle(f"Attention of the last token to the video: {sample.id} ({sample.task})", fontsize=9)
-    fig.tight_layout()
     return fig
 
 
 def attention_frames_figure(summary: pd.DataFrame, query: str = "last") -> Any:
-    """Mean attention mass of ``query`` tokens on each frame (columns) by layer (rows),
-    one panel per condition; tasks pooled."""
+    """How the attention of ``query`` tokens to the video splits over the frames (columns),
+    by layer (rows), one panel per condition; tasks pooled. Each row is the layer's mean
+    attention mass per frame divided by its sum (the layer's share on each frame), so the
+    early layers' much larger mass does not darken the rest; the mass itself is the
+    section's chart. One colour scale for all panels."""
     from ..report.figures import pyplot
 
     plt = pyplot()
     data = summary[summary["query"] == query]
     conds = list(dict.fromkeys(data["condition"]))
-    fig, axes = plt.subplots(1, len(conds), figsize=(4.2 * len(conds), 3.6), squeeze=False)
-    for ax, cond in zip(axes[0], conds, strict=True):
+    panels = {}
+    for cond in conds:
         d = data[data["condition"] == cond]
         layers = sorted(d["layer"].unique())
         grid = np.stack(
@@ -325,18 +388,24 @@ def attention_frames_figure(summary: pd.DataFrame, query: str = "last") -> Any:
                 for layer in layers
             ]
         )
-        im = ax.imshow(
-            grid,
-            aspect="auto",
-            cmap="viridis",
-            origin="lower",
-            extent=(-0.5, grid.shape[1] - 0.5, layers[0] + 0.5, layers[-1] + 1.5),
-        )
+        total = grid.sum(axis=1, keepdims=True)
+        panels[cond] = (layers, np.divide(grid, total, out=np.zeros_like(grid), where=total > 0))
+    vmax = max(float(g.max()) for _, g in panels.values()) or 1.0
+    fig, axes = plt.subplots(
+        1, len(conds), figsize=(3.8 * len(conds) + 1.0, 3.6), squeeze=False, layout="constrained"
+    )
+    for ax, cond in zip(axes[0], conds, strict=True):
+        layers, grid = panels[cond]
+        # one row per layer read (row k = layers[k], even when the layers skip some),
+        # labelled with its 1-based number as the other figures
+        im = ax.imshow(grid, aspect="auto", cmap="viridis", origin="lower", vmin=0.0, vmax=vmax)
+        ticks = list(range(0, len(layers), max(1, -(-len(layers) // 12))))
+        ax.set_yticks(ticks, [str(int(layers[k]) + 1) for k in ticks])
+        ax.set_xticks(range(grid.shape[1]))
         ax.set_xlabel("frame")
         ax.set_ylabel("layer")
         ax.set_title(f"{query} -> frames: {cond}", fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
+    fig.colorbar(im, ax=axes[0].tolist(), fraction=0.046, label="share of the layer's video attention")
     return fig
 
 
@@ -351,42 +420,29 @@ def overlay_count(run: RunDir) -> int:
 
 
 def question_word_positions(tokenizer: Any, prepared: Prepared, words: tuple[str, ...]) -> dict[str, int]:
-    """Word -> the position of its (first occurrence's) last token among the question's
-    tokens. A word matches a run of question tokens whose stripped texts join to it. With
-    no ``words``: every alphabetic word of the raw question (``question_no_options``)."""
+    """Word -> the position of its last token, for the words of the raw question
+    (``question_no_options``: neither the template's "Question:" nor the options).
+
+    The question's words are its runs of letters (punctuation and digits excluded); a word
+    that occurs more than once maps to its first occurrence; matching is case-sensitive. With
+    no ``words``: every word of the question. With ``words``: those of them that are whole
+    words of the question ("shr" does not match "shrinks", "up" not an option "(C) up");
+    a word the question lacks is left out of the result."""
+    import re
+
+    from .verbs import token_char_spans
+
     ids = prepared.inputs["input_ids"][0].tolist()
-    span = prepared.layout.question
-    pieces = [tokenizer.decode([ids[i]]).strip() for i in range(span.start, span.end)]
+    raw = prepared.layout.question_no_options
+    text, spans = token_char_spans(tokenizer, ids[raw.start : raw.end])
+    found: dict[str, int] = {}
+    for m in re.finditer(r"[^\W\d_]+", text):
+        last = next((k for k, (c0, c1) in enumerate(spans) if c0 < m.end() <= c1), None)
+        if last is not None:
+            found.setdefault(m.group(), raw.start + last)
     if not words:
-        import re
-
-        from .verbs import token_char_spans
-
-        raw = prepared.layout.question_no_options
-        text, spans = token_char_spans(tokenizer, ids[raw.start : raw.end])
-        found: dict[str, int] = {}
-        for m in re.finditer(r"[^\W\d_]+", text):
-            last = next((k for k, (c0, c1) in enumerate(spans) if c0 < m.end() <= c1), None)
-            if last is not None:
-                found.setdefault(m.group(), raw.start + last)
         return found
-    out: dict[str, int] = {}
-    for word in words:
-        for a in range(len(pieces)):
-            joined = ""
-            for b in range(a, len(pieces)):
-                joined += pieces[b]
-                if joined == word:
-                    out.setdefault(word, span.start + b)
-                if len(joined) >= len(word):
-                    break
-            if word in out:
-                break
-        if word not in out:
-            raise PlanError(
-                f"sample {prepared.sample.id!r}: query word {word!r} is not among the question's tokens"
-            )
-    return out
+    return {w: found[w] for w in words if w in found}
 
 
 def log_attention(a: np.ndarray) -> np.ndarray:
@@ -415,13 +471,22 @@ def query_word_figure(maps: dict[int, Any], grid: list[list[int]], word: str, co
         [np.pad(b, ((0, 0), (0, width - b.shape[1])), constant_values=np.nan) for b in bands]
     )
     image = log_attention(image)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.25 * image.shape[1], 0.8 + 0.25 * image.shape[0]))
+    fig, ax = plt.subplots(
+        figsize=(2.0 + 0.25 * image.shape[1], 1.4 + 0.25 * image.shape[0]), layout="constrained"
+    )
     im = ax.imshow(image, cmap="viridis", vmin=np.nanmin(image), vmax=np.nanmax(image), aspect="equal")
     band = image.shape[0] // max(1, len(layers))
     ax.set_yticks([k * band + band / 2 - 0.5 for k in range(len(layers))], [str(x + 1) for x in layers])
-    ax.set_xticks([])
+    for k in range(1, len(layers)):  # between layers
+        ax.axhline(k * band - 0.5, color="white", lw=0.4, alpha=0.6)
+    # the frames side by side: a line between two frames' token grids, each labelled
+    edges = np.cumsum([0] + [int(gw) for _, _, gw in grid])
+    for x in edges[1:-1]:
+        ax.axvline(x - 0.5, color="white", lw=1.0)
+    ax.set_xticks((edges[:-1] + edges[1:]) / 2 - 0.5, [str(t) for t in range(len(grid))])
+    ax.tick_params(labelsize=7)
+    ax.set_xlabel("frame (its grid of video tokens)")
     ax.set_ylabel("layer")
     ax.set_title(f'{condition} (query: "{word}")', fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, label="log10(5e-5 + attention)")
-    fig.tight_layout()
     return fig

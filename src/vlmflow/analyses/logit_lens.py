@@ -290,7 +290,9 @@ def keyword_frequency(
     ``bin_size`` layers. ``bins="paper"``: the paper's layers (its layer ``i`` is vlmflow's
     ``i-1`` for ``i < L-1`` and vlmflow's ``L-1`` for ``i = L-1``) in its label-inclusive
     bins ``[s, s + bin_size]`` (6 layers for bins of 5, clipped at the end). Bins are named
-    ``"1-5"``, ``"6-10"``, ... (1-based, as the paper). Keywords whose binned counts sum to
+    ``"1-5"``, ``"6-10"``, ... (1-based, as the paper; a ``paper`` bin keeps its name though it
+    sums one layer more), the last one ending at the model's last layer (``"11-12"`` for 12
+    layers, ``"11"`` for 11). Keywords whose binned counts sum to
     fewer than ``min_hits`` are dropped (with ``paper`` bins the shared layers count twice,
     as in the paper's code); each remaining row is divided by its sum. The result has one
     row per kept keyword plus ``"MEAN"`` (the mean of the normalised rows: the paper's
@@ -309,7 +311,8 @@ def keyword_frequency(
     for start in range(0, num_layers, bin_size):
         end = start + bin_size - 1
         cols = [c for c in range(start, end + 1 + extra) if c < num_layers]
-        table[f"{start + 1}-{end + 1}"] = per_layer[cols].sum(axis=1)
+        last = min(end, num_layers - 1) + 1  # the label stops at the model's last layer
+        table[f"{start + 1}-{last}" if last > start + 1 else f"{start + 1}"] = per_layer[cols].sum(axis=1)
     raw = pd.DataFrame(table, index=counts.index)
     raw = raw[raw.sum(axis=1) >= min_hits]
     norm = raw.div(raw.sum(axis=1), axis=0)
@@ -354,7 +357,8 @@ def summarize_keyword_frequency(records: pd.DataFrame) -> dict[str, pd.DataFrame
 
 def summarize_logit_lens(records: pd.DataFrame) -> pd.DataFrame:
     """Per task x layer: the fraction of video tokens whose top-1 token is a spatial or a
-    temporal keyword."""
+    temporal keyword. ``layer`` as in the records (integers, ``-1`` = the embeddings, ``l`` =
+    the output of decoder layer ``l``), as ``summary/logit-lens.csv`` has it."""
     df = records[(records["analysis"] == "logit-lens") & records["error"].isna()]
     if df.empty:
         return pd.DataFrame()
@@ -365,8 +369,9 @@ def summarize_logit_lens(records: pd.DataFrame) -> pd.DataFrame:
             "spatial_rate": g["spatial_hits"].sum() / g["n_video"].sum(),
             "temporal_rate": g["temporal_hits"].sum() / g["n_video"].sum(),
         }
-    )
-    return out.reset_index()
+    ).reset_index()
+    out["layer"] = out["layer"].astype(int)  # the records' layers: -1 = embeddings
+    return out
 
 
 def logit_lens_section(rows: pd.DataFrame, run: RunDir) -> Section:
@@ -403,7 +408,7 @@ def logit_lens_section(rows: pd.DataFrame, run: RunDir) -> Section:
             common = words.value_counts().head(6)
             top.append(
                 {
-                    "layer": int(layer) + 1,
+                    "layer": int(layer),  # as in the records and logit-lens.csv: -1 = embeddings
                     "most frequent top-1 tokens (share)": ", ".join(
                         f"{w!r} {c / max(1, len(words)):.0%}" for w, c in common.items()
                     ),
@@ -437,10 +442,13 @@ def logit_lens_section(rows: pd.DataFrame, run: RunDir) -> Section:
     projection = ", ".join(sorted(map(str, rows["projection"].unique()))) if "projection" in rows else "?"
     section.notes = (
         f"Projection: {projection} ('unembed': final norm and output head, the standard lens; "
-        "'embed': the input embedding matrix, as the paper's code). Layer 0 is the embeddings; a "
-        "hit is a top-1 token equal to a keyword's first sub-token. The logit-lens-keywords "
-        "tables are the paper's statistic, per task: per keyword, hits in bins of layers, keywords "
-        "with too few hits dropped, rows normalised, MEAN their average."
+        "'embed': the input embedding matrix, as the paper's code). The charts and figures count "
+        "layers from 1 with 0 = the embeddings; the summary tables (logit-lens, "
+        "logit-lens-top-tokens) keep the records' layers: -1 = the embeddings, l = the output of "
+        "decoder layer l (0-based). A hit is a top-1 token equal to a keyword's first sub-token. "
+        "The logit-lens-keywords tables are the paper's statistic, per task: per keyword, hits in "
+        "bins of layers (named 1-based), keywords with too few hits dropped, rows normalised, MEAN "
+        "their average."
     )
     return section
 

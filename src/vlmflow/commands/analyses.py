@@ -14,8 +14,10 @@ from .common import print_result, run_command
 
 
 def _parameter(opt: Any) -> inspect.Parameter:
-    """A typer option from an analysis's ``CliOption``."""
-    repeatable = opt.cli is list or isinstance(opt.default, tuple)
+    """A typer option from an analysis's ``CliOption``: repeatable when ``cli`` is ``list``,
+    or when ``cli`` is unset and the default a tuple; a tuple field with ``cli=str`` (say
+    ``--query-words first,up``) is one comma-separated string that its ``parse`` splits."""
+    repeatable = opt.cli is list or (opt.cli is None and isinstance(opt.default, tuple))
     if repeatable:
         kind: Any = list[str] | None
     elif opt.cli is not None:

@@ -208,9 +208,13 @@ def _finalize(run: RunDir, html: bool) -> dict[str, Any]:
     acc = accuracy_table(records)
     write_csv(acc, run.summary_path("accuracy"))
     ok = records[records["error"].isna()] if "error" in records else records
+    configured = run.config().get("analyses", {})
     sections = []
-    for name in report_order(set(ok["analysis"]) - {"eval"}):
+    for name in report_order((set(ok["analysis"]) | set(configured)) - {"eval"}):
         rows = ok[ok["analysis"] == name]
+        if rows.empty:  # run, but no sample kept (or every one failed): say so, not nothing
+            sections.append(no_samples_section(name, records, configured.get(name) or {}, run))
+            continue
         rows = rows[[c for c in rows.columns if c in BOOKKEEPING or rows[c].notna().any()]]
         rows.attrs["task_samples"] = task_sample_counts(records)
         section = build_section(name, rows, run)
@@ -269,6 +273,45 @@ def build_section(name: str, rows: pd.DataFrame, run: RunDir) -> Section:
         section = _as_section(name, summarize_layers(rows))
         section.notes = f"The {name!r} section failed ({type(exc).__name__}: {exc}); generic view shown."
         return section
+
+
+def no_samples_section(name: str, records: pd.DataFrame, config: dict[str, Any], run: RunDir) -> Section:
+    """The section of analysis ``name`` that the run asked for but that has no error-free
+    record: its usual title and a note saying why no sample is shown (its ``sample_mode``
+    against the baseline answers, or the samples that failed)."""
+    from ..analyses.base import ANALYSES, ordered
+
+    ordered()
+    title = name
+    try:  # the section's own title, drawn from no rows
+        empty = records.iloc[0:0]
+        built = (
+            SECTIONS.get(name)(empty, run.figures_dir)
+            if name in SECTIONS
+            else ANALYSES.get(name).section(empty, run)
+        )
+        title = built.title if isinstance(built, Section) else name
+    except Exception:  # a section that cannot take no rows keeps the analysis's name
+        log.debug("no title for the empty section %r", name, exc_info=True)
+    ev = records[records["analysis"] == "eval"]
+    if "error" in ev:
+        ev = ev[ev["error"].isna()]
+    mine = records[records["analysis"] == name]
+    failed = mine[mine["error"].notna()]["sample_id"].nunique() if "error" in mine else 0
+    reasons = []
+    mode = config.get("sample_mode")
+    if mode in ("correct", "wrong") and "correct" in ev:
+        right = int(pd.Series(ev["correct"]).dropna().astype(bool).sum())
+        kept = right if mode == "correct" else len(ev) - right
+        how = "correctly" if mode == "correct" else "wrongly"
+        reasons.append(
+            f"sample_mode {mode!r} keeps only the samples the model answers {how}: {kept} of the "
+            f"{len(ev)} evaluated (see Accuracy; --sample-mode all analyses every sample)"
+        )
+    if failed:
+        reasons.append(f"{failed} sample{'s' if failed != 1 else ''} failed (see Failed samples)")
+    why = "; ".join(reasons) or "no sample produced a record"
+    return Section(title, notes=f"0 samples matched, so there is nothing to show: {why}.", key=name)
 
 
 def _as_section(name: str, out: Any) -> Section:

@@ -1,0 +1,119 @@
+"""The attention-map and logit-lens figures and tables, read back from the drawn figures:
+what a reader of the report sees (axes, labels, colour bars, bins)."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vlmflow.analyses.attention_maps import attention_frames_figure
+
+
+def _frames_summary(layers: tuple[int, ...], frames: int = 3) -> pd.DataFrame:
+    rows = []
+    for cond in ("baseline", "cross-frame"):
+        for layer in layers:
+            mass = [0.1 * (layer + 1) * (f + 1) for f in range(frames)]
+            rows.append(
+                {"task": "t", "condition": cond, "query": "last", "layer": layer, "n": 1, "frame_mass": mass}
+            )
+    return pd.DataFrame(rows)
+
+
+def test_frames_figure_has_one_row_per_layer_read_labelled_with_its_number() -> None:
+    """Layers 0, 10, 20 were drawn on a 1..21 axis spread evenly (rows at y = 4, 11, 18);
+    now one row per layer read, ticked 1, 11, 21 (1-based, as the other figures)."""
+    fig = attention_frames_figure(_frames_summary((0, 10, 20)), "last")
+    ax = fig.axes[0]
+    image = ax.get_images()[0]
+    assert image.get_array().shape == (3, 3)
+    assert list(ax.get_yticks()) == [0, 1, 2]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["1", "11", "21"]
+    x0, x1, y0, y1 = image.get_extent()
+    assert (y0, y1) == (-0.5, 2.5)
+    # a long contiguous range keeps one row per layer, with fewer ticks
+    fig = attention_frames_figure(_frames_summary(tuple(range(30))), "last")
+    ax = fig.axes[0]
+    assert ax.get_images()[0].get_array().shape[0] == 30
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[0] == "1" and len(labels) <= 15
+    assert all(str(int(ax.get_yticks()[k]) + 1) == label for k, label in enumerate(labels))
+
+
+def _inside_the_figure(fig) -> bool:
+    """Every drawn element (tick labels, axis labels, colour bar) within the canvas."""
+    fig.canvas.draw()
+    box, frame = fig.get_tightbbox(fig.canvas.get_renderer()), fig.bbox_inches
+    return box.x0 >= -1e-6 and box.y0 >= -1e-6 and box.x1 <= frame.x1 + 1e-6 and box.y1 <= frame.y1 + 1e-6
+
+
+def _colorbar_labels(fig) -> list[str]:
+    return [ax.get_ylabel() for ax in fig.axes if ax.get_label() == "<colorbar>"]
+
+
+def test_frames_figure_colour_is_each_layers_share_on_one_labelled_scale() -> None:
+    """The colour bar had no label, each panel its own scale, and the first layer's large
+    mass darkened every other row."""
+    fig = attention_frames_figure(_frames_summary((0, 5, 6)), "last")
+    assert _colorbar_labels(fig) == ["share of the layer's video attention"]
+    images = [ax.get_images()[0] for ax in fig.axes if ax.get_images() and ax.get_label() != "<colorbar>"]
+    assert len(images) == 2 and images[0].get_clim() == images[1].get_clim()
+    rows = np.asarray(images[0].get_array())
+    assert rows.sum(axis=1) == pytest.approx([1.0, 1.0, 1.0])
+    assert rows[0] == pytest.approx([1 / 6, 2 / 6, 3 / 6])  # frame masses 0.1, 0.2, 0.3 of layer 1
+    assert _inside_the_figure(fig)
+
+
+def test_overlay_has_one_labelled_colour_bar_for_its_shared_scale() -> None:
+    from vlmflow.analyses.attention_maps import attention_overlay_figure
+
+    frames = np.zeros((2, 16, 16, 3), dtype=np.uint8)
+    grid = [[0, 2, 2], [4, 2, 2]]
+    maps = {"baseline": {3: np.linspace(0, 0.4, 8)}, "cross-frame": {3: np.linspace(0, 0.2, 8)}}
+    sample = types.SimpleNamespace(id="s0", task="t")
+    fig = attention_overlay_figure(frames, grid, 1, maps, [3], sample)
+    assert _colorbar_labels(fig) == ["attention (head mean)"]
+    heat = [im for ax in fig.axes if ax.get_label() != "<colorbar>" for im in ax.get_images()[1:]]
+    assert len(heat) == 4 and all(im.get_clim() == pytest.approx((0.0, 0.4)) for im in heat)
+    assert _inside_the_figure(fig)
+
+
+def test_query_word_map_marks_its_frames_and_keeps_30_layer_labels_inside() -> None:
+    """The per-word map had no frame boundaries, frame labels nor x label, and at 30 layers
+    its layer tick labels and 'layer' label were cut off at the left edge."""
+    from vlmflow.analyses.attention_maps import query_word_figure
+
+    grid = [[0, 2, 2], [4, 2, 3], [10, 2, 2]]  # three frames, the middle one 3 tokens wide
+    maps = {layer: np.full(14, 0.01 * (layer + 1)) for layer in range(30)}
+    fig = query_word_figure(maps, grid, "white", "baseline")
+    ax = fig.axes[0]
+    assert ax.get_xlabel().startswith("frame") and ax.get_ylabel() == "layer"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2"]
+    assert list(ax.get_xticks()) == pytest.approx([0.5, 3.0, 5.5])  # centres of widths 2, 3, 2
+    frame_lines = sorted(
+        line.get_xdata()[0] for line in ax.get_lines() if line.get_xdata()[0] == line.get_xdata()[1]
+    )
+    assert frame_lines == pytest.approx([1.5, 4.5])
+    assert [t.get_text() for t in ax.get_yticklabels()] == [str(k) for k in range(1, 31)]
+    assert _inside_the_figure(fig)
+
+
+def test_logit_lens_summary_tables_share_the_records_integer_layers(tiny_llava, tmp_path) -> None:
+    """summary/logit-lens.csv had 0-based float layers with the embeddings at -1.0 while
+    logit-lens-top-tokens.csv was 1-based with the embeddings at 0; both now hold the
+    records' integer layers (-1 = the embeddings, l = the output of decoder layer l)."""
+    from vlmflow.analyses.logit_lens import LogitLens
+    from vlmflow.api import Options, run
+    from vlmflow.probe import Model
+
+    opts = Options(model="tiny", data="synthetic:1:fixed", tasks=("moving_direction",), progress=False)
+    run(opts, [LogitLens(sample_mode="all", overlays=0, min_hits=1)], tmp_path, model=Model(tiny_llava))
+    layers = list(range(-1, tiny_llava.language_model().num_layers))
+    for name in ("logit-lens", "logit-lens-top-tokens"):
+        text = (tmp_path / "summary" / f"{name}.csv").read_text()
+        table = pd.read_csv(tmp_path / "summary" / f"{name}.csv")
+        assert sorted(set(table["layer"])) == layers, name
+        assert table["layer"].dtype.kind == "i" and "-1.0" not in text, name

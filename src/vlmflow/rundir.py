@@ -230,9 +230,13 @@ class RunDir:
         """Note in the manifest that a session stopped early (``reason``: Ctrl-C, a full disk)
         and what the store holds finished by then (``samples``, read from every shard).
         Returns whether the manifest could be written; when the disk refuses, the old
-        manifest stays whole and the records remain the truth."""
+        manifest stays whole and the records remain the truth. A manifest without the run's
+        configuration (none yet: the run had not opened the folder) is left as it is, since
+        counts alone would make the folder refuse the run's own resume."""
         try:
             manifest = self.manifest()
+            if "config" not in manifest:
+                return False
             manifest["stopped"] = {"at": now(), "reason": reason}
             manifest["samples"] = self.sample_counts(total if total is not None else _total(manifest))
             self.write_manifest(manifest)

@@ -208,6 +208,7 @@ class RunDir:
             "world_size": max(1, len(ranks)),
             "done": summary.done,
             "skipped_already_done": summary.skipped,
+            "kept_failed": summary.kept_failed,
             "failed": len(summary.failed),
             "seconds": round(summary.seconds, 3),
             "ranks": [

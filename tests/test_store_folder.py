@@ -15,10 +15,8 @@ from vlmflow.rundir import RunDir
 from vlmflow.store import scan
 
 
-def _options(model: Path, **kw) -> vlmflow.Options:
-    return vlmflow.Options(
-        model=str(model), data="synthetic:1:fixed", tasks=("object_count",), progress=False, **kw
-    )
+def _options(model: Path, data: str = "synthetic:1:fixed", **kw) -> vlmflow.Options:
+    return vlmflow.Options(model=str(model), data=data, tasks=("object_count",), progress=False, **kw)
 
 
 def _answer_prob() -> list:
@@ -65,3 +63,55 @@ def test_a_stop_is_not_recorded_in_a_manifest_without_a_configuration(tmp_path: 
     assert run.record_stop("interrupted (SIGINT)", 2) is True
     assert json.loads(run.manifest_path.read_text())["stopped"]["reason"] == "interrupted (SIGINT)"
     assert scan(run.records_dir).units == {}
+
+
+def test_a_shard_copied_over_another_reads_once_and_merge_says_so(
+    tiny_llava_path: Path, tmp_path: Path, caplog
+) -> None:
+    """A finished run's shard copied to a second shard name (overlapping shards): every
+    marker used to fail (rows were counted per attempt across shards, so each copy doubled
+    them), ``vlmflow merge`` said 0 done and left the old records.parquet, and a resume
+    computed everything again. Now each attempt is checked within its own shard, the copy is
+    read once, merge counts what the run did and warns, and a resume computes nothing."""
+    import pandas as pd
+
+    out = tmp_path / "run"
+    opts = _options(tiny_llava_path, "synthetic:2")
+    vlmflow.run(opts, _answer_prob(), out)
+    records = RunDir(out).records()
+    parquet = pd.read_parquet(out / "records.parquet")
+    for suffix in (".jsonl", ".done.jsonl"):
+        src = out / "records" / f"shard-00000{suffix}"
+        (out / "records" / f"shard-00001{suffix}").write_bytes(src.read_bytes())
+    found = scan(out / "records")
+    assert len(found.units) == 4 and found.invalid_markers == 0 and found.duplicates == 4
+    assert RunDir(out).records().equals(records)
+    with caplog.at_level("WARNING"):
+        merged = vlmflow.merge(out)
+    assert merged["samples"]["done"] == 2
+    assert "4 unit(s) found whole in more than one shard" in caplog.text
+    assert pd.read_parquet(out / "records.parquet").equals(parquet)
+    again = vlmflow.run(opts, _answer_prob(), out)
+    assert (again.summary.done, again.summary.skipped) == (0, 2)
+
+
+def test_markers_whose_rows_do_not_match_are_named_on_merge_and_resume(
+    tiny_llava_path: Path, tmp_path: Path, caplog
+) -> None:
+    """A unit's rows damaged after its marker was written: the unit is recomputed as
+    before, and merge and the resume now say how many markers did not match (it was silent)."""
+    out = tmp_path / "run"
+    vlmflow.run(_options(tiny_llava_path), _answer_prob(), out)
+    rows = out / "records" / "shard-00000.jsonl"
+    lines = rows.read_bytes().splitlines(keepends=True)
+    rows.write_bytes(b"".join(lines[:-1]) + lines[-1][:20])  # the last unit's last row torn
+    with caplog.at_level("WARNING"):
+        merged = vlmflow.merge(out)
+    assert merged["samples"]["done"] == 0
+    assert "1 done marker(s) whose rows are missing or do not match" in caplog.text
+    assert "1 unreadable line(s)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        again = vlmflow.run(_options(tiny_llava_path), _answer_prob(), out)
+    assert again.summary.done == 1
+    assert "1 done marker(s) whose rows are missing or do not match" in caplog.text

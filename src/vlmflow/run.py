@@ -25,7 +25,7 @@ from .models.base import Adapter
 from .probe import Probe
 from .rundir import EVAL, RunDir
 from .sample import Sample
-from .store import is_environment_error, store_error
+from .store import is_environment_error, store_error, warn_damage
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ def run_samples(
     store = run.store(rank).acquire()
     try:
         found = store.scan()
+        warn_damage(found, store.dir, again=True)
         # a failed unit is not done: it is retried, superseding its failed attempt
         failed = found.failed if retry_failed else {}
         done = {u for u in found.units if u not in failed}

@@ -262,15 +262,16 @@ class RunDir:
             self.require()
         return read_records(self.path)
 
-    def sample_counts(self, total: int | None = None) -> dict[str, Any]:
+    def sample_counts(self, total: int | None = None, *, warn_again: bool = False) -> dict[str, Any]:
         """The run's samples by state, from its store (every shard): ``done`` (every unit the
         run's configuration asks for - ``eval`` and each analysis - finished without error),
         ``failed`` (a unit's latest attempt failed) with each one's first error in
         ``failures``, and ``missing`` (not yet analysed, or only part of its units finished
         when a run stopped, of ``total`` selected) - what a resume would still do."""
-        from .store import scan
+        from .store import scan, warn_damage
 
         found = scan(self.records_dir)
+        warn_damage(found, self.records_dir, again=warn_again)  # torn lines, markers that fail
         names = [EVAL, *self.config().get("analyses", {})]
         if len(names) == 1:  # no configuration (a bare store): the analyses it holds
             names += sorted({a for _, a in found.units} - {EVAL})
@@ -320,7 +321,7 @@ class RunDir:
         with self.lock():  # not while a run still writes this folder
             manifest = self.manifest()
             shards = shard_status(self.path)
-            manifest["samples"] = self.counts()
+            manifest["samples"] = self.sample_counts(_total(manifest), warn_again=True)
             manifest["merged_at"] = now()
             manifest["shards"] = shards
             self.write_manifest(manifest)

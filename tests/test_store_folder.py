@@ -115,3 +115,66 @@ def test_markers_whose_rows_do_not_match_are_named_on_merge_and_resume(
         again = vlmflow.run(_options(tiny_llava_path), _answer_prob(), out)
     assert again.summary.done == 1
     assert "1 done marker(s) whose rows are missing or do not match" in caplog.text
+
+
+def _damage(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:200])  # cut short, as a copy that stopped part-way
+
+
+@pytest.mark.parametrize("how", ["merge", "same-command", "moved-aside"])
+def test_a_damaged_manifest_is_named_and_rebuilt_without_recomputing(
+    tiny_llava_path: Path, tmp_path: Path, how: str
+) -> None:
+    """A damaged manifest.json made run, merge and report fail with "JSONDecodeError ...
+    this is unexpected", naming no file, and merge could not rebuild it. Now each says which
+    file and what to do, and the advice works: ``vlmflow merge`` rebuilds it (from the copy of
+    the configuration the records keep, records/run.json), and so does re-running the same
+    command, which then computes nothing again; so does a manifest moved aside."""
+    from tests.test_store_reliability import invoke
+
+    out = tmp_path / "run"
+    opts = _options(tiny_llava_path, "synthetic:2")
+    vlmflow.run(opts, _answer_prob(), out)
+    markers = (out / "records" / "shard-00000.done.jsonl").read_bytes()
+    records = RunDir(out).records()
+    config = RunDir(out).manifest()["config"]
+    if how == "moved-aside":
+        (out / "manifest.json").rename(tmp_path / "manifest.json.old")
+    else:
+        _damage(out / "manifest.json")
+        report = invoke(["report", str(out)])
+        said = " ".join(report.output.split())
+        assert report.exit_code == 2 and "unexpected" not in said, report.output
+        assert f"{out / 'manifest.json'} cannot be read" in said and f"vlmflow merge {out}" in said
+    if how == "merge":
+        merged = invoke(["merge", str(out)])
+        assert merged.exit_code == 0, merged.output
+        assert (out / "manifest.json.damaged").exists()
+    else:
+        again = vlmflow.run(opts, _answer_prob(), out)
+        assert (again.summary.done, again.summary.skipped) == (0, 2)
+    manifest = RunDir(out).manifest()
+    assert manifest["config"] == config and manifest["samples"]["done"] == 2
+    assert (out / "records" / "shard-00000.done.jsonl").read_bytes() == markers  # nothing recomputed
+    assert RunDir(out).records().equals(records)
+    assert invoke(["report", str(out)]).exit_code == 0
+
+
+def test_a_damaged_manifest_without_a_copy_says_it_cannot_be_rebuilt(
+    tiny_llava_path: Path, tmp_path: Path
+) -> None:
+    """A folder from before records/run.json: its configuration was only in the manifest, so
+    the error says so and what to do instead (not "unexpected", and not "re-run")."""
+    from vlmflow.errors import RunError
+
+    out = tmp_path / "run"
+    vlmflow.run(_options(tiny_llava_path), _answer_prob(), out)
+    (out / "records" / "run.json").unlink()
+    _damage(out / "manifest.json")
+    for attempt in (
+        lambda: vlmflow.run(_options(tiny_llava_path), _answer_prob(), out),
+        lambda: vlmflow.merge(out),
+    ):
+        with pytest.raises(RunError, match="cannot be read") as refused:
+            attempt()
+        assert "cannot be rebuilt from the records: put back a copy of it" in str(refused.value)

@@ -269,13 +269,9 @@ def _restore_manifest(rundir: RunDir, before: bytes | None) -> None:
     """Put back the manifest a run found (``before``), or remove the one it created; a disk
     that refuses leaves it as it is (the error that stopped the run is the one to report)."""
     from .errors import VlmflowError
-    from .store import write_text_atomic
 
     try:
-        if before is None:
-            rundir.manifest_path.unlink(missing_ok=True)
-        else:
-            write_text_atomic(rundir.manifest_path, before.decode())
+        rundir.restore_manifest(before)
     except (OSError, VlmflowError):
         pass
 

@@ -177,6 +177,8 @@ def run(
     ctx = distributed.init()
     lock = lock or rundir.lock()  # rank 0 holds it for the whole group (see vlmflow.lock)
     samples: list[Any] = []
+    before: list[bytes | None] = []  # the manifest as this call found it (None: none), once read
+    opened = [False]  # whether the folder has accepted this run (its manifest holds the configuration)
     try:
         config = {**options.manifest(), "analyses": {a.name: a.config() for a in analyses}}
         samples = options.samples_of()
@@ -186,12 +188,10 @@ def run(
             samples = [s for s in samples if s.id in keep]
             config["sample_ids"] = sorted(keep)
 
-        before: list[bytes | None] = [None]  # the manifest as it was before this call (None: none)
-
         def open_locked() -> dict[str, Any]:
             lock.acquire()  # a second run on this folder is refused here, before any work
             path = rundir.manifest_path
-            before[0] = path.read_bytes() if path.exists() else None
+            before[:] = [path.read_bytes() if path.exists() else None]
             manifest = rundir.open(
                 config,
                 {
@@ -203,6 +203,7 @@ def run(
             if manifest.get("num_samples") != len(samples):
                 manifest["num_samples"] = len(samples)
                 rundir.write_manifest(manifest)
+            opened[0] = True
             return manifest
 
         ctx.on_main(open_locked)
@@ -216,7 +217,7 @@ def run(
             if on_open is not None:  # last: only a run the folder has accepted writes beside it
                 ctx.on_main(on_open)
         except Exception:
-            if lock.held:
+            if lock.held and before:
                 _restore_manifest(rundir, before[0])
             raise
         if options.progress and ctx.is_main:
@@ -253,16 +254,19 @@ def run(
                 raise store_error(Path(exc.filename or rundir.path), exc) from exc
         return RunResult(rundir.path, summary, report, ctx.rank)
     except (KeyboardInterrupt, RunStopped) as exc:  # a full disk, no memory left
-        if lock.held:  # rank 0 says in the manifest what finished before the stop
+        if lock.held and not opened[0]:  # stopped before the folder accepted the run
+            if before:  # (a Ctrl-C while it was being opened): leave it as it was found
+                _restore_manifest(rundir, before[0])
+        elif lock.held:  # rank 0 says in the manifest what finished before the stop
             reason = "interrupted (SIGINT)" if isinstance(exc, KeyboardInterrupt) else str(exc)
             rundir.record_stop(reason, len(samples) or None)
-            if isinstance(exc, KeyboardInterrupt):
-                print(
-                    f"interrupted: every finished unit is kept in {rundir.path} (manifest.json 'samples'); "
-                    "re-run the same command to resume",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        if lock.held and isinstance(exc, KeyboardInterrupt):
+            said = (
+                f"every finished unit is kept in {rundir.path} (manifest.json 'samples')"
+                if opened[0]
+                else f"before the run started, {rundir.path} is as it was"
+            )
+            print(f"interrupted: {said}; re-run the same command to resume", file=sys.stderr, flush=True)
         raise
     finally:
         lock.release()
@@ -291,13 +295,9 @@ def _restore_manifest(rundir: RunDir, before: bytes | None) -> None:
     """Put back the manifest a run found (``before``), or remove the one it created; a disk
     that refuses leaves it as it is (the error that stopped the run is the one to report)."""
     from .errors import VlmflowError
-    from .store import write_text_atomic
 
     try:
-        if before is None:
-            rundir.manifest_path.unlink(missing_ok=True)
-        else:
-            write_text_atomic(rundir.manifest_path, before.decode())
+        rundir.restore_manifest(before)
     except (OSError, VlmflowError):
         pass
 

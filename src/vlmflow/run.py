@@ -25,7 +25,7 @@ from .models.base import Adapter
 from .probe import Probe
 from .rundir import EVAL, RunDir
 from .sample import Sample
-from .store import is_environment_error, store_error
+from .store import is_environment_error, store_error, warn_damage
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,23 @@ class RunSummary:
     rank: int = 0
     #: samples that had failed in an earlier session and were tried again in this one
     retried: int = 0
+    #: samples that had failed in an earlier session and were kept so (``retry_failed=False``);
+    #: not in ``skipped``, which counts samples done without error
+    kept_failed: int = 0
 
     def counts(self) -> str:
-        """``"3 done, 1 failed, 4 already done"`` (and ``", retried 2 previously failed"``)."""
+        """``"3 done, 1 failed, 4 already done"`` (and ``", retried 2 previously failed"``, or
+        ``", 1 failed before, kept (--no-retry-failed)"``)."""
         text = f"{self.done} done, {len(self.failed)} failed, {self.skipped} already done"
-        return text + (f", retried {self.retried} previously failed" if self.retried else "")
+        return text + self.earlier_failures()
+
+    def earlier_failures(self) -> str:
+        """What became of the samples that had failed before: ``", retried 2 previously
+        failed"``, ``", 1 failed before, kept (--no-retry-failed)"`` or ``""``."""
+        text = f", retried {self.retried} previously failed" if self.retried else ""
+        if self.kept_failed:
+            text += f", {self.kept_failed} failed before, kept (--no-retry-failed)"
+        return text
 
     @property
     def rate(self) -> float:
@@ -64,6 +76,7 @@ class RunSummary:
             skipped=sum(p.skipped for p in parts),
             failed=failed,
             retried=sum(p.retried for p in parts),
+            kept_failed=sum(p.kept_failed for p in parts),
             seconds=max((p.seconds for p in parts), default=0.0),
         )
 
@@ -112,12 +125,15 @@ def run_samples(
     store = run.store(rank).acquire()
     try:
         found = store.scan()
+        warn_damage(found, store.dir, again=True)
         # a failed unit is not done: it is retried, superseding its failed attempt
         failed = found.failed if retry_failed else {}
         done = {u for u in found.units if u not in failed}
         names = [EVAL] + [a.name for a in analyses]
         pending = [s for s in samples if any((s.id, n) not in done for n in names)]
-        summary.skipped = len(samples) - len(pending)
+        kept = {s for s, _ in found.failed} - {s.id for s in pending} if not retry_failed else set()
+        summary.kept_failed = len({s.id for s in samples if s.id in kept})
+        summary.skipped = len(samples) - len(pending) - summary.kept_failed
         summary.retried = len({s.id for s in pending if any((s.id, n) in failed for n in names)})
         label = f"rank {rank}/{world_size}" if world_size > 1 else "samples"
         if progress and summary.retried:

@@ -4,6 +4,8 @@ A run folder holds::
 
     manifest.json          configuration, provenance, versions, sessions, sample counts
     records/               the record store (append-only shards, see vlmflow.store)
+    records/run.json       a copy of the manifest's configuration, provenance, dtype and
+                           total, from which a damaged or lost manifest is rebuilt
     records.parquet        every finished record, merged (written by the report)
     summary/<name>.csv     summary tables
     figures/<name>.png     figures
@@ -82,6 +84,11 @@ class RunDir:
         return self.path / "records"
 
     @property
+    def identity_path(self) -> Path:
+        """``records/run.json``: what the records were computed with (see :data:`IDENTITY`)."""
+        return self.records_dir / "run.json"
+
+    @property
     def parquet_path(self) -> Path:
         return self.path / "records.parquet"
 
@@ -121,15 +128,110 @@ class RunDir:
 
     # ------------------------------------------------------------------ manifest
     def manifest(self) -> dict[str, Any]:
+        """The manifest (``{}`` when there is none); a :class:`RunError` naming the file and
+        what to do when it cannot be read (damaged: cut short, edited, not JSON)."""
         if not self.manifest_path.exists():
             return {}
-        return json.loads(self.manifest_path.read_text())
+        try:
+            manifest = json.loads(self.manifest_path.read_bytes())
+            if not isinstance(manifest, dict):
+                raise ValueError(f"a JSON {type(manifest).__name__}, not an object")
+        except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise RunError(
+                f"{self.manifest_path} cannot be read ({_first_line(exc)}); {self._rebuild_advice()}"
+            ) from None
+        return manifest
+
+    def _rebuild_advice(self) -> str:
+        if self._identity() is not None:
+            return (
+                f"rebuild it from the records with `vlmflow merge {self.path}` (its configuration is kept "
+                f"in {self.identity_path}), or re-run the same command: it rebuilds it and resumes, "
+                "reusing every finished unit"
+            )
+        return (
+            "the run's configuration was kept only there (this folder is from before records/run.json "
+            "kept a copy), so it cannot be rebuilt from the records: put back a copy of it, or start "
+            "again in a new --out folder"
+        )
+
+    def _identity(self) -> dict[str, Any] | None:
+        """``records/run.json`` when it holds a configuration, else None."""
+        try:
+            identity = json.loads(self.identity_path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        return identity if isinstance(identity, dict) and isinstance(identity.get("config"), dict) else None
+
+    def _damaged(self) -> bool:
+        try:
+            self.manifest()
+        except RunError:
+            return True
+        return False
+
+    def rebuild_manifest(self) -> dict[str, Any]:
+        """A manifest rebuilt from ``records/run.json`` (the configuration, provenance, dtype and
+        total) and the records (the sample counts), written over a damaged or missing one; a
+        damaged one is kept beside it as ``manifest.json.damaged``. ``RunError`` if there is no
+        copy to rebuild from."""
+        identity = self._identity()
+        if identity is None:
+            raise RunError(f"{self.manifest_path} cannot be rebuilt: {self._rebuild_advice()}")
+        if self.manifest_path.exists():
+            self.manifest_path.replace(self.manifest_path.with_name("manifest.json.damaged"))
+        manifest = {
+            **{k: identity[k] for k in IDENTITY if k in identity},
+            "seeds": {"subsample": identity["config"].get("seed")},
+            "versions": versions(),
+            "rebuilt_at": now(),
+        }
+        log.warning(
+            "%s was damaged or missing: rebuilt from %s and the records",
+            self.manifest_path,
+            self.identity_path,
+        )
+        self.write_manifest(manifest)
+        manifest["samples"] = self.sample_counts(_total(manifest))  # counted under its configuration
+        self.write_manifest(manifest)
+        return manifest
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        """Replace the manifest atomically (a crash leaves the old one or the new one whole)."""
+        """Replace the manifest atomically (a crash leaves the old one or the new one whole),
+        and keep ``records/run.json`` (its configuration, provenance, dtype, total) up to date."""
         from .store import write_text_atomic
 
         write_text_atomic(self.manifest_path, json.dumps(manifest, indent=2, default=str))
+        self._keep_identity(manifest)
+
+    def _keep_identity(self, manifest: dict[str, Any]) -> None:
+        """Write ``records/run.json`` from ``manifest`` when what it keeps changed."""
+        from .store import write_text_atomic
+
+        identity = json.loads(json.dumps({k: manifest[k] for k in IDENTITY if k in manifest}, default=str))
+        if "config" in identity and self._identity() != identity:
+            self.records_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.identity_path, json.dumps(identity, indent=2))
+
+    def restore_manifest(self, before: bytes | None) -> None:
+        """Put back the manifest as it was (``before``), or remove it, and its copy in
+        ``records/run.json`` unless records hold units, when there was none."""
+        from .store import _shards, write_text_atomic
+
+        if before is None:
+            self.manifest_path.unlink(missing_ok=True)
+            if not any(_shards(self.records_dir)):  # a copy that describes records stays
+                self.identity_path.unlink(missing_ok=True)
+                try:
+                    self.records_dir.rmdir()  # made for the copy: gone with it (kept if not empty)
+                except OSError:
+                    pass
+            return
+        write_text_atomic(self.manifest_path, before.decode())
+        try:
+            self._keep_identity(json.loads(before))
+        except (ValueError, TypeError, AttributeError):
+            pass  # it was damaged before: as it was
 
     def lock(self) -> FolderLock:
         """The run folder's writer lock (held by a run's rank 0; see :mod:`vlmflow.lock`)."""
@@ -138,14 +240,23 @@ class RunDir:
         return run_lock(self.path)
 
     def config(self) -> dict[str, Any]:
-        """The run's configuration (options and every analysis's options)."""
-        return self.manifest().get("config", {})
+        """The run's configuration (options and every analysis's options); from
+        ``records/run.json`` when the manifest is damaged."""
+        try:
+            return self.manifest().get("config", {})
+        except RunError:
+            identity = self._identity()
+            if identity is None:
+                raise
+            return identity["config"]
 
     def open(self, config: dict[str, Any], provenance: dict[str, Any] | None = None) -> dict[str, Any]:
         """Create or resume the run; refuse a different configuration or, when both
         manifests have them, different model weights or dataset fingerprints."""
         self.path.mkdir(parents=True, exist_ok=True)
         canonical = canonical_config(config)
+        if self._identity() is not None and (not self.manifest_path.exists() or self._damaged()):
+            self.rebuild_manifest()  # records that keep their configuration: resumed as a run
         if self.manifest_path.exists():
             manifest = self.manifest()
             self.refuse_other_config(manifest.get("config", {}), canonical)
@@ -201,6 +312,7 @@ class RunDir:
             "world_size": max(1, len(ranks)),
             "done": summary.done,
             "skipped_already_done": summary.skipped,
+            "kept_failed": summary.kept_failed,
             "failed": len(summary.failed),
             "seconds": round(summary.seconds, 3),
             "ranks": [
@@ -223,9 +335,13 @@ class RunDir:
         """Note in the manifest that a session stopped early (``reason``: Ctrl-C, a full disk)
         and what the store holds finished by then (``samples``, read from every shard).
         Returns whether the manifest could be written; when the disk refuses, the old
-        manifest stays whole and the records remain the truth."""
+        manifest stays whole and the records remain the truth. A manifest without the run's
+        configuration (none yet: the run had not opened the folder) is left as it is, since
+        counts alone would make the folder refuse the run's own resume."""
         try:
             manifest = self.manifest()
+            if "config" not in manifest:
+                return False
             manifest["stopped"] = {"at": now(), "reason": reason}
             manifest["samples"] = self.sample_counts(total if total is not None else _total(manifest))
             self.write_manifest(manifest)
@@ -250,15 +366,16 @@ class RunDir:
             self.require()
         return read_records(self.path)
 
-    def sample_counts(self, total: int | None = None) -> dict[str, Any]:
+    def sample_counts(self, total: int | None = None, *, warn_again: bool = False) -> dict[str, Any]:
         """The run's samples by state, from its store (every shard): ``done`` (every unit the
         run's configuration asks for - ``eval`` and each analysis - finished without error),
         ``failed`` (a unit's latest attempt failed) with each one's first error in
         ``failures``, and ``missing`` (not yet analysed, or only part of its units finished
         when a run stopped, of ``total`` selected) - what a resume would still do."""
-        from .store import scan
+        from .store import scan, warn_damage
 
         found = scan(self.records_dir)
+        warn_damage(found, self.records_dir, again=warn_again)  # torn lines, markers that fail
         names = [EVAL, *self.config().get("analyses", {})]
         if len(names) == 1:  # no configuration (a bare store): the analyses it holds
             names += sorted({a for _, a in found.units} - {EVAL})
@@ -315,12 +432,14 @@ class RunDir:
         from .report import finalize
         from .store import shard_status
 
-        if not self.is_run() or not self.manifest_path.exists():
+        if not self.is_run() or not (self.manifest_path.exists() or self._identity() is not None):
             raise RunError(f"{self.path} is not a run folder (it needs manifest.json and records/)")
         with self.lock() as lock:  # not while a run still writes this folder
-            manifest = self.manifest()
+            if self._identity() is not None and (not self.manifest_path.exists() or self._damaged()):
+                self.rebuild_manifest()
+            manifest = self.manifest()  # damaged and nothing to rebuild it from: says so
             shards = shard_status(self.path)
-            manifest["samples"] = self.counts()
+            manifest["samples"] = self.sample_counts(_total(manifest), warn_again=True)
             manifest["merged_at"] = now()
             manifest["shards"] = shards
             self.write_manifest(manifest)
@@ -335,6 +454,14 @@ class RunDir:
 
     def read_search(self) -> dict[str, Any] | None:
         return json.loads(self.search_path.read_text()) if self.search_path.exists() else None
+
+
+#: the manifest keys ``records/run.json`` keeps a copy of: what the records were computed with
+IDENTITY = ("config", "provenance", "computed_in", "num_samples")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def canonical_config(config: dict[str, Any]) -> dict[str, Any]:

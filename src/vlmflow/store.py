@@ -43,6 +43,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import signal
 import threading
@@ -58,6 +59,8 @@ import pandas as pd
 
 from .errors import RunStopped
 from .lock import FolderLock
+
+log = logging.getLogger(__name__)
 
 #: errno values that mean "the disk cannot take our writes" wherever they come from (the
 #: store, a frame cache): they stop a run, are never recorded as a sample's failure, and
@@ -326,13 +329,35 @@ def replacing(path: str | Path) -> Iterator[Path]:
 class Scan:
     """What the shards of a records folder hold: the chosen attempt of every finished unit
     (``units``: unit -> (attempt, shard name)), the first error of every attempt whose rows
-    carry one (``errors``: attempt -> message) and, when asked for, the rows by attempt."""
+    carry one (``errors``: attempt -> message) and, when asked for, their rows (``rows``:
+    attempt -> the rows read from the chosen shard)."""
 
     units: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     torn_lines: int = 0
     invalid_markers: int = 0
+    #: valid markers of an attempt already read in another shard (a copied shard), skipped
+    duplicates: int = 0
+
+    def damage(self) -> str:
+        """One line on what the shards hold that could not be used or was there twice
+        (``""`` when nothing): torn lines, done markers whose rows do not match, units
+        found whole in more than one shard."""
+        parts = []
+        if self.invalid_markers:
+            parts.append(
+                f"{self.invalid_markers} done marker(s) whose rows are missing or do not match "
+                "(those units are not done: a resume computes them again)"
+            )
+        if self.torn_lines:
+            parts.append(f"{self.torn_lines} unreadable line(s) (torn by a crash or damaged; skipped)")
+        if self.duplicates:
+            parts.append(
+                f"{self.duplicates} unit(s) found whole in more than one shard (a copied shard?); "
+                "each is read once"
+            )
+        return "; ".join(parts)
 
     @property
     def failed(self) -> dict[tuple[str, str], str]:
@@ -368,33 +393,41 @@ def _shards(records_dir: Path) -> tuple[list[Path], list[Path]]:
 def scan(records_dir: str | Path, *, keep_rows: bool = False) -> Scan:
     """Read and verify every shard of ``records_dir``.
 
-    A done marker counts only if exactly its ``rows`` rows of its attempt are readable and,
-    when it has one, their SHA-256 matches. An attempt that a valid marker ``supersedes`` (a
-    failed unit retried) never counts, in whichever shard either lies; of the other valid
-    markers for one unit (a unit recomputed after its rows were damaged) the last one read
-    wins."""
+    A done marker counts only if exactly its ``rows`` rows of its attempt are readable *in
+    its own shard* (a writer puts a unit's rows and its marker in the same shard) and, when
+    it has one, their SHA-256 matches. The same attempt found whole in two shards (a shard
+    copied over another) is one unit, read once. An attempt that a valid marker
+    ``supersedes`` (a failed unit retried) never counts, in whichever shard either lies; of
+    the other valid markers for one unit (a unit recomputed after its rows were damaged) the
+    last one read wins. ``torn_lines``, ``invalid_markers`` and ``duplicates`` say what
+    could not be used or was read twice (:meth:`Scan.damage`)."""
     records_dir = Path(records_dir)
     out = Scan()
     if not records_dir.is_dir():
         return out
     row_paths, done_paths = _shards(records_dir)
-    counts: dict[str, int] = {}
-    hashes: dict[str, Any] = {}
+    counts: dict[tuple[str, str], int] = {}  # (shard, attempt) -> rows read
+    hashes: dict[tuple[str, str], Any] = {}
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    errors: dict[tuple[str, str], str] = {}
     for path in row_paths:
+        shard = path.name.removesuffix(".jsonl")
         for line in _lines(path):
             row = _parse(line)
             attempt = row.get("_attempt") if isinstance(row, dict) else None
             if not isinstance(attempt, str):
                 out.torn_lines += 1
                 continue
-            counts[attempt] = counts.get(attempt, 0) + 1
-            hashes.setdefault(attempt, hashlib.sha256()).update(line + b"\n")
-            if row.get("error") is not None and attempt not in out.errors:
-                out.errors[attempt] = str(row["error"])
+            key = (shard, attempt)
+            counts[key] = counts.get(key, 0) + 1
+            hashes.setdefault(key, hashlib.sha256()).update(line + b"\n")
+            if row.get("error") is not None and key not in errors:
+                errors[key] = str(row["error"])
             if keep_rows:
-                out.rows.setdefault(attempt, []).append(row)
+                rows.setdefault(key, []).append(row)
     valid: list[tuple[tuple[str, str], str, str]] = []
     superseded: set[str] = set()
+    seen: set[str] = set()  # attempts with a valid marker already (in another shard: a copy)
     for path in done_paths:
         shard = path.name.removesuffix(".done.jsonl")
         for line in _lines(path):
@@ -405,22 +438,44 @@ def scan(records_dir: str | Path, *, keep_rows: bool = False) -> Scan:
             except (TypeError, KeyError, ValueError):
                 out.invalid_markers += 1
                 continue
-            ok = counts.get(attempt, 0) == expected
+            key = (shard, str(attempt))
+            ok = counts.get(key, 0) == expected
             if ok and "sha256" in m:
-                h = hashes.get(attempt)
+                h = hashes.get(key)
                 ok = (h.hexdigest() if h else hashlib.sha256().hexdigest()) == m["sha256"]
-            if ok:
-                valid.append((unit, attempt, shard))
-                if isinstance(m.get("supersedes"), str):
-                    superseded.add(m["supersedes"])
-            else:
+            if not ok:
                 out.invalid_markers += 1
+                continue
+            if attempt in seen:  # the same attempt, whole, in a second shard: read it once
+                out.duplicates += 1
+                continue
+            seen.add(attempt)
+            valid.append((unit, attempt, shard))
+            if isinstance(m.get("supersedes"), str):
+                superseded.add(m["supersedes"])
     for unit, attempt, shard in valid:
         if attempt not in superseded:
             out.units[unit] = (attempt, shard)
-    chosen = {a for a, _ in out.units.values()}
-    out.errors = {a: e for a, e in out.errors.items() if a in chosen}
+    for attempt, shard in out.units.values():
+        if (shard, attempt) in errors:
+            out.errors[attempt] = errors[(shard, attempt)]
+        if keep_rows:
+            out.rows[attempt] = rows.get((shard, attempt), [])
     return out
+
+
+def warn_damage(found: Scan, records_dir: str | Path, *, again: bool = False) -> None:
+    """Log what :meth:`Scan.damage` found in ``records_dir``: once per folder and finding
+    (a run and its report read the store several times), or ``again`` (a new command
+    on the folder: a resume, a merge)."""
+    said = found.damage()
+    key = (str(records_dir), said)
+    if said and (again or key not in _WARNED):
+        _WARNED.add(key)
+        log.warning("%s: %s", records_dir, said)
+
+
+_WARNED: set[tuple[str, str]] = set()
 
 
 def shard_status(run_dir: str | Path) -> dict[str, int]:

@@ -292,9 +292,8 @@ def print_result(result: Any, lines: list[str] = ()) -> None:  # type: ignore[as
     if getattr(result, "rank", 0) != 0:
         return
     s = result.summary
-    retried = f", retried {s.retried} previously failed" if s.retried else ""
     typer.echo(
-        f"done: {s.done} samples, {len(s.failed)} failed, {s.skipped} already done{retried} "
+        f"done: {s.done} samples, {len(s.failed)} failed, {s.skipped} already done{s.earlier_failures()} "
         f"({s.seconds:.1f}s) -> {result.out}"
     )
     acc = result.report.get("accuracy")

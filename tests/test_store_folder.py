@@ -1,0 +1,180 @@
+"""Run folders after the events a reliability review tried (docs/reliability.md): a Ctrl-C
+while a run opens its folder, a damaged manifest, record shards that overlap, the counts a
+resume prints when it keeps failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import vlmflow
+import vlmflow.provenance
+from vlmflow.rundir import RunDir
+from vlmflow.store import scan
+
+
+def _options(model: Path, data: str = "synthetic:1:fixed", **kw) -> vlmflow.Options:
+    return vlmflow.Options(model=str(model), data=data, tasks=("object_count",), progress=False, **kw)
+
+
+def _answer_prob() -> list:
+    return [vlmflow.AnswerProbability(sample_mode="all")]
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["new-folder", "resumed-folder"])
+def test_ctrl_c_while_the_folder_is_opened_leaves_it_resumable(
+    tiny_llava_path: Path, tmp_path: Path, monkeypatch, resume: bool
+) -> None:
+    """Ctrl-C after the run lock is taken and before the folder holds the run's
+    configuration (here: while the weights are fingerprinted). The folder used to get a
+    manifest of only ``stopped`` and ``samples``, and the same command was then refused as
+    "another configuration". Now the folder is left as it was found: the same command runs."""
+    out = tmp_path / "run"
+    if resume:
+        vlmflow.run(_options(tiny_llava_path), _answer_prob(), out)
+    before = (out / "manifest.json").read_bytes() if resume else None
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(vlmflow.provenance, "model_fingerprint", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            vlmflow.run(_options(tiny_llava_path), _answer_prob(), out)
+    if resume:
+        assert (out / "manifest.json").read_bytes() == before
+    else:
+        assert not (out / "manifest.json").exists()
+    result = vlmflow.run(_options(tiny_llava_path), _answer_prob(), out)
+    assert result.summary.done + result.summary.skipped == 1
+    assert RunDir(out).counts()["done"] == 1
+
+
+def test_a_stop_is_not_recorded_in_a_manifest_without_a_configuration(tmp_path: Path) -> None:
+    """``record_stop`` on a folder that holds no run configuration writes nothing (counts
+    alone would make the folder refuse the run's own resume)."""
+    run = RunDir(tmp_path / "run")
+    (run.path / "records").mkdir(parents=True)
+    assert run.record_stop("interrupted (SIGINT)", 2) is False
+    assert not run.manifest_path.exists()
+    run.write_manifest({"config": {"model": "m"}})
+    assert run.record_stop("interrupted (SIGINT)", 2) is True
+    assert json.loads(run.manifest_path.read_text())["stopped"]["reason"] == "interrupted (SIGINT)"
+    assert scan(run.records_dir).units == {}
+
+
+def test_a_shard_copied_over_another_reads_once_and_merge_says_so(
+    tiny_llava_path: Path, tmp_path: Path, caplog
+) -> None:
+    """A finished run's shard copied to a second shard name (overlapping shards): every
+    marker used to fail (rows were counted per attempt across shards, so each copy doubled
+    them), ``vlmflow merge`` said 0 done and left the old records.parquet, and a resume
+    computed everything again. Now each attempt is checked within its own shard, the copy is
+    read once, merge counts what the run did and warns, and a resume computes nothing."""
+    import pandas as pd
+
+    out = tmp_path / "run"
+    opts = _options(tiny_llava_path, "synthetic:2")
+    vlmflow.run(opts, _answer_prob(), out)
+    records = RunDir(out).records()
+    parquet = pd.read_parquet(out / "records.parquet")
+    for suffix in (".jsonl", ".done.jsonl"):
+        src = out / "records" / f"shard-00000{suffix}"
+        (out / "records" / f"shard-00001{suffix}").write_bytes(src.read_bytes())
+    found = scan(out / "records")
+    assert len(found.units) == 4 and found.invalid_markers == 0 and found.duplicates == 4
+    assert RunDir(out).records().equals(records)
+    with caplog.at_level("WARNING"):
+        merged = vlmflow.merge(out)
+    assert merged["samples"]["done"] == 2
+    assert "4 unit(s) found whole in more than one shard" in caplog.text
+    assert pd.read_parquet(out / "records.parquet").equals(parquet)
+    again = vlmflow.run(opts, _answer_prob(), out)
+    assert (again.summary.done, again.summary.skipped) == (0, 2)
+
+
+def test_markers_whose_rows_do_not_match_are_named_on_merge_and_resume(
+    tiny_llava_path: Path, tmp_path: Path, caplog
+) -> None:
+    """A unit's rows damaged after its marker was written: the unit is recomputed as
+    before, and merge and the resume now say how many markers did not match (it was silent)."""
+    out = tmp_path / "run"
+    vlmflow.run(_options(tiny_llava_path), _answer_prob(), out)
+    rows = out / "records" / "shard-00000.jsonl"
+    lines = rows.read_bytes().splitlines(keepends=True)
+    rows.write_bytes(b"".join(lines[:-1]) + lines[-1][:20])  # the last unit's last row torn
+    with caplog.at_level("WARNING"):
+        merged = vlmflow.merge(out)
+    assert merged["samples"]["done"] == 0
+    assert "1 done marker(s) whose rows are missing or do not match" in caplog.text
+    assert "1 unreadable line(s)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        again = vlmflow.run(_options(tiny_llava_path), _answer_prob(), out)
+    assert again.summary.done == 1
+    assert "1 done marker(s) whose rows are missing or do not match" in caplog.text
+
+
+def _damage(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:200])  # cut short, as a copy that stopped part-way
+
+
+@pytest.mark.parametrize("how", ["merge", "same-command", "moved-aside"])
+def test_a_damaged_manifest_is_named_and_rebuilt_without_recomputing(
+    tiny_llava_path: Path, tmp_path: Path, how: str
+) -> None:
+    """A damaged manifest.json made run, merge and report fail with "JSONDecodeError ...
+    this is unexpected", naming no file, and merge could not rebuild it. Now each says which
+    file and what to do, and the advice works: ``vlmflow merge`` rebuilds it (from the copy of
+    the configuration the records keep, records/run.json), and so does re-running the same
+    command, which then computes nothing again; so does a manifest moved aside."""
+    from tests.test_store_reliability import invoke
+
+    out = tmp_path / "run"
+    opts = _options(tiny_llava_path, "synthetic:2")
+    vlmflow.run(opts, _answer_prob(), out)
+    markers = (out / "records" / "shard-00000.done.jsonl").read_bytes()
+    records = RunDir(out).records()
+    config = RunDir(out).manifest()["config"]
+    if how == "moved-aside":
+        (out / "manifest.json").rename(tmp_path / "manifest.json.old")
+    else:
+        _damage(out / "manifest.json")
+        report = invoke(["report", str(out)])
+        said = " ".join(report.output.split())
+        assert report.exit_code == 2 and "unexpected" not in said, report.output
+        assert f"{out / 'manifest.json'} cannot be read" in said and f"vlmflow merge {out}" in said
+    if how == "merge":
+        merged = invoke(["merge", str(out)])
+        assert merged.exit_code == 0, merged.output
+        assert (out / "manifest.json.damaged").exists()
+    else:
+        again = vlmflow.run(opts, _answer_prob(), out)
+        assert (again.summary.done, again.summary.skipped) == (0, 2)
+    manifest = RunDir(out).manifest()
+    assert manifest["config"] == config and manifest["samples"]["done"] == 2
+    assert (out / "records" / "shard-00000.done.jsonl").read_bytes() == markers  # nothing recomputed
+    assert RunDir(out).records().equals(records)
+    assert invoke(["report", str(out)]).exit_code == 0
+
+
+def test_a_damaged_manifest_without_a_copy_says_it_cannot_be_rebuilt(
+    tiny_llava_path: Path, tmp_path: Path
+) -> None:
+    """A folder from before records/run.json: its configuration was only in the manifest, so
+    the error says so and what to do instead (not "unexpected", and not "re-run")."""
+    from vlmflow.errors import RunError
+
+    out = tmp_path / "run"
+    vlmflow.run(_options(tiny_llava_path), _answer_prob(), out)
+    (out / "records" / "run.json").unlink()
+    _damage(out / "manifest.json")
+    for attempt in (
+        lambda: vlmflow.run(_options(tiny_llava_path), _answer_prob(), out),
+        lambda: vlmflow.merge(out),
+    ):
+        with pytest.raises(RunError, match="cannot be read") as refused:
+            attempt()
+        assert "cannot be rebuilt from the records: put back a copy of it" in str(refused.value)

@@ -170,12 +170,13 @@ def test_a_screen_says_when_the_control_sample_finds_what_the_estimates_missed()
     ]
     screen = Screen(plans, None, 2, "drop")
     summary = screen.summary()
-    assert summary["missed_control"] == 1 and summary["contradicted"] == 1
+    assert summary["missed_control"] == 1 and summary["contradicted"] == 1 == summary["underestimated"]
     assert 99.9 < summary["max_error_pct"] < 100.1  # percentage points of p(answer)
     said = screen.warnings("sample 'x'")
     assert len(said) == 2 and all(s.startswith("sample 'x': ") for s in said)
     assert "missed 1 of 2 control plans" in said[0] and "video->last in layers 2: exact -100%" in said[0]
-    assert "1 verified plans contradict their estimates" in said[1]
+    assert "1 of 4 verified plans have an exact effect over 10x" in said[1]
+    assert "1 of them contradict their estimates (other sign)" in said[1]
     # a screen whose verified plans agree with their estimates says nothing
     fine = Screen(
         [
@@ -229,3 +230,77 @@ def test_probe_screen_and_flow_screen_warn_when_estimates_are_contradicted(
     rows = read_records(out)
     screens = rows[(rows["analysis"] == "flow-screen") & (rows["kind"] == "screen")]
     assert (screens["contradicted"] > 0).all() and "missed_control" in screens
+
+
+def test_a_screen_says_when_its_estimates_are_far_too_small_even_of_the_right_sign() -> None:
+    """The demo's scene_transition sample: five verified plans at -99.99999% exactly,
+    estimated at -0.06%; right sign, so nothing was contradicted, nothing missed and no
+    warning came, though every row left as an estimate was as wrong. Now ``underestimated``
+    counts them (``contradicted`` stays the other-sign subset) and the screen says so."""
+    from vlmflow.screen import Screen
+
+    plans = [
+        _screened(0, -6e-4, -16.0, "top"),  # -99.99999% estimated at -0.06%
+        _screened(1, -5e-4, -14.0, "top"),
+        _screened(2, 4e-4, -0.5, "control"),  # the other sign, too: underestimated and contradicted
+        _screened(3, -1e-4, -0.004, "control"),  # over 10x, but below NOTABLE: noise
+        _screened(4, -3e-4, None, None),
+        _screened(5, -2e-4, None, None),
+    ]
+    screen = Screen(plans, None, 2, "drop")
+    summary = screen.summary()
+    assert summary["underestimated"] == 3 and summary["contradicted"] == 1 and summary["missed_control"] == 0
+    (said,) = screen.warnings("sample 'x'")
+    assert said.startswith("sample 'x': 3 of 4 verified plans have an exact effect over 10x their estimate")
+    assert "worst: video->last in layers 0: exact -100% vs estimated -0.06%" in said
+    assert "1 of them contradict their estimates" in said
+    assert "the 2 plans left as estimates are unreliable too" in said and "probe.sweep" in said
+
+
+def test_probe_screen_and_flow_screen_warn_when_estimates_are_far_too_small(tmp_path) -> None:
+    """The embedded tiny model, window 3: the cross-frame knockouts at layers 1-2 drop
+    p(answer) by over 99% exactly, estimated at -0.14% and -0.16%. The screen's top 2 are
+    right, yet the estimates 600x too small; probe.screen, flow --screen and the report
+    say so."""
+    import pytest
+
+    import vlmflow
+
+    probe = vlmflow.load("tiny").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
+    with pytest.warns(UserWarning, match="2 of 2 verified plans have an exact effect over 10x") as said:
+        df = probe.screen("cross-frame", k=2, control=0, window=3)
+    assert len(said) == 1 and "plans left as estimates are unreliable too" in str(said[0].message)
+    summary = df.attrs["screen"]
+    assert summary["underestimated"] == 2 and summary["contradicted"] == 0 == summary["missed_control"]
+    exact = df[df["method"] == "exact"]
+    assert sorted(exact["layer"]) == [0, 1] and (exact["rel_pred"] < -99).all()
+    assert (exact["rel_pred_estimate"].abs() < 0.2).all()
+
+    out = tmp_path / "run"
+    args = ["flow", "--model", "tiny", "--data", "synthetic:1:fixed", "--task", "action_antonym"]
+    args += ["--window", "3", "--sample-mode", "all", "-t", "cross-frame", "--screen", "2"]
+    args += ["--screen-control", "0", "--out", str(out), "--quiet"]
+    with pytest.warns(UserWarning, match="sample '.*': 2 of 2 verified plans have an exact effect over 10x"):
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = read_records(out)
+    screens = rows[(rows["analysis"] == "flow-screen") & (rows["kind"] == "screen")]
+    assert screens["underestimated"].tolist() == [2] and screens["contradicted"].tolist() == [0]
+    report = (out / "report.html").read_text()
+    assert "WARNING: the estimates are contradicted by the exact knockouts" in report
+    assert "rows left as estimates for those samples are unreliable too" in report
+
+
+def test_the_reports_screen_warning_counts_underestimates_and_reads_old_folders() -> None:
+    from vlmflow.analyses.screened_flow import screen_warning
+
+    fine = pd.DataFrame({"missed_control": [0, 0], "underestimated": [0, 0], "contradicted": [0, 0]})
+    assert screen_warning(fine) == ""
+    under = fine.assign(underestimated=[0, 3], max_error_pct=[0.1, 99.9])
+    said = screen_warning(under)
+    assert "in 1 of 2 samples verified plans have exact effects over 10x their estimates" in said
+    assert "(underestimated)" in said and "99.9 percentage points" in said
+    # a folder from before `underestimated`: its contradicted plans (a subset) still warn
+    old = pd.DataFrame({"missed_control": [0], "contradicted": [1], "max_error_pct": [50.0]})
+    assert "(underestimated; in 1 of them some of the other sign: contradicted)" in screen_warning(old)
+    assert screen_warning(pd.DataFrame({"max_error_pct": [99.0]})) == ""  # from before either count

@@ -520,9 +520,11 @@ class Probe:
         rank agreement between estimate and exact (``Screen.summary``), with
         ``max_error_pct`` (the largest ``|exact - estimate|`` of a verified plan, in
         percentage points), ``missed_control`` (control plans whose exact effect beats the
-        top ``k``'s: false negatives the random sample found) and ``contradicted`` (verified
-        plans whose estimate has the wrong sign, exact > 10x the estimate); either of the
-        last two is also a ``UserWarning``: the estimates are unreliable for this input.
+        top ``k``'s: false negatives the random sample found), ``underestimated`` (verified
+        plans whose exact change is notable and over 10x the estimate, either sign) and
+        ``contradicted`` (those of them whose estimate has the wrong sign); a missed or an
+        underestimated plan is also a ``UserWarning``: the estimates, and so the rows left
+        as estimates, are unreliable for this input.
 
         >>> import vlmflow
         >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])

@@ -241,6 +241,7 @@ def screened_flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
         "spearman_control",
         "max_error_pct",
         "missed_control",
+        "underestimated",
         "contradicted",
     ]
     screens = rows[rows["kind"] == "screen"]
@@ -291,14 +292,18 @@ def screened_flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
 
 def screen_warning(screens: pd.DataFrame) -> str:
     """The report's warning when the verified plans contradict the estimates in some
-    samples (``Screen.warnings``: misses the control sample found, estimates of the wrong
-    sign), else ``""``. Folders written before these counts existed say nothing."""
-    counts = {
-        c: screens[c].fillna(0) if c in screens else pd.Series(0, index=screens.index)
-        for c in ("missed_control", "contradicted")
-    }
-    missed, wrong = (counts["missed_control"] > 0), (counts["contradicted"] > 0)
-    if not (missed.any() or wrong.any()):
+    samples (``Screen.warnings``: misses the control sample found, estimates far too small,
+    some perhaps of the wrong sign), else ``""``. Folders written before ``underestimated``
+    existed count their ``contradicted`` plans (a subset) instead; those written before
+    either say nothing."""
+
+    def count(column: str) -> pd.Series:
+        return screens[column].fillna(0) if column in screens else pd.Series(0, index=screens.index)
+
+    missed = count("missed_control") > 0
+    under = (count("underestimated") > 0) | (count("contradicted") > 0)
+    wrong = count("contradicted") > 0
+    if not (missed.any() or under.any()):
         return ""
     parts = []
     if missed.any():
@@ -307,18 +312,20 @@ def screen_warning(screens: pd.DataFrame) -> str:
             "whose exact effect is larger than the top K's (false negatives of the estimates: "
             "missed_control)"
         )
-    if wrong.any():
+    if under.any():
+        sign = f"; in {int(wrong.sum())} of them some of the other sign: contradicted" if wrong.any() else ""
         parts.append(
-            f"in {int(wrong.sum())} of {len(screens)} samples verified plans have exact effects of "
-            "the other sign and over 10x the estimate (contradicted)"
+            f"in {int(under.sum())} of {len(screens)} samples verified plans have exact effects over "
+            f"10x their estimates (underestimated{sign}), so the rows left as estimates for those "
+            "samples are unreliable too"
         )
     worst = screens["max_error_pct"].max() if "max_error_pct" in screens else float("nan")
     return (
         "WARNING: the estimates are contradicted by the exact knockouts: "
         + "; ".join(parts)
         + f". The largest |exact - estimate| of a verified plan is {worst:.3g} percentage points. "
-        "Do not read the estimated curves as results here: raise --screen K or --screen-control, "
-        "or run the exact sweep (flow without --screen). "
+        "Do not read the estimated curves as results here: evaluate the plans exactly (the exact "
+        "sweep: flow without --screen, or probe.sweep), or raise --screen K or --screen-control. "
     )
 
 

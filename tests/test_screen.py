@@ -304,3 +304,54 @@ def test_the_reports_screen_warning_counts_underestimates_and_reads_old_folders(
     old = pd.DataFrame({"missed_control": [0], "contradicted": [1], "max_error_pct": [50.0]})
     assert "(underestimated; in 1 of them some of the other sign: contradicted)" in screen_warning(old)
     assert screen_warning(pd.DataFrame({"max_error_pct": [99.0]})) == ""  # from before either count
+
+
+def test_plans_that_block_the_same_are_screened_once_and_share_the_exact_value(tmp_path) -> None:
+    """The embedded tiny model has 8 layers: a window of 11 blocks layers 0-7 at sweep points
+    2-5 (a window of 20 at all 8). Those are one plan: ranked, drawn and verified once,
+    every copy carrying the exact value; before, one copy was verified at -99% and the next
+    left as a -0.008% estimate, every verification spent on the same plan."""
+    import vlmflow
+
+    probe = vlmflow.load("tiny").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
+    evaluated: list[int] = []
+    evaluate = probe.engine.evaluate
+    probe.engine.evaluate = lambda plans, **kw: evaluated.append(len(plans)) or evaluate(plans, **kw)
+    try:
+        same = probe.screen("cross-frame", k=2, control=2, window=20)
+        assert evaluated == [1] and (same["method"] == "exact").all() and (same["verified_as"] == "top").all()
+        assert same["rel_pred"].nunique() == 1 and same["rel_pred"].iloc[0] < -99
+        assert same.attrs["screen"]["plans"] == 1 == same.attrs["screen"]["verified"]
+        assert same.attrs["screen"]["rows"] == 8
+
+        df = probe.screen("cross-frame", k=2, control=1, window=11)
+    finally:
+        del probe.engine.evaluate
+    assert evaluated[1:] == [3]  # 5 distinct plans: the top 2 and 1 control, each once
+    summary = df.attrs["screen"]
+    assert summary["plans"] == 5 and summary["rows"] == 8 and summary["verified"] == 3
+    assert summary["top"] == 2 and summary["control"] == 1 and np.isfinite(summary["spearman_verified"])
+    key = df["blocked_layers"].map(tuple)
+    assert (key.iloc[2:6] == tuple(range(8))).all() and key.nunique() == 5
+    for _, copies in df.groupby(key):  # every copy of a plan says the same
+        assert copies[["method", "rel_pred"]].nunique().max() == 1
+        assert copies["verified_as"].nunique(dropna=False) == 1
+    assert key[df["method"] == "exact"].nunique() == 3
+
+    out = tmp_path / "run"
+    args = ["flow", "--model", "tiny", "--data", "synthetic:1:fixed", "--task", "action_antonym"]
+    args += ["--window", "11", "--sample-mode", "all", "-t", "cross-frame"]
+    args += ["--screen", "2", "--screen-control", "1", "--out", str(out), "--quiet"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    rows = read_records(out)
+    rows = rows[rows["analysis"] == "flow-screen"]
+    plans = rows[rows["kind"] == "plan"]
+    exact = plans[plans["method"] == "exact"].sort_values("layer")
+    want = df[df["method"] == "exact"].sort_values("layer")
+    assert exact["layer"].tolist() == want["layer"].tolist()
+    assert (
+        np.allclose(exact["rel_pred"], want["rel_pred"])
+        and exact["verified_as"].tolist() == want["verified_as"].tolist()
+    )
+    screen = rows[rows["kind"] == "screen"].iloc[0]
+    assert screen["plans"] == 5 and screen["rows"] == 8 and screen["verified"] == 3

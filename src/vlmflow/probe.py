@@ -516,8 +516,11 @@ class Probe:
         ``"control"``), the estimate where not (``method="estimate"``: ``p_pred_new`` is the
         baseline's times ``exp(estimate)``; what only an exact evaluation gives, the ground
         truth's new probability and the new answer, is NaN). ``rel_pred_estimate`` is the
-        estimated % change on every row. ``df.attrs["screen"]`` holds the counts and the
-        rank agreement between estimate and exact (``Screen.summary``), with
+        estimated % change on every row. Sweep points that block the same (a window over
+        every layer) are one plan, verified once, every row of it exact; ``k``, ``control``
+        and the summary count distinct plans (``rows``: the sweep points).
+        ``df.attrs["screen"]`` holds the counts and the rank agreement between estimate and
+        exact (``Screen.summary``), with
         ``max_error_pct`` (the largest ``|exact - estimate|`` of a verified plan, in
         percentage points), ``missed_control`` (control plans whose exact effect beats the
         top ``k``'s: false negatives the random sample found), ``underestimated`` (verified

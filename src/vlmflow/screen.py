@@ -70,17 +70,39 @@ class ScreenedPlan:
         return "exact" if self.exact is not None else "estimate"
 
 
+def plan_key(plan: Plan) -> frozenset:
+    """What ``plan`` blocks: its cuts (source, destination, layers, heads), whatever its name
+    or the cuts' order. Two plans with the same key are the same knockout (a sweep's window
+    that covers every layer blocks the same layers at every point)."""
+    return frozenset(plan.cuts)
+
+
 @dataclass
 class Screen:
-    """Outcome of ``screen_then_verify``."""
+    """Outcome of ``screen_then_verify``: one ``ScreenedPlan`` per plan given (``plans``),
+    plans that block the same (``plan_key``) screened once and sharing its values. Counts,
+    rank agreement and warnings are over the distinct plans (``distinct``)."""
 
     plans: list[ScreenedPlan]
     attribution: Attribution
     k: int
     order: str
 
+    def distinct(self) -> list[ScreenedPlan]:
+        """The first of each set of ``plans`` that block the same (``plan_key``)."""
+        seen: set[frozenset] = set()
+        out = []
+        for p in self.plans:
+            key = plan_key(p.plan)
+            if key not in seen:
+                seen.add(key)
+                out.append(p)
+        return out
+
     def verified(self, kind: str | None = None) -> list[ScreenedPlan]:
-        return [p for p in self.plans if p.exact is not None and (kind is None or p.verified_as == kind)]
+        """The distinct plans evaluated exactly (``kind``: "cheap", "top" or "control";
+        ``None``: all three)."""
+        return [p for p in self.distinct() if p.exact is not None and (kind is None or p.verified_as == kind)]
 
     def rank_agreement(self, kind: str | None = None) -> float:
         """Spearman between estimate and exact over the verified plans (``kind``: "top",
@@ -158,7 +180,7 @@ class Screen:
             worst = max(under, key=lambda p: abs(p.exact))  # type: ignore[arg-type]
             wrong = len(self.contradicted())
             sign = f"; {wrong} of them contradict their estimates (other sign)" if wrong else ""
-            unverified = sum(p.exact is None for p in self.plans)
+            unverified = sum(p.exact is None for p in self.distinct())
             rest = (
                 f"so the {unverified} plans left as estimates are unreliable too: do not read them "
                 "as results, evaluate them exactly (probe.sweep, or flow without --screen)"
@@ -174,8 +196,11 @@ class Screen:
         return out
 
     def summary(self) -> dict[str, float | int | str]:
+        """Counts of distinct plans (``plans``; ``rows``: the plans given, duplicates
+        included), how many were verified and how, rank agreement and the warnings' counts."""
         return {
-            "plans": len(self.plans),
+            "plans": len(self.distinct()),
+            "rows": len(self.plans),
             "k": self.k,
             "order": self.order,
             "verified": len(self.verified()),
@@ -286,14 +311,23 @@ def verify_top(
 ) -> Screen:
     """The screen's second half: estimate ``plans`` from an attribution pass of ``engine``'s
     input that covers them (their groups and layers), evaluate the cheap ones, the top
-    ``k`` and ``control`` random others exactly (see ``screen_then_verify``)."""
+    ``k`` and ``control`` random others exactly (see ``screen_then_verify``).
+
+    Plans that block the same (``plan_key``: a sweep whose window covers every layer) are
+    one plan: ranked, drawn and verified once, every copy given its values and
+    ``verified_as``; ``k`` and ``control`` count distinct plans."""
     check_screen(k, control, order, exact_below)
     plans, att = list(plans), attribution
     token = att.token_id
     base = engine.baseline_logits().log_softmax(-1)
     est = att.delta_logprob(att.estimates(plans))
-    cheap = [i for i, p in enumerate(plans) if plan_cost(engine, p) < exact_below]
-    pool = np.setdiff1d(np.arange(len(plans)), cheap)
+    first: dict[frozenset, int] = {}  # each distinct plan's first index
+    for i, plan in enumerate(plans):
+        first.setdefault(plan_key(plan), i)
+    same = [first[plan_key(plan)] for plan in plans]  # the index whose values each plan takes
+    distinct = np.array(sorted(first.values()), dtype=int)
+    cheap = [int(i) for i in distinct if plan_cost(engine, plans[i]) < exact_below]
+    pool = np.setdiff1d(distinct, cheap)
     top = [int(pool[i]) for i in top_k(est[pool], k, order)]
     rest = np.setdiff1d(pool, top)
     rng = np.random.default_rng(seed)
@@ -305,7 +339,8 @@ def verify_top(
     }
     out = []
     for i, plan in enumerate(plans):
-        lg, ex = exact.get(i, (None, None))
-        kind = "cheap" if i in cheap else "top" if i in top else ("control" if i in exact else None)
-        out.append(ScreenedPlan(plan, float(est[i]), ex, kind, lg))
+        j = same[i]
+        lg, ex = exact.get(j, (None, None))
+        kind = "cheap" if j in cheap else "top" if j in top else ("control" if j in exact else None)
+        out.append(ScreenedPlan(plan, float(est[j]), ex, kind, lg))
     return Screen(out, att, k, order)

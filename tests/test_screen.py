@@ -125,6 +125,10 @@ def test_flow_screen_writes_estimates_exact_rows_and_head_maps(tiny_llava_path, 
     assert len(maps) == 2 * 4 * 4 * 4  # samples x pairs x layers x heads
     assert (rows["kind"] == "screen").sum() == 2
     assert any(p.name.startswith("head-map-") for p in (out / "figures").iterdir())
+    assert (
+        "Attribution per layer x head: video-&gt;last (mean over 2 samples)"
+        in (out / "report.html").read_text()
+    )
     agreement = pd.read_csv(out / "summary" / "flow-screen-agreement.csv")
     assert "spearman_verified" in agreement.columns
 
@@ -355,3 +359,34 @@ def test_plans_that_block_the_same_are_screened_once_and_share_the_exact_value(t
     )
     screen = rows[rows["kind"] == "screen"].iloc[0]
     assert screen["plans"] == 5 and screen["rows"] == 8 and screen["verified"] == 3
+
+
+def test_head_maps_label_heads_with_integers_and_say_they_are_means_over_samples() -> None:
+    """With 9 heads matplotlib's own ticks were 0.0, 2.5, 5.0, 7.5: heads are labelled with
+    their integer index (0-based, as the records and Cut(heads=...)), at most 16 labels;
+    layers 1-based as in the rest of the report; the title says the mean over how many
+    samples."""
+    from vlmflow.analyses.screened_flow import _mean_over, head_map_figure
+    from vlmflow.report.figures import pyplot
+
+    records = pd.DataFrame(
+        [
+            {"sample_id": s, "layer": layer, "head": h, "rel_pred": 0.1 * h - layer}
+            for s in "ab"
+            for layer in range(3)
+            for h in range(9)
+        ]
+    )
+    grid = records.groupby(["layer", "head"])["rel_pred"].mean().unstack("head").sort_index()
+    fig = head_map_figure(grid, f"video->last (t), {_mean_over(records)}")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(h) for h in range(9)]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["1", "2", "3"]
+    assert ax.get_title() == "video->last (t), mean over 2 samples"
+    assert ax.get_xlabel() == "head (from 0)" and ax.get_ylabel() == "layer (from 1)"
+    pyplot().close(fig)
+    wide = pd.DataFrame(np.zeros((2, 32)), columns=range(32))
+    fig = head_map_figure(wide, "32 heads")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [str(h) for h in range(0, 32, 2)]
+    pyplot().close(fig)
+    assert _mean_over(records[records["sample_id"] == "a"]) == "mean over 1 sample"

@@ -268,8 +268,8 @@ def screened_flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
     for (target, condition, pair), data in maps.groupby(["target", "condition", "pair"]):
         grid = data.groupby(["layer", "head"])["rel_pred"].mean().unstack("head").sort_index()
         path = run.figure_path(f"head-map-{_safe(f'{condition}-{pair}')}")
-        save_figure(head_map_figure(grid, f"{pair} ({target})"), path)
-        section.figures[f"Attribution per layer x head: {pair}"] = path
+        save_figure(head_map_figure(grid, f"{pair} ({target}), {_mean_over(data)}"), path)
+        section.figures[f"Attribution per layer x head: {pair} ({_mean_over(data)})"] = path
     pairs = rows[rows["kind"] == "frame_pair"] if "kind" in rows else rows.iloc[:0]
     if len(pairs):
         grid = pairs.groupby(["layer", "pair"])["rel_pred"].mean().unstack("pair").sort_index()
@@ -277,15 +277,19 @@ def screened_flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
         grid = grid[order]
         grid.columns = [c.replace("frame:", "") for c in grid.columns]
         path = run.figure_path("frame-pairs")
-        save_figure(head_map_figure(grid, "frame a -> frame b, all heads", xlabel="frame pair a->b"), path)
-        section.figures["Attribution per layer x frame pair"] = path
+        title = f"frame a -> frame b, all heads, {_mean_over(pairs)}"
+        save_figure(head_map_figure(grid, title, xlabel="frame pair a->b"), path)
+        section.figures[f"Attribution per layer x frame pair ({_mean_over(pairs)})"] = path
     section.notes = screen_warning(screens) + (
         "Estimates are first-order attribution (one forward and one backward per sample) and are "
         "marked method=estimate in the records; only method=exact rows are knockout results. "
         "Rank agreement is Spearman's correlation between estimate and exact over the verified "
         "plans (and over the random control sample alone). Heat maps: estimated % change of the "
         "answer's probability when one group pair is cut in one head of one layer; frame pairs: "
-        "when frame a -> frame b is cut in every head of one layer."
+        "when frame a -> frame b is cut in every head of one layer. Each cell is the mean over the "
+        "samples (the title says how many); layers are numbered from 1 as in the rest of the "
+        "report (layer 1 is the records' layer 0), heads from 0 as in the records' head column "
+        "and Cut(heads=...)."
     )
     return section
 
@@ -329,19 +333,34 @@ def screen_warning(screens: pd.DataFrame) -> str:
     )
 
 
+def _mean_over(data: pd.DataFrame) -> str:
+    """``"mean over N samples"`` for a heat map's records (``"mean over samples"`` for
+    records without sample ids)."""
+    if "sample_id" not in data:
+        return "mean over samples"
+    n = data["sample_id"].nunique()
+    return f"mean over {n} sample{'s' if n != 1 else ''}"
+
+
 def head_map_figure(grid: pd.DataFrame, title: str, xlabel: str = "head") -> Any:
-    """Layers (rows, 1-based) x heads (or other columns) heat map of estimated % changes,
-    centred on 0."""
+    """Layers (rows, shown 1-based as in the rest of the report) x heads (0-based integer
+    ticks, as the records and ``Cut(heads=...)``; or other columns, each labelled) heat map
+    of estimated % changes, centred on 0."""
     from ..report.figures import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(3.6, 1.2 + 0.25 * grid.shape[1]), 1.0 + 0.2 * grid.shape[0]))
     lim = float(np.nanmax(np.abs(grid.to_numpy()))) or 1.0
     im = ax.imshow(grid.to_numpy(), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto", origin="lower")
-    ax.set_xlabel(xlabel)
     if xlabel != "head":
+        ax.set_xlabel(xlabel)
         ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns], fontsize=5, rotation=90)
-    ax.set_ylabel("layer")
+    else:
+        ax.set_xlabel("head (from 0)")
+        step = -(-grid.shape[1] // 16)  # at most 16 labels
+        ticks = range(0, grid.shape[1], step)
+        ax.set_xticks(ticks, [str(int(grid.columns[i])) for i in ticks], fontsize=6)
+    ax.set_ylabel("layer (from 1)")
     ax.set_yticks(range(grid.shape[0]), [str(int(x) + 1) for x in grid.index], fontsize=6)
     ax.set_title(title, fontsize=8)
     fig.colorbar(im, ax=ax, label="est. % change")

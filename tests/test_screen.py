@@ -390,3 +390,29 @@ def test_head_maps_label_heads_with_integers_and_say_they_are_means_over_samples
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [str(h) for h in range(0, 32, 2)]
     pyplot().close(fig)
     assert _mean_over(records[records["sample_id"] == "a"]) == "mean over 1 sample"
+
+
+def test_flow_screen_warns_once_a_run_not_once_a_sample(tmp_path) -> None:
+    """On an input where first-order estimates are poor every sample trips the warning; a
+    run of thousands of samples printed one warning each. Now the first says it (and that
+    the report counts them all), every sample's record still counts its own."""
+    import warnings
+
+    from typer.testing import CliRunner
+
+    from vlmflow.cli import app
+    from vlmflow.store import read_records
+
+    out = tmp_path / "run"
+    args = ["flow", "--model", "tiny", "--data", "synthetic:2:fixed", "--task", "action_antonym"]
+    args += ["--window", "3", "--sample-mode", "all", "-t", "cross-frame", "--screen", "2"]
+    args += ["--screen-control", "0", "--out", str(out), "--quiet"]
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = read_records(out)
+    screens = rows[(rows["analysis"] == "flow-screen") & (rows["kind"] == "screen")]
+    assert len(screens) == 2 and (screens["underestimated"] > 0).all()
+    ours = [w for w in said if "verified plans have an exact effect" in str(w.message)]
+    assert len(ours) == 1 and "first such sample only" in str(ours[0].message)

@@ -118,8 +118,17 @@ class ScreenedFlow(InformationFlow):
                     }
                 )
         rows.append({"kind": "screen", "method": "summary"} | screen.summary())
-        for message in screen.warnings(f"sample {probe.sample.id!r}"):  # the report says it too
-            warnings.warn(message, UserWarning, stacklevel=2)
+        said = screen.warnings(f"sample {probe.sample.id!r}")
+        # once a run (an attribute, not a field: no part of the configuration); every
+        # sample's counts are in its records and the report
+        if said and not getattr(self, "_warned", False):
+            self._warned = True
+            more = (
+                " (this is said for the first such sample only; the report's screen section and "
+                "each sample's kind: screen record count them all)"
+            )
+            for message in said:
+                warnings.warn(message + more, UserWarning, stacklevel=2)
         return rows
 
     @classmethod

@@ -90,8 +90,7 @@ class AttentionMaps(Analysis):
         self.layers = as_layers(self.layers)
         self.compare_layers = as_layers(self.compare_layers, "compare_layers")
         self.queries = as_names(self.queries, "queries") or ()
-        words = self.query_words
-        self.query_words = split_words(words) if isinstance(words, str) else tuple(words)
+        self.query_words = split_words(self.query_words)
         if self.view not in VIEWS:
             raise PlanError(f"unknown attention view {self.view!r}; choose from {VIEWS}")
         if self.compare and self.compare not in TARGETS:

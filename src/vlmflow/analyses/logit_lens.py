@@ -22,6 +22,7 @@ layers (adjacent bins share one), and its layer ``i`` is the input of decoder la
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -127,9 +128,11 @@ WORD_PRESETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-def split_words(text: str | None) -> tuple[str, ...]:
-    """``"red, blue"`` -> ``("red", "blue")``."""
-    return tuple(w.strip() for w in text.split(",") if w.strip()) if text else ()
+def split_words(text: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"red, blue"`` -> ``("red", "blue")``; words already apart (a tuple) stay as given."""
+    if text is None or not isinstance(text, str):
+        return tuple(text or ())
+    return tuple(w.strip() for w in text.split(",") if w.strip())
 
 
 @ANALYSES.register("logit-lens", "top vocabulary tokens of every video token at every layer")
@@ -170,9 +173,8 @@ class LogitLens(Analysis):
         if self.bin_size < 1:
             raise PlanError("bin_size must be >= 1")
         check_sample_mode(self.sample_mode)
-        self.spatial, self.temporal = (  # "left, right" is two words, not its characters
-            split_words(w) if isinstance(w, str) else tuple(w) for w in (self.spatial, self.temporal)
-        )
+        # "left, right" is two words, not its characters
+        self.spatial, self.temporal = split_words(self.spatial), split_words(self.temporal)
         if not (self.spatial or self.temporal):
             if self.words not in WORD_PRESETS:
                 raise PlanError(

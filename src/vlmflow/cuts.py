@@ -14,7 +14,7 @@ import json
 import operator
 import re
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -271,6 +271,20 @@ def as_indices(value: Any, what: str = "layers") -> tuple[int, ...]:
                 f"{what} must be integers (an int, a sequence of ints or text like 0-3,7), got {value!r}"
             ) from None
     return tuple(sorted(out))
+
+
+def layer_ranges(layers: Sequence[int]) -> str:
+    """``(0, 1, 2, 7)`` -> ``"0-2,7"``: layers written as ``--layers`` takes them."""
+    parts: list[str] = []
+    xs = sorted(set(layers))
+    i = 0
+    while i < len(xs):
+        j = i
+        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
+            j += 1
+        parts.append(str(xs[i]) if i == j else f"{xs[i]}-{xs[j]}")
+        i = j + 1
+    return ",".join(parts)
 
 
 def parse_layers(text: str | None, *, negative: bool = False) -> tuple[int, ...] | None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .attribution import Attribution, attribute, plan_groups
-from .cuts import Plan, is_int
+from .cuts import Plan, is_int, layer_ranges
 from .engine import Engine
 from .errors import PlanError
 
@@ -161,7 +161,7 @@ class Screen:
 
         def show(p: ScreenedPlan) -> str:
             exact, estimate = float(relative_change(p.exact)), float(relative_change(p.estimate))
-            where = f"{p.plan.name} in layers {_layer_text(p.plan.layers)}"
+            where = f"{p.plan.name} in layers {layer_ranges(p.plan.layers)}"
             return f"{where}: exact {exact:+.3g}% vs estimated {estimate:+.3g}%"
 
         lead = f"{where}: " if where else ""
@@ -214,13 +214,6 @@ class Screen:
             "underestimated": len(self.underestimated()),
             "contradicted": len(self.contradicted()),
         }
-
-
-def _layer_text(layers: Sequence[int]) -> str:
-    layers = sorted(layers)
-    if layers and layers == list(range(layers[0], layers[-1] + 1)):
-        return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
-    return ",".join(map(str, layers))
 
 
 def check_screen(k: int, control: int, order: str = "drop", exact_below: float = 0.0) -> None:

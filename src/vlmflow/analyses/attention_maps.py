@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..cuts import Cut, Plan, parse_layers
+from ..cuts import Cut, Plan, layer_ranges, parse_layers
 from ..errors import PlanError
 from ..layout import TokenLayout, check_group
 from ..models.base import Prepared
@@ -286,8 +286,6 @@ def attention_section(rows: pd.DataFrame, run: RunDir) -> Section:
 def comparison_text(run: RunDir) -> str:
     """What the run's comparison condition cut, in the layers it really cut (its
     ``compare_layers``, 0-based as the option takes them; every layer when unset)."""
-    from .base import layer_ranges
-
     config = run.manifest().get("config", {}).get("analyses", {}).get("attention", {})
     if "compare" in config and not config["compare"]:
         return " (no comparison drawn)"

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pandas as pd
 import torch
 
+from ..cuts import layer_ranges
 from ..errors import PlanError
 from ..layout import TokenLayout
 from ..models.base import Adapter, Prepared
@@ -221,20 +222,6 @@ def check_layers(analyses: Sequence[Analysis], num_layers: int, model: str = "")
     :meth:`Analysis.check_layers`); a run calls this once, right after the model loads."""
     for analysis in analyses:
         analysis.check_layers(num_layers, model)
-
-
-def layer_ranges(layers: Sequence[int]) -> str:
-    """``(0, 1, 2, 7)`` -> ``"0-2,7"``: layers written as ``--layers`` takes them."""
-    parts: list[str] = []
-    xs = sorted(set(layers))
-    i = 0
-    while i < len(xs):
-        j = i
-        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
-            j += 1
-        parts.append(str(xs[i]) if i == j else f"{xs[i]}-{xs[j]}")
-        i = j + 1
-    return ",".join(parts)
 
 
 def video_grid(layout: TokenLayout) -> dict[str, Any]:

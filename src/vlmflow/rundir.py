@@ -196,6 +196,12 @@ class RunDir:
         self.write_manifest(manifest)
         return manifest
 
+    def recover_manifest(self) -> None:
+        """Rebuild a damaged or missing manifest (:meth:`rebuild_manifest`) when
+        ``records/run.json`` keeps the run's configuration; otherwise leave it as it is."""
+        if self._identity() is not None and (not self.manifest_path.exists() or self._damaged()):
+            self.rebuild_manifest()
+
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Replace the manifest atomically (a crash leaves the old one or the new one whole),
         and keep ``records/run.json`` (its configuration, provenance, dtype, total) up to date."""
@@ -255,8 +261,7 @@ class RunDir:
         manifests have them, different model weights or dataset fingerprints."""
         self.path.mkdir(parents=True, exist_ok=True)
         canonical = canonical_config(config)
-        if self._identity() is not None and (not self.manifest_path.exists() or self._damaged()):
-            self.rebuild_manifest()  # records that keep their configuration: resumed as a run
+        self.recover_manifest()  # records that keep their configuration: resumed as a run
         if self.manifest_path.exists():
             manifest = self.manifest()
             self.refuse_other_config(manifest.get("config", {}), canonical)
@@ -435,8 +440,7 @@ class RunDir:
         if not self.is_run() or not (self.manifest_path.exists() or self._identity() is not None):
             raise RunError(f"{self.path} is not a run folder (it needs manifest.json and records/)")
         with self.lock() as lock:  # not while a run still writes this folder
-            if self._identity() is not None and (not self.manifest_path.exists() or self._damaged()):
-                self.rebuild_manifest()
+            self.recover_manifest()
             manifest = self.manifest()  # damaged and nothing to rebuild it from: says so
             shards = shard_status(self.path)
             manifest["samples"] = self.sample_counts(_total(manifest), warn_again=True)

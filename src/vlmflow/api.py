@@ -241,17 +241,23 @@ def run(
         ranks = ctx.gather(mine)  # every rank is done after this: rank 0 may merge the shards
         summary = RunSummary.combine(ranks)
         report: dict[str, Any] = {}
-        if ctx.is_main:
+
+        def finish() -> None:  # rank 0: the manifest and the report
             revision = getattr(getattr(adapter.model, "config", None), "_commit_hash", None)
             info = {"id": adapter.model_id, "revision": revision, "class": type(adapter.model).__name__}
             extra = {"num_samples": len(samples), "model": info, "frame_policy": adapter.frame_policy}
             try:
                 rundir.close(summary, {**extra, **(extra_manifest or {})}, ranks=ranks)
-                report = finalize(rundir, lock=lock)
+                report.update(finalize(rundir, lock=lock))
             except OSError as exc:  # a disk that fills while the report is written
                 if not is_environment_error(exc):
                     raise
                 raise store_error(Path(exc.filename or rundir.path), exc) from exc
+
+        # the other ranks wait for it, so that every rank leaves the process group together
+        # (a rank that tore down its gloo group while rank 0 still wrote the report could
+        # abort at exit: "terminate called without an active exception")
+        ctx.on_main(finish)
         return RunResult(rundir.path, summary, report, ctx.rank)
     except (KeyboardInterrupt, RunStopped) as exc:  # a full disk, no memory left
         if lock.held and not opened[0]:  # stopped before the folder accepted the run

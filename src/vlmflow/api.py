@@ -90,8 +90,11 @@ class Options:
         return {**d, **self.extra}
 
     def load(self, device: str | None = None) -> Model:
-        """The model these options name, loaded on ``device`` (default ``self.device``)."""
-        return load(self.model, device=device or self.device, dtype=self.dtype, attn=self.attn)
+        """The model these options name, loaded on ``device`` (default ``self.device``);
+        without Hugging Face's progress bars when ``progress`` is off."""
+        return load(
+            self.model, device=device or self.device, dtype=self.dtype, attn=self.attn, progress=self.progress
+        )
 
     def configure(self, model: Model) -> Adapter:
         """``model``'s adapter with these options' prompt settings."""
@@ -195,7 +198,7 @@ def run(
             manifest = rundir.open(
                 config,
                 {
-                    "model": model_fingerprint(options.model),
+                    "model": model_fingerprint(options.model, progress=options.progress),
                     "data": data_fingerprint(options.data, samples, options.seed),
                 },
             )

@@ -51,6 +51,7 @@ def load(
     device: str = "cpu",
     dtype: str | None = None,
     attn: str = "sdpa",
+    progress: bool = True,
 ) -> Model:
     """Load a checkpoint (local folder, hub id, or ``"demo"``, the embedded model).
 
@@ -58,7 +59,8 @@ def load(
     the checkpoint's own dtype on an accelerator); ``attn``: the attention implementation
     (``"sdpa"`` or ``"eager"``; knockout needs one of them, so a model loaded with another,
     such as ``"flex_attention"``, is switched to sdpa with a warning on its first probe).
-    The model family is found from the checkpoint's config.
+    The model family is found from the checkpoint's config. ``progress=False`` loads
+    without Hugging Face's progress bars (this load only; the global setting is restored).
 
     >>> import vlmflow
     >>> model = vlmflow.load("demo")
@@ -68,7 +70,7 @@ def load(
     from .models import load_model
 
     check_load_options(dtype=dtype, device=device, attn=attn)
-    return Model(load_model(spec, device=device, dtype=dtype, attn_implementation=attn))
+    return Model(load_model(spec, device=device, dtype=dtype, attn_implementation=attn, progress=progress))
 
 
 def check_num_frames(num_frames: Any) -> int:

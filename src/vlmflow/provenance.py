@@ -39,12 +39,14 @@ ANNOTATION_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".yaml", ".yml", ".txt
 MUST_MATCH = {"model": ("weights_sha256",), "data": ("annotations_sha256", "samples_sha256", "generator")}
 
 
-def model_fingerprint(spec: str) -> dict[str, Any]:
+def model_fingerprint(spec: str, *, progress: bool = True) -> dict[str, Any]:
     """``{"spec", "path", "weights_sha256", "weight_files", "hashed"}`` for a local model
-    folder, ``demo`` or ``tiny``; ``{"spec", "hub_id"}`` for anything else (a hub id)."""
-    from .models import resolve_spec
+    folder, ``demo`` or ``tiny``; ``{"spec", "hub_id"}`` for anything else (a hub id).
+    ``progress=False``: the demo's first-use build shows no progress bars."""
+    from .models import hf_progress, resolve_spec
 
-    path = Path(resolve_spec(spec))
+    with hf_progress(progress):
+        path = Path(resolve_spec(spec))
     if not path.is_dir():
         return {"spec": spec, "hub_id": spec}
     files = sorted(f for p in WEIGHT_PATTERNS for f in path.glob(p))

@@ -772,7 +772,7 @@ def _refuse_other_provenance(rundir: RunDir, options: Options, held: Sequence[Sa
     if not rundir.manifest_path.exists():
         return
     now = {
-        "model": model_fingerprint(options.model),
+        "model": model_fingerprint(options.model, progress=options.progress),
         "data": data_fingerprint(options.data, held, options.seed),
     }
     rundir.refuse_other_provenance(rundir.manifest().get("provenance", {}), now, NOTHING_SEARCHED)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +93,52 @@ def load_model(
     device: str = "cpu",
     dtype: str | None = None,
     attn_implementation: str = "sdpa",
+    progress: bool = True,
     **adapter_kwargs: Any,
 ) -> Adapter:
     """Load a checkpoint by local path, hub id, ``demo`` (the embedded SmolLM2 demo model)
-    or ``tiny`` (the embedded 8-layer test model)."""
+    or ``tiny`` (the embedded 8-layer test model). ``progress=False``: without the Hugging
+    Face progress bars (downloads, "Loading weights", the demo's first-use build), for
+    this load only."""
+    with hf_progress(progress):
+        return _load_model(spec, device, dtype, attn_implementation, adapter_kwargs)
+
+
+@contextmanager
+def hf_progress(enabled: bool) -> Iterator[None]:
+    """Within the block, Hugging Face's progress bars (transformers' and the hub's) are off
+    unless ``enabled``; after it they are as they were (a caller's own setting stands)."""
+    if enabled:
+        yield
+        return
+    import huggingface_hub.utils as hub
+    from transformers.utils import logging as hf_logging
+
+    was_on, hub_was_off = hf_logging.is_progress_bar_enabled(), hub.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()  # the hub's too
+    # transformers' GGUF reader (the demo's first-use build) uses tqdm directly
+    gguf: Any
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf
+    except ImportError:
+        gguf = None
+    bar = getattr(gguf, "tqdm", None)
+    if bar is not None:
+        gguf.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf.tqdm = bar
+        if was_on:
+            hf_logging.enable_progress_bar()
+        elif not hub_was_off:
+            hub.enable_progress_bars()
+
+
+def _load_model(
+    spec: str, device: str, dtype: str | None, attn_implementation: str, adapter_kwargs: dict[str, Any]
+) -> Adapter:
     from transformers import AutoConfig
 
     path = resolve_spec(spec)

@@ -60,6 +60,12 @@ class RunSummary:
         return text
 
     @property
+    def all_failed(self) -> bool:
+        """Whether the run has no sample done: every selected sample failed, in this
+        session or in an earlier one and kept so (``retry_failed=False``)."""
+        return bool(self.failed or self.kept_failed) and not self.done and not self.skipped
+
+    @property
     def rate(self) -> float:
         """Samples analysed (done or failed) per second of the sample loop."""
         n = self.done + len(self.failed)

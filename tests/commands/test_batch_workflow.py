@@ -32,3 +32,30 @@ def test_quiet_loads_the_model_without_progress_bars_and_restores_them(tmp_path,
     shown = result.output + capfd.readouterr().err
     assert "Loading weights" not in shown and "it/s" not in shown, shown
     assert hf_logging.is_progress_bar_enabled()
+
+
+def test_no_retry_failed_on_a_run_whose_every_sample_failed_exits_1_and_says_how_to_retry(
+    tmp_path: Path,
+) -> None:
+    """Every sample's video is missing: the fresh run exits 1; resuming it with
+    ``--no-retry-failed`` computes nothing either, and exits 1 too instead of 0."""
+    import json
+
+    qa = tmp_path / "qa.jsonl"
+    items = [
+        {"id": f"q{i}", "video": f"missing{i}.mp4", "question": "Which way?", "options": ["left", "right"],
+         "answer": 0, "task": "dir"}
+        for i in range(2)
+    ]  # fmt: skip
+    qa.write_text("".join(json.dumps(x) + "\n" for x in items))
+    out = tmp_path / "run"
+    args = ["eval", "--model", "tiny", "--data", f"jsonl:{qa}", "--out", str(out), "--quiet"]
+
+    fresh = runner.invoke(app, args)
+    assert fresh.exit_code == 1, fresh.output
+    assert "all 2 samples failed" in fresh.output
+
+    kept = runner.invoke(app, [*args, "--no-retry-failed"])
+    assert kept.exit_code == 1, kept.output
+    assert "2 failed before, kept (--no-retry-failed)" in kept.output
+    assert "all 2 samples failed" in kept.output and "rerun without --no-retry-failed" in kept.output

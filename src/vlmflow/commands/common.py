@@ -287,7 +287,8 @@ def fail(exc: VlmflowError) -> None:
 
 def print_result(result: Any, lines: list[str] = ()) -> None:  # type: ignore[assignment]
     """The run's counts and folder, accuracy per task, the report's path, then ``lines``.
-    A run whose every sample failed exits with status 1; some failures give a warning.
+    A run with no sample done (every one failed, now or kept from before under
+    ``--no-retry-failed``) exits with status 1; some failures give a warning.
     Under torchrun only rank 0 prints (every rank's ``summary`` is the whole group's)."""
     if getattr(result, "rank", 0) != 0:
         return
@@ -303,10 +304,20 @@ def print_result(result: Any, lines: list[str] = ()) -> None:  # type: ignore[as
         typer.echo(f"report: {result.report['report']}")
     for line in lines:
         typer.echo(line)
-    if s.failed and not s.done and not s.skipped:
+    if s.all_failed and not s.kept_failed:
         typer.secho(
             f"error: all {len(s.failed)} samples failed (first: {next(iter(s.failed.values()))}); "
             f"see {result.out} and rerun with --debug -v for tracebacks",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(1)
+    if s.all_failed:  # their failures kept from before (--no-retry-failed): nothing computed
+        now = f" and {len(s.failed)} failed in this session" if s.failed else ""
+        typer.secho(
+            f"error: all {s.kept_failed + len(s.failed)} samples failed: {s.kept_failed} failed before "
+            f"and were kept (--no-retry-failed){now}; no sample has results. Their errors are in "
+            f"{result.out}'s records; rerun without --no-retry-failed to try them again",
             fg=typer.colors.RED,
             err=True,
         )

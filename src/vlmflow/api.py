@@ -46,6 +46,9 @@ class Options:
     ``max_batch_tokens`` bounds the positions the engine recomputes in one batch of plans
     (default: one input's length); lower it when a run stops out of memory. Results do not
     depend on it, so it is no part of the configuration either.
+    ``paper``: these options came from ``--paper``'s preset (:mod:`vlmflow.paper`); recorded
+    in the manifest's session as provenance, no part of the configuration, so a folder
+    started with ``--paper`` resumes with the same options given explicitly, and back.
     """
 
     model: str
@@ -63,6 +66,7 @@ class Options:
     progress: bool = True
     retry_failed: bool = True
     max_batch_tokens: int | None = None
+    paper: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -250,7 +254,8 @@ def run(
             info = {"id": adapter.model_id, "revision": revision, "class": type(adapter.model).__name__}
             extra = {"num_samples": len(samples), "model": info, "frame_policy": adapter.frame_policy}
             try:
-                rundir.close(summary, {**extra, **(extra_manifest or {})}, ranks=ranks)
+                session = {"paper": True} if options.paper else {}
+                rundir.close(summary, {**extra, **(extra_manifest or {})}, ranks=ranks, session=session)
                 report.update(finalize(rundir, lock=lock))
             except OSError as exc:  # a disk that fills while the report is written
                 if not is_environment_error(exc):

@@ -304,10 +304,12 @@ class RunDir:
         extra: dict[str, Any] | None = None,
         *,
         ranks: Sequence[RunSummary] = (),
+        session: dict[str, Any] | None = None,
     ) -> None:
         """Record the end of a session: the run's sample counts read from the store (all
         shards and sessions), this session's counts (``summary``, the group's total) and
-        each rank's (``ranks``), and ``extra`` keys."""
+        each rank's (``ranks``), ``extra`` keys, and ``session`` keys in this session's
+        entry (provenance such as ``paper``)."""
         manifest = self.manifest()
         manifest["finished_at"] = now()
         manifest.update(extra or {})
@@ -330,6 +332,7 @@ class RunDir:
                 }
                 for r in ranks
             ],
+            **(session or {}),
         }
         manifest["sessions"] = manifest.get("sessions", []) + [session]
         manifest["samples"] = self.sample_counts(_total(manifest))
@@ -402,7 +405,9 @@ class RunDir:
 
     def refuse_other_config(self, old: dict[str, Any], new: dict[str, Any], hint: str = "") -> None:
         """A :class:`RunError` naming the keys in which this folder's configuration ``old``
-        differs from ``new`` (both canonical, see :func:`canonical_config`); ``hint`` ends it."""
+        differs from ``new`` (both canonical, see :func:`canonical_config`); ``hint`` ends it.
+        Informational keys (:data:`INFORMATIONAL`) are no part of the comparison."""
+        old, new = identity_config(old), identity_config(new)
         if old != new:
             diff = sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k))
             raise RunError(
@@ -462,6 +467,17 @@ class RunDir:
 
 #: the manifest keys ``records/run.json`` keeps a copy of: what the records were computed with
 IDENTITY = ("config", "provenance", "computed_in", "num_samples")
+
+
+#: configuration keys that say how the options were chosen, not what was computed: ``paper``
+#: (``--paper``'s preset; stored in the configuration by folders before 2026-12-03, and in
+#: each session's entry since) never makes two identical configurations differ
+INFORMATIONAL = ("paper",)
+
+
+def identity_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without its :data:`INFORMATIONAL` keys: what a resume must match."""
+    return {k: v for k, v in config.items() if k not in INFORMATIONAL}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -598,7 +598,8 @@ def test_paper_switches_every_command(monkeypatch, command, extra, paper, defaul
         assert options.seed == (42 if flags else 0)  # the paper's --test_ratio subsample
         for key, value in want.items():
             assert getattr(analyses[0], key) == value, (command, flags, key)
-    assert calls[-1][0].manifest()["paper"] is True
+    # --paper is recorded (in the session, as provenance), not part of the configuration
+    assert calls[-1][0].paper is True and "paper" not in calls[-1][0].manifest()
 
 
 def test_paper_leaves_explicit_options_alone(monkeypatch) -> None:

@@ -59,3 +59,33 @@ def test_no_retry_failed_on_a_run_whose_every_sample_failed_exits_1_and_says_how
     assert kept.exit_code == 1, kept.output
     assert "2 failed before, kept (--no-retry-failed)" in kept.output
     assert "all 2 samples failed" in kept.output and "rerun without --no-retry-failed" in kept.output
+
+
+def test_paper_is_provenance_not_configuration_so_the_same_options_resume(tmp_path: Path) -> None:
+    """``--paper`` on eval sets ``--correctness text --seed 42``: a folder started either way
+    resumes the other way (nothing recomputed), and the session says it used --paper."""
+    import json
+
+    explicit = ("--correctness", "text", "--seed", "42", "--quiet")
+    for first, then in ((("--paper", "--quiet"), explicit), (explicit, ("--paper", "--quiet"))):
+        out = tmp_path / f"run{len(first)}"
+        started = runner.invoke(app, eval_args(out, *first))
+        assert started.exit_code == 0, started.output
+        resumed = runner.invoke(app, eval_args(out, *then))
+        assert resumed.exit_code == 0, resumed.output
+        assert "done: 0 samples, 0 failed, 1 already done" in resumed.output
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert "paper" not in manifest["config"]
+        assert [s.get("paper", False) for s in manifest["sessions"]] == ["--paper" in first, "--paper" in then]
+
+    # a folder written before: "paper": true in its configuration; it resumes either way
+    out = tmp_path / "run5"
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["config"]["paper"] = True
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    for flags in (explicit, ("--paper", "--quiet")):
+        resumed = runner.invoke(app, eval_args(out, *flags))
+        assert resumed.exit_code == 0, resumed.output
+        assert "1 already done" in resumed.output
+    different = runner.invoke(app, eval_args(out, "--quiet"))  # another seed and rule: refused
+    assert different.exit_code == 2 and "differs in: correctness, seed" in different.output

@@ -144,7 +144,8 @@ SHARED = [
     _shared("quiet", Quiet, False),
 ]
 
-# Set by the ``--paper`` wrapper around a command for the run it starts (stored in the manifest).
+# Set by the ``--paper`` wrapper around a command for the run it starts (``Options.paper``:
+# recorded in the manifest's session, no part of the configuration).
 _PAPER: ContextVar[bool] = ContextVar("vlmflow_paper", default=False)
 # The options ``--paper`` set (not given on the command line): name -> value.
 _PRESET: ContextVar[dict[str, Any]] = ContextVar("vlmflow_paper_preset", default={})  # noqa: B039
@@ -179,7 +180,7 @@ def run_command(fn: Callable[..., Any]) -> Callable[..., None]:
                 progress=not shared["quiet"],
                 retry_failed=shared["retry_failed"],
                 max_batch_tokens=shared["max_batch_tokens"],
-                extra={"paper": True} if _PAPER.get() else {},
+                paper=_PAPER.get(),
             )
             fn(options=options, out=shared["out"], **values)
         except VlmflowError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from vlmflow.cli import app
@@ -76,7 +77,10 @@ def test_paper_is_provenance_not_configuration_so_the_same_options_resume(tmp_pa
         assert "done: 0 samples, 0 failed, 1 already done" in resumed.output
         manifest = json.loads((out / "manifest.json").read_text())
         assert "paper" not in manifest["config"]
-        assert [s.get("paper", False) for s in manifest["sessions"]] == ["--paper" in first, "--paper" in then]
+        assert [s.get("paper", False) for s in manifest["sessions"]] == [
+            "--paper" in first,
+            "--paper" in then,
+        ]
 
     # a folder written before: "paper": true in its configuration; it resumes either way
     out = tmp_path / "run5"
@@ -89,3 +93,26 @@ def test_paper_is_provenance_not_configuration_so_the_same_options_resume(tmp_pa
         assert "1 already done" in resumed.output
     different = runner.invoke(app, eval_args(out, "--quiet"))  # another seed and rule: refused
     assert different.exit_code == 2 and "differs in: correctness, seed" in different.output
+
+
+def test_samples_beyond_a_tasks_count_says_how_many_the_task_has(tmp_path: Path) -> None:
+    """``--samples 5`` on a task of 2 runs its 2, with a one-line warning saying so."""
+    import warnings
+
+    from vlmflow.data import load_dataset
+
+    with pytest.warns(
+        UserWarning, match=r"5 samples per task asked .* task 'object_count' has 2; all of its"
+    ):
+        assert len(load_dataset("synthetic:2:fixed", tasks=["object_count"], samples=5)) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as many as asked, or fewer: no warning
+        load_dataset("synthetic:2:fixed", tasks=["object_count"], samples=2)
+
+    with pytest.warns(UserWarning, match="task 'object_count' has 2") as caught:
+        result = runner.invoke(
+            app, eval_args(tmp_path / "run", "--samples", "5", "--quiet", data="synthetic:2:fixed")
+        )
+    assert result.exit_code == 0, result.output
+    assert "done: 2 samples" in result.output
+    assert all("\n" not in str(w.message) for w in caught)

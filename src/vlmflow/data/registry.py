@@ -9,6 +9,7 @@ subsampling happen here, once, the same way for every dataset.
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Callable, Collection, Iterable
 
 from ..errors import DataError
@@ -49,7 +50,8 @@ def load_dataset(
     a published list, such as ``jsonl``, of the task names on disk). An id whose task is
     missing from the copy on disk raises :class:`DataError` naming that task. ``samples``
     (>= 1) keeps at most that many per task, drawn with ``random.Random(seed).sample`` and
-    returned in their original order. An unknown
+    returned in their original order; a task with fewer keeps all of them, with a one-line
+    ``UserWarning`` saying how many it has. An unknown
     dataset raises ``VlmflowError``; an unknown task or an empty selection raises
     :class:`DataError`.
     """
@@ -79,6 +81,16 @@ def load_dataset(
     numbered = sorted(set(published)) + sorted(extra)
     keep = list(by_task) if tasks is None else _resolve_tasks(spec, tasks, by_task, numbered)
     chosen: set[int] = set()
+    counts = {task: len(by_task.get(task, [])) for task in keep}
+    short = {task: n for task, n in counts.items() if samples is not None and 0 < n < samples}
+    if short:  # fewer than asked: said once, in one line, instead of silently
+        have = ", ".join(f"task {task!r} has {n}" for task, n in short.items())
+        warnings.warn(
+            f"dataset {spec!r}: {samples} samples per task asked (--samples, Options.samples), but "
+            f"{have}; all of {'its' if len(short) == 1 else 'their'} samples are used",
+            UserWarning,
+            stacklevel=2,
+        )
     for task in keep:
         group = by_task.get(task, [])
         if samples is not None and samples < len(group):

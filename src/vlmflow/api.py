@@ -251,7 +251,12 @@ def run(
 
         def finish() -> None:  # rank 0: the manifest and the report
             revision = getattr(getattr(adapter.model, "config", None), "_commit_hash", None)
-            info = {"id": adapter.model_id, "revision": revision, "class": type(adapter.model).__name__}
+            info = {
+                "id": adapter.model_id,  # as the user named it; the folder it resolved to:
+                "path": str(getattr(adapter, "model_path", adapter.model_id)),
+                "revision": revision,
+                "class": type(adapter.model).__name__,
+            }
             extra = {"num_samples": len(samples), "model": info, "frame_policy": adapter.frame_policy}
             try:
                 session = {"paper": True} if options.paper else {}

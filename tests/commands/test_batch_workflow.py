@@ -116,3 +116,21 @@ def test_samples_beyond_a_tasks_count_says_how_many_the_task_has(tmp_path: Path)
     assert result.exit_code == 0, result.output
     assert "done: 2 samples" in result.output
     assert all("\n" not in str(w.message) for w in caught)
+
+
+def test_records_name_the_model_as_the_user_did_and_the_manifest_keeps_its_folder(tmp_path: Path) -> None:
+    """``--model tiny`` (an embedded model): the records' ``model`` is "tiny", not the
+    install folder, so runs on two machines compare; the manifest keeps the folder."""
+    import json
+
+    from vlmflow.models import TINY_MODEL_DIR
+    from vlmflow.rundir import RunDir
+
+    out = tmp_path / "run"
+    result = runner.invoke(app, eval_args(out, "--quiet"))
+    assert result.exit_code == 0, result.output
+    assert set(RunDir(out).records()["model"]) == {"tiny"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["id"] == "tiny"
+    assert manifest["model"]["path"] == manifest["provenance"]["model"]["path"] == str(TINY_MODEL_DIR)
+

@@ -97,7 +97,8 @@ def load_model(
     **adapter_kwargs: Any,
 ) -> Adapter:
     """Load a checkpoint by local path, hub id, ``demo`` (the embedded SmolLM2 demo model)
-    or ``tiny`` (the embedded 8-layer test model). ``progress=False``: without the Hugging
+    or ``tiny`` (the embedded 8-layer test model). Its ``model_id`` is ``spec`` as given
+    (what records name), its ``model_path`` the folder it resolved to. ``progress=False``: without the Hugging
     Face progress bars (downloads, "Loading weights", the demo's first-use build), for
     this load only."""
     with hf_progress(progress):
@@ -151,13 +152,17 @@ def _load_model(
             raise UnsupportedModelError(f"cannot read a model config from {spec!r}: {one_line(exc)}") from exc
         cls = adapter_for(config.model_type)
     try:
-        return cls.load(
+        adapter = cls.load(
             path, device=device, dtype=dtype, attn_implementation=attn_implementation, **adapter_kwargs
         )
     except VlmflowError:
         raise
     except (OSError, RuntimeError, ValueError, ImportError, KeyError, TypeError) as exc:
         raise load_error(spec, cls.__name__, exc) from exc
+    # records name the model as the user did ("demo", a hub id, the folder as given), the
+    # same on every machine; the resolved folder (an install or cache path) is provenance
+    adapter.model_id, adapter.model_path = str(spec), path
+    return adapter
 
 
 def _known(raw: dict[str, Any]) -> bool:

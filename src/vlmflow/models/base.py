@@ -121,7 +121,8 @@ class Adapter:
             raise PromptError(f"unknown prompt style {prompt_style!r}; choose from {PROMPT_STYLES}")
         self.model = model.eval()
         self.processor = processor
-        self.model_id = model_id
+        self.model_id = model_id  # what the user named (records' ``model``; see load_model)
+        self.model_path = model_id  # the folder or hub id it was loaded from (provenance)
         self.prompt_style = prompt_style
         self.num_frames = num_frames
         self.num_frames_chosen = False  # set by a user (Model.configured), not a default

@@ -43,9 +43,11 @@ class Options:
     prepare each input; ``extra`` is stored in the manifest's configuration too.
     ``retry_failed``: a resumed run tries the samples that failed before again (the default;
     it is no part of the configuration, so either way resumes the same folder).
-    ``max_batch_tokens`` bounds the positions the engine recomputes in one batch of plans
-    (default: one input's length); lower it when a run stops out of memory. Results do not
-    depend on it, so it is no part of the configuration either.
+    ``max_batch_tokens`` bounds the positions the engine recomputes in one pass of packed
+    knockout plans (default: the input's length, at least 64); lower it when a run stops
+    out of memory. Each plan gets at least a pass of its own, so a value below the
+    positions one plan recomputes saves no more. Results do not depend on it, so it is no
+    part of the configuration either.
     ``paper``: these options came from ``--paper``'s preset (:mod:`vlmflow.paper`); recorded
     in the manifest's session as provenance, no part of the configuration, so a folder
     started with ``--paper`` resumes with the same options given explicitly, and back.

@@ -188,8 +188,9 @@ class Engine:
 
     ``inputs`` are the keyword arguments of ``lm.forward`` for one input (batch 1) of
     ``layout.length`` tokens. ``max_batch_tokens`` bounds how many recomputed positions
-    are packed into one pass (default: the input length, so activation memory stays that
-    of one baseline forward).
+    are packed into one pass (default: the input length, at least 64, so activation memory
+    stays about that of one baseline forward); a plan recomputing more than that still
+    gets a pass of its own.
     """
 
     def __init__(

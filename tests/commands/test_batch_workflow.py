@@ -134,3 +134,32 @@ def test_records_name_the_model_as_the_user_did_and_the_manifest_keeps_its_folde
     assert manifest["model"]["id"] == "tiny"
     assert manifest["model"]["path"] == manifest["provenance"]["model"]["path"] == str(TINY_MODEL_DIR)
 
+
+def test_max_batch_tokens_help_says_what_the_engine_does(tiny_llava, sample, monkeypatch) -> None:
+    """The help's default (the input's length, at least 64) and its floor (one plan a pass,
+    however low the bound) are what the engine does."""
+    import re
+
+    from tests.test_engine import engine_for
+    from vlmflow.analyses.targets import sweep, target_curves
+    from vlmflow.engine import Engine
+
+    engine, prepared = engine_for(tiny_llava, sample)
+    assert engine.max_batch_tokens == max(prepared.layout.length, 64)
+    low, _ = engine_for(tiny_llava, sample, max_batch_tokens=1)
+    plans = [
+        p.plan
+        for _t, name, e in target_curves(["vql-to-ql"], prepared.layout)
+        for p in sweep([(name, e)], low.lm.num_layers, window=1)
+    ][:3]
+    packs: list[int] = []
+    run_pack = Engine._run_pack
+    monkeypatch.setattr(
+        Engine, "_run_pack", lambda self, ps, q0: packs.append(len(ps)) or run_pack(self, ps, q0)
+    )
+    low.evaluate(plans)
+    assert packs == [1, 1, 1]  # below one plan's positions: each plan its own pass, no less
+
+    text = " ".join(re.sub(r"[│|]", " ", runner.invoke(app, ["eval", "--help"]).output).split())
+    assert "the input's length, at least 64" in text
+    assert "each plan still gets a pass of its own" in text

@@ -135,8 +135,10 @@ SHARED = [
             int | None,
             typer.Option(
                 "--max-batch-tokens",
-                help="most positions the engine recomputes in one batch of plans (default: one "
-                "input's length); lower it if a run stops out of memory (results do not change)",
+                help="positions the engine recomputes in one pass of packed knockout plans "
+                "(default: the input's length, at least 64: the memory of one forward pass); lower "
+                "it if a run stops out of memory; each plan still gets a pass of its own, so below "
+                "one plan's recomputed positions it saves no more (results do not change)",
             ),
         ],
         None,

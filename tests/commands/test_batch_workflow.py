@@ -27,6 +27,14 @@ def test_quiet_loads_the_model_without_progress_bars_and_restores_them(tmp_path,
     vlmflow.load("tiny", progress=False)
     assert "Loading weights" not in capfd.readouterr().err
     assert hf_logging.is_progress_bar_enabled()  # only that load was quiet
+    import huggingface_hub.utils as hub
+
+    hub.disable_progress_bars()  # a user's own hub setting stands too
+    try:
+        vlmflow.load("tiny", progress=False)
+        assert hf_logging.is_progress_bar_enabled() and hub.are_progress_bars_disabled()
+    finally:
+        hub.enable_progress_bars()
 
     result = runner.invoke(app, eval_args(tmp_path / "run", "--quiet"))
     assert result.exit_code == 0, result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -131,10 +132,14 @@ def hf_progress(enabled: bool) -> Iterator[None]:
     finally:
         if bar is not None:
             gguf.tqdm = bar
-        if was_on:
-            hf_logging.enable_progress_bar()
-        elif not hub_was_off:
-            hub.enable_progress_bars()
+        with warnings.catch_warnings():  # the hub's "cannot enable" under HF_HUB_DISABLE_PROGRESS_BARS
+            warnings.simplefilter("ignore")
+            if was_on:
+                hf_logging.enable_progress_bar()  # the hub's too: put back below
+            if hub_was_off:
+                hub.disable_progress_bars()
+            elif not was_on:
+                hub.enable_progress_bars()
 
 
 def _load_model(

@@ -440,3 +440,18 @@ def test_flow_screen_under_warnings_as_errors_keeps_the_samples_result(tmp_path,
     screen = rows[rows["analysis"] == "flow-screen"]
     assert screen["error"].isna().all(), screen["error"].dropna().tolist()
     assert screen[screen["kind"] == "screen"]["underestimated"].tolist() == [2]
+
+
+def test_a_screen_of_nothing_names_the_python_option() -> None:
+    """``probe.screen(target=[])`` said 'give a target or a --cut', a CLI flag the Python
+    call has no way to pass; it names ``custom=`` too."""
+    import pytest
+
+    import vlmflow
+    from vlmflow.errors import PlanError
+
+    probe = vlmflow.load("tiny").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
+    said = r"nothing to sweep: give a target or a custom 'SRC->DST' curve \(custom="
+    for call in (probe.screen, probe.sweep):
+        with pytest.raises(PlanError, match=said):
+            call([])

@@ -455,3 +455,15 @@ def test_a_screen_of_nothing_names_the_python_option() -> None:
     for call in (probe.screen, probe.sweep):
         with pytest.raises(PlanError, match=said):
             call([])
+
+
+def test_an_estimate_of_zero_is_underestimated_not_contradicted() -> None:
+    """A verified plan estimated at exactly 0 (the gradient vanished) and -99% exactly was
+    counted as contradicted, 'other sign', though 0 has none; it is underestimated only."""
+    from vlmflow.screen import Screen
+
+    screen = Screen([_screened(0, 0.0, -5.0, "top"), _screened(1, 1e-3, -5.0, "top")], None, 2, "drop")
+    summary = screen.summary()
+    assert summary["underestimated"] == 2 and summary["contradicted"] == 1
+    (said,) = screen.warnings()
+    assert "1 of them contradict their estimates (other sign)" in said

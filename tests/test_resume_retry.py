@@ -271,3 +271,30 @@ def test_an_analysis_that_fails_fails_its_own_unit_and_keeps_the_others(
         u: a for u, a in attempts.items() if u[1] != "flow"
     }
     assert now[(bad, "flow")] != attempts[(bad, "flow")]
+
+
+def test_a_warning_made_an_error_fails_no_sample_of_a_run(tiny_llava, tmp_path, monkeypatch) -> None:
+    """``python -W error``: a video with fewer frames than the run decodes warns that frames
+    repeat while the sample is prepared, and that warning, raised as an exception, failed
+    the whole sample (every unit stored as 'UserWarning: video ... repeats frames'). Now
+    the sample is analysed and stored and the warning said after it."""
+    import dataclasses
+    import warnings
+
+    import numpy as np
+
+    from tests.fixtures.tiny import make_sample
+    from vlmflow.data import write_video
+    from vlmflow.run import run_samples
+
+    clip = write_video(tmp_path / "short.mp4", np.zeros((2, 32, 32, 3), np.uint8), fps=2)
+    short = dataclasses.replace(make_sample(sid="short"), frames=None, video=str(clip))
+    said: list[str] = []
+    monkeypatch.setattr(warnings, "showwarning", lambda message, *a, **k: said.append(str(message)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        summary = run_samples(tiny_llava, [short], [], tmp_path / "run", progress=False)
+    assert summary.failed == {} and summary.done == 1
+    records = RunDir(tmp_path / "run").records()
+    assert records["error"].isna().all() and records["num_frames"].tolist() == [tiny_llava.num_frames]
+    assert [m for m in said if "repeats frames" in m], said

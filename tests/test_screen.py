@@ -416,3 +416,54 @@ def test_flow_screen_warns_once_a_run_not_once_a_sample(tmp_path) -> None:
     assert len(screens) == 2 and (screens["underestimated"] > 0).all()
     ours = [w for w in said if "verified plans have an exact effect" in str(w.message)]
     assert len(ours) == 1 and "first such sample only" in str(ours[0].message)
+
+
+def test_flow_screen_under_warnings_as_errors_keeps_the_samples_result(tmp_path, monkeypatch) -> None:
+    """``python -W error flow --screen``: the screen's warning that its estimates are far too
+    small was raised inside the sample's flow-screen unit, so the unit was stored as failed
+    ('UserWarning: sample ...') and its computed records lost. Now it is said after the
+    sample's units are stored (printed, as a filter making it an error asks to stop nothing)."""
+    import warnings
+
+    out = tmp_path / "run"
+    args = ["flow", "--model", "tiny", "--data", "synthetic:1:fixed", "--task", "action_antonym"]
+    args += ["--window", "3", "--sample-mode", "all", "-t", "cross-frame", "--screen", "2"]
+    args += ["--screen-control", "0", "--out", str(out), "--quiet"]
+    said: list[str] = []
+    monkeypatch.setattr(warnings, "showwarning", lambda message, *a, **k: said.append(str(message)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert [m for m in said if "2 of 2 verified plans have an exact effect over 10x" in m]
+    rows = read_records(out)
+    screen = rows[rows["analysis"] == "flow-screen"]
+    assert screen["error"].isna().all(), screen["error"].dropna().tolist()
+    assert screen[screen["kind"] == "screen"]["underestimated"].tolist() == [2]
+
+
+def test_a_screen_of_nothing_names_the_python_option() -> None:
+    """``probe.screen(target=[])`` said 'give a target or a --cut', a CLI flag the Python
+    call has no way to pass; it names ``custom=`` too."""
+    import pytest
+
+    import vlmflow
+    from vlmflow.errors import PlanError
+
+    probe = vlmflow.load("tiny").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
+    said = r"nothing to sweep: give a target or a custom 'SRC->DST' curve \(custom="
+    for call in (probe.screen, probe.sweep):
+        with pytest.raises(PlanError, match=said):
+            call([])
+
+
+def test_an_estimate_of_zero_is_underestimated_not_contradicted() -> None:
+    """A verified plan estimated at exactly 0 (the gradient vanished) and -99% exactly was
+    counted as contradicted, 'other sign', though 0 has none; it is underestimated only."""
+    from vlmflow.screen import Screen
+
+    screen = Screen([_screened(0, 0.0, -5.0, "top"), _screened(1, 1e-3, -5.0, "top")], None, 2, "drop")
+    summary = screen.summary()
+    assert summary["underestimated"] == 2 and summary["contradicted"] == 1
+    (said,) = screen.warnings()
+    assert "1 of them contradict their estimates (other sign)" in said

@@ -3,7 +3,9 @@
 The run folder is a :class:`~vlmflow.rundir.RunDir`. A sample that fails is recorded with
 its error and the run goes on; a resumed run retries it (its new attempt supersedes the
 failure, see :mod:`vlmflow.store`). Running out of memory is no sample's fault: it stops
-the run like a full disk, keeping what finished. With several processes each rank runs
+the run like a full disk, keeping what finished. A warning raised while a sample is analysed
+is said once its units are stored, and a warning filter that makes it an error (``python -W
+error``) fails no sample (see :class:`_Warnings`). With several processes each rank runs
 :func:`run_samples` on its share of the samples into its own record shard, and rank 0
 alone opens and closes the run (see :mod:`vlmflow.distributed`).
 """
@@ -14,7 +16,9 @@ import logging
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,7 +119,12 @@ def run_samples(
     :class:`~vlmflow.errors.RunStopped`. Either way every unit written before is complete
     and kept, and nothing half-done is marked.
     ``correctness``: what counts as a correct answer (``ids`` or the paper's ``text``, see
-    :data:`vlmflow.analyses.base.CORRECTNESS`)."""
+    :data:`vlmflow.analyses.base.CORRECTNESS`).
+
+    Warnings raised while a sample is analysed (frames that repeat, estimates the screen
+    found unreliable) are said after its units are stored, each once a run; one a warning
+    filter makes an error (``python -W error``) is printed, not raised: it fails no sample
+    and stops no run."""
     from tqdm.auto import tqdm
 
     from .analyses.base import CORRECTNESS, check_layers
@@ -125,6 +134,7 @@ def run_samples(
     check_layers(analyses, adapter.num_layers, adapter.model_id)
 
     summary = RunSummary(rank=rank)
+    said = _Warnings()
     if any(a.needs_knockout for a in analyses):
         adapter.ensure_maskable()
     run = run if isinstance(run, RunDir) else RunDir(run)
@@ -167,6 +177,7 @@ def run_samples(
                     max_batch_tokens,
                     correctness,
                     failed,
+                    said,
                 )
         finally:
             bar.close()
@@ -182,6 +193,43 @@ def run_samples(
     return summary
 
 
+class _Warnings:
+    """The warnings of a run's units, said outside them.
+
+    A unit's warnings are recorded while it runs (:meth:`recording`, every filter set to
+    record) and said with the run's own filters once its records are stored (:meth:`say`),
+    identical ones once a run. A filter that turns one into an exception (``-W error``)
+    would have failed the unit and lost its computed records, or stopped the run before
+    its report: such a warning is printed (``warnings.showwarning``) instead of raised."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, type, str, int]] = set()
+
+    @contextmanager
+    def recording(self) -> Iterator[list[warnings.WarningMessage]]:
+        """A context that records (neither says nor raises) the warnings raised in it."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield caught
+
+    def say(self, caught: Sequence[warnings.WarningMessage]) -> None:
+        """Say ``caught`` with the filters in force outside the unit, each once a run
+        (entering a unit resets Python's own once-only bookkeeping)."""
+        for w in caught:
+            key = (str(w.message), w.category, w.filename, w.lineno)
+            if key in self.seen:
+                continue
+            self.seen.add(key)
+            # the module its filters match (``-W ignore::UserWarning:vlmflow.data.video``)
+            module = next(
+                (n for n, m in list(sys.modules.items()) if getattr(m, "__file__", None) == w.filename), None
+            )
+            try:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, module)
+            except Warning:  # a filter made it an error: say it, fail nothing
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
 def _one_sample(
     adapter,
     sample,
@@ -194,6 +242,7 @@ def _one_sample(
     max_batch_tokens,
     correctness="ids",
     failed=None,
+    said: _Warnings | None = None,
 ) -> None:
     """Analyse one sample and write its units (a failure becomes a unit with its error).
 
@@ -201,7 +250,23 @@ def _one_sample(
     and so does one that cannot be prepared or answered: every unit gets the error. An
     analysis that fails on a prepared sample fails its own unit only; the units computed
     beside it (the answer, the other analyses) are kept. ``failed`` maps the units being
-    retried to their failed attempt, which each new write supersedes."""
+    retried to their failed attempt, which each new write supersedes. The warnings raised
+    while the sample is analysed are recorded and said (``said``) once its units are stored:
+    a filter that makes a warning an error cannot fail a unit computed beside it."""
+    said = said or _Warnings()
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with said.recording() as caught:
+            work = (sample, analyses, store, names, done, summary, bar, max_batch_tokens, correctness, failed)
+            _analyse(adapter, *work)
+    finally:
+        said.say(caught)
+
+
+def _analyse(
+    adapter, sample, analyses, store, names, done, summary, bar, max_batch_tokens, correctness, failed
+) -> None:
+    """:func:`_one_sample`'s work, its warnings recorded by the caller."""
     failed = failed or {}
     todo = [n for n in names if (sample.id, n) not in done]
     rows_by_unit: dict[str, list[dict[str, Any]]] = {}

@@ -150,8 +150,10 @@ class Screen:
 
     def contradicted(self) -> list[ScreenedPlan]:
         """The ``underestimated`` plans whose exact change has the other sign than their
-        estimate: the estimate says the opposite of what the knockout does."""
-        return [p for p in self.underestimated() if np.sign(p.exact) != np.sign(p.estimate)]
+        estimate: the estimate says the opposite of what the knockout does. An estimate of
+        exactly 0 (a gradient that vanished, or underflowed in half precision) has no sign to
+        contradict: it is only underestimated."""
+        return [p for p in self.underestimated() if np.sign(p.exact) * np.sign(p.estimate) < 0]
 
     def warnings(self, where: str = "") -> list[str]:
         """One line per way the verified plans contradict the estimates (empty when they do

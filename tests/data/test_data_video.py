@@ -329,3 +329,33 @@ def test_asking_for_more_frames_than_a_video_has_says_frames_repeat(tmp_path) ->
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             assert load_frames(path, 4, cache=False).shape[0] == 4
+
+
+def test_frames_served_from_the_cache_say_they_repeat_too(tmp_path, monkeypatch) -> None:
+    """The second load of a short clip comes from the frame cache; it used to skip the
+    decode and with it the repeated-frames warning, so a second run said nothing. The
+    cache keeps the distinct count beside the frames, and a hit says the same; a cache
+    entry from before (frames only) is decoded again, to say it."""
+    import warnings
+
+    clip = tmp_path / "clip.mp4"
+    write_video(clip, flat_frames(6), fps=4)
+    said = r"has 6 frames .*num_frames=10 repeats frames.*num_frames <= [56]"
+    with pytest.warns(UserWarning, match=said):
+        first = load_frames(clip, 10)
+    calls = []
+    real = video_mod.read_video
+    monkeypatch.setattr(video_mod, "read_video", lambda *a, **k: calls.append(a) or real(*a, **k))
+    with pytest.warns(UserWarning, match=said):
+        np.testing.assert_array_equal(load_frames(clip, 10), first)
+    assert calls == [], "the second load should be served from the cache"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_frames(clip, 4)  # every frame distinct: nothing to say, from the decode or the cache
+        load_frames(clip, 4)
+    assert len(calls) == 1, "num_frames=4: decoded once, then from the cache"
+    for counts in video_mod.cache_dir().glob("*.json"):
+        counts.unlink()  # a cache written before the counts were kept
+    with pytest.warns(UserWarning, match=said):
+        np.testing.assert_array_equal(load_frames(clip, 10), first)
+    assert len(calls) == 2

@@ -411,7 +411,8 @@ def test_a_task_without_an_accuracy_shows_n_a_in_the_report_and_the_terminal(tmp
 def test_an_analysis_that_kept_no_sample_has_a_section_saying_why(tmp_path: Path) -> None:
     """`vlmflow attention --sample-mode wrong` on a model that answered everything right
     listed 'attention' in the overview but gave it no section at all. Every analysis type
-    the run asked for now has its section, saying 0 samples matched and why."""
+    the run asked for now has its section, saying 0 samples matched and why, under the
+    title it has with samples (flow-screen's was its bare name)."""
     from vlmflow.analyses.base import ordered
 
     run = tmp_path / "run"
@@ -430,6 +431,10 @@ def test_an_analysis_that_kept_no_sample_has_a_section_saying_why(tmp_path: Path
     assert set(sections) == set(names)
     for name in names:
         assert sections[name].notes.startswith("0 samples matched"), name
+    # the title the section has with samples, not the bare analysis name ('flow-screen');
+    # open-ended's first-token records have the generic view, titled by the name
+    assert [name for name in names if sections[name].title == name] == ["open-ended"]
+    assert sections["flow-screen"].title == "Screened knockout (attribution estimates, top K verified)"
     said = sections["attention"].notes
     assert sections["attention"].title == "Attention to the video"
     assert "sample_mode 'wrong'" in said and "0 of the 3 evaluated" in said

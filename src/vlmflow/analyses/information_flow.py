@@ -164,7 +164,7 @@ def check_sweep(
     if layers is not None and not layers:
         raise PlanError("the sweep layers are empty; give at least one layer (or none for all)")
     if not targets and not custom:
-        raise PlanError("nothing to sweep: give a target or a --cut")
+        raise PlanError("nothing to sweep: give a target or a custom 'SRC->DST' curve (custom=..., --cut)")
 
 
 def sweep_rows(

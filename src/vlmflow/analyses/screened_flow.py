@@ -222,12 +222,17 @@ def screened_plan_rows(
     return estimate, row | labels | extra | {"rel_pred_estimate": est_rel}
 
 
+SECTION_TITLE = "Screened knockout (attribution estimates, top K verified)"
+
+
 def screened_flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
     """Estimated curves, the exactly verified plans, rank agreement and one layer x head
     attribution heat map per group pair (means over samples)."""
     from ..report import Chart, Section
     from ..report.figures import save_figure
 
+    if "kind" not in rows:  # no records (a run none of whose samples was kept): the title alone
+        return Section(SECTION_TITLE)
     plans = rows[rows["kind"] == "plan"]
     keys = ["target", "condition", "layer"]
     estimated = (
@@ -256,7 +261,7 @@ def screened_flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
     screens = rows[rows["kind"] == "screen"]
     agreement = screens[[c for c in summary_cols if c in screens]].astype(float).mean().to_frame("mean").T
     section = Section(
-        "Screened knockout (attribution estimates, top K verified)",
+        SECTION_TITLE,
         summaries={
             "flow-screen-estimates": estimated,
             "flow-screen-verified": verified,

@@ -5,7 +5,9 @@ Only the sampled frames are wanted, so :func:`load_frames` *seeks* to the keyfra
 each target and decodes forward from there instead of decoding the whole file; it falls
 back to one sequential pass when the container cannot seek or its timestamps are
 unreliable. Decoded frames are cached on disk as ``.npy`` keyed by the file's identity
-(path, size, mtime) and the sampling settings, so a second run costs a file read.
+(path, size, mtime) and the sampling settings, so a second run costs a file read; a
+``.json`` beside each says how many distinct frames it holds (a hit warns of repeated
+frames as the decode did).
 
 Arrays returned here are ``(T, H, W, 3)`` uint8 RGB.
 """
@@ -180,6 +182,29 @@ def _cache_write(file: Path, frames: np.ndarray) -> None:
         pass
 
 
+def _counts_path(file: Path) -> Path:
+    return file.with_suffix(".json")
+
+
+def _cache_read_counts(file: Path) -> tuple[int, int] | None:
+    """``(num_total, distinct)`` of a cached decode (``None``: absent or damaged, decode again)."""
+    try:
+        said = json.loads(_counts_path(file).read_text())
+        return int(said["num_total"]), int(said["distinct"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _cache_write_counts(file: Path, info: DecodeInfo) -> None:
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f"{file.stem}.{os.getpid()}.tmp.json")
+        tmp.write_text(json.dumps({"num_total": info.num_total, "distinct": len(set(info.indices))}))
+        os.replace(tmp, _counts_path(file))
+    except OSError:
+        pass
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -217,10 +242,13 @@ def load_frames(
     file = _cache_path(p, num_frames, policy, bound, folder_fps) if cache else None
     if file is not None:
         hit = _cache_read(file)
-        if hit is not None and hit.shape[0] == num_frames:
+        counts = _cache_read_counts(file)
+        if hit is not None and hit.shape[0] == num_frames and counts is not None:
+            _warn_repeats(p, num_frames, *counts)  # as the decode that filled the cache did
             return hit
-    frames, _ = read_video(p, num_frames, policy, bound, folder_fps=folder_fps)
+    frames, info = read_video(p, num_frames, policy, bound, folder_fps=folder_fps)
     if file is not None:
+        _cache_write_counts(file, info)
         _cache_write(file, frames)
     return frames
 
@@ -261,13 +289,13 @@ def read_video(
     _deadline.end, _deadline.limit = time.monotonic() + limit, limit
     try:
         if p.is_dir():
-            return _warn_repeats(p, num_frames, *_read_folder(p, num_frames, policy, bound, folder_fps))
+            return _said_repeats(p, num_frames, *_read_folder(p, num_frames, policy, bound, folder_fps))
         if p.stat().st_size == 0:
             raise DataError(f"video {p} is empty (0 bytes)")
         import av
 
         try:
-            return _warn_repeats(p, num_frames, *_read_container(p, num_frames, policy, bound, allow_seek))
+            return _said_repeats(p, num_frames, *_read_container(p, num_frames, policy, bound, allow_seek))
         except DataError:
             raise
         except av.error.EOFError as e:
@@ -278,22 +306,26 @@ def read_video(
         _deadline.end = None
 
 
-def _warn_repeats(
+def _said_repeats(
     path: Path, num_frames: int, frames: np.ndarray, info: DecodeInfo
 ) -> tuple[np.ndarray, DecodeInfo]:
+    """The decode's result, after :func:`_warn_repeats` on it."""
+    _warn_repeats(path, num_frames, info.num_total, len(set(info.indices)), stacklevel=4)
+    return frames, info
+
+
+def _warn_repeats(path: Path, num_frames: int, num_total: int, distinct: int, stacklevel: int = 3) -> None:
     """Say when ``num_frames`` asks for more frames than the video (or its time window)
     has: the sampled indices repeat, so the model sees the same frame several times."""
-    distinct = len(set(info.indices))
     if distinct < num_frames:
         warnings.warn(
-            f"video {str(path)!r} has {info.num_total} frames ({distinct} distinct in the sampled "
+            f"video {str(path)!r} has {num_total} frames ({distinct} distinct in the sampled "
             f"window); num_frames={num_frames} repeats frames, so the input holds "
             f"{num_frames - distinct} repeated frames (use num_frames <= {distinct} for each "
             "frame once)",
             UserWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
-    return frames, info
 
 
 _deadline = threading.local()  # when the decode under way in this thread must give up

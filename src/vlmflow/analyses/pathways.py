@@ -676,6 +676,7 @@ def search_and_evaluate(
 
         def claim() -> None:  # a busy folder, or one of another search, is refused before searching
             lock.acquire()
+            rundir.recover_manifest()  # damaged or lost: rebuilt, so the checks below read it
             config = {**run_options.manifest(), "analyses": {planned.name: planned.config()}}
             _refuse_other_search(rundir, config)
 

@@ -199,6 +199,7 @@ def _finalize(run: RunDir, html: bool) -> dict[str, Any]:
     """:func:`finalize`'s work, under the folder's lock."""
     from ..analyses.information_flow import task_sample_counts
 
+    run.recover_manifest()  # damaged or lost: rebuilt, so every section reads the run's options
     records = run.records()
     if records.empty:
         return {"records": 0}

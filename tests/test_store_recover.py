@@ -1,0 +1,105 @@
+"""A run folder recovers from a damaged or lost manifest whatever command comes next: the
+pathway search and the report rebuild it (from ``records/run.json``) as run and merge do,
+and read the run's options from it (docs/reliability.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import vlmflow
+from vlmflow.errors import RunError
+from vlmflow.probe import Model
+from vlmflow.report import finalize
+from vlmflow.rundir import RunDir
+
+
+def _lose(out: Path, how: str) -> None:
+    manifest = out / "manifest.json"
+    if how == "damaged":
+        manifest.write_bytes(manifest.read_bytes()[:200])  # cut short, as a copy that stopped part-way
+    else:
+        manifest.unlink()
+
+
+def _search_options(path: Path) -> vlmflow.Options:
+    return vlmflow.Options(
+        model=str(path),
+        data="synthetic:2",
+        tasks=("moving_direction", "object_count"),
+        num_frames=4,
+        progress=False,
+    )
+
+
+def _search(tiny_llava, path: Path, out: Path, **kw):
+    kw = {"step": 4, "seeds": (0,), "model": Model(tiny_llava), **kw}
+    return vlmflow.search_and_evaluate(_search_options(path), out, **kw)
+
+
+@pytest.mark.parametrize("how", ["damaged", "missing"])
+def test_the_same_pathway_search_rebuilds_a_lost_manifest_and_resumes(
+    tiny_llava, tiny_llava_path: Path, tmp_path: Path, how: str
+) -> None:
+    """The error of a damaged manifest says to re-run the same command; ``pathways --search``
+    read it in its checks before the search and failed again with the same advice. Now it
+    rebuilds it, as ``run`` and ``merge`` do, and resumes computing nothing again."""
+    out = tmp_path / "run"
+    first = _search(tiny_llava, tiny_llava_path, out)
+    config = RunDir(out).manifest()["config"]
+    markers = (out / "records" / "shard-00000.done.jsonl").read_bytes()
+    _lose(out, how)
+    again = _search(tiny_llava, tiny_llava_path, out)
+    assert (again.summary.done, again.summary.skipped) == (0, first.summary.done)
+    assert RunDir(out).manifest()["config"] == config
+    assert (out / "records" / "shard-00000.done.jsonl").read_bytes() == markers
+    assert (out / "manifest.json.damaged").exists() == (how == "damaged")
+
+
+@pytest.mark.parametrize("how", ["damaged", "missing"])
+def test_the_report_rebuilds_a_lost_manifest_and_reads_the_runs_options(
+    tiny_llava_path: Path, tmp_path: Path, how: str
+) -> None:
+    """``vlmflow report`` (``finalize``) on a folder whose manifest was lost read the run's
+    options from nothing: the attention section said the comparison cut "every layer" where
+    the run cut layer 1 only, and the report's Manifest was empty; a damaged one stopped it.
+    Now it rebuilds the manifest from records/run.json and reports the run as it was."""
+    out = tmp_path / "run"
+    opts = vlmflow.Options(
+        model=str(tiny_llava_path), data="synthetic:1:fixed", tasks=("object_count",), progress=False
+    )
+    vlmflow.run(opts, [vlmflow.AttentionMaps(layers="0-1", compare_layers=1, sample_mode="all")], out)
+    config = RunDir(out).manifest()["config"]
+    said = "in layers 1 only"
+    assert said in (out / "report.html").read_text()
+    _lose(out, how)
+    result = finalize(out)
+    assert result["records"] > 0
+    assert RunDir(out).manifest()["config"] == config
+    html = (out / "report.html").read_text()
+    assert said in html and "compare_layers" in html  # the Manifest shows the run's options
+
+
+@pytest.mark.parametrize("how", ["damaged", "missing"])
+def test_a_pathway_search_of_another_configuration_is_refused_before_searching_a_lost_manifest(
+    tiny_llava, tiny_llava_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """With the manifest lost, the checks before the search found nothing to compare and the
+    search of another configuration ran, to be refused only after it. Now the folder's
+    configuration (kept in records/run.json) refuses it up front."""
+    from vlmflow.analyses import pathways
+
+    out = tmp_path / "run"
+    _search(tiny_llava, tiny_llava_path, out)
+    _lose(out, how)
+
+    def no_search(*a, **k):
+        raise AssertionError("the search ran before the refusal")
+
+    monkeypatch.setattr(pathways, "search_pathway", no_search)
+    with pytest.raises(RunError, match="another configuration") as refused:
+        _search(tiny_llava, tiny_llava_path, out, tolerance=0.5)
+    assert "nothing was searched" in str(refused.value)
+    assert json.loads((out / "records" / "run.json").read_text())["config"]["search"]["tolerance"] == 0.02

@@ -103,3 +103,17 @@ def test_a_pathway_search_of_another_configuration_is_refused_before_searching_a
         _search(tiny_llava, tiny_llava_path, out, tolerance=0.5)
     assert "nothing was searched" in str(refused.value)
     assert json.loads((out / "records" / "run.json").read_text())["config"]["search"]["tolerance"] == 0.02
+
+
+@pytest.mark.parametrize("what", ["empty-folder", "other-files"])
+def test_a_report_of_a_folder_that_is_no_run_leaves_no_lock_behind(tmp_path: Path, what: str) -> None:
+    """``finalize`` (``vlmflow report``) on a folder that is not a run folder took the run lock
+    first, so the refusal left a run.lock in it. Now the folder is left as it was found."""
+    folder = tmp_path / "not-a-run"
+    folder.mkdir()
+    if what == "other-files":
+        (folder / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(RunError, match="not a run folder"):
+        finalize(folder)
+    assert sorted(p.name for p in folder.iterdir()) == before

@@ -189,10 +189,17 @@ def finalize(
     if lock is not None:  # the caller's: taken if it is not yet (idempotent), left held
         lock.acquire()
         return _finalize(run, html)
-    if not run.path.exists():
-        run.require()  # a RunError naming the folder; the lock would create it
-    with run.lock():
-        return _finalize(run, html)
+    if not run.manifest_path.exists():
+        run.require()  # not a run folder: a RunError naming it, before the lock leaves run.lock there
+    lock_file = run.lock().path
+    made = not lock_file.exists()
+    try:
+        with run.lock():
+            return _finalize(run, html)
+    except BaseException:
+        if made and not run.is_run():  # no run folder after all: leave it as it was found
+            lock_file.unlink(missing_ok=True)
+        raise
 
 
 def _finalize(run: RunDir, html: bool) -> dict[str, Any]:

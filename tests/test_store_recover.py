@@ -117,3 +117,27 @@ def test_a_report_of_a_folder_that_is_no_run_leaves_no_lock_behind(tmp_path: Pat
     with pytest.raises(RunError, match="not a run folder"):
         finalize(folder)
     assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_the_dtype_check_of_a_resume_reads_the_manifest_once(tmp_path: Path, monkeypatch) -> None:
+    """``_check_computed_in`` read manifest.json twice, once to check the dtype and input
+    processing and once to complete them; it now checks and completes the one copy it read."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from vlmflow.api import _check_computed_in
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.write_manifest({"config": {"model": "m"}, "computed_in": {"dtype": "float32"}})
+    reads = []
+    real = RunDir.manifest
+    monkeypatch.setattr(RunDir, "manifest", lambda self: reads.append(1) or real(self))
+    adapter = SimpleNamespace(dtype=torch.float32, device="cpu", processing=lambda: {"frame_policy": "p"})
+    _check_computed_in(run, adapter, SimpleNamespace(model="m"))
+    assert len(reads) == 1
+    assert json.loads(run.manifest_path.read_text())["computed_in"] == {
+        "dtype": "float32",
+        "frame_policy": "p",
+    }

@@ -141,3 +141,32 @@ def test_the_dtype_check_of_a_resume_reads_the_manifest_once(tmp_path: Path, mon
         "dtype": "float32",
         "frame_policy": "p",
     }
+
+
+@pytest.mark.parametrize(
+    "stored, given",
+    [("range(0, 2)", range(0, 2)), ([1, 0], [1, 0]), ([1, 0, 1], (0, 1))],
+    ids=["range", "unsorted-list", "repeats"],
+)
+def test_a_folder_whose_layers_were_stored_as_given_resumes(
+    tiny_llava_path: Path, tmp_path: Path, stored, given
+) -> None:
+    """Before the analyses normalised their layer options, a Python run stored them as given:
+    ``layers=range(0, 2)`` as the text "range(0, 2)", a list in the caller's order. The same
+    call now normalises them ([0, 1]), so the folder was refused as "another configuration"
+    and its finished units could not be resumed. Now the stored options are read the same
+    way: it resumes, computing nothing again, and the manifest keeps the normalised form."""
+    out = tmp_path / "run"
+    opts = vlmflow.Options(
+        model=str(tiny_llava_path), data="synthetic:1:fixed", tasks=("object_count",), progress=False
+    )
+    vlmflow.run(opts, [vlmflow.AttentionMaps(layers=given, sample_mode="all")], out)
+    for path in (out / "manifest.json", out / "records" / "run.json"):  # as the old version wrote them
+        kept = json.loads(path.read_text())
+        kept["config"]["analyses"]["attention"]["layers"] = stored
+        path.write_text(json.dumps(kept))
+    again = vlmflow.run(opts, [vlmflow.AttentionMaps(layers=given, sample_mode="all")], out)
+    assert (again.summary.done, again.summary.skipped) == (0, 1)
+    assert RunDir(out).manifest()["config"]["analyses"]["attention"]["layers"] == [0, 1]
+    with pytest.raises(RunError, match="another configuration"):  # other layers are still refused
+        vlmflow.run(opts, [vlmflow.AttentionMaps(layers=[1], sample_mode="all")], out)

@@ -170,3 +170,47 @@ def test_a_folder_whose_layers_were_stored_as_given_resumes(
     assert RunDir(out).manifest()["config"]["analyses"]["attention"]["layers"] == [0, 1]
     with pytest.raises(RunError, match="another configuration"):  # other layers are still refused
         vlmflow.run(opts, [vlmflow.AttentionMaps(layers=[1], sample_mode="all")], out)
+
+
+def _drop_units(out: Path, analyses: set[str] | None = None) -> None:
+    """Remove the rows and done markers of ``analyses`` (None: every unit) from the records."""
+    for shard in sorted((out / "records").glob("shard-*.jsonl")):
+        lines = shard.read_bytes().splitlines(keepends=True)
+        kept = [ln for ln in lines if analyses is not None and json.loads(ln)["analysis"] not in analyses]
+        shard.write_bytes(b"".join(kept))
+
+
+@pytest.mark.parametrize("gone", ["one-analysis", "every-record"])
+def test_a_report_shows_no_result_its_records_no_longer_hold(
+    tiny_llava_path: Path, tmp_path: Path, gone: str
+) -> None:
+    """Records that read back empty, for one analysis or for the whole run, left the earlier
+    report's tables, figures and report.html in place: the folder showed results no record
+    held. Now a report removes them (the merged records.parquet, perhaps their last copy, is
+    kept aside as records.parquet.old), and keeps what the records still hold."""
+    out = tmp_path / "run"
+    opts = vlmflow.Options(
+        model=str(tiny_llava_path), data="synthetic:1:fixed", tasks=("object_count",), progress=False
+    )
+    analyses = [
+        vlmflow.AnswerProbability(sample_mode="all"),
+        vlmflow.AttentionMaps(layers="0-1", sample_mode="all"),
+    ]
+    vlmflow.run(opts, analyses, out)
+    assert (out / "summary" / "answer-prob.csv").exists() and (out / "figures" / "answer-prob.png").exists()
+    attention = sorted(p.name for p in (out / "figures").glob("attention*.png"))
+    assert attention
+    parquet = (out / "records.parquet").read_bytes()
+    _drop_units(out, {"answer-prob"} if gone == "one-analysis" else None)
+    result = finalize(out)
+    assert not (out / "summary" / "answer-prob.csv").exists()
+    assert not (out / "figures" / "answer-prob.png").exists()
+    if gone == "one-analysis":
+        assert sorted(p.name for p in (out / "figures").glob("attention*.png")) == attention
+        assert (out / "summary" / "accuracy.csv").exists() and (out / "report.html").exists()
+        assert "answer-prob" not in set(RunDir(out).records()["analysis"])
+    else:
+        assert result == {"records": 0}
+        assert not list((out / "summary").glob("*.csv")) and not list((out / "figures").rglob("*.png"))
+        assert not (out / "report.html").exists() and not (out / "records.parquet").exists()
+        assert (out / "records.parquet.old").read_bytes() == parquet

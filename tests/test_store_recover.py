@@ -214,3 +214,27 @@ def test_a_report_shows_no_result_its_records_no_longer_hold(
         assert not list((out / "summary").glob("*.csv")) and not list((out / "figures").rglob("*.png"))
         assert not (out / "report.html").exists() and not (out / "records.parquet").exists()
         assert (out / "records.parquet.old").read_bytes() == parquet
+
+
+def test_a_pathway_search_over_records_of_an_unknown_run_is_refused_before_searching(
+    tiny_llava, tiny_llava_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records with neither a manifest nor records/run.json (a folder from before run.json
+    whose manifest was deleted, or records copied in) are refused by the run; the search
+    used to run first. Now it is refused before the search, and the folder is left as it was."""
+    from vlmflow.analyses import pathways
+
+    out = tmp_path / "run"
+    _search(tiny_llava, tiny_llava_path, out)
+    (out / "manifest.json").unlink()
+    (out / "records" / "run.json").unlink()
+    before = sorted(p.name for p in out.rglob("*"))
+
+    def no_search(*a, **k):
+        raise AssertionError("the search ran before the refusal")
+
+    monkeypatch.setattr(pathways, "search_pathway", no_search)
+    with pytest.raises(RunError, match="no manifest.json but its records/ holds") as refused:
+        _search(tiny_llava, tiny_llava_path, out)
+    assert "nothing was searched" in str(refused.value)
+    assert sorted(p.name for p in out.rglob("*")) == before

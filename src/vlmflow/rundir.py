@@ -271,7 +271,7 @@ class RunDir:
             manifest["resumed_at"] = manifest.get("resumed_at", []) + [now()]
             manifest["versions_at_resume"] = versions()
         else:
-            self._refuse_orphan_records()
+            self.refuse_orphan_records()
             manifest = {
                 "config": canonical,
                 "provenance": json.loads(json.dumps(provenance or {}, default=str)),
@@ -282,9 +282,10 @@ class RunDir:
         self.write_manifest(manifest)
         return manifest
 
-    def _refuse_orphan_records(self) -> None:
+    def refuse_orphan_records(self, hint: str = "") -> None:
         """A ``records/`` with record shards or done markers but no manifest (copied from
-        another run, or its manifest deleted) would have its units taken as this run's."""
+        another run, or its manifest deleted) would have its units taken as this run's;
+        ``hint`` ends the refusal."""
         from .store import _shards
 
         if not self.records_dir.is_dir():
@@ -297,7 +298,7 @@ class RunDir:
                 f"{self.path} has no manifest.json but its records/ holds {len(rows)} record shard(s) "
                 f"and {len(done)} done marker file(s) ({shown}) of an unknown run; their units "
                 "would be mixed into this run's, so it is refused: use a new --out folder, or "
-                "move records/ away"
+                f"move records/ away{hint}"
             )
 
     def close(

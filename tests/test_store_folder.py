@@ -121,16 +121,18 @@ def _damage(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:200])  # cut short, as a copy that stopped part-way
 
 
-@pytest.mark.parametrize("how", ["merge", "same-command", "moved-aside"])
+@pytest.mark.parametrize("how", ["merge", "same-command", "report", "moved-aside"])
 def test_a_damaged_manifest_is_named_and_rebuilt_without_recomputing(
     tiny_llava_path: Path, tmp_path: Path, how: str
 ) -> None:
     """A damaged manifest.json made run, merge and report fail with "JSONDecodeError ...
-    this is unexpected", naming no file, and merge could not rebuild it. Now each says which
-    file and what to do, and the advice works: ``vlmflow merge`` rebuilds it (from the copy of
-    the configuration the records keep, records/run.json), and so does re-running the same
-    command, which then computes nothing again; so does a manifest moved aside."""
+    this is unexpected", naming no file, and merge could not rebuild it. Now reading it says
+    which file and what to do, and the advice works: ``vlmflow merge`` rebuilds it (from the
+    copy of the configuration the records keep, records/run.json), and so do re-running the
+    same command, which then computes nothing again, and ``vlmflow report``; so does a
+    manifest moved aside."""
     from tests.test_store_reliability import invoke
+    from vlmflow.errors import RunError
 
     out = tmp_path / "run"
     opts = _options(tiny_llava_path, "synthetic:2")
@@ -142,13 +144,13 @@ def test_a_damaged_manifest_is_named_and_rebuilt_without_recomputing(
         (out / "manifest.json").rename(tmp_path / "manifest.json.old")
     else:
         _damage(out / "manifest.json")
-        report = invoke(["report", str(out)])
-        said = " ".join(report.output.split())
-        assert report.exit_code == 2 and "unexpected" not in said, report.output
+        with pytest.raises(RunError) as unread:
+            RunDir(out).manifest()
+        said = " ".join(str(unread.value).split())
         assert f"{out / 'manifest.json'} cannot be read" in said and f"vlmflow merge {out}" in said
-    if how == "merge":
-        merged = invoke(["merge", str(out)])
-        assert merged.exit_code == 0, merged.output
+    if how in ("merge", "report"):
+        done = invoke([how, str(out)])
+        assert done.exit_code == 0, done.output
         assert (out / "manifest.json.damaged").exists()
     else:
         again = vlmflow.run(opts, _answer_prob(), out)

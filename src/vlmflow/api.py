@@ -333,8 +333,8 @@ def _check_computed_in(rundir: RunDir, adapter: Any, options: Options) -> None:
     (``computed_in``) by the run that started the folder; a resume that loads or processes
     otherwise is refused (:func:`refuse_other_computed_in`). A setting the folder has not
     recorded (an older folder) is recorded now."""
-    manifest = rundir.manifest()
-    now = refuse_other_computed_in(rundir, adapter, options)
+    manifest = rundir.manifest()  # read once: checked, then completed from the same copy
+    now = refuse_other_computed_in(rundir, adapter, options, manifest=manifest)
     before = manifest.get("computed_in", {})
     if any(k not in before for k in now):
         manifest["computed_in"] = {**now, **before}
@@ -342,17 +342,23 @@ def _check_computed_in(rundir: RunDir, adapter: Any, options: Options) -> None:
 
 
 def refuse_other_computed_in(
-    rundir: RunDir, adapter: Any, options: Options, hint: str = ""
+    rundir: RunDir,
+    adapter: Any,
+    options: Options,
+    hint: str = "",
+    *,
+    manifest: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A ``RunError`` when ``rundir``'s records were computed in another dtype or with other
     input processing than ``adapter`` loads and processes (the folder's ``computed_in``;
     ``hint`` ends the message); else what ``adapter`` computes in. An unset ``--dtype``
     resolves per device (float32 on a CPU, the checkpoint's dtype on a GPU), so the
-    configuration alone cannot tell a float32 folder from a bfloat16 session. Writes nothing."""
+    configuration alone cannot tell a float32 folder from a bfloat16 session. ``manifest``:
+    the folder's manifest when the caller has read it already. Writes nothing."""
     from .errors import RunError
 
     now = {"dtype": _dtype_name(adapter), **adapter.processing()}
-    before = rundir.manifest().get("computed_in", {})
+    before = (rundir.manifest() if manifest is None else manifest).get("computed_in", {})
     if before.get("dtype", now["dtype"]) != now["dtype"]:
         raise RunError(
             f"{rundir.path} holds records computed in {before['dtype']}, but this session loaded "

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -266,10 +267,11 @@ class RunDir:
             manifest = self.manifest()
             self.refuse_other_config(manifest.get("config", {}), canonical)
             self.refuse_other_provenance(manifest.get("provenance", {}), provenance or {})
+            manifest["config"] = canonical  # the same run; layer options as this version writes them
             manifest["resumed_at"] = manifest.get("resumed_at", []) + [now()]
             manifest["versions_at_resume"] = versions()
         else:
-            self._refuse_orphan_records()
+            self.refuse_orphan_records()
             manifest = {
                 "config": canonical,
                 "provenance": json.loads(json.dumps(provenance or {}, default=str)),
@@ -280,9 +282,10 @@ class RunDir:
         self.write_manifest(manifest)
         return manifest
 
-    def _refuse_orphan_records(self) -> None:
+    def refuse_orphan_records(self, hint: str = "") -> None:
         """A ``records/`` with record shards or done markers but no manifest (copied from
-        another run, or its manifest deleted) would have its units taken as this run's."""
+        another run, or its manifest deleted) would have its units taken as this run's;
+        ``hint`` ends the refusal."""
         from .store import _shards
 
         if not self.records_dir.is_dir():
@@ -295,7 +298,7 @@ class RunDir:
                 f"{self.path} has no manifest.json but its records/ holds {len(rows)} record shard(s) "
                 f"and {len(done)} done marker file(s) ({shown}) of an unknown run; their units "
                 "would be mixed into this run's, so it is refused: use a new --out folder, or "
-                "move records/ away"
+                f"move records/ away{hint}"
             )
 
     def close(
@@ -406,8 +409,12 @@ class RunDir:
     def refuse_other_config(self, old: dict[str, Any], new: dict[str, Any], hint: str = "") -> None:
         """A :class:`RunError` naming the keys in which this folder's configuration ``old``
         differs from ``new`` (both canonical, see :func:`canonical_config`); ``hint`` ends it.
-        Informational keys (:data:`INFORMATIONAL`) are no part of the comparison."""
+        Informational keys (:data:`INFORMATIONAL`) are no part of the comparison, and
+        ``old``'s layer options are read as this version writes them (:func:`normalized_layers`),
+        so a folder started with ``layers=range(...)`` or an unsorted list resumes."""
         old, new = identity_config(old), identity_config(new)
+        if old != new:
+            old = normalized_layers(old)
         if old != new:
             diff = sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k))
             raise RunError(
@@ -487,6 +494,54 @@ def _first_line(exc: BaseException) -> str:
 def canonical_config(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` as the manifest stores it (through JSON: tuples as lists, others as text)."""
     return json.loads(json.dumps(config, default=str))
+
+
+#: how ``json.dumps(..., default=str)`` wrote a ``range`` (``"range(0, 4)"``, ``"range(0, 8, 2)"``)
+_RANGE_TEXT = re.compile(r"range\((-?\d+), (-?\d+)(?:, (-?\d+))?\)")
+
+
+def normalized_layers(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with every analysis's layer options (those parsed by
+    :func:`~vlmflow.cuts.parse_layers`: ``layers``, ``compare_layers``) in the form the
+    analyses now store: a sorted list without repeats. Versions before they were normalised
+    stored what the caller gave: ``layers=range(0, 4)`` as the text ``"range(0, 4)"``, a list
+    in the caller's order. A value that cannot be read as layers is left as it is."""
+    import dataclasses
+
+    from .analyses.base import ANALYSES, as_layers, ordered
+    from .cuts import parse_layers
+    from .errors import PlanError
+
+    analyses = config.get("analyses")
+    if not isinstance(analyses, dict):
+        return config
+    ordered()  # every analysis registered
+    out = {}
+    for name, options in analyses.items():
+        if name not in ANALYSES or not isinstance(options, dict):
+            out[name] = options
+            continue
+        cls = ANALYSES.get(name)
+        fields = [
+            f.name
+            for f in (dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else ())
+            if (f.metadata.get("option") or {}).get("parse") is parse_layers
+        ]
+        options = dict(options)
+        for key in fields:
+            value = options.get(key)
+            if value is None:
+                continue
+            if isinstance(value, str) and (
+                m := re.fullmatch(r"range\((-?\d+), (-?\d+)(?:, (-?\d+))?\)", value)
+            ):
+                value = range(*(int(g) for g in m.groups() if g is not None))
+            try:
+                options[key] = list(as_layers(value, key) or ())
+            except (PlanError, TypeError, ValueError):
+                pass
+        out[name] = options
+    return {**config, "analyses": out}
 
 
 def _safe(name: str) -> str:

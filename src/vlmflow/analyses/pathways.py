@@ -676,6 +676,9 @@ def search_and_evaluate(
 
         def claim() -> None:  # a busy folder, or one of another search, is refused before searching
             lock.acquire()
+            rundir.recover_manifest()  # damaged or lost: rebuilt, so the checks below read it
+            if not rundir.manifest_path.exists():  # records of an unknown run: refused as open() would
+                rundir.refuse_orphan_records(NOTHING_SEARCHED)
             config = {**run_options.manifest(), "analyses": {planned.name: planned.config()}}
             _refuse_other_search(rundir, config)
 

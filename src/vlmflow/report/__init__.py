@@ -133,6 +133,7 @@ class Section:
     figures: dict[str, Path] = field(default_factory=dict)
     notes: str = ""
     key: str = ""
+    failed: bool = False  # its own builder raised: the generic view is shown instead
 
 
 SectionFn = Callable[[pd.DataFrame, Path], Any]
@@ -189,24 +190,34 @@ def finalize(
     if lock is not None:  # the caller's: taken if it is not yet (idempotent), left held
         lock.acquire()
         return _finalize(run, html)
-    if not run.path.exists():
-        run.require()  # a RunError naming the folder; the lock would create it
-    with run.lock():
-        return _finalize(run, html)
+    if not run.manifest_path.exists():
+        run.require()  # not a run folder: a RunError naming it, before the lock leaves run.lock there
+    lock_file = run.lock().path
+    made = not lock_file.exists()
+    try:
+        with run.lock():
+            return _finalize(run, html)
+    except BaseException:
+        if made and not run.is_run():  # no run folder after all: leave it as it was found
+            lock_file.unlink(missing_ok=True)
+        raise
 
 
 def _finalize(run: RunDir, html: bool) -> dict[str, Any]:
     """:func:`finalize`'s work, under the folder's lock."""
     from ..analyses.information_flow import task_sample_counts
 
+    run.recover_manifest()  # damaged or lost: rebuilt, so every section reads the run's options
     records = run.records()
     if records.empty:
+        _no_records_left(run)
         return {"records": 0}
     run.summary_dir.mkdir(exist_ok=True)
     run.figures_dir.mkdir(exist_ok=True)
     write_parquet(records, run.parquet_path)
     acc = accuracy_table(records)
     write_csv(acc, run.summary_path("accuracy"))
+    written = {run.summary_path("accuracy")}
     ok = records[records["error"].isna()] if "error" in records else records
     configured = run.config().get("analyses", {})
     sections = []
@@ -220,6 +231,7 @@ def _finalize(run: RunDir, html: bool) -> dict[str, Any]:
         section = build_section(name, rows, run)
         for key, table in section.summaries.items():
             write_csv(table, run.summary_path(key))
+            written.add(run.summary_path(key))
         sections.append(section)
     flow = next((s.summaries.get("flow") for s in sections if s.key == "flow"), None)
     result: dict[str, Any] = {
@@ -235,7 +247,50 @@ def _finalize(run: RunDir, html: bool) -> dict[str, Any]:
         from .html import write_report
 
         result["report"] = write_report(run, records, result)
+    if not any(s.failed for s in sections):  # a failed section's earlier files are kept whole
+        _remove_stale(run, written | {Path(path) for s in sections for path in s.figures.values()})
     return result
+
+
+def _report_files(run: RunDir) -> list[Path]:
+    """The summary tables and figures an earlier report wrote (``summary/*.csv``,
+    ``figures/**/*.png``)."""
+    found = sorted(run.summary_dir.glob("*.csv")) if run.summary_dir.is_dir() else []
+    return found + (sorted(run.figures_dir.rglob("*.png")) if run.figures_dir.is_dir() else [])
+
+
+def _remove_stale(run: RunDir, written: set[Path]) -> None:
+    """Remove the summary tables and figures of an earlier report that this one did not
+    write (an analysis, a sample or a section no longer in the records), so the folder never
+    shows results that its records no longer hold; folders left empty go too. Not called when
+    a section's own builder failed: its earlier files then stay as they were."""
+    keep = {p.resolve() for p in written}
+    for path in _report_files(run):
+        if path.resolve() not in keep:
+            path.unlink(missing_ok=True)
+    if run.figures_dir.is_dir():
+        for folder in sorted((d for d in run.figures_dir.rglob("*") if d.is_dir()), reverse=True):
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                pass
+
+
+def _no_records_left(run: RunDir) -> None:
+    """The records read back empty: an earlier report's tables, figures and ``report.html``
+    show results no record holds any more, so they are removed; its ``records.parquet``,
+    which may be the last copy of them, is kept as ``records.parquet.old``."""
+    _remove_stale(run, set())
+    run.report_path.unlink(missing_ok=True)
+    if run.parquet_path.exists():
+        kept = run.parquet_path.with_name(run.parquet_path.name + ".old")
+        run.parquet_path.replace(kept)
+        log.warning(
+            "%s holds no finished record: the earlier report's files were removed and its merged "
+            "records kept as %s",
+            run.records_dir,
+            kept,
+        )
 
 
 def samples_text(samples: dict[str, Any]) -> str:
@@ -272,6 +327,7 @@ def build_section(name: str, rows: pd.DataFrame, run: RunDir) -> Section:
         log.warning("the report section of %r failed; showing the generic view", name, exc_info=True)
         section = _as_section(name, summarize_layers(rows))
         section.notes = f"The {name!r} section failed ({type(exc).__name__}: {exc}); generic view shown."
+        section.failed = True
         return section
 
 

@@ -44,13 +44,18 @@ def flow_args(model: Path, out: Path, *targets: str) -> list[str]:
     ]
 
 
-def launch(args: list[str], nproc: int) -> subprocess.CompletedProcess:
-    """The CLI under ``torchrun --standalone --nproc_per_node NPROC`` (one thread per worker)."""
+FAULTY_CLI = Path(__file__).parent / "fixtures" / "faulty_cli.py"
+
+
+def launch(args: list[str], nproc: int, fault: str | None = None) -> subprocess.CompletedProcess:
+    """The CLI under ``torchrun --standalone --nproc_per_node NPROC`` (one thread per worker);
+    ``fault``: ``KIND:RANK`` injected on that rank (see ``tests/fixtures/faulty_cli.py``)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
-    return subprocess.run(
-        cmd + ["-m", "vlmflow.cli", *args], env=env, capture_output=True, text=True, timeout=420
-    )
+    if fault is not None:
+        env["VLMFLOW_TEST_FAULT"] = fault
+    target = [str(FAULTY_CLI)] if fault is not None else ["-m", "vlmflow.cli"]
+    return subprocess.run(cmd + [*target, *args], env=env, capture_output=True, text=True, timeout=420)
 
 
 def sorted_records(df: pd.DataFrame) -> pd.DataFrame:
@@ -151,6 +156,22 @@ def test_rank0_refusal_stops_every_rank(tiny_llava_path: Path, tmp_path: Path) -
     assert other.returncode != 0
     assert "another configuration" in other.stderr
     assert "rank 0 stopped the run" in other.stderr  # rank 1 got rank 0's reason
+
+
+def test_a_model_that_fails_to_load_on_rank_1_stops_every_rank(tiny_llava_path: Path, tmp_path: Path) -> None:
+    """A model that loads on rank 0 but not on rank 1 stops the whole group with rank 1's
+    message (rank 0 must not go on with the folder open, nor wait for rank 1), and the
+    folder is left as it was found: the same command then runs it."""
+    out = tmp_path / "run"
+    args = flow_args(tiny_llava_path, out, "vql-to-ql") + ["--quiet"]
+    failed = launch(args, nproc=2, fault="load:1")
+    assert failed.returncode != 0
+    assert "checkpoint unreadable on this node (rank 1)" in failed.stderr  # rank 1's own error
+    assert "rank 1 stopped the run" in failed.stderr, failed.stderr[-3000:]  # rank 0 got its reason
+    assert not (out / "manifest.json").exists()  # no run started: the folder is as it was found
+    assert not list(out.glob("records/*"))
+    run_here(args)  # and resumable: the same command runs it
+    assert json.loads((out / "manifest.json").read_text())["samples"]["done"] == 4
 
 
 def test_merge_refuses_a_folder_that_is_no_run(tmp_path: Path) -> None:

@@ -208,11 +208,17 @@ def run(
 
         ctx.on_main(open_locked)
         try:  # a run refused before its first sample leaves the manifest as it found it
-            if model is None:
-                model = options.load(ctx.device(options.device))
-            adapter = options.configure(model)
-            # layers the model does not have: refused once, before any sample
-            check_layers(analyses, adapter.num_layers, options.model)
+
+            def load_here() -> Adapter:
+                loaded = model if model is not None else options.load(ctx.device(options.device))
+                adapter = options.configure(loaded)
+                # layers the model does not have: refused once, before any sample
+                check_layers(analyses, adapter.num_layers, options.model)
+                return adapter
+
+            # every rank loads its own copy; one that fails stops them all, with its message
+            # (the others would wait for it at the next collective, rank 0 with the folder open)
+            adapter = ctx.check_all(load_here)
             ctx.on_main(lambda: _check_computed_in(rundir, adapter, options))
             if on_open is not None:  # last: only a run the folder has accepted writes beside it
                 ctx.on_main(on_open)

@@ -10,6 +10,8 @@ What the group is used for, and why it is small:
 
 * rank 0 alone writes the run's ``manifest.json`` (:meth:`Context.on_main`); the other
   ranks wait for it and fail with rank 0's error if it refused the folder;
+* what every rank does on its own and the group must agree on (loading the model) goes
+  through :meth:`Context.check_all`: one rank's failure stops every rank with its message;
 * samples go to ranks round-robin by their index in the loaded dataset
   (:meth:`Context.shard`), which every rank loads identically, so the assignment is
   deterministic and needs no communication; each rank writes its own record shard;
@@ -34,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .errors import RunError, VlmflowError
+from .errors import RunError, RunStopped, VlmflowError
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,38 @@ class Context:
             result, message = box[0]
             if not self.is_main and message is not None:
                 raise RunError(f"rank 0 stopped the run: {message}")
+        if error is not None:
+            raise error
+        return result
+
+    def check_all(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on every rank; if it raised on any rank, every rank raises.
+
+        The ranks agree before going on (a barrier), so one rank's failure (a model that
+        does not load, a run stopped out of memory) stops the group with that rank's
+        message instead of leaving the others waiting at the next collective. The failing
+        rank raises its own error; the others a :class:`RunError` (a
+        :class:`~vlmflow.errors.RunStopped` when the failure was one) naming the first
+        failing rank and its message. ``KeyboardInterrupt`` is not caught (the launcher
+        delivers Ctrl-C to every rank).
+        """
+        result: Any = None
+        error: Exception | None = None
+        try:
+            result = fn()
+        except Exception as exc:  # re-raised below, after the others have been told
+            error = exc
+        if self.active:
+            import torch.distributed as dist
+
+            mine = None if error is None else (_message(error), isinstance(error, RunStopped))
+            told: list[Any] = [None] * self.world_size
+            dist.all_gather_object(told, mine)
+            failed = [(r, m) for r, m in enumerate(told) if m is not None]
+            if error is None and failed:
+                rank, (message, stopped) = failed[0]
+                kind = RunStopped if stopped else RunError
+                raise kind(f"rank {rank} stopped the run: {message}")
         if error is not None:
             raise error
         return result

@@ -174,6 +174,22 @@ def test_a_model_that_fails_to_load_on_rank_1_stops_every_rank(tiny_llava_path: 
     assert json.loads((out / "manifest.json").read_text())["samples"]["done"] == 4
 
 
+def test_out_of_memory_on_rank_1_is_recorded_like_on_rank_0(tiny_llava_path: Path, tmp_path: Path) -> None:
+    """Running out of memory on rank 1 stops the run as it does on rank 0: the manifest
+    records the stop with rank 1's reason and the counts of what every rank finished (rank
+    0's share is kept), rank 1's sample is not recorded as failed, and every rank stops."""
+    out = tmp_path / "run"
+    stopped = launch(flow_args(tiny_llava_path, out, "vql-to-ql") + ["--quiet"], nproc=2, fault="oom:1")
+    assert stopped.returncode != 0
+    assert "out of memory on cpu while analysing sample" in stopped.stderr, stopped.stderr[-3000:]
+    assert "rank 1 stopped the run" in stopped.stderr  # rank 0 got rank 1's reason
+    manifest = json.loads((out / "manifest.json").read_text())
+    reason = manifest["stopped"]["reason"]
+    assert reason.startswith("rank 1 stopped the run: out of memory"), reason
+    assert manifest["samples"]["done"] == 2 and manifest["samples"]["missing"] == 2  # rank 0's share
+    assert read_records(out)["error"].isna().all()  # no sample's fault
+
+
 def test_merge_refuses_a_folder_that_is_no_run(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["merge", str(tmp_path)])
     assert result.exit_code == 2 and "not a run folder" in result.output

@@ -232,17 +232,22 @@ def run(
                 file=sys.stderr,
                 flush=True,
             )
-        mine = run_samples(
-            adapter,
-            ctx.shard(samples),
-            analyses,
-            rundir,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-            progress=options.progress,
-            correctness=options.correctness,
-            retry_failed=options.retry_failed,
-            max_batch_tokens=options.max_batch_tokens,
+        # a rank that stops (out of memory, a full disk) stops the group once every rank is
+        # through its share: rank 0 then records the stop with that rank's reason (below),
+        # as it does its own, instead of the others waiting for it at the gather
+        mine = ctx.check_all(
+            lambda: run_samples(
+                adapter,
+                ctx.shard(samples),
+                analyses,
+                rundir,
+                rank=ctx.rank,
+                world_size=ctx.world_size,
+                progress=options.progress,
+                correctness=options.correctness,
+                retry_failed=options.retry_failed,
+                max_batch_tokens=options.max_batch_tokens,
+            )
         )
         ranks = ctx.gather(mine)  # every rank is done after this: rank 0 may merge the shards
         summary = RunSummary.combine(ranks)

@@ -190,6 +190,39 @@ def test_out_of_memory_on_rank_1_is_recorded_like_on_rank_0(tiny_llava_path: Pat
     assert read_records(out)["error"].isna().all()  # no sample's fault
 
 
+def test_a_resume_shares_out_only_the_samples_left_to_do(
+    tiny_llava_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume on two processes deals the samples still to do round-robin, not all samples:
+    with samples 1 and 3 of 4 left, a deal over all of them would give both to rank 1 while
+    rank 0 idles on its finished share. The records equal a single process's run."""
+    from tests.test_determinism import canonical
+    from vlmflow.analyses.information_flow import InformationFlow
+
+    ids = [s.id for s in load_dataset("synthetic:2", tasks=["moving_direction", "object_count"])]
+    one, out = tmp_path / "one", tmp_path / "run"
+    args = flow_args(tiny_llava_path, out, "vql-to-ql") + ["--quiet"]
+    run_here(flow_args(tiny_llava_path, one, "vql-to-ql") + ["--quiet"])
+    records = InformationFlow.records
+
+    def flaky(self, probe):
+        if probe.prepared.sample.id in (ids[1], ids[3]):
+            raise ValueError("decoder hiccup")
+        return records(self, probe)
+
+    monkeypatch.setattr(InformationFlow, "records", flaky)
+    run_here(args)  # a first session on one process: samples 1 and 3 failed, to be retried
+    monkeypatch.setattr(InformationFlow, "records", records)
+
+    resumed = launch(flow_args(tiny_llava_path, out, "vql-to-ql"), nproc=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for rank in (0, 1):  # one retry each, and one finished sample each counted as done
+        said = f"rank {rank}/2: 1 done, 0 failed, 1 already done, retried 1 previously failed"
+        assert said in resumed.stderr, resumed.stderr[-3000:]
+    assert "done: 2 samples, 0 failed, 2 already done" in resumed.stdout, resumed.stdout
+    assert canonical(out) == canonical(one)  # the same records, whoever computed them
+
+
 def test_merge_refuses_a_folder_that_is_no_run(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["merge", str(tmp_path)])
     assert result.exit_code == 2 and "not a run folder" in result.output

@@ -14,7 +14,9 @@ What the group is used for, and why it is small:
   through :meth:`Context.check_all`: one rank's failure stops every rank with its message;
 * samples go to ranks round-robin by their index in the loaded dataset
   (:meth:`Context.shard`), which every rank loads identically, so the assignment is
-  deterministic and needs no communication; each rank writes its own record shard;
+  deterministic; on a resume the samples left to do (read by rank 0 from the store, and
+  broadcast) are dealt first, so no rank idles on a share that is already done; each rank
+  writes its own record shard, and a record does not depend on which rank computed it;
 * at the end every rank's counts are gathered (:meth:`Context.gather`, which is also the
   barrier after which rank 0 merges the shards into the summaries and the report).
 

@@ -223,6 +223,19 @@ def test_a_resume_shares_out_only_the_samples_left_to_do(
     assert canonical(out) == canonical(one)  # the same records, whoever computed them
 
 
+def test_every_rank_leaves_no_gloo_thread_behind(tiny_llava_path: Path, tmp_path: Path) -> None:
+    """The process group is really destroyed when a run ends (Context.close), not when the
+    interpreter tears down its modules at exit, which sometimes aborted a rank there
+    ('terminate called without an active exception', exit -6): no gloo thread is left at
+    exit, though the model loaded (and imported torch.distributed.fsdp) with the group up."""
+    multi = launch(
+        flow_args(tiny_llava_path, tmp_path / "run", "vql-to-ql") + ["--quiet"], nproc=2, fault="none:0"
+    )
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank}: gloo threads at exit: 0" in multi.stderr, multi.stderr[-3000:]
+
+
 def test_merge_refuses_a_folder_that_is_no_run(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["merge", str(tmp_path)])
     assert result.exit_code == 2 and "not a run folder" in result.output

@@ -227,6 +227,13 @@ def init() -> Context:
             "with torchrun or accelerate launch, which set them"
         )
     timeout = float(os.environ.get("VLMFLOW_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S))
+    # Imported before the group exists: importing torch.distributed.fsdp (transformers does,
+    # when the model loads) with a group up keeps ~10 references to it in default arguments,
+    # so destroy_process_group (close) could not free it and its gloo threads lived on until
+    # the interpreter tore down its modules, which sometimes aborted the process at exit
+    # ("terminate called without an active exception", exit -6).
+    import torch.distributed.fsdp  # noqa: F401
+
     dist.init_process_group(
         backend="gloo",
         init_method="env://",

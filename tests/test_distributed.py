@@ -44,13 +44,18 @@ def flow_args(model: Path, out: Path, *targets: str) -> list[str]:
     ]
 
 
-def launch(args: list[str], nproc: int) -> subprocess.CompletedProcess:
-    """The CLI under ``torchrun --standalone --nproc_per_node NPROC`` (one thread per worker)."""
+FAULTY_CLI = Path(__file__).parent / "fixtures" / "faulty_cli.py"
+
+
+def launch(args: list[str], nproc: int, fault: str | None = None) -> subprocess.CompletedProcess:
+    """The CLI under ``torchrun --standalone --nproc_per_node NPROC`` (one thread per worker);
+    ``fault``: ``KIND:RANK`` injected on that rank (see ``tests/fixtures/faulty_cli.py``)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
-    return subprocess.run(
-        cmd + ["-m", "vlmflow.cli", *args], env=env, capture_output=True, text=True, timeout=420
-    )
+    if fault is not None:
+        env["VLMFLOW_TEST_FAULT"] = fault
+    target = [str(FAULTY_CLI)] if fault is not None else ["-m", "vlmflow.cli"]
+    return subprocess.run(cmd + [*target, *args], env=env, capture_output=True, text=True, timeout=420)
 
 
 def sorted_records(df: pd.DataFrame) -> pd.DataFrame:
@@ -151,6 +156,84 @@ def test_rank0_refusal_stops_every_rank(tiny_llava_path: Path, tmp_path: Path) -
     assert other.returncode != 0
     assert "another configuration" in other.stderr
     assert "rank 0 stopped the run" in other.stderr  # rank 1 got rank 0's reason
+
+
+def test_a_model_that_fails_to_load_on_rank_1_stops_every_rank(tiny_llava_path: Path, tmp_path: Path) -> None:
+    """A model that loads on rank 0 but not on rank 1 stops the whole group with rank 1's
+    message (rank 0 must not go on with the folder open, nor wait for rank 1), and the
+    folder is left as it was found: the same command then runs it."""
+    out = tmp_path / "run"
+    args = flow_args(tiny_llava_path, out, "vql-to-ql") + ["--quiet"]
+    failed = launch(args, nproc=2, fault="load:1")
+    assert failed.returncode != 0
+    assert "checkpoint unreadable on this node (rank 1)" in failed.stderr  # rank 1's own error
+    assert "rank 1 stopped the run" in failed.stderr, failed.stderr[-3000:]  # rank 0 got its reason
+    assert not (out / "manifest.json").exists()  # no run started: the folder is as it was found
+    assert not list(out.glob("records/*"))
+    run_here(args)  # and resumable: the same command runs it
+    assert json.loads((out / "manifest.json").read_text())["samples"]["done"] == 4
+
+
+def test_out_of_memory_on_rank_1_is_recorded_like_on_rank_0(tiny_llava_path: Path, tmp_path: Path) -> None:
+    """Running out of memory on rank 1 stops the run as it does on rank 0: the manifest
+    records the stop with rank 1's reason and the counts of what every rank finished (rank
+    0's share is kept), rank 1's sample is not recorded as failed, and every rank stops."""
+    out = tmp_path / "run"
+    stopped = launch(flow_args(tiny_llava_path, out, "vql-to-ql") + ["--quiet"], nproc=2, fault="oom:1")
+    assert stopped.returncode != 0
+    assert "out of memory on cpu while analysing sample" in stopped.stderr, stopped.stderr[-3000:]
+    assert "rank 1 stopped the run" in stopped.stderr  # rank 0 got rank 1's reason
+    manifest = json.loads((out / "manifest.json").read_text())
+    reason = manifest["stopped"]["reason"]
+    assert reason.startswith("rank 1 stopped the run: out of memory"), reason
+    assert manifest["samples"]["done"] == 2 and manifest["samples"]["missing"] == 2  # rank 0's share
+    assert read_records(out)["error"].isna().all()  # no sample's fault
+
+
+def test_a_resume_shares_out_only_the_samples_left_to_do(
+    tiny_llava_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume on two processes deals the samples still to do round-robin, not all samples:
+    with samples 1 and 3 of 4 left, a deal over all of them would give both to rank 1 while
+    rank 0 idles on its finished share. The records equal a single process's run."""
+    from tests.test_determinism import canonical
+    from vlmflow.analyses.information_flow import InformationFlow
+
+    ids = [s.id for s in load_dataset("synthetic:2", tasks=["moving_direction", "object_count"])]
+    one, out = tmp_path / "one", tmp_path / "run"
+    args = flow_args(tiny_llava_path, out, "vql-to-ql") + ["--quiet"]
+    run_here(flow_args(tiny_llava_path, one, "vql-to-ql") + ["--quiet"])
+    records = InformationFlow.records
+
+    def flaky(self, probe):
+        if probe.prepared.sample.id in (ids[1], ids[3]):
+            raise ValueError("decoder hiccup")
+        return records(self, probe)
+
+    monkeypatch.setattr(InformationFlow, "records", flaky)
+    run_here(args)  # a first session on one process: samples 1 and 3 failed, to be retried
+    monkeypatch.setattr(InformationFlow, "records", records)
+
+    resumed = launch(flow_args(tiny_llava_path, out, "vql-to-ql"), nproc=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for rank in (0, 1):  # one retry each, and one finished sample each counted as done
+        said = f"rank {rank}/2: 1 done, 0 failed, 1 already done, retried 1 previously failed"
+        assert said in resumed.stderr, resumed.stderr[-3000:]
+    assert "done: 2 samples, 0 failed, 2 already done" in resumed.stdout, resumed.stdout
+    assert canonical(out) == canonical(one)  # the same records, whoever computed them
+
+
+def test_every_rank_leaves_no_gloo_thread_behind(tiny_llava_path: Path, tmp_path: Path) -> None:
+    """The process group is really destroyed when a run ends (Context.close), not when the
+    interpreter tears down its modules at exit, which sometimes aborted a rank there
+    ('terminate called without an active exception', exit -6): no gloo thread is left at
+    exit, though the model loaded (and imported torch.distributed.fsdp) with the group up."""
+    multi = launch(
+        flow_args(tiny_llava_path, tmp_path / "run", "vql-to-ql") + ["--quiet"], nproc=2, fault="none:0"
+    )
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank}: gloo threads at exit: 0" in multi.stderr, multi.stderr[-3000:]
 
 
 def test_merge_refuses_a_folder_that_is_no_run(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import PlanError, RunStopped
 from .probe import Model, check_load_options, check_num_frames, load
-from .run import RunSummary, run_samples
+from .run import RunSummary, run_samples, samples_to_do
 from .rundir import RunDir
 from .sample import Sample
 from .store import is_environment_error, store_error
@@ -171,7 +171,7 @@ def run(
     ``lock`` is the folder's lock when the caller already holds it (released at the end).
 
     Under ``torchrun`` / ``accelerate launch`` every process calls this: each analyses its
-    round-robin share of the samples into its own record shard; rank 0 alone writes the
+    round-robin share of the samples left to do into its own record shard; rank 0 alone writes the
     manifest and, after all ranks are done, merges the shards into the summaries and the
     report (its result's ``report``; other ranks get ``{}``). Every rank's ``summary`` is
     the whole group's. A single process is a group of one (see :mod:`vlmflow.distributed`).
@@ -217,11 +217,17 @@ def run(
 
         ctx.on_main(open_locked)
         try:  # a run refused before its first sample leaves the manifest as it found it
-            if model is None:
-                model = options.load(ctx.device(options.device))
-            adapter = options.configure(model)
-            # layers the model does not have: refused once, before any sample
-            check_layers(analyses, adapter.num_layers, options.model)
+
+            def load_here() -> Adapter:
+                loaded = model if model is not None else options.load(ctx.device(options.device))
+                adapter = options.configure(loaded)
+                # layers the model does not have: refused once, before any sample
+                check_layers(analyses, adapter.num_layers, options.model)
+                return adapter
+
+            # every rank loads its own copy; one that fails stops them all, with its message
+            # (the others would wait for it at the next collective, rank 0 with the folder open)
+            adapter = ctx.check_all(load_here)
             ctx.on_main(lambda: _check_computed_in(rundir, adapter, options))
             if on_open is not None:  # last: only a run the folder has accepted writes beside it
                 ctx.on_main(on_open)
@@ -235,17 +241,33 @@ def run(
                 file=sys.stderr,
                 flush=True,
             )
-        mine = run_samples(
-            adapter,
-            ctx.shard(samples),
-            analyses,
-            rundir,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-            progress=options.progress,
-            correctness=options.correctness,
-            retry_failed=options.retry_failed,
-            max_batch_tokens=options.max_batch_tokens,
+        share = ctx.shard(samples)
+        if ctx.active:  # the samples left to do are shared out, then those already done
+            # (counted, not analysed): a resume keeps every rank busy. Rank 0 reads the
+            # store for the group before any rank writes, so every rank deals the same list.
+            to_do = set(
+                ctx.on_main(
+                    lambda: samples_to_do(rundir, samples, analyses, retry_failed=options.retry_failed)
+                )
+            )
+            share = ctx.shard([s for s in samples if s.id in to_do])
+            share += ctx.shard([s for s in samples if s.id not in to_do])
+        # a rank that stops (out of memory, a full disk) stops the group once every rank is
+        # through its share: rank 0 then records the stop with that rank's reason (below),
+        # as it does its own, instead of the others waiting for it at the gather
+        mine = ctx.check_all(
+            lambda: run_samples(
+                adapter,
+                share,
+                analyses,
+                rundir,
+                rank=ctx.rank,
+                world_size=ctx.world_size,
+                progress=options.progress,
+                correctness=options.correctness,
+                retry_failed=options.retry_failed,
+                max_batch_tokens=options.max_batch_tokens,
+            )
         )
         ranks = ctx.gather(mine)  # every rank is done after this: rank 0 may merge the shards
         summary = RunSummary.combine(ranks)

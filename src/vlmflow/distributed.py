@@ -10,9 +10,13 @@ What the group is used for, and why it is small:
 
 * rank 0 alone writes the run's ``manifest.json`` (:meth:`Context.on_main`); the other
   ranks wait for it and fail with rank 0's error if it refused the folder;
+* what every rank does on its own and the group must agree on (loading the model) goes
+  through :meth:`Context.check_all`: one rank's failure stops every rank with its message;
 * samples go to ranks round-robin by their index in the loaded dataset
   (:meth:`Context.shard`), which every rank loads identically, so the assignment is
-  deterministic and needs no communication; each rank writes its own record shard;
+  deterministic; on a resume the samples left to do (read by rank 0 from the store, and
+  broadcast) are dealt first, so no rank idles on a share that is already done; each rank
+  writes its own record shard, and a record does not depend on which rank computed it;
 * at the end every rank's counts are gathered (:meth:`Context.gather`, which is also the
   barrier after which rank 0 merges the shards into the summaries and the report).
 
@@ -34,7 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .errors import RunError, VlmflowError
+from .errors import RunError, RunStopped, VlmflowError
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +120,38 @@ class Context:
             raise error
         return result
 
+    def check_all(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on every rank; if it raised on any rank, every rank raises.
+
+        The ranks agree before going on (a barrier), so one rank's failure (a model that
+        does not load, a run stopped out of memory) stops the group with that rank's
+        message instead of leaving the others waiting at the next collective. The failing
+        rank raises its own error; the others a :class:`RunError` (a
+        :class:`~vlmflow.errors.RunStopped` when the failure was one) naming the first
+        failing rank and its message. ``KeyboardInterrupt`` is not caught (the launcher
+        delivers Ctrl-C to every rank).
+        """
+        result: Any = None
+        error: Exception | None = None
+        try:
+            result = fn()
+        except Exception as exc:  # re-raised below, after the others have been told
+            error = exc
+        if self.active:
+            import torch.distributed as dist
+
+            mine = None if error is None else (_message(error), isinstance(error, RunStopped))
+            told: list[Any] = [None] * self.world_size
+            dist.all_gather_object(told, mine)
+            failed = [(r, m) for r, m in enumerate(told) if m is not None]
+            if error is None and failed:
+                rank, (message, stopped) = failed[0]
+                kind = RunStopped if stopped else RunError
+                raise kind(f"rank {rank} stopped the run: {message}")
+        if error is not None:
+            raise error
+        return result
+
     def gather(self, obj: T) -> list[T]:
         """``obj`` of every rank, in rank order, on every rank (a barrier too)."""
         if not self.active:
@@ -191,6 +227,13 @@ def init() -> Context:
             "with torchrun or accelerate launch, which set them"
         )
     timeout = float(os.environ.get("VLMFLOW_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S))
+    # Imported before the group exists: importing torch.distributed.fsdp (transformers does,
+    # when the model loads) with a group up keeps ~10 references to it in default arguments,
+    # so destroy_process_group (close) could not free it and its gloo threads lived on until
+    # the interpreter tore down its modules, which sometimes aborted the process at exit
+    # ("terminate called without an active exception", exit -6).
+    import torch.distributed.fsdp  # noqa: F401
+
     dist.init_process_group(
         backend="gloo",
         init_method="env://",

@@ -29,7 +29,7 @@ from .models.base import Adapter
 from .probe import Probe
 from .rundir import EVAL, RunDir
 from .sample import Sample
-from .store import is_environment_error, store_error, warn_damage
+from .store import Scan, is_environment_error, scan, store_error, warn_damage
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +142,9 @@ def run_samples(
     try:
         found = store.scan()
         warn_damage(found, store.dir, again=True)
-        # a failed unit is not done: it is retried, superseding its failed attempt
-        failed = found.failed if retry_failed else {}
-        done = {u for u in found.units if u not in failed}
+        failed, done = _done(found, retry_failed)
         names = [EVAL] + [a.name for a in analyses]
-        pending = [s for s in samples if any((s.id, n) not in done for n in names)]
+        pending = _pending(samples, names, done)
         kept = {s for s, _ in found.failed} - {s.id for s in pending} if not retry_failed else set()
         summary.kept_failed = len({s.id for s in samples if s.id in kept})
         summary.skipped = len(samples) - len(pending) - summary.kept_failed
@@ -228,6 +226,33 @@ class _Warnings:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, module)
             except Warning:  # a filter made it an error: say it, fail nothing
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def samples_to_do(
+    run: RunDir | str | Path,
+    samples: Sequence[Sample],
+    analyses: Sequence[Analysis],
+    *,
+    retry_failed: bool = True,
+) -> list[str]:
+    """The ids of ``samples`` (in their order) that still have a unit to do in ``run``'s
+    store, in any shard: what :func:`run_samples` would analyse rather than count as already
+    done. A resumed session shares these out among its ranks (:func:`vlmflow.api.run`), so
+    that no rank idles on a share that is already done while another does the rest."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    _, done = _done(scan(run.records_dir), retry_failed)
+    return [s.id for s in _pending(samples, [EVAL] + [a.name for a in analyses], done)]
+
+
+def _done(found: Scan, retry_failed: bool) -> tuple[dict[Any, Any], set[tuple[str, str]]]:
+    """The units to retry (their failed attempts) and the units done, of a store's scan."""
+    # a failed unit is not done: it is retried, superseding its failed attempt
+    failed = found.failed if retry_failed else {}
+    return failed, {u for u in found.units if u not in failed}
+
+
+def _pending(samples: Sequence[Sample], names: Sequence[str], done: set[tuple[str, str]]) -> list[Sample]:
+    return [s for s in samples if any((s.id, n) not in done for n in names)]
 
 
 def _one_sample(

@@ -329,3 +329,44 @@ def test_asking_for_more_frames_than_a_video_has_says_frames_repeat(tmp_path) ->
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             assert load_frames(path, 4, cache=False).shape[0] == 4
+
+
+def _cut_with_stream_copy(src, dst, skip: int, total: int, fps: int) -> bool:
+    """Rewrite ``src``'s mp4 edit list as ``ffmpeg -ss <skip/fps> -c copy`` does: the media
+    starts ``skip`` frames in, past the keyframe, so the lead-in frames are decoded but hidden.
+    Returns False when the file has no edit list to rewrite."""
+    import struct
+
+    b = bytearray(src.read_bytes())
+    pos, mdhd = b.find(b"elst"), b.find(b"mdhd")
+    if pos < 0 or mdhd < 0 or b[pos + 4] != 0 or b[mdhd + 4] != 0:
+        return False
+    duration, media_time = struct.unpack_from(">Ii", b, pos + 12)
+    timescale = struct.unpack_from(">I", b, mdhd + 16)[0]
+    shown = duration * (total - skip) // total
+    struct.pack_into(">Ii", b, pos + 12, shown, media_time + timescale * skip // fps)
+    dst.write_bytes(bytes(b))
+    return True
+
+
+@pytest.mark.parametrize("skip", [40, 10])
+def test_mp4_cut_with_stream_copy_counts_only_the_frames_shown(tmp_path, skip):
+    """An edit list that hides the first ``skip`` frames: the video is the frames shown (as
+    ffmpeg and decord play it), not the declared count; it used to be refused as truncated
+    or sampled over the wrong count (cut at 40 frames: [42, 77, ...] for [54, 86, ...])."""
+    if not _has_encoder("libx264"):
+        pytest.skip("PyAV has no libx264 encoder")
+    full = _write_av(tmp_path / "full.mp4", flat_frames(300, 32, 32), fps=30)
+    cut = tmp_path / "cut.mp4"
+    if not _cut_with_stream_copy(full, cut, skip, 300, 30):
+        pytest.skip("the encoder wrote no edit list")
+    with av.open(str(cut)) as c:
+        shown = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(shown) == 300 - skip
+    expected = [skip + i for i in sample_indices(len(shown), 8)]
+    for seek in (True, False):
+        frames, info = video_mod.read_video(cut, 8, allow_seek=seek)
+        assert info.num_total == 300 - skip, f"seek={seek}"
+        assert which_frames(frames, 300)[0] == expected, f"seek={seek}"
+    got, _ = which_frames(load_frames(cut, 4, bound=(1.0, 3.0), cache=False), 300)
+    assert got == [skip + i for i in sample_indices(300 - skip, 4, fps=30, bound=(1.0, 3.0))]

@@ -412,6 +412,10 @@ def _constant_rate_index(stream) -> bool:
     entries = getattr(stream, "index_entries", None) or ()
     if not stream.frames or len(entries) < stream.frames:
         return False
+    if any(getattr(e, "is_discard", False) for e in entries):
+        # An edit list (``ffmpeg -ss T -c copy``) hides lead-in frames: the declared count
+        # includes frames never shown, so count the shown ones from the packets instead.
+        return False
     try:
         stamps = np.sort(np.fromiter((e.timestamp for e in entries), dtype=np.int64, count=len(entries)))
     except (AttributeError, TypeError):
@@ -437,6 +441,9 @@ class _Timeline:
 def _scan_packets(path: Path, index: int) -> _Timeline:
     """Demux (without decoding) every packet of video stream ``index``.
 
+    Only frames that are shown count: a packet the demuxer marks as discarded, or one
+    stamped before the stream's start (the lead-in an edit list hides, as in an mp4 cut with
+    ``ffmpeg -ss T -c copy``), decodes only as a reference and never comes out of the decoder.
     Matroska declares its length only for the whole file, audio included, so a file whose
     packets end well before that declared length is truncated; that is checked here.
     """
@@ -449,6 +456,7 @@ def _scan_packets(path: Path, index: int) -> _Timeline:
     end = 0.0  # seconds: where the last packet of any stream ends
     with av.open(str(path)) as container:
         video = container.streams[index]
+        first = video.start_time
         try:
             for packet in container.demux():
                 _check_deadline(path)
@@ -459,6 +467,10 @@ def _scan_packets(path: Path, index: int) -> _Timeline:
                     end = max(end, float((packet.pts + (packet.duration or 0)) * tb))
                 if packet.stream.index != video.index:
                     continue
+                if getattr(packet, "is_discard", False) or (
+                    first is not None and packet.pts is not None and packet.pts < first
+                ):
+                    continue  # a hidden lead-in frame: decoded as a reference, never shown
                 count += 1
                 if packet.pts is None:
                     exact = False

@@ -289,3 +289,52 @@ def test_unknown_or_empty_selection():
     for bad in (3, None, ["synthetic:1"]):
         with pytest.raises(DataError, match="a dataset is named by text"):
             load_dataset(bad)
+
+
+def _two_task_copy(root: Path, bench: str, bad: str) -> tuple[str, str, str]:
+    """A copy of ``bench`` with one good task file and one whose text is ``bad`` (a stand-in for
+    empty, a git-lfs pointer, or every item malformed): (good task, bad task, bad file name)."""
+    from vlmflow.data import mvbench
+
+    good_item = {"video": "a.mp4", "question": "Q?", "candidates": ["x", "y"], "answer": "x"}
+    if bench in ("tvbench", "tvbench_open_ended"):
+        files = ("json/action_count.json", "json/object_count.json", [good_item])
+        tasks = ("Action Count", "Object Count")
+    elif bench == "mvbench":
+        (good_name, good), (bad_name, bad_spec) = list(mvbench.TASKS.items())[:2]
+        files = (f"json/{good[0]}", f"json/{bad_spec[0]}", [good_item])
+        tasks = (good_name, bad_name)
+    elif bench == "tomato":
+        item = {"question": "Q?", "options": ["x", "y"], "answer": 0, "key": "a"}
+        item["demonstration_type"] = "human"
+        files = ("jsons/count.json", "jsons/direction.json", {"1": item})
+        tasks = ("Count", "Direction")
+    else:
+        item = {"Q": "What?", "A": "this", "video_name": "a"}
+        files = ("Benchmarking_QA/temporal_qa.json", "Benchmarking_QA/generic_qa.json", [item])
+        tasks = ("temporal_qa", "generic_qa")
+    (root / files[0]).parent.mkdir(parents=True, exist_ok=True)
+    (root / files[0]).write_text(json.dumps(files[2]))
+    (root / files[1]).write_text(bad)
+    return tasks[0], tasks[1], Path(files[1]).name
+
+
+BAD_FILES = {
+    "empty": "[]",
+    "git-lfs pointer": "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n",
+    "every item malformed": '[{"video": "v.mp4"}]',
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_FILES), ids=str)
+@pytest.mark.parametrize("bench", ["tvbench", "tvbench_open_ended", "mvbench", "tomato", "vcgbench"])
+def test_a_bad_annotation_file_stops_only_its_own_task(tmp_path, bench, bad):
+    """One unreadable, empty or all-malformed task file used to refuse the whole benchmark,
+    even under --task selecting another task; now it fails only a selection holding it."""
+    text = BAD_FILES[bad] if bench != "tomato" or bad != "empty" else "{}"
+    good, broken, name = _two_task_copy(tmp_path, bench, text)
+    samples = load_dataset(f"{bench}:{tmp_path}", tasks=[good])
+    assert [(s.task, s.error) for s in samples] == [(good, None)]
+    for selection in ([broken], [good, broken], None):
+        with pytest.raises(DataError, match=f"task {broken!r}: .*{name}"):
+            load_dataset(f"{bench}:{tmp_path}", tasks=selection)

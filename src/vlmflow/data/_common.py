@@ -159,6 +159,33 @@ def _failed(file, key, item, reason, source, task, id_of) -> Sample:
     )
 
 
+FILE_ERROR = "file_error"
+"""``Sample.meta`` key marking the stand-in Sample of an annotation file that cannot be read."""
+
+
+def load_file(
+    file: Path, task: str, source: str, load: Callable[..., list[Sample]], *args: Any
+) -> list[Sample]:
+    """The Samples ``load(*args)`` reads from one task's annotation ``file``; when the whole file
+    cannot be read (unreadable, empty, of another shape, every item malformed) one stand-in
+    Sample of ``task`` carries the reason instead. :func:`~vlmflow.data.load_dataset` raises
+    that reason only when the task is selected, so a bad file of another task never stops a
+    run."""
+    try:
+        return load(*args)
+    except DataError as e:
+        return [
+            Sample(
+                id=f"{file.name}#file",
+                question="",
+                task=task,
+                source=source,
+                meta={"file": str(file), FILE_ERROR: True},
+                error=str(e),
+            )
+        ]
+
+
 def field_of(name: str) -> Callable[[Any], Any]:
     """``item[name]`` of a dict item, else ``None`` (for :func:`parse_items`' ``task``)."""
     return lambda item: item.get(name) if isinstance(item, dict) else None

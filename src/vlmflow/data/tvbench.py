@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import DataError
 from ..sample import Sample
-from ._common import bound_of, parse_items
+from ._common import bound_of, load_file, parse_items
 from .registry import DATASETS, published_tasks
 
 # task name -> (annotation file stem, video folder, uses start/end bounds)
@@ -71,8 +71,9 @@ def load_tvbench(arg: str) -> list[Sample]:
         raise DataError(f"TVBench folder {json_dir} holds no .json annotation files")
     out: list[Sample] = []
     for name in sorted(specs):
-        file, video_dir, bounded = specs[name]
-        out.extend(_load_task(name, file, root / "video" / video_dir, bounded))
+        file, folder, bounded = specs[name]
+        video_dir = root / "video" / folder
+        out.extend(load_file(file, name, "tvbench", _load_task, name, file, video_dir, bounded))
     return out
 
 

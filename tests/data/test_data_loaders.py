@@ -338,3 +338,28 @@ def test_a_bad_annotation_file_stops_only_its_own_task(tmp_path, bench, bad):
     for selection in ([broken], [good, broken], None):
         with pytest.raises(DataError, match=f"task {broken!r}: .*{name}"):
             load_dataset(f"{bench}:{tmp_path}", tasks=selection)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "match"),
+    [
+        (6.5, 2.0, r"starts after it ends \(start=6.5s > end=2s\)"),
+        ("nan", 3, "must be finite seconds"),
+        (1, "inf", "must be finite seconds"),
+    ],
+)
+def test_a_bad_window_fails_its_own_item(tmp_path, start, end, match):
+    """An inverted or non-finite start/end used to be accepted (one frame, repeated; or a
+    cryptic 'cannot convert float NaN to integer' at decode): the item fails alone, naming
+    where it is, in jsonl and in the benchmark loaders (shared bound_of)."""
+    good = {"id": "ok", "video": "a.mp4", "question": "Q?", "options": ["x", "y"], "answer": 0}
+    file = _write_jsonl(tmp_path / "qa.jsonl", [good, {**good, "id": "bad", "start": start, "end": end}])
+    samples = load_dataset(f"jsonl:{file}")
+    assert samples[0].error is None
+    bad = only_failure(samples, match, "qa.jsonl:2")
+    assert bad.id == "bad"
+    items = [_item(start=1, end=3), _item(start=start, end=end)]
+    root = _tvbench(tmp_path / "tv", {"action_sequence": items})
+    samples = load_dataset(f"tvbench:{root}")
+    assert samples[0].bound == (1.0, 3.0)
+    only_failure(samples, match, "action_sequence.json item 1")

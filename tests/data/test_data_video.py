@@ -187,6 +187,19 @@ def test_sample_frames_and_bound(tmp_path):
     assert got == [33, 41, 48, 55]
 
 
+def test_a_window_past_the_video_end_fails_the_sample(tmp_path):
+    """(50 s, 60 s) on a 3 s clip used to give its last frame num_frames times, silently."""
+    path = write_video(tmp_path / "clip.mp4", flat_frames(90), fps=30, gop_size=10)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, f in enumerate(flat_frames(9)):
+        Image.fromarray(f).save(folder / f"{i}.png")
+    for video, length in ((path, "90 frames at 30 fps = 3.00s"), (folder, "9 frames at 3 fps = 3.00s")):
+        sample = Sample(id="late", question="?", video=str(video), bound=(50.0, 60.0))
+        with pytest.raises(DataError, match=rf"sample 'late'.*starts after the video ends \({length}\)"):
+            load_sample_frames(sample, 4, cache=False)
+
+
 # ----------------------------------------------------------------------------- cache
 
 

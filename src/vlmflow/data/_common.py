@@ -9,6 +9,7 @@ it becomes a failed Sample carrying that reason, and the run records it and goes
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -79,9 +80,19 @@ def bound_of(item: dict[str, Any], where: str) -> tuple[float, float] | None:
     if item.get("start") is None or item.get("end") is None:
         return None
     try:
-        return float(item["start"]), float(item["end"])
+        start, end = float(item["start"]), float(item["end"])
     except (TypeError, ValueError) as e:
         raise DataError(f"{where}: 'start'/'end' must be numbers of seconds") from e
+    return checked_bound(start, end, where)
+
+
+def checked_bound(start: float, end: float, where: str) -> tuple[float, float]:
+    """``(start, end)`` when it is a usable window: finite, and not starting after it ends."""
+    if not (math.isfinite(start) and math.isfinite(end)):
+        raise DataError(f"{where}: 'start'/'end' must be finite seconds, got start={start}, end={end}")
+    if start > end:
+        raise DataError(f"{where}: the window starts after it ends (start={start:g}s > end={end:g}s)")
+    return start, end
 
 
 def first_existing(base: Path, stem: str, extensions: tuple[str, ...]) -> Path:

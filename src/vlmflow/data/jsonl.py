@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import DataError
 from ..sample import Sample
-from ._common import parse_items
+from ._common import checked_bound, parse_items
 from .registry import DATASETS
 
 
@@ -119,7 +119,7 @@ def _parse(obj: dict[str, Any], where: str, lineno: int, base: Path) -> Sample:
             end = float(obj["end"]) if obj.get("end") is not None else 1e5
         except (TypeError, ValueError) as e:
             raise DataError(f"{where}: 'start'/'end' must be numbers of seconds") from e
-        bound = (start, end)
+        bound = checked_bound(start, end, where)
     meta = {k: v for k, v in obj.items() if k not in _KNOWN}
     meta["line"] = lineno
     return Sample(

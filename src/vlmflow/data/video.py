@@ -82,7 +82,9 @@ def sample_indices(
     passes ``bound=(0, duration)`` with the annotation's duration, as the reference does.
     ``fps`` is only needed to turn a ``bound`` into frame indices. When the video has
     fewer frames than asked for, indices repeat; the result always has ``num_frames``
-    entries in ``[0, num_total)``.
+    entries in ``[0, num_total)``. A ``bound`` that is not finite, starts after it ends, or
+    lies wholly outside the video raises :class:`DataError` (the reference's ``get_index``
+    would index past the video there); one that only overhangs an end is clipped to the video.
     """
     if policy not in POLICIES:
         raise VlmflowError(f"unknown frame sampling policy {policy!r}; known: {', '.join(POLICIES)}")
@@ -97,10 +99,12 @@ def sample_indices(
     max_frame = num_total - 1
     start, end = bound if bound is not None else _NO_BOUND
     rate = float(fps) if fps is not None else 1.0
+    if bound is not None:
+        _check_window(float(start), float(end), num_total, rate)
     # Python's round (half to even), as the reference code does.
     start_idx = max(0, round(start * rate))
     end_idx = min(round(end * rate), max_frame)
-    start_idx = min(start_idx, end_idx)  # a window past the end collapses onto the last frame
+    start_idx = min(start_idx, end_idx)
     if policy == "segment_middle":
         seg = (end_idx - start_idx) / num_frames
         idx = [int(start_idx + seg / 2 + np.round(seg * i)) for i in range(num_frames)]
@@ -109,6 +113,22 @@ def sample_indices(
     else:
         idx = np.linspace(start_idx, end_idx, num_frames, dtype=int).tolist()
     return [min(max(int(i), 0), max_frame) for i in idx]
+
+
+def _check_window(start: float, end: float, num_total: int, fps: float) -> None:
+    """Refuse a time window that selects no frame of a ``num_total``-frame video at ``fps``."""
+    if not (np.isfinite(start) and np.isfinite(end)):
+        raise DataError(f"time window ({start}, {end}) is not finite seconds")
+    if start > end:
+        raise DataError(f"time window ({start:g}s, {end:g}s) starts after it ends")
+    length = num_total / fps
+    if start * fps >= num_total:
+        raise DataError(
+            f"time window ({start:g}s, {end:g}s) starts after the video ends "
+            f"({num_total} frames at {fps:g} fps = {length:.2f}s)"
+        )
+    if end < 0:
+        raise DataError(f"time window ({start:g}s, {end:g}s) ends before the video starts")
 
 
 def _lvb_indices(

@@ -383,3 +383,33 @@ def test_mp4_cut_with_stream_copy_counts_only_the_frames_shown(tmp_path, skip):
         assert which_frames(frames, 300)[0] == expected, f"seek={seek}"
     got, _ = which_frames(load_frames(cut, 4, bound=(1.0, 3.0), cache=False), 300)
     assert got == [skip + i for i in sample_indices(300 - skip, 4, fps=30, bound=(1.0, 3.0))]
+
+
+@pytest.mark.parametrize(("ext", "cover_art"), [("mkv", False), ("mp4", True), ("mkv", True)])
+def test_the_video_stream_is_not_a_thumbnail_or_cover_art(tmp_path, ext, cover_art):
+    """A one-frame still (a thumbnail, or cover art with disposition attached_pic) stored as
+    the first video stream used to be sampled: 8 copies of the still. The stream read is the
+    one ffmpeg plays (av_find_best_stream)."""
+    if not (_has_encoder("libx264") and _has_encoder("mjpeg")):
+        pytest.skip("PyAV lacks libx264 or mjpeg")
+    path = tmp_path / f"clip.{ext}"
+    with av.open(str(path), "w") as out:
+        still = out.add_stream("mjpeg", rate=1)
+        still.width = still.height = 32
+        still.pix_fmt = "yuvj420p"
+        if cover_art:
+            still.disposition = av.stream.Disposition.attached_pic
+        video = out.add_stream("libx264", rate=30)
+        video.width = video.height = 32
+        video.pix_fmt = "yuv420p"
+        picture = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 255, np.uint8), format="rgb24")
+        picture.pts = 0
+        out.mux(still.encode(picture))
+        out.mux(still.encode(None))
+        for arr in flat_frames(90, 32, 32):
+            out.mux(video.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")))
+        out.mux(video.encode(None))
+    for seek in (True, False):
+        frames, info = video_mod.read_video(path, 8, allow_seek=seek)
+        assert info.num_total == 90, f"seek={seek}"
+        assert which_frames(frames, 90)[0] == sample_indices(90, 8), f"seek={seek}"

@@ -395,9 +395,8 @@ def _read_container(path, num_frames, policy, bound, allow_seek):
     import av
 
     with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise DataError(f"no video stream in {path}")
-        stream = container.streams.video[0]
+        stream = _video_stream(container, path)
+        index = stream.index  # read now: the stream is gone once the container closes
         stream.thread_type = "AUTO"
         _check_size(stream.codec_context.width or 0, stream.codec_context.height or 0, path)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
@@ -423,7 +422,28 @@ def _read_container(path, num_frames, policy, bound, allow_seek):
             if got is not None:
                 frames = np.stack([got[i] for i in indices])
                 return frames, DecodeInfo("seek", total, fps, indices, decoded)
-    return _sequential(path, num_frames, policy, bound, total, declared, fps)
+    return _sequential(path, num_frames, policy, bound, total, declared, fps, index)
+
+
+_ATTACHED_PIC = 0x400  # AV_DISPOSITION_ATTACHED_PIC: cover art, not a video
+
+
+def _video_stream(container, path: Path):
+    """The video stream ffmpeg plays (``av_find_best_stream``): never cover art (an attached
+    picture), and one with several frames before a one-frame still such as a thumbnail;
+    ties go to the most frames, then the largest picture."""
+    videos = [s for s in container.streams.video if not int(s.disposition or 0) & _ATTACHED_PIC]
+    if not container.streams.video:
+        raise DataError(f"no video stream in {path}")
+    if not videos:
+        raise DataError(f"no video stream in {path}: its only picture is cover art (an attached picture)")
+    try:
+        best = container.streams.best("video")
+    except Exception:  # noqa: BLE001 - an older PyAV without StreamContainer.best
+        best = None
+    if best is not None and any(s.index == best.index for s in videos):
+        return best
+    return max(videos, key=lambda s: (s.frames or 0, (s.width or 0) * (s.height or 0)))
 
 
 def _constant_rate_index(stream) -> bool:
@@ -609,12 +629,13 @@ def _keyframe_indices(stream, index_of_pts) -> list[int] | None:
     return keys if keys and (len(keys) > 1 or complete) else None
 
 
-def _sequential(path, num_frames, policy, bound, total, declared, fps):
-    """One pass from the start, keeping only the sampled frames (two when the count is unknown)."""
+def _sequential(path, num_frames, policy, bound, total, declared, fps, index):
+    """One pass from the start of stream ``index``, keeping only the sampled frames (two
+    when the count is unknown)."""
     import av
 
     if total is None:
-        total = _count_by_decoding(path)
+        total = _count_by_decoding(path, index)
         declared = False
         if total == 0:
             raise DataError(f"video {path} has no decodable frames")
@@ -627,7 +648,7 @@ def _sequential(path, num_frames, policy, bound, total, declared, fps):
     n = 0
     last = None
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+        stream = container.streams[index]
         stream.thread_type = "AUTO"
         for frame in _decode(container, stream, path):
             if n in wanted:
@@ -649,11 +670,11 @@ def _sequential(path, num_frames, policy, bound, total, declared, fps):
     return frames, DecodeInfo("sequential", total, fps, indices, n)
 
 
-def _count_by_decoding(path) -> int:
+def _count_by_decoding(path, index: int) -> int:
     import av
 
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+        stream = container.streams[index]
         stream.thread_type = "AUTO"
         return sum(1 for _ in _decode(container, stream, path))
 

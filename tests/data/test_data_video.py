@@ -322,6 +322,21 @@ def test_frame_folder_without_zero_padding_is_in_frame_order(tmp_path):
     assert got == sample_indices(24, 8) == [1, 4, 7, 10, 13, 15, 18, 21]
 
 
+def test_hidden_files_in_a_frame_folder_are_not_frames(tmp_path):
+    """A folder copied from a Mac holds ``._00001.jpg`` resource forks beside the frames:
+    they used to count as frames (and fail to decode, or shift every pick)."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    pal = palette(24)
+    for i in range(24):
+        Image.fromarray(np.full((20, 30, 3), pal[i], np.uint8)).save(folder / f"{i + 1:05d}.jpg")
+        (folder / f"._{i + 1:05d}.jpg").write_bytes(b"\x00\x05\x16\x07 Mac OS X resource fork")
+    (folder / ".hidden.png").write_bytes(b"not an image")
+    frames, info = video_mod.read_video(folder, 8)
+    assert info.num_total == 24
+    assert which_frames(frames, 24)[0] == sample_indices(24, 8)
+
+
 def test_asking_for_more_frames_than_a_video_has_says_frames_repeat(tmp_path) -> None:
     """``probe(video="clip.mp4", num_frames=100)`` on a short clip used to repeat frames
     silently; the decode says so (for a file and a frame folder), and is silent when every

@@ -351,8 +351,13 @@ def _decode(container, stream, path: Path):
 
 
 def _folder_images(folder: Path) -> list[Path]:
-    """The folder's frame images in frame order: ``2.png`` before ``10.png``."""
-    files = (f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+    """The folder's frame images in frame order: ``2.png`` before ``10.png``. Hidden files
+    (macOS ``._00001.jpg`` resource forks, ``.DS_Store``) are not frames."""
+    files = (
+        f
+        for f in folder.iterdir()
+        if not f.name.startswith(".") and f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+    )
     return sorted(files, key=_natural_key)
 
 

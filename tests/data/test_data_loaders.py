@@ -363,3 +363,13 @@ def test_a_bad_window_fails_its_own_item(tmp_path, start, end, match):
     samples = load_dataset(f"tvbench:{root}")
     assert samples[0].bound == (1.0, 3.0)
     only_failure(samples, match, "action_sequence.json item 1")
+
+
+@pytest.mark.parametrize("field", ["video", "question", "candidates", "answer"])
+def test_tvbench_null_field_is_a_missing_field(tmp_path, field):
+    """``"video": null`` used to pass as present: the sample got the video path 'None' (or
+    the question 'None'); as in the other loaders, null counts as missing."""
+    root = _tvbench(tmp_path / "tv", {"object_count": [_item(), _item(**{field: None})]})
+    samples = load_dataset(f"tvbench:{root}")
+    bad = only_failure(samples, f"missing field '{field}'", "object_count.json item 1")
+    assert bad.task == "Object Count"

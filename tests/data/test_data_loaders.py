@@ -373,3 +373,18 @@ def test_tvbench_null_field_is_a_missing_field(tmp_path, field):
     samples = load_dataset(f"tvbench:{root}")
     bad = only_failure(samples, f"missing field '{field}'", "object_count.json item 1")
     assert bad.task == "Object Count"
+
+
+def test_more_options_than_letters_is_an_error_naming_the_sample(tmp_path):
+    """27 options used to load and then crash with IndexError when lettered (A-Z is 26):
+    the item fails alone, naming the sample, and a Sample built directly is refused."""
+    from vlmflow.sample import Sample
+
+    ok = {"id": "ok", "video": "a.mp4", "question": "Q?", "options": ["x", "y"], "answer": 0}
+    many = {**ok, "id": "many", "options": [f"o{i}" for i in range(27)], "answer": 26}
+    samples = load_dataset(f"jsonl:{_write_jsonl(tmp_path / 'qa.jsonl', [ok, many])}")
+    bad = only_failure(samples, r"sample 'many' has 27 options; at most 26 can be lettered", "many")
+    assert bad.id == "many"
+    with pytest.raises(DataError, match="sample 'q' has 30 options"):
+        Sample(id="q", question="?", options=tuple("o" * 30))
+    assert Sample(id="q", question="?", options=tuple("o" * 26)).letters[-1] == "Z"

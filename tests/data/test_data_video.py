@@ -428,3 +428,28 @@ def test_the_video_stream_is_not_a_thumbnail_or_cover_art(tmp_path, ext, cover_a
         frames, info = video_mod.read_video(path, 8, allow_seek=seek)
         assert info.num_total == 90, f"seek={seek}"
         assert which_frames(frames, 90)[0] == sample_indices(90, 8), f"seek={seek}"
+
+
+def test_a_rotated_video_is_returned_as_stored_and_says_so(tmp_path):
+    """A phone video's display rotation (the tkhd matrix) is not applied: the frames are the
+    stored ones, as documented in docs/datasets.md; it used to pass unremarked."""
+    import struct
+    import warnings
+
+    if not _has_encoder("libx264"):
+        pytest.skip("PyAV has no libx264 encoder")
+    path = _write_av(tmp_path / "clip.mp4", flat_frames(30, 32, 64), fps=30)
+    b = bytearray(path.read_bytes())
+    pos = b.find(b"tkhd")
+    if pos < 0 or b[pos + 4] != 0:
+        pytest.skip("no version-0 tkhd box to patch")
+    struct.pack_into(">9i", b, pos + 44, 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)  # 90 degrees
+    rotated = tmp_path / "rotated.mp4"
+    rotated.write_bytes(bytes(b))
+    with pytest.warns(UserWarning, match=r"shown rotated by -?90 degrees; .*frames as stored"):
+        frames = load_frames(rotated, 8, cache=False)
+    assert frames.shape == (8, 32, 64, 3)
+    assert which_frames(frames, 30)[0] == sample_indices(30, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_frames(path, 8, cache=False)

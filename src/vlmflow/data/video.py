@@ -345,9 +345,29 @@ def _check_size(width: int, height: int, path: Path) -> None:
 
 def _decode(container, stream, path: Path):
     """``container.decode(stream)``, checking the decode deadline at every frame."""
+    first = True
     for frame in container.decode(stream):
         _check_deadline(path)
+        if first:
+            first = False
+            _warn_rotation(frame, path)
         yield frame
+
+
+def _warn_rotation(frame, path: Path) -> None:
+    """Say when a video carries a display rotation (a phone video): frames are returned as
+    stored, not turned upright, so the model sees them on their side."""
+    try:
+        degrees = round(float(getattr(frame, "rotation", 0) or 0))
+    except (TypeError, ValueError):
+        return
+    if degrees % 360:
+        warnings.warn(
+            f"video {str(path)!r} asks to be shown rotated by {degrees} degrees; vlmflow returns "
+            "its frames as stored (not rotated)",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def _folder_images(folder: Path) -> list[Path]:

@@ -388,3 +388,25 @@ def test_more_options_than_letters_is_an_error_naming_the_sample(tmp_path):
     with pytest.raises(DataError, match="sample 'q' has 30 options"):
         Sample(id="q", question="?", options=tuple("o" * 30))
     assert Sample(id="q", question="?", options=tuple("o" * 26)).letters[-1] == "Z"
+
+
+def test_jsonl_options_that_carry_their_letters_lose_them(tmp_path):
+    """["A. red", "B. blue"] used to be lettered again ("(A) A. red"); the letters are
+    stripped by the Video-MME rule, and the answer may be the lettered text, the plain text,
+    the letter or an index. Options lettered out of order, or only some, are kept as given."""
+    base = {"video": "a.mp4", "question": "Q?", "options": ["A. red", "B) blue", "C.green"]}
+    rows = [
+        {**base, "id": "text", "answer": "B) blue"},
+        {**base, "id": "plain", "answer": "blue"},
+        {**base, "id": "letter", "answer": "B"},
+        {**base, "id": "index", "answer": 1},
+        {**base, "id": "unordered", "options": ["B. red", "A. blue"], "answer": "A. blue"},
+        {**base, "id": "partly", "options": ["A. red", "blue"], "answer": "blue"},
+    ]
+    samples = {s.id: s for s in load_dataset(f"jsonl:{_write_jsonl(tmp_path / 'qa.jsonl', rows)}")}
+    for sid in ("text", "plain", "letter", "index"):
+        assert samples[sid].error is None, samples[sid].error
+        assert samples[sid].options == ("red", "blue", "green"), sid
+        assert samples[sid].answer == 1, sid
+    assert samples["unordered"].options == ("B. red", "A. blue") and samples["unordered"].answer == 1
+    assert samples["partly"].options == ("A. red", "blue") and samples["partly"].answer == 1

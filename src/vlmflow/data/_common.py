@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from ..sample import Sample
+from ..sample import LETTERS, Sample
 
 
 def root_of(arg: str, name: str, example: str) -> Path:
@@ -53,6 +54,31 @@ def option_texts(value: Any, field: str, where: str) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not value:
         raise DataError(f"{where}: {field!r} must be a non-empty list of option texts")
     return tuple(str(v) for v in value)
+
+
+_LETTERED = re.compile(r"^\s*([A-Z])\s*[.)]\s?(.*)$", re.DOTALL)
+
+
+def strip_letters(options: list[str], where: str) -> tuple[str, ...]:
+    """Plain option texts of ``["A. xxx", "B. yyy", ...]``; the letters must run A, B, C, ..."""
+    out = []
+    for i, opt in enumerate(options):
+        m = _LETTERED.match(str(opt))
+        if m is None or m.group(1) != LETTERS[i]:
+            raise DataError(f"{where}: option {i} {opt!r} does not start with the letter '{LETTERS[i]}. '")
+        out.append(m.group(2).strip())
+    return tuple(out)
+
+
+def all_lettered(options: list[str] | tuple[str, ...]) -> bool:
+    """Whether ``options`` already carry their letters in order (``"A. red"``, ``"B) blue"``, ...)."""
+    if not options or len(options) > len(LETTERS):
+        return False
+    for i, opt in enumerate(options):
+        m = _LETTERED.match(str(opt))
+        if m is None or m.group(1) != LETTERS[i]:
+            return False
+    return True
 
 
 def answer_by_text(answer: Any, options: tuple[str, ...], where: str) -> int:

@@ -44,7 +44,8 @@ class Sample:
     file or a folder of frame images) is set; loaders leave decoding to
     :func:`vlmflow.data.video.load_frames` so it happens once, lazily, and cached.
 
-    ``options`` are the candidate texts without letters; ``answer`` indexes them. An
+    ``options`` are the candidate texts without letters (at most 26, lettered A-Z; more
+    raise :class:`~vlmflow.errors.DataError`); ``answer`` indexes them. An
     open-ended item has no options and keeps its reference text in ``answer_text``.
     ``bound`` is an optional ``(start_s, end_s)`` window of the video to sample from.
     ``error`` is set on an annotation item a loader could not read (its reason, naming the
@@ -63,6 +64,13 @@ class Sample:
     answer_text: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.options) > len(LETTERS):
+            raise DataError(
+                f"sample {self.id!r} has {len(self.options)} options; at most {len(LETTERS)} "
+                f"can be lettered (A-Z)"
+            )
 
     def __repr__(self) -> str:
         """One line: the fields as given, ``frames`` summarised as its shape and dtype (not

@@ -289,3 +289,124 @@ def test_unknown_or_empty_selection():
     for bad in (3, None, ["synthetic:1"]):
         with pytest.raises(DataError, match="a dataset is named by text"):
             load_dataset(bad)
+
+
+def _two_task_copy(root: Path, bench: str, bad: str) -> tuple[str, str, str]:
+    """A copy of ``bench`` with one good task file and one whose text is ``bad`` (a stand-in for
+    empty, a git-lfs pointer, or every item malformed): (good task, bad task, bad file name)."""
+    from vlmflow.data import mvbench
+
+    good_item = {"video": "a.mp4", "question": "Q?", "candidates": ["x", "y"], "answer": "x"}
+    if bench in ("tvbench", "tvbench_open_ended"):
+        files = ("json/action_count.json", "json/object_count.json", [good_item])
+        tasks = ("Action Count", "Object Count")
+    elif bench == "mvbench":
+        (good_name, good), (bad_name, bad_spec) = list(mvbench.TASKS.items())[:2]
+        files = (f"json/{good[0]}", f"json/{bad_spec[0]}", [good_item])
+        tasks = (good_name, bad_name)
+    elif bench == "tomato":
+        item = {"question": "Q?", "options": ["x", "y"], "answer": 0, "key": "a"}
+        item["demonstration_type"] = "human"
+        files = ("jsons/count.json", "jsons/direction.json", {"1": item})
+        tasks = ("Count", "Direction")
+    else:
+        item = {"Q": "What?", "A": "this", "video_name": "a"}
+        files = ("Benchmarking_QA/temporal_qa.json", "Benchmarking_QA/generic_qa.json", [item])
+        tasks = ("temporal_qa", "generic_qa")
+    (root / files[0]).parent.mkdir(parents=True, exist_ok=True)
+    (root / files[0]).write_text(json.dumps(files[2]))
+    (root / files[1]).write_text(bad)
+    return tasks[0], tasks[1], Path(files[1]).name
+
+
+BAD_FILES = {
+    "empty": "[]",
+    "git-lfs pointer": "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n",
+    "every item malformed": '[{"video": "v.mp4"}]',
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_FILES), ids=str)
+@pytest.mark.parametrize("bench", ["tvbench", "tvbench_open_ended", "mvbench", "tomato", "vcgbench"])
+def test_a_bad_annotation_file_stops_only_its_own_task(tmp_path, bench, bad):
+    """One unreadable, empty or all-malformed task file used to refuse the whole benchmark,
+    even under --task selecting another task; now it fails only a selection holding it."""
+    text = BAD_FILES[bad] if bench != "tomato" or bad != "empty" else "{}"
+    good, broken, name = _two_task_copy(tmp_path, bench, text)
+    samples = load_dataset(f"{bench}:{tmp_path}", tasks=[good])
+    assert [(s.task, s.error) for s in samples] == [(good, None)]
+    for selection in ([broken], [good, broken], None):
+        with pytest.raises(DataError, match=f"task {broken!r}: .*{name}"):
+            load_dataset(f"{bench}:{tmp_path}", tasks=selection)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "match"),
+    [
+        (6.5, 2.0, r"starts after it ends \(start=6.5s > end=2s\)"),
+        ("nan", 3, "must be finite seconds"),
+        (1, "inf", "must be finite seconds"),
+    ],
+)
+def test_a_bad_window_fails_its_own_item(tmp_path, start, end, match):
+    """An inverted or non-finite start/end used to be accepted (one frame, repeated; or a
+    cryptic 'cannot convert float NaN to integer' at decode): the item fails alone, naming
+    where it is, in jsonl and in the benchmark loaders (shared bound_of)."""
+    good = {"id": "ok", "video": "a.mp4", "question": "Q?", "options": ["x", "y"], "answer": 0}
+    file = _write_jsonl(tmp_path / "qa.jsonl", [good, {**good, "id": "bad", "start": start, "end": end}])
+    samples = load_dataset(f"jsonl:{file}")
+    assert samples[0].error is None
+    bad = only_failure(samples, match, "qa.jsonl:2")
+    assert bad.id == "bad"
+    items = [_item(start=1, end=3), _item(start=start, end=end)]
+    root = _tvbench(tmp_path / "tv", {"action_sequence": items})
+    samples = load_dataset(f"tvbench:{root}")
+    assert samples[0].bound == (1.0, 3.0)
+    only_failure(samples, match, "action_sequence.json item 1")
+
+
+@pytest.mark.parametrize("field", ["video", "question", "candidates", "answer"])
+def test_tvbench_null_field_is_a_missing_field(tmp_path, field):
+    """``"video": null`` used to pass as present: the sample got the video path 'None' (or
+    the question 'None'); as in the other loaders, null counts as missing."""
+    root = _tvbench(tmp_path / "tv", {"object_count": [_item(), _item(**{field: None})]})
+    samples = load_dataset(f"tvbench:{root}")
+    bad = only_failure(samples, f"missing field '{field}'", "object_count.json item 1")
+    assert bad.task == "Object Count"
+
+
+def test_more_options_than_letters_is_an_error_naming_the_sample(tmp_path):
+    """27 options used to load and then crash with IndexError when lettered (A-Z is 26):
+    the item fails alone, naming the sample, and a Sample built directly is refused."""
+    from vlmflow.sample import Sample
+
+    ok = {"id": "ok", "video": "a.mp4", "question": "Q?", "options": ["x", "y"], "answer": 0}
+    many = {**ok, "id": "many", "options": [f"o{i}" for i in range(27)], "answer": 26}
+    samples = load_dataset(f"jsonl:{_write_jsonl(tmp_path / 'qa.jsonl', [ok, many])}")
+    bad = only_failure(samples, r"sample 'many' has 27 options; at most 26 can be lettered", "many")
+    assert bad.id == "many"
+    with pytest.raises(DataError, match="sample 'q' has 30 options"):
+        Sample(id="q", question="?", options=tuple("o" * 30))
+    assert Sample(id="q", question="?", options=tuple("o" * 26)).letters[-1] == "Z"
+
+
+def test_jsonl_options_that_carry_their_letters_lose_them(tmp_path):
+    """["A. red", "B. blue"] used to be lettered again ("(A) A. red"); the letters are
+    stripped by the Video-MME rule, and the answer may be the lettered text, the plain text,
+    the letter or an index. Options lettered out of order, or only some, are kept as given."""
+    base = {"video": "a.mp4", "question": "Q?", "options": ["A. red", "B) blue", "C.green"]}
+    rows = [
+        {**base, "id": "text", "answer": "B) blue"},
+        {**base, "id": "plain", "answer": "blue"},
+        {**base, "id": "letter", "answer": "B"},
+        {**base, "id": "index", "answer": 1},
+        {**base, "id": "unordered", "options": ["B. red", "A. blue"], "answer": "A. blue"},
+        {**base, "id": "partly", "options": ["A. red", "blue"], "answer": "blue"},
+    ]
+    samples = {s.id: s for s in load_dataset(f"jsonl:{_write_jsonl(tmp_path / 'qa.jsonl', rows)}")}
+    for sid in ("text", "plain", "letter", "index"):
+        assert samples[sid].error is None, samples[sid].error
+        assert samples[sid].options == ("red", "blue", "green"), sid
+        assert samples[sid].answer == 1, sid
+    assert samples["unordered"].options == ("B. red", "A. blue") and samples["unordered"].answer == 1
+    assert samples["partly"].options == ("A. red", "blue") and samples["partly"].answer == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vlmflow.data import sample_indices
-from vlmflow.errors import VlmflowError
+from vlmflow.errors import DataError, VlmflowError
 
 
 def test_segment_middle_matches_reference_examples():
@@ -30,8 +30,25 @@ def test_short_video_repeats_indices(policy):
     assert len(idx) == 8 and set(idx) == {0, 1, 2} and idx == sorted(idx)
 
 
-def test_bound_past_the_end_collapses_onto_last_frame():
-    assert sample_indices(30, 4, fps=10, bound=(50.0, 60.0)) == [29, 29, 29, 29]
+@pytest.mark.parametrize(
+    ("bound", "match"),
+    [
+        ((50.0, 60.0), r"starts after the video ends \(30 frames at 10 fps = 3.00s\)"),
+        ((3.0, 4.0), "starts after the video ends"),
+        ((6.5, 2.0), "starts after it ends"),
+        ((float("nan"), 2.0), "not finite"),
+        ((0.0, float("inf")), "not finite"),
+        ((-5.0, -1.0), "ends before the video starts"),
+    ],
+)
+def test_a_window_that_selects_no_frame_is_an_error(bound, match):
+    """Such a window used to collapse onto one frame, repeated num_frames times (the
+    reference's get_index indexes past the video there); a window that only overhangs an
+    end is clipped to the video."""
+    with pytest.raises(DataError, match=match):
+        sample_indices(30, 4, fps=10, bound=bound)
+    assert sample_indices(30, 4, fps=10, bound=(2.0, 60.0)) == [21, 23, 25, 28]
+    assert sample_indices(30, 4, fps=10, bound=(-1.0, 1.0)) == [1, 3, 6, 9]
 
 
 def test_bad_arguments():

@@ -187,6 +187,19 @@ def test_sample_frames_and_bound(tmp_path):
     assert got == [33, 41, 48, 55]
 
 
+def test_a_window_past_the_video_end_fails_the_sample(tmp_path):
+    """(50 s, 60 s) on a 3 s clip used to give its last frame num_frames times, silently."""
+    path = write_video(tmp_path / "clip.mp4", flat_frames(90), fps=30, gop_size=10)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, f in enumerate(flat_frames(9)):
+        Image.fromarray(f).save(folder / f"{i}.png")
+    for video, length in ((path, "90 frames at 30 fps = 3.00s"), (folder, "9 frames at 3 fps = 3.00s")):
+        sample = Sample(id="late", question="?", video=str(video), bound=(50.0, 60.0))
+        with pytest.raises(DataError, match=rf"sample 'late'.*starts after the video ends \({length}\)"):
+            load_sample_frames(sample, 4, cache=False)
+
+
 # ----------------------------------------------------------------------------- cache
 
 
@@ -309,6 +322,21 @@ def test_frame_folder_without_zero_padding_is_in_frame_order(tmp_path):
     assert got == sample_indices(24, 8) == [1, 4, 7, 10, 13, 15, 18, 21]
 
 
+def test_hidden_files_in_a_frame_folder_are_not_frames(tmp_path):
+    """A folder copied from a Mac holds ``._00001.jpg`` resource forks beside the frames:
+    they used to count as frames (and fail to decode, or shift every pick)."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    pal = palette(24)
+    for i in range(24):
+        Image.fromarray(np.full((20, 30, 3), pal[i], np.uint8)).save(folder / f"{i + 1:05d}.jpg")
+        (folder / f"._{i + 1:05d}.jpg").write_bytes(b"\x00\x05\x16\x07 Mac OS X resource fork")
+    (folder / ".hidden.png").write_bytes(b"not an image")
+    frames, info = video_mod.read_video(folder, 8)
+    assert info.num_total == 24
+    assert which_frames(frames, 24)[0] == sample_indices(24, 8)
+
+
 def test_asking_for_more_frames_than_a_video_has_says_frames_repeat(tmp_path) -> None:
     """``probe(video="clip.mp4", num_frames=100)`` on a short clip used to repeat frames
     silently; the decode says so (for a file and a frame folder), and is silent when every
@@ -359,3 +387,99 @@ def test_frames_served_from_the_cache_say_they_repeat_too(tmp_path, monkeypatch)
     with pytest.warns(UserWarning, match=said):
         np.testing.assert_array_equal(load_frames(clip, 10), first)
     assert len(calls) == 2
+
+
+def _cut_with_stream_copy(src, dst, skip: int, total: int, fps: int) -> bool:
+    """Rewrite ``src``'s mp4 edit list as ``ffmpeg -ss <skip/fps> -c copy`` does: the media
+    starts ``skip`` frames in, past the keyframe, so the lead-in frames are decoded but hidden.
+    Returns False when the file has no edit list to rewrite."""
+    import struct
+
+    b = bytearray(src.read_bytes())
+    pos, mdhd = b.find(b"elst"), b.find(b"mdhd")
+    if pos < 0 or mdhd < 0 or b[pos + 4] != 0 or b[mdhd + 4] != 0:
+        return False
+    duration, media_time = struct.unpack_from(">Ii", b, pos + 12)
+    timescale = struct.unpack_from(">I", b, mdhd + 16)[0]
+    shown = duration * (total - skip) // total
+    struct.pack_into(">Ii", b, pos + 12, shown, media_time + timescale * skip // fps)
+    dst.write_bytes(bytes(b))
+    return True
+
+
+@pytest.mark.parametrize("skip", [40, 10])
+def test_mp4_cut_with_stream_copy_counts_only_the_frames_shown(tmp_path, skip):
+    """An edit list that hides the first ``skip`` frames: the video is the frames shown (as
+    ffmpeg and decord play it), not the declared count; it used to be refused as truncated
+    or sampled over the wrong count (cut at 40 frames: [42, 77, ...] for [54, 86, ...])."""
+    if not _has_encoder("libx264"):
+        pytest.skip("PyAV has no libx264 encoder")
+    full = _write_av(tmp_path / "full.mp4", flat_frames(300, 32, 32), fps=30)
+    cut = tmp_path / "cut.mp4"
+    if not _cut_with_stream_copy(full, cut, skip, 300, 30):
+        pytest.skip("the encoder wrote no edit list")
+    with av.open(str(cut)) as c:
+        shown = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(shown) == 300 - skip
+    expected = [skip + i for i in sample_indices(len(shown), 8)]
+    for seek in (True, False):
+        frames, info = video_mod.read_video(cut, 8, allow_seek=seek)
+        assert info.num_total == 300 - skip, f"seek={seek}"
+        assert which_frames(frames, 300)[0] == expected, f"seek={seek}"
+    got, _ = which_frames(load_frames(cut, 4, bound=(1.0, 3.0), cache=False), 300)
+    assert got == [skip + i for i in sample_indices(300 - skip, 4, fps=30, bound=(1.0, 3.0))]
+
+
+@pytest.mark.parametrize(("ext", "cover_art"), [("mkv", False), ("mp4", True), ("mkv", True)])
+def test_the_video_stream_is_not_a_thumbnail_or_cover_art(tmp_path, ext, cover_art):
+    """A one-frame still (a thumbnail, or cover art with disposition attached_pic) stored as
+    the first video stream used to be sampled: 8 copies of the still. The stream read is the
+    one ffmpeg plays (av_find_best_stream)."""
+    if not (_has_encoder("libx264") and _has_encoder("mjpeg")):
+        pytest.skip("PyAV lacks libx264 or mjpeg")
+    path = tmp_path / f"clip.{ext}"
+    with av.open(str(path), "w") as out:
+        still = out.add_stream("mjpeg", rate=1)
+        still.width = still.height = 32
+        still.pix_fmt = "yuvj420p"
+        if cover_art:
+            still.disposition = av.stream.Disposition.attached_pic
+        video = out.add_stream("libx264", rate=30)
+        video.width = video.height = 32
+        video.pix_fmt = "yuv420p"
+        picture = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 255, np.uint8), format="rgb24")
+        picture.pts = 0
+        out.mux(still.encode(picture))
+        out.mux(still.encode(None))
+        for arr in flat_frames(90, 32, 32):
+            out.mux(video.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")))
+        out.mux(video.encode(None))
+    for seek in (True, False):
+        frames, info = video_mod.read_video(path, 8, allow_seek=seek)
+        assert info.num_total == 90, f"seek={seek}"
+        assert which_frames(frames, 90)[0] == sample_indices(90, 8), f"seek={seek}"
+
+
+def test_a_rotated_video_is_returned_as_stored_and_says_so(tmp_path):
+    """A phone video's display rotation (the tkhd matrix) is not applied: the frames are the
+    stored ones, as documented in docs/datasets.md; it used to pass unremarked."""
+    import struct
+    import warnings
+
+    if not _has_encoder("libx264"):
+        pytest.skip("PyAV has no libx264 encoder")
+    path = _write_av(tmp_path / "clip.mp4", flat_frames(30, 32, 64), fps=30)
+    b = bytearray(path.read_bytes())
+    pos = b.find(b"tkhd")
+    if pos < 0 or b[pos + 4] != 0:
+        pytest.skip("no version-0 tkhd box to patch")
+    struct.pack_into(">9i", b, pos + 44, 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)  # 90 degrees
+    rotated = tmp_path / "rotated.mp4"
+    rotated.write_bytes(bytes(b))
+    with pytest.warns(UserWarning, match=r"shown rotated by -?90 degrees; .*frames as stored"):
+        frames = load_frames(rotated, 8, cache=False)
+    assert frames.shape == (8, 32, 64, 3)
+    assert which_frames(frames, 30)[0] == sample_indices(30, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_frames(path, 8, cache=False)

@@ -9,12 +9,14 @@ it becomes a failed Sample carrying that reason, and the run records it and goes
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from ..sample import Sample
+from ..sample import LETTERS, Sample
 
 
 def root_of(arg: str, name: str, example: str) -> Path:
@@ -54,6 +56,31 @@ def option_texts(value: Any, field: str, where: str) -> tuple[str, ...]:
     return tuple(str(v) for v in value)
 
 
+_LETTERED = re.compile(r"^\s*([A-Z])\s*[.)]\s?(.*)$", re.DOTALL)
+
+
+def strip_letters(options: list[str], where: str) -> tuple[str, ...]:
+    """Plain option texts of ``["A. xxx", "B. yyy", ...]``; the letters must run A, B, C, ..."""
+    out = []
+    for i, opt in enumerate(options):
+        m = _LETTERED.match(str(opt))
+        if m is None or m.group(1) != LETTERS[i]:
+            raise DataError(f"{where}: option {i} {opt!r} does not start with the letter '{LETTERS[i]}. '")
+        out.append(m.group(2).strip())
+    return tuple(out)
+
+
+def all_lettered(options: list[str] | tuple[str, ...]) -> bool:
+    """Whether ``options`` already carry their letters in order (``"A. red"``, ``"B) blue"``, ...)."""
+    if not options or len(options) > len(LETTERS):
+        return False
+    for i, opt in enumerate(options):
+        m = _LETTERED.match(str(opt))
+        if m is None or m.group(1) != LETTERS[i]:
+            return False
+    return True
+
+
 def answer_by_text(answer: Any, options: tuple[str, ...], where: str) -> int:
     """Index of the option whose text is ``answer`` (exactly, else ignoring outer spaces)."""
     text = str(answer)
@@ -79,9 +106,19 @@ def bound_of(item: dict[str, Any], where: str) -> tuple[float, float] | None:
     if item.get("start") is None or item.get("end") is None:
         return None
     try:
-        return float(item["start"]), float(item["end"])
+        start, end = float(item["start"]), float(item["end"])
     except (TypeError, ValueError) as e:
         raise DataError(f"{where}: 'start'/'end' must be numbers of seconds") from e
+    return checked_bound(start, end, where)
+
+
+def checked_bound(start: float, end: float, where: str) -> tuple[float, float]:
+    """``(start, end)`` when it is a usable window: finite, and not starting after it ends."""
+    if not (math.isfinite(start) and math.isfinite(end)):
+        raise DataError(f"{where}: 'start'/'end' must be finite seconds, got start={start}, end={end}")
+    if start > end:
+        raise DataError(f"{where}: the window starts after it ends (start={start:g}s > end={end:g}s)")
+    return start, end
 
 
 def first_existing(base: Path, stem: str, extensions: tuple[str, ...]) -> Path:
@@ -157,6 +194,33 @@ def _failed(file, key, item, reason, source, task, id_of) -> Sample:
         meta={"file": str(file), "index": key},
         error=reason,
     )
+
+
+FILE_ERROR = "file_error"
+"""``Sample.meta`` key marking the stand-in Sample of an annotation file that cannot be read."""
+
+
+def load_file(
+    file: Path, task: str, source: str, load: Callable[..., list[Sample]], *args: Any
+) -> list[Sample]:
+    """The Samples ``load(*args)`` reads from one task's annotation ``file``; when the whole file
+    cannot be read (unreadable, empty, of another shape, every item malformed) one stand-in
+    Sample of ``task`` carries the reason instead. :func:`~vlmflow.data.load_dataset` raises
+    that reason only when the task is selected, so a bad file of another task never stops a
+    run."""
+    try:
+        return load(*args)
+    except DataError as e:
+        return [
+            Sample(
+                id=f"{file.name}#file",
+                question="",
+                task=task,
+                source=source,
+                meta={"file": str(file), FILE_ERROR: True},
+                error=str(e),
+            )
+        ]
 
 
 def field_of(name: str) -> Callable[[Any], Any]:

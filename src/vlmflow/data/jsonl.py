@@ -7,7 +7,10 @@ Fields of a line::
 
 ``id`` defaults to the line number, ``task`` to ``"default"``; ``video`` is a video file or
 a frame folder, relative paths resolved against the JSONL's folder; ``answer`` is an index
-into ``options`` or the text of one option. Without ``options`` the item is open-ended and
+into ``options`` or the text of one option. Options that all carry their letters in order
+(``"A. red"``, ``"B) blue"``) lose them, as Video-MME's do (the prompt letters options
+itself); the answer may then also be given with its letter or as the letter alone. Without
+``options`` the item is open-ended and
 ``answer`` is its reference text. ``start``/``end`` (seconds) bound the sampled window; a
 frame folder (images in the order of the numbers in their names) is taken to play at
 3 fps (:data:`~vlmflow.data.video.FOLDER_FPS`), so its bound counts 3 frames per second.
@@ -20,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from ..sample import Sample
-from ._common import parse_items
+from ..sample import LETTERS, Sample
+from ._common import all_lettered, checked_bound, parse_items, strip_letters
 from .registry import DATASETS
 
 
@@ -99,7 +102,10 @@ def _parse(obj: dict[str, Any], where: str, lineno: int, base: Path) -> Sample:
     else:
         if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
             raise DataError(f"{where}: field 'options' must be a list of strings")
-        opts = tuple(options)
+        lettered = all_lettered(options)
+        # Options that already carry their letters ("A. red", "B. blue") lose them, as in the
+        # Video-MME loader, so the prompt builder does not letter them twice.
+        opts = strip_letters(options, where) if lettered else tuple(options)
         if isinstance(answer, bool):
             raise DataError(f"{where}: field 'answer' must be an index or an option text")
         if isinstance(answer, int):
@@ -107,9 +113,14 @@ def _parse(obj: dict[str, Any], where: str, lineno: int, base: Path) -> Sample:
                 raise DataError(f"{where}: answer index {answer} outside 0..{len(opts) - 1}")
             answer_index = answer
         elif isinstance(answer, str):
-            answer_index = _option_index(answer, opts)
+            answer_index = _option_index(answer, tuple(options))
+            if answer_index is None and lettered:
+                answer_index = _option_index(answer, opts)
+                letter = answer.strip().rstrip(".").upper()
+                if answer_index is None and len(letter) == 1 and letter in LETTERS[: len(opts)]:
+                    answer_index = LETTERS.index(letter)  # the answer given as its letter
             if answer_index is None:
-                raise DataError(f"{where}: answer {answer!r} is not among options {list(opts)}")
+                raise DataError(f"{where}: answer {answer!r} is not among options {list(options)}")
         else:
             raise DataError(f"{where}: field 'answer' must be an index or an option text")
     bound = None
@@ -119,7 +130,7 @@ def _parse(obj: dict[str, Any], where: str, lineno: int, base: Path) -> Sample:
             end = float(obj["end"]) if obj.get("end") is not None else 1e5
         except (TypeError, ValueError) as e:
             raise DataError(f"{where}: 'start'/'end' must be numbers of seconds") from e
-        bound = (start, end)
+        bound = checked_bound(start, end, where)
     meta = {k: v for k, v in obj.items() if k not in _KNOWN}
     meta["line"] = lineno
     return Sample(

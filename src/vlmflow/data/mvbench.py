@@ -27,7 +27,16 @@ from typing import Any
 
 from ..errors import DataError
 from ..sample import Sample
-from ._common import answer_by_text, bound_of, option_texts, parse_items, read_json, require, root_of
+from ._common import (
+    answer_by_text,
+    bound_of,
+    load_file,
+    option_texts,
+    parse_items,
+    read_json,
+    require,
+    root_of,
+)
 from .registry import DATASETS, published_tasks
 from .video import FOLDER_FPS
 
@@ -86,7 +95,8 @@ def load_mvbench(arg: str) -> list[Sample]:
     out: list[Sample] = []
     for name in sorted(specs):
         file, prefix, data_type, bounded = specs[name]
-        out.extend(_load_task(name, file, root / "video" / prefix, data_type, bounded))
+        video_dir = root / "video" / prefix
+        out.extend(load_file(file, name, "mvbench", _load_task, name, file, video_dir, data_type, bounded))
     return out
 
 

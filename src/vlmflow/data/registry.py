@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection, Iterable
 from ..errors import DataError
 from ..registry import Registry
 from ..sample import Sample
+from ._common import FILE_ERROR
 
 Loader = Callable[[str], list[Sample]]
 
@@ -53,7 +54,8 @@ def load_dataset(
     returned in their original order; a task with fewer keeps all of them, with a one-line
     ``UserWarning`` saying how many it has. An unknown
     dataset raises ``VlmflowError``; an unknown task or an empty selection raises
-    :class:`DataError`.
+    :class:`DataError`, and so does a selected task whose annotation file cannot be read (an
+    unselected task's bad file is ignored).
     """
     if not isinstance(spec, str):
         raise DataError(f"a dataset is named by text (NAME:PATH, synthetic or synthetic:N), got {spec!r}")
@@ -77,7 +79,7 @@ def load_dataset(
     # never shifts them; other tasks on disk follow. Only well-formed items count, so a
     # malformed item whose task field is unreadable (task "default") never shifts them.
     published = TASK_LISTS[name.strip()](arg) if name.strip() in TASK_LISTS else ()
-    extra = {s.task for s in items if s.error is None} - set(published)
+    extra = {s.task for s in items if s.error is None or s.meta.get(FILE_ERROR)} - set(published)
     numbered = sorted(set(published)) + sorted(extra)
     keep = list(by_task) if tasks is None else _resolve_tasks(spec, tasks, by_task, numbered)
     chosen: set[int] = set()
@@ -93,6 +95,9 @@ def load_dataset(
         )
     for task in keep:
         group = by_task.get(task, [])
+        for s in group:
+            if s.meta.get(FILE_ERROR):  # the task's annotation file cannot be read at all
+                raise DataError(f"dataset {spec!r}: task {task!r}: {s.error}")
         if samples is not None and samples < len(group):
             picked = random.Random(seed).sample(range(len(group)), max(samples, 0))
             group = [group[i] for i in sorted(picked)]

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import DataError
 from ..sample import Sample
-from ._common import answer_by_index, option_texts, parse_items, read_json, require, root_of
+from ._common import answer_by_index, load_file, option_texts, parse_items, read_json, require, root_of
 from .registry import DATASETS, published_tasks
 
 # annotation file stem -> task name (the paper's code: tasks/eval/tomato/__init__.py)
@@ -48,7 +48,7 @@ def load_tomato(arg: str) -> list[Sample]:
         raise DataError(f"TOMATO folder {json_dir} holds no .json annotation files")
     out: list[Sample] = []
     for task in sorted(files):
-        out.extend(_load_task(task, files[task], root / "videos"))
+        out.extend(load_file(files[task], task, "tomato", _load_task, task, files[task], root / "videos"))
     return out
 
 

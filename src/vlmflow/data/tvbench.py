@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import DataError
 from ..sample import Sample
-from ._common import bound_of, parse_items
+from ._common import answer_by_text, bound_of, load_file, option_texts, parse_items, require
 from .registry import DATASETS, published_tasks
 
 # task name -> (annotation file stem, video folder, uses start/end bounds)
@@ -71,8 +71,9 @@ def load_tvbench(arg: str) -> list[Sample]:
         raise DataError(f"TVBench folder {json_dir} holds no .json annotation files")
     out: list[Sample] = []
     for name in sorted(specs):
-        file, video_dir, bounded = specs[name]
-        out.extend(_load_task(name, file, root / "video" / video_dir, bounded))
+        file, folder, bounded = specs[name]
+        video_dir = root / "video" / folder
+        out.extend(load_file(file, name, "tvbench", _load_task, name, file, video_dir, bounded))
     return out
 
 
@@ -112,23 +113,9 @@ def _load_task(task: str, file: Path, video_dir: Path, bounded: bool) -> list[Sa
 
     def parse(i: int, item: Any) -> Sample:
         where = f"{file} item {i}"
-        if not isinstance(item, dict):
-            raise DataError(f"{where}: expected an object, got {type(item).__name__}")
-        for key in ("video", "question", "candidates", "answer"):
-            if key not in item:
-                raise DataError(f"{where}: missing field {key!r}")
-        candidates = item["candidates"]
-        if not isinstance(candidates, list) or not candidates:
-            raise DataError(f"{where}: 'candidates' must be a non-empty list")
-        candidates = tuple(str(c) for c in candidates)
-        answer = str(item["answer"])
-        if answer in candidates:
-            index = candidates.index(answer)
-        else:
-            stripped = [c.strip() for c in candidates]
-            if answer.strip() not in stripped:
-                raise DataError(f"{where}: answer {answer!r} is not among candidates {list(candidates)}")
-            index = stripped.index(answer.strip())
+        require(item, ("video", "question", "candidates", "answer"), where)  # null counts as missing
+        candidates = option_texts(item["candidates"], "candidates", where)
+        index = answer_by_text(item["answer"], candidates, where)
         bound = bound_of(item, where) if bounded else None
         return Sample(
             id=str(_id_of(i, item)),

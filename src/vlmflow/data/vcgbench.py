@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import DataError
 from ..sample import Sample
-from ._common import first_existing, parse_items, read_json, require, root_of
+from ._common import first_existing, load_file, parse_items, read_json, require, root_of
 from .registry import DATASETS, published_tasks
 
 TASKS = ("consistency_qa", "generic_qa", "temporal_qa")
@@ -42,7 +42,7 @@ def load_vcgbench(arg: str) -> list[Sample]:
         raise DataError(f"VCGBench folder {qa_dir} holds none of {', '.join(t + '.json' for t in TASKS)}")
     out: list[Sample] = []
     for file in files:
-        out.extend(_load_task(file, root / "Test_Videos"))
+        out.extend(load_file(file, file.stem, "vcgbench", _load_task, file, root / "Test_Videos"))
     return out
 
 

@@ -84,7 +84,9 @@ def sample_indices(
     passes ``bound=(0, duration)`` with the annotation's duration, as the reference does.
     ``fps`` is only needed to turn a ``bound`` into frame indices. When the video has
     fewer frames than asked for, indices repeat; the result always has ``num_frames``
-    entries in ``[0, num_total)``.
+    entries in ``[0, num_total)``. A ``bound`` that is not finite, starts after it ends, or
+    lies wholly outside the video raises :class:`DataError` (the reference's ``get_index``
+    would index past the video there); one that only overhangs an end is clipped to the video.
     """
     if policy not in POLICIES:
         raise VlmflowError(f"unknown frame sampling policy {policy!r}; known: {', '.join(POLICIES)}")
@@ -99,10 +101,12 @@ def sample_indices(
     max_frame = num_total - 1
     start, end = bound if bound is not None else _NO_BOUND
     rate = float(fps) if fps is not None else 1.0
+    if bound is not None:
+        _check_window(float(start), float(end), num_total, rate)
     # Python's round (half to even), as the reference code does.
     start_idx = max(0, round(start * rate))
     end_idx = min(round(end * rate), max_frame)
-    start_idx = min(start_idx, end_idx)  # a window past the end collapses onto the last frame
+    start_idx = min(start_idx, end_idx)
     if policy == "segment_middle":
         seg = (end_idx - start_idx) / num_frames
         idx = [int(start_idx + seg / 2 + np.round(seg * i)) for i in range(num_frames)]
@@ -111,6 +115,22 @@ def sample_indices(
     else:
         idx = np.linspace(start_idx, end_idx, num_frames, dtype=int).tolist()
     return [min(max(int(i), 0), max_frame) for i in idx]
+
+
+def _check_window(start: float, end: float, num_total: int, fps: float) -> None:
+    """Refuse a time window that selects no frame of a ``num_total``-frame video at ``fps``."""
+    if not (np.isfinite(start) and np.isfinite(end)):
+        raise DataError(f"time window ({start}, {end}) is not finite seconds")
+    if start > end:
+        raise DataError(f"time window ({start:g}s, {end:g}s) starts after it ends")
+    length = num_total / fps
+    if start * fps >= num_total:
+        raise DataError(
+            f"time window ({start:g}s, {end:g}s) starts after the video ends "
+            f"({num_total} frames at {fps:g} fps = {length:.2f}s)"
+        )
+    if end < 0:
+        raise DataError(f"time window ({start:g}s, {end:g}s) ends before the video starts")
 
 
 def _lvb_indices(
@@ -357,14 +377,39 @@ def _check_size(width: int, height: int, path: Path) -> None:
 
 def _decode(container, stream, path: Path):
     """``container.decode(stream)``, checking the decode deadline at every frame."""
+    first = True
     for frame in container.decode(stream):
         _check_deadline(path)
+        if first:
+            first = False
+            _warn_rotation(frame, path)
         yield frame
 
 
+def _warn_rotation(frame, path: Path) -> None:
+    """Say when a video carries a display rotation (a phone video): frames are returned as
+    stored, not turned upright, so the model sees them on their side."""
+    try:
+        degrees = round(float(getattr(frame, "rotation", 0) or 0))
+    except (TypeError, ValueError):
+        return
+    if degrees % 360:
+        warnings.warn(
+            f"video {str(path)!r} asks to be shown rotated by {degrees} degrees; vlmflow returns "
+            "its frames as stored (not rotated)",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
 def _folder_images(folder: Path) -> list[Path]:
-    """The folder's frame images in frame order: ``2.png`` before ``10.png``."""
-    files = (f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+    """The folder's frame images in frame order: ``2.png`` before ``10.png``. Hidden files
+    (macOS ``._00001.jpg`` resource forks, ``.DS_Store``) are not frames."""
+    files = (
+        f
+        for f in folder.iterdir()
+        if not f.name.startswith(".") and f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+    )
     return sorted(files, key=_natural_key)
 
 
@@ -407,9 +452,8 @@ def _read_container(path, num_frames, policy, bound, allow_seek):
     import av
 
     with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise DataError(f"no video stream in {path}")
-        stream = container.streams.video[0]
+        stream = _video_stream(container, path)
+        index = stream.index  # read now: the stream is gone once the container closes
         stream.thread_type = "AUTO"
         _check_size(stream.codec_context.width or 0, stream.codec_context.height or 0, path)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
@@ -435,7 +479,28 @@ def _read_container(path, num_frames, policy, bound, allow_seek):
             if got is not None:
                 frames = np.stack([got[i] for i in indices])
                 return frames, DecodeInfo("seek", total, fps, indices, decoded)
-    return _sequential(path, num_frames, policy, bound, total, declared, fps)
+    return _sequential(path, num_frames, policy, bound, total, declared, fps, index)
+
+
+_ATTACHED_PIC = 0x400  # AV_DISPOSITION_ATTACHED_PIC: cover art, not a video
+
+
+def _video_stream(container, path: Path):
+    """The video stream ffmpeg plays (``av_find_best_stream``): never cover art (an attached
+    picture), and one with several frames before a one-frame still such as a thumbnail;
+    ties go to the most frames, then the largest picture."""
+    videos = [s for s in container.streams.video if not int(s.disposition or 0) & _ATTACHED_PIC]
+    if not container.streams.video:
+        raise DataError(f"no video stream in {path}")
+    if not videos:
+        raise DataError(f"no video stream in {path}: its only picture is cover art (an attached picture)")
+    try:
+        best = container.streams.best("video")
+    except Exception:  # noqa: BLE001 - an older PyAV without StreamContainer.best
+        best = None
+    if best is not None and any(s.index == best.index for s in videos):
+        return best
+    return max(videos, key=lambda s: (s.frames or 0, (s.width or 0) * (s.height or 0)))
 
 
 def _constant_rate_index(stream) -> bool:
@@ -443,6 +508,10 @@ def _constant_rate_index(stream) -> bool:
     constant-rate mp4/mov/avi), so frame ``i`` sits at ``start + i / rate``."""
     entries = getattr(stream, "index_entries", None) or ()
     if not stream.frames or len(entries) < stream.frames:
+        return False
+    if any(getattr(e, "is_discard", False) for e in entries):
+        # An edit list (``ffmpeg -ss T -c copy``) hides lead-in frames: the declared count
+        # includes frames never shown, so count the shown ones from the packets instead.
         return False
     try:
         stamps = np.sort(np.fromiter((e.timestamp for e in entries), dtype=np.int64, count=len(entries)))
@@ -469,6 +538,9 @@ class _Timeline:
 def _scan_packets(path: Path, index: int) -> _Timeline:
     """Demux (without decoding) every packet of video stream ``index``.
 
+    Only frames that are shown count: a packet the demuxer marks as discarded, or one
+    stamped before the stream's start (the lead-in an edit list hides, as in an mp4 cut with
+    ``ffmpeg -ss T -c copy``), decodes only as a reference and never comes out of the decoder.
     Matroska declares its length only for the whole file, audio included, so a file whose
     packets end well before that declared length is truncated; that is checked here.
     """
@@ -481,6 +553,7 @@ def _scan_packets(path: Path, index: int) -> _Timeline:
     end = 0.0  # seconds: where the last packet of any stream ends
     with av.open(str(path)) as container:
         video = container.streams[index]
+        first = video.start_time
         try:
             for packet in container.demux():
                 _check_deadline(path)
@@ -491,6 +564,10 @@ def _scan_packets(path: Path, index: int) -> _Timeline:
                     end = max(end, float((packet.pts + (packet.duration or 0)) * tb))
                 if packet.stream.index != video.index:
                     continue
+                if getattr(packet, "is_discard", False) or (
+                    first is not None and packet.pts is not None and packet.pts < first
+                ):
+                    continue  # a hidden lead-in frame: decoded as a reference, never shown
                 count += 1
                 if packet.pts is None:
                     exact = False
@@ -609,12 +686,13 @@ def _keyframe_indices(stream, index_of_pts) -> list[int] | None:
     return keys if keys and (len(keys) > 1 or complete) else None
 
 
-def _sequential(path, num_frames, policy, bound, total, declared, fps):
-    """One pass from the start, keeping only the sampled frames (two when the count is unknown)."""
+def _sequential(path, num_frames, policy, bound, total, declared, fps, index):
+    """One pass from the start of stream ``index``, keeping only the sampled frames (two
+    when the count is unknown)."""
     import av
 
     if total is None:
-        total = _count_by_decoding(path)
+        total = _count_by_decoding(path, index)
         declared = False
         if total == 0:
             raise DataError(f"video {path} has no decodable frames")
@@ -627,7 +705,7 @@ def _sequential(path, num_frames, policy, bound, total, declared, fps):
     n = 0
     last = None
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+        stream = container.streams[index]
         stream.thread_type = "AUTO"
         for frame in _decode(container, stream, path):
             if n in wanted:
@@ -649,11 +727,11 @@ def _sequential(path, num_frames, policy, bound, total, declared, fps):
     return frames, DecodeInfo("sequential", total, fps, indices, n)
 
 
-def _count_by_decoding(path) -> int:
+def _count_by_decoding(path, index: int) -> int:
     import av
 
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+        stream = container.streams[index]
         stream.thread_type = "AUTO"
         return sum(1 for _ in _decode(container, stream, path))
 

@@ -22,14 +22,13 @@ one format for every benchmark, and ``meta["paper_options"]`` keeps the publishe
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from ..errors import DataError
 from ..sample import LETTERS, Sample
-from ._common import field_of, first_existing, parse_items, root_of
+from ._common import field_of, first_existing, parse_items, root_of, strip_letters
 from .registry import DATASETS, published_tasks
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
@@ -53,7 +52,6 @@ TASKS = (
 """Video-MME's published ``task_type`` values, which the paper's task ids number."""
 published_tasks("videomme", TASKS)
 published_tasks("videomme_open_ended", TASKS)
-_LETTERED = re.compile(r"^\s*([A-Z])\s*[.)]\s?(.*)$", re.DOTALL)
 _META = ("duration", "domain", "sub_category", "video_id", "videoID", "url")
 
 
@@ -104,17 +102,6 @@ def youtube_id(url: str) -> str:
         if v and v[0]:
             return v[0]
     return parsed.path.rstrip("/").rsplit("/", 1)[-1]
-
-
-def strip_letters(options: list[str], where: str) -> tuple[str, ...]:
-    """Plain option texts of ``["A. xxx", "B. yyy", ...]``; the letters must run A, B, C, ..."""
-    out = []
-    for i, opt in enumerate(options):
-        m = _LETTERED.match(str(opt))
-        if m is None or m.group(1) != LETTERS[i]:
-            raise DataError(f"{where}: option {i} {opt!r} does not start with the letter '{LETTERS[i]}. '")
-        out.append(m.group(2).strip())
-    return tuple(out)
 
 
 def _sample(row: dict[str, Any], where: str, file: Path, index: int, video_dir: Path) -> Sample:

@@ -313,12 +313,41 @@ def test_a_failed_report_write_keeps_the_previous_files_whole(
     else:
         savefig = matplotlib.figure.Figure.savefig
         monkeypatch.setattr(matplotlib.figure.Figure, "savefig", _torn(savefig, figure.suffix))
-    if what == "figure":  # a section's failure is shown in its section; the report goes on
+    # a figure too: a full disk is the disk's fault, not a broken section (it used to be
+    # shown as the section's failure while the report went on)
+    with pytest.raises(StoreError, match="No space left"):
         finalize(run)
-    else:
-        with pytest.raises(StoreError, match="No space left"):
-            finalize(run)
     assert target.read_bytes() == before
+    assert not [p for p in run.rglob("*") if ".tmp" in p.name]
+
+
+def test_a_full_disk_while_a_figure_is_written_stops_the_report_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``vlmflow report`` meeting a full disk in a section's figure exits 2 with the one-line
+    ``StoreError`` (docs/reliability.md), as for any other report file; the previous report
+    files stay whole. It used to exit 0 with a traceback warning and a report whose section
+    said "failed (StoreError: ...); generic view shown"."""
+    import errno
+
+    import matplotlib.figure
+
+    run = fake_run(tmp_path / "run")
+    finalize(run)
+    kept = {p: p.read_bytes() for p in [run / "report.html", *run.glob("figures/**/*.png")]}
+    assert len(kept) > 1
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(args[0]))
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    result = CliRunner().invoke(app, ["report", str(run)])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write "), result.output
+    assert "No space left on device" in lines[0] and ".png" in lines[0], result.output
+    assert "Traceback" not in result.output
+    assert {p: p.read_bytes() for p in kept} == kept
     assert not [p for p in run.rglob("*") if ".tmp" in p.name]
 
 

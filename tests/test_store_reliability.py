@@ -433,3 +433,38 @@ def test_records_of_another_run_without_a_manifest_are_refused(tiny_llava_path: 
     assert {p.name: p.read_bytes() for p in (out / "records").iterdir() if p.suffix != ".lock"} == {
         k: v for k, v in before.items() if not k.endswith(".lock")
     }
+
+
+@pytest.mark.parametrize("damage", ["folder", "dangling link"])
+def test_a_shard_that_is_a_folder_or_a_dangling_link_is_named_by_every_command(
+    tiny_llava_path: Path, tmp_path: Path, damage: str
+) -> None:
+    """A record shard replaced by a folder or by a link to nothing: the run (before its model
+    loads), ``report`` and ``merge`` each refuse with one line naming the shard and what to
+    do, exit 2, and change nothing (it was ``error: IsADirectoryError: ...`` / ``this is
+    unexpected: rerun with --debug``). Moved aside, its units are computed again."""
+    out = tmp_path / "run"
+    args = ["answer-prob", "--model", str(tiny_llava_path), "--data", "synthetic:1", "--out", str(out), "-q"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    units = set(scan(out / "records").units)
+    shard = out / "records" / "shard-00000.jsonl"
+    shard.unlink()
+    if damage == "folder":
+        shard.mkdir()
+    else:
+        shard.symlink_to(tmp_path / "gone" / "shard-00000.jsonl")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix != ".lock"}
+    what = "it is a folder, not a file" if damage == "folder" else "which does not exist"
+    for command in (args, ["report", str(out)], ["merge", str(out)]):
+        refused = CliRunner().invoke(app, command)
+        assert refused.exit_code == 2, refused.output
+        lines = refused.output.strip().splitlines()
+        assert len(lines) == 1, lines
+        assert lines[0].startswith(f"error: cannot read the record shard {shard}: "), lines
+        assert what in lines[0] and "move it out of" in lines[0] and "unexpected" not in lines[0]
+        assert "model:" not in refused.output  # the run was refused before its model loaded
+        after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix != ".lock"}
+        assert after == before, command[0]
+    shard.rmdir() if damage == "folder" else shard.unlink()
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert set(scan(out / "records").units) == units and shard.is_file()

@@ -260,8 +260,11 @@ class RunDir:
     def open(self, config: dict[str, Any], provenance: dict[str, Any] | None = None) -> dict[str, Any]:
         """Create or resume the run; refuse a different configuration or, when both
         manifests have them, different model weights or dataset fingerprints."""
+        from .store import check_shards
+
         self.path.mkdir(parents=True, exist_ok=True)
         canonical = canonical_config(config)
+        check_shards(self.records_dir)  # a shard that cannot be read: refused before the model loads
         self.recover_manifest()  # records that keep their configuration: resumed as a run
         if self.manifest_path.exists():
             manifest = self.manifest()

@@ -57,7 +57,7 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import RunStopped
+from .errors import RunError, RunStopped
 from .lock import FolderLock
 
 log = logging.getLogger(__name__)
@@ -371,11 +371,50 @@ class Scan:
 
 
 def _lines(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        for line in f:
-            line = line.rstrip(b"\n")
-            if line.strip():
-                yield line
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                line = line.rstrip(b"\n")
+                if line.strip():
+                    yield line
+    except OSError as exc:
+        raise unreadable_shard(path, exc) from exc
+
+
+def unreadable_shard(path: Path, exc: OSError) -> RunError:
+    """The :class:`RunError` for a record shard (or done marker file) that cannot be read
+    at all - a folder, a link to nothing, no permission - naming it and saying what to do.
+
+    Unlike a torn line (skipped, and the unit recomputed) a whole shard is not skipped: its
+    units may be whole on a disk that is only mounted or permitted otherwise, and a resume or
+    report without them would compute or show the run without them."""
+    if path.is_dir():
+        what = "it is a folder, not a file"
+    elif path.is_symlink() and not path.exists():
+        what = f"it is a link to {os.readlink(path)}, which does not exist"
+    else:
+        what = exc.strerror or str(exc)
+    return RunError(
+        f"cannot read the record shard {path}: {what}; every command on this run reads all of "
+        "its shards, so nothing was done: restore the file (or make it readable), or move it out "
+        f"of {path.parent} (its units are then computed again on resume)"
+    )
+
+
+def check_shards(records_dir: str | Path) -> None:
+    """Raise :func:`unreadable_shard`'s ``RunError`` for the first record shard or done
+    marker file of ``records_dir`` that cannot be opened (a run checks this before it loads
+    its model)."""
+    records_dir = Path(records_dir)
+    if not records_dir.is_dir():
+        return
+    rows, done = _shards(records_dir)
+    for path in rows + done:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise unreadable_shard(path, exc) from exc
 
 
 def _parse(line: bytes) -> Any:

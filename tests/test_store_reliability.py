@@ -327,6 +327,34 @@ def test_ctrl_c_finishes_the_unit_being_written_and_exits_130(tiny_llava_path: P
     check_complete(out, ids)
 
 
+def test_a_run_started_with_sigint_ignored_keeps_ignoring_it(tiny_llava_path: Path, tmp_path: Path) -> None:
+    """A run whose parent ignored SIGINT (a shell's background job without job control): a
+    SIGINT is ignored, as by any POSIX program, and the run finishes (exit 0). The CLI's
+    Ctrl-C handler used to replace the inherited SIG_IGN and stop it with 130."""
+    ids = [s.id for s in load_dataset("synthetic:2", tasks=TASKS)]
+    out = tmp_path / "run"
+    full = {**os.environ, "OMP_NUM_THREADS": "1", "VLMFLOW_TEST_SLEEP_AFTER_ROWS": f"2:{ids[1]}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vlmflow.cli", *cli_args(tiny_llava_path, out)],
+        env=full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        wait_for(out / "records" / "shard-00000.jsonl", f'"sample_id": "{ids[1]}"', proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "interrupted" not in err
+    check_complete(out, ids)
+    assert "stopped" not in json.loads((out / "manifest.json").read_text())
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path):
     """A real 1 MiB tmpfs (root only; skipped where mounting is not allowed)."""

@@ -55,10 +55,14 @@ def main() -> None:
     """The ``vlmflow`` entry point: typer's, except that Ctrl-C exits with 130 (128 + SIGINT,
     what shells expect) instead of click's 1, after the run has recorded what finished
     (see :func:`vlmflow.api.run`), and an unexpected error from any command ends in one
-    ``error:`` line (the traceback with ``--debug``) and exit status 2."""
+    ``error:`` line (the traceback with ``--debug``) and exit status 2. A SIGINT that the
+    process inherited as ignored stays ignored."""
     from .commands.common import fail_unexpected
 
-    signal.signal(signal.SIGINT, _on_sigint)
+    # a SIGINT ignored by whoever started us (a background job of a shell without job
+    # control, nohup-like launchers) stays ignored, as for any POSIX program
+    if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, signal.SIG_DFL):
+        signal.signal(signal.SIGINT, _on_sigint)
     try:
         app()
     except SystemExit as exc:

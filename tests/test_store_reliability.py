@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -164,7 +165,10 @@ def invoke(args: list[str], env: dict[str, str] | None = None):
         torch.set_num_threads(threads)
 
 
-def start(args: list[str], **env: str) -> subprocess.Popen:
+def start(args: list[str], sigint: Any = signal.SIG_DFL, **env: str) -> subprocess.Popen:
+    """The CLI in a child process. Its SIGINT starts as ``sigint`` (default: as from a
+    terminal), whatever this process inherited: a test suite run as a background job of a
+    shell without job control has SIGINT ignored, and so would its children."""
     full = {**os.environ, "OMP_NUM_THREADS": "1", **env}
     return subprocess.Popen(
         [sys.executable, "-m", "vlmflow.cli", *args],
@@ -172,6 +176,7 @@ def start(args: list[str], **env: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
     )
 
 
@@ -333,15 +338,7 @@ def test_a_run_started_with_sigint_ignored_keeps_ignoring_it(tiny_llava_path: Pa
     Ctrl-C handler used to replace the inherited SIG_IGN and stop it with 130."""
     ids = [s.id for s in load_dataset("synthetic:2", tasks=TASKS)]
     out = tmp_path / "run"
-    full = {**os.environ, "OMP_NUM_THREADS": "1", "VLMFLOW_TEST_SLEEP_AFTER_ROWS": f"2:{ids[1]}"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vlmflow.cli", *cli_args(tiny_llava_path, out)],
-        env=full,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-    )
+    proc = start(cli_args(tiny_llava_path, out), signal.SIG_IGN, VLMFLOW_TEST_SLEEP_AFTER_ROWS=f"2:{ids[1]}")
     try:
         wait_for(out / "records" / "shard-00000.jsonl", f'"sample_id": "{ids[1]}"', proc)
         proc.send_signal(signal.SIGINT)

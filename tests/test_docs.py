@@ -31,7 +31,10 @@ def test_quickstart_example_runs(capsys) -> None:
     assert "the model answers" in out and "hurts most around layer" in out and "last token -> frames" in out
 
 
-@pytest.mark.parametrize("module", ["vlmflow.probe", "vlmflow.api", "vlmflow.rundir", "vlmflow.cuts"])
+DOCTEST_MODULES = ["vlmflow", "vlmflow.probe", "vlmflow.api", "vlmflow.rundir", "vlmflow.cuts"]
+
+
+@pytest.mark.parametrize("module", DOCTEST_MODULES)
 def test_docstring_examples_run(module: str, tmp_path, monkeypatch) -> None:
     import importlib
 

@@ -31,7 +31,14 @@ def test_quickstart_example_runs(capsys) -> None:
     assert "the model answers" in out and "hurts most around layer" in out and "last token -> frames" in out
 
 
-DOCTEST_MODULES = ["vlmflow", "vlmflow.probe", "vlmflow.api", "vlmflow.rundir", "vlmflow.cuts"]
+DOCTEST_MODULES = [
+    "vlmflow",
+    "vlmflow.probe",
+    "vlmflow.api",
+    "vlmflow.rundir",
+    "vlmflow.cuts",
+    "vlmflow.checkpoint",
+]
 
 
 @pytest.mark.parametrize("module", DOCTEST_MODULES)

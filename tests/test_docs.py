@@ -31,7 +31,17 @@ def test_quickstart_example_runs(capsys) -> None:
     assert "the model answers" in out and "hurts most around layer" in out and "last token -> frames" in out
 
 
-@pytest.mark.parametrize("module", ["vlmflow.probe", "vlmflow.api", "vlmflow.rundir", "vlmflow.cuts"])
+DOCTEST_MODULES = [
+    "vlmflow",
+    "vlmflow.probe",
+    "vlmflow.api",
+    "vlmflow.rundir",
+    "vlmflow.cuts",
+    "vlmflow.checkpoint",
+]
+
+
+@pytest.mark.parametrize("module", DOCTEST_MODULES)
 def test_docstring_examples_run(module: str, tmp_path, monkeypatch) -> None:
     import importlib
 
@@ -48,3 +58,12 @@ def test_test_files_named_in_docs_exist() -> None:
     named = {m for text in texts for m in re.findall(r"\btests/[\w/]+\.py\b", text)}
     assert named
     assert sorted(p for p in named if not (ROOT / p).is_file()) == []
+
+
+def test_attribution_doc_first_block_runs() -> None:
+    """docs/attribution.md's first Python block runs verbatim (it sets up its own probe)."""
+    block = python_blocks((ROOT / "docs" / "attribution.md").read_text())[0]
+    namespace: dict = {"__name__": "attribution_doc"}
+    exec(compile(block, "docs/attribution.md", "exec"), namespace)
+    assert namespace["screen"].summary()["verified"] > 0
+    assert namespace["heat"].shape[0] == namespace["engine"].lm.num_layers

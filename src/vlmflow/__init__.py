@@ -1,15 +1,20 @@
 """vlmflow: map how information flows inside Video Large Language Models.
 
-The front door, two lines from a notebook::
+The front door, two lines from a notebook (the sample here is a synthetic one; your own is
+``model.probe(video="clip.mp4", question="...", options=["...", "..."], answer=0)``)::
 
-    import vlmflow
-    model = vlmflow.load("demo")                     # or a checkpoint folder / hub id
-    probe = model.probe(video="clip.mp4", question="...", options=["...", "..."], answer=0)
-    probe.answer                                     # letter and option probabilities
-    probe.knockout("video->last", layers=range(10, 19))
-    probe.sweep("cross-frame", window=9)             # tidy DataFrame
-    probe.lens(layers=range(0, 32))                  # logit lens
-    probe.screen("cross-frame", k=30)                # every plan estimated, the top 30 exact
+    >>> import vlmflow
+    >>> model = vlmflow.load("demo")                 # or a checkpoint folder / hub id
+    >>> probe = model.probe(vlmflow.load_dataset("synthetic:1")[0])
+    >>> probe.answer.letter in probe.sample.letters  # letter and option probabilities
+    True
+    >>> cut = probe.knockout("video->last", layers=range(10, 19))
+    >>> lens = probe.lens(layers=range(model.num_layers))  # logit lens, every layer
+    >>> df = probe.sweep("cross-frame", window=9)    # doctest: +SKIP
+    >>> top = probe.screen("cross-frame", k=30)      # doctest: +SKIP
+
+``sweep`` gives a tidy DataFrame (one row per layer); ``screen`` estimates every plan and
+verifies the top 30 exactly.
 
 Runs over a dataset into a run folder: :func:`run` with :class:`Options` and analyses
 (:class:`InformationFlow`, :class:`ScreenedFlow`, :class:`AnswerProbability`, :class:`LogitLens`,

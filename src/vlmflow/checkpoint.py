@@ -8,7 +8,7 @@ knows; weight files that exist and whose headers read; a tokenizer); :func:`load
 loading still raises (a weight of the wrong shape, a missing attention kernel) into an
 :class:`~vlmflow.errors.UnsupportedModelError` of one line.
 
-    >>> preflight("/nonexistent/folder")
+    >>> preflight("/nonexistent/folder", known=lambda config: True)
     Traceback (most recent call last):
     ...
     vlmflow.errors.UnsupportedModelError: checkpoint folder not found: /nonexistent/folder

@@ -173,7 +173,8 @@ class Model:
         Give a :class:`~vlmflow.sample.Sample`, or build one from ``video`` (a video file or
         a folder of frames) or ``frames`` (``(T, H, W, 3)`` uint8), ``question``,
         ``options`` and ``answer`` (the correct option's index or text; ``None`` if
-        unknown). ``prompt`` (``"paper"`` or ``"chat"``), ``num_frames`` and
+        unknown). ``prompt`` (``"paper"``, ``"chat"`` or ``"mvbench"``: see
+        :data:`vlmflow.prompt.PROMPT_STYLE_HELP`), ``num_frames`` and
         ``frame_policy`` set how the input is built for this probe only. ``num_frames`` is
         how many frames are decoded from ``video`` (default 8); ``frames`` (or a sample's
         own frames) are used as given, whatever ``num_frames`` says (a warning says so when

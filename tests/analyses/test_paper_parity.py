@@ -186,6 +186,30 @@ def test_keyword_frequency_is_one_table_per_task() -> None:
     assert temporal.loc[("u", "MEAN")].tolist() == pytest.approx([1.0, 0.0, 2])
 
 
+def test_an_empty_keyword_table_is_explained_in_the_report_notes() -> None:
+    """A small run: no keyword reaches --min-hits (default 100), the tables keep only their
+    header, and the logit-lens section says why and names the option."""
+    from vlmflow.analyses.logit_lens import empty_keyword_tables_note, summarize_keyword_frequency
+
+    def rows(min_hits: int) -> pd.DataFrame:
+        return pd.DataFrame(
+            [
+                {"sample_id": "s", "task": "t", "analysis": "logit-lens", "error": None, "layer": layer,
+                 "hits": {"cup": 3, "then": 2} if layer == 0 else {}, "spatial_words": ["cup"],
+                 "temporal_words": ["then"], "num_layers": 4, "bin_size": 2, "bins": "exact",
+                 "min_hits": min_hits}  # fmt: skip
+                for layer in range(4)
+            ]
+        )
+
+    small = rows(100)
+    assert all(t.empty for t in summarize_keyword_frequency(small).values())
+    note = empty_keyword_tables_note(small)
+    assert "logit-lens-keywords-spatial is empty: no spatial keyword reached 100 hits" in note
+    assert "logit-lens-keywords-temporal is empty" in note and "--min-hits" in note
+    assert empty_keyword_tables_note(rows(1)) == ""
+
+
 # ---------------------------------------------------------------- 4. accuracy under knockout
 def _flow_fixture() -> pd.DataFrame:
     """Task t: 4 samples, 3 answered correctly at baseline (analysed), 1 wrong (skipped);

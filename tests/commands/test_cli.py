@@ -235,3 +235,13 @@ def test_attention_report_names_the_layers_the_comparison_cut(tiny_llava_path, b
     assert result.exit_code == 0, result.output
     page = (out / "report.html").read_text()
     assert "cut (cross-frame) in layers 1 only (0-based" in page and "in every layer" not in page
+
+
+@pytest.mark.parametrize("command", ["flow", "logit-lens", "eval"])
+def test_out_help_names_the_default_folder(command: str) -> None:
+    """--out's help says where a run goes without it (./vlmflow-out/<command>)."""
+    import re
+
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    text = " ".join(re.sub(r"[│|]", " ", result.output).split())
+    assert "default ./vlmflow-out/COMMAND" in text

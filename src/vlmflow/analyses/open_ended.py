@@ -410,15 +410,30 @@ def summarize_open_ended(records: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {"curves": curves.reset_index(), "anchors": pd.DataFrame(counts)}
 
 
+#: the title of the verb-anchored section (first-token records have the generic view, titled by the name)
+VERB_TITLE = "Open-ended knockout (verb anchors)"
+
+
+def _anchor_of(run: RunDir) -> str:
+    """The run's ``anchor`` option (``verb`` when unrecorded or unreadable)."""
+    try:
+        options = (run.config().get("analyses") or {}).get("open-ended") or {}
+    except Exception:  # a configuration that cannot be read: the default
+        return "verb"
+    return str(options.get("anchor", "verb"))
+
+
 def open_ended_section(rows: pd.DataFrame, run: RunDir) -> Section | pd.DataFrame:
     """Verb-anchored curves per anchor; first-token records get the generic per-layer view."""
     from ..report import Chart, Section, summarize_layers
 
     tables = summarize_open_ended(rows)
     if not tables:  # first-token records: the generic per-layer view
+        if rows.empty and _anchor_of(run) == "verb":  # no sample kept: its title with samples
+            return Section(VERB_TITLE)
         return summarize_layers(rows)
     section = Section(
-        "Open-ended knockout (verb anchors)", summaries={f"open-ended-{k}": v for k, v in tables.items()}
+        VERB_TITLE, summaries={f"open-ended-{k}": v for k, v in tables.items()}
     )
     curves = tables["curves"]
     for anchor in sorted(curves["anchor"].unique()):

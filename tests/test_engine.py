@@ -128,3 +128,12 @@ def test_engine_refuses_attention_that_ignores_masks(tiny_llava, sample) -> None
     )
     with pytest.raises(UnsupportedModelError, match="ignores custom masks"):
         Engine(flash, prepared.inputs, prepared.layout).run_baseline()
+
+
+def test_evaluating_no_plans_gives_an_empty_batch_of_logits(tiny_llava, sample) -> None:
+    engine, _ = engine_for(tiny_llava, sample)
+    out = engine.evaluate([])
+    vocab = engine.baseline_logits().shape[-1]
+    assert out.shape == (0, vocab)
+    normal = engine.evaluate([Plan("empty")])
+    assert out.dtype == normal.dtype and out.device == normal.device

@@ -352,7 +352,7 @@ class Engine:
                 logits = self._run_pack([compiled[i] for i in chunk], q0)
                 for j, i in enumerate(chunk):
                     out[i] = logits[j]
-        return torch.stack(out)  # type: ignore[arg-type]
+        return torch.stack(out) if out else self.logits.new_empty(0, self.logits.shape[-1])  # type: ignore[arg-type]
 
     def _run_pack(self, plans: list[CompiledPlan], q0: int) -> torch.Tensor:
         """Recompute positions ``q0..N-1`` for ``plans`` (sorted by first layer), packed."""

@@ -137,3 +137,19 @@ def test_evaluating_no_plans_gives_an_empty_batch_of_logits(tiny_llava, sample) 
     assert out.shape == (0, vocab)
     normal = engine.evaluate([Plan("empty")])
     assert out.dtype == normal.dtype and out.device == normal.device
+
+
+def test_a_plan_compiled_for_another_input_is_refused(tiny_llava) -> None:
+    from tests.fixtures.tiny import make_sample
+
+    a, prepared_a = engine_for(tiny_llava, make_sample(answer=2))
+    b, prepared_b = engine_for(tiny_llava, make_sample(answer=0, seed=1))
+    assert prepared_a.layout.length == prepared_b.layout.length  # same length, other layout
+    assert prepared_a.layout != prepared_b.layout
+    plan = Plan("true-to-last", (Cut("true_option", "last", (0, 1, 2, 3)),))
+    with pytest.raises(PlanError, match=r"plan 'true-to-last' was compiled for another input.*answer"):
+        b.evaluate([a.compile(plan)])
+    # its own compilation, and one of an input with the same layout, are accepted
+    assert torch.equal(b.evaluate([b.compile(plan)]), b.evaluate([plan]))
+    same, _ = engine_for(tiny_llava, make_sample(answer=0, seed=1))
+    assert torch.equal(same.evaluate([b.compile(plan)]), b.evaluate([plan]))

@@ -337,6 +337,8 @@ class Engine:
         """Last-position logits under each plan, ``(len(plans), vocab)`` float32."""
         self._check()
         compiled = [p if isinstance(p, CompiledPlan) else self.compile(p) for p in plans]
+        for cp in compiled:
+            cp.check_input(self.layout, self.lm.num_layers)
         out: list[torch.Tensor | None] = [None] * len(compiled)
         groups: dict[int, list[int]] = {}
         for i, cp in enumerate(compiled):

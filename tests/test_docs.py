@@ -67,3 +67,46 @@ def test_attribution_doc_first_block_runs() -> None:
     exec(compile(block, "docs/attribution.md", "exec"), namespace)
     assert namespace["screen"].summary()["verified"] > 0
     assert namespace["heat"].shape[0] == namespace["engine"].lm.num_layers
+
+
+def test_documented_mask_forms_and_packing_rounding_are_the_engine_s(tiny_llava_path, sample) -> None:
+    """The README's masks (boolean under sdpa, additive floats under eager, per head where
+    a cut names heads) are what the engine passes, and the docs of ``max_batch_tokens``
+    say it changes results by rounding (measured here in float32), not that it changes none."""
+    import torch
+
+    from vlmflow.api import Options
+    from vlmflow.cuts import Cut, Plan
+    from vlmflow.engine import Engine
+    from vlmflow.hooks import layer_hooks
+    from vlmflow.models import load_model
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "Masks are boolean `(1, 1, q, k)`" not in readme
+    assert "`(1, H, q, k)`" in readme and "additive floats" in readme and "under `eager`" in readme
+    common = (ROOT / "src/vlmflow/commands/common.py").read_text()
+    for text in (" ".join(Options.__doc__.split()), common):
+        assert "floating-point" in text and "results do not change" not in text
+        assert "do not depend on it" not in text
+
+    adapter = load_model(str(tiny_llava_path), attn_implementation="eager")
+    prepared = adapter.prepare(sample)
+    lm = adapter.language_model()
+    engine = Engine(lm, prepared.inputs, prepared.layout)
+    engine.run_baseline()
+    masks: list[torch.Tensor] = []
+
+    def pre(i: int, args: tuple, kwargs: dict) -> None:
+        masks.append(kwargs["attention_mask"])
+
+    heads = lm.num_heads
+    plans = [
+        Plan("h", (Cut("question", "last", (1,), heads=(0,)),)),
+        Plan("v", (Cut("video", "last", (1,)),)),
+    ]
+    with layer_hooks(lm.layers, pre=pre):
+        engine.evaluate(plans)
+    assert masks and all(m.is_floating_point() for m in masks)
+    assert any(m.shape[:2] == (1, heads) for m in masks)
+    small = Engine(lm, prepared.inputs, prepared.layout, max_batch_tokens=1)
+    assert (engine.evaluate(plans).softmax(-1) - small.evaluate(plans).softmax(-1)).abs().max() < 1e-6

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.fixtures.catalog import FAMILIES
 from vlmflow.analyses.targets import PAPER_TARGETS, sweep, target_curves
 from vlmflow.cuts import WINDOW_STYLES, Cut, Plan
 from vlmflow.engine import Engine, LanguageModel, full_forward_logits
 from vlmflow.errors import PlanError, UnsupportedModelError
+from vlmflow.generation import generate_with_plan
 from vlmflow.models import load_model
 
 TOL = 1e-5  # fp32; suffix recompute and packing reorder float sums (~1e-7 seen)
@@ -128,3 +130,66 @@ def test_engine_refuses_attention_that_ignores_masks(tiny_llava, sample) -> None
     )
     with pytest.raises(UnsupportedModelError, match="ignores custom masks"):
         Engine(flash, prepared.inputs, prepared.layout).run_baseline()
+
+
+def test_evaluating_no_plans_gives_an_empty_batch_of_logits(tiny_llava, sample) -> None:
+    engine, _ = engine_for(tiny_llava, sample)
+    out = engine.evaluate([])
+    vocab = engine.baseline_logits().shape[-1]
+    assert out.shape == (0, vocab)
+    normal = engine.evaluate([Plan("empty")])
+    assert out.dtype == normal.dtype and out.device == normal.device
+
+
+def test_a_plan_compiled_for_another_input_is_refused(tiny_llava) -> None:
+    from tests.fixtures.tiny import make_sample
+
+    a, prepared_a = engine_for(tiny_llava, make_sample(answer=2))
+    b, prepared_b = engine_for(tiny_llava, make_sample(answer=0, seed=1))
+    assert prepared_a.layout.length == prepared_b.layout.length  # same length, other layout
+    assert prepared_a.layout != prepared_b.layout
+    plan = Plan("true-to-last", (Cut("true_option", "last", (0, 1, 2, 3)),))
+    with pytest.raises(PlanError, match=r"plan 'true-to-last' was compiled for another input.*answer"):
+        b.evaluate([a.compile(plan)])
+    # its own compilation, and one of an input with the same layout, are accepted
+    assert torch.equal(b.evaluate([b.compile(plan)]), b.evaluate([plan]))
+    same, _ = engine_for(tiny_llava, make_sample(answer=0, seed=1))
+    assert torch.equal(same.evaluate([b.compile(plan)]), b.evaluate([plan]))
+
+
+def _sliding_window_model(tiny_models, tmp_path, window: int):
+    """The tiny LLaVA-OneVision (Qwen2 text model) with every layer on a sliding window."""
+    import json
+    import shutil
+
+    path = tmp_path / f"window{window}"
+    shutil.copytree(tiny_models.path("llava_onevision"), path)
+    config = json.loads((path / "config.json").read_text())
+    config["text_config"].update(use_sliding_window=True, sliding_window=window, max_window_layers=0)
+    config["text_config"].pop("layer_types", None)  # derived again from the settings above
+    (path / "config.json").write_text(json.dumps(config))
+    return load_model(str(path))
+
+
+def test_a_sliding_window_shorter_than_the_input_is_refused_by_name(tiny_models, tmp_path) -> None:
+    adapter = _sliding_window_model(tiny_models, tmp_path, 16)
+    prepared = adapter.prepare(FAMILIES["llava_onevision"].sample())
+    assert prepared.layout.length > 16
+    engine = Engine(adapter.language_model(), prepared.inputs, prepared.layout)
+    plan = Plan("q", (Cut("question", "last", (1,)),))
+    with pytest.raises(UnsupportedModelError, match=r"sliding window of 16 tokens.*sliding_window=16"):
+        engine.evaluate([plan])
+    # the plain masked forward would replace the windowed mask by a full one: refused too
+    compiled, lm = engine.compile(plan), adapter.language_model()
+    with pytest.raises(UnsupportedModelError, match="sliding_window=16"):
+        full_forward_logits(lm, prepared.inputs, compiled)
+    with pytest.raises(UnsupportedModelError, match="sliding_window=16"):  # and so does generation's
+        generate_with_plan(adapter.model, lm, prepared.inputs, compiled, max_new_tokens=2)
+
+
+def test_a_sliding_window_longer_than_the_input_changes_nothing(tiny_models, tmp_path) -> None:
+    adapter = _sliding_window_model(tiny_models, tmp_path, 262144)  # as Phi-3-128k ships
+    prepared = adapter.prepare(FAMILIES["llava_onevision"].sample())
+    engine = Engine(adapter.language_model(), prepared.inputs, prepared.layout)
+    plans = [Plan("q", (Cut("question", "last", (1,)),)), Plan("v", (Cut("video", "question", (0, 1)),))]
+    assert_matches_plain(adapter, engine, prepared, plans)

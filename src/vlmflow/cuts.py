@@ -10,6 +10,7 @@ always names *query* heads, so it removes edges from those heads' softmax only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import operator
 import re
@@ -329,12 +330,34 @@ class CompiledPlan:
     position whose attention changes and ``first_layer`` the first layer with a cut: every
     position before ``first_query`` and every layer before ``first_layer`` keeps its
     baseline state, which the engine exploits.
+
+    ``length``, ``num_layers`` and ``layout`` identify the input it was compiled for: its
+    matrices hold that input's positions, so it applies to no other (``check_input``).
     """
 
     plan: Plan
     length: int
     num_layers: int
     blocked: dict[int, np.ndarray]
+    layout: TokenLayout | None = None
+
+    def check_input(self, layout: TokenLayout, num_layers: int) -> None:
+        """Refuse (``PlanError``, naming the plan and the difference) an input other than the
+        one this plan was compiled for: another length, layer count or token layout."""
+        if self.length != layout.length:
+            diff = f"{self.length} tokens, this input has {layout.length}"
+        elif self.num_layers != num_layers:
+            diff = f"{self.num_layers} layers, this model has {num_layers}"
+        elif self.layout is not None and self.layout != layout:
+            ours, theirs = dataclasses.asdict(self.layout), dataclasses.asdict(layout)
+            fields = [name for name in theirs if ours[name] != theirs[name]]
+            diff = f"a token layout of the same length that differs in {', '.join(fields)}"
+        else:
+            return
+        raise PlanError(
+            f"plan {self.plan.name!r} was compiled for another input: {diff}; compile it against this "
+            "input (Engine.compile) or pass the Plan itself"
+        )
 
     @property
     def is_empty(self) -> bool:
@@ -446,7 +469,7 @@ def compile_plan(
                 f"plan {plan.name!r} leaves query position {int(dead[0])} with no key to attend to; "
                 "keep at least one key (e.g. do not cut a token from itself and everything before it)"
             )
-    return CompiledPlan(plan=plan, length=n, num_layers=num_layers, blocked=blocked)
+    return CompiledPlan(plan=plan, length=n, num_layers=num_layers, blocked=blocked, layout=layout)
 
 
 def _random_edges(cut: RandomCut, layout: TokenLayout, layer: int) -> np.ndarray:

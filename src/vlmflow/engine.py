@@ -172,6 +172,45 @@ def pack_allowed(blocks: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tenso
     return out
 
 
+def sliding_windows(lm: LanguageModel) -> dict[int, int]:
+    """``{layer: window}`` of the decoder layers that attend over a sliding window of keys:
+    the attention module's own ``sliding_window`` where it keeps one (Qwen2's, per layer),
+    else its config's ``sliding_window`` in the layers its ``layer_types`` mark
+    ``sliding_attention`` (every layer when it has no ``layer_types``: Mistral, Phi-3)."""
+    out: dict[int, int] = {}
+    for i in range(lm.num_layers):
+        attn = lm.attention_module(i)
+        if hasattr(attn, "sliding_window"):
+            window = attn.sliding_window
+        else:
+            cfg = getattr(attn, "config", None)
+            window = getattr(cfg, "sliding_window", None)
+            types = getattr(cfg, "layer_types", None)
+            if types is not None and (i >= len(types) or types[i] != "sliding_attention"):
+                window = None
+        if isinstance(window, int) and window > 0:
+            out[i] = window
+    return out
+
+
+def check_full_attention(lm: LanguageModel, length: int) -> None:
+    """Refuse a model whose sliding-window layers would hide keys from an input of ``length``
+    tokens (a window of ``w`` keeps the last ``w`` keys, so one of at least ``length`` hides
+    none: Phi-3-128k's 262144 is harmless). Knockout masks replace the model's own mask, so a
+    window would be dropped, and the baseline cache would hold only the window's keys."""
+    short = {i: w for i, w in sliding_windows(lm).items() if w < length}
+    if short:
+        window = min(short.values())
+        layers = ", ".join(map(str, sorted(short)))
+        raise UnsupportedModelError(
+            f"decoder layers {layers} attend over a sliding window of {window} tokens (the text "
+            f"config's sliding_window={window}, use_sliding_window / layer_types), shorter than this "
+            f"input's {length} tokens: they do not see every earlier key, so exact knockout is not "
+            "supported; load the model with use_sliding_window=False (a different model if it was "
+            "trained with the window) or use inputs of at most the window's length"
+        )
+
+
 def to_attention_mask(allowed: torch.Tensor, implementation: str, dtype: torch.dtype) -> torch.Tensor:
     """Boolean ``(b, 1 or H, q, k)`` "may attend" mask -> the form the attention kernel takes."""
     if implementation == "sdpa":
@@ -229,6 +268,7 @@ class Engine:
         """``run_baseline``'s forward under the caller's grad mode; returns the last
         position's logits as computed (part of the autograd graph when gradients are on:
         the attribution pass differentiates them). What the engine keeps is detached."""
+        check_full_attention(self.lm, self.length)
         n_layers = self.lm.num_layers
         hidden: list[torch.Tensor | None] = [None] * (n_layers + 1)
         kwargs_per_layer: list[dict[str, Any]] = [{} for _ in range(n_layers)]
@@ -275,6 +315,14 @@ class Engine:
             raise UnsupportedModelError(f"the model saw {n} tokens but the layout describes {self.length}")
         self.cache_key = self._find_cache_key(kwargs_per_layer[0])
         cache = kwargs_per_layer[0][self.cache_key]
+        kept = [int(layer_cache.keys.shape[-2]) for layer_cache in cache.layers]
+        if len(kept) != n_layers or any(k != n for k in kept):
+            short = next((i, k) for i, k in enumerate(kept + [0]) if k != n)
+            raise UnsupportedModelError(
+                f"the baseline's key/value cache holds {short[1]} keys for decoder layer {short[0]}, "
+                f"not the input's {n} (a sliding-window or otherwise truncating cache); the engine "
+                "needs every layer's keys and values of every position"
+            )
         for layer_cache in cache.layers:  # nothing kept may hold on to an autograd graph
             layer_cache.keys, layer_cache.values = layer_cache.keys.detach(), layer_cache.values.detach()
         self.keys = [layer_cache.keys for layer_cache in cache.layers]
@@ -337,6 +385,8 @@ class Engine:
         """Last-position logits under each plan, ``(len(plans), vocab)`` float32."""
         self._check()
         compiled = [p if isinstance(p, CompiledPlan) else self.compile(p) for p in plans]
+        for cp in compiled:
+            cp.check_input(self.layout, self.lm.num_layers)
         out: list[torch.Tensor | None] = [None] * len(compiled)
         groups: dict[int, list[int]] = {}
         for i, cp in enumerate(compiled):
@@ -352,7 +402,7 @@ class Engine:
                 logits = self._run_pack([compiled[i] for i in chunk], q0)
                 for j, i in enumerate(chunk):
                     out[i] = logits[j]
-        return torch.stack(out)  # type: ignore[arg-type]
+        return torch.stack(out) if out else self.logits.new_empty(0, self.logits.shape[-1])  # type: ignore[arg-type]
 
     def _run_pack(self, plans: list[CompiledPlan], q0: int) -> torch.Tensor:
         """Recompute positions ``q0..N-1`` for ``plans`` (sorted by first layer), packed."""
@@ -440,6 +490,7 @@ def masked_forward(
     averaged over heads and query positions are returned as ``{layer: {group: (N,)}}``.
     """
     default = lm.attn_implementation()
+    windows = sliding_windows(lm)
     masks: dict[tuple[int, str], torch.Tensor] = {}
     reads: dict[int, dict[str, torch.Tensor]] = {}
     read = set(read_attention)
@@ -450,6 +501,8 @@ def masked_forward(
             return None
         h = args[0] if args else kwargs["hidden_states"]
         size = h.shape[1]
+        if windows.get(i, size) < size:  # the mask below would drop the layer's window
+            check_full_attention(lm, size)
         impl = _layer_impl(lm, i, default)
         key = (id(m), impl)
         if key not in masks:

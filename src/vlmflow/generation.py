@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .cuts import CompiledPlan
-from .engine import LanguageModel, _layer_impl, as_4d, to_attention_mask
+from .engine import LanguageModel, _layer_impl, as_4d, check_full_attention, to_attention_mask
 from .hooks import layer_hooks
 
 
@@ -38,6 +38,8 @@ def generate_with_plan(
     """Greedy generation from ``inputs`` (batch 1) with ``compiled``'s cuts in force."""
     default = lm.attn_implementation()
     n = int(inputs["input_ids"].shape[1])
+    if compiled is not None:  # the masks below would replace a sliding window's
+        check_full_attention(lm, n + max_new_tokens - 1)
     steps: dict[int, int] = {}
 
     def pre(i: int, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:

@@ -372,7 +372,8 @@ def out_of_memory(sample_id: str, adapter: Adapter, exc: BaseException) -> RunSt
     return RunStopped(
         f"out of memory on {getattr(adapter, 'device', 'the device')} while analysing sample {sample_id} "
         f"({first}); the run stopped cleanly and every finished unit is kept; free memory (other "
-        "processes on the device) or lower --max-batch-tokens (Options.max_batch_tokens; results "
-        "do not depend on it) and re-run the same command to resume; fewer frames (--num-frames) "
+        "processes on the device) or lower --max-batch-tokens (Options.max_batch_tokens; it changes "
+        "results only by floating-point rounding) and re-run the same command to resume; fewer frames "
+        "(--num-frames) "
         "or a smaller dtype (--dtype bfloat16) change the results, so they need a new --out"
     )

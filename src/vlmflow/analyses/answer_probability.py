@@ -111,7 +111,8 @@ class AnswerProbability(Analysis):
 
 
 def summarize_answer_prob(records: pd.DataFrame) -> pd.DataFrame:
-    """Per task x layer: mean probability of the true letter and of the false letters.
+    """Per task x layer (``layer`` an integer, 0-based, as the records): mean probability of
+    the true letter and of the false letters.
 
     ``p_false_mean`` pools every false option of every sample (as the paper's plot), so a
     sample with more options weighs more; ``p_false_max`` is the mean over samples."""
@@ -125,8 +126,9 @@ def summarize_answer_prob(records: pd.DataFrame) -> pd.DataFrame:
         top1_rate=("true_rank", lambda s: float((s == 1).mean())),
     )
     pooled = false_option_rows(df).groupby(["task", "layer"])["p_false"].mean().rename("p_false_mean")
-    out = out.join(pooled)[["n", "p_true", "p_false_mean", "p_false_max", "top1_rate"]]
-    return out.reset_index()
+    out = out.join(pooled)[["n", "p_true", "p_false_mean", "p_false_max", "top1_rate"]].reset_index()
+    out["layer"] = out["layer"].astype(int)  # records hold floats (eval rows have no layer)
+    return out
 
 
 def false_option_rows(df: pd.DataFrame) -> pd.DataFrame:

@@ -273,6 +273,7 @@ def summarize_flow(df: pd.DataFrame, task_samples: dict[str, int] | None = None)
     for value in ("rel_pred", "rel_gt"):
         out[list(ci95_columns(value))] = ci95_by_group(g[value])
     out = out.reset_index()
+    out["layer"] = out["layer"].astype(int)  # records hold floats (eval rows have no layer)
     totals = task_samples or {}
     out["n_task"] = [totals.get(str(t), np.nan) for t in out["task"]]
     out["acc_of_all"] = out["_right"] / out["n_task"]

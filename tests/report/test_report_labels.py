@@ -7,6 +7,8 @@ import csv
 import json
 from pathlib import Path
 
+import pandas as pd
+
 from vlmflow.report import finalize
 from vlmflow.store import RecordStore
 
@@ -66,3 +68,29 @@ def test_summary_tables_write_layers_as_integers(tmp_path: Path) -> None:
         with open(run / "summary" / f"{name}.csv") as f:
             layers = [row["layer"] for row in csv.DictReader(f)]
         assert sorted(set(layers)) == ["0", "1", "2", "3"], (name, layers)
+
+
+def section(result: dict, key: str):
+    return next(s for s in result["sections"] if s.key == key)
+
+
+def test_answer_prob_note_and_figure_say_whether_the_final_norm_was_applied(tmp_path: Path) -> None:
+    """--no-norm (or --paper for a family the paper read unnormed): the note and the figure
+    title say the intermediate layers skipped the final norm, not that they went through it."""
+    from vlmflow.analyses.answer_probability import answer_prob_figure, summarize_answer_prob
+
+    off = finalize(write_run(tmp_path / "off", norm=False))
+    note = section(off, "answer-prob").notes
+    assert "through the final norm and the output head" not in note
+    assert "without the final norm on layers 1-3" in note
+    assert "the last layer's output goes through the final norm" in note
+    assert "without the final norm on layers 1-3" in (tmp_path / "off" / "report.html").read_text()
+
+    on = finalize(write_run(tmp_path / "on", norm=True))
+    assert "read through the final norm and the output head" in section(on, "answer-prob").notes
+
+    records = pd.read_parquet(tmp_path / "off" / "records.parquet")
+    summary = summarize_answer_prob(records)
+    titles = {norm: answer_prob_figure(summary, None, {norm})._suptitle.get_text() for norm in (True, False)}
+    assert "no final norm before the last layer" in titles[False]
+    assert "final norm on every layer" in titles[True]

@@ -200,20 +200,55 @@ def answer_prob_section(rows: pd.DataFrame, run: RunDir) -> Section:
             )
         )
     overtake = overtake_layers(summary)
+    norms = set(rows["norm"].dropna().map(bool)) if "norm" in rows else set()
     path = run.figure_path("answer-prob")
-    save_figure(answer_prob_figure(summary, overtake), path)
+    save_figure(answer_prob_figure(summary, overtake, norms), path)
     section.figures["Answer probability by layer"] = path
     where = ", ".join(f"{t}: {'never' if v is None else f'layer {v + 1}'}" for t, v in overtake.items())
+    read = projection_text(norms, int(summary["layer"].max()) + 1)
     section.notes = (
-        "The last position's hidden state after each layer, read through the final norm and the "
-        "output head; mean over samples with its 95% band. The true letter stays above the "
+        f"The last position's hidden state after each layer, {read}; "
+        "mean over samples with its 95% band. The true letter stays above the "
         f"strongest false one from (1-based) {where}."
     )
     return section
 
 
-def answer_prob_figure(summary: pd.DataFrame, overtake: dict[str, int | None] | None = None) -> Any:
-    """Per task: mean probability of the true option letter vs the false ones, by layer."""
+def projection_text(norms: set[bool], num_layers: int) -> str:
+    """How the records' hidden states were read (their ``norm`` values): through the final
+    norm on every layer, or only on the last (the output of the last layer is always normed,
+    as the model's own output)."""
+    if norms == {True}:
+        return "read through the final norm and the output head"
+    if norms == {False}:
+        return (
+            f"read through the output head without the final norm on layers 1-{num_layers - 1} "
+            "(as the paper's code for every family but VideoLLaMA3); the last layer's output goes "
+            "through the final norm, as the model's own output"
+        )
+    if not norms:
+        return "read through the output head (the records do not say whether the final norm was applied)"
+    return (
+        "read through the output head, for some samples through the final norm on every layer "
+        "and for others without it before the last layer (the records mix both settings: the "
+        "curves pool them)"
+    )
+
+
+def projection_title(norms: set[bool]) -> str:
+    """The figure title's note on the final norm (empty when the records do not say)."""
+    if norms == {True}:
+        return " (final norm on every layer)"
+    if norms == {False}:
+        return " (no final norm before the last layer)"
+    return " (final norm on some samples only)" if norms else ""
+
+
+def answer_prob_figure(
+    summary: pd.DataFrame, overtake: dict[str, int | None] | None = None, norms: set[bool] | None = None
+) -> Any:
+    """Per task: mean probability of the true option letter vs the false ones, by layer;
+    ``norms``: the records' ``norm`` values, named in the title."""
     from ..report.figures import pyplot
 
     plt = pyplot()
@@ -235,6 +270,6 @@ def answer_prob_figure(summary: pd.DataFrame, overtake: dict[str, int | None] | 
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
-    fig.suptitle("Answer probability read from each layer", fontsize=11)
+    fig.suptitle(f"Answer probability read from each layer{projection_title(norms or set())}", fontsize=11)
     fig.tight_layout()
     return fig

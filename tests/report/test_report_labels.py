@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from vlmflow.report import finalize
 from vlmflow.store import RecordStore
@@ -94,3 +95,65 @@ def test_answer_prob_note_and_figure_say_whether_the_final_norm_was_applied(tmp_
     titles = {norm: answer_prob_figure(summary, None, {norm})._suptitle.get_text() for norm in (True, False)}
     assert "no final norm before the last layer" in titles[False]
     assert "final norm on every layer" in titles[True]
+
+
+@pytest.mark.parametrize(
+    ("style", "words", "label"),
+    [
+        (
+            "center",
+            "in the window of 3 layers x-1 to x+1 centred on the layer x",
+            "centre of the knockout window",
+        ),
+        (
+            "inverse",
+            "in every layer outside the window of 3 layers x-1 to x+1",
+            "centre of the window left open",
+        ),
+        ("top_down", "in layers x to L (1-based, L the last layer)", "blocked from this layer to the last"),
+        ("bottom_up", "in layers 1 to x (1-based)", "blocked from the first layer to this one"),
+    ],
+)
+def test_flow_note_and_x_label_name_the_window_style_the_sweep_used(
+    tiny_llava, tmp_path: Path, style: str, words: str, label: str
+) -> None:
+    """A tiny sweep per --window-style: the note and the per-task figure's x label say which
+    layers were blocked (the old note said 'centred' for every style), and the blocked
+    layers in the records are the ones the note names for x = layer + 1."""
+    import torch
+
+    from vlmflow.analyses.information_flow import InformationFlow, flow_by_task_figure, summarize_flow
+    from vlmflow.api import Options, run
+    from vlmflow.probe import Model
+
+    out = tmp_path / "run"
+    flow = InformationFlow(
+        targets=("cross-frame",), window=3, window_style=style, layers=(1,), sample_mode="all"
+    )
+    opts = Options(model="tiny", data="synthetic:1", tasks=("object_count",), progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(opts, [flow], out, model=Model(tiny_llava))
+    finally:
+        torch.set_num_threads(threads)
+    result = finalize(out)
+    note = section(result, "flow").notes
+    assert words in note, note
+    assert ("centred" in note) == (style in ("center", "inverse"))
+
+    records = pd.read_parquet(out / "records.parquet")
+    rows = records[records["analysis"] == "flow"]
+    num_layers, x = tiny_llava.num_layers, 1 + 1  # the report's 1-based x of the swept layer 1
+    blocked = {int(b) + 1 for b in rows["blocked_layers"].iloc[0]}  # 1-based, as the note
+    window = {x - 1, x, x + 1}
+    expected = {
+        "center": window,
+        "inverse": set(range(1, num_layers + 1)) - window,
+        "top_down": set(range(x, num_layers + 1)),
+        "bottom_up": set(range(1, x + 1)),
+    }[style]
+    assert blocked == expected, (style, num_layers, blocked)
+
+    fig = flow_by_task_figure(summarize_flow(records), "cross-frame", style=rows["window_style"].iloc[0])
+    assert label in fig.axes[0].get_xlabel()

@@ -157,3 +157,50 @@ def test_flow_note_and_x_label_name_the_window_style_the_sweep_used(
 
     fig = flow_by_task_figure(summarize_flow(records), "cross-frame", style=rows["window_style"].iloc[0])
     assert label in fig.axes[0].get_xlabel()
+
+
+def test_answer_prob_and_logit_lens_pngs_draw_the_95_percent_band(
+    tiny_llava, tmp_path: Path, monkeypatch
+) -> None:
+    """docs/paper-parity.md: answer-prob and logit-lens draw the band in the PNG figures too,
+    not only in the HTML charts: each curve of answer-prob.png and logit-lens.png has a
+    filled band in its colour, spanning the chart's bounds."""
+    import torch
+    from matplotlib.collections import PolyCollection
+
+    import vlmflow.report.figures as figures
+    from vlmflow.analyses.answer_probability import AnswerProbability
+    from vlmflow.analyses.logit_lens import LogitLens
+    from vlmflow.api import Options, run
+    from vlmflow.probe import Model
+
+    out = tmp_path / "run"
+    opts = Options(model="tiny", data="synthetic:2", tasks=("object_count",), progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(
+            opts,
+            [AnswerProbability(sample_mode="all"), LogitLens(sample_mode="all", overlays=0)],
+            out,
+            model=Model(tiny_llava),
+        )
+    finally:
+        torch.set_num_threads(threads)
+    saved: dict[str, object] = {}
+    real = figures.save_figure
+
+    def keep(fig, path, *args, **kwargs):
+        saved[Path(path).stem] = fig
+        # count before the figure is freed
+        fig._bands = [[c for c in ax.collections if isinstance(c, PolyCollection)] for ax in fig.axes]
+        fig._lines = [len(ax.get_lines()) for ax in fig.axes]
+        return real(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(figures, "save_figure", keep)
+    finalize(out)
+    for name in ("answer-prob", "logit-lens"):
+        fig = saved[name]
+        curves = [n for n in fig._lines if n]
+        bands = [len(b) for b, n in zip(fig._bands, fig._lines, strict=True) if n]
+        assert curves and bands == curves, (name, curves, bands)  # one band per curve

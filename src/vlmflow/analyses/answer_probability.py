@@ -202,7 +202,7 @@ def answer_prob_section(rows: pd.DataFrame, run: RunDir) -> Section:
     overtake = overtake_layers(summary)
     norms = set(rows["norm"].dropna().map(bool)) if "norm" in rows else set()
     path = run.figure_path("answer-prob")
-    save_figure(answer_prob_figure(summary, overtake, norms), path)
+    save_figure(answer_prob_figure(summary, overtake, norms, bands=long), path)
     section.figures["Answer probability by layer"] = path
     where = ", ".join(f"{t}: {'never' if v is None else f'layer {v + 1}'}" for t, v in overtake.items())
     read = projection_text(norms, int(summary["layer"].max()) + 1)
@@ -245,10 +245,15 @@ def projection_title(norms: set[bool]) -> str:
 
 
 def answer_prob_figure(
-    summary: pd.DataFrame, overtake: dict[str, int | None] | None = None, norms: set[bool] | None = None
+    summary: pd.DataFrame,
+    overtake: dict[str, int | None] | None = None,
+    norms: set[bool] | None = None,
+    bands: pd.DataFrame | None = None,
 ) -> Any:
     """Per task: mean probability of the true option letter vs the false ones, by layer;
-    ``norms``: the records' ``norm`` values, named in the title."""
+    ``norms``: the records' ``norm`` values, named in the title; ``bands``: each curve's 95%
+    band (columns ``task``, ``layer``, ``option`` as the curves' labels, ``p_lo``, ``p_hi``),
+    drawn around it."""
     from ..report.figures import pyplot
 
     plt = pyplot()
@@ -259,9 +264,15 @@ def answer_prob_figure(
     for ax, task in zip(axes.flat, tasks, strict=False):
         d = summary[summary["task"] == task].sort_values("layer")
         x = d["layer"] + 1
-        ax.plot(x, d["p_true"], marker="o", ms=3, label="true option")
-        ax.plot(x, d["p_false_max"], marker="s", ms=3, label="strongest false option")
-        ax.plot(x, d["p_false_mean"], ls="--", label="false options (mean)")
+        for column, label, style in (
+            ("p_true", "true option", {"marker": "o", "ms": 3}),
+            ("p_false_max", "strongest false option", {"marker": "s", "ms": 3}),
+            ("p_false_mean", "false options (mean)", {"ls": "--"}),
+        ):
+            (line,) = ax.plot(x, d[column], label=label, **style)
+            if bands is not None:
+                b = bands[(bands["task"] == task) & (bands["option"] == label)].sort_values("layer")
+                ax.fill_between(b["layer"] + 1, b["p_lo"], b["p_hi"], color=line.get_color(), alpha=0.2)
         if overtake and overtake.get(task) is not None:
             ax.axvline(overtake[task] + 1, color="gray", ls=":", label="true overtakes")
         ax.set_title(f"{task} (n={int(d['n'].max())})", fontsize=10)

@@ -111,7 +111,8 @@ class AnswerProbability(Analysis):
 
 
 def summarize_answer_prob(records: pd.DataFrame) -> pd.DataFrame:
-    """Per task x layer: mean probability of the true letter and of the false letters.
+    """Per task x layer (``layer`` an integer, 0-based, as the records): mean probability of
+    the true letter and of the false letters.
 
     ``p_false_mean`` pools every false option of every sample (as the paper's plot), so a
     sample with more options weighs more; ``p_false_max`` is the mean over samples."""
@@ -125,8 +126,9 @@ def summarize_answer_prob(records: pd.DataFrame) -> pd.DataFrame:
         top1_rate=("true_rank", lambda s: float((s == 1).mean())),
     )
     pooled = false_option_rows(df).groupby(["task", "layer"])["p_false"].mean().rename("p_false_mean")
-    out = out.join(pooled)[["n", "p_true", "p_false_mean", "p_false_max", "top1_rate"]]
-    return out.reset_index()
+    out = out.join(pooled)[["n", "p_true", "p_false_mean", "p_false_max", "top1_rate"]].reset_index()
+    out["layer"] = out["layer"].astype(int)  # records hold floats (eval rows have no layer)
+    return out
 
 
 def false_option_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -198,20 +200,60 @@ def answer_prob_section(rows: pd.DataFrame, run: RunDir) -> Section:
             )
         )
     overtake = overtake_layers(summary)
+    norms = set(rows["norm"].dropna().map(bool)) if "norm" in rows else set()
     path = run.figure_path("answer-prob")
-    save_figure(answer_prob_figure(summary, overtake), path)
+    save_figure(answer_prob_figure(summary, overtake, norms, bands=long), path)
     section.figures["Answer probability by layer"] = path
     where = ", ".join(f"{t}: {'never' if v is None else f'layer {v + 1}'}" for t, v in overtake.items())
+    read = projection_text(norms, int(summary["layer"].max()) + 1)
     section.notes = (
-        "The last position's hidden state after each layer, read through the final norm and the "
-        "output head; mean over samples with its 95% band. The true letter stays above the "
+        f"The last position's hidden state after each layer, {read}; "
+        "mean over samples with its 95% band. The true letter stays above the "
         f"strongest false one from (1-based) {where}."
     )
     return section
 
 
-def answer_prob_figure(summary: pd.DataFrame, overtake: dict[str, int | None] | None = None) -> Any:
-    """Per task: mean probability of the true option letter vs the false ones, by layer."""
+def projection_text(norms: set[bool], num_layers: int) -> str:
+    """How the records' hidden states were read (their ``norm`` values): through the final
+    norm on every layer, or only on the last (the output of the last layer is always normed,
+    as the model's own output)."""
+    if norms == {True}:
+        return "read through the final norm and the output head"
+    if norms == {False}:
+        return (
+            f"read through the output head without the final norm on layers 1-{num_layers - 1} "
+            "(as the paper's code for every family but VideoLLaMA3); the last layer's output goes "
+            "through the final norm, as the model's own output"
+        )
+    if not norms:
+        return "read through the output head (the records do not say whether the final norm was applied)"
+    return (
+        "read through the output head, for some samples through the final norm on every layer "
+        "and for others without it before the last layer (the records mix both settings: the "
+        "curves pool them)"
+    )
+
+
+def projection_title(norms: set[bool]) -> str:
+    """The figure title's note on the final norm (empty when the records do not say)."""
+    if norms == {True}:
+        return " (final norm on every layer)"
+    if norms == {False}:
+        return " (no final norm before the last layer)"
+    return " (final norm on some samples only)" if norms else ""
+
+
+def answer_prob_figure(
+    summary: pd.DataFrame,
+    overtake: dict[str, int | None] | None = None,
+    norms: set[bool] | None = None,
+    bands: pd.DataFrame | None = None,
+) -> Any:
+    """Per task: mean probability of the true option letter vs the false ones, by layer;
+    ``norms``: the records' ``norm`` values, named in the title; ``bands``: each curve's 95%
+    band (columns ``task``, ``layer``, ``option`` as the curves' labels, ``p_lo``, ``p_hi``),
+    drawn around it."""
     from ..report.figures import pyplot
 
     plt = pyplot()
@@ -222,9 +264,15 @@ def answer_prob_figure(summary: pd.DataFrame, overtake: dict[str, int | None] | 
     for ax, task in zip(axes.flat, tasks, strict=False):
         d = summary[summary["task"] == task].sort_values("layer")
         x = d["layer"] + 1
-        ax.plot(x, d["p_true"], marker="o", ms=3, label="true option")
-        ax.plot(x, d["p_false_max"], marker="s", ms=3, label="strongest false option")
-        ax.plot(x, d["p_false_mean"], ls="--", label="false options (mean)")
+        for column, label, style in (
+            ("p_true", "true option", {"marker": "o", "ms": 3}),
+            ("p_false_max", "strongest false option", {"marker": "s", "ms": 3}),
+            ("p_false_mean", "false options (mean)", {"ls": "--"}),
+        ):
+            (line,) = ax.plot(x, d[column], label=label, **style)
+            if bands is not None:
+                b = bands[(bands["task"] == task) & (bands["option"] == label)].sort_values("layer")
+                ax.fill_between(b["layer"] + 1, b["p_lo"], b["p_hi"], color=line.get_color(), alpha=0.2)
         if overtake and overtake.get(task) is not None:
             ax.axvline(overtake[task] + 1, color="gray", ls=":", label="true overtakes")
         ax.set_title(f"{task} (n={int(d['n'].max())})", fontsize=10)
@@ -233,6 +281,6 @@ def answer_prob_figure(summary: pd.DataFrame, overtake: dict[str, int | None] | 
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
-    fig.suptitle("Answer probability read from each layer", fontsize=11)
+    fig.suptitle(f"Answer probability read from each layer{projection_title(norms or set())}", fontsize=11)
     fig.tight_layout()
     return fig

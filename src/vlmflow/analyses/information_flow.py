@@ -273,6 +273,7 @@ def summarize_flow(df: pd.DataFrame, task_samples: dict[str, int] | None = None)
     for value in ("rel_pred", "rel_gt"):
         out[list(ci95_columns(value))] = ci95_by_group(g[value])
     out = out.reset_index()
+    out["layer"] = out["layer"].astype(int)  # records hold floats (eval rows have no layer)
     totals = task_samples or {}
     out["n_task"] = [totals.get(str(t), np.nan) for t in out["task"]]
     out["acc_of_all"] = out["_right"] / out["n_task"]
@@ -298,6 +299,7 @@ def flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
     section = Section("Attention knockout (flow)", summaries={"flow": flow} if not flow.empty else {})
     if flow.empty:
         return section
+    style, window = sweep_setting(rows)
     values = {
         "% change of p(baseline answer)": ("rel_pred_mean", ci95_columns("rel_pred")),
         "% change of p(ground truth)": ("rel_gt_mean", ci95_columns("rel_gt")),
@@ -316,16 +318,58 @@ def flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
             Chart("Cross-frame knockout, tasks compared", data, values, series=("task",), panel=None)
         )
         path = run.figure_path("cross-frame-by-task")
-        save_figure(flow_by_task_figure(flow, "cross-frame"), path)
+        save_figure(flow_by_task_figure(flow, "cross-frame", style=style), path)
         section.figures["Cross-frame knockout per task"] = path
-    window = int(rows["window"].iloc[0]) if "window" in rows else None
     section.notes = (
-        "Each curve blocks one set of attention edges in a window of layers"
-        + (f" ({window} layers)" if window is not None else "")
-        + " centred on the layer on the x axis; y is the mean relative change of the answer's "
-        "probability over the task's samples, with its 95% confidence band."
+        f"Each curve blocks one set of attention edges {blocked_text(style, window)}; y is the mean "
+        "relative change of the answer's probability over the task's samples, with its 95% "
+        "confidence band."
     )
     return section
+
+
+def sweep_setting(rows: pd.DataFrame) -> tuple[str | None, int | None]:
+    """The flow records' window style and window size; ``None`` where the records lack the
+    column or hold several values (records of one folder share one setting)."""
+    flow = rows[rows["analysis"] == "flow"] if "analysis" in rows else rows
+    out: list[Any] = []
+    for column in ("window_style", "window"):
+        values = set(flow[column].dropna()) if column in flow else set()
+        out.append(values.pop() if len(values) == 1 else None)
+    return (str(out[0]) if out[0] is not None else None), (int(out[1]) if out[1] is not None else None)
+
+
+def blocked_text(style: str | None, window: int | None) -> str:
+    """Which layers a curve's point at layer x (1-based, as the report's x axis) blocks, in
+    words, for ``window_style`` ``style`` (see :func:`vlmflow.cuts.window_layers`)."""
+    if window is not None:
+        before, after = window // 2, window - 1 - window // 2
+        span = f"the window of {window} layers x-{before} to x+{after} centred on the layer x on the x axis"
+    else:
+        span = "the window of layers centred on the layer x on the x axis"
+    if style == "center":
+        return f"in {span} (clipped at the first and last layer)"
+    if style == "inverse":
+        return f"in every layer outside {span} (the window itself stays open)"
+    if style == "top_down":
+        return (
+            "in layers x to L (1-based, L the last layer): the layer x on the x axis and every one after it"
+        )
+    if style == "bottom_up":
+        return "in layers 1 to x (1-based): every layer up to and including the layer x on the x axis"
+    return (
+        "in the layers its window style blocks at the layer x on the x axis (the records do not hold "
+        "one window style)"
+    )
+
+
+#: the x axis label of the per-task knockout figure, per window style
+X_LABELS = {
+    "center": "layer (centre of the knockout window)",
+    "inverse": "layer (centre of the window left open; every other layer blocked)",
+    "top_down": "layer (blocked from this layer to the last)",
+    "bottom_up": "layer (blocked from the first layer to this one)",
+}
 
 
 def flow_figure(summary: pd.DataFrame, target: str, value: str = "rel_pred") -> Any:
@@ -358,9 +402,12 @@ def flow_figure(summary: pd.DataFrame, target: str, value: str = "rel_pred") -> 
     return fig
 
 
-def flow_by_task_figure(summary: pd.DataFrame, condition: str, value: str = "rel_pred") -> Any:
+def flow_by_task_figure(
+    summary: pd.DataFrame, condition: str, value: str = "rel_pred", style: str | None = "center"
+) -> Any:
     """One condition (e.g. ``cross-frame``), one curve per task, on a single axis, so
-    temporal tasks can be compared with a static control."""
+    temporal tasks can be compared with a static control; ``style``: the sweep's window
+    style, named in the x label."""
     from ..report.figures import pyplot
 
     plt = pyplot()
@@ -372,7 +419,7 @@ def flow_by_task_figure(summary: pd.DataFrame, condition: str, value: str = "rel
         ax.plot(x, d[f"{value}_mean"], marker="o", ms=3, label=f"{task} (n={int(d['n'].max())})")
         ax.fill_between(x, d[f"{value}_ci95_lo"], d[f"{value}_ci95_hi"], alpha=0.15)
     ax.axhline(0, color="gray", lw=0.8)
-    ax.set_xlabel("layer (centre of the knockout window)")
+    ax.set_xlabel(X_LABELS.get(str(style), "layer (1-based)"))
     ax.set_ylabel("% change in answer probability")
     ax.set_title(f"Knockout of {condition} attention, per task")
     ax.legend(fontsize=8)

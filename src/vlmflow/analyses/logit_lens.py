@@ -410,10 +410,11 @@ def logit_lens_section(rows: pd.DataFrame, run: RunDir) -> Section:
     for column, label in (("spatial_hits", "spatial words"), ("temporal_hits", "temporal words")):
         data = rows[["task", "layer"]].assign(rate=rows[column] / rows["n_video"])
         parts.append(mean_ci(data, ["task", "layer"], "rate").assign(words=label))
+    rates = pd.concat(parts, ignore_index=True)
     section.charts.append(
         Chart(
             "Video tokens whose top-1 lens token is a keyword",
-            pd.concat(parts, ignore_index=True),
+            rates,
             {"fraction of video tokens": ("rate_mean", ("rate_ci95_lo", "rate_ci95_hi"))},
             series=("words",),
             xlabel="layer (0 = embeddings)",
@@ -436,7 +437,7 @@ def logit_lens_section(rows: pd.DataFrame, run: RunDir) -> Section:
             )
         section.summaries["logit-lens-top-tokens"] = pd.DataFrame(top)
     path = run.figure_path("logit-lens")
-    save_figure(lens_frequency_figure(summary), path)
+    save_figure(lens_frequency_figure(summary, bands=rates), path)
     section.figures["Keyword frequency by layer"] = path
     n_layers = int(rows["layer"].max()) + 1
     shown = sorted({n_layers // 4, n_layers // 2, (3 * n_layers) // 4, n_layers - 1})
@@ -475,8 +476,13 @@ def logit_lens_section(rows: pd.DataFrame, run: RunDir) -> Section:
     return section
 
 
-def lens_frequency_figure(summary: pd.DataFrame) -> Any:
-    """Per layer: how often a video token's top-1 lens token is a spatial / temporal word."""
+def lens_frequency_figure(summary: pd.DataFrame, bands: pd.DataFrame | None = None) -> Any:
+    """Per layer: how often a video token's top-1 lens token is a spatial / temporal word.
+
+    ``bands``: the 95% band of the samples' mean rate (columns ``task``, ``layer``, ``words``
+    = ``"spatial words"`` / ``"temporal words"``, ``rate_ci95_lo``, ``rate_ci95_hi``), drawn
+    around each task's curve (the curve pools the video tokens of all samples, the same value
+    when every sample has as many video tokens)."""
     from ..report.figures import pyplot
 
     plt = pyplot()
@@ -486,7 +492,11 @@ def lens_frequency_figure(summary: pd.DataFrame) -> Any:
     ):
         for task, d in summary.groupby("task"):
             d = d.sort_values("layer")
-            ax.plot(d["layer"] + 1, d[col], marker="o", ms=3, label=str(task))
+            (line,) = ax.plot(d["layer"] + 1, d[col], marker="o", ms=3, label=str(task))
+            if bands is not None:
+                b = bands[(bands["task"] == task) & (bands["words"] == title)].sort_values("layer")
+                lo, hi = b["rate_ci95_lo"], b["rate_ci95_hi"]
+                ax.fill_between(b["layer"] + 1, lo, hi, color=line.get_color(), alpha=0.2)
         ax.set_title(f"top-1 token is one of the {title}", fontsize=10)
         ax.set_xlabel("layer (0 = embeddings)")
     axes[0].set_ylabel("fraction of video tokens")

@@ -1,0 +1,206 @@
+"""What the report says about a run matches what the run did: summary tables' layer
+numbers, the answer-prob projection, the knockout window style and the 95% bands."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from vlmflow.report import finalize
+from vlmflow.store import RecordStore
+
+
+def write_run(root: Path, *, norm: bool = True, window_style: str = "center", layers: int = 4) -> Path:
+    """A run folder of hand-written eval, flow and answer-prob records (4 samples, 2 tasks)."""
+    store = RecordStore(root)
+    (root / "manifest.json").write_text(json.dumps({"config": {"model": "fake", "data": "fake:1"}}))
+    for i in range(4):
+        sid, task = f"s{i}", ("left_right", "counting")[i % 2]
+        common = {"task": task, "model": "fake", "error": None}
+        store.write_unit(sid, "eval", [{**common, "correct": True, "p_pred": 0.6}])
+        flow, answer = [], []
+        for layer in range(layers):
+            rel = -5.0 * (layer + 1) + i
+            flow.append(
+                {
+                    **common,
+                    "target": "cross-frame",
+                    "condition": "cross-frame",
+                    "layer": layer,
+                    "window": 3,
+                    "window_style": window_style,
+                    "rel_pred": rel,
+                    "rel_gt": rel,
+                    "correct_new": bool(i % 2),
+                    "p_pred_base": 0.6,
+                    "p_pred_new": 0.6 * (1 + rel / 100),
+                }
+            )
+            p_true = 0.2 + 0.15 * layer + 0.01 * i
+            probs = [p_true, (1 - p_true) / 2, (1 - p_true) / 2]
+            answer.append(
+                {
+                    **common,
+                    "layer": layer,
+                    "norm": norm,
+                    "p_true": p_true,
+                    "p_false_mean": (1 - p_true) / 2,
+                    "p_false_max": (1 - p_true) / 2,
+                    "option_probs": probs,
+                    "true_rank": 1 if p_true > probs[1] else 2,
+                    "correct_base": True,
+                }
+            )
+        store.write_unit(sid, "flow", flow)
+        store.write_unit(sid, "answer-prob", answer)
+    return root
+
+
+def test_summary_tables_write_layers_as_integers(tmp_path: Path) -> None:
+    """``layer`` in summary/flow.csv and summary/answer-prob.csv reads 0, 1, ... as in
+    logit-lens.csv, not 0.0 (the records' column is float: eval rows have no layer)."""
+    run = write_run(tmp_path / "run")
+    finalize(run)
+    for name in ("flow", "answer-prob"):
+        with open(run / "summary" / f"{name}.csv") as f:
+            layers = [row["layer"] for row in csv.DictReader(f)]
+        assert sorted(set(layers)) == ["0", "1", "2", "3"], (name, layers)
+
+
+def section(result: dict, key: str):
+    return next(s for s in result["sections"] if s.key == key)
+
+
+def test_answer_prob_note_and_figure_say_whether_the_final_norm_was_applied(tmp_path: Path) -> None:
+    """--no-norm (or --paper for a family the paper read unnormed): the note and the figure
+    title say the intermediate layers skipped the final norm, not that they went through it."""
+    from vlmflow.analyses.answer_probability import answer_prob_figure, summarize_answer_prob
+
+    off = finalize(write_run(tmp_path / "off", norm=False))
+    note = section(off, "answer-prob").notes
+    assert "through the final norm and the output head" not in note
+    assert "without the final norm on layers 1-3" in note
+    assert "the last layer's output goes through the final norm" in note
+    assert "without the final norm on layers 1-3" in (tmp_path / "off" / "report.html").read_text()
+
+    on = finalize(write_run(tmp_path / "on", norm=True))
+    assert "read through the final norm and the output head" in section(on, "answer-prob").notes
+
+    records = pd.read_parquet(tmp_path / "off" / "records.parquet")
+    summary = summarize_answer_prob(records)
+    titles = {norm: answer_prob_figure(summary, None, {norm})._suptitle.get_text() for norm in (True, False)}
+    assert "no final norm before the last layer" in titles[False]
+    assert "final norm on every layer" in titles[True]
+
+
+@pytest.mark.parametrize(
+    ("style", "words", "label"),
+    [
+        (
+            "center",
+            "in the window of 3 layers x-1 to x+1 centred on the layer x",
+            "centre of the knockout window",
+        ),
+        (
+            "inverse",
+            "in every layer outside the window of 3 layers x-1 to x+1",
+            "centre of the window left open",
+        ),
+        ("top_down", "in layers x to L (1-based, L the last layer)", "blocked from this layer to the last"),
+        ("bottom_up", "in layers 1 to x (1-based)", "blocked from the first layer to this one"),
+    ],
+)
+def test_flow_note_and_x_label_name_the_window_style_the_sweep_used(
+    tiny_llava, tmp_path: Path, style: str, words: str, label: str
+) -> None:
+    """A tiny sweep per --window-style: the note and the per-task figure's x label say which
+    layers were blocked (the old note said 'centred' for every style), and the blocked
+    layers in the records are the ones the note names for x = layer + 1."""
+    import torch
+
+    from vlmflow.analyses.information_flow import InformationFlow, flow_by_task_figure, summarize_flow
+    from vlmflow.api import Options, run
+    from vlmflow.probe import Model
+
+    out = tmp_path / "run"
+    flow = InformationFlow(
+        targets=("cross-frame",), window=3, window_style=style, layers=(1,), sample_mode="all"
+    )
+    opts = Options(model="tiny", data="synthetic:1", tasks=("object_count",), progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(opts, [flow], out, model=Model(tiny_llava))
+    finally:
+        torch.set_num_threads(threads)
+    result = finalize(out)
+    note = section(result, "flow").notes
+    assert words in note, note
+    assert ("centred" in note) == (style in ("center", "inverse"))
+
+    records = pd.read_parquet(out / "records.parquet")
+    rows = records[records["analysis"] == "flow"]
+    num_layers, x = tiny_llava.num_layers, 1 + 1  # the report's 1-based x of the swept layer 1
+    blocked = {int(b) + 1 for b in rows["blocked_layers"].iloc[0]}  # 1-based, as the note
+    window = {x - 1, x, x + 1}
+    expected = {
+        "center": window,
+        "inverse": set(range(1, num_layers + 1)) - window,
+        "top_down": set(range(x, num_layers + 1)),
+        "bottom_up": set(range(1, x + 1)),
+    }[style]
+    assert blocked == expected, (style, num_layers, blocked)
+
+    fig = flow_by_task_figure(summarize_flow(records), "cross-frame", style=rows["window_style"].iloc[0])
+    assert label in fig.axes[0].get_xlabel()
+
+
+def test_answer_prob_and_logit_lens_pngs_draw_the_95_percent_band(
+    tiny_llava, tmp_path: Path, monkeypatch
+) -> None:
+    """docs/paper-parity.md: answer-prob and logit-lens draw the band in the PNG figures too,
+    not only in the HTML charts: each curve of answer-prob.png and logit-lens.png has a
+    filled band in its colour, spanning the chart's bounds."""
+    import torch
+    from matplotlib.collections import PolyCollection
+
+    import vlmflow.report.figures as figures
+    from vlmflow.analyses.answer_probability import AnswerProbability
+    from vlmflow.analyses.logit_lens import LogitLens
+    from vlmflow.api import Options, run
+    from vlmflow.probe import Model
+
+    out = tmp_path / "run"
+    opts = Options(model="tiny", data="synthetic:2", tasks=("object_count",), progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(
+            opts,
+            [AnswerProbability(sample_mode="all"), LogitLens(sample_mode="all", overlays=0)],
+            out,
+            model=Model(tiny_llava),
+        )
+    finally:
+        torch.set_num_threads(threads)
+    saved: dict[str, object] = {}
+    real = figures.save_figure
+
+    def keep(fig, path, *args, **kwargs):
+        saved[Path(path).stem] = fig
+        # count before the figure is freed
+        fig._bands = [[c for c in ax.collections if isinstance(c, PolyCollection)] for ax in fig.axes]
+        fig._lines = [len(ax.get_lines()) for ax in fig.axes]
+        return real(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(figures, "save_figure", keep)
+    finalize(out)
+    for name in ("answer-prob", "logit-lens"):
+        fig = saved[name]
+        curves = [n for n in fig._lines if n]
+        bands = [len(b) for b, n in zip(fig._bands, fig._lines, strict=True) if n]
+        assert curves and bands == curves, (name, curves, bands)  # one band per curve

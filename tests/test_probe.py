@@ -215,6 +215,32 @@ def test_lens_at_the_last_layer_is_the_models_top_tokens(probe, logits) -> None:
     assert len(frame) == len(video) * 3 and set(frame["rank"]) == {0, 1, 2}
 
 
+def test_embed_lens_at_the_last_layer_reads_as_the_logit_lens_analysis_does(probe) -> None:
+    """``projection="embed"`` applies the final norm at the last layer only (README); the
+    probe's lens skipped it there, so its top-1 tokens differed from the analysis's records.
+    The tiny model's norm weights are all ones (a scale, which never changes a top-1), so
+    they are made uneven for the test."""
+    from vlmflow.analyses.logit_lens import lens_logits
+
+    L, lm = probe.num_layers, probe.engine.lm
+    weight = lm.norm.weight
+    kept = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.copy_(torch.linspace(0.1, 3.0, weight.numel()).roll(7))
+        lens = probe.lens(layers=[L - 2, L - 1], positions="video", k=1, projection="embed")
+        records = vlmflow.LogitLens(projection="embed", topk=1, sample_mode="all").records(probe)
+        video = probe.layout.resolve("video")
+        unnormed = lens_logits(lm, probe.resid[L - 1][video], "embed").argmax(-1).cpu()
+    finally:
+        with torch.no_grad():
+            weight.copy_(kept)
+    by_layer = {r["layer"]: r["top1"] for r in records}
+    for i, layer in enumerate((L - 2, L - 1)):
+        assert [t[0].strip() for t in lens.tokens[i]] == by_layer[layer], layer
+    assert not torch.equal(lens.ids[1, :, 0], unnormed)  # the norm changes the answer here
+
+
 def test_attention_rows_sum_to_one_and_a_cut_zeroes_its_edges(probe) -> None:
     plan = Plan("v", (Cut("video", "last", (1,)),))
     reads = probe.attention(layers=[0, 1], queries=["last", "question"], plan=plan)

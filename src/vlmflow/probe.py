@@ -761,7 +761,8 @@ class Probe:
         name or positions) after each of ``layers`` (default ``-1..L-1``).
 
         ``projection``: ``"unembed"`` (final norm + output head) or ``"embed"`` (the input
-        embedding matrix, as the paper's code). Positions are token indices ``0..N-1``; layers
+        embedding matrix, as the paper's code: the final norm only at the last layer, as the
+        :class:`~vlmflow.LogitLens` analysis reads it). Positions are token indices ``0..N-1``; layers
         ``-1..L-1`` (``-1``: the embeddings); ``k`` at most the vocabulary.
 
         >>> import vlmflow
@@ -781,7 +782,8 @@ class Probe:
         for layer in layer_list:
             resid = self.resid[layer]
             h = resid.index_select(0, index.to(resid.device))
-            probs = lens_logits(self.engine.lm, h, projection).softmax(-1)
+            last = layer == self.num_layers - 1  # "embed" applies the final norm there only
+            probs = lens_logits(self.engine.lm, h, projection, last=last).softmax(-1)
             vocab = probs.shape[-1]
             if not is_int(k) or not 1 <= k <= vocab:
                 raise PlanError(f"lens: k must be a whole number in 1..{vocab} (the vocabulary), got {k!r}")

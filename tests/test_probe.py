@@ -289,6 +289,17 @@ def test_bad_probe_arguments_are_clear_errors(model) -> None:
         model.probe(make_sample(), prompt="fancy")
 
 
+def test_options_given_as_one_string_are_refused_not_split_into_letters(model) -> None:
+    from vlmflow.sample import Sample
+
+    frames = make_sample().frames
+    for bad in ("left", b"left"):
+        with pytest.raises(PromptError, match="options must be a list of option texts, got the string"):
+            model.probe(frames=frames, question="q?", options=bad, answer=0)
+        with pytest.raises(DataError, match="sample 'x': options must be a tuple of option texts"):
+            Sample(id="x", question="q?", options=bad)
+
+
 @pytest.mark.parametrize(
     ("frames", "what"),
     [

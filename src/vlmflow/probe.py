@@ -225,6 +225,11 @@ def make_sample(
         raise PromptError("a probe needs a question")
     if (video is None) == (frames is None):
         raise PromptError("give exactly one of video= (a file or frame folder) or frames=")
+    if isinstance(options, (str, bytes)):  # was split into one option per character
+        raise PromptError(
+            f"options must be a list of option texts, got the string {options!r} "
+            f"(write options=[{options!r}] for a single option)"
+        )
     options = tuple(str(o) for o in options)
     if isinstance(answer, str):
         if answer not in options:

@@ -44,8 +44,9 @@ class Sample:
     file or a folder of frame images) is set; loaders leave decoding to
     :func:`vlmflow.data.video.load_frames` so it happens once, lazily, and cached.
 
-    ``options`` are the candidate texts without letters (at most 26, lettered A-Z; more
-    raise :class:`~vlmflow.errors.DataError`); ``answer`` indexes them. An
+    ``options`` are the candidate texts without letters (at most 26, lettered A-Z; more,
+    or a string instead of a sequence of texts, raise :class:`~vlmflow.errors.DataError`);
+    ``answer`` indexes them. An
     open-ended item has no options and keeps its reference text in ``answer_text``.
     ``bound`` is an optional ``(start_s, end_s)`` window of the video to sample from.
     ``error`` is set on an annotation item a loader could not read (its reason, naming the
@@ -66,6 +67,11 @@ class Sample:
     error: str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.options, (str, bytes)):  # would be read as one option per character
+            raise DataError(
+                f"sample {self.id!r}: options must be a tuple of option texts, got the string "
+                f"{self.options!r}"
+            )
         if len(self.options) > len(LETTERS):
             raise DataError(
                 f"sample {self.id!r} has {len(self.options)} options; at most {len(LETTERS)} "

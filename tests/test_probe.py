@@ -300,6 +300,28 @@ def test_options_given_as_one_string_are_refused_not_split_into_letters(model) -
             Sample(id="x", question="q?", options=bad)
 
 
+def test_a_sample_answer_that_is_not_an_option_index_is_refused_naming_the_sample() -> None:
+    """``Sample(answer=-1)`` gave the letter 'Z' while ``true_option`` meant option D; True
+    was option 1; 1.0 and 5 failed later as raw TypeError / IndexError."""
+    from vlmflow.sample import Sample
+
+    options = ("a", "b", "c", "d")
+    for bad, what in (
+        (-1, "answer index -1 outside the 4 options"),
+        (4, "answer index 4 outside"),
+        (True, "answer must be an option index"),
+        (1.0, "answer must be an option index"),
+        ("b", "answer must be an option index"),
+    ):
+        with pytest.raises(DataError, match=f"sample 'x': {what}"):
+            Sample(id="x", question="q?", options=options, answer=bad)
+    with pytest.raises(DataError, match="sample 'x': answer index 0 given, but the sample has no options"):
+        Sample(id="x", question="q?", answer=0)
+    numpy_answer = Sample(id="x", question="q?", options=options, answer=np.int64(3))
+    assert numpy_answer.answer == 3 and type(numpy_answer.answer) is int
+    assert numpy_answer.answer_letter == "D" and Sample(id="x", question="q?").answer is None
+
+
 @pytest.mark.parametrize(
     ("frames", "what"),
     [

@@ -152,6 +152,18 @@ def test_groups_list_every_named_group_the_errors_offer(probe) -> None:
     assert "response" not in groups  # a multiple-choice input has none
 
 
+def test_without_a_ground_truth_false_options_is_refused_like_true_option(model) -> None:
+    """``false_options`` silently meant every option when the answer was unknown, so
+    ``knockout("false_options->last")`` cut them all; ``groups`` listed it too."""
+    frames = make_sample().frames
+    unknown = model.probe(frames=frames, question="q?", options=["a", "b", "c"])
+    for group in ("true_option", "false_options"):
+        with pytest.raises(PlanError, match="this sample has no ground-truth option"):
+            unknown.knockout(f"{group}->last", layers=[1])
+        assert group not in unknown.groups
+    assert "options" in unknown.groups and "option:C" in unknown.groups
+
+
 def test_lens_reads_layer_minus_one_as_the_embeddings_and_positions_as_given(probe) -> None:
     lens = probe.lens(layers=[-1], positions=3, k=2)
     assert lens.positions.tolist() == [3] and len(lens.to_frame()) == 2

@@ -371,10 +371,11 @@ class Probe:
     @property
     def groups(self) -> dict[str, list[Span]]:
         """Token groups and their spans: ``system``, ``video``, ``frame:T``, ``question``,
-        ``question_no_options``, ``option:X``, ``options``, ``true_option`` (when the answer is
-        known), ``false_options``, ``template``, ``last``, ``all`` and, for open-ended inputs,
-        ``response`` and ``non_last_response`` (half-open ranges; empty groups are left out
-        except ``template``). Every method also takes ``frames:A-B``, ``frames:<T`` and
+        ``question_no_options``, ``option:X``, ``options``, ``true_option`` and
+        ``false_options`` (when the answer is known: without it, both are a ``PlanError``),
+        ``template``, ``last``, ``all`` and, for open-ended inputs, ``response`` and
+        ``non_last_response`` (half-open ranges; empty groups are left out except
+        ``template``). Every method also takes ``frames:A-B``, ``frames:<T`` and
         ``G1+G2`` unions of these."""
         lay = self.layout
         out: dict[str, list[Span]] = {"system": [lay.system], "video": [lay.video]}
@@ -383,9 +384,9 @@ class Probe:
         out["question_no_options"] = [lay.question_no_options]
         out.update({f"option:{c}": [s] for c, s in zip(self.sample.letters, lay.options, strict=True)})
         out["options"] = [s for s in lay.options if len(s)]
-        if lay.answer is not None:
+        if lay.answer is not None:  # without a ground truth neither exists (a PlanError)
             out["true_option"] = [lay.true_option]
-        out["false_options"] = [s for s in lay.false_options if len(s)]
+            out["false_options"] = [s for s in lay.false_options if len(s)]
         for key in ("response", "non_last_response"):  # open-ended inputs only
             if len(getattr(lay, key)):
                 out[key] = [getattr(lay, key)]

@@ -334,6 +334,16 @@ def test_a_sample_answer_that_is_not_an_option_index_is_refused_naming_the_sampl
     assert numpy_answer.answer_letter == "D" and Sample(id="x", question="q?").answer is None
 
 
+def test_an_unknown_frame_policy_is_refused_before_any_input_is_built(model) -> None:
+    """``frame_policy="bogus"`` was accepted: a probe of a video, or every sample of a run
+    (whose folder was then locked to it), failed later instead."""
+    with pytest.raises(PromptError, match="unknown frame_policy 'bogus'; choose from segment_middle"):
+        model.probe(make_sample(), frame_policy="bogus")
+    with pytest.raises(PromptError, match="unknown frame_policy 'bogus'"):
+        vlmflow.Options(model="demo", data="synthetic:1", frame_policy="bogus")
+    assert model.probe(make_sample(), frame_policy="linspace").adapter.frame_policy == "linspace"
+
+
 @pytest.mark.parametrize(
     ("frames", "what"),
     [

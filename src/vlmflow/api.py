@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import PlanError, RunStopped
-from .probe import Model, check_load_options, check_num_frames, load
+from .probe import Model, check_frame_policy, check_load_options, check_num_frames, load
 from .run import RunSummary, run_samples, samples_to_do
 from .rundir import RunDir
 from .sample import Sample
@@ -74,6 +74,7 @@ class Options:
     def __post_init__(self) -> None:
         # refused here, before a run folder is touched or the model loads
         check_num_frames(self.num_frames)
+        check_frame_policy(self.frame_policy)
         check_load_options(prompt=self.prompt, dtype=self.dtype, device=self.device, attn=self.attn)
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise PlanError(f"max_batch_tokens must be >= 1 (or unset), got {self.max_batch_tokens}")

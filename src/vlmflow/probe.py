@@ -83,6 +83,20 @@ def check_num_frames(num_frames: Any) -> int:
     return int(num_frames)
 
 
+def check_frame_policy(frame_policy: Any) -> str | None:
+    """``frame_policy`` if it is ``None`` (the adapter's default) or a known frame sampling
+    policy, else a ``PromptError`` naming the choices (checked before a run folder is touched
+    or a probe is built, instead of failing every video sample later)."""
+    from .data.video import POLICIES
+
+    if frame_policy is not None and frame_policy not in POLICIES:
+        raise PromptError(
+            f"unknown frame_policy {frame_policy!r}; choose from {', '.join(POLICIES)} (or None: "
+            "the model's default)"
+        )
+    return frame_policy
+
+
 def check_load_options(
     *, prompt: str = "paper", dtype: str | None = None, device: str = "cpu", attn: str = "sdpa"
 ) -> None:
@@ -145,6 +159,7 @@ class Model:
             raise PromptError(f"unknown prompt style {prompt!r}; choose from {PROMPT_STYLES}")
         if num_frames is not None:
             check_num_frames(num_frames)
+        check_frame_policy(frame_policy)
         adapter = copy.copy(self.adapter)
         adapter.prompt_style = prompt
         adapter.num_frames = self.adapter.num_frames if num_frames is None else int(num_frames)

@@ -344,6 +344,21 @@ def test_an_unknown_frame_policy_is_refused_before_any_input_is_built(model) -> 
     assert model.probe(make_sample(), frame_policy="linspace").adapter.frame_policy == "linspace"
 
 
+def test_knockout_of_an_empty_list_is_an_empty_list(probe) -> None:
+    """It raised ``RuntimeError: stack expects a non-empty TensorList``."""
+    assert probe.knockout([]) == []
+    assert probe.knockout([], layers=[1]) == []
+    assert tuple(probe.engine.evaluate([]).shape) == (0, probe.engine.logits.shape[-1])
+
+
+def test_a_max_batch_tokens_below_one_is_refused_by_probe_as_by_options(model) -> None:
+    """``Model.probe(max_batch_tokens=0)`` read as unset, -5 as one plan a pass, silently."""
+    for bad in (0, -5, 1.5):
+        with pytest.raises(PlanError, match="max_batch_tokens must be >= 1"):
+            model.probe(make_sample(), max_batch_tokens=bad)
+    assert model.probe(make_sample(), max_batch_tokens=1).engine.max_batch_tokens == 1
+
+
 @pytest.mark.parametrize(
     ("frames", "what"),
     [

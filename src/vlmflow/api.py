@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .engine import check_max_batch_tokens
 from .errors import PlanError, RunStopped
 from .probe import Model, check_frame_policy, check_load_options, check_num_frames, load
 from .run import RunSummary, run_samples, samples_to_do
@@ -76,8 +77,7 @@ class Options:
         check_num_frames(self.num_frames)
         check_frame_policy(self.frame_policy)
         check_load_options(prompt=self.prompt, dtype=self.dtype, device=self.device, attn=self.attn)
-        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
-            raise PlanError(f"max_batch_tokens must be >= 1 (or unset), got {self.max_batch_tokens}")
+        check_max_batch_tokens(self.max_batch_tokens)
 
     def manifest(self) -> dict[str, Any]:
         d = {

@@ -35,7 +35,7 @@ import torch
 from .analyses.base import Answer, read_answer
 from .attribution import Attribution, frame_pair_groups, relative_change
 from .cuts import CompiledPlan, Cut, Plan, as_indices, check_cut_blocks, compile_plan, is_int
-from .engine import Engine, masked_forward
+from .engine import Engine, check_max_batch_tokens, masked_forward
 from .errors import DataError, PlanError, PromptError
 from .layout import Span, TokenLayout
 from .models.base import Adapter, Prepared
@@ -204,6 +204,7 @@ class Model:
         >>> p.sample.answer_letter
         'B'
         """
+        check_max_batch_tokens(max_batch_tokens)  # before the input is built
         if sample is None:
             sample = make_sample(
                 video=video,
@@ -471,7 +472,7 @@ class Probe:
 
         One plan (``"video->last"``, a ``Cut`` or a ``Plan``; text plans are blocked in
         ``layers``, default every layer) gives one answer; a list gives a list, evaluated
-        together.
+        together (an empty list gives an empty list).
 
         >>> import vlmflow
         >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])

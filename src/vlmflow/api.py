@@ -24,7 +24,7 @@ from .engine import check_max_batch_tokens
 from .errors import PlanError, RunStopped
 from .probe import Model, check_frame_policy, check_load_options, check_num_frames, load
 from .run import RunSummary, run_samples, samples_to_do
-from .rundir import RunDir
+from .rundir import RunDir, canonical_dtype
 from .sample import Sample
 from .store import is_environment_error, store_error
 
@@ -86,7 +86,7 @@ class Options:
             "tasks": list(self.tasks),
             "samples": self.samples,
             "seed": self.seed,
-            "dtype": self.dtype,
+            "dtype": canonical_dtype(self.dtype),  # "fp32" and "float32" resume each other
             "prompt": self.prompt,
             "num_frames": self.num_frames,
         }

@@ -359,6 +359,24 @@ def test_a_max_batch_tokens_below_one_is_refused_by_probe_as_by_options(model) -
     assert model.probe(make_sample(), max_batch_tokens=1).engine.max_batch_tokens == 1
 
 
+def test_a_question_that_is_not_text_and_id_or_task_beside_a_sample_are_refused(model) -> None:
+    """``question=5`` was a raw TypeError; ``id=``/``task=`` beside a sample were ignored."""
+    frames = make_sample().frames
+    with pytest.raises(PromptError, match="question must be text"):
+        model.probe(frames=frames, question=5, options=["a", "b"], answer=0)
+    for extra in ({"id": "mine"}, {"task": "counting"}):
+        with pytest.raises(PromptError, match="not both"):
+            model.probe(make_sample(), **extra)
+
+
+def test_answer_probability_on_a_probe_without_ground_truth_says_why(model) -> None:
+    """It returned [] silently (``sample_mode="all"``) on a multiple-choice probe without an
+    answer; it now says the true option is unknown, as the true_option group does."""
+    unknown = model.probe(frames=make_sample().frames, question="q?", options=["a", "b"])
+    with pytest.raises(PlanError, match="sample 'probe' has no ground-truth answer"):
+        vlmflow.AnswerProbability(sample_mode="all").records(unknown)
+
+
 @pytest.mark.parametrize(
     ("frames", "what"),
     [

@@ -215,8 +215,15 @@ class Model:
                 task=task,
                 id=id,
             )
-        elif any(x is not None for x in (video, frames, question, answer)) or options:
-            raise PromptError("give either a sample or video/frames/question/options/answer, not both")
+        elif (
+            any(x is not None for x in (video, frames, question, answer))
+            or options
+            or task != "default"
+            or id != "probe"
+        ):  # id= and task= were ignored silently beside a sample
+            raise PromptError(
+                "give either a sample or video/frames/question/options/answer/task/id, not both"
+            )
         if sample.error is not None:  # an annotation item its loader could not read
             raise DataError(sample.error)
         # knockout needs masks: flash/flex attention is switched to sdpa (warned once: the
@@ -239,6 +246,8 @@ def make_sample(
     """A :class:`Sample` from keyword arguments (``answer``: index or option text)."""
     if question is None:
         raise PromptError("a probe needs a question")
+    if not isinstance(question, str):  # was a raw TypeError while the prompt was built
+        raise PromptError(f"question must be text (a str), got {type(question).__name__}: {question!r}")
     if (video is None) == (frames is None):
         raise PromptError("give exactly one of video= (a file or frame folder) or frames=")
     if isinstance(options, (str, bytes)):  # was split into one option per character

@@ -184,6 +184,8 @@ def run(
 
     analyses = as_analyses(analyses)
     rundir = out if isinstance(out, RunDir) else RunDir(out)
+    created = not rundir.path.exists()  # a folder this call makes: removed if refused empty
+    finished = False
     ctx = distributed.init()
     lock = lock or rundir.lock()  # rank 0 holds it for the whole group (see vlmflow.lock)
     samples: list[Any] = []
@@ -296,6 +298,7 @@ def run(
         # (a rank that tore down its gloo group while rank 0 still wrote the report could
         # abort at exit: "terminate called without an active exception")
         ctx.on_main(finish)
+        finished = True
         return RunResult(rundir.path, summary, report, ctx.rank)
     except (KeyboardInterrupt, RunStopped) as exc:  # a full disk, no memory left
         if lock.held and not opened[0]:  # stopped before the folder accepted the run
@@ -313,8 +316,23 @@ def run(
             print(f"interrupted: {said}; re-run the same command to resume", file=sys.stderr, flush=True)
         raise
     finally:
+        held = lock.held
         lock.release()
         ctx.close()
+        if created and held and not finished:
+            _remove_if_only_lock(rundir)
+
+
+def _remove_if_only_lock(rundir: RunDir) -> None:
+    """Remove the run folder a refused run created (after the model loaded: layers it lacks,
+    a device it cannot use) when it holds nothing but its lock file, so the refusal leaves no
+    folder behind; a folder holding anything else is kept as it is."""
+    try:
+        if {p.name for p in rundir.path.iterdir()} == {"run.lock"}:
+            (rundir.path / "run.lock").unlink()
+            rundir.path.rmdir()
+    except OSError:
+        pass  # another process wrote there meanwhile, or the disk refuses: kept
 
 
 def _refuse_unknown_ids(sample_ids: Sequence[str], samples: Sequence[Sample], options: Options) -> None:

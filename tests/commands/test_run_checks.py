@@ -275,6 +275,27 @@ def test_a_dtype_alias_or_an_unset_dtype_that_resolves_alike_resumes(tiny_llava_
         vlmflow.run(options("bf16"), analyses, old, model=model)  # two dtypes named: refused early
 
 
+def test_a_run_refused_once_the_model_loads_leaves_no_new_folder(tiny_llava, tmp_path) -> None:
+    """A run refused after the model loaded (layers the model lacks) left a new out folder
+    holding only run.lock; a folder that existed before is kept."""
+    from vlmflow.analyses.information_flow import InformationFlow
+    from vlmflow.probe import Model
+
+    options = vlmflow.Options(
+        model="tiny", data="synthetic:1:fixed", tasks=("moving_direction",), progress=False
+    )
+    model = Model(tiny_llava)
+    out = tmp_path / "new"
+    with pytest.raises(vlmflow.VlmflowError, match="layers"):
+        vlmflow.run(options, [InformationFlow(layers=(40,))], out, model=model)
+    assert not out.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(vlmflow.VlmflowError, match="layers"):
+        vlmflow.run(options, [InformationFlow(layers=(40,))], kept, model=model)
+    assert kept.is_dir()
+
+
 def test_a_resume_that_processes_inputs_otherwise_is_refused(tiny_llava_path, tmp_path) -> None:
     """What the adapter does to the inputs beyond the options (its frame policy, a family's
     visual-token budget) is kept in ``computed_in``; a session that would process them

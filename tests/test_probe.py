@@ -152,6 +152,18 @@ def test_groups_list_every_named_group_the_errors_offer(probe) -> None:
     assert "response" not in groups  # a multiple-choice input has none
 
 
+def test_without_a_ground_truth_false_options_is_refused_like_true_option(model) -> None:
+    """``false_options`` silently meant every option when the answer was unknown, so
+    ``knockout("false_options->last")`` cut them all; ``groups`` listed it too."""
+    frames = make_sample().frames
+    unknown = model.probe(frames=frames, question="q?", options=["a", "b", "c"])
+    for group in ("true_option", "false_options"):
+        with pytest.raises(PlanError, match="this sample has no ground-truth option"):
+            unknown.knockout(f"{group}->last", layers=[1])
+        assert group not in unknown.groups
+    assert "options" in unknown.groups and "option:C" in unknown.groups
+
+
 def test_lens_reads_layer_minus_one_as_the_embeddings_and_positions_as_given(probe) -> None:
     lens = probe.lens(layers=[-1], positions=3, k=2)
     assert lens.positions.tolist() == [3] and len(lens.to_frame()) == 2
@@ -215,6 +227,32 @@ def test_lens_at_the_last_layer_is_the_models_top_tokens(probe, logits) -> None:
     assert len(frame) == len(video) * 3 and set(frame["rank"]) == {0, 1, 2}
 
 
+def test_embed_lens_at_the_last_layer_reads_as_the_logit_lens_analysis_does(probe) -> None:
+    """``projection="embed"`` applies the final norm at the last layer only (README); the
+    probe's lens skipped it there, so its top-1 tokens differed from the analysis's records.
+    The tiny model's norm weights are all ones (a scale, which never changes a top-1), so
+    they are made uneven for the test."""
+    from vlmflow.analyses.logit_lens import lens_logits
+
+    L, lm = probe.num_layers, probe.engine.lm
+    weight = lm.norm.weight
+    kept = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.copy_(torch.linspace(0.1, 3.0, weight.numel()).roll(7))
+        lens = probe.lens(layers=[L - 2, L - 1], positions="video", k=1, projection="embed")
+        records = vlmflow.LogitLens(projection="embed", topk=1, sample_mode="all").records(probe)
+        video = probe.layout.resolve("video")
+        unnormed = lens_logits(lm, probe.resid[L - 1][video], "embed").argmax(-1).cpu()
+    finally:
+        with torch.no_grad():
+            weight.copy_(kept)
+    by_layer = {r["layer"]: r["top1"] for r in records}
+    for i, layer in enumerate((L - 2, L - 1)):
+        assert [t[0].strip() for t in lens.tokens[i]] == by_layer[layer], layer
+    assert not torch.equal(lens.ids[1, :, 0], unnormed)  # the norm changes the answer here
+
+
 def test_attention_rows_sum_to_one_and_a_cut_zeroes_its_edges(probe) -> None:
     plan = Plan("v", (Cut("video", "last", (1,)),))
     reads = probe.attention(layers=[0, 1], queries=["last", "question"], plan=plan)
@@ -261,6 +299,82 @@ def test_bad_probe_arguments_are_clear_errors(model) -> None:
     assert numpy_answer.sample.answer == 1
     with pytest.raises(PromptError, match="prompt style"):
         model.probe(make_sample(), prompt="fancy")
+
+
+def test_options_given_as_one_string_are_refused_not_split_into_letters(model) -> None:
+    from vlmflow.sample import Sample
+
+    frames = make_sample().frames
+    for bad in ("left", b"left"):
+        with pytest.raises(PromptError, match="options must be a list of option texts, got the string"):
+            model.probe(frames=frames, question="q?", options=bad, answer=0)
+        with pytest.raises(DataError, match="sample 'x': options must be a tuple of option texts"):
+            Sample(id="x", question="q?", options=bad)
+
+
+def test_a_sample_answer_that_is_not_an_option_index_is_refused_naming_the_sample() -> None:
+    """``Sample(answer=-1)`` gave the letter 'Z' while ``true_option`` meant option D; True
+    was option 1; 1.0 and 5 failed later as raw TypeError / IndexError."""
+    from vlmflow.sample import Sample
+
+    options = ("a", "b", "c", "d")
+    for bad, what in (
+        (-1, "answer index -1 outside the 4 options"),
+        (4, "answer index 4 outside"),
+        (True, "answer must be an option index"),
+        (1.0, "answer must be an option index"),
+        ("b", "answer must be an option index"),
+    ):
+        with pytest.raises(DataError, match=f"sample 'x': {what}"):
+            Sample(id="x", question="q?", options=options, answer=bad)
+    with pytest.raises(DataError, match="sample 'x': answer index 0 given, but the sample has no options"):
+        Sample(id="x", question="q?", answer=0)
+    numpy_answer = Sample(id="x", question="q?", options=options, answer=np.int64(3))
+    assert numpy_answer.answer == 3 and type(numpy_answer.answer) is int
+    assert numpy_answer.answer_letter == "D" and Sample(id="x", question="q?").answer is None
+
+
+def test_an_unknown_frame_policy_is_refused_before_any_input_is_built(model) -> None:
+    """``frame_policy="bogus"`` was accepted: a probe of a video, or every sample of a run
+    (whose folder was then locked to it), failed later instead."""
+    with pytest.raises(PromptError, match="unknown frame_policy 'bogus'; choose from segment_middle"):
+        model.probe(make_sample(), frame_policy="bogus")
+    with pytest.raises(PromptError, match="unknown frame_policy 'bogus'"):
+        vlmflow.Options(model="demo", data="synthetic:1", frame_policy="bogus")
+    assert model.probe(make_sample(), frame_policy="linspace").adapter.frame_policy == "linspace"
+
+
+def test_knockout_of_an_empty_list_is_an_empty_list(probe) -> None:
+    """It raised ``RuntimeError: stack expects a non-empty TensorList``."""
+    assert probe.knockout([]) == []
+    assert probe.knockout([], layers=[1]) == []
+    assert tuple(probe.engine.evaluate([]).shape) == (0, probe.engine.logits.shape[-1])
+
+
+def test_a_max_batch_tokens_below_one_is_refused_by_probe_as_by_options(model) -> None:
+    """``Model.probe(max_batch_tokens=0)`` read as unset, -5 as one plan a pass, silently."""
+    for bad in (0, -5, 1.5):
+        with pytest.raises(PlanError, match="max_batch_tokens must be >= 1"):
+            model.probe(make_sample(), max_batch_tokens=bad)
+    assert model.probe(make_sample(), max_batch_tokens=1).engine.max_batch_tokens == 1
+
+
+def test_a_question_that_is_not_text_and_id_or_task_beside_a_sample_are_refused(model) -> None:
+    """``question=5`` was a raw TypeError; ``id=``/``task=`` beside a sample were ignored."""
+    frames = make_sample().frames
+    with pytest.raises(PromptError, match="question must be text"):
+        model.probe(frames=frames, question=5, options=["a", "b"], answer=0)
+    for extra in ({"id": "mine"}, {"task": "counting"}):
+        with pytest.raises(PromptError, match="not both"):
+            model.probe(make_sample(), **extra)
+
+
+def test_answer_probability_on_a_probe_without_ground_truth_says_why(model) -> None:
+    """It returned [] silently (``sample_mode="all"``) on a multiple-choice probe without an
+    answer; it now says the true option is unknown, as the true_option group does."""
+    unknown = model.probe(frames=make_sample().frames, question="q?", options=["a", "b"])
+    with pytest.raises(PlanError, match="sample 'probe' has no ground-truth answer"):
+        vlmflow.AnswerProbability(sample_mode="all").records(unknown)
 
 
 @pytest.mark.parametrize(

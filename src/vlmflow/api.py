@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .engine import check_max_batch_tokens
 from .errors import PlanError, RunError, RunStopped
-from .probe import Model, check_load_options, check_num_frames, load
+from .probe import Model, check_frame_policy, check_load_options, check_num_frames, load
 from .run import RunSummary, run_samples, samples_to_do
-from .rundir import RunDir
+from .rundir import RunDir, canonical_dtype
 from .sample import Sample
 from .store import is_environment_error, store_error
 
@@ -76,9 +77,9 @@ class Options:
     def __post_init__(self) -> None:
         # refused here, before a run folder is touched or the model loads
         check_num_frames(self.num_frames)
+        check_frame_policy(self.frame_policy)
         check_load_options(prompt=self.prompt, dtype=self.dtype, device=self.device, attn=self.attn)
-        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
-            raise PlanError(f"max_batch_tokens must be >= 1 (or unset), got {self.max_batch_tokens}")
+        check_max_batch_tokens(self.max_batch_tokens)
 
     def manifest(self) -> dict[str, Any]:
         d = {
@@ -87,7 +88,7 @@ class Options:
             "tasks": list(self.tasks),
             "samples": self.samples,
             "seed": self.seed,
-            "dtype": self.dtype,
+            "dtype": canonical_dtype(self.dtype),  # "fp32" and "float32" resume each other
             "prompt": self.prompt,
             "num_frames": self.num_frames,
         }
@@ -185,6 +186,8 @@ def run(
 
     analyses = as_analyses(analyses)
     rundir = out if isinstance(out, RunDir) else RunDir(out)
+    created = not rundir.path.exists()  # a folder this call makes: removed if refused empty
+    finished = False
     ctx = distributed.init()
     lock = lock or rundir.lock()  # rank 0 holds it for the whole group (see vlmflow.lock)
     samples: list[Any] = []
@@ -298,6 +301,7 @@ def run(
         # (a rank that tore down its gloo group while rank 0 still wrote the report could
         # abort at exit: "terminate called without an active exception")
         ctx.on_main(finish)
+        finished = True
         return RunResult(rundir.path, summary, report, ctx.rank)
     except (KeyboardInterrupt, RunStopped) as exc:  # a full disk, no memory left
         if lock.held and not opened[0]:  # stopped before the folder accepted the run
@@ -315,8 +319,23 @@ def run(
             print(f"interrupted: {said}; re-run the same command to resume", file=sys.stderr, flush=True)
         raise
     finally:
+        held = lock.held
         lock.release()
         ctx.close()
+        if created and held and not finished:
+            _remove_if_only_lock(rundir)
+
+
+def _remove_if_only_lock(rundir: RunDir) -> None:
+    """Remove the run folder a refused run created (after the model loaded: layers it lacks,
+    a device it cannot use) when it holds nothing but its lock file, so the refusal leaves no
+    folder behind; a folder holding anything else is kept as it is."""
+    try:
+        if {p.name for p in rundir.path.iterdir()} == {"run.lock"}:
+            (rundir.path / "run.lock").unlink()
+            rundir.path.rmdir()
+    except OSError:
+        pass  # another process wrote there meanwhile, or the disk refuses: kept
 
 
 def _adopt_recorded(rundir: RunDir, analyses: Sequence[Analysis]) -> None:

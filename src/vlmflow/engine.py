@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .cuts import CompiledPlan, Plan, compile_plan
-from .errors import UnsupportedModelError
+from .cuts import CompiledPlan, Plan, compile_plan, is_int
+from .errors import PlanError, UnsupportedModelError
 from .hooks import attention_implementation, eager_attention, layer_hooks
 from .layout import TokenLayout
 
@@ -222,6 +222,14 @@ def to_attention_mask(allowed: torch.Tensor, implementation: str, dtype: torch.d
     raise UnsupportedModelError(f"cannot build a mask for attention {implementation!r}")
 
 
+def check_max_batch_tokens(max_batch_tokens: Any) -> int | None:
+    """``max_batch_tokens`` if it is unset (``None``) or a whole number >= 1, else a
+    ``PlanError`` saying so."""
+    if max_batch_tokens is not None and (not is_int(max_batch_tokens) or max_batch_tokens < 1):
+        raise PlanError(f"max_batch_tokens must be >= 1 (a whole number, or unset), got {max_batch_tokens!r}")
+    return max_batch_tokens
+
+
 class Engine:
     """Baseline pass of one prepared input, then reads and plan evaluations against it.
 
@@ -244,6 +252,7 @@ class Engine:
         self.inputs = inputs
         self.layout = layout
         self.length = layout.length
+        check_max_batch_tokens(max_batch_tokens)  # 0 read as unset, -5 as one plan a pass
         self.max_batch_tokens = max_batch_tokens or max(self.length, 64)
         self._ran = False
 
@@ -385,6 +394,8 @@ class Engine:
         """Last-position logits under each plan, ``(len(plans), vocab)`` float32."""
         self._check()
         compiled = [p if isinstance(p, CompiledPlan) else self.compile(p) for p in plans]
+        if not compiled:  # no plans, no rows
+            return self.logits.new_zeros((0, self.logits.shape[-1]))
         for cp in compiled:
             cp.check_input(self.layout, self.lm.num_layers)
         out: list[torch.Tensor | None] = [None] * len(compiled)
@@ -402,7 +413,7 @@ class Engine:
                 logits = self._run_pack([compiled[i] for i in chunk], q0)
                 for j, i in enumerate(chunk):
                     out[i] = logits[j]
-        return torch.stack(out) if out else self.logits.new_empty(0, self.logits.shape[-1])  # type: ignore[arg-type]
+        return torch.stack(out)  # type: ignore[arg-type]
 
     def _run_pack(self, plans: list[CompiledPlan], q0: int) -> torch.Tensor:
         """Recompute positions ``q0..N-1`` for ``plans`` (sorted by first layer), packed."""

@@ -93,6 +93,8 @@ class TokenLayout:
 
     @property
     def false_options(self) -> tuple[Span, ...]:
+        if self.answer is None:  # every option would be "false": refused as true_option is
+            raise PlanError("this sample has no ground-truth option, so no false options")
         return tuple(s for i, s in enumerate(self.options) if i != self.answer)
 
     # ------------------------------------------------------------------ resolution

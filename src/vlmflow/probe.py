@@ -35,7 +35,7 @@ import torch
 from .analyses.base import Answer, read_answer
 from .attribution import Attribution, frame_pair_groups, relative_change
 from .cuts import CompiledPlan, Cut, Plan, as_indices, check_cut_blocks, compile_plan, is_int
-from .engine import Engine, masked_forward
+from .engine import Engine, check_max_batch_tokens, masked_forward
 from .errors import DataError, PlanError, PromptError
 from .layout import Span, TokenLayout
 from .models.base import Adapter, Prepared
@@ -81,6 +81,20 @@ def check_num_frames(num_frames: Any) -> int:
             f"num_frames must be a whole number >= 1 (frames decoded per video), got {num_frames!r}"
         )
     return int(num_frames)
+
+
+def check_frame_policy(frame_policy: Any) -> str | None:
+    """``frame_policy`` if it is ``None`` (the adapter's default) or a known frame sampling
+    policy, else a ``PromptError`` naming the choices (checked before a run folder is touched
+    or a probe is built, instead of failing every video sample later)."""
+    from .data.video import POLICIES
+
+    if frame_policy is not None and frame_policy not in POLICIES:
+        raise PromptError(
+            f"unknown frame_policy {frame_policy!r}; choose from {', '.join(POLICIES)} (or None: "
+            "the model's default)"
+        )
+    return frame_policy
 
 
 def check_load_options(
@@ -145,6 +159,7 @@ class Model:
             raise PromptError(f"unknown prompt style {prompt!r}; choose from {PROMPT_STYLES}")
         if num_frames is not None:
             check_num_frames(num_frames)
+        check_frame_policy(frame_policy)
         adapter = copy.copy(self.adapter)
         adapter.prompt_style = prompt
         adapter.num_frames = self.adapter.num_frames if num_frames is None else int(num_frames)
@@ -189,6 +204,7 @@ class Model:
         >>> p.sample.answer_letter
         'B'
         """
+        check_max_batch_tokens(max_batch_tokens)  # before the input is built
         if sample is None:
             sample = make_sample(
                 video=video,
@@ -199,8 +215,15 @@ class Model:
                 task=task,
                 id=id,
             )
-        elif any(x is not None for x in (video, frames, question, answer)) or options:
-            raise PromptError("give either a sample or video/frames/question/options/answer, not both")
+        elif (
+            any(x is not None for x in (video, frames, question, answer))
+            or options
+            or task != "default"
+            or id != "probe"
+        ):  # id= and task= were ignored silently beside a sample
+            raise PromptError(
+                "give either a sample or video/frames/question/options/answer/task/id, not both"
+            )
         if sample.error is not None:  # an annotation item its loader could not read
             raise DataError(sample.error)
         # knockout needs masks: flash/flex attention is switched to sdpa (warned once: the
@@ -223,8 +246,15 @@ def make_sample(
     """A :class:`Sample` from keyword arguments (``answer``: index or option text)."""
     if question is None:
         raise PromptError("a probe needs a question")
+    if not isinstance(question, str):  # was a raw TypeError while the prompt was built
+        raise PromptError(f"question must be text (a str), got {type(question).__name__}: {question!r}")
     if (video is None) == (frames is None):
         raise PromptError("give exactly one of video= (a file or frame folder) or frames=")
+    if isinstance(options, (str, bytes)):  # was split into one option per character
+        raise PromptError(
+            f"options must be a list of option texts, got the string {options!r} "
+            f"(write options=[{options!r}] for a single option)"
+        )
     options = tuple(str(o) for o in options)
     if isinstance(answer, str):
         if answer not in options:
@@ -366,10 +396,11 @@ class Probe:
     @property
     def groups(self) -> dict[str, list[Span]]:
         """Token groups and their spans: ``system``, ``video``, ``frame:T``, ``question``,
-        ``question_no_options``, ``option:X``, ``options``, ``true_option`` (when the answer is
-        known), ``false_options``, ``template``, ``last``, ``all`` and, for open-ended inputs,
-        ``response`` and ``non_last_response`` (half-open ranges; empty groups are left out
-        except ``template``). Every method also takes ``frames:A-B``, ``frames:<T`` and
+        ``question_no_options``, ``option:X``, ``options``, ``true_option`` and
+        ``false_options`` (when the answer is known: without it, both are a ``PlanError``),
+        ``template``, ``last``, ``all`` and, for open-ended inputs, ``response`` and
+        ``non_last_response`` (half-open ranges; empty groups are left out except
+        ``template``). Every method also takes ``frames:A-B``, ``frames:<T`` and
         ``G1+G2`` unions of these."""
         lay = self.layout
         out: dict[str, list[Span]] = {"system": [lay.system], "video": [lay.video]}
@@ -378,9 +409,9 @@ class Probe:
         out["question_no_options"] = [lay.question_no_options]
         out.update({f"option:{c}": [s] for c, s in zip(self.sample.letters, lay.options, strict=True)})
         out["options"] = [s for s in lay.options if len(s)]
-        if lay.answer is not None:
+        if lay.answer is not None:  # without a ground truth neither exists (a PlanError)
             out["true_option"] = [lay.true_option]
-        out["false_options"] = [s for s in lay.false_options if len(s)]
+            out["false_options"] = [s for s in lay.false_options if len(s)]
         for key in ("response", "non_last_response"):  # open-ended inputs only
             if len(getattr(lay, key)):
                 out[key] = [getattr(lay, key)]
@@ -450,7 +481,7 @@ class Probe:
 
         One plan (``"video->last"``, a ``Cut`` or a ``Plan``; text plans are blocked in
         ``layers``, default every layer) gives one answer; a list gives a list, evaluated
-        together.
+        together (an empty list gives an empty list).
 
         >>> import vlmflow
         >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
@@ -761,7 +792,8 @@ class Probe:
         name or positions) after each of ``layers`` (default ``-1..L-1``).
 
         ``projection``: ``"unembed"`` (final norm + output head) or ``"embed"`` (the input
-        embedding matrix, as the paper's code). Positions are token indices ``0..N-1``; layers
+        embedding matrix, as the paper's code: the final norm only at the last layer, as the
+        :class:`~vlmflow.LogitLens` analysis reads it). Positions are token indices ``0..N-1``; layers
         ``-1..L-1`` (``-1``: the embeddings); ``k`` at most the vocabulary.
 
         >>> import vlmflow
@@ -781,7 +813,8 @@ class Probe:
         for layer in layer_list:
             resid = self.resid[layer]
             h = resid.index_select(0, index.to(resid.device))
-            probs = lens_logits(self.engine.lm, h, projection).softmax(-1)
+            last = layer == self.num_layers - 1  # "embed" applies the final norm there only
+            probs = lens_logits(self.engine.lm, h, projection, last=last).softmax(-1)
             vocab = probs.shape[-1]
             if not is_int(k) or not 1 <= k <= vocab:
                 raise PlanError(f"lens: k must be a whole number in 1..{vocab} (the vocabulary), got {k!r}")

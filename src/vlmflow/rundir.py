@@ -416,6 +416,12 @@ class RunDir:
         ``old``'s layer options are read as this version writes them (:func:`normalized_layers`),
         so a folder started with ``layers=range(...)`` or an unsorted list resumes."""
         old, new = identity_config(old), identity_config(new)
+        if old.get("dtype") is None or new.get("dtype") is None:
+            # an unset dtype resolves per device (float32 on a CPU): whether it is the one the
+            # other side names is the dtype the records were computed in, which the run checks
+            # once the model is loaded (computed_in); here it is no difference
+            old.pop("dtype", None)
+            new.pop("dtype", None)
         if old != new:
             old = normalized_layers(old)
         if old != new:
@@ -485,9 +491,23 @@ IDENTITY = ("config", "provenance", "computed_in", "num_samples")
 INFORMATIONAL = ("paper",)
 
 
+#: dtype aliases as the manifest's configuration stores them since 2026-12-03 (folders
+#: before then stored what the caller gave: ``"fp32"``, ``"bf16"``)
+DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def canonical_dtype(dtype: Any) -> Any:
+    """``dtype`` by its canonical name (``"fp32"`` -> ``"float32"``); others as they are."""
+    return DTYPE_NAMES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+
+
 def identity_config(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` without its :data:`INFORMATIONAL` keys: what a resume must match."""
-    return {k: v for k, v in config.items() if k not in INFORMATIONAL}
+    """``config`` without its :data:`INFORMATIONAL` keys, its ``dtype`` by its canonical
+    name: what a resume must match."""
+    out = {k: v for k, v in config.items() if k not in INFORMATIONAL}
+    if "dtype" in out:
+        out["dtype"] = canonical_dtype(out["dtype"])
+    return out
 
 
 def _first_line(exc: BaseException) -> str:

@@ -44,9 +44,11 @@ class Sample:
     file or a folder of frame images) is set; loaders leave decoding to
     :func:`vlmflow.data.video.load_frames` so it happens once, lazily, and cached.
 
-    ``options`` are the candidate texts without letters (at most 26, lettered A-Z; more
-    raise :class:`~vlmflow.errors.DataError`); ``answer`` indexes them. An
-    open-ended item has no options and keeps its reference text in ``answer_text``.
+    ``options`` are the candidate texts without letters (at most 26, lettered A-Z; more,
+    or a string instead of a sequence of texts, raise :class:`~vlmflow.errors.DataError`);
+    ``answer`` indexes them (an integer ``0..len(options)-1``, numpy's kept as ``int``, or
+    ``None``; anything else is a ``DataError`` naming the sample). An open-ended item has
+    no options and keeps its reference text in ``answer_text``.
     ``bound`` is an optional ``(start_s, end_s)`` window of the video to sample from.
     ``error`` is set on an annotation item a loader could not read (its reason, naming the
     file and item): the run records such a sample as failed without preparing it.
@@ -66,11 +68,33 @@ class Sample:
     error: str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.options, (str, bytes)):  # would be read as one option per character
+            raise DataError(
+                f"sample {self.id!r}: options must be a tuple of option texts, got the string "
+                f"{self.options!r}"
+            )
         if len(self.options) > len(LETTERS):
             raise DataError(
                 f"sample {self.id!r} has {len(self.options)} options; at most {len(LETTERS)} "
                 f"can be lettered (A-Z)"
             )
+        answer = self.answer
+        if answer is not None:
+            # an index of the options: -1 read as option D by true_option but 'Z' as the
+            # letter; True as 1; 1.0 and 5 failed later as a raw TypeError / IndexError
+            if isinstance(answer, (bool, np.bool_)) or not isinstance(answer, (int, np.integer)):
+                raise DataError(
+                    f"sample {self.id!r}: answer must be an option index (an integer) or None, "
+                    f"got {answer!r}"
+                )
+            if not 0 <= answer < len(self.options):
+                raise DataError(
+                    f"sample {self.id!r}: answer index {answer} outside the {len(self.options)} "
+                    f"options (0..{len(self.options) - 1})"
+                    if self.options
+                    else f"sample {self.id!r}: answer index {answer} given, but the sample has no options"
+                )
+            object.__setattr__(self, "answer", int(answer))  # numpy integers (pandas loaders)
 
     def __repr__(self) -> str:
         """One line: the fields as given, ``frames`` summarised as its shape and dtype (not

@@ -238,6 +238,64 @@ def test_a_resume_in_another_dtype_is_refused(tiny_llava_path, tmp_path) -> None
     vlmflow.run(options, analyses, out, model=vlmflow.load(str(tiny_llava_path), dtype="float32"))
 
 
+def test_a_dtype_alias_or_an_unset_dtype_that_resolves_alike_resumes(tiny_llava_path, tmp_path) -> None:
+    """A folder started with dtype unset (float32 on a CPU) or "fp32" was refused
+    "differs in: dtype" when resumed with "float32"; the configuration now stores the
+    canonical name and leaves an unset dtype to the computed_in check (which refuses
+    a session that loads another dtype, as above). A folder written by an older version,
+    whose configuration holds "fp32" as given, resumes too."""
+    from vlmflow.analyses.answer_probability import AnswerProbability
+
+    model = vlmflow.load(str(tiny_llava_path))
+    analyses = [AnswerProbability()]
+
+    def options(dtype: str | None) -> vlmflow.Options:
+        return vlmflow.Options(
+            model=str(tiny_llava_path),
+            data="synthetic:1:fixed",
+            tasks=("moving_direction",),
+            dtype=dtype,
+            progress=False,
+        )
+
+    unset, alias, old = tmp_path / "unset", tmp_path / "alias", tmp_path / "old"
+    vlmflow.run(options(None), analyses, unset, model=model)
+    for dtype in ("float32", "fp32", None):
+        assert vlmflow.run(options(dtype), analyses, unset, model=model).summary.skipped == 1
+    vlmflow.run(options("fp32"), analyses, alias, model=model)
+    assert json.loads((alias / "manifest.json").read_text())["config"]["dtype"] == "float32"
+    assert vlmflow.run(options("float32"), analyses, alias, model=model).summary.skipped == 1
+    vlmflow.run(options("float32"), analyses, old, model=model)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["config"]["dtype"] = "fp32"  # as versions before this one stored it
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    for dtype in ("fp32", "float32"):
+        assert vlmflow.run(options(dtype), analyses, old, model=model).summary.skipped == 1
+    with pytest.raises(vlmflow.VlmflowError, match="differs in: dtype"):
+        vlmflow.run(options("bf16"), analyses, old, model=model)  # two dtypes named: refused early
+
+
+def test_a_run_refused_once_the_model_loads_leaves_no_new_folder(tiny_llava, tmp_path) -> None:
+    """A run refused after the model loaded (layers the model lacks) left a new out folder
+    holding only run.lock; a folder that existed before is kept."""
+    from vlmflow.analyses.information_flow import InformationFlow
+    from vlmflow.probe import Model
+
+    options = vlmflow.Options(
+        model="tiny", data="synthetic:1:fixed", tasks=("moving_direction",), progress=False
+    )
+    model = Model(tiny_llava)
+    out = tmp_path / "new"
+    with pytest.raises(vlmflow.VlmflowError, match="layers"):
+        vlmflow.run(options, [InformationFlow(layers=(40,))], out, model=model)
+    assert not out.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(vlmflow.VlmflowError, match="layers"):
+        vlmflow.run(options, [InformationFlow(layers=(40,))], kept, model=model)
+    assert kept.is_dir()
+
+
 def test_a_resume_that_processes_inputs_otherwise_is_refused(tiny_llava_path, tmp_path) -> None:
     """What the adapter does to the inputs beyond the options (its frame policy, a family's
     visual-token budget) is kept in ``computed_in``; a session that would process them

@@ -61,7 +61,13 @@ class AnswerProbability(Analysis):
     @torch.inference_mode()
     def records(self, probe: Probe) -> list[dict[str, Any]]:
         prepared, engine, base = probe.prepared, probe.engine, probe.base
-        if not base.keep(self.sample_mode) or prepared.sample.answer is None:
+        sample = prepared.sample
+        if sample.options and sample.answer is None:  # was [] without saying why
+            raise PlanError(
+                f"{self.name}: sample {sample.id!r} has no ground-truth answer, and this analysis "
+                "reads each layer's probability of the true option (give the probe an answer=)"
+            )
+        if not base.keep(self.sample_mode) or sample.answer is None:  # open-ended: no options
             return []
         lm = engine.lm
         n = lm.num_layers

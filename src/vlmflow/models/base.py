@@ -32,6 +32,7 @@ from ..prompt import (
 )
 from ..registry import Registry
 from ..sample import Sample, check_frames
+from .processors import frames_as_given
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,10 @@ class Adapter:
         raise NotImplementedError
 
     def process(self, text: str, frames: np.ndarray) -> dict[str, Any]:
-        """Run the real processor on one prompt and one video ``(T, H, W, 3)`` uint8."""
-        return dict(self.processor(text=text, videos=[list(frames)], return_tensors="pt"))
+        """Run the real processor on one prompt and one video ``(T, H, W, 3)`` uint8, the
+        frames used as given (never sampled again: :func:`~.processors.frames_as_given`)."""
+        kwargs = frames_as_given(self.processor)
+        return dict(self.processor(text=text, videos=[list(frames)], return_tensors="pt", **kwargs))
 
     def expand_placeholder(self, prompt: PromptText, input_ids: torch.Tensor) -> tuple[str, int]:
         """The prompt text as the tokenizer saw it (placeholder expanded) and the character
@@ -377,6 +380,7 @@ class Adapter:
             return span
 
         vt = self.video_tokens(input_ids, inputs)
+        _check_frame_groups(sample, len(frames), vt)
         options = tuple(tokens(r, f"option {chr(65 + i)}") for i, r in enumerate(prompt.options))
         sys_span = (
             tokens(prompt.system, "system prompt") if prompt.system[1] > prompt.system[0] else Span(0, 0)
@@ -419,6 +423,22 @@ class Adapter:
         if len(set(out)) != len(out):
             raise PromptError(f"sample {sample.id!r}: two option letters share a token id")
         return tuple(out)
+
+
+def _check_frame_groups(sample: Sample, given: int, vt: VideoTokens) -> None:
+    """The input's frame groups must hold the ``given`` frames, one group per
+    ``frames_per_group`` of them in order (the last may be padded: Qwen-VL's temporal
+    patches pad an odd count with a copy of the last frame). Anything else means the
+    processor sampled or dropped frames itself, and ``frame:t`` would not be input frame
+    ``t``: a ``PromptError`` naming the sample and both counts."""
+    groups, per = len(vt.frames), max(1, int(vt.frames_per_group))
+    if groups != -(-given // per):
+        raise PromptError(
+            f"sample {sample.id!r}: {given} frames were given to the processor but its input holds "
+            f"{groups} frame group(s) of {per} ({groups * per} frames); the processor sampled or "
+            "dropped frames itself (a video processor config with do_sample_frames: true?), so "
+            "frame groups would not match the input frames"
+        )
 
 
 def _char_to_token_span(offsets: list[tuple[int, int]], r: tuple[int, int]) -> Span | None:

@@ -8,6 +8,8 @@ mapping through the tokenizer's offsets, answer-letter ids) lives here.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
 import warnings
 from dataclasses import dataclass
@@ -179,6 +181,42 @@ class Adapter:
 
     # ------------------------------------------------------------------ loading
     @classmethod
+    def options(cls) -> tuple[str, ...]:
+        """The adapter options this family accepts as keyword arguments of ``load_model``
+        (``num_frames``, ``prompt_style``, a family's own such as ``video_pixels``): the
+        keyword-only parameters of its ``load`` and ``__init__``, following each ``**kwargs``
+        to the class that receives it."""
+        names: set[str] = set()
+        for method in ("load", "__init__"):
+            for klass in cls.__mro__:
+                fn = klass.__dict__.get(method)
+                if fn is None:
+                    continue
+                params = inspect.signature(getattr(fn, "__func__", fn)).parameters.values()
+                names.update(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+                if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+                    break
+        return tuple(sorted(names - _LOAD_SETTINGS))
+
+    @classmethod
+    def check_options(cls, spec: str, options: dict[str, Any]) -> None:
+        """Refuse options this family does not accept before anything loads: an
+        ``UnsupportedModelError`` naming each, a close match where one exists, and the
+        options the family accepts."""
+        known = cls.options()
+        unknown = [k for k in options if k not in known]
+        if not unknown:
+            return
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=1)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise UnsupportedModelError(
+            f"{spec}: the {cls.family or cls.__name__} adapter has no option {', '.join(hints)}; "
+            f"its options: {', '.join(known)}"
+        )
+
+    @classmethod
     def load(
         cls,
         path: str,
@@ -192,6 +230,7 @@ class Adapter:
 
         ``dtype`` None means float32 on CPU (bf16 matmuls are slow there and add ~5e-3 of
         rounding to every knockout) and the checkpoint's own dtype on an accelerator."""
+        cls.check_options(str(path), kwargs)
         torch_dtype = default_dtype(dtype, device)
         model, processor = cls.load_model(path, dtype=torch_dtype, attn_implementation=attn_implementation)
         return cls(model.to(device), processor, model_id=str(path), **kwargs)
@@ -423,6 +462,11 @@ class Adapter:
         if len(set(out)) != len(out):
             raise PromptError(f"sample {sample.id!r}: two option letters share a token id")
         return tuple(out)
+
+
+# keyword arguments of ``load`` that are load settings (``load_model``'s own), not options,
+# and what ``load`` sets itself
+_LOAD_SETTINGS = {"device", "dtype", "attn_implementation", "model_id"}
 
 
 def _check_frame_groups(sample: Sample, given: int, vt: VideoTokens) -> None:

@@ -87,6 +87,14 @@ SYSTEM_OPEN_ENDED = (
 )
 
 
+SYSTEM_MVBENCH_OPEN_ENDED = (
+    "Carefully watch the video and pay attention to the cause and sequence of events, the "
+    "detail and movement of objects, and the action and pose of persons. Based on your "
+    "observations, answer the question concisely.\n"
+)
+"""The system prompt of the paper's ``eval_mvbench_open_ended`` templates (LLaVA and phi3)."""
+
+
 def open_ended_prompt(sample: Sample, placeholder: str, system: str = SYSTEM_OPEN_ENDED) -> PromptText:
     """The paper's open-ended conversation: ``<system> USER: <video>\\n USER: {Q} ASSISTANT:``
     (``eval_vcgbench``). A sample may set, in ``meta``, ``system`` (another system prompt),

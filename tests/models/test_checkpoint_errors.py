@@ -137,3 +137,38 @@ def test_every_tokenizer_file_set_the_hub_ships_passes_the_check(tmp_path: Path,
     for name in files:
         (tmp_path / name).write_text("x")
     preflight(str(tmp_path), lambda raw: True)
+
+
+@pytest.mark.parametrize(
+    ("family", "options", "named"),
+    [
+        ("qwen2_vl", {"num_frame": 16}, ["'num_frame' (did you mean 'num_frames'?)"]),
+        ("qwen2_vl", {"max_visual_tokens": 100}, ["'max_visual_tokens'"]),  # VideoLLaMA3's
+        ("llava_next_video", {"video_pixels": (1, 2), "frames_per_second": 1.0}, ["'video_pixels'"]),
+    ],
+)
+def test_an_option_the_family_lacks_is_refused_before_the_weights_load(
+    tiny_models, monkeypatch, family: str, options: dict, named: list[str]
+) -> None:
+    """A misspelt or another family's adapter option is an UnsupportedModelError naming it
+    and this family's options, raised before the model loads (not 'cannot load ...' after)."""
+    from tests.fixtures.catalog import FAMILIES, resolve
+    from vlmflow.errors import UnsupportedModelError
+    from vlmflow.models import load_model
+
+    path = str(tiny_models.path(family))
+    cls = resolve(FAMILIES[family].adapter)
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the model was loaded before its options were checked")
+
+    monkeypatch.setattr(cls, "load_model", classmethod(no_weights))
+    with pytest.raises(UnsupportedModelError) as caught:
+        load_model(path, progress=False, **options)
+    message = str(caught.value)
+    assert "cannot load" not in message and all(n in message for n in named), message
+    assert f"its options: {', '.join(cls.options())}" in message
+    assert "num_frames" in cls.options() and "prompt_style" in cls.options()
+    monkeypatch.undo()
+    ok = {"qwen2_vl": {"num_frames": 16, "video_pixels": None}, "llava_next_video": {"num_frames": 16}}
+    assert load_model(path, progress=False, **ok[family]).num_frames == 16

@@ -16,6 +16,11 @@ What is particular to one family stays in its own file beside this one.
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -25,11 +30,24 @@ from tests.fixtures.conformance import (
     check_fused_attribution,
     check_golden,
     check_layout_truth,
+    input_embeddings,
 )
 from tests.fixtures.head_conformance import check_head_cuts_match_plain
+from vlmflow.errors import PromptError
 from vlmflow.models import load_model
 
 NAMES = list(FAMILIES)
+# the families whose processor has a transformers video processor (its config may sample)
+VIDEO_PROCESSOR = [
+    "llava_next_video",
+    "llava_onevision",
+    "video_llava",
+    "internvl",
+    "videollama3",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen3_vl",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -140,3 +158,51 @@ def test_attention_that_ignores_masks_is_switched_to_sdpa(tiny_models, name: str
     adapter.ensure_maskable()
     assert adapter.attn_implementation() == "sdpa"
     assert "switching" in caplog.text
+
+
+def sampling_copy(src: Path, dest: Path, num_frames: int = 2) -> Path:
+    """A copy of the checkpoint at ``src`` whose video processor config samples
+    ``num_frames`` frames itself (``do_sample_frames: true``, as transformers recommends
+    new checkpoints set it)."""
+    shutil.copytree(src, dest)
+    config = dest / "processor_config.json"
+    raw = json.loads(config.read_text())
+    raw["video_processor"].update(do_sample_frames=True, num_frames=num_frames, fps=None)
+    config.write_text(json.dumps(raw))
+    return dest
+
+
+@pytest.mark.parametrize("name", VIDEO_PROCESSOR)
+def test_a_video_processor_config_that_samples_frames_leaves_ours_as_given(
+    tiny_models, name: str, tmp_path: Path
+) -> None:
+    """vlmflow chose the frames: a checkpoint whose video config says do_sample_frames
+    (num_frames=2) still gets one frame group per input frame (per temporal patch for
+    Qwen-VL), and changing input frame t changes tokens of frame t's group only."""
+    adapter = load_model(str(sampling_copy(tiny_models.path(name), tmp_path / name)), progress=False)
+    sample = FAMILIES[name].sample(seed=1)
+    given = len(sample.frames)
+    base, layout = input_embeddings(adapter, sample)
+    assert layout.num_frames * layout.frames_per_group == given, (layout.num_frames, layout.frames_per_group)
+    assert adapter.prepare(sample).num_frames == given
+    for f in range(given):
+        frames = sample.frames.copy()
+        frames[f] = 255 - frames[f]
+        changed, _ = input_embeddings(adapter, sample.with_frames(frames))
+        rows = torch.nonzero((changed - base).abs().amax(-1) > 0).flatten().tolist()
+        span = layout.frames[f // layout.frames_per_group]
+        assert rows and span.start <= rows[0] and rows[-1] < span.end, (
+            f"input frame {f}: changed rows {rows[:3]}..{rows[-3:]} outside its group's span {span}"
+        )
+
+
+def test_a_processor_that_drops_frames_is_an_error_naming_the_sample(tiny_models, monkeypatch) -> None:
+    """Whatever makes the processor's input hold other frames than those given (here: a
+    processor that keeps every other frame) is a PromptError naming the sample and both
+    counts, not a layout whose frame:t is some other frame."""
+    adapter = load_model(str(tiny_models.path("llava_next_video")), progress=False)
+    real = adapter.process
+    monkeypatch.setattr(adapter, "process", lambda text, frames: real(text, frames[::2]))
+    sample = FAMILIES["llava_next_video"].sample()
+    with pytest.raises(PromptError, match=re.escape(f"sample {sample.id!r}: 4 frames") + ".* 2 frame group"):
+        adapter.prepare(sample)

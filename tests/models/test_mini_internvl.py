@@ -14,7 +14,6 @@ from torch.nn import functional as F
 
 from tests.fixtures.pllava import build_mini_internvl, internvl_key, one_thread  # noqa: F401
 from tests.fixtures.tiny import make_sample
-from vlmflow.errors import PromptError
 from vlmflow.models import claimed_by, load_model
 from vlmflow.models.mini_internvl import MiniInternVLAdapter, is_mini_internvl_config
 from vlmflow.sample import Sample
@@ -37,8 +36,42 @@ def test_paper_phi3_prompt(adapter) -> None:
     video = prepared.layout.resolve("video")
     assert len(video) == 4 * 4 and ids[video[0] - 1] == adapter.tokenizer.convert_tokens_to_ids("<img>")
     assert ids[video[-1] + 1] == adapter.tokenizer.convert_tokens_to_ids("</img>")
-    with pytest.raises(PromptError, match="open-ended"):
-        adapter.prepare(Sample(id="o", question="What happens?", frames=sample.frames))
+
+
+SYSTEM_OPEN = (
+    "Carefully watch the video and pay attention to the cause and sequence of events, the detail and "
+    "movement of objects, and the action and pose of persons. Based on your observations, answer the "
+    "question concisely.\n"
+)
+
+
+@pytest.mark.parametrize("meta", [{}, {"question_template": "Question: {q}\n", "answer_prompt": "\nIt is"}])
+def test_paper_phi3_open_ended_prompt(adapter, meta) -> None:
+    """The paper's eval_mvbench_open_ended_phi3 conversation: the MVBench open-ended system
+    prompt, the video as its own <|user|> turn, the question (through the sample's question
+    template) and the assistant turn with the sample's answer prompt; the groups decode."""
+    frames = make_sample().frames
+    sample = Sample(id="o", question="What does the person do after eating?", frames=frames, meta=meta)
+    prepared = adapter.prepare(sample)
+    user = meta.get("question_template", "{q}").format(q=sample.question)
+    assert prepared.prompt == (
+        SYSTEM_OPEN
+        + " <|user|>\n<img><IMG_CONTEXT></img>\n <|user|>\n"
+        + user
+        + " <|assistant|>\n"
+        + meta.get("answer_prompt", "")
+    )
+    ids = prepared.inputs["input_ids"][0].tolist()
+    text = lambda g: adapter.tokenizer.decode([ids[i] for i in prepared.layout.resolve(g)])  # noqa: E731
+    system = [ids[i] for i in prepared.layout.resolve("system")]  # with the BOS token
+    assert adapter.tokenizer.decode(system, skip_special_tokens=True).strip() == SYSTEM_OPEN.strip()
+    assert text("question_no_options").strip() == sample.question
+    assert text("question").strip() == user.strip()
+    video = prepared.layout.resolve("video")
+    assert len(video) == 4 * 4 and ids[video[0] - 1] == adapter.tokenizer.convert_tokens_to_ids("<img>")
+    assert ids[video[-1] + 1] == adapter.tokenizer.convert_tokens_to_ids("</img>")
+    assistant = ids.index(adapter.tokenizer.convert_tokens_to_ids("<|assistant|>"))
+    assert assistant > prepared.layout.question.end - 1 and prepared.layout.last == len(ids) - 1
 
 
 def test_checkpoint_in_original_layout_loads_every_weight(path: Path, adapter) -> None:

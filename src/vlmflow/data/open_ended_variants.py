@@ -26,14 +26,10 @@ import dataclasses
 import re
 
 from ..errors import DataError
+from ..prompt import SYSTEM_MVBENCH_OPEN_ENDED
 from ..sample import Sample
 from .registry import DATASETS
 
-SYSTEM_MVBENCH_OPEN_ENDED = (
-    "Carefully watch the video and pay attention to the cause and sequence of events, the "
-    "detail and movement of objects, and the action and pose of persons. Based on your "
-    "observations, answer the question concisely.\n"
-)
 QUESTION_TEMPLATE = "Question: {q}\n"
 ANTONYM_OBJECTS = ("jacket", "shoe", "bag", "headphone", "hat/cap", "glasses")
 COLOURS = ("cyan", "green", "blue", "gray", "purple", "yellow", "brown", "red")

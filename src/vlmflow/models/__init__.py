@@ -101,7 +101,10 @@ def load_model(
     or ``tiny`` (the embedded 8-layer test model). Its ``model_id`` is ``spec`` as given
     (what records name), its ``model_path`` the folder it resolved to. ``progress=False``: without the Hugging
     Face progress bars (downloads, "Loading weights", the demo's first-use build), for
-    this load only."""
+    this load only. Further keyword arguments are the family's adapter options
+    (:meth:`Adapter.options`: ``num_frames``, ``prompt_style``, Qwen-VL's ``video_pixels``,
+    ...); one the family does not accept is an ``UnsupportedModelError`` listing them,
+    before anything loads."""
     with hf_progress(progress):
         return _load_model(spec, device, dtype, attn_implementation, adapter_kwargs)
 
@@ -156,6 +159,7 @@ def _load_model(
         except (OSError, ValueError) as exc:
             raise UnsupportedModelError(f"cannot read a model config from {spec!r}: {one_line(exc)}") from exc
         cls = adapter_for(config.model_type)
+    cls.check_options(repr(spec), adapter_kwargs)  # a misspelt option stops before the weights load
     try:
         adapter = cls.load(
             path, device=device, dtype=dtype, attn_implementation=attn_implementation, **adapter_kwargs

@@ -8,6 +8,8 @@ mapping through the tokenizer's offsets, answer-letter ids) lives here.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
 import warnings
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from ..prompt import (
 )
 from ..registry import Registry
 from ..sample import Sample, check_frames
+from .processors import frames_as_given
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +166,10 @@ class Adapter:
         raise NotImplementedError
 
     def process(self, text: str, frames: np.ndarray) -> dict[str, Any]:
-        """Run the real processor on one prompt and one video ``(T, H, W, 3)`` uint8."""
-        return dict(self.processor(text=text, videos=[list(frames)], return_tensors="pt"))
+        """Run the real processor on one prompt and one video ``(T, H, W, 3)`` uint8, the
+        frames used as given (never sampled again: :func:`~.processors.frames_as_given`)."""
+        kwargs = frames_as_given(self.processor)
+        return dict(self.processor(text=text, videos=[list(frames)], return_tensors="pt", **kwargs))
 
     def expand_placeholder(self, prompt: PromptText, input_ids: torch.Tensor) -> tuple[str, int]:
         """The prompt text as the tokenizer saw it (placeholder expanded) and the character
@@ -175,6 +180,42 @@ class Adapter:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ loading
+    @classmethod
+    def options(cls) -> tuple[str, ...]:
+        """The adapter options this family accepts as keyword arguments of ``load_model``
+        (``num_frames``, ``prompt_style``, a family's own such as ``video_pixels``): the
+        keyword-only parameters of its ``load`` and ``__init__``, following each ``**kwargs``
+        to the class that receives it."""
+        names: set[str] = set()
+        for method in ("load", "__init__"):
+            for klass in cls.__mro__:
+                fn = klass.__dict__.get(method)
+                if fn is None:
+                    continue
+                params = inspect.signature(getattr(fn, "__func__", fn)).parameters.values()
+                names.update(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+                if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+                    break
+        return tuple(sorted(names - _LOAD_SETTINGS))
+
+    @classmethod
+    def check_options(cls, spec: str, options: dict[str, Any]) -> None:
+        """Refuse options this family does not accept before anything loads: an
+        ``UnsupportedModelError`` naming each, a close match where one exists, and the
+        options the family accepts."""
+        known = cls.options()
+        unknown = [k for k in options if k not in known]
+        if not unknown:
+            return
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=1)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise UnsupportedModelError(
+            f"{spec}: the {cls.family or cls.__name__} adapter has no option {', '.join(hints)}; "
+            f"its options: {', '.join(known)}"
+        )
+
     @classmethod
     def load(
         cls,
@@ -189,6 +230,7 @@ class Adapter:
 
         ``dtype`` None means float32 on CPU (bf16 matmuls are slow there and add ~5e-3 of
         rounding to every knockout) and the checkpoint's own dtype on an accelerator."""
+        cls.check_options(str(path), kwargs)
         torch_dtype = default_dtype(dtype, device)
         model, processor = cls.load_model(path, dtype=torch_dtype, attn_implementation=attn_implementation)
         return cls(model.to(device), processor, model_id=str(path), **kwargs)
@@ -377,6 +419,7 @@ class Adapter:
             return span
 
         vt = self.video_tokens(input_ids, inputs)
+        _check_frame_groups(sample, len(frames), vt)
         options = tuple(tokens(r, f"option {chr(65 + i)}") for i, r in enumerate(prompt.options))
         sys_span = (
             tokens(prompt.system, "system prompt") if prompt.system[1] > prompt.system[0] else Span(0, 0)
@@ -419,6 +462,27 @@ class Adapter:
         if len(set(out)) != len(out):
             raise PromptError(f"sample {sample.id!r}: two option letters share a token id")
         return tuple(out)
+
+
+# keyword arguments of ``load`` that are load settings (``load_model``'s own), not options,
+# and what ``load`` sets itself
+_LOAD_SETTINGS = {"device", "dtype", "attn_implementation", "model_id"}
+
+
+def _check_frame_groups(sample: Sample, given: int, vt: VideoTokens) -> None:
+    """The input's frame groups must hold the ``given`` frames, one group per
+    ``frames_per_group`` of them in order (the last may be padded: Qwen-VL's temporal
+    patches pad an odd count with a copy of the last frame). Anything else means the
+    processor sampled or dropped frames itself, and ``frame:t`` would not be input frame
+    ``t``: a ``PromptError`` naming the sample and both counts."""
+    groups, per = len(vt.frames), max(1, int(vt.frames_per_group))
+    if groups != -(-given // per):
+        raise PromptError(
+            f"sample {sample.id!r}: {given} frames were given to the processor but its input holds "
+            f"{groups} frame group(s) of {per} ({groups * per} frames); the processor sampled or "
+            "dropped frames itself (a video processor config with do_sample_frames: true?), so "
+            "frame groups would not match the input frames"
+        )
 
 
 def _char_to_token_span(offsets: list[tuple[int, int]], r: tuple[int, int]) -> Span | None:

@@ -32,6 +32,7 @@ from ..errors import PromptError
 from ..layout import Span
 from ..prompt import PromptText
 from .base import Adapter, VideoTokens
+from .processors import frames_as_given
 
 Grid = tuple[int, int]
 
@@ -100,12 +101,15 @@ class ReplacementAdapter(Adapter):
 
     # ------------------------------------------------------------------ adapter hooks
     def process(self, text: str, frames: np.ndarray) -> dict[str, Any]:
+        """The real processor on one prompt and one video, the frames used as given (never
+        sampled again: :func:`~.processors.frames_as_given`), its expansion kept."""
         out = dict(
             self.processor(
                 text=text,
                 videos=[list(frames)],
                 return_tensors="pt",
                 return_text_replacement_offsets=True,
+                **frames_as_given(self.processor),
                 **self.processor_kwargs(frames),
             )
         )

@@ -105,3 +105,17 @@ def load_processor(processor_class: Any, video_processor_class: Any | None, path
             raise ValueError(f"cannot build {processor_class.__name__}: unexpected part {attribute!r}")
     processor_dict, extra = processor_class.get_processor_dict(path)
     return processor_class.from_args_and_dict(args, processor_dict, **{**extra, **kwargs})
+
+
+def frames_as_given(processor: Any) -> dict[str, Any]:
+    """Keyword arguments that make ``processor`` use the frames it is given as they are.
+
+    vlmflow samples the frames itself (``frame_policy``, ``num_frames``), and ``frame:t``
+    means input frame ``t``. A transformers video processor samples again when its config
+    says ``do_sample_frames: true`` (transformers recommends it for new checkpoints), so it
+    is told ``do_sample_frames=False``. Processors without one (PLLaVA's, which takes the
+    frames as images) get nothing: their call does not know the option."""
+    from transformers.video_processing_utils import BaseVideoProcessor
+
+    video = getattr(processor, "video_processor", None)
+    return {"do_sample_frames": False} if isinstance(video, BaseVideoProcessor) else {}

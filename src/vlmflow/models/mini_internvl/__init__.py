@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .adapter import MiniInternVLAdapter, phi3_prompt
+from .adapter import MiniInternVLAdapter, phi3_open_ended_prompt, phi3_prompt
 from .modeling_mini_internvl import (
     CLASS_NAME,
     QKV_SOURCE,
@@ -74,6 +74,7 @@ __all__ = [
     "load_tokenizer",
     "mini_internvl_processor",
     "model_class",
+    "phi3_open_ended_prompt",
     "phi3_prompt",
 ]
 

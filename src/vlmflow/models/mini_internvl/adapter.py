@@ -8,27 +8,29 @@ import torch
 
 from ...errors import PromptError
 from ...layout import Span
-from ...prompt import ANSWER_PROMPT, POST_PROMPT, PromptText, question_block
+from ...prompt import ANSWER_PROMPT, POST_PROMPT, SYSTEM_MVBENCH_OPEN_ENDED, PromptText, question_block
 from ...sample import Sample
 from ..base import MODELS, Adapter, VideoTokens, contiguous_run
 from ..pllava import expand_run, read_config_dict
 from .modeling_mini_internvl import hf_config, is_mini_internvl_config, load_mini_internvl
 from .processing_mini_internvl import CONTEXT_TOKEN, load_tokenizer, mini_internvl_processor
 
+# the phi3 template's roles; its user separator is a space, so no <|end|> follows a user turn
+PHI3_USER, PHI3_ASSISTANT = "<|user|>\n", "<|assistant|>\n"
+
 
 def phi3_prompt(sample: Sample, system: str) -> PromptText:
     """The paper's ``eval_mvbench_phi3`` conversation (REFERENCE_NOTES §2.2, §2.4):
-    ``{system} <|user|>\\n<img><IMG_CONTEXT></img>\\n <|user|>\\n{question} \\nOnly give the
-    best option. <|assistant|>\\nBest option:(`` (user turns end in a space, no ``<|end|>``)."""
+    ``{system} <|user|>\n<img><IMG_CONTEXT></img>\n <|user|>\n{question} \nOnly give the
+    best option. <|assistant|>\nBest option:(`` (user turns end in a space, no ``<|end|>``).
+    A sample without options gets :func:`phi3_open_ended_prompt`."""
     if not sample.options:
-        raise PromptError(
-            f"sample {sample.id!r}: the paper defines no open-ended prompt for Mini-InternVL (phi3 template)"
-        )
+        return phi3_open_ended_prompt(sample)
     block, q_range, opts = question_block(sample)
-    before = system + " <|user|>\n<img>"
-    mid = CONTEXT_TOKEN + "</img>\n <|user|>\n"
+    before = system + " " + PHI3_USER + "<img>"
+    mid = CONTEXT_TOKEN + "</img>\n " + PHI3_USER
     at = len(before) + len(mid)
-    text = before + mid + block + " " + POST_PROMPT + " <|assistant|>\n" + ANSWER_PROMPT
+    text = before + mid + block + " " + POST_PROMPT + " " + PHI3_ASSISTANT + ANSWER_PROMPT
     return PromptText(
         text=text,
         placeholder=CONTEXT_TOKEN,
@@ -38,6 +40,26 @@ def phi3_prompt(sample: Sample, system: str) -> PromptText:
         question_no_options=(at + q_range[0], at + q_range[1]),
         options=tuple((at + a, at + b) for a, b in opts),
     )
+
+
+def phi3_open_ended_prompt(sample: Sample, system: str = SYSTEM_MVBENCH_OPEN_ENDED) -> PromptText:
+    """The paper's ``eval_mvbench_open_ended_phi3`` conversation for a sample without options:
+    ``{system} <|user|>\n<img><IMG_CONTEXT></img>\n <|user|>\n{question} <|assistant|>\n``,
+    the system prompt the MVBench one ending "answer the question concisely.". As
+    :func:`~vlmflow.prompt.open_ended_prompt` does for the LLaVA template, the sample's
+    ``meta`` may set ``system``, ``question_template`` (``"Question: {q}\n"``) and
+    ``answer_prompt`` (text the assistant turn starts with)."""
+    system = sample.meta.get("system", system)
+    template = sample.meta.get("question_template", "{q}")
+    before = system + " " + PHI3_USER + "<img>"
+    mid = CONTEXT_TOKEN + "</img>\n " + PHI3_USER
+    at = len(before) + len(mid)
+    head = template.split("{q}")[0]
+    user = template.format(q=sample.question)
+    text = before + mid + user + " " + PHI3_ASSISTANT + sample.meta.get("answer_prompt", "")
+    raw = (at + len(head), at + len(head) + len(sample.question))
+    whole = (at, at + len(user.rstrip()))  # the question range: the user text as given
+    return PromptText(text, CONTEXT_TOKEN, len(before), (0, len(system.rstrip())), whole, raw, ())
 
 
 @MODELS.register(

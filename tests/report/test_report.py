@@ -500,3 +500,35 @@ def test_a_first_token_open_ended_run_without_samples_keeps_the_generic_title(tm
         store.write_unit("s0", "eval", [{"task": "t", "model": "fake", "error": None, "correct": True}])
         section = next(s for s in finalize(run)["sections"] if s.key == "open-ended")
         assert section.title == title and section.notes.startswith("0 samples matched"), anchor
+
+
+def test_a_verb_run_where_every_sample_was_skipped_says_why(tmp_path: Path) -> None:
+    """Every anchor of every sample skipped (a response with too few verbs): the records have
+    no ``rel_anchor`` column, so the section fell back to the generic view - titled
+    'open-ended', averaging bookkeeping columns (n_verbs, anchor_order) into
+    summary/open-ended.csv, no anchor table, and the skip reason nowhere. Now it is the
+    verb-anchored section (the run's anchor option decides), its anchor table is written
+    and the notes say no anchor was kept and why."""
+    run = tmp_path / "run"
+    store = RecordStore(run)
+    config = {"open-ended": {"anchor": "verb"}}
+    manifest = {"config": {"model": "fake", "data": "fake:2", "analyses": config}}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    for sid in ("s0", "s1"):
+        store.write_unit(sid, "eval", [{"task": "t", "model": "fake", "error": None, "correct": True}])
+        base = {"task": "t", "model": "fake", "error": None, "response": "A red ball.", "verbs": []}
+        reason = "0 verbs, fewer than 3"
+        skipped = [
+            {**base, "n_verbs": 0, "anchor": f"verb {k}", "anchor_order": k, "skip_reason": reason}
+            for k in (1, 2, 3)
+        ]
+        store.write_unit(sid, "open-ended", skipped)
+    section = next(s for s in finalize(run)["sections"] if s.key == "open-ended")
+    assert section.title == "Open-ended knockout (verb anchors)"
+    assert not (run / "summary" / "open-ended.csv").exists()
+    anchors = pd.read_csv(run / "summary" / "open-ended-anchors.csv")
+    assert anchors[["anchor", "kept", "skip_reason"]].values.tolist() == [
+        [f"verb {k}", 0, "0 verbs, fewer than 3 (2)"] for k in (1, 2, 3)
+    ]
+    assert section.notes.startswith("No anchor of any sample was kept")
+    assert "verb 1: 0 verbs, fewer than 3 (2)" in section.notes

@@ -391,12 +391,20 @@ def summarize_open_ended(records: pd.DataFrame) -> dict[str, pd.DataFrame]:
     df = records[records["analysis"] == "open-ended"] if "analysis" in records else records
     if "error" in df:
         df = df[df["error"].isna()]
-    if df.empty or "rel_anchor" not in df:
+    # first-token records have neither column; verb-anchored ones where every anchor of
+    # every sample was skipped have only skip_reason (their anchor table says why)
+    if df.empty or not {"rel_anchor", "skip_reason"} & set(df.columns):
         return {}
-    kept = df[df["rel_anchor"].notna()]
-    g = kept.groupby(["task", "anchor", "condition", "layer"])
-    curves = g.agg(n=("rel_anchor", "size"), rel_anchor_mean=("rel_anchor", "mean"))
-    curves[list(ci95_columns("rel_anchor"))] = ci95_by_group(g["rel_anchor"])
+    keys = ["task", "anchor", "condition", "layer"]
+    if "rel_anchor" in df and df["rel_anchor"].notna().any():
+        kept = df[df["rel_anchor"].notna()]
+        g = kept.groupby(keys)
+        curves = g.agg(n=("rel_anchor", "size"), rel_anchor_mean=("rel_anchor", "mean"))
+        curves[list(ci95_columns("rel_anchor"))] = ci95_by_group(g["rel_anchor"])
+        curves = curves.reset_index()
+    else:  # no anchor kept: no curve, but the anchor table below still says why
+        kept = df.iloc[:0]
+        curves = pd.DataFrame(columns=[*keys, "n", "rel_anchor_mean", *ci95_columns("rel_anchor")])
     # no skipped sample in the run: the records have no skip_reason column at all
     reasons = df[df["skip_reason"].notna()] if "skip_reason" in df else df.iloc[:0].assign(skip_reason="")
     # a folder written before every skipped row named its anchor has them without one
@@ -407,7 +415,7 @@ def summarize_open_ended(records: pd.DataFrame) -> dict[str, pd.DataFrame]:
     for (task, anchor, reason), d in reasons.groupby(["task", "anchor", "skip_reason"]):
         n = d["sample_id"].nunique()
         counts.append({"task": task, "anchor": anchor, "kept": 0, "skip_reason": f"{reason} ({n})"})
-    return {"curves": curves.reset_index(), "anchors": pd.DataFrame(counts)}
+    return {"curves": curves, "anchors": pd.DataFrame(counts)}
 
 
 #: the title of the verb-anchored section (first-token records have the generic view, titled by the name)
@@ -427,9 +435,10 @@ def open_ended_section(rows: pd.DataFrame, run: RunDir) -> Section | pd.DataFram
     """Verb-anchored curves per anchor; first-token records get the generic per-layer view."""
     from ..report import Chart, Section, summarize_layers
 
-    tables = summarize_open_ended(rows)
+    anchor = _anchor_of(run)  # the view is the run's anchor option's, not guessed from columns
+    tables = summarize_open_ended(rows) if anchor == "verb" else {}
     if not tables:  # first-token records: the generic per-layer view
-        if rows.empty and _anchor_of(run) == "verb":  # no sample kept: its title with samples
+        if rows.empty and anchor == "verb":  # no sample kept: its title with samples
             return Section(VERB_TITLE)
         return summarize_layers(rows)
     section = Section(
@@ -455,4 +464,11 @@ def open_ended_section(rows: pd.DataFrame, run: RunDir) -> Section | pd.DataFram
         "back; y is the mean % change of the verb's first token's probability at the token before "
         "it when the curve's edges are blocked in the window around the layer on the x axis."
     )
+    if curves.empty:
+        section.notes = "No anchor of any sample was kept, so there are no curves. " + section.notes
+    skips = tables["anchors"]
+    skips = skips[skips["skip_reason"] != ""]
+    if not skips.empty:
+        said = "; ".join(f"{r.anchor}: {r.skip_reason}" for r in skips.itertuples())
+        section.notes += f" Skipped (reason, samples) - {said} (see summary/open-ended-anchors.csv)."
     return section

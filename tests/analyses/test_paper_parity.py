@@ -561,6 +561,35 @@ def test_query_words_are_whole_words_of_the_raw_question_matched_as_the_automati
     assert tok.decode(ids[raw.start : got["person"] + 1]).strip().endswith("person")
 
 
+def test_the_papers_word_span_reaches_the_option_words(tiny_llava) -> None:
+    """The paper's per-word loop runs from the raw question's first token to the last token
+    (options and answer prompt included), and its task word lists are mostly option words
+    ('left', 'right', 'Up', 'Down'): vlmflow refused them, "query word 'left' not in this
+    question". ``word_span="to-last"`` (the paper's, in --paper) matches them there; the
+    default still matches inside the raw question only."""
+    from vlmflow.analyses.attention_maps import AttentionMaps, question_word_positions
+    from vlmflow.data import load_dataset
+    from vlmflow.paper import PAPER_OPTIONS
+
+    sample = next(s for s in load_dataset("synthetic:12:fixed") if s.task == "moving_direction")
+    assert "left" in sample.options and "left" not in sample.question
+    prepared = tiny_llava.prepare(sample)
+    probe = Probe(tiny_llava, prepared)
+    one = {"queries": (), "compare": None, "sample_mode": "all", "layers": (0,)}
+    with pytest.raises(PlanError, match="query word 'left' not in this question"):
+        AttentionMaps(query_words=("left",), **one).records(probe)
+    span = PAPER_OPTIONS["attention"]["word_span"]
+    rows = AttentionMaps(query_words=("left", "direction"), word_span=span, **one).records(probe)
+    assert {r["query"] for r in rows} == {"word:left", "word:direction"}
+    assert {r["note"] for r in rows} == {None}
+    tok, layout = tiny_llava.tokenizer, prepared.layout
+    found = question_word_positions(tok, prepared, ("left", "direction"), span=span)
+    assert layout.question_no_options.end <= found["left"] <= layout.last
+    assert layout.question_no_options.start <= found["direction"] < layout.question_no_options.end
+    ids = prepared.inputs["input_ids"][0]
+    assert tok.decode(ids[found["left"]]).strip() in "left"
+
+
 # ---------------------------------------------------------------- --paper on every command
 def _capture(monkeypatch) -> list:
     """Run commands without running them: record the options and analyses they would run."""
@@ -601,8 +630,8 @@ def _capture(monkeypatch) -> list:
         ("pathways", ["--preset", "llava-next-7b-video-ft"], {"random_fraction": "paper"},
          {"random_fraction": "measured"}),
         # item 9: one map per question word over layers 11-20
-        ("attention", [], {"view": "query-words", "layers": tuple(range(10, 20))},
-         {"view": "groups", "layers": None}),
+        ("attention", [], {"view": "query-words", "layers": tuple(range(10, 20)), "word_span": "to-last"},
+         {"view": "groups", "layers": None, "word_span": "question"}),
         ("flow", [], {"window": 9, "window_style": "center", "sample_mode": "correct"}, {"window": 9}),
     ],
 )  # fmt: skip

@@ -6,8 +6,11 @@ one map per chosen question word (``query_words``; with ``view="query-words"`` a
 every word of the raw question), keys = the video tokens, heads averaged, one band per
 layer of a chosen range (the paper shows layers 11-20, ``layers=range(10, 20)``), drawn on
 the colour scale ``log10(5e-5 + a)``. Words, given or automatic, are matched the same way
-(:func:`question_word_positions`): only inside the raw question (``question_no_options``,
-not the template's "Question:" nor the options), whole words only (runs of letters,
+(:func:`question_word_positions`): by default only inside the raw question
+(``question_no_options``, not the template's "Question:" nor the options); with
+``word_span="to-last"`` (the paper's, in ``--paper``: its loop and its task word lists
+reach the options, 'left', 'right') from the raw question's first token to the last token,
+options and answer prompt included; whole words only (runs of letters,
 punctuation and digits excluded: "shr" does not match "shrinks"), case-sensitive, the
 first occurrence; a word's map is the attention of its last token (for a one-token word,
 exactly the paper's). Records of these maps have ``query = "word:<word>"``. A given word
@@ -84,6 +87,11 @@ class AttentionMaps(Analysis):
         parse=split_words,
     )
     view: str = option("groups", "groups (query-group means) or query-words (one map per question word)")
+    word_span: str = option(
+        "question",
+        "where query words are matched: question (the raw question only) or to-last (the "
+        "paper's: from the raw question to the last token, options and answer prompt included)",
+    )
 
     def __post_init__(self) -> None:
         check_sample_mode(self.sample_mode)
@@ -93,6 +101,8 @@ class AttentionMaps(Analysis):
         self.query_words = split_words(self.query_words)
         if self.view not in VIEWS:
             raise PlanError(f"unknown attention view {self.view!r}; choose from {VIEWS}")
+        if self.word_span not in WORD_SPANS:
+            raise PlanError(f"unknown attention word span {self.word_span!r}; choose from {WORD_SPANS}")
         if self.compare and self.compare not in TARGETS:
             parse_edges(self.compare)  # a typo in --compare stops the run before its first sample
         for q in self.queries:
@@ -105,6 +115,8 @@ class AttentionMaps(Analysis):
             d.pop("query_words")
         if d["view"] == "groups":
             d.pop("view")
+        if d["word_span"] == "question":
+            d.pop("word_span")
         return d
 
     def comparison_plan(self, layout: TokenLayout, num_layers: int) -> Plan | None:
@@ -132,11 +144,14 @@ class AttentionMaps(Analysis):
         notes: list[str] = []  # what this sample lacks, shown by the report
         words: dict[str, int] = {}
         if self.query_words or self.view == "query-words":
-            words = question_word_positions(probe.adapter.tokenizer, probe.prepared, self.query_words)
+            words = question_word_positions(
+                probe.adapter.tokenizer, probe.prepared, self.query_words, span=self.word_span
+            )
             absent = [w for w in self.query_words if w not in words]
             if absent:
                 listed = ", ".join(map(repr, absent))
-                notes.append(f"query word{'s' if len(absent) > 1 else ''} {listed} not in this question")
+                where = "this question" if self.word_span == "question" else "this question or its prompt"
+                notes.append(f"query word{'s' if len(absent) > 1 else ''} {listed} not in {where}")
         positions = {f"word:{w}": np.array([pos]) for w, pos in words.items()}
         if not positions and not self.queries:
             sid = probe.prepared.sample.id
@@ -407,6 +422,8 @@ def attention_frames_figure(summary: pd.DataFrame, query: str = "last") -> Any:
 
 
 VIEWS = ("groups", "query-words")
+#: where query words are matched: the raw question, or (the paper's) from it to the last token
+WORD_SPANS = ("question", "to-last")
 LOG_FLOOR = 5e-5  # the paper's constant: colour = log10(5e-5 + attention)
 
 
@@ -416,9 +433,14 @@ def overlay_count(run: RunDir) -> int:
     return int(config.get("analyses", {}).get("attention", {}).get("overlays", 0) or 0)
 
 
-def question_word_positions(tokenizer: Any, prepared: Prepared, words: tuple[str, ...]) -> dict[str, int]:
+def question_word_positions(
+    tokenizer: Any, prepared: Prepared, words: tuple[str, ...], span: str = "question"
+) -> dict[str, int]:
     """Word -> the position of its last token, for the words of the raw question
-    (``question_no_options``: neither the template's "Question:" nor the options).
+    (``question_no_options``: neither the template's "Question:" nor the options), or with
+    ``span="to-last"`` the paper's span: from the raw question's first token to the last
+    token, the options and the answer prompt included (its task word lists are mostly
+    option words: 'left', 'right'; 'From', 'to').
 
     The question's words are its runs of letters (punctuation and digits excluded); a word
     that occurs more than once maps to its first occurrence; matching is case-sensitive. With
@@ -430,8 +452,11 @@ def question_word_positions(tokenizer: Any, prepared: Prepared, words: tuple[str
     from .verbs import token_char_spans
 
     ids = prepared.inputs["input_ids"][0].tolist()
+    if span not in WORD_SPANS:
+        raise PlanError(f"unknown attention word span {span!r}; choose from {WORD_SPANS}")
     raw = prepared.layout.question_no_options
-    text, spans = token_char_spans(tokenizer, ids[raw.start : raw.end])
+    end = raw.end if span == "question" else prepared.layout.last + 1
+    text, spans = token_char_spans(tokenizer, ids[raw.start : end])
     found: dict[str, int] = {}
     for m in re.finditer(r"[^\W\d_]+", text):
         last = next((k for k, (c0, c1) in enumerate(spans) if c0 < m.end() <= c1), None)

@@ -33,8 +33,9 @@ PAPER_OPTIONS: dict[str, dict[str, Any]] = {
     # input-embedding lens (normed at the last layer), its word lists, its 6-layer bins
     "logit-lens": {"projection": "embed", "words": "paper-action-sequence", "bins": "paper", "min_hits": 100},
     # one map per question word over the video, layers 11-20 (1-based), heads averaged; its
-    # words are matched from the raw question to the last token (options and prompt included)
-    "attention": {"view": "query-words", "layers": "10-19", "word_span": "to-last"},
+    # words are matched from the raw question to the last token (options and prompt included);
+    # every sample (its --skip_baseline_wrong_samples is off and the script does not pass it)
+    "attention": {"view": "query-words", "layers": "10-19", "word_span": "to-last", "sample_mode": "all"},
     # the scripts' fixed random-blocking fraction per model
     "pathways": {"random_fraction": "paper"},
     # VCGBench: generated response, en_core_web_lg, its string matching of verbs, and the

@@ -630,8 +630,11 @@ def _capture(monkeypatch) -> list:
         ("pathways", ["--preset", "llava-next-7b-video-ft"], {"random_fraction": "paper"},
          {"random_fraction": "measured"}),
         # item 9: one map per question word over layers 11-20
-        ("attention", [], {"view": "query-words", "layers": tuple(range(10, 20)), "word_span": "to-last"},
-         {"view": "groups", "layers": None, "word_span": "question"}),
+        # and every sample: the paper's script does not pass --skip_baseline_wrong_samples
+        ("attention", [],
+         {"view": "query-words", "layers": tuple(range(10, 20)), "word_span": "to-last",
+          "sample_mode": "all"},
+         {"view": "groups", "layers": None, "word_span": "question", "sample_mode": "correct"}),
         ("flow", [], {"window": 9, "window_style": "center", "sample_mode": "correct"}, {"window": 9}),
     ],
 )  # fmt: skip

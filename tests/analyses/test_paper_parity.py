@@ -590,6 +590,32 @@ def test_the_papers_word_span_reaches_the_option_words(tiny_llava) -> None:
     assert tok.decode(ids[found["left"]]).strip() in "left"
 
 
+def test_the_papers_offset_word_maps_are_a_listed_defect_not_claimed_exact(tiny_llava) -> None:
+    """The docs said a one-token word's map is "exactly the paper's", but the paper's rows
+    start at the "Question:" token (post_prompt_range) and its labels at the raw question's
+    first token (q_rng[0]), both indexed by op_id: its "What" map is the row two tokens
+    earlier. vlmflow reads the word's own row; the offset is a listed defect of the paper."""
+    from pathlib import Path
+
+    from vlmflow.analyses import attention_maps
+    from vlmflow.analyses.attention_maps import question_word_positions
+
+    prepared = tiny_llava.prepare(make_sample())
+    layout, tok = prepared.layout, tiny_llava.tokenizer
+    ids = prepared.inputs["input_ids"][0]
+    first = question_word_positions(tok, prepared, ())["What"]
+    assert first == layout.question_no_options.start
+    # the paper's map labelled with the token at q_rng[0] + k is the row question.start + k
+    k = first - layout.question_no_options.start
+    paper_row = layout.question.start + k
+    assert first - paper_row == 2 and tok.decode(ids[paper_row]).strip() == "Question"
+    assert "exactly the paper's" not in attention_maps.__doc__
+    doc = (Path(__file__).parents[2] / "docs" / "paper-parity.md").read_text()
+    defects = " ".join(doc.split("Known defects of the paper's code")[1].split())
+    assert "offset rows of the attention maps per query word" in defects
+    assert "`q_rng[0]`" in defects and "`post_prompt_range`" in defects
+
+
 # ---------------------------------------------------------------- --paper on every command
 def _capture(monkeypatch) -> list:
     """Run commands without running them: record the options and analyses they would run."""

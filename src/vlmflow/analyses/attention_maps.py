@@ -12,10 +12,13 @@ the colour scale ``log10(5e-5 + a)``. Words, given or automatic, are matched the
 reach the options, 'left', 'right') from the raw question's first token to the last token,
 options and answer prompt included; whole words only (runs of letters,
 punctuation and digits excluded: "shr" does not match "shrinks"), case-sensitive, the
-first occurrence; a word's map is the attention of its last token (for a one-token word,
-exactly the paper's). Records of these maps have ``query = "word:<word>"``. A given word
-that a sample's question lacks is skipped for that sample only: its other maps are kept and
-its records' ``note`` says so (the report lists these notes).
+first occurrence; a word's map is the attention of the word's own last token. (The
+paper's map is not: its rows are indexed from the "Question:" token, its labels from the
+raw question's first token, so the map it labels "What" is the row of the token two places
+earlier on the LLaVA layout; a defect not reproduced, see docs/paper-parity.md.) Records
+of these maps have ``query = "word:<word>"``. A given word that a sample's question lacks
+is skipped for that sample only: its other maps are kept and its records' ``note`` says so
+(the report lists these notes).
 
 Only the layers being read compute attention weights (they alone run eager attention for
 the pass), and each layer's weights are reduced to one row per query group at once, so

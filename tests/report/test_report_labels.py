@@ -61,11 +61,30 @@ def write_run(root: Path, *, norm: bool = True, window_style: str = "center", la
 
 
 def test_summary_tables_write_layers_as_integers(tmp_path: Path) -> None:
-    """``layer`` in summary/flow.csv and summary/answer-prob.csv reads 0, 1, ... as in
-    logit-lens.csv, not 0.0 (the records' column is float: eval rows have no layer)."""
+    """``layer`` in summary/flow.csv, answer-prob.csv, open-ended-curves.csv and
+    attention.csv reads 0, 1, ... as in logit-lens.csv, not 0.0 (the records' column is
+    float: eval rows, and open-ended's skipped anchors, have no layer)."""
     run = write_run(tmp_path / "run")
+    store = RecordStore(run)
+    for i in range(4):
+        sid, task = f"s{i}", ("left_right", "counting")[i % 2]
+        common = {"task": task, "model": "fake", "error": None}
+        verb = {**common, "response": "He runs and jumps.", "n_verbs": 2}
+        kept = [
+            {**verb, "anchor": "verb 1", "anchor_order": 1, "condition": "video -> last", "layer": layer,
+             "rel_anchor": -1.0 * layer - i}
+            for layer in range(4)
+        ]  # fmt: skip
+        skipped = {**verb, "anchor": "verb 3", "anchor_order": 3, "skip_reason": "2 verbs, fewer than 3"}
+        store.write_unit(sid, "open-ended", [*kept, skipped])
+        attention = [
+            {**common, "condition": "baseline", "layer": layer, "query": "last", "video_mass": 0.5,
+             "frame_mass": [0.25, 0.25], "token_attention": [0.125] * 4, "row_sum": 1.0, "note": None}
+            for layer in range(4)
+        ]  # fmt: skip
+        store.write_unit(sid, "attention", attention)
     finalize(run)
-    for name in ("flow", "answer-prob"):
+    for name in ("flow", "answer-prob", "open-ended-curves", "attention"):
         with open(run / "summary" / f"{name}.csv") as f:
             layers = [row["layer"] for row in csv.DictReader(f)]
         assert sorted(set(layers)) == ["0", "1", "2", "3"], (name, layers)

@@ -215,7 +215,7 @@ def summarize_attention(records: pd.DataFrame) -> pd.DataFrame:
                 "task": key[0],
                 "condition": key[1],
                 "query": key[2],
-                "layer": key[3],
+                "layer": int(key[3]),  # records hold floats (eval rows have no layer)
                 "n": len(d),
                 "video_mass": d["video_mass"].mean(),
                 "frame_mass": frames.tolist(),

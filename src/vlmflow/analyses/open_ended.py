@@ -402,6 +402,7 @@ def summarize_open_ended(records: pd.DataFrame) -> dict[str, pd.DataFrame]:
         curves = g.agg(n=("rel_anchor", "size"), rel_anchor_mean=("rel_anchor", "mean"))
         curves[list(ci95_columns("rel_anchor"))] = ci95_by_group(g["rel_anchor"])
         curves = curves.reset_index()
+        curves["layer"] = curves["layer"].astype(int)  # records hold floats (eval rows have no layer)
     else:  # no anchor kept: no curve, but the anchor table below still says why
         kept = df.iloc[:0]
         curves = pd.DataFrame(columns=[*keys, "n", "rel_anchor_mean", *ci95_columns("rel_anchor")])

@@ -554,7 +554,8 @@ class Probe:
         every layer) are one plan, verified once, every row of it exact; ``k``, ``control``
         and the summary count distinct plans (``rows``: the sweep points).
         ``df.attrs["screen"]`` holds the counts and the rank agreement between estimate and
-        exact (``Screen.summary``), with
+        exact (``Screen.summary``; over the verified plans whose exact change of ``log p`` is
+        above ``resolution``, the logits' rounding: ``unresolved`` counts those left out), with
         ``max_error_pct`` (the largest ``|exact - estimate|`` of a verified plan, in
         percentage points), ``missed_control`` (control plans whose exact effect beats the
         top ``k``'s: false negatives the random sample found), ``underestimated`` (verified

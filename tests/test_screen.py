@@ -521,3 +521,22 @@ def test_exact_changes_within_the_resolution_are_left_out_of_the_ranks_and_count
     assert summary["spearman_verified"] == 1.0 and np.isnan(summary["spearman_control"])
     assert "resolution=1e-08" in repr(screen)
     assert Screen(plans, None, 2, "drop").summary()["unresolved"] == 1  # the zero, at resolution 0
+
+
+def test_probe_screen_marks_unverified_rows_verified_as_nan_whatever_was_verified() -> None:
+    """``verified_as`` on the rows left as estimates was NaN when some plan was verified
+    (pandas' string column) and None when none was; it is NaN (as ``pred_new`` and the
+    other columns only an exact row fills) either way."""
+    import warnings
+
+    import vlmflow
+
+    probe = vlmflow.load("tiny").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
+    for k, control in ((1, 1), (0, 0)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            df = probe.screen("cross-frame", k=k, control=control, window=3, exact_below=0.0)
+        unverified = df[df["method"] == "estimate"]["verified_as"].tolist()
+        assert len(unverified) == len(df) - k - control
+        assert all(isinstance(v, float) and np.isnan(v) for v in unverified), (k, unverified)
+        assert sorted(df[df["method"] == "exact"]["verified_as"]) == ["control"] * control + ["top"] * k

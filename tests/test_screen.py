@@ -467,3 +467,76 @@ def test_an_estimate_of_zero_is_underestimated_not_contradicted() -> None:
     assert summary["underestimated"] == 2 and summary["contradicted"] == 1
     (said,) = screen.warnings()
     assert "1 of them contradict their estimates (other sign)" in said
+
+
+def test_a_near_certain_answer_s_exact_changes_are_resolved_and_ranked_only_when_resolved() -> None:
+    """Review: on the demo's synthetic:1 sample (p(answer) = 1 - 1.2e-5, top logit 38) the
+    verified changes of log p were float32 log_softmax differences, all 0.0 here, and the
+    rank agreement was computed over ties; the knockout's p(answer) read the same as the
+    baseline's. Both are read in float64 now: distinct, non-zero changes that agree with the
+    estimates. Changes within the logits' rounding (``resolution``) are left out of the
+    ranks and counted (``unresolved``)."""
+    import vlmflow
+    from vlmflow.cuts import Cut, Plan
+
+    probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1")[0])
+    engine = probe.engine
+    plans = [Plan(f"h{h}", (Cut("video", "last", (20,), heads=(h,)),)) for h in range(engine.lm.num_heads)]
+    base = engine.baseline_logits()
+    token = int(base.argmax())
+    f32 = [float(lg.log_softmax(-1)[token] - base.log_softmax(-1)[token]) for lg in engine.evaluate(plans)]
+    assert f32 == [0.0] * len(plans)  # the case: float32 sees none of these knockouts
+
+    s = screen_then_verify(engine, plans, len(plans), control=0)
+    exact = np.array([p.exact for p in s.plans])
+    assert (exact != 0).all() and len(set(exact)) == len(exact)
+    assert 1e-10 < s.resolution < 1e-9  # 4 x float32 eps x 38 x (1 - p)
+    resolved = np.abs(exact) > s.resolution
+    summary = s.summary()
+    assert summary["resolution"] == s.resolution
+    assert summary["unresolved"] == int((~resolved).sum()) == len(s.unresolved()) > 0
+    assert summary["unresolved_control"] == 0
+    estimates = np.array([p.estimate for p in s.plans])
+    assert summary["spearman_verified"] == spearman(estimates[resolved], exact[resolved]) > 0.9
+    worst = int(np.argmin(exact))  # h2: -5.2e-8, estimated -5.1e-8
+    assert abs(exact[worst] - estimates[worst]) < 0.1 * abs(exact[worst])
+    knocked = probe.knockout(plans[worst])
+    assert knocked.p_pred < probe.base.p_pred  # float32 read both as 0.99998796
+    assert np.isclose(knocked.p_pred / probe.base.p_pred - 1, np.expm1(exact[worst]), rtol=1e-3)
+
+
+def test_exact_changes_within_the_resolution_are_left_out_of_the_ranks_and_counted() -> None:
+    from vlmflow.screen import Screen
+
+    plans = [
+        _screened(0, -3.0, -2.0, "top"),
+        _screened(1, -2.0, -1.0, "top"),
+        _screened(2, -1.0, -0.5, "control"),
+        _screened(3, 5.0, 0.0, "control"),  # an exact zero: unresolved, not a rank
+        _screened(4, -4.0, 1e-9, "control"),  # within the resolution: rounding
+    ]
+    screen = Screen(plans, None, 2, "drop", resolution=1e-8)
+    summary = screen.summary()
+    assert summary["unresolved"] == 2 == summary["unresolved_control"] and summary["verified"] == 5
+    assert summary["spearman_verified"] == 1.0 and np.isnan(summary["spearman_control"])
+    assert "resolution=1e-08" in repr(screen)
+    assert Screen(plans, None, 2, "drop").summary()["unresolved"] == 1  # the zero, at resolution 0
+
+
+def test_probe_screen_marks_unverified_rows_verified_as_nan_whatever_was_verified() -> None:
+    """``verified_as`` on the rows left as estimates was NaN when some plan was verified
+    (pandas' string column) and None when none was; it is NaN (as ``pred_new`` and the
+    other columns only an exact row fills) either way."""
+    import warnings
+
+    import vlmflow
+
+    probe = vlmflow.load("tiny").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
+    for k, control in ((1, 1), (0, 0)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            df = probe.screen("cross-frame", k=k, control=control, window=3, exact_below=0.0)
+        unverified = df[df["method"] == "estimate"]["verified_as"].tolist()
+        assert len(unverified) == len(df) - k - control
+        assert all(isinstance(v, float) and np.isnan(v) for v in unverified), (k, unverified)
+        assert sorted(df[df["method"] == "exact"]["verified_as"]) == ["control"] * control + ["top"] * k

@@ -547,14 +547,16 @@ class Probe:
 
         One row per plan with :meth:`sweep`'s columns: the engine's exact values where the
         plan was verified (``method="exact"``; ``verified_as`` ``"cheap"``, ``"top"`` or
-        ``"control"``), the estimate where not (``method="estimate"``: ``p_pred_new`` is the
+        ``"control"``), the estimate where not (``method="estimate"``, ``verified_as`` NaN:
+        ``p_pred_new`` is the
         baseline's times ``exp(estimate)``; what only an exact evaluation gives, the ground
         truth's new probability and the new answer, is NaN). ``rel_pred_estimate`` is the
         estimated % change on every row. Sweep points that block the same (a window over
         every layer) are one plan, verified once, every row of it exact; ``k``, ``control``
         and the summary count distinct plans (``rows``: the sweep points).
         ``df.attrs["screen"]`` holds the counts and the rank agreement between estimate and
-        exact (``Screen.summary``), with
+        exact (``Screen.summary``; over the verified plans whose exact change of ``log p`` is
+        above ``resolution``, the logits' rounding: ``unresolved`` counts those left out), with
         ``max_error_pct`` (the largest ``|exact - estimate|`` of a verified plan, in
         percentage points), ``missed_control`` (control plans whose exact effect beats the
         top ``k``'s: false negatives the random sample found), ``underestimated`` (verified
@@ -605,6 +607,9 @@ class Probe:
         labels = ["method", "verified_as", "rel_pred_estimate"]
         df = pd.DataFrame(rows)
         df = df[[*(c for c in rows[0] if c not in labels), *labels]]
+        # NaN where not verified, as the other columns only an exact row fills: pandas' string
+        # column made None NaN once a row was verified, and kept None when none was
+        df["verified_as"] = df["verified_as"].where(df["verified_as"].notna(), np.nan)
         df.attrs["screen"] = screen.summary()
         for message in screen.warnings():  # the estimates contradicted by the verified plans
             warnings.warn(message, UserWarning, stacklevel=2)

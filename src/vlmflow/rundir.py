@@ -411,7 +411,9 @@ class RunDir:
 
     def refuse_other_config(self, old: dict[str, Any], new: dict[str, Any], hint: str = "") -> None:
         """A :class:`RunError` naming the keys in which this folder's configuration ``old``
-        differs from ``new`` (both canonical, see :func:`canonical_config`); ``hint`` ends it.
+        differs from ``new`` (both canonical, see :func:`canonical_config`), and within a
+        nested one (``analyses``) each differing option with both values
+        (:func:`config_differences`); ``hint`` ends it.
         Informational keys (:data:`INFORMATIONAL`) are no part of the comparison, and
         ``old``'s layer options are read as this version writes them (:func:`normalized_layers`),
         so a folder started with ``layers=range(...)`` or an unsorted list resumes."""
@@ -425,7 +427,13 @@ class RunDir:
         if old != new:
             old = normalized_layers(old)
         if old != new:
-            diff = sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k))
+            diff = [
+                f"{k} ({'; '.join(config_differences(old[k], new[k])[:6])})"
+                if isinstance(old.get(k), dict) and isinstance(new.get(k), dict)
+                else k
+                for k in sorted(set(new) | set(old))
+                if new.get(k) != old.get(k)
+            ]
             raise RunError(
                 f"{self.path} holds a run with another configuration (differs in: {', '.join(diff)}); "
                 f"use a new --out folder or the same options to resume{hint}"
@@ -521,6 +529,30 @@ def canonical_config(config: dict[str, Any]) -> dict[str, Any]:
 
 #: how ``json.dumps(..., default=str)`` wrote a ``range`` (``"range(0, 4)"``, ``"range(0, 8, 2)"``)
 _RANGE_TEXT = re.compile(r"range\((-?\d+), (-?\d+)(?:, (-?\d+))?\)")
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Where configuration ``new`` differs from ``old`` (a folder's), one entry per differing
+    option, nested ones by dotted path: ``"flow-screen.control: 2 vs 5"`` (the folder's value
+    first); an option one side lacks says which (``"only in the folder"``, ``"only given
+    now"``)."""
+
+    def show(value: Any) -> str:
+        text = json.dumps(value, default=str) if not isinstance(value, str) else value
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        path = f"{prefix}{key}"
+        if key not in new:
+            out.append(f"{path}: only in the folder")
+        elif key not in old:
+            out.append(f"{path}: only given now")
+        elif isinstance(old[key], dict) and isinstance(new[key], dict):
+            out += config_differences(old[key], new[key], f"{path}.")
+        elif old[key] != new[key]:
+            out.append(f"{path}: {show(old[key])} vs {show(new[key])}")
+    return out
 
 
 def normalized_layers(config: dict[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,9 @@ NOTABLE = 0.01
 #: a verified plan's estimate underestimates it when the exact change is notable and more than
 #: this many times the estimate's (either sign); it contradicts it when the signs differ too
 CONTRADICTION_RATIO = 10.0
+#: how many units of rounding (the model dtype's epsilon at the largest baseline logit) an
+#: exact change must exceed to be ranked (``exact_resolution``)
+RESOLUTION_ULPS = 4.0
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
@@ -70,6 +73,24 @@ class ScreenedPlan:
         return "exact" if self.exact is not None else "estimate"
 
 
+def log_softmax64(logits: torch.Tensor) -> torch.Tensor:
+    """``log_softmax`` in float64 of ``logits`` (any dtype): float32 cannot resolve a change of
+    ``log p`` below about its epsilon, and a near-certain answer (``p`` ~ 1 - 1e-5) moves by
+    much less than that under most knockouts."""
+    return logits.double().log_softmax(-1)
+
+
+def exact_resolution(base_logits: torch.Tensor, token: int, dtype: torch.dtype) -> float:
+    """The smallest exact change of ``log p(token)`` the screen ranks: ``RESOLUTION_ULPS``
+    times ``dtype``'s epsilon (the model's) at the largest |baseline logit|, times
+    ``1 - p(token)``. Logits are rounded to about that epsilon, and a change of the logits
+    moves ``log p`` by about ``1 - p`` times as much (a near-certain answer barely moves):
+    smaller exact changes (and exact zeros) are rounding, not an effect to rank."""
+    logp = float(log_softmax64(base_logits)[token])
+    ulp = torch.finfo(dtype).eps * float(base_logits.abs().max())
+    return float(RESOLUTION_ULPS * ulp * -np.expm1(logp))
+
+
 def plan_key(plan: Plan) -> frozenset:
     """What ``plan`` blocks: its cuts (source, destination, layers, heads), whatever its name
     or the cuts' order. Two plans with the same key are the same knockout (a sweep's window
@@ -81,12 +102,15 @@ def plan_key(plan: Plan) -> frozenset:
 class Screen:
     """Outcome of ``screen_then_verify``: one ``ScreenedPlan`` per plan given (``plans``),
     plans that block the same (``plan_key``) screened once and sharing its values. Counts,
-    rank agreement and warnings are over the distinct plans (``distinct``)."""
+    rank agreement and warnings are over the distinct plans (``distinct``). ``resolution``
+    (``exact_resolution``): verified plans whose exact ``|change|`` is at most this are left
+    out of the rank agreement (``unresolved``)."""
 
     plans: list[ScreenedPlan]
     attribution: Attribution
     k: int
     order: str
+    resolution: float = 0.0
 
     def distinct(self) -> list[ScreenedPlan]:
         """The first of each set of ``plans`` that block the same (``plan_key``)."""
@@ -104,10 +128,16 @@ class Screen:
         ``None``: all three)."""
         return [p for p in self.distinct() if p.exact is not None and (kind is None or p.verified_as == kind)]
 
+    def unresolved(self, kind: str | None = None) -> list[ScreenedPlan]:
+        """The verified plans (``kind`` as in ``verified``) whose exact ``|change|`` is at most
+        ``resolution``: rounding of the logits, not a measured effect (exact zeros included)."""
+        return [p for p in self.verified(kind) if abs(p.exact) <= self.resolution]  # type: ignore[arg-type]
+
     def rank_agreement(self, kind: str | None = None) -> float:
         """Spearman between estimate and exact over the verified plans (``kind``: "top",
-        "control" or both)."""
-        v = self.verified(kind)
+        "control" or both) whose exact change is resolved (above ``resolution``); NaN for
+        fewer than 3 of them."""
+        v = [p for p in self.verified(kind) if abs(p.exact) > self.resolution]  # type: ignore[arg-type]
         return spearman([p.estimate for p in v], [p.exact for p in v])  # type: ignore[misc]
 
     def max_error(self) -> float:
@@ -199,7 +229,9 @@ class Screen:
 
     def summary(self) -> dict[str, float | int | str]:
         """Counts of distinct plans (``plans``; ``rows``: the plans given, duplicates
-        included), how many were verified and how, rank agreement and the warnings' counts."""
+        included), how many were verified and how, rank agreement (over the resolved verified
+        plans; ``unresolved``: how many verified plans, ``unresolved_control`` of them control
+        plans, were left out as below ``resolution``) and the warnings' counts."""
         return {
             "plans": len(self.distinct()),
             "rows": len(self.plans),
@@ -211,6 +243,9 @@ class Screen:
             "control": len(self.verified("control")),
             "spearman_verified": self.rank_agreement(),
             "spearman_control": self.rank_agreement("control"),
+            "resolution": self.resolution,
+            "unresolved": len(self.unresolved()),
+            "unresolved_control": len(self.unresolved("control")),
             "max_error_pct": self.max_error(),
             "missed_control": len(self.missed()),
             "underestimated": len(self.underestimated()),
@@ -314,7 +349,8 @@ def verify_top(
     check_screen(k, control, order, exact_below)
     plans, att = list(plans), attribution
     token = att.token_id
-    base = engine.baseline_logits().log_softmax(-1)
+    base_logits = engine.baseline_logits()
+    base = log_softmax64(base_logits)
     est = att.delta_logprob(att.estimates(plans))
     first: dict[frozenset, int] = {}  # each distinct plan's first index
     for i, plan in enumerate(plans):
@@ -330,7 +366,7 @@ def verify_top(
     chosen = cheap + top + ctrl
     logits = engine.evaluate([plans[i] for i in chosen]) if chosen else torch.empty(0)
     exact = {
-        i: (lg, float(lg.log_softmax(-1)[token] - base[token])) for i, lg in zip(chosen, logits, strict=True)
+        i: (lg, float(log_softmax64(lg)[token] - base[token])) for i, lg in zip(chosen, logits, strict=True)
     }
     out = []
     for i, plan in enumerate(plans):
@@ -338,4 +374,4 @@ def verify_top(
         lg, ex = exact.get(j, (None, None))
         kind = "cheap" if j in cheap else "top" if j in top else ("control" if j in exact else None)
         out.append(ScreenedPlan(plan, float(est[j]), ex, kind, lg))
-    return Screen(out, att, k, order)
+    return Screen(out, att, k, order, exact_resolution(base_logits, token, engine.dtype))

@@ -442,3 +442,31 @@ def test_run_takes_one_analysis_instance_and_refuses_a_class(tiny_llava_path, tm
     assert result.summary.done == 1 and not result.summary.failed
     manifest = json.loads((tmp_path / "one" / "manifest.json").read_text())
     assert list(manifest["config"]["analyses"]) == ["answer-prob"]
+
+
+def test_resuming_with_another_analysis_option_names_the_option_and_both_values(tmp_path) -> None:
+    """Resuming a ``flow --screen 2 --screen-control 2`` folder with ``--screen-control 5``
+    was refused "differs in: analyses", naming no option; the message names each differing
+    option of an analysis by its dotted path, the folder's value first."""
+    from vlmflow.rundir import config_differences
+
+    out = tmp_path / "run"
+    args = ["flow", "--model", "tiny", "--data", "synthetic:1:fixed", "--task", "action_antonym"]
+    args += ["--window", "3", "--layers", "0-1", "--sample-mode", "all", "-t", "cross-frame"]
+    args += ["--screen", "2", "--out", str(out), "--quiet"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the tiny model's estimates are far too small
+        assert CliRunner().invoke(app, [*args, "--screen-control", "2"]).exit_code == 0
+    refused = CliRunner().invoke(app, [*args, "--screen-control", "5"])
+    assert refused.exit_code == 2
+    said = " ".join(refused.output.split())
+    assert "differs in: analyses (flow-screen.control: 2 vs 5)" in said, refused.output
+    old = {"flow-screen": {"k": 2, "window": 3}, "flow": {}}
+    new = {"flow-screen": {"k": 3, "ranking": "magnitude"}, "answer-prob": {}}
+    assert config_differences(old, new) == [
+        "answer-prob: only given now",
+        "flow: only in the folder",
+        "flow-screen.k: 2 vs 3",
+        "flow-screen.ranking: only given now",
+        "flow-screen.window: only in the folder",
+    ]

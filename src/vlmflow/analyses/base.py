@@ -306,7 +306,7 @@ class Answer:
     knockout (``plan`` names it). Its repr is one line: the letter, the option
     probabilities, the truth; ``probs`` (the whole vocabulary) stays out of it."""
 
-    probs: torch.Tensor  # (vocab,) float32
+    probs: torch.Tensor  # (vocab,) float64: float32 rounds a near-certain answer's p to 1.19e-7 steps
     pred_id: int
     pred_token: str
     pred_option: str | None  # the option letter the argmax token is, if any
@@ -383,10 +383,12 @@ Baseline = Answer  # the name the analyses use for the model's own answer
 
 def read_answer(adapter: Adapter, prepared: Prepared, logits: torch.Tensor, rule: str = "ids") -> Answer:
     """Interpret last-position ``logits`` ``(vocab,)`` as an answer to ``prepared``;
-    ``rule`` says what counts as correct (``CORRECTNESS``)."""
+    ``rule`` says what counts as correct (``CORRECTNESS``). The softmax is taken in float64:
+    in float32 a near-certain answer's probability moves in steps of 1.19e-7 (its epsilon
+    near 1), so a knockout's small change of it reads as 0 or a multiple of that."""
     if rule not in CORRECTNESS:
         raise PlanError(f"unknown correctness rule {rule!r}; choose from {CORRECTNESS}")
-    probs = logits.float().softmax(-1)
+    probs = logits.double().softmax(-1)
     pred_id = int(probs.argmax())
     letters = prepared.sample.letters
     option = next((letters[i] for i, t in enumerate(prepared.option_ids) if t == pred_id), None)

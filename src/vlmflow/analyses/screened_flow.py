@@ -253,6 +253,7 @@ def screened_flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
         "control",
         "spearman_verified",
         "spearman_control",
+        "unresolved",
         "max_error_pct",
         "missed_control",
         "underestimated",
@@ -298,7 +299,8 @@ def screened_flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
         "Estimates are first-order attribution (one forward and one backward per sample) and are "
         "marked method=estimate in the records; only method=exact rows are knockout results. "
         "Rank agreement is Spearman's correlation between estimate and exact over the verified "
-        "plans (and over the random control sample alone). Heat maps: estimated % change of the "
+        "plans (and over the random control sample alone) whose exact change is larger than the "
+        "logits' rounding (unresolved: how many were left out). Heat maps: estimated % change of the "
         "answer's probability when one group pair is cut in one head of one layer; frame pairs: "
         "when frame a -> frame b is cut in every head of one layer. Each cell is the mean over the "
         "samples (the title says how many); layers are numbered from 1 as in the rest of the "

@@ -393,11 +393,12 @@ class Engine:
     def evaluate(self, plans: Sequence[Plan | CompiledPlan]) -> torch.Tensor:
         """Last-position logits under each plan, ``(len(plans), vocab)`` float32."""
         self._check()
+        for p in plans:  # a plan compiled elsewhere must be this input's (compile's are)
+            if isinstance(p, CompiledPlan):
+                p.check_input(self.layout, self.lm.num_layers)
         compiled = [p if isinstance(p, CompiledPlan) else self.compile(p) for p in plans]
         if not compiled:  # no plans, no rows
             return self.logits.new_zeros((0, self.logits.shape[-1]))
-        for cp in compiled:
-            cp.check_input(self.layout, self.lm.num_layers)
         out: list[torch.Tensor | None] = [None] * len(compiled)
         groups: dict[int, list[int]] = {}
         for i, cp in enumerate(compiled):

@@ -104,8 +104,7 @@ class AttentionMaps(Analysis):
         self.query_words = split_words(self.query_words)
         if self.view not in VIEWS:
             raise PlanError(f"unknown attention view {self.view!r}; choose from {VIEWS}")
-        if self.word_span not in WORD_SPANS:
-            raise PlanError(f"unknown attention word span {self.word_span!r}; choose from {WORD_SPANS}")
+        check_word_span(self.word_span)
         if self.compare and self.compare not in TARGETS:
             parse_edges(self.compare)  # a typo in --compare stops the run before its first sample
         for q in self.queries:
@@ -430,6 +429,12 @@ WORD_SPANS = ("question", "to-last")
 LOG_FLOOR = 5e-5  # the paper's constant: colour = log10(5e-5 + attention)
 
 
+def check_word_span(span: str) -> None:
+    """A ``PlanError`` unless ``span`` is one of :data:`WORD_SPANS`."""
+    if span not in WORD_SPANS:
+        raise PlanError(f"unknown attention word span {span!r}; choose from {WORD_SPANS}")
+
+
 def overlay_count(run: RunDir) -> int:
     """The run's ``overlays`` option of the attention analysis (samples drawn)."""
     config = run.manifest().get("config", {})
@@ -455,8 +460,7 @@ def question_word_positions(
     from .verbs import token_char_spans
 
     ids = prepared.inputs["input_ids"][0].tolist()
-    if span not in WORD_SPANS:
-        raise PlanError(f"unknown attention word span {span!r}; choose from {WORD_SPANS}")
+    check_word_span(span)
     raw = prepared.layout.question_no_options
     end = raw.end if span == "question" else prepared.layout.last + 1
     text, spans = token_char_spans(tokenizer, ids[raw.start : end])

@@ -95,19 +95,29 @@ SYSTEM_MVBENCH_OPEN_ENDED = (
 """The system prompt of the paper's ``eval_mvbench_open_ended`` templates (LLaVA and phi3)."""
 
 
-def open_ended_prompt(sample: Sample, placeholder: str, system: str = SYSTEM_OPEN_ENDED) -> PromptText:
+def open_ended_prompt(
+    sample: Sample,
+    placeholder: str,
+    system: str = SYSTEM_OPEN_ENDED,
+    *,
+    roles: tuple[str, str] = ("USER: ", "ASSISTANT:"),
+    video: tuple[str, str] = ("", "\n"),
+) -> PromptText:
     """The paper's open-ended conversation: ``<system> USER: <video>\\n USER: {Q} ASSISTANT:``
     (``eval_vcgbench``). A sample may set, in ``meta``, ``system`` (another system prompt),
     ``question_template`` (e.g. ``"Question: {q}\\n"``) and ``answer_prompt`` (text the
-    assistant turn starts with), as the paper's open-ended TVBench / Video-MME do."""
+    assistant turn starts with), as the paper's open-ended TVBench / Video-MME do.
+    ``roles`` (user, assistant) and ``video`` (the text around the placeholder) are another
+    template's: the phi3 one's ``("<|user|>\\n", "<|assistant|>\\n")`` and
+    ``("<img>", "</img>\\n")``; every turn is preceded by a space."""
     system = sample.meta.get("system", system)
     template = sample.meta.get("question_template", "{q}")
-    before = system + " USER: "
-    mid = placeholder + "\n USER: "
+    before = system + " " + roles[0] + video[0]
+    mid = placeholder + video[1] + " " + roles[0]
     at = len(before) + len(mid)
     head = template.split("{q}")[0]
     user = template.format(q=sample.question)
-    text = before + mid + user + " ASSISTANT:" + sample.meta.get("answer_prompt", "")
+    text = before + mid + user + " " + roles[1] + sample.meta.get("answer_prompt", "")
     raw = (at + len(head), at + len(head) + len(sample.question))
     whole = (at, at + len(user.rstrip()))  # the paper's question range: the user text as given
     return PromptText(text, placeholder, len(before), (0, len(system.rstrip())), whole, raw, ())

@@ -8,7 +8,14 @@ import torch
 
 from ...errors import PromptError
 from ...layout import Span
-from ...prompt import ANSWER_PROMPT, POST_PROMPT, SYSTEM_MVBENCH_OPEN_ENDED, PromptText, question_block
+from ...prompt import (
+    ANSWER_PROMPT,
+    POST_PROMPT,
+    SYSTEM_MVBENCH_OPEN_ENDED,
+    PromptText,
+    open_ended_prompt,
+    question_block,
+)
 from ...sample import Sample
 from ..base import MODELS, Adapter, VideoTokens, contiguous_run
 from ..pllava import expand_run, read_config_dict
@@ -49,17 +56,9 @@ def phi3_open_ended_prompt(sample: Sample, system: str = SYSTEM_MVBENCH_OPEN_END
     :func:`~vlmflow.prompt.open_ended_prompt` does for the LLaVA template, the sample's
     ``meta`` may set ``system``, ``question_template`` (``"Question: {q}\n"``) and
     ``answer_prompt`` (text the assistant turn starts with)."""
-    system = sample.meta.get("system", system)
-    template = sample.meta.get("question_template", "{q}")
-    before = system + " " + PHI3_USER + "<img>"
-    mid = CONTEXT_TOKEN + "</img>\n " + PHI3_USER
-    at = len(before) + len(mid)
-    head = template.split("{q}")[0]
-    user = template.format(q=sample.question)
-    text = before + mid + user + " " + PHI3_ASSISTANT + sample.meta.get("answer_prompt", "")
-    raw = (at + len(head), at + len(head) + len(sample.question))
-    whole = (at, at + len(user.rstrip()))  # the question range: the user text as given
-    return PromptText(text, CONTEXT_TOKEN, len(before), (0, len(system.rstrip())), whole, raw, ())
+    return open_ended_prompt(
+        sample, CONTEXT_TOKEN, system, roles=(PHI3_USER, PHI3_ASSISTANT), video=("<img>", "</img>\n")
+    )
 
 
 @MODELS.register(

@@ -16,7 +16,9 @@ import torch
 
 from tests.fixtures.tiny import make_sample
 from vlmflow.analyses.targets import sweep, target_curves
-from vlmflow.engine import Engine, full_forward_logits
+from vlmflow.cuts import Cut, Plan
+from vlmflow.engine import Engine, full_forward_logits, sliding_windows
+from vlmflow.errors import UnsupportedModelError
 from vlmflow.models import adapter_for, load_model
 from vlmflow.probe import Model
 
@@ -205,3 +207,38 @@ def test_drift_guard_transformers_paths(qwen_adapters, family: str) -> None:
         assert hasattr(lm, "_deepstack_process")
     if family == "qwen2_5_vl":
         assert "second_per_grid_ts" in processor.model_input_names
+
+
+def _windowed(tiny_models, tmp_path: Path, family: str, window: int):
+    """The tiny ``family`` checkpoint with every decoder layer on a sliding window of ``window``."""
+    import json
+    import shutil
+
+    path = tmp_path / f"{family}-window{window}"
+    shutil.copytree(tiny_models.path(family), path)
+    config = json.loads((path / "config.json").read_text())
+    config["text_config"].update(use_sliding_window=True, sliding_window=window, max_window_layers=0)
+    config["text_config"].pop("layer_types", None)  # derived again from the settings above
+    (path / "config.json").write_text(json.dumps(config))
+    return load_model(str(path))
+
+
+@pytest.mark.parametrize("family", ("qwen2_vl", "qwen2_5_vl"))
+def test_a_sliding_window_is_checked_against_the_input(tiny_models, tmp_path, family: str) -> None:
+    """The shared check decides: a window at least as long as the input loads and knocks out
+    exactly as the plain masked forward; a shorter one is refused by name at knockout."""
+    long = _windowed(tiny_models, tmp_path, family, 262144)
+    prepared = long.prepare(sample())
+    lm = long.language_model()
+    assert set(sliding_windows(lm).values()) == {262144}
+    engine = Engine(lm, prepared.inputs, prepared.layout)
+    plan = Plan("q", (Cut("question", "last", (0, 1)),))
+    want = full_forward_logits(lm, prepared.inputs, engine.compile(plan)).softmax(-1)
+    assert (engine.evaluate([plan])[0].softmax(-1) - want).abs().max().item() < TOL
+
+    short = _windowed(tiny_models, tmp_path, family, 16)
+    prepared = short.prepare(sample())
+    assert prepared.layout.length > 16
+    engine = Engine(short.language_model(), prepared.inputs, prepared.layout)
+    with pytest.raises(UnsupportedModelError, match=r"sliding window of 16 tokens.*sliding_window=16"):
+        engine.evaluate([plan])

@@ -65,7 +65,7 @@ import numpy as np
 import torch
 
 from ..engine import LanguageModel
-from ..errors import PromptError, UnsupportedModelError
+from ..errors import PromptError
 from ..layout import Span
 from ..prompt import PromptText
 from .base import MODELS, Adapter, VideoTokens
@@ -109,12 +109,8 @@ class QwenVLAdapter(Adapter):
         # the processor's expansion of the video token for the input being prepared:
         # ``((start, end) of the token in the prompt, replacement text)``; set by ``process``
         self._expansion: tuple[tuple[int, int], str] | None = None
-        text_cfg = model.config.text_config
-        if "sliding_attention" in (getattr(text_cfg, "layer_types", None) or ()):
-            raise UnsupportedModelError(
-                f"{self.model_id or self.family}: sliding-window decoder layers do not keep every "
-                "key/value, so exact knockout is not supported; load it with use_sliding_window=False"
-            )
+        # sliding-window layers (use_sliding_window) are left to the engine's
+        # check_full_attention, which refuses only a window shorter than the input
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -273,6 +273,27 @@ def test_generate_without_a_plan_is_plain_greedy_generation(probe) -> None:
     assert (cut.first_probs - want).abs().max() < 1e-5
 
 
+def test_attention_and_generate_refuse_a_plan_compiled_for_another_input(model, probe) -> None:
+    """As ``knockout`` (the engine) does: a CompiledPlan holds its own input's positions."""
+    other = model.probe(make_sample(seed=5, answer=0))  # same length, other true option
+    assert other.layout.length == probe.layout.length and other.layout != probe.layout
+    plan = Plan("true-to-last", (Cut("true_option", "last", (0, 1)),))
+    foreign = other.engine.compile(plan)
+    refused = r"plan 'true-to-last' was compiled for another input: .*answer"
+    with pytest.raises(PlanError, match=refused):
+        probe.knockout(foreign)
+    with pytest.raises(PlanError, match=refused):
+        probe.attention(layers=[1], plan=foreign)
+    with pytest.raises(PlanError, match=refused):
+        probe.generate(foreign, max_new_tokens=1)
+    # its own compilation is accepted and reads as the Plan itself
+    own = probe.engine.compile(plan)
+    assert torch.equal(
+        probe.attention(layers=[1], plan=own)[1]["last"], probe.attention(layers=[1], plan=plan)[1]["last"]
+    )
+    assert probe.generate(own, max_new_tokens=1).token_ids == probe.generate(plan, max_new_tokens=1).token_ids
+
+
 def test_prompt_settings_belong_to_the_probe_not_the_model(model, tmp_path) -> None:
     rng = np.random.default_rng(1)
     clip = tmp_path / "clip.mp4"

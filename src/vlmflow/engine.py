@@ -389,14 +389,19 @@ class Engine:
     def compile(self, plan: Plan) -> CompiledPlan:
         return compile_plan(plan, self.layout, self.lm.num_layers, self.lm.num_heads)
 
+    def compiled(self, plan: Plan | CompiledPlan) -> CompiledPlan:
+        """``plan`` compiled for this input; a plan compiled elsewhere must be this input's
+        (``CompiledPlan.check_input``: ``PlanError`` otherwise, naming the difference)."""
+        if isinstance(plan, CompiledPlan):
+            plan.check_input(self.layout, self.lm.num_layers)
+            return plan
+        return self.compile(plan)
+
     @torch.inference_mode()
     def evaluate(self, plans: Sequence[Plan | CompiledPlan]) -> torch.Tensor:
         """Last-position logits under each plan, ``(len(plans), vocab)`` float32."""
         self._check()
-        for p in plans:  # a plan compiled elsewhere must be this input's (compile's are)
-            if isinstance(p, CompiledPlan):
-                p.check_input(self.layout, self.lm.num_layers)
-        compiled = [p if isinstance(p, CompiledPlan) else self.compile(p) for p in plans]
+        compiled = [self.compiled(p) for p in plans]
         if not compiled:  # no plans, no rows
             return self.logits.new_zeros((0, self.logits.shape[-1]))
         out: list[torch.Tensor | None] = [None] * len(compiled)

@@ -862,8 +862,7 @@ class Probe:
         }
         compiled = None
         if plan is not None:
-            p = self.plan(plan)
-            compiled = p if isinstance(p, CompiledPlan) else self.engine.compile(p)
+            compiled = self.engine.compiled(self.plan(plan))
         _, reads = masked_forward(
             self.engine.lm,
             self.prepared.inputs,
@@ -888,8 +887,7 @@ class Probe:
             raise PlanError(f"generate: max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
         compiled = None
         if plan is not None:
-            p = self.plan(plan)
-            compiled = p if isinstance(p, CompiledPlan) else self.engine.compile(p)
+            compiled = self.engine.compiled(self.plan(plan))
         gen = generate_with_plan(
             self.adapter.model, self.engine.lm, self.prepared.inputs, compiled, max_new_tokens=max_new_tokens
         )

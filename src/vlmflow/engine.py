@@ -211,6 +211,21 @@ def check_full_attention(lm: LanguageModel, length: int) -> None:
         )
 
 
+def softmax64(logits: torch.Tensor) -> torch.Tensor:
+    """Probabilities from ``logits`` (any dtype), taken in float64: in float32 a near-certain
+    token's probability moves in steps of 1.19e-7 (its epsilon near 1), so a knockout's small
+    change of it reads as 0 or a multiple of that. Every probability the library reports is
+    read this way."""
+    return logits.double().softmax(-1)
+
+
+def log_softmax64(logits: torch.Tensor) -> torch.Tensor:
+    """``log_softmax`` in float64 of ``logits`` (any dtype): float32 cannot resolve a change of
+    ``log p`` below about its epsilon, and a near-certain answer (``p`` ~ 1 - 1e-5) moves by
+    much less than that under most knockouts."""
+    return logits.double().log_softmax(-1)
+
+
 def to_attention_mask(allowed: torch.Tensor, implementation: str, dtype: torch.dtype) -> torch.Tensor:
     """Boolean ``(b, 1 or H, q, k)`` "may attend" mask -> the form the attention kernel takes."""
     if implementation == "sdpa":

@@ -14,13 +14,14 @@ from typing import Any
 import torch
 
 from .cuts import CompiledPlan
-from .engine import LanguageModel, _layer_impl, as_4d, check_full_attention, to_attention_mask
+from .engine import LanguageModel, _layer_impl, as_4d, check_full_attention, softmax64, to_attention_mask
 from .hooks import layer_hooks
 
 
 @dataclass(frozen=True)
 class Generation:
-    """Greedy continuation: new token ids and the first step's probabilities ``(vocab,)``."""
+    """Greedy continuation: new token ids and the first step's probabilities ``(vocab,)``
+    (float64, ``softmax64``)."""
 
     token_ids: tuple[int, ...]
     first_probs: torch.Tensor
@@ -70,4 +71,4 @@ def generate_with_plan(
             return_dict_in_generate=True,
         )
     new = out.sequences[0, n:].tolist()
-    return Generation(tuple(int(t) for t in new), out.logits[0][0].float().softmax(-1))
+    return Generation(tuple(int(t) for t in new), softmax64(out.logits[0][0]))

@@ -897,7 +897,8 @@ class Probe:
 
 @dataclass(frozen=True)
 class Generated:
-    """A greedy continuation: ``text``, new ``token_ids``, the first step's ``first_probs`` ``(vocab,)``."""
+    """A greedy continuation: ``text``, new ``token_ids``, the first step's ``first_probs``
+    ``(vocab,)`` (float64: a near-certain token's change is not rounded away)."""
 
     text: str
     token_ids: tuple[int, ...]

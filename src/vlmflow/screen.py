@@ -18,7 +18,7 @@ import torch
 
 from .attribution import Attribution, attribute, plan_groups
 from .cuts import Plan, is_int, layer_ranges
-from .engine import Engine
+from .engine import Engine, log_softmax64
 from .errors import PlanError
 
 ORDERS = ("drop", "magnitude")
@@ -71,13 +71,6 @@ class ScreenedPlan:
     @property
     def method(self) -> str:
         return "exact" if self.exact is not None else "estimate"
-
-
-def log_softmax64(logits: torch.Tensor) -> torch.Tensor:
-    """``log_softmax`` in float64 of ``logits`` (any dtype): float32 cannot resolve a change of
-    ``log p`` below about its epsilon, and a near-certain answer (``p`` ~ 1 - 1e-5) moves by
-    much less than that under most knockouts."""
-    return logits.double().log_softmax(-1)
 
 
 def exact_resolution(base_logits: torch.Tensor, token: int, dtype: torch.dtype) -> float:

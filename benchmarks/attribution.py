@@ -49,7 +49,7 @@ from knockout_speed import _proc_status_mb  # this folder (sys.path[0] when run 
 from vlmflow.analyses.targets import PAPER_TARGETS, sweep, target_curves
 from vlmflow.attribution import attribute, plan_groups
 from vlmflow.cuts import Cut, Plan
-from vlmflow.engine import Engine, LanguageModel
+from vlmflow.engine import Engine, LanguageModel, log_softmax64
 from vlmflow.layout import Span, TokenLayout
 from vlmflow.screen import plan_cost, screen_then_verify, spearman, top_k
 
@@ -180,7 +180,7 @@ def measure(
     forward()  # warm-up
     (logits, fwd_mem) = peak_over_rest(forward)
     _, fwd_s = timed(forward, repeat=2)
-    base = logits.log_softmax(-1)
+    base = log_softmax64(logits)  # the library's readout: float32 rounds small changes to 0
     token = int(base.argmax())
     points = suite(layout, lm.num_layers, window, every)
     plans = [p for _, p in points]
@@ -215,7 +215,7 @@ def measure(
         return engine.evaluate(plans)
 
     ex_logits, exact_s = timed(exact_suite)
-    exact = (ex_logits.log_softmax(-1)[:, token] - base[token]).numpy()
+    exact = (log_softmax64(ex_logits)[:, token] - base[token]).numpy()
     modelled = sum(plan_cost(engine, p) for p in plans)
     log(f"exact suite {exact_s:.2f}s")
     est = att.delta_logprob(att.estimates(plans))
@@ -294,7 +294,7 @@ def measure(
         single = [(t, p) for t, p in suite(layout, lm.num_layers, 1)]
         s_plans = [p for _, p in single]
         s_logits, s_exact_s = timed(lambda: engine.evaluate(s_plans))
-        s_exact = (s_logits.log_softmax(-1)[:, token] - base[token]).numpy()
+        s_exact = (log_softmax64(s_logits)[:, token] - base[token]).numpy()
         s_est = att.delta_logprob(att.estimates(s_plans))
         by_name = dict(zip((p.name for p in s_plans), s_exact, strict=True))
         summed = np.array(
@@ -368,7 +368,7 @@ def measure(
     if hplans:
         h_logits, h_exact_s = timed(lambda: engine.evaluate(hplans))
         log(f"head-level exact {h_exact_s:.2f}s")
-        h_exact = (h_logits.log_softmax(-1)[:, token] - base[token]).numpy()
+        h_exact = (log_softmax64(h_logits)[:, token] - base[token]).numpy()
         h_est = att.delta_logprob(att.estimates(hplans))
         with subtracted_renormalisation():
             h_before = att.delta_logprob(att.estimates(hplans))

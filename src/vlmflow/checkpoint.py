@@ -17,6 +17,7 @@ loading still raises (a weight of the wrong shape, a missing attention kernel) i
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,17 @@ def one_line(exc: BaseException, limit: int = 400) -> str:
 
 
 def looks_local(spec: str) -> bool:
-    """Whether ``spec`` names a folder on disk rather than a hub id (``org/name``)."""
-    return spec.startswith((".", "/", "~")) or Path(spec).expanduser().exists() or spec.count("/") > 1
+    """Whether ``spec`` names a folder on disk rather than a hub id (``name`` or ``org/name``):
+    it starts with ``.``, ``/`` or ``~``, is absolute on this OS, holds a path separator a hub
+    id cannot (``\\``), has more than one ``/``, exists, or is ``DIR/name`` with ``DIR`` a
+    folder here (``models/foo`` where ``models`` exists). A missing one then fails at once
+    instead of being retried on the hub."""
+    if spec.startswith((".", "/", "~")) or os.path.isabs(spec) or spec.count("/") > 1:
+        return True
+    if any(sep in spec for sep in {"\\", os.sep, os.altsep or "/"} - {"/"}):
+        return True
+    path = Path(spec).expanduser()
+    return path.exists() or (path.parent != Path(".") and path.parent.is_dir())
 
 
 def preflight(spec: str, known: Callable[[dict[str, Any]], bool]) -> None:
@@ -60,7 +70,13 @@ def preflight(spec: str, known: Callable[[dict[str, Any]], bool]) -> None:
         return
     root = Path(spec).expanduser()
     if not root.exists():
-        raise UnsupportedModelError(f"checkpoint folder not found: {spec}")
+        parent = root.parent
+        why = (
+            f" (read as a local path, not a hub id, because the folder {parent} exists here)"
+            if spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and parent.is_dir()
+            else ""
+        )
+        raise UnsupportedModelError(f"checkpoint folder not found: {spec}{why}")
     if not root.is_dir():
         raise UnsupportedModelError(f"{spec} is a file; give the checkpoint folder (with config.json)")
     config = root / "config.json"

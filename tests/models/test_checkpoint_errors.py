@@ -6,13 +6,16 @@ the wrong shape, an attention kernel that is not installed. (Flash or flex atten
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from vlmflow.cli import app
+from vlmflow.errors import UnsupportedModelError
 
 
 def damage_config(key: str, value) -> callable:
@@ -108,6 +111,35 @@ def test_a_missing_folder_is_named(tmp_path: Path) -> None:
         ["eval", "--model", str(tmp_path / "nope"), "--data", "synthetic:1", "--out", str(tmp_path / "r")],
     )
     assert result.exit_code == 2 and f"checkpoint folder not found: {tmp_path / 'nope'}" in result.output
+
+
+@pytest.mark.parametrize(
+    "spec", ["./no_such_dir", "../no_such_dir", "models/no_such_dir", "models\\no_such_dir"]
+)
+def test_a_missing_local_path_fails_at_once_naming_it(tmp_path: Path, monkeypatch, spec: str) -> None:
+    """A relative path into a folder that exists here (``models/foo`` with ``models/``), or
+    one with a backslash, was taken for a hub id and retried on the hub (~45 s offline)
+    before failing; every path that looks local is now refused at once, by name."""
+    import vlmflow
+
+    (tmp_path / "work" / "models").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    start = time.monotonic()
+    with pytest.raises(UnsupportedModelError, match=f"checkpoint folder not found: {re.escape(spec)}"):
+        vlmflow.load(spec)
+    assert time.monotonic() - start < 5
+
+
+def test_a_hub_id_still_goes_to_the_hub(tmp_path: Path, monkeypatch) -> None:
+    """``org/name`` with no folder ``org`` here, and a bare ``name``, are hub ids: the local
+    checks leave them to transformers."""
+    from vlmflow.checkpoint import looks_local
+
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for hub_id in ("llava-hf/LLaVA-NeXT-Video-7B-hf", "Qwen/Qwen2-VL-2B-Instruct", "gpt2"):
+        assert not looks_local(hub_id), hub_id
+    assert looks_local("models/foo") and looks_local("./foo") and looks_local("models\\foo")
 
 
 def test_a_home_relative_path_loads(tiny_llava_path: Path, tmp_path: Path, monkeypatch) -> None:

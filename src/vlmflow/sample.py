@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .cuts import is_int
 from .errors import DataError
 
 LETTERS = string.ascii_uppercase
@@ -82,7 +83,7 @@ class Sample:
         if answer is not None:
             # an index of the options: -1 read as option D by true_option but 'Z' as the
             # letter; True as 1; 1.0 and 5 failed later as a raw TypeError / IndexError
-            if isinstance(answer, (bool, np.bool_)) or not isinstance(answer, (int, np.integer)):
+            if not is_int(answer):  # numpy's too; a bool is not an index
                 raise DataError(
                     f"sample {self.id!r}: answer must be an option index (an integer) or None, "
                     f"got {answer!r}"

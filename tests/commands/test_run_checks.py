@@ -238,6 +238,20 @@ def test_a_resume_in_another_dtype_is_refused(tiny_llava_path, tmp_path) -> None
     vlmflow.run(options, analyses, out, model=vlmflow.load(str(tiny_llava_path), dtype="float32"))
 
 
+def test_the_loader_and_the_resume_check_read_one_table_of_dtype_aliases(monkeypatch) -> None:
+    """``--dtype fp32`` loads as float32 and a folder started with it resumes as "float32":
+    both read rundir's ``DTYPE_NAMES``, so an alias added there is known to both."""
+    import torch
+
+    from vlmflow import rundir
+    from vlmflow.models.base import _dtype
+
+    for alias, name in rundir.DTYPE_NAMES.items():
+        assert _dtype(alias) is _dtype(name) is getattr(torch, name)
+    monkeypatch.setitem(rundir.DTYPE_NAMES, "half", "float16")
+    assert rundir.canonical_dtype("half") == "float16" and _dtype("half") is torch.float16
+
+
 def test_a_dtype_alias_or_an_unset_dtype_that_resolves_alike_resumes(tiny_llava_path, tmp_path) -> None:
     """A folder started with dtype unset (float32 on a CPU) or "fp32" was refused
     "differs in: dtype" when resumed with "float32"; the configuration now stores the

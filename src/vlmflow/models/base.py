@@ -33,6 +33,7 @@ from ..prompt import (
     question_block,
 )
 from ..registry import Registry
+from ..rundir import DTYPE_NAMES, canonical_dtype
 from ..sample import Sample, check_frames
 from .processors import frames_as_given
 
@@ -505,17 +506,10 @@ def default_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -
 def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    names = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-    }
-    if dtype not in names:
-        raise UnsupportedModelError(f"unknown dtype {dtype!r}; choose from {sorted(names)}")
-    return names[dtype]
+    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if canonical_dtype(dtype) not in names:  # the aliases (fp32, ...) are rundir's DTYPE_NAMES
+        raise UnsupportedModelError(f"unknown dtype {dtype!r}; choose from {sorted([*names, *DTYPE_NAMES])}")
+    return names[canonical_dtype(dtype)]
 
 
 def contiguous_run(input_ids: torch.Tensor, token_id: int, what: str) -> Span:

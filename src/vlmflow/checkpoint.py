@@ -46,15 +46,24 @@ def one_line(exc: BaseException, limit: int = 400) -> str:
 def looks_local(spec: str) -> bool:
     """Whether ``spec`` names a folder on disk rather than a hub id (``name`` or ``org/name``):
     it starts with ``.``, ``/`` or ``~``, is absolute on this OS, holds a path separator a hub
-    id cannot (``\\``), has more than one ``/``, exists, or is ``DIR/name`` with ``DIR`` a
-    folder here (``models/foo`` where ``models`` exists). A missing one then fails at once
-    instead of being retried on the hub."""
+    id cannot (``\\``), has more than one ``/``, or exists. A missing one then fails at once
+    instead of being retried on the hub. ``org/name`` that does not exist here is a hub id
+    even when a folder ``org`` exists (as transformers reads it): a hub download must never be
+    blocked by a local folder's name; :func:`missing_here` adds that fact to a hub error."""
     if spec.startswith((".", "/", "~")) or os.path.isabs(spec) or spec.count("/") > 1:
         return True
     if any(sep in spec for sep in {"\\", os.sep, os.altsep or "/"} - {"/"}):
         return True
-    path = Path(spec).expanduser()
-    return path.exists() or (path.parent != Path(".") and path.parent.is_dir())
+    return Path(spec).expanduser().exists()
+
+
+def missing_here(spec: str) -> str:
+    """A note for a hub error on ``org/name`` when a folder ``org`` exists here (the user
+    probably meant a local path: ``models/foo``), else ``""``."""
+    parent = Path(spec).parent
+    if spec.count("/") == 1 and parent != Path(".") and parent.is_dir():
+        return f" (and there is no folder {spec} here, though {parent}/ exists)"
+    return ""
 
 
 def preflight(spec: str, known: Callable[[dict[str, Any]], bool]) -> None:
@@ -70,13 +79,7 @@ def preflight(spec: str, known: Callable[[dict[str, Any]], bool]) -> None:
         return
     root = Path(spec).expanduser()
     if not root.exists():
-        parent = root.parent
-        why = (
-            f" (read as a local path, not a hub id, because the folder {parent} exists here)"
-            if spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and parent.is_dir()
-            else ""
-        )
-        raise UnsupportedModelError(f"checkpoint folder not found: {spec}{why}")
+        raise UnsupportedModelError(f"checkpoint folder not found: {spec}")
     if not root.is_dir():
         raise UnsupportedModelError(f"{spec} is a file; give the checkpoint folder (with config.json)")
     config = root / "config.json"

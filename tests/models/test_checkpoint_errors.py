@@ -113,13 +113,10 @@ def test_a_missing_folder_is_named(tmp_path: Path) -> None:
     assert result.exit_code == 2 and f"checkpoint folder not found: {tmp_path / 'nope'}" in result.output
 
 
-@pytest.mark.parametrize(
-    "spec", ["./no_such_dir", "../no_such_dir", "models/no_such_dir", "models\\no_such_dir"]
-)
+@pytest.mark.parametrize("spec", ["./no_such_dir", "../no_such_dir", "models\\no_such_dir"])
 def test_a_missing_local_path_fails_at_once_naming_it(tmp_path: Path, monkeypatch, spec: str) -> None:
-    """A relative path into a folder that exists here (``models/foo`` with ``models/``), or
-    one with a backslash, was taken for a hub id and retried on the hub (~45 s offline)
-    before failing; every path that looks local is now refused at once, by name."""
+    """A path with a backslash was taken for a hub id and retried on the hub (~45 s offline)
+    before failing; every path that looks local is refused at once, by name."""
     import vlmflow
 
     (tmp_path / "work" / "models").mkdir(parents=True)
@@ -131,15 +128,28 @@ def test_a_missing_local_path_fails_at_once_naming_it(tmp_path: Path, monkeypatc
 
 
 def test_a_hub_id_still_goes_to_the_hub(tmp_path: Path, monkeypatch) -> None:
-    """``org/name`` with no folder ``org`` here, and a bare ``name``, are hub ids: the local
-    checks leave them to transformers."""
+    """``org/name`` and a bare ``name`` are hub ids, also when a folder ``org`` exists here
+    (a download must not be blocked by a local folder's name): the local checks leave them
+    to transformers."""
     from vlmflow.checkpoint import looks_local
 
-    (tmp_path / "models").mkdir()
+    (tmp_path / "Qwen").mkdir()
     monkeypatch.chdir(tmp_path)
     for hub_id in ("llava-hf/LLaVA-NeXT-Video-7B-hf", "Qwen/Qwen2-VL-2B-Instruct", "gpt2"):
         assert not looks_local(hub_id), hub_id
-    assert looks_local("models/foo") and looks_local("./foo") and looks_local("models\\foo")
+    assert looks_local("./foo") and looks_local("models\\foo") and looks_local("a/b/c")
+
+
+def test_a_hub_error_says_when_the_id_looks_like_a_missing_local_folder(tmp_path: Path, monkeypatch) -> None:
+    """``models/foo`` with a folder ``models`` here goes to the hub; when the hub cannot
+    give it, the error also says there is no such folder here (the likely typo)."""
+    import vlmflow
+
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UnsupportedModelError, match=r"no folder models/foo here, though models/ exists"):
+        vlmflow.load("models/foo")
 
 
 def test_a_home_relative_path_loads(tiny_llava_path: Path, tmp_path: Path, monkeypatch) -> None:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import load_error, one_line, preflight
+from ..checkpoint import load_error, missing_here, one_line, preflight
 from ..errors import UnsupportedModelError, VlmflowError
 from . import (
     internvl,  # noqa: F401  (registers the adapter)
@@ -157,7 +157,9 @@ def _load_model(
         try:
             config = AutoConfig.from_pretrained(path, trust_remote_code=False)  # never prompt
         except (OSError, ValueError) as exc:
-            raise UnsupportedModelError(f"cannot read a model config from {spec!r}: {one_line(exc)}") from exc
+            raise UnsupportedModelError(
+                f"cannot read a model config from {spec!r}: {one_line(exc)}{missing_here(path)}"
+            ) from exc
         cls = adapter_for(config.model_type)
     cls.check_options(repr(spec), adapter_kwargs)  # a misspelt option stops before the weights load
     try:

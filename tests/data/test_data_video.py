@@ -156,6 +156,38 @@ def test_truncated_mkv(tmp_path):
     _raises_naming(path, "truncated")
 
 
+def _write_avi(path, frames, codec: str, fps: int = 30):
+    """An avi of ``frames`` in ``codec`` (mpeg4, or mjpeg with its full-range yuvj420p)."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        stream.codec_context.gop_size = 12
+        for arr in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")))
+        out.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("codec", ["mpeg4", "mjpeg"])
+def test_truncated_avi(tmp_path, codec):
+    """An avi cut to 30% loses its index (at the end) with its tail: it used to be read as a
+    shorter video, every frame from the first 1.2 s of a 10 s clip, with no complaint."""
+    if not _has_encoder(codec):
+        pytest.skip(f"PyAV has no {codec} encoder")
+    data = _write_avi(tmp_path / "full.avi", flat_frames(300, 32, 32), codec).read_bytes()
+    path = tmp_path / "cut.avi"
+    path.write_bytes(data[: len(data) * 3 // 10])
+    _raises_naming(path, r"is truncated: it declares 300 frames but only \d+ are stored")
+    with pytest.raises(DataError, match="is truncated"):
+        video_mod.read_video(path, 8, allow_seek=False)
+    # an intact avi still reads, by either reader
+    for seek in (True, False):
+        frames, info = video_mod.read_video(tmp_path / "full.avi", 8, allow_seek=seek)
+        assert info.num_total == 300
+        assert which_frames(frames, 300)[0] == sample_indices(300, 8), f"seek={seek}"
+
+
 def test_zero_frame_video(tmp_path):
     path = tmp_path / "empty.mkv"
     with av.open(str(path), "w") as out:

@@ -466,6 +466,8 @@ def _read_container(path, num_frames, policy, bound, allow_seek):
             # No frame count, or one whose timestamps are not evenly spaced (variable frame
             # rate): read the packets' timestamps, so that frame i is the i-th frame shown.
             timeline = _scan_packets(path, stream.index)
+            if declared:
+                _check_stored(path, int(stream.frames), timeline)
             total, declared = (len(timeline.pts) or None), False
             if not timeline.exact:
                 timeline = None
@@ -533,6 +535,7 @@ class _Timeline:
     pts: list[int]
     keys: list[int]
     exact: bool
+    stored: int = 0  # video packets in the file, hidden lead-in frames included
 
 
 def _scan_packets(path: Path, index: int) -> _Timeline:
@@ -550,6 +553,7 @@ def _scan_packets(path: Path, index: int) -> _Timeline:
     key_stamps: list[int] = []
     exact = True
     count = 0
+    stored = 0
     end = 0.0  # seconds: where the last packet of any stream ends
     with av.open(str(path)) as container:
         video = container.streams[index]
@@ -564,6 +568,7 @@ def _scan_packets(path: Path, index: int) -> _Timeline:
                     end = max(end, float((packet.pts + (packet.duration or 0)) * tb))
                 if packet.stream.index != video.index:
                     continue
+                stored += 1
                 if getattr(packet, "is_discard", False) or (
                     first is not None and packet.pts is not None and packet.pts < first
                 ):
@@ -587,10 +592,27 @@ def _scan_packets(path: Path, index: int) -> _Timeline:
                     f"end at {end:.2f}s"
                 )
     if not exact or len(set(stamps)) != len(stamps):
-        return _Timeline([0] * count, [], False)
+        return _Timeline([0] * count, [], False, stored)
     stamps.sort()
     position = {p: i for i, p in enumerate(stamps)}
-    return _Timeline(stamps, sorted(position[p] for p in key_stamps), True)
+    return _Timeline(stamps, sorted(position[p] for p in key_stamps), True, stored)
+
+
+def _count_slack(total: int) -> int:
+    """How many frames a declared count of ``total`` may overshoot the stored frames by."""
+    return max(_COUNT_SLACK_FRAMES, int(_COUNT_SLACK_FRACTION * total))
+
+
+def _check_stored(path: Path, declared: int, timeline: _Timeline) -> None:
+    """Refuse a file that stores fewer frames than its header declares: an avi cut short
+    loses its index (at the end of the file) with its tail, so nothing else notices.
+
+    Packets hidden by an mp4 edit list count here (the declared count includes them)."""
+    if declared > 0 and timeline.stored < declared - _count_slack(declared):
+        raise DataError(
+            f"video {path} is truncated: it declares {declared} frames but only "
+            f"{timeline.stored} are stored"
+        )
 
 
 def _seek_decode(container, stream, indices, rate: Fraction, path: Path, timeline: _Timeline | None = None):
@@ -717,8 +739,7 @@ def _sequential(path, num_frames, policy, bound, total, declared, fps, index):
     if n == 0:
         raise DataError(f"video {path} has no decodable frames")
     if n <= last_needed:
-        slack = max(_COUNT_SLACK_FRAMES, int(_COUNT_SLACK_FRACTION * total))
-        if declared and n < total - slack:
+        if declared and n < total - _count_slack(total):
             raise DataError(f"video {path} is truncated: it declares {total} frames but only {n} decode")
         tail = last.to_ndarray(format="rgb24")
         for i in indices:

@@ -188,6 +188,35 @@ def test_truncated_avi(tmp_path, codec):
         assert which_frames(frames, 300)[0] == sample_indices(300, 8), f"seek={seek}"
 
 
+def _outcome(path, seek: bool):
+    """What a read gives: the frames picked, or the error's message."""
+    try:
+        frames, _ = video_mod.read_video(path, 8, allow_seek=seek)
+    except DataError as e:
+        return str(e)
+    return which_frames(frames, 300)[0]
+
+
+@pytest.mark.parametrize("codec", ["mpeg4", "mjpeg"])
+def test_a_damaged_avi_reads_the_same_seeking_or_in_order(tmp_path, codec):
+    """2000 bytes overwritten a third of the way in: the avi demuxer resyncs after them and
+    numbers the following frames on from the last good one, so the seeking reader used to
+    return other frames ([18, 96, 104, ...]) while the in-order reader refused the file."""
+    if not _has_encoder(codec):
+        pytest.skip(f"PyAV has no {codec} encoder")
+    full = _write_avi(tmp_path / "full.avi", flat_frames(300, 32, 48), codec)
+    data = bytearray(full.read_bytes())
+    third = len(data) // 3
+    data[third : third + 2000] = b"\x5a" * 2000
+    path = tmp_path / "damaged.avi"
+    path.write_bytes(bytes(data))
+    seeking, in_order = _outcome(path, True), _outcome(path, False)
+    assert seeking == in_order, "the seeking reader picked frames the in-order reader refuses or differ"
+    # the intact file still seeks
+    frames, info = video_mod.read_video(full, 8)
+    assert info.method == "seek" and which_frames(frames, 300)[0] == sample_indices(300, 8)
+
+
 def test_zero_frame_video(tmp_path):
     path = tmp_path / "empty.mkv"
     with av.open(str(path), "w") as out:

@@ -460,8 +460,11 @@ def _read_container(path, num_frames, policy, bound, allow_seek):
         fps = float(rate) if rate else 0.0
         timeline = None
         declared = bool(stream.frames and stream.frames > 0)
+        seekable = container.format.name not in _NO_SEEK_FORMATS
         if declared and _constant_rate_index(stream):
             total: int | None = int(stream.frames)
+            if seekable and allow_seek and container.format.name == "avi":
+                seekable = _avi_demuxes_as_indexed(path, stream)
         else:
             # No frame count, or one whose timestamps are not evenly spaced (variable frame
             # rate): read the packets' timestamps, so that frame i is the i-th frame shown.
@@ -471,7 +474,6 @@ def _read_container(path, num_frames, policy, bound, allow_seek):
             total, declared = (len(timeline.pts) or None), False
             if not timeline.exact:
                 timeline = None
-        seekable = container.format.name not in _NO_SEEK_FORMATS
         if total is not None and allow_seek and seekable and stream.time_base and fps > 0:
             indices = sample_indices(total, num_frames, policy, fps, bound)
             try:
@@ -601,6 +603,21 @@ def _scan_packets(path: Path, index: int) -> _Timeline:
 def _count_slack(total: int) -> int:
     """How many frames a declared count of ``total`` may overshoot the stored frames by."""
     return max(_COUNT_SLACK_FRAMES, int(_COUNT_SLACK_FRACTION * total))
+
+
+def _avi_demuxes_as_indexed(path: Path, stream) -> bool:
+    """Whether reading the avi in order yields the frames its index lists.
+
+    After damaged bytes the avi demuxer resyncs on the next chunk and numbers the frames
+    that follow consecutively, so in-order timestamps stop matching the index a seek uses:
+    a seeking read would then pick other frames than an in-order one. Such a file is read
+    in order (which counts its frames against the declared count). Costs one demux pass,
+    no decoding."""
+    entries = [e for e in stream.index_entries if getattr(e, "size", 1) > 0]
+    scan = _scan_packets(path, stream.index)
+    if scan.stored != len(entries):
+        return False
+    return not scan.exact or scan.pts == sorted(int(e.timestamp) for e in entries)
 
 
 def _check_stored(path: Path, declared: int, timeline: _Timeline) -> None:

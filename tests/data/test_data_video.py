@@ -122,6 +122,17 @@ def test_write_video_pads_odd_sizes(tmp_path):
     assert load_frames(path, 2, cache=False).shape == (2, 16, 22, 3)
 
 
+@pytest.mark.parametrize("ext", ["avi", "mkv"])
+def test_write_video_with_the_mjpeg_codec(tmp_path, ext):
+    """``write_video(..., codec="mjpeg")`` used to fail: it set yuv420p, which the mjpeg
+    encoder refuses (it takes full-range yuvj420p)."""
+    if not _has_encoder("mjpeg"):
+        pytest.skip("PyAV has no mjpeg encoder")
+    path = write_video(tmp_path / f"clip.{ext}", flat_frames(30), fps=10, codec="mjpeg")
+    got, err = which_frames(load_frames(path, 8, cache=False), 30)
+    assert got == sample_indices(30, 8) and err <= 12
+
+
 # ----------------------------------------------------------------------------- broken files
 
 

@@ -805,8 +805,9 @@ def write_video(
     """Encode ``frames`` ``(T, H, W, 3)`` uint8 RGB into a video file with PyAV.
 
     The codec follows the extension unless given: mp4/mkv/mov -> h264 (or mpeg4), webm ->
-    vp9 (or vp8), avi -> mpeg4, gif -> gif. Frames are stored as yuv420p at high quality;
-    odd heights/widths are padded by one edge pixel because yuv420p needs even sizes.
+    vp9 (or vp8), avi -> mpeg4, gif -> gif. Frames are stored as yuv420p (mjpeg: yuvj420p)
+    at high quality; odd heights/widths are padded by one edge pixel because 4:2:0 needs
+    even sizes.
     ``gop_size`` sets the keyframe interval (small values make seeking cheap).
     """
     import av
@@ -829,7 +830,8 @@ def write_video(
         if name == "gif":
             stream.pix_fmt = "rgb8"
         else:
-            stream.pix_fmt = "yuv420p"
+            # The mjpeg encoder takes only full-range (JPEG) yuvj420p.
+            stream.pix_fmt = "yuvj420p" if name == "mjpeg" else "yuv420p"
             if name in ("libx264", "h264"):
                 stream.options = {"crf": "10", "preset": "veryfast"}
             elif name in ("mpeg4", "mjpeg"):

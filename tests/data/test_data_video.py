@@ -383,6 +383,25 @@ def test_variable_frame_rate_picks_frames_by_position(tmp_path, ext):
     np.testing.assert_array_equal(seek, seq)
 
 
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_a_time_window_on_a_variable_frame_rate_video_follows_the_timestamps(tmp_path, ext):
+    """50 frames at 100 fps then 50 at 10 fps (5.5 s): a window used to be turned into
+    frames with the average rate (mp4: 18.2 fps, so 1-3 s meant frames 18-55; mkv declares
+    30 fps), and a window past 3.3 s was refused as "after the video ends (... = 3.33s)".
+    Its ends now go to the frames shown nearest them (1 s is frame 55, 3 s frame 75)."""
+    pts = [i * 10 for i in range(50)] + [500 + i * 100 for i in range(50)]
+    path = _write_av(tmp_path / f"vfr.{ext}", flat_frames(100, 32, 32), pts_ms=pts)
+    for seek in (True, False):
+        frames, info = video_mod.read_video(path, 4, bound=(1.0, 3.0), allow_seek=seek)
+        assert info.indices == [57, 62, 67, 72], f"seek={seek}"
+        assert which_frames(frames, 100)[0] == [57, 62, 67, 72], f"seek={seek}"
+    got, _ = which_frames(load_frames(path, 2, bound=(4.0, 9.0), cache=False), 100)
+    assert got == [88, 95]  # 4 s is frame 85; the end is clipped to the last frame, 99
+    said = r"starts after the video ends \(100 frames at a variable frame rate = 5.50s\)"
+    with pytest.raises(DataError, match=said):
+        load_frames(path, 4, bound=(6.0, 7.0), cache=False)
+
+
 def test_frame_folder_without_zero_padding_is_in_frame_order(tmp_path):
     """``ffmpeg -i x.mp4 %d.png`` names frames 1.png ... 24.png: 10.png comes after 9.png."""
     folder = tmp_path / "frames"

@@ -199,6 +199,36 @@ def test_truncated_avi(tmp_path, codec):
         assert which_frames(frames, 300)[0] == sample_indices(300, 8), f"seek={seek}"
 
 
+def test_an_avi_with_dropped_frames_is_not_truncated(tmp_path):
+    """An avi's dropped frames are empty chunks: they count in its declared length (60) but
+    the demuxer skips them (54 packets); the file is whole, and reads as its 54 frames."""
+    if not _has_encoder("mjpeg"):
+        pytest.skip("PyAV has no mjpeg encoder")
+    path = tmp_path / "dropped.avi"
+    kept = [i for i in range(60) if i % 10 != 5]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mjpeg", rate=30)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuvj420p"
+        for i, arr in enumerate(flat_frames(60, 32, 32)):
+            if i not in kept:
+                empty = av.Packet(b"")
+                empty.stream, empty.pts, empty.dts, empty.time_base = stream, i, i, Fraction(1, 30)
+                out.mux(empty)
+                continue
+            frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 30)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    with av.open(str(path)) as c:
+        if c.streams.video[0].frames != 60:
+            pytest.skip("the avi muxer did not count the empty chunks")
+    for seek in (True, False):
+        frames, info = video_mod.read_video(path, 8, allow_seek=seek)
+        assert info.num_total == 54, f"seek={seek}"
+        assert which_frames(frames, 60)[0] == [kept[i] for i in sample_indices(54, 8)], f"seek={seek}"
+
+
 def _outcome(path, seek: bool):
     """What a read gives: the frames picked, or the error's message."""
     try:

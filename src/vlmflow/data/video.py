@@ -577,7 +577,7 @@ class _Timeline:
     pts: list[int]
     keys: list[int]
     exact: bool
-    stored: int = 0  # video packets in the file, hidden lead-in frames included
+    stored: int = 0  # frames in the file: hidden lead-in and dropped (avi) ones included
 
 
 def _scan_packets(path: Path, index: int) -> _Timeline:
@@ -596,6 +596,7 @@ def _scan_packets(path: Path, index: int) -> _Timeline:
     exact = True
     count = 0
     stored = 0
+    low, high = float("inf"), float("-inf")  # the first and last decode timestamps
     end = 0.0  # seconds: where the last packet of any stream ends
     with av.open(str(path)) as container:
         video = container.streams[index]
@@ -611,6 +612,8 @@ def _scan_packets(path: Path, index: int) -> _Timeline:
                 if packet.stream.index != video.index:
                     continue
                 stored += 1
+                if packet.dts is not None:
+                    low, high = min(low, packet.dts), max(high, packet.dts)
                 if getattr(packet, "is_discard", False) or (
                     first is not None and packet.pts is not None and packet.pts < first
                 ):
@@ -633,6 +636,11 @@ def _scan_packets(path: Path, index: int) -> _Timeline:
                     f"video {path} is truncated: it declares {declared:.2f}s but its packets "
                     f"end at {end:.2f}s"
                 )
+        # Frames the timestamps span: an avi's dropped frames (empty chunks, which the demuxer
+        # skips) count in its declared length, and are not missing from the file.
+        rate = video.average_rate or video.guessed_rate
+        if rate and video.time_base and high >= low:
+            stored = max(stored, round(float((high - low) * video.time_base * rate)) + 1)
     if not exact or len(set(stamps)) != len(stamps):
         return _Timeline([0] * count, [], False, stored)
     stamps.sort()
@@ -669,7 +677,7 @@ def _avi_demuxes_as_indexed(path: Path, stream) -> bool:
     no decoding."""
     entries = [e for e in stream.index_entries if getattr(e, "size", 1) > 0]
     scan = _scan_packets(path, stream.index)
-    if scan.stored != len(entries):
+    if len(scan.pts) != len(entries):
         return False
     return not scan.exact or scan.pts == sorted(int(e.timestamp) for e in entries)
 

@@ -105,11 +105,17 @@ class Options:
             self.model, device=device or self.device, dtype=self.dtype, attn=self.attn, progress=self.progress
         )
 
-    def configure(self, model: Model) -> Adapter:
-        """``model``'s adapter with these options' prompt settings."""
-        return model.configured(
+    def configure(self, model: Model, samples: Sequence[Sample] | None = None) -> Adapter:
+        """``model``'s adapter with these options' prompt settings; given the run's
+        ``samples``, it records the frame policy they are sampled with (``frame_policy``
+        when set, else a benchmark's own, LongVideoBench's ``lvb``), which the manifest and a
+        resume's check read (``Adapter.processing``)."""
+        adapter = model.configured(
             prompt=self.prompt, num_frames=self.num_frames, frame_policy=self.frame_policy
         )
+        if samples is not None:
+            adapter.samples_frame_policy = adapter.frame_policy_of(samples)
+        return adapter
 
     def samples_of(self) -> list[Sample]:
         """The selected samples of the dataset."""
@@ -226,7 +232,7 @@ def run(
 
             def load_here() -> Adapter:
                 loaded = model if model is not None else options.load(ctx.device(options.device))
-                adapter = options.configure(loaded)
+                adapter = options.configure(loaded, samples)
                 # layers the model does not have: refused once, before any sample
                 check_layers(analyses, adapter.num_layers, options.model)
                 return adapter
@@ -287,7 +293,8 @@ def run(
                 "revision": revision,
                 "class": type(adapter.model).__name__,
             }
-            extra = {"num_samples": len(samples), "model": info, "frame_policy": adapter.frame_policy}
+            used = adapter.processing()["frame_policy"]  # the policy the samples were sampled with
+            extra = {"num_samples": len(samples), "model": info, "frame_policy": used}
             try:
                 session = {"paper": True} if options.paper else {}
                 rundir.close(summary, {**extra, **(extra_manifest or {})}, ranks=ranks, session=session)

@@ -165,6 +165,8 @@ class Model:
         adapter.num_frames = self.adapter.num_frames if num_frames is None else int(num_frames)
         adapter.num_frames_chosen = num_frames is not None
         adapter.frame_policy = frame_policy or type(self.adapter).frame_policy_for(prompt)
+        adapter.frame_policy_chosen = frame_policy is not None  # then it wins over a dataset's
+        adapter.samples_frame_policy = None
         return adapter
 
     def probe(

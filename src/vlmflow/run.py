@@ -305,6 +305,7 @@ def _analyse(
             "task": sample.task,
             "model": adapter.model_id,
             "num_frames": prepared.num_frames,
+            "frame_policy": prepared.frame_policy,  # None: the sample's own frames
             "error": None,
         }
         rows_by_unit[EVAL] = [{**common, **probe.answer.record(), "num_tokens": probe.layout.length}]

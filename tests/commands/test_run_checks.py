@@ -484,3 +484,41 @@ def test_resuming_with_another_analysis_option_names_the_option_and_both_values(
         "flow-screen.ranking: only given now",
         "flow-screen.window: only in the folder",
     ]
+
+
+def test_a_chosen_frame_policy_wins_over_the_benchmarks_and_is_recorded(tiny_llava_path, tmp_path) -> None:
+    """LongVideoBench's samples carry the benchmark's policy (``lvb``); it used to win over
+    the user's ``frame_policy`` (``configured(frame_policy=...)``, ``Options``), while the
+    manifest recorded the adapter's policy (``segment_middle``) whichever was used. The
+    user's choice wins, and the manifest, ``computed_in`` and every record say the policy
+    the frames were sampled with."""
+    from tests.data.benchfiles import lvb_item, video, which_frames, write_json
+    from vlmflow.analyses.answer_probability import AnswerProbability
+    from vlmflow.data import sample_indices
+
+    root = tmp_path / "LongVideoBench"
+    write_json(root / "lvb_val.json", [lvb_item(0, video_path="abc.mp4", duration=3.0)])
+    video(root / "videos" / "abc.mp4", 24, fps=8)
+    (sample,) = vlmflow.load_dataset(f"longvideobench:{root}")
+    model = vlmflow.load(str(tiny_llava_path))
+    lvb = [0, 8, 16, 16, 16, 16, 16, 16]  # the benchmark's start-aligned rule
+    assert which_frames(model.configured().frames_of(sample), 24) == lvb
+    chosen = model.configured(frame_policy="segment_middle")
+    assert which_frames(chosen.frames_of(sample), 24) == sample_indices(24, 8) != lvb
+    for policy, used in ((None, "lvb"), ("segment_middle", "segment_middle"), ("linspace", "linspace")):
+        out = tmp_path / f"run-{policy}"
+        options = vlmflow.Options(
+            model=str(tiny_llava_path), data=f"longvideobench:{root}", frame_policy=policy, progress=False
+        )
+        vlmflow.run(options, [AnswerProbability()], out, model=model)
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["frame_policy"] == manifest["computed_in"]["frame_policy"] == used, policy
+        records = read_records(out)
+        assert records["error"].isna().all() and (records["frame_policy"] == used).all(), policy
+    # a resume compares the policy used: the folder that sampled with lvb resumes as it was
+    vlmflow.run(
+        vlmflow.Options(model=str(tiny_llava_path), data=f"longvideobench:{root}", progress=False),
+        [AnswerProbability()],
+        tmp_path / "run-None",
+        model=model,
+    )

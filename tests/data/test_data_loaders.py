@@ -410,3 +410,20 @@ def test_jsonl_options_that_carry_their_letters_lose_them(tmp_path):
         assert samples[sid].answer == 1, sid
     assert samples["unordered"].options == ("B. red", "A. blue") and samples["unordered"].answer == 1
     assert samples["partly"].options == ("A. red", "blue") and samples["partly"].answer == 1
+
+
+def test_jsonl_a_letter_answer_is_the_letter_when_option_texts_are_letters(tmp_path):
+    """Options ["A. B", "B. A", "C. C"] with answer "A" used to be matched against the
+    option texts first, giving option B (its text is "A"); with lettered options a
+    one-letter answer is the letter, as documented. The full lettered text still works."""
+    base = {"video": "a.mp4", "question": "Which letter?", "options": ["A. B", "B. A", "C. C"]}
+    rows = [
+        {**base, "id": "a", "answer": "A"},
+        {**base, "id": "b", "answer": "b."},
+        {**base, "id": "text", "answer": "B. A"},
+    ]
+    samples = {s.id: s for s in load_dataset(f"jsonl:{_write_jsonl(tmp_path / 'qa.jsonl', rows)}")}
+    assert samples["a"].options == ("B", "A", "C")
+    assert samples["a"].answer == 0
+    assert samples["b"].answer == 1
+    assert samples["text"].answer == 1

@@ -122,6 +122,17 @@ def test_write_video_pads_odd_sizes(tmp_path):
     assert load_frames(path, 2, cache=False).shape == (2, 16, 22, 3)
 
 
+@pytest.mark.parametrize("ext", ["avi", "mkv"])
+def test_write_video_with_the_mjpeg_codec(tmp_path, ext):
+    """``write_video(..., codec="mjpeg")`` used to fail: it set yuv420p, which the mjpeg
+    encoder refuses (it takes full-range yuvj420p)."""
+    if not _has_encoder("mjpeg"):
+        pytest.skip("PyAV has no mjpeg encoder")
+    path = write_video(tmp_path / f"clip.{ext}", flat_frames(30), fps=10, codec="mjpeg")
+    got, err = which_frames(load_frames(path, 8, cache=False), 30)
+    assert got == sample_indices(30, 8) and err <= 12
+
+
 # ----------------------------------------------------------------------------- broken files
 
 
@@ -154,6 +165,97 @@ def test_truncated_mkv(tmp_path):
     path = tmp_path / "half.mkv"
     path.write_bytes(data[: len(data) // 2])
     _raises_naming(path, "truncated")
+
+
+def _write_avi(path, frames, codec: str, fps: int = 30):
+    """An avi of ``frames`` in ``codec`` (mpeg4, or mjpeg with its full-range yuvj420p)."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        stream.codec_context.gop_size = 12
+        for arr in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")))
+        out.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("codec", ["mpeg4", "mjpeg"])
+def test_truncated_avi(tmp_path, codec):
+    """An avi cut to 30% loses its index (at the end) with its tail: it used to be read as a
+    shorter video, every frame from the first 1.2 s of a 10 s clip, with no complaint."""
+    if not _has_encoder(codec):
+        pytest.skip(f"PyAV has no {codec} encoder")
+    data = _write_avi(tmp_path / "full.avi", flat_frames(300, 32, 32), codec).read_bytes()
+    path = tmp_path / "cut.avi"
+    path.write_bytes(data[: len(data) * 3 // 10])
+    _raises_naming(path, r"is truncated: it declares 300 frames but only \d+ are stored")
+    with pytest.raises(DataError, match="is truncated"):
+        video_mod.read_video(path, 8, allow_seek=False)
+    # an intact avi still reads, by either reader
+    for seek in (True, False):
+        frames, info = video_mod.read_video(tmp_path / "full.avi", 8, allow_seek=seek)
+        assert info.num_total == 300
+        assert which_frames(frames, 300)[0] == sample_indices(300, 8), f"seek={seek}"
+
+
+def test_an_avi_with_dropped_frames_is_not_truncated(tmp_path):
+    """An avi's dropped frames are empty chunks: they count in its declared length (60) but
+    the demuxer skips them (54 packets); the file is whole, and reads as its 54 frames."""
+    if not _has_encoder("mjpeg"):
+        pytest.skip("PyAV has no mjpeg encoder")
+    path = tmp_path / "dropped.avi"
+    kept = [i for i in range(60) if i % 10 != 5]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mjpeg", rate=30)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuvj420p"
+        for i, arr in enumerate(flat_frames(60, 32, 32)):
+            if i not in kept:
+                empty = av.Packet(b"")
+                empty.stream, empty.pts, empty.dts, empty.time_base = stream, i, i, Fraction(1, 30)
+                out.mux(empty)
+                continue
+            frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 30)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    with av.open(str(path)) as c:
+        if c.streams.video[0].frames != 60:
+            pytest.skip("the avi muxer did not count the empty chunks")
+    for seek in (True, False):
+        frames, info = video_mod.read_video(path, 8, allow_seek=seek)
+        assert info.num_total == 54, f"seek={seek}"
+        assert which_frames(frames, 60)[0] == [kept[i] for i in sample_indices(54, 8)], f"seek={seek}"
+
+
+def _outcome(path, seek: bool):
+    """What a read gives: the frames picked, or the error's message."""
+    try:
+        frames, _ = video_mod.read_video(path, 8, allow_seek=seek)
+    except DataError as e:
+        return str(e)
+    return which_frames(frames, 300)[0]
+
+
+@pytest.mark.parametrize("codec", ["mpeg4", "mjpeg"])
+def test_a_damaged_avi_reads_the_same_seeking_or_in_order(tmp_path, codec):
+    """2000 bytes overwritten a third of the way in: the avi demuxer resyncs after them and
+    numbers the following frames on from the last good one, so the seeking reader used to
+    return other frames ([18, 96, 104, ...]) while the in-order reader refused the file."""
+    if not _has_encoder(codec):
+        pytest.skip(f"PyAV has no {codec} encoder")
+    full = _write_avi(tmp_path / "full.avi", flat_frames(300, 32, 48), codec)
+    data = bytearray(full.read_bytes())
+    third = len(data) // 3
+    data[third : third + 2000] = b"\x5a" * 2000
+    path = tmp_path / "damaged.avi"
+    path.write_bytes(bytes(data))
+    seeking, in_order = _outcome(path, True), _outcome(path, False)
+    assert seeking == in_order, "the seeking reader picked frames the in-order reader refuses or differ"
+    # the intact file still seeks
+    frames, info = video_mod.read_video(full, 8)
+    assert info.method == "seek" and which_frames(frames, 300)[0] == sample_indices(300, 8)
 
 
 def test_zero_frame_video(tmp_path):
@@ -309,6 +411,25 @@ def test_variable_frame_rate_picks_frames_by_position(tmp_path, ext):
     assert seek_info.indices == seq_info.indices == sample_indices(100, 8)
     assert which_frames(seek, 100)[0] == which_frames(seq, 100)[0] == sample_indices(100, 8)
     np.testing.assert_array_equal(seek, seq)
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_a_time_window_on_a_variable_frame_rate_video_follows_the_timestamps(tmp_path, ext):
+    """50 frames at 100 fps then 50 at 10 fps (5.5 s): a window used to be turned into
+    frames with the average rate (mp4: 18.2 fps, so 1-3 s meant frames 18-55; mkv declares
+    30 fps), and a window past 3.3 s was refused as "after the video ends (... = 3.33s)".
+    Its ends now go to the frames shown nearest them (1 s is frame 55, 3 s frame 75)."""
+    pts = [i * 10 for i in range(50)] + [500 + i * 100 for i in range(50)]
+    path = _write_av(tmp_path / f"vfr.{ext}", flat_frames(100, 32, 32), pts_ms=pts)
+    for seek in (True, False):
+        frames, info = video_mod.read_video(path, 4, bound=(1.0, 3.0), allow_seek=seek)
+        assert info.indices == [57, 62, 67, 72], f"seek={seek}"
+        assert which_frames(frames, 100)[0] == [57, 62, 67, 72], f"seek={seek}"
+    got, _ = which_frames(load_frames(path, 2, bound=(4.0, 9.0), cache=False), 100)
+    assert got == [88, 95]  # 4 s is frame 85; the end is clipped to the last frame, 99
+    said = r"starts after the video ends \(100 frames at a variable frame rate = 5.50s\)"
+    with pytest.raises(DataError, match=said):
+        load_frames(path, 4, bound=(6.0, 7.0), cache=False)
 
 
 def test_frame_folder_without_zero_padding_is_in_frame_order(tmp_path):

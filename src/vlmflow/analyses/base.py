@@ -277,15 +277,17 @@ def overlay_samples(records: pd.DataFrame, run: RunDir, analysis: str) -> list[t
             seed=config.get("seed", 0),
         )
         by_id = {s.id: s for s in samples}
-        policy = config.get("frame_policy") or manifest.get("frame_policy") or "segment_middle"
+        # the run's policy: the user's (config) wins over a benchmark's own, as in the run
+        chosen = config.get("frame_policy")
+        recorded = manifest.get("frame_policy")
+        default = recorded if isinstance(recorded, str) else "segment_middle"
         out = []
         for sid in ids:
             sample = by_id[sid]
             frames = sample.frames
             if frames is None:
-                frames = load_sample_frames(
-                    sample, int(config.get("num_frames", 8)), sample.meta.get("frame_policy", policy)
-                )
+                policy = chosen or sample.meta.get("frame_policy", default)
+                frames = load_sample_frames(sample, int(config.get("num_frames", 8)), policy)
             out.append((sample, frames))
         return out
     except Exception as exc:  # overlays are an extra: a moved dataset must not cost the report

@@ -699,7 +699,7 @@ def search_and_evaluate(
         ctx.on_main(lambda: _refuse_other_provenance(rundir, options, held_samples))
         if model is None:
             model = options.load(ctx.device(options.device))
-        adapter = options.configure(model)
+        adapter = options.configure(model, held_samples)
         adapter.ensure_maskable()
         # another dtype or input processing than the folder's: refused before the search
         ctx.on_main(lambda: refuse_other_computed_in(rundir, adapter, options, NOTHING_SEARCHED))

@@ -9,7 +9,8 @@ Fields of a line::
 a frame folder, relative paths resolved against the JSONL's folder; ``answer`` is an index
 into ``options`` or the text of one option. Options that all carry their letters in order
 (``"A. red"``, ``"B) blue"``) lose them, as Video-MME's do (the prompt letters options
-itself); the answer may then also be given with its letter or as the letter alone. Without
+itself); the answer may then also be given with its letter or as the letter alone (a
+one-letter answer is then always the letter, even if an option's text is a letter). Without
 ``options`` the item is open-ended and
 ``answer`` is its reference text. ``start``/``end`` (seconds) bound the sampled window; a
 frame folder (images in the order of the numbers in their names) is taken to play at
@@ -115,10 +116,13 @@ def _parse(obj: dict[str, Any], where: str, lineno: int, base: Path) -> Sample:
         elif isinstance(answer, str):
             answer_index = _option_index(answer, tuple(options))
             if answer_index is None and lettered:
-                answer_index = _option_index(answer, opts)
+                # A one-letter answer is the option's letter, even when some option's text
+                # is a letter too (["A. B", "B. A"] with answer "A" is option A, not "A").
                 letter = answer.strip().rstrip(".").upper()
-                if answer_index is None and len(letter) == 1 and letter in LETTERS[: len(opts)]:
-                    answer_index = LETTERS.index(letter)  # the answer given as its letter
+                if len(letter) == 1 and letter in LETTERS[: len(opts)]:
+                    answer_index = LETTERS.index(letter)
+                else:
+                    answer_index = _option_index(answer, opts)
             if answer_index is None:
                 raise DataError(f"{where}: answer {answer!r} is not among options {list(options)}")
         else:

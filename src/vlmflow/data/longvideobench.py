@@ -13,7 +13,8 @@ categories that is 0 E2O, 1 E3E, 2 O2E, 3 O3O, 4 S2A, 5 S2E, 6 S2O, 7 SAA, 8 SOS
 
 Frames: the paper sampled LongVideoBench with the benchmark's own start-aligned
 ``load_video(duration, 8)``, not segment midpoints. Each Sample records that in
-``meta["frame_policy"] = "lvb"`` and carries ``bound = (0, duration)``: the reference
+``meta["frame_policy"] = "lvb"`` (the default for these samples; a policy the user chooses
+wins) and carries ``bound = (0, duration)``: the reference
 counts frames from the annotation's ``duration`` (``int(duration * fps)``), and the ``lvb``
 policy of :func:`~vlmflow.data.video.sample_indices` reads it from the bound (for the
 other policies it is the whole video whenever the duration reaches the file's end). The paper's

@@ -21,6 +21,7 @@ import re
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -69,6 +70,7 @@ def sample_indices(
     policy: str = "segment_middle",
     fps: float | None = None,
     bound: tuple[float, float] | None = None,
+    times: Sequence[float] | None = None,
 ) -> list[int]:
     """Indices of the ``num_frames`` frames to take from a video of ``num_total`` frames.
 
@@ -87,6 +89,9 @@ def sample_indices(
     entries in ``[0, num_total)``. A ``bound`` that is not finite, starts after it ends, or
     lies wholly outside the video raises :class:`DataError` (the reference's ``get_index``
     would index past the video there); one that only overhangs an end is clipped to the video.
+    ``times`` (seconds of each frame from the first, for a variable-frame-rate video) maps
+    the ``bound`` by the frames' timestamps instead of ``fps``: its ends go to the frames
+    nearest them; ``fps`` is then still what ``lvb`` counts frames with.
     """
     if policy not in POLICIES:
         raise VlmflowError(f"unknown frame sampling policy {policy!r}; known: {', '.join(POLICIES)}")
@@ -101,11 +106,16 @@ def sample_indices(
     max_frame = num_total - 1
     start, end = bound if bound is not None else _NO_BOUND
     rate = float(fps) if fps is not None else 1.0
+    if times is not None and len(times) != num_total:
+        raise VlmflowError(f"sample_indices got {len(times)} frame times for {num_total} frames")
     if bound is not None:
-        _check_window(float(start), float(end), num_total, rate)
-    # Python's round (half to even), as the reference code does.
-    start_idx = max(0, round(start * rate))
-    end_idx = min(round(end * rate), max_frame)
+        _check_window(float(start), float(end), num_total, rate, times)
+    if bound is not None and times is not None:
+        start_idx, end_idx = _nearest_frame(times, float(start)), _nearest_frame(times, float(end))
+    else:
+        # Python's round (half to even), as the reference code does.
+        start_idx = max(0, round(start * rate))
+        end_idx = min(round(end * rate), max_frame)
     start_idx = min(start_idx, end_idx)
     if policy == "segment_middle":
         seg = (end_idx - start_idx) / num_frames
@@ -117,20 +127,47 @@ def sample_indices(
     return [min(max(int(i), 0), max_frame) for i in idx]
 
 
-def _check_window(start: float, end: float, num_total: int, fps: float) -> None:
-    """Refuse a time window that selects no frame of a ``num_total``-frame video at ``fps``."""
+def _check_window(
+    start: float, end: float, num_total: int, fps: float, times: Sequence[float] | None = None
+) -> None:
+    """Refuse a time window that selects no frame of a ``num_total``-frame video at ``fps``
+    (or with frames at ``times``)."""
     if not (np.isfinite(start) and np.isfinite(end)):
         raise DataError(f"time window ({start}, {end}) is not finite seconds")
     if start > end:
         raise DataError(f"time window ({start:g}s, {end:g}s) starts after it ends")
-    length = num_total / fps
-    if start * fps >= num_total:
+    if times is not None:
+        length = _length(times, fps)
+        if start >= length:
+            raise DataError(
+                f"time window ({start:g}s, {end:g}s) starts after the video ends "
+                f"({num_total} frames at a variable frame rate = {length:.2f}s)"
+            )
+    elif start * fps >= num_total:
         raise DataError(
             f"time window ({start:g}s, {end:g}s) starts after the video ends "
-            f"({num_total} frames at {fps:g} fps = {length:.2f}s)"
+            f"({num_total} frames at {fps:g} fps = {num_total / fps:.2f}s)"
         )
     if end < 0:
         raise DataError(f"time window ({start:g}s, {end:g}s) ends before the video starts")
+
+
+def _length(times: Sequence[float], fps: float) -> float:
+    """Seconds of a video whose frames start at ``times``: the last one lasts as long as
+    the step before it (``1 / fps`` for a single frame)."""
+    last = float(times[-1])
+    step = last - float(times[-2]) if len(times) > 1 else 1.0 / fps
+    return last + step
+
+
+def _nearest_frame(times: Sequence[float], t: float) -> int:
+    """Index of the frame whose timestamp is nearest ``t`` (the earlier one on a tie)."""
+    i = int(np.searchsorted(np.asarray(times, dtype=float), t))
+    if i <= 0:
+        return 0
+    if i >= len(times):
+        return len(times) - 1
+    return i - 1 if t - float(times[i - 1]) <= float(times[i]) - t else i
 
 
 def _lvb_indices(
@@ -459,19 +496,26 @@ def _read_container(path, num_frames, policy, bound, allow_seek):
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 0.0
         timeline = None
+        times = None  # seconds of each frame, for a variable frame rate
         declared = bool(stream.frames and stream.frames > 0)
+        seekable = container.format.name not in _NO_SEEK_FORMATS
         if declared and _constant_rate_index(stream):
             total: int | None = int(stream.frames)
+            if seekable and allow_seek and container.format.name == "avi":
+                seekable = _avi_demuxes_as_indexed(path, stream)
         else:
             # No frame count, or one whose timestamps are not evenly spaced (variable frame
             # rate): read the packets' timestamps, so that frame i is the i-th frame shown.
             timeline = _scan_packets(path, stream.index)
+            if declared:
+                _check_stored(path, int(stream.frames), timeline)
             total, declared = (len(timeline.pts) or None), False
             if not timeline.exact:
                 timeline = None
-        seekable = container.format.name not in _NO_SEEK_FORMATS
+            elif stream.time_base:
+                times = _variable_times(timeline.pts, Fraction(stream.time_base))
         if total is not None and allow_seek and seekable and stream.time_base and fps > 0:
-            indices = sample_indices(total, num_frames, policy, fps, bound)
+            indices = sample_indices(total, num_frames, policy, fps, bound, times)
             try:
                 got, decoded = _seek_decode(container, stream, indices, Fraction(rate), path, timeline)
             except (_SeekFailed, av.error.FFmpegError):
@@ -479,7 +523,7 @@ def _read_container(path, num_frames, policy, bound, allow_seek):
             if got is not None:
                 frames = np.stack([got[i] for i in indices])
                 return frames, DecodeInfo("seek", total, fps, indices, decoded)
-    return _sequential(path, num_frames, policy, bound, total, declared, fps, index)
+    return _sequential(path, num_frames, policy, bound, total, declared, fps, index, times)
 
 
 _ATTACHED_PIC = 0x400  # AV_DISPOSITION_ATTACHED_PIC: cover art, not a video
@@ -533,6 +577,7 @@ class _Timeline:
     pts: list[int]
     keys: list[int]
     exact: bool
+    stored: int = 0  # frames in the file: hidden lead-in and dropped (avi) ones included
 
 
 def _scan_packets(path: Path, index: int) -> _Timeline:
@@ -550,6 +595,8 @@ def _scan_packets(path: Path, index: int) -> _Timeline:
     key_stamps: list[int] = []
     exact = True
     count = 0
+    stored = 0
+    low, high = float("inf"), float("-inf")  # the first and last decode timestamps
     end = 0.0  # seconds: where the last packet of any stream ends
     with av.open(str(path)) as container:
         video = container.streams[index]
@@ -564,6 +611,9 @@ def _scan_packets(path: Path, index: int) -> _Timeline:
                     end = max(end, float((packet.pts + (packet.duration or 0)) * tb))
                 if packet.stream.index != video.index:
                     continue
+                stored += 1
+                if packet.dts is not None:
+                    low, high = min(low, packet.dts), max(high, packet.dts)
                 if getattr(packet, "is_discard", False) or (
                     first is not None and packet.pts is not None and packet.pts < first
                 ):
@@ -586,11 +636,62 @@ def _scan_packets(path: Path, index: int) -> _Timeline:
                     f"video {path} is truncated: it declares {declared:.2f}s but its packets "
                     f"end at {end:.2f}s"
                 )
+        # Frames the timestamps span: an avi's dropped frames (empty chunks, which the demuxer
+        # skips) count in its declared length, and are not missing from the file.
+        rate = video.average_rate or video.guessed_rate
+        if rate and video.time_base and high >= low:
+            stored = max(stored, round(float((high - low) * video.time_base * rate)) + 1)
     if not exact or len(set(stamps)) != len(stamps):
-        return _Timeline([0] * count, [], False)
+        return _Timeline([0] * count, [], False, stored)
     stamps.sort()
     position = {p: i for i, p in enumerate(stamps)}
-    return _Timeline(stamps, sorted(position[p] for p in key_stamps), True)
+    return _Timeline(stamps, sorted(position[p] for p in key_stamps), True, stored)
+
+
+def _variable_times(pts: list[int], time_base: Fraction) -> list[float] | None:
+    """Seconds of each frame from the first, when the timestamps ``pts`` (in display
+    order) are not evenly spaced (a variable frame rate); ``None`` when they are, so a
+    constant-rate video maps time windows with its frame rate, as the reference does."""
+    if len(pts) < 3:
+        return None
+    stamps = np.asarray(pts, dtype=np.int64)
+    steps = np.diff(stamps)
+    # Timestamps are rounded to the time base: allow one tick (or 1%) of jitter.
+    if steps.max() - steps.min() <= max(1, int(0.01 * np.median(steps))):
+        return None
+    return [float((int(p) - int(stamps[0])) * time_base) for p in stamps]
+
+
+def _count_slack(total: int) -> int:
+    """How many frames a declared count of ``total`` may overshoot the stored frames by."""
+    return max(_COUNT_SLACK_FRAMES, int(_COUNT_SLACK_FRACTION * total))
+
+
+def _avi_demuxes_as_indexed(path: Path, stream) -> bool:
+    """Whether reading the avi in order yields the frames its index lists.
+
+    After damaged bytes the avi demuxer resyncs on the next chunk and numbers the frames
+    that follow consecutively, so in-order timestamps stop matching the index a seek uses:
+    a seeking read would then pick other frames than an in-order one. Such a file is read
+    in order (which counts its frames against the declared count). Costs one demux pass,
+    no decoding."""
+    entries = [e for e in stream.index_entries if getattr(e, "size", 1) > 0]
+    scan = _scan_packets(path, stream.index)
+    if len(scan.pts) != len(entries):
+        return False
+    return not scan.exact or scan.pts == sorted(int(e.timestamp) for e in entries)
+
+
+def _check_stored(path: Path, declared: int, timeline: _Timeline) -> None:
+    """Refuse a file that stores fewer frames than its header declares: an avi cut short
+    loses its index (at the end of the file) with its tail, so nothing else notices.
+
+    Packets hidden by an mp4 edit list count here (the declared count includes them)."""
+    if declared > 0 and timeline.stored < declared - _count_slack(declared):
+        raise DataError(
+            f"video {path} is truncated: it declares {declared} frames but only "
+            f"{timeline.stored} are stored"
+        )
 
 
 def _seek_decode(container, stream, indices, rate: Fraction, path: Path, timeline: _Timeline | None = None):
@@ -686,7 +787,7 @@ def _keyframe_indices(stream, index_of_pts) -> list[int] | None:
     return keys if keys and (len(keys) > 1 or complete) else None
 
 
-def _sequential(path, num_frames, policy, bound, total, declared, fps, index):
+def _sequential(path, num_frames, policy, bound, total, declared, fps, index, times=None):
     """One pass from the start of stream ``index``, keeping only the sampled frames (two
     when the count is unknown)."""
     import av
@@ -698,7 +799,7 @@ def _sequential(path, num_frames, policy, bound, total, declared, fps, index):
             raise DataError(f"video {path} has no decodable frames")
     if bound is not None and fps <= 0:
         raise DataError(f"video {path} has no frame rate, so a time bound cannot be applied")
-    indices = sample_indices(total, num_frames, policy, fps if fps > 0 else None, bound)
+    indices = sample_indices(total, num_frames, policy, fps if fps > 0 else None, bound, times)
     wanted = set(indices)
     last_needed = max(indices)
     got: dict[int, np.ndarray] = {}
@@ -717,8 +818,7 @@ def _sequential(path, num_frames, policy, bound, total, declared, fps, index):
     if n == 0:
         raise DataError(f"video {path} has no decodable frames")
     if n <= last_needed:
-        slack = max(_COUNT_SLACK_FRAMES, int(_COUNT_SLACK_FRACTION * total))
-        if declared and n < total - slack:
+        if declared and n < total - _count_slack(total):
             raise DataError(f"video {path} is truncated: it declares {total} frames but only {n} decode")
         tail = last.to_ndarray(format="rgb24")
         for i in indices:
@@ -767,8 +867,9 @@ def write_video(
     """Encode ``frames`` ``(T, H, W, 3)`` uint8 RGB into a video file with PyAV.
 
     The codec follows the extension unless given: mp4/mkv/mov -> h264 (or mpeg4), webm ->
-    vp9 (or vp8), avi -> mpeg4, gif -> gif. Frames are stored as yuv420p at high quality;
-    odd heights/widths are padded by one edge pixel because yuv420p needs even sizes.
+    vp9 (or vp8), avi -> mpeg4, gif -> gif. Frames are stored as yuv420p (mjpeg: yuvj420p)
+    at high quality; odd heights/widths are padded by one edge pixel because 4:2:0 needs
+    even sizes.
     ``gop_size`` sets the keyframe interval (small values make seeking cheap).
     """
     import av
@@ -791,7 +892,8 @@ def write_video(
         if name == "gif":
             stream.pix_fmt = "rgb8"
         else:
-            stream.pix_fmt = "yuv420p"
+            # The mjpeg encoder takes only full-range (JPEG) yuvj420p.
+            stream.pix_fmt = "yuvj420p" if name == "mjpeg" else "yuv420p"
             if name in ("libx264", "h264"):
                 stream.options = {"crf": "10", "preset": "veryfast"}
             elif name in ("mpeg4", "mjpeg"):

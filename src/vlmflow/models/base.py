@@ -12,6 +12,7 @@ import difflib
 import inspect
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -48,7 +49,9 @@ class Prepared:
 
     ``inputs``: keyword arguments of the model's forward (batch 1, on the model's device);
     ``option_ids``: the token id of each option letter as the next token after the prompt;
-    ``frames``: the decoded frames ``(T, H, W, 3)`` the processor was given (for overlays).
+    ``frames``: the decoded frames ``(T, H, W, 3)`` the processor was given (for overlays);
+    ``frame_policy``: the policy they were sampled from the video with (``None``: the
+    sample brought its own frames).
     """
 
     sample: Sample
@@ -57,6 +60,7 @@ class Prepared:
     prompt: str
     option_ids: tuple[int, ...]
     frames: np.ndarray | None = None
+    frame_policy: str | None = None
 
     @property
     def answer_id(self) -> int | None:
@@ -131,6 +135,10 @@ class Adapter:
         self.num_frames = num_frames
         self.num_frames_chosen = False  # set by a user (Model.configured), not a default
         self.frame_policy = frame_policy or self.frame_policy_for(prompt_style)
+        # chosen by a user (Model.configured, Options): it then wins over a dataset's own
+        self.frame_policy_chosen = frame_policy is not None
+        # what a run's samples are sampled with (Options.configure): see frame_policy_of
+        self.samples_frame_policy: str | list[str] | None = None
         self.system_prompt = system_prompt
         # (frames a sample brought, num_frames) pairs already warned about; shared by the
         # shallow copies of Model.configured, so a run (or a loaded model) warns once each
@@ -146,9 +154,27 @@ class Adapter:
     def processing(self) -> dict[str, Any]:
         """Settings of this family's input processing that change the records and that the
         run's options do not name (a resume that would process inputs otherwise is refused;
-        see ``api.refuse_other_computed_in``): the frame policy, and a family's own (VideoLLaMA3's
+        see ``api.refuse_other_computed_in``): the frame policy the run's samples are
+        sampled with (:meth:`frame_policy_of`), and a family's own (VideoLLaMA3's
         visual-token budget)."""
-        return {"frame_policy": self.frame_policy}
+        return {"frame_policy": self.samples_frame_policy or self.frame_policy}
+
+    def policy_for(self, sample: Sample) -> str:
+        """The frame policy ``sample``'s video is sampled with: the one the user chose
+        (``Model.configured``, ``Options(frame_policy=...)``), else the benchmark's own where
+        its loader set one (LongVideoBench's ``lvb``), else the adapter's default."""
+        if getattr(self, "frame_policy_chosen", False):
+            return self.frame_policy
+        return str(sample.meta.get("frame_policy", self.frame_policy))
+
+    def frame_policy_of(self, samples: Sequence[Sample]) -> str | list[str]:
+        """The frame policy ``samples`` are sampled with (:meth:`policy_for`), over those
+        decoded from a video; the sorted list when they differ; the adapter's own when none
+        is decoded from a video."""
+        used = sorted({self.policy_for(s) for s in samples if s.frames is None and s.error is None})
+        if not used:
+            return self.frame_policy
+        return used[0] if len(used) == 1 else used
 
     @classmethod
     def matches(cls, config: dict[str, Any]) -> bool:
@@ -310,7 +336,8 @@ class Adapter:
     # ------------------------------------------------------------------ preparation
     def frames_of(self, sample: Sample) -> np.ndarray:
         """Decoded frames ``(T, H, W, 3)``: the sample's own, or sampled from its video with
-        the benchmark's policy where the loader set one (LongVideoBench), else the adapter's.
+        :meth:`policy_for` (the user's policy, else the benchmark's where the loader set one,
+        LongVideoBench's, else the adapter's).
         Frames of another shape or dtype than ``(T >= 1, H, W, 3)`` uint8 are a ``DataError``
         naming the sample (:func:`~vlmflow.sample.check_frames`).
 
@@ -325,8 +352,7 @@ class Adapter:
             return frames
         from ..data.video import load_sample_frames
 
-        policy = sample.meta.get("frame_policy", self.frame_policy)
-        return check_frames(load_sample_frames(sample, self.num_frames, policy), sample.id)
+        return check_frames(load_sample_frames(sample, self.num_frames, self.policy_for(sample)), sample.id)
 
     def _warn_own_frames(self, sample: Sample, frames: np.ndarray) -> None:
         count = int(frames.shape[0])
@@ -448,7 +474,8 @@ class Adapter:
             else v
             for k, v in inputs.items()
         }
-        return Prepared(sample, moved_inputs, layout, prompt.text, option_ids, frames)
+        policy = None if sample.frames is not None else self.policy_for(sample)
+        return Prepared(sample, moved_inputs, layout, prompt.text, option_ids, frames, policy)
 
     def _option_ids(self, sample: Sample, expanded: str, ids: list[int]) -> tuple[int, ...]:
         out = []

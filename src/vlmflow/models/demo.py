@@ -31,10 +31,12 @@ import logging
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..errors import UnsupportedModelError, say_warning
+from ..lock import FolderLock
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,9 @@ VISION = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_a
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 LORA_RANK = 8
 ADDED_TOKENS = ("<video>", "<image>")
+# the files whose presence marks a cached folder as made
+BASE_FILES = ("model.safetensors", "tokenizer.json")
+MERGED_FILES = ("config.json", "model.safetensors")
 
 
 def cache_dir() -> Path:
@@ -93,7 +98,7 @@ def base_lm_dir() -> Path:
     """A Hugging Face folder with the de-quantised SmolLM2 (float32) and its tokenizer,
     made from the GGUF file on first use (about 30 s) and cached."""
     out = cache_dir() / BASE_NAME
-    if (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file():
+    if _complete(out, BASE_FILES):
         return out
     gguf = base_gguf_path()
     try:
@@ -102,24 +107,91 @@ def base_lm_dir() -> Path:
         raise UnsupportedModelError(
             "reading SmolLM2's GGUF file needs the gguf package: pip install 'vlmflow[demo]'"
         ) from exc
+    return _cached_folder(out, BASE_FILES, lambda tmp: _write_base(gguf, tmp))
+
+
+def _write_base(gguf: Path, tmp: Path) -> None:
+    """De-quantise the GGUF file ``gguf`` into the (new, empty) folder ``tmp``."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("de-quantising %s into %s (first use only)", gguf, out)
+    log.info("de-quantising %s into %s (first use only)", gguf, tmp.parent)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = lm.config.to_dict()
     config.pop("quantization_config", None)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     state = {k: v.contiguous() for k, v in lm.state_dict().items() if k != "lm_head.weight"}
     save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+
+
+def _complete(out: Path, required: tuple[str, ...]) -> bool:
+    """Whether the cached folder ``out`` holds the ``required`` files."""
+    return all((out / name).is_file() for name in required)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this host)."""
+    if pid <= 0:
+        return True  # not a pid this module wrote: leave its folder alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process
+    return True
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder or file if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+def _clean_dead_builds(out: Path) -> None:
+    """Delete ``<out>.tmp<pid>`` / ``<out>.old<pid>`` folders whose process has died (a
+    build killed half-way leaves one, about 520 MB). Called with the build lock held."""
+    for p in out.parent.glob(f"{out.name}.*"):
+        tail = p.name[len(out.name) + 1 :]
+        kind, pid = tail[:3], tail[3:]
+        if kind in ("tmp", "old") and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            log.info("removing %s, left by a build that did not finish", p)
+            _remove(p)
+
+
+def _cached_folder(out: Path, required: tuple[str, ...], build: Callable[[Path], None]) -> Path:
+    """``out`` once it holds the ``required`` files, ``build`` writing it if it does not.
+
+    One process builds at a time: the build holds the file lock ``<out>.lock`` and a
+    process that waited for it uses the folder the holder finished. ``build`` writes into
+    ``<out>.tmp<pid>``, which is renamed into place only when whole; a complete ``out`` is
+    never deleted (a process may be loading it), and the temporary folders of builds whose
+    process died are removed."""
+    if _complete(out, required):
+        return out
+    with FolderLock(out.with_name(out.name + ".lock"), what=out, wait=True):
+        if _complete(out, required):  # another process finished it while this one waited
+            return out
+        _clean_dead_builds(out)
+        tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+        _remove(tmp)
+        try:
+            tmp.mkdir(parents=True)
+            build(tmp)
+            if out.exists() or out.is_symlink():  # unfinished or damaged: nobody loads it
+                old = out.with_name(f"{out.name}.old{os.getpid()}")
+                _remove(old)
+                out.rename(old)
+                _remove(old)
+            tmp.rename(out)
+        except BaseException:
+            _remove(tmp)
+            raise
     return out
 
 
@@ -300,19 +372,19 @@ def merged_dir(path: Path = DEMO_DIR) -> Path:
             "`python scripts/train_demo_model.py`"
         )
     out = cache_dir() / f"demo-{_fingerprint(path)}"
-    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+    if _complete(out, MERGED_FILES):
         return out
     try:
         import peft as _  # noqa: F401
     except ImportError as exc:
         raise UnsupportedModelError("the demo model needs peft: pip install 'vlmflow[demo]'") from exc
+    return _cached_folder(out, MERGED_FILES, lambda tmp: _write_merged(path, tmp))
+
+
+def _write_merged(path: Path, tmp: Path) -> None:
+    """Merge the shipped folder ``path`` into SmolLM2 and save the checkpoint into ``tmp``."""
     model, processor = build_demo_model(0)
     merged = load_trained(path, model).merge_and_unload()
     merged.eval()
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out

@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -129,3 +130,79 @@ def test_the_base_folder_is_built_once_for_concurrent_loads(cache, monkeypatch) 
         t.join(30)
     assert results == [cache / demo_module.BASE_NAME] * 2
     assert len(made) == 1
+
+
+def test_a_truncated_cached_file_is_rebuilt(cache, shipped, builds) -> None:
+    """Truncating a cached weights file (a full disk, a copy cut short) makes the folder
+    count as absent: the next load rebuilds it instead of failing on the file."""
+    out = demo_module.merged_dir(shipped)
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-5])
+    assert demo_module.merged_dir(shipped) == out
+    assert len(builds) == 2
+    from safetensors.torch import load_file
+
+    assert load_file(str(weights))["w"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_a_folder_of_an_earlier_version_is_kept_if_whole(cache, shipped, builds) -> None:
+    """A folder cached by an earlier vlmflow (no completion record) is used as it is when its
+    weights are whole, and rebuilt when they are not."""
+    out = cache / f"demo-{demo_module._fingerprint(shipped)}"
+    out.mkdir(parents=True)
+    save_file({"w": torch.arange(6.0)}, str(out / "model.safetensors"))
+    (out / "config.json").write_text("{}")
+    assert demo_module.merged_dir(shipped) == out
+    assert builds == []
+    assert (out / demo_module.MARKER).is_file()
+
+    (out / demo_module.MARKER).unlink()
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-5])
+    assert demo_module.merged_dir(shipped) == out
+    assert len(builds) == 1
+
+
+def corrupt_keeping_size(file: Path) -> None:
+    data = bytearray(file.read_bytes())
+    data[:8] = (len(data) * 4).to_bytes(8, "little")  # a header longer than the file
+    file.write_bytes(bytes(data))
+
+
+def test_a_damaged_base_file_names_the_folder_to_delete(cache, monkeypatch) -> None:
+    """A cached base file that passes the size check but does not load (its bytes changed)
+    stops with the folder to delete, not with safetensors' own error."""
+    from vlmflow.errors import UnsupportedModelError
+
+    def write_base(gguf: Path, tmp: Path) -> None:
+        save_file({"w": torch.arange(3.0)}, str(tmp / "model.safetensors"))
+        (tmp / "tokenizer.json").write_text("{}")
+        (tmp / "config.json").write_text("{}")
+
+    monkeypatch.setattr(demo_module, "base_gguf_path", lambda: Path("/nonexistent/base.gguf"))
+    monkeypatch.setattr(demo_module, "_write_base", write_base)
+    monkeypatch.setattr(demo_module, "build_demo_processor", lambda: SimpleNamespace(tokenizer=None))
+    monkeypatch.setattr(demo_module, "demo_config", lambda tok: None)
+    monkeypatch.setattr(
+        "transformers.LlavaNextVideoForConditionalGeneration", lambda config: None, raising=True
+    )
+    folder = demo_module.base_lm_dir()
+    corrupt_keeping_size(folder / "model.safetensors")
+    with pytest.raises(UnsupportedModelError, match=f"{folder}.*delete that folder"):
+        demo_module.build_demo_model(0)
+
+
+def test_a_damaged_merged_file_names_the_folder_to_delete(cache, monkeypatch) -> None:
+    """The same for the merged checkpoint ``load_model("demo")`` loads from the cache."""
+    import shutil
+
+    from vlmflow.errors import UnsupportedModelError
+    from vlmflow.models import TINY_MODEL_DIR, load_model
+
+    folder = cache / "demo-0123456789abcdef"
+    shutil.copytree(TINY_MODEL_DIR, folder)
+    demo_module._write_marker(folder)
+    corrupt_keeping_size(folder / "model.safetensors")
+    monkeypatch.setattr(demo_module, "merged_dir", lambda path: folder)
+    with pytest.raises(UnsupportedModelError, match=f"{folder}.*delete that folder"):
+        load_model("demo")

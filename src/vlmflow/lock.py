@@ -25,6 +25,7 @@ starts.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sys
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import RunError
+
+log = logging.getLogger(__name__)
 
 
 def holder_info() -> dict[str, Any]:
@@ -58,14 +61,16 @@ def describe_holder(path: str | Path) -> str:
 class FolderLock:
     """An exclusive advisory lock on ``path`` for the life of this object (or ``with`` block).
 
-    ``what`` names the thing protected in the refusal message. :meth:`acquire` is
+    ``what`` names the thing protected in the refusal message. With ``wait`` a held lock
+    is waited for (one log line names the holder) instead of refused. :meth:`acquire` is
     idempotent; :meth:`release` is safe to call twice. Where ``fcntl`` does not exist
     (Windows) the lock is a no-op.
     """
 
-    def __init__(self, path: str | Path, *, what: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path, *, what: str | Path | None = None, wait: bool = False) -> None:
         self.path = Path(path)
         self.what = str(what or self.path.parent)
+        self.wait = wait
         self._file: IO[str] | None = None
 
     @property
@@ -73,7 +78,8 @@ class FolderLock:
         return self._file is not None
 
     def acquire(self) -> FolderLock:
-        """Take the lock or raise :class:`RunError` naming the process that holds it."""
+        """Take the lock, or (without ``wait``) raise :class:`RunError` naming the process
+        that holds it."""
         if self._file is not None:
             return self
         try:
@@ -88,12 +94,15 @@ class FolderLock:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            f.close()
-            raise RunError(
-                f"{self.what} is in use by another vlmflow process ({describe_holder(self.path)}); "
-                "wait for it to finish or stop it, or use another --out folder (a crashed run "
-                "holds no lock: its folder resumes at once)"
-            ) from None
+            if self.wait:
+                self._wait(f)
+            else:
+                f.close()
+                raise RunError(
+                    f"{self.what} is in use by another vlmflow process ({describe_holder(self.path)}); "
+                    "wait for it to finish or stop it, or use another --out folder (a crashed run "
+                    "holds no lock: its folder resumes at once)"
+                ) from None
         try:
             f.seek(0)
             f.truncate()
@@ -103,6 +112,18 @@ class FolderLock:
             pass  # a full disk must not stop a resume; the lock itself is held
         self._file = f
         return self
+
+    def _wait(self, f: IO[str]) -> None:
+        """Block until the holder of ``f``'s lock lets go (closing ``f`` if interrupted)."""
+        import fcntl
+
+        holder = describe_holder(self.path)
+        log.info("waiting for %s: another vlmflow process holds it (%s)", self.what, holder)
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        except BaseException:
+            f.close()
+            raise
 
     def release(self) -> None:
         if self._file is None:

@@ -148,10 +148,18 @@ def hf_progress(enabled: bool) -> Iterator[None]:
 def _load_model(
     spec: str, device: str, dtype: str | None, attn_implementation: str, adapter_kwargs: dict[str, Any]
 ) -> Adapter:
+    from safetensors import SafetensorError
     from transformers import AutoConfig
 
+    from . import demo
+
     path = resolve_spec(spec)
-    preflight(path, _known)  # a bad folder stops here, in one line, before anything loads
+    try:
+        preflight(path, _known)  # a bad folder stops here, in one line, before anything loads
+    except UnsupportedModelError as exc:
+        if demo.is_cached_folder(path):  # the demo's merged copy in the cache: rebuilt if deleted
+            raise UnsupportedModelError(f"{exc}; {demo.DELETE_HINT.format(folder=path)}") from exc
+        raise
     cls = claimed_by(path)
     if cls is None:
         try:
@@ -168,7 +176,9 @@ def _load_model(
         )
     except VlmflowError:
         raise
-    except (OSError, RuntimeError, ValueError, ImportError, KeyError, TypeError) as exc:
+    except (OSError, RuntimeError, ValueError, ImportError, KeyError, TypeError, SafetensorError) as exc:
+        if demo.is_cached_folder(path):  # the demo's merged copy in the cache: rebuilt if deleted
+            raise UnsupportedModelError(demo.damaged_cache_message(Path(path), exc)) from exc
         raise load_error(spec, cls.__name__, exc) from exc
     # records name the model as the user did ("demo", a hub id, the folder as given), the
     # same on every machine; the resolved folder (an install or cache path) is provenance

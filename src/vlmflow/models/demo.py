@@ -31,10 +31,13 @@ import logging
 import os
 import shutil
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..errors import UnsupportedModelError, say_warning
+from ..lock import FolderLock
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +69,35 @@ VISION = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_a
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 LORA_RANK = 8
 ADDED_TOKENS = ("<video>", "<image>")
+# written last into a cached folder: its files' sizes and sha256 (a folder without it is rebuilt)
+MARKER = "vlmflow-cache.json"
+# what to do about a cached folder that does not load
+DELETE_HINT = "{folder} is the demo model's cached copy: delete that folder and load again to rebuild it"
+# the files a folder cached by an earlier vlmflow (no MARKER) must hold to be kept
+BASE_FILES = ("model.safetensors", "tokenizer.json")
+MERGED_FILES = ("config.json", "model.safetensors")
 
 
 def cache_dir() -> Path:
     """Where de-quantised and merged weights are kept: ``$VLMFLOW_CACHE`` or ``~/.cache/vlmflow``."""
     return Path(os.environ.get("VLMFLOW_CACHE") or Path.home() / ".cache" / "vlmflow")
+
+
+def writable_cache_dir() -> Path:
+    """:func:`cache_dir`, created, or :class:`UnsupportedModelError` naming ``VLMFLOW_CACHE``
+    when it cannot be written (checked before a build, not after its minutes of work)."""
+    root = cache_dir()
+    probe = root / f".vlmflow-write-test{os.getpid()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UnsupportedModelError(
+            f"the demo model's cache folder {root} cannot be written ({exc.strerror or exc}); the first "
+            "load writes about 1.1 GB there: set VLMFLOW_CACHE to a writable folder"
+        ) from None
+    return root
 
 
 def base_gguf_path() -> Path:
@@ -93,7 +120,7 @@ def base_lm_dir() -> Path:
     """A Hugging Face folder with the de-quantised SmolLM2 (float32) and its tokenizer,
     made from the GGUF file on first use (about 30 s) and cached."""
     out = cache_dir() / BASE_NAME
-    if (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file():
+    if _complete(out):
         return out
     gguf = base_gguf_path()
     try:
@@ -102,24 +129,188 @@ def base_lm_dir() -> Path:
         raise UnsupportedModelError(
             "reading SmolLM2's GGUF file needs the gguf package: pip install 'vlmflow[demo]'"
         ) from exc
+    return _cached_folder(out, BASE_FILES, lambda tmp: _write_base(gguf, tmp))
+
+
+def _write_base(gguf: Path, tmp: Path) -> None:
+    """De-quantise the GGUF file ``gguf`` into the (new, empty) folder ``tmp``."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("de-quantising %s into %s (first use only)", gguf, out)
+    log.info("de-quantising %s into %s (first use only)", gguf, tmp.parent)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = lm.config.to_dict()
     config.pop("quantization_config", None)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     state = {k: v.contiguous() for k, v in lm.state_dict().items() if k != "lm_head.weight"}
     save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+
+
+def _complete(out: Path) -> bool:
+    """Whether the cached folder ``out`` is whole: its :data:`MARKER`, written last, lists
+    files that are all there with the sizes they were written with (a truncated file, or
+    a folder a killed build left, is not)."""
+    try:
+        files = json.loads((out / MARKER).read_text(encoding="utf-8"))["files"]
+        return bool(files) and all((out / name).stat().st_size == f["size"] for name, f in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _usual_modes(folder: Path) -> None:
+    """Give every file in ``folder`` the mode a new file gets here (``0644`` under umask
+    ``022``): safetensors writes its files ``0600``, which other users of a shared cache
+    could not read."""
+    probe = folder / ".vlmflow-mode"
+    probe.write_bytes(b"")
+    mode = probe.stat().st_mode & 0o777
+    probe.unlink()
+    for f in folder.rglob("*"):
+        if f.is_file() and not f.is_symlink() and f.stat().st_mode & 0o777 != mode:
+            f.chmod(mode)
+
+
+def _write_marker(folder: Path) -> None:
+    """Write ``folder``'s :data:`MARKER` (size and sha256 of each file), atomically."""
+    files = {}
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER):
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        files[f.relative_to(folder).as_posix()] = {"size": f.stat().st_size, "sha256": h.hexdigest()}
+    tmp = folder / (MARKER + ".tmp")
+    tmp.write_text(json.dumps({"files": files}, indent=1), encoding="utf-8")
+    tmp.replace(folder / MARKER)
+
+
+def _safetensors_whole(file: Path) -> bool:
+    """Whether ``file``'s safetensors header parses and its tensors end where the file does."""
+    try:
+        with open(file, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n < 1 << 27:
+                return False
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        return file.stat().st_size == 8 + n + end
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return False
+
+
+def _made_by_earlier_version(out: Path, required: tuple[str, ...]) -> bool:
+    """Whether ``out`` is a whole folder an earlier vlmflow cached (no :data:`MARKER`): the
+    ``required`` files are there and every safetensors file is whole."""
+    weights = list(out.glob("*.safetensors"))
+    has_files = all((out / name).is_file() for name in required)
+    return bool(weights) and has_files and all(map(_safetensors_whole, weights))
+
+
+@contextmanager
+def reading_cache(folder: Path) -> Iterator[None]:
+    """Within the block, a cached file of ``folder`` that fails to load raises
+    :class:`UnsupportedModelError` saying which folder to delete."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as exc:
+        raise UnsupportedModelError(damaged_cache_message(folder, exc)) from exc
+
+
+def damaged_cache_message(folder: Path, exc: BaseException) -> str:
+    """The one line for a cached folder that does not load."""
+    from ..checkpoint import one_line
+
+    hint = DELETE_HINT.format(folder=folder)
+    return f"a cached file of the demo model does not load ({one_line(exc)}); {hint}"
+
+
+def is_cached_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder this module made in :func:`cache_dir`."""
+    path = Path(path)
+    return (path / MARKER).is_file() and path.parent.resolve() == cache_dir().resolve()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this host)."""
+    if pid <= 0:
+        return True  # not a pid this module wrote: leave its folder alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process
+    return True
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder or file if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+def _clean_dead_builds(out: Path) -> None:
+    """Delete ``<out>.tmp<pid>`` / ``<out>.old<pid>`` folders whose process has died (a
+    build killed half-way leaves one, about 520 MB). Called with the build lock held."""
+    for p in out.parent.glob(f"{out.name}.*"):
+        tail = p.name[len(out.name) + 1 :]
+        kind, pid = tail[:3], tail[3:]
+        if kind in ("tmp", "old") and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            log.info("removing %s, left by a build that did not finish", p)
+            _remove(p)
+
+
+def _cached_folder(out: Path, required: tuple[str, ...], build: Callable[[Path], None]) -> Path:
+    """``out`` once it is whole (:func:`_complete`), ``build`` writing it if it is not.
+
+    One process builds at a time: the build holds the file lock ``<out>.lock`` and a
+    process that waited for it uses the folder the holder finished. ``build`` writes into
+    ``<out>.tmp<pid>``, which is renamed into place only when whole; a complete ``out`` is
+    never deleted (a process may be loading it), and the temporary folders of builds whose
+    process died are removed. A folder an earlier vlmflow made (with the ``required``
+    files and whole safetensors files, but no :data:`MARKER`) is kept and marked."""
+    if _complete(out):
+        return out
+    try:
+        writable_cache_dir()
+    except UnsupportedModelError:
+        if _made_by_earlier_version(out, required):  # a read-only cache an earlier vlmflow filled
+            return out
+        raise
+    with FolderLock(out.with_name(out.name + ".lock"), what=out, wait=True):
+        if _complete(out):  # another process finished it while this one waited
+            return out
+        _clean_dead_builds(out)
+        if _made_by_earlier_version(out, required):
+            try:
+                _usual_modes(out)
+                _write_marker(out)
+            except OSError:
+                pass  # another user's folder: whole and readable to this one, which is enough
+            return out
+        tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+        _remove(tmp)
+        try:
+            tmp.mkdir(parents=True)
+            build(tmp)
+            _usual_modes(tmp)
+            _write_marker(tmp)  # last: a folder without it is never used
+            old = out.with_name(f"{out.name}.old{os.getpid()}")
+            if out.exists() or out.is_symlink():  # unfinished or damaged: nobody loads it
+                _remove(old)
+                out.rename(old)
+            tmp.rename(out)
+            _remove(old)
+        except BaseException:
+            _remove(tmp)
+            raise
     return out
 
 
@@ -127,7 +318,9 @@ def build_demo_tokenizer() -> Any:
     """SmolLM2's tokenizer with ``<video>`` and ``<image>`` added as special tokens."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(base_lm_dir())
+    folder = base_lm_dir()
+    with reading_cache(folder):
+        tok = AutoTokenizer.from_pretrained(folder)
     tok.add_special_tokens({"additional_special_tokens": list(ADDED_TOKENS)})
     return tok
 
@@ -149,7 +342,9 @@ def demo_config(tokenizer: Any) -> Any:
 
     from .llava_next_video import square_frame_config
 
-    raw = json.loads((base_lm_dir() / "config.json").read_text())
+    folder = base_lm_dir()
+    with reading_cache(folder):
+        raw = json.loads((folder / "config.json").read_text())
     for key in ("architectures", "_name_or_path", "_model_name_or_path", "transformers_version", "dtype"):
         raw.pop(key, None)
     raw["vocab_size"] = len(tokenizer)
@@ -171,7 +366,9 @@ def build_demo_model(seed: int = 0) -> tuple[Any, Any]:
     config = demo_config(processor.tokenizer)
     torch.manual_seed(seed)
     model = LlavaNextVideoForConditionalGeneration(config)
-    base = load_file(str(base_lm_dir() / "model.safetensors"))
+    folder = base_lm_dir()
+    with reading_cache(folder):
+        base = load_file(str(folder / "model.safetensors"))
     emb = base.pop("model.embed_tokens.weight")
     lm = model.model.language_model
     missing, unexpected = lm.load_state_dict(
@@ -300,19 +497,19 @@ def merged_dir(path: Path = DEMO_DIR) -> Path:
             "`python scripts/train_demo_model.py`"
         )
     out = cache_dir() / f"demo-{_fingerprint(path)}"
-    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+    if _complete(out):
         return out
     try:
         import peft as _  # noqa: F401
     except ImportError as exc:
         raise UnsupportedModelError("the demo model needs peft: pip install 'vlmflow[demo]'") from exc
+    return _cached_folder(out, MERGED_FILES, lambda tmp: _write_merged(path, tmp))
+
+
+def _write_merged(path: Path, tmp: Path) -> None:
+    """Merge the shipped folder ``path`` into SmolLM2 and save the checkpoint into ``tmp``."""
     model, processor = build_demo_model(0)
     merged = load_trained(path, model).merge_and_unload()
     merged.eval()
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from typing import Annotated
@@ -46,7 +47,13 @@ _interrupted = False
 
 
 def _on_sigint(signum: int, frame: object) -> None:
+    """The first SIGINT stops the run (``KeyboardInterrupt``, as without us); a later one
+    is ignored, so that a second Ctrl-C cannot cut short the recording of what finished
+    (the manifest's ``stopped`` and ``samples``) or the exit; SIGKILL still ends it at once."""
     global _interrupted
+    if _interrupted:
+        os.write(2, b"vlmflow: already stopping, recording what finished (kill -9 ends it at once)\n")
+        return
     _interrupted = True
     signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt, as without us
 
@@ -55,8 +62,9 @@ def main() -> None:
     """The ``vlmflow`` entry point: typer's, except that Ctrl-C exits with 130 (128 + SIGINT,
     what shells expect) instead of click's 1, after the run has recorded what finished
     (see :func:`vlmflow.api.run`), and an unexpected error from any command ends in one
-    ``error:`` line (the traceback with ``--debug``) and exit status 2. A SIGINT that the
-    process inherited as ignored stays ignored."""
+    ``error:`` line (the traceback with ``--debug``) and exit status 2. A second Ctrl-C
+    while the run stops is ignored (:func:`_on_sigint`). A SIGINT that the process
+    inherited as ignored stays ignored."""
     from .commands.common import fail_unexpected
 
     # a SIGINT ignored by whoever started us (a background job of a shell without job

@@ -186,7 +186,10 @@ def start(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
+        preexec_fn=lambda: (
+            signal.signal(signal.SIGINT, sigint),
+            signal.signal(signal.SIGTERM, signal.SIG_DFL),
+        ),
     )
 
 
@@ -375,6 +378,43 @@ def test_more_ctrl_c_while_the_run_records_its_stop_are_ignored(
     done = {s for s, a in scan(out / "records").units if a == "flow"}
     assert manifest["samples"]["done"] == len(done) >= 1
     assert manifest["samples"]["done"] + manifest["samples"]["missing"] == len(ids)
+
+
+def test_sigterm_stops_like_ctrl_c_records_the_stop_and_exits_143(
+    tiny_llava_path: Path, tmp_path: Path
+) -> None:
+    """SIGTERM (``kill``, a scheduler's preemption) while a unit is being written: the unit
+    is finished, the manifest records ``terminated (SIGTERM)`` and the counts, the CLI says
+    how to resume and exits 143; a second SIGTERM while the stop is recorded is ignored.
+    SIGTERM used to end the process at once: exit -15, no ``stopped``, no counts."""
+    ids = [s.id for s in load_dataset("synthetic:2", tasks=TASKS)]
+    out, stopping = tmp_path / "run", tmp_path / "stopping"
+    proc = start(
+        cli_args(tiny_llava_path, out),
+        fault="slowstop:0",
+        VLMFLOW_TEST_STOP_FILE=str(stopping),
+        VLMFLOW_TEST_SLEEP_AFTER_ROWS=f"2:{ids[1]}",
+    )
+    try:
+        wait_for(out / "records" / "shard-00000.jsonl", f'"sample_id": "{ids[1]}"', proc)
+        proc.send_signal(signal.SIGTERM)
+        wait_for(stopping, "terminated (SIGTERM)", proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    assert "terminated: every finished unit is kept" in err and "Traceback" not in err, err[-2000:]
+    units = set(scan(out / "records").units)
+    assert (ids[1], "eval") in units  # the unit being written was finished, not torn
+    assert not any(s in (ids[2], ids[3]) for s, _ in units)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stopped"]["reason"] == "terminated (SIGTERM)"
+    assert manifest["samples"]["done"] + manifest["samples"]["missing"] == len(ids)
+    resumed = invoke(cli_args(tiny_llava_path, out))
+    assert resumed.exit_code == 0, resumed.output
+    check_complete(out, ids)
 
 
 def test_a_run_started_with_sigint_ignored_keeps_ignoring_it(tiny_llava_path: Path, tmp_path: Path) -> None:

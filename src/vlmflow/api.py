@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .engine import check_max_batch_tokens
-from .errors import PlanError, RunError, RunStopped
+from .errors import PlanError, RunError, RunStopped, Terminated
 from .probe import Model, check_frame_policy, check_load_options, check_num_frames, load
 from .run import RunSummary, run_samples, samples_to_do
 from .rundir import RunDir, canonical_dtype
@@ -329,22 +329,29 @@ def _say_stop(
     before: list[bytes | None],
     total: int,
 ) -> None:
-    """A run stopped by ``exc`` (Ctrl-C, a full disk, no memory left): rank 0 records in the
+    """A run stopped by ``exc`` (Ctrl-C, SIGTERM, a full disk, no memory left): rank 0 records in the
     manifest what finished before the stop, or leaves a folder that had not accepted the run
-    as it was found (``before``); after a Ctrl-C, it says how to resume."""
+    as it was found (``before``); after a Ctrl-C or SIGTERM, it says how to resume."""
     if lock.held and not opened:  # stopped before the folder accepted the run
         if before:  # (a Ctrl-C while it was being opened): leave it as it was found
             _restore_manifest(rundir, before[0])
     elif lock.held:  # rank 0 says in the manifest what finished before the stop
-        reason = "interrupted (SIGINT)" if isinstance(exc, KeyboardInterrupt) else str(exc)
-        rundir.record_stop(reason, total or None)
+        rundir.record_stop(_stop_reason(exc), total or None)
     if lock.held and isinstance(exc, KeyboardInterrupt):
         said = (
             f"every finished unit is kept in {rundir.path} (manifest.json 'samples')"
             if opened
             else f"before the run started, {rundir.path} is as it was"
         )
-        print(f"interrupted: {said}; re-run the same command to resume", file=sys.stderr, flush=True)
+        how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"{how}: {said}; re-run the same command to resume", file=sys.stderr, flush=True)
+
+
+def _stop_reason(exc: BaseException) -> str:
+    """The manifest's ``stopped.reason`` for a run stopped by ``exc``."""
+    if isinstance(exc, Terminated):
+        return "terminated (SIGTERM)"
+    return "interrupted (SIGINT)" if isinstance(exc, KeyboardInterrupt) else str(exc)
 
 
 def _remove_if_only_lock(rundir: RunDir) -> None:

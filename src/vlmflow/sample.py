@@ -84,8 +84,7 @@ class Sample:
             # letter; True as 1; 1.0 and 5 failed later as a raw TypeError / IndexError
             if isinstance(answer, (bool, np.bool_)) or not isinstance(answer, (int, np.integer)):
                 raise DataError(
-                    f"sample {self.id!r}: answer must be an option index (an integer) or None, "
-                    f"got {answer!r}"
+                    f"sample {self.id!r}: answer must be an option index (an integer) or None, got {answer!r}"
                 )
             if not 0 <= answer < len(self.options):
                 raise DataError(

@@ -197,6 +197,8 @@ def run(
         _adopt_recorded(rundir, analyses)  # every rank: a resumed folder keeps what it started with
         config = {**options.manifest(), "analyses": {a.name: a.config() for a in analyses}}
         samples = options.samples_of()
+        if options.tasks:  # as resolved: by name or paper id, in any order, once each
+            config["tasks"] = sorted({s.task for s in samples})
         if sample_ids is not None:
             _refuse_unknown_ids(sample_ids, samples, options)
             keep = set(sample_ids)

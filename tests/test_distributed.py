@@ -18,7 +18,7 @@ from vlmflow.cli import app
 from vlmflow.data import load_dataset
 from vlmflow.distributed import Context, device_for, env_ranks
 from vlmflow.errors import RunError
-from vlmflow.store import read_records
+from vlmflow.store import read_records, scan
 
 DATA = ["--data", "synthetic:2", "--task", "moving_direction", "--task", "object_count"]
 KEYS = ["sample_id", "analysis", "condition", "layer"]
@@ -234,6 +234,48 @@ def test_every_rank_leaves_no_gloo_thread_behind(tiny_llava_path: Path, tmp_path
     assert multi.returncode == 0, multi.stderr[-3000:]
     for rank in (0, 1):
         assert f"rank {rank}: gloo threads at exit: 0" in multi.stderr, multi.stderr[-3000:]
+
+
+def test_sigterm_to_torchrun_stops_every_rank_and_rank_0_records_the_stop(
+    tiny_llava_path: Path, tmp_path: Path
+) -> None:
+    """SIGTERM to torchrun (a scheduler's preemption; torchrun passes it on to every rank,
+    and SIGKILLs a rank still alive 30 s later): every rank stops as on Ctrl-C, the unit
+    rank 1 is writing is finished, rank 0 records ``terminated (SIGTERM)`` with the group's
+    counts, and every rank is gone well before torchrun would SIGKILL it. Rank 0 used to
+    die at once: no ``stopped``, no counts."""
+    import signal
+    import time
+
+    ids = [s.id for s in load_dataset("synthetic:2", tasks=["moving_direction", "object_count"])]
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLMFLOW_TEST_SLEEP_AFTER_ROWS": f"3:{ids[1]}"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "vlmflow.cli", *flow_args(tiny_llava_path, out, "vql-to-ql"), "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        rows = out / "records" / "shard-00001.jsonl"  # rank 1's: ids[1] is its first sample
+        deadline = time.monotonic() + 300
+        while not (rows.exists() and f'"sample_id": "{ids[1]}"' in rows.read_text()):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the run did not get there in time"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert took < 25, f"the ranks took {took:.0f} s to stop (torchrun SIGKILLs them at 30 s)"
+    assert "SIGKILL" not in err, err[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stopped"]["reason"] == "terminated (SIGTERM)", err[-3000:]
+    units = set(scan(out / "records").units)
+    assert (ids[1], "eval") in units  # rank 1's unit being written was finished, not torn
+    assert manifest["samples"]["done"] == len({s for s, a in units if a == "flow"})
+    assert manifest["samples"]["done"] + manifest["samples"]["missing"] == len(ids)
 
 
 def test_merge_refuses_a_folder_that_is_no_run(tmp_path: Path) -> None:

@@ -165,18 +165,31 @@ def invoke(args: list[str], env: dict[str, str] | None = None):
         torch.set_num_threads(threads)
 
 
-def start(args: list[str], sigint: Any = signal.SIG_DFL, **env: str) -> subprocess.Popen:
+FAULTY_CLI = Path(__file__).parent / "fixtures" / "faulty_cli.py"
+
+
+def start(
+    args: list[str], sigint: Any = signal.SIG_DFL, *, fault: str | None = None, **env: str
+) -> subprocess.Popen:
     """The CLI in a child process. Its SIGINT starts as ``sigint`` (default: as from a
     terminal), whatever this process inherited: a test suite run as a background job of a
-    shell without job control has SIGINT ignored, and so would its children."""
+    shell without job control has SIGINT ignored, and so would its children. ``fault``:
+    ``KIND:0`` run through ``tests/fixtures/faulty_cli.py`` with that fault."""
     full = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    target = ["-m", "vlmflow.cli"]
+    if fault is not None:
+        full["VLMFLOW_TEST_FAULT"] = fault
+        target = [str(FAULTY_CLI)]
     return subprocess.Popen(
-        [sys.executable, "-m", "vlmflow.cli", *args],
+        [sys.executable, *target, *args],
         env=full,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
+        preexec_fn=lambda: (
+            signal.signal(signal.SIGINT, sigint),
+            signal.signal(signal.SIGTERM, signal.SIG_DFL),
+        ),
     )
 
 
@@ -326,6 +339,78 @@ def test_ctrl_c_finishes_the_unit_being_written_and_exits_130(tiny_llava_path: P
     assert not any(s in (ids[2], ids[3]) for s, _ in units)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stopped"]["reason"] == "interrupted (SIGINT)"
+    assert manifest["samples"]["done"] + manifest["samples"]["missing"] == len(ids)
+    resumed = invoke(cli_args(tiny_llava_path, out))
+    assert resumed.exit_code == 0, resumed.output
+    check_complete(out, ids)
+
+
+def test_more_ctrl_c_while_the_run_records_its_stop_are_ignored(
+    tiny_llava_path: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C, then two more while the run records what finished (the fixture holds it
+    there 3 s): the later ones are ignored, so the manifest still gets ``stopped`` and
+    up-to-date counts, the CLI says how to resume, with no traceback, and exits 130. They
+    used to interrupt the recording: no ``stopped``, no counts, no hint."""
+    ids = [s.id for s in load_dataset("synthetic:2", tasks=TASKS)]
+    out, stopping = tmp_path / "run", tmp_path / "stopping"
+    proc = start(
+        cli_args(tiny_llava_path, out),
+        fault="slowstop:0",
+        VLMFLOW_TEST_STOP_FILE=str(stopping),
+        VLMFLOW_TEST_SLEEP_AFTER_ROWS=f"2:{ids[1]}",
+    )
+    try:
+        wait_for(out / "records" / "shard-00000.jsonl", f'"sample_id": "{ids[1]}"', proc)
+        proc.send_signal(signal.SIGINT)
+        wait_for(stopping, "interrupted (SIGINT)", proc)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: every finished unit is kept" in err and "Traceback" not in err, err[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stopped"]["reason"] == "interrupted (SIGINT)"
+    done = {s for s, a in scan(out / "records").units if a == "flow"}
+    assert manifest["samples"]["done"] == len(done) >= 1
+    assert manifest["samples"]["done"] + manifest["samples"]["missing"] == len(ids)
+
+
+def test_sigterm_stops_like_ctrl_c_records_the_stop_and_exits_143(
+    tiny_llava_path: Path, tmp_path: Path
+) -> None:
+    """SIGTERM (``kill``, a scheduler's preemption) while a unit is being written: the unit
+    is finished, the manifest records ``terminated (SIGTERM)`` and the counts, the CLI says
+    how to resume and exits 143; a second SIGTERM while the stop is recorded is ignored.
+    SIGTERM used to end the process at once: exit -15, no ``stopped``, no counts."""
+    ids = [s.id for s in load_dataset("synthetic:2", tasks=TASKS)]
+    out, stopping = tmp_path / "run", tmp_path / "stopping"
+    proc = start(
+        cli_args(tiny_llava_path, out),
+        fault="slowstop:0",
+        VLMFLOW_TEST_STOP_FILE=str(stopping),
+        VLMFLOW_TEST_SLEEP_AFTER_ROWS=f"2:{ids[1]}",
+    )
+    try:
+        wait_for(out / "records" / "shard-00000.jsonl", f'"sample_id": "{ids[1]}"', proc)
+        proc.send_signal(signal.SIGTERM)
+        wait_for(stopping, "terminated (SIGTERM)", proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    assert "terminated: every finished unit is kept" in err and "Traceback" not in err, err[-2000:]
+    units = set(scan(out / "records").units)
+    assert (ids[1], "eval") in units  # the unit being written was finished, not torn
+    assert not any(s in (ids[2], ids[3]) for s, _ in units)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stopped"]["reason"] == "terminated (SIGTERM)"
     assert manifest["samples"]["done"] + manifest["samples"]["missing"] == len(ids)
     resumed = invoke(cli_args(tiny_llava_path, out))
     assert resumed.exit_code == 0, resumed.output

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .engine import check_max_batch_tokens
-from .errors import PlanError, RunError, RunStopped
+from .errors import PlanError, RunError, RunStopped, Terminated
 from .probe import Model, check_frame_policy, check_load_options, check_num_frames, load
 from .run import RunSummary, run_samples, samples_to_do
 from .rundir import RunDir, canonical_dtype
 from .sample import Sample
-from .store import is_environment_error, store_error
+from .store import deferred_signals, is_environment_error, store_error
 
 if TYPE_CHECKING:
     from .analyses.base import Analysis
@@ -203,6 +203,8 @@ def run(
         _adopt_recorded(rundir, analyses)  # every rank: a resumed folder keeps what it started with
         config = {**options.manifest(), "analyses": {a.name: a.config() for a in analyses}}
         samples = options.samples_of()
+        if options.tasks:  # as resolved: by name or paper id, in any order, once each
+            config["tasks"] = sorted({s.task for s in samples})
         if sample_ids is not None:
             _refuse_unknown_ids(sample_ids, samples, options)
             keep = set(sample_ids)
@@ -311,26 +313,54 @@ def run(
         finished = True
         return RunResult(rundir.path, summary, report, ctx.rank)
     except (KeyboardInterrupt, RunStopped) as exc:  # a full disk, no memory left
-        if lock.held and not opened[0]:  # stopped before the folder accepted the run
-            if before:  # (a Ctrl-C while it was being opened): leave it as it was found
-                _restore_manifest(rundir, before[0])
-        elif lock.held:  # rank 0 says in the manifest what finished before the stop
-            reason = "interrupted (SIGINT)" if isinstance(exc, KeyboardInterrupt) else str(exc)
-            rundir.record_stop(reason, len(samples) or None)
-        if lock.held and isinstance(exc, KeyboardInterrupt):
-            said = (
-                f"every finished unit is kept in {rundir.path} (manifest.json 'samples')"
-                if opened[0]
-                else f"before the run started, {rundir.path} is as it was"
-            )
-            print(f"interrupted: {said}; re-run the same command to resume", file=sys.stderr, flush=True)
+        # a second Ctrl-C (or a SIGTERM) meanwhile waits until the stop is recorded and said,
+        # then is dropped: the run is stopping already
+        with deferred_signals(deliver=False):
+            _say_stop(rundir, exc, lock, opened=opened[0], before=before, total=len(samples))
         raise
     finally:
-        held = lock.held
-        lock.release()
-        ctx.close()
-        if created and held and not finished:
-            _remove_if_only_lock(rundir)
+        # and until the folder is released; one that came after a run that ended normally
+        # is handed on then (a KeyboardInterrupt once everything is written)
+        with deferred_signals(deliver=finished):
+            held = lock.held
+            lock.release()
+            ctx.close()
+            if created and held and not finished:
+                _remove_if_only_lock(rundir)
+
+
+def _say_stop(
+    rundir: RunDir,
+    exc: BaseException,
+    lock: FolderLock,
+    *,
+    opened: bool,
+    before: list[bytes | None],
+    total: int,
+) -> None:
+    """A run stopped by ``exc`` (Ctrl-C, SIGTERM, a full disk, no memory left): rank 0 records in the
+    manifest what finished before the stop, or leaves a folder that had not accepted the run
+    as it was found (``before``); after a Ctrl-C or SIGTERM, it says how to resume."""
+    if lock.held and not opened:  # stopped before the folder accepted the run
+        if before:  # (a Ctrl-C while it was being opened): leave it as it was found
+            _restore_manifest(rundir, before[0])
+    elif lock.held:  # rank 0 says in the manifest what finished before the stop
+        rundir.record_stop(_stop_reason(exc), total or None)
+    if lock.held and isinstance(exc, KeyboardInterrupt):
+        said = (
+            f"every finished unit is kept in {rundir.path} (manifest.json 'samples')"
+            if opened
+            else f"before the run started, {rundir.path} is as it was"
+        )
+        how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"{how}: {said}; re-run the same command to resume", file=sys.stderr, flush=True)
+
+
+def _stop_reason(exc: BaseException) -> str:
+    """The manifest's ``stopped.reason`` for a run stopped by ``exc``."""
+    if isinstance(exc, Terminated):
+        return "terminated (SIGTERM)"
+    return "interrupted (SIGINT)" if isinstance(exc, KeyboardInterrupt) else str(exc)
 
 
 def _remove_if_only_lock(rundir: RunDir) -> None:

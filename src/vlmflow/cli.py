@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from typing import Annotated
@@ -10,6 +11,8 @@ from typing import Annotated
 import typer
 
 from .commands import register_all
+from .errors import Terminated
+from .store import STOP_SIGNALS
 
 app = typer.Typer(
     help=(
@@ -42,32 +45,43 @@ def _main(
 register_all(app)
 
 
-_interrupted = False
+_stopped_by: list[int] = []  # the signal that stopped the run (SIGINT or SIGTERM), once one came
 
 
-def _on_sigint(signum: int, frame: object) -> None:
-    global _interrupted
-    _interrupted = True
+def _on_stop_signal(signum: int, frame: object) -> None:
+    """The first SIGINT or SIGTERM stops the run: ``KeyboardInterrupt`` (as without us) or
+    :class:`~vlmflow.errors.Terminated`; a later one is ignored, so that a second Ctrl-C
+    (or torchrun's SIGTERM after the terminal's SIGINT) cannot cut short the recording of
+    what finished (the manifest's ``stopped`` and ``samples``) or the exit; SIGKILL still
+    ends it at once."""
+    if _stopped_by:
+        os.write(2, b"vlmflow: already stopping, recording what finished (kill -9 ends it at once)\n")
+        return
+    _stopped_by.append(signum)
+    if signum == signal.SIGTERM:
+        raise Terminated()
     signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt, as without us
 
 
 def main() -> None:
     """The ``vlmflow`` entry point: typer's, except that Ctrl-C exits with 130 (128 + SIGINT,
-    what shells expect) instead of click's 1, after the run has recorded what finished
-    (see :func:`vlmflow.api.run`), and an unexpected error from any command ends in one
-    ``error:`` line (the traceback with ``--debug``) and exit status 2. A SIGINT that the
-    process inherited as ignored stays ignored."""
+    what shells expect) and SIGTERM with 143 (128 + SIGTERM), each after the run has
+    recorded what finished (see :func:`vlmflow.api.run`), and an unexpected error from any
+    command ends in one ``error:`` line (the traceback with ``--debug``) and exit status 2.
+    A second signal while the run stops is ignored (:func:`_on_stop_signal`). A signal that
+    the process inherited as ignored stays ignored."""
     from .commands.common import fail_unexpected
 
-    # a SIGINT ignored by whoever started us (a background job of a shell without job
-    # control, nohup-like launchers) stays ignored, as for any POSIX program
-    if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, signal.SIG_DFL):
-        signal.signal(signal.SIGINT, _on_sigint)
+    # a signal ignored by whoever started us (SIGINT in a background job of a shell without
+    # job control, nohup-like launchers) stays ignored, as for any POSIX program
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL):
+            signal.signal(signum, _on_stop_signal)
     try:
         app()
     except SystemExit as exc:
-        if _interrupted and exc.code == 1:
-            sys.exit(130)
+        if _stopped_by and exc.code in (1, 130):  # click's Abort, or typer's 130 for any signal
+            sys.exit(128 + _stopped_by[0])
         raise
     except Exception as exc:
         try:

@@ -77,7 +77,12 @@ def run_demo(
     analyses = demo_analyses(window or settings["window"], settings["layers"])
     result = run(options, analyses, out, model=loaded)
     found = search_and_evaluate(
-        options, Path(out) / "pathways", calib=0.5, tolerance=0.02, step=settings["step"], seeds=(0, 1, 2),
+        options,
+        Path(out) / "pathways",
+        calib=0.5,
+        tolerance=0.02,
+        step=settings["step"],
+        seeds=(0, 1, 2),
         model=loaded,
     )
     return result, found

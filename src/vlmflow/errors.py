@@ -42,6 +42,13 @@ class RunStopped(RunError):
     left): every finished unit is kept, and the same command resumes once it is fixed."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch scheduler's preemption, torchrun stopping its ranks) as the
+    CLI raises it: a ``KeyboardInterrupt``, so a run stops as on Ctrl-C (the unit being
+    written is finished, the manifest records ``stopped`` and the counts), with its own
+    reason and exit status (143)."""
+
+
 def say_warning(
     message: Warning | str,
     category: type[Warning],

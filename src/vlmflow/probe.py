@@ -263,9 +263,7 @@ def make_sample(
             raise PromptError(f"answer {answer!r} is not one of the options {list(options)}")
         answer = options.index(answer)
     elif answer is not None and not is_int(answer):  # 1.0 used to be a TypeError, True index 1
-        raise PromptError(
-            f"answer must be an option index (an integer) or an option's text, got {answer!r}"
-        )
+        raise PromptError(f"answer must be an option index (an integer) or an option's text, got {answer!r}")
     if answer is not None and not 0 <= answer < len(options):
         raise PromptError(f"answer index {answer} outside the {len(options)} options")
     return Sample(
@@ -437,7 +435,9 @@ class Probe:
             name = (
                 f"{what.src}->{what.dst}"
                 if isinstance(what, Cut)
-                else what.plan.name if isinstance(what, CompiledPlan) else what.name
+                else what.plan.name
+                if isinstance(what, CompiledPlan)
+                else what.name
             )
             if layers is not None:
                 raise PlanError(

@@ -294,8 +294,8 @@ def _analyse(
     rows_by_unit: dict[str, list[dict[str, Any]]] = {}
     errors: dict[str, str] = {}
     try:
-        if sample.error is not None:
-            raise DataError(sample.error)
+        if sample.error is not None:  # a fixed item is other data: this folder refuses it
+            raise DataError(f"{sample.error} (once fixed, run the file into a new --out folder)")
         prepared = adapter.prepare(sample)
         bar.set_postfix(tokens=prepared.layout.length, refresh=False)
         probe = Probe(adapter, prepared, max_batch_tokens=max_batch_tokens, correctness=correctness)

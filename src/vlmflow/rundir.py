@@ -411,12 +411,13 @@ class RunDir:
 
     def refuse_other_config(self, old: dict[str, Any], new: dict[str, Any], hint: str = "") -> None:
         """A :class:`RunError` naming the keys in which this folder's configuration ``old``
-        differs from ``new`` (both canonical, see :func:`canonical_config`), and within a
-        nested one (``analyses``) each differing option with both values
-        (:func:`config_differences`); ``hint`` ends it.
+        differs from ``new`` (both canonical, see :func:`canonical_config`), each with both
+        values (``seed (folder: 0, now: 42)``), and within a nested one (``analyses``) each
+        differing option with both values (:func:`config_differences`); ``hint`` ends it.
         Informational keys (:data:`INFORMATIONAL`) are no part of the comparison, and
-        ``old``'s layer options are read as this version writes them (:func:`normalized_layers`),
-        so a folder started with ``layers=range(...)`` or an unsorted list resumes."""
+        ``old``'s layer options and tasks are read as this version writes them
+        (:func:`normalized_layers`, :func:`normalized_tasks`), so a folder started with
+        ``layers=range(...)``, an unsorted list, or tasks by paper id resumes."""
         old, new = identity_config(old), identity_config(new)
         if old.get("dtype") is None or new.get("dtype") is None:
             # an unset dtype resolves per device (float32 on a CPU): whether it is the one the
@@ -425,12 +426,13 @@ class RunDir:
             old.pop("dtype", None)
             new.pop("dtype", None)
         if old != new:
-            old = normalized_layers(old)
+            old = normalized_tasks(normalized_layers(old), new)
         if old != new:
             diff = [
                 f"{k} ({'; '.join(config_differences(old[k], new[k])[:6])})"
                 if isinstance(old.get(k), dict) and isinstance(new.get(k), dict)
-                else k
+                else f"{k} (folder: {_show(old[k]) if k in old else 'not set'}, "
+                f"now: {_show(new[k]) if k in new else 'not set'})"
                 for k in sorted(set(new) | set(old))
                 if new.get(k) != old.get(k)
             ]
@@ -531,15 +533,38 @@ def canonical_config(config: dict[str, Any]) -> dict[str, Any]:
 _RANGE_TEXT = re.compile(r"range\((-?\d+), (-?\d+)(?:, (-?\d+))?\)")
 
 
+def _show(value: Any) -> str:
+    """A configuration value in a refusal: JSON (text as it is), cut at 40 characters."""
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def normalized_tasks(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``old`` with its ``tasks`` as ``new`` names them when both select the same tasks of
+    the same dataset (:func:`~vlmflow.data.registry.selected_tasks`). Runs store the tasks
+    resolved (names, sorted, once each); folders before 2026-12-03 stored them as typed
+    (``["1"]``, repeated, in the user's order), which resume with any selection of the same
+    tasks. A selection that cannot be resolved (the dataset is gone) is left as it is."""
+    from .data.registry import selected_tasks
+    from .errors import VlmflowError
+
+    before, now = old.get("tasks"), new.get("tasks")
+    if before == now or not isinstance(before, list) or not isinstance(now, list) or not before or not now:
+        return old
+    if old.get("data") != new.get("data") or not isinstance(new.get("data"), str):
+        return old
+    try:
+        same = selected_tasks(new["data"], before) == selected_tasks(new["data"], now)
+    except (VlmflowError, OSError, ValueError):
+        return old
+    return {**old, "tasks": now} if same else old
+
+
 def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     """Where configuration ``new`` differs from ``old`` (a folder's), one entry per differing
     option, nested ones by dotted path: ``"flow-screen.control: 2 vs 5"`` (the folder's value
     first); an option one side lacks says which (``"only in the folder"``, ``"only given
     now"``)."""
-
-    def show(value: Any) -> str:
-        text = json.dumps(value, default=str) if not isinstance(value, str) else value
-        return text if len(text) <= 40 else text[:37] + "..."
 
     out = []
     for key in sorted(set(old) | set(new), key=str):
@@ -551,7 +576,7 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
         elif isinstance(old[key], dict) and isinstance(new[key], dict):
             out += config_differences(old[key], new[key], f"{path}.")
         elif old[key] != new[key]:
-            out.append(f"{path}: {show(old[key])} vs {show(new[key])}")
+            out.append(f"{path}: {_show(old[key])} vs {_show(new[key])}")
     return out
 
 

@@ -85,8 +85,7 @@ class Sample:
             # letter; True as 1; 1.0 and 5 failed later as a raw TypeError / IndexError
             if not is_int(answer):  # numpy's too; a bool is not an index
                 raise DataError(
-                    f"sample {self.id!r}: answer must be an option index (an integer) or None, "
-                    f"got {answer!r}"
+                    f"sample {self.id!r}: answer must be an option index (an integer) or None, got {answer!r}"
                 )
             if not 0 <= answer < len(self.options):
                 raise DataError(

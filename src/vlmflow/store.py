@@ -22,8 +22,9 @@ appended to ``records/shard-RRRRR.done.jsonl`` and fsynced. What the store guara
   first, so the fragment stays an unreadable line of its own.
 * **One writer per shard.** A writer holds an advisory lock on its shard
   (:class:`vlmflow.lock.FolderLock`, released by the OS if the process dies).
-* **Ctrl-C never tears a write.** SIGINT arriving while a unit is being written is held
-  back until its done marker is on disk, then raised as ``KeyboardInterrupt``.
+* **Ctrl-C never tears a write.** SIGINT (and SIGTERM, when a Python-level handler is
+  installed for it) arriving while a unit is being written is held back until its done
+  marker is on disk, then handed on (``KeyboardInterrupt``).
 * **A full or unwritable disk stops the run** with a :class:`StoreError` naming the file
   and what to do; what was finished stays readable and the run resumes once space returns.
 * **Order does not depend on sharding.** :func:`read_records` returns units sorted by
@@ -159,8 +160,9 @@ class RecordStore:
         *,
         supersedes: str | None = None,
     ) -> None:
-        """Append one unit's rows, then its done marker; each fsynced. A SIGINT meanwhile is
-        held back until the marker is written; a failing disk raises :class:`StoreError`.
+        """Append one unit's rows, then its done marker; each fsynced. A SIGINT (or a handled
+        SIGTERM) meanwhile is held back until the marker is written; a failing disk raises
+        :class:`StoreError`.
 
         ``supersedes``: the attempt id of this unit's earlier, failed attempt that this one
         replaces (a retry); once this marker is on disk, reading never returns the old one."""
@@ -179,7 +181,7 @@ class RecordStore:
         }
         if supersedes is not None:
             marker["supersedes"] = supersedes
-        with deferred_sigint():
+        with deferred_signals():
             _append(self.rows_path, lines)
             _test_pause(sample_id)
             _append(self.done_path, [json.dumps(marker).encode("ascii")])
@@ -195,28 +197,33 @@ def _digest(lines: list[bytes]) -> str:
     return h.hexdigest()
 
 
-@contextmanager
-def deferred_sigint() -> Iterator[None]:
-    """Hold back SIGINT inside the block; after it, hand a SIGINT that came to the handler
-    that was installed before (Python's default raises ``KeyboardInterrupt``).
+#: the signals a run stops on (Ctrl-C; SIGTERM from ``kill``, a batch scheduler, torchrun)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    Only in the main thread and when a Python-level handler is installed (elsewhere the
-    block runs unchanged)."""
+
+@contextmanager
+def deferred_signals(*, deliver: bool = True) -> Iterator[None]:
+    """Hold back SIGINT and SIGTERM inside the block; after it, hand the first that came to
+    the handler that was installed before (Python's default for SIGINT raises
+    ``KeyboardInterrupt``). ``deliver=False`` drops it instead (a block that ends a run
+    already stopping), and so does a block that raises.
+
+    Only in the main thread, and only for a signal with a Python-level handler (SIG_IGN and
+    SIG_DFL are left as they are: SIGTERM then ends the process at once, as before)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
-    if not callable(previous):  # SIG_IGN / SIG_DFL: nothing Python-level to defer
-        yield
-        return
+    previous = {s: h for s in STOP_SIGNALS if callable(h := signal.getsignal(s))}
     caught: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    for signum in previous:
+        signal.signal(signum, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        previous(signal.SIGINT, None)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if caught and deliver:
+        previous[caught[0]](caught[0], None)
 
 
 def _test_pause(sample_id: str) -> None:

@@ -44,6 +44,23 @@ def test_answer_prob_at_the_last_layer_is_the_models_output(setup) -> None:
     assert raw[0]["option_probs"] != pytest.approx(rows[0]["option_probs"], abs=1e-6)
 
 
+def test_the_overtake_line_numbers_layers_from_0_as_the_layers_option_and_the_csv() -> None:
+    """The terminal's overtake line names the layer as ``--layers``, the records and
+    ``summary/answer-prob.csv`` do (0-based, said so); it used to print ``L24`` for layer 23."""
+    import pandas as pd
+
+    rows = [
+        {"task": t, "layer": layer, "p_true": p, "p_false_max": 0.5, "p_false_mean": 0.3, "n": 2}
+        for t, first in (("object_count", 23), ("static_attribute", None))
+        for layer, p in ((k, 0.9 if first is not None and k >= first else 0.1) for k in range(30))
+    ]
+    lines = AnswerProbability.terminal({"summaries": {"answer-prob": pd.DataFrame(rows)}})
+    assert lines == [
+        "true option overtakes the false ones from (0-based, as --layers): "
+        "object_count: layer 23, static_attribute: never"
+    ]
+
+
 def test_unembed_lens_at_the_last_layer_is_the_models_logits(setup) -> None:
     adapter, prepared, engine, base, logits = setup
     lens = LogitLens(topk=3, sample_mode="all")

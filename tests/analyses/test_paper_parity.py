@@ -194,10 +194,20 @@ def test_an_empty_keyword_table_is_explained_in_the_report_notes() -> None:
     def rows(min_hits: int) -> pd.DataFrame:
         return pd.DataFrame(
             [
-                {"sample_id": "s", "task": "t", "analysis": "logit-lens", "error": None, "layer": layer,
-                 "hits": {"cup": 3, "then": 2} if layer == 0 else {}, "spatial_words": ["cup"],
-                 "temporal_words": ["then"], "num_layers": 4, "bin_size": 2, "bins": "exact",
-                 "min_hits": min_hits}  # fmt: skip
+                {
+                    "sample_id": "s",
+                    "task": "t",
+                    "analysis": "logit-lens",
+                    "error": None,
+                    "layer": layer,
+                    "hits": {"cup": 3, "then": 2} if layer == 0 else {},
+                    "spatial_words": ["cup"],
+                    "temporal_words": ["then"],
+                    "num_layers": 4,
+                    "bin_size": 2,
+                    "bins": "exact",
+                    "min_hits": min_hits,
+                }  # fmt: skip
                 for layer in range(4)
             ]
         )

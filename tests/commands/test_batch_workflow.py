@@ -100,7 +100,55 @@ def test_paper_is_provenance_not_configuration_so_the_same_options_resume(tmp_pa
         assert resumed.exit_code == 0, resumed.output
         assert "1 already done" in resumed.output
     different = runner.invoke(app, eval_args(out, "--quiet"))  # another seed and rule: refused
-    assert different.exit_code == 2 and "differs in: correctness, seed" in different.output
+    assert different.exit_code == 2, different.output
+    said = "differs in: correctness (folder: text, now: not set), seed (folder: 42, now: 0)"
+    assert said in different.output.replace("\n", " "), different.output
+
+
+def test_tasks_by_paper_id_in_another_order_or_repeated_resume_the_same_folder(tmp_path: Path) -> None:
+    """``--task`` by paper id, in another order, or repeated selects the same samples, so it
+    resumes the folder (it was refused: "differs in: tasks"): the manifest stores the tasks
+    resolved (names, sorted, once each), and a folder written before, which stored them as
+    typed, resumes too. Other tasks are refused naming both selections."""
+    import json
+
+    out = tmp_path / "run"
+
+    def args(*tasks: str) -> list[str]:
+        picked = [a for t in tasks for a in ("--task", t)]
+        return [
+            "eval",
+            "--model",
+            "tiny",
+            "--data",
+            "synthetic:1:fixed",
+            *picked,
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+
+    first = runner.invoke(app, args("object_count", "action_sequence"))
+    assert first.exit_code == 0, first.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["tasks"] == ["action_sequence", "object_count"]
+    # paper ids number the tasks alphabetically: 1 action_sequence, 3 object_count
+    for tasks in (("3", "1"), ("action_sequence", "object_count", "object_count"), ("1", "object_count")):
+        resumed = runner.invoke(app, args(*tasks))
+        assert resumed.exit_code == 0, (tasks, resumed.output)
+        assert "0 samples, 0 failed, 2 already done" in resumed.output, resumed.output
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["config"]["tasks"] = ["3", "action_sequence", "3"]  # as a folder before stored them
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    resumed = runner.invoke(app, args("action_sequence", "object_count"))
+    assert resumed.exit_code == 0, resumed.output
+    assert "2 already done" in resumed.output
+
+    other = runner.invoke(app, args("object_count"))
+    assert other.exit_code == 2
+    said = 'differs in: tasks (folder: ["action_sequence", "object_count"], now: ["object_count"])'
+    assert said in other.output.replace("\n", " "), other.output
 
 
 def test_samples_beyond_a_tasks_count_says_how_many_the_task_has(tmp_path: Path) -> None:

@@ -49,6 +49,12 @@ def test_eval_records_a_malformed_line_as_failed_and_goes_on(tiny_llava_path, tm
     counts = RunDir(out).sample_counts()
     assert (counts["done"], counts["failed"]) == (1, 1), counts
     assert counts["failures"] == {"bad": reason}
+    # a fixed line is other data (the annotations' fingerprint changes): the failure says to
+    # run the fixed file into a new folder, and this folder refuses it
+    assert "(once fixed, run the file into a new --out folder)" in reason, reason
+    qa.write_text(json.dumps(good) + "\n" + json.dumps({**bad, "answer": 0}) + "\n")
+    fixed = runner.invoke(app, eval_args(tiny_llava_path, f"jsonl:{qa}", out))
+    assert fixed.exit_code == 2 and "holds a run of other model weights or data" in fixed.output, fixed.output
 
     # nothing readable: the whole file is refused with one line, before any sample runs
     qa.write_text(json.dumps(bad) + "\n")

@@ -75,8 +75,10 @@ def test_shipped_folder_is_small_and_holds_no_base_weights(shipped) -> None:
 
     with safe_open(str(shipped / demo_module.VISION_FILE), "pt") as f:
         keys = list(f.keys())
-    assert all(k.startswith(("model.vision_tower.", "model.multi_modal_projector.")) or
-               k == "added_token_rows" for k in keys), keys
+    assert all(
+        k.startswith(("model.vision_tower.", "model.multi_modal_projector.")) or k == "added_token_rows"
+        for k in keys
+    ), keys
 
 
 def test_demo_falls_back_to_the_tiny_model_until_one_ships() -> None:

@@ -83,8 +83,15 @@ def test_shipped_checkpoint_is_small_and_matches_the_builder(demo) -> None:
     built, _ = build_demo_model(0)
     for part in ("text_config", "vision_config"):
         a, b = getattr(built.config, part).to_dict(), getattr(demo.model.config, part).to_dict()
-        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                    "vocab_size", "image_size", "patch_size"):
+        for key in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "vocab_size",
+            "image_size",
+            "patch_size",
+        ):
             assert a.get(key) == b.get(key), (part, key)
     assert demo.family == "llava_next_video" and demo.num_layers == 8
 

@@ -107,13 +107,14 @@ class AnswerProbability(Analysis):
 
     @classmethod
     def terminal(cls, report: dict[str, Any]) -> list[str]:
-        """Per task, the layer from which the true option stays above the false ones."""
+        """Per task, the layer from which the true option stays above the false ones,
+        0-based as ``--layers``, the records and ``summary/answer-prob.csv`` number them."""
         summary = report.get("summaries", {}).get("answer-prob")
         if summary is None or summary.empty:
             return []
         over = overtake_layers(summary)
-        text = ", ".join(f"{t}: L{v + 1}" if v is not None else f"{t}: never" for t, v in over.items())
-        return [f"true option overtakes the false ones from: {text}"]
+        text = ", ".join(f"{t}: layer {v}" if v is not None else f"{t}: never" for t, v in over.items())
+        return [f"true option overtakes the false ones from (0-based, as --layers): {text}"]
 
 
 def summarize_answer_prob(records: pd.DataFrame) -> pd.DataFrame:

@@ -443,9 +443,7 @@ def open_ended_section(rows: pd.DataFrame, run: RunDir) -> Section | pd.DataFram
         if rows.empty and anchor == "verb":  # no sample kept: its title with samples
             return Section(VERB_TITLE)
         return summarize_layers(rows)
-    section = Section(
-        VERB_TITLE, summaries={f"open-ended-{k}": v for k, v in tables.items()}
-    )
+    section = Section(VERB_TITLE, summaries={f"open-ended-{k}": v for k, v in tables.items()})
     curves = tables["curves"]
     for anchor in sorted(curves["anchor"].unique()):
         section.charts.append(

@@ -107,6 +107,16 @@ def load_dataset(
     return [s for s in items if id(s) in chosen]
 
 
+def selected_tasks(spec: str, tasks: list[str] | None) -> list[str]:
+    """The task names ``tasks`` select in dataset ``spec`` (names or paper task ids, as
+    :func:`load_dataset` reads them), sorted and without repeats: ``["1", "object_count"]``
+    and ``["object_count", "action_sequence", "object_count"]`` select alike. ``[]`` for
+    none (every task). Raises as :func:`load_dataset` does."""
+    if not tasks:
+        return []
+    return sorted({s.task for s in load_dataset(spec, tasks=list(tasks))})
+
+
 def _refuse_duplicate_ids(spec: str, items: list[Sample]) -> None:
     """Sample ids key the run's records: two items with one id would be one unit, the second
     silently skipped as "already done". Refuse the file, naming the id and where it is."""

@@ -25,8 +25,15 @@ from . import (
 from .base import MODELS, Adapter, Prepared
 
 __all__ = [
-    "MODELS", "Adapter", "Prepared", "load_model", "adapter_for", "resolve_spec", "DEMO_MODEL_DIR",
-    "TINY_MODEL_DIR", "EMBEDDED_MODELS",
+    "MODELS",
+    "Adapter",
+    "Prepared",
+    "load_model",
+    "adapter_for",
+    "resolve_spec",
+    "DEMO_MODEL_DIR",
+    "TINY_MODEL_DIR",
+    "EMBEDDED_MODELS",
 ]
 
 DEMO_MODEL_DIR = Path(__file__).parent / "demo_model"

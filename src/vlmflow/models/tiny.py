@@ -54,7 +54,10 @@ POOL_STRIDE = 2  # 8x8 patches -> 4x4 = 16 video tokens per frame
 NUM_FRAMES = 8
 VISION = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
 TEXT = dict(
-    hidden_size=128, intermediate_size=384, num_hidden_layers=8, num_attention_heads=4,
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=8,
+    num_attention_heads=4,
     num_key_value_heads=2,
 )
 
@@ -154,7 +157,12 @@ def build_demo_model(seed: int = 0, *, tie: bool = True, **text_overrides: Any) 
         tie_word_embeddings=tie,
     )
     config = square_frame_config(
-        tok, text, VISION, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, pool_stride=POOL_STRIDE,
+        tok,
+        text,
+        VISION,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        pool_stride=POOL_STRIDE,
         tie_word_embeddings=tie,
     )
     torch.manual_seed(seed)

@@ -245,3 +245,24 @@ def test_out_help_names_the_default_folder(command: str) -> None:
     result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
     text = " ".join(re.sub(r"[│|]", " ", result.output).split())
     assert "default ./vlmflow-out/COMMAND" in text
+
+
+def test_every_option_name_is_whole_in_help_at_80_columns() -> None:
+    """At an 80-column terminal the rich help table cut long option names
+    (``--screen-exact-…``, ``--max-batch-tok…``) and words of the help text."""
+    import typer
+
+    group = typer.main.get_command(app)
+    commands = {"": group, **group.commands}
+    for name, command in commands.items():
+        said = runner.invoke(
+            app, [*([name] if name else []), "--help"], env={"COLUMNS": "80"}, terminal_width=80
+        )
+        assert said.exit_code == 0, said.output
+        assert "…" not in said.output, (name, said.output)
+        assert all(len(line) <= 80 for line in said.output.splitlines()), (name, said.output)
+        words = set(said.output.replace(",", " ").replace("/", " ").split())
+        for param in command.params:
+            for opt in (*param.opts, *param.secondary_opts):
+                if opt.startswith("-"):
+                    assert opt in words, (name, opt, said.output)

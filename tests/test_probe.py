@@ -52,6 +52,17 @@ def test_load_reads_the_family_from_the_checkpoint(tiny_llava_path) -> None:
     assert model.adapter.family == "llava_next_video" and model.num_layers == 4
 
 
+def test_load_passes_the_familys_adapter_options_and_refuses_a_misspelt_one(tiny_llava_path) -> None:
+    """The family docs' ``load_model(path, frames_per_second=...)`` options were a TypeError
+    through ``vlmflow.load``."""
+    from vlmflow.errors import UnsupportedModelError
+
+    model = vlmflow.load(str(tiny_llava_path), num_frames=4, frame_policy="linspace")
+    assert (model.adapter.num_frames, model.adapter.frame_policy) == (4, "linspace")
+    with pytest.raises(UnsupportedModelError, match=r"no option 'num_frame' \(did you mean 'num_frames'\?\)"):
+        vlmflow.load(str(tiny_llava_path), num_frame=4)
+
+
 def test_answer_is_the_models_own_last_position_answer(probe, logits) -> None:
     want = logits[-1].softmax(-1)[list(probe.prepared.option_ids)]
     got = torch.tensor(list(probe.answer.probabilities.values()))

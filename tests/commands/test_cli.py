@@ -266,3 +266,18 @@ def test_every_option_name_is_whole_in_help_at_80_columns() -> None:
             for opt in (*param.opts, *param.secondary_opts):
                 if opt.startswith("-"):
                     assert opt in words, (name, opt, said.output)
+
+
+def test_list_names_how_to_run_an_analysis_without_a_command_and_no_empty_model_types() -> None:
+    """``vlmflow list analyses`` showed ``flow-screen`` like a command (it is ``flow --screen
+    K``); ``list models`` printed ``model types: ;`` for families matched by their config."""
+    import typer
+
+    commands = set(typer.main.get_command(app).commands)
+    listed = runner.invoke(app, ["list", "analyses"]).output.splitlines()
+    assert any(line.split()[0] == "flow-screen" and line.endswith("(via flow --screen K)") for line in listed)
+    for line in listed:
+        assert line.split()[0] in commands or "(via " in line, line
+    models = runner.invoke(app, ["list", "models"]).output
+    assert "model types: ;" not in models
+    assert "pllava" in models and "(matched by config)" in models

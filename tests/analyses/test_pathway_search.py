@@ -264,3 +264,24 @@ def test_preset_help_names_the_presets() -> None:
     done = CliRunner().invoke(app, ["pathways", "--help"], env={"COLUMNS": "400"})
     assert done.exit_code == 0 and "`list`" not in done.output
     assert all(name in done.output for name in PRESETS), done.output
+
+
+def test_the_search_line_writes_its_layers_1_based_and_says_so() -> None:
+    """The terminal's search line printed the spec's 0-based JSON ranges unlabelled, beside
+    flow lines and a README table that count layers from 1."""
+    from vlmflow.analyses.pathways import describe_search
+
+    saved = {
+        "spec": {
+            "keep": {"cross_frame": [0, 7], "video_to_question": None},
+            "block": {"last_to_last": [3, 7]},
+        },
+        "calib_accuracy": 1.0,
+        "calib_base_accuracy": 1.0,
+        "calib_suppressed": 0.438,
+    }
+    line = describe_search(saved)
+    assert line.startswith(
+        "search: kept cross_frame 1-8, video_to_question nowhere; blocked last_to_last 4-8"
+    )
+    assert "(layers 1-based" in line and "43.8% of edges suppressed" in line

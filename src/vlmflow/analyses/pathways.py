@@ -781,10 +781,19 @@ def _refuse_other_provenance(rundir: RunDir, options: Options, held: Sequence[Sa
     rundir.refuse_other_provenance(rundir.manifest().get("provenance", {}), now, NOTHING_SEARCHED)
 
 
+def describe_ranges(ranges: dict[str, Any]) -> str:
+    """``cross_frame 1-8, video_to_question nowhere``: a spec's edge -> inclusive 0-based
+    range (or None) written with 1-based layers, as the figures and the README count them."""
+    return ", ".join(f"{edge} {f'{r[0] + 1}-{r[1] + 1}' if r else 'nowhere'}" for edge, r in ranges.items())
+
+
 def describe_search(saved: dict[str, Any]) -> str:
-    """One line: the found ranges, calibration accuracy against the baseline, edges cut."""
+    """One line: the found ranges (1-based layers; the saved spec's are 0-based), calibration
+    accuracy against the baseline, edges cut."""
     return (
-        f"search: kept {json.dumps(saved['spec']['keep'])} blocked {json.dumps(saved['spec']['block'])}; "
+        f"search: kept {describe_ranges(saved['spec']['keep'])}; "
+        f"blocked {describe_ranges(saved['spec']['block'])} "
+        "(layers 1-based, as in the figures; pathway_search.json counts from 0); "
         f"calibration accuracy {saved['calib_accuracy']:.3f} (baseline {saved['calib_base_accuracy']:.3f}), "
         f"{saved['calib_suppressed']:.1%} of edges suppressed"
     )

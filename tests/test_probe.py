@@ -698,3 +698,24 @@ def test_layers_and_heads_read_as_ints_ranges_or_text_and_nothing_else(probe) ->
         probe.screen("vql-to-ql", k="3")
     with pytest.raises(PlanError, match="screen size control must be an integer"):
         probe.screen("vql-to-ql", control=2.5)
+
+
+def test_result_objects_print_as_one_short_line_of_counts(probe) -> None:
+    """In a notebook ``Lens`` printed its tensors (22,887 characters on the tiny model),
+    ``Screen`` every plan, ``Attribution`` the whole token layout, ``Prepared`` its inputs."""
+    from vlmflow.screen import screen_then_verify
+
+    L = probe.num_layers
+    plans = [Plan(f"p{i}", (Cut("video", "last", (i,)),)) for i in range(L)]
+    shown = {
+        "Lens": (probe.lens(layers=[0, L - 1], positions="video", k=3), "Lens(layers=2, positions="),
+        "Generated": (probe.generate(max_new_tokens=2), "Generated("),
+        "Attribution": (probe.attribute("video", "last"), f"Attribution(layers={L} of {L}, heads="),
+        "Screen": (screen_then_verify(probe.engine, plans, 2, control=1), f"Screen(plans={L}, distinct={L}"),
+        "Prepared": (probe.prepared, f"Prepared({probe.sample.id!r}, tokens={probe.layout.length}"),
+    }
+    for name, (obj, start) in shown.items():
+        said = repr(obj)
+        assert said.startswith(start) and len(said) < 200 and "\n" not in said, (name, said)
+    assert repr(shown["Lens"][0]).endswith(", k=3)")
+    assert "verified=3 (top 2, control 1)" in repr(shown["Screen"][0])

@@ -297,6 +297,9 @@ class Lens:
     probs: torch.Tensor
     tokens: list[list[list[str]]]
 
+    def __repr__(self) -> str:  # the counts, not the tensors (``tokens``, ``to_frame()`` show them)
+        return f"Lens(layers={len(self.layers)}, positions={len(self.positions)}, k={self.ids.shape[-1]})"
+
     def to_frame(self) -> pd.DataFrame:
         """One row per layer x position x rank: ``layer, position, rank, token_id, token, prob``."""
         rows = [
@@ -912,6 +915,9 @@ class Generated:
     text: str
     token_ids: tuple[int, ...]
     first_probs: torch.Tensor
+
+    def __repr__(self) -> str:  # not the vocabulary-long first_probs
+        return f"Generated({self.text!r}, tokens={len(self.token_ids)})"
 
 
 def _spans(positions: np.ndarray) -> list[Span]:

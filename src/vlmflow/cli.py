@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import warnings
 from collections.abc import Iterable
 from typing import Annotated
 
@@ -63,14 +64,27 @@ app = typer.Typer(
 )
 
 
+def _format_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """A warning as the command line says it: ``warning: <message>``, without Python's
+    ``file.py:299: UserWarning:`` prefix and the source line."""
+    return f"warning: {message}\n"
+
+
 @app.callback()
 def _main(
+    ctx: typer.Context,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks of unexpected errors")] = False,
 ) -> None:
     from .commands.common import DEBUG
 
     DEBUG["traceback"] = debug
+    if not debug:  # for this command only (the library, imported, keeps Python's format)
+        python_format = warnings.formatwarning
+        warnings.formatwarning = _format_warning
+        ctx.call_on_close(lambda: setattr(warnings, "formatwarning", python_format))
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -281,3 +281,35 @@ def test_list_names_how_to_run_an_analysis_without_a_command_and_no_empty_model_
     models = runner.invoke(app, ["list", "models"]).output
     assert "model types: ;" not in models
     assert "pllava" in models and "(matched by config)" in models
+
+
+def test_the_cli_says_a_warning_in_one_line_without_python_source(tmp_path) -> None:
+    """A warning printed as ``.../run.py:299: UserWarning: ...`` followed by the source
+    line; the CLI says ``warning: ...`` (``--debug`` keeps Python's form)."""
+    import os
+    import subprocess
+    import sys
+
+    import vlmflow
+
+    src = str(Path(vlmflow.__file__).parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLMFLOW_CACHE": str(tmp_path / "cache")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+    args = ["--model", "tiny", "--data", "synthetic:1:fixed", "--task", "0", "--num-frames", "4", "-q"]
+    for flags in ([], ["--debug"]):
+        out = str(tmp_path / ("debug" if flags else "plain"))
+        done = subprocess.run(
+            [sys.executable, "-m", "vlmflow", *flags, "eval", *args, "--out", out],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        lines = [line for line in done.stderr.splitlines() if "brings its own 8 frames" in line]
+        assert len(lines) == 1, done.stderr
+        if flags:
+            assert ": UserWarning: sample " in lines[0], done.stderr
+        else:
+            assert lines[0].startswith("warning: sample "), done.stderr
+            assert "UserWarning" not in done.stderr and "adapter.prepare(sample)" not in done.stderr

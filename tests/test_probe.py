@@ -52,6 +52,17 @@ def test_load_reads_the_family_from_the_checkpoint(tiny_llava_path) -> None:
     assert model.adapter.family == "llava_next_video" and model.num_layers == 4
 
 
+def test_load_passes_the_familys_adapter_options_and_refuses_a_misspelt_one(tiny_llava_path) -> None:
+    """The family docs' ``load_model(path, frames_per_second=...)`` options were a TypeError
+    through ``vlmflow.load``."""
+    from vlmflow.errors import UnsupportedModelError
+
+    model = vlmflow.load(str(tiny_llava_path), num_frames=4, frame_policy="linspace")
+    assert (model.adapter.num_frames, model.adapter.frame_policy) == (4, "linspace")
+    with pytest.raises(UnsupportedModelError, match=r"no option 'num_frame' \(did you mean 'num_frames'\?\)"):
+        vlmflow.load(str(tiny_llava_path), num_frame=4)
+
+
 def test_answer_is_the_models_own_last_position_answer(probe, logits) -> None:
     want = logits[-1].softmax(-1)[list(probe.prepared.option_ids)]
     got = torch.tensor(list(probe.answer.probabilities.values()))
@@ -708,3 +719,24 @@ def test_layers_and_heads_read_as_ints_ranges_or_text_and_nothing_else(probe) ->
         probe.screen("vql-to-ql", k="3")
     with pytest.raises(PlanError, match="screen size control must be an integer"):
         probe.screen("vql-to-ql", control=2.5)
+
+
+def test_result_objects_print_as_one_short_line_of_counts(probe) -> None:
+    """In a notebook ``Lens`` printed its tensors (22,887 characters on the tiny model),
+    ``Screen`` every plan, ``Attribution`` the whole token layout, ``Prepared`` its inputs."""
+    from vlmflow.screen import screen_then_verify
+
+    L = probe.num_layers
+    plans = [Plan(f"p{i}", (Cut("video", "last", (i,)),)) for i in range(L)]
+    shown = {
+        "Lens": (probe.lens(layers=[0, L - 1], positions="video", k=3), "Lens(layers=2, positions="),
+        "Generated": (probe.generate(max_new_tokens=2), "Generated("),
+        "Attribution": (probe.attribute("video", "last"), f"Attribution(layers={L} of {L}, heads="),
+        "Screen": (screen_then_verify(probe.engine, plans, 2, control=1), f"Screen(plans={L}, distinct={L}"),
+        "Prepared": (probe.prepared, f"Prepared({probe.sample.id!r}, tokens={probe.layout.length}"),
+    }
+    for name, (obj, start) in shown.items():
+        said = repr(obj)
+        assert said.startswith(start) and len(said) < 200 and "\n" not in said, (name, said)
+    assert repr(shown["Lens"][0]).endswith(", k=3)")
+    assert "verified=3 (top 2, control 1)" in repr(shown["Screen"][0])

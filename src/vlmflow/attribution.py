@@ -207,6 +207,12 @@ class Attribution:
     graph_layers: tuple[int, ...] = ()
     graph_mb: float | None = None
 
+    def __repr__(self) -> str:  # shapes, not the layout and the per-layer tensors
+        return (
+            f"Attribution(layers={len(self.S)} of {self.num_layers}, heads={self.num_heads}, "
+            f"queries={len(self.queries)}, atoms={len(self.atoms)}, metric={self.metric!r})"
+        )
+
     @cached_property
     def _present(self) -> torch.Tensor:
         """``(Q, A + 1)``: whether the atom (the last column: the keys in no atom) has a key

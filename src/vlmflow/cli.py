@@ -6,15 +6,49 @@ import logging
 import os
 import signal
 import sys
+import warnings
+from collections.abc import Iterable
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from .commands import register_all
 from .errors import Terminated
 from .store import STOP_SIGNALS
 
+_NB_HYPHEN = "\u2011"
+_ClickContext = TyperCommand.context_class  # click's Context as typer uses it (typer may vendor click)
+
+
+class _HelpFormatter(_ClickContext.formatter_class):  # type: ignore[misc,name-defined]
+    """click's help formatter, except that it wraps lines at spaces only: names such as
+    ``llava-next-7b-video-ft`` or ``--screen-control`` in help text stay whole."""
+
+    def write_dl(self, rows: Iterable[tuple[str, str]], col_max: int = 30, col_spacing: int = 2) -> None:
+        super().write_dl([(term, text.replace("-", _NB_HYPHEN)) for term, text in rows], col_max, col_spacing)
+
+    def write_text(self, text: str) -> None:
+        super().write_text(text.replace("-", _NB_HYPHEN))
+
+    def getvalue(self) -> str:
+        return super().getvalue().replace(_NB_HYPHEN, "-")
+
+
+class _Context(_ClickContext):  # type: ignore[misc,valid-type]
+    formatter_class = _HelpFormatter
+
+
+class _Group(TyperGroup):
+    context_class = _Context
+
+
+class _Command(TyperCommand):
+    context_class = _Context
+
+
 app = typer.Typer(
+    cls=_Group,
     help=(
         "Map how information flows inside Video LLMs: attention knockout between frames, "
         "question, options and the last token, layer by layer.\n\n"
@@ -25,24 +59,43 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
     add_completion=False,
+    # click's plain help, as wide as the terminal: typer's rich table cut long option names
+    # (--screen-exact-…) and words at 80 columns
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 1000},
     pretty_exceptions_enable=False,
 )
 
 
+def _format_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """A warning as the command line says it: ``warning: <message>``, without Python's
+    ``file.py:299: UserWarning:`` prefix and the source line."""
+    return f"warning: {message}\n"
+
+
 @app.callback()
 def _main(
+    ctx: typer.Context,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks of unexpected errors")] = False,
 ) -> None:
     from .commands.common import DEBUG
 
     DEBUG["traceback"] = debug
+    if not debug:  # for this command only (the library, imported, keeps Python's format)
+        python_format = warnings.formatwarning
+        warnings.formatwarning = _format_warning
+        ctx.call_on_close(lambda: setattr(warnings, "formatwarning", python_format))
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
 
 
 register_all(app)
+for _info in app.registered_commands:
+    _info.cls = _Command
 
 
 _stopped_by: list[int] = []  # the signal that stopped the run (SIGINT or SIGTERM), once one came

@@ -52,6 +52,7 @@ def load(
     dtype: str | None = None,
     attn: str = "sdpa",
     progress: bool = True,
+    **options: Any,
 ) -> Model:
     """Load a checkpoint (local folder, hub id, or ``"demo"``, the embedded model).
 
@@ -61,6 +62,11 @@ def load(
     such as ``"flex_attention"``, is switched to sdpa with a warning on its first probe).
     The model family is found from the checkpoint's config. ``progress=False`` loads
     without Hugging Face's progress bars (this load only; the global setting is restored).
+    Further keyword arguments are the family's adapter options, as for
+    :func:`vlmflow.models.load_model` (``num_frames``, ``prompt_style``, ``frame_policy``, and
+    per family e.g. ``frames_per_second``, ``max_visual_tokens``, ``token_compression``,
+    ``video_pixels``, ``pooling_shape``: see ``docs/families/``); one the family does not
+    accept is an ``UnsupportedModelError`` listing the accepted ones, before the weights load.
 
     >>> import vlmflow
     >>> model = vlmflow.load("demo")
@@ -70,7 +76,9 @@ def load(
     from .models import load_model
 
     check_load_options(dtype=dtype, device=device, attn=attn)
-    return Model(load_model(spec, device=device, dtype=dtype, attn_implementation=attn, progress=progress))
+    return Model(
+        load_model(spec, device=device, dtype=dtype, attn_implementation=attn, progress=progress, **options)
+    )
 
 
 def check_num_frames(num_frames: Any) -> int:
@@ -288,6 +296,9 @@ class Lens:
     ids: torch.Tensor
     probs: torch.Tensor
     tokens: list[list[list[str]]]
+
+    def __repr__(self) -> str:  # the counts, not the tensors (``tokens``, ``to_frame()`` show them)
+        return f"Lens(layers={len(self.layers)}, positions={len(self.positions)}, k={self.ids.shape[-1]})"
 
     def to_frame(self) -> pd.DataFrame:
         """One row per layer x position x rank: ``layer, position, rank, token_id, token, prob``."""
@@ -905,6 +916,9 @@ class Generated:
     text: str
     token_ids: tuple[int, ...]
     first_probs: torch.Tensor
+
+    def __repr__(self) -> str:  # not the vocabulary-long first_probs
+        return f"Generated({self.text!r}, tokens={len(self.token_ids)})"
 
 
 def _spans(positions: np.ndarray) -> list[Span]:

@@ -105,6 +105,15 @@ class Screen:
     order: str
     resolution: float = 0.0
 
+    def __repr__(self) -> str:  # counts, not every plan and the attribution's tensors
+        verified = {kind: len(self.verified(kind)) for kind in ("top", "control", "cheap")}
+        said = ", ".join(f"{kind} {n}" for kind, n in verified.items() if n)
+        return (
+            f"Screen(plans={len(self.plans)}, distinct={len(self.distinct())}, "
+            f"verified={sum(verified.values())}{f' ({said})' if said else ''}, "
+            f"k={self.k}, order={self.order!r}, resolution={self.resolution!r})"
+        )
+
     def distinct(self) -> list[ScreenedPlan]:
         """The first of each set of ``plans`` that block the same (``plan_key``)."""
         seen: set[frozenset] = set()

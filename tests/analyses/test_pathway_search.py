@@ -264,3 +264,40 @@ def test_preset_help_names_the_presets() -> None:
     done = CliRunner().invoke(app, ["pathways", "--help"], env={"COLUMNS": "400"})
     assert done.exit_code == 0 and "`list`" not in done.output
     assert all(name in done.output for name in PRESETS), done.output
+
+
+def test_the_search_line_writes_its_layers_1_based_and_says_so() -> None:
+    """The terminal's search line printed the spec's 0-based JSON ranges unlabelled, beside
+    flow lines and a README table that count layers from 1."""
+    from vlmflow.analyses.pathways import describe_search
+
+    saved = {
+        "spec": {
+            "keep": {"cross_frame": [0, 7], "video_to_question": None},
+            "block": {"last_to_last": [3, 7]},
+        },
+        "calib_accuracy": 1.0,
+        "calib_base_accuracy": 1.0,
+        "calib_suppressed": 0.438,
+    }
+    line = describe_search(saved)
+    assert line.startswith(
+        "search: kept cross_frame 1-8, video_to_question nowhere; blocked last_to_last 4-8"
+    )
+    assert "(layers 1-based" in line and "43.8% of edges suppressed" in line
+
+
+def test_a_task_the_split_holds_none_of_is_named_as_not_in_the_held_out_half(
+    tiny_llava, tiny_llava_path: Path, tmp_path: Path
+) -> None:
+    """The split is a seeded shuffle over all samples, not per task: with seed 5 both
+    moving-direction items are searched on, and the held-out table silently lacked the task."""
+    chosen = dataclasses.replace(options(tiny_llava_path), data="synthetic:2:fixed", seed=5)
+    result = vlmflow.search_and_evaluate(
+        chosen, tmp_path / "run", step=4, seeds=(0,), model=Model(tiny_llava)
+    )
+    assert set(vlmflow.RunDir(result.out).records()["task"]) == {"object_count"}
+    assert result.report["search"]["calib_only_tasks"] == ["moving_direction"]
+    said = "not in the held-out half (every sample searched on, none evaluated): moving_direction"
+    assert any(line.startswith(said) for line in Pathways.terminal(result.report))
+    assert said in (result.out / "report.html").read_text()

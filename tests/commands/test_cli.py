@@ -245,3 +245,71 @@ def test_out_help_names_the_default_folder(command: str) -> None:
     result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
     text = " ".join(re.sub(r"[│|]", " ", result.output).split())
     assert "default ./vlmflow-out/COMMAND" in text
+
+
+def test_every_option_name_is_whole_in_help_at_80_columns() -> None:
+    """At an 80-column terminal the rich help table cut long option names
+    (``--screen-exact-…``, ``--max-batch-tok…``) and words of the help text."""
+    import typer
+
+    group = typer.main.get_command(app)
+    commands = {"": group, **group.commands}
+    for name, command in commands.items():
+        said = runner.invoke(
+            app, [*([name] if name else []), "--help"], env={"COLUMNS": "80"}, terminal_width=80
+        )
+        assert said.exit_code == 0, said.output
+        assert "…" not in said.output, (name, said.output)
+        assert all(len(line) <= 80 for line in said.output.splitlines()), (name, said.output)
+        words = set(said.output.replace(",", " ").replace("/", " ").split())
+        for param in command.params:
+            for opt in (*param.opts, *param.secondary_opts):
+                if opt.startswith("-"):
+                    assert opt in words, (name, opt, said.output)
+
+
+def test_list_names_how_to_run_an_analysis_without_a_command_and_no_empty_model_types() -> None:
+    """``vlmflow list analyses`` showed ``flow-screen`` like a command (it is ``flow --screen
+    K``); ``list models`` printed ``model types: ;`` for families matched by their config."""
+    import typer
+
+    commands = set(typer.main.get_command(app).commands)
+    listed = runner.invoke(app, ["list", "analyses"]).output.splitlines()
+    assert any(line.split()[0] == "flow-screen" and line.endswith("(via flow --screen K)") for line in listed)
+    for line in listed:
+        assert line.split()[0] in commands or "(via " in line, line
+    models = runner.invoke(app, ["list", "models"]).output
+    assert "model types: ;" not in models
+    assert "pllava" in models and "(matched by config)" in models
+
+
+def test_the_cli_says_a_warning_in_one_line_without_python_source(tmp_path) -> None:
+    """A warning printed as ``.../run.py:299: UserWarning: ...`` followed by the source
+    line; the CLI says ``warning: ...`` (``--debug`` keeps Python's form)."""
+    import os
+    import subprocess
+    import sys
+
+    import vlmflow
+
+    src = str(Path(vlmflow.__file__).parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLMFLOW_CACHE": str(tmp_path / "cache")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+    args = ["--model", "tiny", "--data", "synthetic:1:fixed", "--task", "0", "--num-frames", "4", "-q"]
+    for flags in ([], ["--debug"]):
+        out = str(tmp_path / ("debug" if flags else "plain"))
+        done = subprocess.run(
+            [sys.executable, "-m", "vlmflow", *flags, "eval", *args, "--out", out],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        lines = [line for line in done.stderr.splitlines() if "brings its own 8 frames" in line]
+        assert len(lines) == 1, done.stderr
+        if flags:
+            assert ": UserWarning: sample " in lines[0], done.stderr
+        else:
+            assert lines[0].startswith("warning: sample "), done.stderr
+            assert "UserWarning" not in done.stderr and "adapter.prepare(sample)" not in done.stderr

@@ -120,13 +120,15 @@ class Analysis:
     Class attributes: ``name`` (records' ``analysis`` column, the CLI command, the report
     key), ``order`` (position in the report), ``needs_knockout`` (whether it cuts, so the
     model's attention must take masks), ``command`` (whether it has a CLI command of its
-    own; a variant reached through another command's option has none).
+    own; a variant reached through another command's option has none), ``via`` (for one
+    without a command, how the CLI runs it, e.g. ``flow --screen K``).
     """
 
     name: ClassVar[str] = ""
     order: ClassVar[int] = 100
     needs_knockout: ClassVar[bool] = True
     command: ClassVar[bool] = True  # whether the CLI has a command of its name
+    via: ClassVar[str] = ""  # without a command: the command line that runs it
 
     def records(self, probe: Probe) -> list[dict[str, Any]]:
         """The records of one input (``[]`` to skip it)."""

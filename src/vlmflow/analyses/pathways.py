@@ -366,6 +366,9 @@ class Pathways(Analysis):
         table = report.get("summaries", {}).get("pathways")
         if table is not None and not table.empty:
             lines.append(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+        missing = not_held_out(report.get("search"))
+        if missing:
+            lines.append(missing)
         return lines
 
     # ------------------------------------------------------------------ command line
@@ -625,7 +628,10 @@ def check_search(calib: Any, tolerance: Any, step: Any) -> None:
 
 def calibration_split(samples: Sequence[Sample], fraction: float, seed: int) -> set[str]:
     """Ids of the calibration share of ``samples`` (seeded shuffle; at least one sample on
-    each side when there are two or more)."""
+    each side when there are two or more). The shuffle is over all samples, not per task
+    (the paper picked its ranges by hand and has no split), so with few samples per task a
+    task may fall wholly in the calibration share: the search result names such tasks
+    (``calib_only_tasks``) and the held-out table says they are not in it."""
     order = list(range(len(samples)))
     random.Random(seed).shuffle(order)
     k = max(1, min(len(samples) - 1, int(round(len(samples) * fraction))))
@@ -717,6 +723,10 @@ def search_and_evaluate(
         saved = {
             "spec": found.spec.to_dict(),
             "calib_samples": sorted(calib_ids),
+            # tasks with no held-out sample: absent from the held-out table
+            "calib_only_tasks": sorted(
+                {str(s.task) for s in samples if s.id in calib_ids} - {str(s.task) for s in held_samples}
+            ),
             "calib_accuracy": found.calib_accuracy,
             "calib_base_accuracy": found.base_accuracy,
             "calib_suppressed": found.suppressed,
@@ -781,10 +791,31 @@ def _refuse_other_provenance(rundir: RunDir, options: Options, held: Sequence[Sa
     rundir.refuse_other_provenance(rundir.manifest().get("provenance", {}), now, NOTHING_SEARCHED)
 
 
-def describe_search(saved: dict[str, Any]) -> str:
-    """One line: the found ranges, calibration accuracy against the baseline, edges cut."""
+def not_held_out(saved: dict[str, Any] | None) -> str:
+    """The line naming the tasks a search's calibration share took whole (none held out, so
+    absent from the held-out table), or ``""``."""
+    tasks = (saved or {}).get("calib_only_tasks") or []
+    if not tasks:
+        return ""
     return (
-        f"search: kept {json.dumps(saved['spec']['keep'])} blocked {json.dumps(saved['spec']['block'])}; "
+        f"not in the held-out half (every sample searched on, none evaluated): {', '.join(tasks)}; "
+        "the split is a seeded shuffle over all samples, not per task"
+    )
+
+
+def describe_ranges(ranges: dict[str, Any]) -> str:
+    """``cross_frame 1-8, video_to_question nowhere``: a spec's edge -> inclusive 0-based
+    range (or None) written with 1-based layers, as the figures and the README count them."""
+    return ", ".join(f"{edge} {f'{r[0] + 1}-{r[1] + 1}' if r else 'nowhere'}" for edge, r in ranges.items())
+
+
+def describe_search(saved: dict[str, Any]) -> str:
+    """One line: the found ranges (1-based layers; the saved spec's are 0-based), calibration
+    accuracy against the baseline, edges cut."""
+    return (
+        f"search: kept {describe_ranges(saved['spec']['keep'])}; "
+        f"blocked {describe_ranges(saved['spec']['block'])} "
+        "(layers 1-based, as in the figures; pathway_search.json counts from 0); "
         f"calibration accuracy {saved['calib_accuracy']:.3f} (baseline {saved['calib_base_accuracy']:.3f}), "
         f"{saved['calib_suppressed']:.1%} of edges suppressed"
     )
@@ -819,5 +850,7 @@ def pathways_section(rows: pd.DataFrame, run: RunDir) -> Section:
             f"(tolerance {saved['tolerance']}, step {saved['step']}; {run.search_path.name}) and is "
             f"evaluated above on the held-out rest. {describe_search(saved)[len('search: ') :]}."
         )
+        if not_held_out(saved):
+            found += f" Tasks {not_held_out(saved)}."
         section.notes = f"{found} {section.notes}".strip() if section.notes else found
     return section

@@ -44,7 +44,8 @@ class ScreenedFlow(InformationFlow):
 
     name: ClassVar[str] = "flow-screen"
     order: ClassVar[int] = 11
-    command: ClassVar[bool] = False  # reached as `vlmflow flow --screen K`
+    command: ClassVar[bool] = False
+    via: ClassVar[str] = "flow --screen K"
     k: int = 30
     control: int = 10
     exact_below: float = 0.02

@@ -42,7 +42,8 @@ def list_(what: Annotated[str, typer.Argument(help="models, datasets, analyses o
 
         for name in MODELS:
             cls = MODELS.get(name)
-            typer.echo(f"{name:22s} model types: {', '.join(cls.model_types)}; supports: {cls.supports}")
+            types = ", ".join(cls.model_types) or "(matched by config)"
+            typer.echo(f"{name:22s} model types: {types}; supports: {cls.supports}")
         return
     if what == "datasets":
         from ..data import DATASETS as registry
@@ -50,8 +51,9 @@ def list_(what: Annotated[str, typer.Argument(help="models, datasets, analyses o
         from ..analyses.base import ANALYSES, ordered
 
         helps = ANALYSES.describe()
-        for cls in ordered():  # in report order
-            typer.echo(f"{cls.name:30s} {helps[cls.name]}")
+        for cls in ordered():  # in report order; one without a command says which runs it
+            via = "" if cls.command else f" (via {cls.via or 'another command'})"
+            typer.echo(f"{cls.name:30s} {helps[cls.name]}{via}")
         return
     elif what == "targets":
         from ..analyses.targets import TARGETS as registry

@@ -62,6 +62,12 @@ class Prepared:
     frames: np.ndarray | None = None
     frame_policy: str | None = None
 
+    def __repr__(self) -> str:  # not the inputs' tensors, the frames and the whole layout
+        return (
+            f"Prepared({self.sample.id!r}, tokens={self.layout.length}, frames={self.num_frames}, "
+            f"inputs=[{', '.join(self.inputs)}])"
+        )
+
     @property
     def answer_id(self) -> int | None:
         a = self.sample.answer

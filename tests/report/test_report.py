@@ -532,3 +532,31 @@ def test_a_verb_run_where_every_sample_was_skipped_says_why(tmp_path: Path) -> N
     ]
     assert section.notes.startswith("No anchor of any sample was kept")
     assert "verb 1: 0 verbs, fewer than 3 (2)" in section.notes
+
+
+def test_a_task_name_with_markup_cannot_break_the_chart_data(tmp_path: Path) -> None:
+    """A task named ``<!--<script>`` put the page's ``chart-data`` JSON element into the
+    HTML parser's script-escape states: the element swallowed the renderer script and no
+    chart was drawn. ``<``, ``>`` and ``&`` are now JSON escapes in the embedded data, which
+    parses to the same values (the task's name intact)."""
+    run = tmp_path / "run"
+    store = RecordStore(run)
+    (run / "manifest.json").write_text(json.dumps({"config": {"model": "fake", "data": "fake:1"}}))
+    tasks = ("<!--<script>", "a</script>&amp;b")
+    for i in range(4):
+        sid, task = f"s{i}", tasks[i % 2]
+        common = {"task": task, "model": "fake", "error": None}
+        store.write_unit(sid, "eval", [{**common, "correct": True}])
+        store.write_unit(
+            sid, "mystery", [{**common, "layer": layer, "score": 0.1 * layer + i} for layer in range(3)]
+        )
+    finalize(run)
+    page = (run / "report.html").read_text()
+    raw = re.search(r"id='chart-data'>(.*?)</script>", page, re.S).group(1)
+    assert not set(raw) & set("<>&"), raw[:300]
+    charts = json.loads(raw)
+    assert {p["name"] for p in charts[0]["panels"]} == {f"{t} (n=2)" for t in tasks}
+    if CHROMIUM.exists():  # and the browser draws the chart
+        dom = chromium("--dump-dom", (run / "report.html").resolve().as_uri(), profile=tmp_path / "p")
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        assert 'data-charts-rendered="1"' in dom.stdout, dom.stdout[-3000:]

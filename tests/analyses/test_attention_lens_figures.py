@@ -4,6 +4,7 @@ what a reader of the report sees (axes, labels, colour bars, bins)."""
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -117,3 +118,56 @@ def test_logit_lens_summary_tables_share_the_records_integer_layers(tiny_llava, 
         table = pd.read_csv(tmp_path / "summary" / f"{name}.csv")
         assert sorted(set(table["layer"])) == layers, name
         assert table["layer"].dtype.kind == "i" and "-1.0" not in text, name
+
+
+def test_per_sample_figures_stay_in_the_run_folder_whatever_the_sample_id(tiny_llava, tmp_path) -> None:
+    """Sample ids were used as they are for the per-sample figures' file names: the id
+    ``../../../ESCAPED`` wrote a PNG outside the run folder, ``sub/dir`` a folder of its own,
+    and a 300-character id stopped the report with "File name too long ... fix the disk".
+    Each now gets a file named by a slug and a hash of its id, inside the figure's folder;
+    a plain id keeps its name, and every caption keeps the id itself."""
+    import json
+
+    from vlmflow.analyses.attention_maps import AttentionMaps
+    from vlmflow.analyses.logit_lens import LogitLens
+    from vlmflow.api import Options, run
+    from vlmflow.data import write_video
+    from vlmflow.probe import Model
+    from vlmflow.report import finalize
+
+    data = tmp_path / "data" / "deep" / "er"
+    data.mkdir(parents=True)
+    ids = ["../../../ESCAPED", "sub/dir", "L" * 300, "s0"]
+    lines = []
+    for k, sid in enumerate(ids):
+        frames = np.full((8, 32, 32, 3), 40 * k, dtype=np.uint8)
+        write_video(data / f"v{k}.mp4", frames, fps=4)
+        lines.append(
+            json.dumps({"id": sid, "video": f"v{k}.mp4", "question": "Which way does it move?",
+                        "options": ["left", "right"], "answer": k % 2, "task": "dir"})
+        )  # fmt: skip
+    (data / "qa.jsonl").write_text("\n".join(lines) + "\n")
+    out = data / "run"
+    opts = Options(model="tiny", data=f"jsonl:{data / 'qa.jsonl'}", num_frames=4, progress=False)
+    analyses = [
+        LogitLens(sample_mode="all", overlays=4, min_hits=1),
+        AttentionMaps(sample_mode="all", overlays=4, layers=(0, 1), compare=None, query_words=("way",)),
+    ]
+    run(opts, analyses, out, model=Model(tiny_llava))
+
+    outside = [p for p in tmp_path.rglob("*.png") if out not in p.parents]
+    assert outside == []
+    figures = sorted(p.relative_to(out / "figures") for p in (out / "figures").rglob("*.png"))
+    per_sample = [p for p in figures if len(p.parts) > 1]
+    assert all(len(p.parts) <= 2 for p in figures), figures  # no folder made by an id
+    assert {p.parts[0] for p in per_sample} == {"logit-lens", "attention", "attention-words"}
+    for folder in ("logit-lens", "attention", "attention-words"):
+        names = [p.name for p in per_sample if p.parts[0] == folder]
+        assert len(names) == 4 and all(len(n) < 100 for n in names), (folder, names)
+    assert Path("logit-lens/s0.png") in figures and Path("attention/s0.png") in figures
+    assert Path("attention-words/s0-way-baseline.png") in figures
+    result = finalize(out)
+    captions = set(result["figures"])
+    for sid in ids:
+        assert f"Lens tokens over the frames: {sid}" in captions
+        assert f"Attention over the frames: {sid}" in captions

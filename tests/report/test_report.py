@@ -351,6 +351,39 @@ def test_a_full_disk_while_a_figure_is_written_stops_the_report_with_one_line(
     assert not [p for p in run.rglob("*") if ".tmp" in p.name]
 
 
+def test_a_name_the_file_system_refuses_is_no_disk_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A figure whose file name the file system refuses (``ENAMETOOLONG``) stopped the whole
+    report with "File name too long; ... fix the disk, then re-run". Only the folder or its
+    disk refusing writes (full, read-only, no permission, I/O error) stops the report; this
+    is the section's failure, shown in its place while the rest of the report is written."""
+    import errno
+
+    import matplotlib.figure
+
+    from vlmflow.store import store_error
+
+    run = fake_run(tmp_path / "run")
+
+    def too_long(self, *args, **kwargs):
+        raise OSError(errno.ENAMETOOLONG, "File name too long", str(args[0]))
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", too_long)
+    result = CliRunner().invoke(app, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "fix the disk" not in result.output
+    page = (run / "report.html").read_text()
+    assert "The &#x27;flow&#x27; section failed (OSError" in page and "File name too long" in page
+
+    said = {
+        code: str(store_error(run / "x.png", OSError(code, "strerror")))
+        for code in (errno.ENAMETOOLONG, errno.ENOSPC, errno.EIO)
+    }
+    assert "fix the disk" not in said[errno.ENAMETOOLONG] and "free some space" in said[errno.ENOSPC]
+    assert "fix the disk" in said[errno.EIO]
+
+
 def test_the_accuracy_bars_count_the_samples_they_are_over() -> None:
     """A task's accuracy is over its answered samples: the bar says how many, and the
     unanswered ones apart (it read "0.25 (n=9)" for 1 of 4 answered with 5 unanswered)."""

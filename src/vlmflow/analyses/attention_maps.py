@@ -228,6 +228,7 @@ def attention_section(rows: pd.DataFrame, run: RunDir) -> Section:
     comparison plan; per-frame heatmaps as PNG."""
     from ..report import Chart, Section, mean_ci
     from ..report.figures import save_figure
+    from ..rundir import file_stem
 
     summary = summarize_attention(rows)
     section = Section("Attention to the video", summaries={"attention": summary})
@@ -274,7 +275,7 @@ def attention_section(rows: pd.DataFrame, run: RunDir) -> Section:
                 sample,
                 region if isinstance(region, (list, tuple, np.ndarray)) else None,
             )
-            path = run.figure_path(f"attention/{sample.id}")
+            path = run.figure_path(f"attention/{file_stem(sample.id)}")
             save_figure(fig, path)
             section.figures[f"Attention over the frames: {sample.id}"] = path
     words = rows[rows["query"].astype(str).str.startswith("word:")]
@@ -287,7 +288,7 @@ def attention_section(rows: pd.DataFrame, run: RunDir) -> Section:
                 maps = {int(r.layer): np.asarray(r.token_attention) for r in g.itertuples()}
                 fig = query_word_figure(maps, first["video_grid"], word, str(condition))
                 safe = "".join(c if c.isalnum() else "_" for c in word)
-                path = run.figure_path(f"attention-words/{sid}-{safe}-{condition}")
+                path = run.figure_path(f"attention-words/{file_stem(f'{sid}-{safe}-{condition}')}")
                 save_figure(fig, path)
                 section.figures[f"Attention of {word!r} ({condition}), log10(5e-5 + a): {sid}"] = path
     section.notes = (

@@ -398,6 +398,7 @@ def logit_lens_section(rows: pd.DataFrame, run: RunDir) -> Section:
     temporal keyword, and the most frequent top-1 tokens."""
     from ..report import Chart, Section, mean_ci
     from ..report.figures import save_figure
+    from ..rundir import file_stem
 
     summary = summarize_logit_lens(rows)
     section = Section("Logit lens on video tokens", summaries={"logit-lens": summary})
@@ -457,7 +458,7 @@ def logit_lens_section(rows: pd.DataFrame, run: RunDir) -> Section:
             sample,
             None if region is None or not isinstance(region, (list, tuple)) and pd.isna(region) else region,
         )
-        path = run.figure_path(f"logit-lens/{sample.id}")
+        path = run.figure_path(f"logit-lens/{file_stem(sample.id)}")
         save_figure(fig, path)
         section.figures[f"Lens tokens over the frames: {sample.id}"] = path
     projection = ", ".join(sorted(map(str, rows["projection"].unique()))) if "projection" in rows else "?"

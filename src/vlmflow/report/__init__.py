@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from ..registry import Registry
-from ..store import StoreError, is_environment_error, store_error
+from ..store import StoreError, refuses_write, store_error
 
 if TYPE_CHECKING:
     from ..lock import FolderLock
@@ -331,7 +331,7 @@ def build_section(name: str, rows: pd.DataFrame, run: RunDir) -> Section:
     except StoreError:  # the disk refused a figure or table: the report stops, not the section
         raise
     except Exception as exc:  # a broken summary must not cost the report of a long run
-        if is_environment_error(exc):  # a full disk met outside the store's writers: the same
+        if refuses_write(exc):  # a full disk met outside the store's writers: the same
             raise store_error(Path(getattr(exc, "filename", None) or run.figures_dir), exc) from exc
         log.warning("the report section of %r failed; showing the generic view", name, exc_info=True)
         section = _as_section(name, summarize_layers(rows))

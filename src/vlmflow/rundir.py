@@ -261,6 +261,17 @@ class RunDir:
                 raise
             return identity["config"]
 
+    def data_specs(self) -> list[str]:
+        """The specs the run's samples can be loaded again from (the report's overlays): the
+        dataset spec with its path made absolute as the run resolved it (``provenance.data.path``,
+        so it loads from any working folder), then the spec as typed (``config.data``; all a
+        folder from before the path was recorded has)."""
+        manifest = self.manifest()
+        typed = manifest.get("config", {}).get("data")
+        where = ((manifest.get("provenance") or {}).get("data") or {}).get("path")
+        specs = [f"{typed.partition(':')[0]}:{where}"] if isinstance(typed, str) and where else []
+        return specs + ([typed] if isinstance(typed, str) and typed not in specs else [])
+
     def open(self, config: dict[str, Any], provenance: dict[str, Any] | None = None) -> dict[str, Any]:
         """Create or resume the run; refuse a different configuration or, when both
         manifests have them, different model weights or dataset fingerprints."""
@@ -275,6 +286,10 @@ class RunDir:
             self.refuse_other_config(manifest.get("config", {}), canonical)
             self.refuse_other_provenance(manifest.get("provenance", {}), provenance or {})
             manifest["config"] = canonical  # the same run; layer options as this version writes them
+            where = ((provenance or {}).get("data") or {}).get("path")
+            if where:  # the same data (its fingerprints match), read from there this time
+                known = manifest.setdefault("provenance", {})
+                known["data"] = {**(known.get("data") or {}), "path": where}
             manifest["resumed_at"] = manifest.get("resumed_at", []) + [now()]
             manifest["versions_at_resume"] = versions()
         else:

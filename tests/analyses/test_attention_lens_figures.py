@@ -171,3 +171,83 @@ def test_per_sample_figures_stay_in_the_run_folder_whatever_the_sample_id(tiny_l
     for sid in ids:
         assert f"Lens tokens over the frames: {sid}" in captions
         assert f"Attention over the frames: {sid}" in captions
+
+
+def test_a_report_from_another_folder_keeps_the_overlays_of_a_relative_dataset(
+    tiny_llava, tmp_path, monkeypatch
+) -> None:
+    """``--data jsonl:ds/qa.jsonl`` (relative), then ``vlmflow report RUN`` from another
+    working folder: the report loaded the samples again from the path as typed, failed, and
+    removed the per-sample overlays as stale. The run now records the path it resolved
+    (``provenance.data.path``) and the report loads from there; the same command from the
+    same folder still resumes. When the dataset is gone the earlier overlays are kept and
+    shown, and the section's note (not only a log line) says why."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from vlmflow.analyses.attention_maps import AttentionMaps
+    from vlmflow.analyses.logit_lens import LogitLens
+    from vlmflow.api import Options, run
+    from vlmflow.cli import app
+    from vlmflow.data import write_video
+    from vlmflow.probe import Model
+    from vlmflow.rundir import RunDir
+
+    home = tmp_path / "home"
+    (home / "ds").mkdir(parents=True)
+    lines = []
+    for k in range(2):
+        write_video(home / "ds" / f"v{k}.mp4", np.full((8, 32, 32, 3), 60 * k, dtype=np.uint8), fps=4)
+        lines.append(
+            json.dumps({"id": f"s{k}", "video": f"v{k}.mp4", "question": "Which way does it move?",
+                        "options": ["left", "right"], "answer": k, "task": "dir"})
+        )  # fmt: skip
+    (home / "ds" / "qa.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    monkeypatch.chdir(home)
+    opts = Options(model="tiny", data="jsonl:ds/qa.jsonl", num_frames=4, progress=False)
+
+    def analyses():
+        return [
+            LogitLens(sample_mode="all", overlays=2, min_hits=1),
+            AttentionMaps(sample_mode="all", overlays=2, layers=(0,), compare=None),
+        ]
+
+    run(opts, analyses(), out, model=Model(tiny_llava))
+    overlays = sorted((out / "figures").glob("*/s*.png"))
+    assert [p.relative_to(out / "figures").as_posix() for p in overlays] == [
+        "attention/s0.png", "attention/s1.png", "logit-lens/s0.png", "logit-lens/s1.png"
+    ]  # fmt: skip
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["data"] == "jsonl:ds/qa.jsonl"  # the configuration as typed
+    assert manifest["provenance"]["data"]["path"] == str(home / "ds" / "qa.jsonl")
+    # a folder from before the path was recorded: the spec as typed; the same command from
+    # the same folder resumes it (nothing left to do) and records the path
+    for file in (out / "manifest.json", out / "records" / "run.json"):
+        old = json.loads(file.read_text())
+        del old["provenance"]["data"]["path"]
+        file.write_text(json.dumps(old))
+    assert RunDir(out).data_specs() == ["jsonl:ds/qa.jsonl"]
+    again = run(opts, analyses(), out, model=Model(tiny_llava))
+    assert again.summary.skipped == 2 and again.summary.done == 0
+    assert RunDir(out).data_specs() == [f"jsonl:{home / 'ds' / 'qa.jsonl'}", "jsonl:ds/qa.jsonl"]
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    before = {p: p.stat().st_mtime_ns for p in overlays}
+    said = CliRunner().invoke(app, ["report", str(out)])
+    assert said.exit_code == 0, said.output
+    assert all(p.exists() and p.stat().st_mtime_ns != before[p] for p in overlays)  # drawn again
+    assert "not drawn again" not in (out / "report.html").read_text()
+
+    (home / "ds").rename(home / "moved")  # the dataset is gone: the earlier overlays stay
+    said = CliRunner().invoke(app, ["report", str(out)])
+    assert said.exit_code == 0, said.output
+    assert all(p.exists() for p in overlays)
+    page = (out / "report.html").read_text()
+    assert page.count("were not drawn again") == 2 and "JSONL file not found" in page
+    assert page.count("the 2 an earlier report drew are kept and shown") == 2
+    for name in ("logit-lens/s0.png", "attention/s1.png"):
+        assert f"({Path(name).name})</figcaption>" in page

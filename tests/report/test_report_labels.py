@@ -223,3 +223,73 @@ def test_answer_prob_and_logit_lens_pngs_draw_the_95_percent_band(
         curves = [n for n in fig._lines if n]
         bands = [len(b) for b, n in zip(fig._bands, fig._lines, strict=True) if n]
         assert curves and bands == curves, (name, curves, bands)  # one band per curve
+
+
+def test_n_counts_the_values_a_mean_averages_not_the_rows(tmp_path: Path) -> None:
+    """A sample whose value is NaN (a probability that could not be read) was counted in
+    ``n`` while the mean and the CI skipped it: flow.csv said n=2 over a mean of 1 value.
+    ``n`` now counts the values (not NaN) each mean averages; a value column counted
+    otherwise than the rest gets its own ``n_<column>``."""
+    import numpy as np
+
+    from vlmflow.analyses.screened_flow import screened_flow_section
+    from vlmflow.report import mean_ci, summarize_layers
+    from vlmflow.rundir import RunDir
+
+    run = write_run(tmp_path / "run")
+    store = RecordStore(run)
+    common = {"task": "counting", "model": "fake", "error": None}
+    store.write_unit("s9", "eval", [{**common, "correct": True, "p_pred": 0.6}])
+    nan = float("nan")
+    flow = [
+        {**common, "target": "cross-frame", "condition": "cross-frame", "layer": layer, "window": 3,
+         "window_style": "center", "rel_pred": nan, "rel_gt": -1.0, "correct_new": True,
+         "p_pred_base": 0.6, "p_pred_new": nan}
+        for layer in range(4)
+    ]  # fmt: skip
+    answer = [
+        {**common, "layer": layer, "norm": True, "p_true": nan, "p_false_mean": 0.2, "p_false_max": 0.3,
+         "option_probs": [0.5, 0.2, 0.3], "true_rank": nan, "correct_base": True}
+        for layer in range(4)
+    ]  # fmt: skip
+    store.write_unit("s9", "flow", flow)
+    store.write_unit("s9", "answer-prob", answer)
+    result = finalize(run)
+    flow_csv = pd.read_csv(run / "summary" / "flow.csv").set_index("task")
+    # counting: s1, s3 and s9; s9's rel_pred is NaN, its rel_gt is not
+    assert set(flow_csv.loc["counting", "n"]) == {3} and set(flow_csv.loc["counting", "n_rel_pred"]) == {2}
+    assert set(flow_csv.loc["left_right", "n"]) == set(flow_csv.loc["left_right", "n_rel_pred"]) == {2}
+    assert "n_rel_gt" not in flow_csv
+    answer_csv = pd.read_csv(run / "summary" / "answer-prob.csv").set_index("task")
+    assert set(answer_csv.loc["counting", "n"]) == {3} and set(answer_csv.loc["counting", "n_p_true"]) == {2}
+    last = answer_csv.loc["counting"].set_index("layer").loc[3]
+    assert last["top1_rate"] == 1.0  # over the 2 ranks read (2 of 3 with s9's NaN rank counted)
+    chart = next(c for c in section(result, "answer-prob").charts if c.title.startswith("Probability"))
+    true = chart.data[(chart.data["option"] == "true option") & (chart.data["task"] == "counting")]
+    assert set(true["n"]) == {2}
+
+    rows = pd.DataFrame(
+        {"sample_id": ["a", "b", "c"], "task": "t", "analysis": "x", "layer": 0,
+         "p": [0.1, nan, 0.3], "q": [1.0, 2.0, 3.0]}
+    )  # fmt: skip
+    generic = summarize_layers(rows)
+    assert generic[["n", "n_p"]].values.tolist() == [[3, 2]] and "n_q" not in generic
+    assert mean_ci(rows, ["task"], "p")[["n", "p_mean"]].values.tolist() == [[2, 0.2]]
+
+    plan = {"kind": "plan", "target": "t", "condition": "c", "layer": 1.0}
+    screen_rows = pd.DataFrame(
+        [
+            {**plan, "method": "estimate", "rel_pred": -1.0},
+            {**plan, "method": "estimate", "rel_pred": nan},
+            {**plan, "method": "exact", "verified_as": "top", "rel_pred": -2.0, "rel_pred_estimate": nan},
+            {**plan, "method": "exact", "verified_as": "top", "rel_pred": -3.0, "rel_pred_estimate": -1.0},
+            {"kind": "screen", "plans": 330.0, "verified": 10.0},
+        ]
+    )
+    screen_rows = screen_rows.assign(task="t", sample_id="s", pair=None)
+    screen = screened_flow_section(screen_rows, RunDir(tmp_path / "run"))
+    estimates = screen.summaries["flow-screen-estimates"]
+    assert estimates["n"].tolist() == [1]
+    verified = screen.summaries["flow-screen-verified"]
+    assert verified[["n", "n_rel_pred_estimate"]].values.tolist() == [[2, 1]]
+    assert np.isclose(verified["rel_pred_estimate_mean"].iloc[0], -1.0)

@@ -125,14 +125,17 @@ def summarize_answer_prob(records: pd.DataFrame) -> pd.DataFrame:
     df = records[(records["analysis"] == "answer-prob") & records["error"].isna()]
     if df.empty:
         return pd.DataFrame()
-    out = df.groupby(["task", "layer"]).agg(
-        n=("p_true", "size"),
+    from ..report import value_counts
+
+    g = df.groupby(["task", "layer"])
+    out = g.agg(
         p_true=("p_true", "mean"),
         p_false_max=("p_false_max", "mean"),
-        top1_rate=("true_rank", lambda s: float((s == 1).mean())),
+        top1_rate=("true_rank", lambda s: float((s.dropna() == 1).mean()) if s.notna().any() else np.nan),
     )
+    counts = value_counts(g, ["p_true", "p_false_max"])  # NaN values are not counted, as the means skip them
     pooled = false_option_rows(df).groupby(["task", "layer"])["p_false"].mean().rename("p_false_mean")
-    out = out.join(pooled)[["n", "p_true", "p_false_mean", "p_false_max", "top1_rate"]].reset_index()
+    out = counts.join(out.join(pooled)[["p_true", "p_false_mean", "p_false_max", "top1_rate"]]).reset_index()
     out["layer"] = out["layer"].astype(int)  # records hold floats (eval rows have no layer)
     return out
 

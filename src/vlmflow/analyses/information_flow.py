@@ -258,13 +258,13 @@ def summarize_flow(df: pd.DataFrame, task_samples: dict[str, int] | None = None)
     )
     if flow.empty:
         return pd.DataFrame()
-    from ..report import ci95_by_group, ci95_columns
+    from ..report import ci95_by_group, ci95_columns, value_counts
 
     keys = ["task", "target", "condition", "layer"]
     flow = flow.assign(_right=pd.Series(flow["correct_new"], dtype="float").fillna(0.0))
     g = flow.groupby(keys)
+    counts = value_counts(g, ["rel_pred", "rel_gt"])  # NaN values are not counted, as the means skip them
     out = g.agg(
-        n=("rel_pred", "size"),
         rel_pred_mean=("rel_pred", "mean"),
         rel_gt_mean=("rel_gt", "mean"),
         acc_of_analysed=("correct_new", lambda s: float(pd.Series(s, dtype="float").mean())),
@@ -272,7 +272,7 @@ def summarize_flow(df: pd.DataFrame, task_samples: dict[str, int] | None = None)
     )
     for value in ("rel_pred", "rel_gt"):
         out[list(ci95_columns(value))] = ci95_by_group(g[value])
-    out = out.reset_index()
+    out = counts.join(out).reset_index()
     out["layer"] = out["layer"].astype(int)  # records hold floats (eval rows have no layer)
     totals = task_samples or {}
     out["n_task"] = [totals.get(str(t), np.nan) for t in out["task"]]

@@ -228,24 +228,22 @@ SECTION_TITLE = "Screened knockout (attribution estimates, top K verified)"
 def screened_flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
     """Estimated curves, the exactly verified plans, rank agreement and one layer x head
     attribution heat map per group pair (means over samples)."""
-    from ..report import Chart, Section
+    from ..report import Chart, Section, value_counts
     from ..report.figures import save_figure
 
     if "kind" not in rows:  # no records (a run none of whose samples was kept): the title alone
         return Section(SECTION_TITLE)
     plans = rows[rows["kind"] == "plan"]
     keys = ["target", "condition", "layer"]
-    estimated = (
-        plans[plans["method"] == "estimate"]
-        .groupby(keys, as_index=False)
-        .agg(n=("rel_pred", "size"), rel_pred_estimate_mean=("rel_pred", "mean"))
-    )
+    g = plans[plans["method"] == "estimate"].groupby(keys)
+    estimated = value_counts(g, ["rel_pred"]).join(g.agg(rel_pred_estimate_mean=("rel_pred", "mean")))
+    estimated = estimated.reset_index()
     exact = plans[plans["method"] == "exact"]
-    verified = exact.groupby([*keys, "verified_as"], as_index=False).agg(
-        n=("rel_pred", "size"),
-        rel_pred_mean=("rel_pred", "mean"),
-        rel_pred_estimate_mean=("rel_pred_estimate", "mean"),
+    g = exact.groupby([*keys, "verified_as"])
+    verified = value_counts(g, ["rel_pred", "rel_pred_estimate"]).join(
+        g.agg(rel_pred_mean=("rel_pred", "mean"), rel_pred_estimate_mean=("rel_pred_estimate", "mean"))
     )
+    verified = verified.reset_index()
     summary_cols = [
         "plans",
         "verified",

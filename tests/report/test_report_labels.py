@@ -293,3 +293,20 @@ def test_n_counts_the_values_a_mean_averages_not_the_rows(tmp_path: Path) -> Non
     verified = screen.summaries["flow-screen-verified"]
     assert verified[["n", "n_rel_pred_estimate"]].values.tolist() == [[2, 1]]
     assert np.isclose(verified["rel_pred_estimate_mean"].iloc[0], -1.0)
+
+
+def test_answer_prob_panels_count_samples_not_false_options(tmp_path: Path) -> None:
+    """The answer-prob chart's panel titles took n from the pooled "false options (mean)"
+    curve, one row per false option: 2 samples of 3 options read "n=4". Every curve's n is
+    now the samples it is over (the pooled curve's option rows are ``n_options``)."""
+    import re
+
+    run = write_run(tmp_path / "run")
+    result = finalize(run)
+    page = (run / "report.html").read_text()
+    charts = json.loads(re.search(r"id='chart-data'>(.*?)</script>", page, re.S).group(1))
+    chart = next(c for c in charts if c["title"].startswith("Probability of the option letters"))
+    assert sorted(p["name"] for p in chart["panels"]) == ["counting (n=2)", "left_right (n=2)"]
+    data = next(c for c in section(result, "answer-prob").charts if c.title == chart["title"]).data
+    pooled = data[data["option"] == "false options (mean)"]
+    assert set(pooled["n"]) == {2} and set(pooled["n_options"]) == {4}

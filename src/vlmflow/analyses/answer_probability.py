@@ -177,6 +177,7 @@ def answer_prob_section(rows: pd.DataFrame, run: RunDir) -> Section:
     if summary.empty:
         return section
     rows = rows[(rows["analysis"] == "answer-prob") & rows["error"].isna()]
+    samples = rows.groupby(["task", "layer"]).size().rename("n")  # the chart's n: samples, every curve
     parts = []
     for data, column, label in (
         (rows, "p_true", "true option"),
@@ -186,6 +187,8 @@ def answer_prob_section(rows: pd.DataFrame, run: RunDir) -> Section:
         part = mean_ci(data, ["task", "layer"], column).rename(
             columns={f"{column}_mean": "p_mean", f"{column}_ci95_lo": "p_lo", f"{column}_ci95_hi": "p_hi"}
         )
+        if column == "p_false":  # one row per false option: n says how many samples they are of
+            part = part.rename(columns={"n": "n_options"}).join(samples, on=["task", "layer"])
         parts.append(part.assign(option=label))
     long = pd.concat(parts, ignore_index=True)
     section.charts.append(

@@ -310,3 +310,46 @@ def test_answer_prob_panels_count_samples_not_false_options(tmp_path: Path) -> N
     data = next(c for c in section(result, "answer-prob").charts if c.title == chart["title"]).data
     pooled = data[data["option"] == "false options (mean)"]
     assert set(pooled["n"]) == {2} and set(pooled["n_options"]) == {4}
+
+
+def test_summary_tables_say_how_they_number_layers_and_screen_counts_are_integers(tmp_path: Path) -> None:
+    """flow.csv and answer-prob.csv keep the records' 0-based layers while their charts count
+    from 1; unlike the logit-lens and screen sections, their notes did not say so. The screen's
+    tables wrote layers and plan counts as floats (10.0, 330.0). A task named "all" shared its
+    name with the pathways table's overall row."""
+    from vlmflow.analyses.pathways import summarize_pathways
+    from vlmflow.analyses.screened_flow import screened_flow_section
+    from vlmflow.rundir import RunDir
+
+    result = finalize(write_run(tmp_path / "run"))
+    for key, table in (("flow", "flow"), ("answer-prob", "answer-prob")):
+        note = section(result, key).notes
+        assert f"the summary table ({table}) keeps the records' layers, 0-based" in note, note
+        assert "layer l is layer l + 1 on the x axis" in note
+
+    nan = float("nan")
+    plan = {"kind": "plan", "target": "t", "condition": "c", "layer": 10.0}
+    rows = pd.DataFrame(
+        [
+            {**plan, "method": "estimate", "rel_pred": -1.0},
+            {**plan, "method": "exact", "verified_as": "top", "rel_pred": -2.0, "rel_pred_estimate": -1.0},
+            {"kind": "screen", "plans": 330.0, "verified": 10.0, "spearman_verified": 0.5},
+            {"kind": "screen", "plans": 330.0, "verified": 10.0, "spearman_verified": nan},
+        ]
+    ).assign(task="t", sample_id="s", pair=None)
+    screen = screened_flow_section(rows, RunDir(tmp_path / "run"))
+    for key in ("flow-screen-estimates", "flow-screen-verified"):
+        assert screen.summaries[key]["layer"].tolist() == [10], key
+    agreement = screen.summaries["flow-screen-agreement"]
+    assert agreement[["plans", "verified"]].to_csv(index=False) == "plans,verified\n330,10\n"
+
+    records = pd.DataFrame(
+        [
+            {"analysis": "pathways", "error": None, "sample_id": f"s{i}", "task": task,
+             "condition": "baseline", "correct": True, "suppressed_fraction": 0.0}
+            for i, task in enumerate(["all", "all", "other"])
+        ]
+    )  # fmt: skip
+    summary = summarize_pathways(records)
+    assert summary["task"].tolist() == ["(all)", "all", "other"]
+    assert summary["overall"].tolist() == [True, False, False] and summary["n"].tolist() == [3, 2, 1]

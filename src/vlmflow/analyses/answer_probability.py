@@ -171,6 +171,7 @@ def answer_prob_section(rows: pd.DataFrame, run: RunDir) -> Section:
     """The true option letter against the false ones, layer by layer, per task."""
     from ..report import Chart, Section, mean_ci
     from ..report.figures import save_figure
+    from .information_flow import LAYER_NOTE
 
     summary = summarize_answer_prob(rows)
     section = Section("Answer probability by layer", summaries={"answer-prob": summary})
@@ -221,7 +222,7 @@ def answer_prob_section(rows: pd.DataFrame, run: RunDir) -> Section:
     section.notes = (
         f"The last position's hidden state after each layer, {read}; "
         "mean over samples with its 95% band. The true letter stays above the "
-        f"strongest false one from (1-based) {where}."
+        f"strongest false one from (1-based) {where}. " + LAYER_NOTE.format(table="answer-prob")
     )
     return section
 

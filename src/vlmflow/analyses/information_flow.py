@@ -323,9 +323,16 @@ def flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
     section.notes = (
         f"Each curve blocks one set of attention edges {blocked_text(style, window)}; y is the mean "
         "relative change of the answer's probability over the task's samples, with its 95% "
-        "confidence band."
+        "confidence band. " + LAYER_NOTE.format(table="flow")
     )
     return section
+
+
+#: how a section's summary table numbers layers against its charts (as logit-lens and the screen say)
+LAYER_NOTE = (
+    "The charts and figures count layers from 1; the summary table ({table}) keeps the records' "
+    "layers, 0-based: its layer l is layer l + 1 on the x axis."
+)
 
 
 def sweep_setting(rows: pd.DataFrame) -> tuple[str | None, int | None]:

@@ -12,7 +12,9 @@ What is hashed (sha256, hex):
   this instant for 15 GB checkpoints while any re-save, re-train or truncation changes it.
   A hub id is not hashed here: the run records the commit the weights were loaded from
   (``revision``, from ``config._commit_hash``) once the model is loaded.
-* **data**: for a dataset on disk (``NAME:PATH``), every annotation file (``.json``,
+* **data**: for a dataset on disk (``NAME:PATH``), ``path``: PATH made absolute (the
+  report loads the samples again from there to draw them, from any working folder); every
+  annotation file (``.json``,
   ``.jsonl``, ``.csv``, ``.tsv``, ``.yaml``, ``.yml``, ``.txt`` at PATH or under it), in
   path order: its relative path and its full contents. Videos are not hashed (too big; the
   sample hash below names them). For ``synthetic`` the generator's parameters are recorded.
@@ -103,6 +105,9 @@ def data_fingerprint(spec: str, samples: Sequence[Sample], seed: int) -> dict[st
             h.update(rel.encode() + b"\0" + f.read_bytes() + b"\0")
         out["annotations_sha256"] = h.hexdigest()
         out["annotation_files"] = len(files)
+    local = Path(arg.strip()).expanduser() if arg.strip() and name.strip() != "synthetic" else None
+    if local is not None and local.exists():  # where the run read it, whatever its working folder
+        out["path"] = str(local.resolve())
     out["samples_sha256"] = samples_hash(samples)
     return out
 

@@ -8,7 +8,7 @@ A run folder holds::
                            total, from which a damaged or lost manifest is rebuilt
     records.parquet        every finished record, merged (written by the report)
     summary/<name>.csv     summary tables
-    figures/<name>.png     figures
+    figures/<name>.png     figures (per-sample ones in a folder, named by :func:`file_stem`)
     report.html            the interactive report
     pathway_search.json    a pathway search's result (``vlmflow pathways --search``)
 
@@ -23,6 +23,7 @@ module spells these paths.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
@@ -113,7 +114,10 @@ class RunDir:
         return self.summary_dir / f"{_safe(name)}.csv"
 
     def figure_path(self, name: str) -> Path:
-        """``figures/<name>.png``; ``name`` may hold one folder (``logit-lens/sample-3``)."""
+        """``figures/<name>.png``; ``name`` may hold one folder (``logit-lens/sample-3``).
+        A name made from data (a sample id) goes through :func:`file_stem` first."""
+        if any(part in ("", ".", "..") for part in name.split("/")):
+            raise ValueError(f"figure name {name!r} would leave {self.figures_dir}")
         return self.figures_dir / f"{name}.png"
 
     def is_run(self) -> bool:
@@ -257,6 +261,17 @@ class RunDir:
                 raise
             return identity["config"]
 
+    def data_specs(self) -> list[str]:
+        """The specs the run's samples can be loaded again from (the report's overlays): the
+        dataset spec with its path made absolute as the run resolved it (``provenance.data.path``,
+        so it loads from any working folder), then the spec as typed (``config.data``; all a
+        folder from before the path was recorded has)."""
+        manifest = self.manifest()
+        typed = manifest.get("config", {}).get("data")
+        where = ((manifest.get("provenance") or {}).get("data") or {}).get("path")
+        specs = [f"{typed.partition(':')[0]}:{where}"] if isinstance(typed, str) and where else []
+        return specs + ([typed] if isinstance(typed, str) and typed not in specs else [])
+
     def open(self, config: dict[str, Any], provenance: dict[str, Any] | None = None) -> dict[str, Any]:
         """Create or resume the run; refuse a different configuration or, when both
         manifests have them, different model weights or dataset fingerprints."""
@@ -271,6 +286,10 @@ class RunDir:
             self.refuse_other_config(manifest.get("config", {}), canonical)
             self.refuse_other_provenance(manifest.get("provenance", {}), provenance or {})
             manifest["config"] = canonical  # the same run; layer options as this version writes them
+            where = ((provenance or {}).get("data") or {}).get("path")
+            if where:  # the same data (its fingerprints match), read from there this time
+                known = manifest.setdefault("provenance", {})
+                known["data"] = {**(known.get("data") or {}), "path": where}
             manifest["resumed_at"] = manifest.get("resumed_at", []) + [now()]
             manifest["versions_at_resume"] = versions()
         else:
@@ -624,6 +643,30 @@ def normalized_layers(config: dict[str, Any]) -> dict[str, Any]:
 
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+# a text used as it is for a file name: ASCII letters, digits, "-", "_", "."; not led by a
+# dot; short; and not ending like a hashed name (below), so no two texts share a file
+_PLAIN_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
+_HASHED_STEM = re.compile(r".*-[0-9a-f]{10}")
+
+
+def file_stem(text: str) -> str:
+    """A file name (without suffix) for ``text``, e.g. a sample id in a per-sample figure's
+    name, that stays in its folder on any file system: ``text`` itself when it is a plain
+    name (ASCII letters, digits, ``-``, ``_``, ``.``, at most 80 characters, not led by a
+    dot), else a slug of it (other characters as ``_``, at most 60) and ``-`` and the first
+    10 hex digits of its SHA-256, so two ids never share a file. The figure's caption keeps
+    the text itself.
+
+    >>> file_stem("sample-3"), file_stem("../../x")
+    ('sample-3', 'x-9cdf6a5010')
+    """
+    if _PLAIN_STEM.fullmatch(text) and not _HASHED_STEM.fullmatch(text):
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:60].rstrip("_")
+    return f"{slug}-{digest}" if slug else digest
 
 
 def _total(manifest: dict[str, Any]) -> int | None:

@@ -81,6 +81,17 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+#: errno values with which a folder or its disk refuses a write: the environment's
+#: (:data:`ENVIRONMENT_ERRNOS`), no permission, and an I/O error of the device
+REFUSED_WRITE_ERRNOS = ENVIRONMENT_ERRNOS | {errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def refuses_write(exc: BaseException) -> bool:
+    """Whether ``exc`` is the folder or its disk refusing a write (:data:`REFUSED_WRITE_ERRNOS`),
+    not, say, a file name the file system cannot take."""
+    return isinstance(exc, OSError) and exc.errno in REFUSED_WRITE_ERRNOS
+
+
 def is_environment_error(exc: BaseException) -> bool:
     """Whether ``exc`` is the disk refusing writes (see :data:`ENVIRONMENT_ERRNOS`)."""
     return isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS
@@ -94,7 +105,7 @@ def store_error(path: Path, exc: OSError) -> StoreError:
         errno.EROFS: "use a writable --out folder",
         errno.EACCES: "make the folder writable or use another --out folder",
         errno.EPERM: "make the folder writable or use another --out folder",
-    }.get(exc.errno or 0, "fix the disk")
+    }.get(exc.errno or 0, "fix the disk" if exc.errno is None or refuses_write(exc) else "fix that")
     return StoreError(
         f"cannot write {path}: {exc.strerror or exc}; the run stopped cleanly and every finished "
         f"unit is kept; {hint}, then re-run the same command to resume"
@@ -303,8 +314,10 @@ def replacing(path: str | Path) -> Iterator[Path]:
 
     If the block raises, ``path`` keeps its old content and the temporary file is removed;
     a crash also leaves ``path`` whole. The temporary name keeps ``path``'s suffix, for writers that
-    choose the format by it (``savefig``). An ``OSError`` becomes a :class:`StoreError`
-    naming ``path``.
+    choose the format by it (``savefig``). An ``OSError`` with which the folder or its disk
+    refuses the write (:func:`refuses_write`: full, read-only, no permission) becomes a
+    :class:`StoreError` naming ``path``; any other (a name the file system cannot take, say)
+    is raised as it is: it is no fault of the disk.
 
     >>> import tempfile
     >>> target = Path(tempfile.mkdtemp()) / "summary.csv"
@@ -325,7 +338,8 @@ def replacing(path: str | Path) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        if isinstance(exc, OSError):
+        # an OSError naming no errno (some writers raise one for a failed write) counts as the disk's
+        if refuses_write(exc) or isinstance(exc, OSError) and exc.errno is None:
             raise store_error(path, exc) from exc
         raise
     fsync_dir(path.parent)

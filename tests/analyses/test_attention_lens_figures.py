@@ -4,6 +4,7 @@ what a reader of the report sees (axes, labels, colour bars, bins)."""
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -117,3 +118,136 @@ def test_logit_lens_summary_tables_share_the_records_integer_layers(tiny_llava, 
         table = pd.read_csv(tmp_path / "summary" / f"{name}.csv")
         assert sorted(set(table["layer"])) == layers, name
         assert table["layer"].dtype.kind == "i" and "-1.0" not in text, name
+
+
+def test_per_sample_figures_stay_in_the_run_folder_whatever_the_sample_id(tiny_llava, tmp_path) -> None:
+    """Sample ids were used as they are for the per-sample figures' file names: the id
+    ``../../../ESCAPED`` wrote a PNG outside the run folder, ``sub/dir`` a folder of its own,
+    and a 300-character id stopped the report with "File name too long ... fix the disk".
+    Each now gets a file named by a slug and a hash of its id, inside the figure's folder;
+    a plain id keeps its name, and every caption keeps the id itself."""
+    import json
+
+    from vlmflow.analyses.attention_maps import AttentionMaps
+    from vlmflow.analyses.logit_lens import LogitLens
+    from vlmflow.api import Options, run
+    from vlmflow.data import write_video
+    from vlmflow.probe import Model
+    from vlmflow.report import finalize
+
+    data = tmp_path / "data" / "deep" / "er"
+    data.mkdir(parents=True)
+    ids = ["../../../ESCAPED", "sub/dir", "L" * 300, "s0"]
+    lines = []
+    for k, sid in enumerate(ids):
+        frames = np.full((8, 32, 32, 3), 40 * k, dtype=np.uint8)
+        write_video(data / f"v{k}.mp4", frames, fps=4)
+        lines.append(
+            json.dumps({"id": sid, "video": f"v{k}.mp4", "question": "Which way does it move?",
+                        "options": ["left", "right"], "answer": k % 2, "task": "dir"})
+        )  # fmt: skip
+    (data / "qa.jsonl").write_text("\n".join(lines) + "\n")
+    out = data / "run"
+    opts = Options(model="tiny", data=f"jsonl:{data / 'qa.jsonl'}", num_frames=4, progress=False)
+    analyses = [
+        LogitLens(sample_mode="all", overlays=4, min_hits=1),
+        AttentionMaps(sample_mode="all", overlays=4, layers=(0, 1), compare=None, query_words=("way",)),
+    ]
+    run(opts, analyses, out, model=Model(tiny_llava))
+
+    outside = [p for p in tmp_path.rglob("*.png") if out not in p.parents]
+    assert outside == []
+    figures = sorted(p.relative_to(out / "figures") for p in (out / "figures").rglob("*.png"))
+    per_sample = [p for p in figures if len(p.parts) > 1]
+    assert all(len(p.parts) <= 2 for p in figures), figures  # no folder made by an id
+    assert {p.parts[0] for p in per_sample} == {"logit-lens", "attention", "attention-words"}
+    for folder in ("logit-lens", "attention", "attention-words"):
+        names = [p.name for p in per_sample if p.parts[0] == folder]
+        assert len(names) == 4 and all(len(n) < 100 for n in names), (folder, names)
+    assert Path("logit-lens/s0.png") in figures and Path("attention/s0.png") in figures
+    assert Path("attention-words/s0-way-baseline.png") in figures
+    result = finalize(out)
+    captions = set(result["figures"])
+    for sid in ids:
+        assert f"Lens tokens over the frames: {sid}" in captions
+        assert f"Attention over the frames: {sid}" in captions
+
+
+def test_a_report_from_another_folder_keeps_the_overlays_of_a_relative_dataset(
+    tiny_llava, tmp_path, monkeypatch
+) -> None:
+    """``--data jsonl:ds/qa.jsonl`` (relative), then ``vlmflow report RUN`` from another
+    working folder: the report loaded the samples again from the path as typed, failed, and
+    removed the per-sample overlays as stale. The run now records the path it resolved
+    (``provenance.data.path``) and the report loads from there; the same command from the
+    same folder still resumes. When the dataset is gone the earlier overlays are kept and
+    shown, and the section's note (not only a log line) says why."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from vlmflow.analyses.attention_maps import AttentionMaps
+    from vlmflow.analyses.logit_lens import LogitLens
+    from vlmflow.api import Options, run
+    from vlmflow.cli import app
+    from vlmflow.data import write_video
+    from vlmflow.probe import Model
+    from vlmflow.rundir import RunDir
+
+    home = tmp_path / "home"
+    (home / "ds").mkdir(parents=True)
+    lines = []
+    for k in range(2):
+        write_video(home / "ds" / f"v{k}.mp4", np.full((8, 32, 32, 3), 60 * k, dtype=np.uint8), fps=4)
+        lines.append(
+            json.dumps({"id": f"s{k}", "video": f"v{k}.mp4", "question": "Which way does it move?",
+                        "options": ["left", "right"], "answer": k, "task": "dir"})
+        )  # fmt: skip
+    (home / "ds" / "qa.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    monkeypatch.chdir(home)
+    opts = Options(model="tiny", data="jsonl:ds/qa.jsonl", num_frames=4, progress=False)
+
+    def analyses():
+        return [
+            LogitLens(sample_mode="all", overlays=2, min_hits=1),
+            AttentionMaps(sample_mode="all", overlays=2, layers=(0,), compare=None),
+        ]
+
+    run(opts, analyses(), out, model=Model(tiny_llava))
+    overlays = sorted((out / "figures").glob("*/s*.png"))
+    assert [p.relative_to(out / "figures").as_posix() for p in overlays] == [
+        "attention/s0.png", "attention/s1.png", "logit-lens/s0.png", "logit-lens/s1.png"
+    ]  # fmt: skip
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["data"] == "jsonl:ds/qa.jsonl"  # the configuration as typed
+    assert manifest["provenance"]["data"]["path"] == str(home / "ds" / "qa.jsonl")
+    # a folder from before the path was recorded: the spec as typed; the same command from
+    # the same folder resumes it (nothing left to do) and records the path
+    for file in (out / "manifest.json", out / "records" / "run.json"):
+        old = json.loads(file.read_text())
+        del old["provenance"]["data"]["path"]
+        file.write_text(json.dumps(old))
+    assert RunDir(out).data_specs() == ["jsonl:ds/qa.jsonl"]
+    again = run(opts, analyses(), out, model=Model(tiny_llava))
+    assert again.summary.skipped == 2 and again.summary.done == 0
+    assert RunDir(out).data_specs() == [f"jsonl:{home / 'ds' / 'qa.jsonl'}", "jsonl:ds/qa.jsonl"]
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    before = {p: p.stat().st_mtime_ns for p in overlays}
+    said = CliRunner().invoke(app, ["report", str(out)])
+    assert said.exit_code == 0, said.output
+    assert all(p.exists() and p.stat().st_mtime_ns != before[p] for p in overlays)  # drawn again
+    assert "not drawn again" not in (out / "report.html").read_text()
+
+    (home / "ds").rename(home / "moved")  # the dataset is gone: the earlier overlays stay
+    said = CliRunner().invoke(app, ["report", str(out)])
+    assert said.exit_code == 0, said.output
+    assert all(p.exists() for p in overlays)
+    page = (out / "report.html").read_text()
+    assert page.count("were not drawn again") == 2 and "JSONL file not found" in page
+    assert page.count("the 2 an earlier report drew are kept and shown") == 2
+    for name in ("logit-lens/s0.png", "attention/s1.png"):
+        assert f"({Path(name).name})</figcaption>" in page

@@ -828,7 +828,8 @@ def test_false_option_curve_pools_every_false_option_row(tmp_path) -> None:
     run = types.SimpleNamespace(figure_path=lambda name: tmp_path / f"{name}.png")
     chart = answer_prob_section(rows, run).charts[0].data
     line = chart[chart["option"] == "false options (mean)"]
-    assert line["p_mean"].tolist() == pytest.approx([pooled]) and line["n"].tolist() == [4]
+    assert line["p_mean"].tolist() == pytest.approx([pooled]) and line["n_options"].tolist() == [4]
+    assert line["n"].tolist() == [2]  # the samples: the chart's panel title reads n=2, as the others
 
 
 # ---------------------------------------------------------------- the 95% band

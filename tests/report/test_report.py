@@ -351,6 +351,39 @@ def test_a_full_disk_while_a_figure_is_written_stops_the_report_with_one_line(
     assert not [p for p in run.rglob("*") if ".tmp" in p.name]
 
 
+def test_a_name_the_file_system_refuses_is_no_disk_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A figure whose file name the file system refuses (``ENAMETOOLONG``) stopped the whole
+    report with "File name too long; ... fix the disk, then re-run". Only the folder or its
+    disk refusing writes (full, read-only, no permission, I/O error) stops the report; this
+    is the section's failure, shown in its place while the rest of the report is written."""
+    import errno
+
+    import matplotlib.figure
+
+    from vlmflow.store import store_error
+
+    run = fake_run(tmp_path / "run")
+
+    def too_long(self, *args, **kwargs):
+        raise OSError(errno.ENAMETOOLONG, "File name too long", str(args[0]))
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", too_long)
+    result = CliRunner().invoke(app, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "fix the disk" not in result.output
+    page = (run / "report.html").read_text()
+    assert "The &#x27;flow&#x27; section failed (OSError" in page and "File name too long" in page
+
+    said = {
+        code: str(store_error(run / "x.png", OSError(code, "strerror")))
+        for code in (errno.ENAMETOOLONG, errno.ENOSPC, errno.EIO)
+    }
+    assert "fix the disk" not in said[errno.ENAMETOOLONG] and "free some space" in said[errno.ENOSPC]
+    assert "fix the disk" in said[errno.EIO]
+
+
 def test_the_accuracy_bars_count_the_samples_they_are_over() -> None:
     """A task's accuracy is over its answered samples: the bar says how many, and the
     unanswered ones apart (it read "0.25 (n=9)" for 1 of 4 answered with 5 unanswered)."""
@@ -532,3 +565,31 @@ def test_a_verb_run_where_every_sample_was_skipped_says_why(tmp_path: Path) -> N
     ]
     assert section.notes.startswith("No anchor of any sample was kept")
     assert "verb 1: 0 verbs, fewer than 3 (2)" in section.notes
+
+
+def test_a_task_name_with_markup_cannot_break_the_chart_data(tmp_path: Path) -> None:
+    """A task named ``<!--<script>`` put the page's ``chart-data`` JSON element into the
+    HTML parser's script-escape states: the element swallowed the renderer script and no
+    chart was drawn. ``<``, ``>`` and ``&`` are now JSON escapes in the embedded data, which
+    parses to the same values (the task's name intact)."""
+    run = tmp_path / "run"
+    store = RecordStore(run)
+    (run / "manifest.json").write_text(json.dumps({"config": {"model": "fake", "data": "fake:1"}}))
+    tasks = ("<!--<script>", "a</script>&amp;b")
+    for i in range(4):
+        sid, task = f"s{i}", tasks[i % 2]
+        common = {"task": task, "model": "fake", "error": None}
+        store.write_unit(sid, "eval", [{**common, "correct": True}])
+        store.write_unit(
+            sid, "mystery", [{**common, "layer": layer, "score": 0.1 * layer + i} for layer in range(3)]
+        )
+    finalize(run)
+    page = (run / "report.html").read_text()
+    raw = re.search(r"id='chart-data'>(.*?)</script>", page, re.S).group(1)
+    assert not set(raw) & set("<>&"), raw[:300]
+    charts = json.loads(raw)
+    assert {p["name"] for p in charts[0]["panels"]} == {f"{t} (n=2)" for t in tasks}
+    if CHROMIUM.exists():  # and the browser draws the chart
+        dom = chromium("--dump-dom", (run / "report.html").resolve().as_uri(), profile=tmp_path / "p")
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        assert 'data-charts-rendered="1"' in dom.stdout, dom.stdout[-3000:]

@@ -223,3 +223,133 @@ def test_answer_prob_and_logit_lens_pngs_draw_the_95_percent_band(
         curves = [n for n in fig._lines if n]
         bands = [len(b) for b, n in zip(fig._bands, fig._lines, strict=True) if n]
         assert curves and bands == curves, (name, curves, bands)  # one band per curve
+
+
+def test_n_counts_the_values_a_mean_averages_not_the_rows(tmp_path: Path) -> None:
+    """A sample whose value is NaN (a probability that could not be read) was counted in
+    ``n`` while the mean and the CI skipped it: flow.csv said n=2 over a mean of 1 value.
+    ``n`` now counts the values (not NaN) each mean averages; a value column counted
+    otherwise than the rest gets its own ``n_<column>``."""
+    import numpy as np
+
+    from vlmflow.analyses.screened_flow import screened_flow_section
+    from vlmflow.report import mean_ci, summarize_layers
+    from vlmflow.rundir import RunDir
+
+    run = write_run(tmp_path / "run")
+    store = RecordStore(run)
+    common = {"task": "counting", "model": "fake", "error": None}
+    store.write_unit("s9", "eval", [{**common, "correct": True, "p_pred": 0.6}])
+    nan = float("nan")
+    flow = [
+        {**common, "target": "cross-frame", "condition": "cross-frame", "layer": layer, "window": 3,
+         "window_style": "center", "rel_pred": nan, "rel_gt": -1.0, "correct_new": True,
+         "p_pred_base": 0.6, "p_pred_new": nan}
+        for layer in range(4)
+    ]  # fmt: skip
+    answer = [
+        {**common, "layer": layer, "norm": True, "p_true": nan, "p_false_mean": 0.2, "p_false_max": 0.3,
+         "option_probs": [0.5, 0.2, 0.3], "true_rank": nan, "correct_base": True}
+        for layer in range(4)
+    ]  # fmt: skip
+    store.write_unit("s9", "flow", flow)
+    store.write_unit("s9", "answer-prob", answer)
+    result = finalize(run)
+    flow_csv = pd.read_csv(run / "summary" / "flow.csv").set_index("task")
+    # counting: s1, s3 and s9; s9's rel_pred is NaN, its rel_gt is not
+    assert set(flow_csv.loc["counting", "n"]) == {3} and set(flow_csv.loc["counting", "n_rel_pred"]) == {2}
+    assert set(flow_csv.loc["left_right", "n"]) == set(flow_csv.loc["left_right", "n_rel_pred"]) == {2}
+    assert "n_rel_gt" not in flow_csv
+    answer_csv = pd.read_csv(run / "summary" / "answer-prob.csv").set_index("task")
+    assert set(answer_csv.loc["counting", "n"]) == {3} and set(answer_csv.loc["counting", "n_p_true"]) == {2}
+    last = answer_csv.loc["counting"].set_index("layer").loc[3]
+    assert last["top1_rate"] == 1.0  # over the 2 ranks read (2 of 3 with s9's NaN rank counted)
+    chart = next(c for c in section(result, "answer-prob").charts if c.title.startswith("Probability"))
+    true = chart.data[(chart.data["option"] == "true option") & (chart.data["task"] == "counting")]
+    assert set(true["n"]) == {2}
+
+    rows = pd.DataFrame(
+        {"sample_id": ["a", "b", "c"], "task": "t", "analysis": "x", "layer": 0,
+         "p": [0.1, nan, 0.3], "q": [1.0, 2.0, 3.0]}
+    )  # fmt: skip
+    generic = summarize_layers(rows)
+    assert generic[["n", "n_p"]].values.tolist() == [[3, 2]] and "n_q" not in generic
+    assert mean_ci(rows, ["task"], "p")[["n", "p_mean"]].values.tolist() == [[2, 0.2]]
+
+    plan = {"kind": "plan", "target": "t", "condition": "c", "layer": 1.0}
+    screen_rows = pd.DataFrame(
+        [
+            {**plan, "method": "estimate", "rel_pred": -1.0},
+            {**plan, "method": "estimate", "rel_pred": nan},
+            {**plan, "method": "exact", "verified_as": "top", "rel_pred": -2.0, "rel_pred_estimate": nan},
+            {**plan, "method": "exact", "verified_as": "top", "rel_pred": -3.0, "rel_pred_estimate": -1.0},
+            {"kind": "screen", "plans": 330.0, "verified": 10.0},
+        ]
+    )
+    screen_rows = screen_rows.assign(task="t", sample_id="s", pair=None)
+    screen = screened_flow_section(screen_rows, RunDir(tmp_path / "run"))
+    estimates = screen.summaries["flow-screen-estimates"]
+    assert estimates["n"].tolist() == [1]
+    verified = screen.summaries["flow-screen-verified"]
+    assert verified[["n", "n_rel_pred_estimate"]].values.tolist() == [[2, 1]]
+    assert np.isclose(verified["rel_pred_estimate_mean"].iloc[0], -1.0)
+
+
+def test_answer_prob_panels_count_samples_not_false_options(tmp_path: Path) -> None:
+    """The answer-prob chart's panel titles took n from the pooled "false options (mean)"
+    curve, one row per false option: 2 samples of 3 options read "n=4". Every curve's n is
+    now the samples it is over (the pooled curve's option rows are ``n_options``)."""
+    import re
+
+    run = write_run(tmp_path / "run")
+    result = finalize(run)
+    page = (run / "report.html").read_text()
+    charts = json.loads(re.search(r"id='chart-data'>(.*?)</script>", page, re.S).group(1))
+    chart = next(c for c in charts if c["title"].startswith("Probability of the option letters"))
+    assert sorted(p["name"] for p in chart["panels"]) == ["counting (n=2)", "left_right (n=2)"]
+    data = next(c for c in section(result, "answer-prob").charts if c.title == chart["title"]).data
+    pooled = data[data["option"] == "false options (mean)"]
+    assert set(pooled["n"]) == {2} and set(pooled["n_options"]) == {4}
+
+
+def test_summary_tables_say_how_they_number_layers_and_screen_counts_are_integers(tmp_path: Path) -> None:
+    """flow.csv and answer-prob.csv keep the records' 0-based layers while their charts count
+    from 1; unlike the logit-lens and screen sections, their notes did not say so. The screen's
+    tables wrote layers and plan counts as floats (10.0, 330.0). A task named "all" shared its
+    name with the pathways table's overall row."""
+    from vlmflow.analyses.pathways import summarize_pathways
+    from vlmflow.analyses.screened_flow import screened_flow_section
+    from vlmflow.rundir import RunDir
+
+    result = finalize(write_run(tmp_path / "run"))
+    for key, table in (("flow", "flow"), ("answer-prob", "answer-prob")):
+        note = section(result, key).notes
+        assert f"the summary table ({table}) keeps the records' layers, 0-based" in note, note
+        assert "layer l is layer l + 1 on the x axis" in note
+
+    nan = float("nan")
+    plan = {"kind": "plan", "target": "t", "condition": "c", "layer": 10.0}
+    rows = pd.DataFrame(
+        [
+            {**plan, "method": "estimate", "rel_pred": -1.0},
+            {**plan, "method": "exact", "verified_as": "top", "rel_pred": -2.0, "rel_pred_estimate": -1.0},
+            {"kind": "screen", "plans": 330.0, "verified": 10.0, "spearman_verified": 0.5},
+            {"kind": "screen", "plans": 330.0, "verified": 10.0, "spearman_verified": nan},
+        ]
+    ).assign(task="t", sample_id="s", pair=None)
+    screen = screened_flow_section(rows, RunDir(tmp_path / "run"))
+    for key in ("flow-screen-estimates", "flow-screen-verified"):
+        assert screen.summaries[key]["layer"].tolist() == [10], key
+    agreement = screen.summaries["flow-screen-agreement"]
+    assert agreement[["plans", "verified"]].to_csv(index=False) == "plans,verified\n330,10\n"
+
+    records = pd.DataFrame(
+        [
+            {"analysis": "pathways", "error": None, "sample_id": f"s{i}", "task": task,
+             "condition": "baseline", "correct": True, "suppressed_fraction": 0.0}
+            for i, task in enumerate(["all", "all", "other"])
+        ]
+    )  # fmt: skip
+    summary = summarize_pathways(records)
+    assert summary["task"].tolist() == ["(all)", "all", "other"]
+    assert summary["overall"].tolist() == [True, False, False] and summary["n"].tolist() == [3, 2, 1]

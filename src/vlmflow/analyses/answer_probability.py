@@ -126,14 +126,17 @@ def summarize_answer_prob(records: pd.DataFrame) -> pd.DataFrame:
     df = records[(records["analysis"] == "answer-prob") & records["error"].isna()]
     if df.empty:
         return pd.DataFrame()
-    out = df.groupby(["task", "layer"]).agg(
-        n=("p_true", "size"),
+    from ..report import value_counts
+
+    g = df.groupby(["task", "layer"])
+    out = g.agg(
         p_true=("p_true", "mean"),
         p_false_max=("p_false_max", "mean"),
-        top1_rate=("true_rank", lambda s: float((s == 1).mean())),
+        top1_rate=("true_rank", lambda s: float((s.dropna() == 1).mean()) if s.notna().any() else np.nan),
     )
+    counts = value_counts(g, ["p_true", "p_false_max"])  # NaN values are not counted, as the means skip them
     pooled = false_option_rows(df).groupby(["task", "layer"])["p_false"].mean().rename("p_false_mean")
-    out = out.join(pooled)[["n", "p_true", "p_false_mean", "p_false_max", "top1_rate"]].reset_index()
+    out = counts.join(out.join(pooled)[["p_true", "p_false_mean", "p_false_max", "top1_rate"]]).reset_index()
     out["layer"] = out["layer"].astype(int)  # records hold floats (eval rows have no layer)
     return out
 
@@ -169,12 +172,14 @@ def answer_prob_section(rows: pd.DataFrame, run: RunDir) -> Section:
     """The true option letter against the false ones, layer by layer, per task."""
     from ..report import Chart, Section, mean_ci
     from ..report.figures import save_figure
+    from .information_flow import LAYER_NOTE
 
     summary = summarize_answer_prob(rows)
     section = Section("Answer probability by layer", summaries={"answer-prob": summary})
     if summary.empty:
         return section
     rows = rows[(rows["analysis"] == "answer-prob") & rows["error"].isna()]
+    samples = rows.groupby(["task", "layer"]).size().rename("n")  # the chart's n: samples, every curve
     parts = []
     for data, column, label in (
         (rows, "p_true", "true option"),
@@ -184,6 +189,8 @@ def answer_prob_section(rows: pd.DataFrame, run: RunDir) -> Section:
         part = mean_ci(data, ["task", "layer"], column).rename(
             columns={f"{column}_mean": "p_mean", f"{column}_ci95_lo": "p_lo", f"{column}_ci95_hi": "p_hi"}
         )
+        if column == "p_false":  # one row per false option: n says how many samples they are of
+            part = part.rename(columns={"n": "n_options"}).join(samples, on=["task", "layer"])
         parts.append(part.assign(option=label))
     long = pd.concat(parts, ignore_index=True)
     section.charts.append(
@@ -216,7 +223,7 @@ def answer_prob_section(rows: pd.DataFrame, run: RunDir) -> Section:
     section.notes = (
         f"The last position's hidden state after each layer, {read}; "
         "mean over samples with its 95% band. The true letter stays above the "
-        f"strongest false one from (1-based) {where}."
+        f"strongest false one from (1-based) {where}. " + LAYER_NOTE.format(table="answer-prob")
     )
     return section
 

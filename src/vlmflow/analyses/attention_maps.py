@@ -41,11 +41,13 @@ from ..models.base import Prepared
 from .base import (
     ANALYSES,
     Analysis,
+    Overlays,
     as_layers,
     as_names,
     check_sample_mode,
     frame_region_of,
     option,
+    overlay_path,
     overlay_samples,
     video_grid,
 )
@@ -228,6 +230,7 @@ def attention_section(rows: pd.DataFrame, run: RunDir) -> Section:
     comparison plan; per-frame heatmaps as PNG."""
     from ..report import Chart, Section, mean_ci
     from ..report.figures import save_figure
+    from ..rundir import file_stem
 
     summary = summarize_attention(rows)
     section = Section("Attention to the video", summaries={"attention": summary})
@@ -254,10 +257,12 @@ def attention_section(rows: pd.DataFrame, run: RunDir) -> Section:
         save_figure(attention_frames_figure(summary, query), path)
         section.figures[f"Attention of the {query} tokens to each frame (each layer's share)"] = path
     last = rows[rows["query"] == "last"]
+    drawn = Overlays()
     if not last.empty and "video_grid" in last:
         layers = sorted(last["layer"].unique())
         shown = sorted({int(layers[len(layers) // 2]), int(layers[-1])})
-        for sample, frames in overlay_samples(last, run, "attention"):
+        drawn = overlay_samples(last, run, "attention", "Attention over the frames")
+        for sample, frames in drawn:
             d = last[last["sample_id"] == sample.id]
             maps = {
                 str(c): {int(r.layer): np.asarray(r.token_attention) for r in g.itertuples()}
@@ -274,7 +279,7 @@ def attention_section(rows: pd.DataFrame, run: RunDir) -> Section:
                 sample,
                 region if isinstance(region, (list, tuple, np.ndarray)) else None,
             )
-            path = run.figure_path(f"attention/{sample.id}")
+            path = overlay_path(run, "attention", sample.id)
             save_figure(fig, path)
             section.figures[f"Attention over the frames: {sample.id}"] = path
     words = rows[rows["query"].astype(str).str.startswith("word:")]
@@ -287,7 +292,7 @@ def attention_section(rows: pd.DataFrame, run: RunDir) -> Section:
                 maps = {int(r.layer): np.asarray(r.token_attention) for r in g.itertuples()}
                 fig = query_word_figure(maps, first["video_grid"], word, str(condition))
                 safe = "".join(c if c.isalnum() else "_" for c in word)
-                path = run.figure_path(f"attention-words/{sid}-{safe}-{condition}")
+                path = run.figure_path(f"attention-words/{file_stem(f'{sid}-{safe}-{condition}')}")
                 save_figure(fig, path)
                 section.figures[f"Attention of {word!r} ({condition}), log10(5e-5 + a): {sid}"] = path
     section.notes = (
@@ -297,6 +302,8 @@ def attention_section(rows: pd.DataFrame, run: RunDir) -> Section:
         "so the early layers' larger mass does not darken the rest."
     )
     section.notes += sample_notes(rows)
+    section.figures.update(drawn.kept)
+    section.notes += drawn.note
     return section
 
 

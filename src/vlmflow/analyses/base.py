@@ -20,6 +20,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
@@ -34,8 +35,6 @@ from ..registry import Registry
 from ..sample import Sample
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from ..api import Options, RunResult
     from ..probe import Probe
     from ..report import Section
@@ -256,11 +255,39 @@ def frame_region_of(probe: Probe) -> dict[str, Any]:
     return {"frame_region": [float(v) for v in probe.adapter.frame_region(*frames.shape[1:3])]}
 
 
-def overlay_samples(records: pd.DataFrame, run: RunDir, analysis: str) -> list[tuple[Sample, Any]]:
+class Overlays(list):  # type: ignore[type-arg]
+    """What :func:`overlay_samples` returns: the ``(sample, frames)`` pairs to draw. When the
+    run's samples cannot be loaded again (a dataset moved or gone) it is empty; then ``kept``
+    holds, caption -> path, the figures of those samples an earlier report drew (kept as they
+    are, not removed as stale) and ``note`` says so for the section's notes."""
+
+    def __init__(self, pairs: Sequence[tuple[Sample, Any]] = ()) -> None:
+        super().__init__(pairs)
+        self.kept: dict[str, Path] = {}
+        self.note = ""
+
+
+QUOTES = "'\""  # around a KeyError's text
+
+
+def overlay_path(run: RunDir, folder: str, sample_id: str) -> Path:
+    """``figures/<folder>/<file stem of the id>.png``: a sample's overlay figure."""
+    from ..rundir import file_stem
+
+    return run.figure_path(f"{folder}/{file_stem(sample_id)}")
+
+
+def overlay_samples(
+    records: pd.DataFrame, run: RunDir, analysis: str, caption: str = "Over the frames"
+) -> Overlays:
     """The samples an analysis draws over their frames in the report, with their frames
     ``(T, H, W, 3)``: the first ``overlays`` (its option) sample ids in sorted order, so the
     choice depends neither on sharding nor on processing order. Frames are loaded again
-    from the run's dataset as the run sampled them; when that fails, no overlays."""
+    from the run's dataset as the run sampled them, from its path as the run resolved it
+    (:meth:`~vlmflow.rundir.RunDir.data_specs`, so a report from another working folder
+    finds a relative path). When that fails nothing is drawn: the figures an earlier report
+    drew of those samples (``figures/<analysis>/``, see :func:`overlay_path`) are kept and
+    shown, captioned ``"<caption>: <id>"``, and the section's note says why (see :class:`Overlays`)."""
     from ..data import load_dataset
     from ..data.video import load_sample_frames
 
@@ -270,31 +297,52 @@ def overlay_samples(records: pd.DataFrame, run: RunDir, analysis: str) -> list[t
     drawable = records[records["error"].isna()] if "error" in records else records  # not failed samples
     ids = sorted(set(drawable["sample_id"].astype(str)))[:count]
     if not ids:
-        return []
-    try:
-        samples = load_dataset(
-            config["data"],
-            tasks=config.get("tasks") or None,
-            samples=config.get("samples"),
-            seed=config.get("seed", 0),
+        return Overlays()
+    # the run's policy: the user's (config) wins over a benchmark's own, as in the run
+    chosen = config.get("frame_policy")
+    recorded = manifest.get("frame_policy")
+    default = recorded if isinstance(recorded, str) else "segment_middle"
+    failures = []
+    for spec in run.data_specs():
+        try:
+            samples = load_dataset(
+                spec,
+                tasks=config.get("tasks") or None,
+                samples=config.get("samples"),
+                seed=config.get("seed", 0),
+            )
+            by_id = {s.id: s for s in samples}
+            if missing := [sid for sid in ids if sid not in by_id]:
+                raise KeyError(f"no sample {missing[0]!r} in it")
+            out = Overlays()
+            for sid in ids:
+                sample = by_id[sid]
+                frames = sample.frames
+                if frames is None:
+                    policy = chosen or sample.meta.get("frame_policy", default)
+                    frames = load_sample_frames(sample, int(config.get("num_frames", 8)), policy)
+                out.append((sample, frames))
+            return out
+        except Exception as exc:  # overlays are an extra: a moved dataset must not cost the report
+            failures.append(f"{spec}: {str(exc).strip(QUOTES) or type(exc).__name__}")
+    why = "; ".join(failures) or "the run recorded no dataset"
+    log.warning("no %s overlays: cannot load the run's samples again (%s)", analysis, why)
+    out = Overlays()
+    for sid in ids:
+        path = overlay_path(run, analysis, sid)
+        if path.is_file():
+            out.kept[f"{caption}: {sid}"] = path
+    kept = len(out.kept)
+    out.note = (
+        f" The per-sample figures over the frames were not drawn again: the run's samples cannot be "
+        f"loaded ({why}); "
+        + (
+            f"the {kept} an earlier report drew {'is' if kept == 1 else 'are'} kept and shown."
+            if kept
+            else "no earlier one is kept."
         )
-        by_id = {s.id: s for s in samples}
-        # the run's policy: the user's (config) wins over a benchmark's own, as in the run
-        chosen = config.get("frame_policy")
-        recorded = manifest.get("frame_policy")
-        default = recorded if isinstance(recorded, str) else "segment_middle"
-        out = []
-        for sid in ids:
-            sample = by_id[sid]
-            frames = sample.frames
-            if frames is None:
-                policy = chosen or sample.meta.get("frame_policy", default)
-                frames = load_sample_frames(sample, int(config.get("num_frames", 8)), policy)
-            out.append((sample, frames))
-        return out
-    except Exception as exc:  # overlays are an extra: a moved dataset must not cost the report
-        log.warning("no %s overlays: cannot load the run's samples again (%s)", analysis, exc)
-        return []
+    )
+    return out
 
 
 def ordered() -> list[type[Analysis]]:

@@ -258,13 +258,13 @@ def summarize_flow(df: pd.DataFrame, task_samples: dict[str, int] | None = None)
     )
     if flow.empty:
         return pd.DataFrame()
-    from ..report import ci95_by_group, ci95_columns
+    from ..report import ci95_by_group, ci95_columns, value_counts
 
     keys = ["task", "target", "condition", "layer"]
     flow = flow.assign(_right=pd.Series(flow["correct_new"], dtype="float").fillna(0.0))
     g = flow.groupby(keys)
+    counts = value_counts(g, ["rel_pred", "rel_gt"])  # NaN values are not counted, as the means skip them
     out = g.agg(
-        n=("rel_pred", "size"),
         rel_pred_mean=("rel_pred", "mean"),
         rel_gt_mean=("rel_gt", "mean"),
         acc_of_analysed=("correct_new", lambda s: float(pd.Series(s, dtype="float").mean())),
@@ -272,7 +272,7 @@ def summarize_flow(df: pd.DataFrame, task_samples: dict[str, int] | None = None)
     )
     for value in ("rel_pred", "rel_gt"):
         out[list(ci95_columns(value))] = ci95_by_group(g[value])
-    out = out.reset_index()
+    out = counts.join(out).reset_index()
     out["layer"] = out["layer"].astype(int)  # records hold floats (eval rows have no layer)
     totals = task_samples or {}
     out["n_task"] = [totals.get(str(t), np.nan) for t in out["task"]]
@@ -323,9 +323,16 @@ def flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
     section.notes = (
         f"Each curve blocks one set of attention edges {blocked_text(style, window)}; y is the mean "
         "relative change of the answer's probability over the task's samples, with its 95% "
-        "confidence band."
+        "confidence band. " + LAYER_NOTE.format(table="flow")
     )
     return section
+
+
+#: how a section's summary table numbers layers against its charts (as logit-lens and the screen say)
+LAYER_NOTE = (
+    "The charts and figures count layers from 1; the summary table ({table}) keeps the records' "
+    "layers, 0-based: its layer l is layer l + 1 on the x axis."
+)
 
 
 def sweep_setting(rows: pd.DataFrame) -> tuple[str | None, int | None]:

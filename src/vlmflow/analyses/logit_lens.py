@@ -37,6 +37,7 @@ from .base import (
     check_sample_mode,
     frame_region_of,
     option,
+    overlay_path,
     overlay_samples,
     video_grid,
 )
@@ -441,7 +442,8 @@ def logit_lens_section(rows: pd.DataFrame, run: RunDir) -> Section:
     section.figures["Keyword frequency by layer"] = path
     n_layers = int(rows["layer"].max()) + 1
     shown = sorted({n_layers // 4, n_layers // 2, (3 * n_layers) // 4, n_layers - 1})
-    for sample, frames in overlay_samples(rows, run, "logit-lens"):
+    drawn = overlay_samples(rows, run, "logit-lens", "Lens tokens over the frames")
+    for sample, frames in drawn:
         d = rows[rows["sample_id"] == sample.id]
         if "video_grid" not in d or d["video_grid"].isna().all():
             continue
@@ -457,7 +459,7 @@ def logit_lens_section(rows: pd.DataFrame, run: RunDir) -> Section:
             sample,
             None if region is None or not isinstance(region, (list, tuple)) and pd.isna(region) else region,
         )
-        path = run.figure_path(f"logit-lens/{sample.id}")
+        path = overlay_path(run, "logit-lens", sample.id)
         save_figure(fig, path)
         section.figures[f"Lens tokens over the frames: {sample.id}"] = path
     projection = ", ".join(sorted(map(str, rows["projection"].unique()))) if "projection" in rows else "?"
@@ -473,6 +475,8 @@ def logit_lens_section(rows: pd.DataFrame, run: RunDir) -> Section:
     )
     if note := empty_keyword_tables_note(rows, keyword_tables):
         section.notes += " " + note
+    section.figures.update(drawn.kept)
+    section.notes += drawn.note
     return section
 
 

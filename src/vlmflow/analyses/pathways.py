@@ -490,7 +490,9 @@ def evaluate_pathway(
 
 def summarize_pathways(records: pd.DataFrame) -> pd.DataFrame:
     """Per task and overall: accuracy with the pathway, its strict variant, random blocking
-    (mean and sd over seeds) and the baseline, with the suppressed-edge fractions.
+    (mean and sd over seeds) and the baseline, with the suppressed-edge fractions. The
+    overall row comes first, ``overall`` True, named ``all`` (``(all)`` if a task is named
+    ``all``, so the two never share a name).
 
     ``suppressed_<cond>`` is the mean of the samples' own fractions; ``suppressed_<cond>_of_sums``
     is the paper's ratio of sums (edges cut over all samples and layers / all causal edges),
@@ -499,9 +501,13 @@ def summarize_pathways(records: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame()
     df["correct"] = df["correct"].astype(float)
+    tasks = {str(t) for t in df["task"].unique()}
+    overall = "all"
+    while overall in tasks:  # a task named "all": the overall row is "(all)"
+        overall = f"({overall})"
     out = []
-    for task, d in [("all", df), *df.groupby("task")]:
-        row: dict[str, Any] = {"task": task, "n": int((d["condition"] == "baseline").sum())}
+    for task, whole, d in [(overall, True, df), *((t, False, g) for t, g in df.groupby("task"))]:
+        row: dict[str, Any] = {"task": task, "overall": whole, "n": int((d["condition"] == "baseline").sum())}
         for cond in ("baseline", "pathway", "strict"):
             c = d[d["condition"] == cond]
             if not c.empty:
@@ -838,7 +844,7 @@ def pathways_section(rows: pd.DataFrame, run: RunDir) -> Section:
     values = {k: (v, e) for k, (v, e) in values.items() if v in summary}
     section.charts.append(Bars("Accuracy per task", summary.astype({"task": str}), "task", values))
     if "suppressed_pathway" in summary:
-        frac = float(summary.loc[summary["task"] == "all", "suppressed_pathway"].iloc[0])
+        frac = float(summary.loc[summary["overall"], "suppressed_pathway"].iloc[0])
         section.notes = (
             f"Keeping only the pathway suppresses {frac:.0%} of the attention edges (causal lower "
             "triangle, summed over layers); random blocking suppresses the same fraction."

@@ -224,29 +224,31 @@ def screened_plan_rows(
 
 
 SECTION_TITLE = "Screened knockout (attribution estimates, top K verified)"
+# the agreement table's columns that count plans (their mean over samples; the rest are rates)
+COUNT_COLUMNS = {
+    "plans", "verified", "cheap", "control", "unresolved", "missed_control", "underestimated", "contradicted"
+}
 
 
 def screened_flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
     """Estimated curves, the exactly verified plans, rank agreement and one layer x head
     attribution heat map per group pair (means over samples)."""
-    from ..report import Chart, Section
+    from ..report import Chart, Section, value_counts
     from ..report.figures import save_figure
 
     if "kind" not in rows:  # no records (a run none of whose samples was kept): the title alone
         return Section(SECTION_TITLE)
     plans = rows[rows["kind"] == "plan"]
     keys = ["target", "condition", "layer"]
-    estimated = (
-        plans[plans["method"] == "estimate"]
-        .groupby(keys, as_index=False)
-        .agg(n=("rel_pred", "size"), rel_pred_estimate_mean=("rel_pred", "mean"))
-    )
+    g = plans[plans["method"] == "estimate"].groupby(keys)
+    estimated = value_counts(g, ["rel_pred"]).join(g.agg(rel_pred_estimate_mean=("rel_pred", "mean")))
+    estimated = estimated.reset_index().astype({"layer": int})  # records hold floats
     exact = plans[plans["method"] == "exact"]
-    verified = exact.groupby([*keys, "verified_as"], as_index=False).agg(
-        n=("rel_pred", "size"),
-        rel_pred_mean=("rel_pred", "mean"),
-        rel_pred_estimate_mean=("rel_pred_estimate", "mean"),
+    g = exact.groupby([*keys, "verified_as"])
+    verified = value_counts(g, ["rel_pred", "rel_pred_estimate"]).join(
+        g.agg(rel_pred_mean=("rel_pred", "mean"), rel_pred_estimate_mean=("rel_pred_estimate", "mean"))
     )
+    verified = verified.reset_index().astype({"layer": int})
     summary_cols = [
         "plans",
         "verified",
@@ -262,6 +264,9 @@ def screened_flow_section(rows: pd.DataFrame, run: RunDir) -> Section:
     ]
     screens = rows[rows["kind"] == "screen"]
     agreement = screens[[c for c in summary_cols if c in screens]].astype(float).mean().to_frame("mean").T
+    for c in COUNT_COLUMNS & set(agreement):  # a count every sample shares reads 330, not 330.0
+        if agreement[c].notna().all() and (agreement[c] % 1 == 0).all():
+            agreement[c] = agreement[c].astype(int)
     section = Section(
         SECTION_TITLE,
         summaries={

@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from ..registry import Registry
-from ..store import StoreError, is_environment_error, store_error
+from ..store import StoreError, refuses_write, store_error
 
 if TYPE_CHECKING:
     from ..lock import FolderLock
@@ -64,6 +64,7 @@ __all__ = [
     "mean_ci",
     "report_section",
     "summarize_layers",
+    "value_counts",
 ]
 
 log = logging.getLogger(__name__)
@@ -331,7 +332,7 @@ def build_section(name: str, rows: pd.DataFrame, run: RunDir) -> Section:
     except StoreError:  # the disk refused a figure or table: the report stops, not the section
         raise
     except Exception as exc:  # a broken summary must not cost the report of a long run
-        if is_environment_error(exc):  # a full disk met outside the store's writers: the same
+        if refuses_write(exc):  # a full disk met outside the store's writers: the same
             raise store_error(Path(getattr(exc, "filename", None) or run.figures_dir), exc) from exc
         log.warning("the report section of %r failed; showing the generic view", name, exc_info=True)
         section = _as_section(name, summarize_layers(rows))
@@ -434,7 +435,7 @@ def charts_for(table: pd.DataFrame, title: str) -> list[Chart]:
 def summarize_layers(rows: pd.DataFrame) -> pd.DataFrame:
     """Generic summary of an analysis's records: per task x condition x layer, ``n`` and the
     mean and 95% CI (``<v>_mean``, ``<v>_ci95_lo``, ``<v>_ci95_hi``) of every float or
-    boolean column.
+    boolean column (``n`` counts values, not rows: see :func:`value_counts`).
 
     The condition columns are found from the data: the fewest text columns (few distinct
     values) that, with the sample and the layer, identify a row. Without a ``layer``
@@ -460,20 +461,34 @@ def summarize_layers(rows: pd.DataFrame) -> pd.DataFrame:
     for c in values:
         data[c] = pd.to_numeric(data[c].astype("float64"), errors="coerce")
     g = data.groupby(keys, dropna=False)
-    out = g.size().rename("n").to_frame()
+    out = value_counts(g, values)
     for c in values:
         out[f"{c}_mean"] = g[c].mean()
         out[list(ci95_columns(c))] = ci95_by_group(g[c])
     return out.reset_index()
 
 
+def value_counts(grouped: Any, values: list[str]) -> pd.DataFrame:
+    """Per group of a ``DataFrameGroupBy``: ``n``, the most values (not NaN) any of ``values``
+    has, and ``n_<v>`` for each of ``values`` whose count differs from ``n`` in some group, so
+    every mean is next to the number of values it averages (a NaN is skipped by the mean and
+    the CI, so it is not counted either)."""
+    counts = pd.DataFrame({v: grouped[v].count() for v in values})
+    n = counts.max(axis=1).astype(int) if values else grouped.size()
+    out = n.rename("n").to_frame()
+    for v in values:
+        if not counts[v].equals(n):
+            out[f"n_{v}"] = counts[v].astype(int)
+    return out
+
+
 def mean_ci(df: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
-    """Per ``keys``: ``n``, ``<value>_mean`` and its 95% CI (``<value>_ci95_lo``,
-    ``<value>_ci95_hi``) of a numeric column."""
+    """Per ``keys``: ``n`` (the values, NaN not counted), ``<value>_mean`` and its 95% CI
+    (``<value>_ci95_lo``, ``<value>_ci95_hi``) of a numeric column."""
     data = df[keys].copy()
     data[value] = pd.to_numeric(df[value], errors="coerce")
     g = data.groupby(keys, dropna=False)[value]
-    out = g.agg(n="size")
+    out = g.agg(n="count")
     out[f"{value}_mean"] = g.mean()
     out[list(ci95_columns(value))] = ci95_by_group(g)
     return out.reset_index()

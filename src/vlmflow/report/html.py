@@ -352,8 +352,12 @@ def _isnan(v: Any) -> bool:
 
 
 def _json(obj: Any) -> str:
-    """JSON safe inside a <script> element."""
-    return json.dumps(obj, separators=(",", ":")).replace("</", "<\\/")
+    """JSON safe inside a <script> element: ``<``, ``>`` and ``&`` are written as the JSON
+    escapes ``\\u003c``, ``\\u003e``, ``\\u0026`` (the same string once parsed), so no text (a
+    task named ``<!--<script>`` or ``</script>``) can end the element early or put the HTML
+    parser in its script-escape states, where the element would swallow the page's script."""
+    text = json.dumps(obj, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _e(text: Any) -> str:

@@ -118,7 +118,7 @@ class FolderLock:
         import fcntl
 
         holder = describe_holder(self.path)
-        log.info("waiting for %s: another vlmflow process holds it (%s)", self.what, holder)
+        log.warning("waiting for %s: another vlmflow process holds it (%s)", self.what, holder)
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         except BaseException:

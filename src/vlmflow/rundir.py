@@ -648,7 +648,7 @@ def _safe(name: str) -> str:
 # a text used as it is for a file name: ASCII letters, digits, "-", "_", "."; not led by a
 # dot; short; and not ending like a hashed name (below), so no two texts share a file
 _PLAIN_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
-_HASHED_STEM = re.compile(r".*-[0-9a-f]{10}")
+_HASHED_STEM = re.compile(r"(?:.*-)?[0-9a-f]{10}")  # what the hashed form looks like
 
 
 def file_stem(text: str) -> str:
@@ -661,6 +661,9 @@ def file_stem(text: str) -> str:
 
     >>> file_stem("sample-3"), file_stem("../../x")
     ('sample-3', 'x-9cdf6a5010')
+
+    A plain id that looks like a hashed stem (a bare digest: an id with no ASCII letter or
+    digit gets one) is hashed too, so it cannot take another id's file.
     """
     if _PLAIN_STEM.fullmatch(text) and not _HASHED_STEM.fullmatch(text):
         return text

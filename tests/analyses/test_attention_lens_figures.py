@@ -251,3 +251,52 @@ def test_a_report_from_another_folder_keeps_the_overlays_of_a_relative_dataset(
     assert page.count("the 2 an earlier report drew are kept and shown") == 2
     for name in ("logit-lens/s0.png", "attention/s1.png"):
         assert f"({Path(name).name})</figcaption>" in page
+
+
+def test_file_stems_of_two_ids_never_coincide_even_when_one_looks_hashed() -> None:
+    """An id with no ASCII letter or digit gets a bare 10-hex digest as its stem; a plain id
+    equal to that digest kept its own name, so the two shared one file."""
+    from vlmflow.rundir import file_stem
+
+    for text in ("日本語", "#", "--", "ü"):
+        stem = file_stem(text)
+        assert file_stem(stem) != stem, (text, stem)
+    assert file_stem("sample-3") == "sample-3" and file_stem("abc") == "abc"
+
+
+def test_overlays_drawn_under_the_raw_id_by_an_earlier_version_are_kept_when_the_data_moved(
+    tiny_llava, tmp_path, monkeypatch
+) -> None:
+    """Before ids became file stems a figure was ``figures/<analysis>/<id>.png``; an id like
+    the benchmark loaders' ``clip.mp4#3`` is not a plain stem, so when the dataset cannot be
+    loaded again the report looked for the new name only and removed the earlier figure as
+    stale ('no earlier one is kept')."""
+    import json
+
+    from vlmflow.analyses.logit_lens import LogitLens
+    from vlmflow.api import Options, run
+    from vlmflow.data import write_video
+    from vlmflow.probe import Model
+    from vlmflow.report import finalize
+    from vlmflow.rundir import file_stem
+
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    ids = ["clip 1#q0", "clip 1#q1"]
+    lines = []
+    for k, sid in enumerate(ids):
+        write_video(ds / f"v{k}.mp4", np.full((8, 32, 32, 3), 60 * k, dtype=np.uint8), fps=4)
+        lines.append(json.dumps({"id": sid, "video": f"v{k}.mp4", "question": "Which way does it move?",
+                                 "options": ["left", "right"], "answer": k, "task": "dir"}))  # fmt: skip
+    (ds / "qa.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    opts = Options(model="tiny", data=f"jsonl:{ds / 'qa.jsonl'}", num_frames=4, progress=False)
+    run(opts, [LogitLens(sample_mode="all", overlays=2, min_hits=1)], out, model=Model(tiny_llava))
+    folder = out / "figures" / "logit-lens"
+    for sid in ids:  # as an earlier version named them
+        (folder / f"{file_stem(sid)}.png").rename(folder / f"{sid}.png")
+    (ds / "qa.jsonl").rename(ds / "moved.jsonl")
+    finalize(out)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{sid}.png" for sid in ids)
+    page = (out / "report.html").read_text()
+    assert "the 2 an earlier report drew are kept and shown" in page

@@ -230,3 +230,20 @@ def test_cached_files_get_the_usual_modes(cache, shipped, builds) -> None:
         os.umask(old)
     modes = {f.name: oct(f.stat().st_mode & 0o777) for f in out.iterdir()}
     assert set(modes.values()) == {"0o644"}, modes
+
+
+def test_a_load_waiting_for_another_build_says_so_at_the_clis_level(cache, shipped, builds, caplog) -> None:
+    """A second first load waits for the first; the line naming the holder was logged at INFO,
+    which the CLI does not show without -v, so a user saw nothing for the whole build."""
+    import logging
+
+    results: list[Path] = []
+    with caplog.at_level(logging.WARNING, logger="vlmflow"):
+        threads = [threading.Thread(target=lambda: results.append(demo_module.merged_dir(shipped))) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert len(results) == 2 and len(builds) == 1
+    waits = [r for r in caplog.records if "waiting for" in r.getMessage()]
+    assert waits and all(r.levelno == logging.WARNING for r in waits)

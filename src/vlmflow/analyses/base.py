@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,6 +271,17 @@ class Overlays(list):  # type: ignore[type-arg]
 QUOTES = "'\""  # around a KeyError's text
 
 
+def _legacy_name(sample_id: str) -> bool:
+    """Whether a report before :func:`~vlmflow.rundir.file_stem` could have named a figure
+    ``<id>.png`` in its folder (one path component: no separator, not ``.`` or ``..``)."""
+    return (
+        bool(sample_id)
+        and sample_id not in {".", ".."}
+        and not any(c in sample_id for c in "/\\\0")
+        and len(os.fsencode(sample_id)) <= 250  # a longer name is no file (ENAMETOOLONG)
+    )
+
+
 def overlay_path(run: RunDir, folder: str, sample_id: str) -> Path:
     """``figures/<folder>/<file stem of the id>.png``: a sample's overlay figure."""
     from ..rundir import file_stem
@@ -330,6 +342,8 @@ def overlay_samples(
     out = Overlays()
     for sid in ids:
         path = overlay_path(run, analysis, sid)
+        if not path.is_file() and _legacy_name(sid):  # drawn before ids became file stems
+            path = path.with_name(f"{sid}.png")
         if path.is_file():
             out.kept[f"{caption}: {sid}"] = path
     kept = len(out.kept)

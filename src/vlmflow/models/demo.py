@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -87,11 +88,10 @@ def writable_cache_dir() -> Path:
     """:func:`cache_dir`, created, or :class:`UnsupportedModelError` naming ``VLMFLOW_CACHE``
     when it cannot be written (checked before a build, not after its minutes of work)."""
     root = cache_dir()
-    probe = root / f".vlmflow-write-test{os.getpid()}"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=root):  # a unique name: threads of one process race too
+            pass
     except OSError as exc:
         raise UnsupportedModelError(
             f"the demo model's cache folder {root} cannot be written ({exc.strerror or exc}); the first "

@@ -239,7 +239,8 @@ def test_a_load_waiting_for_another_build_says_so_at_the_clis_level(cache, shipp
 
     results: list[Path] = []
     with caplog.at_level(logging.WARNING, logger="vlmflow"):
-        threads = [threading.Thread(target=lambda: results.append(demo_module.merged_dir(shipped))) for _ in range(2)]
+        load = lambda: results.append(demo_module.merged_dir(shipped))  # noqa: E731
+        threads = [threading.Thread(target=load) for _ in range(2)]
         for t in threads:
             t.start()
         for t in threads:

@@ -345,13 +345,12 @@ def test_ctrl_c_finishes_the_unit_being_written_and_exits_130(tiny_llava_path: P
     check_complete(out, ids)
 
 
-def test_more_ctrl_c_while_the_run_records_its_stop_are_ignored(
-    tiny_llava_path: Path, tmp_path: Path
-) -> None:
-    """Ctrl-C, then two more while the run records what finished (the fixture holds it
-    there 3 s): the later ones are ignored, so the manifest still gets ``stopped`` and
-    up-to-date counts, the CLI says how to resume, with no traceback, and exits 130. They
-    used to interrupt the recording: no ``stopped``, no counts, no hint."""
+def stop_while_recording(
+    tiny_llava_path: Path, tmp_path: Path, sig: signal.Signals, reason: str, repeats: int
+) -> tuple[int, str, Path, list[str]]:
+    """Run the CLI, send ``sig`` while a unit is being written, then ``repeats`` more while
+    the run records its stop (the fixture holds it there 3 s): (exit status, stderr, run
+    folder, sample ids)."""
     ids = [s.id for s in load_dataset("synthetic:2", tasks=TASKS)]
     out, stopping = tmp_path / "run", tmp_path / "stopping"
     proc = start(
@@ -362,16 +361,30 @@ def test_more_ctrl_c_while_the_run_records_its_stop_are_ignored(
     )
     try:
         wait_for(out / "records" / "shard-00000.jsonl", f'"sample_id": "{ids[1]}"', proc)
-        proc.send_signal(signal.SIGINT)
-        wait_for(stopping, "interrupted (SIGINT)", proc)
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
+        wait_for(stopping, reason, proc)
+        for k in range(repeats):
+            if k:
+                time.sleep(0.5)
+            proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err[-2000:]
+    return proc.returncode, err, out, ids
+
+
+def test_more_ctrl_c_while_the_run_records_its_stop_are_ignored(
+    tiny_llava_path: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C, then two more while the run records what finished: the later ones are
+    ignored, so the manifest still gets ``stopped`` and up-to-date counts, the CLI says how
+    to resume, with no traceback, and exits 130. They used to interrupt the recording: no
+    ``stopped``, no counts, no hint."""
+    code, err, out, ids = stop_while_recording(
+        tiny_llava_path, tmp_path, signal.SIGINT, "interrupted (SIGINT)", repeats=2
+    )
+    assert code == 130, err[-2000:]
     assert "interrupted: every finished unit is kept" in err and "Traceback" not in err, err[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stopped"]["reason"] == "interrupted (SIGINT)"
@@ -387,24 +400,10 @@ def test_sigterm_stops_like_ctrl_c_records_the_stop_and_exits_143(
     is finished, the manifest records ``terminated (SIGTERM)`` and the counts, the CLI says
     how to resume and exits 143; a second SIGTERM while the stop is recorded is ignored.
     SIGTERM used to end the process at once: exit -15, no ``stopped``, no counts."""
-    ids = [s.id for s in load_dataset("synthetic:2", tasks=TASKS)]
-    out, stopping = tmp_path / "run", tmp_path / "stopping"
-    proc = start(
-        cli_args(tiny_llava_path, out),
-        fault="slowstop:0",
-        VLMFLOW_TEST_STOP_FILE=str(stopping),
-        VLMFLOW_TEST_SLEEP_AFTER_ROWS=f"2:{ids[1]}",
+    code, err, out, ids = stop_while_recording(
+        tiny_llava_path, tmp_path, signal.SIGTERM, "terminated (SIGTERM)", repeats=1
     )
-    try:
-        wait_for(out / "records" / "shard-00000.jsonl", f'"sample_id": "{ids[1]}"', proc)
-        proc.send_signal(signal.SIGTERM)
-        wait_for(stopping, "terminated (SIGTERM)", proc)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 143, err[-2000:]
+    assert code == 143, err[-2000:]
     assert "terminated: every finished unit is kept" in err and "Traceback" not in err, err[-2000:]
     units = set(scan(out / "records").units)
     assert (ids[1], "eval") in units  # the unit being written was finished, not torn

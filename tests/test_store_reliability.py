@@ -332,13 +332,23 @@ def test_ctrl_c_finishes_the_unit_being_written_and_exits_130(tiny_llava_path: P
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err[-2000:]
-    assert "interrupted: every finished unit is kept" in err and "Traceback" not in err
+    check_stopped_and_resumes(tiny_llava_path, out, ids, proc.returncode, err, 130, "interrupted (SIGINT)")
+
+
+def check_stopped_and_resumes(
+    tiny_llava_path: Path, out: Path, ids: list[str], code: int, err: str, expected: int, reason: str
+) -> None:
+    """The run stopped with exit status ``expected`` after finishing the unit being written
+    (``ids[1]``'s), said so, recorded ``reason`` and the counts, and the same command
+    resumes it to a complete folder."""
+    assert code == expected, err[-2000:]
+    word = reason.split()[0]
+    assert f"{word}: every finished unit is kept" in err and "Traceback" not in err, err[-2000:]
     units = set(scan(out / "records").units)
     assert (ids[1], "eval") in units  # the unit being written was finished, not torn
     assert not any(s in (ids[2], ids[3]) for s, _ in units)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["stopped"]["reason"] == "interrupted (SIGINT)"
+    assert manifest["stopped"]["reason"] == reason
     assert manifest["samples"]["done"] + manifest["samples"]["missing"] == len(ids)
     resumed = invoke(cli_args(tiny_llava_path, out))
     assert resumed.exit_code == 0, resumed.output
@@ -403,17 +413,7 @@ def test_sigterm_stops_like_ctrl_c_records_the_stop_and_exits_143(
     code, err, out, ids = stop_while_recording(
         tiny_llava_path, tmp_path, signal.SIGTERM, "terminated (SIGTERM)", repeats=1
     )
-    assert code == 143, err[-2000:]
-    assert "terminated: every finished unit is kept" in err and "Traceback" not in err, err[-2000:]
-    units = set(scan(out / "records").units)
-    assert (ids[1], "eval") in units  # the unit being written was finished, not torn
-    assert not any(s in (ids[2], ids[3]) for s, _ in units)
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["stopped"]["reason"] == "terminated (SIGTERM)"
-    assert manifest["samples"]["done"] + manifest["samples"]["missing"] == len(ids)
-    resumed = invoke(cli_args(tiny_llava_path, out))
-    assert resumed.exit_code == 0, resumed.output
-    check_complete(out, ids)
+    check_stopped_and_resumes(tiny_llava_path, out, ids, code, err, 143, "terminated (SIGTERM)")
 
 
 def test_a_run_started_with_sigint_ignored_keeps_ignoring_it(tiny_llava_path: Path, tmp_path: Path) -> None:

@@ -507,7 +507,7 @@ def _read_container(path, num_frames, policy, bound, allow_seek):
             # No frame count, or one whose timestamps are not evenly spaced (variable frame
             # rate): read the packets' timestamps, so that frame i is the i-th frame shown.
             timeline = _scan_packets(path, stream.index)
-            if declared:
+            if declared and container.format.name == "avi":
                 _check_stored(path, int(stream.frames), timeline)
             total, declared = (len(timeline.pts) or None), False
             if not timeline.exact:
@@ -686,7 +686,9 @@ def _check_stored(path: Path, declared: int, timeline: _Timeline) -> None:
     """Refuse a file that stores fewer frames than its header declares: an avi cut short
     loses its index (at the end of the file) with its tail, so nothing else notices.
 
-    Packets hidden by an mp4 edit list count here (the declared count includes them)."""
+    Only for an avi: an mp4/mov whose edit list hides lead-in frames (``ffmpeg -ss T -c copy``)
+    legitimately stores fewer frames than it declares, as the mov demuxer drops hidden
+    samples from its index; an mp4/mov/mkv cut short is caught by its own container."""
     if declared > 0 and timeline.stored < declared - _count_slack(declared):
         raise DataError(
             f"video {path} is truncated: it declares {declared} frames but only "

@@ -334,6 +334,31 @@ def test_cache_hits_and_is_invalidated_by_mtime(tmp_path, monkeypatch):
     assert len(calls) == 3
 
 
+def test_frames_cached_by_another_decoder_version_are_decoded_again(tmp_path, monkeypatch):
+    """The decoder's choice of frames changed between versions (variable-frame-rate windows,
+    B-frame avi seeks): frames an earlier version cached must not be served by a later one."""
+    path = write_video(tmp_path / "clip.mp4", flat_frames(30), fps=30)
+    current = getattr(video_mod, "DECODER_VERSION", None)
+    monkeypatch.setattr(video_mod, "DECODER_VERSION", -1, raising=False)
+    fresh = load_frames(path, 4)
+    (stale,) = video_mod.cache_dir().glob("*.npy")
+    np.save(stale, np.zeros_like(fresh))  # what the earlier version decoded, say
+    monkeypatch.setattr(video_mod, "DECODER_VERSION", current, raising=False)
+
+    calls = []
+    real = video_mod.read_video
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(video_mod, "read_video", spy)
+    np.testing.assert_array_equal(load_frames(path, 4), fresh)
+    assert len(calls) == 1, "an entry cached under another decoder version must be decoded again"
+    np.testing.assert_array_equal(load_frames(path, 4), fresh)
+    assert len(calls) == 1, "then served from the cache"
+
+
 # ----------------------------------------------------------------------------- frame counts and order
 
 

@@ -59,6 +59,11 @@ _NO_SEEK_FORMATS = {"gif", "apng", "webp_pipe", "image2", "image2pipe", "mpeg", 
 # the file truncated (container metadata is often off by a frame or two).
 _COUNT_SLACK_FRAMES = 2
 _COUNT_SLACK_FRACTION = 0.05
+# Part of every frame-cache key: bump it whenever a change makes the decoder return other
+# frames for the same file and settings, so that frames cached by an earlier version are
+# decoded again rather than served. 2: variable-frame-rate time windows follow the
+# timestamps; a B-frame avi seeks to the right frames; edit-list lead-in frames are hidden.
+DECODER_VERSION = 2
 
 
 # --------------------------------------------------------------------------- sampling
@@ -207,6 +212,7 @@ def _identity(path: Path) -> list:
 
 def _cache_path(path: Path, num_frames: int, policy: str, bound, folder_fps: float) -> Path:
     key = [
+        DECODER_VERSION,
         str(path.resolve()),
         _identity(path),
         policy,

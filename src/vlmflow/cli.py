@@ -46,6 +46,11 @@ class _Group(TyperGroup):
 class _Command(TyperCommand):
     context_class = _Context
 
+    def get_short_help_str(self, limit: int = 45) -> str:
+        """The command's summary in ``vlmflow --help``: its help's whole first sentence
+        (wrapped by the formatter), not one cut to the terminal width with '...'."""
+        return super().get_short_help_str(limit=10_000)
+
 
 app = typer.Typer(
     cls=_Group,

@@ -268,6 +268,37 @@ def test_every_option_name_is_whole_in_help_at_80_columns() -> None:
                     assert opt in words, (name, opt, said.output)
 
 
+def test_command_summaries_are_whole_sentences_at_80_columns() -> None:
+    """``vlmflow --help`` at 80 columns cut each command's summary to one line with '...'
+    ("Attention knockout sweeps: block edges between token..."); each is now its help's
+    whole first sentence, wrapped, and a command's own help is unchanged."""
+    import typer
+
+    said = runner.invoke(app, ["--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert said.exit_code == 0, said.output
+    listing = said.output.split("Commands:", 1)[1]
+    summaries: dict[str, str] = {}
+    name = ""
+    for line in listing.splitlines():
+        if not line.strip():
+            continue
+        if not line.startswith("   "):  # "  flow         Attention knockout ..."
+            name, _, text = line.strip().partition(" ")
+            summaries[name] = text.strip()
+        else:  # the summary wrapped onto the next line
+            summaries[name] += " " + line.strip()
+    group = typer.main.get_command(app)
+    assert set(summaries) == set(group.commands)
+    for name, text in summaries.items():
+        assert not text.endswith("..."), (name, text)
+        assert text.endswith("."), (name, text)
+        first_line = " ".join(group.commands[name].help.split("\n\n")[0].split())
+        assert first_line.startswith(text), (name, text)
+    assert summaries["flow"].startswith("Attention knockout sweeps: block edges between token groups")
+    own = runner.invoke(app, ["flow", "--help"], env={"COLUMNS": "80"}, terminal_width=80).output
+    assert "Attention knockout sweeps: block edges between token groups" in " ".join(own.split())
+
+
 def test_list_names_how_to_run_an_analysis_without_a_command_and_no_empty_model_types() -> None:
     """``vlmflow list analyses`` showed ``flow-screen`` like a command (it is ``flow --screen
     K``); ``list models`` printed ``model types: ;`` for families matched by their config."""

@@ -412,18 +412,37 @@ def test_jsonl_options_that_carry_their_letters_lose_them(tmp_path):
     assert samples["partly"].options == ("A. red", "blue") and samples["partly"].answer == 1
 
 
-def test_jsonl_a_letter_answer_is_the_letter_when_option_texts_are_letters(tmp_path):
-    """Options ["A. B", "B. A", "C. C"] with answer "A" used to be matched against the
-    option texts first, giving option B (its text is "A"); with lettered options a
-    one-letter answer is the letter, as documented. The full lettered text still works."""
+def test_jsonl_a_one_letter_answer_that_is_a_letter_and_another_options_text_is_refused(tmp_path):
+    """Options ["A. B", "B. A", "C. C"] with answer "A": the letter of option A and the text
+    of option B. It was read as option B (the text), then silently as option A (the letter);
+    each reading is plausible, so the item fails, naming the sample and what to write. An
+    answer whose readings agree ("C"), or with only one reading ("b.", the lettered text), is
+    kept. ["A. b", "B. a"] with answer "a" likewise (it was option B, then option A)."""
     base = {"video": "a.mp4", "question": "Which letter?", "options": ["A. B", "B. A", "C. C"]}
     rows = [
         {**base, "id": "a", "answer": "A"},
         {**base, "id": "b", "answer": "b."},
+        {**base, "id": "c", "answer": "C"},
         {**base, "id": "text", "answer": "B. A"},
     ]
-    samples = {s.id: s for s in load_dataset(f"jsonl:{_write_jsonl(tmp_path / 'qa.jsonl', rows)}")}
-    assert samples["a"].options == ("B", "A", "C")
-    assert samples["a"].answer == 0
-    assert samples["b"].answer == 1
-    assert samples["text"].answer == 1
+    samples = load_dataset(f"jsonl:{_write_jsonl(tmp_path / 'qa.jsonl', rows)}")
+    only_failure(
+        samples,
+        r"ambiguous one-letter answer 'A': it is the letter of option A \('B'\) and the text of "
+        r"option B \('A'\); give the option text or the letter with its text",
+        "qa.jsonl:1 (sample 'a')",
+    )
+    by_id = {s.id: s for s in samples}
+    assert by_id["b"].options == ("B", "A", "C")
+    assert by_id["b"].answer == 1
+    assert by_id["c"].answer == 2
+    assert by_id["text"].answer == 1
+
+    base = {"video": "a.mp4", "question": "Which?", "options": ["A. b", "B. a"]}
+    rows = [{**base, "id": "lower", "answer": "a"}, {**base, "id": "full", "answer": "B. a"}]
+    samples = load_dataset(f"jsonl:{_write_jsonl(tmp_path / 'qa2.jsonl', rows)}")
+    only_failure(samples, r"ambiguous one-letter answer 'a'", "qa2.jsonl:1 (sample 'lower')")
+    assert {s.id: s for s in samples}["full"].answer == 1
+    plain = {"video": "a.mp4", "question": "Which?", "options": ["A. red", "B. blue"], "answer": "b"}
+    (sample,) = load_dataset(f"jsonl:{_write_jsonl(tmp_path / 'qa3.jsonl', [plain])}")
+    assert sample.error is None and sample.answer == 1

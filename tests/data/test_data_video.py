@@ -334,6 +334,31 @@ def test_cache_hits_and_is_invalidated_by_mtime(tmp_path, monkeypatch):
     assert len(calls) == 3
 
 
+def test_frames_cached_by_another_decoder_version_are_decoded_again(tmp_path, monkeypatch):
+    """The decoder's choice of frames changed between versions (variable-frame-rate windows,
+    B-frame avi seeks): frames an earlier version cached must not be served by a later one."""
+    path = write_video(tmp_path / "clip.mp4", flat_frames(30), fps=30)
+    current = getattr(video_mod, "DECODER_VERSION", None)
+    monkeypatch.setattr(video_mod, "DECODER_VERSION", -1, raising=False)
+    fresh = load_frames(path, 4)
+    (stale,) = video_mod.cache_dir().glob("*.npy")
+    np.save(stale, np.zeros_like(fresh))  # what the earlier version decoded, say
+    monkeypatch.setattr(video_mod, "DECODER_VERSION", current, raising=False)
+
+    calls = []
+    real = video_mod.read_video
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(video_mod, "read_video", spy)
+    np.testing.assert_array_equal(load_frames(path, 4), fresh)
+    assert len(calls) == 1, "an entry cached under another decoder version must be decoded again"
+    np.testing.assert_array_equal(load_frames(path, 4), fresh)
+    assert len(calls) == 1, "then served from the cache"
+
+
 # ----------------------------------------------------------------------------- frame counts and order
 
 
@@ -549,6 +574,52 @@ def test_mp4_cut_with_stream_copy_counts_only_the_frames_shown(tmp_path, skip):
         assert which_frames(frames, 300)[0] == expected, f"seek={seek}"
     got, _ = which_frames(load_frames(cut, 4, bound=(1.0, 3.0), cache=False), 300)
     assert got == [skip + i for i in sample_indices(300 - skip, 4, fps=30, bound=(1.0, 3.0))]
+
+
+def _shift_lead_in(src, dst, lead_in: int) -> None:
+    """Remux ``src`` with every timestamp moved ``lead_in`` frames earlier, as
+    ``ffmpeg -ss T -c copy`` leaves a cut: the muxer writes an edit list hiding the frames
+    before 0, and the mov demuxer drops some of those hidden samples from its index."""
+    with av.open(str(src)) as i, av.open(str(dst), "w") as o:
+        st = i.streams.video[0]
+        out = o.add_stream_from_template(st)
+        tick = int(1 / (st.average_rate * st.time_base))
+        for p in i.demux(st):
+            if p.dts is None:
+                continue
+            p.pts -= lead_in * tick
+            p.dts -= lead_in * tick
+            p.stream = out
+            o.mux(p)
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mov"])
+@pytest.mark.parametrize("bframes", [0, 3])
+@pytest.mark.parametrize(("lead_in", "expected"), [
+    (10, [4, 14, 24, 34, 44, 53, 63, 73]),
+    (12, [4, 14, 23, 33, 42, 52, 62, 71]),
+])
+def test_an_edit_list_hiding_lead_in_frames_is_not_truncated(tmp_path, ext, bframes, lead_in, expected):
+    """A 90-frame clip whose edit list hides ``lead_in`` frames declares 90 frames while its
+    index stores fewer (82): it was refused as "declares 90 frames but only 82 are stored";
+    it is the 90 - lead_in frames shown, frame i being source frame lead_in + i."""
+    if not _has_encoder("libx264"):
+        pytest.skip("PyAV has no libx264 encoder")
+    src = tmp_path / f"src.{ext}"
+    with av.open(str(src), "w") as c:
+        s = c.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = 48, 32, "yuv420p"
+        s.options = {"crf": "10", "bf": str(bframes), "g": "12"}
+        for arr in flat_frames(90, 32, 48):
+            c.mux(s.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")))
+        c.mux(s.encode(None))
+    cut = tmp_path / f"cut.{ext}"
+    _shift_lead_in(src, cut, lead_in)
+    for seek in (True, False):
+        frames, info = video_mod.read_video(cut, 8, allow_seek=seek)
+        assert info.num_total == 90 - lead_in, f"seek={seek}"
+        assert info.indices == expected, f"seek={seek}"
+        assert which_frames(frames, 90)[0] == [lead_in + i for i in expected], f"seek={seek}"
 
 
 @pytest.mark.parametrize(("ext", "cover_art"), [("mkv", False), ("mp4", True), ("mkv", True)])

@@ -10,7 +10,8 @@ a frame folder, relative paths resolved against the JSONL's folder; ``answer`` i
 into ``options`` or the text of one option. Options that all carry their letters in order
 (``"A. red"``, ``"B) blue"``) lose them, as Video-MME's do (the prompt letters options
 itself); the answer may then also be given with its letter or as the letter alone (a
-one-letter answer is then always the letter, even if an option's text is a letter). Without
+one-letter answer that is the letter of one option and the text of another, ``["A. b",
+"B. a"]`` with answer ``"a"``, is refused as ambiguous). Without
 ``options`` the item is open-ended and
 ``answer`` is its reference text. ``start``/``end`` (seconds) bound the sampled window; a
 frame folder (images in the order of the numbers in their names) is taken to play at
@@ -116,13 +117,8 @@ def _parse(obj: dict[str, Any], where: str, lineno: int, base: Path) -> Sample:
         elif isinstance(answer, str):
             answer_index = _option_index(answer, tuple(options))
             if answer_index is None and lettered:
-                # A one-letter answer is the option's letter, even when some option's text
-                # is a letter too (["A. B", "B. A"] with answer "A" is option A, not "A").
-                letter = answer.strip().rstrip(".").upper()
-                if len(letter) == 1 and letter in LETTERS[: len(opts)]:
-                    answer_index = LETTERS.index(letter)
-                else:
-                    answer_index = _option_index(answer, opts)
+                sample = f"{where} (sample {str(obj.get('id', lineno))!r})"
+                answer_index = _lettered_answer(answer, opts, sample)
             if answer_index is None:
                 raise DataError(f"{where}: answer {answer!r} is not among options {list(options)}")
         else:
@@ -152,6 +148,23 @@ def _parse(obj: dict[str, Any], where: str, lineno: int, base: Path) -> Sample:
 
 
 _KNOWN = {"id", "video", "question", "options", "answer", "task", "start", "end"}
+
+
+def _lettered_answer(answer: str, opts: tuple[str, ...], where: str) -> int | None:
+    """The option a string answer names, for options that carried their letters: its letter
+    (``"B"``) or its text. A one-letter answer that is the letter of one option and the text
+    of another (``["A. b", "B. a"]`` with answer ``"a"``) is refused as ambiguous."""
+    by_text = _option_index(answer, opts)
+    letter = answer.strip().rstrip(".").upper()
+    by_letter = LETTERS.index(letter) if len(letter) == 1 and letter in LETTERS[: len(opts)] else None
+    if by_letter is not None and by_text is not None and by_letter != by_text:
+        raise DataError(
+            f"{where}: ambiguous one-letter answer {answer!r}: it is the letter of option "
+            f"{LETTERS[by_letter]} ({opts[by_letter]!r}) and the text of option "
+            f"{LETTERS[by_text]} ({opts[by_text]!r}); give the option text or the letter with "
+            f"its text (e.g. {LETTERS[by_text] + '. ' + opts[by_text]!r})"
+        )
+    return by_letter if by_letter is not None else by_text
 
 
 def _option_index(text: str, options: tuple[str, ...]) -> int | None:

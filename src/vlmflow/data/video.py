@@ -59,6 +59,11 @@ _NO_SEEK_FORMATS = {"gif", "apng", "webp_pipe", "image2", "image2pipe", "mpeg", 
 # the file truncated (container metadata is often off by a frame or two).
 _COUNT_SLACK_FRAMES = 2
 _COUNT_SLACK_FRACTION = 0.05
+# Part of every frame-cache key: bump it whenever a change makes the decoder return other
+# frames for the same file and settings, so that frames cached by an earlier version are
+# decoded again rather than served. 2: variable-frame-rate time windows follow the
+# timestamps; a B-frame avi seeks to the right frames; edit-list lead-in frames are hidden.
+DECODER_VERSION = 2
 
 
 # --------------------------------------------------------------------------- sampling
@@ -207,6 +212,7 @@ def _identity(path: Path) -> list:
 
 def _cache_path(path: Path, num_frames: int, policy: str, bound, folder_fps: float) -> Path:
     key = [
+        DECODER_VERSION,
         str(path.resolve()),
         _identity(path),
         policy,
@@ -507,7 +513,7 @@ def _read_container(path, num_frames, policy, bound, allow_seek):
             # No frame count, or one whose timestamps are not evenly spaced (variable frame
             # rate): read the packets' timestamps, so that frame i is the i-th frame shown.
             timeline = _scan_packets(path, stream.index)
-            if declared:
+            if declared and container.format.name == "avi":
                 _check_stored(path, int(stream.frames), timeline)
             total, declared = (len(timeline.pts) or None), False
             if not timeline.exact:
@@ -686,7 +692,9 @@ def _check_stored(path: Path, declared: int, timeline: _Timeline) -> None:
     """Refuse a file that stores fewer frames than its header declares: an avi cut short
     loses its index (at the end of the file) with its tail, so nothing else notices.
 
-    Packets hidden by an mp4 edit list count here (the declared count includes them)."""
+    Only for an avi: an mp4/mov whose edit list hides lead-in frames (``ffmpeg -ss T -c copy``)
+    legitimately stores fewer frames than it declares, as the mov demuxer drops hidden
+    samples from its index; an mp4/mov/mkv cut short is caught by its own container."""
     if declared > 0 and timeline.stored < declared - _count_slack(declared):
         raise DataError(
             f"video {path} is truncated: it declares {declared} frames but only "

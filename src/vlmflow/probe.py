@@ -175,6 +175,8 @@ class Model:
         adapter.frame_policy = frame_policy or type(self.adapter).frame_policy_for(prompt)
         adapter.frame_policy_chosen = frame_policy is not None  # then it wins over a dataset's
         adapter.samples_frame_policy = None
+        adapter.frame_policy_rule = "chosen"
+        adapter.policy_samples = []
         return adapter
 
     def probe(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -74,6 +75,8 @@ def old_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         evals = read_records(folders[name]).query("analysis == 'eval'")
         assert list(evals["sample_id"]) == ["q0"], err[-2000:]
     folders["data"] = root
+    shutil.copytree(folders["linspace"], tmp / "run-linspace-unresumed")
+    folders["linspace-unresumed"] = tmp / "run-linspace-unresumed"
     return folders
 
 
@@ -111,3 +114,19 @@ def test_an_old_lvb_folder_with_a_chosen_policy_keeps_the_benchmarks(old_folders
     evals = read_records(folder).query("analysis == 'eval'").set_index("sample_id")
     assert evals.loc["q1", "frame_policy"] == "lvb"
     _resume(old_folders, "linspace", "linspace")
+
+
+def test_an_old_lvb_folders_overlays_use_the_policy_it_sampled_with(old_folders) -> None:
+    """The report draws an old folder's samples with the frames the run used: lvb, though
+    the folder's options chose linspace (912ad47 let the benchmark's own win)."""
+    from tests.data.benchfiles import which_frames
+    from vlmflow.analyses.base import overlay_samples
+    from vlmflow.rundir import RunDir
+
+    folder = old_folders["linspace-unresumed"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["config"]["analyses"]["answer-prob"]["overlays"] = 1  # draw q0
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    records = read_records(folder).query("analysis == 'answer-prob'")
+    ((sample, frames),) = overlay_samples(records, RunDir(folder), "answer-prob")
+    assert sample.id == "q0" and which_frames(frames, 24) == [0, 8, 16, 16, 16, 16, 16, 16]

@@ -740,3 +740,33 @@ def test_result_objects_print_as_one_short_line_of_counts(probe) -> None:
         assert said.startswith(start) and len(said) < 200 and "\n" not in said, (name, said)
     assert repr(shown["Lens"][0]).endswith(", k=3)")
     assert "verified=3 (top 2, control 1)" in repr(shown["Screen"][0])
+
+
+def test_the_prompt_settings_given_at_load_reach_every_probe(tiny_llava_path, tmp_path) -> None:
+    """``vlmflow.load(..., frame_policy=, prompt_style=)`` are the model's settings: a probe
+    that names none uses them (it reset them to the defaults), and bad values are refused at
+    load with the errors a probe or run gives."""
+    from tests.data.benchfiles import video, which_frames
+    from vlmflow.data import sample_indices
+
+    path = video(tmp_path / "clip.mp4", 24, fps=8)
+    question = {"question": "What?", "options": ["a", "b"], "answer": 0}
+    model = vlmflow.load(str(tiny_llava_path), frame_policy="linspace")
+    probe = model.probe(video=str(path), **question)
+    assert probe.prepared.frame_policy == "linspace"
+    assert which_frames(probe.prepared.frames, 24) == sample_indices(24, 8, "linspace")
+    assert (
+        model.probe(video=str(path), frame_policy="segment_middle", **question).prepared.frame_policy
+        == "segment_middle"
+    )
+    chat = vlmflow.load(str(tiny_llava_path), prompt_style="chat")
+    assert chat.probe(video=str(path), **question).adapter.prompt_style == "chat"
+    assert chat.probe(video=str(path), prompt="paper", **question).adapter.prompt_style == "paper"
+    for bad, said in (
+        ({"frame_policy": "bogus"}, "unknown frame_policy 'bogus'"),
+        ({"num_frames": 0}, "num_frames must be a whole number >= 1"),
+        ({"num_frames": "8"}, "num_frames must be a whole number >= 1"),
+        ({"prompt_style": "fancy"}, "unknown prompt style 'fancy'"),
+    ):
+        with pytest.raises(PromptError, match=said):
+            vlmflow.load(str(tiny_llava_path), **bad)

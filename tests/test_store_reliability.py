@@ -23,7 +23,7 @@ from vlmflow.cli import app
 from vlmflow.data import load_dataset
 from vlmflow.errors import RunError
 from vlmflow.lock import FolderLock, run_lock
-from vlmflow.store import RecordStore, StoreError, read_records, scan, shard_status
+from vlmflow.store import RecordStore, StoreError, deferred_signals, read_records, scan, shard_status
 
 TASKS = ["moving_direction", "object_count"]
 
@@ -577,3 +577,32 @@ def test_a_shard_that_is_a_folder_or_a_dangling_link_is_named_by_every_command(
     shard.rmdir() if damage == "folder" else shard.unlink()
     assert CliRunner().invoke(app, args).exit_code == 0
     assert set(scan(out / "records").units) == units and shard.is_file()
+
+
+def test_a_programs_own_handlers_get_every_signal_held_back_during_a_write() -> None:
+    """A program that embeds vlmflow with its own SIGINT and SIGTERM handlers gets both when
+    both came during a deferred write (only the first was handed on), once each and in the
+    order they came; a handler that raises stops the rest."""
+    got: list[str] = []
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGINT, lambda s, f: got.append("INT"))
+        signal.signal(signal.SIGTERM, lambda s, f: got.append("TERM"))
+        with deferred_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert got == ["TERM", "INT"]
+
+        def stop(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, stop)
+        got.clear()
+        with pytest.raises(KeyboardInterrupt), deferred_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert got == []
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)

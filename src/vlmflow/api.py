@@ -105,15 +105,23 @@ class Options:
             self.model, device=device or self.device, dtype=self.dtype, attn=self.attn, progress=self.progress
         )
 
-    def configure(self, model: Model, samples: Sequence[Sample] | None = None) -> Adapter:
+    def configure(
+        self, model: Model, samples: Sequence[Sample] | None = None, frame_policy_rule: str = "chosen"
+    ) -> Adapter:
         """``model``'s adapter with these options' prompt settings; given the run's
         ``samples``, it records the frame policy they are sampled with (``frame_policy``
         when set, else a benchmark's own, LongVideoBench's ``lvb``), which the manifest and a
-        resume's check read (``Adapter.processing``)."""
+        resume's check read (``Adapter.processing``). ``frame_policy_rule`` ``"benchmark"``
+        (a folder started before the user's choice won, ``RunDir.frame_policy_rule``): the
+        benchmark's own wins, as it did when the folder's first samples were sampled."""
         adapter = model.configured(
             prompt=self.prompt, num_frames=self.num_frames, frame_policy=self.frame_policy
         )
+        adapter.frame_policy_rule = frame_policy_rule
+        if frame_policy_rule == "benchmark":
+            adapter.frame_policy_chosen = False
         if samples is not None:
+            adapter.policy_samples = list(samples)
             adapter.samples_frame_policy = adapter.frame_policy_of(samples)
         return adapter
 
@@ -231,10 +239,12 @@ def run(
 
         ctx.on_main(open_locked)
         try:  # a run refused before its first sample leaves the manifest as it found it
+            # a folder started before a chosen frame policy won keeps its rule (every rank)
+            rule = ctx.on_main(rundir.frame_policy_rule)
 
             def load_here() -> Adapter:
                 loaded = model if model is not None else options.load(ctx.device(options.device))
-                adapter = options.configure(loaded, samples)
+                adapter = options.configure(loaded, samples, rule)
                 # layers the model does not have: refused once, before any sample
                 check_layers(analyses, adapter.num_layers, options.model)
                 return adapter
@@ -433,8 +443,13 @@ def _check_computed_in(rundir: RunDir, adapter: Any, options: Options) -> None:
     manifest = rundir.manifest()  # read once: checked, then completed from the same copy
     now = refuse_other_computed_in(rundir, adapter, options, manifest=manifest)
     before = manifest.get("computed_in", {})
-    if any(k not in before for k in now):
-        manifest["computed_in"] = {**now, **before}
+    # the policy the samples are sampled with, and by which rule (a folder started before the
+    # user's choice won recorded the adapter's policy and no rule: now it says what it uses)
+    after = {**now, **before}
+    if "frame_policy_rule" in now:
+        after.update(frame_policy=now["frame_policy"], frame_policy_rule=now["frame_policy_rule"])
+    if after != before:
+        manifest["computed_in"] = after
         rundir.write_manifest(manifest)
 
 
@@ -455,7 +470,15 @@ def refuse_other_computed_in(
     from .errors import RunError
 
     now = {"dtype": _dtype_name(adapter), **adapter.processing()}
-    before = (rundir.manifest() if manifest is None else manifest).get("computed_in", {})
+    before = dict((rundir.manifest() if manifest is None else manifest).get("computed_in", {}))
+    if getattr(adapter, "frame_policy_rule", "chosen") == "benchmark":
+        now["frame_policy_rule"] = "benchmark"
+        if "frame_policy_rule" not in before and isinstance(before.get("frame_policy"), str):
+            # started before the user's choice won: it recorded the adapter's policy, while a
+            # benchmark's own (LongVideoBench's lvb) sampled its samples; compare what it used
+            samples = getattr(adapter, "policy_samples", None) or []
+            before["frame_policy"] = adapter.frame_policy_of(samples, default=before["frame_policy"])
+            before["frame_policy_rule"] = "benchmark"
     if before.get("dtype", now["dtype"]) != now["dtype"]:
         raise RunError(
             f"{rundir.path} holds records computed in {before['dtype']}, but this session loaded "

@@ -121,6 +121,10 @@ def _on_stop_signal(signum: int, frame: object) -> None:
     signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt, as without us
 
 
+# store.deferred_signals hands it only the first signal held back (the run stops on that one)
+_on_stop_signal.stops_run = True  # type: ignore[attr-defined]
+
+
 def main() -> None:
     """The ``vlmflow`` entry point: typer's, except that Ctrl-C exits with 130 (128 + SIGINT,
     what shells expect) and SIGTERM with 143 (128 + SIGTERM), each after the run has

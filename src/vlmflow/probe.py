@@ -76,6 +76,12 @@ def load(
     from .models import load_model
 
     check_load_options(dtype=dtype, device=device, attn=attn)
+    # the prompt settings are refused here, before the weights load, as configure() would
+    if options.get("prompt_style", "paper") not in PROMPT_STYLES:
+        raise PromptError(f"unknown prompt style {options['prompt_style']!r}; choose from {PROMPT_STYLES}")
+    if "num_frames" in options:
+        check_num_frames(options["num_frames"])
+    check_frame_policy(options.get("frame_policy"))
     return Model(
         load_model(spec, device=device, dtype=dtype, attn_implementation=attn, progress=progress, **options)
     )
@@ -155,26 +161,34 @@ class Model:
         return self.adapter.model_id
 
     def configured(
-        self, *, prompt: str = "paper", num_frames: int | None = None, frame_policy: str | None = None
+        self, *, prompt: str | None = None, num_frames: int | None = None, frame_policy: str | None = None
     ) -> Adapter:
-        """The adapter with these prompt settings (a shallow copy sharing the weights).
+        """The adapter with these prompt settings (a shallow copy sharing the weights); a
+        setting left ``None`` keeps the loaded model's (``vlmflow.load(..., prompt_style=,
+        num_frames=, frame_policy=)``; by default ``"paper"``, 8 and the family's policy).
 
         ``num_frames`` is the number of frames decoded from a sample's video (``None``: the
         adapter's, 8); a sample that brings its own frames (``sample.frames``, synthetic
         data) is used as given, with a warning when ``num_frames`` was chosen here and their
         count differs from it."""
-        if prompt not in PROMPT_STYLES:
+        if prompt is not None and prompt not in PROMPT_STYLES:
             raise PromptError(f"unknown prompt style {prompt!r}; choose from {PROMPT_STYLES}")
         if num_frames is not None:
             check_num_frames(num_frames)
         check_frame_policy(frame_policy)
-        adapter = copy.copy(self.adapter)
-        adapter.prompt_style = prompt
-        adapter.num_frames = self.adapter.num_frames if num_frames is None else int(num_frames)
+        loaded = self.adapter
+        style = loaded.prompt_style if prompt is None else prompt
+        if frame_policy is None and getattr(loaded, "frame_policy_chosen", False):
+            frame_policy = loaded.frame_policy  # chosen at load: kept, and it still wins
+        adapter = copy.copy(loaded)
+        adapter.prompt_style = style
+        adapter.num_frames = loaded.num_frames if num_frames is None else int(num_frames)
         adapter.num_frames_chosen = num_frames is not None
-        adapter.frame_policy = frame_policy or type(self.adapter).frame_policy_for(prompt)
+        adapter.frame_policy = frame_policy or type(loaded).frame_policy_for(style)
         adapter.frame_policy_chosen = frame_policy is not None  # then it wins over a dataset's
         adapter.samples_frame_policy = None
+        adapter.frame_policy_rule = "chosen"
+        adapter.policy_samples = []
         return adapter
 
     def probe(
@@ -188,7 +202,7 @@ class Model:
         answer: int | str | None = None,
         task: str = "default",
         id: str = "probe",
-        prompt: str = "paper",
+        prompt: str | None = None,
         num_frames: int | None = None,
         frame_policy: str | None = None,
         max_batch_tokens: int | None = None,
@@ -200,7 +214,8 @@ class Model:
         ``options`` and ``answer`` (the correct option's index or text; ``None`` if
         unknown). ``prompt`` (``"paper"``, ``"chat"`` or ``"mvbench"``: see
         :data:`vlmflow.prompt.PROMPT_STYLE_HELP`), ``num_frames`` and
-        ``frame_policy`` set how the input is built for this probe only. ``num_frames`` is
+        ``frame_policy`` set how the input is built for this probe only (``None``: the
+        loaded model's, as :meth:`configured`). ``num_frames`` is
         how many frames are decoded from ``video`` (default 8); ``frames`` (or a sample's
         own frames) are used as given, whatever ``num_frames`` says (a warning says so when
         it is given and the counts differ; ``probe.prepared.num_frames`` says how many were

@@ -147,6 +147,31 @@ class RunDir:
             ) from None
         return manifest
 
+    def frame_policy_rule(self, manifest: dict[str, Any] | None = None) -> str:
+        """How this folder's samples chose their frame policy (see ``Adapter.policy_for``):
+        ``"chosen"``, a policy the user chose wins over a benchmark's own (LongVideoBench's
+        ``lvb``), or ``"benchmark"``, a benchmark's own won (vlmflow before the choice won:
+        its ``computed_in.frame_policy`` is then the adapter's, not the one the samples
+        used). Read from ``computed_in.frame_policy_rule`` (written for ``"benchmark"``
+        only); a folder without it that records a frame policy and whose eval records predate
+        their ``frame_policy`` column was started under ``"benchmark"``."""
+        from .store import scan
+
+        manifest = self.manifest() if manifest is None else manifest
+        computed = manifest.get("computed_in", {})
+        rule = computed.get("frame_policy_rule")
+        if rule in FRAME_POLICY_RULES:
+            return str(rule)
+        if "frame_policy" not in computed:  # a new folder, or one no run has opened
+            return "chosen"
+        rows = scan(self.records_dir, keep_rows=True).rows.values()
+        evals = [
+            row for unit in rows for row in unit if row.get("analysis") == "eval" and row.get("error") is None
+        ]
+        if not evals or any("frame_policy" in row for row in evals):  # nothing sampled yet, or by now's rule
+            return "chosen"
+        return "benchmark"
+
     def _rebuild_advice(self) -> str:
         if self._identity() is not None:
             return (
@@ -511,6 +536,9 @@ class RunDir:
 
 
 #: the manifest keys ``records/run.json`` keeps a copy of: what the records were computed with
+#: how a folder's samples chose their frame policy (:meth:`RunDir.frame_policy_rule`)
+FRAME_POLICY_RULES = ("chosen", "benchmark")
+
 IDENTITY = ("config", "provenance", "computed_in", "num_samples")
 
 

@@ -214,10 +214,12 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 @contextmanager
 def deferred_signals(*, deliver: bool = True) -> Iterator[None]:
-    """Hold back SIGINT and SIGTERM inside the block; after it, hand the first that came to
-    the handler that was installed before (Python's default for SIGINT raises
-    ``KeyboardInterrupt``). ``deliver=False`` drops it instead (a block that ends a run
-    already stopping), and so does a block that raises.
+    """Hold back SIGINT and SIGTERM inside the block; after it, hand each signal that came
+    (once each, in the order they came) to the handler that was installed before for it
+    (Python's default for SIGINT raises ``KeyboardInterrupt``); one that raises stops the
+    rest. The CLI's own stop handler (marked ``stops_run``: it stops on the first and only
+    says so for a later one) gets the first only. ``deliver=False`` drops them instead (a
+    block that ends a run already stopping), and so does a block that raises.
 
     Only in the main thread, and only for a signal with a Python-level handler (SIG_IGN and
     SIG_DFL are left as they are: SIGTERM then ends the process at once, as before)."""
@@ -233,8 +235,13 @@ def deferred_signals(*, deliver: bool = True) -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    if caught and deliver:
-        previous[caught[0]](caught[0], None)
+    if not deliver:
+        return
+    for signum in dict.fromkeys(caught):  # distinct, in the order they came
+        handler = previous[signum]
+        handler(signum, None)  # a handler that raises (KeyboardInterrupt) stops the rest
+        if getattr(handler, "stops_run", False):
+            break
 
 
 def _test_pause(sample_id: str) -> None:

@@ -310,8 +310,10 @@ def overlay_samples(
     ids = sorted(set(drawable["sample_id"].astype(str)))[:count]
     if not ids:
         return Overlays()
-    # the run's policy: the user's (config) wins over a benchmark's own, as in the run
+    # the run's policy: the user's (config) wins over a benchmark's own, as in the run,
+    # unless the folder was started before it won (RunDir.frame_policy_rule)
     chosen = config.get("frame_policy")
+    benchmark_wins = run.frame_policy_rule(manifest) == "benchmark"
     recorded = manifest.get("frame_policy")
     default = recorded if isinstance(recorded, str) else "segment_middle"
     failures = []
@@ -331,7 +333,10 @@ def overlay_samples(
                 sample = by_id[sid]
                 frames = sample.frames
                 if frames is None:
-                    policy = chosen or sample.meta.get("frame_policy", default)
+                    if benchmark_wins:
+                        policy = sample.meta.get("frame_policy", chosen or default)
+                    else:
+                        policy = chosen or sample.meta.get("frame_policy", default)
                     frames = load_sample_frames(sample, int(config.get("num_frames", 8)), policy)
                 out.append((sample, frames))
             return out

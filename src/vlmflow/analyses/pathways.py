@@ -711,7 +711,8 @@ def search_and_evaluate(
         ctx.on_main(lambda: _refuse_other_provenance(rundir, options, held_samples))
         if model is None:
             model = options.load(ctx.device(options.device))
-        adapter = options.configure(model, held_samples)
+        # a folder started before a chosen frame policy won keeps its rule (RunDir.frame_policy_rule)
+        adapter = options.configure(model, held_samples, ctx.on_main(rundir.frame_policy_rule))
         adapter.ensure_maskable()
         # another dtype or input processing than the folder's: refused before the search
         ctx.on_main(lambda: refuse_other_computed_in(rundir, adapter, options, NOTHING_SEARCHED))

@@ -145,6 +145,9 @@ class Adapter:
         self.frame_policy_chosen = frame_policy is not None
         # what a run's samples are sampled with (Options.configure): see frame_policy_of
         self.samples_frame_policy: str | list[str] | None = None
+        # the run folder's rule (RunDir.frame_policy_rule) and the samples it is read over
+        self.frame_policy_rule = "chosen"
+        self.policy_samples: list[Sample] = []
         self.system_prompt = system_prompt
         # (frames a sample brought, num_frames) pairs already warned about; shared by the
         # shallow copies of Model.configured, so a run (or a loaded model) warns once each
@@ -165,21 +168,27 @@ class Adapter:
         visual-token budget)."""
         return {"frame_policy": self.samples_frame_policy or self.frame_policy}
 
-    def policy_for(self, sample: Sample) -> str:
+    def policy_for(self, sample: Sample, default: str | None = None) -> str:
         """The frame policy ``sample``'s video is sampled with: the one the user chose
         (``Model.configured``, ``Options(frame_policy=...)``), else the benchmark's own where
-        its loader set one (LongVideoBench's ``lvb``), else the adapter's default."""
-        if getattr(self, "frame_policy_chosen", False):
-            return self.frame_policy
-        return str(sample.meta.get("frame_policy", self.frame_policy))
+        its loader set one (LongVideoBench's ``lvb``), else the adapter's default. A run
+        folder started before the user's choice won (``RunDir.frame_policy_rule``
+        ``"benchmark"``) is resumed with ``frame_policy_chosen`` off: there the benchmark's
+        own wins, as it did. ``default``: the adapter's policy to read instead of
+        ``frame_policy`` (as such a folder's ``computed_in`` recorded it)."""
+        own = self.frame_policy if default is None else default
+        if getattr(self, "frame_policy_chosen", False) and default is None:
+            return own
+        return str(sample.meta.get("frame_policy", own))
 
-    def frame_policy_of(self, samples: Sequence[Sample]) -> str | list[str]:
+    def frame_policy_of(self, samples: Sequence[Sample], default: str | None = None) -> str | list[str]:
         """The frame policy ``samples`` are sampled with (:meth:`policy_for`), over those
         decoded from a video; the sorted list when they differ; the adapter's own when none
-        is decoded from a video."""
-        used = sorted({self.policy_for(s) for s in samples if s.frames is None and s.error is None})
+        is decoded from a video. ``default``: read the samples by the rule of a folder
+        started before the user's choice won, with ``default`` as the adapter's policy."""
+        used = sorted({self.policy_for(s, default) for s in samples if s.frames is None and s.error is None})
         if not used:
-            return self.frame_policy
+            return self.frame_policy if default is None else default
         return used[0] if len(used) == 1 else used
 
     @classmethod

@@ -305,13 +305,9 @@ def test_a_window_past_the_video_end_fails_the_sample(tmp_path):
 # ----------------------------------------------------------------------------- cache
 
 
-def test_cache_hits_and_is_invalidated_by_mtime(tmp_path, monkeypatch):
-    path = write_video(tmp_path / "clip.mp4", flat_frames(30), fps=30)
-    first = load_frames(path, 4)
-    cached = list(video_mod.cache_dir().glob("*.npy"))
-    assert len(cached) == 1 and cached[0].parent == tmp_path / "frame-cache"
-
-    calls = []
+def count_decodes(monkeypatch) -> list[tuple]:
+    """The calls that reach the decoder (``read_video``) from now on: one per cache miss."""
+    calls: list[tuple] = []
     real = video_mod.read_video
 
     def spy(*args, **kwargs):
@@ -319,6 +315,16 @@ def test_cache_hits_and_is_invalidated_by_mtime(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(video_mod, "read_video", spy)
+    return calls
+
+
+def test_cache_hits_and_is_invalidated_by_mtime(tmp_path, monkeypatch):
+    path = write_video(tmp_path / "clip.mp4", flat_frames(30), fps=30)
+    first = load_frames(path, 4)
+    cached = list(video_mod.cache_dir().glob("*.npy"))
+    assert len(cached) == 1 and cached[0].parent == tmp_path / "frame-cache"
+
+    calls = count_decodes(monkeypatch)
     np.testing.assert_array_equal(load_frames(path, 4), first)
     assert calls == [], "the second call should be served from the cache"
 
@@ -345,14 +351,7 @@ def test_frames_cached_by_another_decoder_version_are_decoded_again(tmp_path, mo
     np.save(stale, np.zeros_like(fresh))  # what the earlier version decoded, say
     monkeypatch.setattr(video_mod, "DECODER_VERSION", current, raising=False)
 
-    calls = []
-    real = video_mod.read_video
-
-    def spy(*args, **kwargs):
-        calls.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(video_mod, "read_video", spy)
+    calls = count_decodes(monkeypatch)
     np.testing.assert_array_equal(load_frames(path, 4), fresh)
     assert len(calls) == 1, "an entry cached under another decoder version must be decoded again"
     np.testing.assert_array_equal(load_frames(path, 4), fresh)

@@ -535,10 +535,10 @@ class RunDir:
         return json.loads(self.search_path.read_text()) if self.search_path.exists() else None
 
 
-#: the manifest keys ``records/run.json`` keeps a copy of: what the records were computed with
 #: how a folder's samples chose their frame policy (:meth:`RunDir.frame_policy_rule`)
 FRAME_POLICY_RULES = ("chosen", "benchmark")
 
+#: the manifest keys ``records/run.json`` keeps a copy of: what the records were computed with
 IDENTITY = ("config", "provenance", "computed_in", "num_samples")
 
 

@@ -36,7 +36,7 @@ import torch
 from attribution import smollm2_inputs, suite  # this folder (sys.path[0] when run as a script)
 from vlmflow.analyses.targets import PAPER_TARGETS
 from vlmflow.attribution import attribute, plan_groups
-from vlmflow.engine import Engine
+from vlmflow.engine import Engine, log_softmax64
 from vlmflow.screen import plan_cost, spearman
 
 
@@ -151,14 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_layers, window = lm.num_layers, 9
     engine = Engine(lm, inputs, layout)
     engine.run_baseline()
-    base = engine.baseline_logits().log_softmax(-1)
+    base = log_softmax64(engine.baseline_logits())  # float64, as the screen reads exact changes
     token = int(base.argmax())
     p0 = float(base[token].exp())
     points = suite(layout, n_layers, window)
     plans = [plan for _, plan in points]
     targets = np.array([t for t, _ in points])
     t0 = time.perf_counter()
-    exact = (engine.evaluate(plans).log_softmax(-1)[:, token] - base[token]).numpy()
+    exact = (log_softmax64(engine.evaluate(plans))[:, token] - base[token]).numpy()
     exact_s = time.perf_counter() - t0
     att = attribute(engine, token_id=token, sources=plan_groups(plans)[0], queries=plan_groups(plans)[1])
     est = att.delta_logprob(att.estimates(plans))

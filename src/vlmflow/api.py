@@ -122,7 +122,6 @@ class Options:
             adapter.frame_policy_chosen = False
         if samples is not None:
             adapter.policy_samples = list(samples)
-            adapter.samples_frame_policy = adapter.frame_policy_of(samples)
         return adapter
 
     def samples_of(self) -> list[Sample]:

@@ -186,7 +186,6 @@ class Model:
         adapter.num_frames_chosen = num_frames is not None
         adapter.frame_policy = frame_policy or type(loaded).frame_policy_for(style)
         adapter.frame_policy_chosen = frame_policy is not None  # then it wins over a dataset's
-        adapter.samples_frame_policy = None
         adapter.frame_policy_rule = "chosen"
         adapter.policy_samples = []
         return adapter

@@ -143,9 +143,8 @@ class Adapter:
         self.frame_policy = frame_policy or self.frame_policy_for(prompt_style)
         # chosen by a user (Model.configured, Options): it then wins over a dataset's own
         self.frame_policy_chosen = frame_policy is not None
-        # what a run's samples are sampled with (Options.configure): see frame_policy_of
-        self.samples_frame_policy: str | list[str] | None = None
-        # the run folder's rule (RunDir.frame_policy_rule) and the samples it is read over
+        # the run folder's rule (RunDir.frame_policy_rule) and the run's samples, whose
+        # frame policy processing() records (Options.configure): see frame_policy_of
         self.frame_policy_rule = "chosen"
         self.policy_samples: list[Sample] = []
         self.system_prompt = system_prompt
@@ -166,7 +165,7 @@ class Adapter:
         see ``api.refuse_other_computed_in``): the frame policy the run's samples are
         sampled with (:meth:`frame_policy_of`), and a family's own (VideoLLaMA3's
         visual-token budget)."""
-        return {"frame_policy": self.samples_frame_policy or self.frame_policy}
+        return {"frame_policy": self.frame_policy_of(self.policy_samples)}
 
     def policy_for(self, sample: Sample, default: str | None = None) -> str:
         """The frame policy ``sample``'s video is sampled with: the one the user chose

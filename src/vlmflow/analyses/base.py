@@ -313,7 +313,8 @@ def overlay_samples(
     # the run's policy: the user's (config) wins over a benchmark's own, as in the run,
     # unless the folder was started before it won (RunDir.frame_policy_rule)
     chosen = config.get("frame_policy")
-    benchmark_wins = run.frame_policy_rule(manifest) == "benchmark"
+    # (the rule reads every record: asked only when it can matter, i.e. a policy was chosen)
+    benchmark_wins = bool(chosen) and run.frame_policy_rule(manifest) == "benchmark"
     recorded = manifest.get("frame_policy")
     default = recorded if isinstance(recorded, str) else "segment_middle"
     failures = []

@@ -4,9 +4,11 @@ A run should stop on a bad checkpoint at once, with one line saying what is wron
 any sample is processed - not after a traceback from deep inside transformers, and never by
 running a model whose weights were silently left random. :func:`preflight` looks at a local
 checkpoint folder without loading it (a config that parses and names a family vlmflow
-knows; weight files that exist and whose headers read; a tokenizer); :func:`load_error` turns whatever
-loading still raises (a weight of the wrong shape, a missing attention kernel) into an
-:class:`~vlmflow.errors.UnsupportedModelError` of one line.
+knows; weight files that exist and whose headers read; a tokenizer); :func:`load_weights`, which
+every adapter loads its weights with, refuses a checkpoint that lacks weights the model
+needs (transformers would fill them with random values and only log it); :func:`load_error`
+turns whatever loading still raises (a weight of the wrong shape, a missing attention
+kernel) into an :class:`~vlmflow.errors.UnsupportedModelError` of one line.
 
     >>> preflight("/nonexistent/folder", known=lambda config: True)
     Traceback (most recent call last):
@@ -17,12 +19,15 @@ loading still raises (a weight of the wrong shape, a missing attention kernel) i
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .errors import UnsupportedModelError
+
+log = logging.getLogger(__name__)
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 # any one of these is a tokenizer (the hub repos ship tokenizer.json, sentencepiece's
@@ -138,6 +143,43 @@ def _check_safetensors(file: Path) -> None:
             f.keys()
     except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...: a damaged file
         raise UnsupportedModelError(f"weight file {file} is damaged or incomplete: {one_line(exc)}") from None
+
+
+def load_weights(model_class: Any, path: str, *, hint: str = "", **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    """``model_class.from_pretrained(path, **kwargs)`` that refuses missing weights.
+
+    Returns the model and transformers' loading info. Transformers fills a weight the
+    checkpoint lacks with a random initialisation and only logs it (nothing under a log
+    level of errors); here that is an :class:`UnsupportedModelError` naming ``path``, how
+    many weights are missing and the first few (``hint``: a family's likely cause, appended).
+    Weights the model ties to another (an output head tied to the embeddings under
+    ``tie_word_embeddings``) and buffers transformers does not expect in a checkpoint are
+    not missing: transformers has taken them out of ``missing_keys`` by the time it returns.
+    Checkpoint weights the model does not use are logged as a warning.
+    """
+    model, info = model_class.from_pretrained(path, output_loading_info=True, **kwargs)
+    check_loading_info(path, info, hint)
+    return model, info
+
+
+def check_loading_info(path: str, info: dict[str, Any], hint: str = "") -> None:
+    """Raise for the missing or mismatched weights in ``info`` (transformers' loading info of
+    ``path``); log the unused ones (see :func:`load_weights`)."""
+    missing = sorted(info.get("missing_keys") or ())
+    mismatched = sorted(k[0] if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or ())
+    if missing or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} weight(s) the model needs are not in it, e.g. {missing[:5]}")
+        if mismatched:
+            parts.append(f"{len(mismatched)} have another shape than the model's, e.g. {mismatched[:5]}")
+        raise UnsupportedModelError(
+            f"{path}: {'; '.join(parts)}; they would be left random, so it is not loaded "
+            f"(an incomplete or differently converted checkpoint?){hint and '; ' + hint}"
+        )
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    if unexpected:
+        log.warning("%s: %d checkpoint weights not used, e.g. %s", path, len(unexpected), unexpected[:3])
 
 
 def load_error(spec: str, family: str, exc: BaseException) -> UnsupportedModelError:

@@ -1,6 +1,7 @@
 """A bad checkpoint stops a run with one clear line before any sample is processed: no
 config, an unknown model type, no weights, a damaged or missing weight file, weights of
-the wrong shape, an attention kernel that is not installed. (Flash or flex attention that
+the wrong shape, weights missing from the file (never left random), an attention kernel
+that is not installed. (Flash or flex attention that
 *is* available is switched to sdpa for knockout: tests/test_llava_next_video.py.)"""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.fixtures.catalog import FAMILIES
 from vlmflow.cli import app
 from vlmflow.errors import UnsupportedModelError
 
@@ -42,6 +44,22 @@ def cut_in_half(pattern: str):
     return lambda d: [f.write_bytes(f.read_bytes()[: f.stat().st_size // 2]) for f in d.glob(pattern)]
 
 
+def drop_weights(*parts: str):
+    """Rewrite every safetensors file without the tensors whose name holds one of ``parts``
+    (a checkpoint converted or downloaded incompletely: its headers read, tensors are absent)."""
+
+    def edit(d: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        for f in d.glob("*.safetensors"):
+            tensors = load_file(f)
+            kept = {k: v for k, v in tensors.items() if not any(p in k for p in parts)}
+            assert len(kept) < len(tensors), (f, parts)
+            save_file(kept, str(f), metadata={"format": "pt"})
+
+    return edit
+
+
 def sharded(d: Path) -> None:
     (d / "model.safetensors.index.json").write_text(
         json.dumps(
@@ -61,6 +79,11 @@ CASES = {
     "missing shard": (sharded, r"model-00002-of-00002.safetensors named in .* missing"),
     "wrong shape": (damage_config("intermediate_size", None), "the weights do not fit the config"),
     "no tokenizer": (remove("tokenizer.json"), r"/model has a config and weights but no tokenizer \(none of"),
+    "missing weights": (
+        drop_weights("layers.1.", "lm_head"),
+        r"/model: \d+ weight\(s\) the model needs are not in it, e.g. \[.*(layers\.1\.|lm_head).*"
+        "they would be left random",
+    ),
 }
 
 
@@ -89,6 +112,38 @@ def test_a_bad_checkpoint_is_one_clear_error_before_any_sample(
     assert len(errors) == 1 and "Traceback" not in result.output, result.output
     assert __import__("re").search(says, errors[0]), errors[0]
     assert not (out / "records").exists()  # before any sample
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_weights_missing_from_the_checkpoint_are_refused_in_every_family(
+    family: str, tiny_models, tmp_path: Path
+) -> None:
+    """transformers fills a weight the checkpoint lacks with random values and only logs
+    it: every family's load refuses such a checkpoint, naming it and the missing weights,
+    instead of running a model that is partly random (option probabilities of 0)."""
+    from vlmflow.models import load_model
+
+    model = Path(shutil.copytree(tiny_models.path(family), tmp_path / "model"))
+    drop_weights("layers.1.")(model)
+    with pytest.raises(UnsupportedModelError) as caught:
+        load_model(str(model), progress=False)
+    message = str(caught.value)
+    assert message.startswith(f"{model}: ") and "they would be left random" in message, message
+    assert re.search(r"e\.g\. \['[^']*layers\.1\.", message), message
+
+
+def test_a_head_tied_to_the_embeddings_is_not_missing() -> None:
+    """The embedded tiny model ties its output head to the embeddings
+    (``tie_word_embeddings``) and ships no head weight: that is no missing weight."""
+    from safetensors import safe_open
+
+    from vlmflow.models import TINY_MODEL_DIR, load_model
+
+    with safe_open(str(TINY_MODEL_DIR / "model.safetensors"), "pt") as f:
+        assert not any("lm_head" in k for k in f.keys())
+    adapter = load_model("tiny", progress=False)
+    head, embed = adapter.module("lm_head").weight, adapter.module("embed").weight
+    assert head.data_ptr() == embed.data_ptr()
 
 
 def test_an_attention_kernel_that_is_not_installed(tiny_llava_path: Path, tmp_path: Path) -> None:

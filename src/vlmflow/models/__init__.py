@@ -181,6 +181,10 @@ def _load_model(
         adapter = cls.load(
             path, device=device, dtype=dtype, attn_implementation=attn_implementation, **adapter_kwargs
         )
+    except UnsupportedModelError as exc:  # weights missing from the folder (load_weights), ...
+        if demo.is_cached_folder(path):
+            raise UnsupportedModelError(f"{exc}; {demo.DELETE_HINT.format(folder=path)}") from exc
+        raise
     except VlmflowError:
         raise
     except (OSError, RuntimeError, ValueError, ImportError, KeyError, TypeError, SafetensorError) as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..checkpoint import load_weights
 from ..errors import PromptError
 from .base import MODELS, Adapter
 from .frames import Grid, ReplacementAdapter
@@ -32,7 +33,7 @@ class InternVLAdapter(ReplacementAdapter):
     def load_model(cls, path: str, **kwargs: Any) -> tuple[Any, Any]:
         from transformers import InternVLForConditionalGeneration, InternVLProcessor, InternVLVideoProcessor
 
-        model = InternVLForConditionalGeneration.from_pretrained(path, **kwargs)
+        model, _ = load_weights(InternVLForConditionalGeneration, path, **kwargs)
         processor = load_processor(InternVLProcessor, InternVLVideoProcessor, path)
         return model, processor
 

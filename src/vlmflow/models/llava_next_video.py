@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import load_weights
 from ..errors import PromptError
 from ..layout import Span
 from ..prompt import PromptText
@@ -89,7 +90,7 @@ class LlavaNextVideoAdapter(Adapter):
             LlavaNextVideoVideoProcessor,
         )
 
-        model = LlavaNextVideoForConditionalGeneration.from_pretrained(path, **kwargs)
+        model, _ = load_weights(LlavaNextVideoForConditionalGeneration, path, **kwargs)
         processor = load_processor(LlavaNextVideoProcessor, LlavaNextVideoVideoProcessor, path)
         return model, processor
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import load_weights
 from ..errors import PromptError
 from .base import MODELS, Adapter, VideoTokens, contiguous_run
 from .frames import stacked_frames
@@ -36,7 +37,7 @@ class LlavaOnevisionAdapter(LlavaNextVideoAdapter):
             LlavaOnevisionVideoProcessor,
         )
 
-        model = LlavaOnevisionForConditionalGeneration.from_pretrained(path, **kwargs)
+        model, _ = load_weights(LlavaOnevisionForConditionalGeneration, path, **kwargs)
         processor = load_processor(LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor, path)
         return model, processor
 

@@ -64,6 +64,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ..checkpoint import load_weights
 from ..engine import LanguageModel
 from ..errors import PromptError
 from ..layout import Span
@@ -117,7 +118,7 @@ class QwenVLAdapter(Adapter):
     def load_model(cls, path: str, **kwargs: Any) -> tuple[Any, Any]:
         import transformers
 
-        model = getattr(transformers, cls.model_class).from_pretrained(path, **kwargs)
+        model, _ = load_weights(getattr(transformers, cls.model_class), path, **kwargs)
         processor = load_processor(
             getattr(transformers, cls.processor_class), getattr(transformers, cls.video_processor_class), path
         )

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import load_weights
 from .base import MODELS, Adapter, VideoTokens, contiguous_run
 from .frames import stacked_frames
 from .llava_next_video import LlavaNextVideoAdapter
@@ -33,7 +34,7 @@ class VideoLlavaAdapter(LlavaNextVideoAdapter):
             VideoLlavaVideoProcessor,
         )
 
-        model = VideoLlavaForConditionalGeneration.from_pretrained(path, **kwargs)
+        model, _ = load_weights(VideoLlavaForConditionalGeneration, path, **kwargs)
         processor = load_processor(VideoLlavaProcessor, VideoLlavaVideoProcessor, path)
         return model, processor
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checkpoint import load_weights
 from ..errors import PromptError
 from ..prompt import PromptText, locate_prompt, question_block
 from ..sample import Sample
@@ -97,7 +98,7 @@ class VideoLlama3Adapter(ReplacementAdapter):
             VideoLlama3VideoProcessor,
         )
 
-        model = VideoLlama3ForConditionalGeneration.from_pretrained(path, **kwargs)
+        model, _ = load_weights(VideoLlama3ForConditionalGeneration, path, **kwargs)
         processor = load_processor(VideoLlama3Processor, VideoLlama3VideoProcessor, path)
         return model, processor
 

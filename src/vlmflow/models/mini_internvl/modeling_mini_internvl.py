@@ -6,14 +6,11 @@ loading. See the package docstring for the correspondence of the parts."""
 from __future__ import annotations
 
 import functools
-import logging
 from typing import Any
 
 import torch
 
-from ...errors import UnsupportedModelError
-
-log = logging.getLogger(__name__)
+from ...checkpoint import load_weights
 
 CLASS_NAME = "MiniInternVLForConditionalGeneration"
 
@@ -143,14 +140,11 @@ def load_mini_internvl(
     path: str, config: Any, *, dtype: torch.dtype | None = None, attn_implementation: str = "sdpa"
 ) -> tuple[Any, dict[str, Any]]:
     """Load original InternVL-Chat weights into :func:`model_class`; missing weights are an error."""
-    model, info = model_class().from_pretrained(
-        path, config=config, dtype=dtype, attn_implementation=attn_implementation, output_loading_info=True
+    return load_weights(
+        model_class(),
+        path,
+        hint="is it an InternVL-Chat checkpoint?",
+        config=config,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
     )
-    if info["missing_keys"] or info.get("mismatched_keys"):
-        raise UnsupportedModelError(
-            f"{path}: weights missing from the checkpoint: {sorted(info['missing_keys'])[:5]}, "
-            f"mismatched: {sorted(info.get('mismatched_keys') or ())[:5]}; is it an InternVL-Chat checkpoint?"
-        )
-    if info["unexpected_keys"]:
-        log.warning("%s: checkpoint weights not used, e.g. %s", path, sorted(info["unexpected_keys"])[:3])
-    return model, info

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ...checkpoint import load_weights
 from ...errors import PromptError, UnsupportedModelError
-
-log = logging.getLogger(__name__)
 
 # PLLaVA / legacy-LLaVA / transformers>=4.52 / transformers 5 key names -> HF Llava module names.
 # Every pattern is idempotent on names already in the target layout.
@@ -250,22 +248,15 @@ def load_pooled_llava(
     """Load weights in any LLaVA key layout into :class:`PllavaForConditionalGeneration`.
 
     Returns the model and transformers' loading info (missing/unexpected keys). Missing
-    keys are an error: the model would run with random weights.
+    keys are an error (:func:`~vlmflow.checkpoint.load_weights`): the model would run with
+    random weights.
     """
-    model, info = model_class().from_pretrained(
+    return load_weights(
+        model_class(),
         path,
+        hint="is it a LLaVA-layout checkpoint?",
         config=config,
         key_mapping=KEY_MAPPING,
         dtype=dtype,
         attn_implementation=attn_implementation,
-        output_loading_info=True,
     )
-    if info["missing_keys"] or info.get("mismatched_keys"):
-        raise UnsupportedModelError(
-            f"{path}: weights missing from the checkpoint: {sorted(info['missing_keys'])[:5]}, "
-            f"mismatched: {sorted(info.get('mismatched_keys') or ())[:5]}; is it a LLaVA-layout checkpoint?"
-        )
-    unexpected = sorted(info["unexpected_keys"])
-    if unexpected:
-        log.warning("%s: %d checkpoint weights not used, e.g. %s", path, len(unexpected), unexpected[:3])
-    return model, info

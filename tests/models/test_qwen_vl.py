@@ -7,6 +7,7 @@ processor (``tiny_qwen.py``), saved, and loaded through ``vlmflow.models.load_mo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -242,3 +243,54 @@ def test_a_sliding_window_is_checked_against_the_input(tiny_models, tmp_path, fa
     engine = Engine(short.language_model(), prepared.inputs, prepared.layout)
     with pytest.raises(UnsupportedModelError, match=r"sliding window of 16 tokens.*sliding_window=16"):
         engine.evaluate([plan])
+
+
+def qwen3_reference_tokens(height: int, width: int, frames: int, clip_pixels: int, factor: int) -> int:
+    """Merged tokens per temporal patch under qwen-vl-utils' Qwen3-VL video budget (an
+    independent re-statement): each frame gets at most 768 tokens' worth of pixels and at
+    most an even share of the clip budget, then the aspect-preserving resize to ``factor``."""
+    per_frame = min(768 * factor * factor, clip_pixels / frames)
+    h, w = round(height / factor) * factor, round(width / factor) * factor
+    if h * w > per_frame:
+        beta = math.sqrt(height * width / per_frame)
+        h, w = math.floor(height / beta / factor) * factor, math.floor(width / beta / factor) * factor
+    return (h // factor) * (w // factor)
+
+
+def test_qwen3_frames_get_the_reference_per_frame_cap(tiny_models, tmp_path) -> None:
+    """Qwen3-VL repositories ship a video ``size`` that budgets the whole clip (24,576 tokens'
+    worth for Qwen3-VL-8B-Instruct) and no ``cap_pixels_per_frame``; the reference
+    (qwen-vl-utils) caps each frame at 768 tokens on top. transformers 5.24 applies that cap
+    only when asked, so 8 frames of 540 x 960 here (1920 x 1080 at the hub models' 32 px
+    patch x merge) cost 2,040 tokens per temporal patch instead of the reference's 720. The
+    adapter asks, and records the budget it runs with."""
+    import json
+    import shutil
+
+    factor = 8 * 2  # the fixture's patch x merge (the hub's is 16 x 2)
+    path = Path(shutil.copytree(tiny_models.path("qwen3_vl"), tmp_path / "qwen3"))
+    config = json.loads((path / "processor_config.json").read_text())
+    assert "cap_pixels_per_frame" not in config["video_processor"]  # as the hub repositories
+    clip = 24576 * factor * factor
+    config["video_processor"]["size"] = {"shortest_edge": 4 * factor * factor, "longest_edge": clip}
+    (path / "processor_config.json").write_text(json.dumps(config))
+    adapter = load_model(str(path), progress=False)
+    frames = np.zeros((8, 540, 960, 3), dtype=np.uint8)
+    inputs = adapter.process(adapter.video_placeholder + " hello", frames)
+    t, h, w = (int(x) for x in inputs["video_grid_thw"][0])
+    assert (t, (h // 2) * (w // 2)) == (4, qwen3_reference_tokens(540, 960, 8, clip, factor)) == (4, 720)
+    assert adapter.processing()["video_budget"] == {
+        "shortest_edge": 4 * factor * factor,
+        "longest_edge": clip,
+        "cap_pixels_per_frame": True,
+        "max_video_tokens": 768,
+    }
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_video_budget_is_recorded(qwen_adapters, family: str) -> None:
+    """A resume compares ``processing()`` with the folder's: the budget is in it, so a
+    transformers whose defaults process the frames otherwise is refused, not mixed in."""
+    budget = qwen_adapters[family].processing()["video_budget"]
+    assert budget["cap_pixels_per_frame"] is True
+    assert budget["longest_edge"] > budget["shortest_edge"] > 0

@@ -45,8 +45,12 @@ instead (qwen-vl-utils: 128 to 768 tokens' worth of pixels a frame, ``VIDEO_MIN_
 ``VIDEO_TOTAL_PIXELS``, which transformers applies with ``cap_pixels_per_frame``).
 ``video_pixels=(min, max)`` sets the per-frame bounds, ``None`` keeps the processor's own;
 the default (``"reference"``) is the reference's bounds where the repository has no video
-config and the video config's own where it has one. Qwen3-VL repositories ship the
-reference's video config, which is used as is.
+config and the video config's own where it has one. Qwen3-VL repositories ship a video
+config whose ``size`` is a budget for the whole clip; it is used as is, with the
+reference's per-frame cap on top (each frame at most ``max_video_tokens``, 768, tokens'
+worth of pixels and at most an even share of the clip budget; transformers 5.24 applies it
+only when asked, ``cap_pixels_per_frame``). The adapter always passes
+``cap_pixels_per_frame=True`` and records the budget in :meth:`processing`.
 
 Frame times. vlmflow's loaders return frames without decode times, so the adapter tells
 the processor they are evenly spaced at ``frames_per_second`` (default: the video
@@ -87,7 +91,9 @@ class QwenVLAdapter(Adapter):
     supports = Adapter.supports + " (frame group = temporal patch of 2 frames)"
 
     video_pixels_default: ClassVar[tuple[int, int] | None] = REFERENCE_VIDEO_PIXELS
-    # the reference's total budget (transformers' cap_pixels_per_frame, Qwen2/2.5-VL only)
+    # the reference's cap (transformers' cap_pixels_per_frame, passed on every call so that a
+    # change of transformers' default cannot change the inputs): Qwen2/2.5-VL bound each
+    # frame's share of a total budget, Qwen3-VL each frame's share of its whole-clip budget
     total_pixel_budget: ClassVar[bool] = True
 
     def __init__(
@@ -167,6 +173,24 @@ class QwenVLAdapter(Adapter):
             # the inputs to the model dtype (bf16) cannot round the temporal positions
             out["second_per_grid_ts"] = [float(x) for x in out["second_per_grid_ts"]]
         return out
+
+    def processing(self) -> dict[str, Any]:
+        """As the base class, with the video pixel budget the processor is run with
+        (``video_budget``: its ``size`` bounds, whether the reference's per-frame cap applies,
+        and the cap's ``max_video_tokens``), so a resume under a transformers whose defaults
+        changed them is refused instead of silently processing inputs otherwise."""
+        vp = self.processor.video_processor
+        if self.video_pixels is not None:
+            low, high = (int(x) for x in self.video_pixels)
+        else:
+            low, high = int(vp.size["shortest_edge"]), int(vp.size["longest_edge"])
+        budget = {
+            "shortest_edge": low,
+            "longest_edge": high,
+            "cap_pixels_per_frame": bool(self.total_pixel_budget),
+            "max_video_tokens": getattr(vp, "max_video_tokens", None),
+        }
+        return {**super().processing(), "video_budget": budget}
 
     def _budget(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
@@ -259,8 +283,10 @@ class Qwen3VLAdapter(QwenVLAdapter):
     model_class = "Qwen3VLForConditionalGeneration"
     processor_class = "Qwen3VLProcessor"
     video_processor_class = "Qwen3VLVideoProcessor"
-    video_pixels_default = None  # its repositories ship the reference's video config
-    total_pixel_budget = False
+    # its repositories ship a video config whose size is a budget for the whole clip
+    # (frames x H x W), used as is; the reference's per-frame cap applies on top (without it,
+    # transformers 5.24 lets 8 frames of 1920 x 1080 cost 2.8x the reference's tokens)
+    video_pixels_default = None
 
     def process(self, text: str, frames: np.ndarray) -> dict[str, Any]:
         """As the base class; fewer frames than a temporal patch (one) are padded with

@@ -37,6 +37,9 @@ import numpy as np
 
 from .errors import PlanError
 
+# how a frame group's tokens run over its (H, W) grid: row-major, or column-major (transposed)
+GRID_ORDERS = ("row", "column")
+
 
 @dataclass(frozen=True)
 class Span:
@@ -56,9 +59,11 @@ class Span:
 class TokenLayout:
     """Token groups of one prepared input of ``length`` tokens.
 
-    ``frame_grids`` is the ``(H, W)`` token grid of each frame group (tokens of a frame are
-    laid out row-major over it); ``frames_per_group`` says how many input frames one
-    frame group fuses (2 for Qwen-VL temporal patches, 1 otherwise). Frame spans may hold
+    ``frame_grids`` is the ``(H, W)`` token grid of each frame group; its tokens are laid
+    out over it row-major, or column-major when ``grid_order`` is ``"column"`` (token ``k``
+    at row ``k % H``, column ``k // H``: Mini-InternVL checkpoints with ``ps_version`` v1,
+    whose pixel shuffle leaves the grid transposed). ``frames_per_group`` says how many
+    input frames one frame group fuses (2 for Qwen-VL temporal patches, 1 otherwise). Frame spans may hold
     a few non-grid tokens (timestamps, separators) for families that interleave them;
     ``frame_token_offsets`` then says where the grid starts inside each span.
     """
@@ -76,6 +81,11 @@ class TokenLayout:
     frame_token_offsets: tuple[int, ...] = ()
     response: Span = Span(0, 0)
     non_last_response: Span = Span(0, 0)
+    grid_order: str = "row"
+
+    def __post_init__(self) -> None:
+        if self.grid_order not in GRID_ORDERS:
+            raise ValueError(f"grid_order must be one of {GRID_ORDERS}, not {self.grid_order!r}")
 
     @property
     def last(self) -> int:
@@ -169,6 +179,8 @@ class TokenLayout:
         for key in ("response", "non_last_response"):  # only open-ended inputs have them
             if not len(getattr(self, key)):
                 d.pop(key)
+        if self.grid_order == "row":  # only Mini-InternVL v1 lays its grids out otherwise
+            d.pop("grid_order")
         return d
 
     @classmethod
@@ -188,6 +200,7 @@ class TokenLayout:
             frame_token_offsets=tuple(d.get("frame_token_offsets", ())),
             response=span(d["response"]) if "response" in d else Span(0, 0),
             non_last_response=span(d["non_last_response"]) if "non_last_response" in d else Span(0, 0),
+            grid_order=d.get("grid_order", "row"),
         )
 
 

@@ -82,6 +82,29 @@ def test_overlay_has_one_labelled_colour_bar_for_its_shared_scale() -> None:
     assert _inside_the_figure(fig)
 
 
+@pytest.mark.parametrize("entry", [[0, 2, 2], [0, 2, 2, 1]], ids=["row-major", "column-major"])
+def test_overlays_place_each_token_by_the_grid_order_the_record_gives(entry) -> None:
+    """A record ``video_grid`` entry ``[offset, h, w, 1]`` says the frame's tokens run
+    column-major (Mini-InternVL ps_version v1): token 1 then sits bottom-left, not
+    top-right, in the attention heatmap and under the logit-lens word."""
+    from vlmflow.analyses.attention_maps import attention_overlay_figure
+    from vlmflow.analyses.logit_lens import lens_overlay_figure
+
+    frames = np.zeros((1, 16, 16, 3), dtype=np.uint8)
+    sample = types.SimpleNamespace(id="s0", task="t")
+    weights = np.array([0.0, 1.0, 0.0, 0.0])  # all attention on token 1
+    fig = attention_overlay_figure(frames, [entry], 1, {"baseline": {0: weights}}, [0], sample)
+    heat = [im for ax in fig.axes if ax.get_label() != "<colorbar>" for im in ax.get_images()[1:]][0]
+    cell = np.unravel_index(np.argmax(heat.get_array()), (2, 2))
+    words = {0: ["a", "b", "c", "d"]}
+    lens = lens_overlay_figure(frames, [entry], 1, words, [0], sample)
+    (x, y) = next(t.get_position() for t in lens.axes[0].texts if t.get_text() == "b")
+    if len(entry) == 3:
+        assert cell == (0, 1) and x > 8 > y  # top-right
+    else:
+        assert cell == (1, 0) and x < 8 < y  # bottom-left
+
+
 def test_query_word_map_marks_its_frames_and_keeps_30_layer_labels_inside() -> None:
     """The per-word map had no frame boundaries, frame labels nor x label, and at 30 layers
     its layer tick labels and 'layer' label were cut off at the left edge."""

@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -190,3 +191,52 @@ def test_drift_guard_transformers_paths(adapter) -> None:
         Phi3Config(rope_scaling=rope, hidden_size=64, num_attention_heads=4).rope_parameters["rope_type"]
         == "longrope"
     )
+
+
+@pytest.mark.parametrize("ps_version", ["v2", "v1"])
+@torch.inference_mode()
+def test_a_feature_in_one_quadrant_is_drawn_over_that_quadrant(ps_version: str, tmp_path: Path) -> None:
+    """v1's pixel shuffle leaves the token grid transposed (the model was trained on it): a
+    vision feature in the frame's top-right quadrant reaches token 2 of the 2 x 2 grid, which
+    row-major overlays drew bottom-left. The layout says how the tokens run, and both the
+    lens overlay's token centres and the attention heatmap put that token top-right."""
+    from vlmflow.analyses.base import video_grid
+    from vlmflow.models.regions import grid_entry, grid_values, token_centres
+
+    path = build_mini_internvl(tmp_path / ps_version, layers=1, ps_version=ps_version)
+    adapter = load_model(str(path), progress=False)
+    model = adapter.model.model
+
+    def features(quadrant: bool) -> torch.Tensor:
+        """Image features when the vision tower's output is zero but, if ``quadrant``, in
+        the patches of the top-right quadrant (rows 0-1, columns 2-3 of 4 x 4, after CLS)."""
+
+        def hook(module, args, out):
+            hidden = torch.zeros_like(out.last_hidden_state)
+            side = int((hidden.shape[1] - 1) ** 0.5)
+            if quadrant:
+                for r in range(side // 2):
+                    for c in range(side // 2, side):
+                        hidden[:, 1 + r * side + c] = torch.linspace(-1, 1, hidden.shape[-1]) * (1 + r + c)
+            out.last_hidden_state = hidden
+            return out
+
+        handle = model.vision_tower.register_forward_hook(hook)
+        try:
+            out = model.get_image_features(pixel_values=torch.zeros(1, 3, 32, 32)).pooler_output
+        finally:
+            handle.remove()
+        return out.reshape(-1, out.shape[-1])
+
+    change = (features(True) - features(False)).norm(dim=-1)
+    assert int((change > 1e-6).sum()) == 1, change  # one token of the 2 x 2 grid holds the quadrant
+    reached = int(change.argmax())
+
+    layout = adapter.prepare(make_sample(frames=1)).layout
+    assert layout.grid_order == ("column" if ps_version == "v1" else "row")
+    entry = video_grid(layout)["video_grid"][0]
+    _, h, w, order = grid_entry(entry)
+    x, y = token_centres((h, w), (0.0, 0.0, 32.0, 32.0), order)[reached]
+    assert x > 16 and y < 16, (ps_version, reached, (x, y))
+    heat = grid_values(change.numpy(), entry)
+    assert np.unravel_index(heat.argmax(), heat.shape) == (0, 1)

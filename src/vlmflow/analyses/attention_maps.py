@@ -38,6 +38,7 @@ from ..cuts import Cut, Plan, layer_ranges, parse_layers
 from ..errors import PlanError
 from ..layout import TokenLayout, check_group
 from ..models.base import Prepared
+from ..models.regions import grid_entry, grid_values
 from .base import (
     ANALYSES,
     Analysis,
@@ -369,10 +370,10 @@ def attention_overlay_figure(
     image = None
     for r, (cond, layer) in enumerate(rows):
         w = maps[cond][layer]
-        for t, (off, h, gw) in enumerate(grid):
+        for t, entry in enumerate(grid):
             ax = axes[r][t]
             frame_axes(ax, frames[min(t * frames_per_group, len(frames) - 1)], region)
-            heat = np.asarray(w[off : off + h * gw]).reshape(h, gw)
+            heat = grid_values(w, entry)
             image = ax.imshow(heat, extent=(x0, x1, y1, y0), cmap="magma", alpha=0.6, vmin=0, vmax=vmax)
             ax.set_xlim(0, fw)
             ax.set_ylim(fh, 0)
@@ -498,7 +499,7 @@ def query_word_figure(maps: dict[int, Any], grid: list[list[int]], word: str, co
     bands = []
     for layer in layers:
         w = np.asarray(maps[layer])
-        cells = [w[off : off + h * gw].reshape(h, gw) for off, h, gw in grid]
+        cells = [grid_values(w, entry) for entry in grid]
         height = max(c.shape[0] for c in cells)
         cells = [np.pad(c, ((0, height - c.shape[0]), (0, 0)), constant_values=np.nan) for c in cells]
         bands.append(np.concatenate(cells, axis=1))
@@ -516,7 +517,7 @@ def query_word_figure(maps: dict[int, Any], grid: list[list[int]], word: str, co
     for k in range(1, len(layers)):  # between layers
         ax.axhline(k * band - 0.5, color="white", lw=0.4, alpha=0.6)
     # the frames side by side: a line between two frames' token grids, each labelled
-    edges = np.cumsum([0] + [int(gw) for _, _, gw in grid])
+    edges = np.cumsum([0] + [grid_entry(entry)[2] for entry in grid])
     for x in edges[1:-1]:
         ax.axvline(x - 0.5, color="white", lw=1.0)
     ax.set_xticks((edges[:-1] + edges[1:]) / 2 - 0.5, [str(t) for t in range(len(grid))])

@@ -236,11 +236,14 @@ def check_layers(analyses: Sequence[Analysis], num_layers: int, model: str = "")
 
 def video_grid(layout: TokenLayout) -> dict[str, Any]:
     """Record fields that place each video token on its frame: ``video_grid`` (per frame
-    group ``[offset among the video tokens, h, w]``, the grid row-major) and
-    ``frames_per_group``; the report draws per-sample overlays from them."""
+    group ``[offset among the video tokens, h, w]``, the tokens row-major over the grid, or
+    ``[offset, h, w, 1]`` when they run column-major, ``TokenLayout.grid_order``; read with
+    :func:`~vlmflow.models.regions.grid_entry`) and ``frames_per_group``; the report draws
+    per-sample overlays from them."""
     offsets = layout.frame_token_offsets or (0,) * layout.num_frames
+    column = [1] if layout.grid_order == "column" else []
     grid = [
-        [span.start - layout.video.start + off, h, w]
+        [span.start - layout.video.start + off, h, w, *column]
         for span, off, (h, w) in zip(layout.frames, offsets, layout.frame_grids, strict=True)
     ]
     return {"video_grid": grid, "frames_per_group": layout.frames_per_group}

@@ -527,7 +527,7 @@ def lens_overlay_figure(
     the processor kept (its centre crop; default the whole frame): the grid is laid over it
     and the rest is dimmed.
     """
-    from ..models.regions import token_centres
+    from ..models.regions import grid_entry, token_centres
     from ..report.figures import frame_axes, pyplot
 
     plt = pyplot()
@@ -540,10 +540,11 @@ def lens_overlay_figure(
     )
     for r, layer in enumerate(layers):
         words = tops[layer]
-        for t, (start, h, w) in enumerate(grid):
+        for t, entry in enumerate(grid):
+            start, h, w, order = grid_entry(entry)
             ax = axes[r][t]
             frame_axes(ax, frames[min(t * frames_per_group, len(frames) - 1)], region)
-            for k, (x, y) in enumerate(token_centres((int(h), int(w)), region)):
+            for k, (x, y) in enumerate(token_centres((h, w), region, order)):
                 if start + k >= len(words):
                     continue
                 ax.text(

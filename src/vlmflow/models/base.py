@@ -99,13 +99,16 @@ class ModuleNames:
 
 @dataclass(frozen=True)
 class VideoTokens:
-    """Where the processor put the visual tokens: the whole run, each frame group and its grid."""
+    """Where the processor put the visual tokens: the whole run, each frame group and its grid
+    (``grid_order``: how the tokens run over it, ``"row"``-major or ``"column"``-major; see
+    :class:`~vlmflow.layout.TokenLayout`)."""
 
     video: Span
     frames: tuple[Span, ...]
     grids: tuple[tuple[int, int], ...]
     frames_per_group: int = 1
     grid_offsets: tuple[int, ...] = ()
+    grid_order: str = "row"
 
 
 class Adapter:
@@ -479,6 +482,7 @@ class Adapter:
             answer=sample.answer,
             frames_per_group=vt.frames_per_group,
             frame_token_offsets=vt.grid_offsets,
+            grid_order=vt.grid_order,
         )
         option_ids = self._option_ids(sample, expanded, ids)
         dtype = self.dtype

@@ -52,14 +52,40 @@ def processed_region(processor: Any, height: int, width: int) -> Region:
     return (left / sx, top / sy, min(rw, left + cw) / sx, min(rh, top + ch) / sy)
 
 
-def token_centres(grid: tuple[int, int], region: Region) -> list[tuple[float, float]]:
+def token_cells(grid: tuple[int, int], order: str = "row") -> list[tuple[int, int]]:
+    """``(row, col)`` of each token of an ``(h, w)`` grid, in token order: laid row-major, or
+    column-major for ``order="column"`` (see :class:`~vlmflow.layout.TokenLayout`)."""
+    h, w = grid
+    if order == "column":
+        return [(r, c) for c in range(w) for r in range(h)]
+    return [(r, c) for r in range(h) for c in range(w)]
+
+
+def token_centres(grid: tuple[int, int], region: Region, order: str = "row") -> list[tuple[float, float]]:
     """Pixel centre ``(x, y)`` in the original frame of each token of an ``(h, w)`` grid laid
-    row-major over ``region``."""
+    over ``region`` in ``order`` (:func:`token_cells`)."""
     h, w = grid
     x0, y0, x1, y1 = region
-    return [
-        (x0 + (c + 0.5) * (x1 - x0) / w, y0 + (r + 0.5) * (y1 - y0) / h) for r in range(h) for c in range(w)
-    ]
+    cells = token_cells(grid, order)
+    return [(x0 + (c + 0.5) * (x1 - x0) / w, y0 + (r + 0.5) * (y1 - y0) / h) for r, c in cells]
+
+
+def grid_entry(entry: Any) -> tuple[int, int, int, str]:
+    """``(offset, h, w, order)`` of one record ``video_grid`` entry (see
+    :func:`~vlmflow.analyses.base.video_grid`): ``[offset, h, w]`` is row-major,
+    ``[offset, h, w, 1]`` column-major."""
+    off, h, w, *rest = (int(x) for x in entry)
+    return off, h, w, "column" if rest and rest[0] else "row"
+
+
+def grid_values(values: Any, entry: Any) -> Any:
+    """The ``(h, w)`` array of one frame group's values (one per video token, all of them)
+    placed on its grid by the record ``video_grid`` ``entry``'s order."""
+    import numpy as np
+
+    off, h, w, order = grid_entry(entry)
+    cells = np.asarray(values)[off : off + h * w]
+    return cells.reshape(w, h).T if order == "column" else cells.reshape(h, w)
 
 
 def frame_processor(processor: Any) -> Any:

@@ -68,7 +68,9 @@ class MiniInternVLAdapter(Adapter):
     """Adapter for original-format InternVL-Chat checkpoints with Phi-3 (the paper's
     Mini-InternVL-4B-Video-FT). Claimed through :meth:`matches` (``internvl_chat`` is not a
     transformers model type). Frame ``t`` is ``[s + t*n, s + (t+1)*n)`` with ``n = 256``
-    (16 x 16 after pixel shuffle) at 448 px; any frame count works (no pooling)."""
+    (16 x 16 after pixel shuffle) at 448 px; any frame count works (no pooling). Under
+    ``ps_version`` v1 (the default of a config without one) each frame's tokens run
+    column-major over it (``TokenLayout.grid_order``)."""
 
     family = "mini_internvl"
     model_types = ()
@@ -114,4 +116,7 @@ class MiniInternVLAdapter(Adapter):
         if len(video) != t * n:
             raise PromptError(f"{len(video)} <IMG_CONTEXT> tokens for {t} frames of {side}x{side}")
         frames = tuple(Span(video.start + i * n, video.start + (i + 1) * n) for i in range(t))
-        return VideoTokens(video, frames, ((side, side),) * t)
+        # ps_version v1's pixel shuffle leaves each frame's grid transposed: its tokens run
+        # column-major over the frame (the model was trained so; overlays must follow it)
+        order = "column" if getattr(cfg, "ps_version", "v2") == "v1" else "row"
+        return VideoTokens(video, frames, ((side, side),) * t, grid_order=order)

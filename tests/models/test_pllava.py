@@ -249,3 +249,34 @@ def test_drift_guard_transformers_paths(pllava, baseline) -> None:
     # CLIPVisionModel keeps one hidden state per layer plus the embeddings (layer -2 = penultimate)
     out = pllava.model.model.vision_tower(torch.zeros(1, 3, 32, 32), output_hidden_states=True)
     assert len(out.hidden_states) == pllava.model.config.vision_config.num_hidden_layers + 1
+
+
+def test_a_config_without_pooling_shape_warns_and_the_option_chooses(
+    pllava_path: Path, tmp_path: Path, caplog
+) -> None:
+    """A PLLaVA config without ``pooling_shape`` pooled silently to PllavaConfig's
+    (8, 16, 16), though the paper's models pool to (8, 12, 12): the load now says so, naming
+    the fallback and the option, and ``pooling_shape=(t, h, w)`` chooses (model and
+    processor alike)."""
+    import logging
+
+    path = Path(shutil.copytree(pllava_path, tmp_path / "no-pooling"))
+    config = json.loads((path / "config.json").read_text())
+    assert config.pop("pooling_shape") == [4, 2, 2]
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "pllava_processor.json").unlink(missing_ok=True)
+    assert is_pllava_config(config)
+    with caplog.at_level(logging.WARNING, logger="vlmflow.models.pllava"):
+        fallback = load_model(str(path), progress=False)
+    assert fallback.model.pooling_shape == (8, 16, 16)
+    said = [r.getMessage() for r in caplog.records if "pooling_shape" in r.getMessage()]
+    assert len(said) == 1 and str(path) in said[0], said
+    assert "no pooling_shape" in said[0] and "(8, 16, 16)" in said[0] and "pooling_shape=(t, h, w)" in said[0]
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vlmflow.models.pllava"):
+        chosen = load_model(str(path), progress=False, pooling_shape=(4, 2, 2))
+    assert not [r for r in caplog.records if "pooling_shape" in r.getMessage()]
+    assert chosen.model.pooling_shape == tuple(chosen.processor.pooling_shape) == (4, 2, 2)
+    assert chosen.prepare(make_sample(frames=4)).layout.frame_grids == ((2, 2),) * 4
+    assert "pooling_shape" in PllavaAdapter.options()

@@ -18,9 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
-from .base import MODELS, Adapter, default_dtype
+from .base import MODELS
 from .pllava import PllavaAdapter, PllavaProcessor, check_pooling_shape, load_pooled_llava, read_config_dict
 
 BASELINE_FRAMES = 8  # the fine-tuned models' temporal pooling
@@ -74,23 +72,3 @@ class LlavaImageBaselineAdapter(PllavaAdapter):
         raw = read_config_dict(path)
         processor = PllavaProcessor.from_pretrained(path, pooling_shape=model.pooling_shape, config=raw)
         return model, processor
-
-    @classmethod
-    def load(
-        cls,
-        path: str,
-        *,
-        device: str = "cpu",
-        dtype: str | torch.dtype | None = None,
-        attn_implementation: str = "sdpa",
-        pooling_shape: Sequence[int] | None = None,
-        **kwargs: Any,
-    ) -> Adapter:
-        """As :meth:`Adapter.load`; ``pooling_shape`` overrides the default ``(8, g/2, g/2)``."""
-        model, processor = cls.load_model(
-            path,
-            pooling_shape=pooling_shape,
-            dtype=default_dtype(dtype, device),
-            attn_implementation=attn_implementation,
-        )
-        return cls(model.to(device), processor, model_id=str(path), **kwargs)

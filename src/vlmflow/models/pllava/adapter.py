@@ -3,6 +3,7 @@ places each pooled frame group's tokens."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -10,7 +11,7 @@ import torch
 from ...errors import PromptError
 from ...layout import Span
 from ...prompt import PromptText
-from ..base import MODELS, Adapter, VideoTokens, contiguous_run
+from ..base import MODELS, Adapter, VideoTokens, contiguous_run, default_dtype
 from .modeling_pllava import is_pllava_config, load_pooled_llava, pllava_config, read_config_dict
 from .processing_pllava import PllavaProcessor, expand_run
 
@@ -33,11 +34,36 @@ class PllavaAdapter(Adapter):
         return is_pllava_config(config)
 
     @classmethod
-    def load_model(cls, path: str, **kwargs: Any) -> tuple[Any, Any]:
+    def load_model(
+        cls, path: str, *, pooling_shape: Sequence[int] | None = None, **kwargs: Any
+    ) -> tuple[Any, Any]:
         raw = read_config_dict(path)
-        model, _ = load_pooled_llava(path, pllava_config(raw), **kwargs)
+        model, _ = load_pooled_llava(path, pllava_config(raw, pooling_shape, str(path)), **kwargs)
         processor = PllavaProcessor.from_pretrained(path, pooling_shape=model.pooling_shape, config=raw)
         return model, processor
+
+    @classmethod
+    def load(
+        cls,
+        path: str,
+        *,
+        device: str = "cpu",
+        dtype: str | torch.dtype | None = None,
+        attn_implementation: str = "sdpa",
+        pooling_shape: Sequence[int] | None = None,
+        **kwargs: Any,
+    ) -> Adapter:
+        """As :meth:`Adapter.load`; ``pooling_shape`` ``(t, h, w)`` replaces the checkpoint's
+        (PLLaVA: its config's, else ``(8, 16, 16)`` with a warning; the image baseline:
+        ``(8, g/2, g/2)`` for a ``g x g`` patch grid)."""
+        cls.check_options(str(path), kwargs)
+        model, processor = cls.load_model(
+            path,
+            pooling_shape=pooling_shape,
+            dtype=default_dtype(dtype, device),
+            attn_implementation=attn_implementation,
+        )
+        return cls(model.to(device), processor, model_id=str(path), **kwargs)
 
     @property
     def video_placeholder(self) -> str:

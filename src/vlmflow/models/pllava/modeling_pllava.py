@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,11 @@ from torch import nn
 
 from ...checkpoint import load_weights
 from ...errors import PromptError, UnsupportedModelError
+
+log = logging.getLogger(__name__)
+# PllavaConfig's pooling when a config names none; the paper's LLaVA-NeXT-Video-FT models
+# (and PLLaVA's released ones) pool to (8, 12, 12) or (16, 12, 12) and say so in their config
+DEFAULT_POOLING = (8, 16, 16)
 
 # PLLaVA / legacy-LLaVA / transformers>=4.52 / transformers 5 key names -> HF Llava module names.
 # Every pattern is idempotent on names already in the target layout.
@@ -47,20 +53,33 @@ def read_config_dict(path: str) -> dict[str, Any]:
     return config
 
 
-def pllava_config(raw: dict[str, Any]) -> Any:
+def pllava_config(raw: dict[str, Any], pooling_shape: Any = None, where: str = "") -> Any:
     """A transformers ``LlavaConfig`` from PLLaVA's ``config.json`` dict.
 
     PLLaVA's own fields (``pooling_shape``, ``num_frames``, ...) ride along as config
     attributes. Sub-config defaults are LLaVA's (CLIP ViT-L/14-336, Llama), the same as
     ``PllavaConfig``'s, so configs saved as a diff against them read back identically.
+    ``pooling_shape`` ``(t, h, w)`` (the adapter option) replaces the config's; a config
+    without one gets PllavaConfig's :data:`DEFAULT_POOLING` with a warning naming it
+    (``where``: the checkpoint, for messages).
     """
     from transformers import LlavaConfig
 
+    where = where or str(raw.get("_name_or_path", ""))
     d = {k: v for k, v in raw.items() if k not in ("model_type", "transformers_version", "auto_map")}
-    d.setdefault("pooling_shape", [8, 16, 16])  # PllavaConfig's default
+    if pooling_shape is not None:
+        d["pooling_shape"] = list(check_pooling_shape(pooling_shape, where))
+    elif "pooling_shape" not in d:
+        log.warning(
+            "%s: config.json has no pooling_shape; pooling to PllavaConfig's default %s (the paper's "
+            "LLaVA-NeXT-Video-FT models pool to (8, 12, 12)); pass pooling_shape=(t, h, w) to choose",
+            where,
+            DEFAULT_POOLING,
+        )
+        d["pooling_shape"] = list(DEFAULT_POOLING)
     d.setdefault("num_frames", 1)
     config = LlavaConfig(**d)
-    check_pooling_shape(config.pooling_shape, str(raw.get("_name_or_path", "")))
+    check_pooling_shape(config.pooling_shape, where)
     return config
 
 

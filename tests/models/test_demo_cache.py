@@ -232,6 +232,36 @@ def test_cached_files_get_the_usual_modes(cache, shipped, builds) -> None:
     assert set(modes.values()) == {"0o644"}, modes
 
 
+def test_the_completion_record_is_written_after_the_files_are_on_disk(
+    cache, shipped, builds, monkeypatch
+) -> None:
+    """Every cached file, and the completion record, is fsynced before the record is
+    renamed into place: after a power loss, a folder with a record holds the bytes it
+    describes (the page cache may otherwise write the small record first and the weights
+    never, and a later load would trust a folder of zeros)."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, Path.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(self: Path, target: str | Path) -> Path:
+        events.append(("replace", str(target)))
+        return real_replace(self, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(Path, "replace", replace)
+    out = demo_module.merged_dir(shipped)
+    marker_at = next(
+        i for i, (kind, path) in enumerate(events) if kind == "replace" and path.endswith(demo_module.MARKER)
+    )
+    synced = {Path(path).name for kind, path in events[:marker_at] if kind == "fsync"}
+    stored = {f.name for f in out.iterdir()}
+    assert stored - {demo_module.MARKER} <= synced, (stored, synced)
+    assert demo_module.MARKER + ".tmp" in synced
+
+
 def test_a_load_waiting_for_another_build_says_so_at_the_clis_level(cache, shipped, builds, caplog) -> None:
     """A second first load waits for the first; the line naming the holder was logged at INFO,
     which the CLI does not show without -v, so a user saw nothing for the whole build."""

@@ -174,17 +174,39 @@ def _usual_modes(folder: Path) -> None:
 
 
 def _write_marker(folder: Path) -> None:
-    """Write ``folder``'s :data:`MARKER` (size and sha256 of each file), atomically."""
+    """Write ``folder``'s :data:`MARKER` (size and sha256 of each file), atomically and
+    durably: every file it lists is fsynced before it is written, and it is fsynced before
+    it is renamed into place, so after a power loss a folder with a marker holds the
+    bytes the marker describes (the page cache may otherwise write the marker first)."""
     files = {}
     for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER):
         h = hashlib.sha256()
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
+            os.fsync(fh.fileno())
         files[f.relative_to(folder).as_posix()] = {"size": f.stat().st_size, "sha256": h.hexdigest()}
     tmp = folder / (MARKER + ".tmp")
-    tmp.write_text(json.dumps({"files": files}, indent=1), encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps({"files": files}, indent=1))
+        fh.flush()
+        os.fsync(fh.fileno())
     tmp.replace(folder / MARKER)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames in ``folder`` durable (POSIX; a no-op where a folder cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _safetensors_whole(file: Path) -> bool:
@@ -307,6 +329,7 @@ def _cached_folder(out: Path, required: tuple[str, ...], build: Callable[[Path],
                 _remove(old)
                 out.rename(old)
             tmp.rename(out)
+            _fsync_dir(out.parent)
             _remove(old)
         except BaseException:
             _remove(tmp)

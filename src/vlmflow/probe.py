@@ -586,7 +586,8 @@ class Probe:
         above ``resolution``, the logits' rounding: ``unresolved`` counts those left out), with
         ``max_error_pct`` (the largest ``|exact - estimate|`` of a verified plan, in
         percentage points), ``missed_control`` (control plans whose exact effect beats the
-        top ``k``'s: false negatives the random sample found), ``underestimated`` (verified
+        top ``k``'s by ``order``, a larger drop for ``"drop"``: false negatives the random
+        sample found), ``underestimated`` (verified
         plans whose exact change is notable and over 10x the estimate, either sign) and
         ``contradicted`` (those of them whose estimate has the wrong sign); a missed or an
         underestimated plan is also a ``UserWarning``: the estimates, and so the rows left

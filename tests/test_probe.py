@@ -155,6 +155,34 @@ def test_answers_and_samples_print_as_one_short_line(probe) -> None:
     assert "array(" not in shown and len(shown) < 400 and shown.startswith(f"Sample(id={sample.id!r}")
 
 
+def test_a_knockouts_answer_gives_the_sweeps_quantities(probe) -> None:
+    """A knockout's ``p_pred`` is its own top token's probability: on the README sample a
+    knockout that removes the baseline answer (sweep: p_pred_new 3.6e-08, rel_pred -100%,
+    pred_new B) read p_pred 0.99995, and ``k.p_pred / probe.answer.p_pred - 1`` said 0%.
+    The answer now carries the sweep's columns of the same knockout, named as they are."""
+    import json
+    import math
+
+    base = probe.answer
+    assert base.p_pred_new is None and base.rel_pred is None and base.base is None
+    rows = probe.sweep(["cross-frame"], custom=["video->last"], window=1)
+    close = {"rel_tol": 1e-5, "abs_tol": 1e-9}  # float32 logits: a sweep evaluates its plans batched
+    for row in rows.itertuples():
+        cut = probe.knockout(Plan.from_dict(json.loads(row.plan)))
+        assert cut.base is base and cut.p_pred_base == base.p_pred == row.p_pred_base
+        assert math.isclose(cut.p_pred_new, row.p_pred_new, **close)
+        assert math.isclose(cut.rel_pred, row.rel_pred, rel_tol=1e-4, abs_tol=1e-4)
+        assert cut.p_pred_new == float(cut.probs[base.pred_id])  # the baseline's answer, not its own
+        assert (cut.pred_base, cut.pred_new) == (row.pred_base, row.pred_new)
+        if base.gt_id is not None:
+            assert math.isclose(cut.p_gt_new, row.p_gt_new, **close)
+            assert math.isclose(cut.rel_gt, row.rel_gt, rel_tol=1e-4, abs_tol=1e-4)
+            assert cut.p_gt_base == row.p_gt_base
+    assert (rows["pred_new"] != rows["pred_base"]).any()  # some knockout changes the answer: p_pred differs
+    shown = repr(cut)
+    assert f"p(baseline {cut.pred_base})={cut.p_pred_new:.3g} ({cut.rel_pred:+.3g}%)" in shown
+
+
 def test_groups_list_every_named_group_the_errors_offer(probe) -> None:
     groups, layout = probe.groups, probe.layout
     for name in ("options", "true_option", "false_options", "all"):

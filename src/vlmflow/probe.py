@@ -508,7 +508,10 @@ class Probe:
 
         One plan (``"video->last"``, a ``Cut`` or a ``Plan``; text plans are blocked in
         ``layers``, default every layer) gives one answer; a list gives a list, evaluated
-        together (an empty list gives an empty list).
+        together (an empty list gives an empty list). An answer's ``p_pred`` is its own top
+        token's probability; ``p_pred_new`` / ``rel_pred`` (the baseline answer's probability
+        under the knockout and its % change) and ``p_gt_new`` / ``rel_gt`` are
+        :meth:`sweep`'s columns of the same knockout (see ``Answer``).
 
         >>> import vlmflow
         >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
@@ -522,7 +525,8 @@ class Probe:
         plans = [self.plan(p, layer_list) for p in items]
         logits = self.engine.evaluate(plans)
         names = [p.plan.name if isinstance(p, CompiledPlan) else p.name for p in plans]
-        answers = [replace(self.read(lg), plan=n) for n, lg in zip(names, logits, strict=True)]
+        base = self.base
+        answers = [replace(self.read(lg), plan=n, base=base) for n, lg in zip(names, logits, strict=True)]
         return answers[0] if single else answers
 
     def sweep(

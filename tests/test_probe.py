@@ -5,6 +5,7 @@ forward, transformers' ``generate``)."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -181,6 +182,25 @@ def test_a_knockouts_answer_gives_the_sweeps_quantities(probe) -> None:
     assert (rows["pred_new"] != rows["pred_base"]).any()  # some knockout changes the answer: p_pred differs
     shown = repr(cut)
     assert f"p(baseline {cut.pred_base})={cut.p_pred_new:.3g} ({cut.rel_pred:+.3g}%)" in shown
+
+
+def test_a_plan_with_a_random_cut_runs_through_the_probe(probe) -> None:
+    """The paper's random baseline as a Plan: every probe method crashed on it
+    (AttributeError: 'RandomCut' object has no attribute 'src') while the engine evaluates it."""
+    from vlmflow.cuts import RandomCut
+
+    plan = Plan("random", (RandomCut(0.2, 0, (1, 2), sample=probe.sample.id), Cut("video", "last", (1,))))
+    got = probe.knockout(plan)
+    want = probe.engine.evaluate([plan])[0]
+    assert torch.allclose(got.probs, probe.read(want).probs) and got.plan == "random"
+    assert probe.attention(layers=[1], queries="last", plan=plan)[1]["last"].shape == (probe.layout.length,)
+    for bad, said in (
+        (RandomCut(0.2, 0, ()), "cut 'random 0.2 after video' blocks nothing: it names no layers"),
+        (RandomCut(0.0, 0, (1,)), "blocks nothing: 0 of this input's"),
+        (RandomCut(0.2, 0, (1,), start="option:Z"), "plan 'r': cut 'random 0.2 after option:Z': "),
+    ):
+        with pytest.raises(PlanError, match=re.escape(said)):
+            probe.knockout(Plan("r", (bad,)))
 
 
 def test_groups_list_every_named_group_the_errors_offer(probe) -> None:

@@ -34,7 +34,7 @@ import torch
 
 from .analyses.base import Answer, read_answer
 from .attribution import Attribution, frame_pair_groups, relative_change
-from .cuts import CompiledPlan, Cut, Plan, as_indices, check_cut_blocks, compile_plan, is_int
+from .cuts import CompiledPlan, Cut, Plan, RandomCut, as_indices, check_cut_blocks, compile_plan, is_int
 from .engine import Engine, check_max_batch_tokens, masked_forward
 from .errors import DataError, PlanError, PromptError
 from .layout import Span, TokenLayout
@@ -491,8 +491,25 @@ class Probe:
             check_cut_blocks(cut.src, cut.dst, part.strip(), self.layout)
         return Plan(what, cuts)
 
-    def _check_cut(self, cut: Cut, where: str = "") -> None:
-        """Refuse a cut that blocks nothing on this input (no layers, or causally empty)."""
+    def _check_cut(self, cut: Cut | RandomCut, where: str = "") -> None:
+        """Refuse a cut that blocks nothing on this input (no layers, or causally empty; a
+        ``RandomCut``: no layers, a ``start`` group this input lacks, or a fraction of its
+        causal edges under one edge)."""
+        if isinstance(cut, RandomCut):
+            name = f"random {cut.fraction:g} after {cut.start}"
+            if not cut.layers:
+                raise PlanError(f"{where}cut {name!r} blocks nothing: it names no layers")
+            try:
+                self.layout.resolve(cut.start)
+            except PlanError as exc:
+                raise PlanError(f"{where}cut {name!r}: {exc}") from None
+            n = self.layout.length
+            if int(n * (n + 1) // 2 * cut.fraction) == 0:
+                raise PlanError(
+                    f"{where}cut {name!r} blocks nothing: {cut.fraction:g} of this input's "
+                    f"{n * (n + 1) // 2} causal edges is under one edge"
+                )
+            return
         name = f"{cut.src}->{cut.dst}"
         if not cut.layers:
             raise PlanError(f"{where}cut {name!r} blocks nothing: it names no layers")

@@ -203,6 +203,19 @@ def test_a_plan_with_a_random_cut_runs_through_the_probe(probe) -> None:
             probe.knockout(Plan("r", (bad,)))
 
 
+def test_sweep_and_screen_take_one_custom_curve_as_text(probe) -> None:
+    """``custom="video->last"`` was split into its characters ("cut 'v' must read SRC->DST");
+    one text is one curve, as InformationFlow's options, and a non-text is one line."""
+    one = probe.sweep([], custom="video->last", window=1, layers=[1])
+    listed = probe.sweep([], custom=["video->last"], window=1, layers=[1])
+    assert one["condition"].tolist() == ["video->last"] and one.equals(listed)
+    screened = probe.screen([], custom="video->last", window=1, layers=[1, 2], k=1, control=0)
+    assert set(screened["condition"]) == {"video->last"} and len(screened) == 2
+    for call in (probe.sweep, probe.screen):
+        with pytest.raises(PlanError, match="custom must be a name or a sequence of names, got 3"):
+            call([], custom=3)
+
+
 def test_groups_list_every_named_group_the_errors_offer(probe) -> None:
     groups, layout = probe.groups, probe.layout
     for name in ("options", "true_option", "false_options", "all"):

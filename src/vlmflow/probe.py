@@ -553,9 +553,10 @@ class Probe:
         window: int = 9,
         style: str = "center",
         layers: Iterable[int] | int | str | None = None,
-        custom: Sequence[str] = (),
+        custom: str | Sequence[str] = (),
     ) -> pd.DataFrame:
-        """Knockout sweeps of the paper's targets (and ``custom`` ``SRC->DST`` curves): one
+        """Knockout sweeps of the paper's targets (and ``custom`` ``SRC->DST`` curves, one
+        text or a list of them): one
         row per curve x sweep layer, with the window's blocked layers, the baseline
         answer's and the ground truth's probability before and after and their % change.
 
@@ -565,11 +566,12 @@ class Probe:
         >>> len(df) == probe.num_layers and {"layer", "rel_pred"} <= set(df.columns)
         True
         """
+        from .analyses.base import as_names
         from .analyses.information_flow import sweep_rows
 
-        targets = (target,) if isinstance(target, str) else tuple(target)
+        targets, customs = as_names(target, "target") or (), as_names(custom, "custom") or ()
         sweep_layers = None if layers is None else as_indices(layers)
-        rows = sweep_rows(self, targets, custom, window=window, style=style, layers=sweep_layers)
+        rows = sweep_rows(self, targets, customs, window=window, style=style, layers=sweep_layers)
         return pd.DataFrame(rows)
 
     # ------------------------------------------------------------------ attribution
@@ -582,7 +584,7 @@ class Probe:
         window: int = 9,
         style: str = "center",
         layers: Iterable[int] | int | str | None = None,
-        custom: Sequence[str] = (),
+        custom: str | Sequence[str] = (),
         exact_below: float = 0.02,
         order: str = "drop",
         seed: int = 0,
@@ -622,13 +624,14 @@ class Probe:
         >>> df.attrs["screen"]["verified"]
         2
         """
+        from .analyses.base import as_names
         from .analyses.screened_flow import screened_sweep
 
-        targets = (target,) if isinstance(target, str) else tuple(target)
+        targets, customs = as_names(target, "target") or (), as_names(custom, "custom") or ()
         _, pairs, screen = screened_sweep(
             self,
             targets,
-            custom,
+            customs,
             window=window,
             style=style,
             layers=None if layers is None else as_indices(layers),

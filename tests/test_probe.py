@@ -216,6 +216,15 @@ def test_sweep_and_screen_take_one_custom_curve_as_text(probe) -> None:
             call([], custom=3)
 
 
+def test_knockout_refuses_a_dict_of_plans(probe) -> None:
+    """``knockout({"video->last": [3]})`` iterated the dict's keys, blocked them in every layer
+    and returned a list; a dict (or a set, unordered) is a one-line PlanError saying how to
+    give layers."""
+    for given in ({"video->last": [3]}, {"video->last"}):
+        with pytest.raises(PlanError, match=r"takes a plan or a list of plans, not a (dict|set) .*layers="):
+            probe.knockout(given)
+
+
 def test_groups_list_every_named_group_the_errors_offer(probe) -> None:
     groups, layout = probe.groups, probe.layout
     for name in ("options", "true_option", "false_options", "all"):

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
@@ -536,6 +537,12 @@ class Probe:
         >>> round(sum(cut.probabilities.values()), 6) <= 1.0
         True
         """
+        if isinstance(plans, (Mapping, AbstractSet)):  # keys would be blocked in every layer, unordered
+            raise PlanError(
+                f"knockout takes a plan or a list of plans, not a {type(plans).__name__} ({plans!r}): "
+                "give the layers with layers=, e.g. knockout('video->last', layers=[3]), or a "
+                "Cut('video', 'last', (3,))"
+            )
         single = isinstance(plans, (str, Cut, Plan, CompiledPlan)) or not isinstance(plans, Iterable)
         items = [plans] if single else list(plans)
         layer_list = None if layers is None else as_indices(layers)

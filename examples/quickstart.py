@@ -5,7 +5,7 @@ a hub id in ``vlmflow.load`` (and ``device="cuda", dtype="bfloat16"``) for a rea
 Each ``# %%`` cell is one step; run the file as a script or cell by cell.
 """
 
-# %% Load a model once; every probe below reuses it.
+# %% Load a model once; every probe below reuses it. Layers are 0-based throughout (0 .. L-1).
 import vlmflow
 
 model = vlmflow.load("demo")
@@ -36,7 +36,7 @@ print("question -/-> last:", cuts[0].letter, "| video -/-> question:", cuts[1].l
 df = probe.sweep("cross-frame", window=3)
 print(df[["condition", "layer", "blocked_layers", "rel_pred"]].to_string(index=False))
 worst = df.loc[df["rel_pred"].idxmin()]
-print(f"cutting cross-frame attention hurts most around layer {int(worst.layer) + 1}: {worst.rel_pred:+.1f}%")
+print(f"cutting cross-frame attention hurts most around layer {int(worst.layer)}: {worst.rel_pred:+.1f}%")
 
 # %% Logit lens: what the last position would answer after each layer.
 lens = probe.lens(layers=range(-1, L), positions="last", k=1)
@@ -44,7 +44,7 @@ print("top-1 token at the last position, embeddings then layer by layer:", [t[0]
 video = probe.lens(layers=[L // 2], positions="video", k=1).to_frame()
 print(
     "most common lens words on the video tokens at layer",
-    L // 2 + 1,
+    L // 2,
     ":",
     video["token"].value_counts().head(5).to_dict(),
 )
@@ -55,7 +55,7 @@ no_question = probe.plan("question->last", layers=range(L - 1))  # a Plan, block
 for name, plan in (("baseline", None), ("question -/-> last", no_question)):
     weights = probe.attention(layers=[L - 1], queries="last", plan=plan)[L - 1]["last"]
     per_frame = [round(float(weights[s.start : s.end].sum()), 3) for s in layout.frames]
-    print(f"{name:18s} last token -> frames at layer {L}:", per_frame)
+    print(f"{name:18s} last token -> frames at layer {L - 1}:", per_frame)
 
 # %% The residual stream itself, for your own reads: (tokens, hidden) per layer.
 print("residual stream after the last layer:", tuple(probe.resid[L - 1].shape))

@@ -120,6 +120,30 @@ def test_cut_that_leaves_a_query_nothing_is_refused() -> None:
         compile_plan(Plan("p", (Cut("all", "last", (0,)),)), toy_layout(), 2)
 
 
+def test_wrong_argument_types_are_one_line_plan_errors() -> None:
+    """``Cut(3, "last", (1,))`` raised AttributeError deep in the layout and
+    ``Plan("x", Cut(...))`` a TypeError in the probe; each is now a PlanError naming the
+    problem. One Cut stands for a tuple of one, and a list of cuts becomes a tuple."""
+    from vlmflow.cuts import RandomCut
+
+    with pytest.raises(PlanError, match=r"cut 3->'last': src must be a group name \(text\), not int 3"):
+        Cut(3, "last", (1,))
+    with pytest.raises(PlanError, match=r"dst must be a group name \(text\), not NoneType None"):
+        Cut("video", None, (1,))
+    cut = Cut("video", "last", (1,))
+    assert Plan("x", cut) == Plan("x", (cut,)) == Plan("x", [cut])
+    assert isinstance(Plan("x", [cut]).cuts, tuple) and hash(Plan("x", [cut])) == hash(Plan("x", (cut,)))
+    assert Plan("r", RandomCut(0.1, 0, (1,))).cuts == (RandomCut(0.1, 0, (1,)),)
+    with pytest.raises(PlanError, match=r"plan 'x': each cut must be a Cut or a RandomCut, not str 'video->"):
+        Plan("x", ("video->last",))
+    with pytest.raises(PlanError, match=r"plan 'x': cuts must be a Cut or a tuple of Cuts, not str"):
+        Plan("x", "video->last")
+    with pytest.raises(PlanError, match=r"plan 'x': cuts must be a Cut or a tuple of Cuts, not int 3"):
+        Plan("x", 3)
+    with pytest.raises(PlanError, match=r"a plan's name must be text, not int 3"):
+        Plan(3, (cut,))
+
+
 def test_plans_round_trip_through_json() -> None:
     plan = Plan("x", (Cut("video", "last", (3, 1, 2)), Cut("frames:<2", "frame:2", (0,))))
     assert Plan.from_dict(__import__("json").loads(plan.to_json())) == plan

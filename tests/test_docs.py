@@ -29,6 +29,16 @@ def test_quickstart_example_runs(capsys) -> None:
     runpy.run_path(str(ROOT / "examples" / "quickstart.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "the model answers" in out and "hurts most around layer" in out and "last token -> frames" in out
+    # every printed layer is 0-based, as the sweep's table it prints (it said the worst
+    # layer + 1, and the lens's L // 2 and the attention's L - 1 as L // 2 + 1 and L)
+    rows = [m.groups() for m in re.finditer(r"^\s*cross-frame\s+(\d+)\s+\[[\d, ]*\]\s+(\S+)$", out, re.M)]
+    layers = [int(layer) for layer, _ in rows]
+    n = len(layers)
+    assert layers == list(range(n)) and n > 2
+    said = re.search(r"hurts most around layer (\d+): ", out)
+    least = min(float(value) for _, value in rows)  # as printed: ties are possible
+    assert said and float(rows[int(said.group(1))][1]) == least
+    assert f"video tokens at layer {n // 2} :" in out and f"last token -> frames at layer {n - 1}:" in out
 
 
 DOCTEST_MODULES = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -139,6 +141,23 @@ def test_evaluating_no_plans_gives_an_empty_batch_of_logits(tiny_llava, sample) 
     assert out.shape == (0, vocab)
     normal = engine.evaluate([Plan("empty")])
     assert out.dtype == normal.dtype and out.device == normal.device
+
+
+def test_evaluate_refuses_what_is_not_a_list_of_plans_in_one_line(tiny_llava, sample) -> None:
+    """``evaluate(["video->last"])`` raised AttributeError in compile_plan and
+    ``evaluate(plan)`` a TypeError: each is now a PlanError naming what was given."""
+    engine, _ = engine_for(tiny_llava, sample)
+    plan = Plan("v", (Cut("video", "last", (1,)),))
+    for given, said in (
+        (["video->last"], "evaluate takes Plan or CompiledPlan items, not str 'video->last' (text plans go"),
+        (plan, "evaluate takes a list of plans, not one Plan: give [plan]"),
+        (engine.compile(plan), "evaluate takes a list of plans, not one CompiledPlan: give [plan]"),
+        ("video->last", "evaluate takes a list of plans, not str 'video->last'"),
+        ([plan, 3], "evaluate takes Plan or CompiledPlan items, not int 3"),
+    ):
+        with pytest.raises(PlanError, match=re.escape(said)):
+            engine.evaluate(given)
+    assert engine.evaluate((plan,)).shape[0] == 1  # any sequence of plans
 
 
 def test_a_plan_compiled_for_another_input_is_refused(tiny_llava) -> None:

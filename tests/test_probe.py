@@ -5,6 +5,7 @@ forward, transformers' ``generate``)."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -153,6 +154,75 @@ def test_answers_and_samples_print_as_one_short_line(probe) -> None:
     shown = repr(sample)
     assert sample.frames is not None and "x".join(map(str, sample.frames.shape)) + " uint8" in shown
     assert "array(" not in shown and len(shown) < 400 and shown.startswith(f"Sample(id={sample.id!r}")
+
+
+def test_a_knockouts_answer_gives_the_sweeps_quantities(probe) -> None:
+    """A knockout's ``p_pred`` is its own top token's probability: on the README sample a
+    knockout that removes the baseline answer (sweep: p_pred_new 3.6e-08, rel_pred -100%,
+    pred_new B) read p_pred 0.99995, and ``k.p_pred / probe.answer.p_pred - 1`` said 0%.
+    The answer now carries the sweep's columns of the same knockout, named as they are."""
+    import json
+    import math
+
+    base = probe.answer
+    assert base.p_pred_new is None and base.rel_pred is None and base.base is None
+    rows = probe.sweep(["cross-frame"], custom=["video->last"], window=1)
+    close = {"rel_tol": 1e-5, "abs_tol": 1e-9}  # float32 logits: a sweep evaluates its plans batched
+    for row in rows.itertuples():
+        cut = probe.knockout(Plan.from_dict(json.loads(row.plan)))
+        assert cut.base is base and cut.p_pred_base == base.p_pred == row.p_pred_base
+        assert math.isclose(cut.p_pred_new, row.p_pred_new, **close)
+        assert math.isclose(cut.rel_pred, row.rel_pred, rel_tol=1e-4, abs_tol=1e-4)
+        assert cut.p_pred_new == float(cut.probs[base.pred_id])  # the baseline's answer, not its own
+        assert (cut.pred_base, cut.pred_new) == (row.pred_base, row.pred_new)
+        if base.gt_id is not None:
+            assert math.isclose(cut.p_gt_new, row.p_gt_new, **close)
+            assert math.isclose(cut.rel_gt, row.rel_gt, rel_tol=1e-4, abs_tol=1e-4)
+            assert cut.p_gt_base == row.p_gt_base
+    assert (rows["pred_new"] != rows["pred_base"]).any()  # some knockout changes the answer: p_pred differs
+    shown = repr(cut)
+    assert f"p(baseline {cut.pred_base})={cut.p_pred_new:.3g} ({cut.rel_pred:+.3g}%)" in shown
+
+
+def test_a_plan_with_a_random_cut_runs_through_the_probe(probe) -> None:
+    """The paper's random baseline as a Plan: every probe method crashed on it
+    (AttributeError: 'RandomCut' object has no attribute 'src') while the engine evaluates it."""
+    from vlmflow.cuts import RandomCut
+
+    plan = Plan("random", (RandomCut(0.2, 0, (1, 2), sample=probe.sample.id), Cut("video", "last", (1,))))
+    got = probe.knockout(plan)
+    want = probe.engine.evaluate([plan])[0]
+    assert torch.allclose(got.probs, probe.read(want).probs) and got.plan == "random"
+    assert probe.attention(layers=[1], queries="last", plan=plan)[1]["last"].shape == (probe.layout.length,)
+    for bad, said in (
+        (RandomCut(0.2, 0, ()), "cut 'random 0.2 after video' blocks nothing: it names no layers"),
+        (RandomCut(0.0, 0, (1,)), "blocks nothing: 0 of this input's"),
+        (RandomCut(0.2, 0, (1,), start="option:Z"), "plan 'r': cut 'random 0.2 after option:Z': "),
+    ):
+        with pytest.raises(PlanError, match=re.escape(said)):
+            probe.knockout(Plan("r", (bad,)))
+
+
+def test_sweep_and_screen_take_one_custom_curve_as_text(probe) -> None:
+    """``custom="video->last"`` was split into its characters ("cut 'v' must read SRC->DST");
+    one text is one curve, as InformationFlow's options, and a non-text is one line."""
+    one = probe.sweep([], custom="video->last", window=1, layers=[1])
+    listed = probe.sweep([], custom=["video->last"], window=1, layers=[1])
+    assert one["condition"].tolist() == ["video->last"] and one.equals(listed)
+    screened = probe.screen([], custom="video->last", window=1, layers=[1, 2], k=1, control=0)
+    assert set(screened["condition"]) == {"video->last"} and len(screened) == 2
+    for call in (probe.sweep, probe.screen):
+        with pytest.raises(PlanError, match="custom must be a name or a sequence of names, got 3"):
+            call([], custom=3)
+
+
+def test_knockout_refuses_a_dict_of_plans(probe) -> None:
+    """``knockout({"video->last": [3]})`` iterated the dict's keys, blocked them in every layer
+    and returned a list; a dict (or a set, unordered) is a one-line PlanError saying how to
+    give layers."""
+    for given in ({"video->last": [3]}, {"video->last"}):
+        with pytest.raises(PlanError, match=r"takes a plan or a list of plans, not a (dict|set) .*layers="):
+            probe.knockout(given)
 
 
 def test_groups_list_every_named_group_the_errors_offer(probe) -> None:

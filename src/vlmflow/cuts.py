@@ -42,6 +42,13 @@ class Cut:
     heads: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        bad = [(side, v) for side, v in (("src", self.src), ("dst", self.dst)) if not isinstance(v, str)]
+        if bad:
+            side, value = bad[0]
+            raise PlanError(
+                f"cut {self.src!r}->{self.dst!r}: {side} must be a group name (text), not "
+                f"{type(value).__name__} {value!r}, e.g. Cut('video', 'last', (3,))"
+            )
         name = f"cut {self.src}->{self.dst}"
         object.__setattr__(self, "layers", as_indices(self.layers, f"{name}: layers"))
         if self.heads is not None:
@@ -176,6 +183,28 @@ class Plan:
 
     name: str
     cuts: tuple[Cut | RandomCut, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        """One cut may stand for a tuple of one; anything but ``Cut`` / ``RandomCut`` items is
+        a one-line ``PlanError`` (not a ``TypeError`` deep in a probe)."""
+        if not isinstance(self.name, str):
+            raise PlanError(f"a plan's name must be text, not {type(self.name).__name__} {self.name!r}")
+        cuts = self.cuts
+        if isinstance(cuts, (Cut, RandomCut)):
+            cuts = (cuts,)
+        elif isinstance(cuts, (str, bytes, dict)) or not isinstance(cuts, Iterable):
+            raise PlanError(
+                f"plan {self.name!r}: cuts must be a Cut or a tuple of Cuts, not {type(cuts).__name__} "
+                f"{cuts!r}, e.g. Plan('v', (Cut('video', 'last', (3,)),))"
+            )
+        cuts = tuple(cuts)
+        bad = [c for c in cuts if not isinstance(c, (Cut, RandomCut))]
+        if bad:
+            raise PlanError(
+                f"plan {self.name!r}: each cut must be a Cut or a RandomCut, not "
+                f"{type(bad[0]).__name__} {bad[0]!r} (text cuts go through Probe.plan or Probe.knockout)"
+            )
+        object.__setattr__(self, "cuts", cuts)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "cuts": [c.to_dict() for c in self.cuts]}

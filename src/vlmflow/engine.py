@@ -245,6 +245,20 @@ def check_max_batch_tokens(max_batch_tokens: Any) -> int | None:
     return max_batch_tokens
 
 
+def check_plan_list(plans: Any) -> None:
+    """Refuse, in one line, ``plans`` that is not a list of ``Plan`` / ``CompiledPlan``."""
+    if isinstance(plans, (Plan, CompiledPlan)):
+        raise PlanError(f"evaluate takes a list of plans, not one {type(plans).__name__}: give [plan]")
+    if isinstance(plans, (str, bytes, dict)) or not isinstance(plans, Sequence):
+        raise PlanError(f"evaluate takes a list of plans, not {type(plans).__name__} {plans!r}")
+    bad = [p for p in plans if not isinstance(p, (Plan, CompiledPlan))]
+    if bad:
+        hint = " (text plans go through Probe.knockout or Probe.plan)" if isinstance(bad[0], str) else ""
+        raise PlanError(
+            f"evaluate takes Plan or CompiledPlan items, not {type(bad[0]).__name__} {bad[0]!r}{hint}"
+        )
+
+
 class Engine:
     """Baseline pass of one prepared input, then reads and plan evaluations against it.
 
@@ -414,7 +428,10 @@ class Engine:
 
     @torch.inference_mode()
     def evaluate(self, plans: Sequence[Plan | CompiledPlan]) -> torch.Tensor:
-        """Last-position logits under each plan, ``(len(plans), vocab)`` float32."""
+        """Last-position logits under each plan, ``(len(plans), vocab)`` float32. ``plans``
+        is a list of ``Plan`` / ``CompiledPlan`` (text plans go through ``Probe.knockout``);
+        anything else is a one-line ``PlanError``."""
+        check_plan_list(plans)
         self._check()
         compiled = [self.compiled(p) for p in plans]
         if not compiled:  # no plans, no rows

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
@@ -34,7 +35,7 @@ import torch
 
 from .analyses.base import Answer, read_answer
 from .attribution import Attribution, frame_pair_groups, relative_change
-from .cuts import CompiledPlan, Cut, Plan, as_indices, check_cut_blocks, compile_plan, is_int
+from .cuts import CompiledPlan, Cut, Plan, RandomCut, as_indices, check_cut_blocks, compile_plan, is_int
 from .engine import Engine, check_max_batch_tokens, masked_forward
 from .errors import DataError, PlanError, PromptError
 from .layout import Span, TokenLayout
@@ -491,8 +492,25 @@ class Probe:
             check_cut_blocks(cut.src, cut.dst, part.strip(), self.layout)
         return Plan(what, cuts)
 
-    def _check_cut(self, cut: Cut, where: str = "") -> None:
-        """Refuse a cut that blocks nothing on this input (no layers, or causally empty)."""
+    def _check_cut(self, cut: Cut | RandomCut, where: str = "") -> None:
+        """Refuse a cut that blocks nothing on this input (no layers, or causally empty; a
+        ``RandomCut``: no layers, a ``start`` group this input lacks, or a fraction of its
+        causal edges under one edge)."""
+        if isinstance(cut, RandomCut):
+            name = f"random {cut.fraction:g} after {cut.start}"
+            if not cut.layers:
+                raise PlanError(f"{where}cut {name!r} blocks nothing: it names no layers")
+            try:
+                self.layout.resolve(cut.start)
+            except PlanError as exc:
+                raise PlanError(f"{where}cut {name!r}: {exc}") from None
+            n = self.layout.length
+            if int(n * (n + 1) // 2 * cut.fraction) == 0:
+                raise PlanError(
+                    f"{where}cut {name!r} blocks nothing: {cut.fraction:g} of this input's "
+                    f"{n * (n + 1) // 2} causal edges is under one edge"
+                )
+            return
         name = f"{cut.src}->{cut.dst}"
         if not cut.layers:
             raise PlanError(f"{where}cut {name!r} blocks nothing: it names no layers")
@@ -508,7 +526,10 @@ class Probe:
 
         One plan (``"video->last"``, a ``Cut`` or a ``Plan``; text plans are blocked in
         ``layers``, default every layer) gives one answer; a list gives a list, evaluated
-        together (an empty list gives an empty list).
+        together (an empty list gives an empty list). An answer's ``p_pred`` is its own top
+        token's probability; ``p_pred_new`` / ``rel_pred`` (the baseline answer's probability
+        under the knockout and its % change) and ``p_gt_new`` / ``rel_gt`` are
+        :meth:`sweep`'s columns of the same knockout (see ``Answer``).
 
         >>> import vlmflow
         >>> probe = vlmflow.load("demo").probe(vlmflow.load_dataset("synthetic:1:fixed")[0])
@@ -516,13 +537,20 @@ class Probe:
         >>> round(sum(cut.probabilities.values()), 6) <= 1.0
         True
         """
+        if isinstance(plans, (Mapping, AbstractSet)):  # keys would be blocked in every layer, unordered
+            raise PlanError(
+                f"knockout takes a plan or a list of plans, not a {type(plans).__name__} ({plans!r}): "
+                "give the layers with layers=, e.g. knockout('video->last', layers=[3]), or a "
+                "Cut('video', 'last', (3,))"
+            )
         single = isinstance(plans, (str, Cut, Plan, CompiledPlan)) or not isinstance(plans, Iterable)
         items = [plans] if single else list(plans)
         layer_list = None if layers is None else as_indices(layers)
         plans = [self.plan(p, layer_list) for p in items]
         logits = self.engine.evaluate(plans)
         names = [p.plan.name if isinstance(p, CompiledPlan) else p.name for p in plans]
-        answers = [replace(self.read(lg), plan=n) for n, lg in zip(names, logits, strict=True)]
+        base = self.base
+        answers = [replace(self.read(lg), plan=n, base=base) for n, lg in zip(names, logits, strict=True)]
         return answers[0] if single else answers
 
     def sweep(
@@ -532,9 +560,10 @@ class Probe:
         window: int = 9,
         style: str = "center",
         layers: Iterable[int] | int | str | None = None,
-        custom: Sequence[str] = (),
+        custom: str | Sequence[str] = (),
     ) -> pd.DataFrame:
-        """Knockout sweeps of the paper's targets (and ``custom`` ``SRC->DST`` curves): one
+        """Knockout sweeps of the paper's targets (and ``custom`` ``SRC->DST`` curves, one
+        text or a list of them): one
         row per curve x sweep layer, with the window's blocked layers, the baseline
         answer's and the ground truth's probability before and after and their % change.
 
@@ -544,11 +573,12 @@ class Probe:
         >>> len(df) == probe.num_layers and {"layer", "rel_pred"} <= set(df.columns)
         True
         """
+        from .analyses.base import as_names
         from .analyses.information_flow import sweep_rows
 
-        targets = (target,) if isinstance(target, str) else tuple(target)
+        targets, customs = as_names(target, "target") or (), as_names(custom, "custom") or ()
         sweep_layers = None if layers is None else as_indices(layers)
-        rows = sweep_rows(self, targets, custom, window=window, style=style, layers=sweep_layers)
+        rows = sweep_rows(self, targets, customs, window=window, style=style, layers=sweep_layers)
         return pd.DataFrame(rows)
 
     # ------------------------------------------------------------------ attribution
@@ -561,7 +591,7 @@ class Probe:
         window: int = 9,
         style: str = "center",
         layers: Iterable[int] | int | str | None = None,
-        custom: Sequence[str] = (),
+        custom: str | Sequence[str] = (),
         exact_below: float = 0.02,
         order: str = "drop",
         seed: int = 0,
@@ -586,7 +616,8 @@ class Probe:
         above ``resolution``, the logits' rounding: ``unresolved`` counts those left out), with
         ``max_error_pct`` (the largest ``|exact - estimate|`` of a verified plan, in
         percentage points), ``missed_control`` (control plans whose exact effect beats the
-        top ``k``'s: false negatives the random sample found), ``underestimated`` (verified
+        top ``k``'s by ``order``, a larger drop for ``"drop"``: false negatives the random
+        sample found), ``underestimated`` (verified
         plans whose exact change is notable and over 10x the estimate, either sign) and
         ``contradicted`` (those of them whose estimate has the wrong sign); a missed or an
         underestimated plan is also a ``UserWarning``: the estimates, and so the rows left
@@ -600,13 +631,14 @@ class Probe:
         >>> df.attrs["screen"]["verified"]
         2
         """
+        from .analyses.base import as_names
         from .analyses.screened_flow import screened_sweep
 
-        targets = (target,) if isinstance(target, str) else tuple(target)
+        targets, customs = as_names(target, "target") or (), as_names(custom, "custom") or ()
         _, pairs, screen = screened_sweep(
             self,
             targets,
-            custom,
+            customs,
             window=window,
             style=style,
             layers=None if layers is None else as_indices(layers),

@@ -153,26 +153,49 @@ class Screen:
         return float(max(abs(relative_change(p.exact) - relative_change(p.estimate)) for p in v))
 
     def missed(self) -> list[ScreenedPlan]:
-        """Control plans the screen should have put in its top K: their exact ``|change|``
+        """Control plans the screen should have put in its top K, by its ``order``: with
+        ``"drop"`` (the top K by estimated drop), a control plan whose exact change is a drop
+        (``<= -NOTABLE``) larger than the top K's least drop (by exact value, or by estimate
+        when that is the larger drop); with ``"magnitude"``, one whose exact ``|change|``
         exceeds the smallest of the top K's (by exact value, or by estimate when that is
-        larger) and is notable (``>= NOTABLE``). The random control sample is the screen's
-        only view of what the estimates left out, so each such plan is a false negative
-        found, and more are likely among the unverified ones."""
+        larger) and is notable (``>= NOTABLE``). A control plan that raises ``p`` is no miss
+        of a screen for drops. The random control sample is the screen's only view of what
+        the estimates left out, so each such plan is a false negative found, and more are
+        likely among the unverified ones."""
         top = self.verified("top")
         if not top:
             return []
+        control = self.verified("control")
+        if self.order == "drop":
+            ceiling = min(
+                max(p.exact for p in top),  # type: ignore[type-var]
+                max(p.estimate for p in top),
+                -NOTABLE,
+            )
+            return [p for p in control if p.exact < ceiling]  # type: ignore[operator]
         floor = max(
             min(abs(p.exact) for p in top),  # type: ignore[arg-type]
             min(abs(p.estimate) for p in top),
             NOTABLE,
         )
-        return [p for p in self.verified("control") if abs(p.exact) > floor]  # type: ignore[arg-type]
+        return [p for p in control if abs(p.exact) > floor]  # type: ignore[arg-type]
+
+    def worst_missed(self) -> ScreenedPlan | None:
+        """The ``missed`` plan farthest past the top K by the screen's ``order`` (the largest
+        drop, or the largest ``|change|``); ``None`` when none was missed."""
+        missed = self.missed()
+        if not missed:
+            return None
+        if self.order == "drop":
+            return min(missed, key=lambda p: p.exact)  # type: ignore[arg-type,return-value]
+        return max(missed, key=lambda p: abs(p.exact))  # type: ignore[arg-type]
 
     def underestimated(self) -> list[ScreenedPlan]:
         """Verified plans whose exact change is notable (``>= NOTABLE``) and more than
-        ``CONTRADICTION_RATIO`` times their estimate, of either sign: the estimate is far too
-        small (the demo's scene_transition sample: -99.99999% exact, -0.06% estimated). The
-        rows left as estimates for such an input are unreliable too."""
+        ``CONTRADICTION_RATIO`` times their estimate, of either sign and whatever the screen's
+        ``order`` (a wrong value, ranked or not): the estimate is far too small (the demo's
+        scene_transition sample: -99.99999% exact, -0.06% estimated). The rows left as
+        estimates for such an input are unreliable too."""
         return [
             p
             for p in self.verified()
@@ -200,12 +223,13 @@ class Screen:
 
         lead = f"{where}: " if where else ""
         out = []
-        missed = self.missed()
-        if missed:
-            worst = max(missed, key=lambda p: abs(p.exact))  # type: ignore[arg-type]
+        worst = self.worst_missed()
+        if worst is not None:
+            missed = self.missed()
+            effect = "drop" if self.order == "drop" else "effect"
             out.append(
                 f"{lead}screen estimates missed {len(missed)} of {len(self.verified('control'))} "
-                f"control plans: their exact effect is larger than the top {len(self.verified('top'))}'s "
+                f"control plans: their exact {effect} is larger than the top {len(self.verified('top'))}'s "
                 f"(worst: {show(worst)}); the unverified plans likely hide more. Treat the "
                 "estimates as unreliable here: raise k or control, or run the exact sweep"
             )

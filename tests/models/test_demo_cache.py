@@ -208,6 +208,54 @@ def test_a_damaged_merged_file_names_the_folder_to_delete(cache, monkeypatch) ->
         load_model("demo")
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("Found no NVIDIA driver on your system"),
+        ImportError("FlashAttention2 has been toggled on, but the flash_attn package is not installed"),
+    ],
+)
+def test_a_whole_cached_folder_that_fails_to_load_is_not_blamed(cache, monkeypatch, error) -> None:
+    """``load("demo", device="cuda")`` on a machine without a GPU, or with
+    ``attn="flash_attention_2"`` where flash-attn is not installed, said that a cached file
+    of the demo model does not load and to delete its (whole) folder. Only a damaged folder
+    is blamed; any other failure reads as for any checkpoint (with load_error's hint)."""
+    import shutil
+
+    import vlmflow.models as models
+    from vlmflow.errors import UnsupportedModelError
+
+    folder = cache / "demo-0123456789abcdef"
+    shutil.copytree(models.TINY_MODEL_DIR, folder)
+    demo_module._write_marker(folder)
+    monkeypatch.setattr(demo_module, "merged_dir", lambda path: folder)
+
+    class Failing:
+        @staticmethod
+        def check_options(spec, kwargs) -> None:
+            pass
+
+        @staticmethod
+        def load(path, **kwargs):
+            raise error
+
+    monkeypatch.setattr(models, "claimed_by", lambda path: Failing)
+    with pytest.raises(UnsupportedModelError) as raised:
+        models.load_model("demo")
+    said = str(raised.value)
+    assert said.startswith("cannot load 'demo' (Failing): ") and str(error) in said
+    assert "delete that folder" not in said and "cached file" not in said
+    if isinstance(error, ImportError):
+        assert "use --attn sdpa" in said
+    # the same failure with the folder's bytes changed (same size) blames the cache
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(UnsupportedModelError, match=f"{folder}.*delete that folder"):
+        models.load_model("demo")
+
+
 def test_an_unwritable_cache_is_named_before_the_build(tmp_path, monkeypatch, shipped, builds) -> None:
     """``VLMFLOW_CACHE`` under a file (or otherwise unwritable) stops at once with one line
     naming it, not with a raw NotADirectoryError after minutes of conversion."""

@@ -380,7 +380,25 @@ def ordered() -> list[type[Analysis]]:
 class Answer:
     """An answer read at the last position: the model's own (the baseline) or one under a
     knockout (``plan`` names it). Its repr is one line: the letter, the option
-    probabilities, the truth; ``probs`` (the whole vocabulary) stays out of it."""
+    probabilities, the truth (and for a knockout, the baseline answer's probability and its
+    % change); ``probs`` (the whole vocabulary) stays out of it.
+
+    Fields: ``probs`` the next-token probabilities ``(vocab,)``, float64; ``pred_id`` /
+    ``pred_token`` this answer's top token (the argmax of ``probs``: under a knockout, the
+    knockout's own answer, which may differ from the baseline's) and ``pred_option`` the
+    option letter it is, if any; ``gt_id`` / ``gt_letter`` the true letter's token and letter
+    (``None`` without a known answer); ``option_probs`` each option letter's probability, in
+    the order of ``letters``; ``rule`` what counts as correct (``CORRECTNESS``); ``plan`` the
+    knockout's plan name (``None``: the baseline); ``base`` the baseline answer a knockout is
+    compared with (``None``: the baseline itself).
+
+    Probabilities: ``p_pred`` is ``probs`` at *this* answer's top token (a knockout that
+    turns A at 0.99 into B at 0.99995 has ``p_pred`` 0.99995); ``p_gt`` the truth's. The
+    paper's quantities compare a knockout with the baseline, named as ``probe.sweep``'s
+    columns: ``p_pred_base`` / ``p_pred_new`` the baseline answer's probability before and
+    after the knockout, ``rel_pred`` its % change, ``p_gt_base`` / ``p_gt_new`` / ``rel_gt``
+    the same for the truth, ``pred_base`` / ``pred_new`` the two answers; ``None`` on the
+    baseline answer itself."""
 
     probs: torch.Tensor  # (vocab,) float64: float32 rounds a near-certain answer's p to 1.19e-7 steps
     pred_id: int
@@ -392,13 +410,17 @@ class Answer:
     letters: tuple[str, ...] = ()
     rule: str = "ids"
     plan: str | None = field(default=None, compare=False)  # the knockout's plan; None: baseline
+    base: Answer | None = field(default=None, compare=False)  # a knockout's baseline; None: baseline
 
     def __repr__(self) -> str:
         what = "baseline" if self.plan is None else f"knockout {self.plan!r}"
         answer = self.letter if self.letter is not None else repr(self.pred_token)
         options = ", ".join(f"{k}: {v:.3g}" for k, v in self.probabilities.items())
         truth = "" if self.gt_letter is None else f", gt={self.gt_letter}, correct={self.correct}"
-        return f"Answer({what}: {answer}, p={self.p_pred:.3g}, options={{{options}}}{truth})"
+        change = ""
+        if self.base is not None:
+            change = f", p(baseline {self.pred_base})={self.p_pred_new:.3g} ({self.rel_pred:+.3g}%)"
+        return f"Answer({what}: {answer}, p={self.p_pred:.3g}{change}, options={{{options}}}{truth})"
 
     @property
     def letter(self) -> str | None:
@@ -412,11 +434,60 @@ class Answer:
 
     @property
     def p_pred(self) -> float:
+        """The probability of this answer's own top token (a knockout's: its new answer's)."""
         return float(self.probs[self.pred_id])
 
     @property
     def p_gt(self) -> float | None:
+        """The true letter's probability (``None`` without a known answer)."""
         return None if self.gt_id is None else float(self.probs[self.gt_id])
+
+    @property
+    def p_pred_base(self) -> float | None:
+        """A knockout's: the baseline answer's probability before it (``base.p_pred``)."""
+        return None if self.base is None else self.base.p_pred
+
+    @property
+    def p_pred_new(self) -> float | None:
+        """A knockout's: the baseline answer's probability under it (``probe.sweep``'s
+        ``p_pred_new``, not this answer's own ``p_pred``)."""
+        return None if self.base is None else float(self.probs[self.base.pred_id])
+
+    @property
+    def rel_pred(self) -> float | None:
+        """A knockout's: the % change of the baseline answer's probability (``probe.sweep``'s
+        ``rel_pred``; -100: the knockout removed it); NaN when the baseline's was 0."""
+        if self.base is None:
+            return None
+        return relative_change(self.p_pred_new, self.base.p_pred)  # type: ignore[arg-type]
+
+    @property
+    def p_gt_base(self) -> float | None:
+        """A knockout's: the truth's probability before it (``None`` for the baseline or
+        without a known answer)."""
+        return None if self.base is None else self.base.p_gt
+
+    @property
+    def p_gt_new(self) -> float | None:
+        """A knockout's: the truth's probability under it (its ``p_gt``)."""
+        return None if self.base is None else self.p_gt
+
+    @property
+    def rel_gt(self) -> float | None:
+        """A knockout's: the % change of the truth's probability (``probe.sweep``'s ``rel_gt``)."""
+        if self.base is None or self.p_gt is None or self.base.p_gt is None:
+            return None
+        return relative_change(self.p_gt, self.base.p_gt)
+
+    @property
+    def pred_base(self) -> str | None:
+        """A knockout's: the baseline's answer (its letter, else its top token)."""
+        return None if self.base is None else self.base.record()["pred"]
+
+    @property
+    def pred_new(self) -> str | None:
+        """A knockout's: its own answer (its letter, else its top token)."""
+        return None if self.base is None else self.record()["pred"]
 
     @property
     def correct_ids(self) -> bool | None:
@@ -455,6 +526,11 @@ class Answer:
 
 
 Baseline = Answer  # the name the analyses use for the model's own answer
+
+
+def relative_change(new: float, base: float) -> float:
+    """``(new - base) / base * 100``; NaN when the base probability is 0."""
+    return (new - base) / base * 100.0 if base > 0 else float("nan")
 
 
 def read_answer(adapter: Adapter, prepared: Prepared, logits: torch.Tensor, rule: str = "ids") -> Answer:

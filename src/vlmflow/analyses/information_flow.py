@@ -20,7 +20,16 @@ import torch
 
 from ..cuts import WINDOW_STYLES, is_int, parse_layers
 from ..errors import PlanError
-from .base import ANALYSES, Analysis, CliOption, as_layers, as_names, check_sample_mode, option
+from .base import (
+    ANALYSES,
+    Analysis,
+    CliOption,
+    as_layers,
+    as_names,
+    check_sample_mode,
+    option,
+    relative_change,
+)
 from .targets import PAPER_TARGETS, Edges, SweepPoint, check_targets, parse_edges, sweep, target_curves
 
 if TYPE_CHECKING:
@@ -42,11 +51,6 @@ SCREEN_OPTIONS: tuple[tuple[str, str, type, str, Any], ...] = (
         0.02,
     ),
 )
-
-
-def relative_change(new: float, base: float) -> float:
-    """``(new - base) / base * 100``; NaN when the base probability is 0."""
-    return (new - base) / base * 100.0 if base > 0 else float("nan")
 
 
 @ANALYSES.register("flow", "attention knockout sweeps over layers (the paper's targets)")

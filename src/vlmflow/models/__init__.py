@@ -188,7 +188,7 @@ def _load_model(
     except VlmflowError:
         raise
     except (OSError, RuntimeError, ValueError, ImportError, KeyError, TypeError, SafetensorError) as exc:
-        if demo.is_cached_folder(path):  # the demo's merged copy in the cache: rebuilt if deleted
+        if demo.is_cached_folder(path) and demo.cache_damaged(Path(path)):  # rebuilt if deleted
             raise UnsupportedModelError(demo.damaged_cache_message(Path(path), exc)) from exc
         raise load_error(spec, cls.__name__, exc) from exc
     # records name the model as the user did ("demo", a hub id, the folder as given), the

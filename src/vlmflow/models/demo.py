@@ -251,6 +251,27 @@ def damaged_cache_message(folder: Path, exc: BaseException) -> str:
     return f"a cached file of the demo model does not load ({one_line(exc)}); {hint}"
 
 
+def cache_damaged(folder: Path) -> bool:
+    """Whether the cached ``folder``'s files are damaged: not whole by its :data:`MARKER`
+    (a file missing or of another size), a safetensors file that is not whole, or a file
+    whose bytes are not those recorded (sha256). A failed load of an undamaged folder (a
+    device without a driver, an attention kernel not installed) is not the cache's fault."""
+    if not _complete(folder) or not all(map(_safetensors_whole, folder.glob("*.safetensors"))):
+        return True
+    try:
+        files = json.loads((folder / MARKER).read_text(encoding="utf-8"))["files"]
+        for name, f in files.items():
+            h = hashlib.sha256()
+            with open(folder / name, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            if h.hexdigest() != f["sha256"]:
+                return True
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return True
+    return False
+
+
 def is_cached_folder(path: str | Path) -> bool:
     """Whether ``path`` is a folder this module made in :func:`cache_dir`."""
     path = Path(path)

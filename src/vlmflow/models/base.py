@@ -40,6 +40,16 @@ from .processors import frames_as_given
 
 log = logging.getLogger(__name__)
 
+# Keyword arguments of every model ``from_pretrained``. transformers 5.25 loads with hub
+# kernels on by default: it kernelizes the decorated layers (RMSNorm, activations, the
+# rotary application) for the device the model is on, with kernels downloaded from the
+# Hub on an accelerator, and kernelizes again at every later train()/eval() switch (so a
+# model loaded on CPU and moved to CUDA gets them then). vlmflow measures the model's own
+# PyTorch computations: the same on every machine and under 5.24 (where kernels were
+# opt-in and the keyword defaults to False), and differentiable (attribution runs autograd
+# through layers the inference-only activation kernels would replace).
+NO_HUB_KERNELS: dict[str, Any] = {"use_kernels": False}
+
 MODELS: Registry[type[Adapter]] = Registry("model family")
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import PromptError
-from .base import MODELS, Adapter
+from .base import MODELS, NO_HUB_KERNELS, Adapter
 from .frames import Grid, ReplacementAdapter
 from .processors import load_processor
 
@@ -32,7 +32,7 @@ class InternVLAdapter(ReplacementAdapter):
     def load_model(cls, path: str, **kwargs: Any) -> tuple[Any, Any]:
         from transformers import InternVLForConditionalGeneration, InternVLProcessor, InternVLVideoProcessor
 
-        model = InternVLForConditionalGeneration.from_pretrained(path, **kwargs)
+        model = InternVLForConditionalGeneration.from_pretrained(path, **kwargs, **NO_HUB_KERNELS)
         processor = load_processor(InternVLProcessor, InternVLVideoProcessor, path)
         return model, processor
 

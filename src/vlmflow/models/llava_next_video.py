@@ -14,7 +14,7 @@ import torch
 from ..errors import PromptError
 from ..layout import Span
 from ..prompt import PromptText
-from .base import MODELS, Adapter, VideoTokens, contiguous_run
+from .base import MODELS, NO_HUB_KERNELS, Adapter, VideoTokens, contiguous_run
 from .processors import load_processor
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -89,7 +89,7 @@ class LlavaNextVideoAdapter(Adapter):
             LlavaNextVideoVideoProcessor,
         )
 
-        model = LlavaNextVideoForConditionalGeneration.from_pretrained(path, **kwargs)
+        model = LlavaNextVideoForConditionalGeneration.from_pretrained(path, **kwargs, **NO_HUB_KERNELS)
         processor = load_processor(LlavaNextVideoProcessor, LlavaNextVideoVideoProcessor, path)
         return model, processor
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import PromptError
-from .base import MODELS, Adapter, VideoTokens, contiguous_run
+from .base import MODELS, NO_HUB_KERNELS, Adapter, VideoTokens, contiguous_run
 from .frames import stacked_frames
 from .llava_next_video import LlavaNextVideoAdapter
 from .processors import load_processor
@@ -36,7 +36,7 @@ class LlavaOnevisionAdapter(LlavaNextVideoAdapter):
             LlavaOnevisionVideoProcessor,
         )
 
-        model = LlavaOnevisionForConditionalGeneration.from_pretrained(path, **kwargs)
+        model = LlavaOnevisionForConditionalGeneration.from_pretrained(path, **kwargs, **NO_HUB_KERNELS)
         processor = load_processor(LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor, path)
         return model, processor
 

@@ -77,7 +77,7 @@ from ..engine import LanguageModel
 from ..errors import PromptError
 from ..layout import Span
 from ..prompt import PromptText
-from .base import MODELS, Adapter, VideoTokens
+from .base import MODELS, NO_HUB_KERNELS, Adapter, VideoTokens
 from .frames import Expansion, _token_at
 from .processors import built_from_image_settings, load_processor
 
@@ -127,7 +127,7 @@ class QwenVLAdapter(Adapter):
     def load_model(cls, path: str, **kwargs: Any) -> tuple[Any, Any]:
         import transformers
 
-        model = getattr(transformers, cls.model_class).from_pretrained(path, **kwargs)
+        model = getattr(transformers, cls.model_class).from_pretrained(path, **kwargs, **NO_HUB_KERNELS)
         processor = load_processor(
             getattr(transformers, cls.processor_class), getattr(transformers, cls.video_processor_class), path
         )

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .base import MODELS, Adapter, VideoTokens, contiguous_run
+from .base import MODELS, NO_HUB_KERNELS, Adapter, VideoTokens, contiguous_run
 from .frames import stacked_frames
 from .llava_next_video import LlavaNextVideoAdapter
 from .processors import load_processor
@@ -33,7 +33,7 @@ class VideoLlavaAdapter(LlavaNextVideoAdapter):
             VideoLlavaVideoProcessor,
         )
 
-        model = VideoLlavaForConditionalGeneration.from_pretrained(path, **kwargs)
+        model = VideoLlavaForConditionalGeneration.from_pretrained(path, **kwargs, **NO_HUB_KERNELS)
         processor = load_processor(VideoLlavaProcessor, VideoLlavaVideoProcessor, path)
         return model, processor
 

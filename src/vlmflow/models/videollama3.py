@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import PromptError
 from ..prompt import PromptText, locate_prompt, question_block
 from ..sample import Sample
-from .base import MODELS, Adapter
+from .base import MODELS, NO_HUB_KERNELS, Adapter
 from .frames import Grid, ReplacementAdapter
 from .processors import load_processor
 
@@ -97,7 +97,7 @@ class VideoLlama3Adapter(ReplacementAdapter):
             VideoLlama3VideoProcessor,
         )
 
-        model = VideoLlama3ForConditionalGeneration.from_pretrained(path, **kwargs)
+        model = VideoLlama3ForConditionalGeneration.from_pretrained(path, **kwargs, **NO_HUB_KERNELS)
         processor = load_processor(VideoLlama3Processor, VideoLlama3VideoProcessor, path)
         return model, processor
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ...errors import UnsupportedModelError
+from ..base import NO_HUB_KERNELS
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,12 @@ def load_mini_internvl(
 ) -> tuple[Any, dict[str, Any]]:
     """Load original InternVL-Chat weights into :func:`model_class`; missing weights are an error."""
     model, info = model_class().from_pretrained(
-        path, config=config, dtype=dtype, attn_implementation=attn_implementation, output_loading_info=True
+        path,
+        config=config,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        output_loading_info=True,
+        **NO_HUB_KERNELS,
     )
     if info["missing_keys"] or info.get("mismatched_keys"):
         raise UnsupportedModelError(

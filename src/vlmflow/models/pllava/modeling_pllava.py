@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ...errors import PromptError, UnsupportedModelError
+from ..base import NO_HUB_KERNELS
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +260,7 @@ def load_pooled_llava(
         dtype=dtype,
         attn_implementation=attn_implementation,
         output_loading_info=True,
+        **NO_HUB_KERNELS,
     )
     if info["missing_keys"] or info.get("mismatched_keys"):
         raise UnsupportedModelError(

@@ -27,6 +27,17 @@ from typing import Any
 
 from .errors import UnsupportedModelError
 
+# Keyword arguments of every model ``from_pretrained`` (:func:`load_weights` passes them).
+# transformers 5.25 loads with hub kernels on by default: it kernelizes the decorated
+# layers (RMSNorm, activations, the rotary application) for the device the model is on,
+# with kernels downloaded from the Hub on an accelerator, and kernelizes again at every
+# later train()/eval() switch (so a model loaded on CPU and moved to CUDA gets them then).
+# vlmflow measures the model's own PyTorch computations: the same on every machine and
+# under 5.24 (where kernels were opt-in and the keyword defaults to False), and
+# differentiable (attribution runs autograd through layers the inference-only activation
+# kernels would replace).
+NO_HUB_KERNELS: dict[str, Any] = {"use_kernels": False}
+
 log = logging.getLogger(__name__)
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
@@ -157,6 +168,7 @@ def load_weights(model_class: Any, path: str, *, hint: str = "", **kwargs: Any) 
     not missing: transformers has taken them out of ``missing_keys`` by the time it returns.
     Checkpoint weights the model does not use are logged as a warning.
     """
+    kwargs = {**NO_HUB_KERNELS, **kwargs}
     model, info = model_class.from_pretrained(path, output_loading_info=True, **kwargs)
     check_loading_info(path, info, hint)
     return model, info

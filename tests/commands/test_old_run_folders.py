@@ -48,7 +48,8 @@ def old_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     except (OSError, subprocess.CalledProcessError):
         pytest.skip(f"the code of {BEFORE} is not in this checkout's git history")
     with tarfile.open(fileobj=io.BytesIO(tree)) as archive:
-        archive.extractall(tmp / "base", filter="data")
+        # the "data" filter (our own tree): Python 3.10.12 / 3.11.4 on; older ones lack it
+        archive.extractall(tmp / "base", **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     root = tmp / "LongVideoBench"
     write_json(root / "lvb_val.json", [lvb_item(i, video_path="abc.mp4", duration=3.0) for i in range(2)])
     video(root / "videos" / "abc.mp4", 24, fps=8)

@@ -160,6 +160,24 @@ def test_attention_that_ignores_masks_is_switched_to_sdpa(tiny_models, name: str
     assert "switching" in caplog.text
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_models_load_without_hub_kernels(tiny_models, name: str, monkeypatch) -> None:
+    """transformers 5.25 kernelizes loaded models by default (hub kernels for RMSNorm,
+    activations and rotary on an accelerator) and again at every train()/eval() switch;
+    a model vlmflow loads is not kernelized, then or later, so it keeps its own layers."""
+    import transformers.modeling_utils as modeling_utils
+
+    model = tiny_models.adapter(name).model
+    if not hasattr(model, "use_kernels"):
+        pytest.skip("this transformers has no hub kernels")
+    assert model.use_kernels is False
+    calls: list[object] = []
+    monkeypatch.setattr(modeling_utils, "kernelize", lambda *a, **k: calls.append(a), raising=False)
+    model.train()
+    model.eval()
+    assert calls == [] and model.use_kernels is False and not model.training
+
+
 def sampling_copy(src: Path, dest: Path, num_frames: int = 2) -> Path:
     """A copy of the checkpoint at ``src`` whose video processor config samples
     ``num_frames`` frames itself (``do_sample_frames: true``, as transformers recommends

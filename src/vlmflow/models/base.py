@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ..checkpoint import NO_HUB_KERNELS  # noqa: F401  (every adapter's from_pretrained keywords)
 from ..engine import MASKABLE_ATTENTION, LanguageModel
 from ..errors import PromptError, UnsupportedModelError
 from ..layout import Span, TokenLayout

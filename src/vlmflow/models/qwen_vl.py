@@ -12,7 +12,8 @@ frame too: Qwen3-VL's processor refuses it, so its adapter adds the copy itself)
 
 Where the tokens are. The prompt carries the placeholder
 ``<|vision_start|><|video_pad|><|vision_end|>`` (what the Qwen chat templates write for a
-video); the processor expands the inner ``<|video_pad|>``:
+video); the processor expands the inner ``<|video_pad|>`` (Qwen3-VL from transformers 5.25
+on: the whole placeholder, see below):
 
 - Qwen2-VL / Qwen2.5-VL: into ``t * h * w`` video tokens, one contiguous run, temporal
   patch ``T`` at ``[s + T*n, s + (T+1)*n)``.
@@ -28,6 +29,14 @@ prompt belong to the template. Frame groups partition ``video``: for Qwen3-VL a 
 ``timestamp + <|vision_start|> + grid + <|vision_end|>`` with ``frame_token_offsets``
 pointing at its grid. Counts come from ``video_grid_thw`` and the merge size, and each run
 is checked against the token ids, never split evenly.
+
+Qwen3-VL's outer pair depends on the transformers version. Up to 5.24 the processor
+expands only ``<|video_pad|>``, so the model sees the outer pair around the per-patch ones;
+from 5.25 it replaces the whole placeholder (as Qwen's own processor did), so there is no
+outer pair, and the first timestamp follows the prompt's text directly, where the
+tokenizer may merge it with what precedes it (``"USER: <0.2 seconds>"`` gives ``" <"``).
+The first group then starts at the token holding the timestamp's first character, found
+from the tokenizer's offsets, and holds that merged text too.
 
 Positions (M-RoPE) are never recomputed here: the model computes them from ``input_ids``,
 ``mm_token_type_ids`` and ``video_grid_thw`` (all passed, so no stale ``rope_deltas`` can be
@@ -74,6 +83,7 @@ from ..errors import PromptError
 from ..layout import Span
 from ..prompt import PromptText
 from .base import MODELS, Adapter, VideoTokens
+from .frames import Expansion, _token_at
 from .processors import built_from_image_settings, load_processor
 
 _DEFAULT_FPS = 2.0
@@ -113,9 +123,9 @@ class QwenVLAdapter(Adapter):
         self.video_pixels: tuple[int, int] | None = video_pixels  # type: ignore[assignment]
         fps = frames_per_second or getattr(processor.video_processor, "fps", None) or _DEFAULT_FPS
         self.frames_per_second = float(fps)
-        # the processor's expansion of the video token for the input being prepared:
-        # ``((start, end) of the token in the prompt, replacement text)``; set by ``process``
-        self._expansion: tuple[tuple[int, int], str] | None = None
+        # the processor's expansion of the placeholder in the prompt being prepared
+        # (what it replaced, with what); set by ``process``
+        self._expansion: Expansion | None = None
         # sliding-window layers (use_sliding_window) are left to the engine's
         # check_full_attention, which refuses only a window shorter than the input
 
@@ -133,7 +143,8 @@ class QwenVLAdapter(Adapter):
     # ------------------------------------------------------------------ prompt
     @property
     def video_placeholder(self) -> str:
-        """``<|vision_start|><|video_pad|><|vision_end|>``, as the Qwen chat templates write it."""
+        """``<|vision_start|><|video_pad|><|vision_end|>``, as the Qwen chat templates write it
+        (the processor expands the ``<|video_pad|>`` in it, or the whole of it: see the module doc)."""
         cfg = self.model.config
         start, end = self.tokenizer.convert_ids_to_tokens(
             [cfg.vision_start_token_id, cfg.vision_end_token_id]
@@ -167,7 +178,8 @@ class QwenVLAdapter(Adapter):
             raise PromptError(
                 f"expected one video placeholder in the prompt, the processor found {len(replaced)}"
             )
-        self._expansion = (tuple(replaced[0]["span"]), replaced[0]["replacement"])
+        start, end = replaced[0]["span"]
+        self._expansion = Expansion(text, int(start), int(end), replaced[0]["replacement"])
         if "second_per_grid_ts" in out:
             # seconds per temporal patch (Qwen2.5-VL): kept as Python floats so that casting
             # the inputs to the model dtype (bf16) cannot round the temporal positions
@@ -201,20 +213,20 @@ class QwenVLAdapter(Adapter):
             kwargs["cap_pixels_per_frame"] = True
         return {"videos_kwargs": kwargs} if kwargs else {}
 
-    def _replacement(self) -> tuple[tuple[int, int], str]:
+    def _replacement(self) -> Expansion:
         if self._expansion is None:
             raise PromptError("expand_placeholder/video_tokens called before process()")
         return self._expansion
 
     def expand_placeholder(self, prompt: PromptText, input_ids: torch.Tensor) -> tuple[str, int]:
-        (start, end), replacement = self._replacement()
+        e = self._replacement()
         at, width = prompt.placeholder_at, len(prompt.placeholder)
-        if not at <= start < end <= at + width:
+        if e.prompt != prompt.text or not at <= e.start < e.end <= at + width:
             raise PromptError(
-                f"the processor expanded {prompt.text[start:end]!r} at character {start}, outside the "
-                f"video placeholder {prompt.placeholder!r} at {at}"
+                f"the processor expanded {e.prompt[e.start : e.end]!r} at character {e.start}, outside "
+                f"the video placeholder {prompt.placeholder!r} at {at}"
             )
-        return prompt.text[:start] + replacement + prompt.text[end:], len(replacement) - (end - start)
+        return e.text, len(e.replacement) - (e.end - e.start)
 
     # ------------------------------------------------------------------ layout
     def video_tokens(self, input_ids: torch.Tensor, inputs: dict[str, Any]) -> VideoTokens:
@@ -329,8 +341,10 @@ class Qwen3VLAdapter(QwenVLAdapter):
     def _frame_spans(self, ids: list[int], runs: list[Span]) -> tuple[Span, ...]:
         """``timestamp <|vision_start|> grid <|vision_end|>`` per temporal patch.
 
-        A patch's span runs from the end of the previous one; the first starts where the
-        processor's first timestamp text does (its tokens, checked against the ids).
+        A patch's span runs from the end of the previous one; the first starts at the token
+        holding the first character of the processor's first timestamp text (from the
+        tokenizer's offsets, as it may share that token with the text before it), and that
+        text must end where the patch's ``<|vision_start|>`` begins.
         """
         cfg = self.model.config
         vs, ve = cfg.vision_start_token_id, cfg.vision_end_token_id
@@ -340,12 +354,15 @@ class Qwen3VLAdapter(QwenVLAdapter):
                     f"temporal patch {i}: its video tokens are not wrapped in "
                     "<|vision_start|> .. <|vision_end|>"
                 )
-        _, replacement = self._replacement()
-        start_token = self.tokenizer.convert_ids_to_tokens(vs)
-        stamp = self.tokenizer(replacement[: replacement.find(start_token)], add_special_tokens=False)
-        stamp_ids = list(stamp["input_ids"])
-        first = runs[0].start - 1 - len(stamp_ids)
-        if not stamp_ids or first < 0 or ids[first : runs[0].start - 1] != stamp_ids:
+        e = self._replacement()
+        enc = self.tokenizer(e.text, return_offsets_mapping=True)
+        if list(enc["input_ids"]) != ids:
+            raise PromptError("re-tokenising the expanded prompt does not reproduce the processor's ids")
+        offsets = [tuple(o) for o in enc["offset_mapping"]]
+        stamp = e.replacement.find(self.tokenizer.convert_ids_to_tokens(vs))
+        marker = runs[0].start - 1  # the first patch's <|vision_start|>
+        first = _token_at(offsets, e.start) if stamp > 0 else marker
+        if first >= marker or offsets[marker][0] != e.start + stamp:
             raise PromptError("the first temporal patch's timestamp text was not found before its tokens")
         starts = [first] + [r.end + 1 for r in runs[:-1]]
         return tuple(Span(s, r.end + 1) for s, r in zip(starts, runs, strict=True))

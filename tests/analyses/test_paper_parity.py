@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.fixtures.catalog import FAMILIES
 from tests.fixtures.tiny import make_sample
 from vlmflow.analyses.answer_probability import AnswerProbability, summarize_answer_prob
 from vlmflow.analyses.base import Baseline, read_answer
@@ -138,6 +139,38 @@ def test_keyword_frequency_from_lens_records_counts_top1_hits(tiny_llava) -> Non
             for s in range(0, n, 2)
         ]
         assert table.loc[w].drop("hits").tolist() == pytest.approx([d / sum(direct) for d in direct])
+
+
+def test_keywords_are_word_initial_on_byte_level_and_the_papers_rule_on_sentencepiece(tiny_models) -> None:
+    """A byte-level BPE tokenizer (Qwen's) prepends no space, so a keyword alone splits into
+    fragments ("left" -> "le") that a word-initial top token (" left") never equals: the
+    keyword is the word-initial form there. On a SentencePiece-style tokenizer (the paper's
+    Llama) it is the paper's ``decode(tokenizer(kw).input_ids[0])``."""
+    from tests.fixtures.tiny import build_tokenizer
+    from vlmflow.analyses.logit_lens import LogitLens, first_subtoken
+
+    sp = build_tokenizer()
+    for w in ("left", "right", "up", "down", "person", "food", "cup", "box", "put", "appears"):
+        assert first_subtoken(sp, w) == sp.decode(sp(w, add_special_tokens=False)["input_ids"][0])
+    adapter = tiny_models.adapter("videollama3")
+    tok = adapter.tokenizer
+    assert tok.decode(tok("left", add_special_tokens=False)["input_ids"][0]) != "left"  # fragments
+    prepared = adapter.prepare(FAMILIES["videollama3"].sample())
+    lens = LogitLens(topk=1, sample_mode="all", spatial=("left", "right"), temporal=("down",))
+    rows = lens.records(Probe(adapter, prepared))
+    assert rows[0]["spatial_words"] == ["left", "right"] and rows[0]["temporal_words"] == ["down"]
+    for r in rows:
+        assert r["spatial_hits"] == sum(w in ("left", "right") for w in r["top1"])
+
+
+def test_a_keyword_reduced_to_whitespace_is_refused(tiny_llava) -> None:
+    """The tiny SentencePiece tokenizer has no "floor": its first sub-token is a bare "▁",
+    which would count every whitespace token as a hit; the keyword is refused by name."""
+    from vlmflow.analyses.logit_lens import LogitLens
+
+    prepared = tiny_llava.prepare(make_sample())
+    with pytest.raises(PlanError, match="'floor'"):
+        LogitLens(sample_mode="all", spatial=("floor", "left")).records(Probe(tiny_llava, prepared))
 
 
 def test_keyword_frequency_is_one_table_per_task() -> None:

@@ -67,6 +67,41 @@ def test_answer_prob_defaults_to_correct_samples_as_the_paper_figure(demo) -> No
     assert (summary["n"] == seen[True]).all()
 
 
+def test_answer_prob_ranks_options_whose_probabilities_underflow_float32(demo) -> None:
+    """With sharp logits every option letter's probability underflows float32 at some
+    layers (all options read 0, a tie the rank gave to the true letter, so ``top1_rate``
+    read 1.0). The probabilities are read in float64 log space, and a tie counts against
+    the true letter: the rank is the number of options scoring at least as high."""
+    from vlmflow.analyses.answer_probability import true_rank
+
+    assert true_rank([0.0, 0.0, 0.0], 1) == 3 and true_rank([0.1, 0.5, 0.1], 0) == 3
+    assert true_rank([0.1, 0.5, 0.2], 1) == 1
+    adapter = demo
+    prepared = adapter.prepare(make_sample(seed=1, answer=0))  # "C" leads among the options
+    head = adapter.model.get_output_embeddings().weight
+    saved = head.detach().clone()
+    try:
+        with torch.no_grad():
+            head.mul_(300.0)
+        rows = AnswerProbability(sample_mode="all").records(Probe(adapter, prepared))
+        engine = Engine(adapter.language_model(), prepared.inputs, prepared.layout)
+        lm, ids, answer = engine.lm, list(prepared.option_ids), prepared.sample.answer
+        with torch.inference_mode():
+            hs = [engine.hidden_states[layer + 1][0, -1] for layer in range(lm.num_layers)]
+            logits = [lm.lm_head(lm.norm(h)).double() for h in hs]
+    finally:
+        with torch.no_grad():
+            head.copy_(saved)
+    underflow = 0
+    for r, z in zip(rows, logits, strict=True):
+        logp = z.log_softmax(-1)[ids]
+        underflow += bool((z.float().softmax(-1)[ids] == 0).all())
+        assert r["true_rank"] == int((logp >= logp[answer]).sum())
+        assert r["p_true"] == pytest.approx(float(logp[answer].exp()), rel=1e-6, abs=1e-300)
+    assert underflow >= 1  # the fixture holds the case
+    assert any(r["true_rank"] > 1 for r in rows)
+
+
 # ---------------------------------------------------------------- 3. keyword frequency
 def test_keyword_frequency_matches_a_hand_counted_table() -> None:
     """12 layers, bins of 5. vlmflow layers -1..11 (-1 = embeddings). Hits placed by hand:

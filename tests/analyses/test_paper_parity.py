@@ -762,6 +762,35 @@ def test_paper_switches_every_command(monkeypatch, command, extra, paper, defaul
     assert calls[-1][0].paper is True and "paper" not in calls[-1][0].manifest()
 
 
+def test_paper_pathways_with_a_spec_file_or_a_search_uses_the_measured_fraction(
+    monkeypatch, tmp_path
+) -> None:
+    """``--paper`` selects every choice: with ``--spec FILE`` or ``--search`` (no fraction in
+    the paper) random blocking takes each sample's measured fraction, with a one-line note;
+    ``--random-fraction paper`` given explicitly for a non-preset spec is still refused."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from vlmflow.analyses import pathways
+    from vlmflow.cli import app
+
+    calls = _capture(monkeypatch)
+    spec = tmp_path / "mine.json"
+    spec.write_text(json.dumps(dataclasses.replace(PRESETS["llava-next-7b-video-ft"], name="mine").to_dict()))
+    base = ["pathways", "--model", "tiny", "--data", "synthetic", "--paper"]
+    result = CliRunner().invoke(app, [*base, "--spec", str(spec)])
+    assert result.exit_code == 0, result.output
+    assert calls[-1][1][0].random_fraction == "measured"
+    assert "measured fraction" in result.output
+    searched: list = []
+    monkeypatch.setattr(pathways, "search_and_evaluate", lambda *a, **k: searched.append(k) or calls[-1])
+    CliRunner().invoke(app, [*base, "--search"])
+    assert searched and searched[-1]["random_fraction"] == "measured"
+    result = CliRunner().invoke(app, [*base, "--spec", str(spec), "--random-fraction", "paper"])
+    assert result.exit_code == 2 and "only for its presets" in result.output
+
+
 def test_paper_leaves_explicit_options_alone(monkeypatch) -> None:
     from typer.testing import CliRunner
 

@@ -419,6 +419,28 @@ def test_random_fraction_measured_fixed_or_paper(tiny_llava) -> None:
     assert random.suppressed_edges() == 2 * int(n * (n + 1) // 2 * 0.05)
 
 
+def test_a_random_fraction_beyond_the_pairs_there_blocks_them_all_and_keeps_every_condition(
+    tiny_llava,
+) -> None:
+    """The paper's ``randperm(...)[:N]`` blocks every pair after the first video token when
+    N exceeds them; so does vlmflow, with a warning, and the sample keeps its pathway,
+    strict and random results (the whole sample used to fail)."""
+    from vlmflow.analyses.pathways import evaluate_pathway
+
+    prepared = tiny_llava.prepare(make_sample())
+    layout, n = prepared.layout, prepared.layout.length
+    start = int(layout.resolve("video")[0])
+    there = (n - start) * (n - start + 1) // 2 / (n * (n + 1) // 2)
+    spec = PRESETS["llava-next-7b-video-ft"].scaled(tiny_llava.num_layers)
+    with pytest.warns(UserWarning, match="all of those are blocked"):
+        rows = evaluate_pathway(Probe(tiny_llava, prepared), spec, (0, 1), True, fraction=0.999)
+    by = {(r["condition"], r["seed"]): r for r in rows}
+    assert set(by) == {("baseline", None), ("pathway", None), ("strict", None), ("random", 0), ("random", 1)}
+    for seed in (0, 1):
+        assert by[("random", seed)]["suppressed_fraction"] == pytest.approx(there)
+        assert by[("random", seed)]["correct"] is not None
+
+
 def test_suppressed_fraction_mean_of_samples_and_ratio_of_sums() -> None:
     """Two samples: 10 of 100 edges cut and 50 of 1000. Mean of fractions 0.075; the paper's
     ratio of sums 60 / 1100."""

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import operator
 import re
+import warnings
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -156,7 +157,9 @@ class RandomCut:
     query and key both lie at or after the first position of group ``start``; each layer
     draws its own pairs from a generator seeded by ``(seed, sample, layer)``, so every
     sample and layer gets a fresh pattern (as the paper's code, which drew unseeded per
-    sample and layer) that a re-run reproduces. ``sample`` is the sample's id.
+    sample and layer) that a re-run reproduces. ``sample`` is the sample's id. A fraction
+    larger than the pairs there blocks all of them (as the paper's ``randperm(...)[:N]``),
+    with a warning; the compiled plan's ``suppressed_fraction()`` is the share blocked.
     """
 
     fraction: float
@@ -506,11 +509,15 @@ def _random_edges(cut: RandomCut, layout: TokenLayout, layer: int) -> np.ndarray
     start = int(layout.resolve(cut.start)[0])
     rows, cols = np.tril_indices(n - start)
     count = int(n * (n + 1) // 2 * cut.fraction)
-    if count > rows.size:
-        raise PlanError(
-            f"cannot block {cut.fraction:.1%} of all causal edges at random after {cut.start!r}: "
-            f"only {rows.size / (n * (n + 1) // 2):.1%} of them lie there"
+    if count > rows.size:  # as the paper's randperm(...)[:N]: every pair there is blocked
+        where = f" (sample {cut.sample!r})" if cut.sample else ""
+        warnings.warn(
+            f"random blocking{where}: {cut.fraction:.1%} of all causal edges asked, but only "
+            f"{rows.size / (n * (n + 1) // 2):.1%} lie from the first {cut.start!r} token on; all of "
+            "those are blocked (as the paper's code), and suppressed_fraction records the share blocked",
+            stacklevel=2,
         )
+        count = rows.size
     rng = np.random.default_rng([cut.seed, zlib.crc32(cut.sample.encode()), layer])
     pick = rng.choice(rows.size, size=count, replace=False)
     m = np.zeros((n, n), dtype=bool)

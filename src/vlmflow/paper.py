@@ -36,8 +36,9 @@ PAPER_OPTIONS: dict[str, dict[str, Any]] = {
     # words are matched from the raw question to the last token (options and prompt included);
     # every sample (its --skip_baseline_wrong_samples is off and the script does not pass it)
     "attention": {"view": "query-words", "layers": "10-19", "word_span": "to-last", "sample_mode": "all"},
-    # the scripts' fixed random-blocking fraction per model
-    "pathways": {"random_fraction": "paper"},
+    # the scripts' fixed random-blocking fraction per model, for its presets; a spec file or
+    # a search has none: each sample's measured fraction, as the scripts' were (a note says so)
+    "pathways": {"random_fraction": lambda values: "paper" if values.get("preset") else "measured"},
     # VCGBench: generated response, en_core_web_lg, its string matching of verbs, and the
     # text regenerated under every cut (100 tokens; slow, it changes no statistic)
     "open-ended": {
@@ -55,9 +56,20 @@ PAPER_OPTIONS: dict[str, dict[str, Any]] = {
 
 def apply_paper(command: str, values: dict[str, Any], explicit: set[str] = frozenset()) -> dict[str, Any]:
     """``values`` (a command's options) with the paper's choices for ``command`` for every
-    option that is not in ``explicit`` (the options the user gave)."""
+    option that is not in ``explicit`` (the options the user gave). A choice that depends
+    on the other options is a function of ``values``."""
     out = dict(values)
     for key, value in {**PAPER_RUN, **PAPER_OPTIONS.get(command, {})}.items():
         if key in out and key not in explicit:
-            out[key] = value
+            out[key] = value(values) if callable(value) else value
     return out
+
+
+def paper_notes(command: str, values: dict[str, Any], explicit: set[str] = frozenset()) -> list[str]:
+    """What ``--paper`` could not take from the paper for these options (one line each)."""
+    if command == "pathways" and "random_fraction" not in explicit and not values.get("preset"):
+        return [
+            "note: --paper: the paper fixed a random-blocking fraction only for its presets "
+            "(--preset); this pathway's random blocking uses each sample's measured fraction"
+        ]
+    return []

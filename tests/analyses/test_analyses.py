@@ -130,10 +130,16 @@ def test_random_blocking_hits_the_requested_fraction(setup, fraction: float) -> 
     assert all(np.array_equal(again.blocked[i], compiled.blocked[i]) for i in compiled.blocked)
 
 
-def test_random_blocking_beyond_the_region_is_refused(setup) -> None:
+def test_random_blocking_beyond_the_region_blocks_all_of_it_with_a_warning(setup) -> None:
+    """More pairs than lie from the first video token on: all of them are blocked (the
+    paper's ``randperm(...)[:N]``), and the warning says how many were asked and there."""
     _, prepared, engine, _, _ = setup
-    with pytest.raises(PlanError, match="only"):
-        compile_plan(Plan("r", (RandomCut(0.9, 0, (0,)),)), prepared.layout, engine.lm.num_layers)
+    layout = prepared.layout
+    with pytest.warns(UserWarning, match="only"):
+        compiled = compile_plan(Plan("r", (RandomCut(0.9, 0, (0,)),)), layout, engine.lm.num_layers)
+    start, n = int(layout.resolve("video")[0]), layout.length
+    m = compiled.blocked[0]
+    assert m.sum() == (n - start) * (n - start + 1) // 2 and m[start:, start:].sum() == m.sum()
 
 
 def test_attention_rows_sum_to_one_and_blocked_pairs_are_zero(setup) -> None:

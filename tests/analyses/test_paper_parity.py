@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.fixtures.catalog import FAMILIES
 from tests.fixtures.tiny import make_sample
 from vlmflow.analyses.answer_probability import AnswerProbability, summarize_answer_prob
 from vlmflow.analyses.base import Baseline, read_answer
@@ -64,6 +65,41 @@ def test_answer_prob_defaults_to_correct_samples_as_the_paper_figure(demo) -> No
     summary = summarize_answer_prob(pd.DataFrame(rows)).sort_values("layer")
     assert summary["p_true"].to_numpy() == pytest.approx(np.mean(want, axis=0), abs=1e-5)
     assert (summary["n"] == seen[True]).all()
+
+
+def test_answer_prob_ranks_options_whose_probabilities_underflow_float32(demo) -> None:
+    """With sharp logits every option letter's probability underflows float32 at some
+    layers (all options read 0, a tie the rank gave to the true letter, so ``top1_rate``
+    read 1.0). The probabilities are read in float64 log space, and a tie counts against
+    the true letter: the rank is the number of options scoring at least as high."""
+    from vlmflow.analyses.answer_probability import true_rank
+
+    assert true_rank([0.0, 0.0, 0.0], 1) == 3 and true_rank([0.1, 0.5, 0.1], 0) == 3
+    assert true_rank([0.1, 0.5, 0.2], 1) == 1
+    adapter = demo
+    prepared = adapter.prepare(make_sample(seed=1, answer=0))  # "C" leads among the options
+    head = adapter.model.get_output_embeddings().weight
+    saved = head.detach().clone()
+    try:
+        with torch.no_grad():
+            head.mul_(300.0)
+        rows = AnswerProbability(sample_mode="all").records(Probe(adapter, prepared))
+        engine = Engine(adapter.language_model(), prepared.inputs, prepared.layout)
+        lm, ids, answer = engine.lm, list(prepared.option_ids), prepared.sample.answer
+        with torch.inference_mode():
+            hs = [engine.hidden_states[layer + 1][0, -1] for layer in range(lm.num_layers)]
+            logits = [lm.lm_head(lm.norm(h)).double() for h in hs]
+    finally:
+        with torch.no_grad():
+            head.copy_(saved)
+    underflow = 0
+    for r, z in zip(rows, logits, strict=True):
+        logp = z.log_softmax(-1)[ids]
+        underflow += bool((z.float().softmax(-1)[ids] == 0).all())
+        assert r["true_rank"] == int((logp >= logp[answer]).sum())
+        assert r["p_true"] == pytest.approx(float(logp[answer].exp()), rel=1e-6, abs=1e-300)
+    assert underflow >= 1  # the fixture holds the case
+    assert any(r["true_rank"] > 1 for r in rows)
 
 
 # ---------------------------------------------------------------- 3. keyword frequency
@@ -138,6 +174,38 @@ def test_keyword_frequency_from_lens_records_counts_top1_hits(tiny_llava) -> Non
             for s in range(0, n, 2)
         ]
         assert table.loc[w].drop("hits").tolist() == pytest.approx([d / sum(direct) for d in direct])
+
+
+def test_keywords_are_word_initial_on_byte_level_and_the_papers_rule_on_sentencepiece(tiny_models) -> None:
+    """A byte-level BPE tokenizer (Qwen's) prepends no space, so a keyword alone splits into
+    fragments ("left" -> "le") that a word-initial top token (" left") never equals: the
+    keyword is the word-initial form there. On a SentencePiece-style tokenizer (the paper's
+    Llama) it is the paper's ``decode(tokenizer(kw).input_ids[0])``."""
+    from tests.fixtures.tiny import build_tokenizer
+    from vlmflow.analyses.logit_lens import LogitLens, first_subtoken
+
+    sp = build_tokenizer()
+    for w in ("left", "right", "up", "down", "person", "food", "cup", "box", "put", "appears"):
+        assert first_subtoken(sp, w) == sp.decode(sp(w, add_special_tokens=False)["input_ids"][0])
+    adapter = tiny_models.adapter("videollama3")
+    tok = adapter.tokenizer
+    assert tok.decode(tok("left", add_special_tokens=False)["input_ids"][0]) != "left"  # fragments
+    prepared = adapter.prepare(FAMILIES["videollama3"].sample())
+    lens = LogitLens(topk=1, sample_mode="all", spatial=("left", "right"), temporal=("down",))
+    rows = lens.records(Probe(adapter, prepared))
+    assert rows[0]["spatial_words"] == ["left", "right"] and rows[0]["temporal_words"] == ["down"]
+    for r in rows:
+        assert r["spatial_hits"] == sum(w in ("left", "right") for w in r["top1"])
+
+
+def test_a_keyword_reduced_to_whitespace_is_refused(tiny_llava) -> None:
+    """The tiny SentencePiece tokenizer has no "floor": its first sub-token is a bare "▁",
+    which would count every whitespace token as a hit; the keyword is refused by name."""
+    from vlmflow.analyses.logit_lens import LogitLens
+
+    prepared = tiny_llava.prepare(make_sample())
+    with pytest.raises(PlanError, match="'floor'"):
+        LogitLens(sample_mode="all", spatial=("floor", "left")).records(Probe(tiny_llava, prepared))
 
 
 def test_keyword_frequency_is_one_table_per_task() -> None:
@@ -349,6 +417,28 @@ def test_random_fraction_measured_fixed_or_paper(tiny_llava) -> None:
     n = layout.length
     random = plans[-1][2]
     assert random.suppressed_edges() == 2 * int(n * (n + 1) // 2 * 0.05)
+
+
+def test_a_random_fraction_beyond_the_pairs_there_blocks_them_all_and_keeps_every_condition(
+    tiny_llava,
+) -> None:
+    """The paper's ``randperm(...)[:N]`` blocks every pair after the first video token when
+    N exceeds them; so does vlmflow, with a warning, and the sample keeps its pathway,
+    strict and random results (the whole sample used to fail)."""
+    from vlmflow.analyses.pathways import evaluate_pathway
+
+    prepared = tiny_llava.prepare(make_sample())
+    layout, n = prepared.layout, prepared.layout.length
+    start = int(layout.resolve("video")[0])
+    there = (n - start) * (n - start + 1) // 2 / (n * (n + 1) // 2)
+    spec = PRESETS["llava-next-7b-video-ft"].scaled(tiny_llava.num_layers)
+    with pytest.warns(UserWarning, match="all of those are blocked"):
+        rows = evaluate_pathway(Probe(tiny_llava, prepared), spec, (0, 1), True, fraction=0.999)
+    by = {(r["condition"], r["seed"]): r for r in rows}
+    assert set(by) == {("baseline", None), ("pathway", None), ("strict", None), ("random", 0), ("random", 1)}
+    for seed in (0, 1):
+        assert by[("random", seed)]["suppressed_fraction"] == pytest.approx(there)
+        assert by[("random", seed)]["correct"] is not None
 
 
 def test_suppressed_fraction_mean_of_samples_and_ratio_of_sums() -> None:
@@ -692,6 +782,35 @@ def test_paper_switches_every_command(monkeypatch, command, extra, paper, defaul
             assert getattr(analyses[0], key) == value, (command, flags, key)
     # --paper is recorded (in the session, as provenance), not part of the configuration
     assert calls[-1][0].paper is True and "paper" not in calls[-1][0].manifest()
+
+
+def test_paper_pathways_with_a_spec_file_or_a_search_uses_the_measured_fraction(
+    monkeypatch, tmp_path
+) -> None:
+    """``--paper`` selects every choice: with ``--spec FILE`` or ``--search`` (no fraction in
+    the paper) random blocking takes each sample's measured fraction, with a one-line note;
+    ``--random-fraction paper`` given explicitly for a non-preset spec is still refused."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from vlmflow.analyses import pathways
+    from vlmflow.cli import app
+
+    calls = _capture(monkeypatch)
+    spec = tmp_path / "mine.json"
+    spec.write_text(json.dumps(dataclasses.replace(PRESETS["llava-next-7b-video-ft"], name="mine").to_dict()))
+    base = ["pathways", "--model", "tiny", "--data", "synthetic", "--paper"]
+    result = CliRunner().invoke(app, [*base, "--spec", str(spec)])
+    assert result.exit_code == 0, result.output
+    assert calls[-1][1][0].random_fraction == "measured"
+    assert "measured fraction" in result.output
+    searched: list = []
+    monkeypatch.setattr(pathways, "search_and_evaluate", lambda *a, **k: searched.append(k) or calls[-1])
+    CliRunner().invoke(app, [*base, "--search"])
+    assert searched and searched[-1]["random_fraction"] == "measured"
+    result = CliRunner().invoke(app, [*base, "--spec", str(spec), "--random-fraction", "paper"])
+    assert result.exit_code == 2 and "only for its presets" in result.output
 
 
 def test_paper_leaves_explicit_options_alone(monkeypatch) -> None:

@@ -5,7 +5,9 @@ norm and the output head and read the probability of the true option letter and 
 false option letter. ``norm=False`` skips the final norm for intermediate layers, as the
 paper's code did for LLaVA (the last layer's output is always normed, as in the model);
 ``norm="paper"`` takes the paper's setting for the model's family (the adapter's
-``paper_final_norm``: normed for VideoLLaMA3 only).
+``paper_final_norm``: normed for VideoLLaMA3 only). The probabilities are read in float64
+log space, so letters far below float32's range keep their order (``true_rank``: a tie
+counts against the true letter).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..engine import log_softmax64
 from ..errors import PlanError
 from .base import ANALYSES, Analysis, check_sample_mode, option
 
@@ -77,11 +80,14 @@ class AnswerProbability(Analysis):
             last = lm.norm(last)
         else:
             last = torch.cat([last[:-1], lm.norm(last[-1:])])
-        probs = lm.lm_head(last).float().softmax(-1)[:, list(prepared.option_ids)]  # (L, options)
+        # float64 log-probabilities over the vocabulary: an option letter's probability at an
+        # early layer can be far below float32's range (it read 0 for every option, a tie)
+        logp = log_softmax64(lm.lm_head(last))[:, list(prepared.option_ids)]  # (L, options)
         answer = prepared.sample.answer
         rows = []
         for layer in range(n):
-            p = probs[layer].tolist()
+            lp = logp[layer].tolist()
+            p = [math.exp(x) for x in lp]
             false = [x for i, x in enumerate(p) if i != answer]
             rows.append(
                 {
@@ -91,7 +97,7 @@ class AnswerProbability(Analysis):
                     "p_false_mean": float(np.mean(false)) if false else None,
                     "p_false_max": max(false) if false else None,
                     "option_probs": p,
-                    "true_rank": int(sorted(p, reverse=True).index(p[answer])) + 1,
+                    "true_rank": true_rank(lp, answer),
                     "correct_base": base.correct,
                 }
             )
@@ -115,6 +121,12 @@ class AnswerProbability(Analysis):
         over = overtake_layers(summary)
         text = ", ".join(f"{t}: layer {v}" if v is not None else f"{t}: never" for t, v in over.items())
         return [f"true option overtakes the false ones from (0-based, as --layers): {text}"]
+
+
+def true_rank(scores: list[float], answer: int) -> int:
+    """The true option's rank among the options' ``scores`` (1 = highest); a tie counts
+    against it: the number of options scoring at least as high as the true one."""
+    return sum(1 for x in scores if x >= scores[answer])
 
 
 def summarize_answer_prob(records: pd.DataFrame) -> pd.DataFrame:

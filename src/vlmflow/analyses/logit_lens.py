@@ -8,7 +8,8 @@ only at the last layer, as the paper's code did. Layers are indexed correctly:
 of decoder layer ``l`` (the paper's code skipped the output of layer L-2 and labelled
 inputs as layers).
 
-A keyword *hit* is a top-1 token equal to a keyword's first sub-token (as the paper).
+A keyword *hit* is a top-1 token equal to a keyword's first sub-token in its word-initial form
+(as the paper on its SentencePiece tokenizer; see :func:`first_subtoken`).
 
 Two keyword statistics are computed from the records: :func:`summarize_logit_lens`, per
 layer the share of video tokens that are a spatial / temporal hit (vlmflow's view), and
@@ -22,6 +23,7 @@ layers (adjacent bins share one), and its layer ``i`` is the input of decoder la
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -176,6 +178,9 @@ class LogitLens(Analysis):
         check_sample_mode(self.sample_mode)
         # "left, right" is two words, not its characters
         self.spatial, self.temporal = split_words(self.spatial), split_words(self.temporal)
+        # a preset's keyword the tokenizer cannot represent is left out with a warning; one
+        # the user gave is refused (see first_subtoken)
+        self._preset = not (self.spatial or self.temporal)
         if not (self.spatial or self.temporal):
             if self.words not in WORD_PRESETS:
                 raise PlanError(
@@ -192,12 +197,16 @@ class LogitLens(Analysis):
         return d
 
     def _first_subtokens(self, adapter: Adapter, words: tuple[str, ...]) -> dict[str, str]:
-        """keyword -> the decoded text of its first sub-token."""
+        """keyword -> the decoded text (stripped) of its first sub-token, :func:`first_subtoken`.
+        A preset's keyword whose sub-token is whitespace is left out with a warning."""
         out = {}
         for w in words:
-            ids = adapter.tokenizer(w, add_special_tokens=False)["input_ids"]
-            if ids:
-                out[w] = adapter.tokenizer.decode([ids[0]]).strip()
+            try:
+                out[w] = first_subtoken(adapter.tokenizer, w)
+            except PlanError as e:
+                if not getattr(self, "_preset", False):
+                    raise
+                warnings.warn(f"{e} (left out of the {self.words!r} word list)", stacklevel=2)
         return out
 
     @torch.inference_mode()
@@ -254,6 +263,35 @@ class LogitLens(Analysis):
     @classmethod
     def section(cls, records: pd.DataFrame, run: RunDir) -> Section:
         return logit_lens_section(records, run)
+
+
+def first_subtoken(tokenizer: Any, word: str) -> str:
+    """The decoded text (stripped) of ``word``'s first sub-token in its word-initial form,
+    the form it has after a space in running text.
+
+    The paper takes ``tokenizer(word, add_special_tokens=False).input_ids[0]``. On its Llama
+    SentencePiece tokenizer that is word-initial (the tokenizer prepends "▁": "▁cabinet"),
+    and this gives the same sub-token. Byte-level BPE tokenizers (SmolLM2, Qwen) prepend no
+    space, so the word alone splits into fragments ("appears" -> "app") that a word-initial
+    top token ("Ġappears") never equals: here the word is tokenized after a short prefix
+    ("a " + word) and the first sub-token after the prefix's tokens is taken. A keyword whose
+    sub-token decodes to nothing but whitespace would count every whitespace token as a hit:
+    :class:`PlanError`."""
+    alone = tokenizer(word, add_special_tokens=False)["input_ids"]
+    prefix = tokenizer("a", add_special_tokens=False)["input_ids"]
+    context = tokenizer("a " + word, add_special_tokens=False)["input_ids"]
+    if context[: len(prefix)] == prefix and len(context) > len(prefix):
+        ids = context[len(prefix) :]
+    else:  # the prefix merged with the word: the word on its own
+        ids = alone
+    text = tokenizer.decode([ids[0]]).strip() if ids else ""
+    if not text:
+        raise PlanError(
+            f"logit-lens keyword {word!r}: its first sub-token on this tokenizer decodes to "
+            f"{tokenizer.decode(ids[:1])!r}, which would match every whitespace token; "
+            "leave it out of --spatial/--temporal"
+        )
+    return text
 
 
 def lens_logits(lm: Any, hidden: torch.Tensor, projection: str, *, last: bool = False) -> torch.Tensor:

@@ -219,7 +219,7 @@ def with_paper(command: str, func: Callable[..., Any]) -> Callable[..., Any]:
     """``func`` (a command from :func:`run_command`, with its normal signature) with
     ``--paper`` added: it applies :data:`vlmflow.paper.PAPER_OPTIONS` to the options not
     given on the command line; options given explicitly win."""
-    from ..paper import apply_paper
+    from ..paper import apply_paper, paper_notes
 
     sig = inspect.signature(func, eval_str=True)
 
@@ -235,6 +235,8 @@ def with_paper(command: str, func: Callable[..., Any]) -> Callable[..., Any]:
             }
             given = kwargs
             kwargs = apply_paper(command, kwargs, explicit)
+            for line in paper_notes(command, given, explicit):
+                typer.echo(line, err=True)
             preset = {k: v for k, v in kwargs.items() if k not in explicit and given[k] != v}
         token, preset_token = _PAPER.set(bool(paper)), _PRESET.set(preset if paper else {})
         try:

@@ -224,10 +224,11 @@ def test_a_resume_shares_out_only_the_samples_left_to_do(
 
 
 def test_every_rank_leaves_no_gloo_thread_behind(tiny_llava_path: Path, tmp_path: Path) -> None:
-    """The process group is really destroyed when a run ends (Context.close), not when the
-    interpreter tears down its modules at exit, which sometimes aborted a rank there
-    ('terminate called without an active exception', exit -6): no gloo thread is left at
-    exit, though the model loaded (and imported torch.distributed.fsdp) with the group up."""
+    """The process group is really destroyed at exit, before the interpreter tears down its
+    modules (it is kept between runs of one process, see the next test), not while it does,
+    which sometimes aborted a rank there ('terminate called without an active exception',
+    exit -6): no gloo thread is left at exit, though the model loaded (and imported
+    torch.distributed.fsdp) with the group up."""
     multi = launch(
         flow_args(tiny_llava_path, tmp_path / "run", "vql-to-ql") + ["--quiet"], nproc=2, fault="none:0"
     )
@@ -281,3 +282,45 @@ def test_sigterm_to_torchrun_stops_every_rank_and_rank_0_records_the_stop(
 def test_merge_refuses_a_folder_that_is_no_run(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["merge", str(tmp_path)])
     assert result.exit_code == 2 and "not a run folder" in result.output
+
+
+TWO_RUNS = """
+import sys
+import vlmflow
+from vlmflow import distributed
+
+model, out = sys.argv[1], sys.argv[2]
+options = vlmflow.Options(model=model, data="synthetic:1", tasks=("moving_direction", "object_count"),
+                          num_frames=4, progress=False)
+for i in range(2):
+    result = vlmflow.run(options, [vlmflow.AnswerProbability()], f"{out}/run{i}")
+    print(f"rank {result.rank} run {i}: {result.summary.counts()}", flush=True)
+for i in range(3):  # and the bare group, joined and left again
+    ctx = distributed.init()
+    print(f"rank {ctx.rank} init {i}: {ctx.gather(ctx.rank)}", flush=True)
+    ctx.close()
+"""
+
+
+def test_two_runs_in_one_torchrun_program(tiny_llava_path: Path, tmp_path: Path) -> None:
+    """A program that calls ``vlmflow.run`` twice under torchrun (a sweep over models or
+    folders) runs both: the process group is created once per process and kept. Each run
+    used to create and destroy it, and the second group met the first one's keys in
+    torchrun's rendezvous store: its ranks hung, or connected to dead ports."""
+    script = tmp_path / "two_runs.py"
+    script.write_text(TWO_RUNS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    try:
+        args = [str(script), str(tiny_llava_path), str(tmp_path)]
+        done = subprocess.run(cmd + args, env=env, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the second run hung: {str(exc.stderr)[-2000:]}") from None
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        for i in range(2):
+            assert f"rank {rank} run {i}: 2 done, 0 failed" in done.stdout, done.stdout
+        for i in range(3):
+            assert f"rank {rank} init {i}: [0, 1]" in done.stdout, done.stdout
+    for i in range(2):
+        assert json.loads((tmp_path / f"run{i}" / "manifest.json").read_text())["samples"]["done"] == 2

@@ -180,3 +180,50 @@ def test_a_damaged_manifest_without_a_copy_says_it_cannot_be_rebuilt(
         with pytest.raises(RunError, match="cannot be read") as refused:
             attempt()
         assert "cannot be rebuilt from the records: put back a copy of it" in str(refused.value)
+
+
+def test_shards_of_another_run_copied_in_are_named_and_do_not_replace_the_runs_own(
+    tiny_llava_path: Path, tmp_path: Path, caplog
+) -> None:
+    """Shards of another run of the same samples (another prompt) copied into a run folder
+    under a new shard number: the same units, finished with other attempts. They used to be
+    read silently, the last shard by name winning (merge said ``shard-00000: 0 units``, and
+    the summaries held the other run's results). Now merge, the report and a resume warn,
+    naming the shards; the first shard by name (the run's own) is read, and each shard's
+    count says what it holds."""
+    import pandas as pd
+
+    from vlmflow.report import finalize
+    from vlmflow.store import _WARNED
+
+    out, other = tmp_path / "run", tmp_path / "other"
+    opts = _options(tiny_llava_path, "synthetic:2")
+    vlmflow.run(opts, _answer_prob(), out)
+    vlmflow.run(_options(tiny_llava_path, "synthetic:2", prompt="chat"), _answer_prob(), other)
+    records, parquet = RunDir(out).records(), pd.read_parquet(out / "records.parquet")
+    assert not records.equals(RunDir(other).records())  # another prompt: other results
+    for suffix in (".jsonl", ".done.jsonl"):
+        src = other / "records" / f"shard-00000{suffix}"
+        (out / "records" / f"shard-00001{suffix}").write_bytes(src.read_bytes())
+    found = scan(out / "records")
+    assert len(found.units) == 4 and found.duplicates == 0
+    assert found.conflicts == {u: ["shard-00000", "shard-00001"] for u in found.units}
+    warning = "4 unit(s) finished with different results in more than one shard (shard-00000, shard-00001"
+    assert warning in found.damage()
+    assert RunDir(out).records().equals(records)  # the run's own shard is read
+    with caplog.at_level("WARNING"):
+        merged = vlmflow.merge(out)
+    assert merged["shards"] == {"shard-00000": 4, "shard-00001": 4}
+    assert merged["samples"]["done"] == 2
+    assert warning in caplog.text
+    assert pd.read_parquet(out / "records.parquet").equals(parquet)  # the run's own results
+    for say in ("report", "resume"):
+        _WARNED.clear()
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            if say == "report":
+                finalize(RunDir(out))
+            else:
+                again = vlmflow.run(opts, _answer_prob(), out)
+                assert (again.summary.done, again.summary.skipped) == (0, 2)
+        assert warning in caplog.text, say

@@ -324,3 +324,69 @@ def test_two_runs_in_one_torchrun_program(tiny_llava_path: Path, tmp_path: Path)
             assert f"rank {rank} init {i}: [0, 1]" in done.stdout, done.stdout
     for i in range(2):
         assert json.loads((tmp_path / f"run{i}" / "manifest.json").read_text())["samples"]["done"] == 2
+
+
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of torchrun's worker ``rank`` (a child of ``parent`` with RANK=rank), or None."""
+    for task in Path("/proc").iterdir():
+        if not task.name.isdigit():
+            continue
+        try:
+            ppid = int((task / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (task / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and f"RANK={rank}".encode() in env:
+            return int(task.name)
+    return None
+
+
+def test_a_rank_killed_while_rank_0_waits_is_recorded_as_a_stop(
+    tiny_llava_path: Path, tmp_path: Path
+) -> None:
+    """Rank 1 killed (SIGKILL: the OOM killer, a node lost) while rank 0, done with its share,
+    waits for it: rank 0 records the stop (``stopped`` naming rank 1, its own share's counts)
+    and says how to resume, and the same command then finishes the run. Gloo's
+    ``RuntimeError`` ('Connection closed by peer') used to escape the run unrecorded."""
+    import signal
+    import time
+
+    ids = [s.id for s in load_dataset("synthetic:2", tasks=["moving_direction", "object_count"])]
+    out = tmp_path / "run"
+    args = flow_args(tiny_llava_path, out, "vql-to-ql") + ["--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLMFLOW_TEST_SLEEP_AFTER_ROWS": f"120:{ids[1]}"}
+    # torchrun checks its workers rarely here: rank 0 meets the dead peer before torchrun
+    # would SIGTERM it (that case is the SIGTERM test's)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["--monitor-interval", "60", "-m", "vlmflow.cli", *args]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        rows, done0 = out / "records" / "shard-00001.jsonl", out / "records" / "shard-00000.done.jsonl"
+        deadline = time.monotonic() + 300
+        # rank 1 sleeps after its first sample's rows; rank 0 finishes its 2 samples (4 units)
+        while not (
+            rows.exists()
+            and f'"sample_id": "{ids[1]}"' in rows.read_text()
+            and done0.exists()
+            and len(done0.read_text().splitlines()) == 4
+        ):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the run did not get there in time"
+            time.sleep(0.1)
+        time.sleep(1)  # rank 0 is in the collective after its share
+        pid = _rank_pid(proc.pid, 1)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "stopped" in manifest, err[-3000:]
+    reason = manifest["stopped"]["reason"]
+    assert reason.startswith("rank 1 left the process group (crashed or was killed)"), reason
+    assert "re-run the same command to resume" in err, err[-3000:]
+    assert manifest["samples"]["done"] == 2 and manifest["samples"]["missing"] == 2  # rank 0's share
+    run_here(args)  # the same command resumes it
+    assert json.loads((out / "manifest.json").read_text())["samples"]["done"] == 4

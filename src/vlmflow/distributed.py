@@ -39,7 +39,8 @@ import atexit
 import datetime
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -118,7 +119,8 @@ class Context:
 
             message = None if error is None else _message(error)
             box: list[Any] = [(result if error is None else None, message)]
-            dist.broadcast_object_list(box, src=0)
+            with self._group_alive():
+                dist.broadcast_object_list(box, src=0)
             result, message = box[0]
             if not self.is_main and message is not None:
                 raise RunError(f"rank 0 stopped the run: {message}")
@@ -148,7 +150,8 @@ class Context:
 
             mine = None if error is None else (_message(error), isinstance(error, RunStopped))
             told: list[Any] = [None] * self.world_size
-            dist.all_gather_object(told, mine)
+            with self._group_alive():
+                dist.all_gather_object(told, mine)
             failed = [(r, m) for r, m in enumerate(told) if m is not None]
             if error is None and failed:
                 rank, (message, stopped) = failed[0]
@@ -165,8 +168,26 @@ class Context:
         import torch.distributed as dist
 
         out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
+        with self._group_alive():
+            dist.all_gather_object(out, obj)
         return out
+
+    @contextmanager
+    def _group_alive(self) -> Iterator[None]:
+        """A collective whose group broke - a rank that crashed or was killed (its sockets
+        closed), or one that did not answer within the group's timeout - raises
+        :class:`RunStopped` instead of gloo's ``RuntimeError``, so the run records the stop
+        (``stopped`` and the counts in the manifest) and says how to resume."""
+        try:
+            yield
+        except RuntimeError as exc:  # torch's DistBackendError is one
+            who = f"rank {1 - self.rank}" if self.world_size == 2 else "another rank"
+            said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RunStopped(
+                f"{who} left the process group (crashed or was killed) while rank {self.rank} "
+                f"waited for it ({said}); every finished unit is kept in its shard: re-run the "
+                "same command to resume"
+            ) from exc
 
     def close(self) -> None:
         """Done with the group for this run. A group vlmflow created is kept for the next

@@ -389,4 +389,9 @@ def test_a_rank_killed_while_rank_0_waits_is_recorded_as_a_stop(
     assert "re-run the same command to resume" in err, err[-3000:]
     assert manifest["samples"]["done"] == 2 and manifest["samples"]["missing"] == 2  # rank 0's share
     run_here(args)  # the same command resumes it
-    assert json.loads((out / "manifest.json").read_text())["samples"]["done"] == 4
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["samples"]["done"] == 4
+    # the stopped session is kept, and the report says both sessions' process counts
+    assert [s["world_size"] for s in manifest["sessions"]] == [2, 1]
+    assert manifest["sessions"][0]["stopped"] == reason
+    assert "<b>processes</b><span>2, then 1</span>" in (out / "report.html").read_text()

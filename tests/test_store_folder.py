@@ -227,3 +227,50 @@ def test_shards_of_another_run_copied_in_are_named_and_do_not_replace_the_runs_o
                 again = vlmflow.run(opts, _answer_prob(), out)
                 assert (again.summary.done, again.summary.skipped) == (0, 2)
         assert warning in caplog.text, say
+
+
+def test_a_stopped_session_stays_in_the_manifest_and_the_report_says_every_process_count(
+    tiny_llava_path: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A session that stopped (out of memory here) keeps its entry in the manifest's
+    ``sessions`` (its reason, its process count, the counts at the stop) after a resume ends
+    normally; it used to write none, and the resume dropped ``stopped``, so the stopped
+    session vanished. The report's Overview lists every session's process count."""
+    import torch
+
+    from vlmflow.analyses.answer_probability import AnswerProbability
+    from vlmflow.errors import RunStopped
+    from vlmflow.report import finalize
+
+    records, calls = AnswerProbability.records, []
+
+    def short_of_memory(self, probe):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return records(self, probe)
+
+    out = tmp_path / "run"
+    opts = _options(tiny_llava_path, "synthetic:2")
+    monkeypatch.setattr(AnswerProbability, "records", short_of_memory)
+    with pytest.raises(RunStopped, match="out of memory"):
+        vlmflow.run(opts, _answer_prob(), out)
+    monkeypatch.setattr(AnswerProbability, "records", records)
+    stopped = json.loads((out / "manifest.json").read_text())["sessions"]
+    assert len(stopped) == 1 and "out of memory" in stopped[0]["stopped"]
+    assert stopped[0]["world_size"] == 1 and stopped[0]["samples"] == {"done": 1, "failed": 0, "missing": 1}
+
+    vlmflow.run(opts, _answer_prob(), out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "stopped" not in manifest  # the run is no longer stopped ...
+    sessions = manifest["sessions"]
+    assert len(sessions) == 2 and sessions[0] == stopped[0]  # ... but its stopped session is kept
+    assert "stopped" not in sessions[1] and sessions[1]["done"] == 1
+
+    # a first session on 2 processes, resumed on 1
+    manifest["sessions"][0]["world_size"] = 2
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    finalize(RunDir(out))
+    html = (out / "report.html").read_text()
+    assert "<b>processes</b><span>2, then 1</span>" in html
+

@@ -274,3 +274,22 @@ def test_a_stopped_session_stays_in_the_manifest_and_the_report_says_every_proce
     html = (out / "report.html").read_text()
     assert "<b>processes</b><span>2, then 1</span>" in html
 
+
+def test_a_row_shard_whose_done_marker_file_is_lost_is_named_on_merge(
+    tiny_llava_path: Path, tmp_path: Path, caplog
+) -> None:
+    """A row shard whose ``.done.jsonl`` is lost: its units are not done (as before), and
+    merge now says which shard holds rows without markers (it was silent). The eval rows a
+    frame-policy check reads are kept alone when asked (``scan(only=...)``)."""
+    out = tmp_path / "run"
+    vlmflow.run(_options(tiny_llava_path, "synthetic:2"), _answer_prob(), out)
+    found = scan(out / "records", keep_rows=True, only=("eval",))
+    assert found.units == scan(out / "records").units and len(found.units) == 4
+    assert {r["analysis"] for rows in found.rows.values() for r in rows} == {"eval"}
+    assert len(found.rows) == 4 and sum(map(len, found.rows.values())) == 2  # 2 units hold the rows
+    rows = len((out / "records" / "shard-00000.jsonl").read_bytes().splitlines())
+    (out / "records" / "shard-00000.done.jsonl").unlink()
+    with caplog.at_level("WARNING"):
+        merged = vlmflow.merge(out)
+    assert merged["samples"]["done"] == 0
+    assert f"1 row shard(s) without their done-marker file: shard-00000.jsonl ({rows} rows)" in caplog.text

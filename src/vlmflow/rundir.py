@@ -164,7 +164,7 @@ class RunDir:
             return str(rule)
         if "frame_policy" not in computed:  # a new folder, or one no run has opened
             return "chosen"
-        rows = scan(self.records_dir, keep_rows=True).rows.values()
+        rows = scan(self.records_dir, keep_rows=True, only=(EVAL,)).rows.values()  # eval rows alone
         evals = [
             row for unit in rows for row in unit if row.get("analysis") == "eval" and row.get("error") is None
         ]

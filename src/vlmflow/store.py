@@ -50,7 +50,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -372,6 +372,8 @@ class Scan:
     conflicts: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     #: the units each shard holds finished (a unit held by two shards counts in both)
     held: dict[str, int] = field(default_factory=dict)
+    #: row shards with rows but no done-marker file (lost): shard -> its rows, none of which count
+    unmarked: dict[str, int] = field(default_factory=dict)
 
     def damage(self) -> str:
         """One line on what the shards hold that could not be used or was there twice
@@ -385,6 +387,13 @@ class Scan:
             )
         if self.torn_lines:
             parts.append(f"{self.torn_lines} unreadable line(s) (torn by a crash or damaged; skipped)")
+        if self.unmarked:
+            shown = ", ".join(f"{s}.jsonl ({n} rows)" for s, n in sorted(self.unmarked.items()))
+            parts.append(
+                f"{len(self.unmarked)} row shard(s) without their done-marker file: {shown} "
+                "(the .done.jsonl was lost, or a crash came before the shard's first unit was "
+                "marked: those rows do not count, and a resume computes their units again)"
+            )
         if self.duplicates:
             parts.append(
                 f"{self.duplicates} unit(s) found whole in more than one shard (a copied shard?); "
@@ -470,12 +479,13 @@ def _shards(records_dir: Path) -> tuple[list[Path], list[Path]]:
     return rows, sorted(records_dir.glob("shard-*.done.jsonl"))
 
 
-def scan(records_dir: str | Path, *, keep_rows: bool = False) -> Scan:
+def scan(records_dir: str | Path, *, keep_rows: bool = False, only: Collection[str] | None = None) -> Scan:
     """Read and verify every shard of ``records_dir``.
 
     A done marker counts only if exactly its ``rows`` rows of its attempt are readable *in
     its own shard* (a writer puts a unit's rows and its marker in the same shard) and, when
-    it has one, their SHA-256 matches. The same attempt found whole in two shards (a shard
+    it has one, their SHA-256 matches; ``only`` (with ``keep_rows``): keep the rows of
+    those analyses alone (the others are still verified). The same attempt found whole in two shards (a shard
     copied over another) is one unit, read once. An attempt that a valid marker
     ``supersedes`` (a failed unit retried) never counts, in whichever shard either lies. Of
     the other valid markers for one unit, those of the first shard by name count (a run
@@ -507,7 +517,7 @@ def scan(records_dir: str | Path, *, keep_rows: bool = False) -> Scan:
             hashes.setdefault(key, hashlib.sha256()).update(line + b"\n")
             if row.get("error") is not None and key not in errors:
                 errors[key] = str(row["error"])
-            if keep_rows:
+            if keep_rows and (only is None or row.get("analysis") in only):
                 rows.setdefault(key, []).append(row)
     valid: list[tuple[tuple[str, str], str, str]] = []
     holds: list[tuple[tuple[str, str], str, str]] = []  # every valid marker, copies too
@@ -549,7 +559,11 @@ def scan(records_dir: str | Path, *, keep_rows: bool = False) -> Scan:
         if shards[0] == shard:  # the first shard's attempts count; in it, the last one read
             out.units[unit] = (attempt, shard)
     out.conflicts = {u: shards for u, shards in found_in.items() if len(shards) > 1}
-    held: dict[str, set[tuple[str, str]]] = {p.name.removesuffix(".done.jsonl"): set() for p in done_paths}
+    marked = {p.name.removesuffix(".done.jsonl") for p in done_paths}
+    for (shard, _), n in counts.items():  # rows whose shard has no marker file at all: said apart
+        if shard not in marked:
+            out.unmarked[shard] = out.unmarked.get(shard, 0) + n
+    held: dict[str, set[tuple[str, str]]] = {shard: set() for shard in marked}
     for unit, attempt, shard in holds:
         if attempt not in superseded:
             held[shard].add(unit)

@@ -224,10 +224,11 @@ def test_a_resume_shares_out_only_the_samples_left_to_do(
 
 
 def test_every_rank_leaves_no_gloo_thread_behind(tiny_llava_path: Path, tmp_path: Path) -> None:
-    """The process group is really destroyed when a run ends (Context.close), not when the
-    interpreter tears down its modules at exit, which sometimes aborted a rank there
-    ('terminate called without an active exception', exit -6): no gloo thread is left at
-    exit, though the model loaded (and imported torch.distributed.fsdp) with the group up."""
+    """The process group is really destroyed at exit, before the interpreter tears down its
+    modules (it is kept between runs of one process, see the next test), not while it does,
+    which sometimes aborted a rank there ('terminate called without an active exception',
+    exit -6): no gloo thread is left at exit, though the model loaded (and imported
+    torch.distributed.fsdp) with the group up."""
     multi = launch(
         flow_args(tiny_llava_path, tmp_path / "run", "vql-to-ql") + ["--quiet"], nproc=2, fault="none:0"
     )
@@ -281,3 +282,116 @@ def test_sigterm_to_torchrun_stops_every_rank_and_rank_0_records_the_stop(
 def test_merge_refuses_a_folder_that_is_no_run(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["merge", str(tmp_path)])
     assert result.exit_code == 2 and "not a run folder" in result.output
+
+
+TWO_RUNS = """
+import sys
+import vlmflow
+from vlmflow import distributed
+
+model, out = sys.argv[1], sys.argv[2]
+options = vlmflow.Options(model=model, data="synthetic:1", tasks=("moving_direction", "object_count"),
+                          num_frames=4, progress=False)
+for i in range(2):
+    result = vlmflow.run(options, [vlmflow.AnswerProbability()], f"{out}/run{i}")
+    print(f"rank {result.rank} run {i}: {result.summary.counts()}", flush=True)
+for i in range(3):  # and the bare group, joined and left again
+    ctx = distributed.init()
+    print(f"rank {ctx.rank} init {i}: {ctx.gather(ctx.rank)}", flush=True)
+    ctx.close()
+"""
+
+
+def test_two_runs_in_one_torchrun_program(tiny_llava_path: Path, tmp_path: Path) -> None:
+    """A program that calls ``vlmflow.run`` twice under torchrun (a sweep over models or
+    folders) runs both: the process group is created once per process and kept. Each run
+    used to create and destroy it, and the second group met the first one's keys in
+    torchrun's rendezvous store: its ranks hung, or connected to dead ports."""
+    script = tmp_path / "two_runs.py"
+    script.write_text(TWO_RUNS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    try:
+        args = [str(script), str(tiny_llava_path), str(tmp_path)]
+        done = subprocess.run(cmd + args, env=env, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the second run hung: {str(exc.stderr)[-2000:]}") from None
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        for i in range(2):
+            assert f"rank {rank} run {i}: 2 done, 0 failed" in done.stdout, done.stdout
+        for i in range(3):
+            assert f"rank {rank} init {i}: [0, 1]" in done.stdout, done.stdout
+    for i in range(2):
+        assert json.loads((tmp_path / f"run{i}" / "manifest.json").read_text())["samples"]["done"] == 2
+
+
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of torchrun's worker ``rank`` (a child of ``parent`` with RANK=rank), or None."""
+    for task in Path("/proc").iterdir():
+        if not task.name.isdigit():
+            continue
+        try:
+            ppid = int((task / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (task / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and f"RANK={rank}".encode() in env:
+            return int(task.name)
+    return None
+
+
+def test_a_rank_killed_while_rank_0_waits_is_recorded_as_a_stop(
+    tiny_llava_path: Path, tmp_path: Path
+) -> None:
+    """Rank 1 killed (SIGKILL: the OOM killer, a node lost) while rank 0, done with its share,
+    waits for it: rank 0 records the stop (``stopped`` naming rank 1, its own share's counts)
+    and says how to resume, and the same command then finishes the run. Gloo's
+    ``RuntimeError`` ('Connection closed by peer') used to escape the run unrecorded."""
+    import signal
+    import time
+
+    ids = [s.id for s in load_dataset("synthetic:2", tasks=["moving_direction", "object_count"])]
+    out = tmp_path / "run"
+    args = flow_args(tiny_llava_path, out, "vql-to-ql") + ["--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLMFLOW_TEST_SLEEP_AFTER_ROWS": f"120:{ids[1]}"}
+    # torchrun checks its workers rarely here: rank 0 meets the dead peer before torchrun
+    # would SIGTERM it (that case is the SIGTERM test's)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["--monitor-interval", "60", "-m", "vlmflow.cli", *args]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        rows, done0 = out / "records" / "shard-00001.jsonl", out / "records" / "shard-00000.done.jsonl"
+        deadline = time.monotonic() + 300
+        # rank 1 sleeps after its first sample's rows; rank 0 finishes its 2 samples (4 units)
+        while not (
+            rows.exists()
+            and f'"sample_id": "{ids[1]}"' in rows.read_text()
+            and done0.exists()
+            and len(done0.read_text().splitlines()) == 4
+        ):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the run did not get there in time"
+            time.sleep(0.1)
+        time.sleep(1)  # rank 0 is in the collective after its share
+        pid = _rank_pid(proc.pid, 1)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "stopped" in manifest, err[-3000:]
+    reason = manifest["stopped"]["reason"]
+    assert reason.startswith("rank 1 left the process group (crashed or was killed)"), reason
+    assert "re-run the same command to resume" in err, err[-3000:]
+    assert manifest["samples"]["done"] == 2 and manifest["samples"]["missing"] == 2  # rank 0's share
+    run_here(args)  # the same command resumes it
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["samples"]["done"] == 4
+    # the stopped session is kept, and the report says both sessions' process counts
+    assert [s["world_size"] for s in manifest["sessions"]] == [2, 1]
+    assert manifest["sessions"][0]["stopped"] == reason
+    assert "<b>processes</b><span>2, then 1</span>" in (out / "report.html").read_text()

@@ -180,3 +180,116 @@ def test_a_damaged_manifest_without_a_copy_says_it_cannot_be_rebuilt(
         with pytest.raises(RunError, match="cannot be read") as refused:
             attempt()
         assert "cannot be rebuilt from the records: put back a copy of it" in str(refused.value)
+
+
+def test_shards_of_another_run_copied_in_are_named_and_do_not_replace_the_runs_own(
+    tiny_llava_path: Path, tmp_path: Path, caplog
+) -> None:
+    """Shards of another run of the same samples (another prompt) copied into a run folder
+    under a new shard number: the same units, finished with other attempts. They used to be
+    read silently, the last shard by name winning (merge said ``shard-00000: 0 units``, and
+    the summaries held the other run's results). Now merge, the report and a resume warn,
+    naming the shards; the first shard by name (the run's own) is read, and each shard's
+    count says what it holds."""
+    import pandas as pd
+
+    from vlmflow.report import finalize
+    from vlmflow.store import _WARNED
+
+    out, other = tmp_path / "run", tmp_path / "other"
+    opts = _options(tiny_llava_path, "synthetic:2")
+    vlmflow.run(opts, _answer_prob(), out)
+    vlmflow.run(_options(tiny_llava_path, "synthetic:2", prompt="chat"), _answer_prob(), other)
+    records, parquet = RunDir(out).records(), pd.read_parquet(out / "records.parquet")
+    assert not records.equals(RunDir(other).records())  # another prompt: other results
+    for suffix in (".jsonl", ".done.jsonl"):
+        src = other / "records" / f"shard-00000{suffix}"
+        (out / "records" / f"shard-00001{suffix}").write_bytes(src.read_bytes())
+    found = scan(out / "records")
+    assert len(found.units) == 4 and found.duplicates == 0
+    assert found.conflicts == {u: ["shard-00000", "shard-00001"] for u in found.units}
+    warning = "4 unit(s) finished with different results in more than one shard (shard-00000, shard-00001"
+    assert warning in found.damage()
+    assert RunDir(out).records().equals(records)  # the run's own shard is read
+    with caplog.at_level("WARNING"):
+        merged = vlmflow.merge(out)
+    assert merged["shards"] == {"shard-00000": 4, "shard-00001": 4}
+    assert merged["samples"]["done"] == 2
+    assert warning in caplog.text
+    assert pd.read_parquet(out / "records.parquet").equals(parquet)  # the run's own results
+    for say in ("report", "resume"):
+        _WARNED.clear()
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            if say == "report":
+                finalize(RunDir(out))
+            else:
+                again = vlmflow.run(opts, _answer_prob(), out)
+                assert (again.summary.done, again.summary.skipped) == (0, 2)
+        assert warning in caplog.text, say
+
+
+def test_a_stopped_session_stays_in_the_manifest_and_the_report_says_every_process_count(
+    tiny_llava_path: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A session that stopped (out of memory here) keeps its entry in the manifest's
+    ``sessions`` (its reason, its process count, the counts at the stop) after a resume ends
+    normally; it used to write none, and the resume dropped ``stopped``, so the stopped
+    session vanished. The report's Overview lists every session's process count."""
+    import torch
+
+    from vlmflow.analyses.answer_probability import AnswerProbability
+    from vlmflow.errors import RunStopped
+    from vlmflow.report import finalize
+
+    records, calls = AnswerProbability.records, []
+
+    def short_of_memory(self, probe):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return records(self, probe)
+
+    out = tmp_path / "run"
+    opts = _options(tiny_llava_path, "synthetic:2")
+    monkeypatch.setattr(AnswerProbability, "records", short_of_memory)
+    with pytest.raises(RunStopped, match="out of memory"):
+        vlmflow.run(opts, _answer_prob(), out)
+    monkeypatch.setattr(AnswerProbability, "records", records)
+    stopped = json.loads((out / "manifest.json").read_text())["sessions"]
+    assert len(stopped) == 1 and "out of memory" in stopped[0]["stopped"]
+    assert stopped[0]["world_size"] == 1 and stopped[0]["samples"] == {"done": 1, "failed": 0, "missing": 1}
+
+    vlmflow.run(opts, _answer_prob(), out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "stopped" not in manifest  # the run is no longer stopped ...
+    sessions = manifest["sessions"]
+    assert len(sessions) == 2 and sessions[0] == stopped[0]  # ... but its stopped session is kept
+    assert "stopped" not in sessions[1] and sessions[1]["done"] == 1
+
+    # a first session on 2 processes, resumed on 1
+    manifest["sessions"][0]["world_size"] = 2
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    finalize(RunDir(out))
+    html = (out / "report.html").read_text()
+    assert "<b>processes</b><span>2, then 1</span>" in html
+
+
+def test_a_row_shard_whose_done_marker_file_is_lost_is_named_on_merge(
+    tiny_llava_path: Path, tmp_path: Path, caplog
+) -> None:
+    """A row shard whose ``.done.jsonl`` is lost: its units are not done (as before), and
+    merge now says which shard holds rows without markers (it was silent). The eval rows a
+    frame-policy check reads are kept alone when asked (``scan(only=...)``)."""
+    out = tmp_path / "run"
+    vlmflow.run(_options(tiny_llava_path, "synthetic:2"), _answer_prob(), out)
+    found = scan(out / "records", keep_rows=True, only=("eval",))
+    assert found.units == scan(out / "records").units and len(found.units) == 4
+    assert {r["analysis"] for rows in found.rows.values() for r in rows} == {"eval"}
+    assert len(found.rows) == 4 and sum(map(len, found.rows.values())) == 2  # 2 units hold the rows
+    rows = len((out / "records" / "shard-00000.jsonl").read_bytes().splitlines())
+    (out / "records" / "shard-00000.done.jsonl").unlink()
+    with caplog.at_level("WARNING"):
+        merged = vlmflow.merge(out)
+    assert merged["samples"]["done"] == 0
+    assert f"1 row shard(s) without their done-marker file: shard-00000.jsonl ({rows} rows)" in caplog.text

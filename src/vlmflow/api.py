@@ -325,7 +325,8 @@ def run(
         # a second Ctrl-C (or a SIGTERM) meanwhile waits until the stop is recorded and said,
         # then is dropped: the run is stopping already
         with deferred_signals(deliver=False):
-            _say_stop(rundir, exc, lock, opened=opened[0], before=before, total=len(samples))
+            total, world = len(samples), ctx.world_size
+            _say_stop(rundir, exc, lock, opened=opened[0], before=before, total=total, world_size=world)
         raise
     finally:
         # and until the folder is released; one that came after a run that ended normally
@@ -346,6 +347,7 @@ def _say_stop(
     opened: bool,
     before: list[bytes | None],
     total: int,
+    world_size: int = 1,
 ) -> None:
     """A run stopped by ``exc`` (Ctrl-C, SIGTERM, a full disk, no memory left): rank 0 records in the
     manifest what finished before the stop, or leaves a folder that had not accepted the run
@@ -354,7 +356,7 @@ def _say_stop(
         if before:  # (a Ctrl-C while it was being opened): leave it as it was found
             _restore_manifest(rundir, before[0])
     elif lock.held:  # rank 0 says in the manifest what finished before the stop
-        rundir.record_stop(_stop_reason(exc), total or None)
+        rundir.record_stop(_stop_reason(exc), total or None, world_size=world_size)
     if lock.held and isinstance(exc, KeyboardInterrupt):
         said = (
             f"every finished unit is kept in {rundir.path} (manifest.json 'samples')"

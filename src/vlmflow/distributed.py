@@ -20,6 +20,10 @@ What the group is used for, and why it is small:
 * at the end every rank's counts are gathered (:meth:`Context.gather`, which is also the
   barrier after which rank 0 merges the shards into the summaries and the report).
 
+The group is created once per process and kept until exit, so a program may call
+``vlmflow.run`` several times under one launch (a group destroyed and created again would
+meet the first one's keys in the launcher's rendezvous store).
+
 Only small Python objects cross the group, never tensors, so the backend is ``gloo`` on
 CPU and on GPU machines alike (no NCCL set-up, and the same behaviour in tests). The
 timeout of the group bounds how long rank 0 waits for the slowest rank at the end; it is
@@ -31,10 +35,12 @@ finished units stay in its shard, and re-running the command resumes them (or
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -51,8 +57,9 @@ DEFAULT_TIMEOUT_S = 12 * 3600
 class Context:
     """This process's place in the group: ``rank`` of ``world_size`` (``local_rank`` on its node).
 
-    ``owns_group`` is true when :func:`init` created the process group (and :meth:`close`
-    destroys it); a group the caller created is used and left alone.
+    ``owns_group`` is true when vlmflow created the process group (:func:`init`; it is kept
+    for the life of the process and destroyed at exit); a group the caller created is used
+    and left alone.
     """
 
     rank: int = 0
@@ -112,7 +119,8 @@ class Context:
 
             message = None if error is None else _message(error)
             box: list[Any] = [(result if error is None else None, message)]
-            dist.broadcast_object_list(box, src=0)
+            with self._group_alive():
+                dist.broadcast_object_list(box, src=0)
             result, message = box[0]
             if not self.is_main and message is not None:
                 raise RunError(f"rank 0 stopped the run: {message}")
@@ -142,7 +150,8 @@ class Context:
 
             mine = None if error is None else (_message(error), isinstance(error, RunStopped))
             told: list[Any] = [None] * self.world_size
-            dist.all_gather_object(told, mine)
+            with self._group_alive():
+                dist.all_gather_object(told, mine)
             failed = [(r, m) for r, m in enumerate(told) if m is not None]
             if error is None and failed:
                 rank, (message, stopped) = failed[0]
@@ -159,17 +168,33 @@ class Context:
         import torch.distributed as dist
 
         out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
+        with self._group_alive():
+            dist.all_gather_object(out, obj)
         return out
 
-    def close(self) -> None:
-        """Leave the process group if :func:`init` created it."""
-        if self.owns_group:
-            import torch.distributed as dist
+    @contextmanager
+    def _group_alive(self) -> Iterator[None]:
+        """A collective whose group broke - a rank that crashed or was killed (its sockets
+        closed), or one that did not answer within the group's timeout - raises
+        :class:`RunStopped` instead of gloo's ``RuntimeError``, so the run records the stop
+        (``stopped`` and the counts in the manifest) and says how to resume."""
+        try:
+            yield
+        except RuntimeError as exc:  # torch's DistBackendError is one
+            who = f"rank {1 - self.rank}" if self.world_size == 2 else "another rank"
+            said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RunStopped(
+                f"{who} left the process group (crashed or was killed) while rank {self.rank} "
+                f"waited for it ({said}); every finished unit is kept in its shard: re-run the "
+                "same command to resume"
+            ) from exc
 
-            if dist.is_initialized():
-                dist.destroy_process_group()
-            self.owns_group = False
+    def close(self) -> None:
+        """Done with the group for this run. A group vlmflow created is kept for the next
+        run of this process (:func:`init`) and destroyed at exit (:func:`_destroy_at_exit`):
+        a group created again would meet the keys of the first one in the launcher's
+        rendezvous store, and its ranks would hang or connect to dead ports
+        (pytorch/pytorch#55967)."""
 
 
 def device_for(requested: str, local_rank: int, cuda_devices: int) -> str:
@@ -202,17 +227,19 @@ def env_ranks(env: dict[str, str] | None = None) -> tuple[int, int, int] | None:
 def init() -> Context:
     """The context of this process; joins the launcher's process group when there is one.
 
-    Uses an already initialised ``torch.distributed`` group as it is. Otherwise reads
+    Uses an already initialised ``torch.distributed`` group as it is (the caller's, or the
+    one an earlier run of this process created). Otherwise reads
     ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set by ``torchrun`` or ``accelerate launch``;
     with a world size above one it initialises a ``gloo`` group from the environment
-    (``MASTER_ADDR``/``MASTER_PORT``). Without those variables: a group of one.
+    (``MASTER_ADDR``/``MASTER_PORT``), once per process: it is kept for later runs and
+    destroyed at exit. Without those variables: a group of one.
     """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
         local = int(os.environ.get("LOCAL_RANK", rank))
-        return Context(rank, world, local, owns_group=False)
+        return Context(rank, world, local, owns_group=_created[0])
     ranks = env_ranks()
     if ranks is None:
         return Context()
@@ -241,8 +268,27 @@ def init() -> Context:
         world_size=world,
         timeout=datetime.timedelta(seconds=timeout),
     )
+    if not _created[0]:
+        # before the interpreter tears down its modules (a group destroyed then sometimes
+        # aborted the process: "terminate called without an active exception", exit -6)
+        atexit.register(_destroy_at_exit)
+    _created[0] = True
     log.debug("rank %d of %d joined the process group (local rank %d)", rank, world, local)
     return Context(rank, world, local, owns_group=True)
+
+
+_created = [False]  # whether init() created this process's group (destroyed at exit)
+
+
+def _destroy_at_exit() -> None:
+    """Destroy the process group :func:`init` created, if it is still up (atexit)."""
+    import torch.distributed as dist
+
+    if _created[0] and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # a group a dead rank broke: the process is ending anyway
+            log.debug("destroying the process group at exit failed", exc_info=True)
 
 
 def _message(exc: BaseException) -> str:

@@ -164,7 +164,7 @@ class RunDir:
             return str(rule)
         if "frame_policy" not in computed:  # a new folder, or one no run has opened
             return "chosen"
-        rows = scan(self.records_dir, keep_rows=True).rows.values()
+        rows = scan(self.records_dir, keep_rows=True, only=(EVAL,)).rows.values()  # eval rows alone
         evals = [
             row for unit in rows for row in unit if row.get("analysis") == "eval" and row.get("error") is None
         ]
@@ -389,19 +389,31 @@ class RunDir:
         manifest.pop("stopped", None)  # this session ended normally
         self.write_manifest(manifest)
 
-    def record_stop(self, reason: str, total: int | None = None) -> bool:
+    def record_stop(self, reason: str, total: int | None = None, *, world_size: int = 1) -> bool:
         """Note in the manifest that a session stopped early (``reason``: Ctrl-C, a full disk)
-        and what the store holds finished by then (``samples``, read from every shard).
-        Returns whether the manifest could be written; when the disk refuses, the old
-        manifest stays whole and the records remain the truth. A manifest without the run's
-        configuration (none yet: the run had not opened the folder) is left as it is, since
-        counts alone would make the folder refuse the run's own resume."""
+        and what the store holds finished by then (``samples``, read from every shard): in
+        ``stopped`` (until a later session ends normally) and in the session's entry of
+        ``sessions`` (kept: ``stopped`` with the reason, ``world_size``, and the run's sample
+        counts at the stop). Returns whether the manifest could be written; when the disk
+        refuses, the old manifest stays whole and the records remain the truth. A manifest
+        without the run's configuration (none yet: the run had not opened the folder) is
+        left as it is, since counts alone would make the folder refuse the run's own resume."""
         try:
             manifest = self.manifest()
             if "config" not in manifest:
                 return False
-            manifest["stopped"] = {"at": now(), "reason": reason}
-            manifest["samples"] = self.sample_counts(total if total is not None else _total(manifest))
+            at = now()
+            manifest["stopped"] = {"at": at, "reason": reason}
+            counts = self.sample_counts(total if total is not None else _total(manifest))
+            manifest["samples"] = counts
+            session = {
+                "started_at": (manifest.get("resumed_at") or [manifest.get("started_at")])[-1],
+                "stopped_at": at,
+                "stopped": reason,
+                "world_size": max(1, world_size),
+                "samples": {k: counts.get(k) for k in ("done", "failed", "missing")},
+            }
+            manifest["sessions"] = manifest.get("sessions", []) + [session]
             self.write_manifest(manifest)
         except (OSError, ValueError, RunError) as exc:  # RunError: StoreError, no run folder yet
             log.warning("could not record the stop in %s: %s", self.manifest_path, exc)

@@ -50,7 +50,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -367,6 +367,13 @@ class Scan:
     invalid_markers: int = 0
     #: valid markers of an attempt already read in another shard (a copied shard), skipped
     duplicates: int = 0
+    #: units finished with different attempts in more than one shard (shards copied from
+    #: another run): unit -> those shards, by name; the first one's attempt is read
+    conflicts: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    #: the units each shard holds finished (a unit held by two shards counts in both)
+    held: dict[str, int] = field(default_factory=dict)
+    #: row shards with rows but no done-marker file (lost): shard -> its rows, none of which count
+    unmarked: dict[str, int] = field(default_factory=dict)
 
     def damage(self) -> str:
         """One line on what the shards hold that could not be used or was there twice
@@ -380,10 +387,25 @@ class Scan:
             )
         if self.torn_lines:
             parts.append(f"{self.torn_lines} unreadable line(s) (torn by a crash or damaged; skipped)")
+        if self.unmarked:
+            shown = ", ".join(f"{s}.jsonl ({n} rows)" for s, n in sorted(self.unmarked.items()))
+            parts.append(
+                f"{len(self.unmarked)} row shard(s) without their done-marker file: {shown} "
+                "(the .done.jsonl was lost, or a crash came before the shard's first unit was "
+                "marked: those rows do not count, and a resume computes their units again)"
+            )
         if self.duplicates:
             parts.append(
                 f"{self.duplicates} unit(s) found whole in more than one shard (a copied shard?); "
                 "each is read once"
+            )
+        if self.conflicts:
+            shards = sorted({s for names in self.conflicts.values() for s in names})
+            parts.append(
+                f"{len(self.conflicts)} unit(s) finished with different results in more than one "
+                f"shard ({', '.join(shards)}; shards copied from another run?): each is read from "
+                "the first of its shards by name; move the shards that do not belong to this run "
+                "out of the records folder"
             )
         return "; ".join(parts)
 
@@ -457,17 +479,22 @@ def _shards(records_dir: Path) -> tuple[list[Path], list[Path]]:
     return rows, sorted(records_dir.glob("shard-*.done.jsonl"))
 
 
-def scan(records_dir: str | Path, *, keep_rows: bool = False) -> Scan:
+def scan(records_dir: str | Path, *, keep_rows: bool = False, only: Collection[str] | None = None) -> Scan:
     """Read and verify every shard of ``records_dir``.
 
     A done marker counts only if exactly its ``rows`` rows of its attempt are readable *in
     its own shard* (a writer puts a unit's rows and its marker in the same shard) and, when
-    it has one, their SHA-256 matches. The same attempt found whole in two shards (a shard
+    it has one, their SHA-256 matches; ``only`` (with ``keep_rows``): keep the rows of
+    those analyses alone (the others are still verified). The same attempt found whole in two shards (a shard
     copied over another) is one unit, read once. An attempt that a valid marker
-    ``supersedes`` (a failed unit retried) never counts, in whichever shard either lies; of
-    the other valid markers for one unit (a unit recomputed after its rows were damaged) the
-    last one read wins. ``torn_lines``, ``invalid_markers`` and ``duplicates`` say what
-    could not be used or was read twice (:meth:`Scan.damage`)."""
+    ``supersedes`` (a failed unit retried) never counts, in whichever shard either lies. Of
+    the other valid markers for one unit, those of the first shard by name count (a run
+    numbers its shards from ``shard-00000``, so a shard copied in from another run under a
+    new number does not replace what this run computed), and within that shard the last one
+    read (a unit recomputed after its rows were damaged). ``torn_lines``,
+    ``invalid_markers``, ``duplicates`` and ``conflicts`` (units finished with different
+    attempts in more than one shard) say what could not be used, was read twice or was
+    found twice (:meth:`Scan.damage`); ``held`` counts the units each shard holds."""
     records_dir = Path(records_dir)
     out = Scan()
     if not records_dir.is_dir():
@@ -490,9 +517,10 @@ def scan(records_dir: str | Path, *, keep_rows: bool = False) -> Scan:
             hashes.setdefault(key, hashlib.sha256()).update(line + b"\n")
             if row.get("error") is not None and key not in errors:
                 errors[key] = str(row["error"])
-            if keep_rows:
+            if keep_rows and (only is None or row.get("analysis") in only):
                 rows.setdefault(key, []).append(row)
     valid: list[tuple[tuple[str, str], str, str]] = []
+    holds: list[tuple[tuple[str, str], str, str]] = []  # every valid marker, copies too
     superseded: set[str] = set()
     seen: set[str] = set()  # attempts with a valid marker already (in another shard: a copy)
     for path in done_paths:
@@ -513,6 +541,7 @@ def scan(records_dir: str | Path, *, keep_rows: bool = False) -> Scan:
             if not ok:
                 out.invalid_markers += 1
                 continue
+            holds.append((unit, str(attempt), shard))
             if attempt in seen:  # the same attempt, whole, in a second shard: read it once
                 out.duplicates += 1
                 continue
@@ -520,9 +549,25 @@ def scan(records_dir: str | Path, *, keep_rows: bool = False) -> Scan:
             valid.append((unit, attempt, shard))
             if isinstance(m.get("supersedes"), str):
                 superseded.add(m["supersedes"])
-    for unit, attempt, shard in valid:
-        if attempt not in superseded:
+    found_in: dict[tuple[str, str], list[str]] = {}  # unit -> shards with an attempt of it, by name
+    for unit, attempt, shard in valid:  # in shard order (done_paths is sorted by name)
+        if attempt in superseded:
+            continue
+        shards = found_in.setdefault(unit, [])
+        if shard not in shards:
+            shards.append(shard)
+        if shards[0] == shard:  # the first shard's attempts count; in it, the last one read
             out.units[unit] = (attempt, shard)
+    out.conflicts = {u: shards for u, shards in found_in.items() if len(shards) > 1}
+    marked = {p.name.removesuffix(".done.jsonl") for p in done_paths}
+    for (shard, _), n in counts.items():  # rows whose shard has no marker file at all: said apart
+        if shard not in marked:
+            out.unmarked[shard] = out.unmarked.get(shard, 0) + n
+    held: dict[str, set[tuple[str, str]]] = {shard: set() for shard in marked}
+    for unit, attempt, shard in holds:
+        if attempt not in superseded:
+            held[shard].add(unit)
+    out.held = {shard: len(units) for shard, units in held.items()}
     for attempt, shard in out.units.values():
         if (shard, attempt) in errors:
             out.errors[attempt] = errors[(shard, attempt)]
@@ -546,16 +591,9 @@ _WARNED: set[tuple[str, str]] = set()
 
 
 def shard_status(run_dir: str | Path) -> dict[str, int]:
-    """Finished units per shard file of a run (``{"shard-00000": 24, ...}``)."""
-    records_dir = Path(run_dir) / "records"
-    status = (
-        {p.name.removesuffix(".done.jsonl"): 0 for p in _shards(records_dir)[1]}
-        if records_dir.is_dir()
-        else {}
-    )
-    for _, shard in scan(records_dir).units.values():
-        status[shard] = status.get(shard, 0) + 1
-    return status
+    """Finished units each shard file of a run holds (``{"shard-00000": 24, ...}``); a unit
+    found in two shards (a copied shard) counts in both (:meth:`Scan.damage` says so)."""
+    return dict(sorted(scan(Path(run_dir) / "records").held.items()))
 
 
 def read_records(run_dir: str | Path) -> pd.DataFrame:

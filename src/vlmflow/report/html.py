@@ -142,7 +142,7 @@ def _overview(manifest: dict[str, Any], records: pd.DataFrame, samples: dict[str
             samples_text(samples),
         ),
         ("records", f"{len(records)}"),
-        ("processes", str(sessions[-1].get("world_size", 1)) if sessions else "1"),
+        ("processes", _processes(sessions)),
         ("started", manifest.get("started_at", "")),
         ("finished", manifest.get("finished_at", "")),
         ("weights", str(weights)[:16]),
@@ -150,6 +150,17 @@ def _overview(manifest: dict[str, Any], records: pd.DataFrame, samples: dict[str
     ]
     items = "".join(f"<div class='card'><b>{_e(k)}</b><span>{_e(str(v))}</span></div>" for k, v in cards)
     return f"<section id='overview'><h2>Overview</h2><div class='cards'>{items}</div></section>"
+
+
+def _processes(sessions: list[dict[str, Any]]) -> str:
+    """The process counts of the run's sessions in order, a repeat said once: ``"2, then 1"``
+    for a session on 2 processes (stopped, say) resumed on one; ``"1"`` without sessions."""
+    counts: list[int] = []
+    for session in sessions:
+        n = int(session.get("world_size", 1) or 1)
+        if not counts or counts[-1] != n:
+            counts.append(n)
+    return ", then ".join(str(n) for n in counts) or "1"
 
 
 def _accuracy_bars(acc: pd.DataFrame | None) -> str:

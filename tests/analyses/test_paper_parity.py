@@ -1014,3 +1014,42 @@ def test_flow_summary_band_is_the_bootstrap_and_the_mean_is_unchanged() -> None:
         assert (row["rel_pred_ci95_lo"], row["rel_pred_ci95_hi"]) == pytest.approx(ci95_bounds(vs))
         assert (row["rel_gt_ci95_lo"], row["rel_gt_ci95_hi"]) == pytest.approx(ci95_bounds(-vs))
         assert row["rel_pred_ci95_lo"] < row["rel_pred_mean"] < row["rel_pred_ci95_hi"]
+
+
+def test_a_capped_random_baseline_is_reported_as_capped_and_warned_once_per_run(tiny_llava, tmp_path) -> None:
+    """Asking more random edges than lie after the first video token blocks them all: the
+    records keep the share asked, the warning reads alike for every sample (a run says it
+    once), and the report says every available pair was blocked instead of claiming the
+    random blocking suppresses the pathway's fraction."""
+    from vlmflow.analyses.pathways import evaluate_pathway, pathways_section
+    from vlmflow.rundir import RunDir
+
+    spec = PRESETS["llava-next-7b-video-ft"].scaled(tiny_llava.num_layers)
+    rows, messages = [], set()
+    for i, frames in enumerate((4, 6)):  # two lengths: a different share lies after the video
+        prepared = tiny_llava.prepare(make_sample(frames=frames, sid=f"s{i}"))
+        with pytest.warns(UserWarning, match="all of those are blocked") as caught:
+            got = evaluate_pathway(Probe(tiny_llava, prepared), spec, (0, 1), False, fraction=0.999)
+        messages |= {str(w.message) for w in caught if "random blocking" in str(w.message)}
+        rows += [{**r, "sample_id": f"s{i}", "task": "t", "analysis": "pathways", "error": None} for r in got]
+    assert len(messages) == 1 and "s0" not in next(iter(messages))
+    random = [r for r in rows if r["condition"] == "random"]
+    assert all(r["random_fraction"] == pytest.approx(0.999) and r["random_capped"] for r in random)
+    section = pathways_section(pd.DataFrame(rows), RunDir(tmp_path))
+    assert "same fraction" not in section.notes
+    assert "every available pair was blocked" in section.notes and "meaningless" in section.notes
+    labels = list(section.charts[0].values)
+    assert not any("same fraction" in k for k in labels)
+
+
+def test_the_random_baseline_note_states_the_recorded_fractions(tiny_llava, tmp_path) -> None:
+    from vlmflow.analyses.pathways import evaluate_pathway, pathways_section
+    from vlmflow.rundir import RunDir
+
+    spec = PRESETS["llava-next-7b-video-ft"].scaled(tiny_llava.num_layers)
+    prepared = tiny_llava.prepare(make_sample())
+    got = evaluate_pathway(Probe(tiny_llava, prepared), spec, (0, 1), False, fraction=0.05)
+    rows = [{**r, "sample_id": "s", "task": "t", "analysis": "pathways", "error": None} for r in got]
+    assert not any(r.get("random_capped") for r in rows)
+    section = pathways_section(pd.DataFrame(rows), RunDir(tmp_path))
+    assert "same fraction" not in section.notes and "5% asked" in section.notes

@@ -472,19 +472,22 @@ def evaluate_pathway(
     ]
     for (condition, seed, compiled), lg in zip(plans, logits, strict=True):
         new = probe.read(lg)
-        rows.append(
-            {
-                "condition": condition,
-                "seed": seed,
-                "suppressed_fraction": compiled.suppressed_fraction(),
-                "suppressed_edges": compiled.suppressed_edges(),
-                "total_edges": compiled.total_edges(),
-                "correct": new.correct,
-                "pred": new.record()["pred"],
-                "p_gt": new.p_gt,
-                "spec": spec.name,
-            }
-        )
+        row = {
+            "condition": condition,
+            "seed": seed,
+            "suppressed_fraction": compiled.suppressed_fraction(),
+            "suppressed_edges": compiled.suppressed_edges(),
+            "total_edges": compiled.total_edges(),
+            "correct": new.correct,
+            "pred": new.record()["pred"],
+            "p_gt": new.p_gt,
+            "spec": spec.name,
+        }
+        if condition == "random":  # the share asked; capped: fewer pairs there, all blocked
+            asked = float(compiled.plan.cuts[0].fraction)
+            row["random_fraction"] = asked
+            row["random_capped"] = compiled.suppressed_edges() < n_layers * int(n * (n + 1) // 2 * asked)
+        rows.append(row)
     return rows
 
 
@@ -521,6 +524,9 @@ def summarize_pathways(records: pd.DataFrame) -> pd.DataFrame:
             row["acc_random_mean"] = per_seed.mean()
             row["acc_random_sd"] = per_seed.std(ddof=1) if len(per_seed) > 1 else 0.0
             row["suppressed_random"] = r["suppressed_fraction"].mean()
+            if "random_fraction" in r and r["random_fraction"].notna().any():  # absent in older runs
+                row["random_fraction"] = r["random_fraction"].mean()
+                row["random_capped"] = bool(r["random_capped"].fillna(False).astype(bool).any())
             if "total_edges" in r:
                 row["suppressed_random_of_sums"] = r["suppressed_edges"].sum() / r["total_edges"].sum()
         out.append(row)
@@ -828,6 +834,34 @@ def describe_search(saved: dict[str, Any]) -> str:
     )
 
 
+def random_baseline(overall: pd.Series) -> tuple[str, str]:
+    """The random bars' label and the note's sentence on them, from the overall summary row's
+    recorded fractions: the share blocked (``suppressed_random``), the share asked
+    (``random_fraction``, absent in older runs) and whether the ask exceeded the pairs there."""
+    if "suppressed_random" not in overall or pd.isna(overall["suppressed_random"]):
+        return "random (sd over seeds)", ""
+    got = float(overall["suppressed_random"])
+    asked = overall.get("random_fraction")
+    asked = None if asked is None or pd.isna(asked) else float(asked)
+    capped = overall.get("random_capped")
+    if asked is not None and capped is not None and not pd.isna(capped) and bool(capped):
+        return (
+            f"random, every pair from the video on ({got:.0%})",
+            f"random blocking asked {asked:.0%} of the edges, more than lie from the first video token "
+            f"on, so every available pair was blocked ({got:.0%} suppressed): each seed blocks the same "
+            "pairs and the spread over seeds is meaningless.",
+        )
+    if asked is not None:
+        pathway = overall.get("suppressed_pathway")
+        same = pathway is not None and not pd.isna(pathway) and abs(asked - float(pathway)) < 0.005
+        how = "the pathway's own fraction" if same else "a fixed fraction"
+        return (
+            f"random, {got:.0%} of edges (sd over seeds)",
+            f"random blocking suppresses {got:.0%} ({how}, {asked:.0%} asked).",
+        )
+    return f"random, {got:.0%} of edges (sd over seeds)", f"random blocking suppresses {got:.0%}."
+
+
 def pathways_section(rows: pd.DataFrame, run: RunDir) -> Section:
     """Accuracy with the effective pathways only, against random blocking of as many edges."""
     from ..report import Bars, Section
@@ -836,20 +870,22 @@ def pathways_section(rows: pd.DataFrame, run: RunDir) -> Section:
     section = Section("Effective pathways", summaries={"pathways": summary})
     if summary.empty:
         return section
+    overall = summary.loc[summary["overall"]].iloc[0]
+    label, random_note = random_baseline(overall)
     values = {
         "baseline": ("acc_baseline", None),
         "pathway only": ("acc_pathway", None),
         "strict pathway": ("acc_strict", None),
-        "random, same fraction (sd over seeds)": ("acc_random_mean", "acc_random_sd"),
+        label: ("acc_random_mean", "acc_random_sd"),
     }
     values = {k: (v, e) for k, (v, e) in values.items() if v in summary}
     section.charts.append(Bars("Accuracy per task", summary.astype({"task": str}), "task", values))
     if "suppressed_pathway" in summary:
-        frac = float(summary.loc[summary["overall"], "suppressed_pathway"].iloc[0])
+        frac = float(overall["suppressed_pathway"])
         section.notes = (
             f"Keeping only the pathway suppresses {frac:.0%} of the attention edges (causal lower "
-            "triangle, summed over layers); random blocking suppresses the same fraction."
-        )
+            f"triangle, summed over layers); {random_note}"
+        ).strip()
     saved = run.read_search()
     if saved is not None:  # a searched pathway: what was found, on which samples
         found = (

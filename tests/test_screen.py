@@ -221,6 +221,30 @@ def test_a_screen_for_drops_misses_only_larger_drops() -> None:
     assert "worst: video->last in layers 3: exact -39.3%" in said
 
 
+def test_a_screen_judges_its_verified_top_k_by_their_exact_values_only() -> None:
+    """The top K are verified: estimates that overstate them (est -40%, exact -2%) or have
+    the wrong sign (est -20%, exact +50%) must not hide a control plan's larger exact drop
+    (-26%, -14%) behind the top K's estimate."""
+    import math
+
+    from vlmflow.screen import Screen
+
+    lp = lambda pct: math.log1p(pct / 100)  # noqa: E731  % change -> change of log p
+    overstated = [
+        _screened(1, lp(-40), lp(-2), "top"),
+        _screened(2, lp(-39), lp(-1.5), "top"),
+        _screened(3, lp(-5), lp(-26), "control"),
+        _screened(4, lp(-1), None, None),
+    ]
+    for order in ("drop", "magnitude"):
+        assert [p.plan.layers for p in Screen(overstated, None, 2, order).missed()] == [(3,)]
+    wrong_sign = [_screened(1, lp(-20), lp(50), "top"), _screened(3, lp(-2), lp(-14), "control")]
+    screen = Screen(wrong_sign, None, 1, "drop")
+    assert [p.plan.layers for p in screen.missed()] == [(3,)]
+    assert "missed 1 of 1 control plans" in screen.warnings()[0]
+    assert Screen(wrong_sign, None, 1, "magnitude").missed() == []  # |+50%| beats |-14%|
+
+
 def test_probe_screen_and_flow_screen_warn_when_estimates_are_contradicted(
     tiny_llava, tiny_llava_path, tmp_path, monkeypatch
 ) -> None:

@@ -155,29 +155,21 @@ class Screen:
     def missed(self) -> list[ScreenedPlan]:
         """Control plans the screen should have put in its top K, by its ``order``: with
         ``"drop"`` (the top K by estimated drop), a control plan whose exact change is a drop
-        (``<= -NOTABLE``) larger than the top K's least drop (by exact value, or by estimate
-        when that is the larger drop); with ``"magnitude"``, one whose exact ``|change|``
-        exceeds the smallest of the top K's (by exact value, or by estimate when that is
-        larger) and is notable (``>= NOTABLE``). A control plan that raises ``p`` is no miss
-        of a screen for drops. The random control sample is the screen's only view of what
-        the estimates left out, so each such plan is a false negative found, and more are
-        likely among the unverified ones."""
+        (``<= -NOTABLE``) larger than the top K's least exact drop; with ``"magnitude"``, one
+        whose exact ``|change|`` exceeds the smallest exact ``|change|`` of the top K and is
+        notable (``>= NOTABLE``). The top K are verified, so they are judged by their exact
+        values only: estimates that overstate them, or have the wrong sign, hide no miss. A
+        control plan that raises ``p`` is no miss of a screen for drops. The random control
+        sample is the screen's only view of what the estimates left out, so each such plan
+        is a false negative found, and more are likely among the unverified ones."""
         top = self.verified("top")
         if not top:
             return []
         control = self.verified("control")
         if self.order == "drop":
-            ceiling = min(
-                max(p.exact for p in top),  # type: ignore[type-var]
-                max(p.estimate for p in top),
-                -NOTABLE,
-            )
+            ceiling = min(max(p.exact for p in top), -NOTABLE)  # type: ignore[type-var]
             return [p for p in control if p.exact < ceiling]  # type: ignore[operator]
-        floor = max(
-            min(abs(p.exact) for p in top),  # type: ignore[arg-type]
-            min(abs(p.estimate) for p in top),
-            NOTABLE,
-        )
+        floor = max(min(abs(p.exact) for p in top), NOTABLE)  # type: ignore[arg-type]
         return [p for p in control if abs(p.exact) > floor]  # type: ignore[arg-type]
 
     def worst_missed(self) -> ScreenedPlan | None:

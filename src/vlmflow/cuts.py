@@ -513,9 +513,10 @@ def _random_edges(cut: RandomCut, layout: TokenLayout, layer: int) -> np.ndarray
         # one text for every sample and layer, so that a run says it once (the share there
         # differs per sample; the records keep it as suppressed_fraction)
         warnings.warn(
-            f"random blocking: {cut.fraction:.1%} of all causal edges asked, but fewer pairs lie "
-            f"from the first {cut.start!r} token on; all of those are blocked (as the paper's code), "
-            "suppressed_fraction records the share blocked and random_fraction the share asked",
+            f"random blocking: {cut.fraction:.1%} of all causal edges asked, but only the pairs "
+            f"from the first {cut.start!r} token on are drawn from, and fewer lie there; all of those "
+            "are blocked (as the paper's code), suppressed_fraction records the share blocked and "
+            "random_fraction the share asked",
             stacklevel=2,
         )
         count = rows.size

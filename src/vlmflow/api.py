@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .engine import check_max_batch_tokens
 from .errors import PlanError, RunError, RunStopped, Terminated
 from .probe import Model, check_frame_policy, check_load_options, check_num_frames, load
-from .run import RunSummary, run_samples, samples_to_do
+from .run import RunSummary, check_on_model, run_samples, samples_to_do
 from .rundir import RunDir, canonical_dtype
 from .sample import Sample
 from .store import deferred_signals, is_environment_error, store_error
@@ -193,7 +193,6 @@ def run(
     the whole group's. A single process is a group of one (see :mod:`vlmflow.distributed`).
     """
     from . import distributed
-    from .analyses.base import check_layers
     from .provenance import data_fingerprint, model_fingerprint
     from .report import finalize
 
@@ -244,8 +243,9 @@ def run(
             def load_here() -> Adapter:
                 loaded = model if model is not None else options.load(ctx.device(options.device))
                 adapter = options.configure(loaded, samples, rule)
-                # layers the model does not have: refused once, before any sample
-                check_layers(analyses, adapter.num_layers, options.model)
+                # layers the model does not have, keywords its tokenizer cannot represent:
+                # refused once, before any sample
+                check_on_model(analyses, adapter, options.model)
                 return adapter
 
             # every rank loads its own copy; one that fails stops them all, with its message

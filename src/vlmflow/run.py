@@ -127,11 +127,11 @@ def run_samples(
     and stops no run."""
     from tqdm.auto import tqdm
 
-    from .analyses.base import CORRECTNESS, check_layers
+    from .analyses.base import CORRECTNESS
 
     if correctness not in CORRECTNESS:
         raise RunError(f"unknown correctness rule {correctness!r}; choose from {', '.join(CORRECTNESS)}")
-    check_layers(analyses, adapter.num_layers, adapter.model_id)
+    check_on_model(analyses, adapter)
 
     summary = RunSummary(rank=rank)
     said = _Warnings()
@@ -223,6 +223,19 @@ class _Warnings:
                 (n for n, m in list(sys.modules.items()) if getattr(m, "__file__", None) == w.filename), None
             )
             say_warning(w.message, w.category, w.filename, w.lineno, module)  # an error: printed
+
+
+def check_on_model(analyses: Sequence[Analysis], adapter: Adapter, model: str = "") -> None:
+    """Refuse, once and before any sample, what the loaded model makes impossible: a layer it
+    does not have (:func:`~vlmflow.analyses.base.check_layers`) and what an analysis resolves
+    on it through its own ``check_model(adapter)`` (logit-lens keywords on the tokenizer)."""
+    from .analyses.base import check_layers
+
+    check_layers(analyses, adapter.num_layers, model or adapter.model_id)
+    for analysis in analyses:
+        check = getattr(analysis, "check_model", None)
+        if check is not None:
+            check(adapter)
 
 
 def samples_to_do(

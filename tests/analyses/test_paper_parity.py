@@ -208,6 +208,37 @@ def test_a_keyword_reduced_to_whitespace_is_refused(tiny_llava) -> None:
         LogitLens(sample_mode="all", spatial=("floor", "left")).records(Probe(tiny_llava, prepared))
 
 
+def test_non_ascii_keywords_join_their_byte_tokens_on_byte_level(tiny_models) -> None:
+    """Byte-level BPE leaves the space's byte token ("Ġ") alone before "été" and splits "über",
+    "ça", "左" into partial UTF-8 bytes that decode to U+FFFD (any of hundreds of vocabulary
+    tokens would count as a hit): the first sub-tokens are joined until they decode cleanly.
+    An ASCII word whose first sub-token is the bare space is still refused."""
+    from vlmflow.analyses.logit_lens import first_subtoken
+
+    tok = tiny_models.adapter("videollama3").tokenizer
+    got = {w: first_subtoken(tok, w) for w in ("été", "über", "ça", "左", "left")}
+    assert got == {"été": "é", "über": "ü", "ça": "ç", "左": "左", "left": "left"}
+    with pytest.raises(PlanError, match="whitespace"):
+        first_subtoken(tok, "floor")
+
+
+def test_a_keyword_the_tokenizer_cannot_read_stops_the_run_before_any_sample(
+    tiny_llava, tiny_llava_path, tmp_path
+) -> None:
+    """The tiny SentencePiece tokenizer reads "é" as its unknown token: the keyword is refused
+    once, right after the model loads, not by every sample ("0 done, 6 failed")."""
+    import vlmflow
+    from vlmflow.analyses.logit_lens import LogitLens
+
+    options = vlmflow.Options(model=str(tiny_llava_path), data="synthetic:1", num_frames=4, progress=False)
+    lens = LogitLens(sample_mode="all", spatial=("été", "left"))
+    with pytest.raises(PlanError, match="'été'.*unknown") as refused:
+        vlmflow.run(options, [lens], tmp_path / "run", model=Model(tiny_llava))
+    assert "sample" not in str(refused.value)
+    records = tmp_path / "run" / "records"
+    assert not records.exists() or not any(records.iterdir())
+
+
 def test_keyword_frequency_is_one_table_per_task() -> None:
     """The paper builds the table per task. 4 layers, bins of 2, min 1 hit. Task t: cup 3
     hits at layer 0 and 1 at layer 3 (box none: dropped). Task u: cup 1 at layers 1 and 2,

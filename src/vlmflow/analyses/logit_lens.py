@@ -209,6 +209,24 @@ class LogitLens(Analysis):
                 warnings.warn(f"{e} (left out of the {self.words!r} word list)", stacklevel=2)
         return out
 
+    def keywords(self, adapter: Adapter) -> tuple[set[str], set[str]]:
+        """The spatial and temporal keywords as their first sub-tokens' text on ``adapter``'s
+        tokenizer, resolved once per tokenizer (a keyword given by the user that it cannot
+        represent: :class:`PlanError`)."""
+        cache = self.__dict__.setdefault("_keywords", {})
+        key = id(adapter.tokenizer)
+        if key not in cache:
+            cache[key] = (
+                set(self._first_subtokens(adapter, self.spatial).values()),
+                set(self._first_subtokens(adapter, self.temporal).values()),
+            )
+        return cache[key]
+
+    def check_model(self, adapter: Adapter) -> None:
+        """Resolve the keywords on the loaded model's tokenizer once, before any sample, so
+        that a keyword it cannot represent stops the run instead of failing every sample."""
+        self.keywords(adapter)
+
     @torch.inference_mode()
     def records(self, probe: Probe) -> list[dict[str, Any]]:
         adapter, prepared, engine = probe.adapter, probe.prepared, probe.engine
@@ -216,8 +234,7 @@ class LogitLens(Analysis):
             return []
         lm = engine.lm
         video = torch.from_numpy(prepared.layout.resolve("video")).to(engine.device)
-        spatial = set(self._first_subtokens(adapter, self.spatial).values())
-        temporal = set(self._first_subtokens(adapter, self.temporal).values())
+        spatial, temporal = self.keywords(adapter)
         grid = video_grid(prepared.layout)
         region = frame_region_of(probe)
         rows = []
@@ -276,7 +293,10 @@ def first_subtoken(tokenizer: Any, word: str) -> str:
     top token ("Ġappears") never equals: here the word is tokenized after a short prefix
     ("a " + word) and the first sub-token after the prefix's tokens is taken. A keyword whose
     sub-token decodes to nothing but whitespace would count every whitespace token as a hit:
-    :class:`PlanError`."""
+    :class:`PlanError`. A word opening with a non-ASCII character whose first sub-token is
+    the bare space or a partial UTF-8 byte is read as its first sub-tokens joined until they
+    decode cleanly; one that never does, or that the tokenizer reads as its unknown token, is
+    refused."""
     alone = tokenizer(word, add_special_tokens=False)["input_ids"]
     prefix = tokenizer("a", add_special_tokens=False)["input_ids"]
     context = tokenizer("a " + word, add_special_tokens=False)["input_ids"]
@@ -284,7 +304,33 @@ def first_subtoken(tokenizer: Any, word: str) -> str:
         ids = context[len(prefix) :]
     else:  # the prefix merged with the word: the word on its own
         ids = alone
-    text = tokenizer.decode([ids[0]]).strip() if ids else ""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None and unk in ids[:1]:
+        raise PlanError(
+            f"logit-lens keyword {word!r}: this tokenizer has no token for its first character "
+            f"(it is read as {tokenizer.decode([unk])!r}, which would match every unknown character); "
+            "leave it out of --spatial/--temporal"
+        )
+    # a word that opens with a non-ASCII character: byte-level BPE may leave the space's byte
+    # token ("Ġ") alone and split the character into partial UTF-8 byte tokens that decode to
+    # U+FFFD (hundreds of vocabulary tokens do, so any would count as a hit): the first
+    # sub-tokens are joined until their text decodes cleanly ("été" -> "é", "左" -> "左")
+    merge_space = bool(word.strip()) and not word.strip()[0].isascii()
+    text, k = "", 0
+    for k in range(1, len(ids) + 1):
+        if unk is not None and unk in ids[:k]:
+            break
+        text = tokenizer.decode(ids[:k])
+        if "\ufffd" in text or (merge_space and not text.strip()):
+            continue
+        break
+    if "\ufffd" in text or (unk is not None and unk in ids[:k]):
+        raise PlanError(
+            f"logit-lens keyword {word!r}: its first sub-tokens on this tokenizer never decode to "
+            f"clean text ({text!r}: partial UTF-8 bytes or an unknown token), so it cannot be "
+            "matched against a layer's top token; leave it out of --spatial/--temporal"
+        )
+    text = text.strip()
     if not text:
         raise PlanError(
             f"logit-lens keyword {word!r}: its first sub-token on this tokenizer decodes to "

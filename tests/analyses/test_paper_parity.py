@@ -450,6 +450,27 @@ def test_random_fraction_measured_fixed_or_paper(tiny_llava) -> None:
     assert random.suppressed_edges() == 2 * int(n * (n + 1) // 2 * 0.05)
 
 
+def test_the_papers_random_fraction_needs_the_preset_itself_not_its_name(tmp_path) -> None:
+    """docs/paper-parity.md: ``--random-fraction paper`` with a spec file is refused. A file
+    named after a preset whose ranges differ is another pathway; one with the preset's
+    content is the preset."""
+    import json
+
+    from vlmflow.analyses.pathways import load_spec
+
+    preset = PRESETS["llava-next-7b-video-ft"]
+    other = preset.to_dict()
+    other["keep"]["cross_frame"] = [0, 3]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(PlanError, match="ranges or layer count differ"):
+        Pathways(spec=load_spec(str(tmp_path / "other.json")), random_fraction="paper")
+    with pytest.raises(PlanError, match="paper fixed"):
+        Pathways(spec=preset.scaled(8), random_fraction="paper")
+    (tmp_path / "same.json").write_text(json.dumps(preset.to_dict()))
+    same = load_spec(str(tmp_path / "same.json"))
+    assert Pathways(spec=same, random_fraction="paper").fixed_fraction() == 0.58
+
+
 def test_a_random_fraction_beyond_the_pairs_there_blocks_them_all_and_keeps_every_condition(
     tiny_llava,
 ) -> None:

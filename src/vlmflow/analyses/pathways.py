@@ -312,6 +312,14 @@ class Pathways(Analysis):
                     f"the paper fixed a random-blocking fraction only for its presets "
                     f"({', '.join(PAPER_RANDOM_FRACTIONS)}), not for {name!r}; use 'measured' or a number"
                 )
+            # the name alone is no preset: a spec file named after one with other ranges or
+            # layer count is another pathway, whose fraction the paper never fixed
+            if name not in PRESETS or self.spec.to_dict() != PRESETS[name].to_dict():  # type: ignore[union-attr]
+                raise PlanError(
+                    f"the pathway is named {name!r} but its ranges or layer count differ from that "
+                    "preset's, and the paper fixed a random-blocking fraction only for its presets as "
+                    f"published; use --preset {name}, or 'measured' or a number for --random-fraction"
+                )
             return PAPER_RANDOM_FRACTIONS[name]
         return float(self.random_fraction)
 

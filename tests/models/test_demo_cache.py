@@ -256,6 +256,42 @@ def test_a_whole_cached_folder_that_fails_to_load_is_not_blamed(cache, monkeypat
         models.load_model("demo")
 
 
+@pytest.mark.parametrize("where", ["preflight", "load"])
+def test_a_whole_cached_folder_refused_by_the_loader_is_not_blamed(cache, monkeypatch, where) -> None:
+    """A refusal (``UnsupportedModelError``) of a whole cached demo folder, such as weights
+    a newer transformers names otherwise, said to delete the 520 MB folder, which rebuilds
+    the same files. Only a damaged folder gets that hint, before or after the weights load."""
+    import shutil
+
+    import vlmflow.models as models
+    from vlmflow.errors import UnsupportedModelError
+
+    folder = cache / "demo-0123456789abcdef"
+    shutil.copytree(models.TINY_MODEL_DIR, folder)
+    demo_module._write_marker(folder)
+    monkeypatch.setattr(demo_module, "merged_dir", lambda path: folder)
+    refusal = UnsupportedModelError("the checkpoint lacks weights: language_model.lm_head.weight")
+
+    def refuse(*args, **kwargs):
+        raise refusal
+
+    if where == "preflight":
+        monkeypatch.setattr(models, "preflight", refuse)
+    else:
+        monkeypatch.setattr(
+            models, "claimed_by", lambda path: SimpleNamespace(check_options=lambda *a: None, load=refuse)
+        )
+    with pytest.raises(UnsupportedModelError) as raised:
+        models.load_model("demo")
+    assert str(raised.value) == str(refusal)
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(UnsupportedModelError, match=f"{folder}.*delete that folder"):
+        models.load_model("demo")
+
+
 def test_an_unwritable_cache_is_named_before_the_build(tmp_path, monkeypatch, shipped, builds) -> None:
     """``VLMFLOW_CACHE`` under a file (or otherwise unwritable) stops at once with one line
     naming it, not with a raw NotADirectoryError after minutes of conversion."""

@@ -164,7 +164,9 @@ def _load_model(
     try:
         preflight(path, _known)  # a bad folder stops here, in one line, before anything loads
     except UnsupportedModelError as exc:
-        if demo.is_cached_folder(path):  # the demo's merged copy in the cache: rebuilt if deleted
+        # the demo's merged copy in the cache, rebuilt if deleted: blamed only if damaged (a
+        # refusal of a whole folder, say by another transformers, is not the cache's fault)
+        if demo.is_cached_folder(path) and demo.cache_damaged(Path(path)):
             raise UnsupportedModelError(f"{exc}; {demo.DELETE_HINT.format(folder=path)}") from exc
         raise
     cls = claimed_by(path)
@@ -182,7 +184,8 @@ def _load_model(
             path, device=device, dtype=dtype, attn_implementation=attn_implementation, **adapter_kwargs
         )
     except UnsupportedModelError as exc:  # weights missing from the folder (load_weights), ...
-        if demo.is_cached_folder(path):
+        # ... which a whole cached folder may meet too (a transformers that renames keys)
+        if demo.is_cached_folder(path) and demo.cache_damaged(Path(path)):
             raise UnsupportedModelError(f"{exc}; {demo.DELETE_HINT.format(folder=path)}") from exc
         raise
     except VlmflowError:

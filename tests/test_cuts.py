@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -167,3 +168,37 @@ def test_groups_resolve_and_empty_groups_are_errors() -> None:
     no_false = TokenLayout(**{**layout.__dict__, "options": (Span(27, 29),), "answer": 0})
     with pytest.raises(PlanError, match="empty"):
         no_false.resolve("false_options")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "said"),
+    [
+        ({"layers": (1.5, 2.9)}, "random cut: layers must be integers"),
+        ({"layers": (True,)}, "random cut: layers must be integers"),
+        ({"seed": "a"}, "random cut: seed must be an integer, not str 'a'"),
+        ({"seed": 1.0}, "random cut: seed must be an integer"),
+        ({"start": 3}, "random cut: start must be a group name (text), not int 3"),
+        ({"start": "vidoe"}, "random cut: start: "),
+        ({"fraction": "0.1"}, "random cut: fraction must be a number in [0, 1], not str"),
+        ({"fraction": True}, "random cut: fraction must be a number"),
+        ({"fraction": 1.5}, "random cut fraction must be in [0, 1], got 1.5"),
+    ],
+)
+def test_random_cut_arguments_are_checked_as_a_cuts(kwargs: dict, said: str) -> None:
+    """Layers (1.5, 2.9) were read as (1, 2) and (True,) as layer 1; a bad seed or start
+    failed later with a raw ValueError or AttributeError. Each is one line naming it."""
+    from vlmflow.cuts import RandomCut
+
+    args = {"fraction": 0.1, "seed": 0, "layers": (1,), **kwargs}
+    with pytest.raises(PlanError, match=re.escape(said)) as refused:
+        RandomCut(**args)
+    assert "\n" not in str(refused.value)
+
+
+def test_random_cut_layers_read_as_a_cuts() -> None:
+    """An int, text like the CLI's, numpy integers: as ``Cut`` reads them."""
+    from vlmflow.cuts import RandomCut
+
+    assert RandomCut(0.1, 0, 5).layers == (5,)
+    assert RandomCut(0.1, 0, "3-5").layers == (3, 4, 5) == Cut("video", "last", "3-5").layers
+    assert RandomCut(0.1, np.int64(2), np.arange(2)).layers == (0, 1)

@@ -203,6 +203,20 @@ def test_a_plan_with_a_random_cut_runs_through_the_probe(probe) -> None:
             probe.knockout(Plan("r", (bad,)))
 
 
+def test_a_bare_random_cut_is_a_plan_of_one_as_a_bare_cut(probe) -> None:
+    """``probe.knockout(Cut(...))`` wraps the cut into a plan; a bare ``RandomCut`` was
+    refused ("a plan is 'SRC->DST' text, a Cut or a Plan")."""
+    from vlmflow.cuts import RandomCut
+
+    rc = RandomCut(0.2, 0, (1, 2), sample=probe.sample.id)
+    got = probe.knockout(rc)
+    want = probe.read(probe.engine.evaluate([Plan("r", (rc,))])[0])
+    assert torch.allclose(got.probs, want.probs) and got.plan == "random 0.2 after video"
+    assert len(probe.knockout([rc, "video->last"])) == 2
+    with pytest.raises(PlanError, match="carries its own layers"):
+        probe.knockout(rc, layers=[1])
+
+
 def test_sweep_and_screen_take_one_custom_curve_as_text(probe) -> None:
     """``custom="video->last"`` was split into its characters ("cut 'v' must read SRC->DST");
     one text is one curve, as InformationFlow's options, and a non-text is one line."""

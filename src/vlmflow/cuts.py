@@ -169,9 +169,33 @@ class RandomCut:
     sample: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", tuple(sorted({int(x) for x in self.layers})))
-        if not 0.0 <= self.fraction <= 1.0:
-            raise PlanError(f"random cut fraction must be in [0, 1], got {self.fraction}")
+        """Each argument checked as ``Cut``'s are: a one-line ``PlanError`` naming it (a float
+        or bool layer, a seed that is no integer, a ``start`` that is no group)."""
+        fraction = self.fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.integer, np.floating)):
+            raise PlanError(
+                f"random cut: fraction must be a number in [0, 1], not {type(fraction).__name__} {fraction!r}"
+            )
+        if not 0.0 <= fraction <= 1.0:
+            raise PlanError(f"random cut fraction must be in [0, 1], got {fraction}")
+        object.__setattr__(self, "fraction", float(fraction))
+        if not is_int(self.seed):
+            raise PlanError(
+                f"random cut: seed must be an integer, not {type(self.seed).__name__} {self.seed!r}"
+            )
+        object.__setattr__(self, "seed", int(self.seed))
+        if not isinstance(self.start, str):
+            raise PlanError(
+                f"random cut: start must be a group name (text), not {type(self.start).__name__} "
+                f"{self.start!r}, e.g. RandomCut(0.1, 0, (3,), start='video')"
+            )
+        try:
+            check_group(self.start)
+        except PlanError as exc:
+            raise PlanError(f"random cut: start: {exc}") from None
+        if not isinstance(self.sample, str):
+            raise PlanError(f"random cut: sample must be a sample id (text), not {self.sample!r}")
+        object.__setattr__(self, "layers", as_indices(self.layers, "random cut: layers"))
 
     def to_dict(self) -> dict[str, Any]:
         d = {"random": self.fraction, "seed": self.seed, "layers": list(self.layers), "start": self.start}

@@ -43,7 +43,7 @@ from .models.base import Adapter, Prepared
 from .prompt import PROMPT_STYLES
 from .sample import Sample
 
-PlanLike = str | Cut | Plan | CompiledPlan
+PlanLike = str | Cut | RandomCut | Plan | CompiledPlan
 
 
 def load(
@@ -452,15 +452,17 @@ class Probe:
     # ------------------------------------------------------------------ cuts
     def plan(self, what: PlanLike, layers: Iterable[int] | int | str | None = None) -> Plan | CompiledPlan:
         """A plan from ``"SRC->DST[,SRC->DST]"`` text (blocked in ``layers``, default all), a
-        ``Cut``, or a plan as it is. ``layers`` is for text only: a ``Cut`` or a plan carries
-        its own. A cut (text, ``Cut`` or one of a ``Plan``'s) that blocks nothing is an error,
-        and so is a ``Plan`` with no cuts: each would silently give the baseline. (The engine
-        itself accepts an empty plan and returns the baseline; only this front door refuses.)
-        A ``CompiledPlan`` is passed through as it is."""
-        if isinstance(what, (Cut, Plan, CompiledPlan)):
+        ``Cut`` or ``RandomCut`` (a plan of one), or a plan as it is. ``layers`` is for text
+        only: a cut or a plan carries its own. A cut (text, ``Cut`` or one of a ``Plan``'s)
+        that blocks nothing is an error, and so is a ``Plan`` with no cuts: each would
+        silently give the baseline. (The engine itself accepts an empty plan and returns the
+        baseline; only this front door refuses.) A ``CompiledPlan`` is passed through as it is."""
+        if isinstance(what, (Cut, RandomCut, Plan, CompiledPlan)):
             name = (
                 f"{what.src}->{what.dst}"
                 if isinstance(what, Cut)
+                else f"random {what.fraction:g} after {what.start}"
+                if isinstance(what, RandomCut)
                 else what.plan.name
                 if isinstance(what, CompiledPlan)
                 else what.name
@@ -543,7 +545,9 @@ class Probe:
                 "give the layers with layers=, e.g. knockout('video->last', layers=[3]), or a "
                 "Cut('video', 'last', (3,))"
             )
-        single = isinstance(plans, (str, Cut, Plan, CompiledPlan)) or not isinstance(plans, Iterable)
+        single = isinstance(plans, (str, Cut, RandomCut, Plan, CompiledPlan)) or not isinstance(
+            plans, Iterable
+        )
         items = [plans] if single else list(plans)
         layer_list = None if layers is None else as_indices(layers)
         plans = [self.plan(p, layer_list) for p in items]

@@ -228,6 +228,7 @@ def run(
                     "model": model_fingerprint(options.model, progress=options.progress),
                     "data": data_fingerprint(options.data, samples, options.seed),
                 },
+                analyses,
             )
             # the total, from the start: an interrupted run's counts say "done of total"
             if manifest.get("num_samples") != len(samples):

@@ -293,3 +293,45 @@ def test_a_row_shard_whose_done_marker_file_is_lost_is_named_on_merge(
         merged = vlmflow.merge(out)
     assert merged["samples"]["done"] == 0
     assert f"1 row shard(s) without their done-marker file: shard-00000.jsonl ({rows} rows)" in caplog.text
+
+
+def test_a_folder_of_another_analysis_version_is_refused_naming_what_changed(tmp_path: Path) -> None:
+    """A run folder records the version of each analysis its records were computed by
+    (``computed_in.analysis_versions``); one without it counts as version 1. Opening it with
+    another version is refused in one line naming the analysis, both versions and each
+    change in between; the same version opens and records it."""
+    from vlmflow.analyses.base import Analysis
+    from vlmflow.analyses.logit_lens import LogitLens
+    from vlmflow.errors import RunError
+
+    class Counted(Analysis):
+        name = "counted"
+        version = 3
+        changes = {2: "ties rank last", 3: "float64"}
+
+        def config(self) -> dict:
+            return {}
+
+    run = RunDir(tmp_path / "run")
+    config = {"model": "m", "analyses": {"counted": {}, "logit-lens": LogitLens().config()}}
+    run.open(config, {}, [Counted(), LogitLens()])
+    assert run.manifest()["computed_in"]["analysis_versions"] == {"counted": 3, "logit-lens": 2}
+    run.open(config, {}, [Counted(), LogitLens()])  # the same versions: resumed
+    manifest = run.manifest()
+    del manifest["computed_in"]["analysis_versions"]  # a folder from before versions were recorded
+    with pytest.raises(RunError) as refused:
+        run.refuse_other_versions([Counted()], manifest)
+    assert (
+        "holds counted records computed by version 1 of that analysis (the folder records no version"
+        in str(refused.value)
+    )
+    assert "computes version 3 (changed in version 2: ties rank last; 3: float64)" in str(refused.value)
+    with pytest.raises(
+        RunError, match=r"logit-lens records computed by version 1 .*word-initial first sub-token"
+    ):
+        run.refuse_other_versions([LogitLens()], manifest)
+    manifest["computed_in"]["analysis_versions"] = {"counted": 4}  # started by a newer vlmflow
+    with pytest.raises(
+        RunError, match=r"version 4 of that analysis, but this vlmflow computes version 3 \(the"
+    ):
+        run.refuse_other_versions([Counted()], manifest)

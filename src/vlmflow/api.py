@@ -227,6 +227,7 @@ def run(
                     "model": model_fingerprint(options.model, progress=options.progress),
                     "data": data_fingerprint(options.data, samples, options.seed),
                 },
+                analyses,
             )
             # the total, from the start: an interrupted run's counts say "done of total"
             if manifest.get("num_samples") != len(samples):
@@ -486,14 +487,33 @@ def refuse_other_computed_in(
             f"{options.model} in {now['dtype']} (on {adapter.device}); pass --dtype {before['dtype']} "
             f"(Options.dtype) to resume it, or write to a new --out{hint}"
         )
+    # a setting the folder did not record: as now, unless the family says it was processed
+    # otherwise before it was recorded (Adapter.processing_before)
+    unrecorded = {k: v for k, v in _processing_before(adapter).items() if k in now and k not in before}
+    before.update(unrecorded)
     differ = sorted(k for k in now if k in before and before[k] != now[k])
     if differ:
-        said = ", ".join(f"{k} {before[k]!r} -> {now[k]!r}" for k in differ)
+        untold = " (not recorded: as the vlmflow that started it processed)"
+        said = ", ".join(f"{k} {before[k]!r}{untold * (k in unrecorded)} -> {now[k]!r}" for k in differ)
+        changes = getattr(adapter, "processing_changes", {})
+        notes = "".join(f"; {k}: {changes[k]}" for k in differ if k in unrecorded and k in changes)
+        advice = (
+            "this vlmflow no longer processes inputs so: write to a new --out (vlmflow report and "
+            "merge still read this folder)"
+            if any(k in unrecorded for k in differ)
+            else "resume it with the settings it was started with, or write to a new --out"
+        )
         raise RunError(
-            f"{rundir.path} holds records whose inputs were processed otherwise ({said}); "
-            f"resume it with the settings it was started with, or write to a new --out{hint}"
+            f"{rundir.path} holds records whose inputs were processed otherwise ({said}{notes}); "
+            f"{advice}{hint}"
         )
     return now
+
+
+def _processing_before(adapter: Any) -> dict[str, Any]:
+    """``adapter.processing_before()``, or nothing for an object without it."""
+    before = getattr(adapter, "processing_before", None)
+    return before() if callable(before) else {}
 
 
 def merge(run_dir: str | Path) -> dict[str, Any]:

@@ -38,6 +38,7 @@ import pandas as pd
 from .errors import RunError
 
 if TYPE_CHECKING:
+    from .analyses.base import Analysis
     from .lock import FolderLock
     from .run import RunSummary
     from .store import RecordStore
@@ -297,9 +298,16 @@ class RunDir:
         specs = [f"{typed.partition(':')[0]}:{where}"] if isinstance(typed, str) and where else []
         return specs + ([typed] if isinstance(typed, str) and typed not in specs else [])
 
-    def open(self, config: dict[str, Any], provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    def open(
+        self,
+        config: dict[str, Any],
+        provenance: dict[str, Any] | None = None,
+        analyses: Sequence[Analysis] = (),
+    ) -> dict[str, Any]:
         """Create or resume the run; refuse a different configuration or, when both
-        manifests have them, different model weights or dataset fingerprints."""
+        manifests have them, different model weights or dataset fingerprints, or records
+        computed by another version of one of ``analyses`` (:meth:`refuse_other_versions`).
+        Records the versions of ``analyses`` in ``computed_in.analysis_versions``."""
         from .store import check_shards
 
         self.path.mkdir(parents=True, exist_ok=True)
@@ -310,6 +318,7 @@ class RunDir:
             manifest = self.manifest()
             self.refuse_other_config(manifest.get("config", {}), canonical)
             self.refuse_other_provenance(manifest.get("provenance", {}), provenance or {})
+            self.refuse_other_versions(analyses, manifest)
             manifest["config"] = canonical  # the same run; layer options as this version writes them
             where = ((provenance or {}).get("data") or {}).get("path")
             if where:  # the same data (its fingerprints match), read from there this time
@@ -326,8 +335,45 @@ class RunDir:
                 "seeds": {"subsample": config.get("seed")},
                 "started_at": now(),
             }
+        if analyses:  # what the records are computed by, from now on (an older folder: recorded now)
+            computed = manifest.setdefault("computed_in", {})
+            computed["analysis_versions"] = {
+                **computed.get("analysis_versions", {}),
+                **{a.name: a.version for a in analyses},
+            }
         self.write_manifest(manifest)
         return manifest
+
+    def refuse_other_versions(
+        self, analyses: Sequence[Analysis], manifest: dict[str, Any] | None = None, hint: str = ""
+    ) -> None:
+        """A :class:`RunError` when this folder holds records of one of ``analyses`` computed by
+        another version of it (``Analysis.version``; the folder's
+        ``computed_in.analysis_versions``, an analysis it does not name counting as version 1,
+        as a folder from before versions were recorded): one line naming the analysis, both
+        versions and what changed between them (``Analysis.changes``), saying to write to a
+        new --out. Adding records is what is refused: ``vlmflow report`` and ``merge`` still
+        read the folder. ``hint`` ends it."""
+        manifest = self.manifest() if manifest is None else manifest
+        recorded = (manifest.get("computed_in") or {}).get("analysis_versions") or {}
+        for analysis in analyses:
+            old, new = recorded.get(analysis.name, 1), analysis.version
+            if old == new:
+                continue
+            unrecorded = " (the folder records no version: started before vlmflow recorded them)"
+            how = f"version {old} of that analysis{'' if analysis.name in recorded else unrecorded}"
+            if new > old:
+                changes = analysis.changes
+                notes = [f"{v}: {changes[v]}" for v in range(old + 1, new + 1) if v in changes]
+                what = f" (changed in version {'; '.join(notes)})" if notes else ""
+            else:
+                what = " (the folder was started by a newer vlmflow)"
+            raise RunError(
+                f"{self.path} holds {analysis.name} records computed by {how}, but this "
+                f"vlmflow computes version {new}{what}; new records would be mixed with the folder's in "
+                f"one table, so adding to it is refused: write to a new --out (vlmflow report and "
+                f"merge still read this folder){hint}"
+            )
 
     def refuse_orphan_records(self, hint: str = "") -> None:
         """A ``records/`` with record shards or done markers but no manifest (copied from

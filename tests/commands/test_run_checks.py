@@ -227,7 +227,11 @@ def test_a_resume_in_another_dtype_is_refused(tiny_llava_path, tmp_path) -> None
     analyses = [AnswerProbability()]
     vlmflow.run(options, analyses, out)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["computed_in"] == {"dtype": "float32", "frame_policy": "segment_middle"}
+    assert manifest["computed_in"] == {
+        "dtype": "float32",
+        "frame_policy": "segment_middle",
+        "analysis_versions": {"answer-prob": 2},
+    }
     before = read_records(out)
     bf16 = vlmflow.load(str(tiny_llava_path), dtype="bfloat16")  # what the same options load on a GPU
     with pytest.raises(
@@ -331,7 +335,8 @@ def test_a_resume_that_processes_inputs_otherwise_is_refused(tiny_llava_path, tm
         vlmflow.VlmflowError, match=r"processed otherwise \(frame_policy 'linspace' -> 'segment_middle'\)"
     ):
         vlmflow.run(options, [AnswerProbability()], out, model=model)
-    manifest["computed_in"] = {"dtype": "float32"}  # an older folder
+    # an older folder (of this version of answer-prob: see test_old_run_folders.py for older ones)
+    manifest["computed_in"] = {"dtype": "float32", "analysis_versions": {"answer-prob": 2}}
     path.write_text(json.dumps(manifest))
     vlmflow.run(options, [AnswerProbability()], out, model=model)
     assert json.loads(path.read_text())["computed_in"]["frame_policy"] == "segment_middle"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -303,3 +304,37 @@ def test_the_video_budget_is_recorded(qwen_adapters, family: str) -> None:
     budget = qwen_adapters[family].processing()["video_budget"]
     assert budget["cap_pixels_per_frame"] is True
     assert budget["longest_edge"] > budget["shortest_edge"] > 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_folder_from_before_the_video_budget_was_recorded(qwen_adapters, family: str, tmp_path) -> None:
+    """A folder whose ``computed_in`` has no ``video_budget`` was started before 293a870:
+    Qwen3-VL's frames were then uncapped, so resuming it now (capped) is refused, naming the
+    budget as it was and as now; Qwen2/2.5-VL's were capped as now, so theirs resumes and
+    records the budget."""
+    import json
+
+    from vlmflow.api import _check_computed_in
+    from vlmflow.errors import RunError
+    from vlmflow.rundir import RunDir
+
+    adapter = qwen_adapters[family]
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    computed_in = {"dtype": "float32", "frame_policy": adapter.processing()["frame_policy"]}
+    run.write_manifest({"config": {"model": family}, "computed_in": computed_in})
+    options = SimpleNamespace(model=family)
+    if family != "qwen3_vl":
+        _check_computed_in(run, adapter, options)
+        recorded = json.loads(run.manifest_path.read_text())["computed_in"]
+        assert recorded["video_budget"] == adapter.processing()["video_budget"]
+        return
+    with pytest.raises(RunError) as refused:
+        _check_computed_in(run, adapter, options)
+    said = str(refused.value)
+    assert "processed otherwise (video_budget {" in said
+    assert "'cap_pixels_per_frame': False" in said.split("->")[0]
+    assert "'cap_pixels_per_frame': True" in said.split("->")[1]
+    assert "(not recorded: as the vlmflow that started it processed)" in said
+    assert "per-frame pixel cap since 293a870" in said and "write to a new --out" in said
+    assert json.loads(run.manifest_path.read_text())["computed_in"] == computed_in

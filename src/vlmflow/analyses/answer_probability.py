@@ -40,6 +40,11 @@ class AnswerProbability(Analysis):
     name: ClassVar[str] = "answer-prob"
     order: ClassVar[int] = 20
     needs_knockout: ClassVar[bool] = False
+    version: ClassVar[int] = 2
+    changes: ClassVar[dict[int, str]] = {
+        2: "option probabilities are read in float64 log space (float32 read 0 for every letter at "
+        "intermediate layers) and true_rank counts a tie against the true letter (85c12f4)",
+    }
     norm: bool | str = option(
         True,
         "final norm on intermediate layers (--no-norm: skip it, as the paper's LLaVA code)",

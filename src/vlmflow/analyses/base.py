@@ -121,7 +121,16 @@ class Analysis:
     key), ``order`` (position in the report), ``needs_knockout`` (whether it cuts, so the
     model's attention must take masks), ``command`` (whether it has a CLI command of its
     own; a variant reached through another command's option has none), ``via`` (for one
-    without a command, how the CLI runs it, e.g. ``flow --screen K``).
+    without a command, how the CLI runs it, e.g. ``flow --screen K``), ``version`` and
+    ``changes`` (below).
+
+    ``version`` counts the changes to *how* the analysis computes its records that no option
+    names (a fix of a formula, a tokenizer rule): it is bumped with each, and ``changes`` says
+    per version what changed. A run folder records the version its records were computed by
+    (``computed_in.analysis_versions``; a folder that records none counts as version 1), and
+    a resume by another version is refused (:meth:`~vlmflow.rundir.RunDir.refuse_other_versions`),
+    so old and new records are never mixed in one table. A change to what is only computed
+    from stored records (a summary, a figure) needs no bump: the report recomputes those.
     """
 
     name: ClassVar[str] = ""
@@ -129,6 +138,8 @@ class Analysis:
     needs_knockout: ClassVar[bool] = True
     command: ClassVar[bool] = True  # whether the CLI has a command of its name
     via: ClassVar[str] = ""  # without a command: the command line that runs it
+    version: ClassVar[int] = 1  # of how records are computed; bumped with a note in changes
+    changes: ClassVar[dict[int, str]] = {}  # version -> what changed from the version before
 
     def records(self, probe: Probe) -> list[dict[str, Any]]:
         """The records of one input (``[]`` to skip it)."""

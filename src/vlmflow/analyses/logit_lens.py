@@ -149,6 +149,12 @@ class LogitLens(Analysis):
     name: ClassVar[str] = "logit-lens"
     order: ClassVar[int] = 30
     needs_knockout: ClassVar[bool] = False
+    version: ClassVar[int] = 2
+    changes: ClassVar[dict[int, str]] = {
+        2: "a keyword is its word-initial first sub-token on every tokenizer (byte-level ones such "
+        "as SmolLM2's and Qwen's split the bare word into fragments that never matched), which "
+        "changes the records' keyword hits and words (74ed09f)",
+    }
     projection: str = option(
         "unembed", "unembed (final norm + output head) or embed (input embeddings, as the paper)"
     )

@@ -707,6 +707,8 @@ def search_and_evaluate(
                 rundir.refuse_orphan_records(NOTHING_SEARCHED)
             config = {**run_options.manifest(), "analyses": {planned.name: planned.config()}}
             _refuse_other_search(rundir, config)
+            if rundir.manifest_path.exists():  # records of another version of the analysis
+                rundir.refuse_other_versions([planned], hint=NOTHING_SEARCHED)
 
         ctx.on_main(claim)
         samples = options.samples_of()

@@ -123,6 +123,9 @@ class Adapter:
     # whether the paper's answer-probability code normed intermediate layers for this family
     # (``answer-prob --paper``): its LLaVA/InternVL code did not, its VideoLLaMA3 code did
     paper_final_norm: ClassVar[bool] = False
+    # a key of processing() -> what changed in it before run folders recorded it (said when a
+    # resume of such a folder is refused; see processing_before)
+    processing_changes: ClassVar[dict[str, str]] = {}
 
     def __init__(
         self,
@@ -170,6 +173,15 @@ class Adapter:
         sampled with (:meth:`frame_policy_of`), and a family's own (VideoLLaMA3's
         visual-token budget)."""
         return {"frame_policy": self.frame_policy_of(self.policy_samples)}
+
+    def processing_before(self) -> dict[str, Any]:
+        """What a run folder that does not record a key of :meth:`processing` (one started
+        before vlmflow recorded it) processed its inputs with, for each key whose processing
+        changed before it was recorded: a resume compares that with now's and is refused
+        when they differ (``api.refuse_other_computed_in``; :attr:`processing_changes` says
+        what changed). Default: none - a key a folder does not record is taken as processed
+        as now, and recorded on its next resume."""
+        return {}
 
     def policy_for(self, sample: Sample, default: str | None = None) -> str:
         """The frame policy ``sample``'s video is sampled with: the one the user chose

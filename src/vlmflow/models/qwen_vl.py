@@ -299,6 +299,16 @@ class Qwen3VLAdapter(QwenVLAdapter):
     # (frames x H x W), used as is; the reference's per-frame cap applies on top (without it,
     # transformers 5.24 lets 8 frames of 1920 x 1080 cost 2.8x the reference's tokens)
     video_pixels_default = None
+    processing_changes: ClassVar[dict[str, str]] = {
+        "video_budget": "frames get the reference's per-frame pixel cap since 293a870 "
+        "(before, no cap was passed and transformers 5.24 left them uncapped)",
+    }
+
+    def processing_before(self) -> dict[str, Any]:
+        """A folder that records no ``video_budget`` was started before the per-frame cap
+        (293a870): its frames were processed with the same size bounds, uncapped."""
+        budget = {**self.processing()["video_budget"], "cap_pixels_per_frame": False}
+        return {"video_budget": budget}
 
     def process(self, text: str, frames: np.ndarray) -> dict[str, Any]:
         """As the base class; fewer frames than a temporal patch (one) are padded with

@@ -497,6 +497,8 @@ def _read_container(path, num_frames, policy, bound, allow_seek):
     with av.open(str(path)) as container:
         stream = _video_stream(container, path)
         index = stream.index  # read now: the stream is gone once the container closes
+        if stream.codec_context is None:  # its codec parameters are cut off or damaged
+            raise DataError(f"cannot decode {path}: its video stream has no usable codec parameters")
         stream.thread_type = "AUTO"
         _check_size(stream.codec_context.width or 0, stream.codec_context.height or 0, path)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate

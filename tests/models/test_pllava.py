@@ -280,3 +280,25 @@ def test_a_config_without_pooling_shape_warns_and_the_option_chooses(
     assert chosen.model.pooling_shape == tuple(chosen.processor.pooling_shape) == (4, 2, 2)
     assert chosen.prepare(make_sample(frames=4)).layout.frame_grids == ((2, 2),) * 4
     assert "pooling_shape" in PllavaAdapter.options()
+
+
+def test_a_resume_with_another_pooling_is_refused(pllava_path: Path, pllava, baseline) -> None:
+    """``pooling_shape`` changes the visual tokens, so it is part of the recorded input
+    processing (PLLaVA and its image baseline): a resume with another pooling was accepted
+    and mixed two inputs in one run. The default records the checkpoint's pooling, as the
+    code used before."""
+    from vlmflow.api import refuse_other_computed_in
+    from vlmflow.errors import RunError
+
+    class Options:
+        model = "pllava"
+
+    class Folder:
+        path = "runs/pllava"
+
+    assert pllava.processing()["pooling_shape"] == [4, 2, 2]  # the fixture's config
+    assert baseline.processing()["pooling_shape"] == [8, 2, 2]
+    other = load_model(str(pllava_path), progress=False, pooling_shape=(4, 1, 1))
+    before = {"computed_in": refuse_other_computed_in(Folder(), pllava, Options(), manifest={})}
+    with pytest.raises(RunError, match=r"pooling_shape \[4, 2, 2\] -> \[4, 1, 1\]"):
+        refuse_other_computed_in(Folder(), other, Options(), manifest=before)

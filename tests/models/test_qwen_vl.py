@@ -146,6 +146,31 @@ def test_frame_times_follow_frames_per_second(qwen_paths) -> None:
     assert stamps == [lead + "<0.5 seconds>", "<2.5 seconds>", "<4.5 seconds>", "<6.5 seconds>"]
 
 
+def test_a_resume_at_another_frames_per_second_is_refused(qwen_paths) -> None:
+    """``frames_per_second`` changes Qwen3-VL's timestamp text (2 fps: ``<1.2 seconds>``,
+    0.5 fps: ``<5.0 seconds>``) and Qwen2.5-VL's temporal positions, so it is part of the
+    recorded input processing: a resume at another rate was accepted and mixed the two.
+    The default records the rate the code used before (the processor's, 2 fps)."""
+    from vlmflow.api import refuse_other_computed_in
+    from vlmflow.errors import RunError
+
+    class Options:
+        model = "qwen3"
+
+    class Folder:
+        path = "runs/qwen3"
+
+    for family in ("qwen2_5_vl", "qwen3_vl"):
+        default = load_model(str(qwen_paths[family]))
+        assert default.processing()["frames_per_second"] == 2.0
+        slow = load_model(str(qwen_paths[family]), frames_per_second=0.5)
+        before = {"computed_in": refuse_other_computed_in(Folder(), default, Options(), manifest={})}
+        with pytest.raises(RunError, match=r"frames_per_second 2\.0 -> 0\.5"):
+            refuse_other_computed_in(Folder(), slow, Options(), manifest=before)
+    # Qwen2-VL's inputs do not depend on the rate: nothing to refuse
+    assert "frames_per_second" not in load_model(str(qwen_paths["qwen2_vl"])).processing()
+
+
 def test_qwen3_deepstack_is_replayed_by_the_engine(qwen_adapters) -> None:
     """Deepstack adds visual features to the residual stream after the first decoder layers,
     outside the layer modules: the engine must see exactly those additions and replay them."""

@@ -124,6 +124,9 @@ class QwenVLAdapter(Adapter):
     # the video processor's ``size`` bounds the whole clip (frames x H x W), not one frame
     # (Qwen3-VL): per-frame ``video_pixels`` are then turned into a clip size per call
     clip_size: ClassVar[bool] = False
+    # ``frames_per_second`` changes the inputs (Qwen2.5-VL's temporal position step,
+    # Qwen3-VL's timestamp text; Qwen2-VL's inputs do not depend on it)
+    fps_in_inputs: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -212,7 +215,10 @@ class QwenVLAdapter(Adapter):
         """As the base class, with the video pixel budget the processor is run with
         (``video_budget``: its ``size`` bounds, whether the reference's per-frame cap applies,
         and the cap's ``max_video_tokens``), so a resume under a transformers whose defaults
-        changed them is refused instead of silently processing inputs otherwise."""
+        changed them is refused instead of silently processing inputs otherwise; and, where
+        the inputs depend on it, ``frames_per_second`` (the resolved rate, so a folder
+        started before it was recorded resumes at the default it used)."""
+        timed = {"frames_per_second": self.frames_per_second} if self.fps_in_inputs else {}
         vp = self.processor.video_processor
         if self.video_pixels is not None and self.clip_size:
             low, high = (int(x) for x in self.video_pixels)
@@ -222,7 +228,7 @@ class QwenVLAdapter(Adapter):
                 "per_frame": True,
                 "total_pixels": self._total_pixels(),
             }
-            return {**super().processing(), "video_budget": budget}
+            return {**super().processing(), "video_budget": budget, **timed}
         if self.video_pixels is not None:
             low, high = (int(x) for x in self.video_pixels)
         else:
@@ -233,7 +239,7 @@ class QwenVLAdapter(Adapter):
             "cap_pixels_per_frame": bool(self.total_pixel_budget),
             "max_video_tokens": getattr(vp, "max_video_tokens", None),
         }
-        return {**super().processing(), "video_budget": budget}
+        return {**super().processing(), "video_budget": budget, **timed}
 
     def _total_pixels(self) -> float:
         """qwen-vl-utils' total video budget in pixels at this processor's patch x merge."""
@@ -328,6 +334,7 @@ class Qwen2VLAdapter(QwenVLAdapter):
     model_types = ("qwen2_vl",)
     model_class = "Qwen2VLForConditionalGeneration"
     processor_class = "Qwen2VLProcessor"
+    fps_in_inputs = False
 
 
 @MODELS.register("qwen2_5_vl", "Qwen2.5-VL (HF Qwen2_5_VLForConditionalGeneration)")

@@ -377,3 +377,26 @@ def test_the_video_budget_is_recorded(qwen_adapters, family: str) -> None:
     budget = qwen_adapters[family].processing()["video_budget"]
     assert budget["cap_pixels_per_frame"] is True
     assert budget["longest_edge"] > budget["shortest_edge"] > 0
+
+
+def test_an_adapter_on_a_user_loaded_model_turns_hub_kernels_off(qwen_paths) -> None:
+    """transformers 5.25's ``from_pretrained`` turns hub kernels on by default; vlmflow's
+    loaders ask for none (``NO_HUB_KERNELS``), but an adapter built on a model the user
+    loaded kept them (``use_kernels`` True), so its numbers came from other kernels."""
+    import transformers
+
+    from vlmflow.models.qwen_vl import Qwen2VLAdapter
+
+    path = str(qwen_paths["qwen2_vl"])
+    model = transformers.Qwen2VLForConditionalGeneration.from_pretrained(path)
+    if not hasattr(model, "use_kernels"):
+        pytest.skip("this transformers has no hub kernels (use_kernels)")
+    if not model.use_kernels:  # transformers 5.24's default: turn them on as 5.25 does
+        try:
+            model.use_kernels = True
+        except Exception as exc:  # the kernels package is missing
+            pytest.skip(f"hub kernels cannot be turned on here: {exc}")
+    assert model.use_kernels
+    processor = load_model(path).processor
+    adapter = Qwen2VLAdapter(model, processor)
+    assert adapter.model.use_kernels is False

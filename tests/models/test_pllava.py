@@ -266,9 +266,13 @@ def test_a_config_without_pooling_shape_warns_and_the_option_chooses(
     (path / "config.json").write_text(json.dumps(config))
     (path / "pllava_processor.json").unlink(missing_ok=True)
     assert is_pllava_config(config)
+    from vlmflow.errors import UnsupportedModelError
+
+    # the fallback pools to 16 x 16, more than this tiny tower's 4 x 4 patch grid: refused
+    # (test_a_pooling_shape_beyond_the_patch_grid_or_not_whole_is_refused), after the warning
     with caplog.at_level(logging.WARNING, logger="vlmflow.models.pllava"):
-        fallback = load_model(str(path), progress=False)
-    assert fallback.model.pooling_shape == (8, 16, 16)
+        with pytest.raises(UnsupportedModelError, match=r"\[8, 16, 16\] pools to 16x16 tokens a frame"):
+            load_model(str(path), progress=False)
     said = [r.getMessage() for r in caplog.records if "pooling_shape" in r.getMessage()]
     assert len(said) == 1 and str(path) in said[0], said
     assert "no pooling_shape" in said[0] and "(8, 16, 16)" in said[0] and "pooling_shape=(t, h, w)" in said[0]
@@ -280,3 +284,52 @@ def test_a_config_without_pooling_shape_warns_and_the_option_chooses(
     assert chosen.model.pooling_shape == tuple(chosen.processor.pooling_shape) == (4, 2, 2)
     assert chosen.prepare(make_sample(frames=4)).layout.frame_grids == ((2, 2),) * 4
     assert "pooling_shape" in PllavaAdapter.options()
+
+
+def test_a_resume_with_another_pooling_is_refused(pllava_path: Path, pllava, baseline) -> None:
+    """``pooling_shape`` changes the visual tokens, so it is part of the recorded input
+    processing (PLLaVA and its image baseline): a resume with another pooling was accepted
+    and mixed two inputs in one run. The default records the checkpoint's pooling, as the
+    code used before."""
+    from vlmflow.api import refuse_other_computed_in
+    from vlmflow.errors import RunError
+
+    class Options:
+        model = "pllava"
+
+    class Folder:
+        path = "runs/pllava"
+
+    assert pllava.processing()["pooling_shape"] == [4, 2, 2]  # the fixture's config
+    assert baseline.processing()["pooling_shape"] == [8, 2, 2]
+    other = load_model(str(pllava_path), progress=False, pooling_shape=(4, 1, 1))
+    before = {"computed_in": refuse_other_computed_in(Folder(), pllava, Options(), manifest={})}
+    with pytest.raises(RunError, match=r"pooling_shape \[4, 2, 2\] -> \[4, 1, 1\]"):
+        refuse_other_computed_in(Folder(), other, Options(), manifest=before)
+
+
+@pytest.mark.parametrize(
+    ("shape", "said"),
+    [
+        ((4, 8, 8), r"pools to 8x8 tokens a frame, more than the vision tower's 4x4 patch grid"),
+        ((4, 2, 5), r"pools to 2x5 tokens a frame, more than the vision tower's 4x4 patch grid"),
+        ((4.7, 2, 2), r"pooling_shape \(4\.7, 2, 2\) is not three integers"),
+        ((4, 2.5, 2), r"is not three integers"),
+        ((True, 2, 2), r"is not three integers"),
+        ((4, 2), r"is not three integers"),
+    ],
+)
+def test_a_pooling_shape_beyond_the_patch_grid_or_not_whole_is_refused(
+    pllava_path: Path, baseline_path: Path, shape, said: str
+) -> None:
+    """Adaptive pooling to more tokens than the patch grid holds repeats patches (4x4 grid,
+    (4, 8, 8): 64 tokens a frame, each patch 4 times) and a fraction was truncated
+    ((4.7, 2, 2) ran as (4, 2, 2)): both are one-line errors naming the option."""
+    from vlmflow.errors import UnsupportedModelError
+
+    for path in (pllava_path, baseline_path):
+        with pytest.raises(UnsupportedModelError, match=said) as caught:
+            load_model(str(path), progress=False, pooling_shape=shape)
+        assert "pooling_shape" in str(caught.value) and "\n" not in str(caught.value)
+    whole = load_model(str(pllava_path), progress=False, pooling_shape=(4.0, 4, 4))
+    assert whole.model.pooling_shape == (4, 4, 4)

@@ -147,6 +147,31 @@ def test_frame_times_follow_frames_per_second(qwen_paths) -> None:
     assert stamps == [lead + "<0.5 seconds>", "<2.5 seconds>", "<4.5 seconds>", "<6.5 seconds>"]
 
 
+def test_a_resume_at_another_frames_per_second_is_refused(qwen_paths) -> None:
+    """``frames_per_second`` changes Qwen3-VL's timestamp text (2 fps: ``<1.2 seconds>``,
+    0.5 fps: ``<5.0 seconds>``) and Qwen2.5-VL's temporal positions, so it is part of the
+    recorded input processing: a resume at another rate was accepted and mixed the two.
+    The default records the rate the code used before (the processor's, 2 fps)."""
+    from vlmflow.api import refuse_other_computed_in
+    from vlmflow.errors import RunError
+
+    class Options:
+        model = "qwen3"
+
+    class Folder:
+        path = "runs/qwen3"
+
+    for family in ("qwen2_5_vl", "qwen3_vl"):
+        default = load_model(str(qwen_paths[family]))
+        assert default.processing()["frames_per_second"] == 2.0
+        slow = load_model(str(qwen_paths[family]), frames_per_second=0.5)
+        before = {"computed_in": refuse_other_computed_in(Folder(), default, Options(), manifest={})}
+        with pytest.raises(RunError, match=r"frames_per_second 2\.0 -> 0\.5"):
+            refuse_other_computed_in(Folder(), slow, Options(), manifest=before)
+    # Qwen2-VL's inputs do not depend on the rate: nothing to refuse
+    assert "frames_per_second" not in load_model(str(qwen_paths["qwen2_vl"])).processing()
+
+
 def test_qwen3_deepstack_is_replayed_by_the_engine(qwen_adapters) -> None:
     """Deepstack adds visual features to the residual stream after the first decoder layers,
     outside the layer modules: the engine must see exactly those additions and replay them."""
@@ -255,25 +280,30 @@ def test_a_sliding_window_is_checked_against_the_input(tiny_models, tmp_path, fa
         engine.evaluate([plan])
 
 
-def qwen3_reference_tokens(height: int, width: int, frames: int, clip_pixels: int, factor: int) -> int:
-    """Merged tokens per temporal patch under qwen-vl-utils' Qwen3-VL video budget (an
-    independent re-statement): each frame gets at most 768 tokens' worth of pixels and at
-    most an even share of the clip budget, then the aspect-preserving resize to ``factor``."""
-    per_frame = min(768 * factor * factor, clip_pixels / frames)
-    h, w = round(height / factor) * factor, round(width / factor) * factor
-    if h * w > per_frame:
-        beta = math.sqrt(height * width / per_frame)
+def qwen3_reference_tokens(height: int, width: int, frames: int, factor: int) -> int:
+    """Merged tokens per temporal patch under qwen-vl-utils' video budget (QwenLM/Qwen3-VL,
+    vision_process.py fetch_video, its defaults; an independent re-statement): the frame
+    count padded to even (FRAME_FACTOR 2); each frame at least VIDEO_MIN_TOKEN_NUM (128)
+    tokens' worth of pixels, at most VIDEO_MAX_TOKEN_NUM (768) and at most an even share
+    (times FRAME_FACTOR) of MODEL_SEQ_LEN (128,000) x 0.9 tokens' worth, the bound floored
+    at 1.05 x the minimum; then smart_resize to multiples of ``factor`` (patch x merge)."""
+    frames = math.ceil(frames / 2) * 2
+    low = 128 * factor * factor
+    total = 128000 * factor * factor * 0.9
+    high = max(min(768 * factor * factor, total / frames * 2), int(low * 1.05))
+    h, w = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
+    if h * w > high:
+        beta = math.sqrt(height * width / high)
         h, w = math.floor(height / beta / factor) * factor, math.floor(width / beta / factor) * factor
+    elif h * w < low:
+        beta = math.sqrt(low / (height * width))
+        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
     return (h // factor) * (w // factor)
 
 
-def test_qwen3_frames_get_the_reference_per_frame_cap(tiny_models, tmp_path) -> None:
-    """Qwen3-VL repositories ship a video ``size`` that budgets the whole clip (24,576 tokens'
-    worth for Qwen3-VL-8B-Instruct) and no ``cap_pixels_per_frame``; the reference
-    (qwen-vl-utils) caps each frame at 768 tokens on top. transformers 5.24 applies that cap
-    only when asked, so 8 frames of 540 x 960 here (1920 x 1080 at the hub models' 32 px
-    patch x merge) cost 2,040 tokens per temporal patch instead of the reference's 720. The
-    adapter asks, and records the budget it runs with."""
+def _hub_like_qwen3(tiny_models, tmp_path) -> tuple[Path, int, int]:
+    """The tiny Qwen3-VL with the hub's video ``size`` scaled to its patch x merge: a
+    whole-clip budget of 4 to 24,576 tokens' worth (Qwen3-VL-8B-Instruct's)."""
     import json
     import shutil
 
@@ -284,17 +314,61 @@ def test_qwen3_frames_get_the_reference_per_frame_cap(tiny_models, tmp_path) -> 
     clip = 24576 * factor * factor
     config["video_processor"]["size"] = {"shortest_edge": 4 * factor * factor, "longest_edge": clip}
     (path / "processor_config.json").write_text(json.dumps(config))
-    adapter = load_model(str(path), progress=False)
-    frames = np.zeros((8, 540, 960, 3), dtype=np.uint8)
-    inputs = adapter.process(adapter.video_placeholder + " hello", frames)
+    return path, factor, clip
+
+
+def _tokens_per_patch(adapter, frames: int, height: int, width: int) -> int:
+    clip = np.zeros((frames, height, width, 3), dtype=np.uint8)
+    inputs = adapter.process(adapter.video_placeholder + " hello", clip)
     t, h, w = (int(x) for x in inputs["video_grid_thw"][0])
-    assert (t, (h // 2) * (w // 2)) == (4, qwen3_reference_tokens(540, 960, 8, clip, factor)) == (4, 720)
+    assert t == math.ceil(frames / 2)
+    return (h // 2) * (w // 2)
+
+
+def test_qwen3_frames_get_the_reference_per_frame_cap(tiny_models, tmp_path) -> None:
+    """Qwen3-VL repositories ship a video ``size`` that budgets the whole clip (24,576 tokens'
+    worth for Qwen3-VL-8B-Instruct) and no ``cap_pixels_per_frame``. transformers 5.24 caps
+    frames only when asked, so 8 frames of 540 x 960 here (1920 x 1080 at the hub models'
+    32 px patch x merge) cost 2,040 tokens per temporal patch instead of qwen-vl-utils'
+    720. The adapter asks (transformers' cap: at most 768 tokens and an even share of the
+    clip budget a frame), and records the budget it runs with."""
+    path, factor, clip = _hub_like_qwen3(tiny_models, tmp_path)
+    adapter = load_model(str(path), progress=False)
+    tokens = _tokens_per_patch(adapter, 8, 540, 960)
+    assert tokens == qwen3_reference_tokens(540, 960, 8, factor) == 720
     assert adapter.processing()["video_budget"] == {
         "shortest_edge": 4 * factor * factor,
         "longest_edge": clip,
         "cap_pixels_per_frame": True,
         "max_video_tokens": 768,
     }
+
+
+@pytest.mark.parametrize(
+    ("frames", "height", "width", "default"),
+    [(8, 540, 960, 720), (64, 540, 960, 364), (8, 90, 160, 60), (7, 540, 960, 720), (5, 90, 160, 60)],
+)
+def test_qwen3_per_frame_video_pixels_give_the_reference_budget(
+    tiny_models, tmp_path, frames: int, height: int, width: int, default: int
+) -> None:
+    """``video_pixels=(min, max)`` bounds each frame for Qwen3-VL too, with qwen-vl-utils'
+    total budget on top: (128, 768) tokens' worth reproduces qwen-vl-utils' frame sizes
+    (a whole-clip bound before: 64 frames of 540 x 960 got 1 token per patch). The default
+    keeps the repository's whole-clip ``size`` with transformers' per-frame cap, which
+    differs beyond 32 frames (an even share of 24,576 tokens: 364 instead of 720) and
+    below 128 tokens a frame (no upscaling: 60 instead of 144)."""
+    path, factor, _ = _hub_like_qwen3(tiny_models, tmp_path)
+    want = qwen3_reference_tokens(height, width, frames, factor)
+    reference = load_model(str(path), progress=False, video_pixels=(128 * factor**2, 768 * factor**2))
+    assert _tokens_per_patch(reference, frames, height, width) == want
+    assert reference.processing()["video_budget"] == {
+        "shortest_edge": 128 * factor**2,
+        "longest_edge": 768 * factor**2,
+        "per_frame": True,
+        "total_pixels": 128000 * factor**2 * 0.9,
+    }
+    own = load_model(str(path), progress=False)
+    assert _tokens_per_patch(own, frames, height, width) == default
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -338,3 +412,26 @@ def test_a_folder_from_before_the_video_budget_was_recorded(qwen_adapters, famil
     assert "(not recorded: as the vlmflow that started it processed)" in said
     assert "per-frame pixel cap since 293a870" in said and "write to a new --out" in said
     assert json.loads(run.manifest_path.read_text())["computed_in"] == computed_in
+
+
+def test_an_adapter_on_a_user_loaded_model_turns_hub_kernels_off(qwen_paths) -> None:
+    """transformers 5.25's ``from_pretrained`` turns hub kernels on by default; vlmflow's
+    loaders ask for none (``NO_HUB_KERNELS``), but an adapter built on a model the user
+    loaded kept them (``use_kernels`` True), so its numbers came from other kernels."""
+    import transformers
+
+    from vlmflow.models.qwen_vl import Qwen2VLAdapter
+
+    path = str(qwen_paths["qwen2_vl"])
+    model = transformers.Qwen2VLForConditionalGeneration.from_pretrained(path)
+    if not hasattr(model, "use_kernels"):
+        pytest.skip("this transformers has no hub kernels (use_kernels)")
+    if not model.use_kernels:  # transformers 5.24's default: turn them on as 5.25 does
+        try:
+            model.use_kernels = True
+        except Exception as exc:  # the kernels package is missing
+            pytest.skip(f"hub kernels cannot be turned on here: {exc}")
+    assert model.use_kernels
+    processor = load_model(path).processor
+    adapter = Qwen2VLAdapter(model, processor)
+    assert adapter.model.use_kernels is False

@@ -140,6 +140,10 @@ class Adapter:
     ) -> None:
         if prompt_style not in PROMPT_STYLES:
             raise PromptError(f"unknown prompt style {prompt_style!r}; choose from {PROMPT_STYLES}")
+        if getattr(model, "use_kernels", False):
+            # a model the user loaded (transformers 5.25 turns hub kernels on by default):
+            # the torch implementations, as every vlmflow loader asks (NO_HUB_KERNELS)
+            model.use_kernels = False
         self.model = model.eval()
         self.processor = processor
         self.model_id = model_id  # what the user named (records' ``model``; see load_model)

@@ -19,7 +19,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from .base import MODELS
-from .pllava import PllavaAdapter, PllavaProcessor, check_pooling_shape, load_pooled_llava, read_config_dict
+from .pllava import (
+    PllavaAdapter,
+    PllavaProcessor,
+    check_pooling_shape,
+    load_pooled_llava,
+    patch_grid,
+    read_config_dict,
+)
 
 BASELINE_FRAMES = 8  # the fine-tuned models' temporal pooling
 
@@ -35,7 +42,7 @@ def baseline_config(path: str, pooling_shape: Sequence[int] | None = None) -> An
     from transformers import LlavaConfig, LlavaNextConfig
 
     nx = LlavaNextConfig.from_pretrained(path)
-    shape = check_pooling_shape(pooling_shape or baseline_pooling(nx), path)
+    shape = check_pooling_shape(pooling_shape or baseline_pooling(nx), path, patch_grid(nx))
     return LlavaConfig(
         vision_config=nx.vision_config,
         text_config=nx.text_config,

@@ -54,12 +54,24 @@ instead (qwen-vl-utils: 128 to 768 tokens' worth of pixels a frame, ``VIDEO_MIN_
 ``VIDEO_TOTAL_PIXELS``, which transformers applies with ``cap_pixels_per_frame``).
 ``video_pixels=(min, max)`` sets the per-frame bounds, ``None`` keeps the processor's own;
 the default (``"reference"``) is the reference's bounds where the repository has no video
-config and the video config's own where it has one. Qwen3-VL repositories ship a video
-config whose ``size`` is a budget for the whole clip; it is used as is, with the
-reference's per-frame cap on top (each frame at most ``max_video_tokens``, 768, tokens'
-worth of pixels and at most an even share of the clip budget; transformers 5.24 applies it
-only when asked, ``cap_pixels_per_frame``). The adapter always passes
-``cap_pixels_per_frame=True`` and records the budget in :meth:`processing`.
+config and the video config's own where it has one.
+
+Qwen3-VL repositories ship a video config whose ``size`` is a budget for the whole clip
+(frames x H x W; Qwen3-VL-8B-Instruct: 4 to 24,576 tokens' worth). By default it is used
+as is, with transformers' per-frame cap on top (``cap_pixels_per_frame``, always passed:
+each frame at most ``max_video_tokens``, 768, tokens' worth of pixels and at most an even
+share of that clip budget). That is not qwen-vl-utils' rule, which ignores the config's
+``size`` (Qwen's own pipeline calls the processor with ``do_resize=False``) and bounds each
+frame by 128 to 768 tokens' worth and an even share of 128,000 x 0.9 tokens' worth (times 2
+frames): the two agree for frames of 128 tokens' worth or more up to 32 frames; beyond 32
+frames the default gives fewer tokens (64 frames of 1920 x 1080: 364 a temporal patch vs
+720) and it never raises small frames to the 128-token floor (8 frames of 320 x 180: 60 vs
+144). ``video_pixels=(min, max)`` on Qwen3-VL means per-frame bounds as for the other
+families: the adapter applies qwen-vl-utils' rule with them (at most ``max`` and an even
+share of the total, at least 1.05 ``min``; an odd frame count padded to even first, as
+qwen-vl-utils pads it) and passes the processor that per-frame size times the frame count
+as its clip ``size``, with its own cap off; ``(128*32*32, 768*32*32)`` gives qwen-vl-utils'
+frame sizes. The budget is recorded in :meth:`processing`.
 
 Frame times. vlmflow's loaders return frames without decode times, so the adapter tells
 the processor they are evenly spaced at ``frames_per_second`` (default: the video
@@ -89,6 +101,10 @@ from .processors import built_from_image_settings, load_processor
 _DEFAULT_FPS = 2.0
 # qwen-vl-utils' video defaults (vision_process.py): per-frame pixel bounds in 28 x 28 units
 REFERENCE_VIDEO_PIXELS = (128 * 28 * 28, 768 * 28 * 28)
+# qwen-vl-utils' total video budget: 90% of MODEL_SEQ_LEN (128,000) tokens' worth of pixels,
+# shared evenly by the frames, each temporal patch of FRAME_FACTOR (2) counting once
+REFERENCE_TOTAL_TOKENS = 128000
+REFERENCE_FRAME_FACTOR = 2
 
 
 class QwenVLAdapter(Adapter):
@@ -105,6 +121,12 @@ class QwenVLAdapter(Adapter):
     # change of transformers' default cannot change the inputs): Qwen2/2.5-VL bound each
     # frame's share of a total budget, Qwen3-VL each frame's share of its whole-clip budget
     total_pixel_budget: ClassVar[bool] = True
+    # the video processor's ``size`` bounds the whole clip (frames x H x W), not one frame
+    # (Qwen3-VL): per-frame ``video_pixels`` are then turned into a clip size per call
+    clip_size: ClassVar[bool] = False
+    # ``frames_per_second`` changes the inputs (Qwen2.5-VL's temporal position step,
+    # Qwen3-VL's timestamp text; Qwen2-VL's inputs do not depend on it)
+    fps_in_inputs: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -151,17 +173,20 @@ class QwenVLAdapter(Adapter):
         )
         return start + self.processor.video_token + end
 
-    def process(self, text: str, frames: np.ndarray) -> dict[str, Any]:
+    def process(self, text: str, frames: np.ndarray, *, timed: int | None = None) -> dict[str, Any]:
         """Real processor on one prompt and one video ``(T, H, W, 3)`` uint8.
 
         The frames are already sampled by vlmflow (``do_sample_frames=False``); their times
-        are declared evenly spaced at ``frames_per_second``. The processor's own placeholder
-        expansion is kept for :meth:`expand_placeholder` and :meth:`video_tokens`.
+        are declared evenly spaced at ``frames_per_second`` (the first ``timed`` frames'
+        only, default all: the processor gives the others the last one's time). The
+        processor's own placeholder expansion is kept for :meth:`expand_placeholder` and
+        :meth:`video_tokens`.
         """
         from transformers.video_utils import VideoMetadata
 
         n = len(frames)
-        meta = VideoMetadata(total_num_frames=n, fps=self.frames_per_second, frames_indices=list(range(n)))
+        k = n if timed is None else timed
+        meta = VideoMetadata(total_num_frames=k, fps=self.frames_per_second, frames_indices=list(range(k)))
         out = dict(
             self.processor(
                 text=text,
@@ -170,7 +195,7 @@ class QwenVLAdapter(Adapter):
                 do_sample_frames=False,
                 return_text_replacement_offsets=True,
                 return_tensors="pt",
-                **self._budget(),
+                **self._budget(n),
             )
         )
         replaced = [r for r in out.pop("text_replacement_offsets")[0] if r["type"] == "video"]
@@ -190,8 +215,20 @@ class QwenVLAdapter(Adapter):
         """As the base class, with the video pixel budget the processor is run with
         (``video_budget``: its ``size`` bounds, whether the reference's per-frame cap applies,
         and the cap's ``max_video_tokens``), so a resume under a transformers whose defaults
-        changed them is refused instead of silently processing inputs otherwise."""
+        changed them is refused instead of silently processing inputs otherwise; and, where
+        the inputs depend on it, ``frames_per_second`` (the resolved rate, so a folder
+        started before it was recorded resumes at the default it used)."""
+        timed = {"frames_per_second": self.frames_per_second} if self.fps_in_inputs else {}
         vp = self.processor.video_processor
+        if self.video_pixels is not None and self.clip_size:
+            low, high = (int(x) for x in self.video_pixels)
+            budget = {
+                "shortest_edge": low,
+                "longest_edge": high,
+                "per_frame": True,
+                "total_pixels": self._total_pixels(),
+            }
+            return {**super().processing(), "video_budget": budget, **timed}
         if self.video_pixels is not None:
             low, high = (int(x) for x in self.video_pixels)
         else:
@@ -202,10 +239,29 @@ class QwenVLAdapter(Adapter):
             "cap_pixels_per_frame": bool(self.total_pixel_budget),
             "max_video_tokens": getattr(vp, "max_video_tokens", None),
         }
-        return {**super().processing(), "video_budget": budget}
+        return {**super().processing(), "video_budget": budget, **timed}
 
-    def _budget(self) -> dict[str, Any]:
+    def _total_pixels(self) -> float:
+        """qwen-vl-utils' total video budget in pixels at this processor's patch x merge."""
+        vp = self.processor.video_processor
+        factor = int(vp.patch_size) * int(vp.merge_size)
+        return REFERENCE_TOTAL_TOKENS * factor * factor * 0.9
+
+    def _budget(self, frames: int) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
+        if self.video_pixels is not None and self.clip_size:
+            # qwen-vl-utils' per-frame bound (fetch_video): at most ``max`` and an even share of
+            # the total budget, at least 1.05 ``min``; the processor bounds the clip, so the
+            # per-frame bounds go in times the frame count (even: see Qwen3VLAdapter.process)
+            # and its own cap is off (it would share the clip bound, not the total budget)
+            low, high = (int(x) for x in self.video_pixels)
+            share = self._total_pixels() / frames * REFERENCE_FRAME_FACTOR
+            per_frame = max(min(high, share), int(low * 1.05))
+            # (a whole number of pixels, as the processor takes: the same frame sizes, for
+            # a frame's integer pixel count exceeds the share exactly when it exceeds this)
+            kwargs["size"] = {"shortest_edge": low * frames, "longest_edge": int(per_frame * frames)}
+            kwargs["cap_pixels_per_frame"] = False
+            return {"videos_kwargs": kwargs}
         if self.video_pixels is not None:
             low, high = self.video_pixels
             kwargs["size"] = {"shortest_edge": int(low), "longest_edge": int(high)}
@@ -278,6 +334,7 @@ class Qwen2VLAdapter(QwenVLAdapter):
     model_types = ("qwen2_vl",)
     model_class = "Qwen2VLForConditionalGeneration"
     processor_class = "Qwen2VLProcessor"
+    fps_in_inputs = False
 
 
 @MODELS.register("qwen2_5_vl", "Qwen2.5-VL (HF Qwen2_5_VLForConditionalGeneration)")
@@ -299,6 +356,8 @@ class Qwen3VLAdapter(QwenVLAdapter):
     # (frames x H x W), used as is; the reference's per-frame cap applies on top (without it,
     # transformers 5.24 lets 8 frames of 1920 x 1080 cost 2.8x the reference's tokens)
     video_pixels_default = None
+    clip_size = True
+
     processing_changes: ClassVar[dict[str, str]] = {
         "video_budget": "frames get the reference's per-frame pixel cap since 293a870 "
         "(before, no cap was passed and transformers 5.24 left them uncapped)",
@@ -313,11 +372,17 @@ class Qwen3VLAdapter(QwenVLAdapter):
     def process(self, text: str, frames: np.ndarray) -> dict[str, Any]:
         """As the base class; fewer frames than a temporal patch (one) are padded with
         copies of the last frame, as Qwen2/2.5-VL's processor pads them (Qwen3-VL's
-        refuses them: ``t:1 must be larger than temporal_factor:2``)."""
-        pad = int(self.processor.video_processor.temporal_patch_size) - len(frames)
+        refuses them: ``t:1 must be larger than temporal_factor:2``). Under per-frame
+        ``video_pixels`` an odd count is padded to even here, as qwen-vl-utils pads it
+        before sharing its budget (the processor would pad the same copy after resizing,
+        but sizes an odd clip by a rounded frame count)."""
+        patch = int(self.processor.video_processor.temporal_patch_size)
+        pad, timed = patch - len(frames), None
+        if pad <= 0 and self.video_pixels is not None:
+            pad, timed = -len(frames) % patch, len(frames)
         if pad > 0:
             frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
-        return super().process(text, frames)
+        return super().process(text, frames, timed=timed)
 
     def language_model(self) -> LanguageModel:
         """As the base class, with the deepstack features recorded as they are added, so

@@ -46,6 +46,7 @@ from .modeling_pllava import (
     is_pllava_config,
     load_pooled_llava,
     model_class,
+    patch_grid,
     pllava_config,
     read_config_dict,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "PllavaAdapter",
     "PllavaProcessor",
     "check_pooling_shape",
+    "patch_grid",
     "clip_image_processor",
     "expand_run",
     "is_pllava_config",

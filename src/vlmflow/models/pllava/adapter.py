@@ -65,6 +65,11 @@ class PllavaAdapter(Adapter):
         )
         return cls(model.to(device), processor, model_id=str(path), **kwargs)
 
+    def processing(self) -> dict[str, Any]:
+        """As the base class, with the ``pooling_shape`` the features are pooled to (the
+        option or the checkpoint's), so a resume with another pooling is refused."""
+        return {**super().processing(), "pooling_shape": [int(x) for x in self.model.pooling_shape]}
+
     @property
     def video_placeholder(self) -> str:
         return self.processor.image_token

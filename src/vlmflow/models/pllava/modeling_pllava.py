@@ -68,7 +68,7 @@ def pllava_config(raw: dict[str, Any], pooling_shape: Any = None, where: str = "
     where = where or str(raw.get("_name_or_path", ""))
     d = {k: v for k, v in raw.items() if k not in ("model_type", "transformers_version", "auto_map")}
     if pooling_shape is not None:
-        d["pooling_shape"] = list(check_pooling_shape(pooling_shape, where))
+        d["pooling_shape"] = list(check_pooling_shape(pooling_shape, where))  # the grid: below
     elif "pooling_shape" not in d:
         log.warning(
             "%s: config.json has no pooling_shape; pooling to PllavaConfig's default %s (the paper's "
@@ -79,18 +79,39 @@ def pllava_config(raw: dict[str, Any], pooling_shape: Any = None, where: str = "
         d["pooling_shape"] = list(DEFAULT_POOLING)
     d.setdefault("num_frames", 1)
     config = LlavaConfig(**d)
-    check_pooling_shape(config.pooling_shape, where)
+    check_pooling_shape(config.pooling_shape, where, patch_grid(config))
     return config
 
 
-def check_pooling_shape(shape: Any, where: str = "") -> tuple[int, int, int]:
+def patch_grid(config: Any) -> int | None:
+    """The side of the vision tower's patch grid (``image_size // patch_size``), if known."""
+    vision = getattr(config, "vision_config", None)
+    size, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
+    return int(size) // int(patch) if isinstance(size, int) and isinstance(patch, int) and patch else None
+
+
+def check_pooling_shape(shape: Any, where: str = "", grid: int | None = None) -> tuple[int, int, int]:
+    """``shape`` as three positive integers ``(t, h, w)``; ``h`` and ``w`` at most the
+    ``grid x grid`` patch grid (pooling beyond it would repeat patches, not pool them)."""
     try:
-        t, h, w = (int(x) for x in shape)
+        values = tuple(shape)
+        whole = [int(x) for x in values]
+        exact = len(values) == 3 and all(
+            not isinstance(x, bool) and float(x) == i for x, i in zip(values, whole, strict=True)
+        )
     except (TypeError, ValueError):
+        exact = False
+    if not exact:
         msg = f"{where}: pooling_shape {shape!r} is not three integers (t, h, w)"
         raise UnsupportedModelError(msg) from None
+    t, h, w = whole
     if min(t, h, w) < 1:
         raise UnsupportedModelError(f"{where}: pooling_shape {shape!r} must be positive")
+    if grid is not None and max(h, w) > grid:
+        raise UnsupportedModelError(
+            f"{where}: pooling_shape {shape!r} pools to {h}x{w} tokens a frame, more than the vision "
+            f"tower's {grid}x{grid} patch grid (it would repeat patches); use h, w <= {grid}"
+        )
     return t, h, w
 
 
@@ -129,7 +150,9 @@ class _PllavaMixin:
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)  # type: ignore[call-arg]
-        self.pooling_shape = check_pooling_shape(getattr(config, "pooling_shape", None), "config")
+        self.pooling_shape = check_pooling_shape(
+            getattr(config, "pooling_shape", None), "config", patch_grid(config)
+        )
         self.video_pooling = nn.AdaptiveAvgPool3d(self.pooling_shape)
 
     def get_video_features(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -165,7 +165,12 @@ def test_a_resume_at_another_frames_per_second_is_refused(qwen_paths) -> None:
         default = load_model(str(qwen_paths[family]))
         assert default.processing()["frames_per_second"] == 2.0
         slow = load_model(str(qwen_paths[family]), frames_per_second=0.5)
-        before = {"computed_in": refuse_other_computed_in(Folder(), default, Options(), manifest={})}
+        # the folder the default started (an empty manifest would be one from before vlmflow
+        # recorded the video budget, which Qwen3-VL refuses for that reason)
+        dtype = str(default.dtype).removeprefix("torch.")
+        before = {"computed_in": {"dtype": dtype, **default.processing()}}
+        same = refuse_other_computed_in(Folder(), default, Options(), manifest=before)
+        assert same == before["computed_in"]
         with pytest.raises(RunError, match=r"frames_per_second 2\.0 -> 0\.5"):
             refuse_other_computed_in(Folder(), slow, Options(), manifest=before)
     # Qwen2-VL's inputs do not depend on the rate: nothing to refuse

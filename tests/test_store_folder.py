@@ -293,3 +293,27 @@ def test_a_row_shard_whose_done_marker_file_is_lost_is_named_on_merge(
         merged = vlmflow.merge(out)
     assert merged["samples"]["done"] == 0
     assert f"1 row shard(s) without their done-marker file: shard-00000.jsonl ({rows} rows)" in caplog.text
+
+
+def test_a_rank_killed_in_its_first_unit_leaves_no_false_alarm_after_the_resume(
+    tiny_llava_path: Path, tmp_path: Path, caplog
+) -> None:
+    """A shard's done-marker file is created (empty) when the shard is taken, so a rank
+    killed during its first unit leaves rows *and* a marker file; and rows left without
+    one (a shard written before) whose unit the resume finished are not called damage."""
+    out = tmp_path / "run"
+    taken = RunDir(tmp_path / "other").store(3).acquire()
+    try:
+        assert taken.done_path.exists() and taken.done_path.read_bytes() == b""
+    finally:
+        taken.close()
+    vlmflow.run(_options(tiny_llava_path, "synthetic:2"), _answer_prob(), out)
+    line = (out / "records" / "shard-00000.jsonl").read_bytes().splitlines()[0]
+    row = json.loads(line)
+    row["_attempt"] = "killed-in-its-first-unit"
+    (out / "records" / "shard-00001.jsonl").write_text(json.dumps(row) + "\n")
+    with caplog.at_level("WARNING"):
+        merged = vlmflow.merge(out)
+        vlmflow.run(_options(tiny_llava_path, "synthetic:2"), _answer_prob(), out)
+    assert merged["samples"]["done"] == 2
+    assert "without their done-marker file" not in caplog.text

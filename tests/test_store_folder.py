@@ -317,3 +317,34 @@ def test_a_rank_killed_in_its_first_unit_leaves_no_false_alarm_after_the_resume(
         vlmflow.run(_options(tiny_llava_path, "synthetic:2"), _answer_prob(), out)
     assert merged["samples"]["done"] == 2
     assert "without their done-marker file" not in caplog.text
+
+
+def test_ctrl_c_while_the_report_is_written_records_one_finished_session(
+    tiny_llava_path: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Ctrl-C after every unit finished and the session was recorded, while the report is
+    written: the run is not stopped (no ``stopped``, every sample done) and the session has
+    one entry, whose ``report`` says the report was not written and how to write it. It used
+    to get a second entry, as stopped, and ``stopped`` with every sample done."""
+    import vlmflow.report
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(vlmflow.report, "finalize", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        vlmflow.run(_options(tiny_llava_path, "synthetic:2"), _answer_prob(), out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "stopped" not in manifest and manifest["samples"]["done"] == 2
+    [session] = manifest["sessions"]
+    assert session["done"] == 2 and "finished_at" in session and "stopped" not in session
+    assert session["report"] == f"not written (interrupted (SIGINT)): `vlmflow report {out}` writes it"
+    err = capsys.readouterr().err
+    assert f"run `vlmflow report {out}` to write the report" in err and "resume" not in err
+
+    monkeypatch.undo()
+    vlmflow.run(_options(tiny_llava_path, "synthetic:2"), _answer_prob(), out)  # nothing left to do
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "stopped" not in manifest and [("report" in s) for s in manifest["sessions"]] == [True, False]
+    assert (out / "report.html").exists()

@@ -206,6 +206,7 @@ def run(
     samples: list[Any] = []
     before: list[bytes | None] = []  # the manifest as this call found it (None: none), once read
     opened = [False]  # whether the folder has accepted this run (its manifest holds the configuration)
+    closed = [False]  # whether rank 0 has recorded this session's end (RunDir.close)
     try:
         _adopt_recorded(rundir, analyses)  # every rank: a resumed folder keeps what it started with
         config = {**options.manifest(), "analyses": {a.name: a.config() for a in analyses}}
@@ -309,6 +310,7 @@ def run(
             try:
                 session = {"paper": True} if options.paper else {}
                 rundir.close(summary, {**extra, **(extra_manifest or {})}, ranks=ranks, session=session)
+                closed[0] = True
                 report.update(finalize(rundir, lock=lock))
             except OSError as exc:  # a disk that fills while the report is written
                 if not is_environment_error(exc):
@@ -326,7 +328,16 @@ def run(
         # then is dropped: the run is stopping already
         with deferred_signals(deliver=False):
             total, world = len(samples), ctx.world_size
-            _say_stop(rundir, exc, lock, opened=opened[0], before=before, total=total, world_size=world)
+            _say_stop(
+                rundir,
+                exc,
+                lock,
+                opened=opened[0],
+                closed=closed[0],
+                before=before,
+                total=total,
+                world_size=world,
+            )
         raise
     finally:
         # and until the folder is released; one that came after a run that ended normally
@@ -345,6 +356,7 @@ def _say_stop(
     lock: FolderLock,
     *,
     opened: bool,
+    closed: bool = False,
     before: list[bytes | None],
     total: int,
     world_size: int = 1,
@@ -356,8 +368,16 @@ def _say_stop(
         if before:  # (a Ctrl-C while it was being opened): leave it as it was found
             _restore_manifest(rundir, before[0])
     elif lock.held:  # rank 0 says in the manifest what finished before the stop
-        rundir.record_stop(_stop_reason(exc), total or None, world_size=world_size)
-    if lock.held and isinstance(exc, KeyboardInterrupt):
+        rundir.record_stop(_stop_reason(exc), total or None, world_size=world_size, closed=closed)
+    if lock.held and closed and isinstance(exc, KeyboardInterrupt):  # only the report was stopped
+        how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(
+            f"{how} while the report was written: every unit is finished in {rundir.path}; "
+            f"run `vlmflow report {rundir.path}` to write the report",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif lock.held and isinstance(exc, KeyboardInterrupt):
         said = (
             f"every finished unit is kept in {rundir.path} (manifest.json 'samples')"
             if opened

@@ -395,3 +395,50 @@ def test_a_rank_killed_while_rank_0_waits_is_recorded_as_a_stop(
     assert [s["world_size"] for s in manifest["sessions"]] == [2, 1]
     assert manifest["sessions"][0]["stopped"] == reason
     assert "<b>processes</b><span>2, then 1</span>" in (out / "report.html").read_text()
+
+
+LATE_EXIT = """
+import json, os, sys, threading, time
+import vlmflow
+import vlmflow.report
+from vlmflow import distributed
+
+model, out = sys.argv[1], sys.argv[2]
+if os.environ["RANK"] == "0":
+    write = vlmflow.report.finalize
+    def slow(*args, **kwargs):  # a long report (figures)
+        written = write(*args, **kwargs)
+        time.sleep(6)
+        return written
+    vlmflow.report.finalize = slow
+else:
+    gather = distributed.Context.gather
+    def gather_then_exit(self, obj):  # rank 1 lost (a node gone) while rank 0 writes the report
+        got = gather(self, obj)
+        threading.Timer(2, lambda: os._exit(9)).start()
+        return got
+    distributed.Context.gather = gather_then_exit
+options = vlmflow.Options(model=model, data="synthetic:1", tasks=("moving_direction", "object_count"),
+                          num_frames=4, progress=False)
+result = vlmflow.run(options, [vlmflow.AnswerProbability()], out)
+print(f"rank {result.rank} finished: {result.summary.counts()}", flush=True)
+"""
+
+
+def test_a_group_that_breaks_after_the_run_finished_leaves_it_finished(
+    tiny_llava_path: Path, tmp_path: Path
+) -> None:
+    """Rank 1 gone while rank 0 writes the report (every unit finished, the session recorded):
+    rank 0 warns and returns the result; the manifest is the finished run's, with one session.
+    It used to raise RunStopped and record ``stopped`` and a second, stopped session."""
+    script, out = tmp_path / "late_exit.py", tmp_path / "run"
+    script.write_text(LATE_EXIT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["--monitor-interval", "60", str(script), str(tiny_llava_path), str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert "rank 0 finished: 2 done, 0 failed" in done.stdout, done.stderr[-3000:]
+    assert "finished; then the process group broke" in done.stderr, done.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "stopped" not in manifest and manifest["samples"]["done"] == 2
+    assert [(s["world_size"], "stopped" in s) for s in manifest["sessions"]] == [(2, False)]

@@ -14,6 +14,7 @@ For one input at a time, see :mod:`vlmflow.probe` (``vlmflow.load(...).probe(...
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from .run import RunSummary, run_samples, samples_to_do
 from .rundir import RunDir, canonical_dtype
 from .sample import Sample
 from .store import deferred_signals, is_environment_error, store_error
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .analyses.base import Analysis
@@ -296,6 +299,7 @@ def run(
         ranks = ctx.gather(mine)  # every rank is done after this: rank 0 may merge the shards
         summary = RunSummary.combine(ranks)
         report: dict[str, Any] = {}
+        done = [False]  # whether finish() returned on rank 0
 
         def finish() -> None:  # rank 0: the manifest and the report
             revision = getattr(getattr(adapter.model, "config", None), "_commit_hash", None)
@@ -312,6 +316,7 @@ def run(
                 rundir.close(summary, {**extra, **(extra_manifest or {})}, ranks=ranks, session=session)
                 closed[0] = True
                 report.update(finalize(rundir, lock=lock))
+                done[0] = True
             except OSError as exc:  # a disk that fills while the report is written
                 if not is_environment_error(exc):
                     raise
@@ -320,7 +325,12 @@ def run(
         # the other ranks wait for it, so that every rank leaves the process group together
         # (a rank that tore down its gloo group while rank 0 still wrote the report could
         # abort at exit: "terminate called without an active exception")
-        ctx.on_main(finish)
+        try:
+            ctx.on_main(finish)
+        except RunStopped as exc:  # the group broke after rank 0 wrote everything: not a stop
+            if not (ctx.is_main and done[0]):
+                raise
+            log.warning("%s finished; then the process group broke: %s", rundir.path, exc)
         finished = True
         return RunResult(rundir.path, summary, report, ctx.rank)
     except (KeyboardInterrupt, RunStopped) as exc:  # a full disk, no memory left

@@ -240,8 +240,8 @@ def run(
             opened[0] = True
             return manifest
 
-        ctx.on_main(open_locked)
         try:  # a run refused before its first sample leaves the manifest as it found it
+            ctx.on_main(open_locked)
             # a folder started before a chosen frame policy won keeps its rule (every rank)
             rule = ctx.on_main(rundir.frame_policy_rule)
 
@@ -261,6 +261,7 @@ def run(
         except Exception:
             if lock.held and before:
                 _restore_manifest(rundir, before[0])
+                opened[0] = False  # as found: a stop (a broken group) records nothing in it
             raise
         if options.progress and ctx.is_main:
             print(

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+import vlmflow
 from vlmflow.cli import app
 from vlmflow.data import load_dataset
 from vlmflow.distributed import Context, device_for, env_ranks
@@ -395,3 +396,104 @@ def test_a_rank_killed_while_rank_0_waits_is_recorded_as_a_stop(
     assert [s["world_size"] for s in manifest["sessions"]] == [2, 1]
     assert manifest["sessions"][0]["stopped"] == reason
     assert "<b>processes</b><span>2, then 1</span>" in (out / "report.html").read_text()
+
+
+LATE_EXIT = """
+import json, os, sys, threading, time
+import vlmflow
+import vlmflow.report
+from vlmflow import distributed
+
+model, out = sys.argv[1], sys.argv[2]
+if os.environ["RANK"] == "0":
+    write = vlmflow.report.finalize
+    def slow(*args, **kwargs):  # a long report (figures)
+        written = write(*args, **kwargs)
+        time.sleep(6)
+        return written
+    vlmflow.report.finalize = slow
+else:
+    gather = distributed.Context.gather
+    def gather_then_exit(self, obj):  # rank 1 lost (a node gone) while rank 0 writes the report
+        got = gather(self, obj)
+        threading.Timer(2, lambda: os._exit(9)).start()
+        return got
+    distributed.Context.gather = gather_then_exit
+options = vlmflow.Options(model=model, data="synthetic:1", tasks=("moving_direction", "object_count"),
+                          num_frames=4, progress=False)
+result = vlmflow.run(options, [vlmflow.AnswerProbability()], out)
+print(f"rank {result.rank} finished: {result.summary.counts()}", flush=True)
+"""
+
+
+def test_a_group_that_breaks_after_the_run_finished_leaves_it_finished(
+    tiny_llava_path: Path, tmp_path: Path
+) -> None:
+    """Rank 1 gone while rank 0 writes the report (every unit finished, the session recorded):
+    rank 0 warns and returns the result; the manifest is the finished run's, with one session.
+    It used to raise RunStopped and record ``stopped`` and a second, stopped session."""
+    script, out = tmp_path / "late_exit.py", tmp_path / "run"
+    script.write_text(LATE_EXIT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["--monitor-interval", "60", str(script), str(tiny_llava_path), str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert "rank 0 finished: 2 done, 0 failed" in done.stdout, done.stderr[-3000:]
+    assert "finished; then the process group broke" in done.stderr, done.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "stopped" not in manifest and manifest["samples"]["done"] == 2
+    assert [(s["world_size"], "stopped" in s) for s in manifest["sessions"]] == [(2, False)]
+
+
+THREE_RUNS = """
+import sys
+import vlmflow
+
+model, out = sys.argv[1], sys.argv[2]
+options = vlmflow.Options(model=model, data="synthetic:1", tasks=("moving_direction", "object_count"),
+                          num_frames=4, progress=False)
+for name in ("slow", "complete", "new"):
+    try:
+        result = vlmflow.run(options, [vlmflow.AnswerProbability()], f"{out}/{name}")
+        print(f"rank {result.rank} {name}: {result.summary.counts()}", flush=True)
+    except Exception as exc:
+        print(f"{name}: {type(exc).__name__}: {exc}", flush=True)
+"""
+
+
+def test_a_group_broken_by_its_timeout_is_named_so_and_not_used_again(
+    tiny_llava_path: Path, tmp_path: Path
+) -> None:
+    """Rank 1 slower than ``VLMFLOW_DIST_TIMEOUT_S``: rank 0 says it did not answer within
+    that time and to raise it (it used to say rank 1 crashed or was killed), and the later
+    runs of the same program are refused before they touch their folders: a complete one
+    stays as it was, a new one is not created. They used to reuse the broken group, fail at
+    once, and record ``stopped`` and a session in the complete folder, and leave the new one
+    with a manifest."""
+    ids = [s.id for s in load_dataset("synthetic:1", tasks=["moving_direction", "object_count"])]
+    options = vlmflow.Options(
+        model=str(tiny_llava_path),
+        data="synthetic:1",
+        tasks=("moving_direction", "object_count"),
+        num_frames=4,
+        progress=False,
+    )
+    vlmflow.run(options, [vlmflow.AnswerProbability()], tmp_path / "complete")
+    before = (tmp_path / "complete" / "manifest.json").read_bytes()
+    script = tmp_path / "three_runs.py"
+    script.write_text(THREE_RUNS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "VLMFLOW_DIST_TIMEOUT_S": "5"}
+    env["VLMFLOW_TEST_SLEEP_AFTER_ROWS"] = f"15:{ids[1]}"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += [str(script), str(tiny_llava_path), str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    said = done.stdout
+    assert "slow: RunStopped: rank 1 did not answer within VLMFLOW_DIST_TIMEOUT_S=5 s" in said, said
+    assert "raise VLMFLOW_DIST_TIMEOUT_S" in said and "crashed or was killed) while rank 0" not in said
+    for name in ("complete", "new"):
+        assert f"{name}: RunError: the process group broke in an earlier run of this process" in said
+    assert "start a new launch" in said
+    assert (tmp_path / "complete" / "manifest.json").read_bytes() == before
+    assert not (tmp_path / "new").exists()
+    stopped = json.loads((tmp_path / "slow" / "manifest.json").read_text())["stopped"]
+    assert stopped["reason"].startswith("rank 1 did not answer within VLMFLOW_DIST_TIMEOUT_S=5 s")

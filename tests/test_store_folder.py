@@ -335,3 +335,58 @@ def test_a_folder_of_another_analysis_version_is_refused_naming_what_changed(tmp
         RunError, match=r"version 4 of that analysis, but this vlmflow computes version 3 \(the"
     ):
         run.refuse_other_versions([Counted()], manifest)
+
+
+def test_a_rank_killed_in_its_first_unit_leaves_no_false_alarm_after_the_resume(
+    tiny_llava_path: Path, tmp_path: Path, caplog
+) -> None:
+    """A shard's done-marker file is created (empty) when the shard is taken, so a rank
+    killed during its first unit leaves rows *and* a marker file; and rows left without
+    one (a shard written before) whose unit the resume finished are not called damage."""
+    out = tmp_path / "run"
+    taken = RunDir(tmp_path / "other").store(3).acquire()
+    try:
+        assert taken.done_path.exists() and taken.done_path.read_bytes() == b""
+    finally:
+        taken.close()
+    vlmflow.run(_options(tiny_llava_path, "synthetic:2"), _answer_prob(), out)
+    line = (out / "records" / "shard-00000.jsonl").read_bytes().splitlines()[0]
+    row = json.loads(line)
+    row["_attempt"] = "killed-in-its-first-unit"
+    (out / "records" / "shard-00001.jsonl").write_text(json.dumps(row) + "\n")
+    with caplog.at_level("WARNING"):
+        merged = vlmflow.merge(out)
+        vlmflow.run(_options(tiny_llava_path, "synthetic:2"), _answer_prob(), out)
+    assert merged["samples"]["done"] == 2
+    assert "without their done-marker file" not in caplog.text
+
+
+def test_ctrl_c_while_the_report_is_written_records_one_finished_session(
+    tiny_llava_path: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Ctrl-C after every unit finished and the session was recorded, while the report is
+    written: the run is not stopped (no ``stopped``, every sample done) and the session has
+    one entry, whose ``report`` says the report was not written and how to write it. It used
+    to get a second entry, as stopped, and ``stopped`` with every sample done."""
+    import vlmflow.report
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(vlmflow.report, "finalize", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        vlmflow.run(_options(tiny_llava_path, "synthetic:2"), _answer_prob(), out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "stopped" not in manifest and manifest["samples"]["done"] == 2
+    [session] = manifest["sessions"]
+    assert session["done"] == 2 and "finished_at" in session and "stopped" not in session
+    assert session["report"] == f"not written (interrupted (SIGINT)): `vlmflow report {out}` writes it"
+    err = capsys.readouterr().err
+    assert f"run `vlmflow report {out}` to write the report" in err and "resume" not in err
+
+    monkeypatch.undo()
+    vlmflow.run(_options(tiny_llava_path, "synthetic:2"), _answer_prob(), out)  # nothing left to do
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "stopped" not in manifest and [("report" in s) for s in manifest["sessions"]] == [True, False]
+    assert (out / "report.html").exists()

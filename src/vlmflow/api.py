@@ -14,6 +14,7 @@ For one input at a time, see :mod:`vlmflow.probe` (``vlmflow.load(...).probe(...
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from .run import RunSummary, check_on_model, run_samples, samples_to_do
 from .rundir import RunDir, canonical_dtype
 from .sample import Sample
 from .store import deferred_signals, is_environment_error, store_error
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .analyses.base import Analysis
@@ -205,6 +208,7 @@ def run(
     samples: list[Any] = []
     before: list[bytes | None] = []  # the manifest as this call found it (None: none), once read
     opened = [False]  # whether the folder has accepted this run (its manifest holds the configuration)
+    closed = [False]  # whether rank 0 has recorded this session's end (RunDir.close)
     try:
         _adopt_recorded(rundir, analyses)  # every rank: a resumed folder keeps what it started with
         config = {**options.manifest(), "analyses": {a.name: a.config() for a in analyses}}
@@ -236,8 +240,8 @@ def run(
             opened[0] = True
             return manifest
 
-        ctx.on_main(open_locked)
         try:  # a run refused before its first sample leaves the manifest as it found it
+            ctx.on_main(open_locked)
             # a folder started before a chosen frame policy won keeps its rule (every rank)
             rule = ctx.on_main(rundir.frame_policy_rule)
 
@@ -258,6 +262,7 @@ def run(
         except Exception:
             if lock.held and before:
                 _restore_manifest(rundir, before[0])
+                opened[0] = False  # as found: a stop (a broken group) records nothing in it
             raise
         if options.progress and ctx.is_main:
             print(
@@ -296,6 +301,7 @@ def run(
         ranks = ctx.gather(mine)  # every rank is done after this: rank 0 may merge the shards
         summary = RunSummary.combine(ranks)
         report: dict[str, Any] = {}
+        done = [False]  # whether finish() returned on rank 0
 
         def finish() -> None:  # rank 0: the manifest and the report
             revision = getattr(getattr(adapter.model, "config", None), "_commit_hash", None)
@@ -310,7 +316,9 @@ def run(
             try:
                 session = {"paper": True} if options.paper else {}
                 rundir.close(summary, {**extra, **(extra_manifest or {})}, ranks=ranks, session=session)
+                closed[0] = True
                 report.update(finalize(rundir, lock=lock))
+                done[0] = True
             except OSError as exc:  # a disk that fills while the report is written
                 if not is_environment_error(exc):
                     raise
@@ -319,7 +327,12 @@ def run(
         # the other ranks wait for it, so that every rank leaves the process group together
         # (a rank that tore down its gloo group while rank 0 still wrote the report could
         # abort at exit: "terminate called without an active exception")
-        ctx.on_main(finish)
+        try:
+            ctx.on_main(finish)
+        except RunStopped as exc:  # the group broke after rank 0 wrote everything: not a stop
+            if not (ctx.is_main and done[0]):
+                raise
+            log.warning("%s finished; then the process group broke: %s", rundir.path, exc)
         finished = True
         return RunResult(rundir.path, summary, report, ctx.rank)
     except (KeyboardInterrupt, RunStopped) as exc:  # a full disk, no memory left
@@ -327,7 +340,16 @@ def run(
         # then is dropped: the run is stopping already
         with deferred_signals(deliver=False):
             total, world = len(samples), ctx.world_size
-            _say_stop(rundir, exc, lock, opened=opened[0], before=before, total=total, world_size=world)
+            _say_stop(
+                rundir,
+                exc,
+                lock,
+                opened=opened[0],
+                closed=closed[0],
+                before=before,
+                total=total,
+                world_size=world,
+            )
         raise
     finally:
         # and until the folder is released; one that came after a run that ended normally
@@ -346,6 +368,7 @@ def _say_stop(
     lock: FolderLock,
     *,
     opened: bool,
+    closed: bool = False,
     before: list[bytes | None],
     total: int,
     world_size: int = 1,
@@ -357,8 +380,16 @@ def _say_stop(
         if before:  # (a Ctrl-C while it was being opened): leave it as it was found
             _restore_manifest(rundir, before[0])
     elif lock.held:  # rank 0 says in the manifest what finished before the stop
-        rundir.record_stop(_stop_reason(exc), total or None, world_size=world_size)
-    if lock.held and isinstance(exc, KeyboardInterrupt):
+        rundir.record_stop(_stop_reason(exc), total or None, world_size=world_size, closed=closed)
+    if lock.held and closed and isinstance(exc, KeyboardInterrupt):  # only the report was stopped
+        how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(
+            f"{how} while the report was written: every unit is finished in {rundir.path}; "
+            f"run `vlmflow report {rundir.path}` to write the report",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif lock.held and isinstance(exc, KeyboardInterrupt):
         said = (
             f"every finished unit is kept in {rundir.path} (manifest.json 'samples')"
             if opened

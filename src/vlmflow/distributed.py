@@ -22,7 +22,8 @@ What the group is used for, and why it is small:
 
 The group is created once per process and kept until exit, so a program may call
 ``vlmflow.run`` several times under one launch (a group destroyed and created again would
-meet the first one's keys in the launcher's rendezvous store).
+meet the first one's keys in the launcher's rendezvous store). A group that broke (a rank
+gone, or one past the timeout) is not used again: :func:`init` then refuses the next run.
 
 Only small Python objects cross the group, never tensors, so the backend is ``gloo`` on
 CPU and on GPU machines alike (no NCCL set-up, and the same behaviour in tests). The
@@ -183,10 +184,21 @@ class Context:
         except RuntimeError as exc:  # torch's DistBackendError is one
             who = f"rank {1 - self.rank}" if self.world_size == 2 else "another rank"
             said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "timed out" in said.lower() or "timeout" in said.lower():
+                what = (
+                    f"{who} did not answer within VLMFLOW_DIST_TIMEOUT_S={timeout_s():g} s while "
+                    f"rank {self.rank} waited for it ({said}); raise VLMFLOW_DIST_TIMEOUT_S if "
+                    "ranks finish that far apart"
+                )
+            else:
+                what = (
+                    f"{who} left the process group (crashed or was killed) while rank "
+                    f"{self.rank} waited for it ({said})"
+                )
+            # gloo's group is unusable now: a later run of this process is refused by init()
+            _broken[:] = [what]
             raise RunStopped(
-                f"{who} left the process group (crashed or was killed) while rank {self.rank} "
-                f"waited for it ({said}); every finished unit is kept in its shard: re-run the "
-                "same command to resume"
+                f"{what}; every finished unit is kept in its shard: re-run the same command to resume"
             ) from exc
 
     def close(self) -> None:
@@ -236,6 +248,11 @@ def init() -> Context:
     """
     import torch.distributed as dist
 
+    if _broken:
+        raise RunError(
+            f"the process group broke in an earlier run of this process ({_broken[0]}); it "
+            "cannot be used again: start a new launch (torchrun ...) to run again"
+        )
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
         local = int(os.environ.get("LOCAL_RANK", rank))
@@ -253,7 +270,7 @@ def init() -> Context:
             f"RANK={rank} WORLD_SIZE={world} is set but MASTER_ADDR/MASTER_PORT are not; launch "
             "with torchrun or accelerate launch, which set them"
         )
-    timeout = float(os.environ.get("VLMFLOW_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S))
+    timeout = timeout_s()
     # Imported before the group exists: importing torch.distributed.fsdp (transformers does,
     # when the model loads) with a group up keeps ~10 references to it in default arguments,
     # so destroy_process_group (close) could not free it and its gloo threads lived on until
@@ -278,6 +295,12 @@ def init() -> Context:
 
 
 _created = [False]  # whether init() created this process's group (destroyed at exit)
+_broken: list[str] = []  # why a collective of this process's group failed (it is unusable)
+
+
+def timeout_s() -> float:
+    """The process group's timeout in seconds (``VLMFLOW_DIST_TIMEOUT_S``, default 12 h)."""
+    return float(os.environ.get("VLMFLOW_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S))
 
 
 def _destroy_at_exit() -> None:

@@ -435,7 +435,9 @@ class RunDir:
         manifest.pop("stopped", None)  # this session ended normally
         self.write_manifest(manifest)
 
-    def record_stop(self, reason: str, total: int | None = None, *, world_size: int = 1) -> bool:
+    def record_stop(
+        self, reason: str, total: int | None = None, *, world_size: int = 1, closed: bool = False
+    ) -> bool:
         """Note in the manifest that a session stopped early (``reason``: Ctrl-C, a full disk)
         and what the store holds finished by then (``samples``, read from every shard): in
         ``stopped`` (until a later session ends normally) and in the session's entry of
@@ -443,17 +445,29 @@ class RunDir:
         counts at the stop). Returns whether the manifest could be written; when the disk
         refuses, the old manifest stays whole and the records remain the truth. A manifest
         without the run's configuration (none yet: the run had not opened the folder) is
-        left as it is, since counts alone would make the folder refuse the run's own resume."""
+        left as it is, since counts alone would make the folder refuse the run's own resume.
+
+        A session that :meth:`close` recorded already (``closed``: a stop while the report was
+        written, after every unit finished) gets no second entry and no ``stopped``: its entry gets
+        ``report`` saying the report was not written and that ``vlmflow report`` writes it."""
         try:
             manifest = self.manifest()
             if "config" not in manifest:
                 return False
             at = now()
+            started = (manifest.get("resumed_at") or [manifest.get("started_at")])[-1]
+            last = (manifest.get("sessions") or [{}])[-1]
+            if closed and last.get("started_at") == started and "finished_at" in last:
+                # this session was closed already (every unit finished, the counts written):
+                # only its report was stopped. Not a stopped run: its entry says so instead
+                last["report"] = f"not written ({reason}): `vlmflow report {self.path}` writes it"
+                self.write_manifest(manifest)
+                return True
             manifest["stopped"] = {"at": at, "reason": reason}
             counts = self.sample_counts(total if total is not None else _total(manifest))
             manifest["samples"] = counts
             session = {
-                "started_at": (manifest.get("resumed_at") or [manifest.get("started_at")])[-1],
+                "started_at": started,
                 "stopped_at": at,
                 "stopped": reason,
                 "world_size": max(1, world_size),

@@ -137,12 +137,19 @@ class RecordStore:
         )
 
     def acquire(self) -> RecordStore:
-        """Create ``records/`` and take this shard's writer lock (``RunError`` if held)."""
+        """Create ``records/``, take this shard's writer lock (``RunError`` if held) and
+        create the shard's done-marker file, empty, if it has none: a row shard without one
+        then means the file was lost, not that a crash came before the shard's first marker."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise store_error(self.dir, exc) from exc
         self._lock.acquire()
+        if not self.done_path.exists():
+            try:
+                self.done_path.touch()
+            except OSError as exc:
+                raise store_error(self.done_path, exc) from exc
         return self
 
     def close(self) -> None:
@@ -391,8 +398,8 @@ class Scan:
             shown = ", ".join(f"{s}.jsonl ({n} rows)" for s, n in sorted(self.unmarked.items()))
             parts.append(
                 f"{len(self.unmarked)} row shard(s) without their done-marker file: {shown} "
-                "(the .done.jsonl was lost, or a crash came before the shard's first unit was "
-                "marked: those rows do not count, and a resume computes their units again)"
+                "(the .done.jsonl was lost (a writer creates it when it takes the shard): "
+                "those rows do not count, and a resume computes their units again)"
             )
         if self.duplicates:
             parts.append(
@@ -504,6 +511,7 @@ def scan(records_dir: str | Path, *, keep_rows: bool = False, only: Collection[s
     hashes: dict[tuple[str, str], Any] = {}
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
     errors: dict[tuple[str, str], str] = {}
+    unit_of: dict[tuple[str, str], tuple[str, str]] = {}  # (shard, attempt) -> its unit
     for path in row_paths:
         shard = path.name.removesuffix(".jsonl")
         for line in _lines(path):
@@ -514,6 +522,7 @@ def scan(records_dir: str | Path, *, keep_rows: bool = False, only: Collection[s
                 continue
             key = (shard, attempt)
             counts[key] = counts.get(key, 0) + 1
+            unit_of.setdefault(key, (str(row.get("sample_id")), str(row.get("analysis"))))
             hashes.setdefault(key, hashlib.sha256()).update(line + b"\n")
             if row.get("error") is not None and key not in errors:
                 errors[key] = str(row["error"])
@@ -560,8 +569,11 @@ def scan(records_dir: str | Path, *, keep_rows: bool = False, only: Collection[s
             out.units[unit] = (attempt, shard)
     out.conflicts = {u: shards for u, shards in found_in.items() if len(shards) > 1}
     marked = {p.name.removesuffix(".done.jsonl") for p in done_paths}
-    for (shard, _), n in counts.items():  # rows whose shard has no marker file at all: said apart
-        if shard not in marked:
+    # rows whose shard has no marker file at all: said apart, unless their unit is finished
+    # in the store (a shard written by an old version, its rank killed in its first unit,
+    # and the unit done again by the resume)
+    for (shard, attempt), n in counts.items():
+        if shard not in marked and unit_of[(shard, attempt)] not in out.units:
             out.unmarked[shard] = out.unmarked.get(shard, 0) + n
     held: dict[str, set[tuple[str, str]]] = {shard: set() for shard in marked}
     for unit, attempt, shard in holds:

@@ -39,6 +39,7 @@ from typing import Any
 
 from ..errors import UnsupportedModelError, say_warning
 from ..lock import FolderLock
+from ..store import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -192,21 +193,7 @@ def _write_marker(folder: Path) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     tmp.replace(folder / MARKER)
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the renames in ``folder`` durable (POSIX; a no-op where a folder cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(folder)
 
 
 def _safetensors_whole(file: Path) -> bool:
@@ -350,7 +337,7 @@ def _cached_folder(out: Path, required: tuple[str, ...], build: Callable[[Path],
                 _remove(old)
                 out.rename(old)
             tmp.rename(out)
-            _fsync_dir(out.parent)
+            fsync_dir(out.parent)
             _remove(old)
         except BaseException:
             _remove(tmp)

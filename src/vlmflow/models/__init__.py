@@ -166,7 +166,7 @@ def _load_model(
     except UnsupportedModelError as exc:
         # the demo's merged copy in the cache, rebuilt if deleted: blamed only if damaged (a
         # refusal of a whole folder, say by another transformers, is not the cache's fault)
-        if demo.is_cached_folder(path) and demo.cache_damaged(Path(path)):
+        if demo.is_damaged_cache(path):
             raise UnsupportedModelError(f"{exc}; {demo.DELETE_HINT.format(folder=path)}") from exc
         raise
     cls = claimed_by(path)
@@ -185,13 +185,13 @@ def _load_model(
         )
     except UnsupportedModelError as exc:  # weights missing from the folder (load_weights), ...
         # ... which a whole cached folder may meet too (a transformers that renames keys)
-        if demo.is_cached_folder(path) and demo.cache_damaged(Path(path)):
+        if demo.is_damaged_cache(path):
             raise UnsupportedModelError(f"{exc}; {demo.DELETE_HINT.format(folder=path)}") from exc
         raise
     except VlmflowError:
         raise
     except (OSError, RuntimeError, ValueError, ImportError, KeyError, TypeError, SafetensorError) as exc:
-        if demo.is_cached_folder(path) and demo.cache_damaged(Path(path)):  # rebuilt if deleted
+        if demo.is_damaged_cache(path):  # rebuilt if deleted
             raise UnsupportedModelError(demo.damaged_cache_message(Path(path), exc)) from exc
         raise load_error(spec, cls.__name__, exc) from exc
     # records name the model as the user did ("demo", a hub id, the folder as given), the

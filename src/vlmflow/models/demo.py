@@ -265,6 +265,13 @@ def is_cached_folder(path: str | Path) -> bool:
     return (path / MARKER).is_file() and path.parent.resolve() == cache_dir().resolve()
 
 
+def is_damaged_cache(path: str | Path) -> bool:
+    """Whether ``path`` is a folder this module cached (:func:`is_cached_folder`) whose files
+    are damaged (:func:`cache_damaged`): the only load failures blamed on the cache, with
+    the hint to delete it."""
+    return is_cached_folder(path) and cache_damaged(Path(path))
+
+
 def _alive(pid: int) -> bool:
     """Whether process ``pid`` exists (on this host)."""
     if pid <= 0:

@@ -169,6 +169,14 @@ def corrupt_keeping_size(file: Path) -> None:
     file.write_bytes(bytes(data))
 
 
+def flip_last_byte(file: Path) -> None:
+    """Change a file's bytes, keeping its size and its safetensors header (only a sha256
+    check finds it)."""
+    data = bytearray(file.read_bytes())
+    data[-1] ^= 0xFF
+    file.write_bytes(bytes(data))
+
+
 def test_a_damaged_base_file_names_the_folder_to_delete(cache, monkeypatch) -> None:
     """A cached base file that passes the size check but does not load (its bytes changed)
     stops with the folder to delete, not with safetensors' own error."""
@@ -248,10 +256,7 @@ def test_a_whole_cached_folder_that_fails_to_load_is_not_blamed(cache, monkeypat
     if isinstance(error, ImportError):
         assert "use --attn sdpa" in said
     # the same failure with the folder's bytes changed (same size) blames the cache
-    weights = folder / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-1] ^= 0xFF
-    weights.write_bytes(bytes(data))
+    flip_last_byte(folder / "model.safetensors")
     with pytest.raises(UnsupportedModelError, match=f"{folder}.*delete that folder"):
         models.load_model("demo")
 
@@ -284,10 +289,7 @@ def test_a_whole_cached_folder_refused_by_the_loader_is_not_blamed(cache, monkey
     with pytest.raises(UnsupportedModelError) as raised:
         models.load_model("demo")
     assert str(raised.value) == str(refusal)
-    weights = folder / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-1] ^= 0xFF
-    weights.write_bytes(bytes(data))
+    flip_last_byte(folder / "model.safetensors")
     with pytest.raises(UnsupportedModelError, match=f"{folder}.*delete that folder"):
         models.load_model("demo")
 

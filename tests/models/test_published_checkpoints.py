@@ -10,7 +10,6 @@ masked forward in fp32.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 
 from tests.fixtures import published
 from tests.fixtures.conformance import TOL
+from tests.fixtures.qwen import qwen_vl_utils_tokens
 from tests.fixtures.tiny import make_sample
 from vlmflow.analyses.targets import PAPER_TARGETS, sweep, target_curves
 from vlmflow.engine import Engine, full_forward_logits
@@ -55,22 +55,6 @@ def repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def adapters(repos: dict[str, Path]) -> dict[str, object]:
     return {name: load_model(str(path)) for name, path in repos.items()}
-
-
-def qwen_reference_tokens(height: int, width: int, frames: int) -> int:
-    """Tokens per temporal patch under qwen-vl-utils' video defaults (an independent
-    re-statement of its ``smart_resize`` and budget, for 28 px = patch 14 x merge 2)."""
-    factor, min_px, max_px = 28, 128 * 28 * 28, 768 * 28 * 28
-    total = 128000 * 28 * 28 * 0.9
-    max_px = max(min(max_px, total / frames * 2), int(min_px * 1.05))
-    h, w = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
-    if h * w > max_px:
-        beta = math.sqrt(height * width / max_px)
-        h, w = math.floor(height / beta / factor) * factor, math.floor(width / beta / factor) * factor
-    elif h * w < min_px:
-        beta = math.sqrt(min_px / (height * width))
-        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
-    return (h // factor) * (w // factor)
 
 
 def sample_of(frames: int, height: int = 48, width: int = 64, seed: int = 0):
@@ -136,7 +120,7 @@ def test_qwen_runs_at_8_frames_within_the_reference_budget(adapters, name) -> No
     prepared = adapter.prepare(sample_of(8, 360, 640))
     layout = prepared.layout
     assert layout.num_frames == 4 and layout.frames_per_group == 2
-    n = qwen_reference_tokens(360, 640, 8)
+    n = qwen_vl_utils_tokens(360, 640, 8)
     assert [h * w for h, w in layout.frame_grids] == [n] * 4
     assert len(layout.video) == 4 * n
     diff = engine_matches_plain(adapter, prepared)
@@ -148,7 +132,7 @@ def test_qwen_1080p_frames_are_capped_like_the_reference(adapters) -> None:
     frames = np.zeros((2, 1080, 1920, 3), dtype=np.uint8)
     inputs = adapter.process(adapter.video_placeholder + " hello", frames)
     t, h, w = (int(x) for x in inputs["video_grid_thw"][0])
-    assert (h // 2) * (w // 2) == qwen_reference_tokens(1080, 1920, 2) <= 768  # native would be 2,691
+    assert (h // 2) * (w // 2) == qwen_vl_utils_tokens(1080, 1920, 2) <= 768  # native would be 2,691
     assert adapter.video_pixels == type(adapter).video_pixels_default
     adapter.video_pixels = None  # the user's choice: the repository's own (image) limits
     try:
@@ -174,7 +158,7 @@ def test_32_frames_run_and_warn_past_the_trained_context(adapters, name, tokens,
     with caplog.at_level(logging.WARNING, logger="vlmflow.models.base"):
         prepared = adapter.prepare(sample_of(32))
     layout = prepared.layout
-    per_group = tokens or qwen_reference_tokens(48, 64, 32)
+    per_group = tokens or qwen_vl_utils_tokens(48, 64, 32)
     groups = 16 if tokens is None else 32
     assert layout.num_frames == groups
     assert (

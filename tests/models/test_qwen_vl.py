@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.fixtures.qwen import QWEN3_REPLACES_WHOLE_PLACEHOLDER
+from tests.fixtures.qwen import QWEN3_REPLACES_WHOLE_PLACEHOLDER, qwen_vl_utils_tokens
 from tests.fixtures.tiny import make_sample
 from vlmflow.analyses.targets import sweep, target_curves
 from vlmflow.cuts import Cut, Plan
@@ -285,27 +285,6 @@ def test_a_sliding_window_is_checked_against_the_input(tiny_models, tmp_path, fa
         engine.evaluate([plan])
 
 
-def qwen3_reference_tokens(height: int, width: int, frames: int, factor: int) -> int:
-    """Merged tokens per temporal patch under qwen-vl-utils' video budget (QwenLM/Qwen3-VL,
-    vision_process.py fetch_video, its defaults; an independent re-statement): the frame
-    count padded to even (FRAME_FACTOR 2); each frame at least VIDEO_MIN_TOKEN_NUM (128)
-    tokens' worth of pixels, at most VIDEO_MAX_TOKEN_NUM (768) and at most an even share
-    (times FRAME_FACTOR) of MODEL_SEQ_LEN (128,000) x 0.9 tokens' worth, the bound floored
-    at 1.05 x the minimum; then smart_resize to multiples of ``factor`` (patch x merge)."""
-    frames = math.ceil(frames / 2) * 2
-    low = 128 * factor * factor
-    total = 128000 * factor * factor * 0.9
-    high = max(min(768 * factor * factor, total / frames * 2), int(low * 1.05))
-    h, w = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
-    if h * w > high:
-        beta = math.sqrt(height * width / high)
-        h, w = math.floor(height / beta / factor) * factor, math.floor(width / beta / factor) * factor
-    elif h * w < low:
-        beta = math.sqrt(low / (height * width))
-        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
-    return (h // factor) * (w // factor)
-
-
 def _hub_like_qwen3(tiny_models, tmp_path) -> tuple[Path, int, int]:
     """The tiny Qwen3-VL with the hub's video ``size`` scaled to its patch x merge: a
     whole-clip budget of 4 to 24,576 tokens' worth (Qwen3-VL-8B-Instruct's)."""
@@ -340,7 +319,7 @@ def test_qwen3_frames_get_the_reference_per_frame_cap(tiny_models, tmp_path) -> 
     path, factor, clip = _hub_like_qwen3(tiny_models, tmp_path)
     adapter = load_model(str(path), progress=False)
     tokens = _tokens_per_patch(adapter, 8, 540, 960)
-    assert tokens == qwen3_reference_tokens(540, 960, 8, factor) == 720
+    assert tokens == qwen_vl_utils_tokens(540, 960, 8, factor) == 720
     assert adapter.processing()["video_budget"] == {
         "shortest_edge": 4 * factor * factor,
         "longest_edge": clip,
@@ -363,7 +342,7 @@ def test_qwen3_per_frame_video_pixels_give_the_reference_budget(
     differs beyond 32 frames (an even share of 24,576 tokens: 364 instead of 720) and
     below 128 tokens a frame (no upscaling: 60 instead of 144)."""
     path, factor, _ = _hub_like_qwen3(tiny_models, tmp_path)
-    want = qwen3_reference_tokens(height, width, frames, factor)
+    want = qwen_vl_utils_tokens(height, width, frames, factor)
     reference = load_model(str(path), progress=False, video_pixels=(128 * factor**2, 768 * factor**2))
     assert _tokens_per_patch(reference, frames, height, width) == want
     assert reference.processing()["video_budget"] == {
